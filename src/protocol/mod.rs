@@ -1,0 +1,212 @@
+//! The client wire format: what a request and a reply look like on the wire (PROTOCOL.md
+//! §2–§6), and the limits that keep bad input away from the core.
+//!
+//! A body is a MessagePack map or a JSON object; the reply uses the request's encoding.
+//! Replies to version-1 requests carry exactly the keys of PROTOCOL.md §3, because existing
+//! clients compare whole replies; version 2 adds `error` and `leader`.
+//!
+//! The types here are shared: the queue state machine produces [`Outcome`]s (and remembers
+//! them per client session), the node wraps them in [`Reply`]s, the client library decodes
+//! them again.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// How a body was encoded. A body whose first non-blank byte is `{` is JSON.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    MsgPack,
+    Json,
+}
+
+/// A message as a client put it: GET returns it in the same form. JSON carries text only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    Text(String),
+    Binary(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl Payload {
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Text(text) => text.len(),
+            Payload::Binary(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// PROTOCOL.md §5 idempotency key: a request repeated with the same pair takes effect at most
+/// once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionKey {
+    pub client_id: String,
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    CreateTopic { topic: String },
+    ListTopics,
+    Put { topic: String, message: Payload },
+    Get { topic: String },
+    Status,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// 1 unless the request said `v: 2`.
+    pub version: u8,
+    pub session: Option<SessionKey>,
+    pub operation: Operation,
+}
+
+/// PROTOCOL.md §5 error codes, plus `SESSION_EXPIRED` for a retry whose session the cluster
+/// has forgotten.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    NoSuchTopic,
+    TopicExists,
+    Empty,
+    NotLeader,
+    BadRequest,
+    TooLarge,
+    Timeout,
+    Unavailable,
+    ShuttingDown,
+    SessionExpired,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NoSuchTopic => "NO_SUCH_TOPIC",
+            ErrorCode::TopicExists => "TOPIC_EXISTS",
+            ErrorCode::Empty => "EMPTY",
+            ErrorCode::NotLeader => "NOT_LEADER",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::Timeout => "TIMEOUT",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::SessionExpired => "SESSION_EXPIRED",
+        }
+    }
+
+    pub fn parse(code: &str) -> Option<ErrorCode> {
+        const ALL: [ErrorCode; 10] = [
+            ErrorCode::NoSuchTopic,
+            ErrorCode::TopicExists,
+            ErrorCode::Empty,
+            ErrorCode::NotLeader,
+            ErrorCode::BadRequest,
+            ErrorCode::TooLarge,
+            ErrorCode::Timeout,
+            ErrorCode::Unavailable,
+            ErrorCode::ShuttingDown,
+            ErrorCode::SessionExpired,
+        ];
+        ALL.into_iter().find(|candidate| candidate.as_str() == code)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The result of a topic or message operation, as the state machine produced it. Stored in
+/// client sessions, so it is serializable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// `{"success": true}`
+    Done,
+    /// `{"success": true, "topics": [...]}`
+    Topics(Vec<String>),
+    /// `{"success": true, "message": ...}`
+    Message(Payload),
+    /// `{"success": false}` (v1) or with `error` (v2, and always for BAD_REQUEST/TOO_LARGE).
+    Failed(ErrorInfo),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub id: u64,
+    pub ip: String,
+    pub port: u16,
+}
+
+/// A follower's replication progress as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub match_index: u64,
+    pub next_index: u64,
+    /// "probe" or "replicate".
+    pub state: String,
+}
+
+/// `status` reply. v1 carries only `role` and `term`; v2 carries the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusReport {
+    /// "Leader", "Follower" or "Candidate".
+    pub role: String,
+    pub term: u64,
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub commit_index: u64,
+    pub last_applied: u64,
+    pub last_log_index: u64,
+    /// Only on the leader.
+    pub peers: Vec<PeerProgress>,
+    /// "always" or "never".
+    pub fsync: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Outcome {
+        outcome: Outcome,
+        /// Sent in v2 replies whenever the node knows the leader.
+        leader: Option<LeaderInfo>,
+    },
+    Status(StatusReport),
+}
+
+/// Limits on client input (PROTOCOL.md §6), configurable per node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub topic_bytes_max: usize,
+    pub message_bytes_max: usize,
+    pub client_id_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            topic_bytes_max: 255,
+            message_bytes_max: 1024 * 1024,
+            client_id_bytes_max: 64,
+        }
+    }
+}
+
+/// Payloads are cheap to clone through the core: conversions for callers that hold `Bytes`.
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Payload {
+        Payload::Binary(bytes.to_vec())
+    }
+}

@@ -54,3 +54,194 @@ impl fmt::Display for Role {
         f.write_str(self.client_name())
     }
 }
+
+use crate::storage::RestoredState;
+use bytes::Bytes;
+
+/// Timing and flow-control knobs of the core, in ticks and bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftConfig {
+    /// An election timeout is drawn uniformly from `election_ticks_min..election_ticks_max`.
+    pub election_ticks_min: u32,
+    pub election_ticks_max: u32,
+    /// A leader sends heartbeats every this many ticks. Must be below `election_ticks_min`.
+    pub heartbeat_ticks: u32,
+    /// Upper bound on the entries' bytes in one AppendEntries (at least one entry is sent).
+    pub append_bytes_max: usize,
+    /// AppendEntries sent to one follower and not yet acknowledged, at most.
+    pub inflight_appends_max: usize,
+    /// ReadIndex requests waiting for confirmation, at most.
+    pub pending_reads_max: usize,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+}
+
+impl Default for RaftConfig {
+    fn default() -> RaftConfig {
+        RaftConfig {
+            election_ticks_min: 30,
+            election_ticks_max: 60,
+            heartbeat_ticks: 5,
+            append_bytes_max: 1024 * 1024,
+            inflight_appends_max: 64,
+            pending_reads_max: 4096,
+            pre_vote: true,
+            check_quorum: true,
+        }
+    }
+}
+
+/// Why the core refused a proposal, read or transfer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("a leadership transfer is in progress")]
+    TransferInProgress,
+    #[error("too many pending reads")]
+    TooManyPendingReads,
+    #[error("no such peer {0}")]
+    UnknownPeer(NodeId),
+}
+
+/// A ReadIndex request that may be answered once the state machine has applied `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub read_id: u64,
+    pub index: LogIndex,
+}
+
+/// Everything the runtime must do after feeding the core. See the module docs for the order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Persist when `Some` (it changed). Durable before `messages_after_persist` leave.
+    pub hard_state: Option<HardState>,
+    /// Persist, truncating any stored suffix from `entries[0].index` on.
+    pub entries: Vec<Entry>,
+    /// May be sent at once, before persisting.
+    pub messages: Vec<Message>,
+    /// Sent only after `hard_state` and `entries` are durable.
+    pub messages_after_persist: Vec<Message>,
+    /// Committed and locally persisted; apply in order.
+    pub committed: Vec<Entry>,
+    /// Reads confirmed by a quorum; answer each once applied up to its index.
+    pub read_states: Vec<ReadState>,
+    /// Reads that will never be confirmed (leadership was lost): answer them as failed.
+    pub aborted_reads: Vec<u64>,
+}
+
+/// Replication progress of one follower, as the leader tracks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgressStatus {
+    pub id: NodeId,
+    pub match_index: LogIndex,
+    pub next_index: LogIndex,
+    /// Whether the leader is pipelining (true) or probing for the follower's position.
+    pub replicating: bool,
+}
+
+/// A snapshot of the core's externally interesting state, for `status` replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreStatus {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    /// The last index handed out in `Ready::committed`.
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+    /// Empty unless leader.
+    pub progress: Vec<ProgressStatus>,
+}
+
+/// The consensus core. See the module docs.
+pub struct Core {
+    _private: (),
+}
+
+impl Core {
+    /// A core for node `id` in a cluster of `voters` (which includes `id`), resuming from what
+    /// storage held. `seed` drives the randomized election timeouts.
+    pub fn new(
+        id: NodeId,
+        voters: Vec<NodeId>,
+        config: RaftConfig,
+        restored: RestoredState,
+        seed: u64,
+    ) -> Core {
+        let _ = (id, voters, config, restored, seed);
+        todo!("Raft core")
+    }
+
+    /// One unit of logical time.
+    pub fn tick(&mut self) {
+        todo!()
+    }
+
+    /// A message from a peer.
+    pub fn step(&mut self, message: Message) {
+        let _ = message;
+        todo!()
+    }
+
+    /// Appends a command to the leader's log; `Ok` gives where it will commit if it does.
+    pub fn propose(&mut self, command: Bytes) -> Result<EntryId, ProposeError> {
+        let _ = command;
+        todo!()
+    }
+
+    /// Starts a linearizable read; it comes back in `Ready::read_states` (or
+    /// `aborted_reads`) with the caller's `read_id`.
+    pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
+        let _ = read_id;
+        todo!()
+    }
+
+    /// Hands leadership to `to` once it is up to date; proposals are refused meanwhile. The
+    /// transfer is abandoned after an election timeout.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        let _ = to;
+        todo!()
+    }
+
+    pub fn has_ready(&self) -> bool {
+        todo!()
+    }
+
+    pub fn ready(&mut self) -> Ready {
+        todo!()
+    }
+
+    /// Storage has made the log durable up to `last` (the last entry of a `Ready`'s
+    /// `entries`). Stale reports (the entry was since overwritten) are ignored.
+    pub fn on_persisted(&mut self, last: EntryId) {
+        let _ = last;
+        todo!()
+    }
+
+    pub fn id(&self) -> NodeId {
+        todo!()
+    }
+
+    pub fn role(&self) -> Role {
+        todo!()
+    }
+
+    pub fn term(&self) -> Term {
+        todo!()
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        todo!()
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        todo!()
+    }
+
+    /// Panics, naming the node and term, if an invariant of the core does not hold.
+    pub fn check_invariants(&self) {
+        todo!()
+    }
+}

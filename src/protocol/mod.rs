@@ -8,7 +8,6 @@
 //! The types here are shared: the queue state machine produces [`Outcome`]s (and remembers
 //! them per client session), the node wraps them in [`Reply`]s, the client library decodes
 //! them again.
-
 //!
 //! The codec, by side:
 //! - node: [`decode_request`] (validates every field, enforces [`Limits`]), then
@@ -18,7 +17,8 @@
 //! The codec must not know about Raft, topics' contents or sockets: it only turns bytes into
 //! values and back. Decoding never panics on any input, never allocates more than the body
 //! proves it holds, and never recurses on attacker-controlled nesting (see `msgpack.rs`).
-//! Frame size is capped earlier, by the socket layer (ZMQ_MAXMSGSIZE), not here.
+//! Capping the frame size is the socket layer's job (e.g. ZMQ_MAXMSGSIZE), done before a
+//! body reaches this module.
 
 mod msgpack;
 mod reply;

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{parse_duration, CliError};
+use crate::client::cluster_file::ClusterConfig;
 use crate::client::{Client, ClientOptions};
-use crate::config::ClusterConfig;
 
 /// How long stopped nodes get to exit after SIGTERM before they are killed. A node exits
 /// within about a second (PROTOCOL.md §7); this leaves room for a loaded machine.
@@ -109,8 +109,10 @@ pub(super) fn run(
     let mut fleet = Fleet { nodes: Vec::new() };
     for (index, address) in config.addresses.iter().enumerate() {
         let data_dir = args.data_root.join(format!("node-{index}"));
-        std::fs::create_dir_all(&data_dir)
-            .map_err(CliError::io(format!("{}: cannot create", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir).map_err(CliError::io(format!(
+            "{}: cannot create",
+            data_dir.display()
+        )))?;
         let mut command = Command::new(&node_bin);
         command
             .arg(config_path)
@@ -154,12 +156,15 @@ pub(super) fn run(
         if fleet.reap_unexpected() == 0 {
             return Err(CliError::Cluster("every node has exited".to_string()));
         }
-        let leader = client.status_all().into_iter().find_map(|(address, result)| {
-            result
-                .ok()
-                .filter(|status| status.role == "Leader")
-                .map(|status| (address, status))
-        });
+        let leader = client
+            .status_all()
+            .into_iter()
+            .find_map(|(address, result)| {
+                result
+                    .ok()
+                    .filter(|status| status.role == "Leader")
+                    .map(|status| (address, status))
+            });
         if let Some((address, status)) = leader {
             print(
                 stdout,
@@ -186,7 +191,11 @@ pub(super) fn run(
             stdout,
             format!(
                 "cluster running{}; Ctrl-C or SIGTERM stops it",
-                if leader_announced { "" } else { " (no leader yet)" }
+                if leader_announced {
+                    ""
+                } else {
+                    " (no leader yet)"
+                }
             ),
         )?;
     }
@@ -205,9 +214,9 @@ pub(super) fn run(
 /// `rrmq-node` in the directory of the running `rrmq`.
 fn default_node_bin() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe().map_err(CliError::io("cannot locate this executable"))?;
-    let directory = exe.parent().ok_or_else(|| {
-        CliError::Cluster(format!("{}: has no parent directory", exe.display()))
-    })?;
+    let directory = exe
+        .parent()
+        .ok_or_else(|| CliError::Cluster(format!("{}: has no parent directory", exe.display())))?;
     Ok(directory.join(format!("rrmq-node{}", std::env::consts::EXE_SUFFIX)))
 }
 

@@ -6,10 +6,8 @@ use std::io::{Read, Write};
 use serde_json::json;
 
 use super::{CliError, Command, GlobalOptions, TopicCommand};
-use crate::client::{
-    Client, ClientError, ClientOptions, NodeAddress, ATTEMPT_TIMEOUT_DEFAULT,
-};
-use crate::config::ClusterConfig;
+use crate::client::cluster_file::ClusterConfig;
+use crate::client::{Client, ClientError, ClientOptions, NodeAddress, ATTEMPT_TIMEOUT_DEFAULT};
 use crate::protocol::{Payload, StatusReport};
 
 pub(super) fn run(
@@ -62,7 +60,10 @@ pub(super) fn run(
             };
             client.put(topic, message)?;
             if global.json {
-                out(stdout, json!({"topic": topic, "success": true}).to_string() + "\n")?;
+                out(
+                    stdout,
+                    json!({"topic": topic, "success": true}).to_string() + "\n",
+                )?;
             }
             Ok(())
         }
@@ -372,7 +373,9 @@ mod tests {
         assert_eq!(nodes[1]["leader"], 0);
         assert_eq!(nodes[2]["reachable"], false);
         assert_eq!(nodes[2]["id"], 2);
-        assert!(nodes[2]["error"].as_str().is_some_and(|text| text.contains("8889")));
+        assert!(nodes[2]["error"]
+            .as_str()
+            .is_some_and(|text| text.contains("8889")));
     }
 
     #[test]
@@ -387,7 +390,10 @@ mod tests {
         for (number, (message, raw, expected)) in cases.into_iter().enumerate() {
             assert_eq!(message_output(message, raw), expected, "case {number}");
         }
-        assert_eq!(payload_from_bytes(b"text\n".to_vec()), Payload::Text("text\n".into()));
+        assert_eq!(
+            payload_from_bytes(b"text\n".to_vec()),
+            Payload::Text("text\n".into())
+        );
         assert_eq!(payload_from_bytes(binary.clone()), Payload::Binary(binary));
         assert_eq!(
             get_json("t", &Payload::Binary(vec![1, 2])),

@@ -45,7 +45,11 @@ mod tests {
             ("1e300m", None),
         ];
         for (number, (input, expected)) in cases.into_iter().enumerate() {
-            assert_eq!(parse_duration(input).ok(), expected, "case {number}: {input:?}");
+            assert_eq!(
+                parse_duration(input).ok(),
+                expected,
+                "case {number}: {input:?}"
+            );
         }
     }
 }

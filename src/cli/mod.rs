@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::cluster_file::ConfigError;
 use crate::client::{ClientError, NodeAddress};
-use crate::config::ConfigError;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;
@@ -67,7 +67,12 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct GlobalOptions {
     /// The cluster config (PROTOCOL.md §1)
-    #[arg(long, global = true, value_name = "PATH", default_value = "config.json")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "config.json"
+    )]
     pub config: PathBuf,
     /// Talk to this node instead of the nodes of --config; leader hints lead to the others
     #[arg(long, global = true, value_name = "HOST:PORT")]
@@ -213,16 +218,28 @@ mod tests {
 
     #[test]
     fn arguments_parse_into_commands_and_bad_ones_are_usage_errors() {
-        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("rrmq").chain(args.iter().copied()));
-        let cli = parse(&["--node", "127.0.0.1:9123", "put", "t", "-", "--timeout", "3s"])
-            .expect("valid arguments");
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("rrmq").chain(args.iter().copied()))
+        };
+        let cli = parse(&[
+            "--node",
+            "127.0.0.1:9123",
+            "put",
+            "t",
+            "-",
+            "--timeout",
+            "3s",
+        ])
+        .expect("valid arguments");
         assert_eq!(
             cli.global.node,
             Some(NodeAddress::new("127.0.0.1", 9123).expect("valid"))
         );
         assert_eq!(cli.global.timeout, Duration::from_secs(3));
-        assert!(matches!(cli.command, Command::Put { ref topic, ref message }
-            if topic == "t" && message == "-"));
+        assert!(
+            matches!(cli.command, Command::Put { ref topic, ref message }
+            if topic == "t" && message == "-")
+        );
 
         let cli = parse(&["topic", "list", "--json"]).expect("valid arguments");
         assert!(cli.global.json);
@@ -256,8 +273,14 @@ mod tests {
             outcome_unknown: true,
         };
         let cases: [(CliError, u8); 7] = [
-            (ClientError::NoSuchTopic { topic: "t".into() }.into(), EXIT_NOT_FOUND),
-            (ClientError::Empty { topic: "t".into() }.into(), EXIT_NOT_FOUND),
+            (
+                ClientError::NoSuchTopic { topic: "t".into() }.into(),
+                EXIT_NOT_FOUND,
+            ),
+            (
+                ClientError::Empty { topic: "t".into() }.into(),
+                EXIT_NOT_FOUND,
+            ),
             (unknown().into(), EXIT_UNAVAILABLE),
             (
                 ClientError::SessionExpired {

@@ -20,7 +20,9 @@ pub struct NodeAddress {
 
 /// Why a `HOST:PORT` string was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("bad node address '{input}': {reason} (expected HOST:PORT, e.g. 127.0.0.1:8567 or [::1]:8567)")]
+#[error(
+    "bad node address '{input}': {reason} (expected HOST:PORT, e.g. 127.0.0.1:8567 or [::1]:8567)"
+)]
 pub struct AddressError {
     pub input: String,
     pub reason: &'static str,

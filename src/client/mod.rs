@@ -26,6 +26,8 @@
 //! `seq` for a retry, or wait without a deadline.
 
 mod address;
+// TEMPORARY until crate::config lands in main.
+pub mod cluster_file;
 #[cfg(test)]
 mod tests;
 
@@ -33,11 +35,11 @@ pub use address::{AddressError, NodeAddress};
 
 use std::time::{Duration, Instant};
 
-use crate::config::ClusterConfig;
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
-    Payload, ReplyDecodeError, Reply, Request, SessionKey, StatusReport,
+    Payload, Reply, ReplyDecodeError, Request, SessionKey, StatusReport,
 };
+use cluster_file::ClusterConfig;
 
 /// How long one attempt waits for a reply before the client tries elsewhere.
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -568,10 +570,12 @@ impl Client {
     /// Queues `[tag, "", body]` for one node without blocking.
     fn send(&mut self, index: usize, tag: u64, body: &[u8]) -> Result<(), SendError> {
         let node = self.addresses[index].clone();
-        let transport = |source| SendError::Transport(ClientError::Transport {
-            node: node.clone(),
-            source,
-        });
+        let transport = |source| {
+            SendError::Transport(ClientError::Transport {
+                node: node.clone(),
+                source,
+            })
+        };
         let frames: [&[u8]; 3] = [&tag.to_be_bytes(), &[], body];
         let socket = self.socket(index).map_err(transport)?;
         match socket.send_multipart(frames, zmq::DONTWAIT) {
@@ -755,7 +759,13 @@ impl Client {
     }
 
     /// The error for a decisive outcome the operation does not expect.
-    fn unexpected(&self, node: usize, outcome: Outcome, topic: &str, operation: &str) -> ClientError {
+    fn unexpected(
+        &self,
+        node: usize,
+        outcome: Outcome,
+        topic: &str,
+        operation: &str,
+    ) -> ClientError {
         let node = self.addresses[node].clone();
         let topic = topic.to_string();
         match outcome {

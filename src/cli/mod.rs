@@ -53,8 +53,10 @@ Exit status:
 
 Errors are one line on stderr, starting with `rrmq: `.";
 
-/// rrmq: a replicated message queue. Talks to the cluster described by --config (or to the
-/// node given with --node), finding the leader and retrying safely.
+/// rrmq: the command-line client of an rrmq cluster, and a local cluster launcher
+///
+/// Talks to the cluster described by --config (or to the node given with --node), finding
+/// the leader and retrying safely: a retried put or get takes effect at most once.
 #[derive(Debug, Parser)]
 #[command(name = "rrmq", version, after_help = EXIT_STATUS_HELP)]
 pub struct Cli {
@@ -104,8 +106,10 @@ pub enum Command {
         /// otherwise)
         message: OsString,
     },
-    /// Pop the oldest message of a topic and print it: text followed by a newline, binary as
-    /// raw bytes. Exits 3 with nothing on stdout when the topic is empty.
+    /// Pop the oldest message of a topic and print it
+    ///
+    /// Text is printed followed by a newline (unless --raw), binary as raw bytes. Exits 3
+    /// with nothing on stdout when the topic is empty.
     Get {
         topic: String,
         /// Print a text message exactly, without the trailing newline

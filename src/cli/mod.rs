@@ -179,9 +179,18 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            // Help and version go to stdout with code 0, usage errors to stderr with 2.
-            let _ = error.print();
-            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_USAGE));
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = error.print();
+                return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_USAGE));
+            }
+            eprintln!("rrmq: {}", usage_line(&error));
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     let stdout = std::io::stdout();
@@ -195,6 +204,19 @@ pub fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// clap's usage error as one line: its first paragraph without the `error: ` prefix.
+fn usage_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let message = paragraph.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("{message} (see rrmq --help)")
 }
 
 /// Runs one parsed command, writing results to `stdout` and reading `put -` from `stdin`.
@@ -265,6 +287,9 @@ mod tests {
         for (number, args) in bad.iter().enumerate() {
             let error = parse(args).expect_err(&format!("case {number}: {args:?} accepted"));
             assert_eq!(error.exit_code(), i32::from(EXIT_USAGE), "case {number}");
+            let line = usage_line(&error);
+            assert!(!line.contains('\n'), "case {number}: {line}");
+            assert!(!line.starts_with("error"), "case {number}: {line}");
         }
     }
 

@@ -141,6 +141,10 @@ pub(crate) fn run_suite<H: Harness>(harness: &mut H) {
             unsafe_hard_states_are_refused,
         ),
         (
+            "entries_above_the_term_are_refused",
+            entries_above_the_term_are_refused,
+        ),
+        (
             "random_operations_match_model",
             random_operations_match_model,
         ),
@@ -399,6 +403,28 @@ fn unsafe_hard_states_are_refused<H: Harness>(harness: &mut H, case: &str) {
     assert_eq!(restored.hard_state, hard_state(3, None, 0), "{case}");
 }
 
+fn entries_above_the_term_are_refused<H: Harness>(harness: &mut H, case: &str) {
+    let mut store = harness.fresh();
+    batch(
+        &mut store,
+        &entries(1, 1..=2),
+        Some(hard_state(1, None, 0)),
+        case,
+    );
+    ok(store.append(&entries(2, 3..=3)), case);
+    match store.sync() {
+        Err(StorageError::Invalid(_)) => {}
+        other => panic!("{case}: expected Invalid, got {other:?}"),
+    }
+    // The runtime's order: append, then set_hard_state, then sync.
+    ok(store.set_hard_state(&hard_state(2, None, 0)), case);
+    ok(store.sync(), case);
+    let (_, restored) = harness.crash(store);
+    let mut expected = entries(1, 1..=2);
+    expected.push(entry(2, 3));
+    assert_eq!(restored.entries, expected, "{case}");
+}
+
 /// Random appends (often overwriting), hard state changes, syncs and crashes, checked
 /// against a model that keeps what was written and what was synced.
 fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
@@ -410,8 +436,10 @@ fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
         let mut store = harness.fresh();
         let mut written: Vec<Entry> = Vec::new();
         let mut durable: Vec<Entry> = Vec::new();
-        let mut state = HardState::default();
-        let mut durable_state = HardState::default();
+        let mut state = hard_state(1, None, 0);
+        ok(store.set_hard_state(&state), &case);
+        ok(store.sync(), &case);
+        let mut durable_state = state;
         let mut durable_commit_max = LogIndex::ZERO;
         let mut batch_has_entries = false;
         for step in 0..OPERATIONS {
@@ -425,7 +453,7 @@ fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
                         rng.gen_range(1..=last + 1)
                     };
                     let count = rng.gen_range(1..=4);
-                    let new = entries(state.term.0.max(1), first..=first + count - 1);
+                    let new = entries(state.term.0, first..=first + count - 1);
                     ok(store.append(&new), &case);
                     written.truncate(first as usize - 1);
                     written.extend(new);

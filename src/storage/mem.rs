@@ -8,7 +8,7 @@
 //! so that the simulator cannot pass on behaviour the real node lacks. It does no I/O and
 //! never fails except on invalid input.
 
-use super::{check_append, check_hard_state, LogStore, RestoredState, StorageError};
+use super::{check_append, check_hard_state, check_sync, LogStore, RestoredState, StorageError};
 use crate::raft::{Entry, HardState, LogIndex};
 
 #[derive(Clone, Debug, Default)]
@@ -90,6 +90,9 @@ impl LogStore for MemStore {
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
+        if let Some(last) = self.entries.last() {
+            check_sync(last.term, &self.hard_state)?;
+        }
         let term_vote_changed = (self.hard_state.term, self.hard_state.vote)
             != (self.durable_hard_state.term, self.durable_hard_state.vote);
         if let Some(from) = self.unsynced_from.take() {

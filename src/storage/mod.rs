@@ -29,7 +29,7 @@ mod wal;
 pub use mem::MemStore;
 pub use wal::{FsyncPolicy, Wal, WalOptions};
 
-use crate::raft::{Entry, HardState, LogIndex};
+use crate::raft::{Entry, HardState, LogIndex, Term};
 
 /// What a store held when it was opened: the starting point of a restarted core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,13 +83,27 @@ pub trait LogStore {
     /// the store's last index, the store first drops every entry from that index on: a new
     /// leader has overwritten an uncommitted suffix (Raft §5.3). The drop is durable no later
     /// than the append that follows it.
+    ///
+    /// To ensure correctness: nothing is durable when this returns (both stores only buffer
+    /// until `sync`). A gap or non-contiguous entries are refused as `Invalid`.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
 
     /// Records the hard state. A change of `term` or `vote` is durable once `sync` returns;
     /// `commit` may be persisted lazily (it is only a hint on restart).
+    ///
+    /// To ensure correctness: nothing is durable when this returns. A commit-only change
+    /// becomes durable with the next `sync` that persists entries or a term/vote change,
+    /// and is restored clamped to the last entry. A term that moves back or a vote that
+    /// changes within a term is refused as `Invalid` (it would allow two votes in a term).
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError>;
 
     /// Makes everything written so far durable (fsync, or nothing under `--fsync never`).
+    ///
+    /// To ensure correctness: when this returns `Ok`, every earlier `append` and term/vote
+    /// change is durable, term and vote no later than the entries (a crash never keeps
+    /// entries of a term the node has not durably adopted). Refuses as `Invalid` a log whose
+    /// last term is above the hard state's term: Raft never stores an entry from a term it
+    /// has not adopted (§5.1), so that is a caller bug.
     fn sync(&mut self) -> Result<(), StorageError>;
 }
 
@@ -113,6 +127,18 @@ pub(crate) fn check_append(last_index: LogIndex, entries: &[Entry]) -> Result<()
                 pair[1].index, pair[0].index
             )));
         }
+    }
+    Ok(())
+}
+
+/// Refuses to make durable a log whose last entry's term is above the current term: call
+/// `set_hard_state` before `sync` when a batch adopts a new term.
+pub(crate) fn check_sync(last_term: Term, hard_state: &HardState) -> Result<(), StorageError> {
+    if last_term > hard_state.term {
+        return Err(StorageError::Invalid(format!(
+            "log holds entries of term {last_term} but the hard state's term is {}",
+            hard_state.term
+        )));
     }
     Ok(())
 }

@@ -65,6 +65,21 @@ fn votes_received(net: &Net, candidate: NodeId, term: u64) -> Vec<(NodeId, bool)
         .collect()
 }
 
+/// `(voter, granted)` for every pre-vote response delivered to `candidate`.
+fn pre_votes_received(net: &Net, candidate: NodeId) -> Vec<(NodeId, bool)> {
+    net.delivered()
+        .iter()
+        .filter(|message| message.to == candidate)
+        .filter_map(|message| match message.body {
+            MessageBody::RequestVoteResponse {
+                pre_vote: true,
+                granted,
+            } => Some((message.from, granted)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn all_messages(readies: &[Ready]) -> Vec<Message> {
     readies
         .iter()
@@ -487,7 +502,7 @@ fn pre_vote_keeps_a_partitioned_node_from_inflating_its_term_and_deposing_the_le
 
 #[test]
 fn without_pre_vote_a_partitioned_node_inflates_its_term_and_deposes_the_leader() {
-    let (_net, rejoin) = partitioned_follower_rejoins(false);
+    let (net, rejoin) = partitioned_follower_rejoins(false);
     assert_eq!(rejoin.isolated_role, Role::Candidate);
     assert!(
         rejoin.isolated_term.0 >= rejoin.term_before.0 + 10,
@@ -505,6 +520,16 @@ fn without_pre_vote_a_partitioned_node_inflates_its_term_and_deposes_the_leader(
             .iter()
             .all(|&term| term >= rejoin.isolated_term),
         "everyone moved to the inflated term: {:?}",
+        rejoin.terms_after
+    );
+    // ...and the cluster still recovers: one leader, one term.
+    assert_eq!(net.leaders().len(), 1, "{:?}", net.leaders());
+    assert!(
+        rejoin
+            .terms_after
+            .iter()
+            .all(|&term| term == rejoin.terms_after[0]),
+        "{:?}",
         rejoin.terms_after
     );
 }
@@ -546,12 +571,13 @@ fn check_quorum_deposes_an_isolated_leader_within_an_election_timeout_or_two() {
     let (mut net, stepped_down_at) = isolate_the_leader(true);
     let stepped_down_at = stepped_down_at.expect("S1 should have stepped down");
     // S1 checks every election_ticks_min ticks whether it heard from a majority since the
-    // previous check; the first check after the cut may still see the followers' last acks.
-    let bound = 2 * net.config().election_ticks_min;
-    assert!(
-        stepped_down_at <= bound,
-        "stepped down at tick {stepped_down_at}, after {bound}"
-    );
+    // previous check. Its check clock stood at heartbeat_ticks when the cut came, so the
+    // first check after the cut still counts the acks of that heartbeat and passes; the next
+    // one, an election timeout later, fails. Never more than two election timeouts.
+    let config = net.config();
+    let expected = (config.election_ticks_min - config.heartbeat_ticks) + config.election_ticks_min;
+    assert_eq!(stepped_down_at, expected, "tick of the step-down");
+    assert!(stepped_down_at <= 2 * config.election_ticks_min);
     assert_ne!(net.core(S1).role(), Role::Leader);
     assert_eq!(net.core(S1).term(), Term(1), "PreVote kept S1's term");
 
@@ -1286,4 +1312,96 @@ fn delayed_duplicate_append_does_not_truncate_acknowledged_entries() {
         LogIndex(3),
         "the leader did not go back"
     );
+}
+
+#[test]
+fn stale_node_with_an_inflated_term_rejoins_without_leading_under_pre_vote_and_check_quorum() {
+    // S3 missed 3@2 and, with an older build without PreVote, campaigned up to term 7.
+    let mut net = Net::with_setups(
+        test_config(),
+        vec![
+            Setup::log(&[1, 1, 2]).commit(3),
+            Setup::log(&[1, 1, 2]).commit(3),
+            Setup::log(&[1, 1]).term(7).commit(2),
+        ],
+    );
+    net.cut_where(|message| message.from == S3 || message.to == S3);
+    net.elect(S1);
+    assert_eq!(net.core(S1).term(), Term(3));
+    net.heal();
+    let mut leaders_seen = Vec::new();
+    for _ in 0..10 * net.config().election_ticks_max {
+        net.tick_all();
+        net.deliver_all();
+        for leader in net.leaders() {
+            leaders_seen.push((leader, net.core(leader).term()));
+        }
+    }
+    assert!(
+        leaders_seen.iter().all(|&(leader, _)| leader != S3),
+        "S3's log is stale: it must never lead ({leaders_seen:?})"
+    );
+    let leaders = net.leaders();
+    assert_eq!(leaders.len(), 1, "converged on one leader: {leaders:?}");
+    let term = net.core(leaders[0]).term();
+    assert!(term > Term(7), "the cluster moved past S3's term: {term:?}");
+    for id in net.ids() {
+        assert_eq!(net.core(id).term(), term, "node {id}");
+        assert_eq!(net.log_terms(id), vec![1, 1, 2, 3, term.0], "node {id}");
+    }
+}
+
+#[test]
+fn leader_crash_before_persisting_its_own_entry_loses_nothing_the_followers_stored() {
+    // Without CheckQuorum there is no lease, so the restarted S1 may campaign at once: what
+    // stops it must be its log alone.
+    let config = RaftConfig {
+        check_quorum: false,
+        ..test_config()
+    };
+    let mut net = Net::new(3, config);
+    net.elect(S1);
+    net.heartbeat(S1);
+
+    // S1's appends leave before its own copy is durable (dissertation §10.2.1); S1 crashes
+    // before persisting, and the followers' acknowledgements die with it.
+    net.stall(S1);
+    let proposal = propose(&mut net, S1, "x");
+    let ready = net.take_ready(S1);
+    net.send(ready.messages.clone());
+    drop(ready);
+    net.cut(S2, S1);
+    net.cut(S3, S1);
+    net.deliver_all();
+    net.restart(S1);
+    assert_eq!(
+        net.core(S1).last_index(),
+        LogIndex(1),
+        "x never reached S1's disk"
+    );
+    for id in [S2, S3] {
+        assert_eq!(last_id(&net, id), proposal, "node {id} stored x");
+    }
+
+    // S1 cannot win with its shorter log...
+    net.heal();
+    net.clear_traces();
+    net.campaign(S1);
+    net.deliver_all();
+    assert_eq!(pre_votes_received(&net, S1), vec![(S2, false), (S3, false)]);
+    assert_eq!(net.core(S1).role(), Role::Follower);
+    assert_eq!(net.core(S1).term(), Term(1));
+
+    // ...S2 can, and commits x with its no-op.
+    net.elect(S2);
+    net.heartbeat(S2);
+    for id in net.ids() {
+        assert_eq!(net.log_terms(id), vec![1, 1, 2], "node {id}");
+        assert_eq!(
+            net.core(id).entry(proposal.index).map(Entry::id),
+            Some(proposal),
+            "node {id}"
+        );
+        assert_eq!(net.core(id).commit_index(), LogIndex(3), "node {id}");
+    }
 }

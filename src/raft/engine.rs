@@ -946,12 +946,7 @@ impl Core {
                     self.maybe_commit();
                 }
                 let caught_up = self.progress_of(follower).match_index == last_index;
-                if caught_up
-                    && self
-                        .transfer
-                        .as_ref()
-                        .is_some_and(|transfer| transfer.target == follower)
-                {
+                if caught_up && self.is_transfer_target(follower) {
                     self.send(follower, MessageBody::TimeoutNow);
                 }
                 self.send_appends(follower);
@@ -998,8 +993,12 @@ impl Core {
         progress.recent_active = true;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
         progress.resume(inflight_appends_max);
-        if progress.match_index < last_index {
+        let caught_up = progress.match_index == last_index;
+        if !caught_up {
             self.send_append(follower, true);
+        } else if self.is_transfer_target(follower) {
+            // The TimeoutNow sent when it caught up may have been lost.
+            self.send(follower, MessageBody::TimeoutNow);
         }
         self.release_confirmed_reads();
     }
@@ -1040,6 +1039,12 @@ impl Core {
             }
         }
         true
+    }
+
+    fn is_transfer_target(&self, follower: NodeId) -> bool {
+        self.transfer
+            .as_ref()
+            .is_some_and(|transfer| transfer.target == follower)
     }
 
     fn committed_in_current_term(&self) -> bool {

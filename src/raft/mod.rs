@@ -124,7 +124,7 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Sent only after `hard_state` and `entries` are durable.
     pub messages_after_persist: Vec<Message>,
-    /// Committed and locally persisted; apply in order.
+    /// Committed (durable on a majority, not necessarily yet on this node); apply in order.
     pub committed: Vec<Entry>,
     /// Reads confirmed by a quorum; answer each once applied up to its index.
     pub read_states: Vec<ReadState>,

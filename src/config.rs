@@ -149,9 +149,12 @@ impl ClusterConfig {
         let list = object
             .get("addresses")
             .ok_or_else(|| invalid("missing \"addresses\"".to_string()))?;
-        let list = list
-            .as_array()
-            .ok_or_else(|| invalid(format!("\"addresses\": expected a list, found {}", kind(list))))?;
+        let list = list.as_array().ok_or_else(|| {
+            invalid(format!(
+                "\"addresses\": expected a list, found {}",
+                kind(list)
+            ))
+        })?;
         if list.is_empty() {
             return Err(ConfigError::EmptyAddressList {
                 path: path.to_string(),
@@ -179,7 +182,8 @@ impl ClusterConfig {
                 None => return Err(invalid(format!("addresses[{node}]: missing \"ip\""))),
             };
             let port = parse_port(path, node, "port", entry.get("port"))?;
-            let internal_port = parse_port(path, node, "internal_port", entry.get("internal_port"))?;
+            let internal_port =
+                parse_port(path, node, "internal_port", entry.get("internal_port"))?;
             addresses.push(Address {
                 ip: ip.to_string(),
                 port,
@@ -612,10 +616,16 @@ mod tests {
     #[test]
     fn bad_files_give_one_clear_line() {
         let cases: &[(&str, &str)] = &[
-            ("{", "c.json: invalid JSON: EOF while parsing an object at line 1 column 1"),
+            (
+                "{",
+                "c.json: invalid JSON: EOF while parsing an object at line 1 column 1",
+            ),
             ("[]", "c.json: expected a JSON object, found a list"),
             ("{}", "c.json: missing \"addresses\""),
-            (r#"{"addresses": 3}"#, "c.json: \"addresses\": expected a list, found a number"),
+            (
+                r#"{"addresses": 3}"#,
+                "c.json: \"addresses\": expected a list, found a number",
+            ),
             (r#"{"addresses": []}"#, "c.json: the address list is empty"),
             (
                 r#"{"addresses": [{"ip": "a", "port": 70000, "internal_port": 2}]}"#,
@@ -704,14 +714,19 @@ mod tests {
 
     #[test]
     fn cluster_id_is_stable_and_depends_on_every_address_field() {
-        let base = ClusterConfig::parse(THREE_NODES, "c").expect("valid").cluster_id;
+        let base = ClusterConfig::parse(THREE_NODES, "c")
+            .expect("valid")
+            .cluster_id;
         // Pinned: nodes built by different compilers and versions must agree.
         assert_eq!(base, 0xcff6_d5bc_9fd3_e81a);
         assert_eq!(base, cluster_id_reference(THREE_NODES));
         let variants = [
             THREE_NODES.replace("8567", "8569"),
             THREE_NODES.replace("8568", "8569"),
-            THREE_NODES.replace("\"127.0.0.1\", \"port\": 9123", "\"127.0.0.2\", \"port\": 9123"),
+            THREE_NODES.replace(
+                "\"127.0.0.1\", \"port\": 9123",
+                "\"127.0.0.2\", \"port\": 9123",
+            ),
             // Same addresses, another order: another cluster (ids would differ).
             r#"{"addresses": [
                 {"ip": "127.0.0.1", "port": 9123, "internal_port": 9124},
@@ -828,13 +843,22 @@ mod tests {
                  by at least one tick (10 ms), or every node times out at once and elections \
                  split",
             ),
-            (&["--request-timeout-ms", "0"], "--request-timeout-ms: must be at least 1"),
-            (&["--topic-bytes-max", "0"], "--topic-bytes-max: 0 is outside 1..=65536"),
+            (
+                &["--request-timeout-ms", "0"],
+                "--request-timeout-ms: must be at least 1",
+            ),
+            (
+                &["--topic-bytes-max", "0"],
+                "--topic-bytes-max: 0 is outside 1..=65536",
+            ),
             (
                 &["--message-bytes-max", "0"],
                 "--message-bytes-max: 0 is outside 1..=67108864",
             ),
-            (&["--sessions-max", "0"], "--sessions-max: must be at least 1"),
+            (
+                &["--sessions-max", "0"],
+                "--sessions-max: must be at least 1",
+            ),
         ];
         for (number, (flags, expected)) in cases.iter().enumerate() {
             let error = node_config(flags).expect_err("must be refused");
@@ -847,7 +871,10 @@ mod tests {
         let cluster = ClusterConfig::parse(THREE_NODES, "config.json").expect("valid");
         let args = NodeArgs::try_parse_from(["rrmq-node", "config.json", "5"]).expect("parses");
         let error = NodeConfig::new(&args, cluster).expect_err("out of range");
-        assert_eq!(error.to_string(), "config.json: index 5 out of range (3 nodes)");
+        assert_eq!(
+            error.to_string(),
+            "config.json: index 5 out of range (3 nodes)"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@
 pub mod message;
 
 pub use message::{
-    AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody,
-    NodeId, RejectHint, Term,
+    AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
+    RejectHint, Term,
 };
 
 use serde::{Deserialize, Serialize};

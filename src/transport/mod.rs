@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod peer;
+mod upcoming;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,7 +18,12 @@
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
 
+mod engine;
+mod log;
 pub mod message;
+mod progress;
+
+pub use engine::Core;
 
 pub use message::{
     AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
@@ -54,9 +59,6 @@ impl fmt::Display for Role {
         f.write_str(self.client_name())
     }
 }
-
-use crate::storage::RestoredState;
-use bytes::Bytes;
 
 /// Timing and flow-control knobs of the core, in ticks and bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,95 +155,4 @@ pub struct CoreStatus {
     pub last_index: LogIndex,
     /// Empty unless leader.
     pub progress: Vec<ProgressStatus>,
-}
-
-/// The consensus core. See the module docs.
-pub struct Core {
-    _private: (),
-}
-
-impl Core {
-    /// A core for node `id` in a cluster of `voters` (which includes `id`), resuming from what
-    /// storage held. `seed` drives the randomized election timeouts.
-    pub fn new(
-        id: NodeId,
-        voters: Vec<NodeId>,
-        config: RaftConfig,
-        restored: RestoredState,
-        seed: u64,
-    ) -> Core {
-        let _ = (id, voters, config, restored, seed);
-        todo!("Raft core")
-    }
-
-    /// One unit of logical time.
-    pub fn tick(&mut self) {
-        todo!()
-    }
-
-    /// A message from a peer.
-    pub fn step(&mut self, message: Message) {
-        let _ = message;
-        todo!()
-    }
-
-    /// Appends a command to the leader's log; `Ok` gives where it will commit if it does.
-    pub fn propose(&mut self, command: Bytes) -> Result<EntryId, ProposeError> {
-        let _ = command;
-        todo!()
-    }
-
-    /// Starts a linearizable read; it comes back in `Ready::read_states` (or
-    /// `aborted_reads`) with the caller's `read_id`.
-    pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
-        let _ = read_id;
-        todo!()
-    }
-
-    /// Hands leadership to `to` once it is up to date; proposals are refused meanwhile. The
-    /// transfer is abandoned after an election timeout.
-    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
-        let _ = to;
-        todo!()
-    }
-
-    pub fn has_ready(&self) -> bool {
-        todo!()
-    }
-
-    pub fn ready(&mut self) -> Ready {
-        todo!()
-    }
-
-    /// Storage has made the log durable up to `last` (the last entry of a `Ready`'s
-    /// `entries`). Stale reports (the entry was since overwritten) are ignored.
-    pub fn on_persisted(&mut self, last: EntryId) {
-        let _ = last;
-        todo!()
-    }
-
-    pub fn id(&self) -> NodeId {
-        todo!()
-    }
-
-    pub fn role(&self) -> Role {
-        todo!()
-    }
-
-    pub fn term(&self) -> Term {
-        todo!()
-    }
-
-    pub fn leader(&self) -> Option<NodeId> {
-        todo!()
-    }
-
-    pub fn status(&self) -> CoreStatus {
-        todo!()
-    }
-
-    /// Panics, naming the node and term, if an invariant of the core does not hold.
-    pub fn check_invariants(&self) {
-        todo!()
-    }
 }

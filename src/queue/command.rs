@@ -1,0 +1,245 @@
+//! What a log entry carries for the queue: a [`Command`] and its optional session key, and
+//! their byte form.
+//!
+//! The byte form is compact MessagePack from rmp-serde: structs as arrays, enum variants as
+//! one-entry maps keyed by the variant name, message bytes as `bin`.
+//!
+//! ```text
+//! LoggedCommand = [ session: nil | [client_id: str, seq: uint], command ]
+//! command       = {"CreateTopic": [topic]} | {"Put": [topic, payload]} | {"Get": [topic]}
+//! payload       = {"Text": str} | {"Binary": bin}
+//! ```
+//!
+//! Log entries outlive binaries, so this layout is a stored format: add variants, never
+//! reorder or rename fields. Decoding is strict (trailing bytes are an error) and never
+//! panics: the bytes come from disk and from peers.
+
+use crate::protocol::{Operation, Payload, SessionKey};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A change to the queue. Only changes go through the log; reads (`topic GET`, `status`) are
+/// answered from the applied state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    CreateTopic { topic: String },
+    Put { topic: String, message: Payload },
+    Get { topic: String },
+}
+
+/// What one log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedCommand {
+    /// Present when the client sent `client_id` and `seq`: the command then takes effect at
+    /// most once per key.
+    pub session: Option<SessionKey>,
+    pub command: Command,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandDecodeError {
+    #[error("not a command: {0}")]
+    Malformed(#[from] rmp_serde::decode::Error),
+    #[error("{bytes} bytes after the command")]
+    TrailingBytes { bytes: usize },
+}
+
+impl LoggedCommand {
+    pub fn encode(&self) -> Bytes {
+        let bytes = rmp_serde::to_vec(self)
+            .expect("encoding strings, integers and bytes into a Vec cannot fail");
+        Bytes::from(bytes)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LoggedCommand, CommandDecodeError> {
+        let mut rest = bytes;
+        let mut deserializer = rmp_serde::Deserializer::new(&mut rest);
+        let command = LoggedCommand::deserialize(&mut deserializer)?;
+        if !rest.is_empty() {
+            return Err(CommandDecodeError::TrailingBytes { bytes: rest.len() });
+        }
+        Ok(command)
+    }
+}
+
+/// The operations that go through the log become commands; the others come back as the
+/// error, for the caller to serve from the applied state.
+impl TryFrom<Operation> for Command {
+    type Error = Operation;
+
+    fn try_from(operation: Operation) -> Result<Command, Operation> {
+        match operation {
+            Operation::CreateTopic { topic } => Ok(Command::CreateTopic { topic }),
+            Operation::Put { topic, message } => Ok(Command::Put { topic, message }),
+            Operation::Get { topic } => Ok(Command::Get { topic }),
+            other @ (Operation::ListTopics | Operation::Status) => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn session(client_id: &str, seq: u64) -> Option<SessionKey> {
+        Some(SessionKey {
+            client_id: client_id.to_string(),
+            seq,
+        })
+    }
+
+    #[test]
+    fn layout_is_the_documented_one() {
+        let cases = [
+            (
+                LoggedCommand {
+                    session: None,
+                    command: Command::Get { topic: "t".into() },
+                },
+                // [nil, {"Get": ["t"]}]
+                b"\x92\xc0\x81\xa3Get\x91\xa1t".to_vec(),
+            ),
+            (
+                LoggedCommand {
+                    session: session("c", 7),
+                    command: Command::Put {
+                        topic: "t".into(),
+                        message: Payload::Binary(vec![1, 2]),
+                    },
+                },
+                // [["c", 7], {"Put": ["t", {"Binary": bin8(2) 1 2}]}]
+                b"\x92\x92\xa1c\x07\x81\xa3Put\x92\xa1t\x81\xa6Binary\xc4\x02\x01\x02".to_vec(),
+            ),
+        ];
+        for (case, (command, bytes)) in cases.iter().enumerate() {
+            assert_eq!(command.encode().as_ref(), bytes.as_slice(), "case {case}");
+            assert_eq!(
+                &LoggedCommand::decode(bytes).expect("valid"),
+                command,
+                "case {case}"
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut bytes = LoggedCommand {
+            session: None,
+            command: Command::CreateTopic { topic: "t".into() },
+        }
+        .encode()
+        .to_vec();
+        bytes.push(0xc0);
+        assert!(matches!(
+            LoggedCommand::decode(&bytes),
+            Err(CommandDecodeError::TrailingBytes { bytes: 1 })
+        ));
+    }
+
+    #[test]
+    fn extra_fields_are_refused() {
+        let cases: [(&str, &[u8]); 3] = [
+            ("third element", b"\x93\xc0\x81\xa3Get\x91\xa1t\xc0"),
+            ("second topic", b"\x92\xc0\x81\xa3Get\x92\xa1t\xa1u"),
+            ("unknown variant", b"\x92\xc0\x81\xa3Del\x91\xa1t"),
+        ];
+        for (name, bytes) in cases {
+            assert!(LoggedCommand::decode(bytes).is_err(), "case {name}");
+        }
+    }
+
+    #[test]
+    fn truncations_are_refused() {
+        let bytes = LoggedCommand {
+            session: session("client", 3),
+            command: Command::Put {
+                topic: "topic".into(),
+                message: Payload::Text("hello".into()),
+            },
+        }
+        .encode();
+        for length in 0..bytes.len() {
+            assert!(
+                LoggedCommand::decode(&bytes[..length]).is_err(),
+                "prefix of {length} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn operations_map_to_commands() {
+        let topic = || "t".to_string();
+        let cases = [
+            (
+                Operation::CreateTopic { topic: topic() },
+                Ok(Command::CreateTopic { topic: topic() }),
+            ),
+            (
+                Operation::Get { topic: topic() },
+                Ok(Command::Get { topic: topic() }),
+            ),
+            (
+                Operation::Put {
+                    topic: topic(),
+                    message: Payload::Text("m".into()),
+                },
+                Ok(Command::Put {
+                    topic: topic(),
+                    message: Payload::Text("m".into()),
+                }),
+            ),
+            (Operation::ListTopics, Err(Operation::ListTopics)),
+            (Operation::Status, Err(Operation::Status)),
+        ];
+        for (case, (operation, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(Command::try_from(operation), expected, "case {case}");
+        }
+    }
+
+    pub fn payload_strategy() -> impl Strategy<Value = Payload> {
+        prop_oneof![
+            ".{0,20}".prop_map(Payload::Text),
+            proptest::collection::vec(any::<u8>(), 0..20).prop_map(Payload::Binary),
+        ]
+    }
+
+    fn logged_command_strategy() -> impl Strategy<Value = LoggedCommand> {
+        let command = prop_oneof![
+            ".{0,10}".prop_map(|topic| Command::CreateTopic { topic }),
+            (".{0,10}", payload_strategy())
+                .prop_map(|(topic, message)| Command::Put { topic, message }),
+            ".{0,10}".prop_map(|topic| Command::Get { topic }),
+        ];
+        let session = proptest::option::of(
+            (".{0,10}", any::<u64>()).prop_map(|(client_id, seq)| SessionKey { client_id, seq }),
+        );
+        (session, command).prop_map(|(session, command)| LoggedCommand { session, command })
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(command in logged_command_strategy()) {
+            let bytes = command.encode();
+            prop_assert_eq!(LoggedCommand::decode(&bytes).expect("own encoding"), command);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = LoggedCommand::decode(&bytes);
+        }
+
+        #[test]
+        fn decode_of_corrupted_encoding_never_panics(
+            command in logged_command_strategy(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = command.encode().to_vec();
+            for (position, value) in flips {
+                let position = position.index(bytes.len());
+                bytes[position] = value;
+            }
+            let _ = LoggedCommand::decode(&bytes);
+        }
+    }
+}

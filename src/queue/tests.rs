@@ -1,0 +1,873 @@
+use super::*;
+use crate::protocol::{Payload, SessionKey};
+use proptest::prelude::*;
+use std::collections::VecDeque;
+
+fn create(topic: &str) -> Command {
+    Command::CreateTopic {
+        topic: topic.to_string(),
+    }
+}
+
+fn put(topic: &str, message: &str) -> Command {
+    Command::Put {
+        topic: topic.to_string(),
+        message: Payload::Text(message.to_string()),
+    }
+}
+
+fn get(topic: &str) -> Command {
+    Command::Get {
+        topic: topic.to_string(),
+    }
+}
+
+fn plain(command: Command) -> LoggedCommand {
+    LoggedCommand {
+        session: None,
+        command,
+    }
+}
+
+fn keyed(client_id: &str, seq: u64, command: Command) -> LoggedCommand {
+    LoggedCommand {
+        session: Some(SessionKey {
+            client_id: client_id.to_string(),
+            seq,
+        }),
+        command,
+    }
+}
+
+fn message(text: &str) -> Outcome {
+    Outcome::Message(Payload::Text(text.to_string()))
+}
+
+/// An outcome with the failure text left out: tests pin codes, not wording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Done,
+    Message(Payload),
+    Failed(ErrorCode),
+}
+
+fn seen(outcome: &Outcome) -> Seen {
+    match outcome {
+        Outcome::Done => Seen::Done,
+        Outcome::Message(payload) => Seen::Message(payload.clone()),
+        Outcome::Failed(error) => Seen::Failed(error.code),
+        Outcome::Topics(topics) => panic!("a command produced a topic list {topics:?}"),
+    }
+}
+
+fn seen_message(text: &str) -> Seen {
+    Seen::Message(Payload::Text(text.to_string()))
+}
+
+fn config(sessions_max: usize) -> QueueConfig {
+    QueueConfig {
+        sessions_max,
+        ..QueueConfig::default()
+    }
+}
+
+/// Applies `commands` at indexes 1, 2, ... through the byte path, checking invariants.
+fn run(queue: &mut Queue, commands: &[LoggedCommand]) -> Vec<Outcome> {
+    commands
+        .iter()
+        .map(|command| {
+            let index = queue.last_applied().next();
+            let outcome = queue.apply(index, &command.encode());
+            queue.check_invariants();
+            outcome
+        })
+        .collect()
+}
+
+fn messages_of(queue: &Queue, topic: &str) -> Vec<Payload> {
+    let position = queue.topic_index[topic];
+    queue.topics[position]
+        .messages
+        .iter()
+        .map(|message| message.to_payload())
+        .collect()
+}
+
+#[test]
+fn operations() {
+    use ErrorCode::*;
+    // (command, expected outcome, topics after, queued in "a" after)
+    let cases: Vec<(Command, Seen, Vec<&str>, Option<usize>)> = vec![
+        (put("a", "m0"), Seen::Failed(NoSuchTopic), vec![], None),
+        (get("a"), Seen::Failed(NoSuchTopic), vec![], None),
+        (create("a"), Seen::Done, vec!["a"], Some(0)),
+        (create("a"), Seen::Failed(TopicExists), vec!["a"], Some(0)),
+        (get("a"), Seen::Failed(Empty), vec!["a"], Some(0)),
+        (create("b"), Seen::Done, vec!["a", "b"], Some(0)),
+        (create("0"), Seen::Done, vec!["a", "b", "0"], Some(0)),
+        (put("a", "m1"), Seen::Done, vec!["a", "b", "0"], Some(1)),
+        (put("a", "m2"), Seen::Done, vec!["a", "b", "0"], Some(2)),
+        (put("b", "other"), Seen::Done, vec!["a", "b", "0"], Some(2)),
+        (get("a"), seen_message("m1"), vec!["a", "b", "0"], Some(1)),
+        (put("a", "m3"), Seen::Done, vec!["a", "b", "0"], Some(2)),
+        (get("a"), seen_message("m2"), vec!["a", "b", "0"], Some(1)),
+        (get("a"), seen_message("m3"), vec!["a", "b", "0"], Some(0)),
+        (get("a"), Seen::Failed(Empty), vec!["a", "b", "0"], Some(0)),
+        (
+            get("b"),
+            seen_message("other"),
+            vec!["a", "b", "0"],
+            Some(0),
+        ),
+    ];
+    let mut queue = Queue::new(QueueConfig::default());
+    for (case, (command, expected, topics, queued)) in cases.into_iter().enumerate() {
+        let outcome = run(&mut queue, &[plain(command)]).remove(0);
+        assert_eq!(seen(&outcome), expected, "case {case}");
+        assert_eq!(queue.topics(), topics, "case {case}");
+        assert_eq!(queue.queued("a"), queued, "case {case}");
+    }
+    assert_eq!(
+        queue.stats().sessions,
+        0,
+        "commands without a key open no session"
+    );
+}
+
+#[test]
+fn stats_count_messages_and_bytes() {
+    let mut queue = Queue::new(QueueConfig::default());
+    run(
+        &mut queue,
+        &[
+            plain(create("a")),
+            plain(create("b")),
+            plain(put("a", "12345")),
+            plain(put("b", "123")),
+            keyed("c", 1, put("b", "1")),
+        ],
+    );
+    let expected = QueueStats {
+        topics: 2,
+        messages: 3,
+        payload_bytes: 9,
+        sessions: 1,
+        session_bytes: 1,
+    };
+    assert_eq!(queue.stats(), expected);
+    assert!(queue.message_heap_bytes() >= 9 + 3 * 4);
+    run(&mut queue, &[plain(get("a"))]);
+    assert_eq!(queue.stats().messages, 2);
+    assert_eq!(queue.stats().payload_bytes, 4);
+}
+
+#[test]
+fn undecodable_entry_is_a_bad_request_that_changes_nothing() {
+    let mut queue = Queue::new(config(2));
+    run(
+        &mut queue,
+        &[keyed("c", 1, create("a")), plain(put("a", "m"))],
+    );
+    let before = queue.clone();
+    let mut truncated = plain(get("a")).encode().to_vec();
+    truncated.pop();
+    let cases: [&[u8]; 4] = [b"", b"\xc1", b"not msgpack at all", &truncated];
+    for (case, bytes) in cases.iter().enumerate() {
+        let index = queue.last_applied().next();
+        let outcome = queue.apply(index, bytes);
+        assert_eq!(
+            seen(&outcome),
+            Seen::Failed(ErrorCode::BadRequest),
+            "case {case}"
+        );
+        let mut expected = before.clone();
+        expected.last_applied = index;
+        assert_eq!(queue, expected, "case {case}");
+    }
+}
+
+#[test]
+#[should_panic(expected = "entries must be applied once, in log order")]
+fn applying_an_index_twice_panics() {
+    let mut queue = Queue::new(QueueConfig::default());
+    queue.apply_command(LogIndex(5), &plain(create("a")));
+    queue.apply_command(LogIndex(5), &plain(create("b")));
+}
+
+#[test]
+fn sessions() {
+    use ErrorCode::*;
+    struct Case {
+        name: &'static str,
+        /// Applied in order; each with the outcome it must produce.
+        steps: Vec<(LoggedCommand, Seen)>,
+        /// Messages left in topic "t" at the end.
+        left: Vec<&'static str>,
+    }
+    let cases = vec![
+        Case {
+            name: "duplicate PUT queues one message and replies the same twice",
+            steps: vec![
+                (keyed("c", 1, put("t", "m")), Seen::Done),
+                (keyed("c", 1, put("t", "m")), Seen::Done),
+            ],
+            left: vec!["m"],
+        },
+        Case {
+            name: "duplicate GET returns the same message and pops one",
+            steps: vec![
+                (plain(put("t", "m1")), Seen::Done),
+                (plain(put("t", "m2")), Seen::Done),
+                (keyed("c", 1, get("t")), seen_message("m1")),
+                (keyed("c", 1, get("t")), seen_message("m1")),
+            ],
+            left: vec!["m2"],
+        },
+        Case {
+            name: "duplicate GET on an empty topic stays a failure after a PUT",
+            steps: vec![
+                (keyed("c", 1, get("t")), Seen::Failed(Empty)),
+                (plain(put("t", "m")), Seen::Done),
+                (keyed("c", 1, get("t")), Seen::Failed(Empty)),
+            ],
+            left: vec!["m"],
+        },
+        Case {
+            name: "a failure is stored: repeated PUT to a missing topic fails again",
+            steps: vec![
+                (
+                    keyed("c", 1, put("missing", "m")),
+                    Seen::Failed(NoSuchTopic),
+                ),
+                (plain(create("missing")), Seen::Done),
+                (
+                    keyed("c", 1, put("missing", "m")),
+                    Seen::Failed(NoSuchTopic),
+                ),
+                (keyed("c", 2, put("missing", "m")), Seen::Done),
+            ],
+            left: vec![],
+        },
+        Case {
+            name: "duplicate CreateTopic replies Done twice",
+            steps: vec![
+                (keyed("c", 1, create("new")), Seen::Done),
+                (keyed("c", 1, create("new")), Seen::Done),
+                (keyed("c", 2, create("new")), Seen::Failed(TopicExists)),
+            ],
+            left: vec![],
+        },
+        Case {
+            name: "stale seq is refused and applies nothing",
+            steps: vec![
+                (keyed("c", 1, put("t", "m1")), Seen::Done),
+                (keyed("c", 2, put("t", "m2")), Seen::Done),
+                (keyed("c", 1, put("t", "m1")), Seen::Failed(SessionExpired)),
+                (keyed("c", 2, put("t", "m2")), Seen::Done),
+            ],
+            left: vec!["m1", "m2"],
+        },
+        Case {
+            name: "seq may jump ahead",
+            steps: vec![
+                (keyed("c", 1, put("t", "m1")), Seen::Done),
+                (keyed("c", 9, put("t", "m9")), Seen::Done),
+                (keyed("c", 5, put("t", "m5")), Seen::Failed(SessionExpired)),
+            ],
+            left: vec!["m1", "m9"],
+        },
+        Case {
+            name: "unknown client with seq above 1 is refused and applies nothing",
+            steps: vec![
+                (keyed("c", 2, put("t", "m")), Seen::Failed(SessionExpired)),
+                (keyed("c", 2, put("t", "m")), Seen::Failed(SessionExpired)),
+            ],
+            left: vec![],
+        },
+        Case {
+            name: "seq 0 opens a session like seq 1",
+            steps: vec![
+                (keyed("c", 0, put("t", "m0")), Seen::Done),
+                (keyed("c", 0, put("t", "m0")), Seen::Done),
+                (keyed("c", 1, put("t", "m1")), Seen::Done),
+                (keyed("c", 0, put("t", "m0")), Seen::Failed(SessionExpired)),
+            ],
+            left: vec!["m0", "m1"],
+        },
+        Case {
+            name: "clients do not share sessions",
+            steps: vec![
+                (keyed("c", 1, put("t", "from c")), Seen::Done),
+                (keyed("d", 1, put("t", "from d")), Seen::Done),
+                (keyed("c", 1, put("t", "from c")), Seen::Done),
+            ],
+            left: vec!["from c", "from d"],
+        },
+        Case {
+            name: "commands without a key are never deduplicated",
+            steps: vec![
+                (plain(put("t", "m")), Seen::Done),
+                (plain(put("t", "m")), Seen::Done),
+            ],
+            left: vec!["m", "m"],
+        },
+    ];
+    for case in cases {
+        let mut queue = Queue::new(QueueConfig::default());
+        run(&mut queue, &[plain(create("t"))]);
+        for (step, (command, expected)) in case.steps.iter().enumerate() {
+            let outcome = run(&mut queue, std::slice::from_ref(command)).remove(0);
+            assert_eq!(seen(&outcome), *expected, "{}: step {step}", case.name);
+        }
+        let left: Vec<Payload> = case
+            .left
+            .iter()
+            .map(|m| Payload::Text(m.to_string()))
+            .collect();
+        assert_eq!(messages_of(&queue, "t"), left, "{}", case.name);
+    }
+}
+
+#[test]
+fn replay_returns_the_stored_outcome_and_changes_nothing_else() {
+    let mut queue = Queue::new(QueueConfig::default());
+    run(
+        &mut queue,
+        &[
+            plain(create("t")),
+            plain(put("t", "m1")),
+            plain(put("t", "m2")),
+            keyed("c", 1, get("t")),
+            keyed("other", 1, put("t", "m3")),
+        ],
+    );
+    let before = queue.clone();
+    let outcomes = run(&mut queue, &[keyed("c", 1, get("t"))]);
+    assert_eq!(
+        outcomes,
+        vec![message("m1")],
+        "the exact outcome, message text included"
+    );
+    let mut expected = before;
+    expected.last_applied = queue.last_applied();
+    assert_eq!(
+        queue, expected,
+        "a replay must not even refresh the session's last use"
+    );
+}
+
+#[test]
+fn refusals_explain_what_to_do() {
+    let mut queue = Queue::new(QueueConfig::default());
+    let outcomes = run(
+        &mut queue,
+        &[
+            keyed("c", 2, create("t")),
+            keyed("d", 3, create("t")),
+            keyed("d", 1, create("t")),
+        ],
+    );
+    let Outcome::Failed(forgotten) = &outcomes[0] else {
+        panic!("unknown client at seq 2 was not refused: {outcomes:?}");
+    };
+    assert!(
+        forgotten.message.contains("new client_id"),
+        "{}",
+        forgotten.message
+    );
+    let Outcome::Failed(stale) = &outcomes[1] else {
+        panic!("unknown client at seq 3 was not refused: {outcomes:?}");
+    };
+    assert_eq!(stale.code, ErrorCode::SessionExpired);
+    assert_eq!(queue.stats().sessions, 1, "refusals open no session");
+}
+
+#[test]
+fn eviction_forgets_the_least_recently_used() {
+    use ErrorCode::*;
+    // (sessions_max, steps, sessions left oldest first)
+    struct Case {
+        name: &'static str,
+        sessions_max: usize,
+        steps: Vec<(LoggedCommand, Seen)>,
+        remembered: Vec<(&'static str, u64)>,
+    }
+    let cases = vec![
+        Case {
+            name: "third client evicts the first",
+            sessions_max: 2,
+            steps: vec![
+                (keyed("a", 1, put("t", "a1")), Seen::Done),
+                (keyed("b", 1, put("t", "b1")), Seen::Done),
+                (keyed("c", 1, put("t", "c1")), Seen::Done),
+                // a was forgotten: its next command cannot be checked against its last.
+                (keyed("a", 2, put("t", "a2")), Seen::Failed(SessionExpired)),
+                // b still is, and its retry is recognised.
+                (keyed("b", 1, put("t", "b1")), Seen::Done),
+            ],
+            remembered: vec![("b", 1), ("c", 1)],
+        },
+        Case {
+            name: "use refreshes: the least recently used goes, not the oldest",
+            sessions_max: 2,
+            steps: vec![
+                (keyed("a", 1, put("t", "a1")), Seen::Done),
+                (keyed("b", 1, put("t", "b1")), Seen::Done),
+                (keyed("a", 2, put("t", "a2")), Seen::Done),
+                (keyed("c", 1, put("t", "c1")), Seen::Done),
+                (keyed("b", 2, put("t", "b2")), Seen::Failed(SessionExpired)),
+                (keyed("a", 2, put("t", "a2")), Seen::Done),
+            ],
+            remembered: vec![("a", 2), ("c", 1)],
+        },
+        Case {
+            name: "a replay does not refresh",
+            sessions_max: 2,
+            steps: vec![
+                (keyed("a", 1, put("t", "a1")), Seen::Done),
+                (keyed("b", 1, put("t", "b1")), Seen::Done),
+                (keyed("a", 1, put("t", "a1")), Seen::Done),
+                (keyed("c", 1, put("t", "c1")), Seen::Done),
+                (keyed("a", 2, put("t", "a2")), Seen::Failed(SessionExpired)),
+            ],
+            remembered: vec![("b", 1), ("c", 1)],
+        },
+        Case {
+            name: "refusals do not refresh or open",
+            sessions_max: 3,
+            steps: vec![
+                (keyed("a", 2, put("t", "a1")), Seen::Failed(SessionExpired)),
+                (keyed("b", 1, put("t", "b1")), Seen::Done),
+                (keyed("c", 1, put("t", "c1")), Seen::Done),
+                (keyed("d", 1, put("t", "d1")), Seen::Done),
+                (keyed("b", 3, put("t", "b3")), Seen::Done),
+                (keyed("c", 0, put("t", "c0")), Seen::Failed(SessionExpired)),
+                (keyed("e", 1, put("t", "e1")), Seen::Done),
+            ],
+            remembered: vec![("d", 1), ("b", 3), ("e", 1)],
+        },
+        Case {
+            name: "eviction order over three",
+            sessions_max: 3,
+            steps: vec![
+                (keyed("a", 1, put("t", "a1")), Seen::Done),
+                (keyed("b", 1, put("t", "b1")), Seen::Done),
+                (keyed("c", 1, put("t", "c1")), Seen::Done),
+                (keyed("b", 2, get("t")), seen_message("a1")),
+                (keyed("a", 2, get("t")), seen_message("b1")),
+                (keyed("d", 1, put("t", "d1")), Seen::Done),
+                (keyed("e", 1, put("t", "e1")), Seen::Done),
+                (keyed("b", 2, get("t")), Seen::Failed(SessionExpired)),
+                (keyed("a", 2, get("t")), seen_message("b1")),
+            ],
+            remembered: vec![("a", 2), ("d", 1), ("e", 1)],
+        },
+    ];
+    for case in cases {
+        let mut queue = Queue::new(config(case.sessions_max));
+        run(&mut queue, &[plain(create("t"))]);
+        for (step, (command, expected)) in case.steps.iter().enumerate() {
+            let outcome = run(&mut queue, std::slice::from_ref(command)).remove(0);
+            assert_eq!(seen(&outcome), *expected, "{}: step {step}", case.name);
+        }
+        let remembered: Vec<(&str, u64)> = queue
+            .sessions
+            .iter_oldest_first()
+            .map(|(client_id, session)| (client_id, session.seq))
+            .collect();
+        assert_eq!(remembered, case.remembered, "{}", case.name);
+    }
+}
+
+#[test]
+fn eviction_by_bytes_keeps_the_newest() {
+    let big = "x".repeat(100);
+    let mut queue = Queue::new(QueueConfig {
+        sessions_max: 100,
+        session_bytes_max: 250,
+    });
+    run(&mut queue, &[plain(create("t"))]);
+    for n in 0..5 {
+        run(&mut queue, &[plain(put("t", &big))]);
+        // A kept GET reply holds the message: 1 + 100 bytes per session.
+        run(&mut queue, &[keyed(&n.to_string(), 1, get("t"))]);
+    }
+    let remembered: Vec<&str> = queue
+        .sessions
+        .iter_oldest_first()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(remembered, vec!["3", "4"]);
+    assert_eq!(queue.stats().session_bytes, 202);
+
+    // One session over the limit alone is kept: its client can still retry.
+    let mut queue = Queue::new(QueueConfig {
+        sessions_max: 100,
+        session_bytes_max: 10,
+    });
+    run(&mut queue, &[plain(create("t")), plain(put("t", &big))]);
+    let first = run(&mut queue, &[keyed("c", 1, get("t"))]);
+    let retry = run(&mut queue, &[keyed("c", 1, get("t"))]);
+    assert_eq!(first, retry);
+    assert_eq!(first, vec![message(&big)]);
+}
+
+#[test]
+fn same_commands_same_state() {
+    let commands = vec![
+        keyed("a", 1, create("t")),
+        plain(create("u")),
+        keyed("b", 1, put("t", "1")),
+        keyed("c", 1, put("u", "2")),
+        keyed("a", 2, put("t", "3")),
+        keyed("b", 2, get("t")),
+        keyed("d", 1, put("t", "4")),
+        keyed("b", 2, get("t")),
+    ];
+    let mut first = Queue::new(config(2));
+    let mut second = Queue::new(config(2));
+    let first_outcomes = run(&mut first, &commands);
+    let second_outcomes = run(&mut second, &commands);
+    assert_eq!(first_outcomes, second_outcomes);
+    assert_eq!(first, second);
+    assert_eq!(first.digest(), second.digest());
+
+    run(&mut second, &[plain(get("t"))]);
+    run(&mut first, &[plain(get("u"))]);
+    assert_ne!(first, second, "different commands, different state");
+    assert_ne!(first.digest(), second.digest());
+}
+
+#[test]
+fn snapshot_round_trip() {
+    let mut queue = Queue::new(config(3));
+    run(
+        &mut queue,
+        &[
+            plain(create("t")),
+            plain(create("empty")),
+            plain(put("t", "text")),
+            keyed("a", 1, put("t", "a")),
+            keyed("b", 1, get("t")),
+            keyed("c", 1, get("missing")),
+            keyed("a", 2, put("t", "a2")),
+            keyed("d", 1, create("d")),
+        ],
+    );
+    queue.apply_command(
+        queue.last_applied().next(),
+        &plain(Command::Put {
+            topic: "t".into(),
+            message: Payload::Binary(vec![0, 255, 1]),
+        }),
+    );
+    let mut bytes = Vec::new();
+    queue
+        .encode_snapshot(&mut bytes)
+        .expect("encoding into a Vec");
+    let restored = Queue::decode_snapshot(config(3), bytes.as_slice()).expect("own snapshot");
+    restored.check_invariants();
+    assert_eq!(restored, queue);
+    assert_eq!(restored.stats(), queue.stats());
+    assert_eq!(restored.topics(), queue.topics());
+    assert_eq!(restored.digest(), queue.digest());
+
+    // Restoring with fewer sessions allowed forgets the least recently used, as applying would.
+    let smaller = Queue::decode_snapshot(config(1), bytes.as_slice()).expect("own snapshot");
+    smaller.check_invariants();
+    let remembered: Vec<&str> = smaller
+        .sessions
+        .iter_oldest_first()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(remembered, vec!["d"]);
+
+    // Errors, not panics, for anything that is not a snapshot.
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    let mut wrong_format = bytes.clone();
+    wrong_format[0] = 2;
+    let cases: Vec<(&str, &[u8])> = vec![
+        ("empty", b""),
+        ("trailing", &trailing),
+        ("format", &wrong_format),
+        ("truncated", &bytes[..bytes.len() - 1]),
+    ];
+    for (name, input) in cases {
+        assert!(
+            Queue::decode_snapshot(config(3), input).is_err(),
+            "case {name}"
+        );
+    }
+    assert!(matches!(
+        Queue::decode_snapshot(config(3), wrong_format.as_slice()),
+        Err(SnapshotError::Format { found: 2 })
+    ));
+}
+
+#[test]
+fn snapshot_with_inconsistent_sessions_is_refused() {
+    fn encode(last_applied: u64, sessions: Vec<(&str, u64, Outcome, u64)>) -> Vec<u8> {
+        let mut bytes = rmp_serde::to_vec(&1u32).expect("encoding into a Vec");
+        let topics: Vec<(String, Vec<Payload>)> = vec![];
+        let sessions: Vec<(&str, u64, Outcome, LogIndex)> = sessions
+            .into_iter()
+            .map(|(id, seq, outcome, used)| (id, seq, outcome, LogIndex(used)))
+            .collect();
+        bytes.extend(
+            rmp_serde::to_vec(&(LogIndex(last_applied), topics, sessions)).expect("encoding"),
+        );
+        bytes
+    }
+    let cases = vec![
+        (
+            "valid",
+            encode(
+                5,
+                vec![("a", 1, Outcome::Done, 2), ("b", 1, Outcome::Done, 4)],
+            ),
+            true,
+        ),
+        (
+            "out of order",
+            encode(
+                5,
+                vec![("a", 1, Outcome::Done, 4), ("b", 1, Outcome::Done, 2)],
+            ),
+            false,
+        ),
+        (
+            "same index",
+            encode(
+                5,
+                vec![("a", 1, Outcome::Done, 4), ("b", 1, Outcome::Done, 4)],
+            ),
+            false,
+        ),
+        (
+            "twice",
+            encode(
+                5,
+                vec![("a", 1, Outcome::Done, 2), ("a", 2, Outcome::Done, 4)],
+            ),
+            false,
+        ),
+        ("future", encode(3, vec![("a", 1, Outcome::Done, 4)]), false),
+    ];
+    for (name, bytes, valid) in cases {
+        let result = Queue::decode_snapshot(QueueConfig::default(), bytes.as_slice());
+        assert_eq!(result.is_ok(), valid, "case {name}: {result:?}");
+    }
+}
+
+#[test]
+fn config_validation() {
+    let cases = [
+        (QueueConfig::default(), true),
+        (config(1), true),
+        (config(0), false),
+        (config(SESSIONS_MAX_LIMIT), true),
+        (config(SESSIONS_MAX_LIMIT + 1), false),
+        (
+            QueueConfig {
+                session_bytes_max: 0,
+                ..QueueConfig::default()
+            },
+            false,
+        ),
+    ];
+    for (case, (config, valid)) in cases.into_iter().enumerate() {
+        assert_eq!(config.validate().is_ok(), valid, "case {case}: {config:?}");
+    }
+    let parsed: QueueConfig = serde_json::from_str(r#"{"sessions_max": 7, "unknown": 1}"#)
+        .expect("missing fields default, unknown ones are ignored");
+    assert_eq!(parsed, config(7));
+}
+
+#[test]
+fn sizes() {
+    // Pinned so a change in per-topic or per-session cost is a conscious one (module docs).
+    assert_eq!(std::mem::size_of::<Topic>(), 80);
+    assert_eq!(std::mem::size_of::<MessageFifo>(), 56);
+    assert_eq!(std::mem::size_of::<session::Session>(), 56);
+}
+
+// ---- Model-based property test ----
+
+/// The specification, written the plain way: a map of deques, a list of names, and a
+/// session table scanned for the least recently used.
+#[derive(Default)]
+struct Model {
+    topics: Vec<String>,
+    queues: HashMap<String, VecDeque<Payload>>,
+    /// client_id -> (seq, outcome, last use)
+    sessions: HashMap<String, (u64, Seen, u64)>,
+    sessions_max: usize,
+}
+
+impl Model {
+    fn execute(&mut self, command: &Command) -> Seen {
+        match command {
+            Command::CreateTopic { topic } => {
+                if self.queues.contains_key(topic) {
+                    return Seen::Failed(ErrorCode::TopicExists);
+                }
+                self.topics.push(topic.clone());
+                self.queues.insert(topic.clone(), VecDeque::new());
+                Seen::Done
+            }
+            Command::Put { topic, message } => match self.queues.get_mut(topic) {
+                None => Seen::Failed(ErrorCode::NoSuchTopic),
+                Some(queue) => {
+                    queue.push_back(message.clone());
+                    Seen::Done
+                }
+            },
+            Command::Get { topic } => match self.queues.get_mut(topic) {
+                None => Seen::Failed(ErrorCode::NoSuchTopic),
+                Some(queue) => match queue.pop_front() {
+                    None => Seen::Failed(ErrorCode::Empty),
+                    Some(message) => Seen::Message(message),
+                },
+            },
+        }
+    }
+
+    fn apply(&mut self, index: u64, command: &LoggedCommand) -> Seen {
+        let Some(key) = &command.session else {
+            return self.execute(&command.command);
+        };
+        match self.sessions.get(&key.client_id) {
+            Some((seq, outcome, _)) if *seq == key.seq => return outcome.clone(),
+            Some((seq, _, _)) if *seq > key.seq => return Seen::Failed(ErrorCode::SessionExpired),
+            None if key.seq > 1 => return Seen::Failed(ErrorCode::SessionExpired),
+            _ => {}
+        }
+        let outcome = self.execute(&command.command);
+        self.sessions
+            .insert(key.client_id.clone(), (key.seq, outcome.clone(), index));
+        if self.sessions.len() > self.sessions_max {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(id, _)| id.clone())
+                .expect("not empty");
+            self.sessions.remove(&oldest);
+        }
+        outcome
+    }
+}
+
+fn command_strategy() -> impl Strategy<Value = LoggedCommand> {
+    let topic = prop::sample::select(vec!["a", "b", "c"]).prop_map(str::to_string);
+    let payload = prop_oneof![
+        "[a-z]{0,6}".prop_map(Payload::Text),
+        proptest::collection::vec(any::<u8>(), 0..6).prop_map(Payload::Binary),
+    ];
+    let command = prop_oneof![
+        1 => topic.clone().prop_map(|topic| Command::CreateTopic { topic }),
+        4 => (topic.clone(), payload).prop_map(|(topic, message)| Command::Put { topic, message }),
+        3 => topic.prop_map(|topic| Command::Get { topic }),
+    ];
+    let session = prop_oneof![
+        1 => Just(None),
+        2 => (prop::sample::select(vec!["w", "x", "y", "z"]), 0u64..5).prop_map(|(client_id, seq)| {
+            Some(SessionKey { client_id: client_id.to_string(), seq })
+        }),
+    ];
+    (session, command).prop_map(|(session, command)| LoggedCommand { session, command })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn behaves_like_the_model(
+        sessions_max in 1usize..4,
+        commands in proptest::collection::vec(command_strategy(), 0..120),
+    ) {
+        let mut queue = Queue::new(config(sessions_max));
+        let mut model = Model { sessions_max, ..Model::default() };
+        for (step, command) in commands.iter().enumerate() {
+            let index = step as u64 + 1;
+            let outcome = queue.apply(LogIndex(index), &command.encode());
+            let expected = model.apply(index, command);
+            prop_assert_eq!(seen(&outcome), expected, "step {}: {:?}", step, command);
+            queue.check_invariants();
+        }
+        prop_assert_eq!(queue.topics(), model.topics.clone());
+        for topic in ["a", "b", "c"] {
+            let expected = model.queues.get(topic).map(VecDeque::len);
+            prop_assert_eq!(queue.queued(topic), expected, "topic {}", topic);
+            if let Some(messages) = model.queues.get(topic) {
+                prop_assert_eq!(messages_of(&queue, topic), Vec::from(messages.clone()));
+            }
+        }
+        let mut remembered: Vec<(String, u64)> = queue
+            .sessions
+            .iter_oldest_first()
+            .map(|(id, session)| (id.to_string(), session.seq))
+            .collect();
+        remembered.sort();
+        let mut expected: Vec<(String, u64)> =
+            model.sessions.iter().map(|(id, (seq, _, _))| (id.clone(), *seq)).collect();
+        expected.sort();
+        prop_assert_eq!(remembered, expected);
+    }
+
+    /// A node restored from a snapshot taken at any point, then fed the rest of the log,
+    /// ends equal to a node that applied the whole log: the snapshot carries everything
+    /// that decides future outcomes, eviction order included.
+    #[test]
+    fn snapshot_then_rest_equals_whole_log(
+        sessions_max in 1usize..4,
+        commands in proptest::collection::vec(command_strategy(), 0..80),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let cut = cut.index(commands.len() + 1);
+        let mut whole = Queue::new(config(sessions_max));
+        let whole_outcomes = run(&mut whole, &commands);
+
+        let mut before = Queue::new(config(sessions_max));
+        let mut outcomes = run(&mut before, &commands[..cut]);
+        let mut bytes = Vec::new();
+        before.encode_snapshot(&mut bytes).expect("encoding into a Vec");
+        let mut restored = Queue::decode_snapshot(config(sessions_max), bytes.as_slice())
+            .expect("own snapshot");
+        prop_assert_eq!(&restored, &before);
+        outcomes.extend(run(&mut restored, &commands[cut..]));
+
+        prop_assert_eq!(outcomes, whole_outcomes);
+        prop_assert_eq!(&restored, &whole);
+        prop_assert_eq!(restored.digest(), whole.digest());
+    }
+
+    #[test]
+    fn snapshot_decode_never_panics(
+        commands in proptest::collection::vec(command_strategy(), 0..20),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut queue = Queue::new(config(2));
+        run(&mut queue, &commands);
+        let mut bytes = Vec::new();
+        queue.encode_snapshot(&mut bytes).expect("encoding into a Vec");
+        for (position, value) in flips {
+            let position = position.index(bytes.len());
+            bytes[position] = value;
+        }
+        let length = cut.index(bytes.len() + 1);
+        if let Ok(decoded) = Queue::decode_snapshot(config(2), &bytes[..length]) {
+            decoded.check_invariants();
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_apply(bytes in proptest::collection::vec(any::<u8>(), 0..48)) {
+        let mut queue = Queue::new(config(2));
+        run(&mut queue, &[plain(create("a"))]);
+        queue.apply(LogIndex(2), &bytes);
+        queue.check_invariants();
+    }
+}

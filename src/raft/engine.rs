@@ -1,0 +1,1351 @@
+//! The Raft state machine proper: elections, replication, commitment, ReadIndex and
+//! leadership transfer, driven only by method calls.
+//!
+//! Everything that leaves the core is queued in `Core` and handed out by [`Core::ready`]; see
+//! the `raft` module docs for the runtime's side of the contract. Messages are kept in two
+//! queues: a leader's AppendEntries, heartbeats and TimeoutNow may leave at once, before its
+//! own log is durable (Raft dissertation §10.2.1), while everything else (votes, append
+//! acknowledgements, a candidate's vote requests) leaves only after the hard state and entries
+//! of the same `Ready` are durable, because each of them promises something about storage.
+
+use super::log::RaftLog;
+use super::message::{
+    AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
+    RejectHint, Term,
+};
+use super::progress::Progress;
+use super::{CoreStatus, ProgressStatus, ProposeError, RaftConfig, ReadState, Ready, Role};
+use crate::storage::RestoredState;
+use bytes::Bytes;
+use rand::Rng;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::cell::Cell;
+use std::collections::{BTreeMap, VecDeque};
+
+/// A leadership transfer in progress (dissertation §3.10).
+struct Transfer {
+    target: NodeId,
+    elapsed_ticks: u32,
+}
+
+/// Linearizable reads without writing the log (dissertation §6.4, ReadIndex).
+///
+/// A read is confirmed by a heartbeat *round*: the leader numbers each round it starts and a
+/// follower echoes the number back. A follower acknowledging round `r` proves the leader was
+/// still leader when it sent `r`, so every read registered before `r` was sent is confirmed
+/// once a majority acknowledged `r` or later.
+#[derive(Default)]
+struct ReadQueue {
+    /// Reads that arrived before this leader committed an entry of its own term: until then
+    /// it does not know the true commit index (dissertation §6.4 step 1).
+    awaiting_term_commit: Vec<u64>,
+    /// Reads registered since the last round was started.
+    unsent: Vec<u64>,
+    /// Reads waiting for their round to be acknowledged, in round order.
+    pending: VecDeque<PendingRead>,
+    /// The last round started in this term.
+    round: u64,
+}
+
+struct PendingRead {
+    read_id: u64,
+    index: LogIndex,
+    round: u64,
+}
+
+impl ReadQueue {
+    fn len(&self) -> usize {
+        self.awaiting_term_commit.len() + self.unsent.len() + self.pending.len()
+    }
+
+    fn drain_all(&mut self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.awaiting_term_commit.drain(..).collect();
+        ids.append(&mut self.unsent);
+        ids.extend(self.pending.drain(..).map(|read| read.read_id));
+        ids
+    }
+}
+
+pub struct Core {
+    id: NodeId,
+    /// Every voter including this node, sorted.
+    voters: Vec<NodeId>,
+    config: RaftConfig,
+    rng: ChaCha8Rng,
+
+    /// Invariant: never decreases.
+    term: Term,
+    vote: Option<NodeId>,
+    role: Role,
+    leader: Option<NodeId>,
+    log: RaftLog,
+
+    /// Ticks since the leader was last heard from (follower), since the election started
+    /// (candidate), or since the last CheckQuorum round (leader).
+    election_elapsed_ticks: u32,
+    heartbeat_elapsed_ticks: u32,
+    randomized_election_ticks: u32,
+
+    /// Votes received in the current (pre-)election, by voter.
+    votes: BTreeMap<NodeId, bool>,
+    /// Leader only: one entry per other voter.
+    progress: BTreeMap<NodeId, Progress>,
+    /// Leader only: new entries to send at the next `ready()`, so that every proposal made
+    /// between two `ready()` calls travels in one AppendEntries (batching).
+    broadcast_pending: bool,
+    transfer: Option<Transfer>,
+    reads: ReadQueue,
+
+    /// The hard state last handed out in a `Ready`.
+    hard_state_handed_out: HardState,
+    messages: Vec<Message>,
+    messages_after_persist: Vec<Message>,
+    read_states: Vec<ReadState>,
+    aborted_reads: Vec<u64>,
+
+    /// The term and commit index seen by the last `check_invariants`, to assert that
+    /// neither ever moves back.
+    checked_high_water: Cell<(Term, LogIndex)>,
+}
+
+impl Core {
+    /// A core for node `id` in a cluster of `voters` (which includes `id`), resuming from what
+    /// storage held. `seed` drives the randomized election timeouts.
+    pub fn new(
+        id: NodeId,
+        voters: Vec<NodeId>,
+        config: RaftConfig,
+        restored: RestoredState,
+        seed: u64,
+    ) -> Core {
+        let mut voters = voters;
+        voters.sort();
+        voters.dedup();
+        assert!(voters.contains(&id), "node {id} is not among the voters");
+        assert!(
+            config.heartbeat_ticks > 0
+                && config.heartbeat_ticks < config.election_ticks_min
+                && config.election_ticks_min < config.election_ticks_max,
+            "invalid timing: {config:?}"
+        );
+        let hard_state = restored.hard_state;
+        let log = RaftLog::restore(restored.entries, hard_state.commit);
+        let mut core = Core {
+            id,
+            voters,
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            election_elapsed_ticks: 0,
+            heartbeat_elapsed_ticks: 0,
+            randomized_election_ticks: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            broadcast_pending: false,
+            transfer: None,
+            reads: ReadQueue::default(),
+            hard_state_handed_out: hard_state,
+            messages: Vec::new(),
+            messages_after_persist: Vec::new(),
+            read_states: Vec::new(),
+            aborted_reads: Vec::new(),
+            checked_high_water: Cell::new((hard_state.term, LogIndex::ZERO)),
+        };
+        core.hard_state_handed_out.commit = core.log.committed();
+        core.reset_randomized_election_timeout();
+        core
+    }
+
+    // ---- Inputs -------------------------------------------------------------------------
+
+    /// One unit of logical time.
+    pub fn tick(&mut self) {
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::PreCandidate | Role::Candidate => {
+                self.election_elapsed_ticks += 1;
+                if self.election_elapsed_ticks >= self.randomized_election_ticks {
+                    self.start_election();
+                }
+            }
+        }
+    }
+
+    /// A message from a peer. Messages not addressed to this node or not from a voter are
+    /// ignored.
+    pub fn step(&mut self, message: Message) {
+        if message.to != self.id || message.from == self.id || !self.is_voter(message.from) {
+            log::debug!("node {}: dropping misaddressed {message:?}", self.id);
+            return;
+        }
+        if message.term > self.term {
+            if !self.step_higher_term(&message) {
+                return;
+            }
+        } else if message.term < self.term {
+            self.step_lower_term(&message);
+            return;
+        }
+        let from = message.from;
+        let term = message.term;
+        match message.body {
+            MessageBody::RequestVote {
+                pre_vote, last_log, ..
+            } => self.handle_request_vote(from, term, pre_vote, last_log),
+            MessageBody::RequestVoteResponse { pre_vote, granted } => {
+                self.handle_vote_response(from, term, pre_vote, granted)
+            }
+            MessageBody::AppendEntries {
+                prev,
+                entries,
+                commit,
+            } => {
+                self.follow_leader_of_current_term(from);
+                self.handle_append_entries(from, prev, &entries, commit);
+            }
+            MessageBody::AppendEntriesResponse(result) => self.handle_append_response(from, result),
+            MessageBody::Heartbeat { commit, read_round } => {
+                self.follow_leader_of_current_term(from);
+                self.handle_heartbeat(from, commit, read_round);
+            }
+            MessageBody::HeartbeatResponse { read_round } => {
+                self.handle_heartbeat_response(from, read_round)
+            }
+            MessageBody::TimeoutNow => self.handle_timeout_now(from),
+        }
+    }
+
+    /// Appends a command to the leader's log; `Ok` gives where it will commit if it does.
+    pub fn propose(&mut self, command: Bytes) -> Result<EntryId, ProposeError> {
+        self.ensure_leader()?;
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        Ok(self.append_to_own_log(EntryPayload::Command(command)))
+    }
+
+    /// Starts a linearizable read; it comes back in `Ready::read_states` (or
+    /// `aborted_reads`) with the caller's `read_id`.
+    pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
+        self.ensure_leader()?;
+        if self.reads.len() >= self.config.pending_reads_max {
+            return Err(ProposeError::TooManyPendingReads);
+        }
+        if !self.committed_in_current_term() {
+            self.reads.awaiting_term_commit.push(read_id);
+        } else if self.voters.len() == 1 {
+            self.read_states.push(ReadState {
+                read_id,
+                index: self.log.committed(),
+            });
+        } else {
+            self.reads.unsent.push(read_id);
+        }
+        Ok(())
+    }
+
+    /// Hands leadership to `to` once it is up to date; proposals are refused meanwhile. The
+    /// transfer is abandoned after an election timeout.
+    pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), ProposeError> {
+        self.ensure_leader()?;
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.progress.contains_key(&to) {
+            return Err(ProposeError::UnknownPeer(to));
+        }
+        log::info!(
+            "node {} term {}: transferring leadership to {to}",
+            self.id,
+            self.term
+        );
+        self.transfer = Some(Transfer {
+            target: to,
+            elapsed_ticks: 0,
+        });
+        if self.progress_of(to).match_index == self.log.last_index() {
+            self.send(to, MessageBody::TimeoutNow);
+        } else {
+            self.send_appends(to);
+        }
+        Ok(())
+    }
+
+    /// Storage has made the log durable up to `last` (the last entry of a `Ready`'s
+    /// `entries`). Stale reports (the entry was since overwritten) are ignored.
+    pub fn on_persisted(&mut self, last: EntryId) {
+        if self.log.persisted_to(last) && self.role == Role::Leader {
+            // The leader's own copy counts toward the majority only once durable.
+            self.maybe_commit();
+        }
+    }
+
+    // ---- Outputs ------------------------------------------------------------------------
+
+    pub fn has_ready(&self) -> bool {
+        self.broadcast_pending
+            || !self.reads.unsent.is_empty()
+            || !self.messages.is_empty()
+            || !self.messages_after_persist.is_empty()
+            || self.hard_state() != self.hard_state_handed_out
+            || self.log.has_unstable()
+            || self.log.has_unapplied()
+            || !self.read_states.is_empty()
+            || !self.aborted_reads.is_empty()
+    }
+
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            if self.broadcast_pending {
+                self.broadcast_pending = false;
+                for follower in self.followers() {
+                    self.send_appends(follower);
+                }
+            }
+            if !self.reads.unsent.is_empty() {
+                self.start_read_round();
+            }
+        }
+        let hard_state = self.hard_state();
+        let changed_hard_state = (hard_state != self.hard_state_handed_out).then_some(hard_state);
+        self.hard_state_handed_out = hard_state;
+        Ready {
+            hard_state: changed_hard_state,
+            entries: self.log.take_unstable(),
+            messages: std::mem::take(&mut self.messages),
+            messages_after_persist: std::mem::take(&mut self.messages_after_persist),
+            committed: self.log.take_committed(),
+            read_states: std::mem::take(&mut self.read_states),
+            aborted_reads: std::mem::take(&mut self.aborted_reads),
+        }
+    }
+
+    // ---- Queries ------------------------------------------------------------------------
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    pub fn commit_index(&self) -> LogIndex {
+        self.log.committed()
+    }
+
+    pub fn last_index(&self) -> LogIndex {
+        self.log.last_index()
+    }
+
+    /// The entry at `index`, while the log holds it (for tests and diagnostics).
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        CoreStatus {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.log.committed(),
+            applied_index: self.log.applied(),
+            last_index: self.log.last_index(),
+            progress: self
+                .progress
+                .iter()
+                .map(|(&id, progress)| ProgressStatus {
+                    id,
+                    match_index: progress.match_index,
+                    next_index: progress.next_index,
+                    replicating: progress.is_replicating(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Panics, naming the node and term, if an invariant of the core does not hold.
+    pub fn check_invariants(&self) {
+        let context = format!("node {} term {} ({:?})", self.id, self.term, self.role);
+        self.log.check_invariants(&context);
+        let (term_seen, commit_seen) = self.checked_high_water.get();
+        assert!(
+            self.term >= term_seen,
+            "{context}: term went back from {term_seen}"
+        );
+        assert!(
+            self.log.committed() >= commit_seen,
+            "{context}: commit index went back from {commit_seen} to {}",
+            self.log.committed()
+        );
+        self.checked_high_water
+            .set((self.term, self.log.committed()));
+        assert!(
+            self.log.last_id().term <= self.term,
+            "{context}: last log term {} ahead of the current term",
+            self.log.last_id().term
+        );
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.leader, Some(self.id), "{context}: leader field");
+                assert_eq!(self.vote, Some(self.id), "{context}: leader's vote");
+                assert_eq!(
+                    self.progress.len(),
+                    self.voters.len() - 1,
+                    "{context}: progress entries"
+                );
+                for (id, progress) in &self.progress {
+                    assert!(
+                        progress.match_index < progress.next_index,
+                        "{context}: follower {id} match {} >= next {}",
+                        progress.match_index,
+                        progress.next_index
+                    );
+                    assert!(
+                        progress.match_index <= self.log.last_index(),
+                        "{context}: follower {id} match {} beyond the log",
+                        progress.match_index
+                    );
+                }
+            }
+            Role::Candidate => {
+                assert_eq!(self.vote, Some(self.id), "{context}: candidate's vote");
+                assert!(
+                    self.progress.is_empty(),
+                    "{context}: candidate has progress"
+                );
+            }
+            Role::Follower | Role::PreCandidate => {
+                assert!(self.progress.is_empty(), "{context}: progress off leader");
+                assert!(self.transfer.is_none(), "{context}: transfer off leader");
+                assert_eq!(self.reads.len(), 0, "{context}: reads off leader");
+            }
+        }
+    }
+
+    // ---- Elections ----------------------------------------------------------------------
+
+    fn start_election(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+        } else {
+            self.become_candidate(false);
+        }
+    }
+
+    fn become_pre_candidate(&mut self) {
+        // Raft dissertation §9.6: ask first whether we could win, without bumping the term,
+        // so a node that keeps losing contact cannot inflate the cluster's term.
+        self.reset_role_state();
+        self.role = Role::PreCandidate;
+        self.leader = None;
+        log::info!(
+            "node {} term {}: election timeout, starting pre-vote",
+            self.id,
+            self.term
+        );
+        self.votes.insert(self.id, true);
+        if self.has_quorum_of_granted_votes() {
+            self.become_candidate(false);
+            return;
+        }
+        let last_log = self.log.last_id();
+        let campaign_term = Term(self.term.0 + 1);
+        for peer in self.followers() {
+            self.send_with_term(
+                peer,
+                campaign_term,
+                MessageBody::RequestVote {
+                    pre_vote: true,
+                    last_log,
+                    leadership_transfer: false,
+                },
+            );
+        }
+    }
+
+    fn become_candidate(&mut self, leadership_transfer: bool) {
+        self.reset_role_state();
+        self.term = Term(self.term.0 + 1);
+        self.vote = Some(self.id);
+        self.role = Role::Candidate;
+        self.leader = None;
+        log::info!("node {} term {}: starting election", self.id, self.term);
+        self.votes.insert(self.id, true);
+        if self.has_quorum_of_granted_votes() {
+            self.become_leader();
+            return;
+        }
+        let last_log = self.log.last_id();
+        for peer in self.followers() {
+            self.send(
+                peer,
+                MessageBody::RequestVote {
+                    pre_vote: false,
+                    last_log,
+                    leadership_transfer,
+                },
+            );
+        }
+    }
+
+    fn become_leader(&mut self) {
+        self.reset_role_state();
+        self.role = Role::Leader;
+        self.leader = Some(self.id);
+        log::info!("node {} term {}: became leader", self.id, self.term);
+        let next_index = self.log.last_index().next();
+        for follower in self.followers() {
+            self.progress.insert(follower, Progress::new(next_index));
+        }
+        // Raft §5.4.2 / §8: entries of earlier terms commit only with an entry of this term,
+        // so append one at once.
+        self.append_to_own_log(EntryPayload::Noop);
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        let was = self.role;
+        assert!(term >= self.term, "term would go back to {term}");
+        if term > self.term {
+            self.term = term;
+            self.vote = None;
+        }
+        self.reset_role_state();
+        self.role = Role::Follower;
+        self.leader = leader;
+        if was != Role::Follower {
+            log::info!(
+                "node {} term {}: {} -> Follower (leader {:?})",
+                self.id,
+                self.term,
+                was.client_name(),
+                leader
+            );
+        }
+    }
+
+    /// Clears everything tied to the previous role. Reads a leader had accepted can never be
+    /// confirmed now: they are reported aborted.
+    fn reset_role_state(&mut self) {
+        self.election_elapsed_ticks = 0;
+        self.heartbeat_elapsed_ticks = 0;
+        self.reset_randomized_election_timeout();
+        self.votes.clear();
+        self.progress.clear();
+        self.broadcast_pending = false;
+        self.transfer = None;
+        let aborted = self.reads.drain_all();
+        self.aborted_reads.extend(aborted);
+        self.reads = ReadQueue::default();
+    }
+
+    fn reset_randomized_election_timeout(&mut self) {
+        self.randomized_election_ticks = self
+            .rng
+            .gen_range(self.config.election_ticks_min..self.config.election_ticks_max);
+    }
+
+    /// A message from a later term. Returns whether to go on handling it.
+    fn step_higher_term(&mut self, message: &Message) -> bool {
+        match &message.body {
+            MessageBody::RequestVote {
+                pre_vote,
+                leadership_transfer,
+                ..
+            } => {
+                // Raft dissertation §4.2.3: a node that heard from a live leader within the
+                // minimum election timeout ignores vote requests, so a partitioned node
+                // rejoining cannot depose a healthy leader. A transfer is the exception.
+                let in_lease = self.config.check_quorum
+                    && self.leader.is_some()
+                    && self.election_elapsed_ticks < self.config.election_ticks_min;
+                if in_lease && !leadership_transfer {
+                    log::debug!(
+                        "node {} term {}: ignoring vote request from {} (leader lease)",
+                        self.id,
+                        self.term,
+                        message.from
+                    );
+                    return false;
+                }
+                if !pre_vote {
+                    self.become_follower(message.term, None);
+                }
+                true
+            }
+            // A granted pre-vote carries the term we would campaign in: not a reason to
+            // change ours.
+            MessageBody::RequestVoteResponse {
+                pre_vote: true,
+                granted: true,
+            } => true,
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::TimeoutNow => {
+                self.become_follower(message.term, Some(message.from));
+                true
+            }
+            MessageBody::RequestVoteResponse { .. }
+            | MessageBody::AppendEntriesResponse(_)
+            | MessageBody::HeartbeatResponse { .. } => {
+                self.become_follower(message.term, None);
+                true
+            }
+        }
+    }
+
+    fn step_lower_term(&mut self, message: &Message) {
+        match &message.body {
+            // A deposed leader that missed the election: tell it the term so it steps down.
+            // (With CheckQuorum and PreVote it may otherwise never learn it: we ignore it and
+            // its own followers' pre-votes never raise terms.)
+            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => self.send(
+                message.from,
+                MessageBody::HeartbeatResponse { read_round: 0 },
+            ),
+            MessageBody::RequestVote { pre_vote: true, .. } => self.send(
+                message.from,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted: false,
+                },
+            ),
+            _ => {}
+        }
+    }
+
+    fn handle_request_vote(
+        &mut self,
+        candidate: NodeId,
+        message_term: Term,
+        pre_vote: bool,
+        last_log: EntryId,
+    ) {
+        let up_to_date = self.log.is_up_to_date(last_log);
+        if pre_vote {
+            // Would we vote for it in the term it proposes? (We do not record anything.)
+            let granted = message_term > self.term && up_to_date;
+            let reply_term = if granted { message_term } else { self.term };
+            self.send_with_term(
+                candidate,
+                reply_term,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted,
+                },
+            );
+            return;
+        }
+        // Raft §5.2: one vote per term, first come first served; §5.4.1: only for a log at
+        // least as up to date as ours.
+        let can_vote =
+            self.vote == Some(candidate) || (self.vote.is_none() && self.leader.is_none());
+        let granted = can_vote && up_to_date;
+        if granted {
+            self.vote = Some(candidate);
+            self.election_elapsed_ticks = 0;
+        }
+        log::debug!(
+            "node {} term {}: vote for {candidate}: {granted}",
+            self.id,
+            self.term
+        );
+        self.send(
+            candidate,
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted,
+            },
+        );
+    }
+
+    fn handle_vote_response(
+        &mut self,
+        voter: NodeId,
+        message_term: Term,
+        pre_vote: bool,
+        granted: bool,
+    ) {
+        let counts = match self.role {
+            Role::PreCandidate => pre_vote && (!granted || message_term == Term(self.term.0 + 1)),
+            Role::Candidate => !pre_vote && message_term == self.term,
+            Role::Follower | Role::Leader => false,
+        };
+        if !counts {
+            return;
+        }
+        self.votes.entry(voter).or_insert(granted);
+        if self.has_quorum_of_granted_votes() {
+            if self.role == Role::PreCandidate {
+                self.become_candidate(false);
+            } else {
+                self.become_leader();
+            }
+        } else if self.has_quorum_of_rejected_votes() {
+            let term = self.term;
+            self.become_follower(term, None);
+        }
+    }
+
+    fn handle_timeout_now(&mut self, from: NodeId) {
+        if self.role == Role::Leader {
+            return;
+        }
+        log::info!(
+            "node {} term {}: TimeoutNow from {from}, campaigning at once",
+            self.id,
+            self.term
+        );
+        self.become_candidate(true);
+    }
+
+    fn has_quorum_of_granted_votes(&self) -> bool {
+        self.votes.values().filter(|&&granted| granted).count() >= self.quorum()
+    }
+
+    fn has_quorum_of_rejected_votes(&self) -> bool {
+        self.votes.values().filter(|&&granted| !granted).count() >= self.quorum()
+    }
+
+    // ---- Follower side of replication ---------------------------------------------------
+
+    /// An AppendEntries or heartbeat of the current term: its sender is the leader.
+    fn follow_leader_of_current_term(&mut self, from: NodeId) {
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "node {} term {}: two leaders in one term ({} too)",
+            self.id,
+            self.term,
+            from
+        );
+        if self.role != Role::Follower || self.leader != Some(from) {
+            let term = self.term;
+            self.become_follower(term, Some(from));
+        }
+        self.election_elapsed_ticks = 0;
+    }
+
+    fn handle_append_entries(
+        &mut self,
+        leader: NodeId,
+        prev: EntryId,
+        entries: &[Entry],
+        leader_commit: LogIndex,
+    ) {
+        let committed = self.log.committed();
+        if prev.index < committed {
+            // Everything up to our commit index matches any leader's log; acknowledge that
+            // much so the leader moves on (a delayed or duplicated message).
+            let skip = (committed.0 - prev.index.0) as usize;
+            if skip >= entries.len() {
+                self.send_after_persist_accept(leader, committed);
+                return;
+            }
+            let rest = &entries[skip..];
+            let rest_prev = EntryId::new(entries[skip - 1].term, committed);
+            self.handle_append_entries(leader, rest_prev, rest, leader_commit);
+            return;
+        }
+        if !self.log.matches(prev) {
+            let hint = match self.log.term(prev.index) {
+                None => RejectHint::LogTooShort {
+                    last_index: self.log.last_index(),
+                },
+                Some(conflict_term) => RejectHint::ConflictingTerm {
+                    conflict_term,
+                    first_index: self.log.first_index_of_term_at(prev.index),
+                },
+            };
+            self.send(
+                leader,
+                MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+                    prev_index: prev.index,
+                    hint,
+                }),
+            );
+            return;
+        }
+        let last_new = self.log.append_after(prev.index, entries);
+        // Raft Figure 2: commit up to the leader's commit index, but only as far as this
+        // message proved our log matches the leader's.
+        let commit = leader_commit.min(last_new);
+        self.log.commit_to(commit);
+        self.send_after_persist_accept(leader, last_new);
+    }
+
+    fn send_after_persist_accept(&mut self, leader: NodeId, match_index: LogIndex) {
+        self.send(
+            leader,
+            MessageBody::AppendEntriesResponse(AppendResult::Accepted { match_index }),
+        );
+    }
+
+    fn handle_heartbeat(&mut self, leader: NodeId, commit: LogIndex, read_round: u64) {
+        // The leader sends min(our match index, its commit): our log matches up to there.
+        // The clamp only matters if storage lost synced data (`--fsync never`).
+        self.log.commit_to(commit.min(self.log.last_index()));
+        self.send(leader, MessageBody::HeartbeatResponse { read_round });
+    }
+
+    // ---- Leader side of replication -----------------------------------------------------
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed_ticks += 1;
+        self.election_elapsed_ticks += 1;
+        if let Some(transfer) = &mut self.transfer {
+            transfer.elapsed_ticks += 1;
+            if transfer.elapsed_ticks >= self.config.election_ticks_min {
+                log::info!(
+                    "node {} term {}: leadership transfer to {} timed out",
+                    self.id,
+                    self.term,
+                    transfer.target
+                );
+                self.transfer = None;
+            }
+        }
+        if self.election_elapsed_ticks >= self.config.election_ticks_min {
+            self.election_elapsed_ticks = 0;
+            if self.config.check_quorum {
+                // Raft dissertation §6.2: a leader that has not heard from a majority within
+                // an election timeout steps down, so a cut-off leader stops taking work.
+                let active = 1 + self
+                    .progress
+                    .values()
+                    .filter(|progress| progress.recent_active)
+                    .count();
+                if active < self.quorum() {
+                    log::info!(
+                        "node {} term {}: lost contact with a majority, stepping down",
+                        self.id,
+                        self.term
+                    );
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+                for progress in self.progress.values_mut() {
+                    progress.recent_active = false;
+                }
+            }
+        }
+        if self.heartbeat_elapsed_ticks >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed_ticks = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn append_to_own_log(&mut self, payload: EntryPayload) -> EntryId {
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index().next(),
+            payload,
+        };
+        let id = entry.id();
+        self.log.push(entry);
+        self.broadcast_pending = true;
+        id
+    }
+
+    /// Sends as many appends to `follower` as its window allows.
+    fn send_appends(&mut self, follower: NodeId) {
+        while self.send_append(follower, false) {}
+    }
+
+    /// Sends one AppendEntries if the follower's state allows it. An empty one is sent to a
+    /// probed follower (to find its position) or when `allow_empty` (to nudge a follower
+    /// that may have lost the tail of a pipeline). Returns whether anything was sent.
+    fn send_append(&mut self, follower: NodeId, allow_empty: bool) -> bool {
+        let inflight_appends_max = self.config.inflight_appends_max;
+        let Some(progress) = self.progress.get(&follower) else {
+            return false;
+        };
+        if !progress.can_send(inflight_appends_max) {
+            return false;
+        }
+        let next_index = progress.next_index;
+        let probing = !progress.is_replicating();
+        let prev_index = next_index.prev();
+        let Some(prev_term) = self.log.term(prev_index) else {
+            panic!(
+                "node {} term {}: no term for index {prev_index} (follower {follower})",
+                self.id, self.term
+            );
+        };
+        let entries = self
+            .log
+            .entries_from(next_index, self.config.append_bytes_max);
+        if entries.is_empty() && !probing && !allow_empty {
+            return false;
+        }
+        let carried_entries = !entries.is_empty();
+        let last_index = LogIndex(prev_index.0 + entries.len() as u64);
+        let commit = self.log.committed();
+        self.send(
+            follower,
+            MessageBody::AppendEntries {
+                prev: EntryId::new(prev_term, prev_index),
+                entries,
+                commit,
+            },
+        );
+        if let Some(progress) = self.progress.get_mut(&follower) {
+            progress.sent(last_index, carried_entries);
+        }
+        carried_entries && !probing
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let commit = self.log.committed();
+        let read_round = self.reads.round;
+        let heartbeats: Vec<(NodeId, LogIndex)> = self
+            .progress
+            .iter()
+            .map(|(&id, progress)| (id, progress.match_index.min(commit)))
+            .collect();
+        for (follower, commit) in heartbeats {
+            self.send(follower, MessageBody::Heartbeat { commit, read_round });
+        }
+    }
+
+    fn handle_append_response(&mut self, follower: NodeId, result: AppendResult) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&follower) else {
+            return;
+        };
+        progress.recent_active = true;
+        match result {
+            AppendResult::Accepted { match_index } => {
+                if match_index > last_index {
+                    log::warn!(
+                        "node {} term {}: follower {follower} claims match {match_index} beyond our last index {last_index}",
+                        self.id,
+                        self.term
+                    );
+                    return;
+                }
+                if progress.accept(match_index) {
+                    self.maybe_commit();
+                }
+                let caught_up = self.progress_of(follower).match_index == last_index;
+                if caught_up
+                    && self
+                        .transfer
+                        .as_ref()
+                        .is_some_and(|transfer| transfer.target == follower)
+                {
+                    self.send(follower, MessageBody::TimeoutNow);
+                }
+                self.send_appends(follower);
+            }
+            AppendResult::Rejected { prev_index, hint } => {
+                let relevant = if progress.is_replicating() {
+                    prev_index > progress.match_index
+                } else {
+                    prev_index == progress.next_index.prev()
+                };
+                if !relevant {
+                    return;
+                }
+                let next_index = match hint {
+                    RejectHint::LogTooShort { last_index } => last_index.next(),
+                    RejectHint::ConflictingTerm {
+                        conflict_term,
+                        first_index,
+                    } => match self.log.last_index_of_term(conflict_term) {
+                        // We hold entries of that term: the follower may match up to the end
+                        // of our run of it.
+                        Some(index) => index.next(),
+                        None => first_index,
+                    },
+                }
+                .min(prev_index);
+                if let Some(progress) = self.progress.get_mut(&follower) {
+                    progress.probe_from(next_index);
+                }
+                self.send_appends(follower);
+            }
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, follower: NodeId, read_round: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let inflight_appends_max = self.config.inflight_appends_max;
+        let last_index = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&follower) else {
+            return;
+        };
+        progress.recent_active = true;
+        progress.read_round_acked = progress.read_round_acked.max(read_round);
+        progress.resume(inflight_appends_max);
+        if progress.match_index < last_index {
+            self.send_append(follower, true);
+        }
+        self.release_confirmed_reads();
+    }
+
+    /// Raft §5.3/§5.4.2: commit the highest index stored on a majority, but only if its
+    /// entry is from the current term; earlier entries commit with it.
+    fn maybe_commit(&mut self) -> bool {
+        let mut match_indexes: Vec<LogIndex> = self
+            .voters
+            .iter()
+            .map(|&voter| {
+                if voter == self.id {
+                    self.log.persisted()
+                } else {
+                    self.progress_of(voter).match_index
+                }
+            })
+            .collect();
+        match_indexes.sort_unstable_by(|a, b| b.cmp(a));
+        let quorum_index = match_indexes[self.quorum() - 1];
+        if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
+            return false;
+        }
+        let had_committed_in_term = self.committed_in_current_term();
+        self.log.commit_to(quorum_index);
+        if !had_committed_in_term {
+            // Reads that waited for the leader to learn the true commit index may go on.
+            let waiting = std::mem::take(&mut self.reads.awaiting_term_commit);
+            if self.voters.len() == 1 {
+                let index = self.log.committed();
+                self.read_states.extend(
+                    waiting
+                        .into_iter()
+                        .map(|read_id| ReadState { read_id, index }),
+                );
+            } else {
+                self.reads.unsent.extend(waiting);
+            }
+        }
+        true
+    }
+
+    fn committed_in_current_term(&self) -> bool {
+        self.log.term(self.log.committed()) == Some(self.term)
+    }
+
+    // ---- ReadIndex ------------------------------------------------------------------------
+
+    fn start_read_round(&mut self) {
+        self.reads.round += 1;
+        let round = self.reads.round;
+        let index = self.log.committed();
+        let unsent = std::mem::take(&mut self.reads.unsent);
+        self.reads
+            .pending
+            .extend(unsent.into_iter().map(|read_id| PendingRead {
+                read_id,
+                index,
+                round,
+            }));
+        self.heartbeat_elapsed_ticks = 0;
+        self.broadcast_heartbeat();
+    }
+
+    fn release_confirmed_reads(&mut self) {
+        let Some(front) = self.reads.pending.front() else {
+            return;
+        };
+        let mut acked: Vec<u64> = self
+            .progress
+            .values()
+            .map(|progress| progress.read_round_acked)
+            .collect();
+        acked.push(u64::MAX); // the leader confirms itself
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed_round = acked[self.quorum() - 1];
+        if front.round > confirmed_round {
+            return;
+        }
+        while let Some(read) = self.reads.pending.front() {
+            if read.round > confirmed_round {
+                break;
+            }
+            self.read_states.push(ReadState {
+                read_id: read.read_id,
+                index: read.index,
+            });
+            self.reads.pending.pop_front();
+        }
+    }
+
+    // ---- Helpers --------------------------------------------------------------------------
+
+    fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), ProposeError> {
+        if self.role == Role::Leader {
+            Ok(())
+        } else {
+            Err(ProposeError::NotLeader {
+                leader: self.leader,
+            })
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.voters.len() / 2 + 1
+    }
+
+    fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.binary_search(&id).is_ok()
+    }
+
+    fn followers(&self) -> Vec<NodeId> {
+        self.voters
+            .iter()
+            .copied()
+            .filter(|&voter| voter != self.id)
+            .collect()
+    }
+
+    fn progress_of(&self, follower: NodeId) -> &Progress {
+        match self.progress.get(&follower) {
+            Some(progress) => progress,
+            None => panic!(
+                "node {} term {}: no progress for {follower}",
+                self.id, self.term
+            ),
+        }
+    }
+
+    fn send(&mut self, to: NodeId, body: MessageBody) {
+        let term = self.term;
+        self.send_with_term(to, term, body);
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        let leader_traffic = self.role == Role::Leader
+            && matches!(
+                body,
+                MessageBody::AppendEntries { .. }
+                    | MessageBody::Heartbeat { .. }
+                    | MessageBody::TimeoutNow
+            );
+        let message = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        if leader_traffic {
+            self.messages.push(message);
+        } else {
+            self.messages_after_persist.push(message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Smoke tests of the whole core on a perfect network. The classic traps are pinned in
+    //! `tests/raft_scenarios.rs`, and `tests/simulation.rs` explores failure schedules.
+    use super::*;
+
+    struct Cluster {
+        cores: Vec<Core>,
+        applied: Vec<Vec<Entry>>,
+    }
+
+    impl Cluster {
+        fn new(size: u64) -> Cluster {
+            let voters: Vec<NodeId> = (0..size).map(NodeId).collect();
+            let cores = voters
+                .iter()
+                .map(|&id| {
+                    Core::new(
+                        id,
+                        voters.clone(),
+                        RaftConfig::default(),
+                        RestoredState::default(),
+                        id.0 + 1,
+                    )
+                })
+                .collect();
+            Cluster {
+                cores,
+                applied: vec![Vec::new(); size as usize],
+            }
+        }
+
+        /// Processes every node's Ready and delivers every message until quiet.
+        fn settle(&mut self) {
+            for _ in 0..1000 {
+                let mut inbox = Vec::new();
+                for (position, core) in self.cores.iter_mut().enumerate() {
+                    while core.has_ready() {
+                        let ready = core.ready();
+                        inbox.extend(ready.messages);
+                        inbox.extend(ready.messages_after_persist);
+                        if let Some(last) = ready.entries.last() {
+                            core.on_persisted(last.id());
+                        }
+                        self.applied[position].extend(ready.committed);
+                    }
+                    core.check_invariants();
+                }
+                if inbox.is_empty() {
+                    return;
+                }
+                for message in inbox {
+                    self.cores[message.to.0 as usize].step(message);
+                }
+            }
+            panic!("cluster did not settle");
+        }
+
+        fn tick_until_leader(&mut self) -> usize {
+            for _ in 0..1000 {
+                for core in &mut self.cores {
+                    core.tick();
+                }
+                self.settle();
+                let leaders: Vec<usize> = (0..self.cores.len())
+                    .filter(|&position| self.cores[position].role() == Role::Leader)
+                    .collect();
+                if leaders.len() == 1 {
+                    return leaders[0];
+                }
+            }
+            panic!("no leader elected");
+        }
+    }
+
+    #[test]
+    fn three_nodes_elect_one_leader_and_replicate_a_proposal_everywhere() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        let id = cluster.cores[leader]
+            .propose(Bytes::from_static(b"hello"))
+            .expect("leader accepts proposals");
+        cluster.settle();
+        // Followers learn the commit index with the next heartbeat.
+        for _ in 0..RaftConfig::default().heartbeat_ticks {
+            for core in &mut cluster.cores {
+                core.tick();
+            }
+            cluster.settle();
+        }
+        for (position, applied) in cluster.applied.iter().enumerate() {
+            let last = applied.last().map(Entry::id);
+            assert_eq!(last, Some(id), "node {position} applied up to the proposal");
+            assert_eq!(
+                applied.len(),
+                2,
+                "node {position}: the leader's no-op and the command"
+            );
+        }
+    }
+
+    #[test]
+    fn single_node_leads_and_commits_alone() {
+        let mut cluster = Cluster::new(1);
+        cluster.tick_until_leader();
+        cluster.cores[0]
+            .read_index(7)
+            .expect("leader accepts reads");
+        cluster.cores[0]
+            .propose(Bytes::from_static(b"x"))
+            .expect("leader accepts proposals");
+        let ready = cluster.cores[0].ready();
+        assert_eq!(
+            ready.read_states,
+            vec![ReadState {
+                read_id: 7,
+                index: LogIndex(1)
+            }]
+        );
+        let last = ready.entries.last().map(Entry::id).expect("the proposal");
+        assert!(ready.committed.is_empty(), "not durable anywhere yet");
+        cluster.cores[0].on_persisted(last);
+        cluster.settle();
+        assert_eq!(cluster.applied[0].len(), 2);
+    }
+
+    #[test]
+    fn followers_refuse_proposals_and_name_the_leader() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        let follower = (leader + 1) % 3;
+        let refused = cluster.cores[follower].propose(Bytes::from_static(b"x"));
+        assert_eq!(
+            refused,
+            Err(ProposeError::NotLeader {
+                leader: Some(NodeId(leader as u64))
+            })
+        );
+    }
+
+    #[test]
+    fn a_read_is_confirmed_by_a_heartbeat_round() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        cluster.settle();
+        cluster.cores[leader]
+            .read_index(42)
+            .expect("leader accepts reads");
+        let ready = cluster.cores[leader].ready();
+        assert!(
+            ready.read_states.is_empty(),
+            "not confirmed before the round"
+        );
+        let heartbeats = ready
+            .messages
+            .iter()
+            .filter(|message| matches!(message.body, MessageBody::Heartbeat { .. }))
+            .count();
+        assert_eq!(heartbeats, 2, "one heartbeat per follower starts the round");
+        for message in ready.messages {
+            cluster.cores[message.to.0 as usize].step(message);
+        }
+        let mut confirmed = Vec::new();
+        for _ in 0..10 {
+            let mut inbox = Vec::new();
+            for core in &mut cluster.cores {
+                while core.has_ready() {
+                    let ready = core.ready();
+                    confirmed.extend(ready.read_states);
+                    inbox.extend(ready.messages);
+                    inbox.extend(ready.messages_after_persist);
+                    if let Some(last) = ready.entries.last() {
+                        core.on_persisted(last.id());
+                    }
+                }
+            }
+            for message in inbox {
+                cluster.cores[message.to.0 as usize].step(message);
+            }
+        }
+        assert_eq!(confirmed.len(), 1);
+        assert_eq!(confirmed[0].read_id, 42);
+        assert_eq!(confirmed[0].index, cluster.cores[leader].commit_index());
+    }
+}

@@ -10,6 +10,7 @@
 //! What it must not do: open sockets, files other than the config, or start anything.
 
 use crate::protocol::Limits;
+use crate::queue::SESSIONS_MAX_LIMIT;
 use crate::raft::{NodeId, RaftConfig};
 use std::collections::HashMap;
 use std::fmt;
@@ -520,8 +521,11 @@ impl NodeConfig {
                 ),
             ));
         }
-        if args.sessions_max == 0 {
-            return Err(bad("--sessions-max", "must be at least 1".into()));
+        if !(1..=SESSIONS_MAX_LIMIT).contains(&args.sessions_max) {
+            return Err(bad(
+                "--sessions-max",
+                format!("{} is outside 1..={SESSIONS_MAX_LIMIT}", args.sessions_max),
+            ));
         }
 
         let raft = RaftConfig {

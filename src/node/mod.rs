@@ -26,6 +26,7 @@ mod upcoming;
 pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::queue::{Queue, QueueConfig};
 use crate::raft::{Core, Message};
 use crate::storage::StorageError;
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
@@ -35,7 +36,7 @@ use crossbeam_channel::Sender;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use upcoming::{FsyncPolicy, Queue, QueueConfig, Wal, WalOptions};
+use upcoming::{FsyncPolicy, Wal, WalOptions};
 
 /// Events waiting for the node loop, at most. A full channel makes the transport threads
 /// wait, and ZeroMQ's queues behind them push back on clients and peers.
@@ -135,7 +136,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         source,
     })?;
     let restored_entries = restored.entries.len();
-    let restored_term = restored.hard_state.term;
+    let restored_hard_state = restored.hard_state;
     let core = Core::new(
         config.id,
         config.cluster.voters(),
@@ -145,6 +146,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     );
     let queue = Queue::new(QueueConfig {
         sessions_max: config.sessions_max,
+        ..QueueConfig::default()
     });
     let timer = spawn_timer(config.tick, events)?;
 
@@ -157,10 +159,19 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.address().internal_endpoint(),
         config.data_dir.display(),
         config.fsync.as_str(),
-        restored_term,
+        restored_hard_state.term,
         restored_entries,
     );
-    node_loop::NodeLoop::new(config, core, Box::new(store), queue, clients, peers).run(&inbox);
+    node_loop::NodeLoop::new(
+        config,
+        core,
+        Box::new(store),
+        queue,
+        clients,
+        peers,
+        restored_hard_state,
+    )
+    .run(&inbox);
 
     drop(inbox); // Lets the timer thread's next send fail, so it exits.
     if timer.join().is_err() {

@@ -21,12 +21,12 @@
 //! operator sees the logged error without the process crash-looping under a supervisor.
 
 use super::pending::{PendingRequests, WriteEnd};
-use super::upcoming::{Command, LoggedCommand, Queue};
 use super::Event;
 use crate::config::NodeConfig;
 use crate::protocol::{
     ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome, PeerProgress, Reply, StatusReport,
 };
+use crate::queue::{Command, LoggedCommand, Queue};
 use crate::raft::{
     Core, Entry, EntryPayload, HardState, LogIndex, NodeId, ProposeError, Ready, Role, Term,
 };
@@ -77,13 +77,9 @@ impl NodeLoop {
         queue: Queue,
         clients: ClientTransport,
         peers: PeerTransport,
+        durable_hard_state: HardState,
     ) -> NodeLoop {
         let observed = (core.role(), core.term(), core.leader());
-        let durable_hard_state = HardState {
-            term: core.term(),
-            vote: None,
-            commit: LogIndex::ZERO,
-        };
         NodeLoop {
             config,
             core,

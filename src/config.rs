@@ -861,7 +861,7 @@ mod tests {
             ),
             (
                 &["--sessions-max", "0"],
-                "--sessions-max: must be at least 1",
+                "--sessions-max: 0 is outside 1..=16777216",
             ),
         ];
         for (number, (flags, expected)) in cases.iter().enumerate() {

@@ -8,6 +8,28 @@
 //! The types here are shared: the queue state machine produces [`Outcome`]s (and remembers
 //! them per client session), the node wraps them in [`Reply`]s, the client library decodes
 //! them again.
+//!
+//! The codec, by side:
+//! - node: [`decode_request`] (validates every field, enforces [`Limits`]), then
+//!   [`encode_reply`] or, for bad input, [`encode_request_error`];
+//! - client: [`encode_request`] and [`decode_reply`].
+//!
+//! The codec must not know about Raft, topics' contents or sockets: it only turns bytes into
+//! values and back. Decoding never panics on any input, never allocates more than the body
+//! proves it holds, and never recurses on attacker-controlled nesting (see `msgpack.rs`).
+//! Capping the frame size is the socket layer's job (e.g. ZMQ_MAXMSGSIZE), done before a
+//! body reaches this module.
+
+mod msgpack;
+mod reply;
+mod request;
+#[cfg(test)]
+mod tests;
+
+pub use reply::{decode_reply, encode_reply, encode_request_error};
+pub use request::{decode_request, encode_request, VERSIONS_SUPPORTED};
+
+use std::fmt;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -17,6 +39,30 @@ use serde::{Deserialize, Serialize};
 pub enum Encoding {
     MsgPack,
     Json,
+}
+
+impl fmt::Display for Encoding {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            Encoding::MsgPack => "MessagePack",
+            Encoding::Json => "JSON",
+        })
+    }
+}
+
+/// The bytes JSON allows before a value (RFC 8259 §2).
+fn is_blank(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// PROTOCOL.md §2: a body whose first non-blank byte is `{` is JSON; anything else is read
+/// as MessagePack. Unambiguous for valid requests: a MessagePack map never starts with a
+/// blank or `{` (those bytes are small integers).
+pub fn detect_encoding(body: &[u8]) -> Encoding {
+    match body.iter().find(|byte| !is_blank(**byte)) {
+        Some(b'{') => Encoding::Json,
+        _ => Encoding::MsgPack,
+    }
 }
 
 /// A message as a client put it: GET returns it in the same form. JSON carries text only.
@@ -65,7 +111,7 @@ pub struct Request {
 }
 
 /// PROTOCOL.md §5 error codes, plus `SESSION_EXPIRED` for a retry whose session the cluster
-/// has forgotten.
+/// has forgotten, and `UNSPECIFIED` for what a client cannot know.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
     NoSuchTopic,
@@ -78,6 +124,10 @@ pub enum ErrorCode {
     Unavailable,
     ShuttingDown,
     SessionExpired,
+    /// Client side only, never produced by a node: a version 1 failure (which says no more
+    /// than `{"success": false}`), or a code this build does not know (the code is then kept
+    /// at the front of the message).
+    Unspecified,
 }
 
 impl ErrorCode {
@@ -93,11 +143,12 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::SessionExpired => "SESSION_EXPIRED",
+            ErrorCode::Unspecified => "UNSPECIFIED",
         }
     }
 
     pub fn parse(code: &str) -> Option<ErrorCode> {
-        const ALL: [ErrorCode; 10] = [
+        const ALL: [ErrorCode; 11] = [
             ErrorCode::NoSuchTopic,
             ErrorCode::TopicExists,
             ErrorCode::Empty,
@@ -108,6 +159,7 @@ impl ErrorCode {
             ErrorCode::Unavailable,
             ErrorCode::ShuttingDown,
             ErrorCode::SessionExpired,
+            ErrorCode::Unspecified,
         ];
         ALL.into_iter().find(|candidate| candidate.as_str() == code)
     }
@@ -184,6 +236,25 @@ pub enum Reply {
         leader: Option<LeaderInfo>,
     },
     Status(StatusReport),
+}
+
+/// A request the node refuses before it reaches the core: `error.code` is `BadRequest` or
+/// `TooLarge`, and the answer ([`encode_request_error`]) uses `encoding`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}", error.code.as_str(), error.message)]
+pub struct RequestError {
+    /// The encoding the body was recognised as: the reply uses it.
+    pub encoding: Encoding,
+    pub error: ErrorInfo,
+}
+
+/// A reply the client cannot make sense of: not a map in its encoding, or a known key with a
+/// value of the wrong type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode the {encoding} reply: {message}")]
+pub struct ReplyDecodeError {
+    pub encoding: Encoding,
+    pub message: String,
 }
 
 /// Limits on client input (PROTOCOL.md §6), configurable per node.

@@ -1,0 +1,660 @@
+//! Requests: bytes -> [`Request`] on the node (every request passes here, so it is the hot
+//! path), and [`Request`] -> bytes in the client library.
+//!
+//! Decoding is two steps. First an encoding-specific parser pulls the seven known fields out
+//! of the body as loosely typed [`Field`]s, borrowing from the body, and skips everything
+//! else without allocating: the MessagePack side uses the zero-copy reader in `msgpack.rs`,
+//! the JSON side a serde visitor on `serde_json` that ignores unknown values in place. Then
+//! one shared validation turns the fields into a [`Request`], so both encodings give the
+//! same verdicts and the same error messages. Strings are copied exactly once, from the body
+//! into the owned `Request`.
+//!
+//! Decisions where PROTOCOL.md is silent:
+//! - A known key given twice is BAD_REQUEST: parsers disagree on which copy wins, and a
+//!   request that means different things to different readers is not one to act on.
+//! - `topic` and `message` are only looked at by the operations that use them (anywhere else
+//!   they are ignored like unknown keys); `client_id`/`seq` are type-checked on every
+//!   operation, because a broken idempotency key is a client bug worth reporting.
+//! - A `client_id` over the limit is TOO_LARGE (every "over a limit" is), an empty one
+//!   BAD_REQUEST. An empty `message` is allowed.
+//! - `type` and `method` are case-sensitive, as written in §3.
+//! - A MessagePack str that is not UTF-8 is BAD_REQUEST for the fields read as text; binary
+//!   messages must use bin.
+//!
+//! Encoding (client side) writes maps with string keys and omits `v` when it is 1, so a
+//! version-1 request looks exactly like one from an existing client.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use super::msgpack::{ReadError, Reader, Token};
+use super::{
+    detect_encoding, Encoding, ErrorCode, ErrorInfo, Limits, Operation, Payload, Request,
+    RequestError, SessionKey,
+};
+
+/// The protocol versions this node speaks.
+pub const VERSIONS_SUPPORTED: [u8; 2] = [1, 2];
+
+/// Decodes and validates one request body (PROTOCOL.md §2–§6). The encoding is decided by
+/// the first non-blank byte (`{` means JSON) and returned, so the reply can use it; an error
+/// carries it too. Never panics, allocates nothing before the body has proved to hold what
+/// its headers claim, and skips unknown values without recursion.
+pub fn decode_request(body: &[u8], limits: &Limits) -> Result<(Request, Encoding), RequestError> {
+    let encoding = detect_encoding(body);
+    let fields = match encoding {
+        Encoding::MsgPack => parse_msgpack(body),
+        Encoding::Json => parse_json(body),
+    };
+    let request = fields
+        .and_then(|fields| validate(fields, encoding, limits))
+        .map_err(|error| RequestError { encoding, error })?;
+    Ok((request, encoding))
+}
+
+/// Encodes a request as a client sends it: a map with string keys, without `v` when the
+/// version is 1. A binary message cannot be carried by JSON: it is written as an array of
+/// byte values, which the node refuses as BAD_REQUEST; use MessagePack for binary messages.
+pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
+    let (kind, method, topic, message) = match &request.operation {
+        Operation::CreateTopic { topic } => ("topic", "PUT", Some(topic.as_str()), None),
+        Operation::ListTopics => ("topic", "GET", None, None),
+        Operation::Put { topic, message } => (
+            "message",
+            "PUT",
+            Some(topic.as_str()),
+            Some(PayloadWire(message)),
+        ),
+        Operation::Get { topic } => ("message", "GET", Some(topic.as_str()), None),
+        Operation::Status => ("status", "GET", None, None),
+    };
+    let wire = RequestWire {
+        kind,
+        method,
+        version: (request.version != 1).then_some(request.version),
+        topic,
+        message,
+        client_id: request.session.as_ref().map(|key| key.client_id.as_str()),
+        seq: request.session.as_ref().map(|key| key.seq),
+    };
+    match encoding {
+        Encoding::MsgPack => rmp_serde::to_vec_named(&wire)
+            .expect("a map of strings, integers and bytes always encodes as MessagePack"),
+        Encoding::Json => serde_json::to_vec(&wire)
+            .expect("a map with string keys of strings, integers and bytes always encodes as JSON"),
+    }
+}
+
+/// The request map on the wire; fields that are `None` are left out.
+#[derive(Serialize)]
+struct RequestWire<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    method: &'static str,
+    #[serde(rename = "v", skip_serializing_if = "Option::is_none")]
+    version: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<PayloadWire<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+/// A payload as the protocol carries it: text as a string, binary as MessagePack bin (and,
+/// in JSON, which has no bytes, as an array of byte values).
+pub(super) struct PayloadWire<'a>(pub(super) &'a Payload);
+
+impl Serialize for PayloadWire<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Payload::Text(text) => serializer.serialize_str(text),
+            Payload::Binary(bytes) => serializer.serialize_bytes(bytes),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Step 1: pull the known fields out of the body.
+
+/// The keys a request may carry. Anything else is ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Key {
+    Version,
+    Type,
+    Method,
+    Topic,
+    Message,
+    ClientId,
+    Seq,
+}
+
+impl Key {
+    fn from_bytes(name: &[u8]) -> Option<Key> {
+        match name {
+            b"v" => Some(Key::Version),
+            b"type" => Some(Key::Type),
+            b"method" => Some(Key::Method),
+            b"topic" => Some(Key::Topic),
+            b"message" => Some(Key::Message),
+            b"client_id" => Some(Key::ClientId),
+            b"seq" => Some(Key::Seq),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Key::Version => "v",
+            Key::Type => "type",
+            Key::Method => "method",
+            Key::Topic => "topic",
+            Key::Message => "message",
+            Key::ClientId => "client_id",
+            Key::Seq => "seq",
+        }
+    }
+}
+
+/// A field's value, typed only as loosely as the wire types it. Containers are skipped
+/// and remembered by kind only: no request field may be one.
+#[derive(Clone, Debug, PartialEq)]
+enum Field<'a> {
+    Nil,
+    Boolean(bool),
+    Unsigned(u64),
+    Negative(i64),
+    Float(f64),
+    Text(Cow<'a, str>),
+    /// A MessagePack str whose bytes are not UTF-8.
+    InvalidText,
+    Binary(Cow<'a, [u8]>),
+    Array,
+    Map,
+    Extension,
+}
+
+impl Field<'_> {
+    /// "a string", "an integer"...: for "must be X, got Y" messages, in the words of the
+    /// request's encoding.
+    fn describe(&self, encoding: Encoding) -> &'static str {
+        let json = encoding == Encoding::Json;
+        match self {
+            Field::Nil if json => "null",
+            Field::Nil => "nil",
+            Field::Boolean(_) => "a boolean",
+            Field::Unsigned(_) => "an integer",
+            Field::Negative(_) => "a negative integer",
+            Field::Float(_) => "a floating-point number",
+            Field::Text(_) => "a string",
+            Field::InvalidText => "a string that is not valid UTF-8",
+            Field::Binary(_) => "binary data",
+            Field::Array => "an array",
+            Field::Map if json => "an object",
+            Field::Map => "a map",
+            Field::Extension => "a MessagePack extension",
+        }
+    }
+}
+
+/// The known fields of one body, before validation.
+#[derive(Default, Debug)]
+struct Fields<'a> {
+    version: Option<Field<'a>>,
+    kind: Option<Field<'a>>,
+    method: Option<Field<'a>>,
+    topic: Option<Field<'a>>,
+    message: Option<Field<'a>>,
+    client_id: Option<Field<'a>>,
+    seq: Option<Field<'a>>,
+    /// The first known key that appeared twice.
+    duplicate: Option<Key>,
+}
+
+impl<'a> Fields<'a> {
+    fn slot(&mut self, key: Key) -> &mut Option<Field<'a>> {
+        match key {
+            Key::Version => &mut self.version,
+            Key::Type => &mut self.kind,
+            Key::Method => &mut self.method,
+            Key::Topic => &mut self.topic,
+            Key::Message => &mut self.message,
+            Key::ClientId => &mut self.client_id,
+            Key::Seq => &mut self.seq,
+        }
+    }
+
+    fn insert(&mut self, key: Key, field: Field<'a>) {
+        let slot = self.slot(key);
+        if slot.is_some() {
+            self.duplicate.get_or_insert(key);
+        } else {
+            *slot = Some(field);
+        }
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ErrorInfo {
+    ErrorInfo::new(ErrorCode::BadRequest, message)
+}
+
+fn not_msgpack(error: ReadError) -> ErrorInfo {
+    bad_request(format!("body is not valid MessagePack: {error}"))
+}
+
+/// Reads a MessagePack body: one map, nothing after it. Known keys are read as fields,
+/// everything else (unknown keys, keys that are not strings, and their values) is skipped.
+fn parse_msgpack(body: &[u8]) -> Result<Fields<'_>, ErrorInfo> {
+    if body.is_empty() {
+        return Err(bad_request(
+            "body is empty: expected a MessagePack map or a JSON object",
+        ));
+    }
+    let mut reader = Reader::new(body);
+    let pairs = match reader.next_token().map_err(not_msgpack)? {
+        Token::Map(pairs) => pairs,
+        other => {
+            let field = msgpack_field(&mut reader, other).map_err(not_msgpack)?;
+            return Err(bad_request(format!(
+                "body must be a MessagePack map or a JSON object, got {}",
+                field.describe(Encoding::MsgPack)
+            )));
+        }
+    };
+    let mut fields = Fields::default();
+    for _ in 0..pairs {
+        let key_token = reader.next_token().map_err(not_msgpack)?;
+        let key = match key_token {
+            Token::Str(name) => Key::from_bytes(name),
+            other => {
+                reader.skip_contents(other).map_err(not_msgpack)?;
+                None
+            }
+        };
+        match key {
+            Some(key) => {
+                let value_token = reader.next_token().map_err(not_msgpack)?;
+                let field = msgpack_field(&mut reader, value_token).map_err(not_msgpack)?;
+                fields.insert(key, field);
+            }
+            None => reader.skip_values(1).map_err(not_msgpack)?,
+        }
+    }
+    if reader.remaining_bytes() > 0 {
+        return Err(bad_request(format!(
+            "body is not valid MessagePack: {} bytes follow the request map (from byte {})",
+            reader.remaining_bytes(),
+            reader.position()
+        )));
+    }
+    Ok(fields)
+}
+
+/// Turns a token into a field, skipping a container's items.
+fn msgpack_field<'a>(reader: &mut Reader<'a>, token: Token<'a>) -> Result<Field<'a>, ReadError> {
+    reader.skip_contents(token)?;
+    Ok(match token {
+        Token::Nil => Field::Nil,
+        Token::Boolean(value) => Field::Boolean(value),
+        Token::Unsigned(value) => Field::Unsigned(value),
+        Token::Negative(value) => Field::Negative(value),
+        Token::Float(value) => Field::Float(value),
+        Token::Str(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => Field::Text(Cow::Borrowed(text)),
+            Err(_) => Field::InvalidText,
+        },
+        Token::Bin(bytes) => Field::Binary(Cow::Borrowed(bytes)),
+        Token::Array(_) => Field::Array,
+        Token::Map(_) => Field::Map,
+        Token::Extension => Field::Extension,
+    })
+}
+
+/// Reads a JSON body: one object, nothing but whitespace after it. serde_json skips
+/// unknown values iteratively and borrows strings without escapes.
+fn parse_json(body: &[u8]) -> Result<Fields<'_>, ErrorInfo> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let fields = deserializer
+        .deserialize_map(FieldsVisitor)
+        .and_then(|fields| deserializer.end().map(|()| fields))
+        .map_err(|error| bad_request(format!("body is not valid JSON: {error}")))?;
+    Ok(fields)
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a request object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(KeyName(key)) = map.next_key()? {
+            match key {
+                Some(key) => {
+                    let field: Field<'de> = map.next_value()?;
+                    fields.insert(key, field);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// A JSON key, matched without allocating; `None` for unknown keys.
+struct KeyName(Option<Key>);
+
+impl<'de> Deserialize<'de> for KeyName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<KeyName, D::Error> {
+        struct KeyVisitor;
+
+        impl Visitor<'_> for KeyVisitor {
+            type Value = KeyName;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string key")
+            }
+
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<KeyName, E> {
+                Ok(KeyName(Key::from_bytes(name.as_bytes())))
+            }
+
+            fn visit_bytes<E: de::Error>(self, name: &[u8]) -> Result<KeyName, E> {
+                Ok(KeyName(Key::from_bytes(name)))
+            }
+        }
+
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Field<'de>, D::Error> {
+        deserializer.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("any value")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Nil)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Field<'de>, E> {
+        Ok(Field::Nil)
+    }
+
+    fn visit_bool<E: de::Error>(self, value: bool) -> Result<Field<'de>, E> {
+        Ok(Field::Boolean(value))
+    }
+
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Field<'de>, E> {
+        Ok(Field::Unsigned(value))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Field<'de>, E> {
+        Ok(match u64::try_from(value) {
+            Ok(unsigned) => Field::Unsigned(unsigned),
+            Err(_) => Field::Negative(value),
+        })
+    }
+
+    fn visit_f64<E: de::Error>(self, value: f64) -> Result<Field<'de>, E> {
+        Ok(Field::Float(value))
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Field<'de>, E> {
+        Ok(Field::Text(Cow::Borrowed(text)))
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<Field<'de>, E> {
+        Ok(Field::Text(Cow::Owned(text.to_owned())))
+    }
+
+    fn visit_string<E: de::Error>(self, text: String) -> Result<Field<'de>, E> {
+        Ok(Field::Text(Cow::Owned(text)))
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, bytes: &'de [u8]) -> Result<Field<'de>, E> {
+        Ok(Field::Binary(Cow::Borrowed(bytes)))
+    }
+
+    fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Field<'de>, E> {
+        Ok(Field::Binary(Cow::Owned(bytes.to_vec())))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Field::Array)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Field::Map)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Step 2: validate the fields, the same way for both encodings.
+
+/// The request's fields are checked in a fixed order (`v`, `type`, `method`, `topic`,
+/// `message`, `client_id`, `seq`) and the first problem is reported.
+fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<Request, ErrorInfo> {
+    if let Some(key) = fields.duplicate {
+        return Err(bad_request(format!(
+            "field `{}` appears more than once",
+            key.name()
+        )));
+    }
+    let version = validate_version(fields.version, encoding)?;
+    let kind = required_text(Key::Type, fields.kind, encoding)?;
+    let method = required_text(Key::Method, fields.method, encoding)?;
+    let (operation, uses_session) = match (kind.as_ref(), method.as_ref()) {
+        ("topic", "PUT") => {
+            let topic = validate_topic(fields.topic, encoding, limits)?;
+            (Operation::CreateTopic { topic }, true)
+        }
+        ("topic", "GET") => (Operation::ListTopics, false),
+        ("message", "PUT") => {
+            let topic = validate_topic(fields.topic, encoding, limits)?;
+            let message = validate_message(fields.message, encoding, limits)?;
+            (Operation::Put { topic, message }, true)
+        }
+        ("message", "GET") => {
+            let topic = validate_topic(fields.topic, encoding, limits)?;
+            (Operation::Get { topic }, true)
+        }
+        ("status", "GET") => (Operation::Status, false),
+        ("topic" | "message", _) => {
+            return Err(bad_request(format!(
+                "unknown method {method:?} for type {kind:?}: expected \"GET\" or \"PUT\""
+            )))
+        }
+        ("status", _) => {
+            return Err(bad_request(format!(
+                "unknown method {method:?} for type \"status\": expected \"GET\""
+            )))
+        }
+        _ => {
+            return Err(bad_request(format!(
+                "unknown type {kind:?}: expected \"topic\", \"message\" or \"status\""
+            )))
+        }
+    };
+    let session = validate_session(fields.client_id, fields.seq, encoding, limits)?;
+    Ok(Request {
+        version,
+        session: if uses_session { session } else { None },
+        operation,
+    })
+}
+
+fn wrong_type(key: Key, expected: &str, field: &Field<'_>, encoding: Encoding) -> ErrorInfo {
+    bad_request(format!(
+        "field `{}` must be {expected}, got {}",
+        key.name(),
+        field.describe(encoding)
+    ))
+}
+
+fn validate_version(field: Option<Field<'_>>, encoding: Encoding) -> Result<u8, ErrorInfo> {
+    match field {
+        None => Ok(1),
+        Some(Field::Unsigned(version)) => match u8::try_from(version) {
+            Ok(version) if VERSIONS_SUPPORTED.contains(&version) => Ok(version),
+            _ => Err(bad_request(format!(
+                "unsupported protocol version `v`: {version} (this node speaks 1 and 2)"
+            ))),
+        },
+        Some(other) => Err(wrong_type(
+            Key::Version,
+            "the integer 1 or 2",
+            &other,
+            encoding,
+        )),
+    }
+}
+
+/// A field that must be present and a UTF-8 string.
+fn required_text<'a>(
+    key: Key,
+    field: Option<Field<'a>>,
+    encoding: Encoding,
+) -> Result<Cow<'a, str>, ErrorInfo> {
+    match field {
+        Some(Field::Text(text)) => Ok(text),
+        Some(other) => Err(wrong_type(key, "a string", &other, encoding)),
+        None => Err(bad_request(format!("missing field `{}`", key.name()))),
+    }
+}
+
+fn too_large(what: &str, length_bytes: usize, limit_bytes: usize) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::TooLarge,
+        format!("{what} is {length_bytes} bytes; the limit is {limit_bytes}"),
+    )
+}
+
+fn validate_topic(
+    field: Option<Field<'_>>,
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<String, ErrorInfo> {
+    let topic = required_text(Key::Topic, field, encoding)?;
+    if topic.is_empty() {
+        return Err(bad_request("field `topic` must not be empty"));
+    }
+    if topic.len() > limits.topic_bytes_max {
+        return Err(too_large("`topic`", topic.len(), limits.topic_bytes_max));
+    }
+    Ok(topic.into_owned())
+}
+
+fn validate_message(
+    field: Option<Field<'_>>,
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<Payload, ErrorInfo> {
+    // Lengths are checked before the copy out of the body: an oversized message is never
+    // copied.
+    let message = match field {
+        Some(Field::Text(text)) => {
+            check_message_length(text.len(), limits)?;
+            Payload::Text(text.into_owned())
+        }
+        Some(Field::Binary(bytes)) => {
+            check_message_length(bytes.len(), limits)?;
+            Payload::Binary(bytes.into_owned())
+        }
+        Some(other) => {
+            let expected = match encoding {
+                Encoding::MsgPack => "a string or binary data",
+                Encoding::Json => {
+                    "a string (JSON carries text only; send bytes as MessagePack bin)"
+                }
+            };
+            return Err(wrong_type(Key::Message, expected, &other, encoding));
+        }
+        None => return Err(bad_request("missing field `message`")),
+    };
+    Ok(message)
+}
+
+fn check_message_length(length_bytes: usize, limits: &Limits) -> Result<(), ErrorInfo> {
+    if length_bytes > limits.message_bytes_max {
+        return Err(too_large(
+            "`message`",
+            length_bytes,
+            limits.message_bytes_max,
+        ));
+    }
+    Ok(())
+}
+
+fn validate_session(
+    client_id: Option<Field<'_>>,
+    seq: Option<Field<'_>>,
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<Option<SessionKey>, ErrorInfo> {
+    let client_id = match client_id {
+        None => None,
+        Some(Field::Text(text)) => {
+            if text.is_empty() {
+                return Err(bad_request("field `client_id` must not be empty"));
+            }
+            if text.len() > limits.client_id_bytes_max {
+                return Err(too_large(
+                    "`client_id`",
+                    text.len(),
+                    limits.client_id_bytes_max,
+                ));
+            }
+            Some(text)
+        }
+        Some(other) => return Err(wrong_type(Key::ClientId, "a string", &other, encoding)),
+    };
+    let seq = match seq {
+        None => None,
+        Some(Field::Unsigned(seq)) => Some(seq),
+        Some(other) => {
+            return Err(wrong_type(
+                Key::Seq,
+                "an unsigned integer",
+                &other,
+                encoding,
+            ))
+        }
+    };
+    match (client_id, seq) {
+        (Some(client_id), Some(seq)) => Ok(Some(SessionKey {
+            client_id: client_id.into_owned(),
+            seq,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(bad_request(
+            "field `client_id` needs `seq` with it (they form one idempotency key)",
+        )),
+        (None, Some(_)) => Err(bad_request(
+            "field `seq` needs `client_id` with it (they form one idempotency key)",
+        )),
+    }
+}

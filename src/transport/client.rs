@@ -16,11 +16,12 @@
 //! connection without allocating them. Replies are sent with DONTWAIT: ROUTER drops a reply
 //! to a client that is gone or not reading, rather than blocking everyone else.
 
-use super::upcoming::{decode_request, encode_reply, encode_request_error, RequestError};
 use super::{mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError};
 use crate::config::NodeConfig;
-use crate::protocol::Encoding;
-use crate::protocol::{ErrorCode, ErrorInfo, Limits, Outcome, Reply, Request};
+use crate::protocol::{
+    decode_request, detect_encoding, encode_reply, encode_request_error, Encoding, ErrorCode,
+    ErrorInfo, Limits, Outcome, Reply, Request, RequestError,
+};
 use crossbeam_channel::Sender;
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -245,7 +246,7 @@ impl<E: From<ClientRequest>> ClientThread<E> {
         let [body] = body.as_slice() else {
             let encoding = body
                 .first()
-                .map_or(Encoding::MsgPack, |first| sniff_encoding(first));
+                .map_or(Encoding::MsgPack, |first| detect_encoding(first));
             let error = RequestError {
                 encoding,
                 error: ErrorInfo::new(
@@ -333,14 +334,6 @@ fn shutting_down() -> Reply {
     }
 }
 
-/// PROTOCOL.md §2: a body whose first non-blank byte is `{` is JSON.
-pub fn sniff_encoding(body: &[u8]) -> Encoding {
-    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
-        Some(b'{') => Encoding::Json,
-        _ => Encoding::MsgPack,
-    }
-}
-
 /// Splits a ROUTER message into (envelope, body frames). See the module docs.
 pub fn split_envelope(mut frames: Frames) -> (Frames, Frames) {
     let envelope_length = frames
@@ -404,21 +397,6 @@ mod tests {
         ];
         for (number, (input, envelope, body)) in cases.into_iter().enumerate() {
             assert_eq!(split_envelope(input), (envelope, body), "case {number}");
-        }
-    }
-
-    #[test]
-    fn encoding_is_sniffed_from_the_first_non_blank_byte() {
-        let cases: &[(&[u8], Encoding)] = &[
-            (b"{}", Encoding::Json),
-            (b" \n\t{\"type\": 1}", Encoding::Json),
-            (b"\x82", Encoding::MsgPack),
-            (b"", Encoding::MsgPack),
-            (b"  ", Encoding::MsgPack),
-            (b"[1]", Encoding::MsgPack),
-        ];
-        for (number, (body, expected)) in cases.iter().enumerate() {
-            assert_eq!(sniff_encoding(body), *expected, "case {number}");
         }
     }
 }

@@ -20,7 +20,6 @@
 
 pub mod client;
 pub mod peer;
-mod upcoming;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,10 +1,35 @@
 //! Where the Raft core's log and hard state become durable.
 //!
 //! The core never touches storage: its `Ready` says what to persist and the runtime calls a
-//! [`LogStore`]. `MemStore` serves tests and the simulator; the write-ahead log (`wal`) serves
-//! real nodes. Both pass the same conformance suite.
+//! [`LogStore`]. [`MemStore`] serves tests and the simulator; the write-ahead log ([`Wal`])
+//! serves real nodes. Both pass the same conformance suite (`conformance.rs`), so the
+//! simulator's crash model ("a crash keeps only what was synced") is the real node's.
+//!
+//! This module owns the on-disk format and the crash semantics. It must not interpret entries
+//! (that is the state machine's job) nor decide what is committed (that is the core's): it
+//! only keeps, in order, what it was given, and says exactly what survived a crash.
+//!
+//! Layout of a data dir (see `wal.rs`):
+//!
+//! ```text
+//! <data dir>/LOCK                                 flock'ed while a Wal has the dir open
+//! <data dir>/hard_state                           term, vote, commit; replaced atomically
+//! <data dir>/segment-00000000000000000001.wal     log records, append-only
+//! <data dir>/segment-00000000000000000002.wal     ...
+//! ```
 
-use crate::raft::{Entry, HardState};
+mod codec;
+#[cfg(test)]
+mod conformance;
+mod hard_state;
+mod io;
+mod mem;
+mod wal;
+
+pub use mem::MemStore;
+pub use wal::{FsyncPolicy, Wal, WalOptions};
+
+use crate::raft::{Entry, HardState, LogIndex, Term};
 
 /// What a store held when it was opened: the starting point of a restarted core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,6 +38,15 @@ pub struct RestoredState {
     /// Contiguous entries, indexes ascending from 1 (from the snapshot's index + 1 once
     /// snapshots exist).
     pub entries: Vec<Entry>,
+}
+
+impl RestoredState {
+    /// The index of the last restored entry, `ZERO` for an empty log.
+    pub fn last_index(&self) -> LogIndex {
+        self.entries
+            .last()
+            .map_or(LogIndex::ZERO, |entry| entry.index)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +61,14 @@ pub enum StorageError {
     },
     #[error("{0}")]
     Invalid(String),
+    /// An earlier write or fsync failed, so what is on disk is unknown: the store refuses
+    /// everything until the node restarts and recovers what was synced (STYLE.md: a failed
+    /// fsync is never retried, the kernel may already have dropped the data).
+    #[error("storage stopped after an earlier failure ({0}); restart the node to recover")]
+    Failed(String),
+    /// Another process (or another `Wal` in this one) has the data dir open.
+    #[error("data dir {dir} is in use by {holder} (it holds {dir}/LOCK); two nodes must never share a data dir")]
+    Locked { dir: String, holder: String },
 }
 
 /// The storage boundary of the Raft core.
@@ -41,12 +83,81 @@ pub trait LogStore {
     /// the store's last index, the store first drops every entry from that index on: a new
     /// leader has overwritten an uncommitted suffix (Raft §5.3). The drop is durable no later
     /// than the append that follows it.
+    ///
+    /// To ensure correctness: nothing is durable when this returns (both stores only buffer
+    /// until `sync`). A gap or non-contiguous entries are refused as `Invalid`.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError>;
 
     /// Records the hard state. A change of `term` or `vote` is durable once `sync` returns;
     /// `commit` may be persisted lazily (it is only a hint on restart).
+    ///
+    /// To ensure correctness: nothing is durable when this returns. A commit-only change
+    /// becomes durable with the next `sync` that persists entries or a term/vote change,
+    /// and is restored clamped to the last entry. A term that moves back or a vote that
+    /// changes within a term is refused as `Invalid` (it would allow two votes in a term).
     fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError>;
 
     /// Makes everything written so far durable (fsync, or nothing under `--fsync never`).
+    ///
+    /// To ensure correctness: when this returns `Ok`, every earlier `append` and term/vote
+    /// change is durable, term and vote no later than the entries (a crash never keeps
+    /// entries of a term the node has not durably adopted). Refuses as `Invalid` a log whose
+    /// last term is above the hard state's term: Raft never stores an entry from a term it
+    /// has not adopted (§5.1), so that is a caller bug.
     fn sync(&mut self) -> Result<(), StorageError>;
+}
+
+/// Checks that `entries` may follow a log ending at `last_index`: contiguous, ascending,
+/// starting at an index in `1..=last_index + 1`. Both stores call it, so a caller's bug is an
+/// `Invalid` error in the simulator exactly as on a real node.
+pub(crate) fn check_append(last_index: LogIndex, entries: &[Entry]) -> Result<(), StorageError> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    if first.index == LogIndex::ZERO || first.index > last_index.next() {
+        return Err(StorageError::Invalid(format!(
+            "append starting at index {} to a log ending at {}: leaves a gap",
+            first.index, last_index
+        )));
+    }
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index.next() {
+            return Err(StorageError::Invalid(format!(
+                "append of non-contiguous entries: {} follows {}",
+                pair[1].index, pair[0].index
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to make durable a log whose last entry's term is above the current term: call
+/// `set_hard_state` before `sync` when a batch adopts a new term.
+pub(crate) fn check_sync(last_term: Term, hard_state: &HardState) -> Result<(), StorageError> {
+    if last_term > hard_state.term {
+        return Err(StorageError::Invalid(format!(
+            "log holds entries of term {last_term} but the hard state's term is {}",
+            hard_state.term
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a hard state that would let this node vote twice in one term (Raft §5.2): the term
+/// never decreases, and within a term a cast vote never changes. This is the store's last line
+/// of defence for election safety, cheap enough to check on every call.
+pub(crate) fn check_hard_state(previous: &HardState, next: &HardState) -> Result<(), StorageError> {
+    if next.term < previous.term {
+        return Err(StorageError::Invalid(format!(
+            "term moved back from {} to {}",
+            previous.term, next.term
+        )));
+    }
+    if next.term == previous.term && previous.vote.is_some() && next.vote != previous.vote {
+        return Err(StorageError::Invalid(format!(
+            "vote in term {} changed from {:?} to {:?}",
+            next.term, previous.vote, next.vote
+        )));
+    }
+    Ok(())
 }

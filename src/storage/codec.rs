@@ -1,0 +1,515 @@
+//! Byte formats of the data dir: the record framing shared by log segments and the hard
+//! state file, the batch record that carries entries, and the hard state payload.
+//!
+//! Hand-written rather than rmp-serde: the format is small, fixed and on the hot path, and
+//! every field is checked with its exact bounds when read back. This module does no I/O; it
+//! must never panic on bytes read from disk (they may be torn, zeroed or corrupted).
+//! All integers are little-endian.
+
+use crate::raft::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use bytes::Bytes;
+
+/// `len: u32` then `crc32c: u32`.
+pub(crate) const RECORD_HEADER_BYTES: usize = 8;
+/// `offset: u64 | kind: u8 | item_count: u32` at the start of a batch payload.
+pub(crate) const BATCH_HEADER_BYTES: usize = 13;
+
+const KIND_BATCH: u8 = 1;
+const ITEM_ENTRY: u8 = 1;
+const ITEM_COMMIT: u8 = 2;
+const PAYLOAD_NOOP: u8 = 0;
+const PAYLOAD_COMMAND: u8 = 1;
+const HARD_STATE_VERSION: u8 = 1;
+/// `version: u8 | term: u64 | vote_present: u8 | vote: u64 | commit: u64`.
+const HARD_STATE_PAYLOAD_BYTES: usize = 26;
+
+// record  = { len: u32 | crc32c: u32 | payload: [u8; len] }
+//
+//   +--------+--------+-----------------------------+
+//   | len    | crc32c | payload (len bytes)         |
+//   | 4 B LE | 4 B LE |                             |
+//   +--------+--------+-----------------------------+
+//
+//   crc32c = crc32c(len's 4 bytes ++ payload): a flipped length bit fails the check too.
+//
+// batch payload (log segments; one record per sync, so a torn write only ever hits the
+// last record of the last segment):
+//
+//   payload = { offset: u64 | kind: u8 = 1 | item_count: u32 | item * item_count }
+//   item    = { tag: u8 = 1 | term: u64 | index: u64 | payload_kind: u8 = 0 }        Noop
+//           | { tag: u8 = 1 | term: u64 | index: u64 | payload_kind: u8 = 1
+//                 | data_len: u32 | data: [u8; data_len] }                          Command
+//           | { tag: u8 = 2 | commit: u64 }                                  commit hint
+//
+//   `offset` is the record's own byte offset in its segment. Recovery uses it to tell a
+//   record that really starts at a position from bytes (say, inside a command) that merely
+//   look like one; a copy of a record anywhere else fails this check.
+//
+// hard state payload (the `hard_state` file holds exactly one record):
+//
+//   payload = { version: u8 = 1 | term: u64 | vote_present: u8 | vote: u64 | commit: u64 }
+
+/// The checksum of a record: over the length field and the payload.
+fn record_crc(len_bytes: [u8; 4], payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&len_bytes), payload)
+}
+
+/// The bytes of one batch record under construction: header space is reserved at the front
+/// and filled in by [`BatchWriter::finish`] once the record's offset is known, so the whole
+/// record goes to the file in one write without copying.
+pub(crate) struct BatchWriter {
+    /// Invariant: starts with `RECORD_HEADER_BYTES + BATCH_HEADER_BYTES` reserved bytes.
+    buffer: Vec<u8>,
+    item_count: u32,
+    entry_count: usize,
+    /// The highest index of an entry in this batch, `ZERO` if none.
+    index_max: LogIndex,
+}
+
+impl BatchWriter {
+    pub(crate) fn new() -> BatchWriter {
+        BatchWriter {
+            buffer: vec![0; RECORD_HEADER_BYTES + BATCH_HEADER_BYTES],
+            item_count: 0,
+            entry_count: 0,
+            index_max: LogIndex::ZERO,
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.buffer
+            .truncate(RECORD_HEADER_BYTES + BATCH_HEADER_BYTES);
+        self.item_count = 0;
+        self.entry_count = 0;
+        self.index_max = LogIndex::ZERO;
+    }
+
+    pub(crate) fn has_entries(&self) -> bool {
+        self.entry_count > 0
+    }
+
+    /// The size the record will have on disk.
+    pub(crate) fn record_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub(crate) fn index_max(&self) -> LogIndex {
+        self.index_max
+    }
+
+    /// How many bytes `entry` adds to a batch.
+    pub(crate) fn entry_bytes(entry: &Entry) -> usize {
+        match &entry.payload {
+            EntryPayload::Noop => 18,
+            EntryPayload::Command(data) => 22 + data.len(),
+        }
+    }
+
+    /// Whether `extra_bytes` more still fit the `len: u32` of one record.
+    pub(crate) fn fits(&self, extra_bytes: usize) -> bool {
+        let payload_bytes = self.buffer.len() - RECORD_HEADER_BYTES;
+        payload_bytes
+            .checked_add(extra_bytes)
+            .is_some_and(|total| total <= u32::MAX as usize)
+    }
+
+    /// Appends an entry. The caller checks `fits` first (a command's length must fit a u32).
+    pub(crate) fn push_entry(&mut self, entry: &Entry) {
+        self.buffer.push(ITEM_ENTRY);
+        self.buffer.extend_from_slice(&entry.term.0.to_le_bytes());
+        self.buffer.extend_from_slice(&entry.index.0.to_le_bytes());
+        match &entry.payload {
+            EntryPayload::Noop => self.buffer.push(PAYLOAD_NOOP),
+            EntryPayload::Command(data) => {
+                let data_len = u32::try_from(data.len())
+                    .expect("the caller checked with fits() that the command fits a u32");
+                self.buffer.push(PAYLOAD_COMMAND);
+                self.buffer.extend_from_slice(&data_len.to_le_bytes());
+                self.buffer.extend_from_slice(data);
+            }
+        }
+        self.item_count += 1;
+        self.entry_count += 1;
+        // An overwrite inside one batch may lower the last index, never the highest index
+        // the record holds, which is what segment compaction needs.
+        self.index_max = self.index_max.max(entry.index);
+    }
+
+    pub(crate) fn push_commit(&mut self, commit: LogIndex) {
+        self.buffer.push(ITEM_COMMIT);
+        self.buffer.extend_from_slice(&commit.0.to_le_bytes());
+        self.item_count += 1;
+    }
+
+    /// Fills in the headers for a record placed at `offset` in its segment and returns the
+    /// complete record, ready for one write.
+    pub(crate) fn finish(&mut self, offset: u64) -> &[u8] {
+        let len = u32::try_from(self.buffer.len() - RECORD_HEADER_BYTES)
+            .expect("fits() keeps every batch payload within u32");
+        let len_bytes = len.to_le_bytes();
+        self.buffer[8..16].copy_from_slice(&offset.to_le_bytes());
+        self.buffer[16] = KIND_BATCH;
+        self.buffer[17..21].copy_from_slice(&self.item_count.to_le_bytes());
+        let crc = record_crc(len_bytes, &self.buffer[RECORD_HEADER_BYTES..]);
+        self.buffer[0..4].copy_from_slice(&len_bytes);
+        self.buffer[4..8].copy_from_slice(&crc.to_le_bytes());
+        // Pair assertion: what we are about to write must read back as written.
+        debug_assert!(matches!(
+            read_record(&self.buffer, 0),
+            RecordRead::Valid { end, .. } if end == self.buffer.len()
+        ));
+        &self.buffer
+    }
+}
+
+/// What a batch record holds, in write order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Item {
+    Entry(Entry),
+    Commit(LogIndex),
+}
+
+/// The result of reading the record framed at some offset of a file's bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecordRead<'a> {
+    /// No bytes left: a clean end.
+    End,
+    /// A record whose checksum matches; the next one starts at `end`.
+    Valid { payload: &'a [u8], end: usize },
+    /// Torn, zeroed or corrupted bytes.
+    Bad { reason: String },
+}
+
+/// Reads the framing of the record at `offset`; checks the length and the checksum only.
+pub(crate) fn read_record(bytes: &[u8], offset: usize) -> RecordRead<'_> {
+    let Some(rest) = bytes.get(offset..) else {
+        return RecordRead::Bad {
+            reason: "offset past the end of the file".to_string(),
+        };
+    };
+    if rest.is_empty() {
+        return RecordRead::End;
+    }
+    if rest.len() < RECORD_HEADER_BYTES {
+        return RecordRead::Bad {
+            reason: format!("incomplete record header ({} bytes left)", rest.len()),
+        };
+    }
+    let len_bytes: [u8; 4] = rest[0..4].try_into().expect("slice of 4 bytes");
+    let crc = u32::from_le_bytes(rest[4..8].try_into().expect("slice of 4 bytes"));
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    let Some(payload) = rest.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
+        return RecordRead::Bad {
+            reason: format!(
+                "record of {len} bytes runs past the end of the file ({} bytes left)",
+                rest.len() - RECORD_HEADER_BYTES
+            ),
+        };
+    };
+    if record_crc(len_bytes, payload) != crc {
+        return RecordRead::Bad {
+            reason: format!("checksum mismatch in a record of {len} bytes"),
+        };
+    }
+    RecordRead::Valid {
+        payload,
+        end: offset + RECORD_HEADER_BYTES + len,
+    }
+}
+
+/// Whether a genuine batch record starts at `offset`: framing and checksum valid, and the
+/// record names `offset` as its own position. Used to tell a torn tail (nothing valid after
+/// the bad bytes) from corruption inside the log (valid records after them).
+pub(crate) fn batch_record_starts_at(bytes: &[u8], offset: usize) -> bool {
+    // Cheap filters first: this runs at every byte offset after a bad record.
+    let Some(header) = bytes.get(offset..offset + RECORD_HEADER_BYTES + 8) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("slice of 4 bytes")) as usize;
+    let claimed = u64::from_le_bytes(header[8..16].try_into().expect("slice of 8 bytes"));
+    if len < BATCH_HEADER_BYTES || claimed != offset as u64 {
+        return false;
+    }
+    matches!(read_record(bytes, offset), RecordRead::Valid { .. })
+}
+
+/// A bounds-checked cursor over a payload: every read is an error, never a panic, when the
+/// bytes run out.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, count: usize, what: &str) -> Result<&'a [u8], String> {
+        let end = self
+            .position
+            .checked_add(count)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or_else(|| {
+                format!(
+                    "payload ends inside {what} (at payload byte {} of {})",
+                    self.position,
+                    self.bytes.len()
+                )
+            })?;
+        let slice = &self.bytes[self.position..end];
+        self.position = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8, String> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        let bytes = self.take(4, what)?;
+        Ok(u32::from_le_bytes(
+            bytes.try_into().expect("slice of 4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        let bytes = self.take(8, what)?;
+        Ok(u64::from_le_bytes(
+            bytes.try_into().expect("slice of 8 bytes"),
+        ))
+    }
+
+    fn finished(&self) -> bool {
+        self.position == self.bytes.len()
+    }
+}
+
+/// Decodes a batch payload that passed its checksum. `offset` is where the record sits in
+/// its segment. An error here means a record that was written this way: a software bug or an
+/// unknown format, never a torn write.
+pub(crate) fn decode_batch(payload: &[u8], offset: u64) -> Result<Vec<Item>, String> {
+    let mut reader = Reader {
+        bytes: payload,
+        position: 0,
+    };
+    let claimed = reader.u64("the record offset")?;
+    if claimed != offset {
+        return Err(format!("record claims to sit at byte {claimed}"));
+    }
+    let kind = reader.u8("the record kind")?;
+    if kind != KIND_BATCH {
+        return Err(format!("unknown record kind {kind}"));
+    }
+    let item_count = reader.u32("the item count")?;
+    // Do not trust the count for an allocation: each item takes at least 9 bytes.
+    let mut items = Vec::with_capacity((item_count as usize).min(payload.len() / 9));
+    for _ in 0..item_count {
+        match reader.u8("an item tag")? {
+            ITEM_ENTRY => {
+                let term = Term(reader.u64("an entry term")?);
+                let index = LogIndex(reader.u64("an entry index")?);
+                let payload = match reader.u8("an entry payload kind")? {
+                    PAYLOAD_NOOP => EntryPayload::Noop,
+                    PAYLOAD_COMMAND => {
+                        let data_len = reader.u32("a command length")? as usize;
+                        let data = reader.take(data_len, "a command")?;
+                        EntryPayload::Command(Bytes::copy_from_slice(data))
+                    }
+                    other => return Err(format!("unknown entry payload kind {other}")),
+                };
+                items.push(Item::Entry(Entry {
+                    term,
+                    index,
+                    payload,
+                }));
+            }
+            ITEM_COMMIT => items.push(Item::Commit(LogIndex(reader.u64("a commit index")?))),
+            other => return Err(format!("unknown item tag {other}")),
+        }
+    }
+    if !reader.finished() {
+        return Err(format!(
+            "{} unexpected bytes after {item_count} items",
+            payload.len() - reader.position
+        ));
+    }
+    Ok(items)
+}
+
+/// The complete contents of a `hard_state` file: one framed record.
+pub(crate) fn encode_hard_state(hard_state: &HardState) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(HARD_STATE_PAYLOAD_BYTES);
+    payload.push(HARD_STATE_VERSION);
+    payload.extend_from_slice(&hard_state.term.0.to_le_bytes());
+    payload.push(u8::from(hard_state.vote.is_some()));
+    payload.extend_from_slice(&hard_state.vote.map_or(0, |vote| vote.0).to_le_bytes());
+    payload.extend_from_slice(&hard_state.commit.0.to_le_bytes());
+    debug_assert_eq!(payload.len(), HARD_STATE_PAYLOAD_BYTES);
+    let len_bytes = (HARD_STATE_PAYLOAD_BYTES as u32).to_le_bytes();
+    let mut bytes = Vec::with_capacity(RECORD_HEADER_BYTES + HARD_STATE_PAYLOAD_BYTES);
+    bytes.extend_from_slice(&len_bytes);
+    bytes.extend_from_slice(&record_crc(len_bytes, &payload).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+pub(crate) fn decode_hard_state(bytes: &[u8]) -> Result<HardState, String> {
+    let payload = match read_record(bytes, 0) {
+        RecordRead::Valid { payload, end } if end == bytes.len() => payload,
+        RecordRead::Valid { end, .. } => {
+            return Err(format!(
+                "{} unexpected bytes after the record",
+                bytes.len() - end
+            ))
+        }
+        RecordRead::End => return Err("empty file".to_string()),
+        RecordRead::Bad { reason } => return Err(reason),
+    };
+    let mut reader = Reader {
+        bytes: payload,
+        position: 0,
+    };
+    let version = reader.u8("the version")?;
+    if version != HARD_STATE_VERSION {
+        return Err(format!("unknown hard state version {version}"));
+    }
+    let term = Term(reader.u64("the term")?);
+    let vote_present = reader.u8("the vote flag")?;
+    let vote = reader.u64("the vote")?;
+    let commit = LogIndex(reader.u64("the commit index")?);
+    let vote = match vote_present {
+        0 => None,
+        1 => Some(NodeId(vote)),
+        other => return Err(format!("bad vote flag {other}")),
+    };
+    if !reader.finished() {
+        return Err("unexpected bytes after the hard state".to_string());
+    }
+    Ok(HardState { term, vote, commit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn item_strategy() -> impl Strategy<Value = Item> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>()).prop_map(|(term, index)| Item::Entry(Entry {
+                term: Term(term),
+                index: LogIndex(index),
+                payload: EntryPayload::Noop,
+            })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(term, index, data)| Item::Entry(Entry {
+                    term: Term(term),
+                    index: LogIndex(index),
+                    payload: EntryPayload::Command(Bytes::from(data)),
+                })),
+            any::<u64>().prop_map(|commit| Item::Commit(LogIndex(commit))),
+        ]
+    }
+
+    fn encode(items: &[Item], offset: u64) -> Vec<u8> {
+        let mut batch = BatchWriter::new();
+        for item in items {
+            match item {
+                Item::Entry(entry) => {
+                    assert!(batch.fits(BatchWriter::entry_bytes(entry)));
+                    let before = batch.record_bytes();
+                    batch.push_entry(entry);
+                    assert_eq!(
+                        batch.record_bytes() - before,
+                        BatchWriter::entry_bytes(entry)
+                    );
+                }
+                Item::Commit(commit) => batch.push_commit(*commit),
+            }
+        }
+        batch.finish(offset).to_vec()
+    }
+
+    proptest! {
+        #[test]
+        fn batch_round_trips(items in proptest::collection::vec(item_strategy(), 0..20),
+                             offset in any::<u64>()) {
+            let bytes = encode(&items, offset);
+            let RecordRead::Valid { payload, end } = read_record(&bytes, 0) else {
+                panic!("record does not read back");
+            };
+            prop_assert_eq!(end, bytes.len());
+            prop_assert_eq!(decode_batch(payload, offset), Ok(items));
+            // A record names its own offset: found where it was placed, nowhere else.
+            prop_assert_eq!(batch_record_starts_at(&bytes, 0), offset == 0);
+        }
+
+        #[test]
+        fn any_flipped_bit_is_detected(items in proptest::collection::vec(item_strategy(), 1..5),
+                                       bit in any::<proptest::sample::Index>()) {
+            let mut bytes = encode(&items, 0);
+            let bit = bit.index(bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(!matches!(read_record(&bytes, 0), RecordRead::Valid { .. }),
+                "bit {} flipped went unnoticed", bit);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                                offset in 0usize..210) {
+            let _ = read_record(&bytes, offset);
+            let _ = batch_record_starts_at(&bytes, offset);
+            let _ = decode_batch(&bytes, 0);
+            let _ = decode_hard_state(&bytes);
+        }
+
+        #[test]
+        fn hard_state_round_trips(term in any::<u64>(), vote in any::<Option<u64>>(),
+                                  commit in any::<u64>()) {
+            let hard_state = HardState {
+                term: Term(term),
+                vote: vote.map(NodeId),
+                commit: LogIndex(commit),
+            };
+            prop_assert_eq!(decode_hard_state(&encode_hard_state(&hard_state)), Ok(hard_state));
+        }
+    }
+
+    #[test]
+    fn record_elsewhere_is_not_taken_for_one_here() {
+        // A valid record copied to another position (as inside a command) names its old
+        // offset, so a scan does not mistake it for a record.
+        let record = encode(&[Item::Commit(LogIndex(7))], 0);
+        let mut bytes = vec![0u8; 5];
+        bytes.extend_from_slice(&record);
+        assert!(!batch_record_starts_at(&bytes, 5));
+        let moved = encode(&[Item::Commit(LogIndex(7))], 5);
+        bytes.truncate(5);
+        bytes.extend_from_slice(&moved);
+        assert!(batch_record_starts_at(&bytes, 5));
+    }
+
+    #[test]
+    fn decode_rejects_bad_payloads() {
+        let cases: [(&str, Vec<u8>, u64); 4] = [
+            ("empty", vec![], 0),
+            ("wrong offset", encode(&[], 9)[8..].to_vec(), 0),
+            (
+                "unknown kind",
+                [&0u64.to_le_bytes()[..], &[9, 0, 0, 0, 0]].concat(),
+                0,
+            ),
+            (
+                "count larger than items",
+                [&0u64.to_le_bytes()[..], &[1, 1, 0, 0, 0]].concat(),
+                0,
+            ),
+        ];
+        for (number, (name, payload, offset)) in cases.iter().enumerate() {
+            assert!(
+                decode_batch(payload, *offset).is_err(),
+                "case {number} ({name}) decoded"
+            );
+        }
+    }
+}

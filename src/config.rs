@@ -364,7 +364,9 @@ impl std::str::FromStr for ElectionTimeoutRange {
 #[command(
     name = "rrmq-node",
     version,
-    about = "Runs one node of an rrmq cluster (a message queue replicated with Raft)."
+    about = "Runs one node of an rrmq cluster (a message queue replicated with Raft).",
+    // A later flag wins, so wrapper scripts can append overrides to a default command line.
+    args_override_self = true
 )]
 pub struct NodeArgs {
     /// The cluster file: {"addresses": [{"ip", "port", "internal_port"}, ...]}.

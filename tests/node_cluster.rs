@@ -345,3 +345,46 @@ fn sigterm_on_the_leader_exits_zero_and_hands_over_leadership() {
     let reply = client.call_with_timeout(Wire::MsgPack, &put_message("t", "x"), REPLY_DEADLINE);
     assert_eq!(reply, Some(json!({"success": true})));
 }
+
+#[test]
+fn a_whole_cluster_killed_and_restarted_keeps_every_acknowledged_message() {
+    let mut cluster = Cluster::start_with(3, &["--fsync", "always"]);
+    let (leader, term) = cluster.wait_for_leader(LEADER_DEADLINE);
+    let mut client = cluster.client(leader);
+    assert_eq!(
+        client.call(Wire::MsgPack, &put_topic("t")),
+        json!({"success": true})
+    );
+    for number in 0..20 {
+        let reply = client.call(Wire::MsgPack, &put_message("t", &format!("m{number}")));
+        assert_eq!(reply, json!({"success": true}), "m{number}");
+    }
+    for number in 0..5 {
+        let reply = client.call(Wire::MsgPack, &get_message("t"));
+        assert_eq!(
+            reply,
+            json!({"success": true, "message": format!("m{number}")})
+        );
+    }
+
+    cluster.kill_all();
+    for index in 0..3 {
+        cluster.spawn(index);
+    }
+    assert!(
+        cluster.wait_all_up(LEADER_DEADLINE),
+        "restarted nodes answer"
+    );
+    let (leader, new_term) = cluster.wait_for_leader(LEADER_DEADLINE);
+    assert!(
+        new_term > term,
+        "terms survive restarts: {new_term} > {term}"
+    );
+    let mut client = cluster.client(leader);
+    assert_eq!(
+        client.call(Wire::MsgPack, &json!({"type": "topic", "method": "GET"})),
+        json!({"success": true, "topics": ["t"]})
+    );
+    let expected: Vec<String> = (5..20).map(|number| format!("m{number}")).collect();
+    assert_eq!(drain(&cluster, leader, "t"), expected);
+}

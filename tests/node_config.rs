@@ -131,3 +131,36 @@ fn a_port_in_use_gives_one_line_and_a_failure_exit() {
     );
     drop(taken);
 }
+
+#[test]
+fn a_data_dir_in_use_gives_one_line_and_a_failure_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("UTF-8 path");
+    // Two configs with different ports, so that only the data dir is shared.
+    std::fs::write(dir.path().join("a.json"), config_json(&three_nodes())).expect("write");
+    std::fs::write(dir.path().join("b.json"), config_json(&three_nodes())).expect("write");
+    let mut first = std::process::Command::new(common::BINARY)
+        .args(["a.json", "0", "--data-dir", data])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Wait until the first node holds the lock (its WAL exists).
+    let deadline = std::time::Instant::now() + EXIT_DEADLINE;
+    while !dir.path().join("data").join("LOCK").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "first node never opened its WAL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_refused(
+        dir.path(),
+        &["b.json", "0", "--data-dir", data],
+        &format!("rrmq-node: data dir {data} is in use by …"),
+    );
+    let _ = first.kill();
+    let _ = first.wait();
+}

@@ -404,3 +404,49 @@ fn sigterm_exits_zero_promptly() {
     // PROTOCOL.md §7 says about a second; allow for a loaded machine.
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+#[test]
+fn a_killed_node_restarts_with_what_it_acknowledged() {
+    let mut cluster = Cluster::start_with(1, &["--fsync", "always"]);
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    let cases = vec![
+        (
+            json!({"type": "topic", "method": "PUT", "topic": "t"}),
+            json!({"success": true}),
+        ),
+        (
+            json!({"type": "message", "method": "PUT", "topic": "t", "message": "a"}),
+            json!({"success": true}),
+        ),
+        (
+            json!({"type": "message", "method": "PUT", "topic": "t", "message": "b"}),
+            json!({"success": true}),
+        ),
+        (
+            json!({"type": "message", "method": "GET", "topic": "t"}),
+            json!({"success": true, "message": "a"}),
+        ),
+    ];
+    expect_replies(&mut client, Wire::MsgPack, &cases);
+    cluster.kill(0);
+    cluster.spawn(0);
+    assert!(cluster.wait_all_up(common::LEADER_DEADLINE));
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    let cases = vec![
+        (
+            json!({"type": "topic", "method": "GET"}),
+            json!({"success": true, "topics": ["t"]}),
+        ),
+        (
+            json!({"type": "message", "method": "GET", "topic": "t"}),
+            json!({"success": true, "message": "b"}),
+        ),
+        (
+            json!({"type": "message", "method": "GET", "topic": "t"}),
+            json!({"success": false}),
+        ),
+    ];
+    expect_replies(&mut client, Wire::Json, &cases);
+}

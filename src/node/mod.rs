@@ -21,22 +21,18 @@
 
 mod node_loop;
 mod pending;
-mod upcoming;
 
 pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::queue::{Queue, QueueConfig};
 use crate::raft::{Core, Message};
-use crate::storage::StorageError;
+use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
-use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use upcoming::{FsyncPolicy, Wal, WalOptions};
 
 /// Events waiting for the node loop, at most. A full channel makes the transport threads
 /// wait, and ZeroMQ's queues behind them push back on clients and peers.
@@ -75,15 +71,11 @@ pub enum NodeError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("data directory {path} is in use by another process")]
-    DataDirLocked { path: String },
     #[error("{path}: {source}")]
     Storage { path: String, source: StorageError },
+    /// Another node has the data dir open; the error names the dir and the holder.
+    #[error("{0}")]
+    DataDirInUse(StorageError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
@@ -119,7 +111,6 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         events.clone(),
     )?;
 
-    let _lock = lock_data_dir(&config.data_dir)?;
     let fsync = match config.fsync {
         crate::config::FsyncMode::Always => FsyncPolicy::Always,
         crate::config::FsyncMode::Never => FsyncPolicy::Never,
@@ -131,9 +122,12 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             fsync,
         },
     )
-    .map_err(|source| NodeError::Storage {
-        path: config.data_dir.display().to_string(),
-        source,
+    .map_err(|source| match source {
+        StorageError::Locked { .. } => NodeError::DataDirInUse(source),
+        source => NodeError::Storage {
+            path: config.data_dir.display().to_string(),
+            source,
+        },
     })?;
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
@@ -180,35 +174,6 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     signals.stop();
     log::info!("stopped");
     Ok(())
-}
-
-/// Holds an exclusive `flock` on `<data_dir>/LOCK` for the life of the process: two nodes
-/// appending to one WAL would corrupt it.
-fn lock_data_dir(data_dir: &Path) -> Result<File, NodeError> {
-    use std::os::unix::io::AsRawFd;
-    let shown = data_dir.display().to_string();
-    std::fs::create_dir_all(data_dir).map_err(|source| NodeError::DataDir {
-        path: shown.clone(),
-        source,
-    })?;
-    let path: PathBuf = data_dir.join("LOCK");
-    let file = File::create(&path).map_err(|source| NodeError::DataDir {
-        path: shown.clone(),
-        source,
-    })?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        let error = std::io::Error::last_os_error();
-        return Err(match error.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => NodeError::DataDirLocked { path: shown },
-            _ => NodeError::DataDir {
-                path: shown,
-                source: error,
-            },
-        });
-    }
-    Ok(file)
 }
 
 /// Sends a [`Event::Tick`] every `tick`; exits once the node loop has gone.

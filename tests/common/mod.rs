@@ -136,9 +136,15 @@ impl Cluster {
             if cluster.wait_all_up(LEADER_DEADLINE) {
                 return cluster;
             }
-            eprintln!("cluster start attempt {attempt} failed; retrying on other ports");
-            cluster.dump_logs();
             cluster.kill_all();
+            let logs: String = (0..size)
+                .map(|index| std::fs::read_to_string(cluster.log_path(index)).unwrap_or_default())
+                .collect();
+            if !logs.contains("cannot bind") {
+                cluster.dump_logs();
+                panic!("a cluster of {size} did not start");
+            }
+            eprintln!("cluster start attempt {attempt}: a port was taken; retrying on others");
             permit = cluster.permit.take();
         }
         panic!("could not start a cluster of {size}");

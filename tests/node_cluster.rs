@@ -388,3 +388,73 @@ fn a_whole_cluster_killed_and_restarted_keeps_every_acknowledged_message() {
     let expected: Vec<String> = (5..20).map(|number| format!("m{number}")).collect();
     assert_eq!(drain(&cluster, leader, "t"), expected);
 }
+
+/// A leader whose followers are all gone: its requests can never commit.
+fn leader_without_followers() -> (Cluster, usize) {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(LEADER_DEADLINE);
+    let mut client = cluster.client(leader);
+    assert_eq!(
+        client.call(Wire::MsgPack, &put_topic("t")),
+        json!({"success": true})
+    );
+    for follower in (0..3).filter(|index| *index != leader) {
+        cluster.kill(follower);
+    }
+    (cluster, leader)
+}
+
+fn put_v2(message: &str) -> Value {
+    json!({"v": 2, "type": "message", "method": "PUT", "topic": "t", "message": message})
+}
+
+#[test]
+fn without_a_quorum_a_request_is_answered_timeout_within_the_request_timeout() {
+    let (cluster, leader) = leader_without_followers();
+    let mut client = cluster.client(leader);
+    // Proposed before the leader notices it lost its quorum (an election timeout, 300 ms+),
+    // so it waits for its deadline (3 s in tests): outcome unknown.
+    let started = Instant::now();
+    let reply = client
+        .call_with_timeout(Wire::MsgPack, &put_v2("lost"), Duration::from_secs(8))
+        .expect("answered without a quorum");
+    let took = started.elapsed();
+    let reply = without_error_message(reply);
+    eprintln!("no quorum: {reply} after {took:?}");
+    let code = reply["error"]["code"].as_str().expect("v2 error code");
+    if code == "TIMEOUT" {
+        assert!(
+            took >= Duration::from_millis(2900),
+            "not before the deadline: {took:?}"
+        );
+    } else {
+        // Only if the machine was so slow the leader stepped down before the request came.
+        assert_eq!(code, "NOT_LEADER", "{reply}");
+    }
+    assert_eq!(reply["success"], false);
+}
+
+#[test]
+fn sigterm_answers_the_requests_in_flight_and_exits_zero() {
+    let (mut cluster, leader) = leader_without_followers();
+    let port = cluster.ports[leader].port;
+    let in_flight = std::thread::spawn(move || {
+        let mut client = common::Client::connect(port);
+        client.call_with_timeout(Wire::MsgPack, &put_v2("in flight"), Duration::from_secs(8))
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    let (status, took) = cluster
+        .terminate(leader, Duration::from_secs(10))
+        .expect("exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let reply = in_flight
+        .join()
+        .expect("thread")
+        .expect("answered before exit");
+    let reply = without_error_message(reply);
+    eprintln!("in flight at SIGTERM: {reply} (exit after {took:?})");
+    assert_eq!(reply["success"], false, "{reply}");
+    let code = reply["error"]["code"].as_str().expect("v2 error code");
+    assert!(["SHUTTING_DOWN", "NOT_LEADER"].contains(&code), "{reply}");
+}

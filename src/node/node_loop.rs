@@ -52,7 +52,7 @@ struct Shutdown {
 pub(super) struct NodeLoop {
     config: NodeConfig,
     core: Core,
-    store: Box<dyn LogStore>,
+    store: Box<dyn LogStore + Send>,
     queue: Queue,
     clients: ClientTransport,
     peers: PeerTransport,
@@ -73,7 +73,7 @@ impl NodeLoop {
     pub(super) fn new(
         config: NodeConfig,
         core: Core,
-        store: Box<dyn LogStore>,
+        store: Box<dyn LogStore + Send>,
         queue: Queue,
         clients: ClientTransport,
         peers: PeerTransport,
@@ -488,5 +488,188 @@ impl NodeLoop {
         self.clients.flush();
         self.clients.stop();
         self.peers.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, NodeArgs};
+    use crate::protocol::{decode_reply, encode_request, Encoding, Request};
+    use crate::queue::QueueConfig;
+    use crate::storage::{MemStore, RestoredState};
+    use crate::transport::client::{ClientSettings, ClientTransport};
+    use crate::transport::peer::{PeerSettings, PeerTransport};
+    use clap::Parser;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A store whose every call fails once `broken` is set, as a dying disk does.
+    struct BreakableStore {
+        inner: MemStore,
+        broken: Arc<AtomicBool>,
+    }
+
+    impl BreakableStore {
+        fn check(&self) -> Result<(), StorageError> {
+            if self.broken.load(Ordering::SeqCst) {
+                Err(StorageError::Io(std::io::Error::other(
+                    "injected fsync failure",
+                )))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl LogStore for BreakableStore {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.append(entries)
+        }
+
+        fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.set_hard_state(hard_state)
+        }
+
+        fn sync(&mut self) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.sync()
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port")
+    }
+
+    fn call(socket: &zmq::Socket, operation: Operation) -> Reply {
+        let request = Request {
+            version: 2,
+            session: None,
+            operation,
+        };
+        socket
+            .send_multipart([&b""[..], &encode_request(&request, Encoding::MsgPack)], 0)
+            .expect("send");
+        assert!(
+            socket.poll(zmq::POLLIN, 10_000).expect("poll") > 0,
+            "no reply in 10 s"
+        );
+        let frames = socket.recv_multipart(0).expect("recv");
+        decode_reply(frames.last().expect("a body")).expect("a reply")
+    }
+
+    fn failure_code(reply: &Reply) -> Option<ErrorCode> {
+        match reply {
+            Reply::Outcome {
+                outcome: Outcome::Failed(error),
+                ..
+            } => Some(error.code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_storage_failure_stops_acknowledging_but_keeps_answering() {
+        let (port, internal_port) = (free_port(), free_port());
+        let text = format!(
+            r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {port}, "internal_port": {internal_port}}}]}}"#
+        );
+        let cluster = ClusterConfig::parse(&text, "test").expect("config");
+        let args = NodeArgs::try_parse_from(["rrmq-node", "test", "0"]).expect("args");
+        let config = NodeConfig::new(&args, cluster).expect("node config");
+
+        let context = zmq::Context::new();
+        let (events, inbox) = crossbeam_channel::bounded::<Event>(64);
+        let clients = ClientTransport::start(
+            &context,
+            ClientSettings::from_config(&config).expect("settings"),
+            events.clone(),
+        )
+        .expect("client transport");
+        let peers = PeerTransport::start(
+            &context,
+            PeerSettings::from_config(&config).expect("settings"),
+            events.clone(),
+        )
+        .expect("peer transport");
+        let core = Core::new(
+            config.id,
+            config.cluster.voters(),
+            config.raft.clone(),
+            RestoredState::default(),
+            7,
+        );
+        let broken = Arc::new(AtomicBool::new(false));
+        let store = BreakableStore {
+            inner: MemStore::new(),
+            broken: broken.clone(),
+        };
+        let queue = Queue::new(QueueConfig::default());
+        let node = NodeLoop::new(
+            config,
+            core,
+            Box::new(store),
+            queue,
+            clients,
+            peers,
+            HardState::default(),
+        );
+        let node = std::thread::spawn(move || node.run(&inbox));
+        let ticker_events = events.clone();
+        let ticker = std::thread::spawn(move || {
+            while ticker_events.send(Event::Tick).is_ok() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+
+        let socket = context.socket(zmq::DEALER).expect("socket");
+        socket.set_linger(0).expect("linger");
+        socket
+            .connect(&format!("tcp://127.0.0.1:{port}"))
+            .expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
+        {
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let create = Operation::CreateTopic { topic: "t".into() };
+        assert_eq!(failure_code(&call(&socket, create)), None, "created");
+
+        broken.store(true, Ordering::SeqCst);
+        let put = Operation::Put {
+            topic: "t".into(),
+            message: crate::protocol::Payload::Text("m".into()),
+        };
+        assert_eq!(
+            failure_code(&call(&socket, put.clone())),
+            Some(ErrorCode::Unavailable),
+            "the write that hit the failure is not acknowledged"
+        );
+        for operation in [
+            put,
+            Operation::ListTopics,
+            Operation::Get { topic: "t".into() },
+        ] {
+            assert_eq!(
+                failure_code(&call(&socket, operation.clone())),
+                Some(ErrorCode::Unavailable),
+                "{operation:?} after the failure"
+            );
+        }
+        assert!(
+            matches!(call(&socket, Operation::Status), Reply::Status(_)),
+            "status is still answered"
+        );
+
+        events.send(Event::Shutdown).expect("loop alive");
+        node.join().expect("the loop ends without panicking");
+        drop(events);
+        ticker.join().expect("ticker");
     }
 }

@@ -138,7 +138,8 @@ fn followers_answer_not_leader_with_a_leader_hint() {
 
 #[test]
 fn killing_the_leader_elects_a_new_one_that_serves_what_the_old_one_committed() {
-    let mut cluster = Cluster::start(3);
+    // Host names work as well as IP literals (PROTOCOL.md §1).
+    let mut cluster = Cluster::start_on("localhost", 3, &[]);
     let (old_leader, old_term) = cluster.wait_for_leader(LEADER_DEADLINE);
     let mut client = cluster.client(old_leader);
     assert_eq!(

@@ -138,12 +138,12 @@ impl NodeLoop {
         }
     }
 
-    fn on_client_request(
-        &mut self,
-        ClientRequest {
-            ticket, request, ..
-        }: ClientRequest,
-    ) {
+    fn on_client_request(&mut self, client_request: ClientRequest) {
+        let ClientRequest {
+            ticket,
+            request,
+            received_at,
+        } = client_request;
         let operation = request.operation;
         if operation == Operation::Status {
             let reply = self.status();
@@ -166,7 +166,9 @@ impl NodeLoop {
             );
             return;
         }
-        let deadline = Instant::now() + self.config.request_timeout;
+        // From arrival at the socket, so time queued behind other events counts. One client
+        // thread stamps them in channel order, so deadlines stay in arrival order.
+        let deadline = received_at + self.config.request_timeout;
         let command = match operation {
             Operation::Status => unreachable!("answered above"),
             Operation::ListTopics => {

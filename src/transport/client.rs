@@ -65,10 +65,10 @@ pub struct ClientSettings {
 impl ClientSettings {
     pub fn from_config(config: &NodeConfig) -> Result<ClientSettings, TransportError> {
         let own = config.address();
-        let host = super::bind_host(&own.ip)?;
+        let host = super::resolve_host(&own.ip)?;
         Ok(ClientSettings {
             bind_endpoint: crate::config::tcp_endpoint(&host, own.port),
-            ipv6: own.is_ipv6(),
+            ipv6: host.contains(':'),
             limits: config.limits.clone(),
             frame_bytes_max: config.client_frame_bytes_max(),
         })

@@ -64,9 +64,11 @@ pub(crate) fn zmq_context<T>(
     result.map_err(|source| TransportError::Zmq { context, source })
 }
 
-/// The host to bind on for `host`: ZeroMQ binds interfaces and IP literals, not host names,
-/// so a name such as `localhost` is resolved here first (its first address).
-pub fn bind_host(host: &str) -> Result<String, TransportError> {
+/// `host` as an IP literal. ZeroMQ binds interfaces and IP literals, not host names, so a
+/// name such as `localhost` is resolved here, once, at startup. Peers resolve names the same
+/// way before connecting: left to ZeroMQ, `localhost` may become `::1` on one side and
+/// `127.0.0.1` on the other. IPv4 is preferred, as most clients use it.
+pub fn resolve_host(host: &str) -> Result<String, TransportError> {
     use std::net::ToSocketAddrs;
     if host.parse::<std::net::IpAddr>().is_ok() || host == "*" {
         return Ok(host.to_string());
@@ -77,7 +79,6 @@ pub fn bind_host(host: &str) -> Result<String, TransportError> {
             host: host.to_string(),
             reason: error.to_string(),
         })?;
-    // Prefer IPv4: "localhost" usually resolves to both, and clients mostly use 127.0.0.1.
     let all: Vec<_> = addresses.by_ref().collect();
     all.iter()
         .find(|address| address.is_ipv4())
@@ -267,10 +268,10 @@ mod tests {
     }
 
     #[test]
-    fn bind_host_resolves_names_and_keeps_literals() {
-        assert_eq!(bind_host("127.0.0.1").expect("literal"), "127.0.0.1");
-        assert_eq!(bind_host("::1").expect("literal"), "::1");
-        assert_eq!(bind_host("localhost").expect("resolves"), "127.0.0.1");
-        assert!(bind_host("no-such-host.invalid").is_err());
+    fn resolve_host_resolves_names_and_keeps_literals() {
+        assert_eq!(resolve_host("127.0.0.1").expect("literal"), "127.0.0.1");
+        assert_eq!(resolve_host("::1").expect("literal"), "::1");
+        assert_eq!(resolve_host("localhost").expect("resolves"), "127.0.0.1");
+        assert!(resolve_host("no-such-host.invalid").is_err());
     }
 }

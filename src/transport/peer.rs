@@ -104,8 +104,9 @@ pub struct PeerSettings {
     pub filter: PeerFilter,
     /// `tcp://host:internal_port` with `host` an IP literal.
     pub bind_endpoint: String,
-    /// Each peer's internal endpoint (host names allowed: ZeroMQ resolves them on connect).
+    /// Each peer's internal endpoint.
     pub peers: Vec<(NodeId, String)>,
+    /// Whether any endpoint is IPv6 (ZMQ_IPV6 also keeps IPv4 working).
     pub ipv6: bool,
     /// ZMQ_MAXMSGSIZE on the ROUTER: larger frames are refused before allocation.
     pub frame_bytes_max: usize,
@@ -115,8 +116,8 @@ pub struct PeerSettings {
 impl PeerSettings {
     pub fn from_config(config: &NodeConfig) -> Result<PeerSettings, TransportError> {
         let own = config.address();
-        let host = super::bind_host(&own.ip)?;
-        let peers = config
+        let host = super::resolve_host(&own.ip)?;
+        let peers: Vec<(NodeId, String)> = config
             .cluster
             .voters()
             .into_iter()
@@ -126,9 +127,19 @@ impl PeerSettings {
                     .cluster
                     .address(id)
                     .expect("voters come from the config");
-                (id, address.internal_endpoint())
+                // A peer's name that does not resolve yet is left to ZeroMQ, which retries
+                // on every reconnect: that peer's host may simply not be up yet.
+                let host = super::resolve_host(&address.ip).unwrap_or_else(|error| {
+                    log::warn!("node {id}: {error}; connecting by name");
+                    address.ip.clone()
+                });
+                (
+                    id,
+                    crate::config::tcp_endpoint(&host, address.internal_port),
+                )
             })
             .collect();
+        let ipv6 = host.contains(':') || peers.iter().any(|(_, endpoint)| endpoint.contains('['));
         Ok(PeerSettings {
             filter: PeerFilter {
                 cluster_id: config.cluster.cluster_id,
@@ -137,11 +148,7 @@ impl PeerSettings {
             },
             bind_endpoint: crate::config::tcp_endpoint(&host, own.internal_port),
             peers,
-            ipv6: config
-                .cluster
-                .addresses
-                .iter()
-                .any(|address| address.is_ipv6()),
+            ipv6,
             frame_bytes_max: config.peer_frame_bytes_max(),
             send_queue_max: PEER_SEND_QUEUE_MAX,
         })

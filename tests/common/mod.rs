@@ -76,9 +76,14 @@ pub struct Ports {
 }
 
 pub fn config_json(ports: &[Ports]) -> String {
+    config_json_on("127.0.0.1", ports)
+}
+
+/// A config with every node on `host` (an IP or a name that resolves to 127.0.0.1).
+pub fn config_json_on(host: &str, ports: &[Ports]) -> String {
     let addresses: Vec<Value> = ports
         .iter()
-        .map(|ports| json!({"ip": "127.0.0.1", "port": ports.port, "internal_port": ports.internal_port}))
+        .map(|ports| json!({"ip": host, "port": ports.port, "internal_port": ports.internal_port}))
         .collect();
     serde_json::to_string_pretty(&json!({ "addresses": addresses })).expect("JSON")
 }
@@ -107,6 +112,11 @@ impl Cluster {
     }
 
     pub fn start_with(size: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_on("127.0.0.1", size, flags)
+    }
+
+    /// As [`Cluster::start_with`], with `host` written as every node's `ip`.
+    pub fn start_on(host: &str, size: usize, flags: &[&str]) -> Cluster {
         let permit = Permit::acquire();
         let mut flags_all: Vec<String> = FAST_FLAGS.iter().map(|flag| flag.to_string()).collect();
         flags_all.extend(flags.iter().map(|flag| flag.to_string()));
@@ -121,7 +131,7 @@ impl Cluster {
                 })
                 .collect();
             let config_path = dir.path().join("config.json");
-            std::fs::write(&config_path, config_json(&ports)).expect("write config");
+            std::fs::write(&config_path, config_json_on(host, &ports)).expect("write config");
             let mut cluster = Cluster {
                 dir,
                 config_path,

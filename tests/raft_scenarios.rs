@@ -1188,6 +1188,7 @@ fn restarted_node_keeps_its_term_and_vote_and_does_not_vote_twice() {
             net.restart(S2);
         } else {
             let amnesiac = RestoredState {
+                snapshot: Default::default(),
                 hard_state: HardState {
                     term: Term(4),
                     vote: None,

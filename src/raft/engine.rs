@@ -11,7 +11,7 @@
 use super::log::RaftLog;
 use super::message::{
     AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
-    RejectHint, Term,
+    RejectHint, SnapshotMeta, Term,
 };
 use super::progress::Progress;
 use super::{CoreStatus, ProgressStatus, ProposeError, RaftConfig, ReadState, Ready, Role};
@@ -80,6 +80,11 @@ pub struct Core {
     role: Role,
     leader: Option<NodeId>,
     log: RaftLog,
+    /// The newest snapshot the runtime holds: what a follower behind the log's start gets.
+    /// Invariant: `log.offset().index <= snapshot.index() <= applied`.
+    snapshot: SnapshotMeta,
+    /// A snapshot from the leader, installed in the log, that the runtime has yet to install.
+    snapshot_to_install: Option<SnapshotMeta>,
 
     /// Ticks since the leader was last heard from (follower), since the election started
     /// (candidate), or since the last CheckQuorum round (leader).
@@ -130,7 +135,7 @@ impl Core {
             "invalid timing: {config:?}"
         );
         let hard_state = restored.hard_state;
-        let log = RaftLog::restore(restored.entries, hard_state.commit);
+        let log = RaftLog::restore(restored.snapshot, restored.entries, hard_state.commit);
         let mut core = Core {
             id,
             voters,
@@ -141,6 +146,8 @@ impl Core {
             role: Role::Follower,
             leader: None,
             log,
+            snapshot: restored.snapshot,
+            snapshot_to_install: None,
             election_elapsed_ticks: 0,
             heartbeat_elapsed_ticks: 0,
             randomized_election_ticks: 0,
@@ -217,6 +224,10 @@ impl Core {
                 self.handle_heartbeat_response(from, read_round)
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.follow_leader_of_current_term(from);
+                self.handle_install_snapshot(from, snapshot);
+            }
         }
     }
 
@@ -285,10 +296,64 @@ impl Core {
         }
     }
 
+    /// The runtime has durably saved a snapshot of the state machine at `snapshot` (an
+    /// applied entry) and wants the log kept only after `compact_to` (at most the snapshot's
+    /// index: entries kept before it spare slow followers a snapshot transfer).
+    pub fn on_snapshot_saved(&mut self, snapshot: SnapshotMeta, compact_to: LogIndex) {
+        assert!(
+            snapshot.index() <= self.log.applied(),
+            "node {} term {}: snapshot {} beyond applied {}",
+            self.id,
+            self.term,
+            snapshot.last,
+            self.log.applied()
+        );
+        assert!(
+            compact_to <= snapshot.index(),
+            "node {} term {}: compacting to {compact_to} past snapshot {}",
+            self.id,
+            self.term,
+            snapshot.last
+        );
+        if snapshot.index() <= self.snapshot.index() {
+            return;
+        }
+        assert_eq!(
+            self.log.term(snapshot.index()),
+            Some(snapshot.last.term),
+            "node {} term {}: snapshot {} does not match the log",
+            self.id,
+            self.term,
+            snapshot.last
+        );
+        self.snapshot = snapshot;
+        self.log.compact(compact_to);
+    }
+
+    /// The transport finished (`delivered`) or gave up streaming a snapshot to `follower`.
+    /// On failure the follower is probed again, which sends a snapshot again if needed.
+    pub fn report_snapshot(&mut self, follower: NodeId, delivered: bool) {
+        if delivered || self.role != Role::Leader {
+            return;
+        }
+        if let Some(progress) = self.progress.get_mut(&follower) {
+            if progress.is_receiving_snapshot() {
+                let next_index = progress.match_index.next();
+                progress.probe_from(next_index);
+            }
+        }
+    }
+
+    /// The newest snapshot this node holds.
+    pub fn snapshot(&self) -> SnapshotMeta {
+        self.snapshot
+    }
+
     // ---- Outputs ------------------------------------------------------------------------
 
     pub fn has_ready(&self) -> bool {
         self.broadcast_pending
+            || self.snapshot_to_install.is_some()
             || !self.reads.unsent.is_empty()
             || !self.messages.is_empty()
             || !self.messages_after_persist.is_empty()
@@ -315,6 +380,7 @@ impl Core {
         let changed_hard_state = (hard_state != self.hard_state_handed_out).then_some(hard_state);
         self.hard_state_handed_out = hard_state;
         Ready {
+            snapshot: self.snapshot_to_install.take(),
             hard_state: changed_hard_state,
             entries: self.log.take_unstable(),
             messages: std::mem::take(&mut self.messages),
@@ -364,6 +430,7 @@ impl Core {
             leader: self.leader,
             commit_index: self.log.committed(),
             applied_index: self.log.applied(),
+            snapshot_index: self.snapshot.index(),
             last_index: self.log.last_index(),
             progress: self
                 .progress
@@ -382,6 +449,18 @@ impl Core {
     pub fn check_invariants(&self) {
         let context = format!("node {} term {} ({:?})", self.id, self.term, self.role);
         self.log.check_invariants(&context);
+        assert!(
+            self.log.offset().index <= self.snapshot.index(),
+            "{context}: log starts after {} but the snapshot is {}",
+            self.log.offset(),
+            self.snapshot.last
+        );
+        assert!(
+            self.snapshot.index() <= self.log.applied(),
+            "{context}: snapshot {} beyond applied {}",
+            self.snapshot.last,
+            self.log.applied()
+        );
         let (term_seen, commit_seen) = self.checked_high_water.get();
         assert!(
             self.term >= term_seen,
@@ -595,6 +674,7 @@ impl Core {
             } => true,
             MessageBody::AppendEntries { .. }
             | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
             | MessageBody::TimeoutNow => {
                 self.become_follower(message.term, Some(message.from));
                 true
@@ -613,7 +693,9 @@ impl Core {
             // A deposed leader that missed the election: tell it the term so it steps down.
             // (With CheckQuorum and PreVote it may otherwise never learn it: we ignore it and
             // its own followers' pre-votes never raise terms.)
-            MessageBody::AppendEntries { .. } | MessageBody::Heartbeat { .. } => self.send(
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => self.send(
                 message.from,
                 MessageBody::HeartbeatResponse { read_round: 0 },
             ),
@@ -788,6 +870,30 @@ impl Core {
         self.send_after_persist_accept(leader, last_new);
     }
 
+    /// Raft §7: a snapshot replaces the log unless the log already holds its last entry.
+    fn handle_install_snapshot(&mut self, leader: NodeId, snapshot: SnapshotMeta) {
+        let committed = self.log.committed();
+        if snapshot.index() <= committed {
+            self.send_after_persist_accept(leader, committed);
+            return;
+        }
+        if self.log.matches(snapshot.last) {
+            // We hold everything it covers: committing is enough.
+            self.log.commit_to(snapshot.index());
+        } else {
+            log::info!(
+                "node {} term {}: installing snapshot {} from {leader}",
+                self.id,
+                self.term,
+                snapshot.last
+            );
+            self.log.install_snapshot(snapshot);
+            self.snapshot = snapshot;
+            self.snapshot_to_install = Some(snapshot);
+        }
+        self.send_after_persist_accept(leader, snapshot.index());
+    }
+
     fn send_after_persist_accept(&mut self, leader: NodeId, match_index: LogIndex) {
         self.send(
             leader,
@@ -817,6 +923,18 @@ impl Core {
                     transfer.target
                 );
                 self.transfer = None;
+            }
+        }
+        let snapshot_timeout_ticks = self.config.snapshot_timeout_ticks;
+        for (follower, progress) in &mut self.progress {
+            if progress.snapshot_overdue(snapshot_timeout_ticks) {
+                log::info!(
+                    "node {} term {}: snapshot to {follower} unacknowledged, probing again",
+                    self.id,
+                    self.term
+                );
+                let next_index = progress.match_index.next();
+                progress.probe_from(next_index);
             }
         }
         if self.election_elapsed_ticks >= self.config.election_ticks_min {
@@ -882,10 +1000,19 @@ impl Core {
         let probing = !progress.is_replicating();
         let prev_index = next_index.prev();
         let Some(prev_term) = self.log.term(prev_index) else {
-            panic!(
-                "node {} term {}: no term for index {prev_index} (follower {follower})",
-                self.id, self.term
+            // Compacted: only a snapshot can bring this follower up to date.
+            let snapshot = self.snapshot;
+            log::info!(
+                "node {} term {}: sending snapshot {} to {follower} (needs {next_index})",
+                self.id,
+                self.term,
+                snapshot.last
             );
+            self.send(follower, MessageBody::InstallSnapshot { snapshot });
+            if let Some(progress) = self.progress.get_mut(&follower) {
+                progress.sent_snapshot(snapshot.index());
+            }
+            return false;
         };
         let entries = self
             .log
@@ -946,18 +1073,15 @@ impl Core {
                     self.maybe_commit();
                 }
                 let caught_up = self.progress_of(follower).match_index == last_index;
-                if caught_up
-                    && self
-                        .transfer
-                        .as_ref()
-                        .is_some_and(|transfer| transfer.target == follower)
-                {
+                if caught_up && self.is_transfer_target(follower) {
                     self.send(follower, MessageBody::TimeoutNow);
                 }
                 self.send_appends(follower);
             }
             AppendResult::Rejected { prev_index, hint } => {
-                let relevant = if progress.is_replicating() {
+                let relevant = if progress.is_receiving_snapshot() {
+                    false
+                } else if progress.is_replicating() {
                     prev_index > progress.match_index
                 } else {
                     prev_index == progress.next_index.prev()
@@ -998,8 +1122,12 @@ impl Core {
         progress.recent_active = true;
         progress.read_round_acked = progress.read_round_acked.max(read_round);
         progress.resume(inflight_appends_max);
-        if progress.match_index < last_index {
+        let caught_up = progress.match_index == last_index;
+        if !caught_up {
             self.send_append(follower, true);
+        } else if self.is_transfer_target(follower) {
+            // The TimeoutNow sent when it caught up may have been lost.
+            self.send(follower, MessageBody::TimeoutNow);
         }
         self.release_confirmed_reads();
     }
@@ -1040,6 +1168,12 @@ impl Core {
             }
         }
         true
+    }
+
+    fn is_transfer_target(&self, follower: NodeId) -> bool {
+        self.transfer
+            .as_ref()
+            .is_some_and(|transfer| transfer.target == follower)
     }
 
     fn committed_in_current_term(&self) -> bool {
@@ -1148,6 +1282,7 @@ impl Core {
                 body,
                 MessageBody::AppendEntries { .. }
                     | MessageBody::Heartbeat { .. }
+                    | MessageBody::InstallSnapshot { .. }
                     | MessageBody::TimeoutNow
             );
         let message = Message {
@@ -1173,6 +1308,9 @@ mod tests {
     struct Cluster {
         cores: Vec<Core>,
         applied: Vec<Vec<Entry>>,
+        /// Messages to or from a node marked down are dropped.
+        down: Vec<bool>,
+        installed_snapshots: Vec<Vec<SnapshotMeta>>,
     }
 
     impl Cluster {
@@ -1193,6 +1331,8 @@ mod tests {
             Cluster {
                 cores,
                 applied: vec![Vec::new(); size as usize],
+                down: vec![false; size as usize],
+                installed_snapshots: vec![Vec::new(); size as usize],
             }
         }
 
@@ -1203,6 +1343,9 @@ mod tests {
                 for (position, core) in self.cores.iter_mut().enumerate() {
                     while core.has_ready() {
                         let ready = core.ready();
+                        if let Some(snapshot) = ready.snapshot {
+                            self.installed_snapshots[position].push(snapshot);
+                        }
                         inbox.extend(ready.messages);
                         inbox.extend(ready.messages_after_persist);
                         if let Some(last) = ready.entries.last() {
@@ -1212,6 +1355,9 @@ mod tests {
                     }
                     core.check_invariants();
                 }
+                inbox.retain(|message| {
+                    !self.down[message.to.0 as usize] && !self.down[message.from.0 as usize]
+                });
                 if inbox.is_empty() {
                     return;
                 }
@@ -1263,6 +1409,49 @@ mod tests {
                 "node {position}: the leader's no-op and the command"
             );
         }
+    }
+
+    #[test]
+    fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        let lagging = (leader + 1) % 3;
+        cluster.down[lagging] = true;
+        for number in 0..10u8 {
+            cluster.cores[leader]
+                .propose(Bytes::from(vec![number]))
+                .expect("leader accepts proposals");
+            cluster.settle();
+        }
+        let applied = cluster.applied[leader]
+            .last()
+            .map(Entry::id)
+            .expect("applied");
+        let snapshot = SnapshotMeta { last: applied };
+        cluster.cores[leader].on_snapshot_saved(snapshot, applied.index);
+        assert_eq!(cluster.cores[leader].entry(LogIndex(1)), None, "compacted");
+
+        cluster.down[lagging] = false;
+        for _ in 0..3 * RaftConfig::default().heartbeat_ticks {
+            for core in &mut cluster.cores {
+                core.tick();
+            }
+            cluster.settle();
+        }
+        assert_eq!(cluster.installed_snapshots[lagging], vec![snapshot]);
+        let proposal = cluster.cores[leader]
+            .propose(Bytes::from_static(b"after"))
+            .expect("leader accepts proposals");
+        cluster.settle();
+        assert_eq!(
+            cluster.cores[lagging].entry(proposal.index).map(Entry::id),
+            Some(proposal),
+            "replication continues after the snapshot"
+        );
+        assert_eq!(
+            cluster.cores[lagging].status().snapshot_index,
+            applied.index
+        );
     }
 
     #[test]

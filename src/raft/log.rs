@@ -10,7 +10,7 @@
 //! - `committed <= last_index()`; `persisted <= last_index()`;
 //! - `unstable_from <= last_index() + 1`.
 
-use super::message::{Entry, EntryId, LogIndex, Term};
+use super::message::{Entry, EntryId, LogIndex, SnapshotMeta, Term};
 use std::collections::VecDeque;
 
 pub struct RaftLog {
@@ -28,13 +28,29 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    /// A log resumed from storage: everything in `entries` is already durable.
-    pub fn restore(entries: Vec<Entry>, committed: LogIndex) -> RaftLog {
+    /// A log resumed from storage: everything in `entries` is already durable. The log
+    /// starts after `snapshot`; restored entries it covers are dropped.
+    pub fn restore(snapshot: SnapshotMeta, entries: Vec<Entry>, committed: LogIndex) -> RaftLog {
+        let mut entries = VecDeque::from(entries);
+        while entries
+            .front()
+            .is_some_and(|entry| entry.index <= snapshot.index())
+        {
+            if let Some(entry) = entries.pop_front() {
+                if entry.index == snapshot.index() {
+                    assert_eq!(
+                        entry.term, snapshot.last.term,
+                        "restored log disagrees with the snapshot at {}",
+                        entry.index
+                    );
+                }
+            }
+        }
         let mut log = RaftLog {
-            offset: EntryId::default(),
-            entries: VecDeque::from(entries),
+            offset: snapshot.last,
+            entries,
             committed: LogIndex::ZERO,
-            applied: LogIndex::ZERO,
+            applied: snapshot.index(),
             unstable_from: LogIndex::ZERO,
             persisted: LogIndex::ZERO,
         };
@@ -47,11 +63,56 @@ impl RaftLog {
             );
         }
         // The commit index is a lazily persisted hint: it may lag, and after an unsynced
-        // crash (`--fsync never`) it may even point past what survived.
-        log.committed = committed.min(last);
+        // crash (`--fsync never`) it may even point past what survived. A snapshot only ever
+        // covers committed entries.
+        log.committed = committed.min(last).max(snapshot.index());
         log.unstable_from = last.next();
         log.persisted = last;
         log
+    }
+
+    /// Forgets the entries up to `index`, which a durable snapshot covers.
+    pub fn compact(&mut self, index: LogIndex) {
+        if index <= self.offset.index {
+            return;
+        }
+        assert!(
+            index <= self.applied,
+            "compacting to {index} beyond applied {}",
+            self.applied
+        );
+        assert!(
+            index < self.unstable_from,
+            "compacting to {index}, not yet handed to storage"
+        );
+        let Some(term) = self.term(index) else {
+            panic!("compacting to {index}, which the log does not hold");
+        };
+        let drop_count = (index.0 - self.offset.index.0) as usize;
+        self.entries.drain(..drop_count);
+        self.offset = EntryId::new(term, index);
+    }
+
+    /// Replaces the whole log with a snapshot from the leader: the state machine is the
+    /// snapshot's, and the log continues after it.
+    pub fn install_snapshot(&mut self, snapshot: SnapshotMeta) {
+        assert!(
+            snapshot.index() > self.committed,
+            "installing snapshot {} at or below the commit index {}",
+            snapshot.last,
+            self.committed
+        );
+        self.entries.clear();
+        self.offset = snapshot.last;
+        self.committed = snapshot.index();
+        self.applied = snapshot.index();
+        self.persisted = snapshot.index();
+        self.unstable_from = snapshot.index().next();
+    }
+
+    /// The entry just before the first one the log holds.
+    pub fn offset(&self) -> EntryId {
+        self.offset
     }
 
     pub fn first_index(&self) -> LogIndex {
@@ -323,7 +384,7 @@ mod tests {
             .enumerate()
             .map(|(position, &term)| entry(term, position as u64 + 1))
             .collect();
-        RaftLog::restore(entries, LogIndex::ZERO)
+        RaftLog::restore(SnapshotMeta::default(), entries, LogIndex::ZERO)
     }
 
     fn terms(log: &RaftLog) -> Vec<u64> {
@@ -438,8 +499,57 @@ mod tests {
     }
 
     #[test]
+    fn compaction_keeps_terms_and_matching_at_the_new_offset() {
+        let mut log = log_of(&[1, 1, 2, 2]);
+        log.commit_to(LogIndex(3));
+        let _ = log.take_committed();
+        log.compact(LogIndex(2));
+        assert_eq!(log.first_index(), LogIndex(3));
+        assert_eq!(
+            log.term(LogIndex(2)),
+            Some(Term(1)),
+            "the offset keeps its term"
+        );
+        assert_eq!(log.term(LogIndex(1)), None, "compacted away");
+        assert!(log.matches(EntryId::new(Term(2), LogIndex(4))));
+        assert_eq!(log.entries_from(LogIndex(1), usize::MAX), Vec::new());
+        log.check_invariants("compacted");
+    }
+
+    #[test]
+    fn restore_after_a_snapshot_drops_covered_entries() {
+        let snapshot = SnapshotMeta {
+            last: EntryId::new(Term(2), LogIndex(3)),
+        };
+        let entries = vec![entry(1, 2), entry(2, 3), entry(2, 4)];
+        let log = RaftLog::restore(snapshot, entries, LogIndex(1));
+        assert_eq!(log.first_index(), LogIndex(4));
+        assert_eq!(
+            log.committed(),
+            LogIndex(3),
+            "a snapshot covers committed entries"
+        );
+        assert_eq!(log.applied(), LogIndex(3));
+        log.check_invariants("restored");
+    }
+
+    #[test]
+    fn installing_a_snapshot_replaces_the_log() {
+        let mut log = log_of(&[1, 1, 1]);
+        log.install_snapshot(SnapshotMeta {
+            last: EntryId::new(Term(3), LogIndex(10)),
+        });
+        assert_eq!(log.last_id(), EntryId::new(Term(3), LogIndex(10)));
+        assert_eq!(log.committed(), LogIndex(10));
+        assert!(!log.has_unstable());
+        log.append_after(LogIndex(10), &[entry(3, 11)]);
+        assert_eq!(log.take_unstable().len(), 1);
+        log.check_invariants("installed");
+    }
+
+    #[test]
     fn restore_clamps_a_commit_hint_past_the_end() {
-        let log = RaftLog::restore(vec![entry(1, 1)], LogIndex(9));
+        let log = RaftLog::restore(SnapshotMeta::default(), vec![entry(1, 1)], LogIndex(9));
         assert_eq!(log.committed(), LogIndex(1));
         log.check_invariants("restore");
     }

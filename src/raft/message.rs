@@ -117,6 +117,22 @@ impl Entry {
     }
 }
 
+/// The point a snapshot covers: the state machine after applying every entry up to and
+/// including `last`. The snapshot's data lives outside the core (the runtime writes, streams
+/// and loads it); the core only needs to know where the log may start.
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct SnapshotMeta {
+    pub last: EntryId,
+}
+
+impl SnapshotMeta {
+    pub fn index(&self) -> LogIndex {
+        self.last.index
+    }
+}
+
 /// The state that must be durable before the node acts on it: the current term and the vote
 /// cast in it (Raft §5.1, Figure 2 "persistent state"), plus the commit index, which is only a
 /// hint after a restart and may be persisted lazily.
@@ -170,6 +186,12 @@ pub enum MessageBody {
     },
     /// Leadership transfer: the receiver starts an election at once (dissertation §3.10).
     TimeoutNow,
+    /// The leader has compacted entries the follower still needs: install this snapshot
+    /// (Raft §7). The data is not in the message: the transport streams it in chunks and
+    /// delivers this message only once the whole snapshot has arrived intact.
+    InstallSnapshot {
+        snapshot: SnapshotMeta,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,7 +27,7 @@ pub use engine::Core;
 
 pub use message::{
     AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
-    RejectHint, Term,
+    RejectHint, SnapshotMeta, Term,
 };
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +74,9 @@ pub struct RaftConfig {
     pub inflight_appends_max: usize,
     /// ReadIndex requests waiting for confirmation, at most.
     pub pending_reads_max: usize,
+    /// A snapshot sent to a follower and not acknowledged within this many ticks is
+    /// considered lost, and the follower is probed again (which sends it again).
+    pub snapshot_timeout_ticks: u32,
     pub pre_vote: bool,
     pub check_quorum: bool,
 }
@@ -87,6 +90,7 @@ impl Default for RaftConfig {
             append_bytes_max: 1024 * 1024,
             inflight_appends_max: 64,
             pending_reads_max: 4096,
+            snapshot_timeout_ticks: 3000,
             pre_vote: true,
             check_quorum: true,
         }
@@ -116,6 +120,10 @@ pub struct ReadState {
 /// Everything the runtime must do after feeding the core. See the module docs for the order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ready {
+    /// A snapshot received from the leader that replaces this node's log and state machine:
+    /// install it (its data arrived with the `InstallSnapshot` message) before persisting
+    /// `entries` and applying `committed`, which follow it.
+    pub snapshot: Option<SnapshotMeta>,
     /// Persist when `Some` (it changed). Durable before `messages_after_persist` leave.
     pub hard_state: Option<HardState>,
     /// Persist, truncating any stored suffix from `entries[0].index` on.
@@ -124,7 +132,7 @@ pub struct Ready {
     pub messages: Vec<Message>,
     /// Sent only after `hard_state` and `entries` are durable.
     pub messages_after_persist: Vec<Message>,
-    /// Committed and locally persisted; apply in order.
+    /// Committed (durable on a majority, not necessarily yet on this node); apply in order.
     pub committed: Vec<Entry>,
     /// Reads confirmed by a quorum; answer each once applied up to its index.
     pub read_states: Vec<ReadState>,
@@ -150,8 +158,10 @@ pub struct CoreStatus {
     pub term: Term,
     pub leader: Option<NodeId>,
     pub commit_index: LogIndex,
-    /// The last index handed out in `Ready::committed`.
+    /// The last index handed out in `Ready::committed` (or installed by a snapshot).
     pub applied_index: LogIndex,
+    /// The last index covered by the newest snapshot; the log starts after it.
+    pub snapshot_index: LogIndex,
     pub last_index: LogIndex,
     /// Empty unless leader.
     pub progress: Vec<ProgressStatus>,

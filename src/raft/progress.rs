@@ -14,6 +14,9 @@ pub enum ReplicationState {
     Probe { paused: bool },
     /// Pipelining. Each in-flight append is remembered by its last index.
     Replicate { inflight: VecDeque<LogIndex> },
+    /// A snapshot up to `index` is on its way; nothing else is sent until the follower
+    /// acknowledges it or `elapsed_ticks` reaches the snapshot timeout.
+    Snapshot { index: LogIndex, elapsed_ticks: u32 },
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +48,7 @@ impl Progress {
         match &self.state {
             ReplicationState::Probe { paused } => !paused,
             ReplicationState::Replicate { inflight } => inflight.len() < inflight_appends_max,
+            ReplicationState::Snapshot { .. } => false,
         }
     }
 
@@ -58,7 +62,16 @@ impl Progress {
                     self.next_index = last_index.next();
                 }
             }
+            ReplicationState::Snapshot { .. } => {}
         }
+    }
+
+    /// Records that a snapshot up to `index` was sent.
+    pub fn sent_snapshot(&mut self, index: LogIndex) {
+        self.state = ReplicationState::Snapshot {
+            index,
+            elapsed_ticks: 0,
+        };
     }
 
     /// The follower acknowledged up to `index`. Returns whether `match_index` moved.
@@ -69,7 +82,10 @@ impl Progress {
         }
         self.next_index = self.next_index.max(index.next());
         match &mut self.state {
-            ReplicationState::Probe { .. } => {
+            ReplicationState::Snapshot {
+                index: snapshot, ..
+            } if index < *snapshot => {}
+            ReplicationState::Probe { .. } | ReplicationState::Snapshot { .. } => {
                 // Its position is known now: start pipelining from just after it.
                 self.state = ReplicationState::Replicate {
                     inflight: VecDeque::new(),
@@ -100,7 +116,23 @@ impl Progress {
                     inflight.pop_front();
                 }
             }
+            ReplicationState::Snapshot { .. } => {}
         }
+    }
+
+    /// Counts a tick while a snapshot is on its way; returns true when it is overdue.
+    pub fn snapshot_overdue(&mut self, snapshot_timeout_ticks: u32) -> bool {
+        match &mut self.state {
+            ReplicationState::Snapshot { elapsed_ticks, .. } => {
+                *elapsed_ticks += 1;
+                *elapsed_ticks >= snapshot_timeout_ticks
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_receiving_snapshot(&self) -> bool {
+        matches!(self.state, ReplicationState::Snapshot { .. })
     }
 
     pub fn is_replicating(&self) -> bool {

@@ -9,7 +9,7 @@
 //! never fails except on invalid input.
 
 use super::{check_append, check_hard_state, check_sync, LogStore, RestoredState, StorageError};
-use crate::raft::{Entry, HardState, LogIndex};
+use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta};
 
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
@@ -37,6 +37,7 @@ impl MemStore {
         let mut hard_state = self.durable_hard_state;
         hard_state.commit = hard_state.commit.min(last_index);
         RestoredState {
+            snapshot: SnapshotMeta::default(),
             hard_state,
             entries: self.durable_entries.clone(),
         }

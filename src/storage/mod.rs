@@ -29,14 +29,16 @@ mod wal;
 pub use mem::MemStore;
 pub use wal::{FsyncPolicy, Wal, WalOptions};
 
-use crate::raft::{Entry, HardState, LogIndex, Term};
+use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
 
 /// What a store held when it was opened: the starting point of a restarted core.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RestoredState {
+    /// The newest snapshot the node holds (`0@0`: none); the state machine is loaded from it
+    /// and the log continues after it.
+    pub snapshot: SnapshotMeta,
     pub hard_state: HardState,
-    /// Contiguous entries, indexes ascending from 1 (from the snapshot's index + 1 once
-    /// snapshots exist).
+    /// Contiguous entries, indexes ascending from `snapshot.last.index + 1`.
     pub entries: Vec<Entry>,
 }
 
@@ -45,7 +47,7 @@ impl RestoredState {
     pub fn last_index(&self) -> LogIndex {
         self.entries
             .last()
-            .map_or(LogIndex::ZERO, |entry| entry.index)
+            .map_or(self.snapshot.last.index, |entry| entry.index)
     }
 }
 

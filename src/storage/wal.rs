@@ -76,7 +76,7 @@ use super::codec::{self, BatchWriter, Item, RecordRead};
 use super::hard_state;
 use super::io::{DirIo, IoOp};
 use super::{check_append, check_hard_state, check_sync, LogStore, RestoredState, StorageError};
-use crate::raft::{Entry, HardState, LogIndex, Term};
+use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
@@ -258,6 +258,7 @@ impl Wal {
         Ok((
             wal,
             RestoredState {
+                snapshot: SnapshotMeta::default(),
                 hard_state,
                 entries: replay.entries,
             },

@@ -40,6 +40,7 @@ pub fn test_config() -> RaftConfig {
         append_bytes_max: 1024 * 1024,
         inflight_appends_max: 8,
         pending_reads_max: 16,
+        snapshot_timeout_ticks: 200,
         pre_vote: true,
         check_quorum: true,
     }
@@ -105,6 +106,7 @@ impl Setup {
 
     pub fn restored(&self) -> RestoredState {
         RestoredState {
+            snapshot: Default::default(),
             hard_state: HardState {
                 term: Term(self.term),
                 vote: self.vote,

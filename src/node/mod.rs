@@ -26,7 +26,7 @@ pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::queue::{Queue, QueueConfig};
-use crate::raft::{Core, Message};
+use crate::raft::{Core, LogIndex, Message};
 use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
@@ -76,6 +76,8 @@ pub enum NodeError {
     /// Another node has the data dir open; the error names the dir and the holder.
     #[error("{0}")]
     DataDirInUse(StorageError),
+    #[error("{path}: holds a snapshot, which this version cannot load")]
+    UnsupportedSnapshot { path: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
@@ -129,6 +131,13 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             source,
         },
     })?;
+    if restored.snapshot.index() > LogIndex::ZERO {
+        // The queue would have to be loaded from it; this version writes none, so the data
+        // dir comes from a newer one.
+        return Err(NodeError::UnsupportedSnapshot {
+            path: config.data_dir.display().to_string(),
+        });
+    }
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
     let core = Core::new(

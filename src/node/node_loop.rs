@@ -62,8 +62,9 @@ pub(super) struct NodeLoop {
     applied: LogIndex,
     /// The hard state last made durable, to sync only when term or vote changed.
     durable_hard_state: HardState,
-    /// Set after the first storage error: the node stops participating.
-    storage_failed: bool,
+    /// Set after a storage error (or a snapshot it cannot install): the node no longer
+    /// participates in Raft and answers everything but `status` UNAVAILABLE.
+    halted: bool,
     shutdown: Option<Shutdown>,
     /// What was last logged, to log changes only.
     observed: (Role, Term, Option<NodeId>),
@@ -91,7 +92,7 @@ impl NodeLoop {
             next_read_id: 0,
             applied: LogIndex::ZERO,
             durable_hard_state,
-            storage_failed: false,
+            halted: false,
             shutdown: None,
             observed,
         }
@@ -125,12 +126,12 @@ impl NodeLoop {
         match event {
             Event::Client(request) => self.on_client_request(request),
             Event::Peer(message) => {
-                if !self.storage_failed {
+                if !self.halted {
                     self.core.step(message);
                 }
             }
             Event::Tick => {
-                if !self.storage_failed {
+                if !self.halted {
                     self.core.tick();
                 }
             }
@@ -158,11 +159,11 @@ impl NodeLoop {
             );
             return;
         }
-        if self.storage_failed {
+        if self.halted {
             self.fail(
                 ticket,
                 ErrorCode::Unavailable,
-                "this node's storage failed; it is not serving requests",
+                "this node has stopped serving (its log says why); use another node",
             );
             return;
         }
@@ -222,9 +223,10 @@ impl NodeLoop {
     }
 
     fn process_ready(&mut self) {
-        while !self.storage_failed && self.core.has_ready() {
+        while !self.halted && self.core.has_ready() {
             let ready = self.core.ready();
             let Ready {
+                snapshot,
                 hard_state,
                 entries,
                 messages,
@@ -233,6 +235,18 @@ impl NodeLoop {
                 read_states,
                 aborted_reads,
             } = ready;
+            if let Some(snapshot) = snapshot {
+                // Only a leader that compacted its log sends one, and no node of this version
+                // compacts: a peer runs a newer version. Installing needs the snapshot's data,
+                // which this transport does not carry, so stop rather than diverge.
+                log::error!(
+                    "the leader sent a snapshot (up to {}), which this version cannot install; \
+                     no longer serving (upgrade this node)",
+                    snapshot.last
+                );
+                self.stop_participating("this node cannot follow the leader; upgrade it");
+                return;
+            }
             self.peers.send(messages);
             if let Err(error) = self.persist(hard_state, &entries) {
                 self.on_storage_failure(error);
@@ -295,13 +309,15 @@ impl NodeLoop {
             "storage failed, no longer serving (restart the node once the disk is fixed): \
              {error}"
         );
-        self.storage_failed = true;
+        self.stop_participating("this node's storage failed; the outcome is unknown");
+    }
+
+    /// Fail-stop without exiting: no more ticks, messages or proposals; pending requests
+    /// are answered UNAVAILABLE with `why`.
+    fn stop_participating(&mut self, why: &str) {
+        self.halted = true;
         for ticket in self.pending.take_all() {
-            self.fail(
-                ticket,
-                ErrorCode::Unavailable,
-                "this node's storage failed; the outcome is unknown",
-            );
+            self.fail(ticket, ErrorCode::Unavailable, why);
         }
     }
 
@@ -441,7 +457,7 @@ impl NodeLoop {
         self.shutdown = Some(Shutdown {
             give_up_at: now + SHUTDOWN_TRANSFER_WAIT,
         });
-        if self.storage_failed || self.core.role() != Role::Leader {
+        if self.halted || self.core.role() != Role::Leader {
             return;
         }
         let status = self.core.status();
@@ -465,7 +481,7 @@ impl NodeLoop {
         let Some(shutdown) = &self.shutdown else {
             return false;
         };
-        let is_leader = !self.storage_failed && self.core.role() == Role::Leader;
+        let is_leader = !self.halted && self.core.role() == Role::Leader;
         let single_node = self.config.cluster.node_count() == 1;
         let settled = self.pending.is_empty() && (!is_leader || single_node);
         settled || Instant::now() >= shutdown.give_up_at
@@ -480,7 +496,7 @@ impl NodeLoop {
                 "the node is shutting down; the outcome is unknown",
             );
         }
-        if !self.storage_failed {
+        if !self.halted {
             // Everything acknowledged was synced before its reply; this catches the lazily
             // persisted commit index.
             if let Err(error) = self.store.sync() {

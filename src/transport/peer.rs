@@ -366,7 +366,8 @@ fn receive_loop<E>(
 mod tests {
     use super::*;
     use crate::raft::{
-        AppendResult, Entry, EntryId, EntryPayload, LogIndex, MessageBody, RejectHint, Term,
+        AppendResult, Entry, EntryId, EntryPayload, LogIndex, MessageBody, RejectHint,
+        SnapshotMeta, Term,
     };
     use bytes::Bytes;
     use std::time::Duration;
@@ -468,6 +469,15 @@ mod tests {
             ),
             message(0, 1, MessageBody::HeartbeatResponse { read_round: 12 }),
             message(0, 1, MessageBody::TimeoutNow),
+            message(
+                0,
+                1,
+                MessageBody::InstallSnapshot {
+                    snapshot: SnapshotMeta {
+                        last: EntryId::new(Term(5), LogIndex(100)),
+                    },
+                },
+            ),
         ]
     }
 

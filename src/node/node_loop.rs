@@ -24,7 +24,8 @@ use super::pending::{PendingRequests, WriteEnd};
 use super::Event;
 use crate::config::NodeConfig;
 use crate::protocol::{
-    ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome, PeerProgress, Reply, StatusReport,
+    ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome, PeerProgress, Reply, StatsReport,
+    StatusReport,
 };
 use crate::queue::{Command, LoggedCommand, Queue};
 use crate::raft::{
@@ -151,6 +152,11 @@ impl NodeLoop {
             self.clients.reply(ticket, reply);
             return;
         }
+        if operation == Operation::Stats {
+            let reply = self.stats();
+            self.clients.reply(ticket, reply);
+            return;
+        }
         if self.shutdown.is_some() {
             self.fail(
                 ticket,
@@ -171,7 +177,7 @@ impl NodeLoop {
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
         let command = match operation {
-            Operation::Status => unreachable!("answered above"),
+            Operation::Status | Operation::Stats => unreachable!("answered above"),
             Operation::ListTopics => {
                 let read_id = self.next_read_id;
                 self.next_read_id += 1;
@@ -393,6 +399,19 @@ impl NodeLoop {
             id: leader.0,
             ip: address.ip.clone(),
             port: address.port,
+        })
+    }
+
+    fn stats(&self) -> Reply {
+        let stats = self.queue.stats();
+        Reply::Stats(StatsReport {
+            id: self.config.id.0,
+            last_applied: self.applied.0,
+            digest: self.queue.digest(),
+            topic_count: stats.topics as u64,
+            message_count: stats.messages as u64,
+            payload_bytes: stats.payload_bytes as u64,
+            session_count: stats.sessions as u64,
         })
     }
 

@@ -1,1 +1,900 @@
-//! TODO
+//! The node's configuration: the cluster file (`config.json`, PROTOCOL.md §1) and the
+//! command-line flags, validated into one [`NodeConfig`] before anything starts.
+//!
+//! Why a module of its own: every bad input an operator can give (an unreadable file, a port
+//! of 70000, a heartbeat slower than the election timeout) must be refused up front with one
+//! clear line, never discovered later as a panic or a cluster that cannot elect a leader. So
+//! the raw inputs ([`NodeArgs`], the JSON value) are turned into validated types here and the
+//! rest of the crate only ever sees those (ripgrep's low-level args -> high-level args).
+//!
+//! What it must not do: open sockets, files other than the config, or start anything.
+
+use crate::protocol::Limits;
+use crate::queue::SESSIONS_MAX_LIMIT;
+use crate::raft::{NodeId, RaftConfig};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration was refused. `Display` gives the one line the binary prints.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: invalid JSON: {source}")]
+    InvalidJson {
+        path: String,
+        source: serde_json::Error,
+    },
+    /// The JSON is well formed but not a cluster description (e.g. `addresses` missing).
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("{path}: the address list is empty")]
+    EmptyAddressList { path: String },
+    #[error("{path}: addresses[{node}].{field}: {value} is not a valid port (1-65535)")]
+    BadPort {
+        path: String,
+        node: usize,
+        field: &'static str,
+        value: String,
+    },
+    #[error("{path}: duplicate address {address} (addresses[{first}] and addresses[{second}])")]
+    DuplicateAddress {
+        path: String,
+        address: String,
+        first: usize,
+        second: usize,
+    },
+    #[error("{path}: index {index} out of range ({count} nodes)")]
+    IndexOutOfRange {
+        path: String,
+        index: u64,
+        count: usize,
+    },
+    /// A flag, or a combination of flags, that cannot work.
+    #[error("{option}: {reason}")]
+    BadOption {
+        option: &'static str,
+        reason: String,
+    },
+}
+
+/// One node's addresses as written in `config.json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Address {
+    /// An IPv4 or IPv6 address or a host name, as written.
+    pub ip: String,
+    /// Where the node serves clients.
+    pub port: u16,
+    /// Where the node talks to its peers.
+    pub internal_port: u16,
+}
+
+impl Address {
+    /// `tcp://ip:port` for the client port (IPv6 addresses bracketed).
+    pub fn client_endpoint(&self) -> String {
+        tcp_endpoint(&self.ip, self.port)
+    }
+
+    /// `tcp://ip:internal_port` for the peer port.
+    pub fn internal_endpoint(&self) -> String {
+        tcp_endpoint(&self.ip, self.internal_port)
+    }
+
+    pub fn is_ipv6(&self) -> bool {
+        self.ip.contains(':')
+    }
+}
+
+/// A ZeroMQ TCP endpoint; IPv6 literals need brackets.
+pub fn tcp_endpoint(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("tcp://[{host}]:{port}")
+    } else {
+        format!("tcp://{host}:{port}")
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_ipv6() {
+            write!(f, "[{}]:{}", self.ip, self.port)
+        } else {
+            write!(f, "{}:{}", self.ip, self.port)
+        }
+    }
+}
+
+/// The validated cluster description: the same file on every node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Invariant: not empty; no two (host, port) pairs alike across all client and internal
+    /// ports. A node's id is its position here.
+    pub addresses: Vec<Address>,
+    /// A stable digest of `addresses`. Peers stamp it on every message so that nodes started
+    /// from different files (say, an old cluster's node still running on a reused port)
+    /// ignore each other instead of mixing two clusters' logs.
+    pub cluster_id: u64,
+}
+
+impl ClusterConfig {
+    /// Reads and validates `path`. Errors name the path as given, for the one stderr line.
+    pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            path: shown.clone(),
+            source,
+        })?;
+        ClusterConfig::parse(&text, &shown)
+    }
+
+    /// Parses the text of a config file; `path` only labels errors.
+    pub fn parse(text: &str, path: &str) -> Result<ClusterConfig, ConfigError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|source| ConfigError::InvalidJson {
+                path: path.to_string(),
+                source,
+            })?;
+        let invalid = |reason: String| ConfigError::Invalid {
+            path: path.to_string(),
+            reason,
+        };
+        let object = value
+            .as_object()
+            .ok_or_else(|| invalid(format!("expected a JSON object, found {}", kind(&value))))?;
+        let list = object
+            .get("addresses")
+            .ok_or_else(|| invalid("missing \"addresses\"".to_string()))?;
+        let list = list.as_array().ok_or_else(|| {
+            invalid(format!(
+                "\"addresses\": expected a list, found {}",
+                kind(list)
+            ))
+        })?;
+        if list.is_empty() {
+            return Err(ConfigError::EmptyAddressList {
+                path: path.to_string(),
+            });
+        }
+        let mut addresses = Vec::with_capacity(list.len());
+        for (node, entry) in list.iter().enumerate() {
+            let entry = entry.as_object().ok_or_else(|| {
+                invalid(format!(
+                    "addresses[{node}]: expected an object, found {}",
+                    kind(entry)
+                ))
+            })?;
+            let ip = match entry.get("ip") {
+                Some(serde_json::Value::String(ip)) if !ip.trim().is_empty() => ip.trim(),
+                Some(serde_json::Value::String(_)) => {
+                    return Err(invalid(format!("addresses[{node}].ip: empty")))
+                }
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "addresses[{node}].ip: expected a string, found {}",
+                        kind(other)
+                    )))
+                }
+                None => return Err(invalid(format!("addresses[{node}]: missing \"ip\""))),
+            };
+            let port = parse_port(path, node, "port", entry.get("port"))?;
+            let internal_port =
+                parse_port(path, node, "internal_port", entry.get("internal_port"))?;
+            addresses.push(Address {
+                ip: ip.to_string(),
+                port,
+                internal_port,
+            });
+        }
+        check_duplicates(path, &addresses)?;
+        let cluster_id = cluster_id(&addresses);
+        Ok(ClusterConfig {
+            addresses,
+            cluster_id,
+        })
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// Every node's id, in order.
+    pub fn voters(&self) -> Vec<NodeId> {
+        (0..self.addresses.len() as u64).map(NodeId).collect()
+    }
+
+    pub fn address(&self, id: NodeId) -> Option<&Address> {
+        usize::try_from(id.0)
+            .ok()
+            .and_then(|index| self.addresses.get(index))
+    }
+
+    /// Whether `id` names a node of this cluster.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.address(id).is_some()
+    }
+}
+
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+fn parse_port(
+    path: &str,
+    node: usize,
+    field: &'static str,
+    value: Option<&serde_json::Value>,
+) -> Result<u16, ConfigError> {
+    let bad = |value: String| ConfigError::BadPort {
+        path: path.to_string(),
+        node,
+        field,
+        value,
+    };
+    match value {
+        None => Err(ConfigError::Invalid {
+            path: path.to_string(),
+            reason: format!("addresses[{node}]: missing \"{field}\""),
+        }),
+        Some(serde_json::Value::Number(number)) => match number.as_u64() {
+            Some(port) if (1..=u64::from(u16::MAX)).contains(&port) => {
+                Ok(u16::try_from(port).expect("checked to be in 1..=65535"))
+            }
+            _ => Err(bad(number.to_string())),
+        },
+        Some(other) => Err(bad(other.to_string())),
+    }
+}
+
+/// A host written two ways (`::1` and `0:0::1`, `LOCALHOST` and `localhost`) is one host.
+fn canonical_host(host: &str) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => host.to_ascii_lowercase(),
+    }
+}
+
+/// Two sockets cannot be bound on one (host, port): a client port equal to another node's
+/// internal port is as fatal as two equal client ports.
+fn check_duplicates(path: &str, addresses: &[Address]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<(String, u16), usize> = HashMap::new();
+    for (node, address) in addresses.iter().enumerate() {
+        for port in [address.port, address.internal_port] {
+            let key = (canonical_host(&address.ip), port);
+            if let Some(&first) = seen.get(&key) {
+                let shown = Address {
+                    ip: address.ip.clone(),
+                    port,
+                    internal_port: port,
+                };
+                return Err(ConfigError::DuplicateAddress {
+                    path: path.to_string(),
+                    address: shown.to_string(),
+                    first,
+                    second: node,
+                });
+            }
+            seen.insert(key, node);
+        }
+    }
+    Ok(())
+}
+
+/// FNV-1a over the addresses as written: stable across Rust versions and platforms, unlike
+/// `DefaultHasher`, so every node of one file computes the same id.
+fn cluster_id(addresses: &[Address]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET_BASIS;
+    let mut feed = |bytes: &[u8]| {
+        for byte in bytes {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    };
+    for address in addresses {
+        feed(address.ip.as_bytes());
+        feed(&[0]);
+        feed(&address.port.to_be_bytes());
+        feed(&address.internal_port.to_be_bytes());
+        feed(&[0xff]);
+    }
+    hash
+}
+
+/// How hard the node works to make acknowledged writes durable.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsyncMode {
+    /// fsync before acknowledging: an acknowledged write survives a power loss.
+    Always,
+    /// Leave flushing to the OS: faster, but a machine crash may lose acknowledged writes
+    /// (a process crash does not).
+    Never,
+}
+
+impl FsyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Never => "never",
+        }
+    }
+}
+
+/// An election timeout range in milliseconds, written `MIN-MAX`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ElectionTimeoutRange {
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+impl std::str::FromStr for ElectionTimeoutRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ElectionTimeoutRange, String> {
+        let (min, max) = text
+            .split_once('-')
+            .ok_or_else(|| format!("expected MIN-MAX in milliseconds, found {text:?}"))?;
+        let parse = |part: &str| {
+            part.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("expected MIN-MAX in milliseconds, found {text:?}"))
+        };
+        Ok(ElectionTimeoutRange {
+            min_ms: parse(min)?,
+            max_ms: parse(max)?,
+        })
+    }
+}
+
+/// `rrmq-node` command-line flags, before validation.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "rrmq-node",
+    version,
+    about = "Runs one node of an rrmq cluster (a message queue replicated with Raft).",
+    // A later flag wins, so wrapper scripts can append overrides to a default command line.
+    args_override_self = true
+)]
+pub struct NodeArgs {
+    /// The cluster file: {"addresses": [{"ip", "port", "internal_port"}, ...]}.
+    #[arg(value_name = "CONFIG")]
+    pub config: PathBuf,
+
+    /// This node's position in the config's addresses (0-based): its id.
+    #[arg(value_name = "INDEX")]
+    pub index: u64,
+
+    /// Where the write-ahead log lives [default: data/<ip>-<port>, relative to the current
+    /// directory].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// `always`: fsync before acknowledging. `never`: survive process crashes only.
+    #[arg(long, value_enum, default_value_t = FsyncMode::Always)]
+    pub fsync: FsyncMode,
+
+    /// The Raft clock's resolution: every timeout below is counted in ticks of this length.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub tick_ms: u64,
+
+    /// How often a leader tells followers it is alive.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+
+    /// A follower that hears nothing from a leader for a random time in this range starts an
+    /// election.
+    #[arg(long, value_name = "MIN-MAX", default_value = "300-600")]
+    pub election_timeout_ms: ElectionTimeoutRange,
+
+    /// A request not committed within this time is answered TIMEOUT (outcome unknown).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+
+    /// Longest topic name accepted, in bytes of UTF-8.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().topic_bytes_max)]
+    pub topic_bytes_max: usize,
+
+    /// Largest message accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().message_bytes_max)]
+    pub message_bytes_max: usize,
+
+    /// How many clients' last replies the cluster remembers for safe retries (client_id/seq).
+    /// Must be the same on every node: forgetting happens in log order on each.
+    #[arg(long, value_name = "COUNT", default_value_t = 10_000)]
+    pub sessions_max: usize,
+
+    /// Log filter, e.g. `info` or `rrmq=debug` [default: $RUST_LOG, else info].
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// Everything a node needs to start, validated.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub cluster: ClusterConfig,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncMode,
+    /// Length of one Raft tick.
+    pub tick: Duration,
+    /// Timeouts converted to ticks. Invariant: `heartbeat_ticks < election_ticks_min <
+    /// election_ticks_max`.
+    pub raft: RaftConfig,
+    pub request_timeout: Duration,
+    pub limits: Limits,
+    pub sessions_max: usize,
+}
+
+/// Largest message a node can be configured to accept: frames must fit comfortably in memory
+/// and in one WAL record.
+pub const MESSAGE_BYTES_MAX_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Slack on top of the payload limits for the rest of a frame (keys, topic, envelope).
+pub const FRAME_SLACK_BYTES: usize = 64 * 1024;
+
+impl NodeConfig {
+    /// Loads the cluster file named in `args` and validates every flag against it.
+    pub fn from_args(args: &NodeArgs) -> Result<NodeConfig, ConfigError> {
+        let cluster = ClusterConfig::load(&args.config)?;
+        NodeConfig::new(args, cluster)
+    }
+
+    /// Validates `args` against an already loaded cluster.
+    pub fn new(args: &NodeArgs, cluster: ClusterConfig) -> Result<NodeConfig, ConfigError> {
+        let address = usize::try_from(args.index)
+            .ok()
+            .and_then(|index| cluster.addresses.get(index))
+            .ok_or_else(|| ConfigError::IndexOutOfRange {
+                path: args.config.display().to_string(),
+                index: args.index,
+                count: cluster.node_count(),
+            })?;
+        let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+            PathBuf::from("data").join(format!("{}-{}", address.ip, address.port))
+        });
+
+        let bad = |option: &'static str, reason: String| ConfigError::BadOption { option, reason };
+        if args.tick_ms == 0 {
+            return Err(bad("--tick-ms", "must be at least 1".into()));
+        }
+        let tick_ms = args.tick_ms;
+        let to_ticks = |option: &'static str, ms: u64| -> Result<u32, ConfigError> {
+            if ms < tick_ms {
+                return Err(bad(
+                    option,
+                    format!("{ms} ms is shorter than one tick ({tick_ms} ms)"),
+                ));
+            }
+            u32::try_from(ms / tick_ms)
+                .map_err(|_| bad(option, format!("{ms} ms is too many ticks of {tick_ms} ms")))
+        };
+        let heartbeat_ticks = to_ticks("--heartbeat-ms", args.heartbeat_ms)?;
+        let election = args.election_timeout_ms;
+        let election_ticks_min = to_ticks("--election-timeout-ms", election.min_ms)?;
+        let election_ticks_max = to_ticks("--election-timeout-ms", election.max_ms)?;
+        if election_ticks_max <= election_ticks_min {
+            return Err(bad(
+                "--election-timeout-ms",
+                format!(
+                    "the maximum ({} ms) must exceed the minimum ({} ms) by at least one tick \
+                     ({tick_ms} ms), or every node times out at once and elections split",
+                    election.max_ms, election.min_ms
+                ),
+            ));
+        }
+        if heartbeat_ticks >= election_ticks_min {
+            return Err(bad(
+                "--heartbeat-ms",
+                format!(
+                    "{} ms must be below the minimum election timeout ({} ms), or followers \
+                     start elections against a live leader",
+                    args.heartbeat_ms, election.min_ms
+                ),
+            ));
+        }
+        if args.request_timeout_ms == 0 {
+            return Err(bad("--request-timeout-ms", "must be at least 1".into()));
+        }
+        if args.topic_bytes_max == 0 || args.topic_bytes_max > 64 * 1024 {
+            return Err(bad(
+                "--topic-bytes-max",
+                format!("{} is outside 1..=65536", args.topic_bytes_max),
+            ));
+        }
+        if args.message_bytes_max == 0 || args.message_bytes_max > MESSAGE_BYTES_MAX_LIMIT {
+            return Err(bad(
+                "--message-bytes-max",
+                format!(
+                    "{} is outside 1..={MESSAGE_BYTES_MAX_LIMIT}",
+                    args.message_bytes_max
+                ),
+            ));
+        }
+        if !(1..=SESSIONS_MAX_LIMIT).contains(&args.sessions_max) {
+            return Err(bad(
+                "--sessions-max",
+                format!("{} is outside 1..={SESSIONS_MAX_LIMIT}", args.sessions_max),
+            ));
+        }
+
+        let raft = RaftConfig {
+            election_ticks_min,
+            election_ticks_max,
+            heartbeat_ticks,
+            ..RaftConfig::default()
+        };
+        let limits = Limits {
+            topic_bytes_max: args.topic_bytes_max,
+            message_bytes_max: args.message_bytes_max,
+            ..Limits::default()
+        };
+        Ok(NodeConfig {
+            id: NodeId(args.index),
+            cluster: cluster.clone(),
+            data_dir,
+            fsync: args.fsync,
+            tick: Duration::from_millis(tick_ms),
+            raft,
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+            limits,
+            sessions_max: args.sessions_max,
+        })
+    }
+
+    /// This node's own addresses.
+    pub fn address(&self) -> &Address {
+        self.cluster
+            .address(self.id)
+            .expect("NodeConfig::new checked that the id is in range")
+    }
+
+    /// The hard cap on a client frame (ZMQ_MAXMSGSIZE): a body over it is refused by the
+    /// socket layer before it is allocated. Bodies between the message limit and the cap get
+    /// TOO_LARGE from the decoder. JSON escapes count against it.
+    pub fn client_frame_bytes_max(&self) -> usize {
+        self.limits.message_bytes_max
+            + self.limits.topic_bytes_max
+            + self.limits.client_id_bytes_max
+            + FRAME_SLACK_BYTES
+    }
+
+    /// The hard cap on a peer frame: one AppendEntries holds up to `append_bytes_max` of
+    /// entries, and at least one entry however large, so one largest entry more.
+    pub fn peer_frame_bytes_max(&self) -> usize {
+        self.raft.append_bytes_max + self.client_frame_bytes_max() + FRAME_SLACK_BYTES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    const THREE_NODES: &str = r#"{
+        "addresses": [
+            {"ip": "127.0.0.1", "port": 8567, "internal_port": 8568},
+            {"ip": "127.0.0.1", "port": 9123, "internal_port": 9124},
+            {"ip": "127.0.0.1", "port": 8889, "internal_port": 8890}
+        ]
+    }"#;
+
+    #[test]
+    fn parses_the_protocol_example() {
+        let config = ClusterConfig::parse(THREE_NODES, "config.json").expect("valid config");
+        assert_eq!(config.node_count(), 3);
+        assert_eq!(
+            config.addresses[1],
+            Address {
+                ip: "127.0.0.1".into(),
+                port: 9123,
+                internal_port: 9124
+            }
+        );
+        assert_eq!(config.voters(), vec![NodeId(0), NodeId(1), NodeId(2)]);
+        assert_eq!(config.address(NodeId(3)), None);
+        assert_eq!(
+            config.addresses[2].internal_endpoint(),
+            "tcp://127.0.0.1:8890"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored() {
+        let text = r#"{"version": 7, "addresses": [
+            {"ip": "::1", "port": 1, "internal_port": 2, "zone": "a"}], "extra": {}}"#;
+        let config = ClusterConfig::parse(text, "c").expect("valid config");
+        assert_eq!(config.addresses[0].client_endpoint(), "tcp://[::1]:1");
+    }
+
+    #[test]
+    fn bad_files_give_one_clear_line() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "{",
+                "c.json: invalid JSON: EOF while parsing an object at line 1 column 1",
+            ),
+            ("[]", "c.json: expected a JSON object, found a list"),
+            ("{}", "c.json: missing \"addresses\""),
+            (
+                r#"{"addresses": 3}"#,
+                "c.json: \"addresses\": expected a list, found a number",
+            ),
+            (r#"{"addresses": []}"#, "c.json: the address list is empty"),
+            (
+                r#"{"addresses": [{"ip": "a", "port": 70000, "internal_port": 2}]}"#,
+                "c.json: addresses[0].port: 70000 is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "a", "port": 1, "internal_port": 0}]}"#,
+                "c.json: addresses[0].internal_port: 0 is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "a", "port": "80", "internal_port": 2}]}"#,
+                "c.json: addresses[0].port: \"80\" is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "a", "port": -1, "internal_port": 2}]}"#,
+                "c.json: addresses[0].port: -1 is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "a", "port": 1.5, "internal_port": 2}]}"#,
+                "c.json: addresses[0].port: 1.5 is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "a", "internal_port": 2}]}"#,
+                "c.json: addresses[0]: missing \"port\"",
+            ),
+            (
+                r#"{"addresses": [{"ip": "", "port": 1, "internal_port": 2}]}"#,
+                "c.json: addresses[0].ip: empty",
+            ),
+            (
+                r#"{"addresses": [{"ip": 5, "port": 1, "internal_port": 2}]}"#,
+                "c.json: addresses[0].ip: expected a string, found a number",
+            ),
+            (
+                r#"{"addresses": ["x"]}"#,
+                "c.json: addresses[0]: expected an object, found a string",
+            ),
+            (
+                r#"{"addresses": [
+                    {"ip": "127.0.0.1", "port": 1, "internal_port": 2},
+                    {"ip": "127.0.0.1", "port": 1, "internal_port": 3}]}"#,
+                "c.json: duplicate address 127.0.0.1:1 (addresses[0] and addresses[1])",
+            ),
+            (
+                r#"{"addresses": [{"ip": "h", "port": 1, "internal_port": 1}]}"#,
+                "c.json: duplicate address h:1 (addresses[0] and addresses[0])",
+            ),
+            (
+                r#"{"addresses": [
+                    {"ip": "::1", "port": 1, "internal_port": 2},
+                    {"ip": "0:0::1", "port": 3, "internal_port": 2}]}"#,
+                "c.json: duplicate address [0:0::1]:2 (addresses[0] and addresses[1])",
+            ),
+            (
+                r#"{"addresses": [
+                    {"ip": "LocalHost", "port": 1, "internal_port": 2},
+                    {"ip": "localhost", "port": 2, "internal_port": 3}]}"#,
+                "c.json: duplicate address localhost:2 (addresses[0] and addresses[1])",
+            ),
+        ];
+        for (number, (text, expected)) in cases.iter().enumerate() {
+            let error = ClusterConfig::parse(text, "c.json").expect_err(text);
+            assert_eq!(error.to_string(), *expected, "case {number}: {text}");
+            assert!(!error.to_string().contains('\n'), "case {number}: one line");
+        }
+    }
+
+    #[test]
+    fn different_hosts_on_one_port_are_not_duplicates() {
+        let text = r#"{"addresses": [
+            {"ip": "127.0.0.1", "port": 1, "internal_port": 2},
+            {"ip": "127.0.0.2", "port": 1, "internal_port": 2}]}"#;
+        assert!(ClusterConfig::parse(text, "c").is_ok());
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let error = ClusterConfig::load(Path::new("/nonexistent/config.json")).expect_err("");
+        assert!(
+            error
+                .to_string()
+                .starts_with("/nonexistent/config.json: cannot read: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn cluster_id_is_stable_and_depends_on_every_address_field() {
+        let base = ClusterConfig::parse(THREE_NODES, "c")
+            .expect("valid")
+            .cluster_id;
+        // Pinned: nodes built by different compilers and versions must agree.
+        assert_eq!(base, 0xcff6_d5bc_9fd3_e81a);
+        assert_eq!(base, cluster_id_reference(THREE_NODES));
+        let variants = [
+            THREE_NODES.replace("8567", "8569"),
+            THREE_NODES.replace("8568", "8569"),
+            THREE_NODES.replace(
+                "\"127.0.0.1\", \"port\": 9123",
+                "\"127.0.0.2\", \"port\": 9123",
+            ),
+            // Same addresses, another order: another cluster (ids would differ).
+            r#"{"addresses": [
+                {"ip": "127.0.0.1", "port": 9123, "internal_port": 9124},
+                {"ip": "127.0.0.1", "port": 8567, "internal_port": 8568},
+                {"ip": "127.0.0.1", "port": 8889, "internal_port": 8890}]}"#
+                .to_string(),
+        ];
+        for (number, text) in variants.iter().enumerate() {
+            let other = ClusterConfig::parse(text, "c").expect("valid").cluster_id;
+            assert_ne!(other, base, "case {number}");
+        }
+    }
+
+    /// FNV-1a written out independently of `cluster_id`'s closure, as a cross-check.
+    fn cluster_id_reference(text: &str) -> u64 {
+        let config = ClusterConfig::parse(text, "c").expect("valid");
+        let mut bytes = Vec::new();
+        for address in &config.addresses {
+            bytes.extend_from_slice(address.ip.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(&address.port.to_be_bytes());
+            bytes.extend_from_slice(&address.internal_port.to_be_bytes());
+            bytes.push(0xff);
+        }
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    }
+
+    fn args(extra: &[&str]) -> Result<NodeArgs, clap::Error> {
+        let mut argv = vec!["rrmq-node", "config.json", "1"];
+        argv.extend_from_slice(extra);
+        NodeArgs::try_parse_from(argv)
+    }
+
+    fn node_config(extra: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let cluster = ClusterConfig::parse(THREE_NODES, "config.json").expect("valid");
+        NodeConfig::new(&args(extra).expect("flags parse"), cluster)
+    }
+
+    #[test]
+    fn defaults_give_the_documented_timing() {
+        let config = node_config(&[]).expect("defaults are valid");
+        assert_eq!(config.id, NodeId(1));
+        assert_eq!(config.data_dir, PathBuf::from("data/127.0.0.1-9123"));
+        assert_eq!(config.fsync, FsyncMode::Always);
+        assert_eq!(config.tick, Duration::from_millis(10));
+        assert_eq!(config.raft.heartbeat_ticks, 5);
+        assert_eq!(config.raft.election_ticks_min, 30);
+        assert_eq!(config.raft.election_ticks_max, 60);
+        assert_eq!(config.request_timeout, Duration::from_millis(2000));
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.address().port, 9123);
+    }
+
+    #[test]
+    fn flags_are_applied() {
+        let config = node_config(&[
+            "--data-dir",
+            "/tmp/x",
+            "--fsync",
+            "never",
+            "--tick-ms",
+            "5",
+            "--heartbeat-ms",
+            "20",
+            "--election-timeout-ms",
+            "100-200",
+            "--request-timeout-ms",
+            "500",
+            "--topic-bytes-max",
+            "10",
+            "--message-bytes-max",
+            "100",
+            "--sessions-max",
+            "7",
+        ])
+        .expect("valid flags");
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.fsync, FsyncMode::Never);
+        assert_eq!(config.raft.heartbeat_ticks, 4);
+        assert_eq!(config.raft.election_ticks_min, 20);
+        assert_eq!(config.raft.election_ticks_max, 40);
+        assert_eq!(config.request_timeout, Duration::from_millis(500));
+        assert_eq!(config.limits.topic_bytes_max, 10);
+        assert_eq!(config.limits.message_bytes_max, 100);
+        assert_eq!(config.sessions_max, 7);
+        assert!(config.client_frame_bytes_max() > 100);
+        assert!(config.peer_frame_bytes_max() > config.raft.append_bytes_max + 100);
+    }
+
+    #[test]
+    fn bad_flag_combinations_are_refused() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--tick-ms", "0"], "--tick-ms: must be at least 1"),
+            (
+                &["--heartbeat-ms", "5"],
+                "--heartbeat-ms: 5 ms is shorter than one tick (10 ms)",
+            ),
+            (
+                &["--heartbeat-ms", "300"],
+                "--heartbeat-ms: 300 ms must be below the minimum election timeout (300 ms), \
+                 or followers start elections against a live leader",
+            ),
+            (
+                &["--election-timeout-ms", "300-300"],
+                "--election-timeout-ms: the maximum (300 ms) must exceed the minimum (300 ms) \
+                 by at least one tick (10 ms), or every node times out at once and elections \
+                 split",
+            ),
+            (
+                &["--election-timeout-ms", "600-300"],
+                "--election-timeout-ms: the maximum (300 ms) must exceed the minimum (600 ms) \
+                 by at least one tick (10 ms), or every node times out at once and elections \
+                 split",
+            ),
+            (
+                &["--request-timeout-ms", "0"],
+                "--request-timeout-ms: must be at least 1",
+            ),
+            (
+                &["--topic-bytes-max", "0"],
+                "--topic-bytes-max: 0 is outside 1..=65536",
+            ),
+            (
+                &["--message-bytes-max", "0"],
+                "--message-bytes-max: 0 is outside 1..=67108864",
+            ),
+            (
+                &["--sessions-max", "0"],
+                "--sessions-max: 0 is outside 1..=16777216",
+            ),
+        ];
+        for (number, (flags, expected)) in cases.iter().enumerate() {
+            let error = node_config(flags).expect_err("must be refused");
+            assert_eq!(error.to_string(), *expected, "case {number}: {flags:?}");
+        }
+    }
+
+    #[test]
+    fn index_out_of_range_names_the_node_count() {
+        let cluster = ClusterConfig::parse(THREE_NODES, "config.json").expect("valid");
+        let args = NodeArgs::try_parse_from(["rrmq-node", "config.json", "5"]).expect("parses");
+        let error = NodeConfig::new(&args, cluster).expect_err("out of range");
+        assert_eq!(
+            error.to_string(),
+            "config.json: index 5 out of range (3 nodes)"
+        );
+    }
+
+    #[test]
+    fn malformed_flags_are_refused_by_the_parser() {
+        let cases: &[&[&str]] = &[
+            &["--fsync", "sometimes"],
+            &["--election-timeout-ms", "300"],
+            &["--election-timeout-ms", "a-b"],
+            &["--tick-ms", "-1"],
+        ];
+        for (number, flags) in cases.iter().enumerate() {
+            assert!(args(flags).is_err(), "case {number}: {flags:?}");
+        }
+        assert!(NodeArgs::try_parse_from(["rrmq-node", "c.json", "-1"]).is_err());
+        assert!(NodeArgs::try_parse_from(["rrmq-node", "c.json"]).is_err());
+    }
+}

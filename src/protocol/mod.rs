@@ -95,11 +95,22 @@ pub struct SessionKey {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
-    CreateTopic { topic: String },
+    CreateTopic {
+        topic: String,
+    },
     ListTopics,
-    Put { topic: String, message: Payload },
-    Get { topic: String },
+    Put {
+        topic: String,
+        message: Payload,
+    },
+    Get {
+        topic: String,
+    },
     Status,
+    /// `{"type": "stats", "method": "GET"}`: this node's applied state machine in numbers,
+    /// with a digest, so operators and tests can compare nodes. Answered by any node from
+    /// its own state; the digest costs time proportional to the state.
+    Stats,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,6 +239,20 @@ pub struct StatusReport {
     pub fsync: String,
 }
 
+/// `stats` reply: the node's applied state machine. Two nodes with the same `last_applied`
+/// have the same `digest` unless their states diverged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatsReport {
+    pub id: u64,
+    pub last_applied: u64,
+    /// CRC32C of the state machine's snapshot form.
+    pub digest: u32,
+    pub topic_count: u64,
+    pub message_count: u64,
+    pub payload_bytes: u64,
+    pub session_count: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Outcome {
@@ -236,6 +261,7 @@ pub enum Reply {
         leader: Option<LeaderInfo>,
     },
     Status(StatusReport),
+    Stats(StatsReport),
 }
 
 /// A request the node refuses before it reaches the core: `error.code` is `BadRequest` or

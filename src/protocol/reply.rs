@@ -25,7 +25,7 @@ use serde::{Serialize, Serializer};
 use super::request::PayloadWire;
 use super::{
     detect_encoding, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Outcome, Payload, PeerProgress,
-    Reply, ReplyDecodeError, RequestError, StatusReport,
+    Reply, ReplyDecodeError, RequestError, StatsReport, StatusReport,
 };
 
 /// Encodes a reply in the request's encoding. `version` is the request's: 1 gets exactly the
@@ -38,6 +38,7 @@ pub fn encode_reply(reply: &Reply, version: u8, encoding: Encoding) -> Vec<u8> {
             encode(&OutcomeWire::new(outcome, leader, extended), encoding)
         }
         Reply::Status(status) => encode(&StatusWire::new(status, extended), encoding),
+        Reply::Stats(stats) => encode(&StatsWire::new(stats), encoding),
     }
 }
 
@@ -181,6 +182,34 @@ impl<'a> StatusWire<'a> {
             wire.fsync = Some(&status.fsync);
         }
         wire
+    }
+}
+
+/// `stats` is not a version 1 operation, so its reply has one form.
+#[derive(Serialize)]
+struct StatsWire {
+    success: bool,
+    id: u64,
+    last_applied: u64,
+    digest: u32,
+    topic_count: u64,
+    message_count: u64,
+    payload_bytes: u64,
+    session_count: u64,
+}
+
+impl StatsWire {
+    fn new(stats: &StatsReport) -> StatsWire {
+        StatsWire {
+            success: true,
+            id: stats.id,
+            last_applied: stats.last_applied,
+            digest: stats.digest,
+            topic_count: stats.topic_count,
+            message_count: stats.message_count,
+            payload_bytes: stats.payload_bytes,
+            session_count: stats.session_count,
+        }
     }
 }
 
@@ -343,6 +372,9 @@ fn interpret(value: Value) -> Result<Reply, String> {
     if entries.0.iter().any(|(key, _)| key == "role") {
         return interpret_status(entries).map(Reply::Status);
     }
+    if entries.0.iter().any(|(key, _)| key == "digest") {
+        return interpret_stats(entries).map(Reply::Stats);
+    }
     let success = match entries.take("success") {
         Some(Value::Boolean(success)) => success,
         Some(other) => {
@@ -441,6 +473,19 @@ fn interpret_status(mut entries: Entries) -> Result<StatusReport, String> {
         last_log_index: entries.take_u64("last_log_index")?.unwrap_or(0),
         peers,
         fsync: entries.take_text("fsync")?.unwrap_or_default(),
+    })
+}
+
+fn interpret_stats(mut entries: Entries) -> Result<StatsReport, String> {
+    let digest = entries.required_u64("digest")?;
+    Ok(StatsReport {
+        id: entries.required_u64("id")?,
+        last_applied: entries.required_u64("last_applied")?,
+        digest: u32::try_from(digest).map_err(|_| format!("`digest` {digest} is over 32 bits"))?,
+        topic_count: entries.required_u64("topic_count")?,
+        message_count: entries.required_u64("message_count")?,
+        payload_bytes: entries.required_u64("payload_bytes")?,
+        session_count: entries.required_u64("session_count")?,
     })
 }
 

@@ -70,6 +70,7 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         ),
         Operation::Get { topic } => ("message", "GET", Some(topic.as_str()), None),
         Operation::Status => ("status", "GET", None, None),
+        Operation::Stats => ("stats", "GET", None, None),
     };
     let wire = RequestWire {
         kind,
@@ -483,14 +484,15 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
             (Operation::Get { topic }, true)
         }
         ("status", "GET") => (Operation::Status, false),
+        ("stats", "GET") => (Operation::Stats, false),
         ("topic" | "message", _) => {
             return Err(bad_request(format!(
                 "unknown method {method:?} for type {kind:?}: expected \"GET\" or \"PUT\""
             )))
         }
-        ("status", _) => {
+        ("status" | "stats", _) => {
             return Err(bad_request(format!(
-                "unknown method {method:?} for type \"status\": expected \"GET\""
+                "unknown method {method:?} for type {kind:?}: expected \"GET\""
             )))
         }
         _ => {

@@ -1781,9 +1781,19 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
             peers,
             fsync,
         });
+    let stats = (any::<[u64; 6]>(), any::<u32>()).prop_map(|(numbers, digest)| StatsReport {
+        id: numbers[0],
+        last_applied: numbers[1],
+        digest,
+        topic_count: numbers[2],
+        message_count: numbers[3],
+        payload_bytes: numbers[4],
+        session_count: numbers[5],
+    });
     prop_oneof![
         (outcome, leader).prop_map(|(outcome, leader)| Reply::Outcome { outcome, leader }),
         status.prop_map(Reply::Status),
+        stats.prop_map(Reply::Stats),
     ]
 }
 
@@ -1818,6 +1828,8 @@ fn as_seen_in_version_1(reply: Reply) -> Reply {
             peers: vec![],
             fsync: String::new(),
         }),
+        // Not a version 1 operation: one form whatever the version.
+        stats @ Reply::Stats(_) => stats,
     }
 }
 

@@ -1,1 +1,277 @@
-//! TODO
+//! The ZeroMQ side of a node: the threads that own its sockets, and the peer wire codec.
+//!
+//! Why threads: a ZeroMQ socket must only be used by the thread that owns it, and the node
+//! loop must never wait on a socket. So each socket lives on one transport thread, which
+//! turns frames into values for the node loop (over the node's one bounded event channel)
+//! and values from the node loop back into frames.
+//!
+//! - [`client`]: the client ROUTER. Splits envelope from body, decodes, answers bad input on
+//!   the spot, forwards good requests, sends replies with the envelope they came with.
+//! - [`peer`]: the peer ROUTER (inbound messages) and one DEALER per peer (outbound), with
+//!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
+//!
+//! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
+//! cannot wait on a channel. A [`Mailbox`] pairs a channel with an inproc "doorbell" socket:
+//! the producer sends on the channel, then rings; the consumer polls the doorbell beside its
+//! sockets and drains the channel when it rings. Nothing sleeps and polls.
+//!
+//! What this module must not do: look inside requests beyond decoding them, or hold state
+//! that outlives a request's round trip (the node loop owns all of that).
+
+pub mod client;
+pub mod peer;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Frames of a ZeroMQ message, as received.
+pub type Frames = Vec<Vec<u8>>;
+
+/// Why a transport could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The operator's problem, typically "Address already in use": its own line on stderr.
+    #[error("cannot bind {endpoint} ({purpose}): {source}")]
+    Bind {
+        endpoint: String,
+        purpose: &'static str,
+        source: zmq::Error,
+    },
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: zmq::Error,
+    },
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("ZeroMQ: {context}: {source}")]
+    Zmq {
+        context: &'static str,
+        source: zmq::Error,
+    },
+    #[error("cannot start thread {name}: {source}")]
+    Spawn {
+        name: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Wraps a ZeroMQ error with what was being done, for setup code.
+pub(crate) fn zmq_context<T>(
+    context: &'static str,
+    result: Result<T, zmq::Error>,
+) -> Result<T, TransportError> {
+    result.map_err(|source| TransportError::Zmq { context, source })
+}
+
+/// `host` as an IP literal. ZeroMQ binds interfaces and IP literals, not host names, so a
+/// name such as `localhost` is resolved here, once, at startup. Peers resolve names the same
+/// way before connecting: left to ZeroMQ, `localhost` may become `::1` on one side and
+/// `127.0.0.1` on the other. IPv4 is preferred, as most clients use it.
+pub fn resolve_host(host: &str) -> Result<String, TransportError> {
+    use std::net::ToSocketAddrs;
+    if host.parse::<std::net::IpAddr>().is_ok() || host == "*" {
+        return Ok(host.to_string());
+    }
+    let mut addresses = (host, 0)
+        .to_socket_addrs()
+        .map_err(|error| TransportError::Resolve {
+            host: host.to_string(),
+            reason: error.to_string(),
+        })?;
+    let all: Vec<_> = addresses.by_ref().collect();
+    all.iter()
+        .find(|address| address.is_ipv4())
+        .or_else(|| all.first())
+        .map(|address| address.ip().to_string())
+        .ok_or_else(|| TransportError::Resolve {
+            host: host.to_string(),
+            reason: "no address".to_string(),
+        })
+}
+
+/// The producer's end of a doorbell: rings a [`DoorbellListener`] on another thread.
+/// Owned by one thread (it holds a socket).
+pub struct Doorbell {
+    socket: zmq::Socket,
+}
+
+/// The consumer's end of a doorbell: poll it beside the thread's other sockets.
+pub struct DoorbellListener {
+    socket: zmq::Socket,
+}
+
+/// A connected doorbell pair over a fresh inproc endpoint of `context`.
+pub fn doorbell(context: &zmq::Context) -> Result<(Doorbell, DoorbellListener), TransportError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let endpoint = format!(
+        "inproc://rrmq-doorbell-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let listener = zmq_context("doorbell socket", context.socket(zmq::PAIR))?;
+    zmq_context("doorbell linger", listener.set_linger(0))?;
+    zmq_context("doorbell bind", listener.bind(&endpoint))?;
+    let ringer = zmq_context("doorbell socket", context.socket(zmq::PAIR))?;
+    zmq_context("doorbell linger", ringer.set_linger(0))?;
+    zmq_context("doorbell connect", ringer.connect(&endpoint))?;
+    Ok((
+        Doorbell { socket: ringer },
+        DoorbellListener { socket: listener },
+    ))
+}
+
+impl Doorbell {
+    /// Wakes the listener. Never blocks: if rings are already queued, the listener is awake
+    /// or about to be, and this ring is redundant.
+    pub fn ring(&self) {
+        match self.socket.send(&[][..], zmq::DONTWAIT) {
+            Ok(()) | Err(zmq::Error::EAGAIN) => {}
+            Err(error) => log::debug!("doorbell: {error}"),
+        }
+    }
+}
+
+impl DoorbellListener {
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.socket.as_poll_item(zmq::POLLIN)
+    }
+
+    /// Consumes every queued ring. Call before draining the channel it guards, so that a
+    /// ring for an item sent after the drain is never lost.
+    pub fn drain(&self) {
+        let mut message = zmq::Message::new();
+        while self.socket.recv(&mut message, zmq::DONTWAIT).is_ok() {}
+    }
+}
+
+/// The sending side of a channel whose receiver waits in `zmq::poll`.
+pub struct MailboxSender<T> {
+    channel: Sender<T>,
+    doorbell: Doorbell,
+}
+
+/// The receiving side: poll [`MailboxReceiver::poll_item`], then [`MailboxReceiver::drain`].
+pub struct MailboxReceiver<T> {
+    channel: Receiver<T>,
+    doorbell: DoorbellListener,
+}
+
+/// An unbounded mailbox. Unbounded because its producer is the node loop, which must never
+/// block; what flows through it is bounded by the requests in flight.
+pub fn mailbox<T>(
+    context: &zmq::Context,
+) -> Result<(MailboxSender<T>, MailboxReceiver<T>), TransportError> {
+    let (ringer, listener) = doorbell(context)?;
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    Ok((
+        MailboxSender {
+            channel: sender,
+            doorbell: ringer,
+        },
+        MailboxReceiver {
+            channel: receiver,
+            doorbell: listener,
+        },
+    ))
+}
+
+/// The receiver is gone (its thread has exited).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Disconnected;
+
+impl<T> MailboxSender<T> {
+    /// Queues `item` and wakes the receiver.
+    pub fn send(&self, item: T) -> Result<(), Disconnected> {
+        self.channel.send(item).map_err(|_| Disconnected)?;
+        self.doorbell.ring();
+        Ok(())
+    }
+
+    /// Queues items without waking the receiver; follow with [`MailboxSender::ring`].
+    pub fn queue(&self, item: T) -> Result<(), Disconnected> {
+        self.channel.send(item).map_err(|_| Disconnected)
+    }
+
+    pub fn ring(&self) {
+        self.doorbell.ring();
+    }
+}
+
+impl<T> MailboxReceiver<T> {
+    pub fn poll_item(&self) -> zmq::PollItem<'_> {
+        self.doorbell.poll_item()
+    }
+
+    /// Everything queued so far. `Err(Disconnected)` once the sender is gone and the channel
+    /// is empty.
+    pub fn drain(&self) -> Result<Vec<T>, Disconnected> {
+        self.doorbell.drain();
+        let mut items = Vec::new();
+        loop {
+            match self.channel.try_recv() {
+                Ok(item) => items.push(item),
+                Err(TryRecvError::Empty) => return Ok(items),
+                Err(TryRecvError::Disconnected) if items.is_empty() => return Err(Disconnected),
+                Err(TryRecvError::Disconnected) => return Ok(items),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn mailbox_wakes_a_polling_thread_for_every_item() {
+        let context = zmq::Context::new();
+        let (sender, receiver) = mailbox::<u32>(&context).expect("mailbox");
+        let consumer = std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while received.len() < 1000 && Instant::now() < deadline {
+                let mut items = [receiver.poll_item()];
+                zmq::poll(&mut items, 1000).expect("poll");
+                match receiver.drain() {
+                    Ok(batch) => received.extend(batch),
+                    Err(Disconnected) => break,
+                }
+            }
+            received
+        });
+        for item in 0..1000 {
+            sender.send(item).expect("consumer alive");
+        }
+        let received = consumer.join().expect("consumer thread");
+        assert_eq!(received, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drain_reports_a_gone_sender_only_when_empty() {
+        let context = zmq::Context::new();
+        let (sender, receiver) = mailbox::<u32>(&context).expect("mailbox");
+        sender.send(7).expect("receiver alive");
+        drop(sender);
+        assert_eq!(receiver.drain(), Ok(vec![7]));
+        assert_eq!(receiver.drain(), Err(Disconnected));
+    }
+
+    #[test]
+    fn ringing_never_blocks_when_nobody_listens() {
+        let context = zmq::Context::new();
+        let (ringer, _listener) = doorbell(&context).expect("doorbell");
+        for _ in 0..100_000 {
+            ringer.ring();
+        }
+    }
+
+    #[test]
+    fn resolve_host_resolves_names_and_keeps_literals() {
+        assert_eq!(resolve_host("127.0.0.1").expect("literal"), "127.0.0.1");
+        assert_eq!(resolve_host("::1").expect("literal"), "::1");
+        assert_eq!(resolve_host("localhost").expect("resolves"), "127.0.0.1");
+        assert!(resolve_host("no-such-host.invalid").is_err());
+    }
+}

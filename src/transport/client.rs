@@ -1,0 +1,402 @@
+//! The client-facing socket: a ROUTER on `tcp://ip:port` and the thread that owns it.
+//!
+//! The thread splits each message into its routing envelope and its one body frame, decodes
+//! the body, and answers bad input on the spot (PROTOCOL.md §6: it never reaches the core).
+//! A good request goes to the node loop as a [`ClientRequest`] with a [`Ticket`]; the thread
+//! keeps the envelope, version and encoding under that ticket and, when the node loop's
+//! [`Reply`] comes back through the mailbox, encodes it and sends it with the envelope the
+//! request came with. The node loop never sees bytes or envelopes.
+//!
+//! Envelope rules (PROTOCOL.md §2): a REQ client's message arrives as `[identity, "", body]`,
+//! a bare DEALER's as `[identity, body]`, and one that passed through more ROUTERs as
+//! `[identity, identity, ..., "", body]`. The envelope is everything up to and including the
+//! first empty frame, or just the identity when there is none; exactly one frame must remain.
+//!
+//! Frames over the hard cap (ZMQ_MAXMSGSIZE) are refused by ZeroMQ, which drops the
+//! connection without allocating them. Replies are sent with DONTWAIT: ROUTER drops a reply
+//! to a client that is gone or not reading, rather than blocking everyone else.
+
+use super::{mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError};
+use crate::config::NodeConfig;
+use crate::protocol::{
+    decode_request, detect_encoding, encode_reply, encode_request_error, Encoding, ErrorCode,
+    ErrorInfo, Limits, Outcome, Reply, Request, RequestError,
+};
+use crossbeam_channel::Sender;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Messages read per wakeup before replies get their turn.
+const RECEIVE_BATCH_MAX: usize = 256;
+
+/// How long closing the socket may wait to flush the last replies on shutdown.
+const CLOSE_LINGER_MS: i32 = 100;
+
+/// Names one request in flight between the client thread and the node loop.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// A decoded request on its way to the node loop.
+#[derive(Clone, Debug)]
+pub struct ClientRequest {
+    /// Hand it back with the reply.
+    pub ticket: Ticket,
+    pub request: Request,
+    pub received_at: Instant,
+}
+
+enum ClientCommand {
+    Reply { ticket: Ticket, reply: Reply },
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// `tcp://host:port` with `host` an IP literal.
+    pub bind_endpoint: String,
+    pub ipv6: bool,
+    pub limits: Limits,
+    /// ZMQ_MAXMSGSIZE.
+    pub frame_bytes_max: usize,
+}
+
+impl ClientSettings {
+    pub fn from_config(config: &NodeConfig) -> Result<ClientSettings, TransportError> {
+        let own = config.address();
+        let host = super::resolve_host(&own.ip)?;
+        Ok(ClientSettings {
+            bind_endpoint: crate::config::tcp_endpoint(&host, own.port),
+            ipv6: host.contains(':'),
+            limits: config.limits.clone(),
+            frame_bytes_max: config.client_frame_bytes_max(),
+        })
+    }
+}
+
+/// The running client transport; the node loop owns it and answers through it.
+pub struct ClientTransport {
+    replies: MailboxSender<ClientCommand>,
+    /// Replies queued since the last ring.
+    unrung: Cell<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ClientTransport {
+    /// Binds the ROUTER (a port in use is reported here, as a value) and starts the thread.
+    pub fn start<E>(
+        context: &zmq::Context,
+        settings: ClientSettings,
+        events: Sender<E>,
+    ) -> Result<ClientTransport, TransportError>
+    where
+        E: From<ClientRequest> + Send + 'static,
+    {
+        let router = zmq_context("client ROUTER", context.socket(zmq::ROUTER))?;
+        zmq_context("client ROUTER linger", router.set_linger(0))?;
+        zmq_context("client ROUTER ipv6", router.set_ipv6(settings.ipv6))?;
+        let frame_bytes_max = i64::try_from(settings.frame_bytes_max).unwrap_or(i64::MAX);
+        zmq_context(
+            "client ROUTER maxmsgsize",
+            router.set_maxmsgsize(frame_bytes_max),
+        )?;
+        router
+            .bind(&settings.bind_endpoint)
+            .map_err(|source| TransportError::Bind {
+                endpoint: settings.bind_endpoint.clone(),
+                purpose: "client port",
+                source,
+            })?;
+        let (replies, inbox) = mailbox(context)?;
+        let limits = settings.limits;
+        let thread = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || {
+                ClientThread {
+                    router,
+                    inbox,
+                    events,
+                    limits,
+                    pending: HashMap::new(),
+                    next_ticket: 0,
+                }
+                .run()
+            })
+            .map_err(|source| TransportError::Spawn {
+                name: "client",
+                source,
+            })?;
+        Ok(ClientTransport {
+            replies,
+            unrung: Cell::new(false),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues the reply to `ticket`; it leaves at the next [`ClientTransport::flush`].
+    pub fn reply(&self, ticket: Ticket, reply: Reply) {
+        if self
+            .replies
+            .queue(ClientCommand::Reply { ticket, reply })
+            .is_err()
+        {
+            log::debug!("client thread has stopped; reply dropped");
+        }
+        self.unrung.set(true);
+    }
+
+    /// Wakes the client thread for the replies queued since the last flush.
+    pub fn flush(&self) {
+        if self.unrung.replace(false) {
+            self.replies.ring();
+        }
+    }
+
+    /// Sends every queued reply, answers whatever is still pending SHUTTING_DOWN, closes the
+    /// socket (waiting at most ~100 ms for replies to leave) and joins the thread.
+    pub fn stop(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        let _ = self.replies.send(ClientCommand::Stop);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("the client thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ClientTransport {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// What the thread keeps of a request while the node loop works on it.
+struct Pending {
+    envelope: Frames,
+    version: u8,
+    encoding: Encoding,
+}
+
+struct ClientThread<E> {
+    router: zmq::Socket,
+    inbox: MailboxReceiver<ClientCommand>,
+    events: Sender<E>,
+    limits: Limits,
+    /// Invariant: holds exactly the tickets sent to the node loop and not yet answered.
+    pending: HashMap<Ticket, Pending>,
+    next_ticket: u64,
+}
+
+impl<E: From<ClientRequest>> ClientThread<E> {
+    fn run(mut self) {
+        loop {
+            let (requests_ready, commands_ready) = {
+                let mut items = [
+                    self.router.as_poll_item(zmq::POLLIN),
+                    self.inbox.poll_item(),
+                ];
+                match zmq::poll(&mut items, -1) {
+                    Ok(_) => {}
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(error) => {
+                        log::error!("client thread: poll: {error}");
+                        return;
+                    }
+                }
+                (items[0].is_readable(), items[1].is_readable())
+            };
+            if commands_ready {
+                let commands = match self.inbox.drain() {
+                    Ok(commands) => commands,
+                    Err(_) => return, // The node loop is gone without a word.
+                };
+                for command in commands {
+                    match command {
+                        ClientCommand::Reply { ticket, reply } => self.send_reply(ticket, &reply),
+                        ClientCommand::Stop => {
+                            self.finish();
+                            return;
+                        }
+                    }
+                }
+            }
+            if requests_ready {
+                for _ in 0..RECEIVE_BATCH_MAX {
+                    match self.router.recv_multipart(zmq::DONTWAIT) {
+                        Ok(frames) => self.handle(frames),
+                        Err(zmq::Error::EAGAIN) => break,
+                        Err(zmq::Error::EINTR) => continue,
+                        Err(error) => {
+                            log::error!("client thread: recv: {error}");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, frames: Frames) {
+        let (envelope, body) = split_envelope(frames);
+        let [body] = body.as_slice() else {
+            let encoding = body
+                .first()
+                .map_or(Encoding::MsgPack, |first| detect_encoding(first));
+            let error = RequestError {
+                encoding,
+                error: ErrorInfo::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "expected one body frame after the envelope, got {}",
+                        body.len()
+                    ),
+                ),
+            };
+            self.send(envelope, encode_request_error(&error));
+            return;
+        };
+        match decode_request(body, &self.limits) {
+            Ok((request, encoding)) => {
+                let ticket = Ticket(self.next_ticket);
+                self.next_ticket += 1;
+                log::trace!("request {ticket:?}: {request:?}");
+                self.pending.insert(
+                    ticket,
+                    Pending {
+                        envelope,
+                        version: request.version,
+                        encoding,
+                    },
+                );
+                let forwarded = ClientRequest {
+                    ticket,
+                    request,
+                    received_at: Instant::now(),
+                };
+                // Blocks only while the node loop's channel is full: backpressure, bounded
+                // by ZeroMQ's receive queue behind us.
+                if self.events.send(E::from(forwarded)).is_err() {
+                    self.send_reply(ticket, &shutting_down());
+                }
+            }
+            Err(error) => {
+                log::debug!("bad request: {}", error.error.message);
+                self.send(envelope, encode_request_error(&error));
+            }
+        }
+    }
+
+    fn send_reply(&mut self, ticket: Ticket, reply: &Reply) {
+        let Some(pending) = self.pending.remove(&ticket) else {
+            // Broken invariant in the node loop (a second reply); the client already has one.
+            log::error!("reply to unknown request {ticket:?} dropped");
+            return;
+        };
+        let body = encode_reply(reply, pending.version, pending.encoding);
+        self.send(pending.envelope, body);
+    }
+
+    fn send(&self, mut frames: Frames, body: Vec<u8>) {
+        frames.push(body);
+        match self.router.send_multipart(frames, zmq::DONTWAIT) {
+            Ok(()) => {}
+            // The client is gone or not reading (its queue is full): ROUTER drops the reply.
+            Err(zmq::Error::EAGAIN) | Err(zmq::Error::EHOSTUNREACH) => {
+                log::debug!("reply dropped: client unreachable")
+            }
+            Err(error) => log::warn!("reply not sent: {error}"),
+        }
+    }
+
+    fn finish(&mut self) {
+        let tickets: Vec<Ticket> = self.pending.keys().copied().collect();
+        for ticket in tickets {
+            self.send_reply(ticket, &shutting_down());
+        }
+        if let Err(error) = self.router.set_linger(CLOSE_LINGER_MS) {
+            log::debug!("client ROUTER linger: {error}");
+        }
+    }
+}
+
+fn shutting_down() -> Reply {
+    Reply::Outcome {
+        outcome: Outcome::Failed(ErrorInfo::new(
+            ErrorCode::ShuttingDown,
+            "the node is shutting down; retry on another node",
+        )),
+        leader: None,
+    }
+}
+
+/// Splits a ROUTER message into (envelope, body frames). See the module docs.
+pub fn split_envelope(mut frames: Frames) -> (Frames, Frames) {
+    let envelope_length = frames
+        .iter()
+        .skip(1)
+        .position(|frame| frame.is_empty())
+        .map_or(1, |delimiter| delimiter + 2);
+    let body = frames.split_off(envelope_length.min(frames.len()));
+    (frames, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&[u8]]) -> Frames {
+        parts.iter().map(|part| part.to_vec()).collect()
+    }
+
+    #[test]
+    fn envelopes_split_as_req_dealer_and_proxies_send_them() {
+        let cases: Vec<(Frames, Frames, Frames)> = vec![
+            // REQ: identity, delimiter, body.
+            (
+                frames(&[b"id", b"", b"body"]),
+                frames(&[b"id", b""]),
+                frames(&[b"body"]),
+            ),
+            // Bare DEALER: identity, body.
+            (
+                frames(&[b"id", b"body"]),
+                frames(&[b"id"]),
+                frames(&[b"body"]),
+            ),
+            // Through a proxy: two identities, delimiter, body.
+            (
+                frames(&[b"id1", b"id2", b"", b"body"]),
+                frames(&[b"id1", b"id2", b""]),
+                frames(&[b"body"]),
+            ),
+            // Two body frames: both kept, so the caller can refuse them.
+            (
+                frames(&[b"id", b"", b"a", b"b"]),
+                frames(&[b"id", b""]),
+                frames(&[b"a", b"b"]),
+            ),
+            (
+                frames(&[b"id", b"a", b"b"]),
+                frames(&[b"id"]),
+                frames(&[b"a", b"b"]),
+            ),
+            // No body at all.
+            (frames(&[b"id", b""]), frames(&[b"id", b""]), frames(&[])),
+            (frames(&[b"id"]), frames(&[b"id"]), frames(&[])),
+            // An empty identity is still the identity, not a delimiter.
+            (
+                frames(&[b"", b"", b"body"]),
+                frames(&[b"", b""]),
+                frames(&[b"body"]),
+            ),
+        ];
+        for (number, (input, envelope, body)) in cases.into_iter().enumerate() {
+            assert_eq!(split_envelope(input), (envelope, body), "case {number}");
+        }
+    }
+}

@@ -1,0 +1,667 @@
+//! Node-to-node transport: one-way Raft messages over ZeroMQ, and their wire codec.
+//!
+//! Every node binds a ROUTER on its internal port and connects one DEALER to each peer's
+//! internal port. A message goes out on the sender's DEALER and comes in on the receiver's
+//! ROUTER; a response is just another message going the other way on the responder's own
+//! DEALER. There is no request/response pairing to get stuck on: a lost message is resent by
+//! Raft (heartbeats, probes), so sends never wait. The DEALERs use `ZMQ_IMMEDIATE` and
+//! `DONTWAIT`, so a message for a peer that is down or whose queue is full is dropped at once
+//! instead of stalling the node loop or piling up in memory.
+//!
+//! Two threads: the receiver owns the ROUTER and decodes; the sender owns the DEALERs and
+//! encodes. The node loop hands messages over a channel and never touches bytes.
+//!
+//! ```text
+//! frame = MessagePack array [ wire_version: u8, cluster_id: u64, message: raft::Message ]
+//! ```
+//!
+//! One Raft message per frame (an AppendEntries batch is one frame). A frame from another
+//! cluster (different `cluster_id`, i.e. another config file), for another node, or from a
+//! node that is not a peer is dropped with a debug log: that is a misconfiguration or a stray
+//! process on a reused port, not an attack this layer defends against.
+
+use super::{zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
+use crate::config::NodeConfig;
+use crate::raft::{Message, NodeId};
+use crossbeam_channel::Sender;
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+
+/// Bumped when `raft::Message`'s encoding changes incompatibly.
+pub const PEER_WIRE_VERSION: u8 = 1;
+
+/// Messages queued for one peer before new ones are dropped (ZMQ_SNDHWM). The core bounds
+/// appends in flight per follower far below this; the rest is heartbeats and votes.
+pub const PEER_SEND_QUEUE_MAX: i32 = 1024;
+
+/// Reconnect quickly after a peer restarts, backing off to a second while it stays down.
+const RECONNECT_INTERVAL_MS: i32 = 100;
+const RECONNECT_INTERVAL_MAX_MS: i32 = 1000;
+
+/// Frames read per wakeup before checking for a stop request.
+const RECEIVE_BATCH_MAX: usize = 256;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerDecodeError {
+    #[error("malformed peer frame: {0}")]
+    Malformed(String),
+    #[error("peer wire version {0}, expected {PEER_WIRE_VERSION}")]
+    WrongVersion(u8),
+    #[error("message from another cluster (cluster id {0:#x})")]
+    OtherCluster(u64),
+    #[error("message for node {0}")]
+    WrongRecipient(NodeId),
+    #[error("message from unknown node {0}")]
+    UnknownSender(NodeId),
+}
+
+/// What an inbound frame must match to be accepted.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerFilter {
+    pub cluster_id: u64,
+    pub me: NodeId,
+    pub node_count: usize,
+}
+
+pub fn encode_peer_message(cluster_id: u64, message: &Message) -> Vec<u8> {
+    rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, message))
+        .expect("a Raft message has only serializable fields and no maps with non-string keys")
+}
+
+pub fn decode_peer_message(frame: &[u8], filter: &PeerFilter) -> Result<Message, PeerDecodeError> {
+    let (version, cluster_id, message): (u8, u64, Message) = match rmp_serde::from_slice(frame) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            // Name a version mismatch rather than the decode failure it causes.
+            let header: Result<(u8, u64, serde::de::IgnoredAny), _> = rmp_serde::from_slice(frame);
+            return Err(match header {
+                Ok((version, _, _)) if version != PEER_WIRE_VERSION => {
+                    PeerDecodeError::WrongVersion(version)
+                }
+                _ => PeerDecodeError::Malformed(error.to_string()),
+            });
+        }
+    };
+    if version != PEER_WIRE_VERSION {
+        return Err(PeerDecodeError::WrongVersion(version));
+    }
+    if cluster_id != filter.cluster_id {
+        return Err(PeerDecodeError::OtherCluster(cluster_id));
+    }
+    if message.to != filter.me {
+        return Err(PeerDecodeError::WrongRecipient(message.to));
+    }
+    let known = usize::try_from(message.from.0).is_ok_and(|from| from < filter.node_count);
+    if !known || message.from == filter.me {
+        return Err(PeerDecodeError::UnknownSender(message.from));
+    }
+    Ok(message)
+}
+
+/// Where to bind and whom to connect to.
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    pub filter: PeerFilter,
+    /// `tcp://host:internal_port` with `host` an IP literal.
+    pub bind_endpoint: String,
+    /// Each peer's internal endpoint.
+    pub peers: Vec<(NodeId, String)>,
+    /// Whether any endpoint is IPv6 (ZMQ_IPV6 also keeps IPv4 working).
+    pub ipv6: bool,
+    /// ZMQ_MAXMSGSIZE on the ROUTER: larger frames are refused before allocation.
+    pub frame_bytes_max: usize,
+    pub send_queue_max: i32,
+}
+
+impl PeerSettings {
+    pub fn from_config(config: &NodeConfig) -> Result<PeerSettings, TransportError> {
+        let own = config.address();
+        let host = super::resolve_host(&own.ip)?;
+        let peers: Vec<(NodeId, String)> = config
+            .cluster
+            .voters()
+            .into_iter()
+            .filter(|id| *id != config.id)
+            .map(|id| {
+                let address = config
+                    .cluster
+                    .address(id)
+                    .expect("voters come from the config");
+                // A peer's name that does not resolve yet is left to ZeroMQ, which retries
+                // on every reconnect: that peer's host may simply not be up yet.
+                let host = super::resolve_host(&address.ip).unwrap_or_else(|error| {
+                    log::warn!("node {id}: {error}; connecting by name");
+                    address.ip.clone()
+                });
+                (
+                    id,
+                    crate::config::tcp_endpoint(&host, address.internal_port),
+                )
+            })
+            .collect();
+        let ipv6 = host.contains(':') || peers.iter().any(|(_, endpoint)| endpoint.contains('['));
+        Ok(PeerSettings {
+            filter: PeerFilter {
+                cluster_id: config.cluster.cluster_id,
+                me: config.id,
+                node_count: config.cluster.node_count(),
+            },
+            bind_endpoint: crate::config::tcp_endpoint(&host, own.internal_port),
+            peers,
+            ipv6,
+            frame_bytes_max: config.peer_frame_bytes_max(),
+            send_queue_max: PEER_SEND_QUEUE_MAX,
+        })
+    }
+}
+
+enum Outgoing {
+    Messages(Vec<Message>),
+    Stop,
+}
+
+/// The running peer transport. Owned by the node loop.
+pub struct PeerTransport {
+    outbox: Sender<Outgoing>,
+    stop_receiver: Doorbell,
+    receiver_thread: Option<JoinHandle<()>>,
+    sender_thread: Option<JoinHandle<()>>,
+}
+
+impl PeerTransport {
+    /// Binds the ROUTER (so a port in use is reported here, as a value), connects the
+    /// DEALERs and starts both threads. Inbound messages go to `events`.
+    pub fn start<E>(
+        context: &zmq::Context,
+        settings: PeerSettings,
+        events: Sender<E>,
+    ) -> Result<PeerTransport, TransportError>
+    where
+        E: From<Message> + Send + 'static,
+    {
+        let router = zmq_context("peer ROUTER", context.socket(zmq::ROUTER))?;
+        zmq_context("peer ROUTER linger", router.set_linger(0))?;
+        zmq_context("peer ROUTER ipv6", router.set_ipv6(settings.ipv6))?;
+        let frame_bytes_max = i64::try_from(settings.frame_bytes_max).unwrap_or(i64::MAX);
+        zmq_context(
+            "peer ROUTER maxmsgsize",
+            router.set_maxmsgsize(frame_bytes_max),
+        )?;
+        router
+            .bind(&settings.bind_endpoint)
+            .map_err(|source| TransportError::Bind {
+                endpoint: settings.bind_endpoint.clone(),
+                purpose: "internal port",
+                source,
+            })?;
+
+        let mut dealers = HashMap::new();
+        for (id, endpoint) in &settings.peers {
+            let dealer = zmq_context("peer DEALER", context.socket(zmq::DEALER))?;
+            zmq_context("peer DEALER linger", dealer.set_linger(0))?;
+            zmq_context("peer DEALER ipv6", dealer.set_ipv6(settings.ipv6))?;
+            zmq_context("peer DEALER immediate", dealer.set_immediate(true))?;
+            zmq_context(
+                "peer DEALER sndhwm",
+                dealer.set_sndhwm(settings.send_queue_max),
+            )?;
+            zmq_context(
+                "peer DEALER reconnect",
+                dealer.set_reconnect_ivl(RECONNECT_INTERVAL_MS),
+            )?;
+            zmq_context(
+                "peer DEALER reconnect max",
+                dealer.set_reconnect_ivl_max(RECONNECT_INTERVAL_MAX_MS),
+            )?;
+            dealer
+                .connect(endpoint)
+                .map_err(|source| TransportError::Connect {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
+            dealers.insert(*id, dealer);
+        }
+
+        let (stop_receiver, stop_listener) = super::doorbell(context)?;
+        let filter = settings.filter;
+        let receiver_thread = std::thread::Builder::new()
+            .name("peer-receiver".into())
+            .spawn(move || receive_loop(router, stop_listener, filter, events))
+            .map_err(|source| TransportError::Spawn {
+                name: "peer-receiver",
+                source,
+            })?;
+        let (outbox, inbox) = crossbeam_channel::unbounded();
+        let cluster_id = settings.filter.cluster_id;
+        let sender_thread = std::thread::Builder::new()
+            .name("peer-sender".into())
+            .spawn(move || {
+                for outgoing in inbox.iter() {
+                    match outgoing {
+                        Outgoing::Messages(messages) => send_all(&dealers, cluster_id, messages),
+                        Outgoing::Stop => break,
+                    }
+                }
+            })
+            .map_err(|source| TransportError::Spawn {
+                name: "peer-sender",
+                source,
+            })?;
+        Ok(PeerTransport {
+            outbox,
+            stop_receiver,
+            receiver_thread: Some(receiver_thread),
+            sender_thread: Some(sender_thread),
+        })
+    }
+
+    /// Queues messages for their peers. Never blocks.
+    pub fn send(&self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        if self.outbox.send(Outgoing::Messages(messages)).is_err() {
+            log::debug!("peer sender has stopped; dropping messages");
+        }
+    }
+
+    /// Stops both threads once the messages already queued are handed to ZeroMQ; closes the
+    /// sockets (linger 0: peers resend whatever was in flight to the next leader).
+    pub fn stop(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        let _ = self.outbox.send(Outgoing::Stop);
+        self.stop_receiver.ring();
+        for handle in [self.sender_thread.take(), self.receiver_thread.take()]
+            .into_iter()
+            .flatten()
+        {
+            if handle.join().is_err() {
+                log::error!("a peer transport thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for PeerTransport {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+fn send_all(dealers: &HashMap<NodeId, zmq::Socket>, cluster_id: u64, messages: Vec<Message>) {
+    for message in messages {
+        let Some(dealer) = dealers.get(&message.to) else {
+            // The core only addresses voters from the config; this is a bug upstream, but not
+            // one worth taking the node down for.
+            log::error!("no connection to node {}; message dropped", message.to);
+            continue;
+        };
+        let frame = encode_peer_message(cluster_id, &message);
+        match dealer.send(frame, zmq::DONTWAIT) {
+            Ok(()) => {}
+            // Not connected (ZMQ_IMMEDIATE) or its queue is full: Raft will resend.
+            Err(zmq::Error::EAGAIN) => {
+                log::trace!("node {} unreachable; message dropped", message.to)
+            }
+            Err(error) => log::warn!("send to node {}: {error}", message.to),
+        }
+    }
+}
+
+fn receive_loop<E>(
+    router: zmq::Socket,
+    stop: DoorbellListener,
+    filter: PeerFilter,
+    events: Sender<E>,
+) where
+    E: From<Message>,
+{
+    loop {
+        let mut items = [router.as_poll_item(zmq::POLLIN), stop.poll_item()];
+        match zmq::poll(&mut items, -1) {
+            Ok(_) => {}
+            Err(zmq::Error::EINTR) => continue,
+            Err(error) => {
+                log::error!("peer receiver: poll: {error}");
+                return;
+            }
+        }
+        if items[1].is_readable() {
+            return;
+        }
+        if !items[0].is_readable() {
+            continue;
+        }
+        for _ in 0..RECEIVE_BATCH_MAX {
+            let frames: Frames = match router.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EINTR) => continue,
+                Err(error) => {
+                    log::error!("peer receiver: recv: {error}");
+                    return;
+                }
+            };
+            // [identity, body]: DEALERs send one frame; the ROUTER prepends the identity.
+            let [_identity, body] = frames.as_slice() else {
+                log::debug!("peer frame with {} parts dropped", frames.len());
+                continue;
+            };
+            match decode_peer_message(body, &filter) {
+                Ok(message) => {
+                    if events.send(E::from(message)).is_err() {
+                        return; // The node loop has exited.
+                    }
+                }
+                Err(error) => log::debug!("peer message dropped: {error}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{
+        AppendResult, Entry, EntryId, EntryPayload, LogIndex, MessageBody, RejectHint,
+        SnapshotMeta, Term,
+    };
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    const CLUSTER: u64 = 0xfeed;
+
+    fn filter(me: u64) -> PeerFilter {
+        PeerFilter {
+            cluster_id: CLUSTER,
+            me: NodeId(me),
+            node_count: 3,
+        }
+    }
+
+    fn message(from: u64, to: u64, body: MessageBody) -> Message {
+        Message {
+            from: NodeId(from),
+            to: NodeId(to),
+            term: Term(7),
+            body,
+        }
+    }
+
+    fn every_kind_of_message() -> Vec<Message> {
+        let entries = vec![
+            Entry {
+                term: Term(6),
+                index: LogIndex(10),
+                payload: EntryPayload::Noop,
+            },
+            Entry {
+                term: Term(7),
+                index: LogIndex(11),
+                payload: EntryPayload::Command(Bytes::from(vec![0u8, 1, 2, 255])),
+            },
+        ];
+        vec![
+            message(
+                0,
+                1,
+                MessageBody::RequestVote {
+                    pre_vote: true,
+                    last_log: EntryId::new(Term(6), LogIndex(9)),
+                    leadership_transfer: false,
+                },
+            ),
+            message(
+                0,
+                1,
+                MessageBody::RequestVoteResponse {
+                    pre_vote: false,
+                    granted: true,
+                },
+            ),
+            message(
+                0,
+                1,
+                MessageBody::AppendEntries {
+                    prev: EntryId::new(Term(6), LogIndex(9)),
+                    entries,
+                    commit: LogIndex(8),
+                },
+            ),
+            message(
+                0,
+                1,
+                MessageBody::AppendEntriesResponse(AppendResult::Accepted {
+                    match_index: LogIndex(11),
+                }),
+            ),
+            message(
+                0,
+                1,
+                MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+                    prev_index: LogIndex(9),
+                    hint: RejectHint::ConflictingTerm {
+                        conflict_term: Term(3),
+                        first_index: LogIndex(4),
+                    },
+                }),
+            ),
+            message(
+                0,
+                1,
+                MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+                    prev_index: LogIndex(9),
+                    hint: RejectHint::LogTooShort {
+                        last_index: LogIndex(2),
+                    },
+                }),
+            ),
+            message(
+                0,
+                1,
+                MessageBody::Heartbeat {
+                    commit: LogIndex(3),
+                    read_round: 12,
+                },
+            ),
+            message(0, 1, MessageBody::HeartbeatResponse { read_round: 12 }),
+            message(0, 1, MessageBody::TimeoutNow),
+            message(
+                0,
+                1,
+                MessageBody::InstallSnapshot {
+                    snapshot: SnapshotMeta {
+                        last: EntryId::new(Term(5), LogIndex(100)),
+                    },
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_message_kind_round_trips() {
+        for (number, original) in every_kind_of_message().into_iter().enumerate() {
+            let frame = encode_peer_message(CLUSTER, &original);
+            let decoded = decode_peer_message(&frame, &filter(1));
+            assert_eq!(decoded, Ok(original), "case {number}");
+        }
+    }
+
+    #[test]
+    fn command_payloads_are_encoded_as_binary_not_integer_arrays() {
+        let payload = vec![0xabu8; 1000];
+        let original = message(
+            0,
+            1,
+            MessageBody::AppendEntries {
+                prev: EntryId::default(),
+                entries: vec![Entry {
+                    term: Term(1),
+                    index: LogIndex(1),
+                    payload: EntryPayload::Command(Bytes::from(payload)),
+                }],
+                commit: LogIndex(0),
+            },
+        );
+        let frame = encode_peer_message(CLUSTER, &original);
+        assert!(
+            frame.len() < 1100,
+            "{} bytes for a 1000-byte payload",
+            frame.len()
+        );
+    }
+
+    #[test]
+    fn foreign_and_misaddressed_frames_are_refused() {
+        let good = message(0, 1, MessageBody::TimeoutNow);
+        let cases: Vec<(Vec<u8>, PeerDecodeError)> = vec![
+            (
+                encode_peer_message(0xbad, &good),
+                PeerDecodeError::OtherCluster(0xbad),
+            ),
+            (
+                encode_peer_message(CLUSTER, &message(0, 2, MessageBody::TimeoutNow)),
+                PeerDecodeError::WrongRecipient(NodeId(2)),
+            ),
+            (
+                encode_peer_message(CLUSTER, &message(1, 1, MessageBody::TimeoutNow)),
+                PeerDecodeError::UnknownSender(NodeId(1)),
+            ),
+            (
+                encode_peer_message(CLUSTER, &message(3, 1, MessageBody::TimeoutNow)),
+                PeerDecodeError::UnknownSender(NodeId(3)),
+            ),
+            (
+                rmp_serde::to_vec(&(2u8, CLUSTER, "something new")).expect("encodes"),
+                PeerDecodeError::WrongVersion(2),
+            ),
+        ];
+        for (number, (frame, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                decode_peer_message(&frame, &filter(1)),
+                Err(expected),
+                "case {number}"
+            );
+        }
+        for (number, garbage) in [&b""[..], b"\xc1", b"{\"type\": 1}", b"\x93\x01"]
+            .iter()
+            .enumerate()
+        {
+            assert!(
+                matches!(
+                    decode_peer_message(garbage, &filter(1)),
+                    Err(PeerDecodeError::Malformed(_))
+                ),
+                "garbage case {number}"
+            );
+        }
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free loopback port")
+    }
+
+    fn settings(me: u64, ports: &[u16]) -> PeerSettings {
+        PeerSettings {
+            filter: PeerFilter {
+                cluster_id: CLUSTER,
+                me: NodeId(me),
+                node_count: ports.len(),
+            },
+            bind_endpoint: format!("tcp://127.0.0.1:{}", ports[me as usize]),
+            peers: (0..ports.len() as u64)
+                .filter(|id| *id != me)
+                .map(|id| {
+                    (
+                        NodeId(id),
+                        format!("tcp://127.0.0.1:{}", ports[id as usize]),
+                    )
+                })
+                .collect(),
+            ipv6: false,
+            frame_bytes_max: 1 << 20,
+            send_queue_max: PEER_SEND_QUEUE_MAX,
+        }
+    }
+
+    #[test]
+    fn messages_cross_between_two_nodes_and_responses_come_back() {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<Message>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<Message>();
+        let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
+        let node_1 = PeerTransport::start(&context, settings(1, &ports), events_1).expect("1");
+
+        // The DEALER drops messages until its connection is up (ZMQ_IMMEDIATE), as Raft
+        // expects of a lossy network: resend until one arrives, like a heartbeat would.
+        let ping = message(
+            0,
+            1,
+            MessageBody::Heartbeat {
+                commit: LogIndex(1),
+                read_round: 1,
+            },
+        );
+        let received = (0..100).find_map(|_| {
+            node_0.send(vec![ping.clone()]);
+            inbox_1.recv_timeout(Duration::from_millis(100)).ok()
+        });
+        assert_eq!(received, Some(ping));
+
+        let pong = message(1, 0, MessageBody::HeartbeatResponse { read_round: 1 });
+        let received = (0..100).find_map(|_| {
+            node_1.send(vec![pong.clone()]);
+            inbox_0.recv_timeout(Duration::from_millis(100)).ok()
+        });
+        assert_eq!(received, Some(pong));
+        node_0.stop();
+        node_1.stop();
+    }
+
+    #[test]
+    fn a_dead_peer_never_blocks_sends() {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let (events, _inbox) = crossbeam_channel::unbounded::<Message>();
+        let node = PeerTransport::start(&context, settings(0, &ports), events).expect("start");
+        let big = message(
+            0,
+            1,
+            MessageBody::AppendEntries {
+                prev: EntryId::default(),
+                entries: vec![Entry {
+                    term: Term(1),
+                    index: LogIndex(1),
+                    payload: EntryPayload::Command(Bytes::from(vec![0u8; 64 * 1024])),
+                }],
+                commit: LogIndex(0),
+            },
+        );
+        for _ in 0..10_000 {
+            node.send(vec![big.clone()]);
+        }
+        node.stop(); // Returns once the sender drained its queue: nothing blocked.
+    }
+
+    #[test]
+    fn binding_a_port_in_use_is_an_error_value() {
+        let context = zmq::Context::new();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let (events, _inbox) = crossbeam_channel::unbounded::<Message>();
+        let error = PeerTransport::start(&context, settings(0, &[port, free_port()]), events)
+            .err()
+            .expect("port in use");
+        assert_eq!(
+            error.to_string(),
+            format!("cannot bind tcp://127.0.0.1:{port} (internal port): Address already in use")
+        );
+    }
+}

@@ -1,0 +1,596 @@
+//! Helpers for end-to-end tests on the real `rrmq-node` binary: clusters of child processes
+//! on free loopback ports, each in its own temp dir, killed and reaped on drop, and raw
+//! ZeroMQ clients that speak the wire format directly (so the tests check bytes, not a
+//! client library).
+//!
+//! Everything waits by polling with generous deadlines: the tests must pass on a loaded
+//! 2-core machine. At most two clusters run at once per test binary.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_rrmq-node");
+
+/// Generous: elections take 300-600 ms, but a loaded machine stretches everything.
+pub const LEADER_DEADLINE: Duration = Duration::from_secs(20);
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Timing flags for test nodes: the defaults, durable storage off for speed unless a test
+/// asks for it.
+pub const FAST_FLAGS: &[&str] = &["--fsync", "never", "--request-timeout-ms", "3000"];
+
+// ---- At most two clusters at once ---------------------------------------------------------
+
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static RUNNING_CHANGED: Condvar = Condvar::new();
+const CLUSTERS_AT_ONCE_MAX: usize = 2;
+
+pub struct Permit;
+
+impl Permit {
+    pub fn acquire() -> Permit {
+        let mut running = RUNNING.lock().unwrap_or_else(|poison| poison.into_inner());
+        while *running >= CLUSTERS_AT_ONCE_MAX {
+            running = RUNNING_CHANGED
+                .wait(running)
+                .unwrap_or_else(|poison| poison.into_inner());
+        }
+        *running += 1;
+        Permit
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut running = RUNNING.lock().unwrap_or_else(|poison| poison.into_inner());
+        *running -= 1;
+        RUNNING_CHANGED.notify_one();
+    }
+}
+
+// ---- Ports ----------------------------------------------------------------------------------
+
+/// A port below the kernel's ephemeral range (32768+), so that outgoing connections of other
+/// tests never hold it, and free right now.
+pub fn free_port() -> u16 {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port: u16 = rng.gen_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub port: u16,
+    pub internal_port: u16,
+}
+
+pub fn config_json(ports: &[Ports]) -> String {
+    config_json_on("127.0.0.1", ports)
+}
+
+/// A config with every node on `host` (an IP or a name that resolves to 127.0.0.1).
+pub fn config_json_on(host: &str, ports: &[Ports]) -> String {
+    let addresses: Vec<Value> = ports
+        .iter()
+        .map(|ports| json!({"ip": host, "port": ports.port, "internal_port": ports.internal_port}))
+        .collect();
+    serde_json::to_string_pretty(&json!({ "addresses": addresses })).expect("JSON")
+}
+
+// ---- Cluster --------------------------------------------------------------------------------
+
+pub struct Node {
+    pub child: Child,
+    pub stopped: bool,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub ports: Vec<Ports>,
+    pub nodes: Vec<Option<Node>>,
+    pub extra_flags: Vec<String>,
+    /// Held for the cluster's life; `None` only while a failed start hands it on.
+    permit: Option<Permit>,
+}
+
+impl Cluster {
+    /// Starts `size` nodes with [`FAST_FLAGS`] and waits until each answers `status`.
+    pub fn start(size: usize) -> Cluster {
+        Cluster::start_with(size, &[])
+    }
+
+    pub fn start_with(size: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_on("127.0.0.1", size, flags)
+    }
+
+    /// As [`Cluster::start_with`], with `host` written as every node's `ip`.
+    pub fn start_on(host: &str, size: usize, flags: &[&str]) -> Cluster {
+        let permit = Permit::acquire();
+        let mut flags_all: Vec<String> = FAST_FLAGS.iter().map(|flag| flag.to_string()).collect();
+        flags_all.extend(flags.iter().map(|flag| flag.to_string()));
+        // Another process may take a port between our check and the node's bind: retry.
+        let mut permit = Some(permit);
+        for attempt in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let ports: Vec<Ports> = (0..size)
+                .map(|_| Ports {
+                    port: free_port(),
+                    internal_port: free_port(),
+                })
+                .collect();
+            let config_path = dir.path().join("config.json");
+            std::fs::write(&config_path, config_json_on(host, &ports)).expect("write config");
+            let mut cluster = Cluster {
+                dir,
+                config_path,
+                ports,
+                nodes: (0..size).map(|_| None).collect(),
+                extra_flags: flags_all.clone(),
+                permit: permit.take(),
+            };
+            for index in 0..size {
+                cluster.spawn(index);
+            }
+            if cluster.wait_all_up(LEADER_DEADLINE) {
+                return cluster;
+            }
+            cluster.kill_all();
+            let logs: String = (0..size)
+                .map(|index| std::fs::read_to_string(cluster.log_path(index)).unwrap_or_default())
+                .collect();
+            if !logs.contains("cannot bind") {
+                cluster.dump_logs();
+                panic!("a cluster of {size} did not start");
+            }
+            eprintln!("cluster start attempt {attempt}: a port was taken; retrying on others");
+            permit = cluster.permit.take();
+        }
+        panic!("could not start a cluster of {size}");
+    }
+
+    pub fn size(&self) -> usize {
+        self.ports.len()
+    }
+
+    pub fn log_path(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("node-{index}.log"))
+    }
+
+    pub fn data_dir(&self, index: usize) -> PathBuf {
+        self.dir.path().join(format!("data-{index}"))
+    }
+
+    /// Starts node `index` (again), appending its stderr to its log file.
+    pub fn spawn(&mut self, index: usize) {
+        assert!(
+            self.nodes[index].is_none(),
+            "node {index} is already running"
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(index))
+            .expect("log file");
+        let child = Command::new(BINARY)
+            .arg(&self.config_path)
+            .arg(index.to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(index))
+            .args(&self.extra_flags)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rrmq-node");
+        self.nodes[index] = Some(Node {
+            child,
+            stopped: false,
+        });
+    }
+
+    /// Waits until every running node answers `status`; false if one exited or time ran out.
+    pub fn wait_all_up(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        for index in 0..self.size() {
+            loop {
+                if let Some(node) = &mut self.nodes[index] {
+                    if let Ok(Some(status)) = node.child.try_wait() {
+                        eprintln!("node {index} exited early: {status}");
+                        return false;
+                    }
+                }
+                if self.status(index, Duration::from_millis(500)).is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut node) = self.nodes[index].take() {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+
+    pub fn kill_all(&mut self) {
+        for index in 0..self.size() {
+            self.kill(index);
+        }
+    }
+
+    pub fn signal(&mut self, index: usize, signal: libc::c_int) {
+        let node = self.nodes[index].as_mut().expect("node running");
+        let pid = node.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        let result = unsafe { libc::kill(pid, signal) };
+        assert_eq!(result, 0, "kill({pid}, {signal})");
+        if signal == libc::SIGSTOP {
+            node.stopped = true;
+        } else if signal == libc::SIGCONT {
+            node.stopped = false;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit; `None` if it did not exit within `within`.
+    pub fn terminate(&mut self, index: usize, within: Duration) -> Option<(ExitStatus, Duration)> {
+        self.signal(index, libc::SIGTERM);
+        let started = Instant::now();
+        let node = self.nodes[index].as_mut().expect("node running");
+        while started.elapsed() < within {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                self.nodes[index] = None;
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    pub fn is_running(&self, index: usize) -> bool {
+        self.nodes[index].as_ref().is_some_and(|node| !node.stopped)
+    }
+
+    pub fn client(&self, index: usize) -> Client {
+        Client::connect(self.ports[index].port)
+    }
+
+    /// The node's v2 status, or None if it did not answer in time.
+    pub fn status(&self, index: usize, within: Duration) -> Option<Value> {
+        let mut client = self.client(index);
+        client.call_with_timeout(
+            Wire::MsgPack,
+            &json!({"type": "status", "method": "GET", "v": 2}),
+            within,
+        )
+    }
+
+    /// Polls until exactly one running node is leader and every running node that answers
+    /// agrees on its term. Returns its index and term.
+    pub fn wait_for_leader(&self, within: Duration) -> (usize, u64) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(found) = self.leader_now() {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {within:?}; statuses: {:?}",
+                self.statuses()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn statuses(&self) -> Vec<Option<Value>> {
+        (0..self.size())
+            .map(|index| {
+                if self.is_running(index) {
+                    self.status(index, Duration::from_millis(1000))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// One leader among the running nodes, all of which answer and agree on the term.
+    pub fn leader_now(&self) -> Option<(usize, u64)> {
+        let statuses = self.statuses();
+        let mut leaders = Vec::new();
+        let mut terms = Vec::new();
+        for (index, status) in statuses.iter().enumerate() {
+            if !self.is_running(index) {
+                continue;
+            }
+            let status = status.as_ref()?;
+            let term = status["term"].as_u64()?;
+            terms.push(term);
+            if status["role"] == "Leader" {
+                leaders.push((index, term));
+            }
+        }
+        match leaders.as_slice() {
+            [(index, term)] if terms.iter().all(|other| other == term) => Some((*index, *term)),
+            _ => None,
+        }
+    }
+
+    /// Prints the tail of every node's log (on failure).
+    pub fn dump_logs(&self) {
+        for index in 0..self.size() {
+            let mut text = String::new();
+            if let Ok(mut file) = File::open(self.log_path(index)) {
+                let length = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+                let _ = file.seek(SeekFrom::Start(length.saturating_sub(6000)));
+                let _ = file.read_to_string(&mut text);
+            }
+            eprintln!("---- node {index} log (tail) ----\n{text}");
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for index in 0..self.size() {
+            if self.nodes[index].as_ref().is_some_and(|node| node.stopped) {
+                self.signal(index, libc::SIGCONT);
+            }
+        }
+        self.kill_all();
+    }
+}
+
+// ---- Wire-level client ----------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    MsgPack,
+    Json,
+}
+
+/// A DEALER that talks like REQ (empty delimiter, one body frame), but can give up on a
+/// request without wedging: after a timeout it reconnects, so a late reply cannot be taken
+/// for the next request's.
+pub struct Client {
+    context: zmq::Context,
+    socket: zmq::Socket,
+    port: u16,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let context = zmq::Context::new();
+        let socket = Client::socket(&context, port);
+        Client {
+            context,
+            socket,
+            port,
+        }
+    }
+
+    fn socket(context: &zmq::Context, port: u16) -> zmq::Socket {
+        let socket = context.socket(zmq::DEALER).expect("socket");
+        socket.set_linger(0).expect("linger");
+        socket
+            .connect(&format!("tcp://127.0.0.1:{port}"))
+            .expect("connect");
+        socket
+    }
+
+    fn reconnect(&mut self) {
+        self.socket = Client::socket(&self.context, self.port);
+    }
+
+    /// Sends raw frames (after the empty delimiter) and returns the reply's frames after the
+    /// delimiter, or None on timeout.
+    pub fn raw(&mut self, body_frames: &[&[u8]], within: Duration) -> Option<Vec<Vec<u8>>> {
+        let mut frames: Vec<&[u8]> = vec![b""];
+        frames.extend_from_slice(body_frames);
+        self.socket.send_multipart(frames, 0).expect("send");
+        if self
+            .socket
+            .poll(zmq::POLLIN, within.as_millis() as i64)
+            .expect("poll")
+            == 0
+        {
+            self.reconnect();
+            return None;
+        }
+        let mut reply = self.socket.recv_multipart(0).expect("recv");
+        assert_eq!(
+            reply.first().map(Vec::len),
+            Some(0),
+            "reply starts with the delimiter"
+        );
+        reply.remove(0);
+        Some(reply)
+    }
+
+    /// Sends `body` bytes; returns the one reply body frame.
+    pub fn bytes(&mut self, body: &[u8], within: Duration) -> Option<Vec<u8>> {
+        let mut reply = self.raw(&[body], within)?;
+        assert_eq!(reply.len(), 1, "exactly one body frame in the reply");
+        reply.pop()
+    }
+
+    /// Encodes `request` in `wire`, sends it, decodes the reply in the same encoding.
+    pub fn call_with_timeout(
+        &mut self,
+        wire: Wire,
+        request: &Value,
+        within: Duration,
+    ) -> Option<Value> {
+        let body = encode(wire, request);
+        let reply = self.bytes(&body, within)?;
+        Some(decode(wire, &reply))
+    }
+
+    /// As [`Client::call_with_timeout`], panicking if no reply comes within the deadline.
+    pub fn call(&mut self, wire: Wire, request: &Value) -> Value {
+        self.call_with_timeout(wire, request, REPLY_DEADLINE)
+            .unwrap_or_else(|| panic!("no reply to {request} within {REPLY_DEADLINE:?}"))
+    }
+}
+
+/// JSON values to MessagePack: objects become maps with string keys, `{"$bin": [..]}`
+/// becomes a binary.
+pub fn to_msgpack(value: &Value) -> rmpv::Value {
+    match value {
+        Value::Null => rmpv::Value::Nil,
+        Value::Bool(flag) => rmpv::Value::Boolean(*flag),
+        Value::Number(number) => {
+            if let Some(unsigned) = number.as_u64() {
+                rmpv::Value::from(unsigned)
+            } else if let Some(signed) = number.as_i64() {
+                rmpv::Value::from(signed)
+            } else {
+                rmpv::Value::from(number.as_f64().expect("a number"))
+            }
+        }
+        Value::String(text) => rmpv::Value::from(text.as_str()),
+        Value::Array(items) => rmpv::Value::Array(items.iter().map(to_msgpack).collect()),
+        Value::Object(map) => {
+            if let (1, Some(Value::Array(bytes))) = (map.len(), map.get("$bin")) {
+                return rmpv::Value::Binary(
+                    bytes
+                        .iter()
+                        .map(|byte| byte.as_u64().expect("byte") as u8)
+                        .collect(),
+                );
+            }
+            rmpv::Value::Map(
+                map.iter()
+                    .map(|(key, value)| (rmpv::Value::from(key.as_str()), to_msgpack(value)))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// MessagePack to JSON for comparison (maps compare regardless of key order). Binaries
+/// become `{"$bin": [..]}`; a non-string key fails the test.
+pub fn from_msgpack(value: &rmpv::Value) -> Value {
+    match value {
+        rmpv::Value::Nil => Value::Null,
+        rmpv::Value::Boolean(flag) => Value::Bool(*flag),
+        rmpv::Value::Integer(integer) => {
+            if let Some(unsigned) = integer.as_u64() {
+                json!(unsigned)
+            } else {
+                json!(integer.as_i64().expect("integer"))
+            }
+        }
+        rmpv::Value::F32(float) => json!(float),
+        rmpv::Value::F64(float) => json!(float),
+        rmpv::Value::String(text) => {
+            Value::String(text.as_str().expect("UTF-8 string in reply").to_string())
+        }
+        rmpv::Value::Binary(bytes) => json!({ "$bin": bytes }),
+        rmpv::Value::Array(items) => Value::Array(items.iter().map(from_msgpack).collect()),
+        rmpv::Value::Map(pairs) => Value::Object(
+            pairs
+                .iter()
+                .map(|(key, value)| {
+                    let key = key
+                        .as_str()
+                        .expect("reply map keys are strings")
+                        .to_string();
+                    (key, from_msgpack(value))
+                })
+                .collect(),
+        ),
+        rmpv::Value::Ext(kind, _) => panic!("unexpected ext type {kind} in reply"),
+    }
+}
+
+pub fn encode(wire: Wire, value: &Value) -> Vec<u8> {
+    match wire {
+        Wire::Json => serde_json::to_vec(value).expect("JSON"),
+        Wire::MsgPack => {
+            let mut bytes = Vec::new();
+            rmpv::encode::write_value(&mut bytes, &to_msgpack(value)).expect("MessagePack");
+            bytes
+        }
+    }
+}
+
+pub fn decode(wire: Wire, body: &[u8]) -> Value {
+    match wire {
+        Wire::Json => serde_json::from_slice(body)
+            .unwrap_or_else(|error| panic!("reply is not JSON ({error}): {body:?}")),
+        Wire::MsgPack => {
+            let mut reader = body;
+            let value = rmpv::decode::read_value(&mut reader)
+                .unwrap_or_else(|error| panic!("reply is not MessagePack ({error}): {body:?}"));
+            assert!(reader.is_empty(), "trailing bytes after the reply");
+            from_msgpack(&value)
+        }
+    }
+}
+
+/// A reply with `error.message` replaced by `"*"`: messages are for humans, codes for tests.
+pub fn without_error_message(mut reply: Value) -> Value {
+    if let Some(error) = reply.get_mut("error").and_then(Value::as_object_mut) {
+        if error.contains_key("message") {
+            assert!(
+                error["message"]
+                    .as_str()
+                    .is_some_and(|message| !message.is_empty()),
+                "error.message must be a non-empty string: {error:?}"
+            );
+            error.insert("message".into(), json!("*"));
+        }
+    }
+    reply
+}
+
+/// Runs `rrmq-node` with `args` in `dir` and returns (exit status, stderr), killing it if it
+/// has not exited within `within`.
+pub fn run_to_exit(dir: &Path, args: &[&str], within: Duration) -> (Option<ExitStatus>, String) {
+    let stderr_path = dir.join(format!("stderr-{}.txt", rand::random::<u32>()));
+    let stderr = File::create(&stderr_path).expect("stderr file");
+    let mut child = Command::new(BINARY)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    (status, text)
+}

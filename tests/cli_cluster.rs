@@ -132,7 +132,7 @@ fn rrmq_cluster_runs_a_usable_cluster_and_stops_it_on_sigterm() {
         rest.push(line);
     }
     assert!(
-        rest.iter().any(|line| line.starts_with("cluster stopped")),
+        rest.iter().any(|line| line == "cluster stopped"),
         "{rest:#?}"
     );
 }

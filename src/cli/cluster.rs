@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{parse_duration, CliError};
-use crate::client::cluster_file::ClusterConfig;
 use crate::client::{Client, ClientOptions};
+use crate::config::{ClusterConfig, FsyncMode};
 
 /// How long stopped nodes get to exit after SIGTERM before they are killed. A node exits
 /// within about a second (PROTOCOL.md §7); this leaves room for a loaded machine.
@@ -41,25 +41,10 @@ pub struct ClusterArgs {
     pub data_root: PathBuf,
     /// Passed to every node: fsync before acknowledging (always) or leave it to the OS (never)
     #[arg(long, value_enum)]
-    pub fsync: Option<FsyncPolicy>,
+    pub fsync: Option<FsyncMode>,
     /// How long to wait for the first leader before saying there is none yet
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub leader_wait: Duration,
-}
-
-#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum FsyncPolicy {
-    Always,
-    Never,
-}
-
-impl FsyncPolicy {
-    fn as_str(self) -> &'static str {
-        match self {
-            FsyncPolicy::Always => "always",
-            FsyncPolicy::Never => "never",
-        }
-    }
 }
 
 /// One started node.

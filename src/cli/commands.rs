@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 use serde_json::json;
 
 use super::{CliError, Command, GlobalOptions, TopicCommand};
-use crate::client::cluster_file::ClusterConfig;
 use crate::client::{Client, ClientError, ClientOptions, NodeAddress, ATTEMPT_TIMEOUT_DEFAULT};
+use crate::config::ClusterConfig;
 use crate::protocol::{Payload, StatusReport};
 
 pub(super) fn run(

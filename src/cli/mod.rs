@@ -16,7 +16,7 @@ mod cluster;
 mod commands;
 mod duration;
 
-pub use cluster::{ClusterArgs, FsyncPolicy};
+pub use cluster::ClusterArgs;
 pub use duration::parse_duration;
 
 use std::ffi::OsString;
@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::client::cluster_file::ConfigError;
 use crate::client::{ClientError, NodeAddress};
+use crate::config::ConfigError;
 
 /// Success.
 pub const EXIT_OK: u8 = 0;

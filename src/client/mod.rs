@@ -26,8 +26,6 @@
 //! `seq` for a retry, or wait without a deadline.
 
 mod address;
-// TEMPORARY until crate::config lands in main.
-pub mod cluster_file;
 #[cfg(test)]
 mod tests;
 
@@ -35,11 +33,11 @@ pub use address::{AddressError, NodeAddress};
 
 use std::time::{Duration, Instant};
 
+use crate::config::ClusterConfig;
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
-    Payload, Reply, ReplyDecodeError, Request, SessionKey, StatusReport,
+    Payload, Reply, ReplyDecodeError, Request, SessionKey, StatsReport, StatusReport,
 };
-use cluster_file::ClusterConfig;
 
 /// How long one attempt waits for a reply before the client tries elsewhere.
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -164,6 +162,9 @@ pub enum ClientError {
         node: NodeAddress,
         source: ReplyDecodeError,
     },
+    /// A per-node report of the wrong kind.
+    #[error("unexpected reply to {operation}: {detail}")]
+    MismatchedReply { operation: String, detail: String },
     #[error("{node}: unexpected reply to {operation}: {detail}")]
     UnexpectedReply {
         node: NodeAddress,
@@ -327,56 +328,69 @@ impl Client {
     /// Asks one node for its status: one attempt, bounded by the attempt timeout, no retry
     /// elsewhere (every node answers status, and the caller asked about this one).
     pub fn status_of(&mut self, node: &NodeAddress) -> Result<StatusReport, ClientError> {
-        let index = self.index_of(node).unwrap_or_else(|| {
-            self.addresses.push(node.clone());
-            self.sockets.push(None);
-            self.addresses.len() - 1
-        });
-        let mut results = self.status_of_indexes(&[index]);
-        results
-            .pop()
-            .expect("one result per index asked")
-            .map(|(_, status)| status)
+        let index = self.index_or_add(node);
+        let reply = self.ask_each(&[index], Operation::Status).pop();
+        status_from(reply.expect("one result per node asked"))
     }
 
     /// Asks every known node for its status at once, so unreachable nodes cost one attempt
     /// timeout in all. Results are in node order.
     pub fn status_all(&mut self) -> Vec<(NodeAddress, Result<StatusReport, ClientError>)> {
         let indexes: Vec<usize> = (0..self.addresses.len()).collect();
-        self.status_of_indexes(&indexes)
-            .into_iter()
-            .zip(indexes)
-            .map(|(result, index)| {
-                (
-                    self.addresses[index].clone(),
-                    result.map(|(_, status)| status),
-                )
-            })
+        let replies = self.ask_each(&indexes, Operation::Status);
+        self.addresses
+            .iter()
+            .cloned()
+            .zip(replies.into_iter().map(status_from))
             .collect()
     }
 
-    fn status_of_indexes(
+    /// Asks one node for the numbers of its applied state machine (with a digest, to compare
+    /// nodes): one attempt, like [`Client::status_of`].
+    pub fn stats_of(&mut self, node: &NodeAddress) -> Result<StatsReport, ClientError> {
+        let index = self.index_or_add(node);
+        let reply = self.ask_each(&[index], Operation::Stats).pop();
+        stats_from(reply.expect("one result per node asked"))
+    }
+
+    /// Asks every known node for its state machine's numbers at once. In node order.
+    pub fn stats_all(&mut self) -> Vec<(NodeAddress, Result<StatsReport, ClientError>)> {
+        let indexes: Vec<usize> = (0..self.addresses.len()).collect();
+        let replies = self.ask_each(&indexes, Operation::Stats);
+        self.addresses
+            .iter()
+            .cloned()
+            .zip(replies.into_iter().map(stats_from))
+            .collect()
+    }
+
+    /// Sends one request that every node answers about itself (status, stats) to each of
+    /// `indexes` at once and collects the replies for one attempt timeout. One result per
+    /// index, in order; an `Outcome` reply (e.g. `SHUTTING_DOWN`) becomes its error.
+    fn ask_each(
         &mut self,
         indexes: &[usize],
-    ) -> Vec<Result<(usize, StatusReport), ClientError>> {
+        operation: Operation,
+    ) -> Vec<Result<Reply, ClientError>> {
         let started = Instant::now();
         let until = started + self.attempt_timeout;
+        let name = describe(&operation);
         let tag = self.next_call_tag();
         let body = encode_request(
             &Request {
                 version: PROTOCOL_VERSION,
                 session: None,
-                operation: Operation::Status,
+                operation,
             },
             Encoding::MsgPack,
         );
-        let mut results: Vec<Option<Result<(usize, StatusReport), ClientError>>> =
+        let mut results: Vec<Option<Result<Reply, ClientError>>> =
             indexes.iter().map(|_| None).collect();
         for (slot, &index) in indexes.iter().enumerate() {
             if let Err(setback) = self.send(index, tag, &body) {
                 results[slot] = Some(Err(match setback {
                     SendError::Transport(error) => error,
-                    SendError::Full(problem) => self.timeout_error("status", started, problem),
+                    SendError::Full(problem) => self.timeout_error(&name, started, problem),
                 }));
             }
         }
@@ -387,29 +401,18 @@ impl Client {
                 .filter(|(_, result)| result.is_none())
                 .map(|(&index, _)| index)
                 .collect();
-            match self.receive(tag, until, |index, _| waiting.contains(&index)) {
-                Ok(Some((index, reply))) => {
-                    let result = match reply {
-                        Reply::Status(status) => Ok((index, status)),
-                        Reply::Outcome { outcome, .. } => {
-                            Err(self.unexpected(index, outcome, "", "status"))
-                        }
-                    };
-                    for (slot, &asked) in indexes.iter().enumerate() {
-                        if asked == index && results[slot].is_none() {
-                            results[slot] = Some(result);
-                            break;
-                        }
+            let (index, result) =
+                match self.receive(tag, until, |index, _| waiting.contains(&index)) {
+                    Ok(Some((index, Reply::Outcome { outcome, .. }))) => {
+                        (index, Err(self.unexpected(index, outcome, "", &name)))
                     }
-                }
-                Ok(None) => break,
-                Err((index, error)) => {
-                    for (slot, &asked) in indexes.iter().enumerate() {
-                        if asked == index && results[slot].is_none() {
-                            results[slot] = Some(Err(error));
-                            break;
-                        }
-                    }
+                    Ok(Some((index, reply))) => (index, Ok(reply)),
+                    Ok(None) => break,
+                    Err((index, error)) => (index, Err(error)),
+                };
+            if let Some(slot) = indexes.iter().position(|&asked| asked == index) {
+                if results[slot].is_none() {
+                    results[slot] = Some(result);
                 }
             }
         }
@@ -420,7 +423,7 @@ impl Client {
             .map(|(&index, result)| {
                 result.unwrap_or_else(|| {
                     Err(self.timeout_error(
-                        "status",
+                        &name,
                         started,
                         format!(
                             "no reply from {} within {attempt_timeout:.1?}",
@@ -495,11 +498,11 @@ impl Client {
                         refusals_in_round += 1;
                     }
                 },
-                Ok((node, Reply::Status(_))) => {
+                Ok((node, Reply::Status(_) | Reply::Stats(_))) => {
                     return Err(ClientError::UnexpectedReply {
                         node: self.addresses[node].clone(),
                         operation: name,
-                        detail: "a status report".to_string(),
+                        detail: "a status or stats report".to_string(),
                     })
                 }
                 Err(AttemptError::Fatal(error)) => return Err(error),
@@ -699,6 +702,15 @@ impl Client {
         self.addresses.iter().position(|known| known == node)
     }
 
+    /// The index of `node`, added to the known nodes if new (a caller may ask any node).
+    fn index_or_add(&mut self, node: &NodeAddress) -> usize {
+        self.index_of(node).unwrap_or_else(|| {
+            self.addresses.push(node.clone());
+            self.sockets.push(None);
+            self.addresses.len() - 1
+        })
+    }
+
     /// The index of the node a leader hint names, learning its address if new.
     fn learn(&mut self, leader: &LeaderInfo) -> Option<usize> {
         let node = NodeAddress::new(leader.ip.clone(), leader.port).ok()?;
@@ -842,6 +854,29 @@ fn describe(operation: &Operation) -> String {
         Operation::Put { topic, .. } => format!("put to '{topic}'"),
         Operation::Get { topic } => format!("get from '{topic}'"),
         Operation::Status => "status".to_string(),
+        Operation::Stats => "stats".to_string(),
+    }
+}
+
+fn status_from(reply: Result<Reply, ClientError>) -> Result<StatusReport, ClientError> {
+    match reply? {
+        Reply::Status(status) => Ok(status),
+        other => Err(report_mismatch("status", &other)),
+    }
+}
+
+fn stats_from(reply: Result<Reply, ClientError>) -> Result<StatsReport, ClientError> {
+    match reply? {
+        Reply::Stats(stats) => Ok(stats),
+        other => Err(report_mismatch("stats", &other)),
+    }
+}
+
+/// A node answered a status request with stats or the other way round.
+fn report_mismatch(operation: &str, reply: &Reply) -> ClientError {
+    ClientError::MismatchedReply {
+        operation: operation.to_string(),
+        detail: format!("{reply:?}"),
     }
 }
 

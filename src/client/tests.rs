@@ -583,3 +583,45 @@ fn empty_node_lists_and_zero_durations_are_refused() {
         assert!(result.is_err(), "case {number} accepted");
     }
 }
+
+#[test]
+fn stats_come_from_each_node_and_a_wrong_report_kind_is_an_error() {
+    let stats = StatsReport {
+        id: 0,
+        last_applied: 9,
+        digest: 0xdead_beef,
+        topic_count: 1,
+        message_count: 2,
+        payload_bytes: 3,
+        session_count: 4,
+    };
+    let node = {
+        let stats = stats.clone();
+        // Answers stats to everything, status requests included.
+        FakeNode::start(Box::new(move |number, _| {
+            vec![(number, Answer::Reply(Reply::Stats(stats.clone())))]
+        }))
+    };
+    let mut client = client(&[&node], 2_000, 10_000);
+
+    let all = client.stats_all();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].1.as_ref().ok(), Some(&stats));
+    assert_eq!(client.stats_of(&node.address).ok(), Some(stats));
+    let error = client
+        .status_of(&node.address)
+        .expect_err("stats is not status");
+    assert!(
+        matches!(error, ClientError::MismatchedReply { .. }),
+        "{error:?}"
+    );
+    let operations: Vec<Operation> = node
+        .requests()
+        .into_iter()
+        .map(|request| request.operation)
+        .collect();
+    assert_eq!(
+        operations,
+        [Operation::Stats, Operation::Stats, Operation::Status]
+    );
+}

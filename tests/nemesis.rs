@@ -62,10 +62,10 @@ fn config(name: &str, nodes: usize, kinds: &[FaultKind]) -> RunConfig {
         duration: Duration::from_secs(seconds()),
         seed: seed(),
         producers: 3,
-        consumers: 2,
+        consumers: 3,
         topics: 3,
         timing: Timing {
-            hold_ms: 500..4000,
+            hold_ms: 500..5000,
             gap_ms: 200..1500,
         },
         kinds: kinds.to_vec(),

@@ -26,7 +26,7 @@
 //! What it must not do: trust timing beyond the history's real-time order, or accept a
 //! history it cannot explain.
 
-use crate::history::{Event, Op, Outcome, Record};
+use crate::history::{Event, Op, Outcome, Phase, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 
@@ -52,6 +52,8 @@ pub struct Summary {
     pub never_completed: usize,
     pub consumed_in_drain: usize,
     pub faults: BTreeMap<String, usize>,
+    /// Time with a fault in force, from each start to its heal.
+    pub fault_ms: f64,
     pub status_samples: usize,
     pub max_term: u64,
     pub leaders_seen: usize,
@@ -69,7 +71,7 @@ impl Summary {
         format!(
             "puts: {} ok, {} failed, {} unknown; gets: {} messages ({} in the drain), {} empty, \
              {} failed, {} unknown; {} never completed\n\
-             faults ({}): {}\n\
+             faults ({}, in force {:.1} s): {}\n\
              status samples: {}, terms up to {}, {} leaderships seen; recovery after the last \
              heal: {}; history spans {:.1} s",
             self.puts_ok,
@@ -82,6 +84,7 @@ impl Summary {
             self.gets_unknown,
             self.never_completed,
             self.faults.values().sum::<usize>(),
+            self.fault_ms / 1000.0,
             faults.join(", "),
             self.status_samples,
             self.max_term,
@@ -541,13 +544,24 @@ fn summary(records: &[Record], operations: &Operations) -> Summary {
         }
     }
     let mut leaderships: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut fault_started_ms: Option<f64> = None;
     for record in records {
         match &record.event {
             Event::Nemesis {
-                phase: crate::history::Phase::Start,
+                phase: Phase::Start,
                 kind,
                 ..
-            } => *summary.faults.entry(kind.clone()).or_default() += 1,
+            } => {
+                *summary.faults.entry(kind.clone()).or_default() += 1;
+                fault_started_ms = Some(record.t_ms);
+            }
+            Event::Nemesis {
+                phase: Phase::Heal, ..
+            } => {
+                if let Some(started) = fault_started_ms.take() {
+                    summary.fault_ms += record.t_ms - started;
+                }
+            }
             Event::Status {
                 node, role, term, ..
             } => {

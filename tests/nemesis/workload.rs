@@ -21,8 +21,15 @@ use rrmq::protocol::Payload;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// Options for the workload's clients: patient enough that most calls outlast a fault (an
-/// unknown outcome weakens the checks), bounded so a worker always comes back.
+/// How long a patient worker's call may take: longer than most faults, so its outcomes are
+/// known (an unknown outcome weakens the checks), bounded so a worker always comes back.
+pub const PATIENT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long an impatient worker's call may take: shorter than many faults, so that unknown
+/// outcomes, abandoned retries and late duplicates of them are exercised too.
+pub const IMPATIENT_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// Options for the workload's clients, with the patient deadline.
 pub fn client_options(ports: &[u16]) -> ClientOptions {
     let nodes = ports
         .iter()
@@ -31,7 +38,7 @@ pub fn client_options(ports: &[u16]) -> ClientOptions {
     ClientOptions {
         nodes,
         attempt_timeout: Duration::from_millis(1000),
-        deadline: Duration::from_secs(20),
+        deadline: PATIENT_DEADLINE,
     }
 }
 

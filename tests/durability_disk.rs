@@ -351,3 +351,76 @@ fn a_flipped_byte_inside_the_log_stops_the_node_with_one_line_and_the_advice_wor
     let stats = cluster.wait_converged(applied + 1, Duration::from_secs(30));
     assert_eq!(stats["message_count"], json!(31), "{stats}");
 }
+
+#[test]
+fn a_leader_whose_disk_fills_lets_the_cluster_move_on_without_losing_anything() {
+    const MESSAGE_BYTES: usize = 16 * 1024;
+    const PUTS_MAX: usize = 400;
+    let mut cluster = Cluster::start_with(3, DURABLE);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    // Node 0 moves onto a 1 MiB tmpfs (and catches up there), then must become leader.
+    cluster.kill(0);
+    let data_dir = cluster.data_dir(0);
+    std::fs::remove_dir_all(&data_dir).expect("remove the first data dir");
+    let tmpfs = Tmpfs::mount(&data_dir, "1m");
+    cluster.spawn(0);
+    assert!(cluster.wait_all_up(LEADER_DEADLINE), "node 0 answers");
+    let mut writer = SessionClient::new(&cluster, "writer");
+    let reply = writer.call_ok(&create_topic_request("t"), REPLY_DEADLINE);
+    assert_eq!(reply["success"], true, "{reply}");
+    for attempt in 0.. {
+        let (leader, _) = cluster.wait_for_leader(LEADER_DEADLINE);
+        if leader == 0 {
+            break;
+        }
+        assert!(attempt < 20, "node 0 never became leader");
+        cluster.kill(leader);
+        cluster.wait_for_leader(LEADER_DEADLINE);
+        cluster.spawn(leader);
+        assert!(
+            cluster.wait_all_up(LEADER_DEADLINE),
+            "node {leader} restarts"
+        );
+    }
+
+    // Writes go on through the disk filling up: the others elect a new leader, and the
+    // retries (same client_id/seq) find it.
+    let padding = "x".repeat(MESSAGE_BYTES);
+    let mut acked = Vec::new();
+    while !cluster.log(0).contains("storage failed") {
+        assert!(acked.len() < PUTS_MAX, "node 0's disk never filled");
+        let message = format!("m{:04}-{padding}", acked.len());
+        let reply = writer.call_ok(&put_request("t", &message), Duration::from_secs(60));
+        assert_eq!(reply["success"], true, "{}: {reply}", &message[..5]);
+        acked.push(message);
+    }
+    for number in 0..5 {
+        let message = format!("after-{number}");
+        let reply = writer.call_ok(&put_request("t", &message), Duration::from_secs(60));
+        assert_eq!(reply["success"], true, "{message}: {reply}");
+        acked.push(message);
+    }
+    assert_ne!(writer.target, 0, "a new leader took over");
+    assert!(cluster.is_alive(0), "node 0 did not exit");
+    let status = cluster
+        .status(0, REPLY_DEADLINE)
+        .expect("node 0 answers status");
+    eprintln!("node 0 after its disk filled: {status}");
+    assert_eq!(status["role"], "Follower", "it does not claim to lead");
+    assert!(status.get("leader").is_none(), "nor names a leader");
+
+    // Space comes back: node 0 restarts, catches up, and nothing was lost or doubled.
+    tmpfs.resize("64m");
+    cluster.kill(0);
+    cluster.spawn(0);
+    assert!(cluster.wait_all_up(LEADER_DEADLINE), "node 0 restarts");
+    let stats = cluster.wait_converged(1, Duration::from_secs(30));
+    assert_eq!(stats["message_count"], json!(acked.len()), "{stats}");
+    let drained = SessionClient::new(&cluster, "drainer").drain("t", DRAIN_DEADLINE);
+    assert!(
+        drained == acked,
+        "exactly the acknowledged messages, in order"
+    );
+    drop(cluster);
+    drop(tmpfs);
+}

@@ -789,8 +789,14 @@ impl SessionClient {
         let seq = self.seq;
         self.call(request, Instant::now() + within)
             .unwrap_or_else(|| {
+                let mut shown = request.to_string();
+                if shown.len() > 200 {
+                    let cut = (0..=200).rev().find(|at| shown.is_char_boundary(*at));
+                    shown.truncate(cut.unwrap_or(0));
+                    shown.push_str("...");
+                }
                 panic!(
-                    "{}: no definite reply to seq {seq} {request} within {within:?}",
+                    "{}: no definite reply to seq {seq} {shown} within {within:?}",
                     self.client_id
                 )
             })

@@ -2,20 +2,20 @@
 //! cluster with `--fsync always`, a random node (often the leader) is SIGKILLed at random
 //! moments and restarted, many times. At the end the nodes agree, and nothing acknowledged
 //! is lost or duplicated: every acknowledged PUT is popped exactly once, in each writer's
-//! order. Clients retry with the same `(client_id, seq)`, so a retry cannot duplicate; a
-//! request abandoned at its deadline is "unknown" and may appear at most once.
+//! order. The writers and consumers are the client library (`rrmq::client`), which retries
+//! with the same `(client_id, seq)`, so a retry cannot duplicate; a request abandoned at its
+//! deadline is "unknown" and may appear at most once.
 //!
 //! Knobs: `RRMQ_CRASH_ROUNDS` (kills, default 12), `RRMQ_CRASH_SEED` (replays the schedule
 //! of kills; the timing of the machine is not replayed).
 
 mod common;
 
-use common::{
-    create_topic_request, error_code, get_request, put_request, Cluster, SessionClient,
-    LEADER_DEADLINE, REPLY_DEADLINE,
-};
+use common::{create_topic_request, Cluster, SessionClient, LEADER_DEADLINE, REPLY_DEADLINE};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rrmq::client::{Client, ClientError, ClientOptions, NodeAddress};
+use rrmq::protocol::Payload;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,8 @@ const CONSUMERS: usize = 2;
 const ROUNDS_DEFAULT: usize = 12;
 /// How long one request may be retried before it is abandoned as "unknown".
 const CALL_DEADLINE: Duration = Duration::from_secs(60);
+/// How long one attempt waits before the client tries another node.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long the cluster may take to make progress again after a kill.
 const PROGRESS_DEADLINE: Duration = Duration::from_secs(40);
 
@@ -75,6 +77,20 @@ fn assert_writer_order(what: &str, sequence: &[String]) {
     }
 }
 
+/// A client library instance with this test's patience.
+fn library_client(ports: &[u16]) -> Client {
+    let nodes = ports
+        .iter()
+        .map(|port| NodeAddress::new("127.0.0.1", *port).expect("a valid address"))
+        .collect();
+    let options = ClientOptions {
+        attempt_timeout: ATTEMPT_TIMEOUT,
+        deadline: CALL_DEADLINE,
+        ..ClientOptions::new(nodes)
+    };
+    Client::connect(options).expect("client options")
+}
+
 fn writer_thread(
     ports: Vec<u16>,
     writer: usize,
@@ -82,24 +98,25 @@ fn writer_thread(
     acked_count: Arc<AtomicUsize>,
     outcomes: Arc<Mutex<Outcomes>>,
 ) {
-    let mut client = SessionClient::with_ports(ports, &format!("writer-{writer}"));
-    client.attempt_timeout = Duration::from_millis(1000);
+    let mut client = library_client(&ports);
     let mut number = 0;
     while !stop.load(Ordering::SeqCst) {
         let message = format!("w{writer}-{number:05}");
         number += 1;
-        let reply = client.call(&put_request("t", &message), Instant::now() + CALL_DEADLINE);
+        let result = client.put("t", Payload::Text(message.clone()));
         let mut outcomes = outcomes.lock().unwrap_or_else(|poison| poison.into_inner());
-        match reply {
-            None => {
-                eprintln!("{message}: abandoned, outcome unknown");
-                outcomes.unknown.insert(message);
-            }
-            Some(reply) if reply["success"] == true => {
+        match result {
+            Ok(()) => {
                 outcomes.acked.insert(message);
                 acked_count.fetch_add(1, Ordering::SeqCst);
             }
-            Some(reply) => panic!("{message}: unexpected reply {reply}"),
+            // Far fewer clients than the session limit: the cluster must remember them all.
+            Err(error @ ClientError::SessionExpired { .. }) => panic!("{message}: {error}"),
+            Err(error) if error.is_outcome_unknown() => {
+                eprintln!("{message}: outcome unknown: {error}");
+                outcomes.unknown.insert(message);
+            }
+            Err(error) => panic!("{message}: {error}"),
         }
     }
 }
@@ -110,25 +127,22 @@ fn consumer_thread(
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Outcomes>>,
 ) {
-    let mut client = SessionClient::with_ports(ports, &format!("consumer-{consumer}"));
-    client.attempt_timeout = Duration::from_millis(1000);
+    let mut client = library_client(&ports);
     while !stop.load(Ordering::SeqCst) {
-        let reply = client.call(&get_request("t"), Instant::now() + CALL_DEADLINE);
+        let result = client.get("t");
         let mut outcomes = outcomes.lock().unwrap_or_else(|poison| poison.into_inner());
-        match reply {
-            None => {
-                eprintln!("consumer {consumer}: a GET abandoned, outcome unknown");
-                outcomes.pops_abandoned += 1;
-            }
-            Some(reply) if reply["success"] == true => {
-                let message = reply["message"].as_str().expect("a text message");
-                outcomes.popped[consumer].push(message.to_string());
-            }
-            Some(reply) if error_code(&reply) == Some("EMPTY") => {
+        match result {
+            Ok(Some(Payload::Text(message))) => outcomes.popped[consumer].push(message),
+            Ok(Some(Payload::Binary(bytes))) => panic!("a binary message {bytes:?}"),
+            Ok(None) => {
                 drop(outcomes);
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Some(reply) => panic!("consumer: unexpected reply {reply}"),
+            Err(error @ (ClientError::Timeout { .. } | ClientError::Unavailable { .. })) => {
+                eprintln!("consumer {consumer}: a GET abandoned, outcome unknown: {error}");
+                outcomes.pops_abandoned += 1;
+            }
+            Err(error) => panic!("consumer {consumer}: {error}"),
         }
     }
 }

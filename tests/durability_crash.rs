@@ -240,7 +240,10 @@ fn random_sigkills_under_load_lose_and_duplicate_nothing_acknowledged() {
 
     eprintln!("load stopped after {:?}", started.elapsed());
     cluster.wait_for_leader(LEADER_DEADLINE);
-    let stats = cluster.wait_converged(1, Duration::from_secs(60));
+    let stats = cluster.wait_converged(
+        cluster.leader_applied(LEADER_DEADLINE),
+        Duration::from_secs(60),
+    );
     eprintln!("converged after {:?}", started.elapsed());
     let drained = SessionClient::new(&cluster, "drainer").drain("t", Duration::from_secs(120));
     let outcomes = outcomes.lock().unwrap_or_else(|poison| poison.into_inner());

@@ -300,7 +300,10 @@ fn a_flipped_byte_inside_the_log_stops_the_node_with_one_line_and_the_advice_wor
         let reply = writer.call_ok(&put_request("t", message), REPLY_DEADLINE);
         assert_eq!(reply["success"], true, "{reply}");
     }
-    let stats = cluster.wait_converged(1, Duration::from_secs(30));
+    let stats = cluster.wait_converged(
+        cluster.leader_applied(LEADER_DEADLINE),
+        Duration::from_secs(30),
+    );
     let applied = stats["last_applied"].as_u64().expect("applied");
 
     let follower = (0..3).find(|index| *index != leader).expect("a follower");
@@ -414,7 +417,10 @@ fn a_leader_whose_disk_fills_lets_the_cluster_move_on_without_losing_anything() 
     cluster.kill(0);
     cluster.spawn(0);
     assert!(cluster.wait_all_up(LEADER_DEADLINE), "node 0 restarts");
-    let stats = cluster.wait_converged(1, Duration::from_secs(30));
+    let stats = cluster.wait_converged(
+        cluster.leader_applied(LEADER_DEADLINE),
+        Duration::from_secs(30),
+    );
     assert_eq!(stats["message_count"], json!(acked.len()), "{stats}");
     let drained = SessionClient::new(&cluster, "drainer").drain("t", DRAIN_DEADLINE);
     assert!(

@@ -55,7 +55,7 @@ fn kill_everything_and_restart(size: usize) {
     );
     cluster.wait_for_leader(LEADER_DEADLINE);
     // Every node replays the same log: same state at the same index, before anything else.
-    let stats = cluster.wait_converged(1, CONVERGE_DEADLINE);
+    let stats = cluster.wait_converged(cluster.leader_applied(LEADER_DEADLINE), CONVERGE_DEADLINE);
     assert_eq!(
         stats["message_count"],
         json!(PUT - POPPED_BEFORE),
@@ -95,7 +95,8 @@ fn a_leader_killed_while_the_others_take_writes_catches_up_after_restart() {
     cluster.kill(victim);
     let during = numbered("during", 0..60);
     put_all(&mut writer, "t", &during);
-    let stats_without = cluster.wait_converged(1, CONVERGE_DEADLINE);
+    let stats_without =
+        cluster.wait_converged(cluster.leader_applied(LEADER_DEADLINE), CONVERGE_DEADLINE);
 
     cluster.spawn(victim);
     assert!(

@@ -199,7 +199,7 @@ fn a_put_whose_leader_is_killed_on_receipt_exists_once_after_retrying_at_the_new
     }
     eprintln!("first attempt committed before the retry, per round: {committed_before_retry:?}");
 
-    let stats = cluster.wait_converged(1, CONVERGE_DEADLINE);
+    let stats = cluster.wait_converged(cluster.leader_applied(LEADER_DEADLINE), CONVERGE_DEADLINE);
     assert_eq!(stats["message_count"], json!(DELAYS_MS.len()), "{stats}");
     let drained = SessionClient::new(&cluster, "drainer").drain("t", RETRY_DEADLINE);
     let expected: Vec<String> = (0..DELAYS_MS.len())
@@ -240,7 +240,7 @@ fn sessions_survive_a_full_cluster_restart() {
         without_leader(get_reply),
         "the original GET reply, after the restart"
     );
-    let stats = cluster.wait_converged(1, CONVERGE_DEADLINE);
+    let stats = cluster.wait_converged(cluster.leader_applied(LEADER_DEADLINE), CONVERGE_DEADLINE);
     assert_eq!(stats["message_count"], json!(1), "only b is left: {stats}");
     assert_eq!(stats["session_count"], json!(2), "{stats}");
     let next = retry(&mut reader, &get_request("t"), 2);

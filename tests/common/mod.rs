@@ -646,6 +646,31 @@ impl Cluster {
         }
     }
 
+    /// Waits for a leader, has it confirm its leadership with a linearizable read (so it has
+    /// applied everything committed before, its own term's first entry included), and returns
+    /// its `last_applied`: what every node must reach to have caught up.
+    pub fn leader_applied(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let (leader, _) = self.wait_for_leader(within);
+            let read = json!({"v": 2, "type": "topic", "method": "GET"});
+            let confirmed = self
+                .client(leader)
+                .call_with_timeout(Wire::MsgPack, &read, REPLY_DEADLINE)
+                .is_some_and(|reply| reply["success"] == true);
+            if confirmed {
+                if let Some(stats) = self.stats(leader, REPLY_DEADLINE) {
+                    return stats["last_applied"].as_u64().expect("last_applied");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader confirmed a read within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits for node `index` to exit by itself; `None` if it is still running after
     /// `within`. The node is then forgotten (reaped).
     pub fn wait_exit(&mut self, index: usize, within: Duration) -> Option<ExitStatus> {

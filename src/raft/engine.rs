@@ -1089,6 +1089,28 @@ impl Core {
                 if !relevant {
                     return;
                 }
+                if let RejectHint::LogTooShort {
+                    last_index: follower_last,
+                } = hint
+                {
+                    if follower_last < progress.match_index {
+                        // The follower lost entries it had acknowledged: its data dir was
+                        // wiped (the advice for a corrupt log) or `--fsync never` lost a
+                        // tail. Raft assumes logs never shrink; without this the leader
+                        // would never send below its old match index again and the
+                        // follower would stay empty forever. Its log is a prefix of what it
+                        // acknowledged, so it still matches up to its end.
+                        log::warn!(
+                            "node {} term {}: follower {follower} lost acknowledged entries \
+                             (its log ends at {follower_last}, it had acknowledged {}); \
+                             replicating them again",
+                            self.id,
+                            self.term,
+                            progress.match_index
+                        );
+                        progress.forget_match_above(follower_last);
+                    }
+                }
                 let next_index = match hint {
                     RejectHint::LogTooShort { last_index } => last_index.next(),
                     RejectHint::ConflictingTerm {
@@ -1452,6 +1474,46 @@ mod tests {
             cluster.cores[lagging].status().snapshot_index,
             applied.index
         );
+    }
+
+    #[test]
+    fn a_follower_that_lost_its_log_is_replicated_to_again() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        for number in 0..5u8 {
+            cluster.cores[leader]
+                .propose(Bytes::from(vec![number]))
+                .expect("leader accepts proposals");
+            cluster.settle();
+        }
+        // The follower's data dir is wiped while the leader keeps leading: it restarts empty.
+        let wiped = (leader + 1) % 3;
+        let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
+        cluster.cores[wiped] = Core::new(
+            NodeId(wiped as u64),
+            voters,
+            RaftConfig::default(),
+            RestoredState::default(),
+            99,
+        );
+        cluster.applied[wiped].clear();
+        let proposal = cluster.cores[leader]
+            .propose(Bytes::from_static(b"after"))
+            .expect("leader accepts proposals");
+        cluster.settle();
+        for _ in 0..2 * RaftConfig::default().heartbeat_ticks {
+            for core in &mut cluster.cores {
+                core.tick();
+            }
+            cluster.settle();
+        }
+        assert_eq!(cluster.cores[leader].role(), Role::Leader, "no election");
+        assert_eq!(
+            cluster.applied[wiped].last().map(Entry::id),
+            Some(proposal),
+            "the wiped follower applied everything again"
+        );
+        assert_eq!(cluster.applied[wiped], cluster.applied[leader]);
     }
 
     #[test]

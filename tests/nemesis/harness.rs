@@ -6,7 +6,8 @@
 //!
 //! Everything a run produces lives in the cluster's temp dir: `history.jsonl` and each
 //! node's `node-{i}.log` and `data-{i}/`. On a violation the dir is kept and its path
-//! printed with the violations and the history lines around them; the test then fails.
+//! printed with the violations and the history lines around them; the test then fails. The
+//! dir is also kept when the harness itself fails (its path is printed at the start).
 
 use crate::checker;
 use crate::common::Cluster;
@@ -53,6 +54,9 @@ pub fn run(config: &RunConfig) {
     let started = Instant::now();
     let mut cluster =
         Cluster::start_with(config.nodes, &["--fsync", "always", "--fault-injection"]);
+    // Kept unless the run passes: whatever fails (a check, or the harness itself), the
+    // history and the nodes' logs and data stay for a look.
+    cluster.dir.disable_cleanup(true);
     let history = History::create(&cluster.dir.path().join("history.jsonl"));
     println!(
         "nemesis {}: seed {} (rerun: RRMQ_NEMESIS_SEED={} RRMQ_NEMESIS_SECS={}), {} nodes, \
@@ -129,14 +133,14 @@ pub fn run(config: &RunConfig) {
             "nemesis {}: seed {}: no violation",
             config.name, config.seed
         );
+        cluster.dir.disable_cleanup(false);
         return;
     }
     let text = std::fs::read_to_string(history.path()).unwrap_or_default();
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let report = checker::render(&violations, &lines, 4);
     cluster.kill_all();
-    let replacement = tempfile::tempdir().expect("temp dir");
-    let kept = std::mem::replace(&mut cluster.dir, replacement).keep();
+    let kept = cluster.dir.path();
     panic!(
         "nemesis {}: seed {}: {} violations (checks: {:?}){report}\n\
          history and node logs kept in {} (history.jsonl, node-*.log, data-*/); rerun with \

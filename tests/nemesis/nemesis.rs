@@ -101,8 +101,10 @@ pub struct Nemesis<'a> {
     client: Client,
 }
 
-/// How long a node may take to accept a fault control request.
-const CONTROL_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a node may take to accept a fault control request, or to answer `status` after a
+/// restart. Generous: a restarted node replays its whole log (no compaction yet) before it
+/// answers anything, which after a long run takes many seconds in a debug build.
+const RESPONSE_DEADLINE: Duration = Duration::from_secs(60);
 
 impl<'a> Nemesis<'a> {
     pub fn new(
@@ -296,13 +298,46 @@ impl<'a> Nemesis<'a> {
         }
         for &node in &active.killed {
             self.cluster.spawn(node);
-            done.push(format!("restarted node {node}"));
+        }
+        for &node in &active.killed {
+            let restarted = Instant::now();
+            if self.wait_answering(node) {
+                done.push(format!(
+                    "restarted node {node} (answering after {} ms)",
+                    restarted.elapsed().as_millis()
+                ));
+            } else {
+                done.push(format!("restarted node {node} (NOT answering)"));
+                self.history.record(Event::Note {
+                    text: format!(
+                        "node {node} did not answer status within {RESPONSE_DEADLINE:?} of its \
+                         restart; see {}",
+                        self.cluster.log_path(node).display()
+                    ),
+                    problem: true,
+                });
+            }
         }
         self.history.record(Event::Nemesis {
             phase: Phase::Heal,
             kind: kind.name().to_string(),
             detail: done.join(", "),
         });
+    }
+
+    /// Polls `node` until it answers `status`; false if it does not within the deadline.
+    fn wait_answering(&self, node: usize) -> bool {
+        let deadline = Instant::now() + RESPONSE_DEADLINE;
+        while Instant::now() < deadline {
+            if self
+                .cluster
+                .status(node, Duration::from_millis(500))
+                .is_some()
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Tells every node which of its links are cut (an empty set heals them all).
@@ -328,7 +363,7 @@ impl<'a> Nemesis<'a> {
             "type": "fault", "method": "PUT", "v": 2,
             "drop_to": drop_to, "drop_from": drop_from,
         });
-        let deadline = Instant::now() + CONTROL_DEADLINE;
+        let deadline = Instant::now() + RESPONSE_DEADLINE;
         let mut client = WireClient::connect(self.cluster.ports[node].port);
         loop {
             let reply = client.call_with_timeout(Wire::MsgPack, &request, Duration::from_secs(1));
@@ -338,7 +373,7 @@ impl<'a> Nemesis<'a> {
                 None => assert!(
                     Instant::now() < deadline,
                     "node {node} did not acknowledge the fault control {request} within \
-                     {CONTROL_DEADLINE:?}"
+                     {RESPONSE_DEADLINE:?}"
                 ),
             }
         }

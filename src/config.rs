@@ -416,6 +416,13 @@ pub struct NodeArgs {
     #[arg(long, value_name = "COUNT", default_value_t = 10_000)]
     pub sessions_max: usize,
 
+    /// Restart after losing this node's data (its data dir was wiped, e.g. after corruption):
+    /// the node neither votes nor campaigns until it has caught up with a leader, so it
+    /// cannot help elect a leader that lacks entries it used to hold, nor vote twice in a
+    /// term. Needs a live leader (a majority of intact nodes).
+    #[arg(long)]
+    pub rejoin: bool,
+
     /// Log filter, e.g. `info` or `rrmq=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -436,6 +443,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub sessions_max: usize,
+    /// Abstain from elections until caught up (`--rejoin`).
+    pub rejoin: bool,
 }
 
 /// Largest message a node can be configured to accept: frames must fit comfortably in memory
@@ -551,6 +560,7 @@ impl NodeConfig {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             limits,
             sessions_max: args.sessions_max,
+            rejoin: args.rejoin,
         })
     }
 

@@ -11,6 +11,13 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rrmq::raft::RaftConfig;
 
+/// Raft §5.6 needs broadcast time well below the election timeout, or elections never
+/// finish: a vote request and its answer each wait for a disk write and a network trip. The
+/// fault phase may break that (it only checks safety); the liveness phase restores it, with
+/// a worst case round trip of `2 * (1 + 2) = 6` ticks against elections of 8 ticks or more.
+pub const CALM_DELAY_TICKS_MAX: u64 = 2;
+pub const CALM_STORAGE_DELAY_TICKS_MAX: u64 = 1;
+
 /// How the network misbehaves during the fault phase.
 #[derive(Clone, Debug)]
 pub struct NetworkFaults {
@@ -26,13 +33,14 @@ pub struct NetworkFaults {
 }
 
 impl NetworkFaults {
-    /// The healed network of the liveness phase: no partitions, drops or stale messages.
+    /// The healed network of the liveness phase: no partitions, drops or stale messages, and
+    /// quick enough that an election round trip fits in an election timeout.
     pub fn calm(&self) -> NetworkFaults {
         NetworkFaults {
             drop_chance: 0.0,
             duplicate_chance: 0.0,
             delay_ticks_min: 1,
-            delay_ticks_max: self.delay_ticks_max.min(3),
+            delay_ticks_max: self.delay_ticks_max.min(CALM_DELAY_TICKS_MAX),
             long_delay_chance: 0.0,
             long_delay_ticks_max: 0,
         }
@@ -63,6 +71,11 @@ pub struct Scenario {
     /// Extra payload bytes per command, at most (tiny `append_bytes_max` then splits batches).
     pub command_padding_bytes_max: usize,
     pub read_chance: f64,
+    /// Clients, each with its own idea of who leads.
+    pub client_count: usize,
+    /// Per request: chance that a client tries a random live node instead of the one it
+    /// believes is leader.
+    pub client_wander_chance: f64,
     pub transfer_chance: f64,
     pub fault_phase_ticks: u64,
     /// Crashed nodes left down during the liveness phase (at most a minority).
@@ -82,7 +95,7 @@ impl Scenario {
             inflight_appends_max: *pick(rng, &[1, 2, 4, 64]),
             pending_reads_max: *pick(rng, &[1, 4, 4096]),
             pre_vote: rng.gen_bool(0.8),
-            check_quorum: rng.gen_bool(0.8),
+            check_quorum: rng.gen_bool(0.5),
         };
         let delay_ticks_max = *pick(rng, &[1, 2, 4, 8]);
         let network = NetworkFaults {
@@ -110,14 +123,16 @@ impl Scenario {
             network,
             partition_chance: *pick(rng, &[0.0, 0.01, 0.03]),
             crash_chance: *pick(rng, &[0.0, 0.005, 0.02]),
-            restart_chance: *pick(rng, &[0.02, 0.1]),
-            crash_mid_ready_chance: *pick(rng, &[0.0, 0.002, 0.01]),
+            restart_chance: *pick(rng, &[0.02, 0.1, 0.5]),
+            crash_mid_ready_chance: *pick(rng, &[0.0, 0.002, 0.01, 0.05]),
             storage_delay_ticks_max,
             eager_ready_chance: *pick(rng, &[0.0, 0.5]),
             propose_chance: *pick(rng, &[0.1, 0.3, 0.6]),
             propose_burst_max: *pick(rng, &[1, 4]),
             command_padding_bytes_max: *pick(rng, &[0, 200]),
-            read_chance: *pick(rng, &[0.05, 0.3]),
+            read_chance: *pick(rng, &[0.05, 0.3, 0.8]),
+            client_count: *pick(rng, &[1, 3]),
+            client_wander_chance: *pick(rng, &[0.1, 0.4]),
             transfer_chance: *pick(rng, &[0.0, 0.01]),
             fault_phase_ticks: rng.gen_range(150..=400),
             nodes_left_down: if rng.gen_bool(0.3) {
@@ -136,14 +151,8 @@ impl Scenario {
     /// trip is all flow control allows).
     pub fn liveness_ticks_max(&self, log_length: u64) -> u64 {
         let elections = 40 * u64::from(self.raft.election_ticks_max);
-        let storage_delay_ticks_max = self
-            .storage_delay_ticks_max
-            .iter()
-            .max()
-            .copied()
-            .unwrap_or(0);
         let round_trip_ticks =
-            2 * self.network.calm().delay_ticks_max + storage_delay_ticks_max + 1;
+            2 * self.network.calm().delay_ticks_max + CALM_STORAGE_DELAY_TICKS_MAX + 1;
         elections + log_length * round_trip_ticks
     }
 }

@@ -5,8 +5,8 @@
 //! its `Ready`s, and every core's `check_invariants` runs. The checkers run after every call
 //! into a core (see `node.rs`).
 //!
-//! The fault phase proves safety. The liveness phase then heals the network, restarts all
-//! but at most a minority of the crashed nodes, and requires that within a bounded number of
+//! The fault phase proves safety. The liveness phase then heals the network, speeds up the
+//! disks, restarts all but at most a minority of the crashed nodes, and requires that within a bounded number of
 //! ticks a leader is elected and a fresh proposal is applied on every live node (TigerBeetle
 //! `src/vopr.zig`: a safety phase, then a liveness phase).
 
@@ -14,7 +14,7 @@ use super::checkers::Checkers;
 use super::client::{encode_command, ClientOracle};
 use super::network::Network;
 use super::node::SimNode;
-use super::scenario::Scenario;
+use super::scenario::{Scenario, CALM_STORAGE_DELAY_TICKS_MAX};
 use super::storage::DurableStorage;
 use super::trace::{error_name, CrashPoint, Event, Trace};
 use super::{property, Violation};
@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rrmq::raft::{NodeId, Role};
+use rrmq::raft::{NodeId, ProposeError, Role};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -55,6 +55,8 @@ pub struct Simulation {
     /// Off in the liveness phase: no more crashes there.
     pub(super) crashes_enabled: bool,
     pub(super) crash_count: u64,
+    /// Per client: the node it sends requests to (see `client_target`).
+    leader_guesses: Vec<Option<usize>>,
     /// How long the liveness phase took to converge.
     liveness_ticks: u64,
 }
@@ -77,6 +79,7 @@ impl Simulation {
                 role_seen: None,
             })
             .collect();
+        let leader_guesses = vec![None; scenario.client_count];
         Simulation {
             network: Network::new(scenario.network.clone()),
             checkers: Checkers::new(scenario.node_count),
@@ -89,6 +92,7 @@ impl Simulation {
             scenario,
             crashes_enabled: true,
             crash_count: 0,
+            leader_guesses,
             liveness_ticks: 0,
         }
     }
@@ -183,12 +187,12 @@ impl Simulation {
     }
 
     /// Replaces the partition: heal, isolate a node (often the leader), split the cluster
-    /// in two, or cut links in one direction only.
+    /// in two (often with the leader in the minority), or cut links in one direction only.
     fn change_partition(&mut self) {
         let count = self.nodes.len();
         let all: Vec<NodeId> = self.voters.clone();
         let mut cut = BTreeSet::new();
-        let description = match self.rng.gen_range(0..6) {
+        let description = match self.rng.gen_range(0..7) {
             0 => "healed".to_string(),
             choice @ (1 | 2) => {
                 let isolated = match self.leader_position() {
@@ -201,9 +205,18 @@ impl Simulation {
                 }
                 format!("n{isolated} isolated")
             }
-            3 => {
+            choice @ (3 | 4) => {
+                // A random split, or the leader cut off with a few followers: the classic
+                // stale leader that still hears from someone in its term.
                 let mut shuffled = all.clone();
                 shuffled.shuffle(&mut self.rng);
+                if let Some(leader) = self.leader_position().filter(|_| choice == 4) {
+                    let at = shuffled
+                        .iter()
+                        .position(|&id| id == all[leader])
+                        .expect("the leader is a voter");
+                    shuffled.swap(0, at);
+                }
                 let (minority, majority) = shuffled.split_at(self.rng.gen_range(1..=count / 2));
                 for &a in minority {
                     for &b in majority {
@@ -211,9 +224,9 @@ impl Simulation {
                         cut.insert((b, a));
                     }
                 }
-                format!("split {minority:?} | {majority:?}")
+                format!("split {} | {}", names(minority), names(majority))
             }
-            4 => {
+            5 => {
                 let node = all[self.rng.gen_range(0..count)];
                 let deaf = self.rng.gen_bool(0.5);
                 for &other in all.iter().filter(|&&other| other != node) {
@@ -251,14 +264,16 @@ impl Simulation {
         if self.rng.gen_bool(self.scenario.propose_chance) {
             let burst = self.rng.gen_range(1..=self.scenario.propose_burst_max);
             for _ in 0..burst {
-                if let Some(position) = self.client_target() {
-                    self.propose(position)?;
+                let client = self.rng.gen_range(0..self.leader_guesses.len());
+                if let Some(position) = self.client_target(client) {
+                    self.propose(Some(client), position)?;
                 }
             }
         }
         if self.rng.gen_bool(self.scenario.read_chance) {
-            if let Some(position) = self.client_target() {
-                self.read(position)?;
+            let client = self.rng.gen_range(0..self.leader_guesses.len());
+            if let Some(position) = self.client_target(client) {
+                self.read(client, position)?;
             }
         }
         if self.rng.gen_bool(self.scenario.transfer_chance) {
@@ -270,16 +285,47 @@ impl Simulation {
         Ok(())
     }
 
-    /// Clients mostly find the leader, but sometimes ask a follower or a stale leader.
-    fn client_target(&mut self) -> Option<usize> {
-        match self.leader_position() {
-            Some(leader) if self.rng.gen_bool(0.85) => Some(leader),
+    /// Each client sticks to the node it last saw accept a request, or that a refusal named
+    /// as leader, so a deposed leader that does not know it yet keeps getting work from some
+    /// clients (and grows a stale log suffix, and is asked for reads it must not confirm)
+    /// while others already use the new leader. Sometimes, and when it knows no leader, a
+    /// client tries a random live node.
+    fn client_target(&mut self, client: usize) -> Option<usize> {
+        let guess = self.leader_guesses[client].filter(|&position| self.nodes[position].is_up());
+        match guess {
+            Some(position) if !self.rng.gen_bool(self.scenario.client_wander_chance) => {
+                Some(position)
+            }
             _ => self.live_positions().choose(&mut self.rng).copied(),
         }
     }
 
-    /// Proposes a new command to node `position`; returns it if the core accepted it.
-    fn propose(&mut self, position: usize) -> Result<Option<u64>, Violation> {
+    /// What `client` learns from the answer to a request sent to `position`.
+    fn update_leader_guess(
+        &mut self,
+        client: Option<usize>,
+        position: usize,
+        refusal: Option<&ProposeError>,
+    ) {
+        let Some(client) = client else {
+            return;
+        };
+        match refusal {
+            None => self.leader_guesses[client] = Some(position),
+            Some(ProposeError::NotLeader { leader }) => {
+                self.leader_guesses[client] = leader.map(|leader| leader.0 as usize)
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `client` (if any) proposes a new command to node `position`; returns it if the core
+    /// accepted it.
+    fn propose(
+        &mut self,
+        client: Option<usize>,
+        position: usize,
+    ) -> Result<Option<u64>, Violation> {
         let command = self.clients.next_command();
         let padding = self
             .rng
@@ -298,11 +344,12 @@ impl Simulation {
                 outcome: outcome.as_ref().map(|&entry| entry).map_err(error_name),
             },
         );
+        self.update_leader_guess(client, position, outcome.as_ref().err());
         self.after_step(position)?;
         Ok(outcome.ok().map(|_| command))
     }
 
-    fn read(&mut self, position: usize) -> Result<(), Violation> {
+    fn read(&mut self, client: usize, position: usize) -> Result<(), Violation> {
         let read_id = self.clients.next_read_id();
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("clients only talk to live nodes");
@@ -317,9 +364,10 @@ impl Simulation {
             Event::ReadIssued {
                 node: node.id,
                 read_id,
-                outcome: outcome.map_err(|error| error_name(&error)),
+                outcome: outcome.as_ref().map(|_| ()).map_err(error_name),
             },
         );
+        self.update_leader_guess(Some(client), position, outcome.as_ref().err());
         self.after_step(position)
     }
 
@@ -345,6 +393,11 @@ impl Simulation {
         self.crashes_enabled = false;
         self.network.heal();
         self.network.set_faults(self.scenario.network.calm());
+        for node in &mut self.nodes {
+            node.storage_delay_ticks_max = node
+                .storage_delay_ticks_max
+                .min(CALM_STORAGE_DELAY_TICKS_MAX);
+        }
         let mut down: Vec<usize> = (0..self.nodes.len())
             .filter(|&position| !self.nodes[position].is_up())
             .collect();
@@ -368,7 +421,7 @@ impl Simulation {
             if let Some(leader) = self.leader_position() {
                 let term = self.nodes[leader].core.as_ref().map(|core| core.term());
                 if proposed_in != Some((leader, term)) {
-                    if let Some(command) = self.propose(leader)? {
+                    if let Some(command) = self.propose(None, leader)? {
                         fresh_commands.push(command);
                         proposed_in = Some((leader, term));
                     }
@@ -445,4 +498,9 @@ impl Simulation {
             .max()
             .map(|(_, position)| position)
     }
+}
+
+fn names(nodes: &[NodeId]) -> String {
+    let names: Vec<String> = nodes.iter().map(|node| format!("n{node}")).collect();
+    names.join(" ")
 }

@@ -153,7 +153,13 @@ impl Simulation {
             self.clients.read_confirmed(position, id, read_state)?;
         }
         self.clients.answer_reads(position, node.applied);
-        let delay_ticks = self.rng.gen_range(0..=node.storage_delay_ticks_max);
+        let delay_ticks =
+            if self.faults_enabled && self.rng.gen_bool(self.scenario.storage_stall_chance) {
+                self.rng
+                    .gen_range(1..=self.scenario.storage_stall_ticks_max)
+            } else {
+                self.rng.gen_range(0..=node.storage_delay_ticks_max)
+            };
         node.unfinished = Some(UnfinishedReady {
             durable_at_tick: now + delay_ticks,
             hard_state: ready.hard_state,
@@ -162,7 +168,7 @@ impl Simulation {
             committed: ready.committed,
         });
         self.after_step(position)?;
-        if self.crashes_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
+        if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
             self.crash(position, CrashPoint::BeforePersist);
         }
         Ok(())
@@ -193,7 +199,7 @@ impl Simulation {
                 },
             );
         }
-        if self.crashes_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
+        if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
             self.crash(position, CrashPoint::AfterPersist);
             return Ok(());
         }

@@ -56,12 +56,18 @@ pub struct Scenario {
     pub partition_chance: f64,
     /// Per tick: chance that one live node crashes.
     pub crash_chance: f64,
+    /// Per tick: chance that several nodes crash at once.
+    pub power_failure_chance: f64,
     /// Per tick and crashed node: chance that it restarts.
     pub restart_chance: f64,
     /// Per `Ready`: chance that the node crashes between taking it and finishing it.
     pub crash_mid_ready_chance: f64,
     /// Per node: a `Ready` becomes durable `0..=this` ticks after it was taken (0: at once).
     pub storage_delay_ticks_max: Vec<u64>,
+    /// Per `Ready`: chance that the disk stalls and takes `1..=storage_stall_ticks_max`
+    /// ticks (an fsync stuck behind other I/O), opening a long window for crashes.
+    pub storage_stall_chance: f64,
+    pub storage_stall_ticks_max: u64,
     /// Per delivered message: chance that the node takes its `Ready` at once rather than at
     /// the end of the tick (varies batching).
     pub eager_ready_chance: f64,
@@ -123,9 +129,12 @@ impl Scenario {
             network,
             partition_chance: *pick(rng, &[0.0, 0.01, 0.03]),
             crash_chance: *pick(rng, &[0.0, 0.005, 0.02]),
+            power_failure_chance: *pick(rng, &[0.0, 0.003, 0.01]),
             restart_chance: *pick(rng, &[0.02, 0.1, 0.5]),
             crash_mid_ready_chance: *pick(rng, &[0.0, 0.002, 0.01, 0.05]),
             storage_delay_ticks_max,
+            storage_stall_chance: *pick(rng, &[0.0, 0.02, 0.1]),
+            storage_stall_ticks_max: 2 * u64::from(election_ticks_max),
             eager_ready_chance: *pick(rng, &[0.0, 0.5]),
             propose_chance: *pick(rng, &[0.1, 0.3, 0.6]),
             propose_burst_max: *pick(rng, &[1, 4]),

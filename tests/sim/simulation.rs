@@ -6,9 +6,9 @@
 //! into a core (see `node.rs`).
 //!
 //! The fault phase proves safety. The liveness phase then heals the network, speeds up the
-//! disks, restarts all but at most a minority of the crashed nodes, and requires that within a bounded number of
-//! ticks a leader is elected and a fresh proposal is applied on every live node (TigerBeetle
-//! `src/vopr.zig`: a safety phase, then a liveness phase).
+//! disks, restarts all but at most a minority of the crashed nodes, and requires that within
+//! a bounded number of ticks a leader is elected and a fresh proposal is applied on every
+//! live node (TigerBeetle `src/vopr.zig`: a safety phase, then a liveness phase).
 
 use super::checkers::Checkers;
 use super::client::{encode_command, ClientOracle};
@@ -52,8 +52,8 @@ pub struct Simulation {
     pub(super) checkers: Checkers,
     pub(super) clients: ClientOracle,
     pub(super) trace: Trace,
-    /// Off in the liveness phase: no more crashes there.
-    pub(super) crashes_enabled: bool,
+    /// Off in the liveness phase: no more crashes or disk stalls there.
+    pub(super) faults_enabled: bool,
     pub(super) crash_count: u64,
     /// Per client: the node it sends requests to (see `client_target`).
     leader_guesses: Vec<Option<usize>>,
@@ -90,7 +90,7 @@ impl Simulation {
             voters,
             nodes,
             scenario,
-            crashes_enabled: true,
+            faults_enabled: true,
             crash_count: 0,
             leader_guesses,
             liveness_ticks: 0,
@@ -169,13 +169,17 @@ impl Simulation {
             self.change_partition();
         }
         if self.rng.gen_bool(self.scenario.crash_chance) {
-            let live = self.live_positions();
-            let target = match self.leader_position() {
-                Some(leader) if self.rng.gen_bool(0.3) => Some(leader),
-                _ => live.choose(&mut self.rng).copied(),
-            };
-            if let Some(position) = target {
+            if let Some(position) = self.crash_target() {
                 self.crash(position, CrashPoint::BetweenTicks);
+            }
+        }
+        if self.rng.gen_bool(self.scenario.power_failure_chance) {
+            // Correlated crashes (a rack loses power): what one node lost from its unfinished
+            // Ready, the others may not be there to make up for.
+            for position in self.live_positions() {
+                if self.rng.gen_bool(0.6) {
+                    self.crash(position, CrashPoint::BetweenTicks);
+                }
             }
         }
         for position in 0..self.nodes.len() {
@@ -184,6 +188,28 @@ impl Simulation {
             }
         }
         Ok(())
+    }
+
+    /// Crashes are most telling where they lose something: a node whose disk has not
+    /// finished its last `Ready` (above all a leader, whose commit may count entries it has
+    /// not persisted), or the leader. Otherwise any live node.
+    fn crash_target(&mut self) -> Option<usize> {
+        let busy_disk: Vec<usize> = (0..self.nodes.len())
+            .filter(|&position| {
+                self.nodes[position].is_up() && self.nodes[position].unfinished.is_some()
+            })
+            .collect();
+        let leader = self.leader_position();
+        match self.rng.gen_range(0..3) {
+            0 if !busy_disk.is_empty() => {
+                match leader.filter(|leader| busy_disk.contains(leader)) {
+                    Some(leader) => Some(leader),
+                    None => busy_disk.choose(&mut self.rng).copied(),
+                }
+            }
+            1 if leader.is_some() => leader,
+            _ => self.live_positions().choose(&mut self.rng).copied(),
+        }
     }
 
     /// Replaces the partition: heal, isolate a node (often the leader), split the cluster
@@ -390,7 +416,7 @@ impl Simulation {
 
     fn liveness_phase(&mut self) -> Result<(), Violation> {
         self.trace.record(self.now, Event::LivenessPhase);
-        self.crashes_enabled = false;
+        self.faults_enabled = false;
         self.network.heal();
         self.network.set_faults(self.scenario.network.calm());
         for node in &mut self.nodes {

@@ -10,7 +10,7 @@ mod sim;
 
 /// Schedules per default `cargo test` run: enough to catch the injected bugs listed in the
 /// harness's report within a minute or two on a small machine.
-const DEFAULT_RUNS: u64 = 2000;
+const DEFAULT_RUNS: u64 = 3000;
 
 #[test]
 fn random_schedules_keep_raft_safe_and_live() {

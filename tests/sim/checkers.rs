@@ -224,7 +224,8 @@ impl CommittedHistory {
                     return Err(Violation::new(
                         property::STATE_MACHINE_SAFETY,
                         format!(
-                            "n{node} holds {} at committed index {index}, history has {} ({:?} vs {:?})",
+                            "n{node} holds {} at committed index {index}, history has {} \
+                             ({:?} vs {:?})",
                             entry.id(),
                             known.entry.id(),
                             entry.payload,
@@ -368,7 +369,8 @@ impl LeaderCompleteness {
 /// logs are followed through the entries each `Ready` hands out (the core's log right after
 /// `ready()`), so the cost is per new entry, not per log length.
 pub struct LogMatching {
-    chain_of: HashMap<EntryId, u64>,
+    /// The first chain seen for each entry id, and the node whose log held it.
+    chain_of: HashMap<EntryId, (u64, NodeId)>,
     /// Per node: the chain hashes of its log as of its last `ready()`.
     views: Vec<Vec<(Term, u64)>>,
     /// Rotates over indexes to sample when comparing a view with the core.
@@ -416,13 +418,14 @@ impl LogMatching {
             let previous_chain = view.last().map_or(0, |&(_, chain)| chain);
             let chain = chain_hash(previous_chain, entry);
             view.push((entry.term, chain));
-            let first_seen = *self.chain_of.entry(entry.id()).or_insert(chain);
-            if first_seen != chain {
+            let (first_chain, first_node) =
+                *self.chain_of.entry(entry.id()).or_insert((chain, node));
+            if first_chain != chain {
                 return Err(Violation::new(
                     property::LOG_MATCHING,
                     format!(
-                        "n{node} holds {} after a prefix (or with a payload) that differs from another log holding {}",
-                        entry.id(),
+                        "n{node} holds {} with another payload or prefix than n{first_node} \
+                         held it",
                         entry.id()
                     ),
                 ));
@@ -455,7 +458,8 @@ impl LogMatching {
             return Err(Violation::new(
                 property::READY_CONTRACT,
                 format!(
-                    "n{node}: the core's log ends at {last_index} but its Readies handed out a log ending at {}",
+                    "n{node}: the core's log ends at {last_index} but its Readies handed out \
+                     a log ending at {}",
                     view.len()
                 ),
             ));
@@ -470,7 +474,10 @@ impl LogMatching {
         if core_term != Some(handed_out_term) {
             return Err(Violation::new(
                 property::READY_CONTRACT,
-                format!("n{node}: entry {sampled} has term {core_term:?} in the core but {handed_out_term} as handed out"),
+                format!(
+                    "n{node}: entry {sampled} has term {core_term:?} in the core but \
+                     {handed_out_term} as handed out"
+                ),
             ));
         }
         Ok(())

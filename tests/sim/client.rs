@@ -155,7 +155,8 @@ impl ClientOracle {
             return Err(Violation::new(
                 property::LINEARIZABLE_READS,
                 format!(
-                    "n{node} confirms read r{read_id} at index {}, but index {} was observed by a client before the read was issued",
+                    "n{node} confirms read r{read_id} at index {}, but a client observed index {} \
+                     before the read was issued",
                     read_state.index, read.must_see
                 ),
             ));

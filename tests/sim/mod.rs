@@ -19,6 +19,18 @@
 //!
 //! Determinism rule for extensions: every random choice comes from `Simulation::rng`;
 //! checkers never draw from it (adding a checker must not change the schedules).
+//!
+//! Extending it:
+//! - a new fault: a knob in `scenario.rs` (drawn per run), applied in `simulation.rs`
+//!   (`inject_faults`) or `node.rs` (the runtime loop), and an `Event` for the trace;
+//! - a new property: a checker in `checkers.rs` with a unit test that makes it fail, fed
+//!   from `Checkers::after_step` or the runtime hooks, and a name in [`property`];
+//! - snapshots: `DurableStorage` gains the snapshot (and `persist` its install rule),
+//!   `LogMatching`'s views and `CommittedHistory`'s per-node cursors start at the snapshot
+//!   index, and a restarted node's state machine starts from the snapshot instead of empty;
+//! - client sessions: `ClientOracle` already gives every command a unique id; retries of a
+//!   timed-out command would reuse it, and the history's at-most-once check then becomes
+//!   "applied at most once by the session table" rather than "committed at most once".
 
 pub mod checkers;
 pub mod client;

@@ -10,7 +10,7 @@
 
 use super::simulation::Simulation;
 use super::storage::DurableStorage;
-use super::trace::{CrashPoint, Event};
+use super::trace::{CrashPoint, Event, MessageSummary};
 use super::Violation;
 use rand::Rng;
 use rrmq::raft::{Core, Entry, HardState, LogIndex, Message, NodeId, Role, Term};
@@ -86,10 +86,8 @@ impl Simulation {
                 .lose(&message, "node down", self.now, &mut self.trace);
             return Ok(());
         };
-        self.trace.record(
-            self.now,
-            Event::Delivered(super::trace::MessageSummary::of(&message)),
-        );
+        self.trace
+            .record(self.now, Event::Delivered(MessageSummary::of(&message)));
         core.step(message);
         self.after_step(position)?;
         if self.rng.gen_bool(self.scenario.eager_ready_chance) {

@@ -5,7 +5,8 @@
 //! - `RRMQ_SIM_RUNS=<n>`: run `n` seeds instead of the default count;
 //! - `RRMQ_SIM_FIRST_SEED=<seed>`: the first of the `n` consecutive seeds (default 0), so a
 //!   long exploration can continue where the last one stopped;
-//! - `RRMQ_SIM_TRACE=<n>`: how many recent events a failure report shows (default 80).
+//! - `RRMQ_SIM_TRACE=<n>`: how many recent events a failure report shows (default 80);
+//! - `RRMQ_SIM_THREADS=<n>`: threads to spread the runs over (default: up to 2 cores).
 //!
 //! A panic inside the core (a broken `check_invariants` or internal assertion) is caught
 //! and reported like a checker's violation, with the seed and the trace.
@@ -15,25 +16,36 @@ use super::simulation::{RunSummary, Simulation};
 use super::{property, Violation};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 const TRACE_EVENTS_DEFAULT: usize = 80;
+/// Runs are independent, so they spread over cores; at most this many by default, to share
+/// a small build machine politely.
+const THREADS_DEFAULT_MAX: usize = 2;
 
-/// Which seeds to run.
+/// Which seeds to run, and how.
 #[derive(Clone, Debug)]
 pub struct RunPlan {
     pub seeds: Vec<u64>,
     pub trace_capacity: usize,
+    pub threads: usize,
 }
 
 impl RunPlan {
     pub fn from_env(default_runs: u64) -> RunPlan {
         let trace_capacity =
             env_number("RRMQ_SIM_TRACE").map_or(TRACE_EVENTS_DEFAULT, |n| n as usize);
+        let threads = env_number("RRMQ_SIM_THREADS").map_or_else(
+            || thread::available_parallelism().map_or(1, |n| n.get().min(THREADS_DEFAULT_MAX)),
+            |n| n as usize,
+        );
         if let Some(seed) = env_number("RRMQ_SIM_SEED") {
             return RunPlan {
                 seeds: vec![seed],
                 trace_capacity,
+                threads,
             };
         }
         let runs = env_number("RRMQ_SIM_RUNS").unwrap_or(default_runs);
@@ -41,6 +53,7 @@ impl RunPlan {
         RunPlan {
             seeds: (first..first.saturating_add(runs)).collect(),
             trace_capacity,
+            threads,
         }
     }
 }
@@ -113,7 +126,9 @@ impl fmt::Display for Totals {
         let s = &self.summary;
         write!(
             f,
-            "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, {} writes acknowledged, {} reads answered, {} crashes, {} messages sent ({} lost); slowest liveness phase {} ticks",
+            "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
+             {} writes acknowledged, {} reads answered, {} crashes, {} messages sent \
+             ({} lost); slowest liveness phase {} ticks",
             self.runs,
             self.elapsed,
             s.ticks,
@@ -129,30 +144,85 @@ impl fmt::Display for Totals {
     }
 }
 
-/// Runs every seed of the plan; panics with the report of the first failure.
+/// Runs every seed of the plan on `plan.threads` threads (each seed is independent, so
+/// this changes no schedule); panics with the report of a failure — the one with the
+/// lowest seed among those found before the threads stopped.
 pub fn run_plan(plan: &RunPlan) -> Totals {
     let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    let threads = plan.threads.max(1);
+    let outcomes: Vec<(Totals, Option<Failure>)> = thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|worker| {
+                let stop = &stop;
+                scope.spawn(move || {
+                    let seeds = plan.seeds.iter().skip(worker).step_by(threads);
+                    run_seeds(seeds.copied(), plan.trace_capacity, stop)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a worker catches its runs' panics"))
+            .collect()
+    });
     let mut totals = Totals::default();
-    for &seed in &plan.seeds {
-        match run_one(seed, plan.trace_capacity) {
-            Ok(summary) => {
-                totals.runs += 1;
-                let sum = &mut totals.summary;
-                sum.ticks += summary.ticks;
-                sum.committed_entries += summary.committed_entries;
-                sum.acknowledged_writes += summary.acknowledged_writes;
-                sum.answered_reads += summary.answered_reads;
-                sum.terms_with_leader += summary.terms_with_leader;
-                sum.crashes += summary.crashes;
-                sum.messages_sent += summary.messages_sent;
-                sum.messages_lost += summary.messages_lost;
-                sum.liveness_ticks = sum.liveness_ticks.max(summary.liveness_ticks);
-            }
-            Err(failure) => panic!("{failure}\n(after {} passing schedules)", totals.runs),
-        }
+    let mut failures = Vec::new();
+    for (worker_totals, failure) in outcomes {
+        totals.add(&worker_totals);
+        failures.extend(failure);
+    }
+    if let Some(failure) = failures.into_iter().min_by_key(|failure| failure.seed) {
+        panic!("{failure}\n(after {} passing schedules)", totals.runs);
     }
     totals.elapsed = started.elapsed();
     totals
+}
+
+fn run_seeds(
+    seeds: impl Iterator<Item = u64>,
+    trace_capacity: usize,
+    stop: &AtomicBool,
+) -> (Totals, Option<Failure>) {
+    let mut totals = Totals::default();
+    for seed in seeds {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        match run_one(seed, trace_capacity) {
+            Ok(summary) => totals.add_run(&summary),
+            Err(failure) => {
+                stop.store(true, Ordering::Relaxed);
+                return (totals, Some(failure));
+            }
+        }
+    }
+    (totals, None)
+}
+
+impl Totals {
+    fn add_run(&mut self, run: &RunSummary) {
+        self.runs += 1;
+        accumulate(&mut self.summary, run);
+    }
+
+    fn add(&mut self, other: &Totals) {
+        self.runs += other.runs;
+        accumulate(&mut self.summary, &other.summary);
+    }
+}
+
+/// Adds `run` to `sum`; the liveness phase is summed as its longest.
+fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
+    sum.ticks += run.ticks;
+    sum.committed_entries += run.committed_entries;
+    sum.acknowledged_writes += run.acknowledged_writes;
+    sum.answered_reads += run.answered_reads;
+    sum.terms_with_leader += run.terms_with_leader;
+    sum.crashes += run.crashes;
+    sum.messages_sent += run.messages_sent;
+    sum.messages_lost += run.messages_lost;
+    sum.liveness_ticks = sum.liveness_ticks.max(run.liveness_ticks);
 }
 
 fn env_number(name: &str) -> Option<u64> {

@@ -465,7 +465,8 @@ impl Simulation {
         Err(Violation::new(
             property::LIVENESS,
             format!(
-                "no fresh proposal applied on every live node within {} ticks of healing; fresh commands {:?}; {}",
+                "no fresh proposal applied on every live node within {} ticks of healing; \
+                 fresh commands {:?}; {}",
                 budget_ticks,
                 fresh_commands,
                 self.describe_nodes()

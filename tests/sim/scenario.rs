@@ -2,9 +2,10 @@
 //!
 //! Each run gets its own mix of faults and limits ("swarm testing"): a run with no drops but
 //! many crashes finds different bugs than one with a flaky network, and thousands of runs
-//! cover the combinations. Timings are small (elections in 10..20 ticks) so a run covers
-//! many terms, and limits are sometimes tiny (one entry per append, one append in flight) so
-//! the edges of flow control are hit (TigerBeetle `src/fuzz_tests.zig`, `test_min`).
+//! cover the combinations. Timings are small (election timeouts of 8 to 21 ticks) so a run
+//! covers many terms, and limits are sometimes tiny (one entry per append, one append in
+//! flight) so the edges of flow control are hit (TigerBeetle `src/fuzz_tests.zig`,
+//! `test_min`).
 
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -151,9 +152,7 @@ impl Scenario {
             },
         }
     }
-}
 
-impl Scenario {
     /// The liveness phase must converge within this many ticks: time for a few dozen
     /// election rounds, plus time for the slowest follower to catch up on `log_length`
     /// entries one round trip at a time (with `append_bytes_max` tiny, one entry per round

@@ -715,7 +715,14 @@ impl Core {
                     return false;
                 }
                 if !pre_vote {
+                    // Raft Figure 2: only hearing from the leader or granting a vote
+                    // restarts the election timer, not adopting a candidate's term. A
+                    // candidate whose log is behind (it cannot win) would otherwise keep
+                    // restarting the timers of the nodes that can, and without PreVote the
+                    // cluster might never elect a leader.
+                    let election_elapsed_ticks = self.election_elapsed_ticks;
                     self.become_follower(message.term, None);
+                    self.election_elapsed_ticks = election_elapsed_ticks;
                 }
                 true
             }

@@ -101,6 +101,8 @@ impl Scenario {
             append_bytes_max: *pick(rng, &[1, 100, 1024 * 1024]),
             inflight_appends_max: *pick(rng, &[1, 2, 4, 64]),
             pending_reads_max: *pick(rng, &[1, 4, 4096]),
+            // Nothing compacts the simulated logs yet, so no snapshot is ever sent.
+            snapshot_timeout_ticks: 1000,
             pre_vote: rng.gen_bool(0.8),
             check_quorum: rng.gen_bool(0.5),
         };

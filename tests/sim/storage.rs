@@ -78,6 +78,7 @@ impl DurableStorage {
     /// What a restarted core resumes from.
     pub fn restored_state(&self) -> RestoredState {
         RestoredState {
+            snapshot: Default::default(),
             hard_state: self.hard_state,
             entries: self.entries.clone(),
         }

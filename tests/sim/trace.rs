@@ -53,6 +53,7 @@ pub enum BodySummary {
         read_round: u64,
     },
     TimeoutNow,
+    InstallSnapshot(EntryId),
 }
 
 #[derive(Clone, Copy, Debug, Hash)]
@@ -115,6 +116,9 @@ impl MessageSummary {
                 read_round: *read_round,
             },
             MessageBody::TimeoutNow => BodySummary::TimeoutNow,
+            MessageBody::InstallSnapshot { snapshot } => {
+                BodySummary::InstallSnapshot(snapshot.last)
+            }
         };
         MessageSummary {
             from: message.from,
@@ -172,6 +176,7 @@ impl fmt::Display for MessageSummary {
             BodySummary::Heartbeat { commit, read_round } => {
                 write!(f, "Heartbeat commit {commit} round {read_round}")
             }
+            BodySummary::InstallSnapshot(last) => write!(f, "InstallSnapshot up to {last}"),
             BodySummary::HeartbeatResponse { read_round } => {
                 write!(f, "HeartbeatResponse round {read_round}")
             }

@@ -342,9 +342,11 @@ fn a_flipped_byte_inside_the_log_stops_the_node_with_one_line_and_the_advice_wor
     }
     assert!(!log.contains("panicked"), "no panic: {log}");
 
-    // The advice: wipe this node's data dir and restart it; it catches up from the others.
+    // The advice: wipe this node's data dir and restart it with --rejoin; it catches up from
+    // the others.
+    assert!(log.contains("--rejoin"), "the advice names --rejoin: {log}");
     std::fs::remove_dir_all(cluster.data_dir(follower)).expect("wipe");
-    cluster.spawn(follower);
+    cluster.spawn_with(follower, &["--rejoin"]);
     assert!(
         cluster.wait_all_up(LEADER_DEADLINE),
         "the wiped node starts"

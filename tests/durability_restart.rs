@@ -140,7 +140,7 @@ fn a_follower_whose_data_dir_was_wiped_rejoins_and_catches_up() {
     let during = numbered("during", 0..20);
     put_all(&mut writer, "t", &during);
 
-    cluster.spawn(follower);
+    cluster.spawn_with(follower, &["--rejoin"]);
     assert!(cluster.wait_all_up(LEADER_DEADLINE), "wiped node answers");
     let after = numbered("after", 0..20);
     put_all(&mut writer, "t", &after);

@@ -174,6 +174,11 @@ impl Cluster {
 
     /// Starts node `index` (again), appending its stderr to its log file.
     pub fn spawn(&mut self, index: usize) {
+        self.spawn_with(index, &[]);
+    }
+
+    /// Starts node `index` (again) with flags on top of the cluster's own.
+    pub fn spawn_with(&mut self, index: usize, flags: &[&str]) {
         assert!(
             self.nodes[index].is_none(),
             "node {index} is already running"
@@ -189,6 +194,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(index))
             .args(&self.extra_flags)
+            .args(flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

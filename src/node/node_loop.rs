@@ -102,10 +102,23 @@ impl NodeLoop {
     /// Runs until shutdown has completed, then stops the transport threads.
     pub(super) fn run(mut self, events: &Receiver<Event>) {
         loop {
-            let Ok(first) = events.recv() else {
-                break; // Every producer is gone; nothing more can happen.
+            // With work left over (a long log being applied slice by slice), only look for
+            // events; otherwise sleep until one comes.
+            let first = if !self.halted && self.core.has_ready() {
+                match events.try_recv() {
+                    Ok(event) => Some(event),
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match events.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break, // Every producer is gone; nothing more can happen.
+                }
             };
-            self.handle(first);
+            if let Some(first) = first {
+                self.handle(first);
+            }
             for _ in 0..EVENT_BATCH_MAX {
                 match events.try_recv() {
                     Ok(event) => self.handle(event),
@@ -253,8 +266,12 @@ impl NodeLoop {
         }
     }
 
+    /// Handles Readies until the core has none, or until a slice of committed entries was
+    /// applied: the rest waits for the next round, so events (status, ticks, peers) are
+    /// served in between while a restarted node replays a long log.
     fn process_ready(&mut self) {
         while !self.halted && self.core.has_ready() {
+            let applied_before = self.applied;
             let ready = self.core.ready();
             let Ready {
                 snapshot,
@@ -306,6 +323,9 @@ impl NodeLoop {
                 for ticket in ready_reads {
                     self.answer(ticket, Outcome::Topics(topics.clone()));
                 }
+            }
+            if self.applied != applied_before {
+                break;
             }
         }
     }

@@ -438,7 +438,7 @@ impl Core {
             entries: self.log.take_unstable(),
             messages: std::mem::take(&mut self.messages),
             messages_after_persist: std::mem::take(&mut self.messages_after_persist),
-            committed: self.log.take_committed(),
+            committed: self.log.take_committed(self.config.committed_bytes_max),
             read_states: std::mem::take(&mut self.read_states),
             aborted_reads: std::mem::take(&mut self.aborted_reads),
         }

@@ -100,6 +100,7 @@ impl Scenario {
             heartbeat_ticks: rng.gen_range(1..=3),
             append_bytes_max: *pick(rng, &[1, 100, 1024 * 1024]),
             inflight_appends_max: *pick(rng, &[1, 2, 4, 64]),
+            committed_bytes_max: *pick(rng, &[1, 100, 1024 * 1024]),
             pending_reads_max: *pick(rng, &[1, 4, 4096]),
             // Nothing compacts the simulated logs yet, so no snapshot is ever sent.
             snapshot_timeout_ticks: 1000,

@@ -534,6 +534,7 @@ mod tests {
     use crate::config::{ClusterConfig, NodeArgs};
     use crate::protocol::{decode_reply, encode_request, Encoding, Request};
     use crate::queue::QueueConfig;
+    use crate::raft::SnapshotMeta;
     use crate::storage::{MemStore, RestoredState};
     use crate::transport::client::{ClientSettings, ClientTransport};
     use crate::transport::peer::{PeerSettings, PeerTransport};
@@ -573,6 +574,16 @@ mod tests {
         fn sync(&mut self) -> Result<(), StorageError> {
             self.check()?;
             self.inner.sync()
+        }
+
+        fn compact_to(&mut self, index: LogIndex) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.compact_to(index)
+        }
+
+        fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.install_snapshot(snapshot)
         }
     }
 

@@ -25,9 +25,11 @@ mod conformance;
 mod hard_state;
 mod io;
 mod mem;
+pub mod snapshot;
 mod wal;
 
 pub use mem::MemStore;
+pub use snapshot::SnapshotFile;
 pub use wal::{FsyncPolicy, Wal, WalOptions};
 
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};

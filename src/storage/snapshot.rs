@@ -410,7 +410,7 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(SnapshotMeta, PathBuf)>, Storag
             found.push((meta, dir_entry.path()));
         }
     }
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(meta, _)| std::cmp::Reverse(*meta));
     Ok(found)
 }
 

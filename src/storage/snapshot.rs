@@ -235,23 +235,28 @@ where
         .truncate(true)
         .open(temp_path)
         .map_err(io_error(temp_path, "creating"))?;
-    let mut writer = CrcWriter {
-        inner: BufWriter::with_capacity(BUFFER_BYTES, file),
-        crc: 0,
-    };
+    // The buffer sits before the checksum, so the checksum runs over large blocks rather
+    // than the encoder's many small writes.
+    let mut writer = BufWriter::with_capacity(
+        BUFFER_BYTES,
+        CrcWriter {
+            inner: file,
+            crc: 0,
+        },
+    );
     writer
         .write_all(&encode_header(meta))
         .and_then(|()| write_body(&mut writer))
+        .and_then(|()| writer.flush())
         .map_err(io_error(temp_path, "writing"))?;
-    let crc = writer.crc;
-    let mut buffered = writer.inner;
-    buffered
-        .write_all(&crc.to_le_bytes())
-        .and_then(|()| buffered.flush())
-        .map_err(io_error(temp_path, "writing"))?;
-    let file = buffered
+    let CrcWriter {
+        inner: mut file,
+        crc,
+    } = writer
         .into_inner()
         .map_err(|error| io_error(temp_path, "writing")(error.into_error()))?;
+    file.write_all(&crc.to_le_bytes())
+        .map_err(io_error(temp_path, "writing"))?;
     if fsync == FsyncPolicy::Always {
         file.sync_all().map_err(io_error(temp_path, "syncing"))?;
     }
@@ -346,7 +351,7 @@ pub fn read_snapshot<T, F>(path: &Path, read_body: F) -> Result<(SnapshotFile, T
 where
     F: FnOnce(&mut dyn Read) -> Result<T, String>,
 {
-    let file = File::open(path).map_err(io_error(path, "opening"))?;
+    let mut file = File::open(path).map_err(io_error(path, "opening"))?;
     let len_bytes = file
         .metadata()
         .map_err(io_error(path, "reading the size of"))?
@@ -354,23 +359,26 @@ where
     if len_bytes < SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES {
         return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
     }
-    let mut reader = BufReader::with_capacity(BUFFER_BYTES, file);
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
-    reader
-        .read_exact(&mut header)
+    file.read_exact(&mut header)
         .map_err(io_error(path, "reading"))?;
     let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
     check_name(path, meta)?;
     let body_bytes = len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES;
-    let mut body = CrcReader {
-        inner: (&mut reader).take(body_bytes),
-        crc: crc32c::crc32c(&header),
-    };
+    // The checksum sits below the buffer, so it runs over large blocks; whatever the buffer
+    // read ahead is checksummed too, and the rest is drained below.
+    let mut body = BufReader::with_capacity(
+        BUFFER_BYTES,
+        CrcReader {
+            inner: file.take(body_bytes),
+            crc: crc32c::crc32c(&header),
+        },
+    );
     let decoded = read_body(&mut body);
-    // Whatever the decoder left unread still counts toward the checksum.
     io::copy(&mut body, &mut io::sink()).map_err(io_error(path, "reading"))?;
-    let crc = body.crc;
-    let stored = read_trailer(&mut reader, path)?;
+    let CrcReader { inner, crc } = body.into_inner();
+    let mut file = inner.into_inner();
+    let stored = read_trailer(&mut file, path)?;
     if stored != crc {
         return Err(corrupt(
             path,

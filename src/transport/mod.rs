@@ -9,6 +9,8 @@
 //!   the spot, forwards good requests, sends replies with the envelope they came with.
 //! - [`peer`]: the peer ROUTER (inbound messages) and one DEALER per peer (outbound), with
 //!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
+//! - [`snapshot`]: streaming snapshot files to followers in acknowledged chunks, and
+//!   receiving them into the data dir, off the node loop.
 //!
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
 //! cannot wait on a channel. A [`Mailbox`] pairs a channel with an inproc "doorbell" socket:
@@ -20,6 +22,7 @@
 
 pub mod client;
 pub mod peer;
+pub mod snapshot;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,348 @@
+//! Startup: from a data dir (snapshot files + WAL) to the state a node resumes from.
+//!
+//! Why it exists: the WAL and the snapshot files are written at different times, so after a
+//! crash they must be reconciled before the core is built (the core asserts a contiguous log
+//! and would panic on a gap; an error that tells the operator what to do is better). This
+//! module picks the newest intact snapshot, checks that the log continues right after it,
+//! finishes a snapshot install that a crash interrupted, and loads the queue.
+//!
+//! The rules, with `S` the snapshot chosen and the WAL holding entries `a..=b` (or none,
+//! after the log restarted at its snapshot item `B`):
+//!
+//! | WAL                                   | outcome                                     |
+//! |---------------------------------------|---------------------------------------------|
+//! | `a <= S + 1 <= b + 1`, agrees at `S`  | resume: the core drops what `S` covers      |
+//! | `a > S + 1`, or restarted at `B > S`  | refuse: entries between are lost            |
+//! | `b < S`, or disagrees at `S`          | the WAL is behind `S` (an install of `S`    |
+//! |                                       | was interrupted): restart the WAL after `S` |
+//!
+//! A snapshot that fails its checksum is renamed `.corrupt` with a warning and the next
+//! older one is tried, then the log alone. Each node keeps the log back to its previous
+//! snapshot, so one damaged file is survivable; two are not, and neither is a log damaged
+//! beyond that: the error says to wipe the data dir and let the node catch up.
+//!
+//! What it must not do: decide anything about Raft state beyond where the log starts.
+
+use crate::queue::{Queue, QueueConfig};
+use crate::raft::{LogIndex, SnapshotMeta};
+use crate::storage::snapshot::{self as snapshot_file, SNAPSHOT_RECOVERY_ADVICE};
+use crate::storage::{FsyncPolicy, LogStore, RestoredState, StorageError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Why a node cannot resume from its data dir. `Display` is the one line `rrmq-node` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("{dir}: {source}")]
+    Storage { dir: String, source: StorageError },
+    #[error("{dir}: {reason}; {SNAPSHOT_RECOVERY_ADVICE}")]
+    Unrecoverable { dir: String, reason: String },
+}
+
+/// What the node resumes from.
+pub struct Recovered {
+    /// For `Core::new`: the snapshot loaded (or `0@0`) and the WAL's hard state and entries.
+    pub restored: RestoredState,
+    pub queue: Queue,
+    /// The snapshot file before the loaded one, if any: the WAL is kept back to it.
+    pub previous_snapshot: SnapshotMeta,
+    /// How long loading the snapshot took (checksum pass and decoding).
+    pub load_duration: Duration,
+}
+
+/// How the WAL relates to the snapshot chosen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogPlan {
+    /// The log continues right after the snapshot (possibly with entries it covers).
+    Resume,
+    /// The log is behind the snapshot or disagrees with it: an install of the snapshot was
+    /// interrupted after the file was adopted, before the WAL recorded it. Restart the WAL
+    /// after the snapshot.
+    RestartAfterSnapshot,
+}
+
+/// Checks that the log in `wal` can follow `snapshot` (`0@0`: none). `Err` explains the gap.
+pub fn plan_log(snapshot: SnapshotMeta, wal: &RestoredState) -> Result<LogPlan, String> {
+    let snapshot_index = snapshot.index();
+    let (Some(first), Some(last)) = (wal.entries.first(), wal.entries.last()) else {
+        let restart = wal.snapshot;
+        if restart.index() > snapshot_index {
+            return Err(format!(
+                "the log restarts after snapshot {} but the newest usable snapshot file is {}",
+                restart.last, snapshot.last
+            ));
+        }
+        if restart.index() == snapshot_index && restart != snapshot {
+            return Err(format!(
+                "the log restarts after snapshot {} but the snapshot file at that index is {}",
+                restart.last, snapshot.last
+            ));
+        }
+        return Ok(if restart.index() < snapshot_index {
+            LogPlan::RestartAfterSnapshot
+        } else {
+            LogPlan::Resume
+        });
+    };
+    if first.index > snapshot_index.next() {
+        return Err(if snapshot_index == LogIndex::ZERO {
+            format!(
+                "the log starts at entry {} (earlier entries were compacted) but there is no \
+                 usable snapshot",
+                first.index
+            )
+        } else {
+            format!(
+                "the log starts at entry {} but the newest usable snapshot, {}, ends at {}: \
+                 entries {}..{} are lost",
+                first.index,
+                snapshot.last,
+                snapshot_index,
+                snapshot_index.next(),
+                first.index
+            )
+        });
+    }
+    if last.index < snapshot_index {
+        return Ok(LogPlan::RestartAfterSnapshot);
+    }
+    if first.index <= snapshot_index && snapshot_index > LogIndex::ZERO {
+        let position = (snapshot_index.0 - first.index.0) as usize;
+        if wal.entries[position].term != snapshot.last.term {
+            return Ok(LogPlan::RestartAfterSnapshot);
+        }
+    }
+    Ok(LogPlan::Resume)
+}
+
+/// Reconciles the snapshot files in `dir` with the WAL (`store`, which restored `wal`) and
+/// loads the queue. May write: deletes leftovers of interrupted writes and transfers,
+/// renames corrupt snapshots, and restarts the WAL after a snapshot whose install a crash
+/// interrupted.
+pub fn recover(
+    dir: &Path,
+    fsync: FsyncPolicy,
+    store: &mut dyn LogStore,
+    wal: RestoredState,
+    queue_config: QueueConfig,
+) -> Result<Recovered, RecoveryError> {
+    let shown = dir.display().to_string();
+    let storage = |source| RecoveryError::Storage {
+        dir: shown.clone(),
+        source,
+    };
+    let unrecoverable = |reason: String| RecoveryError::Unrecoverable {
+        dir: shown.clone(),
+        reason,
+    };
+    let started = Instant::now();
+    snapshot_file::remove_leftovers(dir, fsync).map_err(storage)?;
+    let listed = snapshot_file::list_snapshots(dir).map_err(storage)?;
+    let mut damaged: Vec<PathBuf> = Vec::new();
+    let mut chosen = None;
+    for (position, (meta, path)) in listed.iter().enumerate() {
+        match snapshot_file::verify_snapshot(path) {
+            Ok(file) => {
+                chosen = Some((file, listed.get(position + 1).map(|(meta, _)| *meta)));
+                break;
+            }
+            Err(StorageError::Corrupt { reason, .. }) => {
+                log::warn!(
+                    "snapshot {} ({}) is damaged: {reason}; falling back to an older one",
+                    meta.last,
+                    path.display()
+                );
+                let moved = snapshot_file::quarantine(path).map_err(storage)?;
+                log::warn!("moved it to {} for inspection", moved.display());
+                damaged.push(path.clone());
+            }
+            Err(error) => return Err(storage(error)),
+        }
+    }
+    let snapshot = chosen
+        .as_ref()
+        .map_or(SnapshotMeta::default(), |(file, _)| file.meta);
+    let plan = plan_log(snapshot, &wal).map_err(|reason| {
+        if damaged.is_empty() {
+            unrecoverable(reason)
+        } else {
+            unrecoverable(format!(
+                "{reason} (after setting aside damaged snapshot files: {})",
+                damaged
+                    .iter()
+                    .map(|path| path.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
+    })?;
+    if !damaged.is_empty() {
+        log::warn!(
+            "resuming from {} and the log after it instead of the damaged newer snapshot",
+            if snapshot.index() == LogIndex::ZERO {
+                "an empty state".to_string()
+            } else {
+                format!("snapshot {}", snapshot.last)
+            }
+        );
+    }
+    let (queue, previous_snapshot) = match &chosen {
+        None => (Queue::new(queue_config), SnapshotMeta::default()),
+        Some((file, previous)) => {
+            // Checked whole just above, so the decoder never sees damaged bytes.
+            let (_, queue) = snapshot_file::read_snapshot(&file.path, |reader| {
+                Queue::decode_snapshot(queue_config, reader).map_err(|error| error.to_string())
+            })
+            .map_err(storage)?;
+            if queue.last_applied() > snapshot.index() {
+                return Err(unrecoverable(format!(
+                    "snapshot {} holds a state applied up to {}, past its own index",
+                    snapshot.last,
+                    queue.last_applied()
+                )));
+            }
+            (queue, previous.unwrap_or_default())
+        }
+    };
+    let mut restored = RestoredState { snapshot, ..wal };
+    if plan == LogPlan::RestartAfterSnapshot {
+        log::warn!(
+            "the log ends before snapshot {} or disagrees with it: finishing its interrupted \
+             install (the log restarts after it)",
+            snapshot.last
+        );
+        store.install_snapshot(snapshot).map_err(storage)?;
+        store.sync().map_err(storage)?;
+        restored.entries.clear();
+    }
+    Ok(Recovered {
+        restored,
+        queue,
+        previous_snapshot,
+        load_duration: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryId, EntryPayload, HardState, Term};
+
+    fn meta(term: u64, index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last: EntryId::new(Term(term), LogIndex(index)),
+        }
+    }
+
+    fn wal(restart: SnapshotMeta, terms_from: Option<(u64, &[u64])>) -> RestoredState {
+        let entries = terms_from.map_or(Vec::new(), |(first, terms)| {
+            terms
+                .iter()
+                .enumerate()
+                .map(|(offset, term)| Entry {
+                    term: Term(*term),
+                    index: LogIndex(first + offset as u64),
+                    payload: EntryPayload::Noop,
+                })
+                .collect()
+        });
+        RestoredState {
+            snapshot: restart,
+            hard_state: HardState::default(),
+            entries,
+        }
+    }
+
+    #[test]
+    fn the_log_must_continue_right_after_the_snapshot() {
+        let none = SnapshotMeta::default();
+        let cases: Vec<(&str, SnapshotMeta, RestoredState, Result<LogPlan, &str>)> = vec![
+            ("a new node", none, wal(none, None), Ok(LogPlan::Resume)),
+            (
+                "a log from 1, no snapshot",
+                none,
+                wal(none, Some((1, &[1, 1]))),
+                Ok(LogPlan::Resume),
+            ),
+            (
+                "a compacted log without a snapshot",
+                none,
+                wal(none, Some((5, &[1]))),
+                Err("no usable snapshot"),
+            ),
+            (
+                "the log keeps entries the snapshot covers",
+                meta(2, 10),
+                wal(none, Some((8, &[1, 2, 2, 2]))),
+                Ok(LogPlan::Resume),
+            ),
+            (
+                "the log starts right after",
+                meta(2, 10),
+                wal(none, Some((11, &[2]))),
+                Ok(LogPlan::Resume),
+            ),
+            (
+                "a gap (the newer snapshot was damaged)",
+                meta(2, 10),
+                wal(none, Some((13, &[2]))),
+                Err("entries 11..13 are lost"),
+            ),
+            (
+                "the log restarted after the snapshot",
+                meta(2, 10),
+                wal(meta(2, 10), None),
+                Ok(LogPlan::Resume),
+            ),
+            (
+                "the log restarted after a newer snapshot",
+                meta(2, 10),
+                wal(meta(3, 20), None),
+                Err("restarts after snapshot"),
+            ),
+            (
+                "the log restarted after a newer snapshot, with entries",
+                meta(2, 10),
+                wal(meta(3, 20), Some((21, &[3]))),
+                Err("entries 11..21 are lost"),
+            ),
+            (
+                "installed file, WAL not yet told: behind",
+                meta(3, 20),
+                wal(none, Some((1, &[1, 1, 1]))),
+                Ok(LogPlan::RestartAfterSnapshot),
+            ),
+            (
+                "installed file, WAL not yet told: conflicting entries",
+                meta(3, 3),
+                wal(none, Some((1, &[1, 1, 2, 2]))),
+                Ok(LogPlan::RestartAfterSnapshot),
+            ),
+            (
+                "installed file, WAL restarted at an older one",
+                meta(3, 30),
+                wal(meta(2, 10), None),
+                Ok(LogPlan::RestartAfterSnapshot),
+            ),
+            (
+                "two different snapshots at one index",
+                meta(3, 10),
+                wal(meta(2, 10), None),
+                Err("at that index"),
+            ),
+        ];
+        for (number, (name, snapshot, restored, expected)) in cases.into_iter().enumerate() {
+            let planned = plan_log(snapshot, &restored);
+            match (&planned, &expected) {
+                (Ok(plan), Ok(expected)) => {
+                    assert_eq!(plan, expected, "case {number} ({name})")
+                }
+                (Err(reason), Err(needle)) => assert!(
+                    reason.contains(needle),
+                    "case {number} ({name}): {reason:?} lacks {needle:?}"
+                ),
+                _ => panic!("case {number} ({name}): got {planned:?}, expected {expected:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,773 @@
+//! Snapshot streaming: how a snapshot file crosses from a leader to a follower.
+//!
+//! The core's `InstallSnapshot` message carries no data. When the node loop hands one to the
+//! peer transport, the **snapshot sender** thread streams the leader's snapshot file in
+//! chunks on DEALERs of its own (one TCP connection per follower, apart from the Raft
+//! traffic, so heartbeats never wait behind megabytes of chunks). The follower's peer
+//! receiver passes chunks to its **snapshot receiver** thread, which appends them to a
+//! `.partial` file in the data dir, checks the whole file at the end, renames it
+//! `.received`, and only then delivers the `InstallSnapshot` message to the node loop. The
+//! node loop installs that file (see `node`).
+//!
+//! Why threads of their own: reading, writing and fsyncing a large file must not stall the
+//! node loop or the peer receiver (a follower that stops reading heartbeats for the length
+//! of an fsync would start elections). Why a window and acknowledgements: chunks must not
+//! pile up in ZeroMQ queues (bounded memory on both sides), and a lost chunk must be noticed.
+//!
+//! # Protocol
+//!
+//! ```text
+//! chunk = { from, to, term, snapshot, transfer_id, offset, data, total_bytes, file_crc }
+//! ack   = { from, to, term, snapshot, transfer_id, status }
+//! status = Received { bytes }        everything before `bytes` is written
+//!        | ResendFrom { offset }     a gap: send again from `offset`
+//!        | Delivered                 checked whole and handed to the node loop
+//!        | Refused { reason }        will not take this transfer (stale term, bad data)
+//! ```
+//!
+//! The sender keeps at most [`WINDOW_CHUNKS`] chunks unacknowledged; with no progress for
+//! [`RESEND_AFTER`] it goes back to the last acknowledged offset (go-back-N; this also
+//! re-asks for a lost `Delivered`), and after [`STALL_TIMEOUT`] without progress it gives
+//! up. Either end reports to its node loop: the sender a [`SnapshotReport`]
+//! (`Core::report_snapshot`), the receiver the `InstallSnapshot` message. A chunk's last
+//! byte is at `total_bytes`: that is the last chunk.
+//!
+//! The receiver holds at most one transfer. A chunk at offset 0 of another transfer (a new
+//! leader, a newer snapshot, a restarted transfer) replaces it, unless its term is older;
+//! the replaced partial file is deleted at once. A transfer that stops mid-way (leader
+//! crash) is deleted after [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup.
+//! So an interrupted transfer never leaves a half-installed snapshot.
+
+use super::peer::{Outgoing, PeerSettings, PEER_WIRE_VERSION};
+use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
+use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
+use crate::storage::{FsyncPolicy, StorageError};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Chunks sent and not yet acknowledged, at most, per transfer.
+pub const WINDOW_CHUNKS: u64 = 4;
+/// No acknowledged progress for this long: send again from the last acknowledged offset.
+pub const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// No acknowledged progress for this long: give up and report the transfer failed.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// A transfer the receiver heard nothing of for this long is deleted.
+pub const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Chunks waiting for the receiver thread, at most; more are dropped (and resent).
+pub const CHUNK_QUEUE_MAX: usize = 2 * WINDOW_CHUNKS as usize;
+
+/// One piece of a snapshot file on its way from a leader to a follower.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The term of the `InstallSnapshot` message this transfer delivers.
+    pub term: Term,
+    pub snapshot: SnapshotMeta,
+    /// Tells two transfers of one snapshot apart (a transfer started again after a failure).
+    pub transfer_id: u64,
+    /// Where `data` goes in the file.
+    pub offset: u64,
+    pub data: Bytes,
+    /// The file's length: the chunk ending there is the last.
+    pub total_bytes: u64,
+    /// The file's checksum (its trailer), compared by the receiver at the end.
+    pub file_crc: u32,
+}
+
+impl SnapshotChunk {
+    pub fn is_last(&self) -> bool {
+        self.offset + self.data.len() as u64 == self.total_bytes
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckStatus {
+    Received { bytes: u64 },
+    ResendFrom { offset: u64 },
+    Delivered,
+    Refused { reason: String },
+}
+
+/// The receiver's answer to a chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotAck {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub snapshot: SnapshotMeta,
+    pub transfer_id: u64,
+    pub status: AckStatus,
+}
+
+/// How a transfer ended, for the sender's node loop (`Core::report_snapshot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotReport {
+    pub to: NodeId,
+    pub snapshot: SnapshotMeta,
+    pub delivered: bool,
+}
+
+/// What the snapshot sender thread is told.
+pub(crate) enum SenderInput {
+    /// Stream the snapshot named in this `InstallSnapshot` message.
+    Send(Message),
+    Ack(SnapshotAck),
+    /// This node is no longer leader: drop every transfer, report nothing.
+    CancelAll,
+    Stop,
+}
+
+/// Sends `event` unless the transport is stopping; a full channel is waited on, a stop is
+/// noticed within 100 ms (so stopping never hangs on a node loop that has gone).
+fn send_event<E, T>(events: &Sender<E>, item: T, stopping: &AtomicBool) -> bool
+where
+    E: From<T>,
+{
+    let mut event = E::from(item);
+    loop {
+        match events.send_timeout(event, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                if stopping.load(Ordering::Relaxed) {
+                    return false;
+                }
+                event = back;
+            }
+        }
+    }
+}
+
+// ---- Sender ---------------------------------------------------------------------------------
+
+/// Where the sender finds snapshot files, and how fast it may stream them.
+#[derive(Clone, Debug)]
+pub struct SenderSettings {
+    pub dir: PathBuf,
+    pub chunk_bytes: usize,
+    /// 0: no cap.
+    pub bytes_per_second: u64,
+    pub cluster_id: u64,
+}
+
+struct Transfer {
+    message: Message,
+    snapshot: SnapshotMeta,
+    transfer_id: u64,
+    file: File,
+    total_bytes: u64,
+    file_crc: u32,
+    /// The next byte to send.
+    next_offset: u64,
+    /// Every byte before this is acknowledged.
+    acked_offset: u64,
+    /// When the acknowledged offset last moved (or the transfer started).
+    progress_at: Instant,
+    /// When the last go-back-N happened (or the transfer started).
+    resent_at: Instant,
+    /// The rate cap: no chunk leaves before this.
+    send_at: Instant,
+}
+
+pub(crate) struct SnapshotSender<E> {
+    settings: SenderSettings,
+    dealers: HashMap<NodeId, zmq::Socket>,
+    events: Sender<E>,
+    stopping: Arc<AtomicBool>,
+    transfers: HashMap<NodeId, Transfer>,
+    /// A send met a full or disconnected socket: try again soon.
+    blocked: bool,
+}
+
+impl<E> SnapshotSender<E>
+where
+    E: From<SnapshotReport>,
+{
+    pub(crate) fn new(
+        settings: SenderSettings,
+        dealers: HashMap<NodeId, zmq::Socket>,
+        events: Sender<E>,
+        stopping: Arc<AtomicBool>,
+    ) -> SnapshotSender<E> {
+        SnapshotSender {
+            settings,
+            dealers,
+            events,
+            stopping,
+            transfers: HashMap::new(),
+            blocked: false,
+        }
+    }
+
+    pub(crate) fn run(mut self, inputs: Receiver<SenderInput>) {
+        loop {
+            let wait = self.next_wake(Instant::now());
+            match inputs.recv_timeout(wait) {
+                Ok(SenderInput::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(input) => {
+                    if !self.handle(input) {
+                        return;
+                    }
+                    while let Ok(input) = inputs.try_recv() {
+                        if !self.handle(input) {
+                            return;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            self.pump(Instant::now());
+        }
+    }
+
+    /// How long the thread may sleep: until the next chunk may leave or a timer fires.
+    fn next_wake(&self, now: Instant) -> Duration {
+        if self.transfers.is_empty() {
+            return Duration::from_secs(3600);
+        }
+        if self.blocked {
+            return Duration::from_millis(10);
+        }
+        let mut wake = now + Duration::from_millis(200);
+        for transfer in self.transfers.values() {
+            if transfer.next_offset < transfer.total_bytes
+                && transfer.next_offset - transfer.acked_offset
+                    < WINDOW_CHUNKS * self.settings.chunk_bytes as u64
+            {
+                wake = wake.min(transfer.send_at);
+            }
+        }
+        wake.saturating_duration_since(now)
+    }
+
+    /// Returns false on `Stop`.
+    fn handle(&mut self, input: SenderInput) -> bool {
+        match input {
+            SenderInput::Send(message) => self.start(message),
+            SenderInput::Ack(ack) => self.on_ack(ack),
+            SenderInput::CancelAll => {
+                if !self.transfers.is_empty() {
+                    log::info!("no longer leader: snapshot transfers cancelled");
+                }
+                self.transfers.clear();
+            }
+            SenderInput::Stop => return false,
+        }
+        true
+    }
+
+    fn start(&mut self, message: Message) {
+        let MessageBody::InstallSnapshot { snapshot } = message.body else {
+            log::error!("snapshot sender given a {:?}; ignored", message.body);
+            return;
+        };
+        let to = message.to;
+        if let Some(transfer) = self.transfers.get(&to) {
+            if transfer.snapshot == snapshot && transfer.message.term == message.term {
+                return; // The core asked again while it is on its way.
+            }
+        }
+        let path = snapshot_file::snapshot_path(&self.settings.dir, snapshot);
+        let (file, info) = match snapshot_file::open_for_sending(&path) {
+            Ok(opened) => opened,
+            Err(error) => {
+                log::error!(
+                    "cannot send snapshot {} to node {to}: {error}",
+                    snapshot.last
+                );
+                self.report(to, snapshot, false);
+                return;
+            }
+        };
+        log::info!(
+            "streaming snapshot {} ({} bytes) to node {to}",
+            snapshot.last,
+            info.len_bytes
+        );
+        let now = Instant::now();
+        self.transfers.insert(
+            to,
+            Transfer {
+                message,
+                snapshot,
+                transfer_id: rand::random(),
+                file,
+                total_bytes: info.len_bytes,
+                file_crc: info.crc,
+                next_offset: 0,
+                acked_offset: 0,
+                progress_at: now,
+                resent_at: now,
+                send_at: now,
+            },
+        );
+    }
+
+    fn on_ack(&mut self, ack: SnapshotAck) {
+        let Some(transfer) = self.transfers.get_mut(&ack.from) else {
+            return;
+        };
+        if transfer.transfer_id != ack.transfer_id {
+            return; // From a transfer since replaced.
+        }
+        let now = Instant::now();
+        match ack.status {
+            AckStatus::Received { bytes } => {
+                let bytes = bytes.min(transfer.total_bytes);
+                if bytes > transfer.acked_offset {
+                    transfer.acked_offset = bytes;
+                    transfer.next_offset = transfer.next_offset.max(bytes);
+                    transfer.progress_at = now;
+                    transfer.resent_at = now;
+                }
+            }
+            AckStatus::ResendFrom { offset } => {
+                let offset = offset.min(transfer.total_bytes);
+                transfer.acked_offset = offset;
+                transfer.next_offset = offset;
+                transfer.resent_at = now;
+            }
+            AckStatus::Delivered => {
+                log::info!(
+                    "snapshot {} delivered to node {}",
+                    transfer.snapshot.last,
+                    ack.from
+                );
+                let snapshot = transfer.snapshot;
+                self.transfers.remove(&ack.from);
+                self.report(ack.from, snapshot, true);
+            }
+            AckStatus::Refused { reason } => {
+                log::warn!(
+                    "node {} refused snapshot {}: {reason}",
+                    ack.from,
+                    transfer.snapshot.last
+                );
+                let snapshot = transfer.snapshot;
+                self.transfers.remove(&ack.from);
+                self.report(ack.from, snapshot, false);
+            }
+        }
+    }
+
+    fn report(&self, to: NodeId, snapshot: SnapshotMeta, delivered: bool) {
+        let report = SnapshotReport {
+            to,
+            snapshot,
+            delivered,
+        };
+        send_event(&self.events, report, &self.stopping);
+    }
+
+    /// Sends what windows and rate caps allow; handles timeouts.
+    fn pump(&mut self, now: Instant) {
+        self.blocked = false;
+        let mut failed = Vec::new();
+        let window_bytes = WINDOW_CHUNKS * self.settings.chunk_bytes as u64;
+        for (to, transfer) in &mut self.transfers {
+            if now.duration_since(transfer.progress_at) >= STALL_TIMEOUT {
+                failed.push(*to);
+                continue;
+            }
+            if now.duration_since(transfer.resent_at) >= RESEND_AFTER {
+                // Nothing acknowledged for a while: chunks or acks were lost. Once all bytes
+                // are acknowledged this resends the last chunk, which re-asks for Delivered.
+                transfer.resent_at = now;
+                let last_chunk_start = transfer.total_bytes.saturating_sub(1).saturating_sub(
+                    (transfer.total_bytes.saturating_sub(1)) % self.settings.chunk_bytes as u64,
+                );
+                transfer.next_offset = transfer.acked_offset.min(last_chunk_start);
+            }
+            let Some(dealer) = self.dealers.get(to) else {
+                failed.push(*to);
+                continue;
+            };
+            while transfer.next_offset < transfer.total_bytes
+                && transfer.next_offset < transfer.acked_offset + window_bytes
+                && now >= transfer.send_at
+            {
+                match send_chunk(dealer, &self.settings, transfer, now) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.blocked = true;
+                        break;
+                    }
+                    Err(error) => {
+                        log::error!(
+                            "reading snapshot {} for node {to}: {error}",
+                            transfer.snapshot.last
+                        );
+                        failed.push(*to);
+                        break;
+                    }
+                }
+            }
+        }
+        for to in failed {
+            if let Some(transfer) = self.transfers.remove(&to) {
+                log::warn!(
+                    "snapshot {} to node {to}: no progress for {STALL_TIMEOUT:?}, giving up",
+                    transfer.snapshot.last
+                );
+                self.report(to, transfer.snapshot, false);
+            }
+        }
+    }
+}
+
+/// Reads and sends the chunk at `transfer.next_offset`. `Ok(false)`: the socket would block
+/// (peer down or queue full), try again later.
+fn send_chunk(
+    dealer: &zmq::Socket,
+    settings: &SenderSettings,
+    transfer: &mut Transfer,
+    now: Instant,
+) -> std::io::Result<bool> {
+    let length = (transfer.total_bytes - transfer.next_offset).min(settings.chunk_bytes as u64);
+    let mut data = vec![0u8; length as usize];
+    transfer
+        .file
+        .read_exact_at(&mut data, transfer.next_offset)?;
+    let chunk = SnapshotChunk {
+        from: transfer.message.from,
+        to: transfer.message.to,
+        term: transfer.message.term,
+        snapshot: transfer.snapshot,
+        transfer_id: transfer.transfer_id,
+        offset: transfer.next_offset,
+        data: Bytes::from(data),
+        total_bytes: transfer.total_bytes,
+        file_crc: transfer.file_crc,
+    };
+    let frame = encode_transfer_frame(settings.cluster_id, &TransferFrame::Chunk(chunk));
+    match dealer.send(frame, zmq::DONTWAIT) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN) => return Ok(false),
+        Err(error) => {
+            log::warn!(
+                "sending a snapshot chunk to node {}: {error}",
+                transfer.message.to
+            );
+            return Ok(false);
+        }
+    }
+    transfer.next_offset += length;
+    if settings.bytes_per_second > 0 {
+        let spacing = Duration::from_secs_f64(length as f64 / settings.bytes_per_second as f64);
+        transfer.send_at = transfer.send_at.max(now) + spacing;
+    }
+    Ok(true)
+}
+
+// ---- Receiver -------------------------------------------------------------------------------
+
+struct Receiving {
+    from: NodeId,
+    term: Term,
+    transfer_id: u64,
+    incoming: IncomingSnapshot,
+    active_at: Instant,
+}
+
+/// The receiving end's state: at most one transfer. Pure apart from the files it writes, so
+/// it is tested without sockets.
+pub(crate) struct SnapshotReceiver {
+    me: NodeId,
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    receiving: Option<Receiving>,
+    /// The last transfer delivered, to answer its repeated last chunk with `Delivered`.
+    delivered: Option<(NodeId, u64)>,
+}
+
+/// What handling one chunk produced.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct ReceiverOutput {
+    pub(crate) ack: Option<SnapshotAck>,
+    /// The whole snapshot arrived intact: deliver this `InstallSnapshot` to the node loop.
+    pub(crate) deliver: Option<Message>,
+}
+
+impl SnapshotReceiver {
+    pub(crate) fn new(me: NodeId, dir: PathBuf, fsync: FsyncPolicy) -> SnapshotReceiver {
+        SnapshotReceiver {
+            me,
+            dir,
+            fsync,
+            receiving: None,
+            delivered: None,
+        }
+    }
+
+    fn reply(&self, chunk: &SnapshotChunk, status: AckStatus) -> ReceiverOutput {
+        ReceiverOutput {
+            ack: Some(self.ack(chunk, status)),
+            deliver: None,
+        }
+    }
+
+    fn ack(&self, chunk: &SnapshotChunk, status: AckStatus) -> SnapshotAck {
+        SnapshotAck {
+            from: self.me,
+            to: chunk.from,
+            term: chunk.term,
+            snapshot: chunk.snapshot,
+            transfer_id: chunk.transfer_id,
+            status,
+        }
+    }
+
+    pub(crate) fn on_chunk(&mut self, chunk: SnapshotChunk, now: Instant) -> ReceiverOutput {
+        if self.delivered == Some((chunk.from, chunk.transfer_id)) {
+            return self.reply(&chunk, AckStatus::Delivered);
+        }
+        let current = self.receiving.as_ref().is_some_and(|receiving| {
+            (receiving.from, receiving.transfer_id) == (chunk.from, chunk.transfer_id)
+        });
+        if !current {
+            if let Some(receiving) = &self.receiving {
+                if chunk.term < receiving.term {
+                    return self.reply(
+                        &chunk,
+                        AckStatus::Refused {
+                            reason: format!(
+                                "receiving a snapshot from node {} in the newer term {}",
+                                receiving.from, receiving.term
+                            ),
+                        },
+                    );
+                }
+            }
+            if chunk.offset != 0 {
+                // Unknown to us (we restarted, or replaced it): from the start, please.
+                return self.reply(&chunk, AckStatus::ResendFrom { offset: 0 });
+            }
+            if let Some(replaced) = self.receiving.take() {
+                log::info!(
+                    "abandoning snapshot {} from node {} after {} bytes: node {} sends {}",
+                    replaced.incoming.meta().last,
+                    replaced.from,
+                    replaced.incoming.written_bytes(),
+                    chunk.from,
+                    chunk.snapshot.last
+                );
+                drop(replaced); // Deletes its partial file before a new one may take its name.
+            }
+            let incoming = match IncomingSnapshot::create(&self.dir, chunk.snapshot, self.fsync) {
+                Ok(incoming) => incoming,
+                Err(error) => {
+                    log::error!("cannot receive snapshot {}: {error}", chunk.snapshot.last);
+                    return self.reply(
+                        &chunk,
+                        AckStatus::Refused {
+                            reason: error.to_string(),
+                        },
+                    );
+                }
+            };
+            log::info!(
+                "receiving snapshot {} ({} bytes) from node {}",
+                chunk.snapshot.last,
+                chunk.total_bytes,
+                chunk.from
+            );
+            self.receiving = Some(Receiving {
+                from: chunk.from,
+                term: chunk.term,
+                transfer_id: chunk.transfer_id,
+                incoming,
+                active_at: now,
+            });
+        }
+        let receiving = self.receiving.as_mut().expect("set just above");
+        receiving.active_at = now;
+        let written = receiving.incoming.written_bytes();
+        if chunk.offset < written {
+            return self.reply(&chunk, AckStatus::Received { bytes: written });
+        }
+        if chunk.offset > written {
+            return self.reply(&chunk, AckStatus::ResendFrom { offset: written });
+        }
+        let result = if chunk.offset + chunk.data.len() as u64 > chunk.total_bytes {
+            Err(StorageError::Invalid(format!(
+                "chunk at {} of {} bytes runs past the announced {} bytes",
+                chunk.offset,
+                chunk.data.len(),
+                chunk.total_bytes
+            )))
+        } else {
+            receiving.incoming.append(&chunk.data)
+        };
+        if let Err(error) = result {
+            self.receiving = None;
+            log::error!("receiving snapshot {}: {error}", chunk.snapshot.last);
+            return self.reply(
+                &chunk,
+                AckStatus::Refused {
+                    reason: error.to_string(),
+                },
+            );
+        }
+        if !chunk.is_last() {
+            return self.reply(
+                &chunk,
+                AckStatus::Received {
+                    bytes: written + chunk.data.len() as u64,
+                },
+            );
+        }
+        let receiving = self.receiving.take().expect("set just above");
+        match receiving.incoming.finish(chunk.total_bytes, chunk.file_crc) {
+            Ok(path) => {
+                log::info!(
+                    "received snapshot {} from node {} into {}",
+                    chunk.snapshot.last,
+                    chunk.from,
+                    path.display()
+                );
+                self.delivered = Some((chunk.from, chunk.transfer_id));
+                ReceiverOutput {
+                    ack: Some(self.ack(&chunk, AckStatus::Delivered)),
+                    deliver: Some(Message {
+                        from: chunk.from,
+                        to: self.me,
+                        term: chunk.term,
+                        body: MessageBody::InstallSnapshot {
+                            snapshot: chunk.snapshot,
+                        },
+                    }),
+                }
+            }
+            Err(error) => {
+                log::error!("snapshot {} refused: {error}", chunk.snapshot.last);
+                self.reply(
+                    &chunk,
+                    AckStatus::Refused {
+                        reason: error.to_string(),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Deletes a transfer that went quiet (its leader crashed or was deposed).
+    pub(crate) fn expire(&mut self, now: Instant) {
+        let idle = self.receiving.as_ref().is_some_and(|receiving| {
+            now.duration_since(receiving.active_at) >= RECEIVE_IDLE_TIMEOUT
+        });
+        if idle {
+            if let Some(receiving) = self.receiving.take() {
+                log::info!(
+                    "abandoning snapshot {} from node {}: nothing received for {RECEIVE_IDLE_TIMEOUT:?}",
+                    receiving.incoming.meta().last,
+                    receiving.from
+                );
+            }
+        }
+    }
+}
+
+/// The snapshot receiver thread: chunks in, acks out through the peer sender, whole
+/// snapshots to the node loop.
+pub(crate) fn receive_loop<E>(
+    mut receiver: SnapshotReceiver,
+    chunks: Receiver<SnapshotChunk>,
+    acks: Sender<Outgoing>,
+    events: Sender<E>,
+    stopping: Arc<AtomicBool>,
+) where
+    E: From<Message>,
+{
+    loop {
+        match chunks.recv_timeout(Duration::from_secs(1)) {
+            Ok(chunk) => {
+                let output = receiver.on_chunk(chunk, Instant::now());
+                // Deliver before acknowledging: the leader's success report must not come
+                // before the message is on its way to our node loop.
+                if let Some(message) = output.deliver {
+                    if !send_event(&events, message, &stopping) {
+                        return;
+                    }
+                }
+                if let Some(ack) = output.ack {
+                    let _ = acks.send(Outgoing::Ack(ack));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        if stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        receiver.expire(Instant::now());
+    }
+}
+
+// ---- Wire -----------------------------------------------------------------------------------
+
+/// A frame of the snapshot protocol (as opposed to a Raft message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransferFrame {
+    Chunk(SnapshotChunk),
+    Ack(SnapshotAck),
+}
+
+const KIND_CHUNK: u8 = 1;
+const KIND_ACK: u8 = 2;
+
+// frame = MessagePack array [ wire_version: u8, cluster_id: u64, kind: u8, body ]
+//   kind 1: body = SnapshotChunk (data as bin)    kind 2: body = SnapshotAck
+//
+// Four elements where a Raft message frame has three: old nodes drop it as malformed.
+
+pub fn encode_transfer_frame(cluster_id: u64, frame: &TransferFrame) -> Vec<u8> {
+    let encoded = match frame {
+        TransferFrame::Chunk(chunk) => {
+            rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, KIND_CHUNK, chunk))
+        }
+        TransferFrame::Ack(ack) => {
+            rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, KIND_ACK, ack))
+        }
+    };
+    encoded.expect("a transfer frame has only serializable fields and no maps")
+}
+
+/// Decodes a four-element frame; the caller checked the version, cluster and addresses.
+pub(crate) fn decode_transfer_frame(frame: &[u8]) -> Result<(u8, u64, TransferFrame), String> {
+    let (version, cluster_id, kind, _): (u8, u64, u8, serde::de::IgnoredAny) =
+        rmp_serde::from_slice(frame).map_err(|error| error.to_string())?;
+    let decoded = match kind {
+        KIND_CHUNK => {
+            let (_, _, _, chunk): (u8, u64, u8, SnapshotChunk) =
+                rmp_serde::from_slice(frame).map_err(|error| error.to_string())?;
+            TransferFrame::Chunk(chunk)
+        }
+        KIND_ACK => {
+            let (_, _, _, ack): (u8, u64, u8, SnapshotAck) =
+                rmp_serde::from_slice(frame).map_err(|error| error.to_string())?;
+            TransferFrame::Ack(ack)
+        }
+        other => return Err(format!("unknown transfer frame kind {other}")),
+    };
+    Ok((version, cluster_id, decoded))
+}
+
+impl PeerSettings {
+    pub(crate) fn sender_settings(&self) -> SenderSettings {
+        SenderSettings {
+            dir: self.snapshot_dir.clone(),
+            chunk_bytes: self.snapshot_chunk_bytes,
+            bytes_per_second: self.snapshot_send_bytes_per_second,
+            cluster_id: self.filter.cluster_id,
+        }
+    }
+}

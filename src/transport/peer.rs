@@ -187,6 +187,8 @@ pub struct PeerSettings {
     pub snapshot_chunk_bytes: usize,
     /// 0: no cap.
     pub snapshot_send_bytes_per_second: u64,
+    /// A snapshot transfer without acknowledged progress for this long is given up.
+    pub snapshot_stall_timeout: std::time::Duration,
     /// Whether received snapshots are fsynced before they are delivered.
     pub fsync: FsyncPolicy,
 }
@@ -232,6 +234,7 @@ impl PeerSettings {
             snapshot_dir: config.data_dir.clone(),
             snapshot_chunk_bytes: config.snapshot.chunk_bytes,
             snapshot_send_bytes_per_second: config.snapshot.send_bytes_per_second,
+            snapshot_stall_timeout: transfer::STALL_TIMEOUT,
             fsync: match config.fsync {
                 crate::config::FsyncMode::Always => FsyncPolicy::Always,
                 crate::config::FsyncMode::Never => FsyncPolicy::Never,
@@ -780,6 +783,7 @@ mod tests {
             snapshot_dir: std::env::temp_dir(),
             snapshot_chunk_bytes: 1024,
             snapshot_send_bytes_per_second: 0,
+            snapshot_stall_timeout: transfer::STALL_TIMEOUT,
             fsync: FsyncPolicy::Never,
         }
     }

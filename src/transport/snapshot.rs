@@ -57,7 +57,8 @@ use std::time::{Duration, Instant};
 pub const WINDOW_CHUNKS: u64 = 4;
 /// No acknowledged progress for this long: send again from the last acknowledged offset.
 pub const RESEND_AFTER: Duration = Duration::from_secs(1);
-/// No acknowledged progress for this long: give up and report the transfer failed.
+/// No acknowledged progress for this long: give up and report the transfer failed (the
+/// default of `PeerSettings::snapshot_stall_timeout`).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// A transfer the receiver heard nothing of for this long is deleted.
 pub const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -157,6 +158,8 @@ pub struct SenderSettings {
     /// 0: no cap.
     pub bytes_per_second: u64,
     pub cluster_id: u64,
+    /// No acknowledged progress for this long: give up.
+    pub stall_timeout: Duration,
 }
 
 struct Transfer {
@@ -374,7 +377,7 @@ where
         let mut failed = Vec::new();
         let window_bytes = WINDOW_CHUNKS * self.settings.chunk_bytes as u64;
         for (to, transfer) in &mut self.transfers {
-            if now.duration_since(transfer.progress_at) >= STALL_TIMEOUT {
+            if now.duration_since(transfer.progress_at) >= self.settings.stall_timeout {
                 failed.push(*to);
                 continue;
             }
@@ -415,8 +418,9 @@ where
         for to in failed {
             if let Some(transfer) = self.transfers.remove(&to) {
                 log::warn!(
-                    "snapshot {} to node {to}: no progress for {STALL_TIMEOUT:?}, giving up",
-                    transfer.snapshot.last
+                    "snapshot {} to node {to}: no progress for {:?}, giving up",
+                    transfer.snapshot.last,
+                    self.settings.stall_timeout
                 );
                 self.report(to, transfer.snapshot, false);
             }
@@ -768,6 +772,375 @@ impl PeerSettings {
             chunk_bytes: self.snapshot_chunk_bytes,
             bytes_per_second: self.snapshot_send_bytes_per_second,
             cluster_id: self.filter.cluster_id,
+            stall_timeout: self.snapshot_stall_timeout,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{EntryId, LogIndex};
+    use crate::storage::snapshot::{received_path, snapshot_path, write_snapshot};
+    use crate::transport::peer::{
+        decode_peer_frame, PeerFilter, PeerFrame, PeerTransport, PEER_SEND_QUEUE_MAX,
+    };
+    use std::path::Path;
+
+    const CLUSTER: u64 = 0xfeed;
+
+    fn meta(term: u64, index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last: EntryId::new(Term(term), LogIndex(index)),
+        }
+    }
+
+    fn filter(me: u64) -> PeerFilter {
+        PeerFilter {
+            cluster_id: CLUSTER,
+            me: NodeId(me),
+            node_count: 3,
+        }
+    }
+
+    fn chunk_of(
+        file: &[u8],
+        snapshot: SnapshotMeta,
+        term: u64,
+        transfer_id: u64,
+        range: std::ops::Range<usize>,
+    ) -> SnapshotChunk {
+        SnapshotChunk {
+            from: NodeId(0),
+            to: NodeId(1),
+            term: Term(term),
+            snapshot,
+            transfer_id,
+            offset: range.start as u64,
+            data: Bytes::copy_from_slice(&file[range]),
+            total_bytes: file.len() as u64,
+            file_crc: u32::from_le_bytes(file[file.len() - 4..].try_into().expect("4 bytes")),
+        }
+    }
+
+    /// A complete snapshot file's bytes, written through the storage module.
+    fn snapshot_bytes(dir: &Path, snapshot: SnapshotMeta, body_bytes: usize) -> Vec<u8> {
+        let body: Vec<u8> = (0..body_bytes).map(|n| (n % 251) as u8).collect();
+        let file = write_snapshot(dir, snapshot, FsyncPolicy::Never, |writer| {
+            writer.write_all(&body)
+        })
+        .expect("write");
+        std::fs::read(file.path).expect("read")
+    }
+
+    #[test]
+    fn transfer_frames_round_trip_and_are_told_from_raft_messages() {
+        let file = vec![7u8; 100];
+        let frames = vec![
+            TransferFrame::Chunk(chunk_of(&file, meta(2, 5), 3, 9, 10..60)),
+            TransferFrame::Ack(SnapshotAck {
+                from: NodeId(0),
+                to: NodeId(1),
+                term: Term(3),
+                snapshot: meta(2, 5),
+                transfer_id: 9,
+                status: AckStatus::Refused {
+                    reason: "no".into(),
+                },
+            }),
+        ];
+        for (number, frame) in frames.into_iter().enumerate() {
+            let bytes = encode_transfer_frame(CLUSTER, &frame);
+            assert_eq!(
+                decode_peer_frame(&bytes, &filter(1)),
+                Ok(PeerFrame::Transfer(frame.clone())),
+                "case {number}"
+            );
+            assert!(
+                decode_peer_frame(&bytes, &filter(2)).is_err(),
+                "case {number}: for another node"
+            );
+            assert!(
+                decode_peer_frame(&encode_transfer_frame(0xbad, &frame), &filter(1)).is_err(),
+                "case {number}: from another cluster"
+            );
+        }
+        let big = chunk_of(&vec![1u8; 10_000], meta(1, 1), 1, 1, 0..10_000);
+        let bytes = encode_transfer_frame(CLUSTER, &TransferFrame::Chunk(big));
+        assert!(
+            bytes.len() < 10_200,
+            "chunk data is binary: {} bytes",
+            bytes.len()
+        );
+    }
+
+    fn status(output: &ReceiverOutput) -> Option<AckStatus> {
+        output.ack.as_ref().map(|ack| ack.status.clone())
+    }
+
+    #[test]
+    fn the_receiver_takes_chunks_in_order_and_delivers_only_a_whole_checked_file() {
+        let source = tempfile::tempdir().expect("dir");
+        let file = snapshot_bytes(source.path(), meta(2, 40), 5000);
+        let dir = tempfile::tempdir().expect("dir");
+        let mut receiver =
+            SnapshotReceiver::new(NodeId(1), dir.path().to_path_buf(), FsyncPolicy::Never);
+        let now = Instant::now();
+        let snapshot = meta(2, 40);
+        let total = file.len();
+        // (chunk range, expected ack) in the order they arrive.
+        let steps: Vec<(std::ops::Range<usize>, AckStatus)> = vec![
+            (1000..2000, AckStatus::ResendFrom { offset: 0 }),
+            (0..1000, AckStatus::Received { bytes: 1000 }),
+            (2000..3000, AckStatus::ResendFrom { offset: 1000 }),
+            (0..1000, AckStatus::Received { bytes: 1000 }),
+            (1000..2000, AckStatus::Received { bytes: 2000 }),
+            (2000..total, AckStatus::Delivered),
+            (2000..total, AckStatus::Delivered),
+        ];
+        for (number, (range, expected)) in steps.into_iter().enumerate() {
+            let last = range.end == total;
+            let output = receiver.on_chunk(chunk_of(&file, snapshot, 3, 7, range), now);
+            assert_eq!(status(&output), Some(expected.clone()), "step {number}");
+            let delivered = output.deliver.is_some();
+            assert_eq!(
+                delivered,
+                last && number == 5,
+                "step {number}: delivered exactly once, at the end"
+            );
+            if delivered {
+                let message = output.deliver.expect("checked");
+                assert_eq!(message.term, Term(3));
+                assert_eq!(message.body, MessageBody::InstallSnapshot { snapshot });
+                assert_eq!(
+                    std::fs::read(received_path(dir.path(), snapshot)).expect("received file"),
+                    file
+                );
+            } else if number < 5 {
+                assert!(
+                    !received_path(dir.path(), snapshot).exists(),
+                    "step {number}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_transfer_is_refused_and_leaves_no_file() {
+        let source = tempfile::tempdir().expect("dir");
+        let mut file = snapshot_bytes(source.path(), meta(2, 40), 3000);
+        let dir = tempfile::tempdir().expect("dir");
+        let mut receiver =
+            SnapshotReceiver::new(NodeId(1), dir.path().to_path_buf(), FsyncPolicy::Never);
+        let now = Instant::now();
+        let total = file.len();
+        let good = chunk_of(&file, meta(2, 40), 3, 7, 0..1500);
+        file[2000] ^= 0x40;
+        let bad = chunk_of(&file, meta(2, 40), 3, 7, 1500..total);
+        assert_eq!(
+            status(&receiver.on_chunk(good, now)),
+            Some(AckStatus::Received { bytes: 1500 })
+        );
+        let output = receiver.on_chunk(bad, now);
+        assert!(
+            matches!(status(&output), Some(AckStatus::Refused { .. })),
+            "{output:?}"
+        );
+        assert!(output.deliver.is_none());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("list").count(),
+            0,
+            "files left behind"
+        );
+    }
+
+    #[test]
+    fn a_new_transfer_replaces_an_interrupted_one_unless_its_term_is_older() {
+        let source = tempfile::tempdir().expect("dir");
+        let old_file = snapshot_bytes(source.path(), meta(2, 40), 3000);
+        let new_file = snapshot_bytes(source.path(), meta(4, 90), 3000);
+        let dir = tempfile::tempdir().expect("dir");
+        let mut receiver =
+            SnapshotReceiver::new(NodeId(1), dir.path().to_path_buf(), FsyncPolicy::Never);
+        let now = Instant::now();
+        let count = || std::fs::read_dir(dir.path()).expect("list").count();
+        // The leader of term 3 starts, then dies half way.
+        receiver.on_chunk(chunk_of(&old_file, meta(2, 40), 3, 1, 0..1000), now);
+        assert_eq!(count(), 1, "one partial file");
+        // The leader of term 5 sends a newer snapshot: the partial one goes at once.
+        let mut newer = chunk_of(&new_file, meta(4, 90), 5, 2, 0..1000);
+        newer.from = NodeId(2);
+        assert_eq!(
+            status(&receiver.on_chunk(newer, now)),
+            Some(AckStatus::Received { bytes: 1000 })
+        );
+        assert_eq!(count(), 1, "only the new partial file");
+        // A late chunk of the old transfer (term 3) is refused.
+        let late = chunk_of(&old_file, meta(2, 40), 3, 9, 0..1000);
+        assert!(matches!(
+            status(&receiver.on_chunk(late, now)),
+            Some(AckStatus::Refused { .. })
+        ));
+        // The new one goes quiet: deleted after the idle timeout.
+        receiver.expire(now + RECEIVE_IDLE_TIMEOUT / 2);
+        assert_eq!(count(), 1, "not yet idle");
+        receiver.expire(now + RECEIVE_IDLE_TIMEOUT);
+        assert_eq!(count(), 0, "an idle transfer is deleted");
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free loopback port")
+    }
+
+    fn settings(me: u64, ports: &[u16], dir: &Path, rate: u64) -> PeerSettings {
+        PeerSettings {
+            filter: PeerFilter {
+                cluster_id: CLUSTER,
+                me: NodeId(me),
+                node_count: ports.len(),
+            },
+            bind_endpoint: format!("tcp://127.0.0.1:{}", ports[me as usize]),
+            peers: (0..ports.len() as u64)
+                .filter(|id| *id != me)
+                .map(|id| {
+                    (
+                        NodeId(id),
+                        format!("tcp://127.0.0.1:{}", ports[id as usize]),
+                    )
+                })
+                .collect(),
+            ipv6: false,
+            frame_bytes_max: 2 << 20,
+            send_queue_max: PEER_SEND_QUEUE_MAX,
+            snapshot_dir: dir.to_path_buf(),
+            snapshot_chunk_bytes: 4096,
+            snapshot_send_bytes_per_second: rate,
+            snapshot_stall_timeout: Duration::from_secs(2),
+            fsync: FsyncPolicy::Never,
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum TestEvent {
+        Message(Message),
+        Report(SnapshotReport),
+    }
+
+    impl From<Message> for TestEvent {
+        fn from(message: Message) -> TestEvent {
+            TestEvent::Message(message)
+        }
+    }
+
+    impl From<SnapshotReport> for TestEvent {
+        fn from(report: SnapshotReport) -> TestEvent {
+            TestEvent::Report(report)
+        }
+    }
+
+    fn install_message(snapshot: SnapshotMeta) -> Message {
+        Message {
+            from: NodeId(0),
+            to: NodeId(1),
+            term: Term(3),
+            body: MessageBody::InstallSnapshot { snapshot },
+        }
+    }
+
+    #[test]
+    fn a_snapshot_streams_between_two_transports_and_both_ends_are_told() {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let leader_dir = tempfile::tempdir().expect("dir");
+        let follower_dir = tempfile::tempdir().expect("dir");
+        let snapshot = meta(2, 500);
+        // About 300 chunks of 4 KiB: far more than the window.
+        let file = snapshot_bytes(leader_dir.path(), snapshot, 1_200_000);
+        let (leader_events, leader_inbox) = crossbeam_channel::unbounded::<TestEvent>();
+        let (follower_events, follower_inbox) = crossbeam_channel::unbounded::<TestEvent>();
+        let leader = PeerTransport::start(
+            &context,
+            settings(0, &ports, leader_dir.path(), 0),
+            leader_events,
+        )
+        .expect("leader");
+        let follower = PeerTransport::start(
+            &context,
+            settings(1, &ports, follower_dir.path(), 0),
+            follower_events,
+        )
+        .expect("follower");
+        let message = install_message(snapshot);
+        leader.send(vec![message.clone()]);
+        let delivered = follower_inbox
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the follower's node loop gets the message");
+        assert_eq!(delivered, TestEvent::Message(message));
+        let received = std::fs::read(received_path(follower_dir.path(), snapshot)).expect("file");
+        assert!(received == file, "the received file differs");
+        let report = leader_inbox
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the leader's node loop gets a report");
+        assert_eq!(
+            report,
+            TestEvent::Report(SnapshotReport {
+                to: NodeId(1),
+                snapshot,
+                delivered: true
+            })
+        );
+        // A snapshot the leader does not have is reported failed at once.
+        leader.send(vec![install_message(meta(2, 501))]);
+        let report = leader_inbox
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a report");
+        assert!(
+            matches!(
+                report,
+                TestEvent::Report(SnapshotReport {
+                    delivered: false,
+                    ..
+                })
+            ),
+            "{report:?}"
+        );
+        leader.stop();
+        follower.stop();
+        assert!(snapshot_path(leader_dir.path(), snapshot).exists());
+    }
+
+    #[test]
+    fn a_transfer_to_a_dead_follower_is_reported_failed_and_cancelling_reports_nothing() {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let leader_dir = tempfile::tempdir().expect("dir");
+        let snapshot = meta(2, 500);
+        snapshot_bytes(leader_dir.path(), snapshot, 100_000);
+        let (events, inbox) = crossbeam_channel::unbounded::<TestEvent>();
+        let leader =
+            PeerTransport::start(&context, settings(0, &ports, leader_dir.path(), 0), events)
+                .expect("leader");
+        leader.send(vec![install_message(snapshot)]);
+        leader.cancel_snapshot_transfers();
+        assert!(
+            inbox.recv_timeout(Duration::from_secs(4)).is_err(),
+            "a cancelled transfer reports nothing"
+        );
+        leader.send(vec![install_message(snapshot)]);
+        let report = inbox
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a report");
+        assert_eq!(
+            report,
+            TestEvent::Report(SnapshotReport {
+                to: NodeId(1),
+                snapshot,
+                delivered: false
+            })
+        );
+        leader.stop();
     }
 }

@@ -181,3 +181,70 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
         "the error does not say how to recover:\n{log}"
     );
 }
+
+/// The benchmark behind the README's restart figure: 1 million queued 100-byte messages
+/// (default snapshot thresholds), then SIGKILL and restart, timed until the node serves the
+/// same state again. Also reports the longest loop pause the logs recorded for taking a
+/// snapshot view. Run with
+/// `cargo test --release --test snapshot_restart measure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_restart_with_a_million_queued_messages() {
+    const MESSAGES: usize = 1_000_000;
+    let mut cluster = Cluster::start(1);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    let started = std::time::Instant::now();
+    write_all(&cluster, &[put_topic("t")]);
+    for first in (0..MESSAGES).step_by(50_000) {
+        write_all(&cluster, &puts("t", first, 50_000, 100));
+    }
+    let filled = started.elapsed();
+    let before = wait_converged(&cluster, &[0], Duration::from_secs(60));
+    assert_eq!(before["message_count"], MESSAGES);
+    // Let the last snapshot finish writing, as a node that ran for a while would have.
+    std::thread::sleep(Duration::from_secs(5));
+    let dir = cluster.data_dir(0);
+    let snapshot_bytes: Vec<u64> = files_ending(&dir, ".snap")
+        .iter()
+        .map(|path| std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0))
+        .collect();
+    let wal_bytes: u64 = files_ending(&dir, ".wal")
+        .iter()
+        .map(|path| std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0))
+        .sum();
+    cluster.kill(0);
+    let restart = std::time::Instant::now();
+    cluster.spawn(0);
+    assert!(
+        cluster.wait_all_up(Duration::from_secs(120)),
+        "restart failed"
+    );
+    let answering = restart.elapsed();
+    let after = wait_converged(&cluster, &[0], Duration::from_secs(120));
+    let serving = restart.elapsed();
+    assert_eq!(after["digest"], before["digest"]);
+    let log = std::fs::read_to_string(cluster.log_path(0)).expect("log");
+    let pause_max_us = log
+        .lines()
+        .filter_map(|line| {
+            let (_, rest) = line.split_once("the loop paused ")?;
+            rest.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .max();
+    let write_ms: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(" written: "))
+        .map(|line| line.split_once(" written: ").map_or("", |(_, rest)| rest))
+        .collect();
+    let startup = log
+        .lines()
+        .rfind(|line| line.contains("serving clients"))
+        .unwrap_or("");
+    println!(
+        "filled {MESSAGES} messages in {filled:?}; snapshot files {snapshot_bytes:?} bytes, \
+         WAL {wal_bytes} bytes; restart: answering status after {answering:?}, same state \
+         (digest) after {serving:?}; longest loop pause for a snapshot view {pause_max_us:?} \
+         us\nlast snapshot writes: {:?}\nstartup: {startup}",
+        &write_ms[write_ms.len().saturating_sub(3)..]
+    );
+}

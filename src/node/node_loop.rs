@@ -102,6 +102,8 @@ struct Snapshots {
     writing: Option<SnapshotMeta>,
     /// A received snapshot being decoded on the loader thread.
     loading: Option<SnapshotMeta>,
+    /// The newest `InstallSnapshot` that arrived while another was loading: handled next.
+    waiting: Option<Message>,
     /// A received snapshot, decoded, for the core's next `Ready::snapshot`.
     loaded: Option<(SnapshotMeta, Queue)>,
     /// The longest pause taking a snapshot view caused, for the logs.
@@ -172,6 +174,7 @@ impl NodeLoop {
                 bytes_since: 0,
                 writing: None,
                 loading: None,
+                waiting: None,
                 loaded: None,
                 view_pause_max: Duration::ZERO,
             },
@@ -385,7 +388,17 @@ impl NodeLoop {
         }
     }
 
+    /// Deletes a received snapshot file that will not be installed (unless it is the one
+    /// loaded for the core's next `Ready`, which a repeated message must not take away).
     fn discard_received(&self, snapshot: SnapshotMeta) {
+        if self
+            .snapshots
+            .loaded
+            .as_ref()
+            .is_some_and(|(loaded, _)| *loaded == snapshot)
+        {
+            return;
+        }
         let path = snapshot_file::received_path(&self.config.data_dir, snapshot);
         if let Err(error) = std::fs::remove_file(&path) {
             log::debug!("deleting {}: {error}", path.display());
@@ -594,11 +607,21 @@ impl NodeLoop {
             return;
         }
         if let Some(loading) = self.snapshots.loading {
-            log::debug!(
-                "snapshot {} arrived while {} is loading; dropped (the leader resends)",
+            log::info!(
+                "snapshot {} arrived while {} is loading; it waits",
                 snapshot.last,
                 loading.last
             );
+            if let Some(MessageBody::InstallSnapshot { snapshot: replaced }) = self
+                .snapshots
+                .waiting
+                .replace(message)
+                .map(|message| message.body)
+            {
+                if replaced != snapshot {
+                    self.discard_received(replaced);
+                }
+            }
             return;
         }
         self.snapshots.loading = Some(snapshot);
@@ -635,6 +658,15 @@ impl NodeLoop {
         if self.halted {
             return;
         }
+        self.step_loaded(loaded);
+        if let Some(waiting) = self.snapshots.waiting.take() {
+            if let MessageBody::InstallSnapshot { snapshot } = waiting.body {
+                self.on_install_snapshot(waiting, snapshot);
+            }
+        }
+    }
+
+    fn step_loaded(&mut self, loaded: LoadedSnapshot) {
         match loaded.result {
             Ok(queue) => {
                 log::info!(

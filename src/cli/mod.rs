@@ -1,1 +1,336 @@
-//! TODO
+//! The `rrmq` command: an operator's and a script's way into a cluster.
+//!
+//! Why it lives in the library: `bin/rrmq.rs` only calls [`main`], so everything here can be
+//! tested without spawning processes, and the argument definitions (clap derive) sit next to
+//! the code that uses them.
+//!
+//! What it owns: argument parsing, turning [`crate::client`] results into output (plain text
+//! for people, `--json` for scripts), one-line error messages on stderr, and the exit codes
+//! below. `rrmq cluster` (the local cluster launcher) lives in [`cluster`]. The benchmark,
+//! `rrmq bench`, belongs in `bench.rs` beside it, as one more [`Command`] variant.
+//!
+//! What it must not do: retry, find leaders or touch sockets itself: that is the client's
+//! job, and the benchmark must see the same behaviour as the CLI.
+
+mod cluster;
+mod commands;
+mod duration;
+
+pub use cluster::ClusterArgs;
+pub use duration::parse_duration;
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{ClientError, NodeAddress};
+use crate::config::ConfigError;
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// An error: bad config, a refused request (bad request, too large), a transport failure.
+pub const EXIT_ERROR: u8 = 1;
+/// Bad command-line usage (clap's code).
+pub const EXIT_USAGE: u8 = 2;
+/// Not found: no such topic, or `get` on an empty topic.
+pub const EXIT_NOT_FOUND: u8 = 3;
+/// Unavailable: no leader or no quorum before the timeout, or no node answered. For `put`,
+/// `get` and `topic create` the outcome is then unknown.
+pub const EXIT_UNAVAILABLE: u8 = 4;
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  error: unreadable config, request refused (bad request, too large), transport failure
+  2  usage error
+  3  not found: no such topic, or `get` on an empty topic (nothing is printed to stdout)
+  4  unavailable: no leader, no quorum or no reply before --timeout; for `put`, `get` and
+     `topic create` the outcome is then unknown (the request may or may not have been applied)
+
+Errors are one line on stderr, starting with `rrmq: `.";
+
+/// rrmq: the command-line client of an rrmq cluster, and a local cluster launcher
+///
+/// Talks to the cluster described by --config (or to the node given with --node), finding
+/// the leader and retrying safely: a retried put or get takes effect at most once.
+#[derive(Debug, Parser)]
+#[command(name = "rrmq", version, after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GlobalOptions {
+    /// The cluster config (PROTOCOL.md §1)
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "config.json"
+    )]
+    pub config: PathBuf,
+    /// Talk to this node instead of the nodes of --config; leader hints lead to the others
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub node: Option<NodeAddress>,
+    /// How long a command may take in all, retries included (e.g. 10s, 500ms, 1.5)
+    #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
+          value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How long to wait for one node's reply before trying another [default: 2s, at most
+    /// --timeout]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub attempt_timeout: Option<Duration>,
+    /// Print results as JSON (one object on stdout) for scripts
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or list topics
+    Topic {
+        #[command(subcommand)]
+        command: TopicCommand,
+    },
+    /// Append a message to a topic
+    Put {
+        topic: String,
+        /// The message; `-` reads it from stdin, byte for byte (text if it is UTF-8, binary
+        /// otherwise)
+        message: OsString,
+    },
+    /// Pop the oldest message of a topic and print it
+    ///
+    /// Text is printed followed by a newline (unless --raw), binary as raw bytes. Exits 3
+    /// with nothing on stdout when the topic is empty.
+    Get {
+        topic: String,
+        /// Print a text message exactly, without the trailing newline
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Show every node: id, address, role, term, commit index, last applied, leader it sees
+    Status,
+    /// Run the nodes of --config as child processes until Ctrl-C or SIGTERM
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic (succeeds, saying so, if it already exists)
+    Create { name: String },
+    /// List topics in creation order
+    List,
+}
+
+/// Why a command failed; `Display` is the one line printed after `rrmq: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    /// Every node asked was unreachable (`rrmq status`).
+    #[error("no node answered")]
+    NoNodeAnswered,
+    #[error("{0}")]
+    Cluster(String),
+}
+
+impl CliError {
+    /// The documented exit code (see `EXIT_STATUS_HELP`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Client(error) => match error {
+                ClientError::NoSuchTopic { .. } | ClientError::Empty { .. } => EXIT_NOT_FOUND,
+                ClientError::Timeout { .. }
+                | ClientError::Unavailable { .. }
+                | ClientError::SessionExpired { .. } => EXIT_UNAVAILABLE,
+                _ => EXIT_ERROR,
+            },
+            CliError::NoNodeAnswered => EXIT_UNAVAILABLE,
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::Config(_) | CliError::Io { .. } | CliError::Cluster(_) => EXIT_ERROR,
+        }
+    }
+
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> CliError {
+        let context = context.into();
+        move |source| CliError::Io { context, source }
+    }
+}
+
+/// The whole `rrmq` program: parses `std::env::args`, runs, prints, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = error.print();
+                return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(EXIT_USAGE));
+            }
+            eprintln!("rrmq: {}", usage_line(&error));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut stdout = stdout.lock();
+    let result = run(&cli, &mut stdout, &mut std::io::stdin().lock());
+    let flushed = stdout.flush();
+    match result.and_then(|()| flushed.map_err(CliError::io("cannot write to stdout"))) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(error) => {
+            eprintln!("rrmq: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// clap's usage error as one line: its first paragraph without the `error: ` prefix.
+fn usage_line(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let paragraph: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.is_empty())
+        .collect();
+    let message = paragraph.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    format!("{message} (see rrmq --help)")
+}
+
+/// Runs one parsed command, writing results to `stdout` and reading `put -` from `stdin`.
+pub fn run(
+    cli: &Cli,
+    stdout: &mut dyn Write,
+    stdin: &mut dyn std::io::Read,
+) -> Result<(), CliError> {
+    match &cli.command {
+        Command::Cluster(args) => {
+            if cli.global.node.is_some() {
+                return Err(CliError::Usage(
+                    "rrmq cluster starts the nodes of --config; --node does not apply".into(),
+                ));
+            }
+            cluster::run(&cli.global.config, args, stdout)
+        }
+        command => commands::run(&cli.global, command, stdout, stdin),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_parse_into_commands_and_bad_ones_are_usage_errors() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("rrmq").chain(args.iter().copied()))
+        };
+        let cli = parse(&[
+            "--node",
+            "127.0.0.1:9123",
+            "put",
+            "t",
+            "-",
+            "--timeout",
+            "3s",
+        ])
+        .expect("valid arguments");
+        assert_eq!(
+            cli.global.node,
+            Some(NodeAddress::new("127.0.0.1", 9123).expect("valid"))
+        );
+        assert_eq!(cli.global.timeout, Duration::from_secs(3));
+        assert!(
+            matches!(cli.command, Command::Put { ref topic, ref message }
+            if topic == "t" && message == "-")
+        );
+
+        let cli = parse(&["topic", "list", "--json"]).expect("valid arguments");
+        assert!(cli.global.json);
+        assert_eq!(cli.global.config, PathBuf::from("config.json"));
+        assert!(matches!(
+            cli.command,
+            Command::Topic {
+                command: TopicCommand::List
+            }
+        ));
+
+        let bad: [&[&str]; 5] = [
+            &["put", "t"],
+            &["--node", "nonsense", "status"],
+            &["--timeout", "soon", "status"],
+            &["frobnicate"],
+            &["cluster", "--fsync", "sometimes"],
+        ];
+        for (number, args) in bad.iter().enumerate() {
+            let error = parse(args).expect_err(&format!("case {number}: {args:?} accepted"));
+            assert_eq!(error.exit_code(), i32::from(EXIT_USAGE), "case {number}");
+            let line = usage_line(&error);
+            assert!(!line.contains('\n'), "case {number}: {line}");
+            assert!(!line.starts_with("error"), "case {number}: {line}");
+        }
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        let unknown = || ClientError::Timeout {
+            operation: "put".into(),
+            elapsed: Duration::from_secs(1),
+            last_problem: "silence".into(),
+            outcome_unknown: true,
+        };
+        let cases: [(CliError, u8); 7] = [
+            (
+                ClientError::NoSuchTopic { topic: "t".into() }.into(),
+                EXIT_NOT_FOUND,
+            ),
+            (
+                ClientError::Empty { topic: "t".into() }.into(),
+                EXIT_NOT_FOUND,
+            ),
+            (unknown().into(), EXIT_UNAVAILABLE),
+            (
+                ClientError::SessionExpired {
+                    message: "forgotten".into(),
+                }
+                .into(),
+                EXIT_UNAVAILABLE,
+            ),
+            (
+                ClientError::TooLarge {
+                    message: "big".into(),
+                }
+                .into(),
+                EXIT_ERROR,
+            ),
+            (CliError::NoNodeAnswered, EXIT_UNAVAILABLE),
+            (CliError::Usage("no".into()), EXIT_USAGE),
+        ];
+        for (number, (error, code)) in cases.into_iter().enumerate() {
+            assert_eq!(error.exit_code(), code, "case {number}: {error}");
+        }
+        assert!(unknown().to_string().contains("outcome is unknown"));
+    }
+}

@@ -1,1 +1,887 @@
-//! TODO
+//! A blocking client for an rrmq cluster: the CLI, the end-to-end tests and the benchmark
+//! talk to the cluster through it.
+//!
+//! Why it exists: talking to a replicated queue correctly is more than sending a request.
+//! Only the leader answers topic and message operations, leaders change, nodes die, replies
+//! get lost. This module finds the leader (following the `leader` hint of a `NOT_LEADER`
+//! reply, else trying the nodes in turn), bounds every attempt and the whole call in time,
+//! and retries safely.
+//!
+//! Safe retries (PROTOCOL.md §5): each [`Client`] picks a random `client_id` and numbers its
+//! topic PUT, message PUT and message GET requests with an increasing `seq`, starting at 1.
+//! A retry after a lost reply, a `NOT_LEADER`, a `TIMEOUT` or an `UNAVAILABLE` re-sends the
+//! same bytes, so the same `(client_id, seq)` pair, to whichever node is leader by then; the
+//! cluster applies the pair at most once and answers a repeat with the first reply. The
+//! cluster remembers only the last reply per client, so a client sends one request at a time:
+//! every method takes `&mut self`. When the overall deadline passes without an answer, the
+//! outcome of a write is unknown, and the error says so.
+//!
+//! Transport: version 2 MessagePack over ZeroMQ, one DEALER socket per node, created on first
+//! use. Each request goes out as `[call tag, "", body]` and the node echoes the envelope, so a
+//! reply names the call it answers. Every attempt of one call carries the same tag: a late
+//! answer to an earlier attempt is as good as an answer to the latest one (same session key,
+//! same reply), while a reply to an earlier call is stale and dropped.
+//!
+//! What it must not do: keep more than one request of a session in flight, invent a new
+//! `seq` for a retry, or wait without a deadline.
+
+mod address;
+#[cfg(test)]
+mod tests;
+
+pub use address::{AddressError, NodeAddress};
+
+use std::time::{Duration, Instant};
+
+use crate::config::ClusterConfig;
+use crate::protocol::{
+    decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
+    Payload, Reply, ReplyDecodeError, Request, SessionKey, StatsReport, StatusReport,
+};
+
+/// How long one attempt waits for a reply before the client tries elsewhere.
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// How long one call may take in all, retries included.
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
+
+/// The largest reply accepted from a node: a 1 MiB message (the default limit) and its
+/// framing fit with room to spare; a node configured for larger messages needs a client
+/// configured to match.
+pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The pause after every node has answered without being able to serve (an election in
+/// progress), doubled up to the maximum while it lasts.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_millis(800);
+
+/// Leader hints may name nodes the client was not told about (a client started with one
+/// `--node`); it learns at most this many addresses, so a confused node cannot grow the list
+/// without bound.
+const NODES_MAX: usize = 256;
+
+/// The protocol version the client speaks: version 2 carries error codes and leader hints.
+const PROTOCOL_VERSION: u8 = 2;
+
+/// Where the cluster is and how patient to be with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// The nodes' client addresses. For a config, in config order, so a node's position is its
+    /// id.
+    pub nodes: Vec<NodeAddress>,
+    /// How long one attempt on one node waits for its reply.
+    pub attempt_timeout: Duration,
+    /// How long one call may take in all, retries included.
+    pub deadline: Duration,
+}
+
+impl ClientOptions {
+    /// The given nodes with the default timeouts.
+    pub fn new(nodes: Vec<NodeAddress>) -> ClientOptions {
+        ClientOptions {
+            nodes,
+            attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
+            deadline: DEADLINE_DEFAULT,
+        }
+    }
+
+    /// Every node of a cluster config, in config order (so a node's position is its id), with
+    /// the default timeouts.
+    pub fn from_config(config: &ClusterConfig) -> Result<ClientOptions, AddressError> {
+        let nodes = config
+            .addresses
+            .iter()
+            .map(|address| NodeAddress::new(address.ip.clone(), address.port))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ClientOptions::new(nodes))
+    }
+}
+
+const OUTCOME_UNKNOWN: &str = "the outcome is unknown: it may or may not have been applied";
+
+/// Why a call failed. `Display` is one line for an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no node to talk to: the node list is empty")]
+    NoNodes,
+    #[error("{option} must be longer than zero")]
+    ZeroDuration { option: &'static str },
+    #[error("no such topic '{topic}'")]
+    NoSuchTopic { topic: String },
+    #[error("topic '{topic}' already exists")]
+    TopicExists { topic: String },
+    #[error("topic '{topic}' is empty")]
+    Empty { topic: String },
+    #[error("the cluster refused the request as malformed: {message}")]
+    BadRequest { message: String },
+    #[error("the cluster refused the request as too large: {message}")]
+    TooLarge { message: String },
+    /// The cluster no longer remembers this client's session, so it cannot tell whether the
+    /// retried request was applied.
+    #[error("the cluster forgot this client's session ({message}); {OUTCOME_UNKNOWN}")]
+    SessionExpired { message: String },
+    /// No answer before the deadline: nodes were silent or the leader could not commit in
+    /// time.
+    #[error(
+        "no answer to {operation} within {elapsed:.1?} (last: {last_problem}){}",
+        outcome_note(*outcome_unknown)
+    )]
+    Timeout {
+        operation: String,
+        elapsed: Duration,
+        last_problem: String,
+        /// True for writes: the request may have been applied.
+        outcome_unknown: bool,
+    },
+    /// Nodes answered but none could serve before the deadline: no leader, or no quorum.
+    #[error(
+        "cluster unavailable for {operation} after {elapsed:.1?} (last: {last_problem}){}",
+        outcome_note(*outcome_unknown)
+    )]
+    Unavailable {
+        operation: String,
+        elapsed: Duration,
+        last_problem: String,
+        /// True for writes: the request may have been applied.
+        outcome_unknown: bool,
+    },
+    /// A code this client does not handle (e.g. `SHUTTING_DOWN` from the one node asked).
+    #[error("{node} refused {operation}: {code}: {message}")]
+    Refused {
+        node: NodeAddress,
+        operation: String,
+        code: String,
+        message: String,
+    },
+    #[error("{node}: ZeroMQ: {source}")]
+    Transport {
+        node: NodeAddress,
+        source: zmq::Error,
+    },
+    #[error("{node}: {source}")]
+    BadReply {
+        node: NodeAddress,
+        source: ReplyDecodeError,
+    },
+    /// A per-node report of the wrong kind.
+    #[error("unexpected reply to {operation}: {detail}")]
+    MismatchedReply { operation: String, detail: String },
+    #[error("{node}: unexpected reply to {operation}: {detail}")]
+    UnexpectedReply {
+        node: NodeAddress,
+        operation: String,
+        detail: String,
+    },
+}
+
+fn outcome_note(outcome_unknown: bool) -> String {
+    if outcome_unknown {
+        format!("; {OUTCOME_UNKNOWN}")
+    } else {
+        String::new()
+    }
+}
+
+impl ClientError {
+    /// True when the request may or may not have taken effect.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            ClientError::Timeout {
+                outcome_unknown, ..
+            }
+            | ClientError::Unavailable {
+                outcome_unknown, ..
+            } => *outcome_unknown,
+            ClientError::SessionExpired { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What an attempt learned when it did not end the call.
+#[derive(Debug)]
+enum Setback {
+    /// No reply in time, or the request could not even be queued.
+    Silence(String),
+    /// A node answered that it cannot serve now.
+    Refusal(String),
+}
+
+/// A blocking client. One request at a time: see the module docs.
+pub struct Client {
+    // Sockets are declared before the context so they close first; the context's drop waits
+    // for its sockets.
+    /// `sockets[i]` talks to `addresses[i]`; `None` until first used.
+    sockets: Vec<Option<zmq::Socket>>,
+    context: zmq::Context,
+    /// Invariant: `addresses.len() == sockets.len()`, no duplicates, at most `NODES_MAX`.
+    addresses: Vec<NodeAddress>,
+    /// The node believed to be leader: the last one that served a topic or message call.
+    leader: Option<usize>,
+    /// Where to start when no leader is known.
+    next_node: usize,
+    client_id: String,
+    /// The last `seq` used. Invariant: strictly increases with every session request.
+    seq: u64,
+    /// The tag of the last call; replies carrying an older tag are stale.
+    call_tag: u64,
+    attempt_timeout: Duration,
+    deadline: Duration,
+}
+
+impl Client {
+    /// Checks the options and prepares the client. Nothing is sent yet: sockets connect on
+    /// first use, so a node that is down costs nothing until it is needed.
+    pub fn connect(options: ClientOptions) -> Result<Client, ClientError> {
+        if options.nodes.is_empty() {
+            return Err(ClientError::NoNodes);
+        }
+        if options.attempt_timeout.is_zero() {
+            return Err(ClientError::ZeroDuration {
+                option: "the attempt timeout",
+            });
+        }
+        if options.deadline.is_zero() {
+            return Err(ClientError::ZeroDuration {
+                option: "the deadline",
+            });
+        }
+        let mut addresses: Vec<NodeAddress> = Vec::with_capacity(options.nodes.len());
+        for node in options.nodes.into_iter().take(NODES_MAX) {
+            if !addresses.contains(&node) {
+                addresses.push(node);
+            }
+        }
+        Ok(Client {
+            sockets: addresses.iter().map(|_| None).collect(),
+            context: zmq::Context::new(),
+            addresses,
+            leader: None,
+            next_node: 0,
+            client_id: format!("{:016x}", rand::random::<u64>()),
+            seq: 0,
+            call_tag: 0,
+            attempt_timeout: options.attempt_timeout,
+            deadline: options.deadline,
+        })
+    }
+
+    /// This client's session id, sent with every topic PUT, message PUT and message GET.
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The nodes this client knows: those it was given, then those leader hints named.
+    pub fn nodes(&self) -> &[NodeAddress] {
+        &self.addresses
+    }
+
+    /// The node that last served a topic or message call, if any.
+    pub fn leader(&self) -> Option<&NodeAddress> {
+        self.leader.map(|index| &self.addresses[index])
+    }
+
+    /// Creates a topic: `Ok(true)` if this call created it, `Ok(false)` if it already existed.
+    pub fn create_topic(&mut self, topic: &str) -> Result<bool, ClientError> {
+        let operation = Operation::CreateTopic {
+            topic: topic.to_string(),
+        };
+        match self.call(operation, true)? {
+            (_, Outcome::Done) => Ok(true),
+            (_, Outcome::Failed(info)) if info.code == ErrorCode::TopicExists => Ok(false),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "create topic")),
+        }
+    }
+
+    /// The topics, in creation order. A linearizable read on the leader.
+    pub fn list_topics(&mut self) -> Result<Vec<String>, ClientError> {
+        match self.call(Operation::ListTopics, false)? {
+            (_, Outcome::Topics(topics)) => Ok(topics),
+            (node, outcome) => Err(self.unexpected(node, outcome, "", "list topics")),
+        }
+    }
+
+    /// Appends a message to a topic. `Ok` means it is committed: it survives the loss of any
+    /// minority of nodes.
+    pub fn put(&mut self, topic: &str, message: Payload) -> Result<(), ClientError> {
+        let operation = Operation::Put {
+            topic: topic.to_string(),
+            message,
+        };
+        match self.call(operation, true)? {
+            (_, Outcome::Done) => Ok(()),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "put")),
+        }
+    }
+
+    /// Pops the oldest message of a topic; `Ok(None)` when the topic has none.
+    pub fn get(&mut self, topic: &str) -> Result<Option<Payload>, ClientError> {
+        let operation = Operation::Get {
+            topic: topic.to_string(),
+        };
+        match self.call(operation, true)? {
+            (_, Outcome::Message(message)) => Ok(Some(message)),
+            (_, Outcome::Failed(info)) if info.code == ErrorCode::Empty => Ok(None),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "get")),
+        }
+    }
+
+    /// Asks one node for its status: one attempt, bounded by the attempt timeout, no retry
+    /// elsewhere (every node answers status, and the caller asked about this one).
+    pub fn status_of(&mut self, node: &NodeAddress) -> Result<StatusReport, ClientError> {
+        let index = self.index_or_add(node);
+        let reply = self.ask_each(&[index], Operation::Status).pop();
+        status_from(reply.expect("one result per node asked"))
+    }
+
+    /// Asks every known node for its status at once, so unreachable nodes cost one attempt
+    /// timeout in all. Results are in node order.
+    pub fn status_all(&mut self) -> Vec<(NodeAddress, Result<StatusReport, ClientError>)> {
+        let indexes: Vec<usize> = (0..self.addresses.len()).collect();
+        let replies = self.ask_each(&indexes, Operation::Status);
+        self.addresses
+            .iter()
+            .cloned()
+            .zip(replies.into_iter().map(status_from))
+            .collect()
+    }
+
+    /// Asks one node for the numbers of its applied state machine (with a digest, to compare
+    /// nodes): one attempt, like [`Client::status_of`].
+    pub fn stats_of(&mut self, node: &NodeAddress) -> Result<StatsReport, ClientError> {
+        let index = self.index_or_add(node);
+        let reply = self.ask_each(&[index], Operation::Stats).pop();
+        stats_from(reply.expect("one result per node asked"))
+    }
+
+    /// Asks every known node for its state machine's numbers at once. In node order.
+    pub fn stats_all(&mut self) -> Vec<(NodeAddress, Result<StatsReport, ClientError>)> {
+        let indexes: Vec<usize> = (0..self.addresses.len()).collect();
+        let replies = self.ask_each(&indexes, Operation::Stats);
+        self.addresses
+            .iter()
+            .cloned()
+            .zip(replies.into_iter().map(stats_from))
+            .collect()
+    }
+
+    /// Sends one request that every node answers about itself (status, stats) to each of
+    /// `indexes` at once and collects the replies for one attempt timeout. One result per
+    /// index, in order; an `Outcome` reply (e.g. `SHUTTING_DOWN`) becomes its error.
+    fn ask_each(
+        &mut self,
+        indexes: &[usize],
+        operation: Operation,
+    ) -> Vec<Result<Reply, ClientError>> {
+        let started = Instant::now();
+        let until = started + self.attempt_timeout;
+        let name = describe(&operation);
+        let tag = self.next_call_tag();
+        let body = encode_request(
+            &Request {
+                version: PROTOCOL_VERSION,
+                session: None,
+                operation,
+            },
+            Encoding::MsgPack,
+        );
+        let mut results: Vec<Option<Result<Reply, ClientError>>> =
+            indexes.iter().map(|_| None).collect();
+        for (slot, &index) in indexes.iter().enumerate() {
+            if let Err(setback) = self.send(index, tag, &body) {
+                results[slot] = Some(Err(match setback {
+                    SendError::Transport(error) => error,
+                    SendError::Full(problem) => self.timeout_error(&name, started, problem),
+                }));
+            }
+        }
+        while results.iter().any(Option::is_none) {
+            let waiting: Vec<usize> = indexes
+                .iter()
+                .zip(&results)
+                .filter(|(_, result)| result.is_none())
+                .map(|(&index, _)| index)
+                .collect();
+            let (index, result) =
+                match self.receive(tag, until, |index, _| waiting.contains(&index)) {
+                    Ok(Some((index, Reply::Outcome { outcome, .. }))) => {
+                        (index, Err(self.unexpected(index, outcome, "", &name)))
+                    }
+                    Ok(Some((index, reply))) => (index, Ok(reply)),
+                    Ok(None) => break,
+                    Err((index, error)) => (index, Err(error)),
+                };
+            if let Some(slot) = indexes.iter().position(|&asked| asked == index) {
+                if results[slot].is_none() {
+                    results[slot] = Some(result);
+                }
+            }
+        }
+        let attempt_timeout = self.attempt_timeout;
+        indexes
+            .iter()
+            .zip(results)
+            .map(|(&index, result)| {
+                result.unwrap_or_else(|| {
+                    Err(self.timeout_error(
+                        &name,
+                        started,
+                        format!(
+                            "no reply from {} within {attempt_timeout:.1?}",
+                            self.addresses[index]
+                        ),
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Runs one topic or message operation to a decisive outcome: success, or a failure that
+    /// retrying cannot change (`NO_SUCH_TOPIC`, `EMPTY`, ...). Returns the node that answered.
+    fn call(
+        &mut self,
+        operation: Operation,
+        with_session: bool,
+    ) -> Result<(usize, Outcome), ClientError> {
+        let started = Instant::now();
+        let deadline = started + self.deadline;
+        let name = describe(&operation);
+        let session = with_session.then(|| {
+            self.seq += 1;
+            SessionKey {
+                client_id: self.client_id.clone(),
+                seq: self.seq,
+            }
+        });
+        // Encoded once: every retry sends the same bytes, hence the same session key.
+        let body = encode_request(
+            &Request {
+                version: PROTOCOL_VERSION,
+                session,
+                operation,
+            },
+            Encoding::MsgPack,
+        );
+        let tag = self.next_call_tag();
+        let mut target = self.leader.unwrap_or(self.next_node % self.addresses.len());
+        let mut last: Option<Setback> = None;
+        let mut refusals_in_round = 0usize;
+        let mut backoff = BACKOFF_MIN;
+        let mut unreachable: Vec<usize> = Vec::new();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(self.deadline_error(&name, started, last, with_session));
+            }
+            let attempt_until = (now + self.attempt_timeout).min(deadline);
+            let mut hint: Option<usize> = None;
+            match self.attempt(target, tag, &body, attempt_until) {
+                Ok((node, Reply::Outcome { outcome, leader })) => match retryable(&outcome) {
+                    None => {
+                        self.leader = Some(node);
+                        return Ok((node, outcome));
+                    }
+                    Some(info) => {
+                        log::debug!(
+                            "{name}: {} answered {}: {}",
+                            self.addresses[node],
+                            info.code.as_str(),
+                            info.message
+                        );
+                        hint = leader
+                            .and_then(|leader| self.learn(&leader))
+                            .filter(|&hinted| hinted != node);
+                        last = Some(Setback::Refusal(format!(
+                            "{} answered {}",
+                            self.addresses[node],
+                            info.code.as_str()
+                        )));
+                        refusals_in_round += 1;
+                    }
+                },
+                Ok((node, Reply::Status(_) | Reply::Stats(_))) => {
+                    return Err(ClientError::UnexpectedReply {
+                        node: self.addresses[node].clone(),
+                        operation: name,
+                        detail: "a status or stats report".to_string(),
+                    })
+                }
+                Err(AttemptError::Fatal(error)) => return Err(error),
+                Err(AttemptError::Unreachable(error)) => {
+                    log::debug!("{name}: {error}");
+                    if !unreachable.contains(&target) {
+                        unreachable.push(target);
+                    }
+                    if unreachable.len() == self.addresses.len() {
+                        return Err(error);
+                    }
+                    last = Some(Setback::Silence(error.to_string()));
+                }
+                Err(AttemptError::Silent(problem)) => {
+                    log::debug!("{name}: {problem}");
+                    last = Some(Setback::Silence(problem));
+                }
+                Err(AttemptError::Full(problem)) => {
+                    last = Some(Setback::Silence(problem));
+                    refusals_in_round += 1;
+                }
+            }
+            self.leader = None;
+            target = match hint {
+                Some(hinted) => hinted,
+                None => (target + 1) % self.addresses.len(),
+            };
+            self.next_node = target;
+            if refusals_in_round >= self.addresses.len() {
+                // Every node answered quickly that it cannot serve: an election is probably
+                // in progress. Give it time instead of spinning.
+                refusals_in_round = 0;
+                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                std::thread::sleep(pause);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// Sends the call's body to one node and waits for the call's reply until `until`. A
+    /// reply from another node (to an earlier attempt of this call) is taken only if it is
+    /// decisive; its node is returned with it.
+    fn attempt(
+        &mut self,
+        target: usize,
+        tag: u64,
+        body: &[u8],
+        until: Instant,
+    ) -> Result<(usize, Reply), AttemptError> {
+        self.send(target, tag, body).map_err(|error| match error {
+            SendError::Transport(error) => AttemptError::Unreachable(error),
+            SendError::Full(problem) => AttemptError::Full(problem),
+        })?;
+        let accept = |index: usize, reply: &Reply| {
+            index == target
+                || matches!(reply, Reply::Outcome { outcome, .. } if retryable(outcome).is_none())
+        };
+        match self.receive(tag, until, accept) {
+            Ok(Some(answer)) => Ok(answer),
+            Ok(None) => Err(AttemptError::Silent(format!(
+                "no reply from {} within {:.1?}",
+                self.addresses[target], self.attempt_timeout
+            ))),
+            Err((_, error)) => Err(AttemptError::Fatal(error)),
+        }
+    }
+
+    /// Queues `[tag, "", body]` for one node without blocking.
+    fn send(&mut self, index: usize, tag: u64, body: &[u8]) -> Result<(), SendError> {
+        let node = self.addresses[index].clone();
+        let transport = |source| {
+            SendError::Transport(ClientError::Transport {
+                node: node.clone(),
+                source,
+            })
+        };
+        let frames: [&[u8]; 3] = [&tag.to_be_bytes(), &[], body];
+        let socket = self.socket(index).map_err(transport)?;
+        match socket.send_multipart(frames, zmq::DONTWAIT) {
+            Ok(()) => Ok(()),
+            Err(zmq::Error::EAGAIN) => {
+                // The queue towards this node is full of requests it never took: drop them
+                // with the socket, and count this attempt as lost.
+                self.sockets[index] = None;
+                Err(SendError::Full(format!(
+                    "{node}: the send queue is full (node unreachable)"
+                )))
+            }
+            Err(source) => Err(transport(source)),
+        }
+    }
+
+    /// Waits until `until` for a reply tagged `tag` that `accept` takes. Replies to other
+    /// calls are stale and dropped; so are frames that are not `[tag, "", body]`. A reply
+    /// that carries the tag but cannot be decoded is an error of the node that sent it.
+    fn receive(
+        &self,
+        tag: u64,
+        until: Instant,
+        mut accept: impl FnMut(usize, &Reply) -> bool,
+    ) -> Result<Option<(usize, Reply)>, (usize, ClientError)> {
+        let tag_bytes = tag.to_be_bytes();
+        loop {
+            let remaining = until.saturating_duration_since(Instant::now());
+            let open: Vec<usize> = (0..self.sockets.len())
+                .filter(|&index| self.sockets[index].is_some())
+                .collect();
+            let readable: Vec<usize> = {
+                let mut items: Vec<zmq::PollItem> = open
+                    .iter()
+                    .map(|&index| {
+                        self.sockets[index]
+                            .as_ref()
+                            .expect("only open sockets are listed")
+                            .as_poll_item(zmq::POLLIN)
+                    })
+                    .collect();
+                match zmq::poll(&mut items, timeout_milliseconds(remaining)) {
+                    Ok(_) | Err(zmq::Error::EINTR) => {}
+                    Err(source) => {
+                        let index = open.first().copied().unwrap_or(0);
+                        return Err((
+                            index,
+                            ClientError::Transport {
+                                node: self.addresses[index].clone(),
+                                source,
+                            },
+                        ));
+                    }
+                }
+                open.iter()
+                    .zip(&items)
+                    .filter(|(_, item)| item.is_readable())
+                    .map(|(&index, _)| index)
+                    .collect()
+            };
+            for index in readable {
+                let socket = self.sockets[index]
+                    .as_ref()
+                    .expect("readable sockets are open");
+                loop {
+                    let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+                        Ok(frames) => frames,
+                        Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => break,
+                        Err(source) => {
+                            let node = self.addresses[index].clone();
+                            return Err((index, ClientError::Transport { node, source }));
+                        }
+                    };
+                    let body = match frames.as_slice() {
+                        [frame_tag, empty, body] if empty.is_empty() && frame_tag.len() == 8 => {
+                            if frame_tag.as_slice() != tag_bytes {
+                                log::debug!("{}: dropped a stale reply", self.addresses[index]);
+                                continue;
+                            }
+                            body
+                        }
+                        _ => {
+                            log::debug!(
+                                "{}: dropped a reply of {} frames that is not [tag, \"\", body]",
+                                self.addresses[index],
+                                frames.len()
+                            );
+                            continue;
+                        }
+                    };
+                    let reply = decode_reply(body).map_err(|source| {
+                        let node = self.addresses[index].clone();
+                        (index, ClientError::BadReply { node, source })
+                    })?;
+                    if accept(index, &reply) {
+                        return Ok(Some((index, reply)));
+                    }
+                }
+            }
+            if Instant::now() >= until {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn socket(&mut self, index: usize) -> Result<&zmq::Socket, zmq::Error> {
+        if self.sockets[index].is_none() {
+            let socket = self.context.socket(zmq::DEALER)?;
+            // Unsent requests die with the client: they must not delay its exit.
+            socket.set_linger(0)?;
+            socket.set_maxmsgsize(REPLY_BYTES_MAX as i64)?;
+            socket.connect(&self.addresses[index].endpoint())?;
+            self.sockets[index] = Some(socket);
+        }
+        Ok(self.sockets[index]
+            .as_ref()
+            .expect("the socket was just created"))
+    }
+
+    fn index_of(&self, node: &NodeAddress) -> Option<usize> {
+        self.addresses.iter().position(|known| known == node)
+    }
+
+    /// The index of `node`, added to the known nodes if new (a caller may ask any node).
+    fn index_or_add(&mut self, node: &NodeAddress) -> usize {
+        self.index_of(node).unwrap_or_else(|| {
+            self.addresses.push(node.clone());
+            self.sockets.push(None);
+            self.addresses.len() - 1
+        })
+    }
+
+    /// The index of the node a leader hint names, learning its address if new.
+    fn learn(&mut self, leader: &LeaderInfo) -> Option<usize> {
+        let node = NodeAddress::new(leader.ip.clone(), leader.port).ok()?;
+        if let Some(index) = self.index_of(&node) {
+            return Some(index);
+        }
+        if self.addresses.len() >= NODES_MAX {
+            return None;
+        }
+        self.addresses.push(node);
+        self.sockets.push(None);
+        Some(self.addresses.len() - 1)
+    }
+
+    fn next_call_tag(&mut self) -> u64 {
+        self.call_tag += 1;
+        self.call_tag
+    }
+
+    fn deadline_error(
+        &self,
+        operation: &str,
+        started: Instant,
+        last: Option<Setback>,
+        outcome_unknown: bool,
+    ) -> ClientError {
+        let elapsed = started.elapsed();
+        let operation = operation.to_string();
+        match last {
+            Some(Setback::Refusal(last_problem)) => ClientError::Unavailable {
+                operation,
+                elapsed,
+                last_problem,
+                outcome_unknown,
+            },
+            Some(Setback::Silence(last_problem)) => ClientError::Timeout {
+                operation,
+                elapsed,
+                last_problem,
+                outcome_unknown,
+            },
+            None => ClientError::Timeout {
+                operation,
+                elapsed,
+                last_problem: "no attempt fitted in the deadline".to_string(),
+                outcome_unknown,
+            },
+        }
+    }
+
+    fn timeout_error(&self, operation: &str, started: Instant, problem: String) -> ClientError {
+        ClientError::Timeout {
+            operation: operation.to_string(),
+            elapsed: started.elapsed(),
+            last_problem: problem,
+            outcome_unknown: false,
+        }
+    }
+
+    /// The error for a decisive outcome the operation does not expect.
+    fn unexpected(
+        &self,
+        node: usize,
+        outcome: Outcome,
+        topic: &str,
+        operation: &str,
+    ) -> ClientError {
+        let node = self.addresses[node].clone();
+        let topic = topic.to_string();
+        match outcome {
+            Outcome::Failed(ErrorInfo { code, message }) => match code {
+                ErrorCode::NoSuchTopic => ClientError::NoSuchTopic { topic },
+                ErrorCode::TopicExists => ClientError::TopicExists { topic },
+                ErrorCode::Empty => ClientError::Empty { topic },
+                ErrorCode::BadRequest => ClientError::BadRequest { message },
+                ErrorCode::TooLarge => ClientError::TooLarge { message },
+                ErrorCode::SessionExpired => ClientError::SessionExpired { message },
+                other => ClientError::Refused {
+                    node,
+                    operation: operation.to_string(),
+                    code: other.as_str().to_string(),
+                    message,
+                },
+            },
+            Outcome::Done => unexpected_detail(node, operation, "success without a value"),
+            Outcome::Topics(_) => unexpected_detail(node, operation, "a topic list"),
+            Outcome::Message(_) => unexpected_detail(node, operation, "a message"),
+        }
+    }
+}
+
+fn unexpected_detail(node: NodeAddress, operation: &str, detail: &str) -> ClientError {
+    ClientError::UnexpectedReply {
+        node,
+        operation: operation.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+#[derive(Debug)]
+enum AttemptError {
+    /// The node could not even be connected to (a bad endpoint): skip it.
+    Unreachable(ClientError),
+    /// No reply in time.
+    Silent(String),
+    /// The request could not be queued.
+    Full(String),
+    /// A reply to this call that makes no sense: retrying will not help.
+    Fatal(ClientError),
+}
+
+enum SendError {
+    Transport(ClientError),
+    Full(String),
+}
+
+/// The failure of an answer that another attempt (later, or on another node) may turn into
+/// a success: the node is not the leader, has no quorum, is stopping, or could not commit in
+/// time. `None` for decisive outcomes.
+fn retryable(outcome: &Outcome) -> Option<&ErrorInfo> {
+    match outcome {
+        Outcome::Failed(info)
+            if matches!(
+                info.code,
+                ErrorCode::NotLeader
+                    | ErrorCode::Unavailable
+                    | ErrorCode::Timeout
+                    | ErrorCode::ShuttingDown
+            ) =>
+        {
+            Some(info)
+        }
+        _ => None,
+    }
+}
+
+fn describe(operation: &Operation) -> String {
+    match operation {
+        Operation::CreateTopic { topic } => format!("create topic '{topic}'"),
+        Operation::ListTopics => "list topics".to_string(),
+        Operation::Put { topic, .. } => format!("put to '{topic}'"),
+        Operation::Get { topic } => format!("get from '{topic}'"),
+        Operation::Status => "status".to_string(),
+        Operation::Stats => "stats".to_string(),
+    }
+}
+
+fn status_from(reply: Result<Reply, ClientError>) -> Result<StatusReport, ClientError> {
+    match reply? {
+        Reply::Status(status) => Ok(status),
+        other => Err(report_mismatch("status", &other)),
+    }
+}
+
+fn stats_from(reply: Result<Reply, ClientError>) -> Result<StatsReport, ClientError> {
+    match reply? {
+        Reply::Stats(stats) => Ok(stats),
+        other => Err(report_mismatch("stats", &other)),
+    }
+}
+
+/// A node answered a status request with stats or the other way round.
+fn report_mismatch(operation: &str, reply: &Reply) -> ClientError {
+    ClientError::MismatchedReply {
+        operation: operation.to_string(),
+        detail: format!("{reply:?}"),
+    }
+}
+
+/// A poll timeout in whole milliseconds, rounded up so a wait never ends early and spins.
+fn timeout_milliseconds(remaining: Duration) -> i64 {
+    let milliseconds = remaining.as_micros().div_ceil(1000);
+    i64::try_from(milliseconds).unwrap_or(i64::MAX)
+}

@@ -194,13 +194,16 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
     let snapshot = restored.snapshot;
-    let core = Core::new(
+    let mut core = Core::new(
         config.id,
         config.cluster.voters(),
         config.raft.clone(),
         restored,
         rand::random(),
     );
+    if config.rejoin {
+        core.abstain_until_caught_up();
+    }
     let queue = recovered.queue;
     let timer = spawn_timer(config.tick, events.clone())?;
 

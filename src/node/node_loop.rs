@@ -760,8 +760,13 @@ impl NodeLoop {
             .reply(ticket, Reply::Outcome { outcome, leader });
     }
 
-    /// The leader's client address, for v2 replies and NOT_LEADER hints.
+    /// The leader's client address, for v2 replies and NOT_LEADER hints. None once halted:
+    /// the core is frozen in whatever role it had, and a halted node must not send clients
+    /// back to itself while the others elect a new leader.
     fn leader_info(&self) -> Option<LeaderInfo> {
+        if self.halted {
+            return None;
+        }
         let leader = self.core.leader()?;
         let address = self.config.cluster.address(leader)?;
         Some(LeaderInfo {
@@ -786,16 +791,27 @@ impl NodeLoop {
 
     fn status(&self) -> Reply {
         let status = self.core.status();
+        // A halted node takes no part in Raft: it must not claim to lead (clients and tools
+        // find the leader by status), nor vouch for another leader it no longer hears from.
+        let (role, leader) = if self.halted {
+            (Role::Follower.client_name(), None)
+        } else {
+            (status.role.client_name(), status.leader)
+        };
+        let peers = if self.halted {
+            &[][..]
+        } else {
+            &status.progress[..]
+        };
         Reply::Status(StatusReport {
-            role: status.role.client_name().to_string(),
+            role: role.to_string(),
             term: status.term.0,
             id: status.id.0,
-            leader: status.leader.map(|leader| leader.0),
+            leader: leader.map(|leader| leader.0),
             commit_index: status.commit_index.0,
             last_applied: self.applied.0,
             last_log_index: status.last_index.0,
-            peers: status
-                .progress
+            peers: peers
                 .iter()
                 .map(|progress| PeerProgress {
                     id: progress.id.0,
@@ -822,14 +838,15 @@ impl NodeLoop {
         if self.observed.0 == Role::Leader && role != Role::Leader {
             self.peers.cancel_snapshot_transfers();
         }
+        // The core logs elections and step-downs at info; learning who leads is ours to say.
         match (role, leader) {
-            (Role::Leader, _) => log::info!("became leader in term {term}"),
+            (Role::Leader, _) => log::debug!("became leader in term {term}"),
             (Role::Follower, Some(leader)) => {
                 log::info!("following node {leader} in term {term}")
             }
-            (Role::Follower, None) => log::info!("follower without a leader in term {term}"),
-            (Role::PreCandidate, _) => log::info!("pre-campaigning after term {term}"),
-            (Role::Candidate, _) => log::info!("campaigning in term {term}"),
+            (Role::Follower, None) => log::debug!("follower without a leader in term {term}"),
+            (Role::PreCandidate, _) => log::debug!("pre-campaigning after term {term}"),
+            (Role::Candidate, _) => log::debug!("campaigning in term {term}"),
         }
         self.observed = now;
     }
@@ -1085,9 +1102,24 @@ mod tests {
                 "{operation:?} after the failure"
             );
         }
+        match call(&socket, Operation::Status) {
+            Reply::Status(status) => {
+                assert_eq!(
+                    status.role, "Follower",
+                    "a halted node does not claim to lead"
+                );
+                assert_eq!(status.leader, None);
+                assert!(status.peers.is_empty());
+            }
+            other => panic!("status is still answered, got {other:?}"),
+        }
+        let put = Operation::Put {
+            topic: "t".into(),
+            message: crate::protocol::Payload::Text("m".into()),
+        };
         assert!(
-            matches!(call(&socket, Operation::Status), Reply::Status(_)),
-            "status is still answered"
+            matches!(call(&socket, put), Reply::Outcome { leader: None, .. }),
+            "no leader hint back to the halted node"
         );
 
         events.send(Event::Shutdown).expect("loop alive");

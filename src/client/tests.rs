@@ -1,0 +1,627 @@
+//! The client's retry, redirect and timeout logic against fake nodes: in-process ROUTER
+//! sockets on loopback, each run by a thread that answers with canned replies and records
+//! every request it decoded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::protocol::{decode_request, encode_reply, Limits};
+
+/// What a fake node sends back: a reply, or raw bytes as the body.
+enum Answer {
+    Reply(Reply),
+    Raw(Vec<u8>),
+}
+
+/// Given the number of the request (0-based, in arrival order) and the request, the replies
+/// to send now, each with the number of the request whose envelope it goes back with. An
+/// empty list leaves the request unanswered (for now: a later call may answer it).
+type Behaviour = Box<dyn FnMut(usize, &Request) -> Vec<(usize, Answer)> + Send>;
+
+struct FakeNode {
+    address: NodeAddress,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeNode {
+    fn start(mut behaviour: Behaviour) -> FakeNode {
+        let context = zmq::Context::new();
+        let socket = context.socket(zmq::ROUTER).expect("a ROUTER socket");
+        socket.set_linger(0).expect("set linger");
+        socket.bind("tcp://127.0.0.1:0").expect("bind loopback");
+        let endpoint = socket
+            .get_last_endpoint()
+            .expect("last endpoint")
+            .expect("UTF-8 endpoint");
+        let port = endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("a port in the endpoint");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let requests = Arc::clone(&requests);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let _context = context;
+                let mut envelopes: Vec<Vec<Vec<u8>>> = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    if socket.poll(zmq::POLLIN, 20).expect("poll") == 0 {
+                        continue;
+                    }
+                    let mut frames = socket.recv_multipart(0).expect("receive");
+                    let body = frames.pop().expect("a body frame");
+                    let (request, _) =
+                        decode_request(&body, &Limits::default()).expect("a valid request");
+                    let number = envelopes.len();
+                    envelopes.push(frames);
+                    requests.lock().expect("not poisoned").push(request.clone());
+                    for (answered, answer) in behaviour(number, &request) {
+                        let body = match answer {
+                            Answer::Reply(reply) => encode_reply(&reply, 2, Encoding::MsgPack),
+                            Answer::Raw(bytes) => bytes,
+                        };
+                        let mut message = envelopes[answered].clone();
+                        message.push(body);
+                        socket.send_multipart(message, 0).expect("send");
+                    }
+                }
+            })
+        };
+        FakeNode {
+            address: NodeAddress::new("127.0.0.1", port).expect("valid address"),
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// A node that answers every request with the same outcome.
+    fn answering(outcome: Outcome, leader: Option<LeaderInfo>) -> FakeNode {
+        FakeNode::start(Box::new(move |number, _| {
+            vec![(number, outcome_reply(outcome.clone(), leader.clone()))]
+        }))
+    }
+
+    fn silent() -> FakeNode {
+        FakeNode::start(Box::new(|_, _| Vec::new()))
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().expect("not poisoned").clone()
+    }
+
+    /// Polls until the node has received `count` requests (replies to silence are not
+    /// awaited by the client, so the fake may still be decoding).
+    fn wait_for_requests(&self, count: usize) -> Vec<Request> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let requests = self.requests();
+            if requests.len() >= count || Instant::now() >= deadline {
+                return requests;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn leader_info(&self, id: u64) -> LeaderInfo {
+        LeaderInfo {
+            id,
+            ip: self.address.host.clone(),
+            port: self.address.port,
+        }
+    }
+}
+
+impl Drop for FakeNode {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                if !std::thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+}
+
+fn outcome_reply(outcome: Outcome, leader: Option<LeaderInfo>) -> Answer {
+    Answer::Reply(Reply::Outcome { outcome, leader })
+}
+
+fn failed(code: ErrorCode) -> Outcome {
+    Outcome::Failed(ErrorInfo::new(code, format!("fake {}", code.as_str())))
+}
+
+fn client(nodes: &[&FakeNode], attempt_timeout_ms: u64, deadline_ms: u64) -> Client {
+    Client::connect(ClientOptions {
+        nodes: nodes.iter().map(|node| node.address.clone()).collect(),
+        attempt_timeout: Duration::from_millis(attempt_timeout_ms),
+        deadline: Duration::from_millis(deadline_ms),
+    })
+    .expect("valid options")
+}
+
+fn status(id: u64, role: &str) -> StatusReport {
+    StatusReport {
+        role: role.to_string(),
+        term: 3,
+        id,
+        leader: Some(0),
+        commit_index: 5,
+        last_applied: 5,
+        last_log_index: 6,
+        peers: Vec::new(),
+        fsync: "always".to_string(),
+    }
+}
+
+#[test]
+fn not_leader_hint_leads_straight_to_the_leader_and_is_remembered() {
+    let leader = FakeNode::answering(Outcome::Done, None);
+    let bystander = FakeNode::answering(Outcome::Done, None);
+    let follower = FakeNode::answering(failed(ErrorCode::NotLeader), Some(leader.leader_info(2)));
+    let mut client = client(&[&follower, &bystander, &leader], 2_000, 10_000);
+
+    assert!(client.create_topic("orders").expect("created"));
+    client
+        .put("orders", Payload::Text("one".into()))
+        .expect("put");
+
+    assert_eq!(
+        follower.requests().len(),
+        1,
+        "only the first call asks the follower"
+    );
+    assert_eq!(
+        bystander.requests().len(),
+        0,
+        "the hint skips the nodes in between"
+    );
+    assert_eq!(leader.requests().len(), 2);
+    assert_eq!(client.leader(), Some(&leader.address));
+    assert_eq!(
+        follower.requests()[0],
+        leader.requests()[0],
+        "the redirect re-sends the same request"
+    );
+}
+
+#[test]
+fn hint_to_an_unknown_node_is_learned() {
+    let leader = FakeNode::answering(Outcome::Topics(vec!["a".into()]), None);
+    let follower = FakeNode::answering(failed(ErrorCode::NotLeader), Some(leader.leader_info(7)));
+    let mut client = client(&[&follower], 2_000, 10_000);
+
+    assert_eq!(client.list_topics().expect("listed"), ["a"]);
+    assert_eq!(
+        client.nodes(),
+        [follower.address.clone(), leader.address.clone()]
+    );
+}
+
+#[test]
+fn without_a_hint_the_nodes_are_tried_in_turn() {
+    let follower = FakeNode::answering(failed(ErrorCode::NotLeader), None);
+    let candidate = FakeNode::answering(failed(ErrorCode::Unavailable), None);
+    let leader = FakeNode::answering(Outcome::Message(Payload::Binary(vec![0, 255])), None);
+    let mut client = client(&[&follower, &candidate, &leader], 2_000, 10_000);
+
+    assert_eq!(
+        client.get("orders").expect("popped"),
+        Some(Payload::Binary(vec![0, 255]))
+    );
+    let sent = [&follower, &candidate, &leader].map(|node| node.requests());
+    assert!(sent.iter().all(|requests| requests.len() == 1), "{sent:?}");
+    assert!(
+        sent.iter().all(|requests| requests[0] == sent[0][0]),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn silent_node_is_left_after_the_attempt_timeout_with_the_same_session_key() {
+    let silent = FakeNode::silent();
+    let leader = FakeNode::answering(Outcome::Done, None);
+    let mut client = client(&[&silent, &leader], 200, 10_000);
+
+    client
+        .put("orders", Payload::Text("one".into()))
+        .expect("put");
+
+    let lost = silent.wait_for_requests(1);
+    let served = leader.requests();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(served.len(), 1);
+    assert_eq!(lost[0], served[0], "the retry is the same request");
+    let session = served[0]
+        .session
+        .clone()
+        .expect("a put carries a session key");
+    assert_eq!(session.client_id, client.client_id());
+    assert_eq!(session.seq, 1);
+    assert_eq!(served[0].version, 2);
+}
+
+#[test]
+fn retries_keep_the_seq_and_the_next_call_takes_the_next_one() {
+    // Ignores the first request, answers every later one.
+    let node = FakeNode::start(Box::new(|number, _| {
+        if number == 0 {
+            Vec::new()
+        } else {
+            vec![(number, outcome_reply(Outcome::Done, None))]
+        }
+    }));
+    let mut client = client(&[&node], 200, 10_000);
+
+    client
+        .put("orders", Payload::Text("one".into()))
+        .expect("first put");
+    client
+        .put("orders", Payload::Text("two".into()))
+        .expect("second put");
+    assert!(client.create_topic("more").expect("created"));
+    client
+        .list_topics()
+        .expect_err("a Done reply to a list is unexpected");
+
+    let requests = node.requests();
+    let keys: Vec<Option<(String, u64)>> = requests
+        .iter()
+        .map(|request| {
+            request
+                .session
+                .as_ref()
+                .map(|key| (key.client_id.clone(), key.seq))
+        })
+        .collect();
+    let id = client.client_id().to_string();
+    assert_eq!(
+        keys,
+        [
+            Some((id.clone(), 1)),
+            Some((id.clone(), 1)),
+            Some((id.clone(), 2)),
+            Some((id, 3)),
+            None,
+        ],
+        "reads carry no session key"
+    );
+    assert_eq!(requests[0], requests[1]);
+}
+
+#[test]
+fn stale_reply_to_an_earlier_call_is_dropped() {
+    // Request 0 (call 1) is held until request 2 (call 2) arrives; then its reply goes out
+    // just before the reply to request 2, on the same socket.
+    let node = FakeNode::start(Box::new(|number, _| {
+        let topics = |number: usize| {
+            outcome_reply(
+                Outcome::Topics(vec![format!("answer to request {number}")]),
+                None,
+            )
+        };
+        match number {
+            0 => Vec::new(),
+            2 => vec![(0, topics(0)), (2, topics(2))],
+            _ => vec![(number, topics(number))],
+        }
+    }));
+    let mut client = client(&[&node], 200, 10_000);
+
+    assert_eq!(
+        client.list_topics().expect("first list"),
+        ["answer to request 1"],
+        "call 1 is answered by its retry"
+    );
+    assert_eq!(
+        client.list_topics().expect("second list"),
+        ["answer to request 2"],
+        "the late reply to call 1 must not answer call 2"
+    );
+}
+
+#[test]
+fn late_reply_to_an_earlier_attempt_of_the_same_call_is_accepted() {
+    // The first node answers its first request only after the client has moved on to the
+    // second node, which never answers, and ignores later requests: only that late reply can
+    // end the call.
+    let slow_release = Arc::new(AtomicBool::new(false));
+    let slow = {
+        let release = Arc::clone(&slow_release);
+        FakeNode::start(Box::new(move |number, _| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            if number > 0 {
+                return Vec::new();
+            }
+            while !release.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            vec![(number, outcome_reply(Outcome::Done, None))]
+        }))
+    };
+    let silent = {
+        let release = Arc::clone(&slow_release);
+        FakeNode::start(Box::new(move |_, _| {
+            release.store(true, Ordering::SeqCst);
+            Vec::new()
+        }))
+    };
+    let mut client = client(&[&slow, &silent], 200, 10_000);
+
+    client
+        .put("orders", Payload::Text("one".into()))
+        .expect("put");
+    assert_eq!(client.leader(), Some(&slow.address));
+}
+
+#[test]
+fn no_answer_before_the_deadline_is_a_timeout_and_says_when_the_outcome_is_unknown() {
+    let silent = FakeNode::silent();
+    let mut client = client(&[&silent], 100, 400);
+
+    let started = Instant::now();
+    let error = client
+        .put("orders", Payload::Text("one".into()))
+        .expect_err("nobody answers");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(
+        matches!(
+            error,
+            ClientError::Timeout {
+                outcome_unknown: true,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.is_outcome_unknown());
+    assert!(error.to_string().contains("outcome is unknown"), "{error}");
+
+    let error = client.list_topics().expect_err("nobody answers");
+    assert!(
+        matches!(
+            error,
+            ClientError::Timeout {
+                outcome_unknown: false,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.to_string().contains("outcome"), "{error}");
+
+    let requests = silent.wait_for_requests(3);
+    let first = requests[0].session.clone().expect("a session key");
+    assert!(
+        requests
+            .iter()
+            .filter(|request| request.session.is_some())
+            .all(|request| request.session.as_ref() == Some(&first)),
+        "every retry of the put carries the same key: {requests:?}"
+    );
+}
+
+#[test]
+fn refusals_until_the_deadline_end_as_unavailable() {
+    let nodes = [
+        FakeNode::answering(failed(ErrorCode::Unavailable), None),
+        FakeNode::answering(failed(ErrorCode::NotLeader), None),
+    ];
+    let mut client = client(&[&nodes[0], &nodes[1]], 200, 600);
+
+    let error = client.create_topic("orders").expect_err("no leader");
+    assert!(
+        matches!(
+            error,
+            ClientError::Unavailable {
+                outcome_unknown: true,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Backing off between rounds: a few rounds, not thousands.
+    let asked: usize = nodes.iter().map(|node| node.requests().len()).sum();
+    assert!((2..100).contains(&asked), "{asked} requests in 600ms");
+}
+
+#[test]
+fn decisive_failures_become_typed_results() {
+    type Check = fn(&mut Client) -> Result<String, String>;
+    let cases: [(ErrorCode, Check); 7] = [
+        (ErrorCode::TopicExists, |client| {
+            client
+                .create_topic("t")
+                .map(|created| format!("created {created}"))
+                .map_err(|e| format!("{e:?}"))
+        }),
+        (ErrorCode::Empty, |client| {
+            client
+                .get("t")
+                .map(|message| format!("{message:?}"))
+                .map_err(|e| format!("{e:?}"))
+        }),
+        (ErrorCode::NoSuchTopic, |client| {
+            client
+                .put("t", Payload::Text("m".into()))
+                .map(|()| "put".into())
+                .map_err(|e| format!("{e:?}"))
+        }),
+        (ErrorCode::BadRequest, |client| {
+            client
+                .get("t")
+                .map(|_| "got".into())
+                .map_err(|e| format!("{e:?}"))
+        }),
+        (ErrorCode::TooLarge, |client| {
+            client
+                .put("t", Payload::Text("m".into()))
+                .map(|()| "put".into())
+                .map_err(|e| format!("{e:?}"))
+        }),
+        (ErrorCode::SessionExpired, |client| {
+            client
+                .get("t")
+                .map(|_| "got".into())
+                .map_err(|e| format!("{e:?}"))
+        }),
+        (ErrorCode::Unspecified, |client| {
+            client
+                .create_topic("t")
+                .map(|created| format!("created {created}"))
+                .map_err(|e| format!("{e:?}"))
+        }),
+    ];
+    let expected = [
+        Ok("created false"),
+        Ok("None"),
+        Err("NoSuchTopic"),
+        Err("BadRequest"),
+        Err("TooLarge"),
+        Err("SessionExpired"),
+        Err("Refused"),
+    ];
+    for (number, ((code, check), expected)) in cases.into_iter().zip(expected).enumerate() {
+        let node = FakeNode::answering(failed(code), None);
+        let mut client = client(&[&node], 2_000, 10_000);
+        let result = check(&mut client);
+        match (expected, &result) {
+            (Ok(want), Ok(got)) => assert_eq!(got, want, "case {number} ({code:?})"),
+            (Err(want), Err(got)) => {
+                assert!(got.starts_with(want), "case {number} ({code:?}): {got}")
+            }
+            _ => panic!("case {number} ({code:?}): expected {expected:?}, got {result:?}"),
+        }
+        assert_eq!(
+            node.requests().len(),
+            1,
+            "case {number}: a decisive answer is not retried"
+        );
+    }
+}
+
+#[test]
+fn undecodable_reply_is_an_error_not_a_retry() {
+    let node = FakeNode::start(Box::new(|number, _| {
+        vec![(number, Answer::Raw(vec![0xc1]))]
+    }));
+    let mut client = client(&[&node], 2_000, 10_000);
+
+    let error = client.list_topics().expect_err("garbage");
+    assert!(matches!(error, ClientError::BadReply { .. }), "{error:?}");
+    assert_eq!(node.requests().len(), 1);
+}
+
+#[test]
+fn status_all_asks_every_node_at_once_and_reports_the_silent_ones() {
+    let leader = FakeNode::start(Box::new(|number, _| {
+        vec![(number, Answer::Reply(Reply::Status(status(0, "Leader"))))]
+    }));
+    let silent = FakeNode::silent();
+    let follower = FakeNode::start(Box::new(|number, _| {
+        vec![(number, Answer::Reply(Reply::Status(status(2, "Follower"))))]
+    }));
+    let mut client = client(&[&leader, &silent, &follower], 300, 10_000);
+
+    let results = client.status_all();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0].0, leader.address);
+    assert_eq!(
+        results[0]
+            .1
+            .as_ref()
+            .map(|status| status.role.as_str())
+            .ok(),
+        Some("Leader")
+    );
+    assert!(
+        matches!(
+            &results[1].1,
+            Err(ClientError::Timeout {
+                outcome_unknown: false,
+                ..
+            })
+        ),
+        "{:?}",
+        results[1].1
+    );
+    assert_eq!(results[2].1.as_ref().map(|status| status.id).ok(), Some(2));
+
+    let one = client
+        .status_of(&follower.address)
+        .expect("the follower answers");
+    assert_eq!(one.role, "Follower");
+    assert!(silent
+        .wait_for_requests(1)
+        .iter()
+        .all(|request| request.operation == Operation::Status));
+}
+
+#[test]
+fn empty_node_lists_and_zero_durations_are_refused() {
+    let node = NodeAddress::new("127.0.0.1", 1).expect("valid");
+    let cases: [(Vec<NodeAddress>, u64, u64); 3] = [
+        (Vec::new(), 1_000, 1_000),
+        (vec![node.clone()], 0, 1_000),
+        (vec![node], 1_000, 0),
+    ];
+    for (number, (nodes, attempt_ms, deadline_ms)) in cases.into_iter().enumerate() {
+        let result = Client::connect(ClientOptions {
+            nodes,
+            attempt_timeout: Duration::from_millis(attempt_ms),
+            deadline: Duration::from_millis(deadline_ms),
+        });
+        assert!(result.is_err(), "case {number} accepted");
+    }
+}
+
+#[test]
+fn stats_come_from_each_node_and_a_wrong_report_kind_is_an_error() {
+    let stats = StatsReport {
+        id: 0,
+        last_applied: 9,
+        digest: 0xdead_beef,
+        topic_count: 1,
+        message_count: 2,
+        payload_bytes: 3,
+        session_count: 4,
+    };
+    let node = {
+        let stats = stats.clone();
+        // Answers stats to everything, status requests included.
+        FakeNode::start(Box::new(move |number, _| {
+            vec![(number, Answer::Reply(Reply::Stats(stats.clone())))]
+        }))
+    };
+    let mut client = client(&[&node], 2_000, 10_000);
+
+    let all = client.stats_all();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].1.as_ref().ok(), Some(&stats));
+    assert_eq!(client.stats_of(&node.address).ok(), Some(stats));
+    let error = client
+        .status_of(&node.address)
+        .expect_err("stats is not status");
+    assert!(
+        matches!(error, ClientError::MismatchedReply { .. }),
+        "{error:?}"
+    );
+    let operations: Vec<Operation> = node
+        .requests()
+        .into_iter()
+        .map(|request| request.operation)
+        .collect();
+    assert_eq!(
+        operations,
+        [Operation::Stats, Operation::Stats, Operation::Status]
+    );
+}

@@ -32,6 +32,15 @@
 //! own newest snapshot, records in the WAL that the log restarts after it, and swaps the
 //! queue, before persisting and applying the rest of that `Ready`.
 //!
+//! Measured on this project's 2-core VM (release build, 1 million queued 100-byte messages,
+//! `node::recovery::tests::measure_a_snapshot_of_a_million_messages` and the e2e
+//! `measure_restart_with_a_million_queued_messages`): the loop pauses 13 us (median) to
+//! 116 us (worst of 20) for the view, where encoding in place would pause 82 ms; the file
+//! is 108 MB, written in 0.2-0.6 s off the loop (fsync included); a restart loads it in
+//! 0.16-0.5 s and serves the same state again 1 s after SIGKILL. A 60 s put/get soak (3
+//! nodes, `--snapshot-entries 400`, 16 KiB segments, 510,000 operations) kept each data dir
+//! under 95 KB and resident memory flat at 14-17 MB.
+//!
 //! A storage error stops the node from participating at all (no more ticks, messages or
 //! proposals: an fsync that failed may have lost data, so retrying could acknowledge what is
 //! not on disk). It keeps answering `status`, and everything else `UNAVAILABLE`, so the

@@ -346,6 +346,197 @@ mod tests {
         }
     }
 
+    fn queue_with(messages: u64) -> Queue {
+        use crate::protocol::Payload;
+        use crate::queue::{Command, LoggedCommand};
+        let mut queue = Queue::new(QueueConfig::default());
+        let mut apply = |command| {
+            let index = queue.last_applied().next();
+            queue.apply_command(
+                index,
+                &LoggedCommand {
+                    session: None,
+                    command,
+                },
+            );
+        };
+        apply(Command::CreateTopic { topic: "t".into() });
+        for number in 0..messages {
+            apply(Command::Put {
+                topic: "t".into(),
+                message: Payload::Text(format!("m{number}")),
+            });
+        }
+        queue
+    }
+
+    fn write_queue(dir: &Path, snapshot: SnapshotMeta, queue: &Queue) {
+        snapshot_file::write_snapshot(dir, snapshot, FsyncPolicy::Never, |writer| {
+            queue
+                .encode_snapshot(writer)
+                .map_err(|error| std::io::Error::other(error.to_string()))
+        })
+        .expect("write a snapshot");
+    }
+
+    fn open_wal(dir: &Path) -> (crate::storage::Wal, RestoredState) {
+        crate::storage::Wal::open(
+            dir,
+            crate::storage::WalOptions {
+                segment_bytes_max: 4096,
+                fsync: FsyncPolicy::Never,
+            },
+        )
+        .expect("open the WAL")
+    }
+
+    fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        indexes
+            .map(|index| Entry {
+                term: Term(term),
+                index: LogIndex(index),
+                payload: EntryPayload::Noop,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_install_interrupted_before_the_wal_recorded_it_is_finished() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut wal, _) = open_wal(dir.path());
+        wal.set_hard_state(&HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(3),
+        })
+        .expect("hard state");
+        wal.append(&entries(1, 1..=5)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        // The file was adopted, then the node crashed before the WAL's restart record.
+        let queue = queue_with(7);
+        write_queue(dir.path(), meta(2, 10), &queue);
+        std::fs::write(
+            dir.path()
+                .join("snapshot-00000000000000000011-00000000000000000002.partial"),
+            b"x",
+        )
+        .expect("a leftover");
+        let (mut wal, restored) = open_wal(dir.path());
+        let recovered = recover(
+            dir.path(),
+            FsyncPolicy::Never,
+            &mut wal,
+            restored,
+            QueueConfig::default(),
+        )
+        .expect("recover");
+        assert_eq!(recovered.restored.snapshot, meta(2, 10));
+        assert!(recovered.restored.entries.is_empty());
+        assert!(recovered.queue == queue, "the queue is the snapshot's");
+        assert_eq!(
+            std::fs::read_dir(dir.path())
+                .expect("list")
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_name().to_string_lossy().ends_with(".partial"))
+                .count(),
+            0,
+            "leftovers are deleted"
+        );
+        drop(wal);
+        let (mut wal, restored) = open_wal(dir.path());
+        assert_eq!(
+            restored.snapshot,
+            meta(2, 10),
+            "the WAL now restarts after it"
+        );
+        assert!(restored.entries.is_empty());
+        wal.append(&entries(2, 11..=11))
+            .expect("the log continues after the snapshot");
+    }
+
+    #[test]
+    fn a_damaged_newest_snapshot_falls_back_while_the_log_reaches_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut wal, _) = open_wal(dir.path());
+        wal.set_hard_state(&HardState {
+            term: Term(1),
+            vote: None,
+            commit: LogIndex(30),
+        })
+        .expect("hard state");
+        wal.append(&entries(1, 1..=30)).expect("append");
+        wal.sync().expect("sync");
+        let older = queue_with(3);
+        write_queue(dir.path(), meta(1, 10), &older);
+        write_queue(dir.path(), meta(1, 20), &queue_with(5));
+        let newest = snapshot_file::snapshot_path(dir.path(), meta(1, 20));
+        let mut bytes = std::fs::read(&newest).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&newest, bytes).expect("write");
+        drop(wal);
+        let (mut wal, restored) = open_wal(dir.path());
+        let recovered = recover(
+            dir.path(),
+            FsyncPolicy::Never,
+            &mut wal,
+            restored.clone(),
+            QueueConfig::default(),
+        )
+        .expect("falls back");
+        assert_eq!(recovered.restored.snapshot, meta(1, 10));
+        assert!(recovered.queue == older);
+        assert_eq!(
+            recovered.restored.entries, restored.entries,
+            "the log is kept"
+        );
+        assert!(!newest.exists(), "the damaged file is set aside");
+        // Without the older one, a log that starts after it cannot be used.
+        drop(wal);
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut wal, _) = open_wal(dir.path());
+        wal.set_hard_state(&HardState {
+            term: Term(1),
+            vote: None,
+            commit: LogIndex(0),
+        })
+        .expect("hard state");
+        for first in (1..=30).step_by(5) {
+            // Big enough that every batch gets a segment of its own.
+            let batch: Vec<Entry> = entries(1, first..=first + 4)
+                .into_iter()
+                .map(|entry| Entry {
+                    payload: EntryPayload::Command(bytes::Bytes::from(vec![0u8; 1000])),
+                    ..entry
+                })
+                .collect();
+            wal.append(&batch).expect("append");
+            wal.sync().expect("sync");
+        }
+        wal.compact_to(LogIndex(20)).expect("compact");
+        write_queue(dir.path(), meta(1, 20), &queue_with(5));
+        let newest = snapshot_file::snapshot_path(dir.path(), meta(1, 20));
+        std::fs::write(&newest, b"torn").expect("write");
+        drop(wal);
+        let (mut wal, restored) = open_wal(dir.path());
+        match recover(
+            dir.path(),
+            FsyncPolicy::Never,
+            &mut wal,
+            restored,
+            QueueConfig::default(),
+        ) {
+            Err(error @ RecoveryError::Unrecoverable { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("no usable snapshot"), "{message}");
+                assert!(message.contains("delete its data dir"), "{message}");
+            }
+            Err(other) => panic!("expected Unrecoverable, got {other}"),
+            Ok(_) => panic!("recovered without the log's start"),
+        }
+    }
+
     /// The figures for the README: the node loop's pause to take a snapshot of 1 million
     /// queued 100-byte messages (the view's clone), the file's size and write time (on the
     /// writer thread, fsync included), and the load time on restart (checksum pass and

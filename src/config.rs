@@ -475,6 +475,13 @@ pub struct NodeArgs {
     /// Log filter, e.g. `info` or `rrmq=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// TESTS ONLY: accept `fault` requests, which make this node drop messages to or from
+    /// chosen peers (simulated network partitions, for the fault-injection suite). Never in
+    /// production: any client could then cut the node off from its cluster. Without it,
+    /// `fault` requests are refused as BAD_REQUEST.
+    #[arg(long)]
+    pub fault_injection: bool,
 }
 
 /// Everything a node needs to start, validated.
@@ -492,6 +499,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub sessions_max: usize,
+    /// Tests only: whether `fault` requests are obeyed (`--fault-injection`).
+    pub fault_injection: bool,
     /// Abstain from elections until caught up (`--rejoin`).
     pub rejoin: bool,
     pub snapshot: SnapshotConfig,
@@ -705,6 +714,7 @@ impl NodeConfig {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             limits,
             sessions_max,
+            fault_injection: args.fault_injection,
             rejoin: args.rejoin,
             snapshot: SnapshotConfig {
                 entries_max: args.snapshot_entries,

@@ -266,6 +266,10 @@ impl NodeLoop {
             self.clients.reply(ticket, reply);
             return;
         }
+        if let Operation::Fault { drop_to, drop_from } = operation {
+            self.on_fault(ticket, &drop_to, &drop_from);
+            return;
+        }
         if self.shutdown.is_some() {
             self.fail(
                 ticket,
@@ -286,7 +290,9 @@ impl NodeLoop {
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
         let command = match operation {
-            Operation::Status | Operation::Stats => unreachable!("answered above"),
+            Operation::Status | Operation::Stats | Operation::Fault { .. } => {
+                unreachable!("answered above")
+            }
             Operation::ListTopics => {
                 let read_id = self.next_read_id;
                 self.next_read_id += 1;
@@ -314,6 +320,25 @@ impl NodeLoop {
             }
             Err(error) => self.refused(ticket, error),
         }
+    }
+
+    /// Tests only (`transport::fault`): from now on, drop peer messages to and from the named
+    /// nodes. Refused unless the node was started with `--fault-injection`.
+    fn on_fault(&mut self, ticket: Ticket, drop_to: &[u64], drop_from: &[u64]) {
+        if !self.config.fault_injection {
+            self.fail(
+                ticket,
+                ErrorCode::BadRequest,
+                "fault injection is for tests only and is off: start the node with \
+                 --fault-injection to enable it",
+            );
+            return;
+        }
+        log::warn!("fault injection: dropping messages to {drop_to:?} and from {drop_from:?}");
+        let to: Vec<NodeId> = drop_to.iter().map(|id| NodeId(*id)).collect();
+        let from: Vec<NodeId> = drop_from.iter().map(|id| NodeId(*id)).collect();
+        self.peers.faults().set(&to, &from);
+        self.answer(ticket, Outcome::Done);
     }
 
     fn refused(&mut self, ticket: Ticket, error: ProposeError) {
@@ -1135,5 +1160,95 @@ mod tests {
         node.join().expect("the loop ends without panicking");
         drop(events);
         ticker.join().expect("ticker");
+    }
+
+    /// Runs a one-node loop with `flags` (no ticks: `fault` needs no leader) until the
+    /// returned sender gets `Shutdown`; returns a socket connected to its client port.
+    fn start_idle_node(
+        flags: &[&str],
+    ) -> (
+        zmq::Context,
+        zmq::Socket,
+        crossbeam_channel::Sender<Event>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (port, internal_port) = (free_port(), free_port());
+        let text = format!(
+            r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {port}, "internal_port": {internal_port}}}]}}"#
+        );
+        let cluster = ClusterConfig::parse(&text, "test").expect("config");
+        let args =
+            NodeArgs::try_parse_from(["rrmq-node", "test", "0"].iter().chain(flags)).expect("args");
+        let config = NodeConfig::new(&args, cluster).expect("node config");
+        let context = zmq::Context::new();
+        let (events, inbox) = crossbeam_channel::bounded::<Event>(64);
+        let clients = ClientTransport::start(
+            &context,
+            ClientSettings::from_config(&config).expect("settings"),
+            events.clone(),
+        )
+        .expect("client transport");
+        let peers = PeerTransport::start(
+            &context,
+            PeerSettings::from_config(&config).expect("settings"),
+            events.clone(),
+        )
+        .expect("peer transport");
+        let core = Core::new(
+            config.id,
+            config.cluster.voters(),
+            config.raft.clone(),
+            RestoredState::default(),
+            7,
+        );
+        let node = NodeLoop::new(NodeParts {
+            config,
+            core,
+            store: Box::new(MemStore::new()),
+            queue: Queue::new(QueueConfig::default()),
+            clients,
+            peers,
+            events: events.clone(),
+            durable_hard_state: HardState::default(),
+            snapshot: SnapshotMeta::default(),
+            previous_snapshot: SnapshotMeta::default(),
+        });
+        let node = std::thread::spawn(move || node.run(&inbox));
+        let socket = context.socket(zmq::DEALER).expect("socket");
+        socket.set_linger(0).expect("linger");
+        socket
+            .connect(&format!("tcp://127.0.0.1:{port}"))
+            .expect("connect");
+        (context, socket, events, node)
+    }
+
+    #[test]
+    fn fault_requests_are_refused_without_the_test_flag_and_obeyed_with_it() {
+        let fault = Operation::Fault {
+            drop_to: vec![1, 2],
+            drop_from: vec![2],
+        };
+        let cases: [(&[&str], Option<ErrorCode>); 2] = [
+            (&[], Some(ErrorCode::BadRequest)),
+            (&["--fault-injection"], None),
+        ];
+        for (number, (flags, expected)) in cases.into_iter().enumerate() {
+            let (_context, socket, events, node) = start_idle_node(flags);
+            let reply = call(&socket, fault.clone());
+            assert_eq!(failure_code(&reply), expected, "case {number}: {reply:?}");
+            if let Reply::Outcome {
+                outcome: Outcome::Failed(error),
+                ..
+            } = &reply
+            {
+                assert!(
+                    error.message.contains("--fault-injection"),
+                    "case {number}: the refusal names the flag: {}",
+                    error.message
+                );
+            }
+            events.send(Event::Shutdown).expect("loop alive");
+            node.join().expect("the loop ends without panicking");
+        }
     }
 }

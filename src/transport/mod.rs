@@ -11,6 +11,7 @@
 //!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
 //! - [`snapshot`]: streaming snapshot files to followers in acknowledged chunks, and
 //!   receiving them into the data dir, off the node loop.
+//! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //!
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
 //! cannot wait on a channel. A [`Mailbox`] pairs a channel with an inproc "doorbell" socket:
@@ -21,6 +22,7 @@
 //! that outlives a request's round trip (the node loop owns all of that).
 
 pub mod client;
+pub mod fault;
 pub mod peer;
 pub mod snapshot;
 

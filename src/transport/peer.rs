@@ -25,6 +25,7 @@
 //! node that is not a peer is dropped with a debug log: that is a misconfiguration or a stray
 //! process on a reused port, not an attack this layer defends against.
 
+use super::fault::PeerFaults;
 use super::snapshot::{
     self as transfer, SenderInput, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotReport,
     SnapshotSender, TransferFrame,
@@ -258,6 +259,8 @@ pub struct PeerTransport {
     /// Tells the snapshot threads to stop waiting on a full event channel.
     stopping: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Tests only: peers to drop messages to and from; empty unless the node loop sets it.
+    faults: Arc<PeerFaults>,
 }
 
 /// One DEALER to a peer's internal port.
@@ -341,6 +344,7 @@ impl PeerTransport {
 
         let stopping = Arc::new(AtomicBool::new(false));
         let (stop_receiver, stop_listener) = super::doorbell(context)?;
+        let faults = Arc::new(PeerFaults::default());
         let (outbox, inbox) = crossbeam_channel::unbounded();
         let (snapshot_outbox, snapshot_inbox) = crossbeam_channel::unbounded();
         let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
@@ -352,17 +356,23 @@ impl PeerTransport {
             chunks,
             acks: snapshot_outbox.clone(),
         };
-        threads.push(spawn("peer-receiver", move || {
-            receive_loop(router, stop_listener, filter, inbound)
+        threads.push(spawn("peer-receiver", {
+            let faults = faults.clone();
+            move || receive_loop(router, stop_listener, filter, inbound, &faults)
         })?);
 
         let cluster_id = settings.filter.cluster_id;
-        threads.push(spawn("peer-sender", move || {
-            for outgoing in inbox.iter() {
-                match outgoing {
-                    Outgoing::Messages(messages) => send_all(&dealers, cluster_id, messages),
-                    Outgoing::Ack(ack) => send_ack(&dealers, cluster_id, ack),
-                    Outgoing::Stop => break,
+        threads.push(spawn("peer-sender", {
+            let faults = faults.clone();
+            move || {
+                for outgoing in inbox.iter() {
+                    match outgoing {
+                        Outgoing::Messages(messages) => {
+                            send_all(&dealers, cluster_id, messages, &faults)
+                        }
+                        Outgoing::Ack(ack) => send_ack(&dealers, cluster_id, ack, &faults),
+                        Outgoing::Stop => break,
+                    }
                 }
             }
         })?);
@@ -372,6 +382,7 @@ impl PeerTransport {
             snapshot_dealers,
             events.clone(),
             stopping.clone(),
+            faults.clone(),
         );
         threads.push(spawn("snapshot-sender", move || {
             sender.run(snapshot_inbox)
@@ -394,7 +405,13 @@ impl PeerTransport {
             stop_receiver,
             stopping,
             threads,
+            faults,
         })
+    }
+
+    /// The injected faults the transport threads obey (tests only; see `transport::fault`).
+    pub fn faults(&self) -> &PeerFaults {
+        &self.faults
     }
 
     /// Queues messages for their peers. Never blocks. An `InstallSnapshot` goes to the
@@ -454,8 +471,17 @@ impl Drop for PeerTransport {
     }
 }
 
-fn send_all(dealers: &HashMap<NodeId, zmq::Socket>, cluster_id: u64, messages: Vec<Message>) {
+fn send_all(
+    dealers: &HashMap<NodeId, zmq::Socket>,
+    cluster_id: u64,
+    messages: Vec<Message>,
+    faults: &PeerFaults,
+) {
     for message in messages {
+        if faults.drops_to(message.to) {
+            log::trace!("fault injection: message to node {} dropped", message.to);
+            continue;
+        }
         let Some(dealer) = dealers.get(&message.to) else {
             // The core only addresses voters from the config; this is a bug upstream, but not
             // one worth taking the node down for.
@@ -474,7 +500,16 @@ fn send_all(dealers: &HashMap<NodeId, zmq::Socket>, cluster_id: u64, messages: V
     }
 }
 
-fn send_ack(dealers: &HashMap<NodeId, zmq::Socket>, cluster_id: u64, ack: SnapshotAck) {
+fn send_ack(
+    dealers: &HashMap<NodeId, zmq::Socket>,
+    cluster_id: u64,
+    ack: SnapshotAck,
+    faults: &PeerFaults,
+) {
+    if faults.drops_to(ack.to) {
+        log::trace!("fault injection: snapshot ack to node {} dropped", ack.to);
+        return;
+    }
     let Some(dealer) = dealers.get(&ack.to) else {
         log::error!("no connection to node {}; snapshot ack dropped", ack.to);
         return;
@@ -500,6 +535,7 @@ fn receive_loop<E>(
     stop: DoorbellListener,
     filter: PeerFilter,
     inbound: Inbound<E>,
+    faults: &PeerFaults,
 ) where
     E: From<Message>,
 {
@@ -534,7 +570,19 @@ fn receive_loop<E>(
                 log::debug!("peer frame with {} parts dropped", frames.len());
                 continue;
             };
-            match decode_peer_frame(body, &filter) {
+            let decoded = decode_peer_frame(body, &filter);
+            if let Ok(frame) = &decoded {
+                let from = match frame {
+                    PeerFrame::Raft(message) => message.from,
+                    PeerFrame::Transfer(TransferFrame::Chunk(chunk)) => chunk.from,
+                    PeerFrame::Transfer(TransferFrame::Ack(ack)) => ack.from,
+                };
+                if faults.drops_from(from) {
+                    log::trace!("fault injection: message from node {from} dropped");
+                    continue;
+                }
+            }
+            match decoded {
                 Ok(PeerFrame::Raft(message)) => {
                     if inbound.events.send(E::from(message)).is_err() {
                         return; // The node loop has exited.
@@ -838,6 +886,48 @@ mod tests {
             inbox_0.recv_timeout(Duration::from_millis(100)).ok()
         });
         assert_eq!(received, Some(TestEvent::Message(pong)));
+        node_0.stop();
+        node_1.stop();
+    }
+
+    #[test]
+    fn injected_faults_drop_messages_per_direction_until_healed() {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let (events_0, _inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
+        let node_1 = PeerTransport::start(&context, settings(1, &ports), events_1).expect("1");
+        let ping = message(0, 1, MessageBody::HeartbeatResponse { read_round: 1 });
+        let connected = (0..100).any(|_| {
+            node_0.send(vec![ping.clone()]);
+            inbox_1.recv_timeout(Duration::from_millis(100)).is_ok()
+        });
+        assert!(connected, "the healthy link delivers");
+        while inbox_1.recv_timeout(Duration::from_millis(200)).is_ok() {}
+
+        let cases: [(&str, &PeerTransport, &[NodeId], &[NodeId]); 2] = [
+            ("sender drops to 1", &node_0, &[NodeId(1)], &[]),
+            ("receiver drops from 0", &node_1, &[], &[NodeId(0)]),
+        ];
+        for (name, faulty, drop_to, drop_from) in cases {
+            faulty.faults().set(drop_to, drop_from);
+            for _ in 0..20 {
+                node_0.send(vec![ping.clone()]);
+            }
+            assert_eq!(
+                inbox_1.recv_timeout(Duration::from_millis(500)).ok(),
+                None,
+                "{name}: nothing arrives"
+            );
+            faulty.faults().set(&[], &[]);
+            let healed = (0..100).any(|_| {
+                node_0.send(vec![ping.clone()]);
+                inbox_1.recv_timeout(Duration::from_millis(100)).is_ok()
+            });
+            assert!(healed, "{name}: delivered again once healed");
+            while inbox_1.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        }
         node_0.stop();
         node_1.stop();
     }

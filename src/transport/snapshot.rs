@@ -38,6 +38,7 @@
 //! crash) is deleted after [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup.
 //! So an interrupted transfer never leaves a half-installed snapshot.
 
+use super::fault::PeerFaults;
 use super::peer::{Outgoing, PeerSettings, PEER_WIRE_VERSION};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
@@ -189,6 +190,8 @@ pub(crate) struct SnapshotSender<E> {
     transfers: HashMap<NodeId, Transfer>,
     /// A send met a full or disconnected socket: try again soon.
     blocked: bool,
+    /// Tests only: peers whose chunks are dropped as if lost (see `transport::fault`).
+    faults: Arc<PeerFaults>,
 }
 
 impl<E> SnapshotSender<E>
@@ -200,6 +203,7 @@ where
         dealers: HashMap<NodeId, zmq::Socket>,
         events: Sender<E>,
         stopping: Arc<AtomicBool>,
+        faults: Arc<PeerFaults>,
     ) -> SnapshotSender<E> {
         SnapshotSender {
             settings,
@@ -208,6 +212,7 @@ where
             stopping,
             transfers: HashMap::new(),
             blocked: false,
+            faults,
         }
     }
 
@@ -398,7 +403,8 @@ where
                 && transfer.next_offset < transfer.acked_offset + window_bytes
                 && now >= transfer.send_at
             {
-                match send_chunk(dealer, &self.settings, transfer, now) {
+                let dropped = self.faults.drops_to(*to);
+                match send_chunk(dealer, &self.settings, transfer, now, dropped) {
                     Ok(true) => {}
                     Ok(false) => {
                         self.blocked = true;
@@ -435,6 +441,7 @@ fn send_chunk(
     settings: &SenderSettings,
     transfer: &mut Transfer,
     now: Instant,
+    dropped_by_fault: bool,
 ) -> std::io::Result<bool> {
     let length = (transfer.total_bytes - transfer.next_offset).min(settings.chunk_bytes as u64);
     let mut data = vec![0u8; length as usize];
@@ -453,7 +460,13 @@ fn send_chunk(
         file_crc: transfer.file_crc,
     };
     let frame = encode_transfer_frame(settings.cluster_id, &TransferFrame::Chunk(chunk));
-    match dealer.send(frame, zmq::DONTWAIT) {
+    // A fault-injected drop counts as sent and lost: go-back-N deals with it as with a loss.
+    let sent = if dropped_by_fault {
+        Ok(())
+    } else {
+        dealer.send(frame, zmq::DONTWAIT)
+    };
+    match sent {
         Ok(()) => {}
         Err(zmq::Error::EAGAIN) => return Ok(false),
         Err(error) => {

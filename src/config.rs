@@ -444,6 +444,34 @@ pub struct NodeArgs {
     #[arg(long)]
     pub rejoin: bool,
 
+    /// Take a snapshot of the state machine (and compact the log) once this many entries
+    /// were applied since the last one...
+    #[arg(long, value_name = "COUNT", default_value_t = SnapshotConfig::default().entries_max)]
+    pub snapshot_entries: u64,
+
+    /// ...or once the entries applied since the last one hold this many bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = SnapshotConfig::default().log_bytes_max)]
+    pub snapshot_bytes: u64,
+
+    /// Entries kept in memory before a snapshot's index, so that a follower slightly behind
+    /// catches up from the log instead of needing the whole snapshot.
+    #[arg(long, value_name = "COUNT", default_value_t = SnapshotConfig::default().log_margin_entries)]
+    pub snapshot_log_margin: u64,
+
+    /// Size of the chunks a snapshot is streamed to a follower in.
+    #[arg(long, value_name = "BYTES", default_value_t = SnapshotConfig::default().chunk_bytes)]
+    pub snapshot_chunk_bytes: usize,
+
+    /// Caps the rate at which a leader streams a snapshot to one follower (0: no cap), to
+    /// leave bandwidth for replication.
+    #[arg(long, value_name = "BYTES", default_value_t = 0)]
+    pub snapshot_send_bytes_per_sec: u64,
+
+    /// A new WAL segment starts when the current one would pass this size; compaction
+    /// deletes whole segments, so this is the granularity at which disk space is freed.
+    #[arg(long, value_name = "BYTES", default_value_t = WAL_SEGMENT_BYTES_DEFAULT)]
+    pub wal_segment_bytes: u64,
+
     /// Log filter, e.g. `info` or `rrmq=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
@@ -475,7 +503,53 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Abstain from elections until caught up (`--rejoin`).
     pub rejoin: bool,
+    pub snapshot: SnapshotConfig,
+    /// WAL segments roll over at this size.
+    pub wal_segment_bytes_max: u64,
 }
+
+/// When to take snapshots and how to ship them.
+///
+/// The defaults bound what a restart replays and what the log holds to 100,000 entries or
+/// 64 MiB since the last snapshot, whichever comes first: at 100-byte messages a restart
+/// replays at most ~15 MB of log on top of loading the snapshot, and the data dir holds two
+/// snapshots plus the log since the older one. A snapshot costs a write of the whole state,
+/// so a larger state may deserve a larger threshold (write amplification is state size /
+/// threshold).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Snapshot once this many entries were applied since the last one. Invariant: >= 1.
+    pub entries_max: u64,
+    /// Or once the entries applied since the last one hold this many bytes. Invariant: >= 1.
+    pub log_bytes_max: u64,
+    /// Entries kept in the in-memory log before a snapshot's index.
+    pub log_margin_entries: u64,
+    /// Chunk size for streaming a snapshot to a follower. Invariant: within
+    /// `SNAPSHOT_CHUNK_BYTES_MIN..=SNAPSHOT_CHUNK_BYTES_MAX`.
+    pub chunk_bytes: usize,
+    /// Streaming rate cap per follower, bytes per second; 0: none.
+    pub send_bytes_per_second: u64,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> SnapshotConfig {
+        SnapshotConfig {
+            entries_max: 100_000,
+            log_bytes_max: 64 * 1024 * 1024,
+            log_margin_entries: 10_000,
+            chunk_bytes: 256 * 1024,
+            send_bytes_per_second: 0,
+        }
+    }
+}
+
+pub const SNAPSHOT_CHUNK_BYTES_MIN: usize = 1024;
+/// A chunk must fit one peer frame, whose cap is above 2 MiB (see `peer_frame_bytes_max`).
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 4096;
+/// Far above any sane margin; low enough that a typo does not keep the whole log in memory.
+pub const SNAPSHOT_LOG_MARGIN_MAX: u64 = 10_000_000;
 
 /// Largest message a node can be configured to accept: frames must fit comfortably in memory
 /// and in one WAL record.
@@ -583,6 +657,42 @@ impl NodeConfig {
             ));
         }
 
+        if args.snapshot_entries == 0 {
+            return Err(bad("--snapshot-entries", "must be at least 1".into()));
+        }
+        if args.snapshot_bytes == 0 {
+            return Err(bad("--snapshot-bytes", "must be at least 1".into()));
+        }
+        if args.snapshot_log_margin > SNAPSHOT_LOG_MARGIN_MAX {
+            return Err(bad(
+                "--snapshot-log-margin",
+                format!(
+                    "{} is over {SNAPSHOT_LOG_MARGIN_MAX}",
+                    args.snapshot_log_margin
+                ),
+            ));
+        }
+        if !(SNAPSHOT_CHUNK_BYTES_MIN..=SNAPSHOT_CHUNK_BYTES_MAX)
+            .contains(&args.snapshot_chunk_bytes)
+        {
+            return Err(bad(
+                "--snapshot-chunk-bytes",
+                format!(
+                    "{} is outside {SNAPSHOT_CHUNK_BYTES_MIN}..={SNAPSHOT_CHUNK_BYTES_MAX}",
+                    args.snapshot_chunk_bytes
+                ),
+            ));
+        }
+        if args.wal_segment_bytes < WAL_SEGMENT_BYTES_MIN {
+            return Err(bad(
+                "--wal-segment-bytes",
+                format!(
+                    "{} is below {WAL_SEGMENT_BYTES_MIN}",
+                    args.wal_segment_bytes
+                ),
+            ));
+        }
+
         let raft = RaftConfig {
             election_ticks_min,
             election_ticks_max,
@@ -606,6 +716,14 @@ impl NodeConfig {
             sessions_max,
             fault_injection: args.fault_injection,
             rejoin: args.rejoin,
+            snapshot: SnapshotConfig {
+                entries_max: args.snapshot_entries,
+                log_bytes_max: args.snapshot_bytes,
+                log_margin_entries: args.snapshot_log_margin,
+                chunk_bytes: args.snapshot_chunk_bytes,
+                send_bytes_per_second: args.snapshot_send_bytes_per_sec,
+            },
+            wal_segment_bytes_max: args.wal_segment_bytes,
         })
     }
 
@@ -872,6 +990,8 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_millis(2000));
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.address().port, 9123);
+        assert_eq!(config.snapshot, SnapshotConfig::default());
+        assert_eq!(config.wal_segment_bytes_max, WAL_SEGMENT_BYTES_DEFAULT);
     }
 
     #[test]
@@ -895,8 +1015,31 @@ mod tests {
             "100",
             "--sessions-max",
             "7",
+            "--snapshot-entries",
+            "500",
+            "--snapshot-bytes",
+            "65536",
+            "--snapshot-log-margin",
+            "0",
+            "--snapshot-chunk-bytes",
+            "4096",
+            "--snapshot-send-bytes-per-sec",
+            "1000000",
+            "--wal-segment-bytes",
+            "8192",
         ])
         .expect("valid flags");
+        assert_eq!(
+            config.snapshot,
+            SnapshotConfig {
+                entries_max: 500,
+                log_bytes_max: 65536,
+                log_margin_entries: 0,
+                chunk_bytes: 4096,
+                send_bytes_per_second: 1_000_000,
+            }
+        );
+        assert_eq!(config.wal_segment_bytes_max, 8192);
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.fsync, FsyncMode::Never);
         assert_eq!(config.raft.heartbeat_ticks, 4);
@@ -950,6 +1093,30 @@ mod tests {
             (
                 &["--sessions-max", "0"],
                 "--sessions-max: 0 is outside 1..=16777216",
+            ),
+            (
+                &["--snapshot-entries", "0"],
+                "--snapshot-entries: must be at least 1",
+            ),
+            (
+                &["--snapshot-bytes", "0"],
+                "--snapshot-bytes: must be at least 1",
+            ),
+            (
+                &["--snapshot-log-margin", "10000001"],
+                "--snapshot-log-margin: 10000001 is over 10000000",
+            ),
+            (
+                &["--snapshot-chunk-bytes", "100"],
+                "--snapshot-chunk-bytes: 100 is outside 1024..=1048576",
+            ),
+            (
+                &["--snapshot-chunk-bytes", "2000000"],
+                "--snapshot-chunk-bytes: 2000000 is outside 1024..=1048576",
+            ),
+            (
+                &["--wal-segment-bytes", "100"],
+                "--wal-segment-bytes: 100 is below 4096",
             ),
         ];
         for (number, (flags, expected)) in cases.iter().enumerate() {

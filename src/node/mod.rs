@@ -16,30 +16,37 @@
 //! socket or a slow peer: replies and peer messages leave through unbounded mailboxes whose
 //! size is bounded by the requests in flight and the core's replication window.
 //!
+//! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
+//! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received
+//! from the leader, and the transport streams snapshot files (see `transport::snapshot`).
+//! Each reports back as an [`Event`]; the loop alone changes the core, the store and the
+//! queue.
+//!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
 
 mod node_loop;
 mod pending;
+pub mod recovery;
 
 pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
 use crate::queue::{Queue, QueueConfig};
-use crate::raft::{Core, LogIndex, Message};
-use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
+use crate::raft::{Core, Message, SnapshotMeta};
+use crate::storage::{FsyncPolicy, SnapshotFile, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
+use crate::transport::snapshot::SnapshotReport;
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
+use recovery::RecoveryError;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Events waiting for the node loop, at most. A full channel makes the transport threads
 /// wait, and ZeroMQ's queues behind them push back on clients and peers.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
-
-/// WAL segments roll over at this size.
-pub const WAL_SEGMENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
 /// One input to the node loop.
 #[derive(Debug)]
@@ -50,6 +57,46 @@ pub enum Event {
     Tick,
     /// SIGTERM or SIGINT.
     Shutdown,
+    /// The snapshot sender finished (or gave up) streaming a snapshot to a follower.
+    SnapshotSent(SnapshotReport),
+    /// The writer thread finished writing this node's snapshot.
+    SnapshotSaved(SnapshotSaved),
+    /// The loader thread decoded a snapshot received from the leader.
+    SnapshotLoaded(Box<LoadedSnapshot>),
+}
+
+/// What the snapshot writer thread reports.
+#[derive(Debug)]
+pub struct SnapshotSaved {
+    pub meta: SnapshotMeta,
+    /// The file, or why it could not be written.
+    pub result: Result<SnapshotFile, String>,
+    /// Serializing and writing it, fsync included (off the node loop).
+    pub write_duration: Duration,
+}
+
+/// What the snapshot loader thread reports: the `InstallSnapshot` message whose file it
+/// decoded, and the queue decoded from it.
+pub struct LoadedSnapshot {
+    pub message: Message,
+    pub snapshot: SnapshotMeta,
+    pub result: Result<Queue, String>,
+    pub load_duration: Duration,
+}
+
+impl std::fmt::Debug for LoadedSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedSnapshot")
+            .field("snapshot", &self.snapshot)
+            .field("ok", &self.result.is_ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<SnapshotReport> for Event {
+    fn from(report: SnapshotReport) -> Event {
+        Event::SnapshotSent(report)
+    }
 }
 
 impl From<ClientRequest> for Event {
@@ -76,8 +123,9 @@ pub enum NodeError {
     /// Another node has the data dir open; the error names the dir and the holder.
     #[error("{0}")]
     DataDirInUse(StorageError),
-    #[error("{path}: holds a snapshot, which this version cannot load")]
-    UnsupportedSnapshot { path: String },
+    /// The snapshot files and the log cannot be reconciled, or cannot be read.
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
@@ -117,10 +165,10 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         crate::config::FsyncMode::Always => FsyncPolicy::Always,
         crate::config::FsyncMode::Never => FsyncPolicy::Never,
     };
-    let (store, restored) = Wal::open(
+    let (mut store, wal_restored) = Wal::open(
         &config.data_dir,
         WalOptions {
-            segment_bytes_max: WAL_SEGMENT_BYTES_MAX,
+            segment_bytes_max: config.wal_segment_bytes_max,
             fsync,
         },
     )
@@ -131,15 +179,21 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             source,
         },
     })?;
-    if restored.snapshot.index() > LogIndex::ZERO {
-        // The queue would have to be loaded from it; this version writes none, so the data
-        // dir comes from a newer one.
-        return Err(NodeError::UnsupportedSnapshot {
-            path: config.data_dir.display().to_string(),
-        });
-    }
+    let queue_config = QueueConfig {
+        sessions_max: config.sessions_max,
+        ..QueueConfig::default()
+    };
+    let recovered = recovery::recover(
+        &config.data_dir,
+        fsync,
+        &mut store,
+        wal_restored,
+        queue_config,
+    )?;
+    let restored = recovered.restored;
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
+    let snapshot = restored.snapshot;
     let mut core = Core::new(
         config.id,
         config.cluster.voters(),
@@ -150,15 +204,12 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     if config.rejoin {
         core.abstain_until_caught_up();
     }
-    let queue = Queue::new(QueueConfig {
-        sessions_max: config.sessions_max,
-        ..QueueConfig::default()
-    });
-    let timer = spawn_timer(config.tick, events)?;
+    let queue = recovered.queue;
+    let timer = spawn_timer(config.tick, events.clone())?;
 
     log::info!(
-        "node {} of {} serving clients on {} and peers on {} (data {}, fsync {}, term {}, {} \
-         log entries restored)",
+        "node {} of {} serving clients on {} and peers on {} (data {}, fsync {}, term {}, \
+         snapshot {} with {} messages loaded in {} ms, {} log entries restored)",
         config.id,
         config.cluster.node_count(),
         config.address().client_endpoint(),
@@ -166,17 +217,23 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         config.data_dir.display(),
         config.fsync.as_str(),
         restored_hard_state.term,
+        snapshot.last,
+        queue.stats().messages,
+        recovered.load_duration.as_millis(),
         restored_entries,
     );
-    node_loop::NodeLoop::new(
+    node_loop::NodeLoop::new(node_loop::NodeParts {
         config,
         core,
-        Box::new(store),
+        store: Box::new(store),
         queue,
         clients,
         peers,
-        restored_hard_state,
-    )
+        events,
+        durable_hard_state: restored_hard_state,
+        snapshot,
+        previous_snapshot: recovered.previous_snapshot,
+    })
     .run(&inbox);
 
     drop(inbox); // Lets the timer thread's next send fail, so it exits.

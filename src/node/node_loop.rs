@@ -15,13 +15,39 @@
 //! Then expire late requests (TIMEOUT: outcome unknown), log role changes, ring the client
 //! thread. Requests never wait for one another: each is proposed as it arrives.
 //!
+//! # Snapshots
+//!
+//! After applying, the loop checks the thresholds (`--snapshot-entries`/`--snapshot-bytes`
+//! since the last snapshot). To take one it clones the queue (`Queue::snapshot_view`,
+//! O(segments), the only pause the loop sees) and hands the copy to a writer thread, one
+//! snapshot at a time. When the file is durable ([`Event::SnapshotSaved`]) the loop tells the
+//! core (`on_snapshot_saved`, compacting the in-memory log up to `--snapshot-log-margin`
+//! entries before the snapshot) and compacts the WAL back to the *previous* snapshot, so a
+//! damaged newest file still has a fallback. The newest two files are kept.
+//!
+//! An `InstallSnapshot` from the leader arrives only once its file is in the data dir (the
+//! transport saw to that). Unless the core can take it without data (the log already holds
+//! it), a loader thread decodes the file first ([`Event::SnapshotLoaded`]), then the message
+//! is stepped; when the core's `Ready` says to install it, the loop renames the file to its
+//! own newest snapshot, records in the WAL that the log restarts after it, and swaps the
+//! queue, before persisting and applying the rest of that `Ready`.
+//!
+//! Measured on this project's 2-core VM (release build, 1 million queued 100-byte messages,
+//! `node::recovery::tests::measure_a_snapshot_of_a_million_messages` and the e2e
+//! `measure_restart_with_a_million_queued_messages`): the loop pauses 13 us (median) to
+//! 116 us (worst of 20) for the view, where encoding in place would pause 82 ms; the file
+//! is 108 MB, written in 0.2-0.6 s off the loop (fsync included); a restart loads it in
+//! 0.16-0.5 s and serves the same state again 1 s after SIGKILL. A 60 s put/get soak (3
+//! nodes, `--snapshot-entries 400`, 16 KiB segments, 510,000 operations) kept each data dir
+//! under 95 KB and resident memory flat at 14-17 MB.
+//!
 //! A storage error stops the node from participating at all (no more ticks, messages or
 //! proposals: an fsync that failed may have lost data, so retrying could acknowledge what is
 //! not on disk). It keeps answering `status`, and everything else `UNAVAILABLE`, so the
 //! operator sees the logged error without the process crash-looping under a supervisor.
 
 use super::pending::{PendingRequests, WriteEnd};
-use super::Event;
+use super::{Event, LoadedSnapshot, SnapshotSaved};
 use crate::config::NodeConfig;
 use crate::protocol::{
     ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome, PeerProgress, Reply, StatsReport,
@@ -29,12 +55,14 @@ use crate::protocol::{
 };
 use crate::queue::{Command, LoggedCommand, Queue};
 use crate::raft::{
-    Core, Entry, EntryPayload, HardState, LogIndex, NodeId, ProposeError, Ready, Role, Term,
+    Core, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
+    ProposeError, Ready, Role, SnapshotMeta, Term,
 };
-use crate::storage::{LogStore, StorageError};
+use crate::storage::snapshot as snapshot_file;
+use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::{ClientRequest, ClientTransport, Ticket};
 use crate::transport::peer::PeerTransport;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 /// Events handled per round before the core's output is processed: bounds the latency a
@@ -45,9 +73,50 @@ const EVENT_BATCH_MAX: usize = 512;
 /// requests in flight to be answered) before giving up (PROTOCOL.md §7: exit within ~1 s).
 const SHUTDOWN_TRANSFER_WAIT: Duration = Duration::from_millis(300);
 
+/// Snapshot files kept in the data dir: the newest, and one to fall back on.
+const SNAPSHOTS_KEPT: usize = 2;
+
 struct Shutdown {
     /// Stop waiting at this instant, whatever is still in flight.
     give_up_at: Instant,
+}
+
+/// What the loop needs to start.
+pub(super) struct NodeParts {
+    pub(super) config: NodeConfig,
+    pub(super) core: Core,
+    pub(super) store: Box<dyn LogStore + Send>,
+    pub(super) queue: Queue,
+    pub(super) clients: ClientTransport,
+    pub(super) peers: PeerTransport,
+    /// For the snapshot writer and loader threads to report back.
+    pub(super) events: Sender<Event>,
+    pub(super) durable_hard_state: HardState,
+    /// The snapshot `queue` was loaded from (`0@0`: none).
+    pub(super) snapshot: SnapshotMeta,
+    /// The snapshot file before it, if any.
+    pub(super) previous_snapshot: SnapshotMeta,
+}
+
+/// The loop's snapshot bookkeeping.
+struct Snapshots {
+    /// The newest snapshot this node holds, taken or installed.
+    newest: SnapshotMeta,
+    /// The one before it: the WAL keeps the log back to it.
+    previous: SnapshotMeta,
+    /// Entries applied, and their bytes, since the last snapshot was started.
+    entries_since: u64,
+    bytes_since: u64,
+    /// A snapshot being written on the writer thread.
+    writing: Option<SnapshotMeta>,
+    /// A received snapshot being decoded on the loader thread.
+    loading: Option<SnapshotMeta>,
+    /// The newest `InstallSnapshot` that arrived while another was loading: handled next.
+    waiting: Option<Message>,
+    /// A received snapshot, decoded, for the core's next `Ready::snapshot`.
+    loaded: Option<(SnapshotMeta, Queue)>,
+    /// The longest pause taking a snapshot view caused, for the logs.
+    view_pause_max: Duration,
 }
 
 pub(super) struct NodeLoop {
@@ -57,10 +126,14 @@ pub(super) struct NodeLoop {
     queue: Queue,
     clients: ClientTransport,
     peers: PeerTransport,
+    events: Sender<Event>,
+    fsync: FsyncPolicy,
     pending: PendingRequests,
     next_read_id: u64,
-    /// The last index applied to `queue`.
+    /// The last index applied to `queue` (or installed with a snapshot), and its term.
     applied: LogIndex,
+    applied_term: Term,
+    snapshots: Snapshots,
     /// The hard state last made durable, to sync only when term or vote changed.
     durable_hard_state: HardState,
     /// Set after a storage error (or a snapshot it cannot install): the node no longer
@@ -72,16 +145,24 @@ pub(super) struct NodeLoop {
 }
 
 impl NodeLoop {
-    pub(super) fn new(
-        config: NodeConfig,
-        core: Core,
-        store: Box<dyn LogStore + Send>,
-        queue: Queue,
-        clients: ClientTransport,
-        peers: PeerTransport,
-        durable_hard_state: HardState,
-    ) -> NodeLoop {
+    pub(super) fn new(parts: NodeParts) -> NodeLoop {
+        let NodeParts {
+            config,
+            core,
+            store,
+            queue,
+            clients,
+            peers,
+            events,
+            durable_hard_state,
+            snapshot,
+            previous_snapshot,
+        } = parts;
         let observed = (core.role(), core.term(), core.leader());
+        let fsync = match config.fsync {
+            crate::config::FsyncMode::Always => FsyncPolicy::Always,
+            crate::config::FsyncMode::Never => FsyncPolicy::Never,
+        };
         NodeLoop {
             config,
             core,
@@ -89,9 +170,23 @@ impl NodeLoop {
             queue,
             clients,
             peers,
+            events,
+            fsync,
             pending: PendingRequests::new(),
             next_read_id: 0,
-            applied: LogIndex::ZERO,
+            applied: snapshot.index(),
+            applied_term: snapshot.last.term,
+            snapshots: Snapshots {
+                newest: snapshot,
+                previous: previous_snapshot,
+                entries_since: 0,
+                bytes_since: 0,
+                writing: None,
+                loading: None,
+                waiting: None,
+                loaded: None,
+                view_pause_max: Duration::ZERO,
+            },
             durable_hard_state,
             halted: false,
             shutdown: None,
@@ -126,6 +221,7 @@ impl NodeLoop {
                 }
             }
             self.process_ready();
+            self.maybe_start_snapshot();
             self.expire(Instant::now());
             self.log_changes();
             self.clients.flush();
@@ -140,10 +236,23 @@ impl NodeLoop {
         match event {
             Event::Client(request) => self.on_client_request(request),
             Event::Peer(message) => {
-                if !self.halted {
-                    self.core.step(message);
+                if self.halted {
+                    return;
+                }
+                match message.body {
+                    MessageBody::InstallSnapshot { snapshot } => {
+                        self.on_install_snapshot(message, snapshot)
+                    }
+                    _ => self.core.step(message),
                 }
             }
+            Event::SnapshotSent(report) => {
+                if !self.halted {
+                    self.core.report_snapshot(report.to, report.delivered);
+                }
+            }
+            Event::SnapshotSaved(saved) => self.on_snapshot_saved(saved),
+            Event::SnapshotLoaded(loaded) => self.on_snapshot_loaded(*loaded),
             Event::Tick => {
                 if !self.halted {
                     self.core.tick();
@@ -283,20 +392,18 @@ impl NodeLoop {
                 read_states,
                 aborted_reads,
             } = ready;
-            if let Some(snapshot) = snapshot {
-                // Only a leader that compacted its log sends one, and no node of this version
-                // compacts: a peer runs a newer version. Installing needs the snapshot's data,
-                // which this transport does not carry, so stop rather than diverge.
-                log::error!(
-                    "the leader sent a snapshot (up to {}), which this version cannot install; \
-                     no longer serving (upgrade this node)",
-                    snapshot.last
-                );
-                self.stop_participating("this node cannot follow the leader; upgrade it");
-                return;
-            }
+            let installed = match snapshot {
+                Some(snapshot) => match self.install_snapshot(snapshot) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        self.on_storage_failure(error);
+                        return;
+                    }
+                },
+                None => false,
+            };
             self.peers.send(messages);
-            if let Err(error) = self.persist(hard_state, &entries) {
+            if let Err(error) = self.persist(hard_state, &entries, installed) {
                 self.on_storage_failure(error);
                 return;
             }
@@ -328,16 +435,40 @@ impl NodeLoop {
                 break;
             }
         }
+        if let Some((unused, _)) = self.snapshots.loaded.take() {
+            // The core did not install it (a stale term, or the log caught up meanwhile).
+            log::info!("snapshot {} not needed after all", unused.last);
+            self.discard_received(unused);
+        }
     }
 
-    /// Makes `hard_state` and `entries` durable: one sync, and none at all when only the
-    /// commit index moved (it is a hint on restart, see `LogStore::set_hard_state`).
+    /// Deletes a received snapshot file that will not be installed (unless it is the one
+    /// loaded for the core's next `Ready`, which a repeated message must not take away).
+    fn discard_received(&self, snapshot: SnapshotMeta) {
+        if self
+            .snapshots
+            .loaded
+            .as_ref()
+            .is_some_and(|(loaded, _)| *loaded == snapshot)
+        {
+            return;
+        }
+        let path = snapshot_file::received_path(&self.config.data_dir, snapshot);
+        if let Err(error) = std::fs::remove_file(&path) {
+            log::debug!("deleting {}: {error}", path.display());
+        }
+    }
+
+    /// Makes `hard_state` and `entries` (and an installed snapshot, when `installed`)
+    /// durable: one sync, and none at all when only the commit index moved (it is a hint on
+    /// restart, see `LogStore::set_hard_state`).
     fn persist(
         &mut self,
         hard_state: Option<HardState>,
         entries: &[Entry],
+        installed: bool,
     ) -> Result<(), StorageError> {
-        let mut must_sync = !entries.is_empty();
+        let mut must_sync = !entries.is_empty() || installed;
         if let Some(hard_state) = hard_state {
             self.store.set_hard_state(&hard_state)?;
             must_sync |= hard_state.term != self.durable_hard_state.term
@@ -385,6 +516,9 @@ impl NodeLoop {
                 EntryPayload::Command(bytes) => Some(self.queue.apply(entry.index, bytes)),
             };
             self.applied = entry.index;
+            self.applied_term = entry.term;
+            self.snapshots.entries_since += 1;
+            self.snapshots.bytes_since += entry.size_bytes() as u64;
             match (self.pending.take_write(entry.id()), outcome) {
                 (None, _) => {}
                 (Some((ticket, WriteEnd::Applied)), Some(outcome)) => {
@@ -394,6 +528,250 @@ impl NodeLoop {
                 (Some((ticket, _)), _) => self.answer_lost(ticket),
             }
         }
+    }
+
+    // ---- Snapshots --------------------------------------------------------------------
+
+    /// Starts writing a snapshot if enough was applied since the last one and none is being
+    /// written. The loop pauses only for the queue's O(segments) clone.
+    fn maybe_start_snapshot(&mut self) {
+        let thresholds = &self.config.snapshot;
+        let snapshots = &self.snapshots;
+        if self.halted
+            || snapshots.writing.is_some()
+            || self.applied <= snapshots.newest.index()
+            || (snapshots.entries_since < thresholds.entries_max
+                && snapshots.bytes_since < thresholds.log_bytes_max)
+        {
+            return;
+        }
+        let meta = SnapshotMeta {
+            last: EntryId::new(self.applied_term, self.applied),
+        };
+        let started = Instant::now();
+        let view = self.queue.snapshot_view();
+        let pause = started.elapsed();
+        self.snapshots.view_pause_max = self.snapshots.view_pause_max.max(pause);
+        log::info!(
+            "taking snapshot {} ({} messages, {} entries since the last): the loop paused {} \
+             us for the view",
+            meta.last,
+            view.stats().messages,
+            self.snapshots.entries_since,
+            pause.as_micros()
+        );
+        self.snapshots.entries_since = 0;
+        self.snapshots.bytes_since = 0;
+        self.snapshots.writing = Some(meta);
+        let dir = self.config.data_dir.clone();
+        let fsync = self.fsync;
+        let events = self.events.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let result = snapshot_file::write_snapshot(&dir, meta, fsync, |writer| {
+                    view.encode_snapshot(writer)
+                        .map_err(|error| std::io::Error::other(error.to_string()))
+                })
+                .map_err(|error| error.to_string());
+                drop(view);
+                let saved = SnapshotSaved {
+                    meta,
+                    result,
+                    write_duration: started.elapsed(),
+                };
+                let _ = events.send(Event::SnapshotSaved(saved));
+            });
+        if let Err(error) = spawned {
+            log::error!("cannot start the snapshot writer: {error}");
+            self.snapshots.writing = None;
+        }
+    }
+
+    /// The writer thread is done: on success, tell the core and compact.
+    fn on_snapshot_saved(&mut self, saved: SnapshotSaved) {
+        self.snapshots.writing = None;
+        let file = match saved.result {
+            Ok(file) => file,
+            Err(error) => {
+                // Not fatal: the log just grows until the next attempt, one threshold later.
+                log::error!("writing snapshot {} failed: {error}", saved.meta.last);
+                return;
+            }
+        };
+        if self.halted {
+            return;
+        }
+        if file.meta.index() <= self.snapshots.newest.index() {
+            // A newer one was installed from the leader meanwhile.
+            self.retain_snapshots();
+            return;
+        }
+        let compact_core_to = file
+            .meta
+            .index()
+            .0
+            .saturating_sub(self.config.snapshot.log_margin_entries);
+        self.core
+            .on_snapshot_saved(file.meta, LogIndex(compact_core_to));
+        self.snapshots.previous = self.snapshots.newest;
+        self.snapshots.newest = file.meta;
+        // The WAL keeps the log back to the previous snapshot: the fallback if the newest
+        // file is ever found damaged.
+        let compact_wal_to = self.snapshots.previous.index();
+        if compact_wal_to > LogIndex::ZERO {
+            if let Err(error) = self.store.compact_to(compact_wal_to) {
+                self.on_storage_failure(error);
+                return;
+            }
+        }
+        log::info!(
+            "snapshot {} written: {} bytes in {} ms (longest loop pause for a view so far: {} \
+             us); log compacted to {} in memory, {} on disk",
+            file.meta.last,
+            file.len_bytes,
+            saved.write_duration.as_millis(),
+            self.snapshots.view_pause_max.as_micros(),
+            compact_core_to,
+            compact_wal_to
+        );
+        self.retain_snapshots();
+    }
+
+    fn retain_snapshots(&mut self) {
+        if let Err(error) =
+            snapshot_file::retain_newest(&self.config.data_dir, SNAPSHOTS_KEPT, self.fsync)
+        {
+            log::warn!("cannot delete old snapshot files: {error}");
+        }
+    }
+
+    /// An `InstallSnapshot` whose file has arrived. If the core needs the data, decode it on
+    /// the loader thread first; step the message once decoded.
+    fn on_install_snapshot(&mut self, message: Message, snapshot: SnapshotMeta) {
+        let holds_it = self
+            .core
+            .entry(snapshot.index())
+            .is_some_and(|entry| entry.term == snapshot.last.term);
+        if snapshot.index() <= self.core.status().commit_index || holds_it {
+            // The core only commits (or acknowledges): no state to load.
+            self.core.step(message);
+            self.discard_received(snapshot);
+            return;
+        }
+        if let Some(loading) = self.snapshots.loading {
+            log::info!(
+                "snapshot {} arrived while {} is loading; it waits",
+                snapshot.last,
+                loading.last
+            );
+            if let Some(MessageBody::InstallSnapshot { snapshot: replaced }) = self
+                .snapshots
+                .waiting
+                .replace(message)
+                .map(|message| message.body)
+            {
+                if replaced != snapshot {
+                    self.discard_received(replaced);
+                }
+            }
+            return;
+        }
+        self.snapshots.loading = Some(snapshot);
+        let path = snapshot_file::received_path(&self.config.data_dir, snapshot);
+        let queue_config = self.queue.config().clone();
+        let events = self.events.clone();
+        let spawned = std::thread::Builder::new()
+            .name("snapshot-loader".into())
+            .spawn(move || {
+                let started = Instant::now();
+                // The transport checked the file whole; the checksum is checked again on the
+                // way through, in the same single pass.
+                let result = snapshot_file::read_snapshot(&path, |reader| {
+                    Queue::decode_snapshot(queue_config, reader).map_err(|error| error.to_string())
+                })
+                .map(|(_, queue)| queue)
+                .map_err(|error| error.to_string());
+                let loaded = LoadedSnapshot {
+                    message,
+                    snapshot,
+                    result,
+                    load_duration: started.elapsed(),
+                };
+                let _ = events.send(Event::SnapshotLoaded(Box::new(loaded)));
+            });
+        if let Err(error) = spawned {
+            log::error!("cannot start the snapshot loader: {error}");
+            self.snapshots.loading = None;
+        }
+    }
+
+    fn on_snapshot_loaded(&mut self, loaded: LoadedSnapshot) {
+        self.snapshots.loading = None;
+        if self.halted {
+            return;
+        }
+        self.step_loaded(loaded);
+        if let Some(waiting) = self.snapshots.waiting.take() {
+            if let MessageBody::InstallSnapshot { snapshot } = waiting.body {
+                self.on_install_snapshot(waiting, snapshot);
+            }
+        }
+    }
+
+    fn step_loaded(&mut self, loaded: LoadedSnapshot) {
+        match loaded.result {
+            Ok(queue) => {
+                log::info!(
+                    "snapshot {} decoded in {} ms ({} messages)",
+                    loaded.snapshot.last,
+                    loaded.load_duration.as_millis(),
+                    queue.stats().messages
+                );
+                self.snapshots.loaded = Some((loaded.snapshot, queue));
+                self.core.step(loaded.message);
+            }
+            Err(error) => {
+                log::error!(
+                    "cannot load snapshot {} received from node {}: {error}",
+                    loaded.snapshot.last,
+                    loaded.message.from
+                );
+                self.discard_received(loaded.snapshot);
+            }
+        }
+    }
+
+    /// The core installed `snapshot` from the leader: make it this node's state, durably
+    /// (the file first, then the WAL's restart record, which the caller's sync makes
+    /// durable: see `recovery` for a crash in between).
+    fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
+        let queue = match self.snapshots.loaded.take() {
+            Some((loaded, queue)) if loaded == snapshot => queue,
+            other => panic!(
+                "node {}: the core installs snapshot {} but the loop loaded {:?}",
+                self.config.id,
+                snapshot.last,
+                other.map(|(loaded, _)| loaded.last)
+            ),
+        };
+        snapshot_file::adopt_received(&self.config.data_dir, snapshot, self.fsync)?;
+        self.store.install_snapshot(snapshot)?;
+        log::info!(
+            "installed snapshot {} ({} messages); the log restarts after it",
+            snapshot.last,
+            queue.stats().messages
+        );
+        self.queue = queue;
+        self.applied = snapshot.index();
+        self.applied_term = snapshot.last.term;
+        self.snapshots.previous = self.snapshots.newest;
+        self.snapshots.newest = snapshot;
+        self.snapshots.entries_since = 0;
+        self.snapshots.bytes_since = 0;
+        self.retain_snapshots();
+        Ok(())
     }
 
     fn expire(&mut self, now: Instant) {
@@ -511,6 +889,9 @@ impl NodeLoop {
             return;
         }
         let (role, term, leader) = now;
+        if self.observed.0 == Role::Leader && role != Role::Leader {
+            self.peers.cancel_snapshot_transfers();
+        }
         // The core logs elections and step-downs at info; learning who leads is ours to say.
         match (role, leader) {
             (Role::Leader, _) => log::debug!("became leader in term {term}"),
@@ -596,6 +977,7 @@ mod tests {
     use crate::config::{ClusterConfig, NodeArgs};
     use crate::protocol::{decode_reply, encode_request, Encoding, Request};
     use crate::queue::QueueConfig;
+    use crate::raft::SnapshotMeta;
     use crate::storage::{MemStore, RestoredState};
     use crate::transport::client::{ClientSettings, ClientTransport};
     use crate::transport::peer::{PeerSettings, PeerTransport};
@@ -635,6 +1017,16 @@ mod tests {
         fn sync(&mut self) -> Result<(), StorageError> {
             self.check()?;
             self.inner.sync()
+        }
+
+        fn compact_to(&mut self, index: LogIndex) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.compact_to(index)
+        }
+
+        fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
+            self.check()?;
+            self.inner.install_snapshot(snapshot)
         }
     }
 
@@ -709,15 +1101,18 @@ mod tests {
             broken: broken.clone(),
         };
         let queue = Queue::new(QueueConfig::default());
-        let node = NodeLoop::new(
+        let node = NodeLoop::new(NodeParts {
             config,
             core,
-            Box::new(store),
+            store: Box::new(store),
             queue,
             clients,
             peers,
-            HardState::default(),
-        );
+            events: events.clone(),
+            durable_hard_state: HardState::default(),
+            snapshot: SnapshotMeta::default(),
+            previous_snapshot: SnapshotMeta::default(),
+        });
         let node = std::thread::spawn(move || node.run(&inbox));
         let ticker_events = events.clone();
         let ticker = std::thread::spawn(move || {
@@ -826,15 +1221,18 @@ mod tests {
             RestoredState::default(),
             7,
         );
-        let node = NodeLoop::new(
+        let node = NodeLoop::new(NodeParts {
             config,
             core,
-            Box::new(MemStore::new()),
-            Queue::new(QueueConfig::default()),
+            store: Box::new(MemStore::new()),
+            queue: Queue::new(QueueConfig::default()),
             clients,
             peers,
-            HardState::default(),
-        );
+            events: events.clone(),
+            durable_hard_state: HardState::default(),
+            snapshot: SnapshotMeta::default(),
+            previous_snapshot: SnapshotMeta::default(),
+        });
         let node = std::thread::spawn(move || node.run(&inbox));
         let socket = context.socket(zmq::DEALER).expect("socket");
         socket.set_linger(0).expect("linger");

@@ -15,6 +15,7 @@
 use crate::protocol::{ErrorCode, ErrorInfo, Outcome, Payload};
 use crate::raft::LogIndex;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Bounds on the session table. Part of the replicated behaviour: must be equal on all nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +28,9 @@ pub struct SessionLimits {
 pub struct Session {
     /// The last `seq` applied for this client.
     pub seq: u64,
-    /// What that command produced: the reply a retry of it gets.
-    pub outcome: Outcome,
+    /// What that command produced: the reply a retry of it gets. Shared, so that cloning
+    /// the table for a snapshot copies no kept message.
+    pub outcome: Arc<Outcome>,
     /// The index of the log entry that last applied a command of this client.
     pub last_used: LogIndex,
 }
@@ -150,7 +152,7 @@ impl Sessions {
         let added_bytes = session_bytes(client_id, &outcome);
         let session = Session {
             seq,
-            outcome,
+            outcome: Arc::new(outcome),
             last_used: index,
         };
         match self.by_client.get_mut(client_id) {

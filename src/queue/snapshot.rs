@@ -60,7 +60,7 @@ struct SessionsRef<'a>(&'a Sessions);
 impl Serialize for SessionsRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.0.iter_oldest_first().map(|(client_id, session)| {
-            (client_id, session.seq, &session.outcome, session.last_used)
+            (client_id, session.seq, &*session.outcome, session.last_used)
         }))
     }
 }
@@ -147,7 +147,7 @@ impl Queue {
             }
             let session = Session {
                 seq,
-                outcome,
+                outcome: std::sync::Arc::new(outcome),
                 last_used,
             };
             queue
@@ -157,6 +157,14 @@ impl Queue {
         }
         queue.sessions.evict_to(queue.config.session_limits());
         Ok(queue)
+    }
+
+    /// A consistent copy of the whole state, to serialize on another thread while this one
+    /// keeps applying. O(topics + sessions + message segments); copies no message and no
+    /// kept reply (both are shared, copy-on-write: see `fifo`). For a million 100-byte
+    /// messages in one topic that is about 3,200 pointer copies.
+    pub fn snapshot_view(&self) -> Queue {
+        self.clone()
     }
 
     /// A CRC32C of the snapshot form: equal states have equal digests, so nodes can compare

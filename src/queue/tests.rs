@@ -606,6 +606,38 @@ fn snapshot_round_trip() {
 }
 
 #[test]
+fn a_snapshot_view_encodes_the_state_at_the_time_it_was_taken() {
+    let mut queue = Queue::new(config(4));
+    let mut commands = vec![plain(create("a")), plain(create("b"))];
+    for n in 0..3000 {
+        commands.push(keyed(
+            &format!("c{}", n % 6),
+            n / 6 + 1,
+            put("a", &format!("m{n}")),
+        ));
+        if n % 3 == 0 {
+            commands.push(plain(get("a")));
+        }
+    }
+    run(&mut queue, &commands);
+    let view = queue.snapshot_view();
+    let mut expected = Vec::new();
+    queue.encode_snapshot(&mut expected).expect("encode");
+    // Change everything the view shares: messages at both ends, sessions, topics.
+    let mut later = vec![plain(create("c")), plain(put("b", "x"))];
+    for n in 0..2000 {
+        later.push(keyed(&format!("c{}", n % 6), 1000 + n, get("a")));
+        later.push(plain(put("a", &format!("later {n}"))));
+    }
+    run(&mut queue, &later);
+    let mut encoded = Vec::new();
+    view.encode_snapshot(&mut encoded).expect("encode");
+    assert_eq!(encoded, expected, "the view moved with the queue");
+    view.check_invariants();
+    assert_ne!(view.digest(), queue.digest());
+}
+
+#[test]
 fn snapshot_with_inconsistent_sessions_is_refused() {
     fn encode(last_applied: u64, sessions: Vec<(&str, u64, Outcome, u64)>) -> Vec<u8> {
         let mut bytes = rmp_serde::to_vec(&1u32).expect("encoding into a Vec");
@@ -689,7 +721,10 @@ fn sizes() {
     // Pinned so a change in per-topic or per-session cost is a conscious one (module docs).
     assert_eq!(std::mem::size_of::<Topic>(), 80);
     assert_eq!(std::mem::size_of::<MessageFifo>(), 56);
-    assert_eq!(std::mem::size_of::<session::Session>(), 56);
+    // The outcome lives behind an Arc (snapshot views share it): 16 bytes of counts plus
+    // the Outcome itself, one allocation.
+    assert_eq!(std::mem::size_of::<session::Session>(), 24);
+    assert_eq!(std::mem::size_of::<crate::protocol::Outcome>(), 40);
 }
 
 // ---- Model-based property test ----

@@ -6,7 +6,7 @@
 //! must never panic on bytes read from disk (they may be torn, zeroed or corrupted).
 //! All integers are little-endian.
 
-use crate::raft::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use crate::raft::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 
 /// `len: u32` then `crc32c: u32`.
@@ -17,6 +17,7 @@ pub(crate) const BATCH_HEADER_BYTES: usize = 13;
 const KIND_BATCH: u8 = 1;
 const ITEM_ENTRY: u8 = 1;
 const ITEM_COMMIT: u8 = 2;
+const ITEM_SNAPSHOT: u8 = 3;
 const PAYLOAD_NOOP: u8 = 0;
 const PAYLOAD_COMMAND: u8 = 1;
 const HARD_STATE_VERSION: u8 = 1;
@@ -40,6 +41,10 @@ const HARD_STATE_PAYLOAD_BYTES: usize = 26;
 //           | { tag: u8 = 1 | term: u64 | index: u64 | payload_kind: u8 = 1
 //                 | data_len: u32 | data: [u8; data_len] }                          Command
 //           | { tag: u8 = 2 | commit: u64 }                                  commit hint
+//           | { tag: u8 = 3 | term: u64 | index: u64 }           log restarts after a snapshot
+//
+//   A snapshot item (a follower installed the leader's snapshot `index@term`) drops every
+//   entry before it; the next entry is `index + 1`.
 //
 //   `offset` is the record's own byte offset in its segment. Recovery uses it to tell a
 //   record that really starts at a position from bytes (say, inside a command) that merely
@@ -62,8 +67,10 @@ pub(crate) struct BatchWriter {
     buffer: Vec<u8>,
     item_count: u32,
     entry_count: usize,
-    /// The highest index of an entry in this batch, `ZERO` if none.
+    /// The highest index of an entry or snapshot item in this batch, `ZERO` if none.
     index_max: LogIndex,
+    /// Whether the batch holds a snapshot item.
+    has_snapshot: bool,
 }
 
 impl BatchWriter {
@@ -73,6 +80,7 @@ impl BatchWriter {
             item_count: 0,
             entry_count: 0,
             index_max: LogIndex::ZERO,
+            has_snapshot: false,
         }
     }
 
@@ -82,10 +90,16 @@ impl BatchWriter {
         self.item_count = 0;
         self.entry_count = 0;
         self.index_max = LogIndex::ZERO;
+        self.has_snapshot = false;
     }
 
-    pub(crate) fn has_entries(&self) -> bool {
-        self.entry_count > 0
+    /// Whether the batch changes the log (entries or a snapshot item): it must be written.
+    pub(crate) fn changes_log(&self) -> bool {
+        self.entry_count > 0 || self.has_snapshot
+    }
+
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.has_snapshot
     }
 
     /// The size the record will have on disk.
@@ -135,6 +149,21 @@ impl BatchWriter {
         self.index_max = self.index_max.max(entry.index);
     }
 
+    /// The log restarts after `snapshot`: replay drops every entry before this item.
+    pub(crate) fn push_snapshot(&mut self, snapshot: SnapshotMeta) {
+        self.buffer.push(ITEM_SNAPSHOT);
+        self.buffer
+            .extend_from_slice(&snapshot.last.term.0.to_le_bytes());
+        self.buffer
+            .extend_from_slice(&snapshot.last.index.0.to_le_bytes());
+        self.item_count += 1;
+        self.has_snapshot = true;
+        self.index_max = self.index_max.max(snapshot.index());
+    }
+
+    /// How many bytes a snapshot item adds to a batch.
+    pub(crate) const SNAPSHOT_ITEM_BYTES: usize = 17;
+
     pub(crate) fn push_commit(&mut self, commit: LogIndex) {
         self.buffer.push(ITEM_COMMIT);
         self.buffer.extend_from_slice(&commit.0.to_le_bytes());
@@ -167,6 +196,7 @@ impl BatchWriter {
 pub(crate) enum Item {
     Entry(Entry),
     Commit(LogIndex),
+    Snapshot(SnapshotMeta),
 }
 
 /// The result of reading the record framed at some offset of a file's bytes.
@@ -321,6 +351,13 @@ pub(crate) fn decode_batch(payload: &[u8], offset: u64) -> Result<Vec<Item>, Str
                 }));
             }
             ITEM_COMMIT => items.push(Item::Commit(LogIndex(reader.u64("a commit index")?))),
+            ITEM_SNAPSHOT => {
+                let term = Term(reader.u64("a snapshot term")?);
+                let index = LogIndex(reader.u64("a snapshot index")?);
+                items.push(Item::Snapshot(SnapshotMeta {
+                    last: EntryId::new(term, index),
+                }));
+            }
             other => return Err(format!("unknown item tag {other}")),
         }
     }
@@ -408,6 +445,9 @@ mod tests {
                     payload: EntryPayload::Command(Bytes::from(data)),
                 })),
             any::<u64>().prop_map(|commit| Item::Commit(LogIndex(commit))),
+            (any::<u64>(), any::<u64>()).prop_map(|(term, index)| Item::Snapshot(SnapshotMeta {
+                last: EntryId::new(Term(term), LogIndex(index)),
+            })),
         ]
     }
 
@@ -425,6 +465,14 @@ mod tests {
                     );
                 }
                 Item::Commit(commit) => batch.push_commit(*commit),
+                Item::Snapshot(snapshot) => {
+                    let before = batch.record_bytes();
+                    batch.push_snapshot(*snapshot);
+                    assert_eq!(
+                        batch.record_bytes() - before,
+                        BatchWriter::SNAPSHOT_ITEM_BYTES
+                    );
+                }
             }
         }
         batch.finish(offset).to_vec()

@@ -3,12 +3,14 @@
 //! simulator proves with `MemStore` holds for a real node (openraft
 //! `openraft/src/testing/log/suite.rs`).
 //!
-//! The contract pinned here: a crash keeps exactly what was synced (entries, term, vote);
-//! the restored commit is at most the last synced commit and the last entry, and exact when
-//! it was synced together with entries; invalid appends and unsafe hard states are refused.
+//! The contract pinned here: a crash keeps exactly what was synced (entries, term, vote, an
+//! installed snapshot); the restored commit is at most the last synced commit and the last
+//! entry, and exact when it was synced together with entries; invalid appends and unsafe
+//! hard states are refused; compaction never drops an entry above its index nor the last
+//! one; appends into what a snapshot covers are refused.
 
 use super::{LogStore, MemStore, RestoredState, StorageError, Wal, WalOptions};
-use crate::raft::{Entry, EntryPayload, HardState, LogIndex, NodeId, Term};
+use crate::raft::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -143,6 +145,16 @@ pub(crate) fn run_suite<H: Harness>(harness: &mut H) {
         (
             "entries_above_the_term_are_refused",
             entries_above_the_term_are_refused,
+        ),
+        ("install_restarts_the_log", install_restarts_the_log),
+        ("unsynced_install_is_lost", unsynced_install_is_lost),
+        (
+            "install_in_a_batch_with_entries",
+            install_in_a_batch_with_entries,
+        ),
+        (
+            "compaction_keeps_what_follows_the_index",
+            compaction_keeps_what_follows_the_index,
         ),
         (
             "random_operations_match_model",
@@ -425,41 +437,201 @@ fn entries_above_the_term_are_refused<H: Harness>(harness: &mut H, case: &str) {
     assert_eq!(restored.entries, expected, "{case}");
 }
 
-/// Random appends (often overwriting), hard state changes, syncs and crashes, checked
-/// against a model that keeps what was written and what was synced.
+fn snapshot_meta(term: u64, index: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        last: EntryId::new(Term(term), LogIndex(index)),
+    }
+}
+
+fn expect_invalid<T: std::fmt::Debug>(result: Result<T, StorageError>, case: &str, what: &str) {
+    match result {
+        Err(StorageError::Invalid(_)) => {}
+        other => panic!("{case}: {what}: expected Invalid, got {other:?}"),
+    }
+}
+
+fn install_restarts_the_log<H: Harness>(harness: &mut H, case: &str) {
+    let mut store = harness.fresh();
+    batch(
+        &mut store,
+        &entries(1, 1..=10),
+        Some(hard_state(2, None, 4)),
+        case,
+    );
+    // The leader's snapshot ends at 20, past our log: a gap against the old entries.
+    ok(store.install_snapshot(snapshot_meta(2, 20)), case);
+    ok(store.sync(), case);
+    let (mut store, restored) = harness.crash(store);
+    assert_eq!(restored.snapshot, snapshot_meta(2, 20), "{case}");
+    assert_eq!(restored.entries, Vec::<Entry>::new(), "{case}");
+    assert_eq!(restored.last_index(), LogIndex(20), "{case}");
+    assert!(restored.hard_state.commit <= LogIndex(20), "{case}");
+    expect_invalid(store.append(&entries(2, 22..=22)), case, "a gap after it");
+    expect_invalid(
+        store.append(&entries(2, 20..=21)),
+        case,
+        "into the snapshot",
+    );
+    batch(&mut store, &entries(2, 21..=23), None, case);
+    let (mut store, restored) = harness.crash(store);
+    assert_eq!(
+        restored.snapshot,
+        snapshot_meta(2, 20),
+        "{case}: after appending"
+    );
+    assert_eq!(restored.entries, entries(2, 21..=23), "{case}");
+    // A second install, below the last entry (the follower held conflicting entries).
+    ok(store.install_snapshot(snapshot_meta(2, 22)), case);
+    batch(&mut store, &entries(2, 23..=24), None, case);
+    let (_, restored) = harness.crash(store);
+    assert_eq!(
+        restored.snapshot,
+        snapshot_meta(2, 22),
+        "{case}: second install"
+    );
+    assert_eq!(
+        restored.entries,
+        entries(2, 23..=24),
+        "{case}: second install"
+    );
+}
+
+fn unsynced_install_is_lost<H: Harness>(harness: &mut H, case: &str) {
+    let mut store = harness.fresh();
+    batch(
+        &mut store,
+        &entries(1, 1..=5),
+        Some(hard_state(1, None, 0)),
+        case,
+    );
+    ok(store.install_snapshot(snapshot_meta(1, 9)), case);
+    ok(store.append(&entries(1, 10..=11)), case);
+    let (mut store, restored) = harness.crash(store);
+    assert_eq!(restored.snapshot, SnapshotMeta::default(), "{case}");
+    assert_eq!(restored.entries, entries(1, 1..=5), "{case}");
+    batch(&mut store, &entries(1, 6..=6), None, case);
+    let (_, restored) = harness.crash(store);
+    assert_eq!(restored.entries, entries(1, 1..=6), "{case}: usable after");
+}
+
+fn install_in_a_batch_with_entries<H: Harness>(harness: &mut H, case: &str) {
+    let mut store = harness.fresh();
+    batch(
+        &mut store,
+        &entries(1, 1..=5),
+        Some(hard_state(1, None, 0)),
+        case,
+    );
+    // Appended before the install in the same batch: dropped by it.
+    ok(store.append(&entries(1, 6..=7)), case);
+    ok(store.set_hard_state(&hard_state(3, None, 0)), case);
+    ok(store.install_snapshot(snapshot_meta(3, 30)), case);
+    ok(store.append(&entries(3, 31..=32)), case);
+    ok(store.set_hard_state(&hard_state(3, None, 31)), case);
+    ok(store.sync(), case);
+    let (_, restored) = harness.crash(store);
+    assert_eq!(restored.snapshot, snapshot_meta(3, 30), "{case}");
+    assert_eq!(restored.entries, entries(3, 31..=32), "{case}");
+    assert_eq!(restored.hard_state, hard_state(3, None, 31), "{case}");
+}
+
+fn compaction_keeps_what_follows_the_index<H: Harness>(harness: &mut H, case: &str) {
+    let mut store = harness.fresh();
+    ok(store.set_hard_state(&hard_state(1, None, 0)), case);
+    for first in (1..=40).step_by(4) {
+        batch(&mut store, &entries(1, first..=first + 3), None, case);
+    }
+    ok(store.compact_to(LogIndex(25)), case);
+    expect_invalid(
+        store.append(&entries(1, 25..=26)),
+        case,
+        "into the snapshot",
+    );
+    let (mut store, restored) = harness.crash(store);
+    let first = restored
+        .entries
+        .first()
+        .map_or(LogIndex(41), |entry| entry.index);
+    assert!(
+        first <= LogIndex(26),
+        "{case}: entry 26 was dropped (log starts at {first})"
+    );
+    assert_eq!(
+        restored.entries,
+        entries(1, first.0..=40),
+        "{case}: a contiguous suffix"
+    );
+    batch(&mut store, &entries(1, 41..=42), None, case);
+    // Compacting past the end keeps the last entry.
+    ok(store.compact_to(LogIndex(100)), case);
+    let (_, restored) = harness.crash(store);
+    assert_eq!(
+        restored.entries.last().map(Entry::id),
+        Some(entry(1, 42).id()),
+        "{case}: the last entry survives any compaction"
+    );
+}
+
+/// Random appends (often overwriting), hard state changes, syncs, snapshot installs,
+/// compactions and crashes, checked against a model that keeps what was written and what was
+/// synced. Compaction may keep more than asked (whole WAL segments), so after a crash the
+/// restored log must be a suffix of the synced one that holds everything above the
+/// compaction point.
 fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
-    const SEEDS: u64 = 3;
-    const OPERATIONS: usize = 300;
+    const SEEDS: u64 = 4;
+    const OPERATIONS: usize = 400;
+    /// A log as the model sees it: the entries after `base`.
+    #[derive(Clone, Debug, PartialEq)]
+    struct ModelLog {
+        base: EntryId,
+        entries: Vec<Entry>,
+    }
+    impl ModelLog {
+        fn last_index(&self) -> u64 {
+            self.base.index.0 + self.entries.len() as u64
+        }
+    }
     for seed in 0..SEEDS {
         let case = format!("{case} seed {seed}");
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut store = harness.fresh();
-        let mut written: Vec<Entry> = Vec::new();
-        let mut durable: Vec<Entry> = Vec::new();
+        let empty = ModelLog {
+            base: EntryId::default(),
+            entries: Vec::new(),
+        };
+        let mut written = empty.clone();
+        let mut durable = empty;
+        // Appends must start above this (a snapshot covers the rest).
+        let mut floor = 0u64;
+        // The highest compaction point, and the last installed snapshot made durable.
+        let mut compacted_to = 0u64;
+        let mut durable_snapshot: Option<SnapshotMeta> = None;
+        let mut installed: Option<SnapshotMeta> = None;
         let mut state = hard_state(1, None, 0);
         ok(store.set_hard_state(&state), &case);
         ok(store.sync(), &case);
         let mut durable_state = state;
         let mut durable_commit_max = LogIndex::ZERO;
-        let mut batch_has_entries = false;
+        let mut batch_changes_log = false;
         for step in 0..OPERATIONS {
             let case = format!("{case} step {step}");
-            match rng.gen_range(0..10) {
-                0..=3 => {
-                    let last = written.len() as u64;
-                    let first = if rng.gen_bool(0.7) {
+            match rng.gen_range(0..22) {
+                0..=7 => {
+                    let last = written.last_index();
+                    let first = if rng.gen_bool(0.7) || floor >= last {
                         last + 1
                     } else {
-                        rng.gen_range(1..=last + 1)
+                        rng.gen_range(floor + 1..=last + 1)
                     };
                     let count = rng.gen_range(1..=4);
                     let new = entries(state.term.0, first..=first + count - 1);
                     ok(store.append(&new), &case);
-                    written.truncate(first as usize - 1);
-                    written.extend(new);
-                    batch_has_entries = true;
+                    let keep = first - written.base.index.0 - 1;
+                    written.entries.truncate(keep as usize);
+                    written.entries.extend(new);
+                    batch_changes_log = true;
                 }
-                4 => {
+                8 => {
                     let vote = rng.gen_bool(0.5).then(|| NodeId(rng.gen_range(0..3)));
                     state = HardState {
                         term: Term(state.term.0 + 1),
@@ -468,40 +640,101 @@ fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
                     };
                     ok(store.set_hard_state(&state), &case);
                 }
-                5 => {
-                    state.commit = LogIndex(rng.gen_range(0..=written.len() as u64));
+                9..=10 => {
+                    state.commit = LogIndex(rng.gen_range(0..=written.last_index()));
                     ok(store.set_hard_state(&state), &case);
                 }
-                6..=8 => {
+                11 => {
+                    let last = written.last_index();
+                    let index = rng.gen_range(floor + 1..=last + 5);
+                    let snapshot = snapshot_meta(state.term.0, index);
+                    ok(store.install_snapshot(snapshot), &case);
+                    written = ModelLog {
+                        base: snapshot.last,
+                        entries: Vec::new(),
+                    };
+                    floor = index;
+                    installed = Some(snapshot);
+                    batch_changes_log = true;
+                }
+                12 if written == durable && !batch_changes_log => {
+                    // Only synced (as if committed and applied) entries are compacted.
+                    let low = durable.base.index.0;
+                    let index = rng.gen_range(low..=durable.last_index());
+                    ok(store.compact_to(LogIndex(index)), &case);
+                    floor = floor.max(index);
+                    compacted_to = compacted_to.max(index);
+                }
+                12..=19 => {
                     ok(store.sync(), &case);
                     durable = written.clone();
+                    if let Some(snapshot) = installed.take() {
+                        durable_snapshot = Some(snapshot);
+                    }
                     if (state.term, state.vote) != (durable_state.term, durable_state.vote)
-                        || batch_has_entries
+                        || batch_changes_log
                     {
                         durable_commit_max = durable_commit_max.max(state.commit);
                     }
                     durable_state = state;
-                    batch_has_entries = false;
+                    batch_changes_log = false;
                 }
                 _ => {
                     let (restarted, restored) = harness.crash(store);
                     store = restarted;
-                    assert_eq!(restored.entries, durable, "{case}: entries after a crash");
+                    // A suffix of the synced log, holding everything above the compaction
+                    // point and at least the last entry.
+                    let dropped =
+                        durable.entries.len() - restored.entries.len().min(durable.entries.len());
+                    assert_eq!(
+                        restored.entries,
+                        durable.entries[dropped..],
+                        "{case}: entries after a crash"
+                    );
+                    let kept_from = durable.base.index.0 + dropped as u64 + 1;
+                    assert!(
+                        kept_from <= (compacted_to + 1).max(durable.base.index.0 + 1)
+                            || (restored.entries.len() == 1
+                                && dropped + 1 == durable.entries.len()),
+                        "{case}: entries from {kept_from} on kept, compacted to {compacted_to}"
+                    );
+                    if !durable.entries.is_empty() {
+                        assert!(
+                            !restored.entries.is_empty(),
+                            "{case}: the last entry was dropped"
+                        );
+                    }
+                    if let Some(snapshot) = durable_snapshot {
+                        if compacted_to < snapshot.index().0 {
+                            assert_eq!(restored.snapshot, snapshot, "{case}: installed snapshot");
+                        }
+                    }
                     assert_eq!(
                         (restored.hard_state.term, restored.hard_state.vote),
                         (durable_state.term, durable_state.vote),
                         "{case}: term and vote after a crash"
                     );
-                    let last = LogIndex(durable.len() as u64);
+                    let last = restored.last_index().max(LogIndex(durable.last_index()));
                     let commit = restored.hard_state.commit;
                     assert!(
                         commit <= last && commit <= durable_commit_max,
                         "{case}: commit {commit} above the log ({last}) or what was synced \
                          ({durable_commit_max})"
                     );
+                    let base = if dropped == 0 {
+                        durable.base
+                    } else {
+                        durable.entries[dropped - 1].id()
+                    };
+                    durable = ModelLog {
+                        base,
+                        entries: restored.entries.clone(),
+                    };
                     written = durable.clone();
+                    floor = floor.max(base.index.0);
+                    installed = None;
                     state = restored.hard_state;
-                    batch_has_entries = false;
+                    batch_changes_log = false;
                 }
             }
         }

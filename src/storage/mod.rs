@@ -16,6 +16,7 @@
 //! <data dir>/hard_state                           term, vote, commit; replaced atomically
 //! <data dir>/segment-00000000000000000001.wal     log records, append-only
 //! <data dir>/segment-00000000000000000002.wal     ...
+//! <data dir>/snapshot-<index>-<term>.snap         state machine snapshots, newest two
 //! ```
 
 mod codec;
@@ -24,9 +25,11 @@ mod conformance;
 mod hard_state;
 mod io;
 mod mem;
+pub mod snapshot;
 mod wal;
 
 pub use mem::MemStore;
+pub use snapshot::SnapshotFile;
 pub use wal::{FsyncPolicy, Wal, WalOptions};
 
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
@@ -36,9 +39,16 @@ use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
 pub struct RestoredState {
     /// The newest snapshot the node holds (`0@0`: none); the state machine is loaded from it
     /// and the log continues after it.
+    ///
+    /// A [`LogStore`] fills in the last snapshot installed with
+    /// [`LogStore::install_snapshot`] (while compaction has not deleted that record): its
+    /// log restarts there. The node replaces it with the snapshot file it loads, after
+    /// checking that the entries continue right after that file (`node::recovery`).
     pub snapshot: SnapshotMeta,
     pub hard_state: HardState,
-    /// Contiguous entries, indexes ascending from `snapshot.last.index + 1`.
+    /// Contiguous entries, indexes ascending. From `snapshot.last.index + 1` unless the log
+    /// was compacted ([`LogStore::compact_to`]), which may leave entries a snapshot covers or
+    /// start the log later: the core drops covered entries, the node refuses a gap.
     pub entries: Vec<Entry>,
 }
 
@@ -107,15 +117,49 @@ pub trait LogStore {
     /// last term is above the hard state's term: Raft never stores an entry from a term it
     /// has not adopted (§5.1), so that is a caller bug.
     fn sync(&mut self) -> Result<(), StorageError>;
+
+    /// Lets the store forget the entries up to `index`, which a durable snapshot covers. It
+    /// may keep some of them (the WAL deletes whole segments only) but never drops an entry
+    /// above `index`, nor the last synced entry. Appends at or below `index` are refused as
+    /// `Invalid` from now on: a snapshot covers them, so they are committed for good.
+    ///
+    /// To ensure correctness: the caller must have made a snapshot covering `index` durable
+    /// first. What is dropped is gone when this returns (the WAL fsyncs the directory after
+    /// each deletion), so a crash leaves a contiguous log.
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), StorageError>;
+
+    /// Restarts the log after `snapshot`, which a follower received from its leader (Raft
+    /// §7): every stored entry is dropped, and the next append must start at
+    /// `snapshot.index + 1` (even if that leaves a gap against the dropped entries). After a
+    /// restart, [`RestoredState::snapshot`] is `snapshot` and the entries follow it.
+    ///
+    /// To ensure correctness: nothing is durable when this returns; the next `sync` makes it
+    /// durable, before or together with the entries appended after it, so a crash keeps
+    /// either the old log or the restarted one. The caller makes the snapshot's data durable
+    /// before that `sync`: a log that restarts after a snapshot the node does not hold
+    /// cannot be recovered.
+    fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError>;
 }
 
 /// Checks that `entries` may follow a log ending at `last_index`: contiguous, ascending,
-/// starting at an index in `1..=last_index + 1`. Both stores call it, so a caller's bug is an
-/// `Invalid` error in the simulator exactly as on a real node.
-pub(crate) fn check_append(last_index: LogIndex, entries: &[Entry]) -> Result<(), StorageError> {
+/// starting at an index in `floor + 1..=last_index + 1` (`floor`: the last index a snapshot
+/// covers). Both stores call it, so a caller's bug is an `Invalid` error in the simulator
+/// exactly as on a real node.
+pub(crate) fn check_append(
+    last_index: LogIndex,
+    floor: LogIndex,
+    entries: &[Entry],
+) -> Result<(), StorageError> {
     let Some(first) = entries.first() else {
         return Ok(());
     };
+    if first.index <= floor {
+        return Err(StorageError::Invalid(format!(
+            "append starting at index {} overwrites entries up to {floor}, which a snapshot \
+             covers",
+            first.index
+        )));
+    }
     if first.index == LogIndex::ZERO || first.index > last_index.next() {
         return Err(StorageError::Invalid(format!(
             "append starting at index {} to a log ending at {}: leaves a gap",

@@ -30,6 +30,15 @@
 //! dropped suffix lives in. Recovery replays records in order and gets exactly the log that
 //! was synced.
 //!
+//! # Compaction and installed snapshots
+//!
+//! [`LogStore::compact_to`] deletes the oldest segments whose entries a snapshot covers
+//! (whole segments only, each deletion made durable before the next). When a follower
+//! installs its leader's snapshot, [`LogStore::install_snapshot`] writes a *snapshot item*
+//! into the next record: replay drops every entry before it and expects the next entry right
+//! after the snapshot, so the restart needs no rewrite of old segments. Once that record is
+//! synced, the segments before it hold nothing live and the next `compact_to` deletes them.
+//!
 //! # Segments
 //!
 //! `segment-<seq>.wal`, `seq` from 1 and contiguous. A new segment is started when the next
@@ -122,8 +131,9 @@ impl Default for WalOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
     seq: u64,
-    /// The highest index of any entry written to this segment, `ZERO` if none. A segment
-    /// with `index_max <= i` holds nothing above `i`, so compaction may delete it.
+    /// The highest index of any entry (or snapshot item) written to this segment, `ZERO` if
+    /// none or if a later snapshot item made all of them dead. A segment with
+    /// `index_max <= i` holds nothing live above `i`, so compaction may delete it.
     index_max: LogIndex,
 }
 
@@ -140,9 +150,12 @@ pub struct Wal {
     active_len_bytes: u64,
     /// What `append` buffered since the last `sync`.
     batch: BatchWriter,
-    /// The log's last index and its term, counting buffered appends.
+    /// The log's last index and its term, counting buffered appends (after an installed
+    /// snapshot and no entry: the snapshot's).
     last_index: LogIndex,
     last_term: Term,
+    /// Appends at or below this are refused: a snapshot covers them.
+    floor: LogIndex,
     /// The log's last index as of the last record written.
     last_index_synced: LogIndex,
     /// The latest hard state given to `set_hard_state`.
@@ -179,13 +192,22 @@ impl Wal {
             entries: Vec::new(),
             commit: LogIndex::ZERO,
             compacted: seqs.first().is_some_and(|seq| *seq > 1),
+            snapshot: None,
+            snapshot_items: 0,
         };
-        let mut segments = Vec::with_capacity(seqs.len());
+        let mut segments: Vec<Segment> = Vec::with_capacity(seqs.len());
         let mut active_len_bytes = 0;
         for (position, seq) in seqs.iter().enumerate() {
             let is_last = position + 1 == seqs.len();
+            let snapshot_items_before = replay.snapshot_items;
             let (index_max, len_bytes) =
                 recover_segment(&mut io, &segment_path(dir, *seq), is_last, &mut replay)?;
+            if replay.snapshot_items != snapshot_items_before {
+                // A snapshot item: everything in the earlier segments is dead.
+                for segment in &mut segments {
+                    segment.index_max = LogIndex::ZERO;
+                }
+            }
             segments.push(Segment {
                 seq: *seq,
                 index_max,
@@ -208,7 +230,15 @@ impl Wal {
             .open(&active_path)
             .map_err(context(&active_path, "opening"))?;
 
-        let last_entry = replay.entries.last().map(Entry::id).unwrap_or_default();
+        let base = replay
+            .snapshot
+            .map(|snapshot| snapshot.last)
+            .unwrap_or_default();
+        let last_entry = replay.entries.last().map_or(base, Entry::id);
+        let floor = match replay.entries.first() {
+            Some(first) if replay.compacted => base.index.max(first.index.prev()),
+            _ => base.index,
+        };
         let hard_state_on_disk = file_hard_state.unwrap_or_default();
         if last_entry.term > hard_state_on_disk.term {
             // `sync` writes term and vote before the entries that need them, so under
@@ -241,6 +271,7 @@ impl Wal {
             batch: BatchWriter::new(),
             last_index,
             last_term: last_entry.term,
+            floor,
             last_index_synced: last_index,
             hard_state,
             hard_state_on_disk,
@@ -248,9 +279,14 @@ impl Wal {
             failed: None,
         };
         log::info!(
-            "wal {}: opened with {} entries in {} segments, term {}, commit {}",
+            "wal {}: opened with {} entries ({}..={}) in {} segments, term {}, commit {}",
             dir.display(),
             replay.entries.len(),
+            replay
+                .entries
+                .first()
+                .map_or(last_index.next(), |entry| entry.index),
+            last_index,
             wal.segments.len(),
             hard_state.term,
             commit
@@ -258,7 +294,7 @@ impl Wal {
         Ok((
             wal,
             RestoredState {
-                snapshot: SnapshotMeta::default(),
+                snapshot: replay.snapshot.unwrap_or_default(),
                 hard_state,
                 entries: replay.entries,
             },
@@ -283,6 +319,7 @@ impl Wal {
     /// durable (directory fsync) before the next, so a crash leaves a contiguous range.
     pub fn compact_to(&mut self, index: LogIndex) -> Result<usize, StorageError> {
         self.check_usable()?;
+        self.floor = self.floor.max(index);
         let mut deleted = 0;
         while self.segments.len() > 1
             && self.segments[0].index_max <= index
@@ -359,6 +396,13 @@ impl Wal {
         }
         self.active_len_bytes += record_bytes;
         self.last_index_synced = self.last_index;
+        if self.batch.has_snapshot() {
+            // Replay drops everything before the snapshot item: older segments are dead.
+            let older = self.segments.len() - 1;
+            for segment in &mut self.segments[..older] {
+                segment.index_max = LogIndex::ZERO;
+            }
+        }
         let active = self.segments.last_mut().expect("invariant: a segment");
         active.index_max = active.index_max.max(self.batch.index_max());
         self.batch.clear();
@@ -383,7 +427,7 @@ impl LogStore for Wal {
     /// Buffers `entries`; nothing reaches the kernel before `sync`.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
         self.check_usable()?;
-        check_append(self.last_index, entries)?;
+        check_append(self.last_index, self.floor, entries)?;
         let Some(last) = entries.last() else {
             return Ok(());
         };
@@ -430,7 +474,7 @@ impl LogStore for Wal {
             self.hard_state_on_disk = hard_state;
             self.commit_recorded = hard_state.commit;
         }
-        if self.batch.has_entries() {
+        if self.batch.changes_log() {
             let commit = self.hard_state.commit;
             if commit > self.commit_recorded {
                 self.batch.push_commit(commit);
@@ -438,6 +482,37 @@ impl LogStore for Wal {
             self.write_batch()?;
             self.commit_recorded = self.commit_recorded.max(commit);
         }
+        Ok(())
+    }
+
+    fn compact_to(&mut self, index: LogIndex) -> Result<(), StorageError> {
+        Wal::compact_to(self, index).map(|deleted| {
+            if deleted > 0 {
+                log::debug!(
+                    "wal {}: deleted {deleted} segments up to index {index}",
+                    self.io.dir().display()
+                );
+            }
+        })
+    }
+
+    /// Buffers a snapshot item; durable with the next `sync`.
+    fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if snapshot.index() == LogIndex::ZERO {
+            return Err(StorageError::Invalid(
+                "installing a snapshot at index 0".to_string(),
+            ));
+        }
+        if !self.batch.fits(BatchWriter::SNAPSHOT_ITEM_BYTES) {
+            return Err(StorageError::Invalid(
+                "the snapshot item does not fit the WAL record: sync first".to_string(),
+            ));
+        }
+        self.batch.push_snapshot(snapshot);
+        self.last_index = snapshot.index();
+        self.last_term = snapshot.last.term;
+        self.floor = snapshot.index();
         Ok(())
     }
 }
@@ -448,6 +523,10 @@ struct Replay {
     commit: LogIndex,
     /// The oldest segments were deleted by compaction, so the log may start above index 1.
     compacted: bool,
+    /// The last snapshot item replayed: the log restarted after it.
+    snapshot: Option<SnapshotMeta>,
+    /// How many snapshot items were replayed.
+    snapshot_items: u64,
 }
 
 impl Replay {
@@ -455,6 +534,20 @@ impl Replay {
     fn apply(&mut self, entry: Entry) -> Result<(), String> {
         if entry.index == LogIndex::ZERO {
             return Err("entry with index 0".to_string());
+        }
+        if let Some(snapshot) = self.snapshot {
+            if entry.index <= snapshot.index() {
+                return Err(format!(
+                    "entry {} after the log restarted at snapshot {}",
+                    entry.index, snapshot.last
+                ));
+            }
+            if self.entries.is_empty() && entry.index != snapshot.index().next() {
+                return Err(format!(
+                    "entry {} leaves a gap after snapshot {}",
+                    entry.index, snapshot.last
+                ));
+            }
         }
         match (self.entries.first(), self.entries.last()) {
             (Some(first), Some(last)) => {
@@ -468,7 +561,7 @@ impl Replay {
                 self.entries.truncate(keep as usize);
             }
             _ => {
-                if !self.compacted && entry.index != LogIndex(1) {
+                if !self.compacted && self.snapshot.is_none() && entry.index != LogIndex(1) {
                     return Err(format!("log starts at entry {} instead of 1", entry.index));
                 }
             }
@@ -509,6 +602,15 @@ fn recover_segment(
                                 .map_err(|reason| corrupt(offset, reason))?;
                         }
                         Item::Commit(commit) => replay.commit = replay.commit.max(commit),
+                        Item::Snapshot(snapshot) => {
+                            if snapshot.index() == LogIndex::ZERO {
+                                return Err(corrupt(offset, "snapshot item at index 0".into()));
+                            }
+                            index_max = index_max.max(snapshot.index());
+                            replay.entries.clear();
+                            replay.snapshot = Some(snapshot);
+                            replay.snapshot_items += 1;
+                        }
                     }
                 }
                 offset = end;
@@ -672,7 +774,7 @@ fn context<'a>(path: &'a Path, action: &'a str) -> impl FnOnce(io::Error) -> Sto
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{EntryPayload, NodeId};
+    use crate::raft::{EntryId, EntryPayload, NodeId};
     use crate::storage::conformance::{entries, entry};
     use crate::storage::io::tests::Fault;
     use bytes::Bytes;
@@ -1256,6 +1358,71 @@ mod tests {
             vec![entry(2, 7)],
             "only what compaction kept"
         );
+    }
+
+    #[test]
+    fn segments_before_an_installed_snapshot_are_deleted_by_compaction() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let wal_options = options(1);
+        let (mut wal, _) = open(dir.path(), &wal_options);
+        wal.set_hard_state(&hard_state(1, None, 0))
+            .expect("set_hard_state");
+        for first in (1..=9).step_by(2) {
+            write_batch(&mut wal, &entries(1, first..=first + 1), None);
+        }
+        let snapshot = SnapshotMeta {
+            last: EntryId::new(Term(2), LogIndex(50)),
+        };
+        wal.install_snapshot(snapshot).expect("install");
+        write_batch(&mut wal, &[], Some(hard_state(2, None, 50)));
+        assert_eq!(segment_files(dir.path()).len(), 6);
+        // Segments 1-5 hold only entries the snapshot item made dead, whatever their index.
+        assert_eq!(wal.compact_to(LogIndex(1)).expect("compact"), 5);
+        drop(wal);
+        let (mut wal, restored) = open(dir.path(), &wal_options);
+        assert_eq!(restored.snapshot, snapshot);
+        assert_eq!(restored.entries, Vec::<Entry>::new());
+        assert_eq!(restored.hard_state.commit, LogIndex(50));
+        write_batch(&mut wal, &entries(2, 51..=52), None);
+        // Now the segment with the snapshot item goes too: the log starts after it.
+        assert_eq!(wal.compact_to(LogIndex(50)).expect("compact"), 1);
+        drop(wal);
+        let (mut wal, restored) = open(dir.path(), &wal_options);
+        assert_eq!(
+            restored.snapshot,
+            SnapshotMeta::default(),
+            "its record is gone"
+        );
+        assert_eq!(restored.entries, entries(2, 51..=52));
+        assert!(
+            matches!(
+                wal.append(&entries(2, 50..=50)),
+                Err(StorageError::Invalid(_))
+            ),
+            "appends into the compacted prefix are refused after a restart"
+        );
+    }
+
+    #[test]
+    fn an_entry_that_leaves_a_gap_after_a_snapshot_item_is_corruption() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (mut wal, _) = open(dir.path(), &WalOptions::default());
+        let mut batch = BatchWriter::new();
+        batch.push_snapshot(SnapshotMeta {
+            last: EntryId::new(Term(1), LogIndex(10)),
+        });
+        batch.push_entry(&entry(1, 12));
+        let record = batch.finish(0).to_vec();
+        wal.active
+            .write_all(&record)
+            .expect("write a record by hand");
+        drop(wal);
+        match Wal::open(dir.path(), WalOptions::default()) {
+            Err(StorageError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("gap after snapshot"), "{reason}")
+            }
+            other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
+        }
     }
 
     #[test]

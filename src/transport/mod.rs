@@ -9,6 +9,8 @@
 //!   the spot, forwards good requests, sends replies with the envelope they came with.
 //! - [`peer`]: the peer ROUTER (inbound messages) and one DEALER per peer (outbound), with
 //!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
+//! - [`snapshot`]: streaming snapshot files to followers in acknowledged chunks, and
+//!   receiving them into the data dir, off the node loop.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //!
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
@@ -22,6 +24,7 @@
 pub mod client;
 pub mod fault;
 pub mod peer;
+pub mod snapshot;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

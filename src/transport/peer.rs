@@ -9,10 +9,15 @@
 //! instead of stalling the node loop or piling up in memory.
 //!
 //! Two threads: the receiver owns the ROUTER and decodes; the sender owns the DEALERs and
-//! encodes. The node loop hands messages over a channel and never touches bytes.
+//! encodes. The node loop hands messages over a channel and never touches bytes. Two more
+//! stream snapshots (see [`super::snapshot`]): an `InstallSnapshot` handed to
+//! [`PeerTransport::send`] goes to the snapshot sender, which streams the file on DEALERs of
+//! its own; snapshot chunks arriving at the ROUTER go to the snapshot receiver.
 //!
 //! ```text
 //! frame = MessagePack array [ wire_version: u8, cluster_id: u64, message: raft::Message ]
+//!       | MessagePack array [ wire_version: u8, cluster_id: u64, kind: u8, body ]   snapshot
+//!                                                                               transfer
 //! ```
 //!
 //! One Raft message per frame (an AppendEntries batch is one frame). A frame from another
@@ -21,11 +26,18 @@
 //! process on a reused port, not an attack this layer defends against.
 
 use super::fault::PeerFaults;
+use super::snapshot::{
+    self as transfer, SenderInput, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotReport,
+    SnapshotSender, TransferFrame,
+};
 use super::{zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
 use crate::config::NodeConfig;
-use crate::raft::{Message, NodeId};
+use crate::raft::{Message, MessageBody, NodeId};
+use crate::storage::FsyncPolicy;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -42,6 +54,10 @@ const RECONNECT_INTERVAL_MAX_MS: i32 = 1000;
 
 /// Frames read per wakeup before checking for a stop request.
 const RECEIVE_BATCH_MAX: usize = 256;
+
+/// Snapshot chunks queued for one follower's connection, at most (the transfer window keeps
+/// fewer in flight).
+const SNAPSHOT_SEND_QUEUE_MAX: i32 = 2 * transfer::WINDOW_CHUNKS as i32;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PeerDecodeError {
@@ -71,6 +87,50 @@ pub fn encode_peer_message(cluster_id: u64, message: &Message) -> Vec<u8> {
 }
 
 pub fn decode_peer_message(frame: &[u8], filter: &PeerFilter) -> Result<Message, PeerDecodeError> {
+    match decode_peer_frame(frame, filter)? {
+        PeerFrame::Raft(message) => Ok(message),
+        PeerFrame::Transfer(_) => Err(PeerDecodeError::Malformed(
+            "a snapshot transfer frame, not a Raft message".to_string(),
+        )),
+    }
+}
+
+/// What arrives on the peer port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerFrame {
+    Raft(Message),
+    Transfer(TransferFrame),
+}
+
+/// MessagePack's one-byte header of a three- and a four-element array.
+const FIXARRAY_3: u8 = 0x93;
+const FIXARRAY_4: u8 = 0x94;
+
+pub fn decode_peer_frame(frame: &[u8], filter: &PeerFilter) -> Result<PeerFrame, PeerDecodeError> {
+    if frame.first() == Some(&FIXARRAY_4) {
+        let (version, cluster_id, decoded) = transfer::decode_transfer_frame(frame).map_err(
+            |reason| match rmp_serde::from_slice::<(u8, serde::de::IgnoredAny)>(frame) {
+                Ok((version, _)) if version != PEER_WIRE_VERSION => {
+                    PeerDecodeError::WrongVersion(version)
+                }
+                _ => PeerDecodeError::Malformed(reason),
+            },
+        )?;
+        if version != PEER_WIRE_VERSION {
+            return Err(PeerDecodeError::WrongVersion(version));
+        }
+        let (from, to) = match &decoded {
+            TransferFrame::Chunk(chunk) => (chunk.from, chunk.to),
+            TransferFrame::Ack(ack) => (ack.from, ack.to),
+        };
+        check_envelope(filter, cluster_id, from, to)?;
+        return Ok(PeerFrame::Transfer(decoded));
+    }
+    if frame.first() != Some(&FIXARRAY_3) {
+        return Err(PeerDecodeError::Malformed(
+            "not a three- or four-element array".to_string(),
+        ));
+    }
     let (version, cluster_id, message): (u8, u64, Message) = match rmp_serde::from_slice(frame) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -87,17 +147,27 @@ pub fn decode_peer_message(frame: &[u8], filter: &PeerFilter) -> Result<Message,
     if version != PEER_WIRE_VERSION {
         return Err(PeerDecodeError::WrongVersion(version));
     }
+    check_envelope(filter, cluster_id, message.from, message.to)?;
+    Ok(PeerFrame::Raft(message))
+}
+
+fn check_envelope(
+    filter: &PeerFilter,
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+) -> Result<(), PeerDecodeError> {
     if cluster_id != filter.cluster_id {
         return Err(PeerDecodeError::OtherCluster(cluster_id));
     }
-    if message.to != filter.me {
-        return Err(PeerDecodeError::WrongRecipient(message.to));
+    if to != filter.me {
+        return Err(PeerDecodeError::WrongRecipient(to));
     }
-    let known = usize::try_from(message.from.0).is_ok_and(|from| from < filter.node_count);
-    if !known || message.from == filter.me {
-        return Err(PeerDecodeError::UnknownSender(message.from));
+    let known = usize::try_from(from.0).is_ok_and(|from| from < filter.node_count);
+    if !known || from == filter.me {
+        return Err(PeerDecodeError::UnknownSender(from));
     }
-    Ok(message)
+    Ok(())
 }
 
 /// Where to bind and whom to connect to.
@@ -113,6 +183,15 @@ pub struct PeerSettings {
     /// ZMQ_MAXMSGSIZE on the ROUTER: larger frames are refused before allocation.
     pub frame_bytes_max: usize,
     pub send_queue_max: i32,
+    /// The data dir: snapshots are sent from it and received into it.
+    pub snapshot_dir: PathBuf,
+    pub snapshot_chunk_bytes: usize,
+    /// 0: no cap.
+    pub snapshot_send_bytes_per_second: u64,
+    /// A snapshot transfer without acknowledged progress for this long is given up.
+    pub snapshot_stall_timeout: std::time::Duration,
+    /// Whether received snapshots are fsynced before they are delivered.
+    pub fsync: FsyncPolicy,
 }
 
 impl PeerSettings {
@@ -153,23 +232,74 @@ impl PeerSettings {
             ipv6,
             frame_bytes_max: config.peer_frame_bytes_max(),
             send_queue_max: PEER_SEND_QUEUE_MAX,
+            snapshot_dir: config.data_dir.clone(),
+            snapshot_chunk_bytes: config.snapshot.chunk_bytes,
+            snapshot_send_bytes_per_second: config.snapshot.send_bytes_per_second,
+            snapshot_stall_timeout: transfer::STALL_TIMEOUT,
+            fsync: match config.fsync {
+                crate::config::FsyncMode::Always => FsyncPolicy::Always,
+                crate::config::FsyncMode::Never => FsyncPolicy::Never,
+            },
         })
     }
 }
 
-enum Outgoing {
+pub(crate) enum Outgoing {
     Messages(Vec<Message>),
+    /// From the snapshot receiver, to the leader streaming to us.
+    Ack(SnapshotAck),
     Stop,
 }
 
 /// The running peer transport. Owned by the node loop.
 pub struct PeerTransport {
     outbox: Sender<Outgoing>,
+    snapshot_outbox: Sender<SenderInput>,
     stop_receiver: Doorbell,
-    receiver_thread: Option<JoinHandle<()>>,
-    sender_thread: Option<JoinHandle<()>>,
+    /// Tells the snapshot threads to stop waiting on a full event channel.
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
     /// Tests only: peers to drop messages to and from; empty unless the node loop sets it.
     faults: Arc<PeerFaults>,
+}
+
+/// One DEALER to a peer's internal port.
+fn connect_dealer(
+    context: &zmq::Context,
+    settings: &PeerSettings,
+    endpoint: &str,
+    send_queue_max: i32,
+) -> Result<zmq::Socket, TransportError> {
+    let dealer = zmq_context("peer DEALER", context.socket(zmq::DEALER))?;
+    zmq_context("peer DEALER linger", dealer.set_linger(0))?;
+    zmq_context("peer DEALER ipv6", dealer.set_ipv6(settings.ipv6))?;
+    zmq_context("peer DEALER immediate", dealer.set_immediate(true))?;
+    zmq_context("peer DEALER sndhwm", dealer.set_sndhwm(send_queue_max))?;
+    zmq_context(
+        "peer DEALER reconnect",
+        dealer.set_reconnect_ivl(RECONNECT_INTERVAL_MS),
+    )?;
+    zmq_context(
+        "peer DEALER reconnect max",
+        dealer.set_reconnect_ivl_max(RECONNECT_INTERVAL_MAX_MS),
+    )?;
+    dealer
+        .connect(endpoint)
+        .map_err(|source| TransportError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })?;
+    Ok(dealer)
+}
+
+fn spawn(
+    name: &'static str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, TransportError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|source| TransportError::Spawn { name, source })
 }
 
 impl PeerTransport {
@@ -181,7 +311,7 @@ impl PeerTransport {
         events: Sender<E>,
     ) -> Result<PeerTransport, TransportError>
     where
-        E: From<Message> + Send + 'static,
+        E: From<Message> + From<SnapshotReport> + Send + 'static,
     {
         let router = zmq_context("peer ROUTER", context.socket(zmq::ROUTER))?;
         zmq_context("peer ROUTER linger", router.set_linger(0))?;
@@ -200,88 +330,119 @@ impl PeerTransport {
             })?;
 
         let mut dealers = HashMap::new();
+        let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {
-            let dealer = zmq_context("peer DEALER", context.socket(zmq::DEALER))?;
-            zmq_context("peer DEALER linger", dealer.set_linger(0))?;
-            zmq_context("peer DEALER ipv6", dealer.set_ipv6(settings.ipv6))?;
-            zmq_context("peer DEALER immediate", dealer.set_immediate(true))?;
-            zmq_context(
-                "peer DEALER sndhwm",
-                dealer.set_sndhwm(settings.send_queue_max),
-            )?;
-            zmq_context(
-                "peer DEALER reconnect",
-                dealer.set_reconnect_ivl(RECONNECT_INTERVAL_MS),
-            )?;
-            zmq_context(
-                "peer DEALER reconnect max",
-                dealer.set_reconnect_ivl_max(RECONNECT_INTERVAL_MAX_MS),
-            )?;
-            dealer
-                .connect(endpoint)
-                .map_err(|source| TransportError::Connect {
-                    endpoint: endpoint.clone(),
-                    source,
-                })?;
-            dealers.insert(*id, dealer);
+            dealers.insert(
+                *id,
+                connect_dealer(context, &settings, endpoint, settings.send_queue_max)?,
+            );
+            snapshot_dealers.insert(
+                *id,
+                connect_dealer(context, &settings, endpoint, SNAPSHOT_SEND_QUEUE_MAX)?,
+            );
         }
 
+        let stopping = Arc::new(AtomicBool::new(false));
         let (stop_receiver, stop_listener) = super::doorbell(context)?;
-        let filter = settings.filter;
         let faults = Arc::new(PeerFaults::default());
-        let receiver_thread = std::thread::Builder::new()
-            .name("peer-receiver".into())
-            .spawn({
-                let faults = faults.clone();
-                move || receive_loop(router, stop_listener, filter, events, &faults)
-            })
-            .map_err(|source| TransportError::Spawn {
-                name: "peer-receiver",
-                source,
-            })?;
         let (outbox, inbox) = crossbeam_channel::unbounded();
+        let (snapshot_outbox, snapshot_inbox) = crossbeam_channel::unbounded();
+        let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
+        let mut threads = Vec::new();
+
+        let filter = settings.filter;
+        let inbound = Inbound {
+            events: events.clone(),
+            chunks,
+            acks: snapshot_outbox.clone(),
+        };
+        threads.push(spawn("peer-receiver", {
+            let faults = faults.clone();
+            move || receive_loop(router, stop_listener, filter, inbound, &faults)
+        })?);
+
         let cluster_id = settings.filter.cluster_id;
-        let sender_thread = std::thread::Builder::new()
-            .name("peer-sender".into())
-            .spawn({
-                let faults = faults.clone();
-                move || {
-                    for outgoing in inbox.iter() {
-                        match outgoing {
-                            Outgoing::Messages(messages) => {
-                                send_all(&dealers, cluster_id, messages, &faults)
-                            }
-                            Outgoing::Stop => break,
+        threads.push(spawn("peer-sender", {
+            let faults = faults.clone();
+            move || {
+                for outgoing in inbox.iter() {
+                    match outgoing {
+                        Outgoing::Messages(messages) => {
+                            send_all(&dealers, cluster_id, messages, &faults)
                         }
+                        Outgoing::Ack(ack) => send_ack(&dealers, cluster_id, ack, &faults),
+                        Outgoing::Stop => break,
                     }
                 }
-            })
-            .map_err(|source| TransportError::Spawn {
-                name: "peer-sender",
-                source,
-            })?;
+            }
+        })?);
+
+        let sender = SnapshotSender::new(
+            settings.sender_settings(),
+            snapshot_dealers,
+            events.clone(),
+            stopping.clone(),
+            faults.clone(),
+        );
+        threads.push(spawn("snapshot-sender", move || {
+            sender.run(snapshot_inbox)
+        })?);
+
+        let receiver = SnapshotReceiver::new(
+            settings.filter.me,
+            settings.snapshot_dir.clone(),
+            settings.fsync,
+        );
+        let acks = outbox.clone();
+        let receiver_stopping = stopping.clone();
+        threads.push(spawn("snapshot-receiver", move || {
+            transfer::receive_loop(receiver, chunk_inbox, acks, events, receiver_stopping)
+        })?);
+
         Ok(PeerTransport {
             outbox,
+            snapshot_outbox,
             stop_receiver,
-            receiver_thread: Some(receiver_thread),
-            sender_thread: Some(sender_thread),
+            stopping,
+            threads,
             faults,
         })
     }
 
-    /// The injected faults both threads obey (tests only; see `transport::fault`).
+    /// The injected faults the transport threads obey (tests only; see `transport::fault`).
     pub fn faults(&self) -> &PeerFaults {
         &self.faults
     }
 
-    /// Queues messages for their peers. Never blocks.
-    pub fn send(&self, messages: Vec<Message>) {
+    /// Queues messages for their peers. Never blocks. An `InstallSnapshot` goes to the
+    /// snapshot sender, which streams the snapshot file it names and reports the outcome as
+    /// a [`SnapshotReport`] event.
+    pub fn send(&self, mut messages: Vec<Message>) {
+        messages.retain(|message| {
+            if !matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                return true;
+            }
+            if self
+                .snapshot_outbox
+                .send(SenderInput::Send(message.clone()))
+                .is_err()
+            {
+                log::debug!("snapshot sender has stopped; dropping {message:?}");
+            }
+            false
+        });
         if messages.is_empty() {
             return;
         }
         if self.outbox.send(Outgoing::Messages(messages)).is_err() {
             log::debug!("peer sender has stopped; dropping messages");
         }
+    }
+
+    /// Drops every snapshot transfer in progress (this node stopped leading), reporting
+    /// nothing: the new leader decides what followers need.
+    pub fn cancel_snapshot_transfers(&self) {
+        let _ = self.snapshot_outbox.send(SenderInput::CancelAll);
     }
 
     /// Stops both threads once the messages already queued are handed to ZeroMQ; closes the
@@ -291,12 +452,12 @@ impl PeerTransport {
     }
 
     fn stop_threads(&mut self) {
+        self.stopping.store(true, Ordering::Relaxed);
         let _ = self.outbox.send(Outgoing::Stop);
+        let _ = self.snapshot_outbox.send(SenderInput::Stop);
         self.stop_receiver.ring();
-        for handle in [self.sender_thread.take(), self.receiver_thread.take()]
-            .into_iter()
-            .flatten()
-        {
+        // The snapshot receiver stops when the peer receiver, which feeds it, has gone.
+        for handle in self.threads.drain(..) {
             if handle.join().is_err() {
                 log::error!("a peer transport thread panicked");
             }
@@ -339,11 +500,41 @@ fn send_all(
     }
 }
 
+fn send_ack(
+    dealers: &HashMap<NodeId, zmq::Socket>,
+    cluster_id: u64,
+    ack: SnapshotAck,
+    faults: &PeerFaults,
+) {
+    if faults.drops_to(ack.to) {
+        log::trace!("fault injection: snapshot ack to node {} dropped", ack.to);
+        return;
+    }
+    let Some(dealer) = dealers.get(&ack.to) else {
+        log::error!("no connection to node {}; snapshot ack dropped", ack.to);
+        return;
+    };
+    let frame = transfer::encode_transfer_frame(cluster_id, &TransferFrame::Ack(ack));
+    if let Err(error) = dealer.send(frame, zmq::DONTWAIT) {
+        // The sender resends when acks go missing.
+        log::trace!("snapshot ack dropped: {error}");
+    }
+}
+
+/// Where the peer receiver puts what it decodes.
+struct Inbound<E> {
+    events: Sender<E>,
+    /// To the snapshot receiver; bounded, a chunk that does not fit is dropped.
+    chunks: Sender<SnapshotChunk>,
+    /// To the snapshot sender.
+    acks: Sender<SenderInput>,
+}
+
 fn receive_loop<E>(
     router: zmq::Socket,
     stop: DoorbellListener,
     filter: PeerFilter,
-    events: Sender<E>,
+    inbound: Inbound<E>,
     faults: &PeerFaults,
 ) where
     E: From<Message>,
@@ -379,17 +570,32 @@ fn receive_loop<E>(
                 log::debug!("peer frame with {} parts dropped", frames.len());
                 continue;
             };
-            match decode_peer_message(body, &filter) {
-                Ok(message) if faults.drops_from(message.from) => {
-                    log::trace!(
-                        "fault injection: message from node {} dropped",
-                        message.from
-                    );
+            let decoded = decode_peer_frame(body, &filter);
+            if let Ok(frame) = &decoded {
+                let from = match frame {
+                    PeerFrame::Raft(message) => message.from,
+                    PeerFrame::Transfer(TransferFrame::Chunk(chunk)) => chunk.from,
+                    PeerFrame::Transfer(TransferFrame::Ack(ack)) => ack.from,
+                };
+                if faults.drops_from(from) {
+                    log::trace!("fault injection: message from node {from} dropped");
+                    continue;
                 }
-                Ok(message) => {
-                    if events.send(E::from(message)).is_err() {
+            }
+            match decoded {
+                Ok(PeerFrame::Raft(message)) => {
+                    if inbound.events.send(E::from(message)).is_err() {
                         return; // The node loop has exited.
                     }
+                }
+                Ok(PeerFrame::Transfer(TransferFrame::Chunk(chunk))) => {
+                    // Never wait on the disk here: heartbeats queue behind us.
+                    if inbound.chunks.try_send(chunk).is_err() {
+                        log::debug!("snapshot receiver busy; chunk dropped (it will be resent)");
+                    }
+                }
+                Ok(PeerFrame::Transfer(TransferFrame::Ack(ack))) => {
+                    let _ = inbound.acks.send(SenderInput::Ack(ack));
                 }
                 Err(error) => log::debug!("peer message dropped: {error}"),
             }
@@ -620,8 +826,32 @@ mod tests {
                 })
                 .collect(),
             ipv6: false,
-            frame_bytes_max: 1 << 20,
+            frame_bytes_max: 2 << 20,
             send_queue_max: PEER_SEND_QUEUE_MAX,
+            snapshot_dir: std::env::temp_dir(),
+            snapshot_chunk_bytes: 1024,
+            snapshot_send_bytes_per_second: 0,
+            snapshot_stall_timeout: transfer::STALL_TIMEOUT,
+            fsync: FsyncPolicy::Never,
+        }
+    }
+
+    /// What a transport under test hands its node loop.
+    #[derive(Debug, PartialEq)]
+    pub(crate) enum TestEvent {
+        Message(Message),
+        Report(SnapshotReport),
+    }
+
+    impl From<Message> for TestEvent {
+        fn from(message: Message) -> TestEvent {
+            TestEvent::Message(message)
+        }
+    }
+
+    impl From<SnapshotReport> for TestEvent {
+        fn from(report: SnapshotReport) -> TestEvent {
+            TestEvent::Report(report)
         }
     }
 
@@ -629,8 +859,8 @@ mod tests {
     fn messages_cross_between_two_nodes_and_responses_come_back() {
         let context = zmq::Context::new();
         let ports = [free_port(), free_port()];
-        let (events_0, inbox_0) = crossbeam_channel::unbounded::<Message>();
-        let (events_1, inbox_1) = crossbeam_channel::unbounded::<Message>();
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
         let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
         let node_1 = PeerTransport::start(&context, settings(1, &ports), events_1).expect("1");
 
@@ -648,14 +878,14 @@ mod tests {
             node_0.send(vec![ping.clone()]);
             inbox_1.recv_timeout(Duration::from_millis(100)).ok()
         });
-        assert_eq!(received, Some(ping));
+        assert_eq!(received, Some(TestEvent::Message(ping)));
 
         let pong = message(1, 0, MessageBody::HeartbeatResponse { read_round: 1 });
         let received = (0..100).find_map(|_| {
             node_1.send(vec![pong.clone()]);
             inbox_0.recv_timeout(Duration::from_millis(100)).ok()
         });
-        assert_eq!(received, Some(pong));
+        assert_eq!(received, Some(TestEvent::Message(pong)));
         node_0.stop();
         node_1.stop();
     }
@@ -664,8 +894,8 @@ mod tests {
     fn injected_faults_drop_messages_per_direction_until_healed() {
         let context = zmq::Context::new();
         let ports = [free_port(), free_port()];
-        let (events_0, _inbox_0) = crossbeam_channel::unbounded::<Message>();
-        let (events_1, inbox_1) = crossbeam_channel::unbounded::<Message>();
+        let (events_0, _inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
         let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
         let node_1 = PeerTransport::start(&context, settings(1, &ports), events_1).expect("1");
         let ping = message(0, 1, MessageBody::HeartbeatResponse { read_round: 1 });
@@ -706,7 +936,7 @@ mod tests {
     fn a_dead_peer_never_blocks_sends() {
         let context = zmq::Context::new();
         let ports = [free_port(), free_port()];
-        let (events, _inbox) = crossbeam_channel::unbounded::<Message>();
+        let (events, _inbox) = crossbeam_channel::unbounded::<TestEvent>();
         let node = PeerTransport::start(&context, settings(0, &ports), events).expect("start");
         let big = message(
             0,
@@ -732,7 +962,7 @@ mod tests {
         let context = zmq::Context::new();
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("addr").port();
-        let (events, _inbox) = crossbeam_channel::unbounded::<Message>();
+        let (events, _inbox) = crossbeam_channel::unbounded::<TestEvent>();
         let error = PeerTransport::start(&context, settings(0, &[port, free_port()]), events)
             .err()
             .expect("port in use");

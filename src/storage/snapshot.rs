@@ -1,0 +1,986 @@
+//! Snapshot files: the state machine at a log index, written durably, checked when read.
+//!
+//! Why it exists: compaction deletes log segments, so the state they produced must be on
+//! disk in another form before they go, and a follower too far behind must be sent that form
+//! instead of the log. This module owns the files' format, names and life cycle in the data
+//! dir: writing one atomically, finding the newest intact one at startup, receiving one in
+//! chunks from a leader. It never interprets the body (the state machine's own snapshot
+//! stream): callers hand it a writer or a reader.
+//!
+//! ```text
+//! file    = header | body | trailer
+//! header  = { magic: [u8; 8] = "RRMQSNAP" | format_version: u32 = 1
+//!             | last_term: u64 | last_index: u64 }                        28 bytes, LE
+//! body    = the state machine's snapshot stream (opaque here)
+//! trailer = { crc32c: u32 }   over header and body                        4 bytes, LE
+//! ```
+//!
+//! A torn or damaged file fails the checksum (the file is read whole before anything in it
+//! is trusted). File names in the data dir:
+//!
+//! ```text
+//! snapshot-<index>-<term>.snap       complete, this node's own (the newest two are kept)
+//! snapshot-<index>-<term>.snap.tmp   being written; renamed to .snap once fsynced
+//! snapshot-<index>-<term>.partial    being received from the leader, chunk by chunk
+//! snapshot-<index>-<term>.received   received whole and checked; the node installs it by
+//!                                    renaming it to .snap
+//! snapshot-<index>-<term>.corrupt    failed its checksum at startup; kept for the operator
+//! ```
+//!
+//! `.tmp`, `.partial` and `.received` files never take effect by themselves: a crash leaves
+//! them behind and [`remove_leftovers`] deletes them at startup, so an interrupted write or
+//! transfer never leaves half-installed state. (`<index>` and `<term>` are 20-digit
+//! zero-padded, so names sort by index.)
+
+use super::wal::FsyncPolicy;
+use super::StorageError;
+use crate::raft::{EntryId, LogIndex, SnapshotMeta, Term};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"RRMQSNAP";
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_HEADER_BYTES: u64 = 28;
+pub const SNAPSHOT_TRAILER_BYTES: u64 = 4;
+const PREFIX: &str = "snapshot-";
+const COMPLETE_SUFFIX: &str = ".snap";
+const TEMP_SUFFIX: &str = ".snap.tmp";
+const PARTIAL_SUFFIX: &str = ".partial";
+const RECEIVED_SUFFIX: &str = ".received";
+const CORRUPT_SUFFIX: &str = ".corrupt";
+/// Reads and writes go through buffers of this size: a snapshot is read or written in
+/// one sequential pass.
+const BUFFER_BYTES: usize = 1024 * 1024;
+
+/// What an operator should do when no usable snapshot or log is left.
+pub const SNAPSHOT_RECOVERY_ADVICE: &str = "to recover: stop the node, delete its data dir \
+     and restart it; it will catch up from the other nodes through a snapshot (do this for \
+     one node at a time, while the others form a majority)";
+
+/// A complete, checked snapshot file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub meta: SnapshotMeta,
+    pub path: PathBuf,
+    pub len_bytes: u64,
+    /// The trailer's checksum, over everything before it.
+    pub crc: u32,
+}
+
+fn file_name(meta: SnapshotMeta, suffix: &str) -> String {
+    format!(
+        "{PREFIX}{:020}-{:020}{suffix}",
+        meta.last.index.0, meta.last.term.0
+    )
+}
+
+/// Where this node's own snapshot at `meta` lives.
+pub fn snapshot_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+    dir.join(file_name(meta, COMPLETE_SUFFIX))
+}
+
+/// Where a snapshot received whole from a leader waits to be installed.
+pub fn received_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+    dir.join(file_name(meta, RECEIVED_SUFFIX))
+}
+
+fn partial_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+    dir.join(file_name(meta, PARTIAL_SUFFIX))
+}
+
+/// Parses `snapshot-<index>-<term><suffix>`.
+fn parse_name(name: &str, suffix: &str) -> Option<SnapshotMeta> {
+    let middle = name.strip_prefix(PREFIX)?.strip_suffix(suffix)?;
+    let (index, term) = middle.split_once('-')?;
+    if index.len() != 20 || term.len() != 20 {
+        return None;
+    }
+    Some(SnapshotMeta {
+        last: EntryId::new(Term(term.parse().ok()?), LogIndex(index.parse().ok()?)),
+    })
+}
+
+fn encode_header(meta: SnapshotMeta) -> [u8; SNAPSHOT_HEADER_BYTES as usize] {
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
+    header[0..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    header[12..20].copy_from_slice(&meta.last.term.0.to_le_bytes());
+    header[20..28].copy_from_slice(&meta.last.index.0.to_le_bytes());
+    header
+}
+
+fn decode_header(header: &[u8]) -> Result<SnapshotMeta, String> {
+    if header.len() < SNAPSHOT_HEADER_BYTES as usize {
+        return Err(format!(
+            "only {} bytes, shorter than a header",
+            header.len()
+        ));
+    }
+    if &header[0..8] != MAGIC {
+        return Err("not a snapshot file (bad magic)".to_string());
+    }
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(format!(
+            "snapshot format {version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
+        ));
+    }
+    Ok(SnapshotMeta {
+        last: EntryId::new(Term(u64_at(12)), LogIndex(u64_at(20))),
+    })
+}
+
+fn corrupt(path: &Path, offset: u64, reason: String) -> StorageError {
+    StorageError::Corrupt {
+        segment: path.display().to_string(),
+        offset,
+        reason,
+    }
+}
+
+fn io_error(path: &Path, action: &str) -> impl FnOnce(io::Error) -> StorageError {
+    let what = format!("{action} {}", path.display());
+    move |error| StorageError::Io(io::Error::new(error.kind(), format!("{what}: {error}")))
+}
+
+fn sync_dir(dir: &Path, fsync: FsyncPolicy) -> Result<(), StorageError> {
+    if fsync == FsyncPolicy::Never {
+        return Ok(());
+    }
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error(dir, "syncing"))
+}
+
+/// A `Write` that checksums what passes through to `inner`.
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, &bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A `Read` that checksums what passes through from `inner`.
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buffer[..read]);
+        Ok(read)
+    }
+}
+
+/// Writes a snapshot of the state at `meta` durably: header, the body `write_body` writes,
+/// checksum, to `<name>.snap.tmp`; fsync; rename to `<name>.snap`; fsync the directory.
+/// When this returns `Ok` (under `FsyncPolicy::Always`) the file survives a power loss.
+///
+/// Meant for a background thread: it does blocking I/O for as long as the body takes.
+pub fn write_snapshot<F>(
+    dir: &Path,
+    meta: SnapshotMeta,
+    fsync: FsyncPolicy,
+    write_body: F,
+) -> Result<SnapshotFile, StorageError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let path = snapshot_path(dir, meta);
+    let temp_path = dir.join(file_name(meta, TEMP_SUFFIX));
+    let result = write_temp(&temp_path, meta, fsync, write_body);
+    let (len_bytes, crc) = match result {
+        Ok(written) => written,
+        Err(error) => {
+            let _ = std::fs::remove_file(&temp_path);
+            return Err(error);
+        }
+    };
+    std::fs::rename(&temp_path, &path).map_err(io_error(&temp_path, "renaming"))?;
+    sync_dir(dir, fsync)?;
+    Ok(SnapshotFile {
+        meta,
+        path,
+        len_bytes,
+        crc,
+    })
+}
+
+fn write_temp<F>(
+    temp_path: &Path,
+    meta: SnapshotMeta,
+    fsync: FsyncPolicy,
+    write_body: F,
+) -> Result<(u64, u32), StorageError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temp_path)
+        .map_err(io_error(temp_path, "creating"))?;
+    // The buffer sits before the checksum, so the checksum runs over large blocks rather
+    // than the encoder's many small writes.
+    let mut writer = BufWriter::with_capacity(
+        BUFFER_BYTES,
+        CrcWriter {
+            inner: file,
+            crc: 0,
+        },
+    );
+    writer
+        .write_all(&encode_header(meta))
+        .and_then(|()| write_body(&mut writer))
+        .and_then(|()| writer.flush())
+        .map_err(io_error(temp_path, "writing"))?;
+    let CrcWriter {
+        inner: mut file,
+        crc,
+    } = writer
+        .into_inner()
+        .map_err(|error| io_error(temp_path, "writing")(error.into_error()))?;
+    file.write_all(&crc.to_le_bytes())
+        .map_err(io_error(temp_path, "writing"))?;
+    if fsync == FsyncPolicy::Always {
+        file.sync_all().map_err(io_error(temp_path, "syncing"))?;
+    }
+    let len_bytes = file
+        .metadata()
+        .map_err(io_error(temp_path, "reading the size of"))?
+        .len();
+    Ok((len_bytes, crc))
+}
+
+/// Reads a snapshot file whole and checks its header, its checksum and that its name
+/// matches its header. One sequential pass; nothing is decoded.
+pub fn verify_snapshot(path: &Path) -> Result<SnapshotFile, StorageError> {
+    let file = File::open(path).map_err(io_error(path, "opening"))?;
+    let len_bytes = file
+        .metadata()
+        .map_err(io_error(path, "reading the size of"))?
+        .len();
+    if len_bytes < SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES {
+        return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
+    }
+    let mut reader = BufReader::with_capacity(BUFFER_BYTES, file);
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
+    reader
+        .read_exact(&mut header)
+        .map_err(io_error(path, "reading"))?;
+    let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
+    check_name(path, meta)?;
+    let mut crc = crc32c::crc32c(&header);
+    let mut body = (&mut reader).take(len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES);
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = body.read(&mut buffer).map_err(io_error(path, "reading"))?;
+        if read == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..read]);
+    }
+    let stored = read_trailer(&mut reader, path)?;
+    if stored != crc {
+        return Err(corrupt(
+            path,
+            len_bytes - SNAPSHOT_TRAILER_BYTES,
+            format!(
+                "checksum mismatch (stored {stored:#010x}, computed {crc:#010x}): torn or damaged"
+            ),
+        ));
+    }
+    Ok(SnapshotFile {
+        meta,
+        path: path.to_path_buf(),
+        len_bytes,
+        crc,
+    })
+}
+
+fn read_trailer(reader: &mut impl Read, path: &Path) -> Result<u32, StorageError> {
+    let mut trailer = [0u8; SNAPSHOT_TRAILER_BYTES as usize];
+    reader
+        .read_exact(&mut trailer)
+        .map_err(io_error(path, "reading"))?;
+    Ok(u32::from_le_bytes(trailer))
+}
+
+/// A file named for one snapshot must hold that snapshot.
+fn check_name(path: &Path, meta: SnapshotMeta) -> Result<(), StorageError> {
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or("");
+    let named = [COMPLETE_SUFFIX, RECEIVED_SUFFIX, PARTIAL_SUFFIX]
+        .iter()
+        .find_map(|suffix| parse_name(name, suffix));
+    match named {
+        Some(named) if named != meta => Err(corrupt(
+            path,
+            0,
+            format!("named for snapshot {} but holds {}", named.last, meta.last),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the body of the snapshot file at `path` through `read_body`, which gets a reader
+/// that ends where the body ends. The checksum is computed on the way and checked at the end:
+/// a mismatch is an error even if `read_body` succeeded, and its result is dropped.
+///
+/// `read_body` may see damaged bytes before the mismatch is found: run [`verify_snapshot`]
+/// first unless the file was just checked (a received one) or the decoder is safe on
+/// arbitrary input.
+pub fn read_snapshot<T, F>(path: &Path, read_body: F) -> Result<(SnapshotFile, T), StorageError>
+where
+    F: FnOnce(&mut dyn Read) -> Result<T, String>,
+{
+    let mut file = File::open(path).map_err(io_error(path, "opening"))?;
+    let len_bytes = file
+        .metadata()
+        .map_err(io_error(path, "reading the size of"))?
+        .len();
+    if len_bytes < SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES {
+        return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
+    }
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
+    file.read_exact(&mut header)
+        .map_err(io_error(path, "reading"))?;
+    let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
+    check_name(path, meta)?;
+    let body_bytes = len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES;
+    // The checksum sits below the buffer, so it runs over large blocks; whatever the buffer
+    // read ahead is checksummed too, and the rest is drained below.
+    let mut body = BufReader::with_capacity(
+        BUFFER_BYTES,
+        CrcReader {
+            inner: file.take(body_bytes),
+            crc: crc32c::crc32c(&header),
+        },
+    );
+    let decoded = read_body(&mut body);
+    io::copy(&mut body, &mut io::sink()).map_err(io_error(path, "reading"))?;
+    let CrcReader { inner, crc } = body.into_inner();
+    let mut file = inner.into_inner();
+    let stored = read_trailer(&mut file, path)?;
+    if stored != crc {
+        return Err(corrupt(
+            path,
+            len_bytes - SNAPSHOT_TRAILER_BYTES,
+            format!(
+                "checksum mismatch (stored {stored:#010x}, computed {crc:#010x}): torn or damaged"
+            ),
+        ));
+    }
+    let decoded = decoded.map_err(|reason| {
+        corrupt(
+            path,
+            SNAPSHOT_HEADER_BYTES,
+            format!("the checksum matches but the body does not decode: {reason}"),
+        )
+    })?;
+    Ok((
+        SnapshotFile {
+            meta,
+            path: path.to_path_buf(),
+            len_bytes,
+            crc,
+        },
+        decoded,
+    ))
+}
+
+/// This node's complete snapshot files (`.snap`), newest first. Not checked: see
+/// [`verify_snapshot`].
+pub fn list_snapshots(dir: &Path) -> Result<Vec<(SnapshotMeta, PathBuf)>, StorageError> {
+    let mut found = Vec::new();
+    for dir_entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing"))? {
+        let dir_entry = dir_entry.map_err(io_error(dir, "listing"))?;
+        let name = dir_entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(meta) = parse_name(name, COMPLETE_SUFFIX) {
+            found.push((meta, dir_entry.path()));
+        }
+    }
+    found.sort_by_key(|(meta, _)| std::cmp::Reverse(*meta));
+    Ok(found)
+}
+
+/// Deletes what interrupted writes and transfers left behind (`.snap.tmp`, `.partial`,
+/// `.received`): none of them ever took effect. Returns how many were deleted.
+pub fn remove_leftovers(dir: &Path, fsync: FsyncPolicy) -> Result<usize, StorageError> {
+    let mut removed = 0;
+    for dir_entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing"))? {
+        let dir_entry = dir_entry.map_err(io_error(dir, "listing"))?;
+        let name = dir_entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let leftover = [TEMP_SUFFIX, PARTIAL_SUFFIX, RECEIVED_SUFFIX]
+            .iter()
+            .any(|suffix| parse_name(name, suffix).is_some());
+        if leftover {
+            let path = dir_entry.path();
+            std::fs::remove_file(&path).map_err(io_error(&path, "deleting"))?;
+            log::info!(
+                "removed {}, left by an interrupted snapshot write or transfer",
+                path.display()
+            );
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir, fsync)?;
+    }
+    Ok(removed)
+}
+
+/// Deletes all but the newest `keep` snapshot files, and any `.received` file at or below
+/// the newest (it can no longer be installed). Returns how many files were deleted.
+pub fn retain_newest(dir: &Path, keep: usize, fsync: FsyncPolicy) -> Result<usize, StorageError> {
+    let snapshots = list_snapshots(dir)?;
+    let mut removed = 0;
+    for (_, path) in snapshots.iter().skip(keep) {
+        std::fs::remove_file(path).map_err(io_error(path, "deleting"))?;
+        removed += 1;
+    }
+    if let Some((newest, _)) = snapshots.first() {
+        for dir_entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing"))? {
+            let dir_entry = dir_entry.map_err(io_error(dir, "listing"))?;
+            let name = dir_entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if parse_name(name, RECEIVED_SUFFIX).is_some_and(|meta| meta.index() <= newest.index())
+            {
+                let path = dir_entry.path();
+                std::fs::remove_file(&path).map_err(io_error(&path, "deleting"))?;
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        sync_dir(dir, fsync)?;
+    }
+    Ok(removed)
+}
+
+/// Renames a snapshot file that failed its checks to `<name>.corrupt`, so it is no longer
+/// taken for a snapshot (nor counted among the newest two) but stays for the operator.
+pub fn quarantine(path: &Path) -> Result<PathBuf, StorageError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(CORRUPT_SUFFIX);
+    let target = PathBuf::from(name);
+    std::fs::rename(path, &target).map_err(io_error(path, "renaming"))?;
+    Ok(target)
+}
+
+/// Makes a received snapshot this node's own: renames `<name>.received` to `<name>.snap`
+/// and fsyncs the directory. Durable when this returns (under `FsyncPolicy::Always`).
+pub fn adopt_received(
+    dir: &Path,
+    meta: SnapshotMeta,
+    fsync: FsyncPolicy,
+) -> Result<PathBuf, StorageError> {
+    let from = received_path(dir, meta);
+    let to = snapshot_path(dir, meta);
+    std::fs::rename(&from, &to).map_err(io_error(&from, "renaming"))?;
+    sync_dir(dir, fsync)?;
+    Ok(to)
+}
+
+/// A snapshot file arriving from a leader in chunks: appended to `<name>.partial` (memory
+/// stays bounded by one chunk), checked whole by [`IncomingSnapshot::finish`], and only then
+/// renamed to `<name>.received`. Dropped unfinished, the partial file is deleted.
+pub struct IncomingSnapshot {
+    dir: PathBuf,
+    meta: SnapshotMeta,
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    fsync: FsyncPolicy,
+    written_bytes: u64,
+    /// The first bytes, until the header is complete.
+    header: Vec<u8>,
+    /// The checksum of everything written except the last (up to) 4 bytes, held back in
+    /// `tail` because they may be the trailer.
+    crc: u32,
+    tail: Vec<u8>,
+}
+
+impl IncomingSnapshot {
+    /// Starts receiving the snapshot at `meta` into `dir`, replacing any partial file of it.
+    pub fn create(
+        dir: &Path,
+        meta: SnapshotMeta,
+        fsync: FsyncPolicy,
+    ) -> Result<IncomingSnapshot, StorageError> {
+        let path = partial_path(dir, meta);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_error(&path, "creating"))?;
+        Ok(IncomingSnapshot {
+            dir: dir.to_path_buf(),
+            meta,
+            path,
+            file: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
+            fsync,
+            written_bytes: 0,
+            header: Vec::with_capacity(SNAPSHOT_HEADER_BYTES as usize),
+            crc: 0,
+            tail: Vec::with_capacity(8),
+        })
+    }
+
+    pub fn meta(&self) -> SnapshotMeta {
+        self.meta
+    }
+
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes
+    }
+
+    /// Appends the next bytes of the file.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(StorageError::Invalid("append after finish".to_string()));
+        };
+        file.write_all(bytes)
+            .map_err(io_error(&self.path, "writing"))?;
+        self.written_bytes += bytes.len() as u64;
+        let header_missing = SNAPSHOT_HEADER_BYTES as usize - self.header.len();
+        self.header
+            .extend_from_slice(&bytes[..header_missing.min(bytes.len())]);
+        // Checksum all but the last 4 bytes seen so far.
+        let hold = SNAPSHOT_TRAILER_BYTES as usize;
+        if bytes.len() >= hold {
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail);
+            self.crc = crc32c::crc32c_append(self.crc, &bytes[..bytes.len() - hold]);
+            self.tail.clear();
+            self.tail.extend_from_slice(&bytes[bytes.len() - hold..]);
+        } else {
+            self.tail.extend_from_slice(bytes);
+            let excess = self.tail.len().saturating_sub(hold);
+            self.crc = crc32c::crc32c_append(self.crc, &self.tail[..excess]);
+            self.tail.drain(..excess);
+        }
+        Ok(())
+    }
+
+    /// Checks the whole file (length, header, checksum, and the checksum the sender
+    /// announced), fsyncs it and renames it to `<name>.received`. Returns that path.
+    pub fn finish(
+        mut self,
+        expected_bytes: u64,
+        expected_crc: u32,
+    ) -> Result<PathBuf, StorageError> {
+        let file = self
+            .file
+            .take()
+            .expect("finish is called once: it consumes self");
+        let path = self.path.clone();
+        if self.written_bytes != expected_bytes {
+            return Err(corrupt(
+                &path,
+                self.written_bytes,
+                format!(
+                    "{} bytes received, {expected_bytes} announced",
+                    self.written_bytes
+                ),
+            ));
+        }
+        let meta = decode_header(&self.header).map_err(|reason| corrupt(&path, 0, reason))?;
+        if meta != self.meta {
+            return Err(corrupt(
+                &path,
+                0,
+                format!(
+                    "announced as snapshot {} but holds {}",
+                    self.meta.last, meta.last
+                ),
+            ));
+        }
+        let stored = match <[u8; 4]>::try_from(self.tail.as_slice()) {
+            Ok(trailer) => u32::from_le_bytes(trailer),
+            Err(_) => return Err(corrupt(&path, 0, "no trailer".to_string())),
+        };
+        if stored != self.crc || stored != expected_crc {
+            return Err(corrupt(
+                &path,
+                self.written_bytes - SNAPSHOT_TRAILER_BYTES,
+                format!(
+                    "checksum mismatch (stored {stored:#010x}, computed {:#010x}, announced \
+                     {expected_crc:#010x})",
+                    self.crc
+                ),
+            ));
+        }
+        let file = file
+            .into_inner()
+            .map_err(|error| io_error(&path, "writing")(error.into_error()))?;
+        if self.fsync == FsyncPolicy::Always {
+            file.sync_all().map_err(io_error(&path, "syncing"))?;
+        }
+        drop(file);
+        let received = received_path(&self.dir, self.meta);
+        std::fs::rename(&path, &received).map_err(io_error(&path, "renaming"))?;
+        sync_dir(&self.dir, self.fsync)?;
+        Ok(received)
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        // Unfinished or failed: the partial file must never be mistaken for a snapshot.
+        drop(self.file.take());
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => log::debug!("discarded {}", self.path.display()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => log::warn!("cannot delete {}: {error}", self.path.display()),
+        }
+    }
+}
+
+/// Reads the header and trailer of a complete snapshot file, for sending it: its snapshot,
+/// length and checksum. The body is not checked here (the receiver checks it whole).
+pub fn open_for_sending(path: &Path) -> Result<(File, SnapshotFile), StorageError> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).map_err(io_error(path, "opening"))?;
+    let len_bytes = file
+        .metadata()
+        .map_err(io_error(path, "reading the size of"))?
+        .len();
+    if len_bytes < SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES {
+        return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
+    }
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(io_error(path, "reading"))?;
+    let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
+    check_name(path, meta)?;
+    let mut trailer = [0u8; SNAPSHOT_TRAILER_BYTES as usize];
+    file.read_exact_at(&mut trailer, len_bytes - SNAPSHOT_TRAILER_BYTES)
+        .map_err(io_error(path, "reading"))?;
+    let snapshot = SnapshotFile {
+        meta,
+        path: path.to_path_buf(),
+        len_bytes,
+        crc: u32::from_le_bytes(trailer),
+    };
+    Ok((file, snapshot))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(term: u64, index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last: EntryId::new(Term(term), LogIndex(index)),
+        }
+    }
+
+    fn body(length: usize) -> Vec<u8> {
+        (0..length).map(|n| (n * 7 + n / 251) as u8).collect()
+    }
+
+    fn write(dir: &Path, snapshot: SnapshotMeta, bytes: &[u8]) -> SnapshotFile {
+        write_snapshot(dir, snapshot, FsyncPolicy::Always, |writer| {
+            writer.write_all(bytes)
+        })
+        .expect("write a snapshot")
+    }
+
+    fn read_all(path: &Path) -> Result<(SnapshotFile, Vec<u8>), StorageError> {
+        read_snapshot(path, |reader| {
+            let mut bytes = Vec::new();
+            reader
+                .read_to_end(&mut bytes)
+                .map_err(|error| error.to_string())?;
+            Ok(bytes)
+        })
+    }
+
+    #[test]
+    fn round_trip() {
+        for (case, length) in [0usize, 1, 5, 100_000, 3 * BUFFER_BYTES + 17]
+            .iter()
+            .enumerate()
+        {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let bytes = body(*length);
+            let written = write(dir.path(), meta(3, 40), &bytes);
+            assert_eq!(
+                written.path,
+                snapshot_path(dir.path(), meta(3, 40)),
+                "case {case}"
+            );
+            assert_eq!(
+                written.len_bytes,
+                SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES + *length as u64,
+                "case {case}"
+            );
+            assert_eq!(
+                verify_snapshot(&written.path).expect("verify"),
+                written,
+                "case {case}"
+            );
+            let (read, read_bytes) = read_all(&written.path).expect("read");
+            assert_eq!(read, written, "case {case}");
+            assert!(read_bytes == bytes, "case {case}: body differs");
+            let leftovers = std::fs::read_dir(dir.path()).expect("list").count();
+            assert_eq!(leftovers, 1, "case {case}: only the snapshot, no temp file");
+        }
+    }
+
+    #[test]
+    fn a_decoder_that_stops_early_still_gets_the_checksum_checked() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let written = write(dir.path(), meta(1, 1), &body(10_000));
+        let mut bytes = std::fs::read(&written.path).expect("read");
+        bytes[9_000] ^= 0x10; // past what the decoder reads
+        std::fs::write(&written.path, &bytes).expect("write");
+        let result = read_snapshot(&written.path, |reader| {
+            let mut first = [0u8; 10];
+            reader
+                .read_exact(&mut first)
+                .map_err(|error| error.to_string())?;
+            Ok(first)
+        });
+        assert!(
+            matches!(result, Err(StorageError::Corrupt { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn torn_files_are_detected() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let written = write(dir.path(), meta(2, 9), &body(5000));
+        let whole = std::fs::read(&written.path).expect("read");
+        for (case, length) in [0, 3, 27, 28, 31, 32, 100, 4000, whole.len() - 1]
+            .iter()
+            .enumerate()
+        {
+            std::fs::write(&written.path, &whole[..*length]).expect("write");
+            let verified = verify_snapshot(&written.path);
+            assert!(
+                matches!(verified, Err(StorageError::Corrupt { .. })),
+                "case {case}: {length} bytes passed verification: {verified:?}"
+            );
+            let read = read_all(&written.path);
+            assert!(
+                matches!(read, Err(StorageError::Corrupt { .. })),
+                "case {case}: {length} bytes read back: {:?}",
+                read.map(|(file, _)| file)
+            );
+        }
+    }
+
+    #[test]
+    fn any_flipped_bit_is_detected() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let written = write(dir.path(), meta(2, 9), &body(300));
+        let whole = std::fs::read(&written.path).expect("read");
+        for bit in 0..whole.len() * 8 {
+            let mut damaged = whole.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            std::fs::write(&written.path, &damaged).expect("write");
+            assert!(
+                verify_snapshot(&written.path).is_err(),
+                "bit {bit} flipped went unnoticed by verify"
+            );
+            assert!(
+                read_all(&written.path).is_err(),
+                "bit {bit} flipped went unnoticed by read"
+            );
+        }
+    }
+
+    #[test]
+    fn a_file_renamed_to_another_snapshot_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let written = write(dir.path(), meta(2, 9), &body(10));
+        let other = snapshot_path(dir.path(), meta(2, 10));
+        std::fs::rename(&written.path, &other).expect("rename");
+        assert!(matches!(
+            verify_snapshot(&other),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn listing_retention_and_leftovers() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for index in [5u64, 30, 12, 7] {
+            write(dir.path(), meta(1, index), &body(10));
+        }
+        // Leftovers of interrupted work, and files that are not snapshots at all.
+        let leftovers = [
+            dir.path().join(file_name(meta(1, 40), TEMP_SUFFIX)),
+            partial_path(dir.path(), meta(2, 50)),
+            received_path(dir.path(), meta(2, 60)),
+        ];
+        for path in &leftovers {
+            std::fs::write(path, b"half").expect("write");
+        }
+        std::fs::write(dir.path().join("segment-00000000000000000001.wal"), b"").expect("write");
+        std::fs::write(dir.path().join("snapshot-junk.snap"), b"").expect("write");
+        let listed: Vec<u64> = list_snapshots(dir.path())
+            .expect("list")
+            .iter()
+            .map(|(meta, _)| meta.index().0)
+            .collect();
+        assert_eq!(listed, vec![30, 12, 7, 5], "newest first");
+        assert_eq!(
+            remove_leftovers(dir.path(), FsyncPolicy::Always).expect("remove"),
+            3
+        );
+        for path in &leftovers {
+            assert!(!path.exists(), "{} survived", path.display());
+        }
+        // A received file at or below the newest snapshot is useless and goes too.
+        std::fs::write(received_path(dir.path(), meta(1, 29)), b"old").expect("write");
+        std::fs::write(received_path(dir.path(), meta(3, 31)), b"new").expect("write");
+        assert_eq!(
+            retain_newest(dir.path(), 2, FsyncPolicy::Always).expect("retain"),
+            3
+        );
+        let listed: Vec<u64> = list_snapshots(dir.path())
+            .expect("list")
+            .iter()
+            .map(|(meta, _)| meta.index().0)
+            .collect();
+        assert_eq!(listed, vec![30, 12]);
+        assert!(received_path(dir.path(), meta(3, 31)).exists());
+        assert!(!received_path(dir.path(), meta(1, 29)).exists());
+        let quarantined = quarantine(&snapshot_path(dir.path(), meta(1, 30))).expect("rename");
+        assert!(quarantined.exists());
+        let listed = list_snapshots(dir.path()).expect("list");
+        assert_eq!(
+            listed.len(),
+            1,
+            "a quarantined file is no longer a snapshot"
+        );
+    }
+
+    /// Feeds a complete file into an `IncomingSnapshot` in chunks of `chunk` bytes.
+    fn receive(dir: &Path, file: &SnapshotFile, chunk: usize) -> Result<PathBuf, StorageError> {
+        let bytes = std::fs::read(&file.path).expect("read");
+        let mut incoming =
+            IncomingSnapshot::create(dir, file.meta, FsyncPolicy::Always).expect("create");
+        for piece in bytes.chunks(chunk) {
+            incoming.append(piece)?;
+        }
+        incoming.finish(file.len_bytes, file.crc)
+    }
+
+    #[test]
+    fn a_snapshot_received_in_chunks_of_any_size_is_checked_and_renamed() {
+        let source = tempfile::tempdir().expect("a temp dir");
+        let written = write(source.path(), meta(4, 77), &body(10_000));
+        for chunk in [1usize, 2, 3, 4, 5, 28, 29, 1000, 100_000] {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let received = receive(dir.path(), &written, chunk).expect("receive");
+            assert_eq!(
+                received,
+                received_path(dir.path(), written.meta),
+                "chunk {chunk}"
+            );
+            assert_eq!(
+                std::fs::read(&received).expect("read"),
+                std::fs::read(&written.path).expect("read"),
+                "chunk {chunk}"
+            );
+            assert!(
+                !partial_path(dir.path(), written.meta).exists(),
+                "chunk {chunk}"
+            );
+            let adopted =
+                adopt_received(dir.path(), written.meta, FsyncPolicy::Always).expect("adopt");
+            assert_eq!(verify_snapshot(&adopted).expect("verify").crc, written.crc);
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_short_transfer_leaves_nothing_behind() {
+        let source = tempfile::tempdir().expect("a temp dir");
+        let written = write(source.path(), meta(4, 77), &body(5_000));
+        let bytes = std::fs::read(&written.path).expect("read");
+        struct Case {
+            name: &'static str,
+            bytes: Vec<u8>,
+            announced_bytes: u64,
+            announced_crc: u32,
+        }
+        let mut flipped = bytes.clone();
+        flipped[2000] ^= 1;
+        let cases = [
+            Case {
+                name: "a flipped bit",
+                bytes: flipped,
+                announced_bytes: written.len_bytes,
+                announced_crc: written.crc,
+            },
+            Case {
+                name: "a missing chunk",
+                bytes: [&bytes[..1000], &bytes[2000..]].concat(),
+                announced_bytes: written.len_bytes,
+                announced_crc: written.crc,
+            },
+            Case {
+                name: "another checksum announced",
+                bytes: bytes.clone(),
+                announced_bytes: written.len_bytes,
+                announced_crc: written.crc ^ 1,
+            },
+        ];
+        for case in cases {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let mut incoming =
+                IncomingSnapshot::create(dir.path(), written.meta, FsyncPolicy::Never)
+                    .expect("create");
+            for piece in case.bytes.chunks(700) {
+                incoming.append(piece).expect("append");
+            }
+            let result = incoming.finish(case.announced_bytes, case.announced_crc);
+            assert!(
+                matches!(result, Err(StorageError::Corrupt { .. })),
+                "{}: {result:?}",
+                case.name
+            );
+            let left = std::fs::read_dir(dir.path()).expect("list").count();
+            assert_eq!(left, 0, "{}: files left behind", case.name);
+        }
+        // Abandoned half way (a leader change): dropping it deletes the partial file.
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut incoming =
+            IncomingSnapshot::create(dir.path(), written.meta, FsyncPolicy::Never).expect("create");
+        incoming.append(&bytes[..100]).expect("append");
+        assert!(partial_path(dir.path(), written.meta).exists());
+        drop(incoming);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+
+    #[test]
+    fn open_for_sending_reads_header_and_trailer() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let written = write(dir.path(), meta(6, 60), &body(1000));
+        let (_, opened) = open_for_sending(&written.path).expect("open");
+        assert_eq!(opened, written);
+    }
+}

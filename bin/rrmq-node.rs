@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_logging(args.log_level.as_deref());
+    init_logging(args.log_level.as_deref(), args.index);
     match rrmq::node::run_with_args(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -50,8 +50,9 @@ fn usage_error_line(error: &clap::Error) -> String {
     format!("{message} (see --help)")
 }
 
-/// `--log-level` wins, then `RUST_LOG`, then `info`. Logs go to stderr with timestamps.
-fn init_logging(level: Option<&str>) {
+/// `--log-level` wins, then `RUST_LOG`, then `info`. Logs go to stderr with timestamps and
+/// the node's index, so the interleaved output of `rrmq cluster` says which node spoke.
+fn init_logging(level: Option<&str>, index: u64) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(log::LevelFilter::Info);
     match level {
@@ -64,5 +65,17 @@ fn init_logging(level: Option<&str>) {
             }
         }
     }
-    builder.format_timestamp_millis().init();
+    builder
+        .format(move |out, record| {
+            use std::io::Write;
+            writeln!(
+                out,
+                "{} {:<5} node {index} {}: {}",
+                out.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        })
+        .init();
 }

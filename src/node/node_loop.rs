@@ -450,14 +450,15 @@ impl NodeLoop {
             return;
         }
         let (role, term, leader) = now;
+        // The core logs elections and step-downs at info; learning who leads is ours to say.
         match (role, leader) {
-            (Role::Leader, _) => log::info!("became leader in term {term}"),
+            (Role::Leader, _) => log::debug!("became leader in term {term}"),
             (Role::Follower, Some(leader)) => {
                 log::info!("following node {leader} in term {term}")
             }
-            (Role::Follower, None) => log::info!("follower without a leader in term {term}"),
-            (Role::PreCandidate, _) => log::info!("pre-campaigning after term {term}"),
-            (Role::Candidate, _) => log::info!("campaigning in term {term}"),
+            (Role::Follower, None) => log::debug!("follower without a leader in term {term}"),
+            (Role::PreCandidate, _) => log::debug!("pre-campaigning after term {term}"),
+            (Role::Candidate, _) => log::debug!("campaigning in term {term}"),
         }
         self.observed = now;
     }

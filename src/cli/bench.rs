@@ -43,7 +43,7 @@ use self::report::{ClusterReport, NodeReport, OperationKind, Report};
 use super::{parse_duration, CliError, GlobalOptions};
 use crate::client::{Client, ClientOptions, NodeAddress};
 use crate::config::MESSAGE_BYTES_MAX_LIMIT;
-use crate::protocol::Payload;
+use crate::protocol::{Payload, StatusReport};
 
 /// Longest `--topic-prefix`: with the run id and index, a topic name stays far below the
 /// default 255-byte limit.
@@ -501,7 +501,7 @@ fn cluster_report(client: &mut Client) -> (ClusterReport, Vec<NodeAddress>, usiz
             Ok(status) => {
                 if status.role == "Leader" {
                     leader = Some(status.id);
-                    size = Some(status.peers.len());
+                    size = Some(voter_count(&status));
                 } else if leader.is_none() {
                     leader = status.leader;
                 }
@@ -524,11 +524,21 @@ fn cluster_report(client: &mut Client) -> (ClusterReport, Vec<NodeAddress>, usiz
         .and_then(|address| nodes.iter().position(|node| *node == address))
         .unwrap_or(0);
     let cluster = ClusterReport {
-        size: size.filter(|&size| size > 0).unwrap_or(nodes.len()),
+        size: size.unwrap_or(nodes.len()),
         leader,
         nodes: reports,
     };
     (cluster, nodes, leader_index)
+}
+
+/// The cluster's size as its leader's status shows it: the leader and every node in its
+/// replication progress (which may or may not list the leader itself).
+fn voter_count(leader: &StatusReport) -> usize {
+    let mut voters: Vec<u64> = leader.peers.iter().map(|peer| peer.id).collect();
+    voters.push(leader.id);
+    voters.sort_unstable();
+    voters.dedup();
+    voters.len()
 }
 
 /// `rrmq bench` as the matrix runs it: a workload against the nodes of its fresh cluster.

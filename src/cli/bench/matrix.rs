@@ -183,6 +183,10 @@ impl MatrixArgs {
 struct MatrixOutput<'a> {
     machine: String,
     date: String,
+    /// The 1-minute load average when the matrix started: other work on the machine.
+    load_average: Option<f64>,
+    /// fdatasync latency of 100-byte appends in the data root, measured before the cells.
+    fdatasync: Option<SyncProbe>,
     fsync: &'static str,
     rows: &'a [MatrixRow],
     rss: Option<RssMeasurement>,
@@ -230,6 +234,8 @@ pub(super) fn run(
     let progress = !global.json;
     let machine = machine_description();
     let date = utc_date(SystemTime::now());
+    let load_average = load_average();
+    let fdatasync = probe_fdatasync(&data_root, SYNC_PROBE_COUNT);
     if progress {
         eprintln!(
             "rrmq bench --matrix: {} cells on a fresh {NODE_COUNT}-node cluster each, fsync {}; \
@@ -272,6 +278,8 @@ pub(super) fn run(
         let output = MatrixOutput {
             machine,
             date,
+            load_average,
+            fdatasync,
             fsync: args.fsync.as_str(),
             rows: &rows,
             rss,
@@ -285,11 +293,14 @@ pub(super) fn run(
         let mut text = format!(
             "rrmq bench --matrix, {date}: {NODE_COUNT}-node local cluster, fsync {}, {connections}, \
              {} measured per cell ({} warmup for produce; consume drains {} messages, capped \
-             at the same)\nmachine: {machine}\n\n",
+             at the same)\nmachine: {machine}; load average {}; fdatasync of a 100-byte \
+             append in the data dir: {}\n\n",
             args.fsync.as_str(),
             format_duration(args.cell_duration),
             format_duration(args.cell_warmup),
             args.consume_messages,
+            load_average.map_or_else(|| "unknown".to_string(), |load| format!("{load:.2}")),
+            fdatasync.map_or_else(|| "not measured".to_string(), |probe| probe.to_text()),
         );
         text.push_str(&matrix_table(&rows));
         text.push_str(
@@ -413,6 +424,72 @@ fn rss_text(rss: &RssMeasurement) -> String {
         rss.fill_seconds,
         nodes.join(", ")
     )
+}
+
+/// fdatasyncs in the fdatasync probe.
+const SYNC_PROBE_COUNT: usize = 200;
+
+/// How long an fdatasync of a small append takes where the nodes keep their data: the
+/// floor under every durable write, and the first thing to compare between machines.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+struct SyncProbe {
+    count: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl SyncProbe {
+    fn from_samples(mut samples: Vec<Duration>) -> Option<SyncProbe> {
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let at = |quantile: f64| {
+            let position = ((samples.len() as f64 * quantile).ceil() as usize).max(1) - 1;
+            samples[position.min(samples.len() - 1)].as_secs_f64() * 1000.0
+        };
+        Some(SyncProbe {
+            count: samples.len(),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        })
+    }
+
+    fn to_text(self) -> String {
+        format!(
+            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
+            self.p50_ms, self.p99_ms, self.max_ms, self.count
+        )
+    }
+}
+
+/// Appends 100 bytes and fdatasyncs, `count` times, in a scratch file under `dir`.
+fn probe_fdatasync(dir: &Path, count: usize) -> Option<SyncProbe> {
+    use std::io::Write as _;
+    let path = dir.join(format!("rrmq-bench-sync-probe-{}", std::process::id()));
+    let mut file = std::fs::File::create(&path).ok()?;
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        if file.write_all(&[b'x'; 100]).is_err() {
+            break;
+        }
+        let started = Instant::now();
+        if file.sync_data().is_err() {
+            break;
+        }
+        samples.push(started.elapsed());
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    SyncProbe::from_samples(samples)
+}
+
+/// The 1-minute load average, from `/proc/loadavg`.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// `YYYY-MM-DD` in UTC (Howard Hinnant's days-to-civil algorithm).
@@ -645,6 +722,21 @@ mod tests {
                 .map(|cell| (cell.consume, cell.clients, cell.message_bytes));
             assert_eq!(parsed, expected, "case {number}: {text}");
         }
+    }
+
+    #[test]
+    fn the_sync_probe_summarises_its_samples() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let probe = SyncProbe::from_samples(samples).expect("samples");
+        assert_eq!(
+            (probe.count, probe.p50_ms, probe.p99_ms, probe.max_ms),
+            (100, 50.0, 99.0, 100.0)
+        );
+        assert_eq!(SyncProbe::from_samples(Vec::new()), None);
+        let dir = std::env::temp_dir();
+        let measured = probe_fdatasync(&dir, 3).expect("the temp dir is writable");
+        assert_eq!(measured.count, 3);
+        assert!(measured.p50_ms <= measured.max_ms);
     }
 
     #[test]

@@ -246,3 +246,33 @@ fn mixed_runs_producers_and_patient_consumers() {
     assert_eq!(measure.empty_pause, Duration::from_millis(5));
     assert_eq!(measure.measure_for, Some(Duration::from_secs(10)));
 }
+
+#[test]
+fn the_cluster_size_counts_the_leader_once() {
+    use crate::protocol::PeerProgress;
+    let peer = |id| PeerProgress {
+        id,
+        match_index: 0,
+        next_index: 1,
+        state: "replicate".to_string(),
+    };
+    let status = |peers: Vec<PeerProgress>| StatusReport {
+        role: "Leader".to_string(),
+        term: 1,
+        id: 1,
+        leader: Some(1),
+        commit_index: 0,
+        last_applied: 0,
+        last_log_index: 0,
+        peers,
+        fsync: "always".to_string(),
+    };
+    let cases: [(Vec<PeerProgress>, usize); 3] = [
+        (vec![peer(0), peer(2)], 3),
+        (vec![peer(0), peer(1), peer(2)], 3),
+        (vec![], 1),
+    ];
+    for (number, (peers, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(voter_count(&status(peers)), expected, "case {number}");
+    }
+}

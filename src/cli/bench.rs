@@ -24,6 +24,8 @@
 //! reuse topics between runs (a consume run must start from a known number of messages).
 
 mod driver;
+#[cfg(test)]
+mod fake_node;
 mod machine;
 mod matrix;
 mod process;

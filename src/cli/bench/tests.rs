@@ -276,3 +276,56 @@ fn the_cluster_size_counts_the_leader_once() {
         assert_eq!(voter_count(&status(peers)), expected, "case {number}");
     }
 }
+
+#[test]
+fn a_consume_run_fills_a_fresh_topic_then_drains_it_and_reports_the_cluster() {
+    use crate::cli::bench::fake_node::{Behaviour, FakeNode};
+    let leader = FakeNode::start(|_| Behaviour::Leader {
+        silent_first_seq: None,
+        messages: 0,
+    });
+    let leader_port = leader.port;
+    let follower = FakeNode::start(move |_| Behaviour::Follower { leader_port });
+    let mut options = ClientOptions::new(vec![follower.address(), leader.address()]);
+    options.attempt_timeout = Duration::from_secs(2);
+    options.deadline = Duration::from_secs(10);
+    let workload = workload(&[
+        "consume",
+        "-c",
+        "3",
+        "--messages",
+        "40",
+        "--fill-clients",
+        "4",
+    ]);
+
+    let report = run_workload(options, &workload, false).expect("the run completes");
+
+    assert_eq!(report.workload, "consume");
+    assert_eq!(
+        report.cluster.size, 2,
+        "the leader and the follower in its progress"
+    );
+    assert_eq!(report.cluster.leader, Some(0));
+    assert_eq!(report.cluster.nodes.len(), 2);
+    for node in &report.cluster.nodes {
+        assert_eq!(node.fsync.as_deref(), Some("always"), "{node:?}");
+    }
+    assert_eq!(report.parameters["messages"], "40");
+    assert!(
+        report.operation(OperationKind::Put).is_none(),
+        "the fill is not measured"
+    );
+    let get = report
+        .operation(OperationKind::Get)
+        .expect("gets were measured");
+    assert_eq!((get.completed, get.empty), (40, 3), "{get:?}");
+    assert!(get.errors.is_empty(), "{get:?}");
+    assert!(report.elapsed_seconds > 0.0);
+    let at_leader = leader.seen();
+    assert_eq!(
+        at_leader.len(),
+        1 + 40 + 43,
+        "one topic creation, the fill's puts, the gets (each consumer's last one EMPTY)"
+    );
+}

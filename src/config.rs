@@ -120,7 +120,14 @@ pub struct ClusterConfig {
     /// from different files (say, an old cluster's node still running on a reused port)
     /// ignore each other instead of mixing two clusters' logs.
     pub cluster_id: u64,
+    /// `"sessions_max"`: how many client sessions the replicated state machine remembers.
+    /// It decides which sessions are forgotten, in log order, so every node must use the same
+    /// number: it belongs in the one file all nodes share, not in a per-node flag.
+    pub sessions_max: Option<usize>,
 }
+
+/// Client sessions remembered when the config does not say.
+pub const SESSIONS_MAX_DEFAULT: usize = 10_000;
 
 impl ClusterConfig {
     /// Reads and validates `path`. Errors name the path as given, for the one stderr line.
@@ -193,9 +200,22 @@ impl ClusterConfig {
         }
         check_duplicates(path, &addresses)?;
         let cluster_id = cluster_id(&addresses);
+        let sessions_max = match object.get("sessions_max") {
+            None => None,
+            Some(value) => match value.as_u64().and_then(|count| usize::try_from(count).ok()) {
+                Some(count) if (1..=SESSIONS_MAX_LIMIT).contains(&count) => Some(count),
+                _ => {
+                    return Err(invalid(format!(
+                        "\"sessions_max\": expected a whole number in 1..={SESSIONS_MAX_LIMIT}, \
+                         found {value}"
+                    )))
+                }
+            },
+        };
         Ok(ClusterConfig {
             addresses,
             cluster_id,
+            sessions_max,
         })
     }
 
@@ -411,14 +431,29 @@ pub struct NodeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = Limits::default().message_bytes_max)]
     pub message_bytes_max: usize,
 
-    /// How many clients' last replies the cluster remembers for safe retries (client_id/seq).
-    /// Must be the same on every node: forgetting happens in log order on each.
-    #[arg(long, value_name = "COUNT", default_value_t = 10_000)]
-    pub sessions_max: usize,
+    /// How many clients' last replies the cluster remembers for safe retries (client_id/seq)
+    /// [default: the config's "sessions_max", else 10000]. Set it in the config: every node
+    /// must use the same number, and a flag that disagrees with the config is refused.
+    #[arg(long, value_name = "COUNT")]
+    pub sessions_max: Option<usize>,
+
+    /// Restart after losing this node's data (its data dir was wiped, e.g. after corruption):
+    /// the node neither votes nor campaigns until it has caught up with a leader, so it
+    /// cannot help elect a leader that lacks entries it used to hold, nor vote twice in a
+    /// term. Needs a live leader (a majority of intact nodes).
+    #[arg(long)]
+    pub rejoin: bool,
 
     /// Log filter, e.g. `info` or `rrmq=debug` [default: $RUST_LOG, else info].
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// TESTS ONLY: accept `fault` requests, which make this node drop messages to or from
+    /// chosen peers (simulated network partitions, for the fault-injection suite). Never in
+    /// production: any client could then cut the node off from its cluster. Without it,
+    /// `fault` requests are refused as BAD_REQUEST.
+    #[arg(long)]
+    pub fault_injection: bool,
 }
 
 /// Everything a node needs to start, validated.
@@ -436,6 +471,10 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub sessions_max: usize,
+    /// Tests only: whether `fault` requests are obeyed (`--fault-injection`).
+    pub fault_injection: bool,
+    /// Abstain from elections until caught up (`--rejoin`).
+    pub rejoin: bool,
 }
 
 /// Largest message a node can be configured to accept: frames must fit comfortably in memory
@@ -523,10 +562,24 @@ impl NodeConfig {
                 ),
             ));
         }
-        if !(1..=SESSIONS_MAX_LIMIT).contains(&args.sessions_max) {
+        let sessions_max = match (args.sessions_max, cluster.sessions_max) {
+            (Some(flag), Some(config)) if flag != config => {
+                return Err(bad(
+                    "--sessions-max",
+                    format!(
+                        "{flag} disagrees with the config's \"sessions_max\" {config}; every \
+                         node must use the same number"
+                    ),
+                ))
+            }
+            (Some(flag), _) => flag,
+            (None, Some(config)) => config,
+            (None, None) => SESSIONS_MAX_DEFAULT,
+        };
+        if !(1..=SESSIONS_MAX_LIMIT).contains(&sessions_max) {
             return Err(bad(
                 "--sessions-max",
-                format!("{} is outside 1..={SESSIONS_MAX_LIMIT}", args.sessions_max),
+                format!("{sessions_max} is outside 1..={SESSIONS_MAX_LIMIT}"),
             ));
         }
 
@@ -550,7 +603,9 @@ impl NodeConfig {
             raft,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             limits,
-            sessions_max: args.sessions_max,
+            sessions_max,
+            fault_injection: args.fault_injection,
+            rejoin: args.rejoin,
         })
     }
 
@@ -771,6 +826,37 @@ mod tests {
     fn node_config(extra: &[&str]) -> Result<NodeConfig, ConfigError> {
         let cluster = ClusterConfig::parse(THREE_NODES, "config.json").expect("valid");
         NodeConfig::new(&args(extra).expect("flags parse"), cluster)
+    }
+
+    #[test]
+    fn sessions_max_comes_from_the_shared_config_and_a_disagreeing_flag_is_refused() {
+        let with_key = THREE_NODES.replacen('{', r#"{"sessions_max": 3,"#, 1);
+        let cluster = ClusterConfig::parse(&with_key, "config.json").expect("valid");
+        assert_eq!(cluster.sessions_max, Some(3));
+        let from_config =
+            NodeConfig::new(&args(&[]).expect("flags parse"), cluster.clone()).expect("valid");
+        assert_eq!(from_config.sessions_max, 3);
+        let agreeing = NodeConfig::new(
+            &args(&["--sessions-max", "3"]).expect("flags parse"),
+            cluster.clone(),
+        )
+        .expect("a flag equal to the config is fine");
+        assert_eq!(agreeing.sessions_max, 3);
+        let error = NodeConfig::new(
+            &args(&["--sessions-max", "4"]).expect("flags parse"),
+            cluster,
+        )
+        .expect_err("a disagreeing flag is refused");
+        assert!(error.to_string().contains("disagrees"), "{error}");
+        assert_eq!(
+            node_config(&[]).expect("valid").sessions_max,
+            SESSIONS_MAX_DEFAULT
+        );
+        for bad in ["0", "-1", "\"10\"", "1.5", "99999999999"] {
+            let text = THREE_NODES.replacen('{', &format!(r#"{{"sessions_max": {bad},"#), 1);
+            let error = ClusterConfig::parse(&text, "config.json").expect_err(bad);
+            assert!(error.to_string().contains("sessions_max"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -855,6 +855,7 @@ fn describe(operation: &Operation) -> String {
         Operation::Get { topic } => format!("get from '{topic}'"),
         Operation::Status => "status".to_string(),
         Operation::Stats => "stats".to_string(),
+        Operation::Fault { .. } => "fault".to_string(),
     }
 }
 

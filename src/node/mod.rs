@@ -140,13 +140,16 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     }
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
-    let core = Core::new(
+    let mut core = Core::new(
         config.id,
         config.cluster.voters(),
         config.raft.clone(),
         restored,
         rand::random(),
     );
+    if config.rejoin {
+        core.abstain_until_caught_up();
+    }
     let queue = Queue::new(QueueConfig {
         sessions_max: config.sessions_max,
         ..QueueConfig::default()

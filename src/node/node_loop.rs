@@ -102,10 +102,23 @@ impl NodeLoop {
     /// Runs until shutdown has completed, then stops the transport threads.
     pub(super) fn run(mut self, events: &Receiver<Event>) {
         loop {
-            let Ok(first) = events.recv() else {
-                break; // Every producer is gone; nothing more can happen.
+            // With work left over (a long log being applied slice by slice), only look for
+            // events; otherwise sleep until one comes.
+            let first = if !self.halted && self.core.has_ready() {
+                match events.try_recv() {
+                    Ok(event) => Some(event),
+                    Err(crossbeam_channel::TryRecvError::Empty) => None,
+                    Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match events.recv() {
+                    Ok(event) => Some(event),
+                    Err(_) => break, // Every producer is gone; nothing more can happen.
+                }
             };
-            self.handle(first);
+            if let Some(first) = first {
+                self.handle(first);
+            }
             for _ in 0..EVENT_BATCH_MAX {
                 match events.try_recv() {
                     Ok(event) => self.handle(event),
@@ -157,6 +170,10 @@ impl NodeLoop {
             self.clients.reply(ticket, reply);
             return;
         }
+        if let Operation::Fault { drop_to, drop_from } = operation {
+            self.on_fault(ticket, &drop_to, &drop_from);
+            return;
+        }
         if self.shutdown.is_some() {
             self.fail(
                 ticket,
@@ -177,7 +194,9 @@ impl NodeLoop {
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
         let command = match operation {
-            Operation::Status | Operation::Stats => unreachable!("answered above"),
+            Operation::Status | Operation::Stats | Operation::Fault { .. } => {
+                unreachable!("answered above")
+            }
             Operation::ListTopics => {
                 let read_id = self.next_read_id;
                 self.next_read_id += 1;
@@ -207,6 +226,25 @@ impl NodeLoop {
         }
     }
 
+    /// Tests only (`transport::fault`): from now on, drop peer messages to and from the named
+    /// nodes. Refused unless the node was started with `--fault-injection`.
+    fn on_fault(&mut self, ticket: Ticket, drop_to: &[u64], drop_from: &[u64]) {
+        if !self.config.fault_injection {
+            self.fail(
+                ticket,
+                ErrorCode::BadRequest,
+                "fault injection is for tests only and is off: start the node with \
+                 --fault-injection to enable it",
+            );
+            return;
+        }
+        log::warn!("fault injection: dropping messages to {drop_to:?} and from {drop_from:?}");
+        let to: Vec<NodeId> = drop_to.iter().map(|id| NodeId(*id)).collect();
+        let from: Vec<NodeId> = drop_from.iter().map(|id| NodeId(*id)).collect();
+        self.peers.faults().set(&to, &from);
+        self.answer(ticket, Outcome::Done);
+    }
+
     fn refused(&mut self, ticket: Ticket, error: ProposeError) {
         match error {
             ProposeError::NotLeader { .. } => {
@@ -228,8 +266,12 @@ impl NodeLoop {
         }
     }
 
+    /// Handles Readies until the core has none, or until a slice of committed entries was
+    /// applied: the rest waits for the next round, so events (status, ticks, peers) are
+    /// served in between while a restarted node replays a long log.
     fn process_ready(&mut self) {
         while !self.halted && self.core.has_ready() {
+            let applied_before = self.applied;
             let ready = self.core.ready();
             let Ready {
                 snapshot,
@@ -281,6 +323,9 @@ impl NodeLoop {
                 for ticket in ready_reads {
                     self.answer(ticket, Outcome::Topics(topics.clone()));
                 }
+            }
+            if self.applied != applied_before {
+                break;
             }
         }
     }
@@ -391,8 +436,13 @@ impl NodeLoop {
             .reply(ticket, Reply::Outcome { outcome, leader });
     }
 
-    /// The leader's client address, for v2 replies and NOT_LEADER hints.
+    /// The leader's client address, for v2 replies and NOT_LEADER hints. None once halted:
+    /// the core is frozen in whatever role it had, and a halted node must not send clients
+    /// back to itself while the others elect a new leader.
     fn leader_info(&self) -> Option<LeaderInfo> {
+        if self.halted {
+            return None;
+        }
         let leader = self.core.leader()?;
         let address = self.config.cluster.address(leader)?;
         Some(LeaderInfo {
@@ -417,16 +467,27 @@ impl NodeLoop {
 
     fn status(&self) -> Reply {
         let status = self.core.status();
+        // A halted node takes no part in Raft: it must not claim to lead (clients and tools
+        // find the leader by status), nor vouch for another leader it no longer hears from.
+        let (role, leader) = if self.halted {
+            (Role::Follower.client_name(), None)
+        } else {
+            (status.role.client_name(), status.leader)
+        };
+        let peers = if self.halted {
+            &[][..]
+        } else {
+            &status.progress[..]
+        };
         Reply::Status(StatusReport {
-            role: status.role.client_name().to_string(),
+            role: role.to_string(),
             term: status.term.0,
             id: status.id.0,
-            leader: status.leader.map(|leader| leader.0),
+            leader: leader.map(|leader| leader.0),
             commit_index: status.commit_index.0,
             last_applied: self.applied.0,
             last_log_index: status.last_index.0,
-            peers: status
-                .progress
+            peers: peers
                 .iter()
                 .map(|progress| PeerProgress {
                     id: progress.id.0,
@@ -700,14 +761,116 @@ mod tests {
                 "{operation:?} after the failure"
             );
         }
+        match call(&socket, Operation::Status) {
+            Reply::Status(status) => {
+                assert_eq!(
+                    status.role, "Follower",
+                    "a halted node does not claim to lead"
+                );
+                assert_eq!(status.leader, None);
+                assert!(status.peers.is_empty());
+            }
+            other => panic!("status is still answered, got {other:?}"),
+        }
+        let put = Operation::Put {
+            topic: "t".into(),
+            message: crate::protocol::Payload::Text("m".into()),
+        };
         assert!(
-            matches!(call(&socket, Operation::Status), Reply::Status(_)),
-            "status is still answered"
+            matches!(call(&socket, put), Reply::Outcome { leader: None, .. }),
+            "no leader hint back to the halted node"
         );
 
         events.send(Event::Shutdown).expect("loop alive");
         node.join().expect("the loop ends without panicking");
         drop(events);
         ticker.join().expect("ticker");
+    }
+
+    /// Runs a one-node loop with `flags` (no ticks: `fault` needs no leader) until the
+    /// returned sender gets `Shutdown`; returns a socket connected to its client port.
+    fn start_idle_node(
+        flags: &[&str],
+    ) -> (
+        zmq::Context,
+        zmq::Socket,
+        crossbeam_channel::Sender<Event>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (port, internal_port) = (free_port(), free_port());
+        let text = format!(
+            r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {port}, "internal_port": {internal_port}}}]}}"#
+        );
+        let cluster = ClusterConfig::parse(&text, "test").expect("config");
+        let args =
+            NodeArgs::try_parse_from(["rrmq-node", "test", "0"].iter().chain(flags)).expect("args");
+        let config = NodeConfig::new(&args, cluster).expect("node config");
+        let context = zmq::Context::new();
+        let (events, inbox) = crossbeam_channel::bounded::<Event>(64);
+        let clients = ClientTransport::start(
+            &context,
+            ClientSettings::from_config(&config).expect("settings"),
+            events.clone(),
+        )
+        .expect("client transport");
+        let peers = PeerTransport::start(
+            &context,
+            PeerSettings::from_config(&config).expect("settings"),
+            events.clone(),
+        )
+        .expect("peer transport");
+        let core = Core::new(
+            config.id,
+            config.cluster.voters(),
+            config.raft.clone(),
+            RestoredState::default(),
+            7,
+        );
+        let node = NodeLoop::new(
+            config,
+            core,
+            Box::new(MemStore::new()),
+            Queue::new(QueueConfig::default()),
+            clients,
+            peers,
+            HardState::default(),
+        );
+        let node = std::thread::spawn(move || node.run(&inbox));
+        let socket = context.socket(zmq::DEALER).expect("socket");
+        socket.set_linger(0).expect("linger");
+        socket
+            .connect(&format!("tcp://127.0.0.1:{port}"))
+            .expect("connect");
+        (context, socket, events, node)
+    }
+
+    #[test]
+    fn fault_requests_are_refused_without_the_test_flag_and_obeyed_with_it() {
+        let fault = Operation::Fault {
+            drop_to: vec![1, 2],
+            drop_from: vec![2],
+        };
+        let cases: [(&[&str], Option<ErrorCode>); 2] = [
+            (&[], Some(ErrorCode::BadRequest)),
+            (&["--fault-injection"], None),
+        ];
+        for (number, (flags, expected)) in cases.into_iter().enumerate() {
+            let (_context, socket, events, node) = start_idle_node(flags);
+            let reply = call(&socket, fault.clone());
+            assert_eq!(failure_code(&reply), expected, "case {number}: {reply:?}");
+            if let Reply::Outcome {
+                outcome: Outcome::Failed(error),
+                ..
+            } = &reply
+            {
+                assert!(
+                    error.message.contains("--fault-injection"),
+                    "case {number}: the refusal names the flag: {}",
+                    error.message
+                );
+            }
+            events.send(Event::Shutdown).expect("loop alive");
+            node.join().expect("the loop ends without panicking");
+        }
     }
 }

@@ -111,7 +111,20 @@ pub enum Operation {
     /// with a digest, so operators and tests can compare nodes. Answered by any node from
     /// its own state; the digest costs time proportional to the state.
     Stats,
+    /// `{"type": "fault", "method": "PUT", "drop_to": [ids], "drop_from": [ids]}`: TESTS
+    /// ONLY. This node drops every peer message to a node in `drop_to` and from a node in
+    /// `drop_from`, replacing what the previous fault request set (empty lists heal), so a
+    /// test can partition a cluster of real processes (tests/nemesis.rs). A node answers it
+    /// only when started with `--fault-injection`; otherwise it is BAD_REQUEST. Ids are
+    /// sorted, without duplicates, each below [`FAULT_NODE_IDS_MAX`].
+    Fault {
+        drop_to: Vec<u64>,
+        drop_from: Vec<u64>,
+    },
 }
+
+/// Node ids a `fault` request can name: they travel as a 64-bit set.
+pub const FAULT_NODE_IDS_MAX: u64 = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {

@@ -20,6 +20,9 @@
 //! - `type` and `method` are case-sensitive, as written in §3.
 //! - A MessagePack str that is not UTF-8 is BAD_REQUEST for the fields read as text; binary
 //!   messages must use bin.
+//! - The test-only `fault` request names nodes in arrays (`drop_to`, `drop_from`). Arrays are
+//!   the only containers read: into a 64-bit set when every item is an id below
+//!   [`FAULT_NODE_IDS_MAX`], without allocating; any other array is skipped as before.
 //!
 //! Encoding (client side) writes maps with string keys and omits `v` when it is 1, so a
 //! version-1 request looks exactly like one from an existing client.
@@ -33,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::msgpack::{ReadError, Reader, Token};
 use super::{
     detect_encoding, Encoding, ErrorCode, ErrorInfo, Limits, Operation, Payload, Request,
-    RequestError, SessionKey,
+    RequestError, SessionKey, FAULT_NODE_IDS_MAX,
 };
 
 /// The protocol versions this node speaks.
@@ -71,6 +74,13 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         Operation::Get { topic } => ("message", "GET", Some(topic.as_str()), None),
         Operation::Status => ("status", "GET", None, None),
         Operation::Stats => ("stats", "GET", None, None),
+        Operation::Fault { .. } => ("fault", "PUT", None, None),
+    };
+    let (drop_to, drop_from) = match &request.operation {
+        Operation::Fault { drop_to, drop_from } => {
+            (Some(drop_to.as_slice()), Some(drop_from.as_slice()))
+        }
+        _ => (None, None),
     };
     let wire = RequestWire {
         kind,
@@ -80,6 +90,8 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         message,
         client_id: request.session.as_ref().map(|key| key.client_id.as_str()),
         seq: request.session.as_ref().map(|key| key.seq),
+        drop_to,
+        drop_from,
     };
     match encoding {
         Encoding::MsgPack => rmp_serde::to_vec_named(&wire)
@@ -105,6 +117,10 @@ struct RequestWire<'a> {
     client_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_to: Option<&'a [u64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drop_from: Option<&'a [u64]>,
 }
 
 /// A payload as the protocol carries it: text as a string, binary as MessagePack bin (and,
@@ -133,6 +149,8 @@ enum Key {
     Message,
     ClientId,
     Seq,
+    DropTo,
+    DropFrom,
 }
 
 impl Key {
@@ -145,6 +163,8 @@ impl Key {
             b"message" => Some(Key::Message),
             b"client_id" => Some(Key::ClientId),
             b"seq" => Some(Key::Seq),
+            b"drop_to" => Some(Key::DropTo),
+            b"drop_from" => Some(Key::DropFrom),
             _ => None,
         }
     }
@@ -158,6 +178,8 @@ impl Key {
             Key::Message => "message",
             Key::ClientId => "client_id",
             Key::Seq => "seq",
+            Key::DropTo => "drop_to",
+            Key::DropFrom => "drop_from",
         }
     }
 }
@@ -175,6 +197,9 @@ enum Field<'a> {
     /// A MessagePack str whose bytes are not UTF-8.
     InvalidText,
     Binary(Cow<'a, [u8]>),
+    /// An array of node ids, each below [`FAULT_NODE_IDS_MAX`], as a set (bit `i` = id `i`).
+    NodeIds(u64),
+    /// Any other array.
     Array,
     Map,
     Extension,
@@ -195,7 +220,7 @@ impl Field<'_> {
             Field::Text(_) => "a string",
             Field::InvalidText => "a string that is not valid UTF-8",
             Field::Binary(_) => "binary data",
-            Field::Array => "an array",
+            Field::NodeIds(_) | Field::Array => "an array",
             Field::Map if json => "an object",
             Field::Map => "a map",
             Field::Extension => "a MessagePack extension",
@@ -213,6 +238,8 @@ struct Fields<'a> {
     message: Option<Field<'a>>,
     client_id: Option<Field<'a>>,
     seq: Option<Field<'a>>,
+    drop_to: Option<Field<'a>>,
+    drop_from: Option<Field<'a>>,
     /// The first known key that appeared twice.
     duplicate: Option<Key>,
 }
@@ -227,6 +254,8 @@ impl<'a> Fields<'a> {
             Key::Message => &mut self.message,
             Key::ClientId => &mut self.client_id,
             Key::Seq => &mut self.seq,
+            Key::DropTo => &mut self.drop_to,
+            Key::DropFrom => &mut self.drop_from,
         }
     }
 
@@ -296,8 +325,12 @@ fn parse_msgpack(body: &[u8]) -> Result<Fields<'_>, ErrorInfo> {
     Ok(fields)
 }
 
-/// Turns a token into a field, skipping a container's items.
+/// Turns a token into a field, skipping a container's items (an array's are read as node
+/// ids while they are ids).
 fn msgpack_field<'a>(reader: &mut Reader<'a>, token: Token<'a>) -> Result<Field<'a>, ReadError> {
+    if let Token::Array(items) = token {
+        return msgpack_node_ids(reader, items);
+    }
     reader.skip_contents(token)?;
     Ok(match token {
         Token::Nil => Field::Nil,
@@ -314,6 +347,24 @@ fn msgpack_field<'a>(reader: &mut Reader<'a>, token: Token<'a>) -> Result<Field<
         Token::Map(_) => Field::Map,
         Token::Extension => Field::Extension,
     })
+}
+
+/// Reads an array's `items` as a set of node ids; at the first item that is not one, skips
+/// the rest. Each item read consumes at least one byte, so a huge claimed count ends at the
+/// end of the body.
+fn msgpack_node_ids<'a>(reader: &mut Reader<'a>, items: u32) -> Result<Field<'a>, ReadError> {
+    let mut ids = 0u64;
+    for read in 0..items {
+        match reader.next_token()? {
+            Token::Unsigned(id) if id < FAULT_NODE_IDS_MAX => ids |= 1 << id,
+            other => {
+                reader.skip_contents(other)?;
+                reader.skip_values(u64::from(items - read - 1))?;
+                return Ok(Field::Array);
+            }
+        }
+    }
+    Ok(Field::NodeIds(ids))
 }
 
 /// Reads a JSON body: one object, nothing but whitespace after it. serde_json skips
@@ -443,13 +494,81 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Field::Array)
+        let mut ids = Some(0u64);
+        while let Some(NodeIdItem(item)) = seq.next_element()? {
+            ids = match (ids, item) {
+                (Some(ids), Some(id)) => Some(ids | 1 << id),
+                _ => None,
+            };
+        }
+        Ok(ids.map_or(Field::Array, Field::NodeIds))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Field::Map)
+    }
+}
+
+/// One item of a JSON array: `Some(id)` for a node id below [`FAULT_NODE_IDS_MAX`], `None`
+/// for anything else (skipped whole, like an unknown value).
+struct NodeIdItem(Option<u64>);
+
+impl<'de> Deserialize<'de> for NodeIdItem {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NodeIdItem, D::Error> {
+        struct ItemVisitor;
+
+        impl<'de> Visitor<'de> for ItemVisitor {
+            type Value = NodeIdItem;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("any value")
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem((value < FAULT_NODE_IDS_MAX).then_some(value)))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem(
+                    u64::try_from(value)
+                        .ok()
+                        .filter(|id| *id < FAULT_NODE_IDS_MAX),
+                ))
+            }
+
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem(None))
+            }
+
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem(None))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem(None))
+            }
+
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem(None))
+            }
+
+            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<NodeIdItem, E> {
+                Ok(NodeIdItem(None))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodeIdItem, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(NodeIdItem(None))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeIdItem, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(NodeIdItem(None))
+            }
+        }
+
+        deserializer.deserialize_any(ItemVisitor)
     }
 }
 
@@ -485,9 +604,19 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
         }
         ("status", "GET") => (Operation::Status, false),
         ("stats", "GET") => (Operation::Stats, false),
+        ("fault", "PUT") => {
+            let drop_to = validate_node_ids(Key::DropTo, fields.drop_to, encoding)?;
+            let drop_from = validate_node_ids(Key::DropFrom, fields.drop_from, encoding)?;
+            (Operation::Fault { drop_to, drop_from }, false)
+        }
         ("topic" | "message", _) => {
             return Err(bad_request(format!(
                 "unknown method {method:?} for type {kind:?}: expected \"GET\" or \"PUT\""
+            )))
+        }
+        ("fault", _) => {
+            return Err(bad_request(format!(
+                "unknown method {method:?} for type {kind:?}: expected \"PUT\""
             )))
         }
         ("status" | "stats", _) => {
@@ -609,6 +738,26 @@ fn check_message_length(length_bytes: usize, limits: &Limits) -> Result<(), Erro
         ));
     }
     Ok(())
+}
+
+/// A `fault` request's node list: absent means none. Sorted, without duplicates.
+fn validate_node_ids(
+    key: Key,
+    field: Option<Field<'_>>,
+    encoding: Encoding,
+) -> Result<Vec<u64>, ErrorInfo> {
+    match field {
+        None => Ok(Vec::new()),
+        Some(Field::NodeIds(ids)) => Ok((0..FAULT_NODE_IDS_MAX)
+            .filter(|id| ids & (1 << id) != 0)
+            .collect()),
+        Some(other) => Err(wrong_type(
+            key,
+            "an array of node ids (integers below 64)",
+            &other,
+            encoding,
+        )),
+    }
 }
 
 fn validate_session(

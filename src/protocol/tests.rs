@@ -476,6 +476,161 @@ fn default_limits_are_255_byte_topics_and_1_mib_messages() {
     }
 }
 
+// The test-only `fault` request (the node refuses it unless started with
+// `--fault-injection`; here only its decoding).
+
+fn fault(drop_to: &[u64], drop_from: &[u64]) -> Operation {
+    Operation::Fault {
+        drop_to: drop_to.to_vec(),
+        drop_from: drop_from.to_vec(),
+    }
+}
+
+fn ids(ids: &[u64]) -> Value {
+    Value::Array(ids.iter().map(|id| Value::from(*id)).collect())
+}
+
+#[test]
+fn fault_requests_decode_node_id_sets_in_both_encodings() {
+    let fault_put = |extra: &[(&str, Value)]| {
+        let mut pairs = vec![("type", text("fault")), ("method", text("PUT"))];
+        pairs.extend(extra.iter().cloned());
+        map(&pairs)
+    };
+    let cases: Vec<(&str, Value, Operation)> = vec![
+        ("no lists: heal", fault_put(&[]), fault(&[], &[])),
+        (
+            "empty lists",
+            fault_put(&[("drop_to", ids(&[])), ("drop_from", ids(&[]))]),
+            fault(&[], &[]),
+        ),
+        (
+            "sorted, duplicates folded",
+            fault_put(&[("drop_to", ids(&[4, 0, 4, 63])), ("drop_from", ids(&[2]))]),
+            fault(&[0, 4, 63], &[2]),
+        ),
+        (
+            "one direction only",
+            fault_put(&[("drop_from", ids(&[1, 2]))]),
+            fault(&[], &[1, 2]),
+        ),
+        (
+            "a session is ignored",
+            fault_put(&[
+                ("drop_to", ids(&[1])),
+                ("client_id", text("c")),
+                ("seq", Value::from(3)),
+            ]),
+            fault(&[1], &[]),
+        ),
+    ];
+    for (name, body, expected) in cases {
+        for (encoding, bytes) in [
+            (Encoding::MsgPack, msgpack(&body)),
+            (Encoding::Json, json(&body)),
+        ] {
+            assert_eq!(
+                decode_request(&bytes, &tiny_limits()),
+                Ok((request(1, None, expected.clone()), encoding)),
+                "case {name:?} in {encoding}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fault_requests_with_bad_node_lists_are_refused_in_both_encodings() {
+    let fault_put = |key: &str, value: Value| {
+        map(&[
+            ("type", text("fault")),
+            ("method", text("PUT")),
+            (key, value),
+        ])
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "id 64",
+            fault_put("drop_to", ids(&[1, 64])),
+            "field `drop_to` must be an array of node ids (integers below 64), got an array",
+        ),
+        (
+            "a string item",
+            fault_put("drop_from", Value::Array(vec![Value::from(1), text("2")])),
+            "field `drop_from` must be an array of node ids",
+        ),
+        (
+            "a nested array",
+            fault_put("drop_to", Value::Array(vec![ids(&[1]), Value::from(2)])),
+            "field `drop_to` must be an array of node ids",
+        ),
+        (
+            "a negative id",
+            fault_put("drop_to", Value::Array(vec![Value::from(-1)])),
+            "field `drop_to` must be an array of node ids",
+        ),
+        (
+            "not an array",
+            fault_put("drop_to", Value::from(1)),
+            "field `drop_to` must be an array of node ids (integers below 64), got an integer",
+        ),
+        (
+            "GET",
+            map(&[("type", text("fault")), ("method", text("GET"))]),
+            "unknown method \"GET\" for type \"fault\": expected \"PUT\"",
+        ),
+    ];
+    for (name, body, needle) in cases {
+        assert_refused(
+            name,
+            &msgpack(&body),
+            Encoding::MsgPack,
+            ErrorCode::BadRequest,
+            needle,
+        );
+        assert_refused(
+            name,
+            &json(&body),
+            Encoding::Json,
+            ErrorCode::BadRequest,
+            needle,
+        );
+    }
+}
+
+#[test]
+fn a_node_id_array_elsewhere_is_still_just_an_array() {
+    let body = map(&[
+        ("type", text("topic")),
+        ("method", text("PUT")),
+        ("topic", ids(&[1, 2])),
+    ]);
+    for (encoding, bytes) in [
+        (Encoding::MsgPack, msgpack(&body)),
+        (Encoding::Json, json(&body)),
+    ] {
+        assert_refused(
+            "topic as ids",
+            &bytes,
+            encoding,
+            ErrorCode::BadRequest,
+            "field `topic` must be a string, got an array",
+        );
+    }
+    // An array claiming more items than the body holds ends at the body's end.
+    let mut truncated = msgpack(&map(&[("type", text("fault")), ("method", text("PUT"))]));
+    truncated[0] += 1; // One more pair: `drop_to` and an array of 2^32-1 ids.
+    truncated.extend_from_slice(&[0xa7]);
+    truncated.extend_from_slice(b"drop_to");
+    truncated.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02]);
+    assert_refused(
+        "huge array",
+        &truncated,
+        Encoding::MsgPack,
+        ErrorCode::BadRequest,
+        "not valid MessagePack",
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Bad input (PROTOCOL.md §6): every case with its code and a message naming the problem.
 
@@ -1697,6 +1852,12 @@ fn arbitrary_payload() -> impl Strategy<Value = Payload> {
     ]
 }
 
+/// A `fault` request's node list: sorted, without duplicates, below 64.
+fn arbitrary_node_ids() -> impl Strategy<Value = Vec<u64>> {
+    proptest::collection::btree_set(0u64..FAULT_NODE_IDS_MAX, 0..6)
+        .prop_map(|ids| ids.into_iter().collect())
+}
+
 fn arbitrary_request() -> impl Strategy<Value = Request> {
     let operation = prop_oneof![
         arbitrary_name(60).prop_map(|topic| Operation::CreateTopic { topic }),
@@ -1705,6 +1866,8 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
             .prop_map(|(topic, message)| Operation::Put { topic, message }),
         arbitrary_name(60).prop_map(|topic| Operation::Get { topic }),
         Just(Operation::Status),
+        (arbitrary_node_ids(), arbitrary_node_ids())
+            .prop_map(|(drop_to, drop_from)| Operation::Fault { drop_to, drop_from }),
     ];
     let session = proptest::option::of(
         (arbitrary_name(16), any::<u64>())
@@ -1713,7 +1876,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     (1u8..=2, session, operation).prop_map(|(version, session, operation)| {
         // Only writes carry a session: the node drops it elsewhere.
         let session = match operation {
-            Operation::ListTopics | Operation::Status => None,
+            Operation::ListTopics | Operation::Status | Operation::Fault { .. } => None,
             _ => session,
         };
         Request {

@@ -72,7 +72,10 @@ impl TryFrom<Operation> for Command {
             Operation::CreateTopic { topic } => Ok(Command::CreateTopic { topic }),
             Operation::Put { topic, message } => Ok(Command::Put { topic, message }),
             Operation::Get { topic } => Ok(Command::Get { topic }),
-            other @ (Operation::ListTopics | Operation::Status | Operation::Stats) => Err(other),
+            other @ (Operation::ListTopics
+            | Operation::Status
+            | Operation::Stats
+            | Operation::Fault { .. }) => Err(other),
         }
     }
 }

@@ -23,6 +23,18 @@ use rand_chacha::ChaCha8Rng;
 use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 
+/// Where a node restarted from lost state stands in catching up (see
+/// [`Core::abstain_until_caught_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CatchUp {
+    /// A full member: votes and campaigns.
+    Done,
+    /// Waiting to hear from a leader what its commit index is.
+    AwaitingLeader,
+    /// Abstaining until the commit index reaches this.
+    UntilCommitted(LogIndex),
+}
+
 /// A leadership transfer in progress (dissertation §3.10).
 struct Transfer {
     target: NodeId,
@@ -101,6 +113,7 @@ pub struct Core {
     broadcast_pending: bool,
     transfer: Option<Transfer>,
     reads: ReadQueue,
+    catch_up: CatchUp,
 
     /// The hard state last handed out in a `Ready`.
     hard_state_handed_out: HardState,
@@ -156,6 +169,7 @@ impl Core {
             broadcast_pending: false,
             transfer: None,
             reads: ReadQueue::default(),
+            catch_up: CatchUp::Done,
             hard_state_handed_out: hard_state,
             messages: Vec::new(),
             messages_after_persist: Vec::new(),
@@ -168,6 +182,28 @@ impl Core {
         core
     }
 
+    /// For a node restarted after losing its state (its data dir was wiped): it neither votes
+    /// nor campaigns until it has caught up with a live leader's commit index as of first
+    /// contact.
+    ///
+    /// Raft's safety rests on votes and log entries surviving restarts (§5.2, §5.4). A node
+    /// that lost them could vote twice in a term, or vote for a candidate that lacks entries
+    /// only it and a dead node held, electing a leader without a committed entry. It cannot
+    /// tell "wiped" from "brand new" by itself, so the operator says so (`--rejoin`).
+    pub fn abstain_until_caught_up(&mut self) {
+        log::info!(
+            "node {} term {}: rejoining: not voting until caught up with a leader",
+            self.id,
+            self.term
+        );
+        self.catch_up = CatchUp::AwaitingLeader;
+    }
+
+    /// Whether this node may vote and campaign (see `abstain_until_caught_up`).
+    pub fn is_voting(&self) -> bool {
+        self.catch_up == CatchUp::Done
+    }
+
     // ---- Inputs -------------------------------------------------------------------------
 
     /// One unit of logical time.
@@ -177,7 +213,11 @@ impl Core {
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
                 if self.election_elapsed_ticks >= self.randomized_election_ticks {
-                    self.start_election();
+                    if self.is_voting() {
+                        self.start_election();
+                    } else {
+                        self.election_elapsed_ticks = 0;
+                    }
                 }
             }
         }
@@ -213,6 +253,9 @@ impl Core {
                 commit,
             } => {
                 self.follow_leader_of_current_term(from);
+                if self.catch_up == CatchUp::AwaitingLeader {
+                    self.catch_up = CatchUp::UntilCommitted(commit);
+                }
                 self.handle_append_entries(from, prev, &entries, commit);
             }
             MessageBody::AppendEntriesResponse(result) => self.handle_append_response(from, result),
@@ -365,6 +408,16 @@ impl Core {
     }
 
     pub fn ready(&mut self) -> Ready {
+        if let CatchUp::UntilCommitted(target) = self.catch_up {
+            if self.log.committed() >= target {
+                log::info!(
+                    "node {} term {}: caught up to {target}, voting again",
+                    self.id,
+                    self.term
+                );
+                self.catch_up = CatchUp::Done;
+            }
+        }
         if self.role == Role::Leader {
             if self.broadcast_pending {
                 self.broadcast_pending = false;
@@ -385,7 +438,7 @@ impl Core {
             entries: self.log.take_unstable(),
             messages: std::mem::take(&mut self.messages),
             messages_after_persist: std::mem::take(&mut self.messages_after_persist),
-            committed: self.log.take_committed(),
+            committed: self.log.take_committed(self.config.committed_bytes_max),
             read_states: std::mem::take(&mut self.read_states),
             aborted_reads: std::mem::take(&mut self.aborted_reads),
         }
@@ -662,7 +715,14 @@ impl Core {
                     return false;
                 }
                 if !pre_vote {
+                    // Raft Figure 2: only hearing from the leader or granting a vote
+                    // restarts the election timer, not adopting a candidate's term. A
+                    // candidate whose log is behind (it cannot win) would otherwise keep
+                    // restarting the timers of the nodes that can, and without PreVote the
+                    // cluster might never elect a leader.
+                    let election_elapsed_ticks = self.election_elapsed_ticks;
                     self.become_follower(message.term, None);
+                    self.election_elapsed_ticks = election_elapsed_ticks;
                 }
                 true
             }
@@ -717,7 +777,7 @@ impl Core {
         pre_vote: bool,
         last_log: EntryId,
     ) {
-        let up_to_date = self.log.is_up_to_date(last_log);
+        let up_to_date = self.log.is_up_to_date(last_log) && self.is_voting();
         if pre_vote {
             // Would we vote for it in the term it proposes? (We do not record anything.)
             let granted = message_term > self.term && up_to_date;
@@ -784,7 +844,7 @@ impl Core {
     }
 
     fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Leader {
+        if self.role == Role::Leader || !self.is_voting() {
             return;
         }
         log::info!(
@@ -1088,6 +1148,28 @@ impl Core {
                 };
                 if !relevant {
                     return;
+                }
+                if let RejectHint::LogTooShort {
+                    last_index: follower_last,
+                } = hint
+                {
+                    if follower_last < progress.match_index {
+                        // The follower lost entries it had acknowledged: its data dir was
+                        // wiped (the advice for a corrupt log) or `--fsync never` lost a
+                        // tail. Raft assumes logs never shrink; without this the leader
+                        // would never send below its old match index again and the
+                        // follower would stay empty forever. Its log is a prefix of what it
+                        // acknowledged, so it still matches up to its end.
+                        log::warn!(
+                            "node {} term {}: follower {follower} lost acknowledged entries \
+                             (its log ends at {follower_last}, it had acknowledged {}); \
+                             replicating them again",
+                            self.id,
+                            self.term,
+                            progress.match_index
+                        );
+                        progress.forget_match_above(follower_last);
+                    }
                 }
                 let next_index = match hint {
                     RejectHint::LogTooShort { last_index } => last_index.next(),
@@ -1452,6 +1534,126 @@ mod tests {
             cluster.cores[lagging].status().snapshot_index,
             applied.index
         );
+    }
+
+    #[test]
+    fn a_follower_that_lost_its_log_is_replicated_to_again() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        for number in 0..5u8 {
+            cluster.cores[leader]
+                .propose(Bytes::from(vec![number]))
+                .expect("leader accepts proposals");
+            cluster.settle();
+        }
+        // The follower's data dir is wiped while the leader keeps leading: it restarts empty.
+        let wiped = (leader + 1) % 3;
+        let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
+        cluster.cores[wiped] = Core::new(
+            NodeId(wiped as u64),
+            voters,
+            RaftConfig::default(),
+            RestoredState::default(),
+            99,
+        );
+        cluster.applied[wiped].clear();
+        let proposal = cluster.cores[leader]
+            .propose(Bytes::from_static(b"after"))
+            .expect("leader accepts proposals");
+        cluster.settle();
+        for _ in 0..2 * RaftConfig::default().heartbeat_ticks {
+            for core in &mut cluster.cores {
+                core.tick();
+            }
+            cluster.settle();
+        }
+        assert_eq!(cluster.cores[leader].role(), Role::Leader, "no election");
+        assert_eq!(
+            cluster.applied[wiped].last().map(Entry::id),
+            Some(proposal),
+            "the wiped follower applied everything again"
+        );
+        assert_eq!(cluster.applied[wiped], cluster.applied[leader]);
+    }
+
+    #[test]
+    fn a_rejoining_node_neither_votes_nor_campaigns_until_caught_up() {
+        let mut cluster = Cluster::new(3);
+        let leader = cluster.tick_until_leader();
+        for number in 0..5u8 {
+            cluster.cores[leader]
+                .propose(Bytes::from(vec![number]))
+                .expect("leader accepts proposals");
+            cluster.settle();
+        }
+        let wiped = (leader + 1) % 3;
+        let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
+        let mut rejoining = Core::new(
+            NodeId(wiped as u64),
+            voters,
+            RaftConfig::default(),
+            RestoredState::default(),
+            7,
+        );
+        rejoining.abstain_until_caught_up();
+        cluster.cores[wiped] = rejoining;
+        cluster.applied[wiped].clear();
+        cluster.down[wiped] = true;
+        // A candidate with an empty log asks for its vote: an empty log would grant it.
+        let stale_candidate = (leader + 2) % 3;
+        for pre_vote in [true, false] {
+            cluster.cores[wiped].step(Message {
+                from: NodeId(stale_candidate as u64),
+                to: NodeId(wiped as u64),
+                term: Term(50),
+                body: MessageBody::RequestVote {
+                    pre_vote,
+                    last_log: EntryId::default(),
+                    leadership_transfer: false,
+                },
+            });
+            let ready = cluster.cores[wiped].ready();
+            let granted = ready.messages_after_persist.iter().any(|message| {
+                matches!(
+                    message.body,
+                    MessageBody::RequestVoteResponse { granted: true, .. }
+                )
+            });
+            assert!(
+                !granted,
+                "pre_vote {pre_vote}: a rejoining node granted a vote"
+            );
+        }
+        // Cut off, it never campaigns however long it waits.
+        for _ in 0..5 * RaftConfig::default().election_ticks_max {
+            cluster.cores[wiped].tick();
+            let _ = cluster.cores[wiped].ready();
+            assert_eq!(cluster.cores[wiped].role(), Role::Follower, "campaigned");
+        }
+        assert!(!cluster.cores[wiped].is_voting());
+
+        // The term-50 vote request raised the rejoining node's term, so the cluster first
+        // has to elect a leader past it (without this node's vote).
+        cluster.down[wiped] = false;
+        for _ in 0..5 * RaftConfig::default().election_ticks_max {
+            for core in &mut cluster.cores {
+                core.tick();
+            }
+            cluster.settle();
+        }
+        let states: Vec<_> = cluster
+            .cores
+            .iter()
+            .map(|core| (core.role(), core.term(), core.commit_index(), core.catch_up))
+            .collect();
+        assert!(
+            cluster.cores[wiped].is_voting(),
+            "caught up and voting again: {states:?}"
+        );
+        let now_leading = (0..3)
+            .find(|&position| cluster.cores[position].role() == Role::Leader)
+            .expect("a leader");
+        assert_eq!(cluster.applied[wiped], cluster.applied[now_leading]);
     }
 
     #[test]

@@ -309,18 +309,24 @@ impl RaftLog {
         self.applied < self.committed
     }
 
-    /// Hands committed entries not yet applied to the caller.
-    pub fn take_committed(&mut self) -> Vec<Entry> {
+    /// Hands committed entries not yet applied to the caller: at most `bytes_max` of them,
+    /// but at least one when any are waiting.
+    pub fn take_committed(&mut self, bytes_max: usize) -> Vec<Entry> {
         let mut committed = Vec::new();
+        let mut bytes = 0;
         let mut index = self.applied.next();
         while index <= self.committed {
-            match self.entry(index) {
-                Some(entry) => committed.push(entry.clone()),
-                None => break,
+            let Some(entry) = self.entry(index) else {
+                break;
+            };
+            bytes += entry.size_bytes();
+            if !committed.is_empty() && bytes > bytes_max {
+                break;
             }
+            committed.push(entry.clone());
+            self.applied = index;
             index = index.next();
         }
-        self.applied = self.committed;
         committed
     }
 
@@ -502,8 +508,12 @@ mod tests {
     fn compaction_keeps_terms_and_matching_at_the_new_offset() {
         let mut log = log_of(&[1, 1, 2, 2]);
         log.commit_to(LogIndex(3));
-        let _ = log.take_committed();
+        let _ = log.take_committed(usize::MAX);
         log.compact(LogIndex(2));
+        assert!(
+            log.take_committed(usize::MAX).is_empty(),
+            "applied up to 3 already"
+        );
         assert_eq!(log.first_index(), LogIndex(3));
         assert_eq!(
             log.term(LogIndex(2)),
@@ -545,6 +555,25 @@ mod tests {
         log.append_after(LogIndex(10), &[entry(3, 11)]);
         assert_eq!(log.take_unstable().len(), 1);
         log.check_invariants("installed");
+    }
+
+    #[test]
+    fn committed_entries_are_handed_out_in_bounded_slices() {
+        let mut log = log_of(&[1, 1, 1, 1, 1]);
+        log.commit_to(LogIndex(5));
+        let slice_bytes = 2 * entry(1, 1).size_bytes();
+        let slices: Vec<Vec<u64>> = std::iter::from_fn(|| {
+            let slice = log.take_committed(slice_bytes);
+            (!slice.is_empty()).then(|| slice.iter().map(|entry| entry.index.0).collect())
+        })
+        .collect();
+        assert_eq!(slices, vec![vec![1, 2], vec![3, 4], vec![5]]);
+        assert_eq!(log.applied(), LogIndex(5));
+        log.commit_to(LogIndex(5));
+        assert!(log.take_committed(0).is_empty());
+        let mut log = log_of(&[1, 1]);
+        log.commit_to(LogIndex(2));
+        assert_eq!(log.take_committed(0).len(), 1, "at least one entry");
     }
 
     #[test]

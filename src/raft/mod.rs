@@ -72,6 +72,10 @@ pub struct RaftConfig {
     pub append_bytes_max: usize,
     /// AppendEntries sent to one follower and not yet acknowledged, at most.
     pub inflight_appends_max: usize,
+    /// Upper bound on the entries' bytes in one `Ready::committed` (at least one entry is
+    /// handed out). A node replaying a long log after a restart then applies it in slices
+    /// and keeps answering in between.
+    pub committed_bytes_max: usize,
     /// ReadIndex requests waiting for confirmation, at most.
     pub pending_reads_max: usize,
     /// A snapshot sent to a follower and not acknowledged within this many ticks is
@@ -89,6 +93,7 @@ impl Default for RaftConfig {
             heartbeat_ticks: 5,
             append_bytes_max: 1024 * 1024,
             inflight_appends_max: 64,
+            committed_bytes_max: 1024 * 1024,
             pending_reads_max: 4096,
             snapshot_timeout_ticks: 3000,
             pre_vote: true,

@@ -106,6 +106,13 @@ impl Progress {
         self.state = ReplicationState::Probe { paused: false };
     }
 
+    /// The follower's log now ends at `last_index`, below what it acknowledged (it lost
+    /// data): match only that much and probe from just after it.
+    pub fn forget_match_above(&mut self, last_index: LogIndex) {
+        self.match_index = self.match_index.min(last_index);
+        self.probe_from(last_index.next());
+    }
+
     /// A heartbeat reply shows the follower is alive: let a paused probe go again, and
     /// release one slot of a full pipeline so a window stuck on lost appends can move.
     pub fn resume(&mut self, inflight_appends_max: usize) {

@@ -84,8 +84,8 @@ use std::path::{Path, PathBuf};
 
 /// What an operator should do about corruption; part of every `Corrupt` message.
 pub(crate) const RECOVERY_ADVICE: &str = "this node's data cannot be trusted. To recover: stop \
-     the node, delete its data dir and restart it, and it will catch up from the other nodes \
-     (do this for one node at a time, while the others form a majority)";
+     the node, delete its data dir and restart it with --rejoin, and it will catch up from the \
+     other nodes (do this for one node at a time, while the others form a majority)";
 
 const LOCK_FILE_NAME: &str = "LOCK";
 const SEGMENT_PREFIX: &str = "segment-";

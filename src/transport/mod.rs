@@ -9,6 +9,7 @@
 //!   the spot, forwards good requests, sends replies with the envelope they came with.
 //! - [`peer`]: the peer ROUTER (inbound messages) and one DEALER per peer (outbound), with
 //!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
+//! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //!
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
 //! cannot wait on a channel. A [`Mailbox`] pairs a channel with an inproc "doorbell" socket:
@@ -19,6 +20,7 @@
 //! that outlives a request's round trip (the node loop owns all of that).
 
 pub mod client;
+pub mod fault;
 pub mod peer;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};

@@ -20,11 +20,13 @@
 //! node that is not a peer is dropped with a debug log: that is a misconfiguration or a stray
 //! process on a reused port, not an attack this layer defends against.
 
+use super::fault::PeerFaults;
 use super::{zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
 use crate::config::NodeConfig;
 use crate::raft::{Message, NodeId};
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Bumped when `raft::Message`'s encoding changes incompatibly.
@@ -166,6 +168,8 @@ pub struct PeerTransport {
     stop_receiver: Doorbell,
     receiver_thread: Option<JoinHandle<()>>,
     sender_thread: Option<JoinHandle<()>>,
+    /// Tests only: peers to drop messages to and from; empty unless the node loop sets it.
+    faults: Arc<PeerFaults>,
 }
 
 impl PeerTransport {
@@ -224,9 +228,13 @@ impl PeerTransport {
 
         let (stop_receiver, stop_listener) = super::doorbell(context)?;
         let filter = settings.filter;
+        let faults = Arc::new(PeerFaults::default());
         let receiver_thread = std::thread::Builder::new()
             .name("peer-receiver".into())
-            .spawn(move || receive_loop(router, stop_listener, filter, events))
+            .spawn({
+                let faults = faults.clone();
+                move || receive_loop(router, stop_listener, filter, events, &faults)
+            })
             .map_err(|source| TransportError::Spawn {
                 name: "peer-receiver",
                 source,
@@ -235,11 +243,16 @@ impl PeerTransport {
         let cluster_id = settings.filter.cluster_id;
         let sender_thread = std::thread::Builder::new()
             .name("peer-sender".into())
-            .spawn(move || {
-                for outgoing in inbox.iter() {
-                    match outgoing {
-                        Outgoing::Messages(messages) => send_all(&dealers, cluster_id, messages),
-                        Outgoing::Stop => break,
+            .spawn({
+                let faults = faults.clone();
+                move || {
+                    for outgoing in inbox.iter() {
+                        match outgoing {
+                            Outgoing::Messages(messages) => {
+                                send_all(&dealers, cluster_id, messages, &faults)
+                            }
+                            Outgoing::Stop => break,
+                        }
                     }
                 }
             })
@@ -252,7 +265,13 @@ impl PeerTransport {
             stop_receiver,
             receiver_thread: Some(receiver_thread),
             sender_thread: Some(sender_thread),
+            faults,
         })
+    }
+
+    /// The injected faults both threads obey (tests only; see `transport::fault`).
+    pub fn faults(&self) -> &PeerFaults {
+        &self.faults
     }
 
     /// Queues messages for their peers. Never blocks.
@@ -291,8 +310,17 @@ impl Drop for PeerTransport {
     }
 }
 
-fn send_all(dealers: &HashMap<NodeId, zmq::Socket>, cluster_id: u64, messages: Vec<Message>) {
+fn send_all(
+    dealers: &HashMap<NodeId, zmq::Socket>,
+    cluster_id: u64,
+    messages: Vec<Message>,
+    faults: &PeerFaults,
+) {
     for message in messages {
+        if faults.drops_to(message.to) {
+            log::trace!("fault injection: message to node {} dropped", message.to);
+            continue;
+        }
         let Some(dealer) = dealers.get(&message.to) else {
             // The core only addresses voters from the config; this is a bug upstream, but not
             // one worth taking the node down for.
@@ -316,6 +344,7 @@ fn receive_loop<E>(
     stop: DoorbellListener,
     filter: PeerFilter,
     events: Sender<E>,
+    faults: &PeerFaults,
 ) where
     E: From<Message>,
 {
@@ -351,6 +380,12 @@ fn receive_loop<E>(
                 continue;
             };
             match decode_peer_message(body, &filter) {
+                Ok(message) if faults.drops_from(message.from) => {
+                    log::trace!(
+                        "fault injection: message from node {} dropped",
+                        message.from
+                    );
+                }
                 Ok(message) => {
                     if events.send(E::from(message)).is_err() {
                         return; // The node loop has exited.
@@ -621,6 +656,48 @@ mod tests {
             inbox_0.recv_timeout(Duration::from_millis(100)).ok()
         });
         assert_eq!(received, Some(pong));
+        node_0.stop();
+        node_1.stop();
+    }
+
+    #[test]
+    fn injected_faults_drop_messages_per_direction_until_healed() {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let (events_0, _inbox_0) = crossbeam_channel::unbounded::<Message>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<Message>();
+        let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
+        let node_1 = PeerTransport::start(&context, settings(1, &ports), events_1).expect("1");
+        let ping = message(0, 1, MessageBody::HeartbeatResponse { read_round: 1 });
+        let connected = (0..100).any(|_| {
+            node_0.send(vec![ping.clone()]);
+            inbox_1.recv_timeout(Duration::from_millis(100)).is_ok()
+        });
+        assert!(connected, "the healthy link delivers");
+        while inbox_1.recv_timeout(Duration::from_millis(200)).is_ok() {}
+
+        let cases: [(&str, &PeerTransport, &[NodeId], &[NodeId]); 2] = [
+            ("sender drops to 1", &node_0, &[NodeId(1)], &[]),
+            ("receiver drops from 0", &node_1, &[], &[NodeId(0)]),
+        ];
+        for (name, faulty, drop_to, drop_from) in cases {
+            faulty.faults().set(drop_to, drop_from);
+            for _ in 0..20 {
+                node_0.send(vec![ping.clone()]);
+            }
+            assert_eq!(
+                inbox_1.recv_timeout(Duration::from_millis(500)).ok(),
+                None,
+                "{name}: nothing arrives"
+            );
+            faulty.faults().set(&[], &[]);
+            let healed = (0..100).any(|_| {
+                node_0.send(vec![ping.clone()]);
+                inbox_1.recv_timeout(Duration::from_millis(100)).is_ok()
+            });
+            assert!(healed, "{name}: delivered again once healed");
+            while inbox_1.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        }
         node_0.stop();
         node_1.stop();
     }

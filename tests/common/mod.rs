@@ -174,6 +174,11 @@ impl Cluster {
 
     /// Starts node `index` (again), appending its stderr to its log file.
     pub fn spawn(&mut self, index: usize) {
+        self.spawn_with(index, &[]);
+    }
+
+    /// Starts node `index` (again) with flags on top of the cluster's own.
+    pub fn spawn_with(&mut self, index: usize, flags: &[&str]) {
         assert!(
             self.nodes[index].is_none(),
             "node {index} is already running"
@@ -189,6 +194,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(index))
             .args(&self.extra_flags)
+            .args(flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -593,4 +599,301 @@ pub fn run_to_exit(dir: &Path, args: &[&str], within: Duration) -> (Option<ExitS
     };
     let text = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     (status, text)
+}
+
+// ---- Comparing state machines ---------------------------------------------------------------
+
+impl Cluster {
+    /// The node's `stats` (last_applied, digest, counts), or None if it did not answer.
+    pub fn stats(&self, index: usize, within: Duration) -> Option<Value> {
+        let mut client = self.client(index);
+        let reply = client.call_with_timeout(
+            Wire::MsgPack,
+            &json!({"type": "stats", "method": "GET"}),
+            within,
+        )?;
+        assert_eq!(reply["success"], true, "node {index}: stats {reply}");
+        Some(reply)
+    }
+
+    /// Polls until every running node reports the same `last_applied` (at least
+    /// `applied_min`) and returns that node's stats. Two nodes at the same `last_applied`
+    /// with different digests have diverged: that fails at once, whenever it is seen.
+    pub fn wait_converged(&self, applied_min: u64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let running: Vec<usize> = (0..self.size())
+                .filter(|index| self.is_running(*index))
+                .collect();
+            let stats: Vec<(usize, Value)> = running
+                .iter()
+                .filter_map(|index| {
+                    self.stats(*index, Duration::from_millis(2000))
+                        .map(|stats| (*index, stats))
+                })
+                .collect();
+            assert_same_digest_at_same_applied(&stats);
+            let applied: Vec<u64> = stats
+                .iter()
+                .map(|(_, stats)| stats["last_applied"].as_u64().expect("last_applied"))
+                .collect();
+            if stats.len() == running.len()
+                && applied.windows(2).all(|pair| pair[0] == pair[1])
+                && applied.first().is_some_and(|first| *first >= applied_min)
+            {
+                return stats[0].1.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {running:?} did not converge within {within:?} (applied at least \
+                 {applied_min}): {stats:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for a leader, has it confirm its leadership with a linearizable read (so it has
+    /// applied everything committed before, its own term's first entry included), and returns
+    /// its `last_applied`: what every node must reach to have caught up.
+    pub fn leader_applied(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let (leader, _) = self.wait_for_leader(within);
+            let read = json!({"v": 2, "type": "topic", "method": "GET"});
+            let confirmed = self
+                .client(leader)
+                .call_with_timeout(Wire::MsgPack, &read, REPLY_DEADLINE)
+                .is_some_and(|reply| reply["success"] == true);
+            if confirmed {
+                if let Some(stats) = self.stats(leader, REPLY_DEADLINE) {
+                    return stats["last_applied"].as_u64().expect("last_applied");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader confirmed a read within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for node `index` to exit by itself; `None` if it is still running after
+    /// `within`. The node is then forgotten (reaped).
+    pub fn wait_exit(&mut self, index: usize, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        let node = self.nodes[index].as_mut().expect("node running");
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                self.nodes[index] = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether node `index`'s process is still alive (not exited, whatever its state).
+    pub fn is_alive(&mut self, index: usize) -> bool {
+        self.nodes[index]
+            .as_mut()
+            .is_some_and(|node| matches!(node.child.try_wait(), Ok(None)))
+    }
+
+    /// The node's log so far.
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.log_path(index)).unwrap_or_default()
+    }
+}
+
+/// Panics if two of `stats` (node index, stats reply) are at the same `last_applied` with
+/// different digests.
+pub fn assert_same_digest_at_same_applied(stats: &[(usize, Value)]) {
+    for (position, (first, first_stats)) in stats.iter().enumerate() {
+        for (second, second_stats) in &stats[position + 1..] {
+            if first_stats["last_applied"] == second_stats["last_applied"] {
+                assert_eq!(
+                    first_stats["digest"], second_stats["digest"],
+                    "nodes {first} and {second} diverged at the same last_applied: \
+                     {first_stats} vs {second_stats}"
+                );
+            }
+        }
+    }
+}
+
+// ---- A client that retries with (client_id, seq) -------------------------------------------
+
+/// The error code of a v2 failure, if `reply` is one.
+pub fn error_code(reply: &Value) -> Option<&str> {
+    reply.get("error")?.get("code")?.as_str()
+}
+
+/// A reply without its `leader` hint, which names whoever leads at the time: a retry that
+/// reached a new leader gets the same reply otherwise.
+pub fn without_leader(mut reply: Value) -> Value {
+    if let Some(map) = reply.as_object_mut() {
+        map.remove("leader");
+    }
+    reply
+}
+
+/// Speaks v2 with an idempotency key, the way a production client must (PROTOCOL.md §5):
+/// each request gets the next `seq`, and is resent with the *same* `(client_id, seq)` to
+/// whichever node may lead now until a definite answer comes, so a retry can never apply a
+/// command twice. Raw wire, so that tests control exactly what is sent.
+pub struct SessionClient {
+    ports: Vec<u16>,
+    clients: Vec<Option<Client>>,
+    pub client_id: String,
+    /// The seq the next request gets.
+    pub seq: u64,
+    /// Where the next attempt goes: the last leader seen or hinted.
+    pub target: usize,
+    /// How long one attempt waits for a reply before trying elsewhere.
+    pub attempt_timeout: Duration,
+    /// Attempts made so far (all requests), for reports.
+    pub attempts: u64,
+}
+
+/// Codes after which the same request may be sent again: the outcome is unknown or the
+/// request never reached a leader.
+const RETRY_CODES: &[&str] = &["NOT_LEADER", "TIMEOUT", "UNAVAILABLE", "SHUTTING_DOWN"];
+
+impl SessionClient {
+    pub fn new(cluster: &Cluster, client_id: &str) -> SessionClient {
+        SessionClient::with_ports(
+            cluster.ports.iter().map(|ports| ports.port).collect(),
+            client_id,
+        )
+    }
+
+    /// For threads, which cannot borrow the cluster.
+    pub fn with_ports(ports: Vec<u16>, client_id: &str) -> SessionClient {
+        SessionClient {
+            clients: ports.iter().map(|_| None).collect(),
+            ports,
+            client_id: client_id.to_string(),
+            seq: 1,
+            target: 0,
+            attempt_timeout: Duration::from_secs(2),
+            attempts: 0,
+        }
+    }
+
+    /// `request` with v2 and this client's key at `seq`.
+    pub fn keyed(&self, request: &Value, seq: u64) -> Value {
+        let mut request = request.clone();
+        request["v"] = json!(2);
+        request["client_id"] = json!(self.client_id);
+        request["seq"] = json!(seq);
+        request
+    }
+
+    /// One attempt of `request` keyed at `seq` to node `index`: its reply, or None on timeout.
+    pub fn send_once(
+        &mut self,
+        index: usize,
+        request: &Value,
+        seq: u64,
+        within: Duration,
+    ) -> Option<Value> {
+        let keyed = self.keyed(request, seq);
+        let port = self.ports[index];
+        let client = self.clients[index].get_or_insert_with(|| Client::connect(port));
+        self.attempts += 1;
+        client.call_with_timeout(Wire::MsgPack, &keyed, within)
+    }
+
+    /// Sends `request` with the next seq, retrying the same pair until a definite reply (a
+    /// success, or a failure that is not worth retrying, e.g. `EMPTY`), or `None` once
+    /// `deadline` has passed (outcome unknown). The seq is used up either way.
+    pub fn call(&mut self, request: &Value, deadline: Instant) -> Option<Value> {
+        let seq = self.seq;
+        self.seq += 1;
+        self.retry(request, seq, deadline)
+    }
+
+    /// As [`SessionClient::call`], panicking without a definite reply within `within`.
+    pub fn call_ok(&mut self, request: &Value, within: Duration) -> Value {
+        let seq = self.seq;
+        self.call(request, Instant::now() + within)
+            .unwrap_or_else(|| {
+                let mut shown = request.to_string();
+                if shown.len() > 200 {
+                    let cut = (0..=200).rev().find(|at| shown.is_char_boundary(*at));
+                    shown.truncate(cut.unwrap_or(0));
+                    shown.push_str("...");
+                }
+                panic!(
+                    "{}: no definite reply to seq {seq} {shown} within {within:?}",
+                    self.client_id
+                )
+            })
+    }
+
+    /// Sends `request` keyed at `seq` (again), following leader hints, until a definite
+    /// reply or the deadline.
+    pub fn retry(&mut self, request: &Value, seq: u64, deadline: Instant) -> Option<Value> {
+        let node_count = self.ports.len();
+        while Instant::now() < deadline {
+            let target = self.target;
+            let within = self
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(Instant::now()));
+            let Some(reply) = self.send_once(target, request, seq, within) else {
+                self.target = (target + 1) % node_count;
+                continue;
+            };
+            let code = error_code(&reply);
+            if !code.is_some_and(|code| RETRY_CODES.contains(&code)) {
+                return Some(reply);
+            }
+            match reply["leader"]["id"].as_u64() {
+                Some(leader) if leader as usize != target => self.target = leader as usize,
+                Some(_) if code != Some("TIMEOUT") => {
+                    // The node names itself but cannot serve now: let things settle.
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Some(_) => {}
+                None => {
+                    self.target = (target + 1) % node_count;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        None
+    }
+
+    /// Pops every message of `topic` (each GET keyed, so none is lost to a retry) and
+    /// returns them as text.
+    pub fn drain(&mut self, topic: &str, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let get = json!({"type": "message", "method": "GET", "topic": topic});
+        let mut messages = Vec::new();
+        loop {
+            let reply = self
+                .call(&get, deadline)
+                .unwrap_or_else(|| panic!("draining {topic}: no reply within {within:?}"));
+            if error_code(&reply) == Some("EMPTY") {
+                return messages;
+            }
+            assert_eq!(reply["success"], true, "draining {topic}: {reply}");
+            let message = reply["message"].as_str().expect("a text message");
+            messages.push(message.to_string());
+        }
+    }
+}
+
+pub fn create_topic_request(topic: &str) -> Value {
+    json!({"type": "topic", "method": "PUT", "topic": topic})
+}
+
+pub fn put_request(topic: &str, message: &str) -> Value {
+    json!({"type": "message", "method": "PUT", "topic": topic, "message": message})
+}
+
+pub fn get_request(topic: &str) -> Value {
+    json!({"type": "message", "method": "GET", "topic": topic})
 }

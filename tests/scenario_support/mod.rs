@@ -39,6 +39,7 @@ pub fn test_config() -> RaftConfig {
         heartbeat_ticks: 2,
         append_bytes_max: 1024 * 1024,
         inflight_appends_max: 8,
+        committed_bytes_max: 1024 * 1024,
         pending_reads_max: 16,
         snapshot_timeout_ticks: 200,
         pre_vote: true,

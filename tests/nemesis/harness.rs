@@ -1,0 +1,302 @@
+//! One nemesis run, start to verdict: a real cluster (`rrmq-node` processes on loopback,
+//! real data dirs, `--fsync always`, `--fault-injection`), a concurrent workload through
+//! the client library, the nemesis, a status sampler, then healing, a recovery probe, a
+//! drain of every topic with a fresh client, a convergence check across nodes, and the
+//! checker over the history file.
+//!
+//! Everything a run produces lives in the cluster's temp dir: `history.jsonl` and each
+//! node's `node-{i}.log` and `data-{i}/`. On a violation the dir is kept and its path
+//! printed with the violations and the history lines around them; the test then fails. The
+//! dir is also kept when the harness itself fails (its path is printed at the start).
+
+use crate::checker;
+use crate::common::Cluster;
+use crate::history::{self, Event, History, Outcome};
+use crate::nemesis::{check_alive, FaultKind, Nemesis, Timing};
+use crate::workload;
+use rrmq::client::{Client, ClientOptions};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long the cluster may take to accept a write once the last fault has healed. Generous:
+/// elections take a second or two, a loaded 2-core machine stretches that.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(30);
+
+/// How long the workload keeps running on the healed cluster before it stops.
+const QUIET_AFTER_HEAL: Duration = Duration::from_secs(2);
+
+/// How often every node's status is sampled.
+const STATUS_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The drain gives up (and reports a problem) after this long without popping anything.
+const DRAIN_STALL_MAX: Duration = Duration::from_secs(60);
+
+/// How long the nodes may take to apply the same last index after the drain.
+const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Names the run in the output.
+    pub name: String,
+    pub nodes: usize,
+    /// How long faults are injected.
+    pub duration: Duration,
+    pub seed: u64,
+    pub producers: usize,
+    pub consumers: usize,
+    pub topics: usize,
+    pub timing: Timing,
+    pub kinds: Vec<FaultKind>,
+}
+
+/// Runs the whole thing; panics with the report if the checker finds a violation.
+pub fn run(config: &RunConfig) {
+    let started = Instant::now();
+    let mut cluster =
+        Cluster::start_with(config.nodes, &["--fsync", "always", "--fault-injection"]);
+    // Kept unless the run passes: whatever fails (a check, or the harness itself), the
+    // history and the nodes' logs and data stay for a look.
+    cluster.dir.disable_cleanup(true);
+    let history = History::create(&cluster.dir.path().join("history.jsonl"));
+    println!(
+        "nemesis {}: seed {} (rerun: RRMQ_NEMESIS_SEED={} RRMQ_NEMESIS_SECS={}), {} nodes, \
+         {} s of faults, dir {}",
+        config.name,
+        config.seed,
+        config.seed,
+        config.duration.as_secs(),
+        config.nodes,
+        config.duration.as_secs(),
+        cluster.dir.path().display()
+    );
+    let ports: Vec<u16> = cluster.ports.iter().map(|ports| ports.port).collect();
+    let options = workload::client_options(&ports);
+    let topics: Vec<String> = (0..config.topics)
+        .map(|index| format!("t{index}"))
+        .collect();
+    create_topics(&options, &topics);
+
+    let stop_workload = AtomicBool::new(false);
+    let stop_sampler = AtomicBool::new(false);
+    // Worker 0 of each kind gives up early, so unknown outcomes happen; the rest wait.
+    let impatient = ClientOptions {
+        deadline: workload::IMPATIENT_DEADLINE,
+        ..options.clone()
+    };
+    let options_of = |index: usize| if index == 0 { &impatient } else { &options };
+    let faults = std::thread::scope(|scope| {
+        for index in 0..config.producers {
+            let seed = config.seed.wrapping_add(1 + index as u64);
+            let (history, options, topics, stop) =
+                (&history, options_of(index), &topics, &stop_workload);
+            scope.spawn(move || workload::produce(history, options, topics, index, seed, stop));
+        }
+        for index in 0..config.consumers {
+            let seed = config.seed.wrapping_add(1001 + index as u64);
+            let (history, options, topics, stop) =
+                (&history, options_of(index), &topics, &stop_workload);
+            scope.spawn(move || workload::consume(history, options, topics, index, seed, stop));
+        }
+        scope.spawn(|| sample_status(&history, &options, &stop_sampler));
+        // Stops the workers however this closure ends: a panic here must not leave the scope
+        // waiting forever for threads that loop until told to stop.
+        let _stop = StopOnDrop(&[&stop_workload, &stop_sampler]);
+
+        let faults = Nemesis::new(
+            &mut cluster,
+            &history,
+            config.seed,
+            config.timing.clone(),
+            config.kinds.clone(),
+        )
+        .run(config.duration);
+        probe_recovery(&history, &options, &topics[0]);
+        std::thread::sleep(QUIET_AFTER_HEAL);
+        faults
+    });
+    check_alive(&mut cluster, &history);
+    drain(&history, &options, &topics);
+    converge(&history, &options);
+    check_alive(&mut cluster, &history);
+
+    let records = history::read(history.path());
+    let (summary, violations) = checker::check(&records);
+    println!(
+        "nemesis {}: {faults} faults in {:.1} s (whole run {:.1} s)\n{}",
+        config.name,
+        config.duration.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        summary.render()
+    );
+    if violations.is_empty() {
+        println!(
+            "nemesis {}: seed {}: no violation",
+            config.name, config.seed
+        );
+        cluster.dir.disable_cleanup(false);
+        return;
+    }
+    let text = std::fs::read_to_string(history.path()).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let report = checker::render(&violations, &lines, 4);
+    cluster.kill_all();
+    let kept = cluster.dir.path();
+    panic!(
+        "nemesis {}: seed {}: {} violations (checks: {:?}){report}\n\
+         history and node logs kept in {} (history.jsonl, node-*.log, data-*/); rerun with \
+         RRMQ_NEMESIS_SEED={}",
+        config.name,
+        config.seed,
+        violations.len(),
+        violations
+            .iter()
+            .map(|violation| violation.check)
+            .collect::<std::collections::BTreeSet<_>>(),
+        kept.display(),
+        config.seed,
+    );
+}
+
+/// Sets every flag when dropped.
+struct StopOnDrop<'a>(&'a [&'a AtomicBool]);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        for flag in self.0 {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Creates the topics before any fault, retrying until each exists.
+fn create_topics(options: &ClientOptions, topics: &[String]) {
+    let mut client = workload::connect(options);
+    for topic in topics {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.create_topic(topic) {
+                Ok(_) => break,
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "cannot create topic {topic}: {error}"
+                ),
+            }
+        }
+    }
+}
+
+/// Records every node's status every [`STATUS_INTERVAL`] until `stop`.
+fn sample_status(history: &History, options: &ClientOptions, stop: &AtomicBool) {
+    let mut client = Client::connect(ClientOptions {
+        attempt_timeout: Duration::from_millis(300),
+        ..options.clone()
+    })
+    .expect("valid options");
+    while !stop.load(Ordering::Relaxed) {
+        let round = Instant::now();
+        for (_, status) in client.status_all() {
+            if let Ok(status) = status {
+                history.record(Event::Status {
+                    node: status.id,
+                    role: status.role,
+                    term: status.term,
+                    leader: status.leader,
+                    commit_index: status.commit_index,
+                });
+            }
+        }
+        std::thread::sleep(STATUS_INTERVAL.saturating_sub(round.elapsed()));
+    }
+}
+
+/// Once every fault has healed: how long until the cluster takes a write?
+fn probe_recovery(history: &History, options: &ClientOptions, topic: &str) {
+    let started = Instant::now();
+    let mut client = workload::connect(&ClientOptions {
+        deadline: RECOVERY_BOUND,
+        ..options.clone()
+    });
+    let outcome = workload::put(history, &mut client, "probe", topic, "probe-1");
+    let elapsed = started.elapsed();
+    history.record(Event::Recovery {
+        ok: outcome == Outcome::Ok && elapsed <= RECOVERY_BOUND,
+        elapsed_ms: elapsed.as_millis() as u64,
+        bound_ms: RECOVERY_BOUND.as_millis() as u64,
+    });
+}
+
+/// Pops every topic empty with a fresh client, recording each pop. A long run may leave a
+/// long backlog, so only a stall is a problem, not the time it takes.
+fn drain(history: &History, options: &ClientOptions, topics: &[String]) {
+    let mut client = workload::connect(options);
+    for topic in topics {
+        let mut progress = Instant::now();
+        loop {
+            if progress.elapsed() > DRAIN_STALL_MAX {
+                history.record(Event::Note {
+                    text: format!("the drain of {topic} popped nothing for {DRAIN_STALL_MAX:?}"),
+                    problem: true,
+                });
+                return;
+            }
+            match workload::get(history, &mut client, "drain", topic) {
+                (Outcome::Ok, None) => break,
+                (Outcome::Ok, Some(_)) => progress = Instant::now(),
+                // Unknown or failed: try again (the checker accounts for the uncertainty).
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+    history.record(Event::Note {
+        text: "drain finished: every topic answered EMPTY".to_string(),
+        problem: false,
+    });
+}
+
+/// Waits until every node has applied the same index, then compares their state digests.
+fn converge(history: &History, options: &ClientOptions) {
+    let mut client = workload::connect(options);
+    let deadline = Instant::now() + CONVERGENCE_DEADLINE;
+    let mut last;
+    loop {
+        let stats = client.stats_all();
+        let reports: Vec<_> = stats
+            .iter()
+            .filter_map(|(_, report)| report.as_ref().ok())
+            .collect();
+        last = format!(
+            "{:?}",
+            reports
+                .iter()
+                .map(|report| (report.id, report.last_applied, report.digest))
+                .collect::<Vec<_>>()
+        );
+        if reports.len() == stats.len() {
+            let first = reports[0];
+            if reports
+                .iter()
+                .all(|report| report.last_applied == first.last_applied)
+            {
+                let same = reports.iter().all(|report| {
+                    report.digest == first.digest && report.message_count == first.message_count
+                });
+                history.record(Event::Convergence {
+                    ok: same,
+                    detail: format!("(node, last applied, digest): {last}"),
+                });
+                return;
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    history.record(Event::Convergence {
+        ok: false,
+        detail: format!(
+            "not every node applied the same index within {CONVERGENCE_DEADLINE:?}: (node, \
+             last applied, digest): {last}"
+        ),
+    });
+}

@@ -1,0 +1,533 @@
+//! One simulated run: a fault phase, then a liveness phase, every choice drawn from the seed.
+//!
+//! Each tick: faults (partitions, crashes, restarts) and client requests arrive, every live
+//! core ticks, the messages due are delivered in random order, every node finishes and takes
+//! its `Ready`s, and every core's `check_invariants` runs. The checkers run after every call
+//! into a core (see `node.rs`).
+//!
+//! The fault phase proves safety. The liveness phase then heals the network, speeds up the
+//! disks, restarts all but at most a minority of the crashed nodes, and requires that within
+//! a bounded number of ticks a leader is elected and a fresh proposal is applied on every
+//! live node (TigerBeetle `src/vopr.zig`: a safety phase, then a liveness phase).
+
+use super::checkers::Checkers;
+use super::client::{encode_command, ClientOracle};
+use super::network::Network;
+use super::node::SimNode;
+use super::scenario::{Scenario, CALM_STORAGE_DELAY_TICKS_MAX};
+use super::storage::DurableStorage;
+use super::trace::{error_name, CrashPoint, Event, Trace};
+use super::{property, Violation};
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rrmq::raft::{NodeId, ProposeError, Role};
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+/// What a run did, to report totals and to compare two runs of one seed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub ticks: u64,
+    pub committed_entries: u64,
+    pub acknowledged_writes: u64,
+    pub answered_reads: u64,
+    pub terms_with_leader: u64,
+    pub crashes: u64,
+    pub messages_sent: u64,
+    pub messages_lost: u64,
+    /// Ticks the liveness phase took to converge (in totals: the longest).
+    pub liveness_ticks: u64,
+    pub trace_digest: u64,
+}
+
+pub struct Simulation {
+    pub(super) rng: ChaCha8Rng,
+    pub(super) scenario: Scenario,
+    pub(super) now: u64,
+    pub(super) voters: Vec<NodeId>,
+    pub(super) nodes: Vec<SimNode>,
+    pub(super) network: Network,
+    pub(super) checkers: Checkers,
+    pub(super) clients: ClientOracle,
+    pub(super) trace: Trace,
+    /// Off in the liveness phase: no more crashes or disk stalls there.
+    pub(super) faults_enabled: bool,
+    pub(super) crash_count: u64,
+    /// Per client: the node it sends requests to (see `client_target`).
+    leader_guesses: Vec<Option<usize>>,
+    /// How long the liveness phase took to converge.
+    liveness_ticks: u64,
+}
+
+impl Simulation {
+    pub fn new(seed: u64, trace_capacity: usize) -> Simulation {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let scenario = Scenario::draw(&mut rng);
+        let voters: Vec<NodeId> = (0..scenario.node_count as u64).map(NodeId).collect();
+        let nodes = voters
+            .iter()
+            .zip(&scenario.storage_delay_ticks_max)
+            .map(|(&id, &storage_delay_ticks_max)| SimNode {
+                id,
+                core: None,
+                storage: DurableStorage::default(),
+                unfinished: None,
+                storage_delay_ticks_max,
+                applied: Default::default(),
+                role_seen: None,
+            })
+            .collect();
+        let leader_guesses = vec![None; scenario.client_count];
+        Simulation {
+            network: Network::new(scenario.network.clone()),
+            checkers: Checkers::new(scenario.node_count),
+            clients: ClientOracle::new(scenario.node_count),
+            trace: Trace::new(trace_capacity),
+            rng,
+            now: 0,
+            voters,
+            nodes,
+            scenario,
+            faults_enabled: true,
+            crash_count: 0,
+            leader_guesses,
+            liveness_ticks: 0,
+        }
+    }
+
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn run(&mut self) -> Result<RunSummary, Violation> {
+        for position in 0..self.nodes.len() {
+            self.start(position)?;
+        }
+        while self.now < self.scenario.fault_phase_ticks {
+            self.inject_faults()?;
+            self.client_requests()?;
+            self.tick_cluster()?;
+        }
+        self.liveness_phase()?;
+        Ok(self.summary())
+    }
+
+    fn summary(&self) -> RunSummary {
+        RunSummary {
+            ticks: self.now,
+            committed_entries: self.checkers.history.len().0,
+            acknowledged_writes: self.clients.acknowledged_writes,
+            answered_reads: self.clients.answered_reads,
+            terms_with_leader: self.checkers.election_safety.terms_with_leader() as u64,
+            crashes: self.crash_count,
+            messages_sent: self.network.sent_count,
+            messages_lost: self.network.lost_count,
+            liveness_ticks: self.liveness_ticks,
+            trace_digest: self.trace.digest(),
+        }
+    }
+
+    /// One tick of the whole cluster.
+    fn tick_cluster(&mut self) -> Result<(), Violation> {
+        for position in 0..self.nodes.len() {
+            if let Some(core) = self.nodes[position].core.as_mut() {
+                core.tick();
+                self.after_step(position)?;
+            }
+        }
+        for message in self.network.take_due(self.now, &mut self.trace) {
+            self.deliver(message)?;
+        }
+        let mut order: Vec<usize> = (0..self.nodes.len()).collect();
+        order.shuffle(&mut self.rng);
+        for position in order {
+            self.process_ready(position)?;
+        }
+        for node in &self.nodes {
+            if let Some(core) = &node.core {
+                core.check_invariants();
+            }
+        }
+        self.now += 1;
+        Ok(())
+    }
+
+    // ---- Faults -------------------------------------------------------------------------
+
+    fn inject_faults(&mut self) -> Result<(), Violation> {
+        if self.rng.gen_bool(self.scenario.partition_chance) {
+            self.change_partition();
+        }
+        if self.rng.gen_bool(self.scenario.crash_chance) {
+            if let Some(position) = self.crash_target() {
+                self.crash(position, CrashPoint::BetweenTicks);
+            }
+        }
+        if self.rng.gen_bool(self.scenario.power_failure_chance) {
+            // Correlated crashes (a rack loses power): what one node lost from its unfinished
+            // Ready, the others may not be there to make up for.
+            for position in self.live_positions() {
+                if self.rng.gen_bool(0.6) {
+                    self.crash(position, CrashPoint::BetweenTicks);
+                }
+            }
+        }
+        for position in 0..self.nodes.len() {
+            if !self.nodes[position].is_up() && self.rng.gen_bool(self.scenario.restart_chance) {
+                self.start(position)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Crashes are most telling where they lose something: a node whose disk has not
+    /// finished its last `Ready` (above all a leader, whose commit may count entries it has
+    /// not persisted), or the leader. Otherwise any live node.
+    fn crash_target(&mut self) -> Option<usize> {
+        let busy_disk: Vec<usize> = (0..self.nodes.len())
+            .filter(|&position| {
+                self.nodes[position].is_up() && self.nodes[position].unfinished.is_some()
+            })
+            .collect();
+        let leader = self.leader_position();
+        match self.rng.gen_range(0..3) {
+            0 if !busy_disk.is_empty() => {
+                match leader.filter(|leader| busy_disk.contains(leader)) {
+                    Some(leader) => Some(leader),
+                    None => busy_disk.choose(&mut self.rng).copied(),
+                }
+            }
+            1 if leader.is_some() => leader,
+            _ => self.live_positions().choose(&mut self.rng).copied(),
+        }
+    }
+
+    /// Replaces the partition: heal, isolate a node (often the leader), split the cluster
+    /// in two (often with the leader in the minority), or cut links in one direction only.
+    fn change_partition(&mut self) {
+        let count = self.nodes.len();
+        let all: Vec<NodeId> = self.voters.clone();
+        let mut cut = BTreeSet::new();
+        let description = match self.rng.gen_range(0..7) {
+            0 => "healed".to_string(),
+            choice @ (1 | 2) => {
+                let isolated = match self.leader_position() {
+                    Some(leader) if choice == 2 => all[leader],
+                    _ => all[self.rng.gen_range(0..count)],
+                };
+                for &other in all.iter().filter(|&&other| other != isolated) {
+                    cut.insert((isolated, other));
+                    cut.insert((other, isolated));
+                }
+                format!("n{isolated} isolated")
+            }
+            choice @ (3 | 4) => {
+                // A random split, or the leader cut off with a few followers: the classic
+                // stale leader that still hears from someone in its term.
+                let mut shuffled = all.clone();
+                shuffled.shuffle(&mut self.rng);
+                if let Some(leader) = self.leader_position().filter(|_| choice == 4) {
+                    let at = shuffled
+                        .iter()
+                        .position(|&id| id == all[leader])
+                        .expect("the leader is a voter");
+                    shuffled.swap(0, at);
+                }
+                let (minority, majority) = shuffled.split_at(self.rng.gen_range(1..=count / 2));
+                for &a in minority {
+                    for &b in majority {
+                        cut.insert((a, b));
+                        cut.insert((b, a));
+                    }
+                }
+                format!("split {} | {}", names(minority), names(majority))
+            }
+            5 => {
+                let node = all[self.rng.gen_range(0..count)];
+                let deaf = self.rng.gen_bool(0.5);
+                for &other in all.iter().filter(|&&other| other != node) {
+                    cut.insert(if deaf { (other, node) } else { (node, other) });
+                }
+                format!(
+                    "n{node} can {} but not {}",
+                    if deaf { "send" } else { "receive" },
+                    if deaf { "receive" } else { "send" }
+                )
+            }
+            _ => {
+                for &from in &all {
+                    for &to in all.iter().filter(|&&to| to != from) {
+                        if self.rng.gen_bool(0.3) {
+                            cut.insert((from, to));
+                        }
+                    }
+                }
+                let mut links = String::from("one-way cuts:");
+                for (from, to) in &cut {
+                    let _ = write!(links, " n{from}->n{to}");
+                }
+                links
+            }
+        };
+        self.network.partition(cut);
+        self.trace
+            .record(self.now, Event::Partition { description });
+    }
+
+    // ---- Clients ------------------------------------------------------------------------
+
+    fn client_requests(&mut self) -> Result<(), Violation> {
+        if self.rng.gen_bool(self.scenario.propose_chance) {
+            let burst = self.rng.gen_range(1..=self.scenario.propose_burst_max);
+            for _ in 0..burst {
+                let client = self.rng.gen_range(0..self.leader_guesses.len());
+                if let Some(position) = self.client_target(client) {
+                    self.propose(Some(client), position)?;
+                }
+            }
+        }
+        if self.rng.gen_bool(self.scenario.read_chance) {
+            let client = self.rng.gen_range(0..self.leader_guesses.len());
+            if let Some(position) = self.client_target(client) {
+                self.read(client, position)?;
+            }
+        }
+        if self.rng.gen_bool(self.scenario.transfer_chance) {
+            if let Some(position) = self.leader_position() {
+                let to = self.voters[self.rng.gen_range(0..self.voters.len())];
+                self.transfer_leader(position, to)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each client sticks to the node it last saw accept a request, or that a refusal named
+    /// as leader, so a deposed leader that does not know it yet keeps getting work from some
+    /// clients (and grows a stale log suffix, and is asked for reads it must not confirm)
+    /// while others already use the new leader. Sometimes, and when it knows no leader, a
+    /// client tries a random live node.
+    fn client_target(&mut self, client: usize) -> Option<usize> {
+        let guess = self.leader_guesses[client].filter(|&position| self.nodes[position].is_up());
+        match guess {
+            Some(position) if !self.rng.gen_bool(self.scenario.client_wander_chance) => {
+                Some(position)
+            }
+            _ => self.live_positions().choose(&mut self.rng).copied(),
+        }
+    }
+
+    /// What `client` learns from the answer to a request sent to `position`.
+    fn update_leader_guess(
+        &mut self,
+        client: Option<usize>,
+        position: usize,
+        refusal: Option<&ProposeError>,
+    ) {
+        let Some(client) = client else {
+            return;
+        };
+        match refusal {
+            None => self.leader_guesses[client] = Some(position),
+            Some(ProposeError::NotLeader { leader }) => {
+                self.leader_guesses[client] = leader.map(|leader| leader.0 as usize)
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// `client` (if any) proposes a new command to node `position`; returns it if the core
+    /// accepted it.
+    fn propose(
+        &mut self,
+        client: Option<usize>,
+        position: usize,
+    ) -> Result<Option<u64>, Violation> {
+        let command = self.clients.next_command();
+        let padding = self
+            .rng
+            .gen_range(0..=self.scenario.command_padding_bytes_max);
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("clients only talk to live nodes");
+        let outcome = core.propose(encode_command(command, padding));
+        if let Ok(entry) = outcome {
+            self.clients.proposed(position, command, entry);
+        }
+        self.trace.record(
+            self.now,
+            Event::Propose {
+                node: node.id,
+                command,
+                outcome: outcome.as_ref().map(|&entry| entry).map_err(error_name),
+            },
+        );
+        self.update_leader_guess(client, position, outcome.as_ref().err());
+        self.after_step(position)?;
+        Ok(outcome.ok().map(|_| command))
+    }
+
+    fn read(&mut self, client: usize, position: usize) -> Result<(), Violation> {
+        let read_id = self.clients.next_read_id();
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("clients only talk to live nodes");
+        // Registered first: the read must see what was observed before it was issued.
+        self.clients.read_issued(position, read_id);
+        let outcome = core.read_index(read_id);
+        if outcome.is_err() {
+            self.clients.read_refused(read_id);
+        }
+        self.trace.record(
+            self.now,
+            Event::ReadIssued {
+                node: node.id,
+                read_id,
+                outcome: outcome.as_ref().map(|_| ()).map_err(error_name),
+            },
+        );
+        self.update_leader_guess(Some(client), position, outcome.as_ref().err());
+        self.after_step(position)
+    }
+
+    fn transfer_leader(&mut self, position: usize, to: NodeId) -> Result<(), Violation> {
+        let node = &mut self.nodes[position];
+        let core = node.core.as_mut().expect("only live leaders transfer");
+        let outcome = core.transfer_leader(to);
+        self.trace.record(
+            self.now,
+            Event::TransferLeader {
+                node: node.id,
+                to,
+                outcome: outcome.map_err(|error| error_name(&error)),
+            },
+        );
+        self.after_step(position)
+    }
+
+    // ---- Liveness -----------------------------------------------------------------------
+
+    fn liveness_phase(&mut self) -> Result<(), Violation> {
+        self.trace.record(self.now, Event::LivenessPhase);
+        self.faults_enabled = false;
+        self.network.heal();
+        self.network.set_faults(self.scenario.network.calm());
+        for node in &mut self.nodes {
+            node.storage_delay_ticks_max = node
+                .storage_delay_ticks_max
+                .min(CALM_STORAGE_DELAY_TICKS_MAX);
+        }
+        let mut down: Vec<usize> = (0..self.nodes.len())
+            .filter(|&position| !self.nodes[position].is_up())
+            .collect();
+        down.shuffle(&mut self.rng);
+        let left_down = self.scenario.nodes_left_down.min(down.len());
+        for &position in &down[left_down..] {
+            self.start(position)?;
+        }
+        let longest_log = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.core.as_ref().map(|core| core.last_index().0))
+            .max()
+            .unwrap_or(0);
+        let budget_ticks = self.scenario.liveness_ticks_max(longest_log);
+        let started = self.now;
+        let deadline = started + budget_ticks;
+        let mut fresh_commands = Vec::new();
+        let mut proposed_in = None;
+        while self.now < deadline {
+            if let Some(leader) = self.leader_position() {
+                let term = self.nodes[leader].core.as_ref().map(|core| core.term());
+                if proposed_in != Some((leader, term)) {
+                    if let Some(command) = self.propose(None, leader)? {
+                        fresh_commands.push(command);
+                        proposed_in = Some((leader, term));
+                    }
+                }
+            }
+            self.tick_cluster()?;
+            if fresh_commands
+                .iter()
+                .any(|&command| self.applied_on_every_live_node(command))
+            {
+                self.liveness_ticks = self.now - started;
+                return Ok(());
+            }
+        }
+        Err(Violation::new(
+            property::LIVENESS,
+            format!(
+                "no fresh proposal applied on every live node within {} ticks of healing; \
+                 fresh commands {:?}; {}",
+                budget_ticks,
+                fresh_commands,
+                self.describe_nodes()
+            ),
+        ))
+    }
+
+    fn applied_on_every_live_node(&self, command: u64) -> bool {
+        let Some(index) = self.checkers.history.index_of_command(command) else {
+            return false;
+        };
+        self.nodes
+            .iter()
+            .filter(|node| node.is_up())
+            .all(|node| node.applied >= index)
+    }
+
+    fn describe_nodes(&self) -> String {
+        let mut description = String::new();
+        for node in &self.nodes {
+            let _ = match &node.core {
+                Some(core) => write!(
+                    description,
+                    "n{}: {:?} term {} leader {:?} commit {} applied {} last {}; ",
+                    node.id,
+                    core.role(),
+                    core.term(),
+                    core.leader(),
+                    core.commit_index(),
+                    node.applied,
+                    core.last_index()
+                ),
+                None => write!(description, "n{}: down; ", node.id),
+            };
+        }
+        description
+    }
+
+    // ---- Helpers ------------------------------------------------------------------------
+
+    fn live_positions(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&position| self.nodes[position].is_up())
+            .collect()
+    }
+
+    /// The live leader with the highest term, if any.
+    fn leader_position(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(position, node)| {
+                let core = node.core.as_ref()?;
+                (core.role() == Role::Leader).then_some((core.term(), position))
+            })
+            .max()
+            .map(|(_, position)| position)
+    }
+}
+
+fn names(nodes: &[NodeId]) -> String {
+    let names: Vec<String> = nodes.iter().map(|node| format!("n{node}")).collect();
+    names.join(" ")
+}

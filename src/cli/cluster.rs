@@ -197,7 +197,7 @@ pub(super) fn run(
 }
 
 /// `rrmq-node` in the directory of the running `rrmq`.
-fn default_node_bin() -> Result<PathBuf, CliError> {
+pub(super) fn default_node_bin() -> Result<PathBuf, CliError> {
     let exe = std::env::current_exe().map_err(CliError::io("cannot locate this executable"))?;
     let directory = exe
         .parent()
@@ -208,7 +208,7 @@ fn default_node_bin() -> Result<PathBuf, CliError> {
 /// Puts the child in its own process group, so a terminal's Ctrl-C reaches only the
 /// launcher, which then stops the nodes in order; on Linux, also asks the kernel to send the
 /// child SIGTERM if the launcher dies without doing so (e.g. SIGKILL).
-fn detach_from_terminal_signals(command: &mut Command) {
+pub(super) fn detach_from_terminal_signals(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     command.process_group(0);
     #[cfg(target_os = "linux")]

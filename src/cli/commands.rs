@@ -102,13 +102,15 @@ pub(super) fn run(
             }
             Ok(())
         }
-        Command::Cluster(_) => unreachable!("rrmq cluster is dispatched in cli::run"),
+        Command::Cluster(_) | Command::Bench(_) => {
+            unreachable!("rrmq cluster and rrmq bench are dispatched in cli::run")
+        }
     }
 }
 
 /// The client options from `--node` or `--config`, and whether they came from a config (so a
 /// node's position is its id).
-fn client_options(global: &GlobalOptions) -> Result<(ClientOptions, bool), CliError> {
+pub(super) fn client_options(global: &GlobalOptions) -> Result<(ClientOptions, bool), CliError> {
     let (mut options, from_config) = match &global.node {
         Some(node) => (ClientOptions::new(vec![node.clone()]), false),
         None => {

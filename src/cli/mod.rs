@@ -7,15 +7,19 @@
 //! What it owns: argument parsing, turning [`crate::client`] results into output (plain text
 //! for people, `--json` for scripts), one-line error messages on stderr, and the exit codes
 //! below. `rrmq cluster` (the local cluster launcher) lives in [`cluster`]. The benchmark,
-//! `rrmq bench`, belongs in `bench.rs` beside it, as one more [`Command`] variant.
+//! `rrmq bench`, lives in [`bench`].
 //!
 //! What it must not do: retry, find leaders or touch sockets itself: that is the client's
-//! job, and the benchmark must see the same behaviour as the CLI.
+//! job. The one exception is the benchmark's load generator, which drives hundreds of
+//! simulated clients from one thread (the blocking client serves one call per thread); it
+//! follows the client's retry rules exactly, so it sees the same behaviour.
 
+mod bench;
 mod cluster;
 mod commands;
 mod duration;
 
+pub use bench::{parse_size, BenchArgs};
 pub use cluster::ClusterArgs;
 pub use duration::parse_duration;
 
@@ -120,6 +124,8 @@ pub enum Command {
     Status,
     /// Run the nodes of --config as child processes until Ctrl-C or SIGTERM
     Cluster(ClusterArgs),
+    /// Measure a running cluster (produce, consume, mixed), or a fresh local one (--matrix)
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,6 +240,7 @@ pub fn run(
             }
             cluster::run(&cli.global.config, args, stdout)
         }
+        Command::Bench(args) => bench::run(&cli.global, args, stdout),
         command => commands::run(&cli.global, command, stdout, stdin),
     }
 }

@@ -1,0 +1,598 @@
+//! The load generator: ONE thread driving every simulated client through `zmq::poll`.
+//!
+//! Why one thread: the nodes and the benchmark share the machine's cores, so every cycle the
+//! benchmark burns is taken from the cluster it measures. A thread and a ZeroMQ context per
+//! simulated client would cost a context switch per reply and an I/O thread each; here all
+//! clients share one context (one I/O thread) and one poll loop.
+//!
+//! Each simulated client is closed-loop: one call in flight, the next one begun when the last
+//! ended. It has its own `client_id` and numbers its writes with `seq` (PROTOCOL.md §5); a
+//! call is encoded once, when it begins, so every retry carries the same `(client_id, seq)`.
+//! The retry rules live in [`super::machine`]; this module owns the sockets, the clock and
+//! the bookkeeping around them.
+//!
+//! Sockets: with [`Connections::PerClient`] (the default) each client has its own DEALER
+//! per node it talks to, so the node sees one TCP connection per client, as with real
+//! clients; with [`Connections::Shared`] all clients share one DEALER per node. Either way a
+//! request goes out as `[tag, "", body]`, where the 8-byte tag is the client's index and its
+//! call number, and the node echoes the envelope, so a reply finds its client and a reply to
+//! an earlier call is recognised as stale.
+//!
+//! What it must not do: sleep (it waits only in `zmq::poll`, with the nearest deadline as
+//! timeout), keep a client's second call in flight, or count a call that ended outside the
+//! measured window.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use super::machine::{Answer, ClientMachine, Finish, Step, Timing, Verdict};
+use super::process::{own_cpu, process_cpu, process_rss_kib};
+use super::report::{progress_line, CpuTime, OperationKind, ProcessReport, Recorder};
+use crate::client::{NodeAddress, REPLY_BYTES_MAX};
+use crate::protocol::{
+    decode_reply, encode_request, Encoding, ErrorCode, LeaderInfo, Operation, Outcome, Payload,
+    Reply, Request, SessionKey,
+};
+
+/// Leader hints may name nodes the benchmark was not told about; it learns at most this many.
+const NODES_MAX: usize = 64;
+
+/// How often the progress line is redrawn.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Sockets per process are limited by ZeroMQ (1023 by default); with one DEALER per client
+/// and node, this many clients stay below it even if each talks to three nodes.
+pub(super) const CLIENTS_MAX: usize = 300;
+
+/// How simulated clients share connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Connections {
+    /// One DEALER (one TCP connection) per client and node, as separate client processes.
+    PerClient,
+    /// One DEALER per node for all clients: cheaper for the benchmark, kinder to the node.
+    Shared,
+}
+
+/// What one simulated client does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// PUTs `Plan::message` to `topic`, call after call.
+    Producer { topic: String },
+    /// GETs from `topic`; stops at the first EMPTY when `until_empty`, else pauses
+    /// `Plan::empty_pause` and tries again.
+    Consumer { topic: String, until_empty: bool },
+}
+
+impl Role {
+    fn kind(&self) -> OperationKind {
+        match self {
+            Role::Producer { .. } => OperationKind::Put,
+            Role::Consumer { .. } => OperationKind::Get,
+        }
+    }
+}
+
+/// One run of the driver.
+#[derive(Clone, Debug)]
+pub(super) struct Plan {
+    /// One entry per simulated client.
+    pub roles: Vec<Role>,
+    /// What producers put.
+    pub message: Payload,
+    /// Stop measuring (and abandon calls in flight) after this long; `None`: run until every
+    /// client is done (a PUT count spent, consumers drained).
+    pub measure_for: Option<Duration>,
+    /// Producers together begin at most this many PUTs.
+    pub put_count: Option<u64>,
+    /// Calls that end before this much time has passed are not counted.
+    pub warmup: Duration,
+    pub timing: Timing,
+    pub empty_pause: Duration,
+    pub connections: Connections,
+    /// Redraw a progress line on stderr (only when stderr is a terminal).
+    pub progress: bool,
+    /// Processes whose CPU time over the measured phase (and RSS at its end) is reported.
+    pub watch_pids: Vec<u32>,
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub(super) struct RunResult {
+    pub recorder: Recorder,
+    /// The measured phase: from the end of the warmup to the end of the run (duration mode)
+    /// or to the last call's end (count and drain modes).
+    pub elapsed: Duration,
+    pub bench_cpu: CpuTime,
+    pub watched: Vec<ProcessReport>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DriverError {
+    #[error("{node}: ZeroMQ: {source}")]
+    Socket {
+        node: NodeAddress,
+        source: zmq::Error,
+    },
+    #[error("ZeroMQ poll: {0}")]
+    Poll(zmq::Error),
+}
+
+struct SimulatedClient {
+    role: Role,
+    machine: ClientMachine,
+    client_id: String,
+    seq: u64,
+    /// Numbers this client's calls; the low half of the tag.
+    call_number: u32,
+    /// The current call, encoded once.
+    body: Vec<u8>,
+    /// Which connection group's sockets it uses.
+    group: usize,
+    /// After EMPTY in a mixed run: the next GET waits until then.
+    idle_until: Option<Instant>,
+    done: bool,
+}
+
+/// `tag = client index (u32, big-endian) | call number (u32, big-endian)`.
+fn tag(client: usize, call_number: u32) -> [u8; 8] {
+    let mut tag = [0u8; 8];
+    tag[..4].copy_from_slice(&(client as u32).to_be_bytes());
+    tag[4..].copy_from_slice(&call_number.to_be_bytes());
+    tag
+}
+
+fn parse_tag(frame: &[u8]) -> Option<(usize, u32)> {
+    let bytes: [u8; 8] = frame.try_into().ok()?;
+    let client = u32::from_be_bytes(bytes[..4].try_into().expect("4 of 8 bytes"));
+    let call = u32::from_be_bytes(bytes[4..].try_into().expect("4 of 8 bytes"));
+    Some((client as usize, call))
+}
+
+/// Turns a reply into what the client machine acts on; a leader hint becomes a node index
+/// through `resolve`.
+pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option<usize>) -> Answer {
+    match reply {
+        Reply::Outcome { outcome, leader } => match outcome {
+            Outcome::Done => Answer::Decisive(Verdict::Done),
+            Outcome::Message(_) => Answer::Decisive(Verdict::Message),
+            Outcome::Topics(_) => Answer::Decisive(Verdict::Unexpected),
+            Outcome::Failed(info) => match info.code {
+                ErrorCode::NotLeader
+                | ErrorCode::Unavailable
+                | ErrorCode::Timeout
+                | ErrorCode::ShuttingDown => Answer::Retry {
+                    code: info.code,
+                    hint: leader.as_ref().and_then(resolve),
+                },
+                ErrorCode::Empty => Answer::Decisive(Verdict::Empty),
+                code => Answer::Decisive(Verdict::Failed(code)),
+            },
+        },
+        Reply::Status(_) | Reply::Stats(_) => Answer::Decisive(Verdict::Unexpected),
+    }
+}
+
+/// Runs a plan against `nodes`; the first call of every client goes to `first_node` (the
+/// leader, when the caller found it).
+pub(super) fn run(
+    plan: &Plan,
+    nodes: Vec<NodeAddress>,
+    first_node: usize,
+) -> Result<RunResult, DriverError> {
+    Driver::new(plan, nodes, first_node).run()
+}
+
+struct Driver<'a> {
+    // Sockets before the context: they must close first.
+    /// `sockets[group][node]`, created on first use.
+    sockets: Vec<Vec<Option<zmq::Socket>>>,
+    context: zmq::Context,
+    plan: &'a Plan,
+    nodes: Vec<NodeAddress>,
+    clients: Vec<SimulatedClient>,
+    recorder: Recorder,
+    puts_begun: u64,
+    measure_from: Instant,
+    /// When the last call ended, for count and drain modes.
+    last_finish: Option<Instant>,
+}
+
+impl<'a> Driver<'a> {
+    fn new(plan: &'a Plan, nodes: Vec<NodeAddress>, first_node: usize) -> Driver<'a> {
+        let run_id: u32 = rand::random();
+        let groups = match plan.connections {
+            Connections::PerClient => plan.roles.len(),
+            Connections::Shared => 1,
+        };
+        let clients = plan
+            .roles
+            .iter()
+            .enumerate()
+            .map(|(index, role)| SimulatedClient {
+                role: role.clone(),
+                machine: ClientMachine::new(plan.timing, first_node),
+                client_id: format!("bench-{run_id:08x}-{index}"),
+                seq: 0,
+                call_number: 0,
+                body: Vec::new(),
+                group: match plan.connections {
+                    Connections::PerClient => index,
+                    Connections::Shared => 0,
+                },
+                idle_until: None,
+                done: false,
+            })
+            .collect();
+        Driver {
+            sockets: (0..groups).map(|_| Vec::new()).collect(),
+            context: zmq::Context::new(),
+            plan,
+            nodes,
+            clients,
+            recorder: Recorder::new(),
+            puts_begun: 0,
+            measure_from: Instant::now() + plan.warmup,
+            last_finish: None,
+        }
+    }
+
+    fn run(mut self) -> Result<RunResult, DriverError> {
+        let started = Instant::now();
+        self.measure_from = started + self.plan.warmup;
+        let end = self.plan.measure_for.map(|time| self.measure_from + time);
+        let progress = self.plan.progress && std::io::stderr().is_terminal();
+        let mut next_progress = started + PROGRESS_INTERVAL;
+        let mut last_progress = started;
+        let mut measuring = self.plan.warmup.is_zero();
+        let mut cpu_at_start = (own_cpu(), self.watched_cpu());
+
+        for client in 0..self.clients.len() {
+            self.begin_next(client, started)?;
+        }
+        loop {
+            let now = Instant::now();
+            if !measuring && now >= self.measure_from {
+                measuring = true;
+                cpu_at_start = (own_cpu(), self.watched_cpu());
+                self.recorder = Recorder::new();
+            }
+            if end.is_some_and(|end| now >= end) {
+                break;
+            }
+            if self.clients.iter().all(|client| client.done) {
+                break;
+            }
+            if progress && now >= next_progress {
+                let intervals = self.recorder.take_intervals();
+                let line = progress_line(
+                    now.saturating_duration_since(started),
+                    &intervals,
+                    now.saturating_duration_since(last_progress),
+                    self.recorder.error_count(),
+                );
+                eprint!("\r{line}\x1b[K");
+                last_progress = now;
+                next_progress = now + PROGRESS_INTERVAL;
+            }
+
+            let mut wake = end.unwrap_or(now + Duration::from_secs(3600));
+            if !measuring {
+                wake = wake.min(self.measure_from);
+            }
+            if progress {
+                wake = wake.min(next_progress);
+            }
+            for client in &self.clients {
+                if let Some(at) = client.machine.wake_at() {
+                    wake = wake.min(at);
+                }
+                if let Some(at) = client.idle_until {
+                    wake = wake.min(at);
+                }
+            }
+            let readable = self.poll(wake.saturating_duration_since(now))?;
+            let now = Instant::now();
+            for (group, node) in readable {
+                self.receive(group, node, now)?;
+            }
+            for client in 0..self.clients.len() {
+                self.on_time(client, now)?;
+            }
+        }
+        if progress {
+            eprint!("\r\x1b[K");
+        }
+
+        let finished = Instant::now();
+        let measured_until = match end {
+            Some(end) => finished.min(end.max(self.measure_from)),
+            None => self.last_finish.unwrap_or(finished),
+        };
+        let elapsed = measured_until.saturating_duration_since(self.measure_from);
+        let (own_start, watched_start) = cpu_at_start;
+        let watched = self
+            .plan
+            .watch_pids
+            .iter()
+            .zip(watched_start)
+            .map(|(&pid, start)| ProcessReport {
+                pid,
+                cpu: match (process_cpu(pid), start) {
+                    (Some(now), Some(start)) => now.minus(start),
+                    _ => CpuTime::default(),
+                },
+                rss_kib: process_rss_kib(pid),
+            })
+            .collect();
+        let mut recorder = Recorder::new();
+        std::mem::swap(&mut recorder, &mut self.recorder);
+        Ok(RunResult {
+            recorder,
+            elapsed,
+            bench_cpu: own_cpu().minus(own_start),
+            watched,
+        })
+    }
+
+    fn watched_cpu(&self) -> Vec<Option<CpuTime>> {
+        self.plan
+            .watch_pids
+            .iter()
+            .map(|&pid| process_cpu(pid))
+            .collect()
+    }
+
+    /// Waits up to `timeout` for replies; returns the `(group, node)` of readable sockets.
+    fn poll(&self, timeout: Duration) -> Result<Vec<(usize, usize)>, DriverError> {
+        let mut slots = Vec::new();
+        let mut items = Vec::new();
+        for (group, sockets) in self.sockets.iter().enumerate() {
+            for (node, socket) in sockets.iter().enumerate() {
+                if let Some(socket) = socket {
+                    slots.push((group, node));
+                    items.push(socket.as_poll_item(zmq::POLLIN));
+                }
+            }
+        }
+        // Rounded up, so a wait never ends early and spins. With no item (every client
+        // paused), ZeroMQ's poll just waits for the timeout.
+        let milliseconds = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
+        match zmq::poll(&mut items, milliseconds) {
+            Ok(_) | Err(zmq::Error::EINTR) => {}
+            Err(error) => return Err(DriverError::Poll(error)),
+        }
+        Ok(slots
+            .into_iter()
+            .zip(&items)
+            .filter(|(_, item)| item.is_readable())
+            .map(|(slot, _)| slot)
+            .collect())
+    }
+
+    /// Reads every reply waiting on one socket and hands each to its client.
+    fn receive(&mut self, group: usize, node: usize, now: Instant) -> Result<(), DriverError> {
+        loop {
+            let Some(socket) = self.sockets[group].get(node).and_then(Option::as_ref) else {
+                return Ok(());
+            };
+            let frames = match socket.recv_multipart(zmq::DONTWAIT) {
+                Ok(frames) => frames,
+                Err(zmq::Error::EAGAIN) | Err(zmq::Error::EINTR) => return Ok(()),
+                Err(source) => {
+                    return Err(DriverError::Socket {
+                        node: self.nodes[node].clone(),
+                        source,
+                    })
+                }
+            };
+            let [tag_frame, empty, body] = frames.as_slice() else {
+                log::debug!(
+                    "{}: dropped a reply that is not [tag, \"\", body]",
+                    self.nodes[node]
+                );
+                continue;
+            };
+            let Some((client, call_number)) = parse_tag(tag_frame).filter(|_| empty.is_empty())
+            else {
+                log::debug!("{}: dropped a reply with a bad tag", self.nodes[node]);
+                continue;
+            };
+            let current = self.clients.get(client).is_some_and(|simulated| {
+                simulated.call_number == call_number
+                    && simulated.machine.is_busy()
+                    && simulated.group == group
+            });
+            if !current {
+                continue; // A late reply to a call that already ended.
+            }
+            let answer = match decode_reply(body) {
+                Ok(reply) => classify(reply, |leader| self.learn(leader)),
+                Err(error) => {
+                    log::debug!("{}: {error}", self.nodes[node]);
+                    Answer::Decisive(Verdict::Unexpected)
+                }
+            };
+            let node_count = self.nodes.len();
+            let step = self.clients[client]
+                .machine
+                .on_answer(now, node, answer, node_count);
+            self.act(client, step, now)?;
+        }
+    }
+
+    /// Fires the client's timer if due, and begins its next call after an EMPTY pause.
+    fn on_time(&mut self, client: usize, now: Instant) -> Result<(), DriverError> {
+        let simulated = &mut self.clients[client];
+        if simulated.done {
+            return Ok(());
+        }
+        if let Some(at) = simulated.idle_until {
+            if now >= at {
+                simulated.idle_until = None;
+                return self.begin_next(client, now);
+            }
+            return Ok(());
+        }
+        if simulated.machine.wake_at().is_some_and(|at| now >= at) {
+            let node_count = self.nodes.len();
+            let step = self.clients[client].machine.on_timer(now, node_count);
+            self.act(client, step, now)?;
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, client: usize, step: Step, now: Instant) -> Result<(), DriverError> {
+        match step {
+            Step::Wait => Ok(()),
+            Step::Send { node, retry } => {
+                if let Some(reason) = retry {
+                    if now >= self.measure_from {
+                        let kind = self.clients[client].role.kind();
+                        self.recorder.record_retry(kind, reason);
+                    }
+                }
+                self.send(client, node)
+            }
+            Step::Finished(finish) => self.on_finish(client, finish, now),
+        }
+    }
+
+    fn on_finish(
+        &mut self,
+        client: usize,
+        finish: Finish,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        let kind = self.clients[client].role.kind();
+        if now >= self.measure_from {
+            self.recorder.record(kind, finish);
+            self.last_finish = Some(now);
+        }
+        let empty = matches!(
+            finish.result,
+            super::machine::CallResult::Answered(Verdict::Empty)
+        );
+        let simulated = &mut self.clients[client];
+        if let (Role::Consumer { until_empty, .. }, true) = (&simulated.role, empty) {
+            if *until_empty {
+                simulated.done = true;
+                self.close_group_if_done(client);
+                return Ok(());
+            }
+            simulated.idle_until = Some(now + self.plan.empty_pause);
+            return Ok(());
+        }
+        self.begin_next(client, now)
+    }
+
+    /// Encodes the client's next call and sends its first attempt, unless the client is out
+    /// of work.
+    fn begin_next(&mut self, client: usize, now: Instant) -> Result<(), DriverError> {
+        let plan = self.plan;
+        let simulated = &mut self.clients[client];
+        let operation = match &simulated.role {
+            Role::Producer { topic } => {
+                if plan.put_count.is_some_and(|count| self.puts_begun >= count) {
+                    simulated.done = true;
+                    self.close_group_if_done(client);
+                    return Ok(());
+                }
+                self.puts_begun += 1;
+                Operation::Put {
+                    topic: topic.clone(),
+                    message: plan.message.clone(),
+                }
+            }
+            Role::Consumer { topic, .. } => Operation::Get {
+                topic: topic.clone(),
+            },
+        };
+        simulated.seq += 1;
+        simulated.call_number = simulated.call_number.wrapping_add(1);
+        simulated.body = encode_request(
+            &Request {
+                version: 2,
+                session: Some(SessionKey {
+                    client_id: simulated.client_id.clone(),
+                    seq: simulated.seq,
+                }),
+                operation,
+            },
+            Encoding::MsgPack,
+        );
+        let step = simulated.machine.begin(now, self.nodes.len());
+        self.act(client, step, now)
+    }
+
+    /// Per-client sockets of a client that is done are closed, so the poll set shrinks.
+    fn close_group_if_done(&mut self, client: usize) {
+        if self.plan.connections == Connections::PerClient {
+            let group = self.clients[client].group;
+            self.sockets[group].clear();
+        }
+    }
+
+    /// Queues the client's current call for `node` without blocking. A full queue (a node
+    /// that takes nothing) drops the socket; the attempt then meets silence and the machine
+    /// moves on.
+    fn send(&mut self, client: usize, node: usize) -> Result<(), DriverError> {
+        let group = self.clients[client].group;
+        let frame_tag = tag(client, self.clients[client].call_number);
+        self.open_socket(group, node)?;
+        let socket = self.sockets[group][node]
+            .as_ref()
+            .expect("open_socket leaves the socket open");
+        let frames: [&[u8]; 3] = [&frame_tag, &[], &self.clients[client].body];
+        match socket.send_multipart(frames, zmq::DONTWAIT) {
+            Ok(()) => Ok(()),
+            Err(zmq::Error::EAGAIN) => {
+                log::debug!("{}: send queue full; dropping the socket", self.nodes[node]);
+                self.sockets[group][node] = None;
+                Ok(())
+            }
+            Err(source) => Err(DriverError::Socket {
+                node: self.nodes[node].clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Creates and connects the DEALER of `group` towards `node` unless it exists.
+    fn open_socket(&mut self, group: usize, node: usize) -> Result<(), DriverError> {
+        let sockets = &mut self.sockets[group];
+        if sockets.len() <= node {
+            sockets.resize_with(node + 1, || None);
+        }
+        if sockets[node].is_none() {
+            let address = &self.nodes[node];
+            let fail = |source| DriverError::Socket {
+                node: address.clone(),
+                source,
+            };
+            let socket = self.context.socket(zmq::DEALER).map_err(fail)?;
+            socket.set_linger(0).map_err(fail)?;
+            socket
+                .set_maxmsgsize(REPLY_BYTES_MAX as i64)
+                .map_err(fail)?;
+            socket.connect(&address.endpoint()).map_err(fail)?;
+            sockets[node] = Some(socket);
+        }
+        Ok(())
+    }
+
+    /// The index of the node a leader hint names, learning its address if new.
+    fn learn(&mut self, leader: &LeaderInfo) -> Option<usize> {
+        let address = NodeAddress::new(leader.ip.clone(), leader.port).ok()?;
+        if let Some(index) = self.nodes.iter().position(|known| *known == address) {
+            return Some(index);
+        }
+        if self.nodes.len() >= NODES_MAX {
+            return None;
+        }
+        self.nodes.push(address);
+        Some(self.nodes.len() - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -21,6 +21,7 @@
 //! (the entry of an answer a client received, or the applied index an earlier read was
 //! answered at).
 
+use super::trace::ReplySummary;
 use super::workload::{entry_key, CommandKey};
 use super::{property, Violation};
 use bytes::Bytes;
@@ -255,8 +256,11 @@ impl ClientOracle {
                 return Err(Violation::new(
                     property::EXACTLY_ONCE,
                     format!(
-                        "{} answered {:?} (from {}), but an earlier attempt was answered {:?}",
-                        reply.command, reply.outcome, reply.entry, first
+                        "{} answered {} (from {}), but an earlier attempt was answered {}",
+                        reply.command,
+                        ReplySummary::of(&reply.outcome),
+                        reply.entry,
+                        ReplySummary::of(first)
                     ),
                 ));
             }

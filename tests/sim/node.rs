@@ -593,6 +593,7 @@ impl Simulation {
             .restarted(position, &core, node.storage.entries())?;
         let (state, chain) = match node.storage.snapshot() {
             Some(saved) => {
+                self.restarts_from_snapshot += 1;
                 let (_, state, chain) = load_snapshot(id, saved, &self.scenario.queue)?;
                 self.checkers
                     .history

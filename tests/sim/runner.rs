@@ -128,8 +128,8 @@ impl fmt::Display for Totals {
             f,
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
              {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
-             {} replays, {} SESSION_EXPIRED), {} snapshots saved, {} installed, {} state \
-             digests compared, {} reads answered, {} crashes, {} messages sent \
+             {} replays, {} SESSION_EXPIRED), {} snapshots saved, {} installed, {} restarts \
+             from a snapshot, {} state digests compared, {} reads answered, {} crashes, {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
             self.elapsed,
@@ -143,6 +143,7 @@ impl fmt::Display for Totals {
             s.expired_sessions,
             s.snapshots_saved,
             s.snapshots_installed,
+            s.restarts_from_snapshot,
             s.digests_compared,
             s.answered_reads,
             s.crashes,
@@ -232,6 +233,7 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.replays += run.replays;
     sum.snapshots_saved += run.snapshots_saved;
     sum.snapshots_installed += run.snapshots_installed;
+    sum.restarts_from_snapshot += run.restarts_from_snapshot;
     sum.digests_compared += run.digests_compared;
     sum.answered_reads += run.answered_reads;
     sum.terms_with_leader += run.terms_with_leader;

@@ -46,6 +46,7 @@ pub struct RunSummary {
     pub replays: u64,
     pub snapshots_saved: u64,
     pub snapshots_installed: u64,
+    pub restarts_from_snapshot: u64,
     /// Whole-state digests compared.
     pub digests_compared: u64,
     pub answered_reads: u64,
@@ -76,6 +77,7 @@ pub struct Simulation {
     pub(super) crash_count: u64,
     pub(super) snapshots_saved: u64,
     pub(super) snapshots_installed: u64,
+    pub(super) restarts_from_snapshot: u64,
     /// Per unkeyed writer and reader: the node it sends requests to (see `client_target`).
     leader_guesses: Vec<Option<usize>>,
     /// How long the liveness phase took to converge.
@@ -109,6 +111,7 @@ impl Simulation {
             crash_count: 0,
             snapshots_saved: 0,
             snapshots_installed: 0,
+            restarts_from_snapshot: 0,
             leader_guesses,
             liveness_ticks: 0,
         }
@@ -152,6 +155,7 @@ impl Simulation {
             replays: exactly_once.replays,
             snapshots_saved: self.snapshots_saved,
             snapshots_installed: self.snapshots_installed,
+            restarts_from_snapshot: self.restarts_from_snapshot,
             digests_compared: self.checkers.state_machine.digests.compared,
             answered_reads: self.clients.answered_reads,
             terms_with_leader: self.checkers.election_safety.terms_with_leader() as u64,

@@ -18,6 +18,7 @@
 //! instance's seq 1 is always a `CreateTopic`, which moves no message, and only its reply may
 //! then differ between executions.
 
+use super::trace::ReplySummary;
 use super::workload::{command_key, decode, message_id, CommandKey};
 use super::{property, Violation};
 use rrmq::protocol::{ErrorCode, Outcome, Payload};
@@ -118,9 +119,11 @@ impl Reference {
             return Err(Violation::new(
                 property::REPLICA_STATE,
                 format!(
-                    "n{node} applying {index} got {outcome:?} and {stats:?}; applying the \
-                     committed history gives {:?} and {:?}",
-                    applied.outcome, applied.stats
+                    "n{node} applying {index} got {} and {stats:?}; applying the committed \
+                     history gives {} and {:?}",
+                    brief(outcome),
+                    brief(applied.outcome.as_ref()),
+                    applied.stats
                 ),
             ));
         }
@@ -222,6 +225,12 @@ pub struct ExactlyOnce {
     pub expired: u64,
 }
 
+fn brief(outcome: Option<&Outcome>) -> String {
+    outcome.map_or("(a no-op)".to_string(), |outcome| {
+        ReplySummary::of(outcome).to_string()
+    })
+}
+
 fn is_expired(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Failed(error) if error.code == ErrorCode::SessionExpired)
 }
@@ -264,6 +273,7 @@ impl ExactlyOnce {
         after: &QueueStats,
     ) -> Result<(), Violation> {
         let violation = |detail: String| Err(Violation::new(property::EXACTLY_ONCE, detail));
+        let answered = ReplySummary::of(outcome);
         let Some(key) = command_key(command) else {
             return Err(Violation::new(
                 property::CLIENT_ORACLE,
@@ -279,7 +289,7 @@ impl ExactlyOnce {
                 };
                 if *outcome != Outcome::Done {
                     return violation(format!(
-                        "{key} at {index} enqueued m{id} but answered {outcome:?}"
+                        "{key} at {index} enqueued m{id} but answered {answered}"
                     ));
                 }
                 if let Some((at, by)) = self.enqueued.insert(id, (index, key)) {
@@ -292,7 +302,7 @@ impl ExactlyOnce {
             (Command::Get { topic }, -1) => {
                 let Outcome::Message(payload) = outcome else {
                     return violation(format!(
-                        "{key} at {index} popped a message but answered {outcome:?}"
+                        "{key} at {index} popped a message but answered {answered}"
                     ));
                 };
                 let id = message_id(payload);
@@ -332,7 +342,7 @@ impl ExactlyOnce {
             };
             if !consistent {
                 return violation(format!(
-                    "{key} at {index} answered {outcome:?} but changed the message count by \
+                    "{key} at {index} answered {answered} but changed the message count by \
                      {change}"
                 ));
             }
@@ -360,9 +370,10 @@ impl ExactlyOnce {
             // The documented exception: a first command whose session was forgotten is
             // executed again. Only its reply may differ: seq 1 is a CreateTopic.
             if !self.executed_again_allowed(key) && (outcome != first || change != 0) {
+                let first = ReplySummary::of(first);
                 return violation(format!(
-                    "retry of {key} at {index} answered {outcome:?} (changing the message \
-                     count by {change}); it first answered {first:?} at {at}"
+                    "retry of {key} at {index} answered {answered} (changing the message \
+                     count by {change}); it first answered {first} at {at}"
                 ));
             }
         } else {
@@ -388,11 +399,13 @@ impl ExactlyOnce {
         if is_expired(outcome) {
             return Ok(());
         }
+        let answer = ReplySummary::of(outcome);
         if let Some((first, at)) = self.first_outcome.get(&key) {
             if outcome != first && !self.executed_again_allowed(key) {
+                let first = ReplySummary::of(first);
                 return violation(format!(
-                    "n{node} answered {key} (entry {index}) with {outcome:?}, its first \
-                     execution at {at} with {first:?}"
+                    "n{node} answered {key} (entry {index}) with {answer}, its first \
+                     execution at {at} with {first}"
                 ));
             }
         }
@@ -402,7 +415,7 @@ impl ExactlyOnce {
                 let took_effect = id.is_some_and(|id| self.enqueued.contains_key(&id));
                 if (*outcome == Outcome::Done) != took_effect {
                     return violation(format!(
-                        "n{node} answered PUT {key} (entry {index}) with {outcome:?}, but its \
+                        "n{node} answered PUT {key} (entry {index}) with {answer}, but its \
                          message {id:?} {} enqueued",
                         if took_effect { "was" } else { "was never" }
                     ));

@@ -400,7 +400,8 @@ impl Simulation {
                 ),
             ));
         }
-        let (id, state, chain) = load_snapshot(node.id, snapshot, &self.scenario.queue)?;
+        let id = node.id;
+        let (state, chain) = load_snapshot(id, snapshot, &self.scenario.queue)?;
         self.checkers
             .history
             .check_snapshot(id, meta, Some(chain))?;
@@ -594,7 +595,7 @@ impl Simulation {
         let (state, chain) = match node.storage.snapshot() {
             Some(saved) => {
                 self.restarts_from_snapshot += 1;
-                let (_, state, chain) = load_snapshot(id, saved, &self.scenario.queue)?;
+                let (state, chain) = load_snapshot(id, saved, &self.scenario.queue)?;
                 self.checkers
                     .history
                     .check_snapshot(id, snapshot, Some(chain))?;
@@ -619,14 +620,14 @@ impl Simulation {
     }
 }
 
-/// Decodes a snapshot's state machine: (node, state, history chain).
+/// Decodes a snapshot's state machine: (state, history chain).
 fn load_snapshot(
     node: NodeId,
     snapshot: &SnapshotData,
     config: &QueueConfig,
-) -> Result<(NodeId, Queue, u64), Violation> {
+) -> Result<(Queue, u64), Violation> {
     match Queue::decode_snapshot(config.clone(), &snapshot.state[..]) {
-        Ok(state) => Ok((node, state, snapshot.history_chain)),
+        Ok(state) => Ok((state, snapshot.history_chain)),
         Err(error) => Err(Violation::new(
             property::SNAPSHOTS,
             format!(

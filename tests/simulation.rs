@@ -1,7 +1,10 @@
-//! Deterministic simulation of the Raft core: thousands of random failure schedules, each
-//! checked for Election Safety, Log Matching, State Machine Safety, Leader Completeness,
-//! commit monotonicity, the core's own invariants and linearizable reads after every step,
-//! then for liveness once the network heals. See `tests/sim/mod.rs` for the design.
+//! Deterministic simulation of the Raft core and the queue replicated with it: thousands of
+//! random failure schedules — with snapshots, compaction and InstallSnapshot, and clients
+//! retrying with `(client_id, seq)` — each checked for Election Safety, Log Matching, State
+//! Machine Safety, Leader Completeness, commit monotonicity, the core's own invariants,
+//! linearizable reads, snapshots of the committed prefix, identical replicated state and
+//! exactly-once operations after every step, then for liveness once the network heals. See
+//! `tests/sim/mod.rs` for the design.
 //!
 //! A failure prints `RRMQ_SIM_SEED=<seed>`; rerun with it to replay the same schedule.
 //! `RRMQ_SIM_RUNS=<n>` explores more seeds (`RRMQ_SIM_FIRST_SEED` says where to start).
@@ -18,14 +21,31 @@ fn random_schedules_keep_raft_safe_and_live() {
     let totals = sim::run_plan(&plan);
     println!("{totals}");
     // A harness that stopped exercising the core would pass vacuously.
+    let summary = &totals.summary;
     assert!(
-        totals.summary.committed_entries >= totals.runs,
+        summary.committed_entries >= totals.runs,
         "too little committed: {totals}"
     );
+    assert!(summary.answered_reads > 0, "no read answered: {totals}");
     assert!(
-        totals.summary.answered_reads > 0,
-        "no read answered: {totals}"
+        summary.answered_operations > 0,
+        "no session operation answered: {totals}"
     );
+    if totals.runs >= 100 {
+        // Rarer events, but a few hundred schedules always see them.
+        assert!(
+            summary.snapshots_installed > 0 && summary.restarts_from_snapshot > 0,
+            "no snapshot installed or restarted from: {totals}"
+        );
+        assert!(
+            summary.replays > 0 && summary.retries > 0,
+            "no retry recognised by the session table: {totals}"
+        );
+        assert!(
+            summary.expired_sessions > 0,
+            "no session ever expired: {totals}"
+        );
+    }
 }
 
 #[test]

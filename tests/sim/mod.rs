@@ -7,10 +7,13 @@
 //! schedules, each checked after every step, do (TigerBeetle `src/vopr.zig`, etcd
 //! `rafttest/`).
 //!
-//! What it owns: the simulated world around the cores — network ([`network`]), durable
-//! storage per node ([`storage`]), the runtime loop of each node ([`node`]), the clients and
-//! their oracle ([`client`]) — and the safety checkers ([`checkers`]), one per property.
-//! [`simulation`] drives one run; [`runner`] turns seeds into runs and failures into reports.
+//! What it owns: the simulated world around the cores — network ([`network`], which also
+//! carries snapshot data), durable storage per node with its snapshot ([`storage`]), the
+//! runtime loop of each node with its state machine, the real `rrmq::queue::Queue`
+//! ([`node`]), the clients that retry with `(client_id, seq)` and their oracle ([`client`],
+//! [`workload`]) — and the safety checkers, one per property: Raft's in [`checkers`], the
+//! state machine's (exactly once, replicas agree) in [`state_machine`]. [`simulation`]
+//! drives one run; [`runner`] turns seeds into runs and failures into reports.
 //!
 //! What it must not do: reach into the core. Everything goes through the public `Core` API,
 //! as a real runtime would; if the simulator needs a back door, the API lacks something.
@@ -23,14 +26,25 @@
 //! Extending it:
 //! - a new fault: a knob in `scenario.rs` (drawn per run), applied in `simulation.rs`
 //!   (`inject_faults`) or `node.rs` (the runtime loop), and an `Event` for the trace;
-//! - a new property: a checker in `checkers.rs` with a unit test that makes it fail, fed
-//!   from `Checkers::after_step` or the runtime hooks, and a name in [`property`];
-//! - snapshots: `DurableStorage` gains the snapshot (and `persist` its install rule),
-//!   `LogMatching`'s views and `CommittedHistory`'s per-node cursors start at the snapshot
-//!   index, and a restarted node's state machine starts from the snapshot instead of empty;
-//! - client sessions: `ClientOracle` already gives every command a unique id; retries of a
-//!   timed-out command would reuse it, and the history's at-most-once check then becomes
-//!   "applied at most once by the session table" rather than "committed at most once".
+//! - a new property: a checker in `checkers.rs` or `state_machine.rs` with a unit test that
+//!   makes it fail, fed from `Checkers::after_step` or the runtime hooks, and a name in
+//!   [`property`];
+//! - a new operation: a `Command` in `workload.rs` that can be traced back to its client
+//!   operation from its bytes, and its effects in `ExactlyOnce::observe`.
+//!
+//! Snapshots: nodes save snapshots of their state machine at random points and compact
+//! their logs (storage sometimes later), crash and restart from the snapshot plus the log
+//! after it, and followers behind a compacted log catch up through `InstallSnapshot`, whose
+//! data travels (slowly, and may be lost, sometimes reported to the leader's core) beside the
+//! message. A log that starts after a snapshot is checked through the snapshot: its last
+//! entry must be committed history and its data must have been made from the committed
+//! prefix (a chained hash travels with it), and a node that installs one has applied that
+//! prefix as far as `CommittedHistory` is concerned.
+//!
+//! Client sessions: session clients keep one operation outstanding and retry it with the same
+//! `(client_id, seq)` until answered; unkeyed writers put without sessions. A command may
+//! then commit as often as it was proposed; the session table, checked from the outside by
+//! the effects along the committed history, must make each operation take effect once.
 
 pub mod checkers;
 pub mod client;
@@ -39,8 +53,10 @@ pub mod node;
 pub mod runner;
 pub mod scenario;
 pub mod simulation;
+pub mod state_machine;
 pub mod storage;
 pub mod trace;
+pub mod workload;
 
 /// A broken safety (or liveness) property: the run stops at the first one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,7 +83,13 @@ pub mod property {
     pub const LEADER_COMPLETENESS: &str = "Leader Completeness";
     pub const COMMIT_MONOTONIC: &str = "commit index never decreases on a live node";
     pub const LINEARIZABLE_READS: &str = "linearizable reads";
-    pub const CLIENT_ORACLE: &str = "client oracle (acknowledged writes, at most once)";
+    pub const CLIENT_ORACLE: &str =
+        "client oracle (a command commits at most as often as it was proposed)";
+    pub const EXACTLY_ONCE: &str =
+        "exactly once (an operation takes effect once; every answer to it is the first one)";
+    pub const REPLICA_STATE: &str =
+        "replicated state (every state machine equals the reference at the same applied index)";
+    pub const SNAPSHOTS: &str = "snapshots (a snapshot is of the committed prefix it claims)";
     pub const READY_CONTRACT: &str = "Ready contract";
     pub const CORE_PANIC: &str = "core invariant (panic inside the core)";
     pub const LIVENESS: &str = "liveness (leader elected and a fresh proposal committed)";

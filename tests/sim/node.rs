@@ -1,23 +1,43 @@
-//! One simulated node: a `Core`, its durable storage and the runtime loop around them.
+//! One simulated node: a `Core`, its durable storage, its state machine (`rrmq::queue::Queue`)
+//! and the runtime loop around them.
 //!
 //! The loop follows the contract in `rrmq::raft`'s module docs: take a `Ready`, send its
-//! `messages` at once, persist its hard state and entries, then send
-//! `messages_after_persist`, report `on_persisted`, apply `committed` and answer reads. A slow
-//! disk finishes a `Ready` some ticks after it was taken; the core keeps ticking and stepping
-//! meanwhile, but `ready()` is not called again before the previous `Ready` is finished. A
-//! crash loses the core, the unfinished `Ready` and the applied state; a restart builds a new
-//! core from durable storage and re-applies from the start.
+//! `messages` at once, install its snapshot and persist its hard state and entries, then
+//! send `messages_after_persist`, report `on_persisted`, apply `committed` and answer
+//! clients and reads. A slow disk finishes a `Ready` some ticks after it was taken; the core
+//! keeps ticking and stepping meanwhile, but `ready()` is not called again before the
+//! previous `Ready` is finished. A crash loses the core, the unfinished `Ready` and the state
+//! machine; a restart builds a new core from durable storage and rebuilds the state machine
+//! from the saved snapshot, then re-applies the log after it.
+//!
+//! Snapshots: at random points a node saves a snapshot of its state machine at its applied
+//! index (atomically, with the chained hash of the prefix it applied) and tells the core,
+//! which compacts its log. An `InstallSnapshot` the core sends carries the node's saved
+//! snapshot over the network; the receiving node keeps the data until its core's `Ready`
+//! asks to install it, and the transport may report the transfer's fate to the leader's core.
 
+use super::checkers::chain_hash;
+use super::client::Reply;
+use super::network::Envelope;
 use super::simulation::Simulation;
-use super::storage::DurableStorage;
-use super::trace::{CrashPoint, Event, MessageSummary};
-use super::Violation;
+use super::state_machine::DIGEST_EVERY_ENTRIES;
+use super::storage::{DurableStorage, SnapshotData};
+use super::trace::{CrashPoint, Event, MessageSummary, ReplySummary};
+use super::{property, Violation};
+use bytes::Bytes;
 use rand::Rng;
-use rrmq::raft::{Core, Entry, HardState, LogIndex, Message, NodeId, Role, Term};
+use rrmq::queue::{Queue, QueueConfig};
+use rrmq::raft::{
+    Core, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId, Role,
+    SnapshotMeta, Term,
+};
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// A `Ready` taken from the core, waiting for the disk.
 pub struct UnfinishedReady {
     pub durable_at_tick: u64,
+    pub snapshot: Option<Arc<SnapshotData>>,
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
     pub messages_after_persist: Vec<Message>,
@@ -32,17 +52,58 @@ pub struct SimNode {
     pub unfinished: Option<UnfinishedReady>,
     /// A `Ready` is durable `0..=this` ticks after it was taken.
     pub storage_delay_ticks_max: u64,
-    /// The state machine: how far the node applied since it (re)started.
-    pub applied: LogIndex,
+    /// The state machine.
+    pub state: Queue,
+    /// The last entry applied to `state` (or covered by the snapshot it was loaded from).
+    pub applied: EntryId,
+    /// The chained hash of the entries applied, `1..=applied.index`.
+    pub applied_chain: u64,
+    /// Snapshot data that arrived with `InstallSnapshot` messages since the last `ready()`.
+    pub received_snapshots: Vec<Arc<SnapshotData>>,
+    /// The snapshots this node held lately, newest last: an `InstallSnapshot` queued before
+    /// the node saved a newer one names the older one, which the runtime still has at hand
+    /// for a while (a transport streaming it holds it open). Older ones are gone: sending
+    /// one fails like a lost transfer.
+    pub recent_snapshots: VecDeque<Arc<SnapshotData>>,
     /// Role and term last seen, to trace changes.
     pub role_seen: Option<(Role, Term)>,
 }
 
 impl SimNode {
+    pub fn new(id: NodeId, storage_delay_ticks_max: u64, queue: QueueConfig) -> SimNode {
+        SimNode {
+            id,
+            core: None,
+            storage: DurableStorage::default(),
+            unfinished: None,
+            storage_delay_ticks_max,
+            state: Queue::new(queue),
+            applied: EntryId::default(),
+            applied_chain: 0,
+            received_snapshots: Vec::new(),
+            recent_snapshots: VecDeque::new(),
+            role_seen: None,
+        }
+    }
+
     pub fn is_up(&self) -> bool {
         self.core.is_some()
     }
+
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied.index
+    }
+
+    fn remember_snapshot(&mut self, snapshot: Arc<SnapshotData>) {
+        if self.recent_snapshots.len() == RECENT_SNAPSHOTS_MAX {
+            self.recent_snapshots.pop_front();
+        }
+        self.recent_snapshots.push_back(snapshot);
+    }
 }
+
+/// Snapshots a node keeps at hand for transfers (see `SimNode::recent_snapshots`).
+const RECENT_SNAPSHOTS_MAX: usize = 2;
 
 /// `Ready`s a node takes and finishes in one go, at most: the rest waits for the next tick.
 const READY_ROUNDS_MAX: usize = 8;
@@ -78,22 +139,59 @@ impl Simulation {
         Ok(())
     }
 
-    /// Delivers one message to its addressee, if it is up.
-    pub(super) fn deliver(&mut self, message: Message) -> Result<(), Violation> {
+    /// Delivers one message (with its snapshot data) to its addressee, if it is up.
+    pub(super) fn deliver(&mut self, envelope: Envelope) -> Result<(), Violation> {
+        let message = envelope.message;
         let position = message.to.0 as usize;
-        let Some(core) = self.nodes[position].core.as_mut() else {
+        let node = &mut self.nodes[position];
+        let Some(core) = node.core.as_mut() else {
             self.network
                 .lose(&message, "node down", self.now, &mut self.trace);
             return Ok(());
         };
         self.trace
             .record(self.now, Event::Delivered(MessageSummary::of(&message)));
+        let snapshot_from = match &message.body {
+            MessageBody::InstallSnapshot { .. } => Some((message.from, message.to)),
+            _ => None,
+        };
+        if let Some(snapshot) = envelope.snapshot {
+            node.received_snapshots.push(snapshot);
+        }
         core.step(message);
         self.after_step(position)?;
+        if let Some((leader, follower)) = snapshot_from {
+            if self.rng.gen_bool(self.scenario.snapshot_report_chance) {
+                self.report_snapshot(leader, follower, true)?;
+            }
+        }
         if self.rng.gen_bool(self.scenario.eager_ready_chance) {
             self.process_ready(position)?;
         }
         Ok(())
+    }
+
+    /// The transport of `leader` tells its core how a snapshot transfer to `follower` went.
+    pub(super) fn report_snapshot(
+        &mut self,
+        leader: NodeId,
+        follower: NodeId,
+        delivered: bool,
+    ) -> Result<(), Violation> {
+        let position = leader.0 as usize;
+        let Some(core) = self.nodes[position].core.as_mut() else {
+            return Ok(());
+        };
+        core.report_snapshot(follower, delivered);
+        self.trace.record(
+            self.now,
+            Event::SnapshotReported {
+                leader,
+                follower,
+                delivered,
+            },
+        );
+        self.after_step(position)
     }
 
     /// Finishes the node's unfinished `Ready` if its disk is done, and takes new ones.
@@ -126,6 +224,23 @@ impl Simulation {
             .as_mut()
             .expect("process_ready checked the node is up");
         let ready = core.ready();
+        let received = std::mem::take(&mut node.received_snapshots);
+        let snapshot = match ready.snapshot {
+            None => None,
+            Some(meta) => {
+                let Some(data) = received.into_iter().rev().find(|data| data.meta == meta) else {
+                    return Err(Violation::new(
+                        property::READY_CONTRACT,
+                        format!(
+                            "n{id}: Ready installs a snapshot up to {}, which never arrived",
+                            meta.last
+                        ),
+                    ));
+                };
+                self.checkers.log_matching.installed(position, id, meta)?;
+                Some(data)
+            }
+        };
         self.checkers
             .log_matching
             .handed_out(position, id, &ready.entries)?;
@@ -133,8 +248,37 @@ impl Simulation {
             .log_matching
             .check_against_core(position, id, core.last_index(), core)?;
         for message in ready.messages {
-            self.network
-                .send(message, now, &mut self.rng, &mut self.trace);
+            let snapshot = match &message.body {
+                MessageBody::InstallSnapshot { snapshot: meta } => {
+                    let held = node
+                        .recent_snapshots
+                        .iter()
+                        .find(|held| held.meta == *meta)
+                        .cloned();
+                    if held.is_none() {
+                        if *meta == core.snapshot() {
+                            return Err(Violation::new(
+                                property::READY_CONTRACT,
+                                format!(
+                                    "n{id} sends its snapshot up to {}, which it never saved",
+                                    meta.last
+                                ),
+                            ));
+                        }
+                        self.network
+                            .lose(&message, "snapshot data gone", now, &mut self.trace);
+                        continue;
+                    }
+                    held
+                }
+                _ => None,
+            };
+            self.network.send(
+                Envelope { message, snapshot },
+                now,
+                &mut self.rng,
+                &mut self.trace,
+            );
         }
         for read_id in ready.aborted_reads {
             self.clients.read_aborted(position, id, read_id)?;
@@ -150,7 +294,7 @@ impl Simulation {
             );
             self.clients.read_confirmed(position, id, read_state)?;
         }
-        self.clients.answer_reads(position, node.applied);
+        self.clients.answer_reads(position, node.applied_index());
         let delay_ticks =
             if self.faults_enabled && self.rng.gen_bool(self.scenario.storage_stall_chance) {
                 self.rng
@@ -160,6 +304,7 @@ impl Simulation {
             };
         node.unfinished = Some(UnfinishedReady {
             durable_at_tick: now + delay_ticks,
+            snapshot,
             hard_state: ready.hard_state,
             entries: ready.entries,
             messages_after_persist: ready.messages_after_persist,
@@ -180,6 +325,10 @@ impl Simulation {
             .unfinished
             .take()
             .expect("process_ready checked there is one");
+        if let Some(snapshot) = &ready.snapshot {
+            node.storage.install_snapshot(Arc::clone(snapshot));
+            node.remember_snapshot(Arc::clone(snapshot));
+        }
         node.storage.persist(id, ready.hard_state, &ready.entries)?;
         if ready.hard_state.is_some() || !ready.entries.is_empty() {
             self.trace.record(
@@ -202,8 +351,15 @@ impl Simulation {
             return Ok(());
         }
         for message in ready.messages_after_persist {
-            self.network
-                .send(message, now, &mut self.rng, &mut self.trace);
+            self.network.send(
+                Envelope {
+                    message,
+                    snapshot: None,
+                },
+                now,
+                &mut self.rng,
+                &mut self.trace,
+            );
         }
         if let Some(last) = ready.entries.last() {
             let core = self.nodes[position]
@@ -213,30 +369,179 @@ impl Simulation {
             core.on_persisted(last.id());
             self.after_step(position)?;
         }
+        if let Some(snapshot) = ready.snapshot {
+            self.install_snapshot(position, &snapshot)?;
+        }
         for entry in &ready.committed {
             self.apply(position, entry)?;
         }
-        let applied = self.nodes[position].applied;
+        let applied = self.nodes[position].applied_index();
         self.clients.answer_reads(position, applied);
+        Ok(())
+    }
+
+    /// The state machine takes over the leader's snapshot: it now stands for the committed
+    /// prefix up to the snapshot's index.
+    fn install_snapshot(
+        &mut self,
+        position: usize,
+        snapshot: &SnapshotData,
+    ) -> Result<(), Violation> {
+        let node = &mut self.nodes[position];
+        let meta = snapshot.meta;
+        if meta.index() <= node.applied_index() {
+            return Err(Violation::new(
+                property::READY_CONTRACT,
+                format!(
+                    "n{}: Ready installs a snapshot up to {}, but the node applied up to {}",
+                    node.id,
+                    meta.last,
+                    node.applied_index()
+                ),
+            ));
+        }
+        let id = node.id;
+        let (state, chain) = load_snapshot(id, snapshot, &self.scenario.queue)?;
+        self.checkers
+            .history
+            .check_snapshot(id, meta, Some(chain))?;
+        self.checkers
+            .state_machine
+            .check_state(id, meta.index(), &state)?;
+        let node = &mut self.nodes[position];
+        node.state = state;
+        node.applied = meta.last;
+        node.applied_chain = chain;
+        self.clients.snapshot_installed(position, meta.index());
+        self.snapshots_installed += 1;
+        self.trace.record(
+            self.now,
+            Event::SnapshotInstalled {
+                node: id,
+                last: meta.last,
+            },
+        );
         Ok(())
     }
 
     fn apply(&mut self, position: usize, entry: &Entry) -> Result<(), Violation> {
         let node = &mut self.nodes[position];
-        let index = node.applied.next();
-        self.checkers.history.check_applied(node.id, index, entry)?;
-        node.applied = index;
-        if let Some(command) = self.clients.applied(position, node.id, entry)? {
-            self.trace.record(
-                self.now,
-                Event::Acknowledged {
-                    node: node.id,
-                    command,
-                    entry: entry.id(),
-                },
-            );
+        let id = node.id;
+        let index = node.applied_index().next();
+        self.checkers.history.check_applied(id, index, entry)?;
+        node.applied = entry.id();
+        node.applied_chain = chain_hash(node.applied_chain, entry);
+        let outcome = match &entry.payload {
+            EntryPayload::Command(bytes) => Some(node.state.apply(index, bytes)),
+            EntryPayload::Noop => None,
+        };
+        self.checkers.state_machine.check_replica(
+            id,
+            index,
+            outcome.as_ref(),
+            &node.state.stats(),
+        )?;
+        if index.0.is_multiple_of(DIGEST_EVERY_ENTRIES) {
+            let node = &self.nodes[position];
+            self.checkers
+                .state_machine
+                .check_state(id, index, &node.state)?;
+        }
+        if let Some(reply) = self
+            .clients
+            .applied(position, id, entry, outcome.as_ref())?
+        {
+            self.answer(id, reply)?;
         }
         Ok(())
+    }
+
+    /// Node `node` answers a client; the reply may be lost on its way.
+    fn answer(&mut self, node: NodeId, reply: Reply) -> Result<(), Violation> {
+        self.checkers.state_machine.exactly_once.check_reply(
+            node,
+            reply.command,
+            &reply.logged,
+            reply.entry.index,
+            &reply.outcome,
+        )?;
+        let delivered =
+            !(self.faults_enabled && self.rng.gen_bool(self.scenario.reply_drop_chance));
+        self.trace.record(
+            self.now,
+            Event::Replied {
+                node,
+                command: reply.command,
+                entry: reply.entry,
+                reply: ReplySummary::of(&reply.outcome),
+                delivered,
+            },
+        );
+        if delivered {
+            let executed_again_allowed = self
+                .checkers
+                .state_machine
+                .exactly_once
+                .executed_again_allowed(reply.command);
+            if let Some(client) = self
+                .clients
+                .reply_delivered(&reply, executed_again_allowed)?
+            {
+                self.trace.record(self.now, Event::NewClientId { client });
+            }
+        }
+        Ok(())
+    }
+
+    /// Maybe saves a snapshot of node `position`'s state machine and compacts its log.
+    pub(super) fn maybe_snapshot(&mut self, position: usize) -> Result<(), Violation> {
+        let node = &self.nodes[position];
+        let Some(core) = node.core.as_ref() else {
+            return Ok(());
+        };
+        if node.applied_index() <= core.snapshot().index() {
+            return Ok(());
+        }
+        let meta = SnapshotMeta { last: node.applied };
+        let lag = self
+            .rng
+            .gen_range(0..=self.scenario.compaction_lag_entries_max);
+        let compact_to = LogIndex(meta.index().0.saturating_sub(lag));
+        let storage_compacted = !self.rng.gen_bool(self.scenario.lazy_compaction_chance);
+        let node = &mut self.nodes[position];
+        let id = node.id;
+        let mut state = Vec::new();
+        node.state
+            .encode_snapshot(&mut state)
+            .expect("encoding into a Vec cannot fail");
+        let snapshot = Arc::new(SnapshotData {
+            meta,
+            state: Bytes::from(state),
+            history_chain: node.applied_chain,
+        });
+        self.checkers
+            .history
+            .check_snapshot(id, meta, Some(snapshot.history_chain))?;
+        self.checkers
+            .state_machine
+            .check_state(id, meta.index(), &node.state)?;
+        node.remember_snapshot(Arc::clone(&snapshot));
+        node.storage
+            .save_snapshot(snapshot, storage_compacted.then_some(compact_to));
+        let core = node.core.as_mut().expect("checked above");
+        core.on_snapshot_saved(meta, compact_to);
+        self.checkers.log_matching.compacted(position, compact_to);
+        self.snapshots_saved += 1;
+        self.trace.record(
+            self.now,
+            Event::SnapshotSaved {
+                node: id,
+                last: meta.last,
+                compact_to,
+                storage_compacted,
+            },
+        );
+        self.after_step(position)
     }
 
     /// The node stops: only its durable storage survives.
@@ -244,7 +549,11 @@ impl Simulation {
         let node = &mut self.nodes[position];
         node.core = None;
         node.unfinished = None;
-        node.applied = LogIndex::ZERO;
+        node.state = Queue::new(self.scenario.queue.clone());
+        node.applied = EntryId::default();
+        node.applied_chain = 0;
+        node.received_snapshots.clear();
+        node.recent_snapshots.clear();
         node.role_seen = None;
         self.clients.crashed(position);
         self.crash_count += 1;
@@ -258,30 +567,73 @@ impl Simulation {
     }
 
     /// A new core from the node's durable storage (at boot too); its state machine starts
-    /// empty and is rebuilt by re-applying.
+    /// from the saved snapshot (or empty) and is rebuilt by re-applying the log after it.
     pub(super) fn start(&mut self, position: usize) -> Result<(), Violation> {
         let seed = self.rng.gen();
         let node = &mut self.nodes[position];
+        let id = node.id;
         let core = Core::new(
-            node.id,
+            id,
             self.voters.clone(),
             self.scenario.raft.clone(),
             node.storage.restored_state(),
             seed,
         );
+        let snapshot = node.storage.snapshot_meta();
         self.trace.record(
             self.now,
             Event::Start {
-                node: node.id,
+                node: id,
                 term: core.term(),
+                snapshot: snapshot.index(),
                 last_index: core.last_index(),
                 commit: core.commit_index(),
             },
         );
         self.checkers
             .restarted(position, &core, node.storage.entries())?;
+        let (state, chain) = match node.storage.snapshot() {
+            Some(saved) => {
+                self.restarts_from_snapshot += 1;
+                let (state, chain) = load_snapshot(id, saved, &self.scenario.queue)?;
+                self.checkers
+                    .history
+                    .check_snapshot(id, snapshot, Some(chain))?;
+                self.checkers
+                    .state_machine
+                    .check_state(id, snapshot.index(), &state)?;
+                (state, chain)
+            }
+            None => (Queue::new(self.scenario.queue.clone()), 0),
+        };
+        let node = &mut self.nodes[position];
         node.core = Some(core);
-        node.applied = LogIndex::ZERO;
+        node.state = state;
+        node.applied = snapshot.last;
+        node.applied_chain = chain;
+        node.received_snapshots.clear();
+        if let Some(saved) = node.storage.snapshot() {
+            let saved = Arc::clone(saved);
+            node.remember_snapshot(saved);
+        }
         self.after_step(position)
+    }
+}
+
+/// Decodes a snapshot's state machine: (state, history chain).
+fn load_snapshot(
+    node: NodeId,
+    snapshot: &SnapshotData,
+    config: &QueueConfig,
+) -> Result<(Queue, u64), Violation> {
+    match Queue::decode_snapshot(config.clone(), &snapshot.state[..]) {
+        Ok(state) => Ok((state, snapshot.history_chain)),
+        Err(error) => Err(Violation::new(
+            property::SNAPSHOTS,
+            format!(
+                "n{node}: the snapshot up to {} does not load: {error}",
+                snapshot.meta.last
+            ),
+        )),
     }
 }

@@ -127,7 +127,9 @@ impl fmt::Display for Totals {
         write!(
             f,
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
-             {} writes acknowledged, {} reads answered, {} crashes, {} messages sent \
+             {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
+             {} replays, {} SESSION_EXPIRED), {} snapshots saved, {} installed, {} restarts \
+             from a snapshot, {} state digests compared, {} reads answered, {} crashes, {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
             self.elapsed,
@@ -135,6 +137,14 @@ impl fmt::Display for Totals {
             s.terms_with_leader,
             s.committed_entries,
             s.acknowledged_writes,
+            s.answered_operations,
+            s.retries,
+            s.replays,
+            s.expired_sessions,
+            s.snapshots_saved,
+            s.snapshots_installed,
+            s.restarts_from_snapshot,
+            s.digests_compared,
             s.answered_reads,
             s.crashes,
             s.messages_sent,
@@ -217,6 +227,14 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.ticks += run.ticks;
     sum.committed_entries += run.committed_entries;
     sum.acknowledged_writes += run.acknowledged_writes;
+    sum.answered_operations += run.answered_operations;
+    sum.retries += run.retries;
+    sum.expired_sessions += run.expired_sessions;
+    sum.replays += run.replays;
+    sum.snapshots_saved += run.snapshots_saved;
+    sum.snapshots_installed += run.snapshots_installed;
+    sum.restarts_from_snapshot += run.restarts_from_snapshot;
+    sum.digests_compared += run.digests_compared;
     sum.answered_reads += run.answered_reads;
     sum.terms_with_leader += run.terms_with_leader;
     sum.crashes += run.crashes;

@@ -10,6 +10,7 @@
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rrmq::queue::QueueConfig;
 use rrmq::raft::RaftConfig;
 
 /// Raft §5.6 needs broadcast time well below the election timeout, or elections never
@@ -31,6 +32,8 @@ pub struct NetworkFaults {
     /// Some messages linger much longer and arrive stale, from an older term.
     pub long_delay_chance: f64,
     pub long_delay_ticks_max: u64,
+    /// A snapshot transfer takes up to this many ticks more than a message.
+    pub snapshot_extra_delay_ticks_max: u64,
 }
 
 impl NetworkFaults {
@@ -44,6 +47,9 @@ impl NetworkFaults {
             delay_ticks_max: self.delay_ticks_max.min(CALM_DELAY_TICKS_MAX),
             long_delay_chance: 0.0,
             long_delay_ticks_max: 0,
+            snapshot_extra_delay_ticks_max: self
+                .snapshot_extra_delay_ticks_max
+                .min(CALM_DELAY_TICKS_MAX),
         }
     }
 }
@@ -84,6 +90,30 @@ pub struct Scenario {
     /// believes is leader.
     pub client_wander_chance: f64,
     pub transfer_chance: f64,
+    /// Per tick and live node: chance that it snapshots its state machine and compacts.
+    pub snapshot_chance: f64,
+    /// The log is compacted up to `0..=this` entries before the snapshot's index (entries
+    /// kept spare slow followers a snapshot transfer).
+    pub compaction_lag_entries_max: u64,
+    /// Per snapshot: chance that storage leaves the covered log for later.
+    pub lazy_compaction_chance: f64,
+    /// Chance that the transport reports a lost snapshot transfer to the leader's core
+    /// (`report_snapshot(false)`), and a delivered one (`report_snapshot(true)`); otherwise
+    /// the core waits for its snapshot timeout.
+    pub snapshot_report_chance: f64,
+    /// Session clients: each has at most one operation outstanding and retries it, with the
+    /// same `(client_id, seq)`, until it is answered.
+    pub session_clients: usize,
+    /// Per tick and idle session client: chance that it starts its next operation.
+    pub operation_chance: f64,
+    /// Share of PUTs among the operations (the rest are GETs).
+    pub put_share: f64,
+    /// A client retries an operation not answered within this many ticks.
+    pub client_timeout_ticks: u64,
+    /// Chance that a reply to a client is lost on its way.
+    pub reply_drop_chance: f64,
+    /// The state machine's limits; a small `sessions_max` makes evictions common.
+    pub queue: QueueConfig,
     pub fault_phase_ticks: u64,
     /// Crashed nodes left down during the liveness phase (at most a minority).
     pub nodes_left_down: usize,
@@ -102,8 +132,7 @@ impl Scenario {
             inflight_appends_max: *pick(rng, &[1, 2, 4, 64]),
             committed_bytes_max: *pick(rng, &[1, 100, 1024 * 1024]),
             pending_reads_max: *pick(rng, &[1, 4, 4096]),
-            // Nothing compacts the simulated logs yet, so no snapshot is ever sent.
-            snapshot_timeout_ticks: 1000,
+            snapshot_timeout_ticks: election_ticks_max * *pick(rng, &[2, 6]),
             pre_vote: rng.gen_bool(0.8),
             check_quorum: rng.gen_bool(0.5),
         };
@@ -115,6 +144,7 @@ impl Scenario {
             delay_ticks_max,
             long_delay_chance: *pick(rng, &[0.0, 0.01, 0.05]),
             long_delay_ticks_max: u64::from(election_ticks_max) * 3,
+            snapshot_extra_delay_ticks_max: *pick(rng, &[0, 4, 20]),
         };
         let slow_storage_chance = *pick(rng, &[0.0, 0.3, 1.0]);
         let storage_delay_ticks_max = (0..node_count)
@@ -147,6 +177,19 @@ impl Scenario {
             client_count: *pick(rng, &[1, 3]),
             client_wander_chance: *pick(rng, &[0.1, 0.4]),
             transfer_chance: *pick(rng, &[0.0, 0.01]),
+            snapshot_chance: *pick(rng, &[0.0, 0.01, 0.05, 0.2]),
+            compaction_lag_entries_max: *pick(rng, &[0, 3, 30]),
+            lazy_compaction_chance: *pick(rng, &[0.0, 0.3]),
+            snapshot_report_chance: *pick(rng, &[0.0, 0.5, 1.0]),
+            session_clients: *pick(rng, &[1, 2, 4]),
+            operation_chance: *pick(rng, &[0.1, 0.5]),
+            put_share: *pick(rng, &[0.5, 0.7]),
+            client_timeout_ticks: *pick(rng, &[6, 20, 60]),
+            reply_drop_chance: *pick(rng, &[0.0, 0.1, 0.3]),
+            queue: QueueConfig {
+                sessions_max: *pick(rng, &[1, 2, 3, 10_000]),
+                ..QueueConfig::default()
+            },
             fault_phase_ticks: rng.gen_range(150..=400),
             nodes_left_down: if rng.gen_bool(0.3) {
                 rng.gen_range(0..=minority)
@@ -160,11 +203,16 @@ impl Scenario {
     /// election rounds, plus time for the slowest follower to catch up on `log_length`
     /// entries one round trip at a time (with `append_bytes_max` tiny, one entry per round
     /// trip is all flow control allows).
+    ///
+    /// Then a snapshot transfer lost before healing may hold a follower until the snapshot
+    /// timeout, and each client may need a few timeouts to find the leader and be answered.
     pub fn liveness_ticks_max(&self, log_length: u64) -> u64 {
         let elections = 40 * u64::from(self.raft.election_ticks_max);
         let round_trip_ticks =
             2 * self.network.calm().delay_ticks_max + CALM_STORAGE_DELAY_TICKS_MAX + 1;
-        elections + log_length * round_trip_ticks
+        let snapshot_ticks = 2 * u64::from(self.raft.snapshot_timeout_ticks);
+        let client_ticks = 4 * self.client_timeout_ticks;
+        elections + log_length * round_trip_ticks + snapshot_ticks + client_ticks
     }
 }
 

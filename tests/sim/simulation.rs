@@ -1,27 +1,32 @@
 //! One simulated run: a fault phase, then a liveness phase, every choice drawn from the seed.
 //!
 //! Each tick: faults (partitions, crashes, restarts) and client requests arrive, every live
-//! core ticks, the messages due are delivered in random order, every node finishes and takes
-//! its `Ready`s, and every core's `check_invariants` runs. The checkers run after every call
-//! into a core (see `node.rs`).
+//! core ticks, the messages due are delivered in random order (lost snapshot transfers
+//! reported to their leaders), every node finishes and takes its `Ready`s, some nodes save a
+//! snapshot and compact, and every core's `check_invariants` runs. The checkers run after
+//! every call into a core (see `node.rs`).
 //!
 //! The fault phase proves safety. The liveness phase then heals the network, speeds up the
 //! disks, restarts all but at most a minority of the crashed nodes, and requires that within
-//! a bounded number of ticks a leader is elected and a fresh proposal is applied on every
-//! live node (TigerBeetle `src/vopr.zig`: a safety phase, then a liveness phase).
+//! a bounded number of ticks a leader is elected, a fresh proposal is applied on every live
+//! node and every session client's outstanding operation is answered (TigerBeetle
+//! `src/vopr.zig`: a safety phase, then a liveness phase). Last, the live nodes catch up and
+//! their state machines are compared with the reference, and the reference's messages with
+//! what the operations' effects left.
 
 use super::checkers::Checkers;
-use super::client::{encode_command, ClientOracle};
+use super::client::ClientOracle;
 use super::network::Network;
 use super::node::SimNode;
 use super::scenario::{Scenario, CALM_STORAGE_DELAY_TICKS_MAX};
-use super::storage::DurableStorage;
 use super::trace::{error_name, CrashPoint, Event, Trace};
+use super::workload::{self, CommandKey, TOPICS};
 use super::{property, Violation};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rrmq::queue::{Command, LoggedCommand};
 use rrmq::raft::{NodeId, ProposeError, Role};
 use std::collections::BTreeSet;
 use std::fmt::Write;
@@ -31,7 +36,19 @@ use std::fmt::Write;
 pub struct RunSummary {
     pub ticks: u64,
     pub committed_entries: u64,
+    /// Unkeyed PUTs answered.
     pub acknowledged_writes: u64,
+    /// Session operations answered, attempts after the first, answers `SESSION_EXPIRED`,
+    /// and applications of a command the session table recognised as a retry.
+    pub answered_operations: u64,
+    pub retries: u64,
+    pub expired_sessions: u64,
+    pub replays: u64,
+    pub snapshots_saved: u64,
+    pub snapshots_installed: u64,
+    pub restarts_from_snapshot: u64,
+    /// Whole-state digests compared.
+    pub digests_compared: u64,
     pub answered_reads: u64,
     pub terms_with_leader: u64,
     pub crashes: u64,
@@ -41,6 +58,9 @@ pub struct RunSummary {
     pub liveness_ticks: u64,
     pub trace_digest: u64,
 }
+
+/// A client refused without learning who leads waits this long before trying again.
+const REFUSED_BACKOFF_TICKS: u64 = 3;
 
 pub struct Simulation {
     pub(super) rng: ChaCha8Rng,
@@ -55,7 +75,10 @@ pub struct Simulation {
     /// Off in the liveness phase: no more crashes or disk stalls there.
     pub(super) faults_enabled: bool,
     pub(super) crash_count: u64,
-    /// Per client: the node it sends requests to (see `client_target`).
+    pub(super) snapshots_saved: u64,
+    pub(super) snapshots_installed: u64,
+    pub(super) restarts_from_snapshot: u64,
+    /// Per unkeyed writer and reader: the node it sends requests to (see `client_target`).
     leader_guesses: Vec<Option<usize>>,
     /// How long the liveness phase took to converge.
     liveness_ticks: u64,
@@ -69,21 +92,15 @@ impl Simulation {
         let nodes = voters
             .iter()
             .zip(&scenario.storage_delay_ticks_max)
-            .map(|(&id, &storage_delay_ticks_max)| SimNode {
-                id,
-                core: None,
-                storage: DurableStorage::default(),
-                unfinished: None,
-                storage_delay_ticks_max,
-                applied: Default::default(),
-                role_seen: None,
+            .map(|(&id, &storage_delay_ticks_max)| {
+                SimNode::new(id, storage_delay_ticks_max, scenario.queue.clone())
             })
             .collect();
         let leader_guesses = vec![None; scenario.client_count];
         Simulation {
             network: Network::new(scenario.network.clone()),
-            checkers: Checkers::new(scenario.node_count),
-            clients: ClientOracle::new(scenario.node_count),
+            checkers: Checkers::new(scenario.node_count, scenario.queue.clone()),
+            clients: ClientOracle::new(scenario.node_count, scenario.session_clients),
             trace: Trace::new(trace_capacity),
             rng,
             now: 0,
@@ -92,6 +109,9 @@ impl Simulation {
             scenario,
             faults_enabled: true,
             crash_count: 0,
+            snapshots_saved: 0,
+            snapshots_installed: 0,
+            restarts_from_snapshot: 0,
             leader_guesses,
             liveness_ticks: 0,
         }
@@ -119,14 +139,24 @@ impl Simulation {
             self.tick_cluster()?;
         }
         self.liveness_phase()?;
+        self.final_checks()?;
         Ok(self.summary())
     }
 
     fn summary(&self) -> RunSummary {
+        let exactly_once = &self.checkers.state_machine.exactly_once;
         RunSummary {
             ticks: self.now,
             committed_entries: self.checkers.history.len().0,
             acknowledged_writes: self.clients.acknowledged_writes,
+            answered_operations: self.clients.answered_operations,
+            retries: self.clients.retries,
+            expired_sessions: self.clients.expired_sessions,
+            replays: exactly_once.replays,
+            snapshots_saved: self.snapshots_saved,
+            snapshots_installed: self.snapshots_installed,
+            restarts_from_snapshot: self.restarts_from_snapshot,
+            digests_compared: self.checkers.state_machine.digests.compared,
             answered_reads: self.clients.answered_reads,
             terms_with_leader: self.checkers.election_safety.terms_with_leader() as u64,
             crashes: self.crash_count,
@@ -145,13 +175,23 @@ impl Simulation {
                 self.after_step(position)?;
             }
         }
-        for message in self.network.take_due(self.now, &mut self.trace) {
-            self.deliver(message)?;
+        for envelope in self.network.take_due(self.now, &mut self.trace) {
+            self.deliver(envelope)?;
+        }
+        for (leader, follower) in self.network.take_lost_snapshots() {
+            if self.rng.gen_bool(self.scenario.snapshot_report_chance) {
+                self.report_snapshot(leader, follower, false)?;
+            }
         }
         let mut order: Vec<usize> = (0..self.nodes.len()).collect();
         order.shuffle(&mut self.rng);
         for position in order {
             self.process_ready(position)?;
+        }
+        for position in 0..self.nodes.len() {
+            if self.nodes[position].is_up() && self.rng.gen_bool(self.scenario.snapshot_chance) {
+                self.maybe_snapshot(position)?;
+            }
         }
         for node in &self.nodes {
             if let Some(core) = &node.core {
@@ -291,14 +331,17 @@ impl Simulation {
             let burst = self.rng.gen_range(1..=self.scenario.propose_burst_max);
             for _ in 0..burst {
                 let client = self.rng.gen_range(0..self.leader_guesses.len());
-                if let Some(position) = self.client_target(client) {
-                    self.propose(Some(client), position)?;
+                let guess = self.leader_guesses[client];
+                if let Some(position) = self.client_target(guess) {
+                    self.propose_unkeyed(client, position)?;
                 }
             }
         }
+        self.session_clients_act()?;
         if self.rng.gen_bool(self.scenario.read_chance) {
             let client = self.rng.gen_range(0..self.leader_guesses.len());
-            if let Some(position) = self.client_target(client) {
+            let guess = self.leader_guesses[client];
+            if let Some(position) = self.client_target(guess) {
                 self.read(client, position)?;
             }
         }
@@ -316,8 +359,8 @@ impl Simulation {
     /// clients (and grows a stale log suffix, and is asked for reads it must not confirm)
     /// while others already use the new leader. Sometimes, and when it knows no leader, a
     /// client tries a random live node.
-    fn client_target(&mut self, client: usize) -> Option<usize> {
-        let guess = self.leader_guesses[client].filter(|&position| self.nodes[position].is_up());
+    fn client_target(&mut self, guess: Option<usize>) -> Option<usize> {
+        let guess = guess.filter(|&position| self.nodes[position].is_up());
         match guess {
             Some(position) if !self.rng.gen_bool(self.scenario.client_wander_chance) => {
                 Some(position)
@@ -326,53 +369,143 @@ impl Simulation {
         }
     }
 
-    /// What `client` learns from the answer to a request sent to `position`.
-    fn update_leader_guess(
-        &mut self,
-        client: Option<usize>,
+    /// What a client that believed `guess` learns from the answer of `position`.
+    fn learn_leader(
+        guess: Option<usize>,
         position: usize,
         refusal: Option<&ProposeError>,
-    ) {
-        let Some(client) = client else {
-            return;
-        };
+    ) -> Option<usize> {
         match refusal {
-            None => self.leader_guesses[client] = Some(position),
-            Some(ProposeError::NotLeader { leader }) => {
-                self.leader_guesses[client] = leader.map(|leader| leader.0 as usize)
-            }
-            Some(_) => {}
+            None => Some(position),
+            Some(ProposeError::NotLeader { leader }) => leader.map(|leader| leader.0 as usize),
+            Some(_) => guess,
         }
     }
 
-    /// `client` (if any) proposes a new command to node `position`; returns it if the core
-    /// accepted it.
-    fn propose(
-        &mut self,
-        client: Option<usize>,
-        position: usize,
-    ) -> Result<Option<u64>, Violation> {
-        let command = self.clients.next_command();
+    /// Unkeyed writer `client` puts a fresh message, once, at node `position`.
+    fn propose_unkeyed(&mut self, client: usize, position: usize) -> Result<(), Violation> {
+        let id = self.clients.next_message();
         let padding = self
             .rng
             .gen_range(0..=self.scenario.command_padding_bytes_max);
+        let topic = TOPICS[self.rng.gen_range(0..TOPICS.len())];
+        let logged = workload::unkeyed_put(topic, workload::message(id, padding));
+        let bytes = logged.encode();
+        let outcome = self.propose(position, None, CommandKey::Unkeyed(id), logged, bytes)?;
+        let guess = self.leader_guesses[client];
+        self.leader_guesses[client] = Self::learn_leader(guess, position, outcome.as_ref().err());
+        Ok(())
+    }
+
+    /// Each session client with nothing outstanding may start an operation (in the fault
+    /// phase); each with an operation refused or unanswered for its timeout sends it again.
+    fn session_clients_act(&mut self) -> Result<(), Violation> {
+        for slot in 0..self.clients.sessions.len() {
+            if self.clients.sessions[slot].outstanding.is_none() {
+                if !self.faults_enabled || !self.rng.gen_bool(self.scenario.operation_chance) {
+                    continue;
+                }
+                self.start_operation(slot);
+            }
+            let operation = self.clients.sessions[slot]
+                .outstanding
+                .as_ref()
+                .expect("started above or outstanding");
+            if self.now >= operation.send_at {
+                self.send_operation(slot)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Session client `slot` starts its next operation: its first creates a topic (see
+    /// `state_machine.rs` on why), then PUTs of fresh messages and GETs.
+    fn start_operation(&mut self, slot: usize) {
+        let session = &self.clients.sessions[slot];
+        let (client, seq) = (session.client, session.next_seq);
+        let topic = TOPICS[self.rng.gen_range(0..TOPICS.len())].to_string();
+        let command = if seq == 1 {
+            Command::CreateTopic { topic }
+        } else if self.rng.gen_bool(self.scenario.put_share) {
+            let padding = self
+                .rng
+                .gen_range(0..=self.scenario.command_padding_bytes_max);
+            let message = workload::message(self.clients.next_message(), padding);
+            Command::Put { topic, message }
+        } else {
+            Command::Get { topic }
+        };
+        let logged = workload::session_command(client, seq, command);
+        self.clients
+            .start_operation(slot, CommandKey::Session { client, seq }, logged, self.now);
+    }
+
+    /// Session client `slot` sends (or sends again) its outstanding operation.
+    fn send_operation(&mut self, slot: usize) -> Result<(), Violation> {
+        let guess = self.clients.sessions[slot].leader_guess;
+        let Some(position) = self.client_target(guess) else {
+            return Ok(());
+        };
+        let operation = self.clients.sessions[slot]
+            .outstanding
+            .as_ref()
+            .expect("the caller checked");
+        let (key, logged, bytes) = (
+            operation.key,
+            operation.logged.clone(),
+            operation.bytes.clone(),
+        );
+        let outcome = self.propose(position, Some(slot), key, logged, bytes)?;
+        let session = &mut self.clients.sessions[slot];
+        let refusal = outcome.as_ref().err();
+        session.leader_guess = Self::learn_leader(guess, position, refusal);
+        let Some(operation) = session.outstanding.as_mut() else {
+            // Answered at once (a single node applying on the spot): nothing to retry.
+            return Ok(());
+        };
+        if operation.accepted {
+            self.clients.retries += 1;
+        }
+        operation.send_at = match refusal {
+            None => {
+                operation.accepted = true;
+                self.now + self.scenario.client_timeout_ticks
+            }
+            // Redirected: straight to the leader it named.
+            Some(ProposeError::NotLeader { leader: Some(_) }) => self.now + 1,
+            // No leader known (an election, most likely): back off a little.
+            Some(_) => self.now + REFUSED_BACKOFF_TICKS,
+        };
+        Ok(())
+    }
+
+    /// Proposes `logged` (operation `key`, encoded as `bytes`) to node `position` for session
+    /// client `client` (if any).
+    fn propose(
+        &mut self,
+        position: usize,
+        client: Option<usize>,
+        key: CommandKey,
+        logged: LoggedCommand,
+        bytes: bytes::Bytes,
+    ) -> Result<Result<(), ProposeError>, Violation> {
         let node = &mut self.nodes[position];
         let core = node.core.as_mut().expect("clients only talk to live nodes");
-        let outcome = core.propose(encode_command(command, padding));
+        let outcome = core.propose(bytes);
         if let Ok(entry) = outcome {
-            self.clients.proposed(position, command, entry);
+            self.checkers.history.proposed(key);
+            self.clients.proposed(position, client, key, logged, entry);
         }
         self.trace.record(
             self.now,
             Event::Propose {
                 node: node.id,
-                command,
+                command: key,
                 outcome: outcome.as_ref().map(|&entry| entry).map_err(error_name),
             },
         );
-        self.update_leader_guess(client, position, outcome.as_ref().err());
         self.after_step(position)?;
-        Ok(outcome.ok().map(|_| command))
+        Ok(outcome.map(|_| ()))
     }
 
     fn read(&mut self, client: usize, position: usize) -> Result<(), Violation> {
@@ -393,7 +526,8 @@ impl Simulation {
                 outcome: outcome.as_ref().map(|_| ()).map_err(error_name),
             },
         );
-        self.update_leader_guess(Some(client), position, outcome.as_ref().err());
+        let guess = self.leader_guesses[client];
+        self.leader_guesses[client] = Self::learn_leader(guess, position, outcome.as_ref().err());
         self.after_step(position)
     }
 
@@ -441,23 +575,29 @@ impl Simulation {
         let budget_ticks = self.scenario.liveness_ticks_max(longest_log);
         let started = self.now;
         let deadline = started + budget_ticks;
-        let mut fresh_commands = Vec::new();
+        let mut probes = Vec::new();
         let mut proposed_in = None;
         while self.now < deadline {
             if let Some(leader) = self.leader_position() {
                 let term = self.nodes[leader].core.as_ref().map(|core| core.term());
                 if proposed_in != Some((leader, term)) {
-                    if let Some(command) = self.propose(None, leader)? {
-                        fresh_commands.push(command);
+                    let probe = self.clients.next_probe();
+                    let logged = workload::probe(probe);
+                    let bytes = logged.encode();
+                    let outcome =
+                        self.propose(leader, None, CommandKey::Probe(probe), logged, bytes)?;
+                    if outcome.is_ok() {
+                        probes.push(probe);
                         proposed_in = Some((leader, term));
                     }
                 }
             }
+            self.session_clients_act()?;
             self.tick_cluster()?;
-            if fresh_commands
+            let probe_applied = probes
                 .iter()
-                .any(|&command| self.applied_on_every_live_node(command))
-            {
+                .any(|&probe| self.applied_on_every_live_node(probe));
+            if probe_applied && !self.clients.operations_outstanding() {
                 self.liveness_ticks = self.now - started;
                 return Ok(());
             }
@@ -465,23 +605,53 @@ impl Simulation {
         Err(Violation::new(
             property::LIVENESS,
             format!(
-                "no fresh proposal applied on every live node within {} ticks of healing; \
-                 fresh commands {:?}; {}",
+                "within {} ticks of healing: a fresh probe applied on every live node: {}, \
+                 every client answered: {}; probes {:?}; {}",
                 budget_ticks,
-                fresh_commands,
+                probes
+                    .iter()
+                    .any(|&probe| self.applied_on_every_live_node(probe)),
+                !self.clients.operations_outstanding(),
+                probes,
                 self.describe_nodes()
             ),
         ))
     }
 
-    fn applied_on_every_live_node(&self, command: u64) -> bool {
-        let Some(index) = self.checkers.history.index_of_command(command) else {
+    fn applied_on_every_live_node(&self, probe: u64) -> bool {
+        let Some(index) = self.checkers.history.index_of_probe(probe) else {
             return false;
         };
         self.nodes
             .iter()
             .filter(|node| node.is_up())
-            .all(|node| node.applied >= index)
+            .all(|node| node.applied_index() >= index)
+    }
+
+    /// Once live: the live nodes catch up with the whole committed history (a few ticks of
+    /// heartbeats), then every live state machine is compared with the reference, and the
+    /// reference's messages with what the operations' effects left.
+    fn final_checks(&mut self) -> Result<(), Violation> {
+        let caught_up_ticks_max = 4 * u64::from(self.scenario.raft.election_ticks_max);
+        for _ in 0..caught_up_ticks_max {
+            let history = self.checkers.history.len();
+            if self
+                .nodes
+                .iter()
+                .filter(|node| node.is_up())
+                .all(|node| node.applied_index() == history)
+            {
+                break;
+            }
+            self.tick_cluster()?;
+        }
+        self.checkers.state_machine.finish()?;
+        for node in self.nodes.iter().filter(|node| node.is_up()) {
+            self.checkers
+                .state_machine
+                .check_state(node.id, node.applied_index(), &node.state)?;
+        }
+        Ok(())
     }
 
     fn describe_nodes(&self) -> String {
@@ -496,7 +666,7 @@ impl Simulation {
                     core.term(),
                     core.leader(),
                     core.commit_index(),
-                    node.applied,
+                    node.applied_index(),
                     core.last_index()
                 ),
                 None => write!(description, "n{}: down; ", node.id),

@@ -5,6 +5,8 @@
 //! first and last entry): recording happens thousands of times per run and formatting only
 //! on failure.
 
+use super::workload::{message_id, CommandKey};
+use rrmq::protocol::Outcome;
 use rrmq::raft::{
     AppendResult, EntryId, LogIndex, Message, MessageBody, NodeId, ProposeError, RejectHint, Role,
     Term,
@@ -195,6 +197,38 @@ pub fn error_name(error: &ProposeError) -> &'static str {
     }
 }
 
+/// A reply to a client, without its payload.
+#[derive(Clone, Debug, Hash)]
+pub enum ReplySummary {
+    Done,
+    Message(Option<u64>),
+    Failed(&'static str),
+    Other,
+}
+
+impl ReplySummary {
+    pub fn of(outcome: &Outcome) -> ReplySummary {
+        match outcome {
+            Outcome::Done => ReplySummary::Done,
+            Outcome::Message(payload) => ReplySummary::Message(message_id(payload)),
+            Outcome::Failed(error) => ReplySummary::Failed(error.code.as_str()),
+            Outcome::Topics(_) => ReplySummary::Other,
+        }
+    }
+}
+
+impl fmt::Display for ReplySummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplySummary::Done => write!(f, "Done"),
+            ReplySummary::Message(Some(id)) => write!(f, "m{id}"),
+            ReplySummary::Message(None) => write!(f, "a message without id"),
+            ReplySummary::Failed(code) => write!(f, "{code}"),
+            ReplySummary::Other => write!(f, "(other)"),
+        }
+    }
+}
+
 /// Where a node was when it crashed.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum CrashPoint {
@@ -229,13 +263,36 @@ pub enum Event {
     },
     Propose {
         node: NodeId,
-        command: u64,
+        command: CommandKey,
         outcome: Result<EntryId, &'static str>,
     },
-    Acknowledged {
+    /// The node that accepted a proposal applied it and answered the client.
+    Replied {
         node: NodeId,
-        command: u64,
+        command: CommandKey,
         entry: EntryId,
+        reply: ReplySummary,
+        delivered: bool,
+    },
+    /// A client instance was refused SESSION_EXPIRED and starts over as `client`.
+    NewClientId {
+        client: u64,
+    },
+    SnapshotSaved {
+        node: NodeId,
+        last: EntryId,
+        compact_to: LogIndex,
+        storage_compacted: bool,
+    },
+    /// A node installed a snapshot from the leader into its state machine and storage.
+    SnapshotInstalled {
+        node: NodeId,
+        last: EntryId,
+    },
+    SnapshotReported {
+        leader: NodeId,
+        follower: NodeId,
+        delivered: bool,
     },
     ReadIssued {
         node: NodeId,
@@ -263,6 +320,7 @@ pub enum Event {
     Start {
         node: NodeId,
         term: Term,
+        snapshot: LogIndex,
         last_index: LogIndex,
         commit: LogIndex,
     },
@@ -294,12 +352,47 @@ impl fmt::Display for Event {
                 node,
                 command,
                 outcome,
-            } => write!(f, "client: propose c{command} to n{node}: {outcome:?}"),
-            Event::Acknowledged {
+            } => write!(f, "client: propose {command} to n{node}: {outcome:?}"),
+            Event::Replied {
                 node,
                 command,
                 entry,
-            } => write!(f, "client: c{command} acknowledged by n{node} at {entry}"),
+                reply,
+                delivered,
+            } => write!(
+                f,
+                "client: n{node} answers {command} from {entry}: {reply}{}",
+                if *delivered { "" } else { " (reply lost)" }
+            ),
+            Event::NewClientId { client } => {
+                write!(f, "client: session expired, starting over as c{client}")
+            }
+            Event::SnapshotSaved {
+                node,
+                last,
+                compact_to,
+                storage_compacted,
+            } => write!(
+                f,
+                "n{node} saved snapshot up to {last}, compacts log to {compact_to}{}",
+                if *storage_compacted {
+                    ""
+                } else {
+                    " (storage keeps it for now)"
+                }
+            ),
+            Event::SnapshotInstalled { node, last } => {
+                write!(f, "n{node} installed snapshot up to {last}")
+            }
+            Event::SnapshotReported {
+                leader,
+                follower,
+                delivered,
+            } => write!(
+                f,
+                "n{leader} transport reports snapshot to n{follower} {}",
+                if *delivered { "delivered" } else { "failed" }
+            ),
             Event::ReadIssued {
                 node,
                 read_id,
@@ -318,11 +411,13 @@ impl fmt::Display for Event {
             Event::Start {
                 node,
                 term,
+                snapshot,
                 last_index,
                 commit,
             } => write!(
                 f,
-                "n{node} START from storage: term {term} last index {last_index} commit {commit}"
+                "n{node} START from storage: term {term} snapshot {snapshot} last index \
+                 {last_index} commit {commit}"
             ),
             Event::LivenessPhase => write!(f, "--- network healed: liveness phase ---"),
         }

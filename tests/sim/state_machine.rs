@@ -1,0 +1,696 @@
+//! Checkers of the replicated state machine (`rrmq::queue::Queue`): client sessions make
+//! every operation take effect exactly once, and all replicas hold the same state at the
+//! same applied index.
+//!
+//! A [`Reference`] queue applies the committed history once, in order, as it grows. What
+//! each entry *did* is read from the outside — the queue's message count going up or down
+//! and the outcome — never from the session table, so [`ExactlyOnce`] is independent of the
+//! code it checks: a PUT's message is enqueued at most once, a GET pops at most one message
+//! (the front of a model FIFO kept from those effects), a retry of an applied command gets
+//! the first reply and has no effect, and `SESSION_EXPIRED` only appears where a session can
+//! have been forgotten. Every node's application of an index must then give the outcome and
+//! counters the reference got there ([`Reference::check_replica`], cheap, every entry),
+//! and whole-state digests at checkpoints, snapshots and the end of the run must agree
+//! ([`StateDigests`]).
+//!
+//! The documented exception (`src/queue/mod.rs`: a client forgotten while its first command
+//! was unanswered has that command applied again) is kept out of the workload: a client
+//! instance's seq 1 is always a `CreateTopic`, which moves no message, and only its reply may
+//! then differ between executions.
+
+use super::trace::ReplySummary;
+use super::workload::{command_key, decode, message_id, CommandKey};
+use super::{property, Violation};
+use rrmq::protocol::{ErrorCode, Outcome, Payload};
+use rrmq::queue::{Command, LoggedCommand, Queue, QueueConfig, QueueStats};
+use rrmq::raft::{Entry, EntryPayload, LogIndex, NodeId};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Whole-state digests are compared at every index divisible by this (digests cost a full
+/// encoding of the state; the outcome and counters are compared at every index).
+pub const DIGEST_EVERY_ENTRIES: u64 = 16;
+
+/// What applying one committed entry gave the reference.
+struct Applied {
+    /// `None` for a no-op, which the queue never sees.
+    outcome: Option<Outcome>,
+    stats: QueueStats,
+}
+
+/// The state machine applied once along the committed history.
+pub struct Reference {
+    queue: Queue,
+    /// Per history index (the first is 1).
+    records: Vec<Applied>,
+    pub exactly_once: ExactlyOnce,
+    pub digests: StateDigests,
+}
+
+impl Reference {
+    pub fn new(config: QueueConfig) -> Reference {
+        let sessions_max = config.sessions_max;
+        Reference {
+            queue: Queue::new(config),
+            records: Vec::new(),
+            exactly_once: ExactlyOnce::new(sessions_max),
+            digests: StateDigests::default(),
+        }
+    }
+
+    pub fn applied(&self) -> LogIndex {
+        LogIndex(self.records.len() as u64)
+    }
+
+    /// Applies the committed entry at `index`, the next one.
+    pub fn apply(&mut self, index: LogIndex, entry: &Entry) -> Result<(), Violation> {
+        assert_eq!(
+            index,
+            self.applied().next(),
+            "the reference applies in order"
+        );
+        let outcome = match &entry.payload {
+            EntryPayload::Noop => None,
+            EntryPayload::Command(_) => {
+                let Some(command) = decode(entry) else {
+                    return Err(Violation::new(
+                        property::CLIENT_ORACLE,
+                        format!("committed entry {} is not a queue command", entry.id()),
+                    ));
+                };
+                let before = self.queue.stats();
+                let outcome = self.queue.apply_command(index, &command);
+                let after = self.queue.stats();
+                self.exactly_once
+                    .observe(index, &command, &outcome, &before, &after)?;
+                Some(outcome)
+            }
+        };
+        self.records.push(Applied {
+            outcome,
+            stats: self.queue.stats(),
+        });
+        if index.0.is_multiple_of(DIGEST_EVERY_ENTRIES) {
+            self.digests.check(index, self.queue.digest(), None)?;
+        }
+        Ok(())
+    }
+
+    /// Node `node` applied `index` to its own queue, getting `outcome` (`None`: a no-op) and
+    /// then `stats`: the reference got the same there.
+    pub fn check_replica(
+        &self,
+        node: NodeId,
+        index: LogIndex,
+        outcome: Option<&Outcome>,
+        stats: &QueueStats,
+    ) -> Result<(), Violation> {
+        let Some(applied) = self.record(index) else {
+            return Err(Violation::new(
+                property::REPLICA_STATE,
+                format!(
+                    "n{node} applied {index}, beyond the reference ({})",
+                    self.applied()
+                ),
+            ));
+        };
+        if applied.outcome.as_ref() != outcome || applied.stats != *stats {
+            return Err(Violation::new(
+                property::REPLICA_STATE,
+                format!(
+                    "n{node} applying {index} got {} and {stats:?}; applying the committed \
+                     history gives {} and {:?}",
+                    brief(outcome),
+                    brief(applied.outcome.as_ref()),
+                    applied.stats
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The whole state of node `node`, which has applied up to `index`, as a digest: equal
+    /// to every other digest taken at `index`, and its counters to the reference's there.
+    pub fn check_state(
+        &mut self,
+        node: NodeId,
+        index: LogIndex,
+        queue: &Queue,
+    ) -> Result<(), Violation> {
+        if index > LogIndex::ZERO {
+            let Some(applied) = self.record(index) else {
+                return Err(Violation::new(
+                    property::REPLICA_STATE,
+                    format!("n{node} holds a state at {index}, beyond the reference"),
+                ));
+            };
+            if applied.stats != queue.stats() {
+                return Err(Violation::new(
+                    property::REPLICA_STATE,
+                    format!(
+                        "n{node}'s state at {index} has {:?}, the committed history gives {:?}",
+                        queue.stats(),
+                        applied.stats
+                    ),
+                ));
+            }
+        }
+        self.digests.check(index, queue.digest(), Some(node))
+    }
+
+    /// At the end of a run: the reference's own digest, and its messages against the model
+    /// of what the operations' effects left.
+    pub fn finish(&mut self) -> Result<(), Violation> {
+        let index = self.applied();
+        self.digests.check(index, self.queue.digest(), None)?;
+        self.exactly_once.check_contents(&self.queue)
+    }
+
+    fn record(&self, index: LogIndex) -> Option<&Applied> {
+        let position = usize::try_from(index.0).ok()?.checked_sub(1)?;
+        self.records.get(position)
+    }
+}
+
+/// The first digest seen at each applied index, and who had it.
+#[derive(Default)]
+pub struct StateDigests {
+    first: HashMap<LogIndex, (u32, Option<NodeId>)>,
+    pub compared: u64,
+}
+
+impl StateDigests {
+    /// `who` is `None` for the reference.
+    pub fn check(
+        &mut self,
+        index: LogIndex,
+        digest: u32,
+        who: Option<NodeId>,
+    ) -> Result<(), Violation> {
+        let (first, first_who) = *self.first.entry(index).or_insert((digest, who));
+        self.compared += 1;
+        if first != digest {
+            let name = |who: Option<NodeId>| {
+                who.map_or("the reference".to_string(), |id| format!("n{id}"))
+            };
+            return Err(Violation::new(
+                property::REPLICA_STATE,
+                format!(
+                    "state at applied index {index}: {} has digest {digest:08x}, {} had {first:08x}",
+                    name(who),
+                    name(first_who)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Exactly-once semantics of the operations, from their effects along the committed history.
+pub struct ExactlyOnce {
+    sessions_max: usize,
+    /// Message id -> where its PUT took effect, and which operation that was.
+    enqueued: HashMap<u64, (LogIndex, CommandKey)>,
+    /// What each topic must hold, oldest first, by message id.
+    fifo: BTreeMap<String, VecDeque<u64>>,
+    /// GET -> the message it popped, and where.
+    popped_by: HashMap<CommandKey, (u64, LogIndex)>,
+    /// Session command -> its first outcome other than `SESSION_EXPIRED`, and where.
+    first_outcome: HashMap<CommandKey, (Outcome, LogIndex)>,
+    /// Per client instance: the highest seq seen in the history.
+    highest_seq: HashMap<u64, u64>,
+    session_clients: HashSet<u64>,
+    pub replays: u64,
+    pub expired: u64,
+}
+
+fn brief(outcome: Option<&Outcome>) -> String {
+    outcome.map_or("(a no-op)".to_string(), |outcome| {
+        ReplySummary::of(outcome).to_string()
+    })
+}
+
+fn is_expired(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failed(error) if error.code == ErrorCode::SessionExpired)
+}
+
+impl ExactlyOnce {
+    pub fn new(sessions_max: usize) -> ExactlyOnce {
+        ExactlyOnce {
+            sessions_max,
+            enqueued: HashMap::new(),
+            fifo: BTreeMap::new(),
+            popped_by: HashMap::new(),
+            first_outcome: HashMap::new(),
+            highest_seq: HashMap::new(),
+            session_clients: HashSet::new(),
+            replays: 0,
+            expired: 0,
+        }
+    }
+
+    /// Whether some session can have been forgotten by now: more clients than the table
+    /// holds have opened one.
+    pub fn evictions_possible(&self) -> bool {
+        self.session_clients.len() > self.sessions_max
+    }
+
+    /// Whether `key` is the documented exception: a client's first command, whose session
+    /// may have been forgotten before it was answered, and which is then executed again.
+    pub fn executed_again_allowed(&self, key: CommandKey) -> bool {
+        matches!(key, CommandKey::Session { seq, .. } if seq <= 1) && self.evictions_possible()
+    }
+
+    /// The committed entry at `index` carried `command`; applying it gave `outcome` and moved
+    /// the queue's counters from `before` to `after`.
+    pub fn observe(
+        &mut self,
+        index: LogIndex,
+        command: &LoggedCommand,
+        outcome: &Outcome,
+        before: &QueueStats,
+        after: &QueueStats,
+    ) -> Result<(), Violation> {
+        let violation = |detail: String| Err(Violation::new(property::EXACTLY_ONCE, detail));
+        let answered = ReplySummary::of(outcome);
+        let Some(key) = command_key(command) else {
+            return Err(Violation::new(
+                property::CLIENT_ORACLE,
+                format!("committed entry {index} carries {command:?}, which no client sent"),
+            ));
+        };
+        let change = after.messages as i64 - before.messages as i64;
+        match (&command.command, change) {
+            (_, 0) => {}
+            (Command::Put { topic, message }, 1) => {
+                let Some(id) = message_id(message) else {
+                    return violation(format!("{key} at {index} put a message without an id"));
+                };
+                if *outcome != Outcome::Done {
+                    return violation(format!(
+                        "{key} at {index} enqueued m{id} but answered {answered}"
+                    ));
+                }
+                if let Some((at, by)) = self.enqueued.insert(id, (index, key)) {
+                    return violation(format!(
+                        "message m{id} took effect twice: {by} at {at}, {key} at {index}"
+                    ));
+                }
+                self.fifo.entry(topic.clone()).or_default().push_back(id);
+            }
+            (Command::Get { topic }, -1) => {
+                let Outcome::Message(payload) = outcome else {
+                    return violation(format!(
+                        "{key} at {index} popped a message but answered {answered}"
+                    ));
+                };
+                let id = message_id(payload);
+                let front = self.fifo.get_mut(topic).and_then(VecDeque::pop_front);
+                if id.is_none() || front != id {
+                    return violation(format!(
+                        "{key} at {index} popped {id:?} from {topic}, whose oldest message is \
+                         {front:?}: a message lost, duplicated or reordered"
+                    ));
+                }
+                let id = id.expect("checked above");
+                if let Some((earlier, at)) = self.popped_by.insert(key, (id, index)) {
+                    return violation(format!(
+                        "GET {key} popped twice: m{earlier} at {at} and m{id} at {index}"
+                    ));
+                }
+            }
+            (_, change) => {
+                return violation(format!(
+                    "{key} at {index} changed the message count by {change}"
+                ))
+            }
+        }
+        let first_execution = match key {
+            CommandKey::Session { .. } => {
+                !is_expired(outcome) && !self.first_outcome.contains_key(&key)
+            }
+            CommandKey::Unkeyed(_) | CommandKey::Probe(_) => true,
+        };
+        if first_execution {
+            // A first execution does what it answers: Done for a PUT that enqueued, a
+            // message for a GET that popped it.
+            let consistent = match &command.command {
+                Command::Put { .. } => (*outcome == Outcome::Done) == (change == 1),
+                Command::Get { .. } => matches!(outcome, Outcome::Message(_)) == (change == -1),
+                Command::CreateTopic { .. } => true,
+            };
+            if !consistent {
+                return violation(format!(
+                    "{key} at {index} answered {answered} but changed the message count by \
+                     {change}"
+                ));
+            }
+        }
+        let CommandKey::Session { client, seq } = key else {
+            return Ok(());
+        };
+        if is_expired(outcome) {
+            self.expired += 1;
+            let stale = self
+                .highest_seq
+                .get(&client)
+                .is_some_and(|&high| high > seq);
+            if !stale && !self.evictions_possible() {
+                return violation(format!(
+                    "{key} at {index} was refused SESSION_EXPIRED, but it is the client's \
+                     newest seq and no session can have been forgotten ({} clients, \
+                     sessions_max {})",
+                    self.session_clients.len(),
+                    self.sessions_max
+                ));
+            }
+        } else if let Some((first, at)) = self.first_outcome.get(&key) {
+            self.replays += 1;
+            // The documented exception: a first command whose session was forgotten is
+            // executed again. Only its reply may differ: seq 1 is a CreateTopic.
+            if !self.executed_again_allowed(key) && (outcome != first || change != 0) {
+                let first = ReplySummary::of(first);
+                return violation(format!(
+                    "retry of {key} at {index} answered {answered} (changing the message \
+                     count by {change}); it first answered {first} at {at}"
+                ));
+            }
+        } else {
+            self.first_outcome.insert(key, (outcome.clone(), index));
+        }
+        let high = self.highest_seq.entry(client).or_insert(seq);
+        *high = (*high).max(seq);
+        self.session_clients.insert(client);
+        Ok(())
+    }
+
+    /// A node answered `key` (carrying `command`) with `outcome`, from the entry at `index`:
+    /// the answer must tell the truth about what the operation did.
+    pub fn check_reply(
+        &self,
+        node: NodeId,
+        key: CommandKey,
+        command: &LoggedCommand,
+        index: LogIndex,
+        outcome: &Outcome,
+    ) -> Result<(), Violation> {
+        let violation = |detail: String| Err(Violation::new(property::EXACTLY_ONCE, detail));
+        if is_expired(outcome) {
+            return Ok(());
+        }
+        let answer = ReplySummary::of(outcome);
+        if let Some((first, at)) = self.first_outcome.get(&key) {
+            if outcome != first && !self.executed_again_allowed(key) {
+                let first = ReplySummary::of(first);
+                return violation(format!(
+                    "n{node} answered {key} (entry {index}) with {answer}, its first \
+                     execution at {at} with {first}"
+                ));
+            }
+        }
+        match &command.command {
+            Command::Put { message, .. } => {
+                let id = message_id(message);
+                let took_effect = id.is_some_and(|id| self.enqueued.contains_key(&id));
+                if (*outcome == Outcome::Done) != took_effect {
+                    return violation(format!(
+                        "n{node} answered PUT {key} (entry {index}) with {answer}, but its \
+                         message {id:?} {} enqueued",
+                        if took_effect { "was" } else { "was never" }
+                    ));
+                }
+            }
+            Command::Get { .. } => {
+                let popped = self.popped_by.get(&key).map(|&(id, _)| id);
+                let answered = match outcome {
+                    Outcome::Message(payload) => message_id(payload),
+                    _ => None,
+                };
+                if popped != answered {
+                    return violation(format!(
+                        "n{node} answered GET {key} (entry {index}) with {answered:?}, but it \
+                         popped {popped:?}"
+                    ));
+                }
+            }
+            Command::CreateTopic { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// The queue holds exactly the messages that were enqueued and not popped, in order.
+    pub fn check_contents(&self, queue: &Queue) -> Result<(), Violation> {
+        let held = contents(queue);
+        let mut topics: Vec<&String> = held.keys().chain(self.fifo.keys()).collect();
+        topics.sort();
+        topics.dedup();
+        for topic in topics {
+            let held_ids = held.get(topic).cloned().unwrap_or_default();
+            let expected: Vec<Option<u64>> = self
+                .fifo
+                .get(topic)
+                .map(|fifo| fifo.iter().map(|&id| Some(id)).collect())
+                .unwrap_or_default();
+            if held_ids != expected {
+                return Err(Violation::new(
+                    property::EXACTLY_ONCE,
+                    format!(
+                        "topic {topic} holds {held_ids:?}; the operations' effects leave \
+                         {expected:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The messages of each topic, oldest first, read from the queue's snapshot form.
+fn contents(queue: &Queue) -> BTreeMap<String, Vec<Option<u64>>> {
+    #[derive(Deserialize)]
+    struct Body(IgnoredAny, Vec<(String, Vec<Payload>)>, IgnoredAny);
+    let mut bytes = Vec::new();
+    queue
+        .encode_snapshot(&mut bytes)
+        .expect("encoding into a Vec cannot fail");
+    let mut deserializer = rmp_serde::Deserializer::new(bytes.as_slice());
+    let _format = u32::deserialize(&mut deserializer).expect("the queue's own snapshot format");
+    let body = Body::deserialize(&mut deserializer).expect("the queue's own snapshot body");
+    body.1
+        .into_iter()
+        .map(|(topic, messages)| (topic, messages.iter().map(message_id).collect()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exactly-once checker must reject each way of breaking exactly-once.
+    use super::*;
+    use crate::sim::workload::{message, session_command, TOPICS};
+    use rrmq::protocol::ErrorInfo;
+
+    fn put(client: u64, seq: u64, id: u64) -> LoggedCommand {
+        session_command(
+            client,
+            seq,
+            Command::Put {
+                topic: TOPICS[0].into(),
+                message: message(id, 0),
+            },
+        )
+    }
+
+    fn get(client: u64, seq: u64) -> LoggedCommand {
+        session_command(
+            client,
+            seq,
+            Command::Get {
+                topic: TOPICS[0].into(),
+            },
+        )
+    }
+
+    fn stats(messages: usize) -> QueueStats {
+        QueueStats {
+            messages,
+            ..QueueStats::default()
+        }
+    }
+
+    fn expired() -> Outcome {
+        Outcome::Failed(ErrorInfo::new(ErrorCode::SessionExpired, "gone"))
+    }
+
+    #[test]
+    fn a_put_taking_effect_twice_is_caught() {
+        let mut checker = ExactlyOnce::new(10);
+        let command = put(1, 2, 5);
+        checker
+            .observe(LogIndex(1), &command, &Outcome::Done, &stats(0), &stats(1))
+            .expect("first execution");
+        checker
+            .observe(LogIndex(2), &command, &Outcome::Done, &stats(1), &stats(1))
+            .expect("a replay changes nothing");
+        let twice = checker.observe(LogIndex(3), &command, &Outcome::Done, &stats(1), &stats(2));
+        assert_eq!(twice.map_err(|v| v.property), Err(property::EXACTLY_ONCE));
+    }
+
+    #[test]
+    fn a_get_popping_twice_or_answering_differently_is_caught() {
+        let mut checker = ExactlyOnce::new(10);
+        for (seq, id) in [(2, 7), (3, 8)] {
+            checker
+                .observe(
+                    LogIndex(seq),
+                    &put(1, seq, id),
+                    &Outcome::Done,
+                    &stats(0),
+                    &stats(1),
+                )
+                .expect("puts");
+        }
+        let popped = Outcome::Message(message(7, 0));
+        checker
+            .observe(LogIndex(4), &get(2, 2), &popped, &stats(2), &stats(1))
+            .expect("pops the oldest");
+        checker
+            .check_reply(
+                NodeId(0),
+                CommandKey::Session { client: 2, seq: 2 },
+                &get(2, 2),
+                LogIndex(4),
+                &popped,
+            )
+            .expect("the popped message");
+        let other = Outcome::Message(message(8, 0));
+        let wrong_reply = checker.check_reply(
+            NodeId(0),
+            CommandKey::Session { client: 2, seq: 2 },
+            &get(2, 2),
+            LogIndex(5),
+            &other,
+        );
+        assert_eq!(
+            wrong_reply.map_err(|v| v.property),
+            Err(property::EXACTLY_ONCE)
+        );
+        let popped_again = checker.observe(LogIndex(5), &get(2, 2), &other, &stats(1), &stats(0));
+        assert_eq!(
+            popped_again.map_err(|v| v.property),
+            Err(property::EXACTLY_ONCE)
+        );
+    }
+
+    #[test]
+    fn a_pop_out_of_order_is_caught() {
+        let mut checker = ExactlyOnce::new(10);
+        for (seq, id) in [(2, 7), (3, 8)] {
+            checker
+                .observe(
+                    LogIndex(seq),
+                    &put(1, seq, id),
+                    &Outcome::Done,
+                    &stats(0),
+                    &stats(1),
+                )
+                .expect("puts");
+        }
+        let newest = Outcome::Message(message(8, 0));
+        let error = checker.observe(LogIndex(4), &get(2, 2), &newest, &stats(2), &stats(1));
+        assert_eq!(error.map_err(|v| v.property), Err(property::EXACTLY_ONCE));
+    }
+
+    #[test]
+    fn session_expired_needs_an_eviction_or_a_newer_seq() {
+        let mut checker = ExactlyOnce::new(1);
+        checker
+            .observe(
+                LogIndex(1),
+                &put(1, 2, 1),
+                &Outcome::Done,
+                &stats(0),
+                &stats(1),
+            )
+            .expect("put");
+        let refused = checker.observe(LogIndex(2), &put(1, 2, 1), &expired(), &stats(1), &stats(1));
+        assert_eq!(refused.map_err(|v| v.property), Err(property::EXACTLY_ONCE));
+        checker
+            .observe(
+                LogIndex(3),
+                &put(1, 3, 2),
+                &Outcome::Done,
+                &stats(1),
+                &stats(2),
+            )
+            .expect("next seq");
+        checker
+            .observe(LogIndex(4), &put(1, 2, 1), &expired(), &stats(2), &stats(2))
+            .expect("a stale retry");
+        checker
+            .observe(
+                LogIndex(5),
+                &put(2, 2, 3),
+                &Outcome::Done,
+                &stats(2),
+                &stats(3),
+            )
+            .expect("a second client: one session may be forgotten now");
+        checker
+            .observe(LogIndex(6), &put(1, 4, 4), &expired(), &stats(3), &stats(3))
+            .expect("evicted");
+    }
+
+    #[test]
+    fn a_reply_that_lies_about_a_put_is_caught() {
+        let mut checker = ExactlyOnce::new(10);
+        let key = CommandKey::Session { client: 1, seq: 2 };
+        let failed = Outcome::Failed(ErrorInfo::new(ErrorCode::NoSuchTopic, "no"));
+        checker
+            .observe(LogIndex(1), &put(1, 2, 1), &failed, &stats(0), &stats(0))
+            .expect("no topic");
+        let lie = checker.check_reply(NodeId(1), key, &put(1, 2, 1), LogIndex(1), &Outcome::Done);
+        assert_eq!(lie.map_err(|v| v.property), Err(property::EXACTLY_ONCE));
+    }
+
+    #[test]
+    fn digests_must_agree_at_an_index() {
+        let mut digests = StateDigests::default();
+        digests.check(LogIndex(3), 7, None).expect("first");
+        digests
+            .check(LogIndex(3), 7, Some(NodeId(1)))
+            .expect("same");
+        let error = digests.check(LogIndex(3), 8, Some(NodeId(2)));
+        assert_eq!(error.map_err(|v| v.property), Err(property::REPLICA_STATE));
+    }
+
+    #[test]
+    fn the_contents_must_match_the_effects() {
+        let mut queue = Queue::new(QueueConfig::default());
+        let mut checker = ExactlyOnce::new(10);
+        let create = session_command(
+            1,
+            1,
+            Command::CreateTopic {
+                topic: TOPICS[0].into(),
+            },
+        );
+        for (index, command) in [create, put(1, 2, 10), put(1, 3, 11)].iter().enumerate() {
+            let index = LogIndex(index as u64 + 1);
+            let before = queue.stats();
+            let outcome = queue.apply_command(index, command);
+            checker
+                .observe(index, command, &outcome, &before, &queue.stats())
+                .expect("applies");
+        }
+        checker
+            .check_contents(&queue)
+            .expect("both messages, in order");
+        let mut other = ExactlyOnce::new(10);
+        other
+            .fifo
+            .insert(TOPICS[0].into(), VecDeque::from([11, 10]));
+        let error = other.check_contents(&queue);
+        assert_eq!(error.map_err(|v| v.property), Err(property::EXACTLY_ONCE));
+    }
+}

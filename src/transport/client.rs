@@ -16,7 +16,7 @@
 //! connection without allocating them. Replies are sent with DONTWAIT: ROUTER drops a reply
 //! to a client that is gone or not reading, rather than blocking everyone else.
 
-use super::{mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError};
+use super::{bind_router, mailbox, Frames, MailboxReceiver, MailboxSender, TransportError};
 use crate::config::NodeConfig;
 use crate::protocol::{
     decode_request, detect_encoding, encode_reply, encode_request_error, Encoding, ErrorCode,
@@ -93,21 +93,13 @@ impl ClientTransport {
     where
         E: From<ClientRequest> + Send + 'static,
     {
-        let router = zmq_context("client ROUTER", context.socket(zmq::ROUTER))?;
-        zmq_context("client ROUTER linger", router.set_linger(0))?;
-        zmq_context("client ROUTER ipv6", router.set_ipv6(settings.ipv6))?;
-        let frame_bytes_max = i64::try_from(settings.frame_bytes_max).unwrap_or(i64::MAX);
-        zmq_context(
-            "client ROUTER maxmsgsize",
-            router.set_maxmsgsize(frame_bytes_max),
+        let router = bind_router(
+            context,
+            "client port",
+            &settings.bind_endpoint,
+            settings.ipv6,
+            settings.frame_bytes_max,
         )?;
-        router
-            .bind(&settings.bind_endpoint)
-            .map_err(|source| TransportError::Bind {
-                endpoint: settings.bind_endpoint.clone(),
-                purpose: "client port",
-                source,
-            })?;
         let (replies, inbox) = mailbox(context)?;
         let limits = settings.limits;
         let thread = std::thread::Builder::new()

@@ -69,6 +69,31 @@ pub(crate) fn zmq_context<T>(
     result.map_err(|source| TransportError::Zmq { context, source })
 }
 
+/// A ROUTER bound on `endpoint` for `purpose` ("client port", "internal port"): linger 0, so
+/// closing never waits on unsent replies; frames over `frame_bytes_max` are refused by the
+/// socket layer before they are allocated. A port in use comes back as `TransportError::Bind`.
+pub(crate) fn bind_router(
+    context: &zmq::Context,
+    purpose: &'static str,
+    endpoint: &str,
+    ipv6: bool,
+    frame_bytes_max: usize,
+) -> Result<zmq::Socket, TransportError> {
+    let router = zmq_context("ROUTER socket", context.socket(zmq::ROUTER))?;
+    zmq_context("ROUTER linger", router.set_linger(0))?;
+    zmq_context("ROUTER ipv6", router.set_ipv6(ipv6))?;
+    let frame_bytes_max = i64::try_from(frame_bytes_max).unwrap_or(i64::MAX);
+    zmq_context("ROUTER maxmsgsize", router.set_maxmsgsize(frame_bytes_max))?;
+    router
+        .bind(endpoint)
+        .map_err(|source| TransportError::Bind {
+            endpoint: endpoint.to_string(),
+            purpose,
+            source,
+        })?;
+    Ok(router)
+}
+
 /// `host` as an IP literal. ZeroMQ binds interfaces and IP literals, not host names, so a
 /// name such as `localhost` is resolved here, once, at startup. Peers resolve names the same
 /// way before connecting: left to ZeroMQ, `localhost` may become `::1` on one side and

@@ -30,7 +30,7 @@ use super::snapshot::{
     self as transfer, SenderInput, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotReport,
     SnapshotSender, TransferFrame,
 };
-use super::{zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
+use super::{bind_router, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
 use crate::config::NodeConfig;
 use crate::raft::{Message, MessageBody, NodeId};
 use crate::storage::FsyncPolicy;
@@ -313,21 +313,13 @@ impl PeerTransport {
     where
         E: From<Message> + From<SnapshotReport> + Send + 'static,
     {
-        let router = zmq_context("peer ROUTER", context.socket(zmq::ROUTER))?;
-        zmq_context("peer ROUTER linger", router.set_linger(0))?;
-        zmq_context("peer ROUTER ipv6", router.set_ipv6(settings.ipv6))?;
-        let frame_bytes_max = i64::try_from(settings.frame_bytes_max).unwrap_or(i64::MAX);
-        zmq_context(
-            "peer ROUTER maxmsgsize",
-            router.set_maxmsgsize(frame_bytes_max),
+        let router = bind_router(
+            context,
+            "internal port",
+            &settings.bind_endpoint,
+            settings.ipv6,
+            settings.frame_bytes_max,
         )?;
-        router
-            .bind(&settings.bind_endpoint)
-            .map_err(|source| TransportError::Bind {
-                endpoint: settings.bind_endpoint.clone(),
-                purpose: "internal port",
-                source,
-            })?;
 
         let mut dealers = HashMap::new();
         let mut snapshot_dealers = HashMap::new();

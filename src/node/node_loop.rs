@@ -1066,54 +1066,12 @@ mod tests {
 
     #[test]
     fn a_storage_failure_stops_acknowledging_but_keeps_answering() {
-        let (port, internal_port) = (free_port(), free_port());
-        let text = format!(
-            r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {port}, "internal_port": {internal_port}}}]}}"#
-        );
-        let cluster = ClusterConfig::parse(&text, "test").expect("config");
-        let args = NodeArgs::try_parse_from(["rrmq-node", "test", "0"]).expect("args");
-        let config = NodeConfig::new(&args, cluster).expect("node config");
-
-        let context = zmq::Context::new();
-        let (events, inbox) = crossbeam_channel::bounded::<Event>(64);
-        let clients = ClientTransport::start(
-            &context,
-            ClientSettings::from_config(&config).expect("settings"),
-            events.clone(),
-        )
-        .expect("client transport");
-        let peers = PeerTransport::start(
-            &context,
-            PeerSettings::from_config(&config).expect("settings"),
-            events.clone(),
-        )
-        .expect("peer transport");
-        let core = Core::new(
-            config.id,
-            config.cluster.voters(),
-            config.raft.clone(),
-            RestoredState::default(),
-            7,
-        );
         let broken = Arc::new(AtomicBool::new(false));
         let store = BreakableStore {
             inner: MemStore::new(),
             broken: broken.clone(),
         };
-        let queue = Queue::new(QueueConfig::default());
-        let node = NodeLoop::new(NodeParts {
-            config,
-            core,
-            store: Box::new(store),
-            queue,
-            clients,
-            peers,
-            events: events.clone(),
-            durable_hard_state: HardState::default(),
-            snapshot: SnapshotMeta::default(),
-            previous_snapshot: SnapshotMeta::default(),
-        });
-        let node = std::thread::spawn(move || node.run(&inbox));
+        let (_context, socket, events, node) = start_node(&[], Box::new(store));
         let ticker_events = events.clone();
         let ticker = std::thread::spawn(move || {
             while ticker_events.send(Event::Tick).is_ok() {
@@ -1121,11 +1079,6 @@ mod tests {
             }
         });
 
-        let socket = context.socket(zmq::DEALER).expect("socket");
-        socket.set_linger(0).expect("linger");
-        socket
-            .connect(&format!("tcp://127.0.0.1:{port}"))
-            .expect("connect");
         let deadline = Instant::now() + Duration::from_secs(20);
         while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
         {
@@ -1192,6 +1145,20 @@ mod tests {
         crossbeam_channel::Sender<Event>,
         std::thread::JoinHandle<()>,
     ) {
+        start_node(flags, Box::new(MemStore::new()))
+    }
+
+    /// Runs a one-node loop with `flags` over `store`, without a ticker, until the returned
+    /// sender gets `Shutdown`; returns a socket connected to its client port.
+    fn start_node(
+        flags: &[&str],
+        store: Box<dyn LogStore + Send>,
+    ) -> (
+        zmq::Context,
+        zmq::Socket,
+        crossbeam_channel::Sender<Event>,
+        std::thread::JoinHandle<()>,
+    ) {
         let (port, internal_port) = (free_port(), free_port());
         let text = format!(
             r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {port}, "internal_port": {internal_port}}}]}}"#
@@ -1224,7 +1191,7 @@ mod tests {
         let node = NodeLoop::new(NodeParts {
             config,
             core,
-            store: Box::new(MemStore::new()),
+            store,
             queue: Queue::new(QueueConfig::default()),
             clients,
             peers,

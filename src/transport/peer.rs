@@ -596,7 +596,7 @@ fn receive_loop<E>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::raft::{
         AppendResult, Entry, EntryId, EntryPayload, LogIndex, MessageBody, RejectHint,
@@ -793,7 +793,7 @@ mod tests {
         }
     }
 
-    fn free_port() -> u16 {
+    pub(crate) fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map(|address| address.port())
@@ -801,6 +801,26 @@ mod tests {
     }
 
     fn settings(me: u64, ports: &[u16]) -> PeerSettings {
+        settings_with(
+            me,
+            ports,
+            &std::env::temp_dir(),
+            1024,
+            0,
+            transfer::STALL_TIMEOUT,
+        )
+    }
+
+    /// Peer settings for node `me` of a loopback cluster on `ports`, with the snapshot
+    /// streaming knobs a test chooses.
+    pub(crate) fn settings_with(
+        me: u64,
+        ports: &[u16],
+        snapshot_dir: &std::path::Path,
+        snapshot_chunk_bytes: usize,
+        snapshot_send_bytes_per_second: u64,
+        snapshot_stall_timeout: Duration,
+    ) -> PeerSettings {
         PeerSettings {
             filter: PeerFilter {
                 cluster_id: CLUSTER,
@@ -820,10 +840,10 @@ mod tests {
             ipv6: false,
             frame_bytes_max: 2 << 20,
             send_queue_max: PEER_SEND_QUEUE_MAX,
-            snapshot_dir: std::env::temp_dir(),
-            snapshot_chunk_bytes: 1024,
-            snapshot_send_bytes_per_second: 0,
-            snapshot_stall_timeout: transfer::STALL_TIMEOUT,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            snapshot_chunk_bytes,
+            snapshot_send_bytes_per_second,
+            snapshot_stall_timeout,
             fsync: FsyncPolicy::Never,
         }
     }

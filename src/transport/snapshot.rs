@@ -795,9 +795,8 @@ mod tests {
     use super::*;
     use crate::raft::{EntryId, LogIndex};
     use crate::storage::snapshot::{received_path, snapshot_path, write_snapshot};
-    use crate::transport::peer::{
-        decode_peer_frame, PeerFilter, PeerFrame, PeerTransport, PEER_SEND_QUEUE_MAX,
-    };
+    use crate::transport::peer::tests::{free_port, settings_with, TestEvent};
+    use crate::transport::peer::{decode_peer_frame, PeerFilter, PeerFrame, PeerTransport};
     use std::path::Path;
 
     const CLUSTER: u64 = 0xfeed;
@@ -1001,57 +1000,8 @@ mod tests {
         assert_eq!(count(), 0, "an idle transfer is deleted");
     }
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free loopback port")
-    }
-
     fn settings(me: u64, ports: &[u16], dir: &Path, rate: u64) -> PeerSettings {
-        PeerSettings {
-            filter: PeerFilter {
-                cluster_id: CLUSTER,
-                me: NodeId(me),
-                node_count: ports.len(),
-            },
-            bind_endpoint: format!("tcp://127.0.0.1:{}", ports[me as usize]),
-            peers: (0..ports.len() as u64)
-                .filter(|id| *id != me)
-                .map(|id| {
-                    (
-                        NodeId(id),
-                        format!("tcp://127.0.0.1:{}", ports[id as usize]),
-                    )
-                })
-                .collect(),
-            ipv6: false,
-            frame_bytes_max: 2 << 20,
-            send_queue_max: PEER_SEND_QUEUE_MAX,
-            snapshot_dir: dir.to_path_buf(),
-            snapshot_chunk_bytes: 4096,
-            snapshot_send_bytes_per_second: rate,
-            snapshot_stall_timeout: Duration::from_secs(2),
-            fsync: FsyncPolicy::Never,
-        }
-    }
-
-    #[derive(Debug, PartialEq)]
-    enum TestEvent {
-        Message(Message),
-        Report(SnapshotReport),
-    }
-
-    impl From<Message> for TestEvent {
-        fn from(message: Message) -> TestEvent {
-            TestEvent::Message(message)
-        }
-    }
-
-    impl From<SnapshotReport> for TestEvent {
-        fn from(report: SnapshotReport) -> TestEvent {
-            TestEvent::Report(report)
-        }
+        settings_with(me, ports, dir, 4096, rate, Duration::from_secs(2))
     }
 
     fn install_message(snapshot: SnapshotMeta) -> Message {

@@ -171,21 +171,25 @@ impl ErrorCode {
         }
     }
 
+    /// Every code, for parsing and for tests that must cover them all.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::NoSuchTopic,
+        ErrorCode::TopicExists,
+        ErrorCode::Empty,
+        ErrorCode::NotLeader,
+        ErrorCode::BadRequest,
+        ErrorCode::TooLarge,
+        ErrorCode::Timeout,
+        ErrorCode::Unavailable,
+        ErrorCode::ShuttingDown,
+        ErrorCode::SessionExpired,
+        ErrorCode::Unspecified,
+    ];
+
     pub fn parse(code: &str) -> Option<ErrorCode> {
-        const ALL: [ErrorCode; 11] = [
-            ErrorCode::NoSuchTopic,
-            ErrorCode::TopicExists,
-            ErrorCode::Empty,
-            ErrorCode::NotLeader,
-            ErrorCode::BadRequest,
-            ErrorCode::TooLarge,
-            ErrorCode::Timeout,
-            ErrorCode::Unavailable,
-            ErrorCode::ShuttingDown,
-            ErrorCode::SessionExpired,
-            ErrorCode::Unspecified,
-        ];
-        ALL.into_iter().find(|candidate| candidate.as_str() == code)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == code)
     }
 }
 

@@ -1887,19 +1887,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     })
 }
 
-const ALL_CODES: [ErrorCode; 11] = [
-    ErrorCode::NoSuchTopic,
-    ErrorCode::TopicExists,
-    ErrorCode::Empty,
-    ErrorCode::NotLeader,
-    ErrorCode::BadRequest,
-    ErrorCode::TooLarge,
-    ErrorCode::Timeout,
-    ErrorCode::Unavailable,
-    ErrorCode::ShuttingDown,
-    ErrorCode::SessionExpired,
-    ErrorCode::Unspecified,
-];
+const ALL_CODES: [ErrorCode; 11] = ErrorCode::ALL;
 
 fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     let error = (

@@ -186,6 +186,18 @@ fn version_2_replies_add_error_codes_leader_and_status_details() {
             last, commit,
             "{wire:?}: nothing uncommitted is left: {status}"
         );
+        // Every entry of this fresh node's log went through its WAL, in batches of one
+        // sync each (at least one, at most one per entry).
+        let wal_entries = status["wal_entries"].as_u64().expect("wal_entries");
+        let wal_syncs = status["wal_syncs"].as_u64().expect("wal_syncs");
+        assert!(
+            wal_entries >= last,
+            "{wire:?}: all {last} entries were persisted: {status}"
+        );
+        assert!(
+            (1..=wal_entries).contains(&wal_syncs),
+            "{wire:?}: between 1 and one sync per entry: {status}"
+        );
     }
 }
 

@@ -41,7 +41,7 @@ pub use self::driver::Connections;
 
 use self::driver::{Plan, Role, RunResult, CLIENTS_MAX};
 use self::machine::Timing;
-use self::report::{ClusterReport, NodeReport, OperationKind, Report};
+use self::report::{ClusterReport, NodeReport, OperationKind, Report, WalReport};
 use super::{parse_duration, CliError, GlobalOptions};
 use crate::client::{Client, ClientOptions, NodeAddress};
 use crate::config::MESSAGE_BYTES_MAX_LIMIT;
@@ -444,7 +444,6 @@ fn run_workload(
         client.create_topic(topic)?;
     }
     let (cluster, nodes, leader_index) = cluster_report(&mut client);
-    drop(client);
     let phases = workload.phases(&topics, timing, progress);
     if let Some(fill) = &phases.fill {
         let wanted = fill.put_count.unwrap_or(0);
@@ -463,7 +462,10 @@ fn run_workload(
             );
         }
     }
+    let wal_before = wal_counters(&mut client);
     let result = run_plan(&phases.measure, nodes, leader_index)?;
+    let wal_after = wal_counters(&mut client);
+    let wal = wal_reports(&wal_before, wal_after, result.elapsed.as_secs_f64());
     Ok(Report {
         workload: workload.name().to_string(),
         cluster,
@@ -473,7 +475,52 @@ fn run_workload(
         bench_cpu: result.bench_cpu,
         bench_cpu_percent_of_core: result.bench_cpu.percent_of_core(result.elapsed),
         watched: result.watched,
+        wal,
     })
+}
+
+/// Each node's address, id, role and `(wal_syncs, wal_entries)` from v2 `status`; `None`
+/// for a node that did not answer.
+type WalCounters = Vec<(String, Option<(u64, String, (u64, u64))>)>;
+
+fn wal_counters(client: &mut Client) -> WalCounters {
+    client
+        .status_all()
+        .into_iter()
+        .map(|(address, status)| {
+            let counters = status.ok().map(|status| {
+                (
+                    status.id,
+                    status.role,
+                    (status.wal_syncs, status.wal_entries),
+                )
+            });
+            (address.to_string(), counters)
+        })
+        .collect()
+}
+
+/// One report per node that answered both before and after the window, with its role as
+/// it was afterwards.
+fn wal_reports(before: &WalCounters, after: WalCounters, elapsed_seconds: f64) -> Vec<WalReport> {
+    after
+        .into_iter()
+        .filter_map(|(address, counters)| {
+            let (id, role, after) = counters?;
+            let (_, _, before) = before
+                .iter()
+                .find(|(earlier, _)| *earlier == address)
+                .and_then(|(_, counters)| counters.as_ref())?;
+            Some(WalReport::between(
+                address,
+                Some(id),
+                Some(role),
+                *before,
+                after,
+                elapsed_seconds,
+            ))
+        })
+        .collect()
 }
 
 fn run_plan(

@@ -312,6 +312,8 @@ mod tests {
             last_log_index: 43,
             peers: Vec::<PeerProgress>::new(),
             fsync: "always".to_string(),
+            wal_syncs: 0,
+            wal_entries: 0,
         }
     }
 

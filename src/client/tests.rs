@@ -160,6 +160,8 @@ fn status(id: u64, role: &str) -> StatusReport {
         last_log_index: 6,
         peers: Vec::new(),
         fsync: "always".to_string(),
+        wal_syncs: 0,
+        wal_entries: 0,
     }
 }
 

@@ -136,6 +136,11 @@ pub(super) struct NodeLoop {
     snapshots: Snapshots,
     /// The hard state last made durable, to sync only when term or vote changed.
     durable_hard_state: HardState,
+    /// Batches made durable (one `sync` each; under `--fsync never` the store skips the
+    /// fsync, but the batch is still counted) and log entries appended, since start. Shown
+    /// in v2 `status` so `rrmq bench` can report entries per fsync.
+    wal_syncs: u64,
+    wal_entries: u64,
     /// Set after a storage error (or a snapshot it cannot install): the node no longer
     /// participates in Raft and answers everything but `status` UNAVAILABLE.
     halted: bool,
@@ -188,6 +193,8 @@ impl NodeLoop {
                 view_pause_max: Duration::ZERO,
             },
             durable_hard_state,
+            wal_syncs: 0,
+            wal_entries: 0,
             halted: false,
             shutdown: None,
             observed,
@@ -479,7 +486,9 @@ impl NodeLoop {
         }
         if must_sync {
             self.store.sync()?;
+            self.wal_syncs += 1;
         }
+        self.wal_entries += entries.len() as u64;
         if let Some(hard_state) = hard_state {
             self.durable_hard_state = hard_state;
         }
@@ -880,6 +889,8 @@ impl NodeLoop {
                 })
                 .collect(),
             fsync: self.config.fsync.as_str().to_string(),
+            wal_syncs: self.wal_syncs,
+            wal_entries: self.wal_entries,
         })
     }
 

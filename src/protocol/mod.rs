@@ -254,6 +254,11 @@ pub struct StatusReport {
     pub peers: Vec<PeerProgress>,
     /// "always" or "never".
     pub fsync: String,
+    /// Batches this node made durable since it started: fsync calls made, or under
+    /// `fsync: never` the batches that would have synced. 0 when the reply lacked the key.
+    pub wal_syncs: u64,
+    /// Log entries this node appended to its WAL since it started. 0 when absent.
+    pub wal_entries: u64,
 }
 
 /// `stats` reply: the node's applied state machine. Two nodes with the same `last_applied`

@@ -157,6 +157,10 @@ struct StatusWire<'a> {
     peers: Option<PeersWire<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fsync: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_syncs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_entries: Option<u64>,
 }
 
 impl<'a> StatusWire<'a> {
@@ -171,6 +175,8 @@ impl<'a> StatusWire<'a> {
             last_log_index: None,
             peers: None,
             fsync: None,
+            wal_syncs: None,
+            wal_entries: None,
         };
         if extended {
             wire.id = Some(status.id);
@@ -180,6 +186,8 @@ impl<'a> StatusWire<'a> {
             wire.last_log_index = Some(status.last_log_index);
             wire.peers = (!status.peers.is_empty()).then_some(PeersWire(&status.peers));
             wire.fsync = Some(&status.fsync);
+            wire.wal_syncs = Some(status.wal_syncs);
+            wire.wal_entries = Some(status.wal_entries);
         }
         wire
     }
@@ -473,6 +481,8 @@ fn interpret_status(mut entries: Entries) -> Result<StatusReport, String> {
         last_log_index: entries.take_u64("last_log_index")?.unwrap_or(0),
         peers,
         fsync: entries.take_text("fsync")?.unwrap_or_default(),
+        wal_syncs: entries.take_u64("wal_syncs")?.unwrap_or(0),
+        wal_entries: entries.take_u64("wal_entries")?.unwrap_or(0),
     })
 }
 

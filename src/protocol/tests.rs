@@ -1315,6 +1315,8 @@ fn full_status() -> StatusReport {
             },
         ],
         fsync: "always".to_owned(),
+        wal_syncs: 12,
+        wal_entries: 41,
     }
 }
 
@@ -1545,6 +1547,8 @@ fn version_2_replies_carry_error_leader_and_status_details() {
                     ]),
                 ),
                 ("fsync", text("always")),
+                ("wal_syncs", Value::from(12)),
+                ("wal_entries", Value::from(41)),
             ]),
         ),
         (
@@ -1554,6 +1558,8 @@ fn version_2_replies_carry_error_leader_and_status_details() {
                 leader: None,
                 peers: vec![],
                 fsync: "never".into(),
+                wal_syncs: 0,
+                wal_entries: 3,
                 ..full_status()
             }),
             map(&[
@@ -1564,6 +1570,8 @@ fn version_2_replies_carry_error_leader_and_status_details() {
                 ("last_applied", Value::from(39)),
                 ("last_log_index", Value::from(41)),
                 ("fsync", text("never")),
+                ("wal_syncs", Value::from(0)),
+                ("wal_entries", Value::from(3)),
             ]),
         ),
     ];
@@ -1662,6 +1670,8 @@ fn decode_reply_reads_version_1_replies() {
                 last_log_index: 0,
                 peers: vec![],
                 fsync: String::new(),
+                wal_syncs: 0,
+                wal_entries: 0,
             }),
         ),
         (
@@ -1916,7 +1926,7 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     );
     let status = (
         arbitrary_text(10),
-        any::<[u64; 5]>(),
+        any::<[u64; 7]>(),
         proptest::option::of(any::<u64>()),
         proptest::collection::vec(peer, 0..4),
         arbitrary_text(8),
@@ -1931,6 +1941,8 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
             last_log_index: numbers[4],
             peers,
             fsync,
+            wal_syncs: numbers[5],
+            wal_entries: numbers[6],
         });
     let stats = (any::<[u64; 6]>(), any::<u32>()).prop_map(|(numbers, digest)| StatsReport {
         id: numbers[0],
@@ -1978,6 +1990,8 @@ fn as_seen_in_version_1(reply: Reply) -> Reply {
             last_log_index: 0,
             peers: vec![],
             fsync: String::new(),
+            wal_syncs: 0,
+            wal_entries: 0,
         }),
         // Not a version 1 operation: one form whatever the version.
         stats @ Reply::Stats(_) => stats,

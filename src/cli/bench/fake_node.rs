@@ -108,6 +108,8 @@ fn status(leader: bool) -> Reply {
             Vec::new()
         },
         fsync: "always".to_string(),
+        wal_syncs: 0,
+        wal_entries: 0,
     })
 }
 

@@ -229,6 +229,46 @@ pub(super) struct NodeReport {
     pub fsync: Option<String>,
 }
 
+/// One node's write-ahead log over the measured window, from v2 `status` read just before
+/// and just after it: how many entries it persisted and in how many syncs (fsync calls, or
+/// under `fsync never` the batches that would have synced).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(super) struct WalReport {
+    pub address: String,
+    pub id: Option<u64>,
+    pub role: Option<String>,
+    pub entries: u64,
+    pub syncs: u64,
+    pub entries_per_second: f64,
+    /// `None` when the node made no sync in the window.
+    pub entries_per_sync: Option<f64>,
+}
+
+impl WalReport {
+    /// The window's report from the counters `(wal_syncs, wal_entries)` before and after.
+    pub(super) fn between(
+        address: String,
+        id: Option<u64>,
+        role: Option<String>,
+        before: (u64, u64),
+        after: (u64, u64),
+        elapsed_seconds: f64,
+    ) -> WalReport {
+        // A node that restarted in the window starts counting from zero again.
+        let syncs = after.0.saturating_sub(before.0);
+        let entries = after.1.saturating_sub(before.1);
+        WalReport {
+            address,
+            id,
+            role,
+            entries,
+            syncs,
+            entries_per_second: entries as f64 / elapsed_seconds.max(f64::EPSILON),
+            entries_per_sync: (syncs > 0).then(|| entries as f64 / syncs as f64),
+        }
+    }
+}
+
 /// The cluster the benchmark ran against.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub(super) struct ClusterReport {
@@ -291,6 +331,8 @@ pub(super) struct Report {
     pub bench_cpu: CpuTime,
     pub bench_cpu_percent_of_core: f64,
     pub watched: Vec<ProcessReport>,
+    /// Each node that answered `status` before and after the measured window.
+    pub wal: Vec<WalReport>,
 }
 
 impl Report {
@@ -402,6 +444,25 @@ impl Report {
             self.bench_cpu.system_seconds,
             self.bench_cpu_percent_of_core
         );
+        for node in &self.wal {
+            let name = match node.id {
+                Some(id) => format!("node {id}"),
+                None => node.address.clone(),
+            };
+            let role = node.role.as_deref().unwrap_or("unknown");
+            let per_sync = node
+                .entries_per_sync
+                .map(|ratio| format!("{ratio:.1}"))
+                .unwrap_or_else(|| "-".to_string());
+            let _ = writeln!(
+                text,
+                "  {name} ({role}) WAL: {} entries/s persisted, {} entries in {} syncs, \
+                 {per_sync} entries per fsync",
+                thousands(node.entries_per_second.round() as u64),
+                thousands(node.entries),
+                thousands(node.syncs),
+            );
+        }
         for process in &self.watched {
             let rss = process
                 .rss_kib
@@ -771,6 +832,17 @@ mod tests {
                 },
                 rss_kib: Some(2048),
             }],
+            wal: vec![
+                WalReport::between(
+                    "127.0.0.1:1".to_string(),
+                    Some(1),
+                    Some("Leader".to_string()),
+                    (10, 100),
+                    (410, 6100),
+                    2.0,
+                ),
+                WalReport::between("127.0.0.1:2".to_string(), None, None, (5, 5), (5, 5), 2.0),
+            ],
         }
     }
 
@@ -785,6 +857,10 @@ mod tests {
             "  put retries: redirect 1",
             "  bench CPU: 0.25 s user + 0.50 s system = 75.0% of one core",
             "  pid 42: 0.50 s user + 0.25 s system = 75.0% of one core, RSS 2.0 MiB",
+            "  node 1 (Leader) WAL: 3,000 entries/s persisted, 6,000 entries in 400 syncs, \
+             15.0 entries per fsync",
+            "  127.0.0.1:2 (unknown) WAL: 0 entries/s persisted, 0 entries in 0 syncs, \
+             - entries per fsync",
         ];
         for (number, line) in expected_lines.iter().enumerate() {
             assert!(
@@ -805,6 +881,9 @@ mod tests {
         assert_eq!(value["cluster"]["nodes"][0]["fsync"], "always");
         assert_eq!(value["bench_cpu"]["user_seconds"], 0.25);
         assert_eq!(value["watched"][0]["rss_kib"], 2048);
+        assert_eq!(value["wal"][0]["entries_per_second"], 3000.0);
+        assert_eq!(value["wal"][0]["entries_per_sync"], 15.0);
+        assert_eq!(value["wal"][1]["entries_per_sync"], serde_json::Value::Null);
     }
 
     #[test]

@@ -447,7 +447,7 @@ fn run_workload(
     let phases = workload.phases(&topics, timing, progress);
     if let Some(fill) = &phases.fill {
         let wanted = fill.put_count.unwrap_or(0);
-        let result = run_plan(fill, nodes.clone(), leader_index)?;
+        let result = run_plan(fill, nodes.clone(), leader_index, &mut || {})?;
         let put = result
             .recorder
             .finish(result.elapsed)
@@ -462,10 +462,17 @@ fn run_workload(
             );
         }
     }
-    let wal_before = wal_counters(&mut client);
-    let result = run_plan(&phases.measure, nodes, leader_index)?;
-    let wal_after = wal_counters(&mut client);
-    let wal = wal_reports(&wal_before, wal_after, result.elapsed.as_secs_f64());
+    // Read at the edges of the measured window, so the warmup's entries are not counted.
+    let mut wal_readings: Vec<WalCounters> = Vec::new();
+    let result = run_plan(&phases.measure, nodes, leader_index, &mut || {
+        wal_readings.push(wal_counters(&mut client))
+    })?;
+    let wal = match (wal_readings.first(), wal_readings.last()) {
+        (Some(before), Some(after)) if wal_readings.len() >= 2 => {
+            wal_reports(before, after.clone(), result.elapsed.as_secs_f64())
+        }
+        _ => Vec::new(),
+    };
     Ok(Report {
         workload: workload.name().to_string(),
         cluster,
@@ -527,8 +534,10 @@ fn run_plan(
     plan: &Plan,
     nodes: Vec<NodeAddress>,
     first_node: usize,
+    at_window_edge: &mut dyn FnMut(),
 ) -> Result<RunResult, CliError> {
-    driver::run(plan, nodes, first_node).map_err(|error| CliError::Cluster(error.to_string()))
+    driver::run(plan, nodes, first_node, at_window_edge)
+        .map_err(|error| CliError::Cluster(error.to_string()))
 }
 
 /// The cluster as v2 `status` shows it: each known node's id, role and fsync policy, the

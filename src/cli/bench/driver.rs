@@ -173,13 +173,16 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
 }
 
 /// Runs a plan against `nodes`; the first call of every client goes to `first_node` (the
-/// leader, when the caller found it).
+/// leader, when the caller found it). `at_window_edge` is called when the measured window
+/// opens (after the warmup) and when it closes, so the caller can read counters (the nodes'
+/// WAL statistics) over exactly the window the figures cover.
 pub(super) fn run(
     plan: &Plan,
     nodes: Vec<NodeAddress>,
     first_node: usize,
+    at_window_edge: &mut dyn FnMut(),
 ) -> Result<RunResult, DriverError> {
-    Driver::new(plan, nodes, first_node).run()
+    Driver::new(plan, nodes, first_node).run(at_window_edge)
 }
 
 struct Driver<'a> {
@@ -236,7 +239,7 @@ impl<'a> Driver<'a> {
         }
     }
 
-    fn run(mut self) -> Result<RunResult, DriverError> {
+    fn run(mut self, at_window_edge: &mut dyn FnMut()) -> Result<RunResult, DriverError> {
         let started = Instant::now();
         self.measure_from = started + self.plan.warmup;
         let end = self.plan.measure_for.map(|time| self.measure_from + time);
@@ -244,6 +247,9 @@ impl<'a> Driver<'a> {
         let mut next_progress = started + PROGRESS_INTERVAL;
         let mut last_progress = started;
         let mut measuring = self.plan.warmup.is_zero();
+        if measuring {
+            at_window_edge();
+        }
         let mut cpu_at_start = (own_cpu(), self.watched_cpu());
 
         for client in 0..self.clients.len() {
@@ -253,6 +259,7 @@ impl<'a> Driver<'a> {
             let now = Instant::now();
             if !measuring && now >= self.measure_from {
                 measuring = true;
+                at_window_edge();
                 cpu_at_start = (own_cpu(), self.watched_cpu());
                 self.recorder = Recorder::new();
             }
@@ -301,6 +308,9 @@ impl<'a> Driver<'a> {
         }
         if progress {
             eprint!("\r\x1b[K");
+        }
+        if measuring {
+            at_window_edge();
         }
 
         let finished = Instant::now();

@@ -380,7 +380,7 @@ fn measure_rss(
         progress,
         watch_pids: Vec::new(),
     };
-    let result = run_plan(&plan, cluster.nodes.clone(), leader)?;
+    let result = run_plan(&plan, cluster.nodes.clone(), leader, &mut || {})?;
     let acknowledged = result
         .recorder
         .finish(result.elapsed)

@@ -45,8 +45,13 @@ fn redirects_and_silence_are_retried_with_the_same_session_key() {
             put_count: Some(20),
             ..plan(producers(4), connections)
         };
-        let result =
-            run(&plan, vec![follower.address(), leader.address()], 0).expect("the run completes");
+        let result = run(
+            &plan,
+            vec![follower.address(), leader.address()],
+            0,
+            &mut || {},
+        )
+        .expect("the run completes");
 
         let operations = result.recorder.finish(result.elapsed);
         let put = &operations[0];
@@ -113,6 +118,7 @@ fn consumers_drain_the_topic_and_stop_at_empty() {
         &plan(roles, Connections::PerClient),
         vec![leader.address()],
         0,
+        &mut || {},
     )
     .expect("the run completes");
     let operations = result.recorder.finish(result.elapsed);
@@ -140,8 +146,22 @@ fn a_duration_run_stops_on_time_and_abandons_nothing_it_counted() {
         ..plan(producers(2), Connections::PerClient)
     };
     let started = Instant::now();
-    let result = run(&plan, vec![leader.address()], 0).expect("the run completes");
+    // What the leader had seen when the window opened and when it closed.
+    let mut seen_at_edges = Vec::new();
+    let result = run(&plan, vec![leader.address()], 0, &mut || {
+        seen_at_edges.push(leader.seen().len())
+    })
+    .expect("the run completes");
     let took = started.elapsed();
+    assert_eq!(
+        seen_at_edges.len(),
+        2,
+        "opened and closed: {seen_at_edges:?}"
+    );
+    assert!(
+        seen_at_edges[0] > 0 && seen_at_edges[1] > seen_at_edges[0],
+        "the window opens after the warmup's calls and closes after its own: {seen_at_edges:?}"
+    );
     assert!(
         took >= Duration::from_millis(400),
         "warmup plus measured time: {took:?}"

@@ -23,6 +23,7 @@
 
 pub mod client;
 pub mod fault;
+pub mod inbox;
 pub mod peer;
 pub mod snapshot;
 

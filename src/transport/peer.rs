@@ -26,6 +26,7 @@
 //! process on a reused port, not an attack this layer defends against.
 
 use super::fault::PeerFaults;
+use super::inbox::InboxSender;
 use super::snapshot::{
     self as transfer, SenderInput, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotReport,
     SnapshotSender, TransferFrame,
@@ -308,7 +309,7 @@ impl PeerTransport {
     pub fn start<E>(
         context: &zmq::Context,
         settings: PeerSettings,
-        events: Sender<E>,
+        events: impl Into<InboxSender<E>>,
     ) -> Result<PeerTransport, TransportError>
     where
         E: From<Message> + From<SnapshotReport> + Send + 'static,
@@ -320,6 +321,7 @@ impl PeerTransport {
             settings.ipv6,
             settings.frame_bytes_max,
         )?;
+        let events = events.into();
 
         let mut dealers = HashMap::new();
         let mut snapshot_dealers = HashMap::new();
@@ -515,7 +517,7 @@ fn send_ack(
 
 /// Where the peer receiver puts what it decodes.
 struct Inbound<E> {
-    events: Sender<E>,
+    events: InboxSender<E>,
     /// To the snapshot receiver; bounded, a chunk that does not fit is dropped.
     chunks: Sender<SnapshotChunk>,
     /// To the snapshot sender.

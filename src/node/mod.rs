@@ -36,10 +36,10 @@ use crate::queue::{Queue, QueueConfig};
 use crate::raft::{Core, Message, SnapshotMeta};
 use crate::storage::{FsyncPolicy, SnapshotFile, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
-use crate::transport::inbox::{inbox, InboxSender};
 use crate::transport::peer::{PeerSettings, PeerTransport};
 use crate::transport::snapshot::SnapshotReport;
 use crate::transport::TransportError;
+use crossbeam_channel::Sender;
 use recovery::RecoveryError;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -146,7 +146,7 @@ pub fn run_with_args(args: &NodeArgs) -> Result<(), NodeError> {
 /// Startup errors (a port in use, an unreadable WAL) come back as values before anything is
 /// logged, so the caller can print them as its one line.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let (events, inbox) = inbox::<Event>(EVENT_CHANNEL_CAPACITY);
+    let (events, inbox) = crossbeam_channel::bounded::<Event>(EVENT_CHANNEL_CAPACITY);
     let signals = SignalThread::start(events.clone())?;
 
     let context = zmq::Context::new();
@@ -248,7 +248,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
 /// Sends a [`Event::Tick`] every `tick`; exits once the node loop has gone.
 fn spawn_timer(
     tick: std::time::Duration,
-    events: InboxSender<Event>,
+    events: Sender<Event>,
 ) -> Result<JoinHandle<()>, NodeError> {
     std::thread::Builder::new()
         .name("timer".into())
@@ -274,7 +274,7 @@ struct SignalThread {
 }
 
 impl SignalThread {
-    fn start(events: InboxSender<Event>) -> Result<SignalThread, NodeError> {
+    fn start(events: Sender<Event>) -> Result<SignalThread, NodeError> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals =
             signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(NodeError::Signals)?;

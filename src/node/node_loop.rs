@@ -61,8 +61,8 @@ use crate::raft::{
 use crate::storage::snapshot as snapshot_file;
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::{ClientRequest, ClientTransport, Ticket};
-use crate::transport::inbox::{InboxReceiver, InboxSender};
 use crate::transport::peer::PeerTransport;
+use crossbeam_channel::{Receiver, Sender};
 use std::time::{Duration, Instant};
 
 /// Events handled per round before the core's output is processed: bounds the latency a
@@ -90,7 +90,7 @@ pub(super) struct NodeParts {
     pub(super) clients: ClientTransport,
     pub(super) peers: PeerTransport,
     /// For the snapshot writer and loader threads to report back.
-    pub(super) events: InboxSender<Event>,
+    pub(super) events: Sender<Event>,
     pub(super) durable_hard_state: HardState,
     /// The snapshot `queue` was loaded from (`0@0`: none).
     pub(super) snapshot: SnapshotMeta,
@@ -126,7 +126,7 @@ pub(super) struct NodeLoop {
     queue: Queue,
     clients: ClientTransport,
     peers: PeerTransport,
-    events: InboxSender<Event>,
+    events: Sender<Event>,
     fsync: FsyncPolicy,
     pending: PendingRequests,
     next_read_id: u64,
@@ -202,7 +202,7 @@ impl NodeLoop {
     }
 
     /// Runs until shutdown has completed, then stops the transport threads.
-    pub(super) fn run(mut self, events: &InboxReceiver<Event>) {
+    pub(super) fn run(mut self, events: &Receiver<Event>) {
         loop {
             // With work left over (a long log being applied slice by slice), only look for
             // events; otherwise sleep until one comes.
@@ -1153,7 +1153,7 @@ mod tests {
     ) -> (
         zmq::Context,
         zmq::Socket,
-        InboxSender<Event>,
+        crossbeam_channel::Sender<Event>,
         std::thread::JoinHandle<()>,
     ) {
         start_node(flags, Box::new(MemStore::new()))
@@ -1167,7 +1167,7 @@ mod tests {
     ) -> (
         zmq::Context,
         zmq::Socket,
-        InboxSender<Event>,
+        crossbeam_channel::Sender<Event>,
         std::thread::JoinHandle<()>,
     ) {
         let (port, internal_port) = (free_port(), free_port());
@@ -1179,7 +1179,7 @@ mod tests {
             NodeArgs::try_parse_from(["rrmq-node", "test", "0"].iter().chain(flags)).expect("args");
         let config = NodeConfig::new(&args, cluster).expect("node config");
         let context = zmq::Context::new();
-        let (events, inbox) = crate::transport::inbox::inbox::<Event>(64);
+        let (events, inbox) = crossbeam_channel::bounded::<Event>(64);
         let clients = ClientTransport::start(
             &context,
             ClientSettings::from_config(&config).expect("settings"),

@@ -16,13 +16,13 @@
 //! connection without allocating them. Replies are sent with DONTWAIT: ROUTER drops a reply
 //! to a client that is gone or not reading, rather than blocking everyone else.
 
-use super::inbox::InboxSender;
 use super::{bind_router, mailbox, Frames, MailboxReceiver, MailboxSender, TransportError};
 use crate::config::NodeConfig;
 use crate::protocol::{
     decode_request, detect_encoding, encode_reply, encode_request_error, Encoding, ErrorCode,
     ErrorInfo, Limits, Outcome, Reply, Request, RequestError,
 };
+use crossbeam_channel::Sender;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::thread::JoinHandle;
@@ -88,7 +88,7 @@ impl ClientTransport {
     pub fn start<E>(
         context: &zmq::Context,
         settings: ClientSettings,
-        events: impl Into<InboxSender<E>>,
+        events: Sender<E>,
     ) -> Result<ClientTransport, TransportError>
     where
         E: From<ClientRequest> + Send + 'static,
@@ -100,7 +100,6 @@ impl ClientTransport {
             settings.ipv6,
             settings.frame_bytes_max,
         )?;
-        let events = events.into();
         let (replies, inbox) = mailbox(context)?;
         let limits = settings.limits;
         let thread = std::thread::Builder::new()
@@ -178,7 +177,7 @@ struct Pending {
 struct ClientThread<E> {
     router: zmq::Socket,
     inbox: MailboxReceiver<ClientCommand>,
-    events: InboxSender<E>,
+    events: Sender<E>,
     limits: Limits,
     /// Invariant: holds exactly the tickets sent to the node loop and not yet answered.
     pending: HashMap<Ticket, Pending>,

@@ -23,7 +23,6 @@
 
 pub mod client;
 pub mod fault;
-pub mod inbox;
 pub mod peer;
 pub mod snapshot;
 

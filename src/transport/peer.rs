@@ -26,7 +26,6 @@
 //! process on a reused port, not an attack this layer defends against.
 
 use super::fault::PeerFaults;
-use super::inbox::InboxSender;
 use super::snapshot::{
     self as transfer, SenderInput, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotReport,
     SnapshotSender, TransferFrame,
@@ -309,7 +308,7 @@ impl PeerTransport {
     pub fn start<E>(
         context: &zmq::Context,
         settings: PeerSettings,
-        events: impl Into<InboxSender<E>>,
+        events: Sender<E>,
     ) -> Result<PeerTransport, TransportError>
     where
         E: From<Message> + From<SnapshotReport> + Send + 'static,
@@ -321,7 +320,6 @@ impl PeerTransport {
             settings.ipv6,
             settings.frame_bytes_max,
         )?;
-        let events = events.into();
 
         let mut dealers = HashMap::new();
         let mut snapshot_dealers = HashMap::new();
@@ -517,7 +515,7 @@ fn send_ack(
 
 /// Where the peer receiver puts what it decodes.
 struct Inbound<E> {
-    events: InboxSender<E>,
+    events: Sender<E>,
     /// To the snapshot receiver; bounded, a chunk that does not fit is dropped.
     chunks: Sender<SnapshotChunk>,
     /// To the snapshot sender.

@@ -39,7 +39,6 @@
 //! So an interrupted transfer never leaves a half-installed snapshot.
 
 use super::fault::PeerFaults;
-use super::inbox::InboxSender;
 use super::peer::{Outgoing, PeerSettings, PEER_WIRE_VERSION};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
@@ -131,7 +130,7 @@ pub(crate) enum SenderInput {
 
 /// Sends `event` unless the transport is stopping; a full channel is waited on, a stop is
 /// noticed within 100 ms (so stopping never hangs on a node loop that has gone).
-fn send_event<E, T>(events: &InboxSender<E>, item: T, stopping: &AtomicBool) -> bool
+fn send_event<E, T>(events: &Sender<E>, item: T, stopping: &AtomicBool) -> bool
 where
     E: From<T>,
 {
@@ -186,7 +185,7 @@ struct Transfer {
 pub(crate) struct SnapshotSender<E> {
     settings: SenderSettings,
     dealers: HashMap<NodeId, zmq::Socket>,
-    events: InboxSender<E>,
+    events: Sender<E>,
     stopping: Arc<AtomicBool>,
     transfers: HashMap<NodeId, Transfer>,
     /// A send met a full or disconnected socket: try again soon.
@@ -202,7 +201,7 @@ where
     pub(crate) fn new(
         settings: SenderSettings,
         dealers: HashMap<NodeId, zmq::Socket>,
-        events: InboxSender<E>,
+        events: Sender<E>,
         stopping: Arc<AtomicBool>,
         faults: Arc<PeerFaults>,
     ) -> SnapshotSender<E> {
@@ -700,7 +699,7 @@ pub(crate) fn receive_loop<E>(
     mut receiver: SnapshotReceiver,
     chunks: Receiver<SnapshotChunk>,
     acks: Sender<Outgoing>,
-    events: InboxSender<E>,
+    events: Sender<E>,
     stopping: Arc<AtomicBool>,
 ) where
     E: From<Message>,

@@ -28,6 +28,9 @@
 mod node_loop;
 mod pending;
 pub mod recovery;
+mod wal_thread;
+
+pub use wal_thread::PersistReport;
 
 pub use crate::config::NodeArgs;
 
@@ -63,6 +66,8 @@ pub enum Event {
     SnapshotSaved(SnapshotSaved),
     /// The loader thread decoded a snapshot received from the leader.
     SnapshotLoaded(Box<LoadedSnapshot>),
+    /// The WAL thread made batches durable, or failed.
+    Persisted(PersistReport),
 }
 
 /// What the snapshot writer thread reports.
@@ -233,7 +238,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         durable_hard_state: restored_hard_state,
         snapshot,
         previous_snapshot: recovered.previous_snapshot,
-    })
+    })?
     .run(&inbox);
 
     drop(inbox); // Lets the timer thread's next send fail, so it exits.

@@ -47,7 +47,8 @@
 //! operator sees the logged error without the process crash-looping under a supervisor.
 
 use super::pending::{PendingRequests, WriteEnd};
-use super::{Event, LoadedSnapshot, SnapshotSaved};
+use super::wal_thread::{PersistReport, WalBatch, WalCommand, WalThread};
+use super::{Event, LoadedSnapshot, NodeError, SnapshotSaved};
 use crate::config::NodeConfig;
 use crate::protocol::{
     ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome, PeerProgress, Reply, StatsReport,
@@ -63,6 +64,7 @@ use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::{ClientRequest, ClientTransport, Ticket};
 use crate::transport::peer::PeerTransport;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Events handled per round before the core's output is processed: bounds the latency a
@@ -91,6 +93,7 @@ pub(super) struct NodeParts {
     pub(super) peers: PeerTransport,
     /// For the snapshot writer and loader threads to report back.
     pub(super) events: Sender<Event>,
+    /// The hard state `store` holds durably.
     pub(super) durable_hard_state: HardState,
     /// The snapshot `queue` was loaded from (`0@0`: none).
     pub(super) snapshot: SnapshotMeta,
@@ -119,10 +122,28 @@ struct Snapshots {
     view_pause_max: Duration,
 }
 
+/// What a `Ready` left waiting for its batch (and every batch before it) to be durable.
+struct AfterPersist {
+    /// The last batch handed to the WAL thread when the `Ready` was taken.
+    batch: u64,
+    /// Votes and acks: they promise durability.
+    messages: Vec<Message>,
+    /// The `Ready`'s last entry, for `Core::on_persisted`.
+    last_entry: Option<EntryId>,
+}
+
 pub(super) struct NodeLoop {
     config: NodeConfig,
     core: Core,
-    store: Box<dyn LogStore + Send>,
+    /// Owns the log store: every store operation goes through it, in order.
+    wal: WalThread,
+    /// The number of the last batch that needed a sync, handed to the WAL thread (0: none).
+    batches_sent: u64,
+    /// The WAL thread reported every batch up to this one durable.
+    /// Invariant: `durable_through <= batches_sent`.
+    durable_through: u64,
+    /// Oldest first, `batch` ascending: released as `durable_through` reaches them.
+    after_persist: VecDeque<AfterPersist>,
     queue: Queue,
     clients: ClientTransport,
     peers: PeerTransport,
@@ -134,11 +155,11 @@ pub(super) struct NodeLoop {
     applied: LogIndex,
     applied_term: Term,
     snapshots: Snapshots,
-    /// The hard state last made durable, to sync only when term or vote changed.
-    durable_hard_state: HardState,
-    /// Batches made durable (one `sync` each; under `--fsync never` the store skips the
-    /// fsync, but the batch is still counted) and log entries appended, since start. Shown
-    /// in v2 `status` so `rrmq bench` can report entries per fsync.
+    /// The hard state last handed to the WAL thread, to sync only when term or vote changed.
+    written_hard_state: HardState,
+    /// Sync groups made durable (one `sync` each; under `--fsync never` the store skips the
+    /// fsync, but the group is still counted) and log entries made durable, since start.
+    /// Shown in v2 `status` so `rrmq bench` can report entries per fsync.
     wal_syncs: u64,
     wal_entries: u64,
     /// Set after a storage error (or a snapshot it cannot install): the node no longer
@@ -150,7 +171,8 @@ pub(super) struct NodeLoop {
 }
 
 impl NodeLoop {
-    pub(super) fn new(parts: NodeParts) -> NodeLoop {
+    /// Fails only if the WAL thread cannot be started.
+    pub(super) fn new(parts: NodeParts) -> Result<NodeLoop, NodeError> {
         let NodeParts {
             config,
             core,
@@ -168,10 +190,15 @@ impl NodeLoop {
             crate::config::FsyncMode::Always => FsyncPolicy::Always,
             crate::config::FsyncMode::Never => FsyncPolicy::Never,
         };
-        NodeLoop {
+        let wal = WalThread::start(store, events.clone())
+            .map_err(|source| NodeError::Spawn { name: "wal", source })?;
+        Ok(NodeLoop {
             config,
             core,
-            store,
+            wal,
+            batches_sent: 0,
+            durable_through: 0,
+            after_persist: VecDeque::new(),
             queue,
             clients,
             peers,
@@ -192,13 +219,13 @@ impl NodeLoop {
                 loaded: None,
                 view_pause_max: Duration::ZERO,
             },
-            durable_hard_state,
+            written_hard_state: durable_hard_state,
             wal_syncs: 0,
             wal_entries: 0,
             halted: false,
             shutdown: None,
             observed,
-        }
+        })
     }
 
     /// Runs until shutdown has completed, then stops the transport threads.
@@ -236,7 +263,7 @@ impl NodeLoop {
                 break;
             }
         }
-        self.finish();
+        self.finish(events);
     }
 
     fn handle(&mut self, event: Event) {
@@ -260,6 +287,7 @@ impl NodeLoop {
             }
             Event::SnapshotSaved(saved) => self.on_snapshot_saved(saved),
             Event::SnapshotLoaded(loaded) => self.on_snapshot_loaded(*loaded),
+            Event::Persisted(report) => self.on_persist_report(report),
             Event::Tick => {
                 if !self.halted {
                     self.core.tick();
@@ -401,23 +429,25 @@ impl NodeLoop {
             } = ready;
             let installed = match snapshot {
                 Some(snapshot) => match self.install_snapshot(snapshot) {
-                    Ok(()) => true,
+                    Ok(()) => Some(snapshot),
                     Err(error) => {
                         self.on_storage_failure(error);
                         return;
                     }
                 },
-                None => false,
+                None => None,
             };
+            // A leader's appends leave now, so the followers' fsyncs overlap its own.
             self.peers.send(messages);
-            if let Err(error) = self.persist(hard_state, &entries, installed) {
-                self.on_storage_failure(error);
+            let last_entry = entries.last().map(Entry::id);
+            self.persist(installed, hard_state, entries);
+            if self.halted {
                 return;
             }
-            self.peers.send(messages_after_persist);
-            if let Some(last) = entries.last() {
-                self.core.on_persisted(last.id());
-            }
+            self.hold_until_durable(messages_after_persist, last_entry);
+            // Committed entries may be applied before this node's copy is durable (the core's
+            // contract: committed means durable on a majority). A leader's always are: it
+            // counts itself only after `on_persisted`.
             self.apply(committed);
             for read in read_states {
                 self.pending.confirm_read(read.read_id, read.index);
@@ -466,33 +496,110 @@ impl NodeLoop {
         }
     }
 
-    /// Makes `hard_state` and `entries` (and an installed snapshot, when `installed`)
-    /// durable: one sync, and none at all when only the commit index moved (it is a hint on
-    /// restart, see `LogStore::set_hard_state`).
+    /// Hands `hard_state` and `entries` (and an installed snapshot) to the WAL thread as one
+    /// batch. It needs a sync unless only the commit index moved (a hint on restart, see
+    /// `LogStore::set_hard_state`): such a batch keeps the number of the one before it, and
+    /// rides along with the next sync.
     fn persist(
         &mut self,
+        snapshot: Option<SnapshotMeta>,
         hard_state: Option<HardState>,
-        entries: &[Entry],
-        installed: bool,
-    ) -> Result<(), StorageError> {
-        let mut must_sync = !entries.is_empty() || installed;
-        if let Some(hard_state) = hard_state {
-            self.store.set_hard_state(&hard_state)?;
-            must_sync |= hard_state.term != self.durable_hard_state.term
-                || hard_state.vote != self.durable_hard_state.vote;
+        entries: Vec<Entry>,
+    ) {
+        if snapshot.is_none() && hard_state.is_none() && entries.is_empty() {
+            return;
         }
-        if !entries.is_empty() {
-            self.store.append(entries)?;
+        let mut must_sync = snapshot.is_some() || !entries.is_empty();
+        if let Some(hard_state) = hard_state {
+            must_sync |= hard_state.term != self.written_hard_state.term
+                || hard_state.vote != self.written_hard_state.vote;
+            self.written_hard_state = hard_state;
         }
         if must_sync {
-            self.store.sync()?;
-            self.wal_syncs += 1;
+            self.batches_sent += 1;
         }
-        self.wal_entries += entries.len() as u64;
-        if let Some(hard_state) = hard_state {
-            self.durable_hard_state = hard_state;
+        let batch = WalBatch {
+            number: self.batches_sent,
+            snapshot,
+            hard_state,
+            entries,
+            must_sync,
+        };
+        if !self.wal.send(WalCommand::Batch(batch)) {
+            self.on_wal_thread_gone();
         }
-        Ok(())
+    }
+
+    /// Sends `messages` and reports `last_entry` persisted once every batch handed to the
+    /// WAL thread so far is durable: at once if none is in flight. An ack for entries that
+    /// arrived again (no new batch) still waits for the batch that carries them.
+    fn hold_until_durable(&mut self, messages: Vec<Message>, last_entry: Option<EntryId>) {
+        if messages.is_empty() && last_entry.is_none() {
+            return;
+        }
+        if self.durable_through == self.batches_sent {
+            self.peers.send(messages);
+            if let Some(last) = last_entry {
+                self.core.on_persisted(last);
+            }
+            return;
+        }
+        self.after_persist.push_back(AfterPersist {
+            batch: self.batches_sent,
+            messages,
+            last_entry,
+        });
+    }
+
+    /// The WAL thread made batches durable (release what waited for them), or failed.
+    fn on_persist_report(&mut self, report: PersistReport) {
+        match report {
+            PersistReport::Durable {
+                through_batch,
+                synced,
+                entries,
+            } => {
+                self.wal_syncs += u64::from(synced);
+                self.wal_entries += entries;
+                if self.halted {
+                    return;
+                }
+                assert!(
+                    through_batch <= self.batches_sent,
+                    "node {}: batch {through_batch} reported durable, only {} sent",
+                    self.config.id,
+                    self.batches_sent
+                );
+                self.durable_through = self.durable_through.max(through_batch);
+                while self
+                    .after_persist
+                    .front()
+                    .is_some_and(|waiting| waiting.batch <= self.durable_through)
+                {
+                    let Some(released) = self.after_persist.pop_front() else {
+                        break;
+                    };
+                    self.peers.send(released.messages);
+                    if let Some(last) = released.last_entry {
+                        // The leader's own copy counts toward the majority from here on.
+                        self.core.on_persisted(last);
+                    }
+                }
+            }
+            PersistReport::Failed(error) => {
+                if !self.halted {
+                    self.on_storage_failure(error);
+                }
+            }
+        }
+    }
+
+    /// The WAL thread stopped taking commands: it reported a failure (which may still be
+    /// queued behind this) or panicked. Either way nothing more becomes durable.
+    fn on_wal_thread_gone(&mut self) {
+        self.on_storage_failure(StorageError::Failed(
+            "the WAL thread has stopped".to_string(),
+        ));
     }
 
     fn on_storage_failure(&mut self, error: StorageError) {
@@ -507,6 +614,8 @@ impl NodeLoop {
     /// are answered UNAVAILABLE with `why`.
     fn stop_participating(&mut self, why: &str) {
         self.halted = true;
+        // Never sent: what they promise may not be on disk.
+        self.after_persist.clear();
         for ticket in self.pending.take_all() {
             self.fail(ticket, ErrorCode::Unavailable, why);
         }
@@ -629,11 +738,11 @@ impl NodeLoop {
         // The WAL keeps the log back to the previous snapshot: the fallback if the newest
         // file is ever found damaged.
         let compact_wal_to = self.snapshots.previous.index();
-        if compact_wal_to > LogIndex::ZERO {
-            if let Err(error) = self.store.compact_to(compact_wal_to) {
-                self.on_storage_failure(error);
-                return;
-            }
+        // Queued behind the batches before it; the WAL never drops its last synced entry.
+        if compact_wal_to > LogIndex::ZERO && !self.wal.send(WalCommand::Compact(compact_wal_to))
+        {
+            self.on_wal_thread_gone();
+            return;
         }
         log::info!(
             "snapshot {} written: {} bytes in {} ms (longest loop pause for a view so far: {} \
@@ -753,8 +862,8 @@ impl NodeLoop {
     }
 
     /// The core installed `snapshot` from the leader: make it this node's state, durably
-    /// (the file first, then the WAL's restart record, which the caller's sync makes
-    /// durable: see `recovery` for a crash in between).
+    /// (the file first, here; then the WAL's restart record, which the caller puts in the
+    /// `Ready`'s batch: see `recovery` for a crash in between).
     fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
         let queue = match self.snapshots.loaded.take() {
             Some((loaded, queue)) if loaded == snapshot => queue,
@@ -766,7 +875,6 @@ impl NodeLoop {
             ),
         };
         snapshot_file::adopt_received(&self.config.data_dir, snapshot, self.fsync)?;
-        self.store.install_snapshot(snapshot)?;
         log::info!(
             "installed snapshot {} ({} messages); the log restarts after it",
             snapshot.last,
@@ -961,7 +1069,7 @@ impl NodeLoop {
     }
 
     /// Answers what is left, makes what was acknowledged durable, and stops the transports.
-    fn finish(mut self) {
+    fn finish(mut self, events: &Receiver<Event>) {
         for ticket in self.pending.take_all() {
             self.fail(
                 ticket,
@@ -969,11 +1077,22 @@ impl NodeLoop {
                 "the node is shutting down; the outcome is unknown",
             );
         }
-        if !self.halted {
-            // Everything acknowledged was synced before its reply; this catches the lazily
-            // persisted commit index.
-            if let Err(error) = self.store.sync() {
-                log::error!("final sync failed: {error}");
+        if let Some(thread) = self.wal.stop() {
+            // The thread writes what is queued, then exits; it may be blocked reporting to
+            // our channel meanwhile, so keep emptying it (nothing in it matters any more).
+            while !thread.is_finished() {
+                let _ = events.recv_timeout(Duration::from_millis(1));
+            }
+            match thread.join() {
+                // Everything acknowledged was synced before its reply; this catches the
+                // lazily persisted commit index.
+                Ok(mut store) if !self.halted => {
+                    if let Err(error) = store.sync() {
+                        log::error!("final sync failed: {error}");
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => log::error!("the WAL thread panicked"),
             }
         }
         self.clients.flush();
@@ -1210,7 +1329,8 @@ mod tests {
             durable_hard_state: HardState::default(),
             snapshot: SnapshotMeta::default(),
             previous_snapshot: SnapshotMeta::default(),
-        });
+        })
+        .expect("the WAL thread starts");
         let node = std::thread::spawn(move || node.run(&inbox));
         let socket = context.socket(zmq::DEALER).expect("socket");
         socket.set_linger(0).expect("linger");

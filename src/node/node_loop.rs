@@ -3,14 +3,32 @@
 //! Each round: block for one event, drain a bounded batch more, then work off the core's
 //! `Ready`s (the order is the core's contract, see `raft` module docs):
 //!
-//! 1. send `messages` (a leader's appends may leave before its own copy is durable);
-//! 2. persist the hard state and entries with ONE sync for the whole batch (group commit:
-//!    every proposal that arrived in the batch shares it);
-//! 3. send `messages_after_persist` (votes and acks promise durability) and report
-//!    `on_persisted`;
+//! 1. send `messages` (a leader's appends leave before its own copy is durable, so the
+//!    three fsyncs overlap);
+//! 2. hand the hard state and entries to the WAL thread as one numbered batch
+//!    (`wal_thread`), which syncs batch N while the loop goes on and the batches after it
+//!    queue up: the next sync covers all of them (group commit, one fsync per group);
+//! 3. hold `messages_after_persist` (votes and acks promise durability) and the
+//!    `on_persisted` report until the thread says every batch up to this `Ready`'s is
+//!    durable ([`Event::Persisted`]); with nothing in flight they go at once. A leader
+//!    counts its own copy toward the majority only from that report on;
 //! 4. apply `committed` to the queue and answer the writes waiting there, but only if the
 //!    applied entry is the one they proposed (same term), else a new leader overwrote it;
 //! 5. release reads whose leadership was confirmed once applied reaches their index.
+//!
+//! # Why a `Ready` may be taken while the previous one is still syncing
+//!
+//! The core hands each entry out once (`take_unstable`) and ignores an `on_persisted` for
+//! an entry that was overwritten meanwhile (`RaftLog::persisted_to` checks the term), so
+//! reports may come late. Everything that is not a leader's replication traffic (votes,
+//! vote requests, append and heartbeat responses) is in `messages_after_persist`, and those
+//! wait for every batch before them, so a term or vote is durable before any message that
+//! depends on it leaves, and an ack for entries that arrived twice waits for the batch that
+//! carries them. What a later `Ready` sends at once is leader traffic, which the core already
+//! allows to leave before the leader's own copy is durable. A follower may apply committed
+//! entries before its own copy is durable (committed means durable on a majority; etcd's
+//! async storage writes allow the same); a snapshot taken of them is recoverable even if
+//! the WAL then loses its tail (`recovery`: a WAL behind the snapshot restarts after it).
 //!
 //! Then expire late requests (TIMEOUT: outcome unknown), log role changes, ring the client
 //! thread. Requests never wait for one another: each is proposed as it arrives.
@@ -190,8 +208,10 @@ impl NodeLoop {
             crate::config::FsyncMode::Always => FsyncPolicy::Always,
             crate::config::FsyncMode::Never => FsyncPolicy::Never,
         };
-        let wal = WalThread::start(store, events.clone())
-            .map_err(|source| NodeError::Spawn { name: "wal", source })?;
+        let wal = WalThread::start(store, events.clone()).map_err(|source| NodeError::Spawn {
+            name: "wal",
+            source,
+        })?;
         Ok(NodeLoop {
             config,
             core,
@@ -739,8 +759,7 @@ impl NodeLoop {
         // file is ever found damaged.
         let compact_wal_to = self.snapshots.previous.index();
         // Queued behind the batches before it; the WAL never drops its last synced entry.
-        if compact_wal_to > LogIndex::ZERO && !self.wal.send(WalCommand::Compact(compact_wal_to))
-        {
+        if compact_wal_to > LogIndex::ZERO && !self.wal.send(WalCommand::Compact(compact_wal_to)) {
             self.on_wal_thread_gone();
             return;
         }

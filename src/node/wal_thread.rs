@@ -323,7 +323,10 @@ mod tests {
             } => {}
             other => panic!("first group: {other:?}"),
         }
-        harness.sync_started.recv_timeout(WAIT).expect("second sync");
+        harness
+            .sync_started
+            .recv_timeout(WAIT)
+            .expect("second sync");
         assert!(
             harness.reports.try_recv().is_err(),
             "nothing is reported durable before its sync returns"

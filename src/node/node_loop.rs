@@ -1213,6 +1213,125 @@ mod tests {
         }
     }
 
+    /// A store whose `sync` waits for a permit once `gated` is set: a disk that is slow
+    /// exactly when the test says so.
+    struct GatedStore {
+        inner: MemStore,
+        gated: Arc<AtomicBool>,
+        permits: crossbeam_channel::Receiver<()>,
+    }
+
+    impl LogStore for GatedStore {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            self.inner.append(entries)
+        }
+
+        fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
+            self.inner.set_hard_state(hard_state)
+        }
+
+        fn sync(&mut self) -> Result<(), StorageError> {
+            if self.gated.load(Ordering::SeqCst) {
+                let _ = self.permits.recv();
+            }
+            self.inner.sync()
+        }
+
+        fn compact_to(&mut self, index: LogIndex) -> Result<(), StorageError> {
+            self.inner.compact_to(index)
+        }
+
+        fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
+            self.inner.install_snapshot(snapshot)
+        }
+    }
+
+    fn receive(socket: &zmq::Socket, timeout_ms: i64) -> Option<Reply> {
+        if socket.poll(zmq::POLLIN, timeout_ms).expect("poll") == 0 {
+            return None;
+        }
+        let frames = socket.recv_multipart(0).expect("recv");
+        Some(decode_reply(frames.last().expect("a body")).expect("a reply"))
+    }
+
+    fn send(socket: &zmq::Socket, operation: Operation) {
+        let request = Request {
+            version: 2,
+            session: None,
+            operation,
+        };
+        socket
+            .send_multipart([&b""[..], &encode_request(&request, Encoding::MsgPack)], 0)
+            .expect("send");
+    }
+
+    #[test]
+    fn the_loop_keeps_answering_while_a_sync_is_slow_and_acknowledges_only_after_it() {
+        let gated = Arc::new(AtomicBool::new(false));
+        let (permit, permits) = crossbeam_channel::unbounded();
+        let store = GatedStore {
+            inner: MemStore::new(),
+            gated: gated.clone(),
+            permits,
+        };
+        let (_context, socket, events, node) = start_node(&[], Box::new(store));
+        let ticker_events = events.clone();
+        let ticker = std::thread::spawn(move || {
+            while ticker_events.send(Event::Tick).is_ok() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
+        {
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let create = Operation::CreateTopic { topic: "t".into() };
+        assert_eq!(failure_code(&call(&socket, create)), None, "created");
+
+        gated.store(true, Ordering::SeqCst);
+        send(
+            &socket,
+            Operation::Put {
+                topic: "t".into(),
+                message: crate::protocol::Payload::Text("m".into()),
+            },
+        );
+        // The put's sync is stuck; the loop must still answer, and must not acknowledge
+        // the put: a one-node leader commits only once its own copy is durable.
+        send(&socket, Operation::Status);
+        match receive(&socket, 10_000) {
+            Some(Reply::Status(status)) => assert_eq!(
+                status.wal_entries, 2,
+                "the no-op and the create are durable, the put is not yet"
+            ),
+            other => panic!("status is answered during the sync, got {other:?}"),
+        }
+        assert!(
+            receive(&socket, 200).is_none(),
+            "nothing is acknowledged before its sync returns"
+        );
+        permit.send(()).expect("the WAL thread waits");
+        gated.store(false, Ordering::SeqCst);
+        match receive(&socket, 10_000) {
+            Some(Reply::Outcome {
+                outcome: Outcome::Done,
+                ..
+            }) => {}
+            other => panic!("the put is acknowledged once durable, got {other:?}"),
+        }
+        match call(&socket, Operation::Status) {
+            Reply::Status(status) => assert_eq!(status.wal_entries, 3, "the put is counted"),
+            other => panic!("status, got {other:?}"),
+        }
+
+        events.send(Event::Shutdown).expect("loop alive");
+        node.join().expect("the loop ends without panicking");
+        drop(events);
+        ticker.join().expect("ticker");
+    }
+
     #[test]
     fn a_storage_failure_stops_acknowledging_but_keeps_answering() {
         let broken = Arc::new(AtomicBool::new(false));

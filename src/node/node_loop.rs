@@ -33,6 +33,21 @@
 //! Then expire late requests (TIMEOUT: outcome unknown), log role changes, ring the client
 //! thread. Requests never wait for one another: each is proposed as it arrives.
 //!
+//! # fsync on the WAL thread, not on the loop: measured
+//!
+//! Kept because it did better on the whole with `--fsync always`. Interleaved A/B on the
+//! shared 2-core VM, 2026-11-22, 8 runs each, load average 4.4-9.3 (A = loop fsync, commit
+//! 4f9762b; B = this thread, 201581f), medians A -> B: produce C=1 p50 0.740 -> 0.704 ms
+//! (p99 4.58 -> 3.39), produce C=64 15,034 -> 15,559 ops/s, consume C=16 8,465 -> 9,702
+//! ops/s, leader entries per fsync at C=64 20.0 -> 27.9. The noise is as large as the
+//! differences (C=64 pairs: B ahead in 4 of 8, by up to 10,253; behind by up to 4,202),
+//! so the claim is "no worse at C=1, somewhat better under load", not more. Why it helps
+//! at all on 2 cores where CPU is the bottleneck: while the disk is busy the loop takes acks
+//! and proposals instead of sleeping, and one sync covers more entries. Its cost is two
+//! thread hand-offs per batch: under `--fsync never` (nothing to overlap) produce C=64 went
+//! 26,029 -> 24,532 ops/s (4 pairs, B behind in each). One code path was kept for both
+//! policies; all runs are in `docs/PERFORMANCE.md`, "fsync on the loop vs a WAL thread".
+//!
 //! # Snapshots
 //!
 //! After applying, the loop checks the thresholds (`--snapshot-entries`/`--snapshot-bytes`

@@ -7,8 +7,9 @@
 //!   client thread ──ClientRequest──┐                     ┌──Reply──> client thread (ROUTER)
 //!   peer receiver ──Message────────┤ one bounded channel │
 //!   timer ─────────Tick────────────┼────> node loop ─────┼──Vec<Message>──> peer sender
-//!   signals ───────Shutdown────────┘ (Core, LogStore,    │                  (DEALERs)
-//!                                      Queue)
+//!   signals ───────Shutdown────────┤   (Core, Queue)     │                  (DEALERs)
+//!   WAL thread ────Persisted───────┘                     └──WalBatch──> WAL thread
+//!                                                                       (LogStore)
 //! ```
 //!
 //! Everything that can change the node's state arrives as one [`Event`] on one channel, so
@@ -16,11 +17,15 @@
 //! socket or a slow peer: replies and peer messages leave through unbounded mailboxes whose
 //! size is bounded by the requests in flight and the core's replication window.
 //!
+//! The WAL thread owns the log store: the loop hands it each `Ready`'s writes and goes on
+//! stepping the core while it fsyncs; it reports "durable through batch N" as an [`Event`]
+//! (see `wal_thread`, and `node_loop` for why the fsync left the loop).
+//!
 //! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
 //! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received
 //! from the leader, and the transport streams snapshot files (see `transport::snapshot`).
-//! Each reports back as an [`Event`]; the loop alone changes the core, the store and the
-//! queue.
+//! Each reports back as an [`Event`]; the loop alone changes the core and the queue, and
+//! alone decides what the WAL thread writes.
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
@@ -28,6 +33,9 @@
 mod node_loop;
 mod pending;
 pub mod recovery;
+mod wal_thread;
+
+pub use wal_thread::PersistReport;
 
 pub use crate::config::NodeArgs;
 
@@ -63,6 +71,8 @@ pub enum Event {
     SnapshotSaved(SnapshotSaved),
     /// The loader thread decoded a snapshot received from the leader.
     SnapshotLoaded(Box<LoadedSnapshot>),
+    /// The WAL thread made batches durable, or failed.
+    Persisted(PersistReport),
 }
 
 /// What the snapshot writer thread reports.
@@ -233,7 +243,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         durable_hard_state: restored_hard_state,
         snapshot,
         previous_snapshot: recovered.previous_snapshot,
-    })
+    })?
     .run(&inbox);
 
     drop(inbox); // Lets the timer thread's next send fail, so it exits.

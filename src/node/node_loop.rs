@@ -3,17 +3,50 @@
 //! Each round: block for one event, drain a bounded batch more, then work off the core's
 //! `Ready`s (the order is the core's contract, see `raft` module docs):
 //!
-//! 1. send `messages` (a leader's appends may leave before its own copy is durable);
-//! 2. persist the hard state and entries with ONE sync for the whole batch (group commit:
-//!    every proposal that arrived in the batch shares it);
-//! 3. send `messages_after_persist` (votes and acks promise durability) and report
-//!    `on_persisted`;
+//! 1. send `messages` (a leader's appends leave before its own copy is durable, so the
+//!    three fsyncs overlap);
+//! 2. hand the hard state and entries to the WAL thread as one numbered batch
+//!    (`wal_thread`), which syncs batch N while the loop goes on and the batches after it
+//!    queue up: the next sync covers all of them (group commit, one fsync per group);
+//! 3. hold `messages_after_persist` (votes and acks promise durability) and the
+//!    `on_persisted` report until the thread says every batch up to this `Ready`'s is
+//!    durable ([`Event::Persisted`]); with nothing in flight they go at once. A leader
+//!    counts its own copy toward the majority only from that report on;
 //! 4. apply `committed` to the queue and answer the writes waiting there, but only if the
 //!    applied entry is the one they proposed (same term), else a new leader overwrote it;
 //! 5. release reads whose leadership was confirmed once applied reaches their index.
 //!
+//! # Why a `Ready` may be taken while the previous one is still syncing
+//!
+//! The core hands each entry out once (`take_unstable`) and ignores an `on_persisted` for
+//! an entry that was overwritten meanwhile (`RaftLog::persisted_to` checks the term), so
+//! reports may come late. Everything that is not a leader's replication traffic (votes,
+//! vote requests, append and heartbeat responses) is in `messages_after_persist`, and those
+//! wait for every batch before them, so a term or vote is durable before any message that
+//! depends on it leaves, and an ack for entries that arrived twice waits for the batch that
+//! carries them. What a later `Ready` sends at once is leader traffic, which the core already
+//! allows to leave before the leader's own copy is durable. A follower may apply committed
+//! entries before its own copy is durable (committed means durable on a majority; etcd's
+//! async storage writes allow the same); a snapshot taken of them is recoverable even if
+//! the WAL then loses its tail (`recovery`: a WAL behind the snapshot restarts after it).
+//!
 //! Then expire late requests (TIMEOUT: outcome unknown), log role changes, ring the client
 //! thread. Requests never wait for one another: each is proposed as it arrives.
+//!
+//! # fsync on the WAL thread, not on the loop: measured
+//!
+//! Kept because it did better on the whole with `--fsync always`. Interleaved A/B on the
+//! shared 2-core VM, 2026-11-22, 8 runs each, load average 4.4-9.3 (A = loop fsync, commit
+//! 4f9762b; B = this thread, 201581f), medians A -> B: produce C=1 p50 0.740 -> 0.704 ms
+//! (p99 4.58 -> 3.39), produce C=64 15,034 -> 15,559 ops/s, consume C=16 8,465 -> 9,702
+//! ops/s, leader entries per fsync at C=64 20.0 -> 27.9. The noise is as large as the
+//! differences (C=64 pairs: B ahead in 4 of 8, by up to 10,253; behind by up to 4,202),
+//! so the claim is "no worse at C=1, somewhat better under load", not more. Why it helps
+//! at all on 2 cores where CPU is the bottleneck: while the disk is busy the loop takes acks
+//! and proposals instead of sleeping, and one sync covers more entries. Its cost is two
+//! thread hand-offs per batch: under `--fsync never` (nothing to overlap) produce C=64 went
+//! 26,029 -> 24,532 ops/s (4 pairs, B behind in each). One code path was kept for both
+//! policies; all runs are in `docs/PERFORMANCE.md`, "fsync on the loop vs a WAL thread".
 //!
 //! # Snapshots
 //!
@@ -47,7 +80,8 @@
 //! operator sees the logged error without the process crash-looping under a supervisor.
 
 use super::pending::{PendingRequests, WriteEnd};
-use super::{Event, LoadedSnapshot, SnapshotSaved};
+use super::wal_thread::{PersistReport, WalBatch, WalCommand, WalThread};
+use super::{Event, LoadedSnapshot, NodeError, SnapshotSaved};
 use crate::config::NodeConfig;
 use crate::protocol::{
     ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome, PeerProgress, Reply, StatsReport,
@@ -63,6 +97,7 @@ use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::{ClientRequest, ClientTransport, Ticket};
 use crate::transport::peer::PeerTransport;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Events handled per round before the core's output is processed: bounds the latency a
@@ -91,6 +126,7 @@ pub(super) struct NodeParts {
     pub(super) peers: PeerTransport,
     /// For the snapshot writer and loader threads to report back.
     pub(super) events: Sender<Event>,
+    /// The hard state `store` holds durably.
     pub(super) durable_hard_state: HardState,
     /// The snapshot `queue` was loaded from (`0@0`: none).
     pub(super) snapshot: SnapshotMeta,
@@ -119,10 +155,28 @@ struct Snapshots {
     view_pause_max: Duration,
 }
 
+/// What a `Ready` left waiting for its batch (and every batch before it) to be durable.
+struct AfterPersist {
+    /// The last batch handed to the WAL thread when the `Ready` was taken.
+    batch: u64,
+    /// Votes and acks: they promise durability.
+    messages: Vec<Message>,
+    /// The `Ready`'s last entry, for `Core::on_persisted`.
+    last_entry: Option<EntryId>,
+}
+
 pub(super) struct NodeLoop {
     config: NodeConfig,
     core: Core,
-    store: Box<dyn LogStore + Send>,
+    /// Owns the log store: every store operation goes through it, in order.
+    wal: WalThread,
+    /// The number of the last batch that needed a sync, handed to the WAL thread (0: none).
+    batches_sent: u64,
+    /// The WAL thread reported every batch up to this one durable.
+    /// Invariant: `durable_through <= batches_sent`.
+    durable_through: u64,
+    /// Oldest first, `batch` ascending: released as `durable_through` reaches them.
+    after_persist: VecDeque<AfterPersist>,
     queue: Queue,
     clients: ClientTransport,
     peers: PeerTransport,
@@ -134,11 +188,11 @@ pub(super) struct NodeLoop {
     applied: LogIndex,
     applied_term: Term,
     snapshots: Snapshots,
-    /// The hard state last made durable, to sync only when term or vote changed.
-    durable_hard_state: HardState,
-    /// Batches made durable (one `sync` each; under `--fsync never` the store skips the
-    /// fsync, but the batch is still counted) and log entries appended, since start. Shown
-    /// in v2 `status` so `rrmq bench` can report entries per fsync.
+    /// The hard state last handed to the WAL thread, to sync only when term or vote changed.
+    written_hard_state: HardState,
+    /// Sync groups made durable (one `sync` each; under `--fsync never` the store skips the
+    /// fsync, but the group is still counted) and log entries made durable, since start.
+    /// Shown in v2 `status` so `rrmq bench` can report entries per fsync.
     wal_syncs: u64,
     wal_entries: u64,
     /// Set after a storage error (or a snapshot it cannot install): the node no longer
@@ -150,7 +204,8 @@ pub(super) struct NodeLoop {
 }
 
 impl NodeLoop {
-    pub(super) fn new(parts: NodeParts) -> NodeLoop {
+    /// Fails only if the WAL thread cannot be started.
+    pub(super) fn new(parts: NodeParts) -> Result<NodeLoop, NodeError> {
         let NodeParts {
             config,
             core,
@@ -168,10 +223,17 @@ impl NodeLoop {
             crate::config::FsyncMode::Always => FsyncPolicy::Always,
             crate::config::FsyncMode::Never => FsyncPolicy::Never,
         };
-        NodeLoop {
+        let wal = WalThread::start(store, events.clone()).map_err(|source| NodeError::Spawn {
+            name: "wal",
+            source,
+        })?;
+        Ok(NodeLoop {
             config,
             core,
-            store,
+            wal,
+            batches_sent: 0,
+            durable_through: 0,
+            after_persist: VecDeque::new(),
             queue,
             clients,
             peers,
@@ -192,13 +254,13 @@ impl NodeLoop {
                 loaded: None,
                 view_pause_max: Duration::ZERO,
             },
-            durable_hard_state,
+            written_hard_state: durable_hard_state,
             wal_syncs: 0,
             wal_entries: 0,
             halted: false,
             shutdown: None,
             observed,
-        }
+        })
     }
 
     /// Runs until shutdown has completed, then stops the transport threads.
@@ -236,7 +298,7 @@ impl NodeLoop {
                 break;
             }
         }
-        self.finish();
+        self.finish(events);
     }
 
     fn handle(&mut self, event: Event) {
@@ -260,6 +322,7 @@ impl NodeLoop {
             }
             Event::SnapshotSaved(saved) => self.on_snapshot_saved(saved),
             Event::SnapshotLoaded(loaded) => self.on_snapshot_loaded(*loaded),
+            Event::Persisted(report) => self.on_persist_report(report),
             Event::Tick => {
                 if !self.halted {
                     self.core.tick();
@@ -401,23 +464,25 @@ impl NodeLoop {
             } = ready;
             let installed = match snapshot {
                 Some(snapshot) => match self.install_snapshot(snapshot) {
-                    Ok(()) => true,
+                    Ok(()) => Some(snapshot),
                     Err(error) => {
                         self.on_storage_failure(error);
                         return;
                     }
                 },
-                None => false,
+                None => None,
             };
+            // A leader's appends leave now, so the followers' fsyncs overlap its own.
             self.peers.send(messages);
-            if let Err(error) = self.persist(hard_state, &entries, installed) {
-                self.on_storage_failure(error);
+            let last_entry = entries.last().map(Entry::id);
+            self.persist(installed, hard_state, entries);
+            if self.halted {
                 return;
             }
-            self.peers.send(messages_after_persist);
-            if let Some(last) = entries.last() {
-                self.core.on_persisted(last.id());
-            }
+            self.hold_until_durable(messages_after_persist, last_entry);
+            // Committed entries may be applied before this node's copy is durable (the core's
+            // contract: committed means durable on a majority). A leader's always are: it
+            // counts itself only after `on_persisted`.
             self.apply(committed);
             for read in read_states {
                 self.pending.confirm_read(read.read_id, read.index);
@@ -466,33 +531,110 @@ impl NodeLoop {
         }
     }
 
-    /// Makes `hard_state` and `entries` (and an installed snapshot, when `installed`)
-    /// durable: one sync, and none at all when only the commit index moved (it is a hint on
-    /// restart, see `LogStore::set_hard_state`).
+    /// Hands `hard_state` and `entries` (and an installed snapshot) to the WAL thread as one
+    /// batch. It needs a sync unless only the commit index moved (a hint on restart, see
+    /// `LogStore::set_hard_state`): such a batch keeps the number of the one before it, and
+    /// rides along with the next sync.
     fn persist(
         &mut self,
+        snapshot: Option<SnapshotMeta>,
         hard_state: Option<HardState>,
-        entries: &[Entry],
-        installed: bool,
-    ) -> Result<(), StorageError> {
-        let mut must_sync = !entries.is_empty() || installed;
-        if let Some(hard_state) = hard_state {
-            self.store.set_hard_state(&hard_state)?;
-            must_sync |= hard_state.term != self.durable_hard_state.term
-                || hard_state.vote != self.durable_hard_state.vote;
+        entries: Vec<Entry>,
+    ) {
+        if snapshot.is_none() && hard_state.is_none() && entries.is_empty() {
+            return;
         }
-        if !entries.is_empty() {
-            self.store.append(entries)?;
+        let mut must_sync = snapshot.is_some() || !entries.is_empty();
+        if let Some(hard_state) = hard_state {
+            must_sync |= hard_state.term != self.written_hard_state.term
+                || hard_state.vote != self.written_hard_state.vote;
+            self.written_hard_state = hard_state;
         }
         if must_sync {
-            self.store.sync()?;
-            self.wal_syncs += 1;
+            self.batches_sent += 1;
         }
-        self.wal_entries += entries.len() as u64;
-        if let Some(hard_state) = hard_state {
-            self.durable_hard_state = hard_state;
+        let batch = WalBatch {
+            number: self.batches_sent,
+            snapshot,
+            hard_state,
+            entries,
+            must_sync,
+        };
+        if !self.wal.send(WalCommand::Batch(batch)) {
+            self.on_wal_thread_gone();
         }
-        Ok(())
+    }
+
+    /// Sends `messages` and reports `last_entry` persisted once every batch handed to the
+    /// WAL thread so far is durable: at once if none is in flight. An ack for entries that
+    /// arrived again (no new batch) still waits for the batch that carries them.
+    fn hold_until_durable(&mut self, messages: Vec<Message>, last_entry: Option<EntryId>) {
+        if messages.is_empty() && last_entry.is_none() {
+            return;
+        }
+        if self.durable_through == self.batches_sent {
+            self.peers.send(messages);
+            if let Some(last) = last_entry {
+                self.core.on_persisted(last);
+            }
+            return;
+        }
+        self.after_persist.push_back(AfterPersist {
+            batch: self.batches_sent,
+            messages,
+            last_entry,
+        });
+    }
+
+    /// The WAL thread made batches durable (release what waited for them), or failed.
+    fn on_persist_report(&mut self, report: PersistReport) {
+        match report {
+            PersistReport::Durable {
+                through_batch,
+                synced,
+                entries,
+            } => {
+                self.wal_syncs += u64::from(synced);
+                self.wal_entries += entries;
+                if self.halted {
+                    return;
+                }
+                assert!(
+                    through_batch <= self.batches_sent,
+                    "node {}: batch {through_batch} reported durable, only {} sent",
+                    self.config.id,
+                    self.batches_sent
+                );
+                self.durable_through = self.durable_through.max(through_batch);
+                while self
+                    .after_persist
+                    .front()
+                    .is_some_and(|waiting| waiting.batch <= self.durable_through)
+                {
+                    let Some(released) = self.after_persist.pop_front() else {
+                        break;
+                    };
+                    self.peers.send(released.messages);
+                    if let Some(last) = released.last_entry {
+                        // The leader's own copy counts toward the majority from here on.
+                        self.core.on_persisted(last);
+                    }
+                }
+            }
+            PersistReport::Failed(error) => {
+                if !self.halted {
+                    self.on_storage_failure(error);
+                }
+            }
+        }
+    }
+
+    /// The WAL thread stopped taking commands: it reported a failure (which may still be
+    /// queued behind this) or panicked. Either way nothing more becomes durable.
+    fn on_wal_thread_gone(&mut self) {
+        self.on_storage_failure(StorageError::Failed(
+            "the WAL thread has stopped".to_string(),
+        ));
     }
 
     fn on_storage_failure(&mut self, error: StorageError) {
@@ -507,6 +649,8 @@ impl NodeLoop {
     /// are answered UNAVAILABLE with `why`.
     fn stop_participating(&mut self, why: &str) {
         self.halted = true;
+        // Never sent: what they promise may not be on disk.
+        self.after_persist.clear();
         for ticket in self.pending.take_all() {
             self.fail(ticket, ErrorCode::Unavailable, why);
         }
@@ -629,11 +773,10 @@ impl NodeLoop {
         // The WAL keeps the log back to the previous snapshot: the fallback if the newest
         // file is ever found damaged.
         let compact_wal_to = self.snapshots.previous.index();
-        if compact_wal_to > LogIndex::ZERO {
-            if let Err(error) = self.store.compact_to(compact_wal_to) {
-                self.on_storage_failure(error);
-                return;
-            }
+        // Queued behind the batches before it; the WAL never drops its last synced entry.
+        if compact_wal_to > LogIndex::ZERO && !self.wal.send(WalCommand::Compact(compact_wal_to)) {
+            self.on_wal_thread_gone();
+            return;
         }
         log::info!(
             "snapshot {} written: {} bytes in {} ms (longest loop pause for a view so far: {} \
@@ -753,8 +896,8 @@ impl NodeLoop {
     }
 
     /// The core installed `snapshot` from the leader: make it this node's state, durably
-    /// (the file first, then the WAL's restart record, which the caller's sync makes
-    /// durable: see `recovery` for a crash in between).
+    /// (the file first, here; then the WAL's restart record, which the caller puts in the
+    /// `Ready`'s batch: see `recovery` for a crash in between).
     fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
         let queue = match self.snapshots.loaded.take() {
             Some((loaded, queue)) if loaded == snapshot => queue,
@@ -766,7 +909,6 @@ impl NodeLoop {
             ),
         };
         snapshot_file::adopt_received(&self.config.data_dir, snapshot, self.fsync)?;
-        self.store.install_snapshot(snapshot)?;
         log::info!(
             "installed snapshot {} ({} messages); the log restarts after it",
             snapshot.last,
@@ -961,7 +1103,7 @@ impl NodeLoop {
     }
 
     /// Answers what is left, makes what was acknowledged durable, and stops the transports.
-    fn finish(mut self) {
+    fn finish(mut self, events: &Receiver<Event>) {
         for ticket in self.pending.take_all() {
             self.fail(
                 ticket,
@@ -969,11 +1111,22 @@ impl NodeLoop {
                 "the node is shutting down; the outcome is unknown",
             );
         }
-        if !self.halted {
-            // Everything acknowledged was synced before its reply; this catches the lazily
-            // persisted commit index.
-            if let Err(error) = self.store.sync() {
-                log::error!("final sync failed: {error}");
+        if let Some(thread) = self.wal.stop() {
+            // The thread writes what is queued, then exits; it may be blocked reporting to
+            // our channel meanwhile, so keep emptying it (nothing in it matters any more).
+            while !thread.is_finished() {
+                let _ = events.recv_timeout(Duration::from_millis(1));
+            }
+            match thread.join() {
+                // Everything acknowledged was synced before its reply; this catches the
+                // lazily persisted commit index.
+                Ok(mut store) if !self.halted => {
+                    if let Err(error) = store.sync() {
+                        log::error!("final sync failed: {error}");
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => log::error!("the WAL thread panicked"),
             }
         }
         self.clients.flush();
@@ -1073,6 +1226,125 @@ mod tests {
             } => Some(error.code),
             _ => None,
         }
+    }
+
+    /// A store whose `sync` waits for a permit once `gated` is set: a disk that is slow
+    /// exactly when the test says so.
+    struct GatedStore {
+        inner: MemStore,
+        gated: Arc<AtomicBool>,
+        permits: crossbeam_channel::Receiver<()>,
+    }
+
+    impl LogStore for GatedStore {
+        fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+            self.inner.append(entries)
+        }
+
+        fn set_hard_state(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
+            self.inner.set_hard_state(hard_state)
+        }
+
+        fn sync(&mut self) -> Result<(), StorageError> {
+            if self.gated.load(Ordering::SeqCst) {
+                let _ = self.permits.recv();
+            }
+            self.inner.sync()
+        }
+
+        fn compact_to(&mut self, index: LogIndex) -> Result<(), StorageError> {
+            self.inner.compact_to(index)
+        }
+
+        fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
+            self.inner.install_snapshot(snapshot)
+        }
+    }
+
+    fn receive(socket: &zmq::Socket, timeout_ms: i64) -> Option<Reply> {
+        if socket.poll(zmq::POLLIN, timeout_ms).expect("poll") == 0 {
+            return None;
+        }
+        let frames = socket.recv_multipart(0).expect("recv");
+        Some(decode_reply(frames.last().expect("a body")).expect("a reply"))
+    }
+
+    fn send(socket: &zmq::Socket, operation: Operation) {
+        let request = Request {
+            version: 2,
+            session: None,
+            operation,
+        };
+        socket
+            .send_multipart([&b""[..], &encode_request(&request, Encoding::MsgPack)], 0)
+            .expect("send");
+    }
+
+    #[test]
+    fn the_loop_keeps_answering_while_a_sync_is_slow_and_acknowledges_only_after_it() {
+        let gated = Arc::new(AtomicBool::new(false));
+        let (permit, permits) = crossbeam_channel::unbounded();
+        let store = GatedStore {
+            inner: MemStore::new(),
+            gated: gated.clone(),
+            permits,
+        };
+        let (_context, socket, events, node) = start_node(&[], Box::new(store));
+        let ticker_events = events.clone();
+        let ticker = std::thread::spawn(move || {
+            while ticker_events.send(Event::Tick).is_ok() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
+        {
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let create = Operation::CreateTopic { topic: "t".into() };
+        assert_eq!(failure_code(&call(&socket, create)), None, "created");
+
+        gated.store(true, Ordering::SeqCst);
+        send(
+            &socket,
+            Operation::Put {
+                topic: "t".into(),
+                message: crate::protocol::Payload::Text("m".into()),
+            },
+        );
+        // The put's sync is stuck; the loop must still answer, and must not acknowledge
+        // the put: a one-node leader commits only once its own copy is durable.
+        send(&socket, Operation::Status);
+        match receive(&socket, 10_000) {
+            Some(Reply::Status(status)) => assert_eq!(
+                status.wal_entries, 2,
+                "the no-op and the create are durable, the put is not yet"
+            ),
+            other => panic!("status is answered during the sync, got {other:?}"),
+        }
+        assert!(
+            receive(&socket, 200).is_none(),
+            "nothing is acknowledged before its sync returns"
+        );
+        permit.send(()).expect("the WAL thread waits");
+        gated.store(false, Ordering::SeqCst);
+        match receive(&socket, 10_000) {
+            Some(Reply::Outcome {
+                outcome: Outcome::Done,
+                ..
+            }) => {}
+            other => panic!("the put is acknowledged once durable, got {other:?}"),
+        }
+        match call(&socket, Operation::Status) {
+            Reply::Status(status) => assert_eq!(status.wal_entries, 3, "the put is counted"),
+            other => panic!("status, got {other:?}"),
+        }
+
+        events.send(Event::Shutdown).expect("loop alive");
+        node.join().expect("the loop ends without panicking");
+        drop(events);
+        ticker.join().expect("ticker");
     }
 
     #[test]
@@ -1210,7 +1482,8 @@ mod tests {
             durable_hard_state: HardState::default(),
             snapshot: SnapshotMeta::default(),
             previous_snapshot: SnapshotMeta::default(),
-        });
+        })
+        .expect("the WAL thread starts");
         let node = std::thread::spawn(move || node.run(&inbox));
         let socket = context.socket(zmq::DEALER).expect("socket");
         socket.set_linger(0).expect("linger");

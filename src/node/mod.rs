@@ -6,15 +6,17 @@
 //! ```text
 //!   client thread ──ClientRequest──┐                     ┌──Reply──> client thread (ROUTER)
 //!   peer receiver ──Message────────┤ one bounded channel │
-//!   timer ─────────Tick────────────┼────> node loop ─────┼──Vec<Message>──> peer sender
-//!   signals ───────Shutdown────────┘ (Core, LogStore,    │                  (DEALERs)
-//!                                      Queue)
+//!   timer ─────────Tick────────────┼────> node loop ─────┼──frames, DONTWAIT──> peers
+//!   signals ───────Shutdown────────┘ (Core, LogStore,      (the loop's own DEALERs)
+//!                                     Queue, DEALERs)
 //! ```
 //!
 //! Everything that can change the node's state arrives as one [`Event`] on one channel, so
 //! the loop sees a single, ordered history and needs no locks. The loop never blocks on a
-//! socket or a slow peer: replies and peer messages leave through unbounded mailboxes whose
-//! size is bounded by the requests in flight and the core's replication window.
+//! socket or a slow peer: replies leave through an unbounded mailbox whose size is bounded
+//! by the requests in flight; peer messages are encoded and handed to ZeroMQ by the loop
+//! itself with `DONTWAIT` (a full queue or a down peer drops the message, Raft resends), so
+//! a PUT wakes no peer-sender thread on its way out (see `transport::peer`).
 //!
 //! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
 //! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received

@@ -16,7 +16,8 @@
 //! `benches/hot_path.rs`), and ZeroMQ's I/O thread does the writing. What `send` must never
 //! do: block. Every send is `DONTWAIT` on a DEALER with `ZMQ_IMMEDIATE` and a bounded queue,
 //! so a peer that is down or slow costs a dropped message, never a stalled loop.
-//! Measured in docs/PERFORMANCE.md, "Peer messages sent from the loop".
+//! Measured (docs/PERFORMANCE.md, "Peer messages sent from the loop"): per C=1 PUT, 5.9
+//! fewer context switches on a follower and 4.6 on the leader; latency gains within noise.
 //!
 //! Inbound, one thread: the receiver owns the ROUTER, decodes, and puts messages on the node
 //! loop's event channel (it has to poll the ROUTER, which the loop, blocked on its channel,

@@ -6,16 +6,18 @@
 //! ```text
 //!   client thread ──ClientRequest──┐                     ┌──Reply──> client thread (ROUTER)
 //!   peer receiver ──Message────────┤ one bounded channel │
-//!   timer ─────────Tick────────────┼────> node loop ─────┼──Vec<Message>──> peer sender
-//!   signals ───────Shutdown────────┤   (Core, Queue)     │                  (DEALERs)
-//!   WAL thread ────Persisted───────┘                     └──WalBatch──> WAL thread
+//!   timer ─────────Tick────────────┼────> node loop ─────┼──frames, DONTWAIT──> peers
+//!   signals ───────Shutdown────────┤   (Core, Queue,     │  (the loop's own DEALERs)
+//!   WAL thread ────Persisted───────┘    DEALERs)         └──WalBatch──> WAL thread
 //!                                                                       (LogStore)
 //! ```
 //!
 //! Everything that can change the node's state arrives as one [`Event`] on one channel, so
 //! the loop sees a single, ordered history and needs no locks. The loop never blocks on a
-//! socket or a slow peer: replies and peer messages leave through unbounded mailboxes whose
-//! size is bounded by the requests in flight and the core's replication window.
+//! socket or a slow peer: replies leave through an unbounded mailbox whose size is bounded
+//! by the requests in flight; peer messages are encoded and handed to ZeroMQ by the loop
+//! itself with `DONTWAIT` (a full queue or a down peer drops the message, Raft resends), so
+//! a PUT wakes no peer-sender thread on its way out (see `transport::peer`).
 //!
 //! The WAL thread owns the log store: the loop hands it each `Ready`'s writes and goes on
 //! stepping the core while it fsyncs; it reports "durable through batch N" as an [`Event`]

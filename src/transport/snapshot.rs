@@ -7,7 +7,8 @@
 //! receiver passes chunks to its **snapshot receiver** thread, which appends them to a
 //! `.partial` file in the data dir, checks the whole file at the end, renames it
 //! `.received`, and only then delivers the `InstallSnapshot` message to the node loop. The
-//! node loop installs that file (see `node`).
+//! node loop installs that file (see `node`). The receiver's acks go back to the leader
+//! through the snapshot sender, on its DEALERs: the Raft DEALERs belong to the node loop.
 //!
 //! Why threads of their own: reading, writing and fsyncing a large file must not stall the
 //! node loop or the peer receiver (a follower that stops reading heartbeats for the length
@@ -39,7 +40,7 @@
 //! So an interrupted transfer never leaves a half-installed snapshot.
 
 use super::fault::PeerFaults;
-use super::peer::{Outgoing, PeerSettings, PEER_WIRE_VERSION};
+use super::peer::{PeerSettings, PEER_WIRE_VERSION};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
 use crate::storage::{FsyncPolicy, StorageError};
@@ -122,7 +123,11 @@ pub struct SnapshotReport {
 pub(crate) enum SenderInput {
     /// Stream the snapshot named in this `InstallSnapshot` message.
     Send(Message),
+    /// A follower acknowledged chunks of one of our transfers.
     Ack(SnapshotAck),
+    /// Our snapshot receiver acknowledges chunks from the leader: sent on our DEALER to it
+    /// (the Raft DEALERs belong to the node loop, which must not wait on this thread).
+    Acknowledge(SnapshotAck),
     /// This node is no longer leader: drop every transfer, report nothing.
     CancelAll,
     Stop,
@@ -262,6 +267,7 @@ where
         match input {
             SenderInput::Send(message) => self.start(message),
             SenderInput::Ack(ack) => self.on_ack(ack),
+            SenderInput::Acknowledge(ack) => self.acknowledge(ack),
             SenderInput::CancelAll => {
                 if !self.transfers.is_empty() {
                     log::info!("no longer leader: snapshot transfers cancelled");
@@ -271,6 +277,23 @@ where
             SenderInput::Stop => return false,
         }
         true
+    }
+
+    /// Sends our receiver's ack to the leader streaming to us. Never waits: a lost ack makes
+    /// the leader resend (go-back-N).
+    fn acknowledge(&self, ack: SnapshotAck) {
+        if self.faults.drops_to(ack.to) {
+            log::trace!("fault injection: snapshot ack to node {} dropped", ack.to);
+            return;
+        }
+        let Some(dealer) = self.dealers.get(&ack.to) else {
+            log::error!("no connection to node {}; snapshot ack dropped", ack.to);
+            return;
+        };
+        let frame = encode_transfer_frame(self.settings.cluster_id, &TransferFrame::Ack(ack));
+        if let Err(error) = dealer.send(frame, zmq::DONTWAIT) {
+            log::trace!("snapshot ack dropped: {error}");
+        }
     }
 
     fn start(&mut self, message: Message) {
@@ -693,12 +716,12 @@ impl SnapshotReceiver {
     }
 }
 
-/// The snapshot receiver thread: chunks in, acks out through the peer sender, whole
-/// snapshots to the node loop.
+/// The snapshot receiver thread: chunks in, acks out through the snapshot sender (which owns
+/// this node's snapshot DEALERs), whole snapshots to the node loop.
 pub(crate) fn receive_loop<E>(
     mut receiver: SnapshotReceiver,
     chunks: Receiver<SnapshotChunk>,
-    acks: Sender<Outgoing>,
+    acks: Sender<SenderInput>,
     events: Sender<E>,
     stopping: Arc<AtomicBool>,
 ) where
@@ -716,7 +739,7 @@ pub(crate) fn receive_loop<E>(
                     }
                 }
                 if let Some(ack) = output.ack {
-                    let _ = acks.send(Outgoing::Ack(ack));
+                    let _ = acks.send(SenderInput::Acknowledge(ack));
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}

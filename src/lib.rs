@@ -14,7 +14,8 @@
 //! - [`cli`]: the `rrmq` command (topic, put, get, status, cluster, bench).
 //!
 //! How a request flows: the client thread decodes a body and hands a `Request` to the node
-//! loop over a crossbeam channel; the loop proposes it to the core; once the entry is
+//! loop over a crossbeam channel; the loop proposes it to the core, sends the entry to the
+//! followers on its own DEALERs and hands it to the WAL thread to fsync; once the entry is
 //! persisted on a majority and committed, the loop applies it to the queue and sends the reply
 //! back to the client thread, ringing an inproc doorbell so the thread wakes without polling.
 

@@ -1,5 +1,6 @@
 //! The runtime of one node: it opens storage, binds the sockets, starts the threads, and runs
-//! the single loop that owns the Raft core, the log store and the queue.
+//! the single loop that owns the Raft core and the queue (the log store lives on the WAL
+//! thread, which the loop alone feeds).
 //!
 //! Threads and what they own:
 //!

@@ -155,11 +155,12 @@ struct Snapshots {
     view_pause_max: Duration,
 }
 
-/// What a `Ready` left waiting for its batch (and every batch before it) to be durable.
+/// What a `Ready` left for the loop to do once its batch (and every batch before it) is
+/// durable (its votes and acks went to the WAL thread with the batch).
 struct AfterPersist {
     /// The last batch handed to the WAL thread when the `Ready` was taken.
     batch: u64,
-    /// Votes and acks: they promise durability.
+    /// For the snapshot sender (never, in practice: see `persist`).
     messages: Vec<Message>,
     /// The `Ready`'s last entry, for `Core::on_persisted`.
     last_entry: Option<EntryId>,
@@ -223,9 +224,14 @@ impl NodeLoop {
             crate::config::FsyncMode::Always => FsyncPolicy::Always,
             crate::config::FsyncMode::Never => FsyncPolicy::Never,
         };
-        let wal = WalThread::start(store, events.clone()).map_err(|source| NodeError::Spawn {
-            name: "wal",
-            source,
+        // The WAL thread sends the acks that wait for its syncs on DEALERs of its own (a
+        // ZeroMQ socket stays on one thread).
+        let wal_dealers = peers.connect_dealers()?;
+        let wal = WalThread::start(store, events.clone(), wal_dealers).map_err(|source| {
+            NodeError::Spawn {
+                name: "wal",
+                source,
+            }
         })?;
         Ok(NodeLoop {
             config,
@@ -475,11 +481,16 @@ impl NodeLoop {
             // A leader's appends leave now, so the followers' fsyncs overlap its own.
             self.peers.send(messages);
             let last_entry = entries.last().map(Entry::id);
-            self.persist(installed, hard_state, entries);
+            self.persist(
+                installed,
+                hard_state,
+                entries,
+                messages_after_persist,
+                last_entry,
+            );
             if self.halted {
                 return;
             }
-            self.hold_until_durable(messages_after_persist, last_entry);
             // Committed entries may be applied before this node's copy is durable (the core's
             // contract: committed means durable on a majority). A leader's always are: it
             // counts itself only after `on_persisted`.
@@ -532,18 +543,26 @@ impl NodeLoop {
     }
 
     /// Hands `hard_state` and `entries` (and an installed snapshot) to the WAL thread as one
-    /// batch. It needs a sync unless only the commit index moved (a hint on restart, see
-    /// `LogStore::set_hard_state`): such a batch keeps the number of the one before it, and
-    /// rides along with the next sync.
+    /// batch, with the `messages` that wait for it. The batch needs a sync unless only the
+    /// commit index moved (a hint on restart, see `LogStore::set_hard_state`): such a batch
+    /// keeps the number of the one before it, and rides along with the next sync.
+    ///
+    /// `messages` (votes and acks) and the `on_persisted` report for `last_entry` wait until
+    /// every batch handed over so far, this one included, is durable: at once if none is in
+    /// flight; else the WAL thread sends the messages itself right after that sync (riding
+    /// on this batch, or on an otherwise empty one queued behind the batches in flight when
+    /// this `Ready` wrote nothing that needs a sync: an ack for entries that arrived again
+    /// still waits for the batch that carries them), and the loop reports `on_persisted`
+    /// when the thread says so ([`Event::Persisted`]).
     fn persist(
         &mut self,
         snapshot: Option<SnapshotMeta>,
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
+        messages: Vec<Message>,
+        last_entry: Option<EntryId>,
     ) {
-        if snapshot.is_none() && hard_state.is_none() && entries.is_empty() {
-            return;
-        }
+        let writes = snapshot.is_some() || hard_state.is_some() || !entries.is_empty();
         let mut must_sync = snapshot.is_some() || !entries.is_empty();
         if let Some(hard_state) = hard_state {
             must_sync |= hard_state.term != self.written_hard_state.term
@@ -553,37 +572,45 @@ impl NodeLoop {
         if must_sync {
             self.batches_sent += 1;
         }
-        let batch = WalBatch {
+        let mut batch = WalBatch {
             number: self.batches_sent,
             snapshot,
             hard_state,
             entries,
             must_sync,
+            messages_after_sync: Vec::new(),
         };
-        if !self.wal.send(WalCommand::Batch(batch)) {
-            self.on_wal_thread_gone();
-        }
-    }
-
-    /// Sends `messages` and reports `last_entry` persisted once every batch handed to the
-    /// WAL thread so far is durable: at once if none is in flight. An ack for entries that
-    /// arrived again (no new batch) still waits for the batch that carries them.
-    fn hold_until_durable(&mut self, messages: Vec<Message>, last_entry: Option<EntryId>) {
-        if messages.is_empty() && last_entry.is_none() {
-            return;
-        }
         if self.durable_through == self.batches_sent {
+            // Nothing to wait for.
+            if writes && !self.wal.send(WalCommand::Batch(batch)) {
+                self.on_wal_thread_gone();
+                return;
+            }
             self.peers.send(messages);
             if let Some(last) = last_entry {
                 self.core.on_persisted(last);
             }
             return;
         }
-        self.after_persist.push_back(AfterPersist {
-            batch: self.batches_sent,
-            messages,
-            last_entry,
-        });
+        // Only a leader sends an `InstallSnapshot`, and as leader traffic (`Ready::messages`);
+        // should one ever wait, it is released here by the loop, to the snapshot sender.
+        let (for_snapshot_sender, for_dealers): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }));
+        if writes || !for_dealers.is_empty() {
+            batch.messages_after_sync = for_dealers;
+            if !self.wal.send(WalCommand::Batch(batch)) {
+                self.on_wal_thread_gone();
+                return;
+            }
+        }
+        if last_entry.is_some() || !for_snapshot_sender.is_empty() {
+            self.after_persist.push_back(AfterPersist {
+                batch: self.batches_sent,
+                messages: for_snapshot_sender,
+                last_entry,
+            });
+        }
     }
 
     /// The WAL thread made batches durable (release what waited for them), or failed.
@@ -651,6 +678,7 @@ impl NodeLoop {
         self.halted = true;
         // Never sent: what they promise may not be on disk.
         self.after_persist.clear();
+        self.wal.stop_sending();
         for ticket in self.pending.take_all() {
             self.fail(ticket, ErrorCode::Unavailable, why);
         }

@@ -7,8 +7,40 @@
 //! `Ready`'s writes over as one numbered [`WalBatch`] and goes on; this thread syncs batch
 //! N while batches N+1.. pile up in its channel, and the next sync covers all of them
 //! (group commit: exactly one `sync` per group). It reports "durable through batch N" back
-//! as an [`Event::Persisted`] on the loop's own channel, and the loop then releases what
-//! waited for that durability (votes and acks, `Core::on_persisted`).
+//! as an [`Event::Persisted`] on the loop's own channel, and the loop then reports
+//! `Core::on_persisted` (a leader counts its own copy toward the majority from then on).
+//!
+//! It also sends what waited for that sync: the votes and acks (`messages_after_persist`)
+//! that a batch carries, on DEALERs of its own ([`PeerDealers`]: ZeroMQ sockets stay on one
+//! thread), right after the sync and before the report. Before, they went back to the loop
+//! with the report and left on the loop's DEALERs: one thread hand-off (a wake-up that waits
+//! for a core on a loaded machine) on the critical path of every follower ack, hence of
+//! every write at C=1 (the leader's own fsync runs in parallel with the followers'). The
+//! loop attaches them to the batch of their `Ready`, or, when that `Ready` needs no sync but
+//! batches are still in flight, to an otherwise empty batch queued behind them; with
+//! nothing in flight it sends them at once itself (see `NodeLoop::persist`). Measured in
+//! docs/PERFORMANCE.md, "Acks sent from the WAL thread".
+//!
+//! Why a message here is safe to send: it leaves only after the sync of its group, and the
+//! FIFO channel and one sync per group mean every batch before it is durable too; after a
+//! failed write or sync the thread stops before sending anything of that group, and once
+//! the loop stops participating ([`WalThread::stop_sending`]) it sends nothing more. The
+//! same injected faults ([`crate::transport::fault`]) filter these sends as the loop's.
+//! An `InstallSnapshot` never comes here (only a leader sends one, as leader traffic that
+//! the loop hands to the snapshot sender).
+//!
+//! Why the reordering this brings is safe: a follower's messages to the leader now leave on
+//! two connections (the WAL thread's while a batch is in flight, the loop's when none is),
+//! so a later one may arrive first. Raft assumes an unordered, lossy network, and the core
+//! is checked against one (tests/simulation reorders, drops and duplicates): an
+//! `Accepted { match_index }` only ever raises `match_index` (`Progress::accept` keeps the
+//! maximum), and a late one is still true: it is stamped with its term, a message of an
+//! older term is ignored, and within one term and one process life a follower never drops
+//! an entry it acknowledged (it truncates only entries that conflict with the leader's,
+//! which the leader of that term never sent). A stale `Rejected` is ignored unless it names
+//! an index above the match index (`handle_append_response`); at worst it costs a probe.
+//! Heartbeat responses keep the highest read round seen (`read_round_acked` is a maximum),
+//! and votes count once per voter and term (`votes.entry(..).or_insert`).
 //!
 //! What it owns: the store, and therefore the order of every store operation. Appends
 //! (including a conflicting suffix, which the WAL overwrites by replay), hard states,
@@ -20,9 +52,11 @@
 //! (term and vote are durable before any entry of that term reaches the kernel) without a
 //! second handle on its files or any care for segment rolls.
 //!
-//! What it must not do: decide anything. It never reorders, drops or delays a write beyond
-//! the group it is in, and after the first error it reports it and stops: a failed fsync is
-//! never retried (STYLE.md), and the loop stops acknowledging (`on_storage_failure`).
+//! What it must not do: decide anything. It never reorders, drops or delays a write (or a
+//! message) beyond the group it is in, and after the first error it reports it and stops: a
+//! failed fsync is never retried (STYLE.md), and the loop stops acknowledging
+//! (`on_storage_failure`). Its DEALERs (linger 0) close when it exits, which the loop waits
+//! for on shutdown, before the ZeroMQ context goes.
 
 use super::Event;
 use crate::raft::{Entry, HardState, LogIndex, Message, SnapshotMeta};

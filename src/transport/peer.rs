@@ -19,6 +19,12 @@
 //! Measured (docs/PERFORMANCE.md, "Peer messages sent from the loop"): per C=1 PUT, 5.9
 //! fewer context switches on a follower and 4.6 on the leader; latency gains within noise.
 //!
+//! The same goes for the WAL thread: the votes and acks that wait for its fsync leave on a
+//! second set of DEALERs it owns ([`PeerTransport::connect_dealers`] makes one: a
+//! [`PeerDealers`], same options, same injected faults), right after the sync, instead of
+//! going back to the loop first. So a node's messages to one peer travel on two connections
+//! and may arrive out of order; Raft does not mind (`node::wal_thread` says why).
+//!
 //! Inbound, one thread: the receiver owns the ROUTER, decodes, and puts messages on the node
 //! loop's event channel (it has to poll the ROUTER, which the loop, blocked on its channel,
 //! cannot). Two more threads stream snapshots (see [`super::snapshot`]): an

@@ -10,7 +10,9 @@
 //!   timer ─────────Tick────────────┼────> node loop ─────┼──frames, DONTWAIT──> peers
 //!   signals ───────Shutdown────────┤   (Core, Queue,     │  (the loop's own DEALERs)
 //!   WAL thread ────Persisted───────┘    DEALERs)         └──WalBatch──> WAL thread
-//!                                                                       (LogStore)
+//!                                                         (+ acks)     (LogStore, DEALERs)
+//!                                                                        │ acks and votes,
+//!                                                                        └─after the sync──> peers
 //! ```
 //!
 //! Everything that can change the node's state arrives as one [`Event`] on one channel, so
@@ -22,7 +24,9 @@
 //!
 //! The WAL thread owns the log store: the loop hands it each `Ready`'s writes and goes on
 //! stepping the core while it fsyncs; it reports "durable through batch N" as an [`Event`]
-//! (see `wal_thread`, and `node_loop` for why the fsync left the loop).
+//! (see `wal_thread`, and `node_loop` for why the fsync left the loop). The votes and acks
+//! that wait for a sync ride on the batch, and the WAL thread sends them itself on a second
+//! set of DEALERs right after the sync, rather than handing them back to the loop.
 //!
 //! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
 //! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received

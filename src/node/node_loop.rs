@@ -9,9 +9,12 @@
 //!    (`wal_thread`), which syncs batch N while the loop goes on and the batches after it
 //!    queue up: the next sync covers all of them (group commit, one fsync per group);
 //! 3. hold `messages_after_persist` (votes and acks promise durability) and the
-//!    `on_persisted` report until the thread says every batch up to this `Ready`'s is
-//!    durable ([`Event::Persisted`]); with nothing in flight they go at once. A leader
-//!    counts its own copy toward the majority only from that report on;
+//!    `on_persisted` report until every batch up to this `Ready`'s is durable; with nothing
+//!    in flight they go at once. Else the messages ride on this `Ready`'s batch (or on an
+//!    empty one queued behind the batches in flight) and the WAL thread sends them on its
+//!    own DEALERs right after the sync, one thread hop less per follower ack; the loop
+//!    reports `on_persisted` when the thread says so ([`Event::Persisted`]). A leader counts
+//!    its own copy toward the majority only from that report on;
 //! 4. apply `committed` to the queue and answer the writes waiting there, but only if the
 //!    applied entry is the one they proposed (same term), else a new leader overwrote it;
 //! 5. release reads whose leadership was confirmed once applied reaches their index.
@@ -22,10 +25,13 @@
 //! an entry that was overwritten meanwhile (`RaftLog::persisted_to` checks the term), so
 //! reports may come late. Everything that is not a leader's replication traffic (votes,
 //! vote requests, append and heartbeat responses) is in `messages_after_persist`, and those
-//! wait for every batch before them, so a term or vote is durable before any message that
+//! wait for every batch before them (the WAL thread sends them after the sync of their
+//! group, and the channel is FIFO), so a term or vote is durable before any message that
 //! depends on it leaves, and an ack for entries that arrived twice waits for the batch that
-//! carries them. What a later `Ready` sends at once is leader traffic, which the core already
-//! allows to leave before the leader's own copy is durable. A follower may apply committed
+//! carries them. They may overtake, or be overtaken by, what the loop sends on its own
+//! DEALERs (two connections); `wal_thread` says why Raft does not mind. What a later
+//! `Ready` sends at once is leader traffic, which the core already allows to leave before
+//! the leader's own copy is durable. A follower may apply committed
 //! entries before its own copy is durable (committed means durable on a majority; etcd's
 //! async storage writes allow the same); a snapshot taken of them is recoverable even if
 //! the WAL then loses its tail (`recovery`: a WAL behind the snapshot restarts after it).
@@ -155,11 +161,12 @@ struct Snapshots {
     view_pause_max: Duration,
 }
 
-/// What a `Ready` left waiting for its batch (and every batch before it) to be durable.
+/// What a `Ready` left for the loop to do once its batch (and every batch before it) is
+/// durable (its votes and acks went to the WAL thread with the batch).
 struct AfterPersist {
     /// The last batch handed to the WAL thread when the `Ready` was taken.
     batch: u64,
-    /// Votes and acks: they promise durability.
+    /// For the snapshot sender (never, in practice: see `persist`).
     messages: Vec<Message>,
     /// The `Ready`'s last entry, for `Core::on_persisted`.
     last_entry: Option<EntryId>,
@@ -223,9 +230,14 @@ impl NodeLoop {
             crate::config::FsyncMode::Always => FsyncPolicy::Always,
             crate::config::FsyncMode::Never => FsyncPolicy::Never,
         };
-        let wal = WalThread::start(store, events.clone()).map_err(|source| NodeError::Spawn {
-            name: "wal",
-            source,
+        // The WAL thread sends the acks that wait for its syncs on DEALERs of its own (a
+        // ZeroMQ socket stays on one thread).
+        let wal_dealers = peers.connect_dealers()?;
+        let wal = WalThread::start(store, events.clone(), wal_dealers).map_err(|source| {
+            NodeError::Spawn {
+                name: "wal",
+                source,
+            }
         })?;
         Ok(NodeLoop {
             config,
@@ -475,11 +487,16 @@ impl NodeLoop {
             // A leader's appends leave now, so the followers' fsyncs overlap its own.
             self.peers.send(messages);
             let last_entry = entries.last().map(Entry::id);
-            self.persist(installed, hard_state, entries);
+            self.persist(
+                installed,
+                hard_state,
+                entries,
+                messages_after_persist,
+                last_entry,
+            );
             if self.halted {
                 return;
             }
-            self.hold_until_durable(messages_after_persist, last_entry);
             // Committed entries may be applied before this node's copy is durable (the core's
             // contract: committed means durable on a majority). A leader's always are: it
             // counts itself only after `on_persisted`.
@@ -532,18 +549,26 @@ impl NodeLoop {
     }
 
     /// Hands `hard_state` and `entries` (and an installed snapshot) to the WAL thread as one
-    /// batch. It needs a sync unless only the commit index moved (a hint on restart, see
-    /// `LogStore::set_hard_state`): such a batch keeps the number of the one before it, and
-    /// rides along with the next sync.
+    /// batch, with the `messages` that wait for it. The batch needs a sync unless only the
+    /// commit index moved (a hint on restart, see `LogStore::set_hard_state`): such a batch
+    /// keeps the number of the one before it, and rides along with the next sync.
+    ///
+    /// `messages` (votes and acks) and the `on_persisted` report for `last_entry` wait until
+    /// every batch handed over so far, this one included, is durable: at once if none is in
+    /// flight; else the WAL thread sends the messages itself right after that sync (riding
+    /// on this batch, or on an otherwise empty one queued behind the batches in flight when
+    /// this `Ready` wrote nothing that needs a sync: an ack for entries that arrived again
+    /// still waits for the batch that carries them), and the loop reports `on_persisted`
+    /// when the thread says so ([`Event::Persisted`]).
     fn persist(
         &mut self,
         snapshot: Option<SnapshotMeta>,
         hard_state: Option<HardState>,
         entries: Vec<Entry>,
+        messages: Vec<Message>,
+        last_entry: Option<EntryId>,
     ) {
-        if snapshot.is_none() && hard_state.is_none() && entries.is_empty() {
-            return;
-        }
+        let writes = snapshot.is_some() || hard_state.is_some() || !entries.is_empty();
         let mut must_sync = snapshot.is_some() || !entries.is_empty();
         if let Some(hard_state) = hard_state {
             must_sync |= hard_state.term != self.written_hard_state.term
@@ -553,37 +578,45 @@ impl NodeLoop {
         if must_sync {
             self.batches_sent += 1;
         }
-        let batch = WalBatch {
+        let mut batch = WalBatch {
             number: self.batches_sent,
             snapshot,
             hard_state,
             entries,
             must_sync,
+            messages_after_sync: Vec::new(),
         };
-        if !self.wal.send(WalCommand::Batch(batch)) {
-            self.on_wal_thread_gone();
-        }
-    }
-
-    /// Sends `messages` and reports `last_entry` persisted once every batch handed to the
-    /// WAL thread so far is durable: at once if none is in flight. An ack for entries that
-    /// arrived again (no new batch) still waits for the batch that carries them.
-    fn hold_until_durable(&mut self, messages: Vec<Message>, last_entry: Option<EntryId>) {
-        if messages.is_empty() && last_entry.is_none() {
-            return;
-        }
         if self.durable_through == self.batches_sent {
+            // Nothing to wait for.
+            if writes && !self.wal.send(WalCommand::Batch(batch)) {
+                self.on_wal_thread_gone();
+                return;
+            }
             self.peers.send(messages);
             if let Some(last) = last_entry {
                 self.core.on_persisted(last);
             }
             return;
         }
-        self.after_persist.push_back(AfterPersist {
-            batch: self.batches_sent,
-            messages,
-            last_entry,
-        });
+        // Only a leader sends an `InstallSnapshot`, and as leader traffic (`Ready::messages`);
+        // should one ever wait, it is released here by the loop, to the snapshot sender.
+        let (for_snapshot_sender, for_dealers): (Vec<Message>, Vec<Message>) = messages
+            .into_iter()
+            .partition(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }));
+        if writes || !for_dealers.is_empty() {
+            batch.messages_after_sync = for_dealers;
+            if !self.wal.send(WalCommand::Batch(batch)) {
+                self.on_wal_thread_gone();
+                return;
+            }
+        }
+        if last_entry.is_some() || !for_snapshot_sender.is_empty() {
+            self.after_persist.push_back(AfterPersist {
+                batch: self.batches_sent,
+                messages: for_snapshot_sender,
+                last_entry,
+            });
+        }
     }
 
     /// The WAL thread made batches durable (release what waited for them), or failed.
@@ -651,6 +684,7 @@ impl NodeLoop {
         self.halted = true;
         // Never sent: what they promise may not be on disk.
         self.after_persist.clear();
+        self.wal.stop_sending();
         for ticket in self.pending.take_all() {
             self.fail(ticket, ErrorCode::Unavailable, why);
         }
@@ -1442,14 +1476,40 @@ mod tests {
         crossbeam_channel::Sender<Event>,
         std::thread::JoinHandle<()>,
     ) {
-        let (port, internal_port) = (free_port(), free_port());
-        let text = format!(
-            r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {port}, "internal_port": {internal_port}}}]}}"#
-        );
+        let (context, socket, events, node, _) = start_node_of(1, flags, store);
+        (context, socket, events, node)
+    }
+
+    /// Runs node 0 of a `nodes`-node loopback cluster (the others are the test's to play)
+    /// with `flags` over `store`, without a ticker, until the returned sender gets
+    /// `Shutdown`; returns a socket connected to its client port, and the cluster config.
+    #[allow(clippy::type_complexity)]
+    fn start_node_of(
+        nodes: usize,
+        flags: &[&str],
+        store: Box<dyn LogStore + Send>,
+    ) -> (
+        zmq::Context,
+        zmq::Socket,
+        crossbeam_channel::Sender<Event>,
+        std::thread::JoinHandle<()>,
+        ClusterConfig,
+    ) {
+        let addresses: Vec<String> = (0..nodes)
+            .map(|_| {
+                format!(
+                    r#"{{"ip": "127.0.0.1", "port": {}, "internal_port": {}}}"#,
+                    free_port(),
+                    free_port()
+                )
+            })
+            .collect();
+        let text = format!(r#"{{"addresses": [{}]}}"#, addresses.join(", "));
         let cluster = ClusterConfig::parse(&text, "test").expect("config");
+        let port = cluster.address(NodeId(0)).expect("node 0").port;
         let args =
             NodeArgs::try_parse_from(["rrmq-node", "test", "0"].iter().chain(flags)).expect("args");
-        let config = NodeConfig::new(&args, cluster).expect("node config");
+        let config = NodeConfig::new(&args, cluster.clone()).expect("node config");
         let context = zmq::Context::new();
         let (events, inbox) = crossbeam_channel::bounded::<Event>(64);
         let clients = ClientTransport::start(
@@ -1490,7 +1550,93 @@ mod tests {
         socket
             .connect(&format!("tcp://127.0.0.1:{port}"))
             .expect("connect");
-        (context, socket, events, node)
+        (context, socket, events, node, cluster)
+    }
+
+    #[test]
+    fn a_follower_acknowledges_appends_only_after_their_sync() {
+        let gated = Arc::new(AtomicBool::new(false));
+        let (permit, permits) = crossbeam_channel::unbounded();
+        let store = GatedStore {
+            inner: MemStore::new(),
+            gated: gated.clone(),
+            permits,
+        };
+        // No ticker: node 0 never campaigns, and follows the test, which plays node 1.
+        let (context, _client, events, node, cluster) = start_node_of(2, &[], Box::new(store));
+        let leader_port = context.socket(zmq::ROUTER).expect("router");
+        leader_port.set_linger(0).expect("linger");
+        let internal_port = |id| cluster.address(NodeId(id)).expect("a node").internal_port;
+        leader_port
+            .bind(&format!("tcp://127.0.0.1:{}", internal_port(1)))
+            .expect("bind");
+        let to_follower = context.socket(zmq::DEALER).expect("dealer");
+        to_follower.set_linger(0).expect("linger");
+        to_follower
+            .connect(&format!("tcp://127.0.0.1:{}", internal_port(0)))
+            .expect("connect");
+        let filter = crate::transport::peer::PeerFilter {
+            cluster_id: cluster.cluster_id,
+            me: NodeId(1),
+            node_count: 2,
+        };
+        let append = |prev: u64, index: u64| {
+            let message = Message {
+                from: NodeId(1),
+                to: NodeId(0),
+                term: Term(1),
+                body: MessageBody::AppendEntries {
+                    prev: EntryId::new(Term(u64::from(prev > 0)), LogIndex(prev)),
+                    entries: vec![Entry {
+                        term: Term(1),
+                        index: LogIndex(index),
+                        payload: EntryPayload::Noop,
+                    }],
+                    commit: LogIndex::ZERO,
+                },
+            };
+            let frame = crate::transport::peer::encode_peer_message(cluster.cluster_id, &message);
+            to_follower.send(frame, 0).expect("send");
+        };
+        // Whatever node 0 sends node 1 next (an ack, here), within `timeout_ms`.
+        let received = |timeout_ms: i64| -> Option<MessageBody> {
+            if leader_port.poll(zmq::POLLIN, timeout_ms).expect("poll") == 0 {
+                return None;
+            }
+            let frames = leader_port.recv_multipart(0).expect("recv");
+            let body = frames.last().expect("a body");
+            let message =
+                crate::transport::peer::decode_peer_message(body, &filter).expect("a message");
+            Some(message.body)
+        };
+        let accepted = |index| {
+            Some(MessageBody::AppendEntriesResponse(
+                crate::raft::AppendResult::Accepted {
+                    match_index: LogIndex(index),
+                },
+            ))
+        };
+        // Both directions drop messages until connected: resend entry 1 as a leader would.
+        let connected = (0..100).any(|_| {
+            append(0, 1);
+            received(100).is_some()
+        });
+        assert!(connected, "node 0 acknowledges entry 1");
+        while received(200).is_some() {}
+
+        gated.store(true, Ordering::SeqCst);
+        append(1, 2);
+        assert_eq!(received(300), None, "no ack while entry 2's sync is held");
+        // Entry 2 again: nothing new to write, but the ack waits for the batch in flight.
+        append(1, 2);
+        assert_eq!(received(300), None, "nor for entry 2 arriving twice");
+        permit.send(()).expect("the WAL thread waits");
+        gated.store(false, Ordering::SeqCst);
+        assert_eq!(received(10_000), accepted(2), "acknowledged once durable");
+        assert_eq!(received(10_000), accepted(2), "the second copy too");
+
+        events.send(Event::Shutdown).expect("loop alive");
+        node.join().expect("the loop ends without panicking");
     }
 
     #[test]

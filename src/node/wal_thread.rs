@@ -7,8 +7,40 @@
 //! `Ready`'s writes over as one numbered [`WalBatch`] and goes on; this thread syncs batch
 //! N while batches N+1.. pile up in its channel, and the next sync covers all of them
 //! (group commit: exactly one `sync` per group). It reports "durable through batch N" back
-//! as an [`Event::Persisted`] on the loop's own channel, and the loop then releases what
-//! waited for that durability (votes and acks, `Core::on_persisted`).
+//! as an [`Event::Persisted`] on the loop's own channel, and the loop then reports
+//! `Core::on_persisted` (a leader counts its own copy toward the majority from then on).
+//!
+//! It also sends what waited for that sync: the votes and acks (`messages_after_persist`)
+//! that a batch carries, on DEALERs of its own ([`PeerDealers`]: ZeroMQ sockets stay on one
+//! thread), right after the sync and before the report. Before, they went back to the loop
+//! with the report and left on the loop's DEALERs: one thread hand-off (a wake-up that waits
+//! for a core on a loaded machine) on the critical path of every follower ack, hence of
+//! every write at C=1 (the leader's own fsync runs in parallel with the followers'). The
+//! loop attaches them to the batch of their `Ready`, or, when that `Ready` needs no sync but
+//! batches are still in flight, to an otherwise empty batch queued behind them; with
+//! nothing in flight it sends them at once itself (see `NodeLoop::persist`). Measured in
+//! docs/PERFORMANCE.md, "Acks sent from the WAL thread".
+//!
+//! Why a message here is safe to send: it leaves only after the sync of its group, and the
+//! FIFO channel and one sync per group mean every batch before it is durable too; after a
+//! failed write or sync the thread stops before sending anything of that group, and once
+//! the loop stops participating ([`WalThread::stop_sending`]) it sends nothing more. The
+//! same injected faults ([`crate::transport::fault`]) filter these sends as the loop's.
+//! An `InstallSnapshot` never comes here (only a leader sends one, as leader traffic that
+//! the loop hands to the snapshot sender).
+//!
+//! Why the reordering this brings is safe: a follower's messages to the leader now leave on
+//! two connections (the WAL thread's while a batch is in flight, the loop's when none is),
+//! so a later one may arrive first. Raft assumes an unordered, lossy network, and the core
+//! is checked against one (tests/simulation reorders, drops and duplicates): an
+//! `Accepted { match_index }` only ever raises `match_index` (`Progress::accept` keeps the
+//! maximum), and a late one is still true: it is stamped with its term, a message of an
+//! older term is ignored, and within one term and one process life a follower never drops
+//! an entry it acknowledged (it truncates only entries that conflict with the leader's,
+//! which the leader of that term never sent). A stale `Rejected` is ignored unless it names
+//! an index above the match index (`handle_append_response`); at worst it costs a probe.
+//! Heartbeat responses keep the highest read round seen (`read_round_acked` is a maximum),
+//! and votes count once per voter and term (`votes.entry(..).or_insert`).
 //!
 //! What it owns: the store, and therefore the order of every store operation. Appends
 //! (including a conflicting suffix, which the WAL overwrites by replay), hard states,
@@ -20,14 +52,19 @@
 //! (term and vote are durable before any entry of that term reaches the kernel) without a
 //! second handle on its files or any care for segment rolls.
 //!
-//! What it must not do: decide anything. It never reorders, drops or delays a write beyond
-//! the group it is in, and after the first error it reports it and stops: a failed fsync is
-//! never retried (STYLE.md), and the loop stops acknowledging (`on_storage_failure`).
+//! What it must not do: decide anything. It never reorders, drops or delays a write (or a
+//! message) beyond the group it is in, and after the first error it reports it and stops: a
+//! failed fsync is never retried (STYLE.md), and the loop stops acknowledging
+//! (`on_storage_failure`). Its DEALERs (linger 0) close when it exits, which the loop waits
+//! for on shutdown, before the ZeroMQ context goes.
 
 use super::Event;
-use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta};
+use crate::raft::{Entry, HardState, LogIndex, Message, SnapshotMeta};
 use crate::storage::{LogStore, StorageError};
+use crate::transport::peer::PeerDealers;
 use crossbeam_channel::{Receiver, Sender};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Entry bytes gathered into one sync group, at most (one batch may exceed it alone): keeps
@@ -46,6 +83,11 @@ pub(super) struct WalBatch {
     /// Whether the batch needs an fsync (entries, an installed snapshot, a term or vote
     /// change); a commit-only hard state rides along with the next sync.
     pub(super) must_sync: bool,
+    /// Votes and acks that wait for this batch and every one before it to be durable: sent
+    /// on the thread's own DEALERs right after the sync of the group this batch is in (a
+    /// batch may carry only these, to wait for the batches before it). Never an
+    /// `InstallSnapshot`.
+    pub(super) messages_after_sync: Vec<Message>,
 }
 
 /// The loop's requests to the WAL thread.
@@ -75,26 +117,42 @@ pub enum PersistReport {
 pub(super) struct WalThread {
     commands: Option<Sender<WalCommand>>,
     thread: Option<JoinHandle<Box<dyn LogStore + Send>>>,
+    /// Cleared when the loop stops participating: nothing more leaves for the peers.
+    sending: Arc<AtomicBool>,
 }
 
 impl WalThread {
-    /// Starts the thread over `store`; it reports on `events`.
+    /// Starts the thread over `store`; it reports on `events` and sends the messages its
+    /// batches carry on `dealers` (which it owns from now on, and closes when it exits).
     pub(super) fn start(
         store: Box<dyn LogStore + Send>,
         events: Sender<Event>,
+        dealers: PeerDealers,
     ) -> std::io::Result<WalThread> {
         // Unbounded: the loop must never block on this thread (it blocks on the loop's
         // channel when that is full). Its length is bounded by what the loop can take in
         // during one sync: the proposals of the clients in flight, or the leader's
         // replication window on a follower.
         let (commands, inbox) = crossbeam_channel::unbounded();
+        let sending = Arc::new(AtomicBool::new(true));
+        let outbox = Outbox {
+            dealers,
+            sending: sending.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || run(store, &inbox, &events))?;
+            .spawn(move || run(store, &inbox, &events, &outbox))?;
         Ok(WalThread {
             commands: Some(commands),
             thread: Some(thread),
+            sending,
         })
+    }
+
+    /// From now on the thread sends no more messages (the node stopped participating);
+    /// it still writes what is queued.
+    pub(super) fn stop_sending(&self) {
+        self.sending.store(false, Ordering::SeqCst);
     }
 
     /// Queues `command`. False if the thread has stopped (after a storage failure it
@@ -114,25 +172,35 @@ impl WalThread {
     }
 }
 
+/// The thread's DEALERs, and whether it may still use them.
+struct Outbox {
+    dealers: PeerDealers,
+    sending: Arc<AtomicBool>,
+}
+
 /// The thread's body: take a group (everything queued, up to [`GROUP_BYTES_MAX`]), write it
-/// in order, sync once, report. Returns the store when the loop hangs up.
+/// in order, sync once, send the messages that waited for it, report. Returns the store
+/// when the loop hangs up.
 fn run(
     mut store: Box<dyn LogStore + Send>,
     inbox: &Receiver<WalCommand>,
     events: &Sender<Event>,
+    outbox: &Outbox,
 ) -> Box<dyn LogStore + Send> {
+    let mut messages: Vec<Message> = Vec::new();
     while let Ok(first) = inbox.recv() {
         let mut through_batch = None;
         let mut must_sync = false;
         let mut entries = 0u64;
         let mut bytes = 0usize;
         let mut next = Some(first);
-        while let Some(command) = next.take() {
-            if let WalCommand::Batch(batch) = &command {
+        while let Some(mut command) = next.take() {
+            if let WalCommand::Batch(batch) = &mut command {
                 through_batch = Some(batch.number);
                 must_sync |= batch.must_sync;
                 entries += batch.entries.len() as u64;
                 bytes += batch.entries.iter().map(Entry::size_bytes).sum::<usize>();
+                messages.append(&mut batch.messages_after_sync);
             }
             if let Err(error) = write(store.as_mut(), command) {
                 let _ = events.send(Event::Persisted(PersistReport::Failed(error)));
@@ -144,10 +212,19 @@ fn run(
         }
         if must_sync {
             if let Err(error) = store.sync() {
+                // What the group's messages promise may not be on disk: none leaves.
                 let _ = events.send(Event::Persisted(PersistReport::Failed(error)));
                 return store;
             }
         }
+        // Every batch up to this group's last is durable now. The messages leave before
+        // the report, so the loop never sends a later one first on its own DEALERs.
+        if outbox.sending.load(Ordering::SeqCst) {
+            for message in &messages {
+                outbox.dealers.send(message);
+            }
+        }
+        messages.clear();
         if let Some(through_batch) = through_batch {
             let report = PersistReport::Durable {
                 through_batch,
@@ -185,8 +262,11 @@ fn write(store: &mut dyn LogStore, command: WalCommand) -> Result<(), StorageErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{EntryPayload, Term};
+    use crate::raft::{AppendResult, EntryPayload, MessageBody, NodeId, Term};
     use crate::storage::MemStore;
+    use crate::transport::fault::PeerFaults;
+    use crate::transport::peer::tests::{free_port, settings_with};
+    use crate::transport::peer::{decode_peer_message, PeerFilter};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -246,23 +326,47 @@ mod tests {
     }
 
     fn batch(number: u64, indexes: std::ops::RangeInclusive<u64>) -> WalCommand {
+        batch_with_acks(number, indexes, &[])
+    }
+
+    /// Batch `number` appending `indexes` (none: a batch that carries only messages and
+    /// needs no sync), carrying an ack from node 0 to node 1 for each index in `acks`.
+    fn batch_with_acks(
+        number: u64,
+        indexes: impl IntoIterator<Item = u64>,
+        acks: &[u64],
+    ) -> WalCommand {
+        let entries: Vec<Entry> = indexes
+            .into_iter()
+            .map(|index| Entry {
+                term: Term(1),
+                index: LogIndex(index),
+                payload: EntryPayload::Noop,
+            })
+            .collect();
         WalCommand::Batch(WalBatch {
             number,
             snapshot: None,
-            hard_state: (number == 1).then_some(HardState {
+            hard_state: (number == 1 && !entries.is_empty()).then_some(HardState {
                 term: Term(1),
                 vote: None,
                 commit: LogIndex::ZERO,
             }),
-            entries: indexes
-                .map(|index| Entry {
-                    term: Term(1),
-                    index: LogIndex(index),
-                    payload: EntryPayload::Noop,
-                })
-                .collect(),
-            must_sync: true,
+            must_sync: !entries.is_empty(),
+            entries,
+            messages_after_sync: acks.iter().map(|index| ack(*index)).collect(),
         })
+    }
+
+    fn ack(match_index: u64) -> Message {
+        Message {
+            from: NodeId(0),
+            to: NodeId(1),
+            term: Term(1),
+            body: MessageBody::AppendEntriesResponse(AppendResult::Accepted {
+                match_index: LogIndex(match_index),
+            }),
+        }
     }
 
     struct Harness {
@@ -271,9 +375,33 @@ mod tests {
         calls: Arc<Mutex<Vec<String>>>,
         sync_started: Receiver<()>,
         sync_permits: Sender<()>,
+        /// Node 1's peer port: where the thread's messages to node 1 arrive.
+        peer: zmq::Socket,
+        filter: PeerFilter,
+        /// The faults the thread's DEALERs obey (the node loop's `fault` request sets them).
+        faults: Arc<PeerFaults>,
+        _context: zmq::Context,
     }
 
+    /// Starts a WAL thread as node 0 of two, its DEALERs connected to a ROUTER the test
+    /// holds as node 1.
     fn start(fail_syncs: bool) -> Harness {
+        let context = zmq::Context::new();
+        let ports = [free_port(), free_port()];
+        let settings = settings_with(
+            0,
+            &ports,
+            &std::env::temp_dir(),
+            1024,
+            0,
+            crate::transport::snapshot::STALL_TIMEOUT,
+        );
+        let peer = context.socket(zmq::ROUTER).expect("router");
+        peer.set_linger(0).expect("linger");
+        peer.bind(&format!("tcp://127.0.0.1:{}", ports[1]))
+            .expect("bind");
+        let faults = Arc::new(PeerFaults::default());
+        let dealers = PeerDealers::connect(&context, &settings, faults.clone()).expect("dealers");
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (started_sender, sync_started) = crossbeam_channel::unbounded();
         let (sync_permits, permits) = crossbeam_channel::unbounded();
@@ -285,13 +413,56 @@ mod tests {
             fail_syncs,
         };
         let (events, reports) = crossbeam_channel::unbounded();
-        let wal = WalThread::start(Box::new(store), events).expect("spawn");
-        Harness {
+        let wal = WalThread::start(Box::new(store), events, dealers).expect("spawn");
+        let harness = Harness {
             wal,
             reports,
             calls,
             sync_started,
             sync_permits,
+            peer,
+            filter: PeerFilter {
+                me: NodeId(1),
+                ..settings.filter
+            },
+            faults,
+            _context: context,
+        };
+        // The DEALER drops messages until its connection is up (ZMQ_IMMEDIATE): send
+        // batches that carry only a message and need no sync until one arrives.
+        let connected = (0..100).any(|_| {
+            assert!(harness.wal.send(batch_with_acks(0, [], &[0])));
+            let arrived = harness.received(100).is_some();
+            while harness.received(0).is_some() {}
+            arrived
+        });
+        assert!(connected, "the WAL thread's DEALER connects to node 1");
+        while let Ok(event) = harness.reports.recv_timeout(Duration::from_millis(100)) {
+            assert!(
+                matches!(
+                    event,
+                    Event::Persisted(PersistReport::Durable {
+                        through_batch: 0,
+                        synced: false,
+                        ..
+                    })
+                ),
+                "connecting: {event:?}"
+            );
+        }
+        harness.calls.lock().expect("not poisoned").clear();
+        harness
+    }
+
+    impl Harness {
+        /// The next message node 1 receives within `timeout_ms`.
+        fn received(&self, timeout_ms: i64) -> Option<Message> {
+            if self.peer.poll(zmq::POLLIN, timeout_ms).expect("poll") == 0 {
+                return None;
+            }
+            let frames = self.peer.recv_multipart(0).expect("recv");
+            let body = frames.last().expect("a body");
+            Some(decode_peer_message(body, &self.filter).expect("a Raft message"))
         }
     }
 
@@ -383,5 +554,93 @@ mod tests {
             ["hard state term 1", "append 1..=1", "sync"],
             "nothing is written after the failure"
         );
+    }
+
+    #[test]
+    fn acks_leave_only_after_the_sync_of_their_batch_and_every_one_before() {
+        let mut harness = start(false);
+        assert!(harness.wal.send(batch_with_acks(1, 1..=1, &[1])));
+        harness.sync_started.recv_timeout(WAIT).expect("sync");
+        // A later Ready that wrote nothing (entry 1 arrived again) acks it again: that ack
+        // waits for the batch in flight.
+        assert!(harness.wal.send(batch_with_acks(1, [], &[1])));
+        assert_eq!(
+            harness.received(300),
+            None,
+            "no ack leaves while its batch's sync is in progress"
+        );
+        assert!(
+            harness.reports.try_recv().is_err(),
+            "nothing reported durable yet"
+        );
+        harness.sync_permits.send(()).expect("permit");
+        assert_eq!(
+            harness.received(10_000),
+            Some(ack(1)),
+            "the batch's own ack"
+        );
+        assert_eq!(
+            harness.received(10_000),
+            Some(ack(1)),
+            "the ack that waited behind it"
+        );
+        match next_report(&harness) {
+            PersistReport::Durable {
+                through_batch: 1,
+                synced: true,
+                entries: 1,
+            } => {}
+            other => panic!("the sync is still reported to the loop: {other:?}"),
+        }
+        let thread = harness.wal.stop().expect("a thread");
+        thread.join().expect("no panic");
+    }
+
+    #[test]
+    fn nothing_leaves_after_a_failure_when_stopped_or_when_faults_drop_it() {
+        #[derive(Clone, Copy, Debug)]
+        enum Case {
+            FailedSync,
+            StoppedSending,
+            FaultDropsToPeer,
+        }
+        for case in [
+            Case::FailedSync,
+            Case::StoppedSending,
+            Case::FaultDropsToPeer,
+        ] {
+            let mut harness = start(matches!(case, Case::FailedSync));
+            match case {
+                Case::FailedSync => {}
+                Case::StoppedSending => harness.wal.stop_sending(),
+                Case::FaultDropsToPeer => harness.faults.set(&[NodeId(1)], &[]),
+            }
+            assert!(harness.wal.send(batch_with_acks(1, 1..=1, &[1])));
+            harness.sync_permits.send(()).expect("permit");
+            let report = next_report(&harness);
+            match (case, &report) {
+                (Case::FailedSync, PersistReport::Failed(_)) => {}
+                (
+                    Case::StoppedSending | Case::FaultDropsToPeer,
+                    PersistReport::Durable {
+                        through_batch: 1, ..
+                    },
+                ) => {}
+                _ => panic!("{case:?}: unexpected report {report:?}"),
+            }
+            assert_eq!(harness.received(300), None, "{case:?}: nothing sent");
+            if let Case::FaultDropsToPeer = case {
+                harness.faults.set(&[], &[]);
+                assert!(harness.wal.send(batch_with_acks(2, 2..=2, &[2])));
+                harness.sync_permits.send(()).expect("permit");
+                assert_eq!(
+                    harness.received(10_000),
+                    Some(ack(2)),
+                    "{case:?}: sent again once healed"
+                );
+            }
+            let thread = harness.wal.stop().expect("a thread");
+            thread.join().expect("no panic");
+        }
     }
 }

@@ -19,6 +19,12 @@
 //! Measured (docs/PERFORMANCE.md, "Peer messages sent from the loop"): per C=1 PUT, 5.9
 //! fewer context switches on a follower and 4.6 on the leader; latency gains within noise.
 //!
+//! The same goes for the WAL thread: the votes and acks that wait for its fsync leave on a
+//! second set of DEALERs it owns ([`PeerTransport::connect_dealers`] makes one: a
+//! [`PeerDealers`], same options, same injected faults), right after the sync, instead of
+//! going back to the loop first. So a node's messages to one peer travel on two connections
+//! and may arrive out of order; Raft does not mind (`node::wal_thread` says why).
+//!
 //! Inbound, one thread: the receiver owns the ROUTER, decodes, and puts messages on the node
 //! loop's event channel (it has to poll the ROUTER, which the loop, blocked on its channel,
 //! cannot). Two more threads stream snapshots (see [`super::snapshot`]): an
@@ -257,11 +263,13 @@ impl PeerSettings {
 }
 
 /// The running peer transport. Owned by the node loop, and used on its thread only: it holds
-/// the Raft DEALERs (zmq sockets are `Send` but not `Sync`).
+/// the loop's Raft DEALERs (zmq sockets are `Send` but not `Sync`).
 pub struct PeerTransport {
     /// One DEALER per peer; the node loop encodes and sends on them itself.
-    dealers: HashMap<NodeId, zmq::Socket>,
-    cluster_id: u64,
+    dealers: PeerDealers,
+    /// To connect another set of DEALERs for another thread ([`PeerTransport::connect_dealers`]).
+    context: zmq::Context,
+    settings: PeerSettings,
     snapshot_outbox: Sender<SenderInput>,
     stop_receiver: Doorbell,
     /// Tells the snapshot threads to stop waiting on a full event channel.
@@ -269,6 +277,77 @@ pub struct PeerTransport {
     threads: Vec<JoinHandle<()>>,
     /// Tests only: peers to drop messages to and from; empty unless the node loop sets it.
     faults: Arc<PeerFaults>,
+}
+
+/// One DEALER per peer, for the Raft messages one thread sends: the node loop owns one set
+/// (inside [`PeerTransport`]) and the WAL thread another, for the acks and votes it sends
+/// right after the sync they wait for. Each set is used on one thread only.
+///
+/// Every set obeys the same rules: `ZMQ_IMMEDIATE`, a bounded queue (`ZMQ_SNDHWM`),
+/// `DONTWAIT` sends that drop the message when the peer is not connected or its queue is
+/// full (Raft resends), linger 0, and the node's injected faults ([`PeerFaults`]). Messages
+/// on two sets to the same peer travel on two connections and may overtake each other;
+/// Raft tolerates reordering (see `node::wal_thread`). `InstallSnapshot` never goes through
+/// a set: it names a file that the snapshot sender streams ([`PeerTransport::send`]).
+pub struct PeerDealers {
+    dealers: HashMap<NodeId, zmq::Socket>,
+    cluster_id: u64,
+    faults: Arc<PeerFaults>,
+}
+
+impl PeerDealers {
+    /// Connects one DEALER to each peer in `settings` (the connections come up in the
+    /// background; until then sends are dropped).
+    pub fn connect(
+        context: &zmq::Context,
+        settings: &PeerSettings,
+        faults: Arc<PeerFaults>,
+    ) -> Result<PeerDealers, TransportError> {
+        let mut dealers = HashMap::new();
+        for (id, endpoint) in &settings.peers {
+            dealers.insert(
+                *id,
+                connect_dealer(context, settings, endpoint, settings.send_queue_max)?,
+            );
+        }
+        Ok(PeerDealers {
+            dealers,
+            cluster_id: settings.filter.cluster_id,
+            faults,
+        })
+    }
+
+    /// Encodes `message` and hands it to ZeroMQ for its peer, on the caller's thread. Never
+    /// blocks: a message for a peer that is not connected or whose queue is full is dropped.
+    ///
+    /// Panics on an `InstallSnapshot`: its file goes through the snapshot sender, and only a
+    /// leader sends one, in `Ready::messages`, which the loop hands to [`PeerTransport::send`].
+    pub fn send(&self, message: &Message) {
+        assert!(
+            !matches!(message.body, MessageBody::InstallSnapshot { .. }),
+            "an InstallSnapshot to node {} must go to the snapshot sender",
+            message.to
+        );
+        if self.faults.drops_to(message.to) {
+            log::trace!("fault injection: message to node {} dropped", message.to);
+            return;
+        }
+        let Some(dealer) = self.dealers.get(&message.to) else {
+            // The core only addresses voters from the config; this is a bug upstream, but not
+            // one worth taking the node down for.
+            log::error!("no connection to node {}; message dropped", message.to);
+            return;
+        };
+        let frame = encode_peer_message(self.cluster_id, message);
+        match dealer.send(frame, zmq::DONTWAIT) {
+            Ok(()) => {}
+            // Not connected (ZMQ_IMMEDIATE) or its queue is full: Raft will resend.
+            Err(zmq::Error::EAGAIN) => {
+                log::trace!("node {} unreachable; message dropped", message.to)
+            }
+            Err(error) => log::warn!("send to node {}: {error}", message.to),
+        }
+    }
 }
 
 /// One DEALER to a peer's internal port.
@@ -331,13 +410,10 @@ impl PeerTransport {
             settings.frame_bytes_max,
         )?;
 
-        let mut dealers = HashMap::new();
+        let faults = Arc::new(PeerFaults::default());
+        let dealers = PeerDealers::connect(context, &settings, faults.clone())?;
         let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {
-            dealers.insert(
-                *id,
-                connect_dealer(context, &settings, endpoint, settings.send_queue_max)?,
-            );
             snapshot_dealers.insert(
                 *id,
                 connect_dealer(context, &settings, endpoint, SNAPSHOT_SEND_QUEUE_MAX)?,
@@ -346,7 +422,6 @@ impl PeerTransport {
 
         let stopping = Arc::new(AtomicBool::new(false));
         let (stop_receiver, stop_listener) = super::doorbell(context)?;
-        let faults = Arc::new(PeerFaults::default());
         let (snapshot_outbox, snapshot_inbox) = crossbeam_channel::unbounded();
         let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
         let mut threads = Vec::new();
@@ -386,7 +461,8 @@ impl PeerTransport {
 
         Ok(PeerTransport {
             dealers,
-            cluster_id: settings.filter.cluster_id,
+            context: context.clone(),
+            settings,
             snapshot_outbox,
             stop_receiver,
             stopping,
@@ -420,30 +496,14 @@ impl PeerTransport {
                 }
                 continue;
             }
-            self.send_one(&message);
+            self.dealers.send(&message);
         }
     }
 
-    fn send_one(&self, message: &Message) {
-        if self.faults.drops_to(message.to) {
-            log::trace!("fault injection: message to node {} dropped", message.to);
-            return;
-        }
-        let Some(dealer) = self.dealers.get(&message.to) else {
-            // The core only addresses voters from the config; this is a bug upstream, but not
-            // one worth taking the node down for.
-            log::error!("no connection to node {}; message dropped", message.to);
-            return;
-        };
-        let frame = encode_peer_message(self.cluster_id, message);
-        match dealer.send(frame, zmq::DONTWAIT) {
-            Ok(()) => {}
-            // Not connected (ZMQ_IMMEDIATE) or its queue is full: Raft will resend.
-            Err(zmq::Error::EAGAIN) => {
-                log::trace!("node {} unreachable; message dropped", message.to)
-            }
-            Err(error) => log::warn!("send to node {}: {error}", message.to),
-        }
+    /// Connects another set of DEALERs to the peers, with the same options and the same
+    /// injected faults as the loop's, for another thread to send on (the WAL thread's acks).
+    pub fn connect_dealers(&self) -> Result<PeerDealers, TransportError> {
+        PeerDealers::connect(&self.context, &self.settings, self.faults.clone())
     }
 
     /// Drops every snapshot transfer in progress (this node stopped leading), reporting

@@ -82,19 +82,31 @@ fn segments(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Byte ranges of the records of a segment: `{ len: u32 LE | crc32c: u32 | payload }`.
+/// The active segment is preallocated: its records are followed by zeros up to its size.
 fn record_payloads(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
     let mut records = Vec::new();
     let mut offset = 0;
     while offset + 8 <= bytes.len() {
         let len_bytes: [u8; 4] = bytes[offset..offset + 4].try_into().expect("4 bytes");
         let len = u32::from_le_bytes(len_bytes) as usize;
+        if len == 0 {
+            break;
+        }
         let end = offset + 8 + len;
         assert!(end <= bytes.len(), "record at {offset} runs past the end");
         records.push(offset + 8..end);
         offset = end;
     }
-    assert_eq!(offset, bytes.len(), "whole records");
+    assert!(
+        bytes[offset..].iter().all(|byte| *byte == 0),
+        "whole records, then only zeros (from byte {offset})"
+    );
     records
+}
+
+/// Where the records of a segment end (the zeros after them are preallocated space).
+fn records_end(bytes: &[u8]) -> usize {
+    record_payloads(bytes).last().map_or(0, |record| record.end)
 }
 
 /// The lines a node wrote to its log after byte `from`.
@@ -243,13 +255,20 @@ fn garbage_after_the_last_record_is_cut_with_a_warning_and_the_node_serves() {
     }
     cluster.kill(0);
 
-    // What a crash in the middle of a write leaves: a header promising more than follows.
+    // What a crash in the middle of a write leaves: a header promising more than follows,
+    // right after the last record (in the segment's preallocated space, if any).
     let segment = segments(&cluster.data_dir(0)).pop().expect("a segment");
     let mut bytes = std::fs::read(&segment).expect("read segment");
-    let length_before = bytes.len();
-    bytes.extend_from_slice(&4096u32.to_le_bytes());
-    bytes.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
-    bytes.extend((0..100u32).map(|number| (number * 37 % 251) as u8));
+    let length_before = records_end(&bytes);
+    let mut garbage = Vec::new();
+    garbage.extend_from_slice(&4096u32.to_le_bytes());
+    garbage.extend_from_slice(&0xdead_beef_u32.to_le_bytes());
+    garbage.extend((0..100u32).map(|number| (number * 37 % 251) as u8));
+    let garbage_end = length_before + garbage.len();
+    if bytes.len() < garbage_end {
+        bytes.resize(garbage_end, 0);
+    }
+    bytes[length_before..garbage_end].copy_from_slice(&garbage);
     std::fs::write(&segment, &bytes).expect("write segment");
 
     let log_from = cluster.log(0).len();
@@ -269,11 +288,19 @@ fn garbage_after_the_last_record_is_cut_with_a_warning_and_the_node_serves() {
         warning.contains(&segment.display().to_string()),
         "it names the segment: {warning}"
     );
-    let length_after = std::fs::metadata(&segment).expect("segment").len() as usize;
+    // Whole records and zeros only (`record_payloads` checks): the garbage was cut, the
+    // records before it kept (the node may have appended since).
+    let bytes_after = std::fs::read(&segment).expect("read segment");
+    assert_ne!(
+        bytes_after.get(length_before..garbage_end),
+        Some(&garbage[..]),
+        "the garbage was cut"
+    );
+    let length_after = records_end(&bytes_after);
     assert!(
-        length_after >= length_before && length_after < bytes.len(),
-        "the garbage was cut ({length_before} before, {} with garbage, {length_after} after)",
-        bytes.len()
+        length_after >= length_before,
+        "the records before the garbage were kept ({length_before} bytes before, \
+         {length_after} after)"
     );
 
     let mut writer = SessionClient::new(&cluster, "writer-after");

@@ -263,6 +263,29 @@ pub(crate) fn batch_record_starts_at(bytes: &[u8], offset: usize) -> bool {
     matches!(read_record(bytes, offset), RecordRead::Valid { .. })
 }
 
+/// Where the run of zero bytes that ends `bytes` starts (`bytes.len()` if the last byte is
+/// not zero, 0 if all are zero). Recovery calls it on every torn-looking tail: a fresh
+/// segment's preallocated space is megabytes of zeros, so it compares a block at a time
+/// against a zero block (a memcmp, fast even in a debug build).
+pub(crate) fn zero_tail_start(bytes: &[u8]) -> usize {
+    const BLOCK_BYTES: usize = 4096;
+    static ZERO_BLOCK: [u8; BLOCK_BYTES] = [0; BLOCK_BYTES];
+    let mut end = bytes.len();
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK_BYTES);
+        let block = &bytes[start..end];
+        if block != &ZERO_BLOCK[..block.len()] {
+            let last = block
+                .iter()
+                .rposition(|byte| *byte != 0)
+                .expect("the block has a non-zero byte");
+            return start + last + 1;
+        }
+        end = start;
+    }
+    0
+}
+
 /// A bounds-checked cursor over a payload: every read is an error, never a panic, when the
 /// bytes run out.
 struct Reader<'a> {
@@ -512,6 +535,17 @@ mod tests {
         }
 
         #[test]
+        fn zero_tail_start_finds_where_the_trailing_zeros_begin(
+            data in proptest::collection::vec(any::<u8>(), 0..300),
+            zeros in prop_oneof![0usize..10, 4090usize..4100, 9000usize..9000 + 1],
+        ) {
+            let mut bytes = data.clone();
+            bytes.resize(data.len() + zeros, 0);
+            let expected = bytes.iter().rposition(|byte| *byte != 0).map_or(0, |at| at + 1);
+            prop_assert_eq!(zero_tail_start(&bytes), expected);
+        }
+
+        #[test]
         fn hard_state_round_trips(term in any::<u64>(), vote in any::<Option<u64>>(),
                                   commit in any::<u64>()) {
             let hard_state = HardState {
@@ -521,6 +555,24 @@ mod tests {
             };
             prop_assert_eq!(decode_hard_state(&encode_hard_state(&hard_state)), Ok(hard_state));
         }
+    }
+
+    #[test]
+    fn zeros_are_never_a_record() {
+        // Recovery takes zeros after the last record for unused preallocated space; that
+        // relies on a zeroed header never framing a record, however many zeros follow.
+        for len in [0, 1, 7, 8, 9, 16, 64, 4096] {
+            let zeros = vec![0u8; len];
+            assert!(
+                !matches!(read_record(&zeros, 0), RecordRead::Valid { .. }),
+                "{len} zeros read as a record"
+            );
+            assert!(!batch_record_starts_at(&zeros, 0), "{len} zeros");
+        }
+        assert_eq!(zero_tail_start(&[0; 64 * 1024]), 0);
+        let mut bytes = vec![0u8; 64 * 1024];
+        bytes[4096] = 1;
+        assert_eq!(zero_tail_start(&bytes), 4097);
     }
 
     #[test]

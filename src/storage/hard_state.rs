@@ -61,12 +61,12 @@ pub(crate) fn write(io: &mut DirIo, hard_state: &HardState) -> io::Result<()> {
     let temp_path = io.dir().join(TEMP_FILE_NAME);
     let path = io.dir().join(FILE_NAME);
     let bytes = codec::encode_hard_state(hard_state);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(&temp_path)?;
-    io.write_all(IoOp::HardStateWrite, &mut file, &bytes)?;
+    io.write_all_at(IoOp::HardStateWrite, &file, &bytes, 0)?;
     io.sync_data(IoOp::HardStateSync, &file, 0)?;
     drop(file);
     io.rename(IoOp::HardStateRename, &temp_path, &path)?;

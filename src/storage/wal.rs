@@ -10,7 +10,9 @@
 //! `append` and `set_hard_state` only buffer. `sync` then, in this order:
 //!
 //! 1. if term or vote changed: replaces `hard_state` atomically (`hard_state.rs`: temp file,
-//!    fsync, rename, fsync the directory);
+//!    fsync, rename, fsync the directory), with the commit index already recorded, never the
+//!    batch's new one: a crash before step 2 leaves on disk whatever stale suffix the batch
+//!    was about to overwrite, and a newer commit index would make it look committed;
 //! 2. if entries were appended: writes them, plus the latest commit index, as ONE record with
 //!    ONE write syscall (a pwrite at the end of the active segment's records), then
 //!    fdatasyncs it (group commit).
@@ -515,15 +517,19 @@ impl LogStore for Wal {
         if (self.hard_state.term, self.hard_state.vote)
             != (self.hard_state_on_disk.term, self.hard_state_on_disk.vote)
         {
+            // The file gets only the commit index already durable beside its entries, never
+            // the new one: if the node crashes after this file and before the record below,
+            // the log on disk may still hold a stale suffix that this group overwrites, and a
+            // newer commit index would make those stale entries look committed on restart.
+            // The new commit index rides in the record, atomically with its entries.
             let hard_state = HardState {
-                commit: self.commit_recorded.max(self.hard_state.commit),
+                commit: self.commit_recorded,
                 ..self.hard_state
             };
             if let Err(error) = hard_state::write(&mut self.io, &hard_state) {
                 return Err(self.fail("replacing the hard_state file".to_string(), error));
             }
             self.hard_state_on_disk = hard_state;
-            self.commit_recorded = hard_state.commit;
         }
         if self.batch.changes_log() {
             let commit = self.hard_state.commit;
@@ -1362,6 +1368,40 @@ mod tests {
         let (_, restored) = open(dir.path(), &wal_options);
         expected.push(entry(2, 6));
         assert_eq!(restored.entries, expected, "after appending again");
+    }
+
+    #[test]
+    fn a_crash_between_the_hard_state_file_and_the_record_keeps_commit_off_a_stale_suffix() {
+        // A follower holds 1..=5@1, committed up to 5, and a stale 6@1. A new leader's append
+        // overwrites 6 with 6@2 and 7@2 and says commit 7; the term change is in the same
+        // group, so the hard state file is written first. The node crashes before the record
+        // (found by the pipelined simulation's mid-sync crash point, helper report).
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let wal_options = options(1 << 20);
+        let (mut wal, _) = open(dir.path(), &wal_options);
+        write_batch(&mut wal, &entries(1, 1..=6), Some(hard_state(1, None, 5)));
+        wal.io.faults.inject(Fault {
+            op: IoOp::SegmentWrite,
+            skip: 0,
+            partial_bytes: None,
+        });
+        wal.append(&entries(2, 6..=7)).expect("append only buffers");
+        wal.set_hard_state(&hard_state(2, None, 7))
+            .expect("set_hard_state only buffers");
+        assert!(
+            wal.sync().is_err(),
+            "the record write fails after the hard state file was replaced"
+        );
+        drop(wal);
+
+        let (_, restored) = open(dir.path(), &wal_options);
+        assert_eq!(restored.hard_state.term, Term(2), "the term change is durable");
+        assert_eq!(restored.entries, entries(1, 1..=6), "the group's entries are not");
+        assert!(
+            restored.hard_state.commit <= LogIndex(5),
+            "commit {} would make the stale 6@1 look committed",
+            restored.hard_state.commit
+        );
     }
 
     #[test]

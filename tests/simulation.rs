@@ -42,6 +42,10 @@ fn random_schedules_keep_raft_safe_and_live() {
             "no retry recognised by the session table: {totals}"
         );
         assert!(
+            summary.pipelined_readies > 0 && summary.grouped_batches > 0,
+            "no Ready taken while a batch was unfinished, or no sync group: {totals}"
+        );
+        assert!(
             summary.expired_sessions > 0,
             "no session ever expired: {totals}"
         );

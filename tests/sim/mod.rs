@@ -32,6 +32,12 @@
 //! - a new operation: a `Command` in `workload.rs` that can be traced back to its client
 //!   operation from its bytes, and its effects in `ExactlyOnce::observe`.
 //!
+//! Persistence is pipelined as in the real node (`rrmq::node`'s loop and WAL thread): a node
+//! applies a `Ready`'s committed entries and sends its messages when it takes it, queues its
+//! writes as a batch, and keeps taking `Ready`s while earlier batches wait for the disk;
+//! batches become durable in order, in sync groups, and only then do their votes and acks
+//! leave and the core hear `on_persisted` ([`node`] has the details and the crash points).
+//!
 //! Snapshots: nodes save snapshots of their state machine at random points and compact
 //! their logs (storage sometimes later), crash and restart from the snapshot plus the log
 //! after it, and followers behind a compacted log catch up through `InstallSnapshot`, whose

@@ -1,20 +1,39 @@
 //! One simulated node: a `Core`, its durable storage, its state machine (`rrmq::queue::Queue`)
 //! and the runtime loop around them.
 //!
-//! The loop follows the contract in `rrmq::raft`'s module docs: take a `Ready`, send its
-//! `messages` at once, install its snapshot and persist its hard state and entries, then
-//! send `messages_after_persist`, report `on_persisted`, apply `committed` and answer
-//! clients and reads. A slow disk finishes a `Ready` some ticks after it was taken; the core
-//! keeps ticking and stepping meanwhile, but `ready()` is not called again before the
-//! previous `Ready` is finished. A crash loses the core, the unfinished `Ready` and the state
-//! machine; a restart builds a new core from durable storage and rebuilds the state machine
-//! from the saved snapshot, then re-applies the log after it.
+//! The loop models the real node's (`rrmq::node`: `node_loop::process_ready` and the WAL
+//! thread) pipelined persistence, following the contract in `rrmq::raft`'s module docs:
+//!
+//! - *take* a `Ready`: send its `messages` at once; if it installs a snapshot, adopt the
+//!   snapshot file (durable at once) and swap the state machine to it; apply `committed`
+//!   (committed means durable on a majority, so a follower may apply before its own copy is
+//!   durable; a leader counts itself only after `on_persisted`); answer reads; then queue
+//!   the snapshot's log restart, hard state, entries and `messages_after_persist` as the
+//!   next *batch* of the node's FIFO (`SimNode::unfinished`). The loop takes further
+//!   `Ready`s while batches are unfinished, up to `PIPELINE_DEPTH_MAX` of them.
+//! - *finish* batches, strictly in order, once their disk time has come: every consecutive
+//!   batch that is due forms one sync group, persisted atomically (the WAL's one record per
+//!   group); then, in batch order, its `messages_after_persist` leave and the core hears
+//!   `on_persisted`. Disk times never decrease along the FIFO (a later batch is never
+//!   durable before an earlier one); a batch that needs no sync (only a commit hint, or
+//!   only messages that wait for the batches before it) takes no disk time of its own.
+//!
+//! Crash points: right after taking a `Ready` (`BeforePersist`: nothing of its batch is
+//! durable), in the middle of a group's sync (`MidSync`: the hard state file, written
+//! first, may be, the group's record is not), after a group is durable but before its
+//! messages leave (`AfterPersist`), and between ticks with any number of batches in flight.
+//! A crash loses the core, every unfinished batch and the state machine; a restart
+//! reconciles the snapshot file with the log (`DurableStorage::recover`, the real
+//! recovery's rule), builds a new core from it and rebuilds the state machine from the
+//! snapshot, then re-applies the log after it.
 //!
 //! Snapshots: at random points a node saves a snapshot of its state machine at its applied
 //! index (atomically, with the chained hash of the prefix it applied) and tells the core,
-//! which compacts its log. An `InstallSnapshot` the core sends carries the node's saved
-//! snapshot over the network; the receiving node keeps the data until its core's `Ready`
-//! asks to install it, and the transport may report the transfer's fate to the leader's core.
+//! which compacts its log; storage compacts behind the batches in flight (the real node's
+//! compaction travels through the WAL thread's FIFO too). An `InstallSnapshot` the core
+//! sends carries the node's saved snapshot over the network; the receiving node keeps the
+//! data until its core's `Ready` asks to install it, and the transport may report the
+//! transfer's fate to the leader's core.
 
 use super::checkers::chain_hash;
 use super::client::Reply;
@@ -34,14 +53,17 @@ use rrmq::raft::{
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// A `Ready` taken from the core, waiting for the disk.
-pub struct UnfinishedReady {
+/// What a taken `Ready` left for the disk: one batch of the node's FIFO.
+pub struct UnfinishedBatch {
+    /// Never before the batch ahead of it in the FIFO.
     pub durable_at_tick: u64,
-    pub snapshot: Option<Arc<SnapshotData>>,
+    /// An installed snapshot the log restarts after (its file was adopted at take time).
+    pub snapshot: Option<SnapshotMeta>,
     pub hard_state: Option<HardState>,
     pub entries: Vec<Entry>,
     pub messages_after_persist: Vec<Message>,
-    pub committed: Vec<Entry>,
+    /// Compact the log to here once this batch is durable (a snapshot saved meanwhile).
+    pub compact_after: Option<LogIndex>,
 }
 
 pub struct SimNode {
@@ -49,8 +71,10 @@ pub struct SimNode {
     /// `None` while crashed.
     pub core: Option<Core>,
     pub storage: DurableStorage,
-    pub unfinished: Option<UnfinishedReady>,
-    /// A `Ready` is durable `0..=this` ticks after it was taken.
+    /// Batches taken but not durable yet, oldest first.
+    pub unfinished: VecDeque<UnfinishedBatch>,
+    /// A batch is durable `0..=this` ticks after it was taken (and not before the one
+    /// ahead of it).
     pub storage_delay_ticks_max: u64,
     /// The state machine.
     pub state: Queue,
@@ -75,7 +99,7 @@ impl SimNode {
             id,
             core: None,
             storage: DurableStorage::default(),
-            unfinished: None,
+            unfinished: VecDeque::new(),
             storage_delay_ticks_max,
             state: Queue::new(queue),
             applied: EntryId::default(),
@@ -105,8 +129,14 @@ impl SimNode {
 /// Snapshots a node keeps at hand for transfers (see `SimNode::recent_snapshots`).
 const RECENT_SNAPSHOTS_MAX: usize = 2;
 
-/// `Ready`s a node takes and finishes in one go, at most: the rest waits for the next tick.
+/// Rounds of `process_ready` (finishing a group, or taking a `Ready`) in one go, at most: the
+/// rest waits for the next tick.
 const READY_ROUNDS_MAX: usize = 8;
+
+/// Batches a node keeps unfinished, at most: it takes no new `Ready` beyond (the real
+/// node's channel to the WAL thread is unbounded, but its disk keeps up; this keeps the
+/// model bounded through long stalls).
+const PIPELINE_DEPTH_MAX: usize = 8;
 
 impl Simulation {
     /// Checks and traces node `position` after any call into its core.
@@ -194,19 +224,21 @@ impl Simulation {
         self.after_step(position)
     }
 
-    /// Finishes the node's unfinished `Ready` if its disk is done, and takes new ones.
+    /// Finishes the node's batches whose disk time has come (one sync group), and takes
+    /// new `Ready`s whether or not batches are still unfinished.
     pub(super) fn process_ready(&mut self, position: usize) -> Result<(), Violation> {
         for _ in 0..READY_ROUNDS_MAX {
             let node = &self.nodes[position];
             let Some(core) = node.core.as_ref() else {
                 return Ok(());
             };
-            if let Some(unfinished) = &node.unfinished {
-                if unfinished.durable_at_tick > self.now {
-                    return Ok(());
-                }
-                self.finish_ready(position)?;
-            } else if core.has_ready() {
+            if node
+                .unfinished
+                .front()
+                .is_some_and(|batch| batch.durable_at_tick <= self.now)
+            {
+                self.finish_group(position)?;
+            } else if core.has_ready() && node.unfinished.len() < PIPELINE_DEPTH_MAX {
                 self.take_ready(position)?;
             } else {
                 return Ok(());
@@ -280,6 +312,23 @@ impl Simulation {
                 &mut self.trace,
             );
         }
+        // An installed snapshot's file is adopted (durable) and the state machine swapped at
+        // once; the WAL records that the log restarts after it with this Ready's batch.
+        let installed = match snapshot {
+            Some(data) => {
+                let node = &mut self.nodes[position];
+                node.storage.adopt_snapshot(Arc::clone(&data));
+                node.remember_snapshot(Arc::clone(&data));
+                self.install_snapshot(position, &data)?;
+                Some(data.meta)
+            }
+            None => None,
+        };
+        // Committed means durable on a majority: applied before this node's copy is.
+        for entry in &ready.committed {
+            self.apply(position, entry)?;
+        }
+        let node = &self.nodes[position];
         for read_id in ready.aborted_reads {
             self.clients.read_aborted(position, id, read_id)?;
         }
@@ -295,21 +344,49 @@ impl Simulation {
             self.clients.read_confirmed(position, id, read_state)?;
         }
         self.clients.answer_reads(position, node.applied_index());
-        let delay_ticks =
-            if self.faults_enabled && self.rng.gen_bool(self.scenario.storage_stall_chance) {
+        let durable_hard_state = node
+            .unfinished
+            .iter()
+            .rev()
+            .find_map(|batch| batch.hard_state)
+            .unwrap_or_else(|| node.storage.hard_state());
+        // Entries, an installed snapshot or a new term or vote need a sync; a commit hint
+        // rides along with the next one, and messages alone wait for the batches before.
+        let must_sync = installed.is_some()
+            || !ready.entries.is_empty()
+            || ready.hard_state.is_some_and(|hard_state| {
+                (hard_state.term, hard_state.vote)
+                    != (durable_hard_state.term, durable_hard_state.vote)
+            });
+        let writes_or_waits =
+            must_sync || ready.hard_state.is_some() || !ready.messages_after_persist.is_empty();
+        if writes_or_waits {
+            let delay_ticks = if !must_sync {
+                0
+            } else if self.faults_enabled && self.rng.gen_bool(self.scenario.storage_stall_chance) {
                 self.rng
                     .gen_range(1..=self.scenario.storage_stall_ticks_max)
             } else {
-                self.rng.gen_range(0..=node.storage_delay_ticks_max)
+                self.rng
+                    .gen_range(0..=self.nodes[position].storage_delay_ticks_max)
             };
-        node.unfinished = Some(UnfinishedReady {
-            durable_at_tick: now + delay_ticks,
-            snapshot,
-            hard_state: ready.hard_state,
-            entries: ready.entries,
-            messages_after_persist: ready.messages_after_persist,
-            committed: ready.committed,
-        });
+            let node = &mut self.nodes[position];
+            let ahead_durable_at = node
+                .unfinished
+                .back()
+                .map_or(0, |batch| batch.durable_at_tick);
+            if !node.unfinished.is_empty() {
+                self.pipelined_readies += 1;
+            }
+            node.unfinished.push_back(UnfinishedBatch {
+                durable_at_tick: (now + delay_ticks).max(ahead_durable_at),
+                snapshot: installed,
+                hard_state: ready.hard_state,
+                entries: ready.entries,
+                messages_after_persist: ready.messages_after_persist,
+                compact_after: None,
+            });
+        }
         self.after_step(position)?;
         if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
             self.crash(position, CrashPoint::BeforePersist);
@@ -317,66 +394,84 @@ impl Simulation {
         Ok(())
     }
 
-    fn finish_ready(&mut self, position: usize) -> Result<(), Violation> {
+    /// Makes every consecutive due batch durable as one sync group, then sends what waited
+    /// for them and reports `on_persisted`, in batch order.
+    fn finish_group(&mut self, position: usize) -> Result<(), Violation> {
         let now = self.now;
         let node = &mut self.nodes[position];
         let id = node.id;
-        let ready = node
+        let mut group = Vec::new();
+        while node
             .unfinished
-            .take()
-            .expect("process_ready checked there is one");
-        if let Some(snapshot) = &ready.snapshot {
-            node.storage.install_snapshot(Arc::clone(snapshot));
-            node.remember_snapshot(Arc::clone(snapshot));
+            .front()
+            .is_some_and(|batch| batch.durable_at_tick <= now)
+        {
+            group.extend(node.unfinished.pop_front());
         }
-        node.storage.persist(id, ready.hard_state, &ready.entries)?;
-        if ready.hard_state.is_some() || !ready.entries.is_empty() {
-            self.trace.record(
-                now,
-                Event::Persisted {
-                    node: id,
-                    hard_state: ready
-                        .hard_state
-                        .map(|hard_state| (hard_state.term, hard_state.vote, hard_state.commit)),
-                    entries: ready
-                        .entries
-                        .first()
-                        .zip(ready.entries.last())
-                        .map(|(first, last)| (first.id(), last.id())),
-                },
-            );
+        if group.len() > 1 {
+            self.grouped_batches += group.len() as u64;
+        }
+        if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
+            // The hard state file is written at the start of the sync; the record is lost.
+            if let Some(hard_state) = group.iter().rev().find_map(|batch| batch.hard_state) {
+                self.nodes[position]
+                    .storage
+                    .persist_hard_state_only(hard_state);
+            }
+            self.crash(position, CrashPoint::MidSync);
+            return Ok(());
+        }
+        let node = &mut self.nodes[position];
+        for batch in &group {
+            if let Some(snapshot) = batch.snapshot {
+                node.storage.restart_log_after(snapshot);
+            }
+            node.storage.persist(id, batch.hard_state, &batch.entries)?;
+            if let Some(compact_to) = batch.compact_after {
+                node.storage.compact(compact_to);
+            }
+            if batch.hard_state.is_some() || !batch.entries.is_empty() {
+                self.trace.record(
+                    now,
+                    Event::Persisted {
+                        node: id,
+                        hard_state: batch.hard_state.map(|hard_state| {
+                            (hard_state.term, hard_state.vote, hard_state.commit)
+                        }),
+                        entries: batch
+                            .entries
+                            .first()
+                            .zip(batch.entries.last())
+                            .map(|(first, last)| (first.id(), last.id())),
+                    },
+                );
+            }
         }
         if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
             self.crash(position, CrashPoint::AfterPersist);
             return Ok(());
         }
-        for message in ready.messages_after_persist {
-            self.network.send(
-                Envelope {
-                    message,
-                    snapshot: None,
-                },
-                now,
-                &mut self.rng,
-                &mut self.trace,
-            );
+        for batch in group {
+            for message in batch.messages_after_persist {
+                self.network.send(
+                    Envelope {
+                        message,
+                        snapshot: None,
+                    },
+                    now,
+                    &mut self.rng,
+                    &mut self.trace,
+                );
+            }
+            if let Some(last) = batch.entries.last() {
+                let core = self.nodes[position]
+                    .core
+                    .as_mut()
+                    .expect("process_ready checked the node is up");
+                core.on_persisted(last.id());
+                self.after_step(position)?;
+            }
         }
-        if let Some(last) = ready.entries.last() {
-            let core = self.nodes[position]
-                .core
-                .as_mut()
-                .expect("process_ready checked the node is up");
-            core.on_persisted(last.id());
-            self.after_step(position)?;
-        }
-        if let Some(snapshot) = ready.snapshot {
-            self.install_snapshot(position, &snapshot)?;
-        }
-        for entry in &ready.committed {
-            self.apply(position, entry)?;
-        }
-        let applied = self.nodes[position].applied_index();
-        self.clients.answer_reads(position, applied);
         Ok(())
     }
 
@@ -526,8 +621,17 @@ impl Simulation {
             .state_machine
             .check_state(id, meta.index(), &node.state)?;
         node.remember_snapshot(Arc::clone(&snapshot));
-        node.storage
-            .save_snapshot(snapshot, storage_compacted.then_some(compact_to));
+        node.storage.save_snapshot(snapshot);
+        if storage_compacted {
+            // Behind the batches in flight, as the real node's compaction goes through the
+            // WAL thread's FIFO: a batch may still overwrite a stale suffix it covers.
+            match node.unfinished.back_mut() {
+                Some(batch) => {
+                    batch.compact_after = batch.compact_after.max(Some(compact_to));
+                }
+                None => node.storage.compact(compact_to),
+            }
+        }
         let core = node.core.as_mut().expect("checked above");
         core.on_snapshot_saved(meta, compact_to);
         self.checkers.log_matching.compacted(position, compact_to);
@@ -548,7 +652,7 @@ impl Simulation {
     pub(super) fn crash(&mut self, position: usize, point: CrashPoint) {
         let node = &mut self.nodes[position];
         node.core = None;
-        node.unfinished = None;
+        node.unfinished.clear();
         node.state = Queue::new(self.scenario.queue.clone());
         node.applied = EntryId::default();
         node.applied_chain = 0;
@@ -572,11 +676,12 @@ impl Simulation {
         let seed = self.rng.gen();
         let node = &mut self.nodes[position];
         let id = node.id;
+        let restored = node.storage.recover(id)?;
         let core = Core::new(
             id,
             self.voters.clone(),
             self.scenario.raft.clone(),
-            node.storage.restored_state(),
+            restored,
             seed,
         );
         let snapshot = node.storage.snapshot_meta();

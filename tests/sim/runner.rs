@@ -129,7 +129,7 @@ impl fmt::Display for Totals {
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
              {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
              {} replays, {} SESSION_EXPIRED), {} snapshots saved, {} installed, {} restarts \
-             from a snapshot, {} state digests compared, {} reads answered, {} crashes, {} messages sent \
+             from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes, {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
             self.elapsed,
@@ -144,6 +144,8 @@ impl fmt::Display for Totals {
             s.snapshots_saved,
             s.snapshots_installed,
             s.restarts_from_snapshot,
+            s.pipelined_readies,
+            s.grouped_batches,
             s.digests_compared,
             s.answered_reads,
             s.crashes,
@@ -234,6 +236,8 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.snapshots_saved += run.snapshots_saved;
     sum.snapshots_installed += run.snapshots_installed;
     sum.restarts_from_snapshot += run.restarts_from_snapshot;
+    sum.pipelined_readies += run.pipelined_readies;
+    sum.grouped_batches += run.grouped_batches;
     sum.digests_compared += run.digests_compared;
     sum.answered_reads += run.answered_reads;
     sum.terms_with_leader += run.terms_with_leader;

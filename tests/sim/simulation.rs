@@ -47,6 +47,10 @@ pub struct RunSummary {
     pub snapshots_saved: u64,
     pub snapshots_installed: u64,
     pub restarts_from_snapshot: u64,
+    /// `Ready`s taken while batches of earlier ones were still unfinished, and batches
+    /// made durable in a sync group with others.
+    pub pipelined_readies: u64,
+    pub grouped_batches: u64,
     /// Whole-state digests compared.
     pub digests_compared: u64,
     pub answered_reads: u64,
@@ -78,6 +82,8 @@ pub struct Simulation {
     pub(super) snapshots_saved: u64,
     pub(super) snapshots_installed: u64,
     pub(super) restarts_from_snapshot: u64,
+    pub(super) pipelined_readies: u64,
+    pub(super) grouped_batches: u64,
     /// Per unkeyed writer and reader: the node it sends requests to (see `client_target`).
     leader_guesses: Vec<Option<usize>>,
     /// How long the liveness phase took to converge.
@@ -112,6 +118,8 @@ impl Simulation {
             snapshots_saved: 0,
             snapshots_installed: 0,
             restarts_from_snapshot: 0,
+            pipelined_readies: 0,
+            grouped_batches: 0,
             leader_guesses,
             liveness_ticks: 0,
         }
@@ -156,6 +164,8 @@ impl Simulation {
             snapshots_saved: self.snapshots_saved,
             snapshots_installed: self.snapshots_installed,
             restarts_from_snapshot: self.restarts_from_snapshot,
+            pipelined_readies: self.pipelined_readies,
+            grouped_batches: self.grouped_batches,
             digests_compared: self.checkers.state_machine.digests.compared,
             answered_reads: self.clients.answered_reads,
             terms_with_leader: self.checkers.election_safety.terms_with_leader() as u64,
@@ -236,7 +246,7 @@ impl Simulation {
     fn crash_target(&mut self) -> Option<usize> {
         let busy_disk: Vec<usize> = (0..self.nodes.len())
             .filter(|&position| {
-                self.nodes[position].is_up() && self.nodes[position].unfinished.is_some()
+                self.nodes[position].is_up() && !self.nodes[position].unfinished.is_empty()
             })
             .collect();
         let leader = self.leader_position();

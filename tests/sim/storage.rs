@@ -1,16 +1,27 @@
 //! One node's durable storage: what survives a crash.
 //!
-//! It holds exactly what the runtime finished persisting — the last hard state, the newest
-//! snapshot and the log after its compaction point — and applies the `Ready` rule that
-//! entries starting at or below the stored last index replace the stored suffix from there.
-//! A `Ready` is persisted atomically (one fsync for the snapshot it installs, the hard state
-//! and the entries, as the WAL does); a crash before that keeps none of it. Saving a snapshot
-//! is atomic too (temp file, fsync, rename): a crash keeps the previous one or the new one.
-//! Compacting the log after a save may be left for later (segments deleted lazily), so the
-//! log may still hold entries the snapshot covers.
+//! It models the real node's two kinds of files. The snapshot file (the newest one) is
+//! written atomically (temp file, fsync, rename): by the node itself after applying
+//! (`save_snapshot`), or adopted from the leader the moment the core's `Ready` asks to
+//! install it (`adopt_snapshot`, as `node_loop` renames the received file before it hands
+//! the rest of the `Ready` to the WAL thread). The WAL holds the last hard state and the log
+//! after its compaction point, and applies the `Ready` rule that entries starting at or
+//! below the stored last index replace the stored suffix from there. The WAL learns of an
+//! installed snapshot later, with its batch (`restart_log_after`): its log restarts there.
+//!
+//! A sync group of batches is persisted atomically (one checksummed record for the snapshot
+//! items, hard states and entries, as the WAL writes it); a crash before that keeps none of
+//! it, except that a term or vote change reaches the hard state file first
+//! (`persist_hard_state_only`). Compacting the log after a save may be left for later
+//! (segments deleted lazily), so the log may still hold entries the snapshot covers; and a
+//! node applies committed entries before its own copy is durable, so the snapshot may also
+//! be ahead of the log, or disagree with an unsynced suffix it was about to overwrite.
+//! `recover` reconciles the two as `rrmq::node::recovery` does (its `plan_log` decides): a
+//! log behind the snapshot, or disagreeing with it, restarts after it.
 
 use super::{property, Violation};
 use bytes::Bytes;
+use rrmq::node::recovery::{plan_log, LogPlan};
 use rrmq::raft::{Entry, HardState, LogIndex, NodeId, SnapshotMeta};
 use rrmq::storage::RestoredState;
 use std::sync::Arc;
@@ -31,7 +42,10 @@ pub struct SnapshotData {
 #[derive(Default)]
 pub struct DurableStorage {
     hard_state: HardState,
+    /// The newest snapshot file.
     snapshot: Option<Arc<SnapshotData>>,
+    /// The last snapshot the WAL's log restarted after (`restart_log_after`), `0@0`: none.
+    log_restart: SnapshotMeta,
     /// The index just before `entries[0]`. Invariant: `entries[i].index == offset + 1 + i`.
     offset: LogIndex,
     entries: Vec<Entry>,
@@ -98,35 +112,45 @@ impl DurableStorage {
         Ok(())
     }
 
-    /// A snapshot of this node's own state machine was saved; the log up to `compact_to`
-    /// is deleted with it (`None`: left for later).
-    pub fn save_snapshot(&mut self, snapshot: Arc<SnapshotData>, compact_to: Option<LogIndex>) {
-        let index = snapshot.meta.index();
+    /// A snapshot of this node's own state machine was saved. Compacting the log is a
+    /// separate step (`compact`): the node queues it behind the batches in flight.
+    pub fn save_snapshot(&mut self, snapshot: Arc<SnapshotData>) {
+        self.adopt_snapshot(snapshot);
+    }
+
+    /// A snapshot file becomes the newest one, atomically: the node's own, or the leader's
+    /// when the core's `Ready` installs it (before the WAL records that the log restarts
+    /// after it).
+    pub fn adopt_snapshot(&mut self, snapshot: Arc<SnapshotData>) {
         assert!(
             self.snapshot
                 .as_ref()
-                .is_none_or(|saved| saved.meta.index() < index),
-            "snapshots are saved in increasing order"
-        );
-        assert!(
-            index <= self.last_index(),
-            "a snapshot of applied entries, which are durable"
+                .is_none_or(|saved| saved.meta.index() < snapshot.meta.index()),
+            "snapshot files are adopted in increasing order"
         );
         self.snapshot = Some(snapshot);
-        if let Some(compact_to) = compact_to {
-            self.compact(compact_to);
+    }
+
+    /// The WAL records an installed snapshot: the log restarts after it (Raft §7: the core
+    /// keeps nothing of its log when it installs one).
+    pub fn restart_log_after(&mut self, snapshot: SnapshotMeta) {
+        self.offset = snapshot.index();
+        self.entries.clear();
+        self.log_restart = snapshot;
+    }
+
+    /// A crash in the middle of a group's sync: the hard state file is written first (if
+    /// term or vote changed), the group's record not at all.
+    pub fn persist_hard_state_only(&mut self, hard_state: HardState) {
+        if (hard_state.term, hard_state.vote) != (self.hard_state.term, self.hard_state.vote) {
+            self.hard_state = hard_state;
         }
     }
 
-    /// A snapshot from the leader replaces the state machine and the whole log (Raft §7:
-    /// the core keeps nothing of its log when it installs one).
-    pub fn install_snapshot(&mut self, snapshot: Arc<SnapshotData>) {
-        self.offset = snapshot.meta.index();
-        self.entries.clear();
-        self.snapshot = Some(snapshot);
-    }
-
-    fn compact(&mut self, index: LogIndex) {
+    /// Deletes the log up to `index`, never past the last durable entry (as
+    /// `LogStore::compact_to` never drops the last synced one).
+    pub fn compact(&mut self, index: LogIndex) {
+        let index = index.min(self.last_index());
         if index <= self.offset {
             return;
         }
@@ -140,17 +164,41 @@ impl DurableStorage {
         self.offset = index;
     }
 
-    /// What a restarted core resumes from.
-    pub fn restored_state(&self) -> RestoredState {
-        RestoredState {
-            snapshot: self.snapshot_meta(),
+    /// What a restarted core resumes from, after reconciling the snapshot file with the log
+    /// as `rrmq::node::recovery` does: a log behind the snapshot (or disagreeing with it at
+    /// its index) finishes the interrupted install and restarts after it; a gap between
+    /// them means entries were lost, which no schedule may cause.
+    pub fn recover(&mut self, node: NodeId) -> Result<RestoredState, Violation> {
+        let snapshot = self.snapshot_meta();
+        let wal = RestoredState {
+            snapshot: self.log_restart,
             hard_state: self.hard_state,
             entries: self.entries.clone(),
+        };
+        match plan_log(snapshot, &wal) {
+            Ok(LogPlan::Resume) => {}
+            Ok(LogPlan::RestartAfterSnapshot) => self.restart_log_after(snapshot),
+            Err(reason) => {
+                return Err(Violation::new(
+                    property::STATE_MACHINE_SAFETY,
+                    format!("n{node} cannot restart from its storage: {reason}"),
+                ))
+            }
         }
+        Ok(RestoredState {
+            snapshot,
+            hard_state: self.hard_state,
+            entries: self.entries.clone(),
+        })
     }
 
     pub fn snapshot(&self) -> Option<&Arc<SnapshotData>> {
         self.snapshot.as_ref()
+    }
+
+    /// The hard state the WAL holds durably.
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
     }
 
     pub fn snapshot_meta(&self) -> SnapshotMeta {

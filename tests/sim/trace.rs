@@ -232,11 +232,15 @@ impl fmt::Display for ReplySummary {
 /// Where a node was when it crashed.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// Between two ticks; a slow disk may still hold an unfinished `Ready`.
+    /// Between two ticks; a slow disk may still hold unfinished batches.
     BetweenTicks,
-    /// Right after taking a `Ready` and sending its `messages`: nothing of it is durable.
+    /// Right after taking a `Ready` (its messages sent, its committed entries applied):
+    /// nothing of its batch is durable.
     BeforePersist,
-    /// After persisting a `Ready` but before sending its `messages_after_persist`.
+    /// In the middle of a sync group: the hard state file (written first when term or vote
+    /// changed) may be durable, the group's record is not.
+    MidSync,
+    /// After a sync group is durable but before its `messages_after_persist` leave.
     AfterPersist,
 }
 

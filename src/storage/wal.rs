@@ -1395,8 +1395,16 @@ mod tests {
         drop(wal);
 
         let (_, restored) = open(dir.path(), &wal_options);
-        assert_eq!(restored.hard_state.term, Term(2), "the term change is durable");
-        assert_eq!(restored.entries, entries(1, 1..=6), "the group's entries are not");
+        assert_eq!(
+            restored.hard_state.term,
+            Term(2),
+            "the term change is durable"
+        );
+        assert_eq!(
+            restored.entries,
+            entries(1, 1..=6),
+            "the group's entries are not"
+        );
         assert!(
             restored.hard_state.commit <= LogIndex(5),
             "commit {} would make the stale 6@1 look committed",

@@ -140,10 +140,15 @@ impl DurableStorage {
     }
 
     /// A crash in the middle of a group's sync: the hard state file is written first (if
-    /// term or vote changed), the group's record not at all.
+    /// term or vote changed), the group's record not at all. Like the real WAL, the file
+    /// keeps the commit index already durable, not the group's new one (which would make a
+    /// stale suffix the group was about to overwrite look committed after the restart).
     pub fn persist_hard_state_only(&mut self, hard_state: HardState) {
         if (hard_state.term, hard_state.vote) != (self.hard_state.term, self.hard_state.vote) {
-            self.hard_state = hard_state;
+            self.hard_state = HardState {
+                commit: self.hard_state.commit,
+                ..hard_state
+            };
         }
     }
 

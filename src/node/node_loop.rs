@@ -1323,25 +1323,12 @@ mod tests {
             gated: gated.clone(),
             permits,
         };
-        let (_context, socket, events, node) = start_node(&[], Box::new(store));
-        let ticker_events = events.clone();
-        let ticker = std::thread::spawn(move || {
-            while ticker_events.send(Event::Tick).is_ok() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
-        {
-            assert!(Instant::now() < deadline, "no leader");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let create = Operation::CreateTopic { topic: "t".into() };
-        assert_eq!(failure_code(&call(&socket, create)), None, "created");
+        let leader = TickingLeader::start(Box::new(store));
+        let socket = &leader.socket;
 
         gated.store(true, Ordering::SeqCst);
         send(
-            &socket,
+            socket,
             Operation::Put {
                 topic: "t".into(),
                 message: crate::protocol::Payload::Text("m".into()),
@@ -1349,8 +1336,8 @@ mod tests {
         );
         // The put's sync is stuck; the loop must still answer, and must not acknowledge
         // the put: a one-node leader commits only once its own copy is durable.
-        send(&socket, Operation::Status);
-        match receive(&socket, 10_000) {
+        send(socket, Operation::Status);
+        match receive(socket, 10_000) {
             Some(Reply::Status(status)) => assert_eq!(
                 status.wal_entries, 2,
                 "the no-op and the create are durable, the put is not yet"
@@ -1358,27 +1345,24 @@ mod tests {
             other => panic!("status is answered during the sync, got {other:?}"),
         }
         assert!(
-            receive(&socket, 200).is_none(),
+            receive(socket, 200).is_none(),
             "nothing is acknowledged before its sync returns"
         );
         permit.send(()).expect("the WAL thread waits");
         gated.store(false, Ordering::SeqCst);
-        match receive(&socket, 10_000) {
+        match receive(socket, 10_000) {
             Some(Reply::Outcome {
                 outcome: Outcome::Done,
                 ..
             }) => {}
             other => panic!("the put is acknowledged once durable, got {other:?}"),
         }
-        match call(&socket, Operation::Status) {
+        match call(socket, Operation::Status) {
             Reply::Status(status) => assert_eq!(status.wal_entries, 3, "the put is counted"),
             other => panic!("status, got {other:?}"),
         }
 
-        events.send(Event::Shutdown).expect("loop alive");
-        node.join().expect("the loop ends without panicking");
-        drop(events);
-        ticker.join().expect("ticker");
+        leader.stop();
     }
 
     #[test]
@@ -1388,22 +1372,8 @@ mod tests {
             inner: MemStore::new(),
             broken: broken.clone(),
         };
-        let (_context, socket, events, node) = start_node(&[], Box::new(store));
-        let ticker_events = events.clone();
-        let ticker = std::thread::spawn(move || {
-            while ticker_events.send(Event::Tick).is_ok() {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
-        {
-            assert!(Instant::now() < deadline, "no leader");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let create = Operation::CreateTopic { topic: "t".into() };
-        assert_eq!(failure_code(&call(&socket, create)), None, "created");
+        let leader = TickingLeader::start(Box::new(store));
+        let socket = &leader.socket;
 
         broken.store(true, Ordering::SeqCst);
         let put = Operation::Put {
@@ -1411,7 +1381,7 @@ mod tests {
             message: crate::protocol::Payload::Text("m".into()),
         };
         assert_eq!(
-            failure_code(&call(&socket, put.clone())),
+            failure_code(&call(socket, put.clone())),
             Some(ErrorCode::Unavailable),
             "the write that hit the failure is not acknowledged"
         );
@@ -1421,12 +1391,12 @@ mod tests {
             Operation::Get { topic: "t".into() },
         ] {
             assert_eq!(
-                failure_code(&call(&socket, operation.clone())),
+                failure_code(&call(socket, operation.clone())),
                 Some(ErrorCode::Unavailable),
                 "{operation:?} after the failure"
             );
         }
-        match call(&socket, Operation::Status) {
+        match call(socket, Operation::Status) {
             Reply::Status(status) => {
                 assert_eq!(
                     status.role, "Follower",
@@ -1442,14 +1412,54 @@ mod tests {
             message: crate::protocol::Payload::Text("m".into()),
         };
         assert!(
-            matches!(call(&socket, put), Reply::Outcome { leader: None, .. }),
+            matches!(call(socket, put), Reply::Outcome { leader: None, .. }),
             "no leader hint back to the halted node"
         );
 
-        events.send(Event::Shutdown).expect("loop alive");
-        node.join().expect("the loop ends without panicking");
-        drop(events);
-        ticker.join().expect("ticker");
+        leader.stop();
+    }
+
+    /// A one-node loop over a given store, ticked every 10 ms, elected and holding topic `t`.
+    struct TickingLeader {
+        _context: zmq::Context,
+        socket: zmq::Socket,
+        events: crossbeam_channel::Sender<Event>,
+        node: std::thread::JoinHandle<()>,
+        ticker: std::thread::JoinHandle<()>,
+    }
+
+    impl TickingLeader {
+        fn start(store: Box<dyn LogStore + Send>) -> TickingLeader {
+            let (context, socket, events, node) = start_node(&[], store);
+            let ticker_events = events.clone();
+            let ticker = std::thread::spawn(move || {
+                while ticker_events.send(Event::Tick).is_ok() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !matches!(call(&socket, Operation::Status), Reply::Status(ref s) if s.role == "Leader")
+            {
+                assert!(Instant::now() < deadline, "no leader");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let create = Operation::CreateTopic { topic: "t".into() };
+            assert_eq!(failure_code(&call(&socket, create)), None, "created");
+            TickingLeader {
+                _context: context,
+                socket,
+                events,
+                node,
+                ticker,
+            }
+        }
+
+        fn stop(self) {
+            self.events.send(Event::Shutdown).expect("loop alive");
+            self.node.join().expect("the loop ends without panicking");
+            drop(self.events);
+            self.ticker.join().expect("ticker");
+        }
     }
 
     /// Runs a one-node loop with `flags` (no ticks: `fault` needs no leader) until the

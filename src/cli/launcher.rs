@@ -348,6 +348,12 @@ impl LocalCluster {
             .is_some_and(|node| matches!(node.child.try_wait(), Ok(None)))
     }
 
+    /// Node `index`'s exit status if its process has exited, leaving it to be reaped.
+    pub fn exited(&mut self, index: usize) -> Option<ExitStatus> {
+        let node = self.nodes.get_mut(index)?.as_mut()?;
+        node.child.try_wait().ok().flatten()
+    }
+
     /// Reaps node `index` if its process has exited: its status, once.
     pub fn reap(&mut self, index: usize) -> Option<ExitStatus> {
         let slot = self.nodes.get_mut(index)?;

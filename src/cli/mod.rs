@@ -6,8 +6,8 @@
 //!
 //! What it owns: argument parsing, turning [`crate::client`] results into output (plain text
 //! for people, `--json` for scripts), one-line error messages on stderr, and the exit codes
-//! below. `rrmq cluster` lives in [`cluster`], the benchmark, `rrmq bench`, in [`bench`];
-//! both start local clusters with [`launcher`], as the end-to-end tests do.
+//! below. `rrmq cluster` lives in the `cluster` module, the benchmark, `rrmq bench`, in
+//! `bench`; both start local clusters with [`launcher`], as the end-to-end tests do.
 //!
 //! What it must not do: retry, find leaders or touch sockets itself: that is the client's
 //! job. The one exception is the benchmark's load generator, which drives hundreds of

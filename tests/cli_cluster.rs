@@ -1,14 +1,15 @@
 //! End to end: `rrmq cluster` starts the nodes of a config, the CLI can use them, and
 //! SIGTERM stops them all and exits 0.
 
-mod cli_support;
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use cli_support::{rrmq, write_config, LEADER_DEADLINE, RRMQ};
+use common::{rrmq, CLI_LEADER_DEADLINE, RRMQ};
+use rrmq::cli::launcher::write_config;
 
 /// The launcher under test; on drop (a failed test) it is stopped, and its nodes with it.
 struct Launcher {
@@ -40,7 +41,7 @@ fn alive(pid: i32) -> bool {
 #[test]
 fn rrmq_cluster_runs_a_usable_cluster_and_stops_it_on_sigterm() {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let (config, _) = write_config(dir.path(), 3);
+    let (config, _) = write_config(dir.path(), "127.0.0.1", 3).expect("write the config");
     let mut child = Command::new(RRMQ)
         .arg("--config")
         .arg(&config)
@@ -71,7 +72,7 @@ fn rrmq_cluster_runs_a_usable_cluster_and_stops_it_on_sigterm() {
     });
 
     // "node I: pid N, ..." for each node, then "leader: node I at ...".
-    let deadline = Instant::now() + LEADER_DEADLINE;
+    let deadline = Instant::now() + CLI_LEADER_DEADLINE;
     let mut seen = Vec::new();
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());

@@ -2,9 +2,9 @@
 //! processes. One cluster, one test walking through the commands in order, because a
 //! cluster is expensive on a loaded machine and the steps build on each other.
 
-mod cli_support;
+mod common;
 
-use cli_support::TestCluster;
+use common::Cluster;
 
 /// Exit codes documented in `rrmq --help`.
 const EXIT_OK: i32 = 0;
@@ -13,8 +13,8 @@ const EXIT_NOT_FOUND: i32 = 3;
 
 #[test]
 fn rrmq_commands_drive_a_three_node_cluster() {
-    let mut cluster = TestCluster::start(3);
-    let leader = cluster.wait_for_leader();
+    let mut cluster = Cluster::start(3);
+    let leader = cluster.wait_for_leader_via_rrmq();
 
     // Topics: none, then created once, then listed.
     let run = cluster.rrmq(&["topic", "list"]);
@@ -143,7 +143,7 @@ fn rrmq_commands_drive_a_three_node_cluster() {
     let follower = (0..3)
         .find(|&id| id != leader as usize)
         .expect("a follower");
-    let address = format!("127.0.0.1:{}", cluster.ports[follower]);
+    let address = format!("127.0.0.1:{}", cluster.ports[follower].port);
     let run = cluster.rrmq(&["--node", &address, "topic", "list"]);
     run.assert_code(EXIT_OK, "list through a follower");
     assert_eq!(run.stdout_text(), "orders\naudit\n");

@@ -3,18 +3,14 @@
 
 mod common;
 
-use common::{config_json, free_port, run_to_exit, Ports};
+use common::run_to_exit;
+use rrmq::cli::launcher::{config_json, NodePorts};
 use std::time::Duration;
 
 const EXIT_DEADLINE: Duration = Duration::from_secs(20);
 
-fn three_nodes() -> Vec<Ports> {
-    (0..3)
-        .map(|_| Ports {
-            port: free_port(),
-            internal_port: free_port(),
-        })
-        .collect()
+fn three_nodes() -> Vec<NodePorts> {
+    NodePorts::free(3).expect("free loopback ports")
 }
 
 /// Runs the node and asserts it failed with exactly the line `expected` (a prefix when
@@ -35,7 +31,7 @@ fn assert_refused(dir: &std::path::Path, args: &[&str], expected: &str) {
 #[test]
 fn bad_config_files_give_one_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let good = config_json(&three_nodes());
+    let good = config_json("127.0.0.1", &three_nodes());
     let duplicate = r#"{"addresses": [
         {"ip": "127.0.0.1", "port": 20001, "internal_port": 20002},
         {"ip": "127.0.0.1", "port": 20001, "internal_port": 20003}]}"#;
@@ -105,7 +101,11 @@ fn bad_config_files_give_one_line_and_a_failure_exit() {
 fn a_port_in_use_gives_one_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ports = three_nodes();
-    std::fs::write(dir.path().join("config.json"), config_json(&ports)).expect("write");
+    std::fs::write(
+        dir.path().join("config.json"),
+        config_json("127.0.0.1", &ports),
+    )
+    .expect("write");
     let data = dir.path().join("data");
     let data = data.to_str().expect("UTF-8 path");
 
@@ -138,9 +138,17 @@ fn a_data_dir_in_use_gives_one_line_and_a_failure_exit() {
     let data = dir.path().join("data");
     let data = data.to_str().expect("UTF-8 path");
     // Two configs with different ports, so that only the data dir is shared.
-    std::fs::write(dir.path().join("a.json"), config_json(&three_nodes())).expect("write");
-    std::fs::write(dir.path().join("b.json"), config_json(&three_nodes())).expect("write");
-    let mut first = std::process::Command::new(common::BINARY)
+    std::fs::write(
+        dir.path().join("a.json"),
+        config_json("127.0.0.1", &three_nodes()),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("b.json"),
+        config_json("127.0.0.1", &three_nodes()),
+    )
+    .expect("write");
+    let mut first = std::process::Command::new(common::RRMQ_NODE)
         .args(["a.json", "0", "--data-dir", data])
         .current_dir(dir.path())
         .stderr(std::process::Stdio::null())

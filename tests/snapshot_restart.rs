@@ -9,7 +9,7 @@ use common::{Cluster, LEADER_DEADLINE};
 use serde_json::Value;
 use snapshots::{
     files_ending, get_message, keyed, oldest_segment, put_message, put_topic, puts, snapshot_index,
-    stats, wait_converged, wait_exit, write_all, SMALL_SNAPSHOT_FLAGS,
+    stats, wait_converged, write_all, SMALL_SNAPSHOT_FLAGS,
 };
 use std::time::Duration;
 
@@ -178,7 +178,9 @@ fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
         damage(&path);
     }
     cluster.spawn(0);
-    let status = wait_exit(&mut cluster, 0, Duration::from_secs(20)).expect("exits");
+    let status = cluster
+        .wait_exit(0, Duration::from_secs(20))
+        .expect("exits");
     assert!(!status.success(), "started without a usable snapshot");
     let log = std::fs::read_to_string(cluster.log_path(0)).expect("log");
     assert!(

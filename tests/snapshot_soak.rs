@@ -96,10 +96,5 @@ fn steady_put_and_get_keeps_the_data_dir_bounded() {
 }
 
 fn pids(cluster: &Cluster) -> Vec<u32> {
-    cluster
-        .nodes
-        .iter()
-        .flatten()
-        .map(|node| node.child.id())
-        .collect()
+    cluster.nodes.pids()
 }

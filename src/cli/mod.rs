@@ -6,8 +6,8 @@
 //!
 //! What it owns: argument parsing, turning [`crate::client`] results into output (plain text
 //! for people, `--json` for scripts), one-line error messages on stderr, and the exit codes
-//! below. `rrmq cluster` (the local cluster launcher) lives in [`cluster`]. The benchmark,
-//! `rrmq bench`, lives in [`bench`].
+//! below. `rrmq cluster` lives in the `cluster` module, the benchmark, `rrmq bench`, in
+//! `bench`; both start local clusters with [`launcher`], as the end-to-end tests do.
 //!
 //! What it must not do: retry, find leaders or touch sockets itself: that is the client's
 //! job. The one exception is the benchmark's load generator, which drives hundreds of
@@ -18,6 +18,7 @@ mod bench;
 mod cluster;
 mod commands;
 mod duration;
+pub mod launcher;
 
 pub use bench::{parse_size, BenchArgs};
 pub use cluster::ClusterArgs;

@@ -1229,10 +1229,7 @@ mod tests {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port")
+        crate::transport::ports::free_port().expect("a free port")
     }
 
     fn call(socket: &zmq::Socket, operation: Operation) -> Reply {

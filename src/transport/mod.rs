@@ -24,6 +24,7 @@
 pub mod client;
 pub mod fault;
 pub mod peer;
+pub mod ports;
 pub mod snapshot;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};

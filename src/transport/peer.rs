@@ -818,10 +818,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free loopback port")
+        crate::transport::ports::free_port().expect("a free loopback port")
     }
 
     fn settings(me: u64, ports: &[u16]) -> PeerSettings {

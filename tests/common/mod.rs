@@ -1,21 +1,24 @@
-//! Helpers for end-to-end tests on the real `rrmq-node` binary: clusters of child processes
-//! on free loopback ports, each in its own temp dir, killed and reaped on drop, and raw
-//! ZeroMQ clients that speak the wire format directly (so the tests check bytes, not a
-//! client library).
+//! Helpers for end-to-end tests on the real binaries: clusters of `rrmq-node` child
+//! processes (the library's launcher) on free loopback ports, each in its own temp dir,
+//! killed and reaped on drop; raw ZeroMQ clients that speak the wire format directly (so the
+//! tests check bytes, not a client library); and runs of the `rrmq` command.
 //!
 //! Everything waits by polling with generous deadlines: the tests must pass on a loaded
 //! 2-core machine. At most two clusters run at once per test binary.
 #![allow(dead_code)]
 
+use rrmq::cli::launcher::{write_config, LocalCluster, NodePorts, NodeSetup};
 use serde_json::{json, Value};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub const BINARY: &str = env!("CARGO_BIN_EXE_rrmq-node");
+pub const RRMQ_NODE: &str = env!("CARGO_BIN_EXE_rrmq-node");
+pub const RRMQ: &str = env!("CARGO_BIN_EXE_rrmq");
 
 /// Generous: elections take 300-600 ms, but a loaded machine stretches everything.
 pub const LEADER_DEADLINE: Duration = Duration::from_secs(20);
@@ -54,53 +57,17 @@ impl Drop for Permit {
     }
 }
 
-// ---- Ports ----------------------------------------------------------------------------------
-
-/// A port below the kernel's ephemeral range (32768+), so that outgoing connections of other
-/// tests never hold it, and free right now.
-pub fn free_port() -> u16 {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    loop {
-        let port: u16 = rng.gen_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Ports {
-    pub port: u16,
-    pub internal_port: u16,
-}
-
-pub fn config_json(ports: &[Ports]) -> String {
-    config_json_on("127.0.0.1", ports)
-}
-
-/// A config with every node on `host` (an IP or a name that resolves to 127.0.0.1).
-pub fn config_json_on(host: &str, ports: &[Ports]) -> String {
-    let addresses: Vec<Value> = ports
-        .iter()
-        .map(|ports| json!({"ip": host, "port": ports.port, "internal_port": ports.internal_port}))
-        .collect();
-    serde_json::to_string_pretty(&json!({ "addresses": addresses })).expect("JSON")
-}
-
 // ---- Cluster --------------------------------------------------------------------------------
 
-pub struct Node {
-    pub child: Child,
-    pub stopped: bool,
-}
-
+/// A cluster of `rrmq-node` children on loopback ([`LocalCluster`], the launcher `rrmq
+/// cluster` uses), in its own temp dir: node INDEX keeps its data in `DIR/node-INDEX` and
+/// appends its output to `DIR/node-INDEX.log`. Nodes are killed (SIGKILL) and reaped on drop.
 pub struct Cluster {
+    /// The node processes: spawn, signal, kill and reap single nodes here.
+    pub nodes: LocalCluster,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    pub ports: Vec<Ports>,
-    pub nodes: Vec<Option<Node>>,
-    pub extra_flags: Vec<String>,
+    pub ports: Vec<NodePorts>,
     /// Held for the cluster's life; `None` only while a failed start hands it on.
     permit: Option<Permit>,
 }
@@ -117,27 +84,28 @@ impl Cluster {
 
     /// As [`Cluster::start_with`], with `host` written as every node's `ip`.
     pub fn start_on(host: &str, size: usize, flags: &[&str]) -> Cluster {
-        let permit = Permit::acquire();
-        let mut flags_all: Vec<String> = FAST_FLAGS.iter().map(|flag| flag.to_string()).collect();
-        flags_all.extend(flags.iter().map(|flag| flag.to_string()));
+        let flags_all: Vec<OsString> = FAST_FLAGS.iter().chain(flags).map(OsString::from).collect();
         // Another process may take a port between our check and the node's bind: retry.
-        let mut permit = Some(permit);
+        let mut permit = Some(Permit::acquire());
         for attempt in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let ports: Vec<Ports> = (0..size)
-                .map(|_| Ports {
-                    port: free_port(),
-                    internal_port: free_port(),
-                })
-                .collect();
-            let config_path = dir.path().join("config.json");
-            std::fs::write(&config_path, config_json_on(host, &ports)).expect("write config");
+            let (config_path, ports) =
+                write_config(dir.path(), host, size).expect("write the config");
+            let mut setup = NodeSetup::new(
+                RRMQ_NODE.into(),
+                config_path.clone(),
+                dir.path().to_path_buf(),
+            );
+            setup.flags = flags_all.clone();
+            setup.env = vec![("RUST_LOG".into(), "info".into())];
+            setup.log_dir = Some(dir.path().to_path_buf());
+            // A test's nodes are killed at its end; nothing they would do on SIGTERM matters.
+            setup.stop_grace = Duration::ZERO;
             let mut cluster = Cluster {
+                nodes: LocalCluster::load(setup).expect("a valid generated config"),
                 dir,
                 config_path,
                 ports,
-                nodes: (0..size).map(|_| None).collect(),
-                extra_flags: flags_all.clone(),
                 permit: permit.take(),
             };
             for index in 0..size {
@@ -147,9 +115,7 @@ impl Cluster {
                 return cluster;
             }
             cluster.kill_all();
-            let logs: String = (0..size)
-                .map(|index| std::fs::read_to_string(cluster.log_path(index)).unwrap_or_default())
-                .collect();
+            let logs: String = (0..size).map(|index| cluster.log(index)).collect();
             if !logs.contains("cannot bind") {
                 cluster.dump_logs();
                 panic!("a cluster of {size} did not start");
@@ -161,50 +127,30 @@ impl Cluster {
     }
 
     pub fn size(&self) -> usize {
-        self.ports.len()
+        self.nodes.size()
     }
 
     pub fn log_path(&self, index: usize) -> PathBuf {
-        self.dir.path().join(format!("node-{index}.log"))
+        self.nodes
+            .setup()
+            .log_path(index)
+            .expect("test nodes log to files")
     }
 
     pub fn data_dir(&self, index: usize) -> PathBuf {
-        self.dir.path().join(format!("data-{index}"))
+        self.nodes.setup().data_dir(index)
     }
 
-    /// Starts node `index` (again), appending its stderr to its log file.
+    /// Starts node `index` (again), appending its output to its log file.
     pub fn spawn(&mut self, index: usize) {
         self.spawn_with(index, &[]);
     }
 
     /// Starts node `index` (again) with flags on top of the cluster's own.
     pub fn spawn_with(&mut self, index: usize, flags: &[&str]) {
-        assert!(
-            self.nodes[index].is_none(),
-            "node {index} is already running"
-        );
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(index))
-            .expect("log file");
-        let child = Command::new(BINARY)
-            .arg(&self.config_path)
-            .arg(index.to_string())
-            .arg("--data-dir")
-            .arg(self.data_dir(index))
-            .args(&self.extra_flags)
-            .args(flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn rrmq-node");
-        self.nodes[index] = Some(Node {
-            child,
-            stopped: false,
-        });
+        if let Err(error) = self.nodes.spawn(index, flags) {
+            panic!("spawn rrmq-node: {error}");
+        }
     }
 
     /// Waits until every running node answers `status`; false if one exited or time ran out.
@@ -212,11 +158,9 @@ impl Cluster {
         let deadline = Instant::now() + within;
         for index in 0..self.size() {
             loop {
-                if let Some(node) = &mut self.nodes[index] {
-                    if let Ok(Some(status)) = node.child.try_wait() {
-                        eprintln!("node {index} exited early: {status}");
-                        return false;
-                    }
+                if let Some(status) = self.nodes.exited(index) {
+                    eprintln!("node {index} exited early: {status}");
+                    return false;
                 }
                 if self.status(index, Duration::from_millis(500)).is_some() {
                     break;
@@ -231,10 +175,7 @@ impl Cluster {
 
     /// SIGKILL and reap.
     pub fn kill(&mut self, index: usize) {
-        if let Some(mut node) = self.nodes[index].take() {
-            let _ = node.child.kill();
-            let _ = node.child.wait();
-        }
+        self.nodes.kill(index);
     }
 
     pub fn kill_all(&mut self) {
@@ -244,15 +185,8 @@ impl Cluster {
     }
 
     pub fn signal(&mut self, index: usize, signal: libc::c_int) {
-        let node = self.nodes[index].as_mut().expect("node running");
-        let pid = node.child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child's pid.
-        let result = unsafe { libc::kill(pid, signal) };
-        assert_eq!(result, 0, "kill({pid}, {signal})");
-        if signal == libc::SIGSTOP {
-            node.stopped = true;
-        } else if signal == libc::SIGCONT {
-            node.stopped = false;
+        if let Err(error) = self.nodes.signal(index, signal) {
+            panic!("signal {signal} to node {index}: {error}");
         }
     }
 
@@ -260,19 +194,12 @@ impl Cluster {
     pub fn terminate(&mut self, index: usize, within: Duration) -> Option<(ExitStatus, Duration)> {
         self.signal(index, libc::SIGTERM);
         let started = Instant::now();
-        let node = self.nodes[index].as_mut().expect("node running");
-        while started.elapsed() < within {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                self.nodes[index] = None;
-                return Some((status, started.elapsed()));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
+        let status = self.nodes.wait_exit(index, within)?;
+        Some((status, started.elapsed()))
     }
 
     pub fn is_running(&self, index: usize) -> bool {
-        self.nodes[index].as_ref().is_some_and(|node| !node.stopped)
+        self.nodes.is_running(index)
     }
 
     pub fn client(&self, index: usize) -> Client {
@@ -359,12 +286,117 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.dump_logs();
         }
-        for index in 0..self.size() {
-            if self.nodes[index].as_ref().is_some_and(|node| node.stopped) {
-                self.signal(index, libc::SIGCONT);
-            }
-        }
         self.kill_all();
+    }
+}
+
+// ---- The rrmq command -----------------------------------------------------------------------
+
+/// How long a cluster may take to elect its first leader when watched through `rrmq`
+/// processes (each poll starts one) on a loaded machine.
+pub const CLI_LEADER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One `rrmq` invocation's result, with the exit code unwrapped (`None`: killed by a signal).
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {}", self.describe()))
+    }
+
+    /// For failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "exit {:?}, stdout {:?}, stderr {:?}",
+            self.code,
+            self.stdout_text(),
+            self.stderr
+        )
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32, what: &str) -> &Run {
+        assert_eq!(self.code, Some(code), "{what}: {}", self.describe());
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: output.stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `rrmq ARGS` with `stdin` and waits for it. `rrmq` bounds itself with `--timeout`,
+/// which every caller passes (or relies on the default of 10s).
+pub fn rrmq(args: &[&str], stdin: &[u8], current_dir: &Path) -> Run {
+    let mut child = Command::new(RRMQ)
+        .args(args)
+        .current_dir(current_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rrmq");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(stdin).expect("write rrmq's stdin");
+    drop(input);
+    child.wait_with_output().expect("wait for rrmq").into()
+}
+
+impl Cluster {
+    /// `rrmq --config CONFIG ARGS`.
+    pub fn rrmq(&self, args: &[&str]) -> Run {
+        self.rrmq_with_stdin(args, b"")
+    }
+
+    pub fn rrmq_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
+        let config = self.config_path.to_str().expect("a UTF-8 temp path");
+        let mut full = vec!["--config", config, "--timeout", "30s"];
+        full.extend_from_slice(args);
+        rrmq(&full, stdin, self.dir.path())
+    }
+
+    /// Polls `rrmq status --json` until exactly one node says it leads; returns its id.
+    pub fn wait_for_leader_via_rrmq(&self) -> u64 {
+        let config = self.config_path.to_str().expect("a UTF-8 temp path");
+        let deadline = Instant::now() + CLI_LEADER_DEADLINE;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let run = rrmq(
+                &["--config", config, "--timeout", "2s", "--json", "status"],
+                b"",
+                self.dir.path(),
+            );
+            if let Ok(value) = serde_json::from_slice::<Value>(&run.stdout) {
+                let leaders: Vec<u64> = value["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|node| node["role"] == "Leader")
+                    .filter_map(|node| node["id"].as_u64())
+                    .collect();
+                if let [leader] = leaders.as_slice() {
+                    return *leader;
+                }
+            }
+            last = run.describe();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("no single leader within {CLI_LEADER_DEADLINE:?}; last status: {last}");
     }
 }
 
@@ -577,7 +609,7 @@ pub fn without_error_message(mut reply: Value) -> Value {
 pub fn run_to_exit(dir: &Path, args: &[&str], within: Duration) -> (Option<ExitStatus>, String) {
     let stderr_path = dir.join(format!("stderr-{}.txt", rand::random::<u32>()));
     let stderr = File::create(&stderr_path).expect("stderr file");
-    let mut child = Command::new(BINARY)
+    let mut child = Command::new(RRMQ_NODE)
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -678,27 +710,14 @@ impl Cluster {
     }
 
     /// Waits for node `index` to exit by itself; `None` if it is still running after
-    /// `within`. The node is then forgotten (reaped).
+    /// `within` (or was not running). The node is then forgotten (reaped).
     pub fn wait_exit(&mut self, index: usize, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        let node = self.nodes[index].as_mut().expect("node running");
-        loop {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                self.nodes[index] = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.nodes.wait_exit(index, within)
     }
 
     /// Whether node `index`'s process is still alive (not exited, whatever its state).
     pub fn is_alive(&mut self, index: usize) -> bool {
-        self.nodes[index]
-            .as_mut()
-            .is_some_and(|node| matches!(node.child.try_wait(), Ok(None)))
+        self.nodes.is_alive(index)
     }
 
     /// The node's log so far.

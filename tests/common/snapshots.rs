@@ -240,24 +240,3 @@ pub fn wait_for_log(cluster: &Cluster, index: usize, needle: &str, within: Durat
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-
-/// Waits until node `index` has exited, returning whether it did within `within`.
-pub fn wait_exit(
-    cluster: &mut Cluster,
-    index: usize,
-    within: Duration,
-) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(node) = cluster.nodes[index].as_mut() {
-            if let Ok(Some(status)) = node.child.try_wait() {
-                cluster.nodes[index] = None;
-                return Some(status);
-            }
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}

@@ -387,11 +387,7 @@ impl<'a> Nemesis<'a> {
 /// Records and restarts any node that exited although nobody killed it.
 pub fn check_alive(cluster: &mut Cluster, history: &History) {
     for index in 0..cluster.size() {
-        let exited = match &mut cluster.nodes[index] {
-            Some(node) => node.child.try_wait().ok().flatten(),
-            None => None,
-        };
-        if let Some(status) = exited {
+        if let Some(status) = cluster.nodes.reap(index) {
             history.record(Event::Note {
                 text: format!(
                     "node {index} exited on its own ({status}); see {}",
@@ -399,7 +395,6 @@ pub fn check_alive(cluster: &mut Cluster, history: &History) {
                 ),
                 problem: true,
             });
-            cluster.nodes[index] = None;
             cluster.spawn(index);
         }
     }

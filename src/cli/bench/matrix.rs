@@ -2,8 +2,9 @@
 //!
 //! Why a fresh cluster per cell: a produce cell leaves its messages queued and its log on
 //! disk, and the next cell would measure a bigger, older node. Each cell gets new data
-//! dirs, new ports, an election, then its workload; the nodes are stopped (SIGTERM, then
-//! SIGKILL after a grace period) and their data removed before the next one.
+//! dirs, new ports, an election, then its workload (the cluster is started by the
+//! [`launcher`]); the nodes are stopped (SIGTERM, then SIGKILL after a grace period) and
+//! their data removed before the next one.
 //!
 //! The cells: produce with C = 1, 16, 64 at 100 B and 1 KiB; consume with C = 1, 16 (after
 //! a pre-fill of 100-byte messages by 64 producers). Optionally, `--rss-messages N` puts N
@@ -15,7 +16,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -25,6 +25,7 @@ use super::machine::Timing;
 use super::process::{machine_description, process_rss_kib};
 use super::report::{format_bytes, matrix_table, MatrixRow};
 use super::{parse_duration, run_cell, run_plan, ConsumeArgs, LoadArgs, ProduceArgs, Workload};
+use crate::cli::launcher::{self, LocalCluster, NodeSetup};
 use crate::cli::{CliError, GlobalOptions};
 use crate::client::{Client, ClientOptions, NodeAddress};
 use crate::config::FsyncMode;
@@ -33,8 +34,6 @@ use crate::config::FsyncMode;
 const NODE_COUNT: usize = 3;
 /// How long a fresh cluster may take to elect a leader on a loaded machine.
 const LEADER_WAIT: Duration = Duration::from_secs(30);
-/// How long stopped nodes get before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Producers that fill the RSS measurement's cluster.
 const RSS_FILL_CLIENTS: usize = 128;
 /// Message size of the RSS measurement.
@@ -208,16 +207,7 @@ pub(super) fn run(
     args: &MatrixArgs,
     stdout: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let node_bin = match &args.node_bin {
-        Some(path) => path.clone(),
-        None => crate::cli::cluster::default_node_bin()?,
-    };
-    if !node_bin.is_file() {
-        return Err(CliError::Cluster(format!(
-            "{}: node binary not found (use --node-bin PATH)",
-            node_bin.display()
-        )));
-    }
+    let node_bin = launcher::node_bin(args.node_bin.as_deref())?;
     let data_root = args.data_root.clone().unwrap_or_else(std::env::temp_dir);
     let cells = if args.cells.is_empty() {
         standard_cells()
@@ -256,9 +246,9 @@ pub(super) fn run(
                 format_bytes(cell.message_bytes)
             );
         }
-        let cluster = LocalCluster::start(&node_bin, &data_root, args.fsync, args.keep_data)?;
-        let workload = with_watched(workload, cluster.pids());
-        let report = run_cell(cluster.nodes.clone(), &workload, timing, progress)?;
+        let cluster = CellCluster::start(&node_bin, &data_root, args.fsync, args.keep_data)?;
+        let workload = with_watched(workload, cluster.nodes.pids());
+        let report = run_cell(cluster.addresses(), &workload, timing, progress)?;
         drop(cluster);
         rows.push(MatrixRow {
             workload: cell.workload_name().to_string(),
@@ -350,18 +340,29 @@ fn measure_rss(
     if progress {
         eprintln!("rss: putting {messages} messages of {RSS_MESSAGE_BYTES} B");
     }
-    let cluster = LocalCluster::start(node_bin, data_root, args.fsync, args.keep_data)?;
-    let before: Vec<Option<u64>> = cluster.pids().into_iter().map(process_rss_kib).collect();
+    let cluster = CellCluster::start(node_bin, data_root, args.fsync, args.keep_data)?;
+    let before: Vec<Option<u64>> = cluster
+        .nodes
+        .pids()
+        .into_iter()
+        .map(process_rss_kib)
+        .collect();
     let mut client = Client::connect(ClientOptions {
         attempt_timeout: timing.attempt_timeout,
         deadline: timing.deadline,
-        ..ClientOptions::new(cluster.nodes.clone())
+        ..ClientOptions::new(cluster.addresses())
     })?;
     let topic = format!("rss-{:08x}", rand::random::<u32>());
     client.create_topic(&topic)?;
     let leader = client
         .leader()
-        .and_then(|leader| cluster.nodes.iter().position(|node| node == leader))
+        .and_then(|leader| {
+            cluster
+                .nodes
+                .addresses()
+                .iter()
+                .position(|node| node == leader)
+        })
         .unwrap_or(0);
     drop(client);
     let plan = Plan {
@@ -380,13 +381,18 @@ fn measure_rss(
         progress,
         watch_pids: Vec::new(),
     };
-    let result = run_plan(&plan, cluster.nodes.clone(), leader, &mut || {})?;
+    let result = run_plan(&plan, cluster.addresses(), leader, &mut || {})?;
     let acknowledged = result
         .recorder
         .finish(result.elapsed)
         .first()
         .map_or(0, |operation| operation.completed);
-    let after: Vec<Option<u64>> = cluster.pids().into_iter().map(process_rss_kib).collect();
+    let after: Vec<Option<u64>> = cluster
+        .nodes
+        .pids()
+        .into_iter()
+        .map(process_rss_kib)
+        .collect();
     drop(cluster);
     Ok(RssMeasurement {
         messages,
@@ -515,22 +521,21 @@ fn utc_date(now: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02}")
 }
 
-/// A local cluster of `rrmq-node` children on fresh loopback ports and data dirs. Dropping
-/// it stops the nodes and removes the data (unless kept).
-struct LocalCluster {
-    children: Vec<Child>,
-    nodes: Vec<NodeAddress>,
+/// One cell's cluster: [`LocalCluster`] on a generated config in a fresh dir under the data
+/// root. Dropping it stops the nodes, then removes the dir (unless kept).
+struct CellCluster {
+    nodes: LocalCluster,
     dir: PathBuf,
     keep: bool,
 }
 
-impl LocalCluster {
+impl CellCluster {
     fn start(
         node_bin: &Path,
         data_root: &Path,
         fsync: FsyncMode,
         keep: bool,
-    ) -> Result<LocalCluster, CliError> {
+    ) -> Result<CellCluster, CliError> {
         let dir = data_root.join(format!(
             "rrmq-bench-{}-{:08x}",
             std::process::id(),
@@ -538,144 +543,41 @@ impl LocalCluster {
         ));
         std::fs::create_dir_all(&dir)
             .map_err(CliError::io(format!("{}: cannot create", dir.display())))?;
-        let mut cluster = LocalCluster {
-            children: Vec::new(),
-            nodes: Vec::new(),
-            dir,
-            keep,
+        let nodes =
+            launcher::write_config(&dir, "127.0.0.1", NODE_COUNT).and_then(|(config, _)| {
+                let mut setup = NodeSetup::new(node_bin.to_path_buf(), config, dir.clone());
+                setup.flags = vec!["--fsync".into(), fsync.as_str().into()];
+                setup.log_dir = Some(dir.clone());
+                setup.detach = true;
+                LocalCluster::load(setup)
+            });
+        let nodes = match nodes {
+            Ok(nodes) => nodes,
+            Err(error) => {
+                if !keep {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                return Err(error);
+            }
         };
-        let ports = free_ports(NODE_COUNT * 2)?;
-        let addresses: Vec<String> = ports
-            .chunks(2)
-            .map(|pair| {
-                format!(
-                    r#"{{"ip": "127.0.0.1", "port": {}, "internal_port": {}}}"#,
-                    pair[0], pair[1]
-                )
-            })
-            .collect();
-        let config_path = cluster.dir.join("config.json");
-        std::fs::write(
-            &config_path,
-            format!("{{\"addresses\": [\n  {}\n]}}\n", addresses.join(",\n  ")),
-        )
-        .map_err(CliError::io(format!(
-            "{}: cannot write",
-            config_path.display()
-        )))?;
-        for (index, pair) in ports.chunks(2).enumerate() {
-            cluster.nodes.push(
-                NodeAddress::new("127.0.0.1", pair[0])
-                    .map_err(|error| CliError::Cluster(error.to_string()))?,
-            );
-            let log_path = cluster.dir.join(format!("node-{index}.log"));
-            let log = std::fs::File::create(&log_path).map_err(CliError::io(format!(
-                "{}: cannot create",
-                log_path.display()
-            )))?;
-            let mut command = Command::new(node_bin);
-            command
-                .arg(&config_path)
-                .arg(index.to_string())
-                .arg("--data-dir")
-                .arg(cluster.dir.join(format!("node-{index}")))
-                .arg("--fsync")
-                .arg(fsync.as_str())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log);
-            crate::cli::cluster::detach_from_terminal_signals(&mut command);
-            let child = command.spawn().map_err(CliError::io(format!(
-                "cannot start node {index} ({})",
-                node_bin.display()
-            )))?;
-            cluster.children.push(child);
-        }
-        cluster.wait_for_leader()?;
+        let mut cluster = CellCluster { nodes, dir, keep };
+        cluster.nodes.start_all()?;
+        cluster.nodes.wait_for_leader(LEADER_WAIT)?;
         Ok(cluster)
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
-    /// Polls status until one node says it leads and every node answers.
-    fn wait_for_leader(&mut self) -> Result<(), CliError> {
-        let mut options = ClientOptions::new(self.nodes.clone());
-        options.attempt_timeout = Duration::from_millis(500);
-        options.deadline = Duration::from_millis(500);
-        let mut client = Client::connect(options)?;
-        let until = Instant::now() + LEADER_WAIT;
-        loop {
-            for (index, child) in self.children.iter_mut().enumerate() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(CliError::Cluster(format!(
-                        "node {index} exited at startup with {status} (see {})",
-                        self.dir.join(format!("node-{index}.log")).display()
-                    )));
-                }
-            }
-            let statuses = client.status_all();
-            let all_answer = statuses.iter().all(|(_, status)| status.is_ok());
-            let has_leader = statuses
-                .iter()
-                .any(|(_, status)| matches!(status, Ok(status) if status.role == "Leader"));
-            if all_answer && has_leader {
-                return Ok(());
-            }
-            if Instant::now() >= until {
-                return Err(CliError::Cluster(format!(
-                    "no leader within {LEADER_WAIT:?} (logs in {})",
-                    self.dir.display()
-                )));
-            }
-            // Between status rounds: nothing to poll on until the nodes have elected.
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    fn addresses(&self) -> Vec<NodeAddress> {
+        self.nodes.addresses().to_vec()
     }
 }
 
-impl Drop for LocalCluster {
+impl Drop for CellCluster {
     fn drop(&mut self) {
-        for child in &self.children {
-            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-                // SAFETY: kill has no memory effects; the pid is our own unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-            }
-        }
-        let until = Instant::now() + STOP_GRACE;
-        for child in &mut self.children {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() >= until => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
+        self.nodes.stop();
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-/// `count` distinct free loopback ports, all held together while asking so they differ.
-fn free_ports(count: usize) -> Result<Vec<u16>, CliError> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::io("cannot find a free loopback port"))?;
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().map(|address| address.port()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::io("cannot find a free loopback port"))
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ use crate::raft::{Core, Message, SnapshotMeta};
 use crate::storage::{FsyncPolicy, SnapshotFile, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
-use crate::transport::snapshot::SnapshotReport;
+use crate::transport::snapshot_transfer::SnapshotReport;
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
 use recovery::RecoveryError;

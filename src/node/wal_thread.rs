@@ -394,7 +394,7 @@ mod tests {
             &std::env::temp_dir(),
             1024,
             0,
-            crate::transport::snapshot::STALL_TIMEOUT,
+            crate::transport::snapshot_transfer::STALL_TIMEOUT,
         );
         let peer = context.socket(zmq::ROUTER).expect("router");
         peer.set_linger(0).expect("linger");

@@ -9,7 +9,7 @@
 //!   the spot, forwards good requests, sends replies with the envelope they came with.
 //! - [`peer`]: the peer ROUTER (inbound messages) and one DEALER per peer (outbound), with
 //!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
-//! - [`snapshot`]: streaming snapshot files to followers in acknowledged chunks, and
+//! - [`snapshot_transfer`]: streaming snapshot files to followers in acknowledged chunks, and
 //!   receiving them into the data dir, off the node loop.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //!
@@ -24,7 +24,7 @@
 pub mod client;
 pub mod fault;
 pub mod peer;
-pub mod snapshot;
+pub mod snapshot_transfer;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

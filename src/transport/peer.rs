@@ -27,7 +27,7 @@
 //!
 //! Inbound, one thread: the receiver owns the ROUTER, decodes, and puts messages on the node
 //! loop's event channel (it has to poll the ROUTER, which the loop, blocked on its channel,
-//! cannot). Two more threads stream snapshots (see [`super::snapshot`]): an
+//! cannot). Two more threads stream snapshots (see [`super::snapshot_transfer`]): an
 //! `InstallSnapshot` handed to [`PeerTransport::send`] goes to the snapshot sender, which
 //! streams the file on DEALERs of its own; snapshot chunks arriving at the ROUTER go to the
 //! snapshot receiver, whose acks leave on the snapshot sender's DEALERs.
@@ -44,7 +44,7 @@
 //! process on a reused port, not an attack this layer defends against.
 
 use super::fault::PeerFaults;
-use super::snapshot::{
+use super::snapshot_transfer::{
     self as transfer, SenderInput, SnapshotChunk, SnapshotReceiver, SnapshotReport, SnapshotSender,
     TransferFrame,
 };
@@ -741,7 +741,7 @@ pub(crate) mod tests {
     /// The bytes of one frame of each kind, as the wire format has them: a change here is
     /// a change of `PEER_WIRE_VERSION`, not a refactoring.
     fn golden_frames() -> Vec<(PeerFrame, &'static str)> {
-        use crate::transport::snapshot::{AckStatus, SnapshotAck, SnapshotChunk};
+        use crate::transport::snapshot_transfer::{AckStatus, SnapshotAck, SnapshotChunk};
         let raft = [
             "9301cdfeed9400010781ab52657175657374566f746593c3920609c2",
             "9301cdfeed9400010781b352657175657374566f7465526573706f6e736592c2c3",

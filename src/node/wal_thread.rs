@@ -266,7 +266,7 @@ mod tests {
     use crate::storage::MemStore;
     use crate::transport::fault::PeerFaults;
     use crate::transport::peer::tests::{free_port, settings_with};
-    use crate::transport::peer::{decode_peer_message, PeerFilter};
+    use crate::transport::wire::{decode_peer_message, PeerFilter};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 

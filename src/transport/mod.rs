@@ -25,6 +25,7 @@ pub mod client;
 pub mod fault;
 pub mod peer;
 pub mod snapshot_transfer;
+pub mod wire;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

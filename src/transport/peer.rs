@@ -1,4 +1,5 @@
-//! Node-to-node transport: one-way Raft messages over ZeroMQ, and their wire codec.
+//! Node-to-node transport: one-way Raft messages over ZeroMQ, and the threads around them.
+//! The bytes they travel as are [`super::wire`]'s.
 //!
 //! Every node binds a ROUTER on its internal port and connects one DEALER to each peer's
 //! internal port. A message goes out on the sender's DEALER and comes in on the receiver's
@@ -9,39 +10,34 @@
 //! instead of stalling the node loop or piling up in memory.
 //!
 //! Outbound, no thread: the node loop owns the DEALERs, and [`PeerTransport::send`] encodes
-//! each message and hands it to ZeroMQ on the loop's own thread. Why: a peer-sender thread
-//! fed by a channel put one more thread wake-up on every hop of the request path (leader to
-//! followers, followers back), and on a loaded machine each wake-up waits for a core for
-//! tenths of a millisecond. Encoding costs the loop well under a microsecond per message (see
-//! `benches/hot_path.rs`), and ZeroMQ's I/O thread does the writing. What `send` must never
-//! do: block. Every send is `DONTWAIT` on a DEALER with `ZMQ_IMMEDIATE` and a bounded queue,
-//! so a peer that is down or slow costs a dropped message, never a stalled loop.
-//! Measured (docs/PERFORMANCE.md, "Peer messages sent from the loop"): per C=1 PUT, 5.9
-//! fewer context switches on a follower and 4.6 on the leader; latency gains within noise.
+//! each message and hands it to ZeroMQ on the loop's own thread. Why: a thread between the
+//! loop and the socket would add a thread wake-up to every hop of the request path (leader
+//! to followers, followers back), and on a loaded machine each wake-up waits for a core;
+//! encoding is cheap next to that (`benches/hot_path.rs`), and ZeroMQ's I/O thread does the
+//! writing. Figures: docs/PERFORMANCE.md, "Peer messages sent from the loop". What `send`
+//! must never do: block. Every send is `DONTWAIT` on a DEALER with `ZMQ_IMMEDIATE` and a
+//! bounded queue, so a peer that is down or slow costs a dropped message, never a stalled
+//! loop.
 //!
 //! The same goes for the WAL thread: the votes and acks that wait for its fsync leave on a
 //! second set of DEALERs it owns ([`PeerTransport::connect_dealers`] makes one: a
-//! [`PeerDealers`], same options, same injected faults), right after the sync, instead of
-//! going back to the loop first. So a node's messages to one peer travel on two connections
-//! and may arrive out of order; Raft does not mind (`node::wal_thread` says why).
+//! [`PeerDealers`], same options, same injected faults), right after the sync, so they do
+//! not wait for a hand-off to the loop. A node's messages to one peer therefore travel on
+//! two connections and may arrive out of order; Raft does not mind (`node::wal_thread` says
+//! why).
 //!
-//! Inbound, one thread: the receiver owns the ROUTER, decodes, and puts messages on the node
-//! loop's event channel (it has to poll the ROUTER, which the loop, blocked on its channel,
-//! cannot). Two more threads stream snapshots (see [`super::snapshot_transfer`]): an
-//! `InstallSnapshot` handed to [`PeerTransport::send`] goes to the snapshot sender, which
-//! streams the file on DEALERs of its own; snapshot chunks arriving at the ROUTER go to the
-//! snapshot receiver, whose acks leave on the snapshot sender's DEALERs.
+//! Inbound, one thread: the receiver owns the ROUTER, decodes each frame
+//! ([`super::wire::decode_peer_frame`]), and puts Raft messages on the node loop's event
+//! channel (it has to poll the ROUTER, which the loop, blocked on its channel, cannot). A
+//! frame that does not decode or fails the envelope check (another cluster, another node, a
+//! sender that is not a peer) is dropped with a debug log.
 //!
-//! ```text
-//! frame = MessagePack array [ wire_version: u8, cluster_id: u64, message: raft::Message ]
-//!       | MessagePack array [ wire_version: u8, cluster_id: u64, kind: u8, body ]   snapshot
-//!                                                                               transfer
-//! ```
-//!
-//! One Raft message per frame (an AppendEntries batch is one frame). A frame from another
-//! cluster (different `cluster_id`, i.e. another config file), for another node, or from a
-//! node that is not a peer is dropped with a debug log: that is a misconfiguration or a stray
-//! process on a reused port, not an attack this layer defends against.
+//! Snapshots: [`PeerTransport::start`] also starts the two threads of
+//! [`super::snapshot_transfer`]. An `InstallSnapshot` handed to [`PeerTransport::send`] goes
+//! to the snapshot sender, which streams the file on a third set of DEALERs, its own;
+//! snapshot chunks arriving at the ROUTER go to the snapshot receiver, whose acks leave on
+//! the snapshot sender's DEALERs. This module starts and feeds those threads; what they do
+//! is theirs, and they import nothing from here.
 
 use super::fault::PeerFaults;
 use super::snapshot_transfer::{

@@ -8,7 +8,8 @@
 //! `.partial` file in the data dir, checks the whole file at the end, renames it
 //! `.received`, and only then delivers the `InstallSnapshot` message to the node loop. The
 //! node loop installs that file (see `node`). The receiver's acks go back to the leader
-//! through the snapshot sender, on its DEALERs: the Raft DEALERs belong to the node loop.
+//! through the snapshot sender, on its DEALERs: the Raft DEALERs belong to the node loop and
+//! the WAL thread, and a socket stays on its thread.
 //!
 //! Why threads of their own: reading, writing and fsyncing a large file must not stall the
 //! node loop or the peer receiver (a follower that stops reading heartbeats for the length
@@ -16,6 +17,8 @@
 //! pile up in ZeroMQ queues (bounded memory on both sides), and a lost chunk must be noticed.
 //!
 //! # Protocol
+//!
+//! Two frames, whose layout is [`super::wire`]'s ([`SnapshotChunk`], [`SnapshotAck`]):
 //!
 //! ```text
 //! chunk = { from, to, term, snapshot, transfer_id, offset, data, total_bytes, file_crc }
@@ -38,6 +41,9 @@
 //! the replaced partial file is deleted at once. A transfer that stops mid-way (leader
 //! crash) is deleted after [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup.
 //! So an interrupted transfer never leaves a half-installed snapshot.
+//!
+//! What it must not do: know the peer transport. It is handed its sockets, settings and
+//! channels by [`super::peer::PeerTransport::start`], and encodes with [`super::wire`].
 
 use super::fault::PeerFaults;
 use super::wire::{encode_transfer_frame, AckStatus, SnapshotAck, SnapshotChunk, TransferFrame};

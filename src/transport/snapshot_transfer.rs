@@ -42,8 +42,9 @@
 //! crash) is deleted after [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup.
 //! So an interrupted transfer never leaves a half-installed snapshot.
 //!
-//! What it must not do: know the peer transport. It is handed its sockets, settings and
-//! channels by [`super::peer::PeerTransport::start`], and encodes with [`super::wire`].
+//! What it must not do: know the peer transport. The peer transport starts these threads
+//! and hands them their sockets, settings and channels (`PeerTransport::start`); frames are
+//! encoded with [`super::wire`].
 
 use super::fault::PeerFaults;
 use super::wire::{encode_transfer_frame, AckStatus, SnapshotAck, SnapshotChunk, TransferFrame};
@@ -87,7 +88,7 @@ pub(crate) enum SenderInput {
     /// A follower acknowledged chunks of one of our transfers.
     Ack(SnapshotAck),
     /// Our snapshot receiver acknowledges chunks from the leader: sent on our DEALER to it
-    /// (the Raft DEALERs belong to the node loop, which must not wait on this thread).
+    /// (the Raft DEALERs belong to the node loop and the WAL thread).
     Acknowledge(SnapshotAck),
     /// This node is no longer leader: drop every transfer, report nothing.
     CancelAll,

@@ -3,9 +3,8 @@
 //! Why one module: Raft messages and snapshot transfer frames travel on the same ports, share
 //! one header (wire version, cluster id), and the peer receiver must tell them apart with one
 //! decoder. Keeping both layouts, their encoders, the decoder and its errors here means one
-//! file answers "what bytes go between nodes", and the threads that send and receive them
-//! ([`super::peer`], [`super::snapshot_transfer`]) depend on this module instead of on each
-//! other.
+//! file answers "what bytes go between nodes"; the modules whose threads send and receive
+//! them (`peer`, `snapshot_transfer`) use this one, and it uses neither.
 //!
 //! What it owns: [`PEER_WIRE_VERSION`], the frame layouts below, the bodies of transfer frames
 //! ([`SnapshotChunk`], [`SnapshotAck`]), and the envelope check every inbound frame passes
@@ -252,6 +251,8 @@ fn check_envelope(
     Ok(())
 }
 
+/// The codec's tests, and fixtures the transport's other tests share (`message`, `meta`,
+/// `chunk_of`).
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -269,6 +270,7 @@ pub(crate) mod tests {
         }
     }
 
+    /// A message of term 7 from `from` to `to`.
     pub(crate) fn message(from: u64, to: u64, body: MessageBody) -> Message {
         Message {
             from: NodeId(from),
@@ -553,6 +555,8 @@ pub(crate) mod tests {
         }
     }
 
+    /// The chunk of `file` at `range`, from node 0 to node 1, with the file's CRC taken from
+    /// its last four bytes (where a snapshot file keeps it).
     pub(crate) fn chunk_of(
         file: &[u8],
         snapshot: SnapshotMeta,

@@ -35,7 +35,7 @@ use rrmq::raft::{
     Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId, Term,
 };
 use rrmq::storage::{FsyncPolicy, LogStore, Wal, WalOptions};
-use rrmq::transport::peer::{decode_peer_message, encode_peer_message, PeerFilter};
+use rrmq::transport::wire::{decode_peer_message, encode_peer_message, PeerFilter};
 
 /// Counts every allocation, so each step can report how many it makes.
 struct CountingAllocator;

@@ -30,7 +30,7 @@
 //!
 //! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
 //! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received
-//! from the leader, and the transport streams snapshot files (see `transport::snapshot`).
+//! from the leader, and the transport streams snapshot files (see `transport::snapshot_transfer`).
 //! Each reports back as an [`Event`]; the loop alone changes the core and the queue, and
 //! alone decides what the WAL thread writes.
 //!
@@ -52,7 +52,7 @@ use crate::raft::{Core, Message, SnapshotMeta};
 use crate::storage::{FsyncPolicy, SnapshotFile, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
-use crate::transport::snapshot::SnapshotReport;
+use crate::transport::snapshot_transfer::SnapshotReport;
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
 use recovery::RecoveryError;

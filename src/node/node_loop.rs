@@ -1582,7 +1582,7 @@ mod tests {
         to_follower
             .connect(&format!("tcp://127.0.0.1:{}", internal_port(0)))
             .expect("connect");
-        let filter = crate::transport::peer::PeerFilter {
+        let filter = crate::transport::wire::PeerFilter {
             cluster_id: cluster.cluster_id,
             me: NodeId(1),
             node_count: 2,
@@ -1602,7 +1602,7 @@ mod tests {
                     commit: LogIndex::ZERO,
                 },
             };
-            let frame = crate::transport::peer::encode_peer_message(cluster.cluster_id, &message);
+            let frame = crate::transport::wire::encode_peer_message(cluster.cluster_id, &message);
             to_follower.send(frame, 0).expect("send");
         };
         // Whatever node 0 sends node 1 next (an ack, here), within `timeout_ms`.
@@ -1613,7 +1613,7 @@ mod tests {
             let frames = leader_port.recv_multipart(0).expect("recv");
             let body = frames.last().expect("a body");
             let message =
-                crate::transport::peer::decode_peer_message(body, &filter).expect("a message");
+                crate::transport::wire::decode_peer_message(body, &filter).expect("a message");
             Some(message.body)
         };
         let accepted = |index| {

@@ -266,7 +266,7 @@ mod tests {
     use crate::storage::MemStore;
     use crate::transport::fault::PeerFaults;
     use crate::transport::peer::tests::{free_port, settings_with};
-    use crate::transport::peer::{decode_peer_message, PeerFilter};
+    use crate::transport::wire::{decode_peer_message, PeerFilter};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -394,7 +394,7 @@ mod tests {
             &std::env::temp_dir(),
             1024,
             0,
-            crate::transport::snapshot::STALL_TIMEOUT,
+            crate::transport::snapshot_transfer::STALL_TIMEOUT,
         );
         let peer = context.socket(zmq::ROUTER).expect("router");
         peer.set_linger(0).expect("linger");

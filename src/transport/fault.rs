@@ -4,9 +4,10 @@
 //! `rrmq-node` processes — isolates the leader, splits majority from minority, loses messages
 //! one way, leaves one node as a bridge between two halves — while clients keep talking to
 //! every node. A node started with `--fault-injection` accepts a `fault` request naming the
-//! peers to drop messages to and from; the peer transport's sends (on the node loop) and its
-//! receiver and snapshot threads consult [`PeerFaults`] for every message. Without the flag
-//! the node refuses the request (BAD_REQUEST) and the sets stay empty forever.
+//! peers to drop messages to and from; the peer transport's sends (on the node loop and the
+//! WAL thread) and its receiver and snapshot threads consult [`PeerFaults`] for every
+//! message. Without the flag the node refuses the request (BAD_REQUEST) and the sets stay
+//! empty forever.
 //!
 //! Why here rather than Linux network namespaces (or iptables): those need root
 //! (CAP_NET_ADMIN) and a veth pair or firewall rule per node, which `cargo test` on a

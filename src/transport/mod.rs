@@ -1,20 +1,42 @@
-//! The ZeroMQ side of a node: the threads that own its sockets, and the peer wire codec.
+//! The ZeroMQ side of a node: its sockets, the threads that poll them, and the peer wire format.
 //!
-//! Why threads: a ZeroMQ socket must only be used by the thread that owns it, and the node
-//! loop must never wait on a socket. So each socket lives on one transport thread, which
-//! turns frames into values for the node loop (over the node's one bounded event channel)
-//! and values from the node loop back into frames.
+//! Why it exists: the node loop must never wait on a socket, and a ZeroMQ socket must only
+//! be used by the thread that owns it. So each socket that must be *polled* (the two
+//! ROUTERs) gets a transport thread, which turns inbound frames into values for the node loop
+//! (over the node's one bounded event channel); the client thread also turns the loop's
+//! replies back into frames. Sockets that only *send*, and never block doing it, stay with
+//! the thread whose messages they carry:
+//!
+//! ```text
+//!   socket                         owned by              carries
+//!   client ROUTER                  client thread         requests in, replies out
+//!   peer ROUTER                    peer receiver thread  every peer frame in
+//!   DEALER per peer                node loop             Raft messages (DONTWAIT)
+//!   DEALER per peer, second set    WAL thread            votes and acks, right after the sync
+//!   DEALER per peer, third set     snapshot sender       snapshot chunks and acks
+//!   doorbell PAIRs (inproc)        one end per thread    "look at your channel"
+//! ```
+//!
+//! Two sets of Raft DEALERs mean a node's messages to one peer may arrive out of order;
+//! Raft does not mind (`node::wal_thread` says why).
 //!
 //! - [`client`]: the client ROUTER. Splits envelope from body, decodes, answers bad input on
 //!   the spot, forwards good requests, sends replies with the envelope they came with.
-//! - [`peer`]: the peer ROUTER (inbound messages) and one DEALER per peer (outbound), with
-//!   the MessagePack codec for Raft messages. Fire-and-forget: Raft resends what is lost.
-//! - [`snapshot`]: streaming snapshot files to followers in acknowledged chunks, and
-//!   receiving them into the data dir, off the node loop.
+//! - [`peer`]: the peer transport the node loop holds: the ROUTER and its receiver thread,
+//!   the DEALER sets ([`peer::PeerDealers`]), and the snapshot threads it starts.
+//!   Fire-and-forget: Raft resends what is lost.
+//! - [`snapshot_transfer`]: streaming snapshot files to followers in acknowledged chunks,
+//!   and receiving them into the data dir, off the node loop.
+//! - [`wire`]: the one peer wire format, Raft frames and snapshot transfer frames: layout,
+//!   encode, decode, and the envelope check. Pure; both of the above use it.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
+//! - [`ports`]: picking free loopback ports, for the local-cluster launcher and the tests.
+//!
+//! Imports inside this module go one way: `peer` -> `snapshot_transfer` -> `wire`, and
+//! `peer` -> `wire`; `wire` imports nothing of the transport.
 //!
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
-//! cannot wait on a channel. A [`Mailbox`] pairs a channel with an inproc "doorbell" socket:
+//! cannot wait on a channel. A [`mailbox`] pairs a channel with an inproc "doorbell" socket:
 //! the producer sends on the channel, then rings; the consumer polls the doorbell beside its
 //! sockets and drains the channel when it rings. Nothing sleeps and polls.
 //!
@@ -25,7 +47,8 @@ pub mod client;
 pub mod fault;
 pub mod peer;
 pub mod ports;
-pub mod snapshot;
+pub mod snapshot_transfer;
+pub mod wire;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,5 @@
-//! Node-to-node transport: one-way Raft messages over ZeroMQ, and their wire codec.
+//! Node-to-node transport: one-way Raft messages over ZeroMQ, and the threads around them.
+//! The bytes they travel as are [`super::wire`]'s.
 //!
 //! Every node binds a ROUTER on its internal port and connects one DEALER to each peer's
 //! internal port. A message goes out on the sender's DEALER and comes in on the receiver's
@@ -9,44 +10,41 @@
 //! instead of stalling the node loop or piling up in memory.
 //!
 //! Outbound, no thread: the node loop owns the DEALERs, and [`PeerTransport::send`] encodes
-//! each message and hands it to ZeroMQ on the loop's own thread. Why: a peer-sender thread
-//! fed by a channel put one more thread wake-up on every hop of the request path (leader to
-//! followers, followers back), and on a loaded machine each wake-up waits for a core for
-//! tenths of a millisecond. Encoding costs the loop well under a microsecond per message (see
-//! `benches/hot_path.rs`), and ZeroMQ's I/O thread does the writing. What `send` must never
-//! do: block. Every send is `DONTWAIT` on a DEALER with `ZMQ_IMMEDIATE` and a bounded queue,
-//! so a peer that is down or slow costs a dropped message, never a stalled loop.
-//! Measured (docs/PERFORMANCE.md, "Peer messages sent from the loop"): per C=1 PUT, 5.9
-//! fewer context switches on a follower and 4.6 on the leader; latency gains within noise.
+//! each message and hands it to ZeroMQ on the loop's own thread. Why: a thread between the
+//! loop and the socket would add a thread wake-up to every hop of the request path (leader
+//! to followers, followers back), and on a loaded machine each wake-up waits for a core;
+//! encoding is cheap next to that (`benches/hot_path.rs`), and ZeroMQ's I/O thread does the
+//! writing. Figures: docs/PERFORMANCE.md, "Peer messages sent from the loop". What `send`
+//! must never do: block. Every send is `DONTWAIT` on a DEALER with `ZMQ_IMMEDIATE` and a
+//! bounded queue, so a peer that is down or slow costs a dropped message, never a stalled
+//! loop.
 //!
 //! The same goes for the WAL thread: the votes and acks that wait for its fsync leave on a
 //! second set of DEALERs it owns ([`PeerTransport::connect_dealers`] makes one: a
-//! [`PeerDealers`], same options, same injected faults), right after the sync, instead of
-//! going back to the loop first. So a node's messages to one peer travel on two connections
-//! and may arrive out of order; Raft does not mind (`node::wal_thread` says why).
+//! [`PeerDealers`], same options, same injected faults), right after the sync, so they do
+//! not wait for a hand-off to the loop. A node's messages to one peer therefore travel on
+//! two connections and may arrive out of order; Raft does not mind (`node::wal_thread` says
+//! why).
 //!
-//! Inbound, one thread: the receiver owns the ROUTER, decodes, and puts messages on the node
-//! loop's event channel (it has to poll the ROUTER, which the loop, blocked on its channel,
-//! cannot). Two more threads stream snapshots (see [`super::snapshot`]): an
-//! `InstallSnapshot` handed to [`PeerTransport::send`] goes to the snapshot sender, which
-//! streams the file on DEALERs of its own; snapshot chunks arriving at the ROUTER go to the
-//! snapshot receiver, whose acks leave on the snapshot sender's DEALERs.
+//! Inbound, one thread: the receiver owns the ROUTER, decodes each frame
+//! ([`super::wire::decode_peer_frame`]), and puts Raft messages on the node loop's event
+//! channel (it has to poll the ROUTER, which the loop, blocked on its channel, cannot). A
+//! frame that does not decode or fails the envelope check (another cluster, another node, a
+//! sender that is not a peer) is dropped with a debug log.
 //!
-//! ```text
-//! frame = MessagePack array [ wire_version: u8, cluster_id: u64, message: raft::Message ]
-//!       | MessagePack array [ wire_version: u8, cluster_id: u64, kind: u8, body ]   snapshot
-//!                                                                               transfer
-//! ```
-//!
-//! One Raft message per frame (an AppendEntries batch is one frame). A frame from another
-//! cluster (different `cluster_id`, i.e. another config file), for another node, or from a
-//! node that is not a peer is dropped with a debug log: that is a misconfiguration or a stray
-//! process on a reused port, not an attack this layer defends against.
+//! Snapshots: [`PeerTransport::start`] also starts the two threads of
+//! [`super::snapshot_transfer`]. An `InstallSnapshot` handed to [`PeerTransport::send`] goes
+//! to the snapshot sender, which streams the file on a third set of DEALERs, its own;
+//! snapshot chunks arriving at the ROUTER go to the snapshot receiver, whose acks leave on
+//! the snapshot sender's DEALERs. This module starts and feeds those threads; what they do
+//! is theirs, and they import nothing from here.
 
 use super::fault::PeerFaults;
-use super::snapshot::{
-    self as transfer, SenderInput, SnapshotChunk, SnapshotReceiver, SnapshotReport, SnapshotSender,
-    TransferFrame,
+use super::snapshot_transfer::{
+    self as transfer, SenderInput, SenderSettings, SnapshotReceiver, SnapshotReport, SnapshotSender,
+};
+use super::wire::{
+    decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
 use super::{bind_router, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
 use crate::config::NodeConfig;
@@ -58,9 +56,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-
-/// Bumped when `raft::Message`'s encoding changes incompatibly.
-pub const PEER_WIRE_VERSION: u8 = 1;
 
 /// Messages queued for one peer before new ones are dropped (ZMQ_SNDHWM). The core bounds
 /// appends in flight per follower far below this; the rest is heartbeats and votes.
@@ -76,117 +71,6 @@ const RECEIVE_BATCH_MAX: usize = 256;
 /// Snapshot chunks queued for one follower's connection, at most (the transfer window keeps
 /// fewer in flight).
 const SNAPSHOT_SEND_QUEUE_MAX: i32 = 2 * transfer::WINDOW_CHUNKS as i32;
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PeerDecodeError {
-    #[error("malformed peer frame: {0}")]
-    Malformed(String),
-    #[error("peer wire version {0}, expected {PEER_WIRE_VERSION}")]
-    WrongVersion(u8),
-    #[error("message from another cluster (cluster id {0:#x})")]
-    OtherCluster(u64),
-    #[error("message for node {0}")]
-    WrongRecipient(NodeId),
-    #[error("message from unknown node {0}")]
-    UnknownSender(NodeId),
-}
-
-/// What an inbound frame must match to be accepted.
-#[derive(Clone, Copy, Debug)]
-pub struct PeerFilter {
-    pub cluster_id: u64,
-    pub me: NodeId,
-    pub node_count: usize,
-}
-
-pub fn encode_peer_message(cluster_id: u64, message: &Message) -> Vec<u8> {
-    rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, message))
-        .expect("a Raft message has only serializable fields and no maps with non-string keys")
-}
-
-pub fn decode_peer_message(frame: &[u8], filter: &PeerFilter) -> Result<Message, PeerDecodeError> {
-    match decode_peer_frame(frame, filter)? {
-        PeerFrame::Raft(message) => Ok(message),
-        PeerFrame::Transfer(_) => Err(PeerDecodeError::Malformed(
-            "a snapshot transfer frame, not a Raft message".to_string(),
-        )),
-    }
-}
-
-/// What arrives on the peer port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PeerFrame {
-    Raft(Message),
-    Transfer(TransferFrame),
-}
-
-/// MessagePack's one-byte header of a three- and a four-element array.
-const FIXARRAY_3: u8 = 0x93;
-const FIXARRAY_4: u8 = 0x94;
-
-pub fn decode_peer_frame(frame: &[u8], filter: &PeerFilter) -> Result<PeerFrame, PeerDecodeError> {
-    if frame.first() == Some(&FIXARRAY_4) {
-        let (version, cluster_id, decoded) = transfer::decode_transfer_frame(frame).map_err(
-            |reason| match rmp_serde::from_slice::<(u8, serde::de::IgnoredAny)>(frame) {
-                Ok((version, _)) if version != PEER_WIRE_VERSION => {
-                    PeerDecodeError::WrongVersion(version)
-                }
-                _ => PeerDecodeError::Malformed(reason),
-            },
-        )?;
-        if version != PEER_WIRE_VERSION {
-            return Err(PeerDecodeError::WrongVersion(version));
-        }
-        let (from, to) = match &decoded {
-            TransferFrame::Chunk(chunk) => (chunk.from, chunk.to),
-            TransferFrame::Ack(ack) => (ack.from, ack.to),
-        };
-        check_envelope(filter, cluster_id, from, to)?;
-        return Ok(PeerFrame::Transfer(decoded));
-    }
-    if frame.first() != Some(&FIXARRAY_3) {
-        return Err(PeerDecodeError::Malformed(
-            "not a three- or four-element array".to_string(),
-        ));
-    }
-    let (version, cluster_id, message): (u8, u64, Message) = match rmp_serde::from_slice(frame) {
-        Ok(decoded) => decoded,
-        Err(error) => {
-            // Name a version mismatch rather than the decode failure it causes.
-            let header: Result<(u8, u64, serde::de::IgnoredAny), _> = rmp_serde::from_slice(frame);
-            return Err(match header {
-                Ok((version, _, _)) if version != PEER_WIRE_VERSION => {
-                    PeerDecodeError::WrongVersion(version)
-                }
-                _ => PeerDecodeError::Malformed(error.to_string()),
-            });
-        }
-    };
-    if version != PEER_WIRE_VERSION {
-        return Err(PeerDecodeError::WrongVersion(version));
-    }
-    check_envelope(filter, cluster_id, message.from, message.to)?;
-    Ok(PeerFrame::Raft(message))
-}
-
-fn check_envelope(
-    filter: &PeerFilter,
-    cluster_id: u64,
-    from: NodeId,
-    to: NodeId,
-) -> Result<(), PeerDecodeError> {
-    if cluster_id != filter.cluster_id {
-        return Err(PeerDecodeError::OtherCluster(cluster_id));
-    }
-    if to != filter.me {
-        return Err(PeerDecodeError::WrongRecipient(to));
-    }
-    let known = usize::try_from(from.0).is_ok_and(|from| from < filter.node_count);
-    if !known || from == filter.me {
-        return Err(PeerDecodeError::UnknownSender(from));
-    }
-    Ok(())
-}
 
 /// Where to bind and whom to connect to.
 #[derive(Clone, Debug)]
@@ -259,6 +143,19 @@ impl PeerSettings {
                 crate::config::FsyncMode::Never => FsyncPolicy::Never,
             },
         })
+    }
+}
+
+impl PeerSettings {
+    /// What the snapshot sender thread needs of these settings.
+    fn sender_settings(&self) -> SenderSettings {
+        SenderSettings {
+            dir: self.snapshot_dir.clone(),
+            chunk_bytes: self.snapshot_chunk_bytes,
+            bytes_per_second: self.snapshot_send_bytes_per_second,
+            cluster_id: self.filter.cluster_id,
+            stall_timeout: self.snapshot_stall_timeout,
+        }
     }
 }
 
@@ -622,200 +519,12 @@ fn receive_loop<E>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::raft::{
-        AppendResult, Entry, EntryId, EntryPayload, LogIndex, MessageBody, RejectHint,
-        SnapshotMeta, Term,
-    };
+    use crate::raft::{Entry, EntryId, EntryPayload, LogIndex, Term};
+    use crate::transport::wire::tests::message;
     use bytes::Bytes;
     use std::time::Duration;
 
     const CLUSTER: u64 = 0xfeed;
-
-    fn filter(me: u64) -> PeerFilter {
-        PeerFilter {
-            cluster_id: CLUSTER,
-            me: NodeId(me),
-            node_count: 3,
-        }
-    }
-
-    fn message(from: u64, to: u64, body: MessageBody) -> Message {
-        Message {
-            from: NodeId(from),
-            to: NodeId(to),
-            term: Term(7),
-            body,
-        }
-    }
-
-    fn every_kind_of_message() -> Vec<Message> {
-        let entries = vec![
-            Entry {
-                term: Term(6),
-                index: LogIndex(10),
-                payload: EntryPayload::Noop,
-            },
-            Entry {
-                term: Term(7),
-                index: LogIndex(11),
-                payload: EntryPayload::Command(Bytes::from(vec![0u8, 1, 2, 255])),
-            },
-        ];
-        vec![
-            message(
-                0,
-                1,
-                MessageBody::RequestVote {
-                    pre_vote: true,
-                    last_log: EntryId::new(Term(6), LogIndex(9)),
-                    leadership_transfer: false,
-                },
-            ),
-            message(
-                0,
-                1,
-                MessageBody::RequestVoteResponse {
-                    pre_vote: false,
-                    granted: true,
-                },
-            ),
-            message(
-                0,
-                1,
-                MessageBody::AppendEntries {
-                    prev: EntryId::new(Term(6), LogIndex(9)),
-                    entries,
-                    commit: LogIndex(8),
-                },
-            ),
-            message(
-                0,
-                1,
-                MessageBody::AppendEntriesResponse(AppendResult::Accepted {
-                    match_index: LogIndex(11),
-                }),
-            ),
-            message(
-                0,
-                1,
-                MessageBody::AppendEntriesResponse(AppendResult::Rejected {
-                    prev_index: LogIndex(9),
-                    hint: RejectHint::ConflictingTerm {
-                        conflict_term: Term(3),
-                        first_index: LogIndex(4),
-                    },
-                }),
-            ),
-            message(
-                0,
-                1,
-                MessageBody::AppendEntriesResponse(AppendResult::Rejected {
-                    prev_index: LogIndex(9),
-                    hint: RejectHint::LogTooShort {
-                        last_index: LogIndex(2),
-                    },
-                }),
-            ),
-            message(
-                0,
-                1,
-                MessageBody::Heartbeat {
-                    commit: LogIndex(3),
-                    read_round: 12,
-                },
-            ),
-            message(0, 1, MessageBody::HeartbeatResponse { read_round: 12 }),
-            message(0, 1, MessageBody::TimeoutNow),
-            message(
-                0,
-                1,
-                MessageBody::InstallSnapshot {
-                    snapshot: SnapshotMeta {
-                        last: EntryId::new(Term(5), LogIndex(100)),
-                    },
-                },
-            ),
-        ]
-    }
-
-    #[test]
-    fn every_message_kind_round_trips() {
-        for (number, original) in every_kind_of_message().into_iter().enumerate() {
-            let frame = encode_peer_message(CLUSTER, &original);
-            let decoded = decode_peer_message(&frame, &filter(1));
-            assert_eq!(decoded, Ok(original), "case {number}");
-        }
-    }
-
-    #[test]
-    fn command_payloads_are_encoded_as_binary_not_integer_arrays() {
-        let payload = vec![0xabu8; 1000];
-        let original = message(
-            0,
-            1,
-            MessageBody::AppendEntries {
-                prev: EntryId::default(),
-                entries: vec![Entry {
-                    term: Term(1),
-                    index: LogIndex(1),
-                    payload: EntryPayload::Command(Bytes::from(payload)),
-                }],
-                commit: LogIndex(0),
-            },
-        );
-        let frame = encode_peer_message(CLUSTER, &original);
-        assert!(
-            frame.len() < 1100,
-            "{} bytes for a 1000-byte payload",
-            frame.len()
-        );
-    }
-
-    #[test]
-    fn foreign_and_misaddressed_frames_are_refused() {
-        let good = message(0, 1, MessageBody::TimeoutNow);
-        let cases: Vec<(Vec<u8>, PeerDecodeError)> = vec![
-            (
-                encode_peer_message(0xbad, &good),
-                PeerDecodeError::OtherCluster(0xbad),
-            ),
-            (
-                encode_peer_message(CLUSTER, &message(0, 2, MessageBody::TimeoutNow)),
-                PeerDecodeError::WrongRecipient(NodeId(2)),
-            ),
-            (
-                encode_peer_message(CLUSTER, &message(1, 1, MessageBody::TimeoutNow)),
-                PeerDecodeError::UnknownSender(NodeId(1)),
-            ),
-            (
-                encode_peer_message(CLUSTER, &message(3, 1, MessageBody::TimeoutNow)),
-                PeerDecodeError::UnknownSender(NodeId(3)),
-            ),
-            (
-                rmp_serde::to_vec(&(2u8, CLUSTER, "something new")).expect("encodes"),
-                PeerDecodeError::WrongVersion(2),
-            ),
-        ];
-        for (number, (frame, expected)) in cases.into_iter().enumerate() {
-            assert_eq!(
-                decode_peer_message(&frame, &filter(1)),
-                Err(expected),
-                "case {number}"
-            );
-        }
-        for (number, garbage) in [&b""[..], b"\xc1", b"{\"type\": 1}", b"\x93\x01"]
-            .iter()
-            .enumerate()
-        {
-            assert!(
-                matches!(
-                    decode_peer_message(garbage, &filter(1)),
-                    Err(PeerDecodeError::Malformed(_))
-                ),
-                "garbage case {number}"
-            );
-        }
-    }
 
     pub(crate) fn free_port() -> u16 {
         crate::transport::ports::free_port().expect("a free loopback port")

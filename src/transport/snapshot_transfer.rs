@@ -8,7 +8,8 @@
 //! `.partial` file in the data dir, checks the whole file at the end, renames it
 //! `.received`, and only then delivers the `InstallSnapshot` message to the node loop. The
 //! node loop installs that file (see `node`). The receiver's acks go back to the leader
-//! through the snapshot sender, on its DEALERs: the Raft DEALERs belong to the node loop.
+//! through the snapshot sender, on its DEALERs: the Raft DEALERs belong to the node loop and
+//! the WAL thread, and a socket stays on its thread.
 //!
 //! Why threads of their own: reading, writing and fsyncing a large file must not stall the
 //! node loop or the peer receiver (a follower that stops reading heartbeats for the length
@@ -16,6 +17,8 @@
 //! pile up in ZeroMQ queues (bounded memory on both sides), and a lost chunk must be noticed.
 //!
 //! # Protocol
+//!
+//! Two frames, whose layout is [`super::wire`]'s ([`SnapshotChunk`], [`SnapshotAck`]):
 //!
 //! ```text
 //! chunk = { from, to, term, snapshot, transfer_id, offset, data, total_bytes, file_crc }
@@ -38,15 +41,18 @@
 //! the replaced partial file is deleted at once. A transfer that stops mid-way (leader
 //! crash) is deleted after [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup.
 //! So an interrupted transfer never leaves a half-installed snapshot.
+//!
+//! What it must not do: know the peer transport. The peer transport starts these threads
+//! and hands them their sockets, settings and channels (`PeerTransport::start`); frames are
+//! encoded with [`super::wire`].
 
 use super::fault::PeerFaults;
-use super::peer::{PeerSettings, PEER_WIRE_VERSION};
+use super::wire::{encode_transfer_frame, AckStatus, SnapshotAck, SnapshotChunk, TransferFrame};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
 use crate::storage::{FsyncPolicy, StorageError};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -67,50 +73,6 @@ pub const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Chunks waiting for the receiver thread, at most; more are dropped (and resent).
 pub const CHUNK_QUEUE_MAX: usize = 2 * WINDOW_CHUNKS as usize;
 
-/// One piece of a snapshot file on its way from a leader to a follower.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotChunk {
-    pub from: NodeId,
-    pub to: NodeId,
-    /// The term of the `InstallSnapshot` message this transfer delivers.
-    pub term: Term,
-    pub snapshot: SnapshotMeta,
-    /// Tells two transfers of one snapshot apart (a transfer started again after a failure).
-    pub transfer_id: u64,
-    /// Where `data` goes in the file.
-    pub offset: u64,
-    pub data: Bytes,
-    /// The file's length: the chunk ending there is the last.
-    pub total_bytes: u64,
-    /// The file's checksum (its trailer), compared by the receiver at the end.
-    pub file_crc: u32,
-}
-
-impl SnapshotChunk {
-    pub fn is_last(&self) -> bool {
-        self.offset + self.data.len() as u64 == self.total_bytes
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AckStatus {
-    Received { bytes: u64 },
-    ResendFrom { offset: u64 },
-    Delivered,
-    Refused { reason: String },
-}
-
-/// The receiver's answer to a chunk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotAck {
-    pub from: NodeId,
-    pub to: NodeId,
-    pub term: Term,
-    pub snapshot: SnapshotMeta,
-    pub transfer_id: u64,
-    pub status: AckStatus,
-}
-
 /// How a transfer ended, for the sender's node loop (`Core::report_snapshot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotReport {
@@ -126,7 +88,7 @@ pub(crate) enum SenderInput {
     /// A follower acknowledged chunks of one of our transfers.
     Ack(SnapshotAck),
     /// Our snapshot receiver acknowledges chunks from the leader: sent on our DEALER to it
-    /// (the Raft DEALERs belong to the node loop, which must not wait on this thread).
+    /// (the Raft DEALERs belong to the node loop and the WAL thread).
     Acknowledge(SnapshotAck),
     /// This node is no longer leader: drop every transfer, report nothing.
     CancelAll,
@@ -752,111 +714,15 @@ pub(crate) fn receive_loop<E>(
     }
 }
 
-// ---- Wire -----------------------------------------------------------------------------------
-
-/// A frame of the snapshot protocol (as opposed to a Raft message).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TransferFrame {
-    Chunk(SnapshotChunk),
-    Ack(SnapshotAck),
-}
-
-const KIND_CHUNK: u8 = 1;
-const KIND_ACK: u8 = 2;
-
-// frame = MessagePack array [ wire_version: u8, cluster_id: u64, kind: u8, body ]
-//   kind 1: body = SnapshotChunk (data as bin)    kind 2: body = SnapshotAck
-//
-// Four elements where a Raft message frame has three: old nodes drop it as malformed.
-
-pub fn encode_transfer_frame(cluster_id: u64, frame: &TransferFrame) -> Vec<u8> {
-    let encoded = match frame {
-        TransferFrame::Chunk(chunk) => {
-            rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, KIND_CHUNK, chunk))
-        }
-        TransferFrame::Ack(ack) => {
-            rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, KIND_ACK, ack))
-        }
-    };
-    encoded.expect("a transfer frame has only serializable fields and no maps")
-}
-
-/// Decodes a four-element frame; the caller checked the version, cluster and addresses.
-pub(crate) fn decode_transfer_frame(frame: &[u8]) -> Result<(u8, u64, TransferFrame), String> {
-    let (version, cluster_id, kind, _): (u8, u64, u8, serde::de::IgnoredAny) =
-        rmp_serde::from_slice(frame).map_err(|error| error.to_string())?;
-    let decoded = match kind {
-        KIND_CHUNK => {
-            let (_, _, _, chunk): (u8, u64, u8, SnapshotChunk) =
-                rmp_serde::from_slice(frame).map_err(|error| error.to_string())?;
-            TransferFrame::Chunk(chunk)
-        }
-        KIND_ACK => {
-            let (_, _, _, ack): (u8, u64, u8, SnapshotAck) =
-                rmp_serde::from_slice(frame).map_err(|error| error.to_string())?;
-            TransferFrame::Ack(ack)
-        }
-        other => return Err(format!("unknown transfer frame kind {other}")),
-    };
-    Ok((version, cluster_id, decoded))
-}
-
-impl PeerSettings {
-    pub(crate) fn sender_settings(&self) -> SenderSettings {
-        SenderSettings {
-            dir: self.snapshot_dir.clone(),
-            chunk_bytes: self.snapshot_chunk_bytes,
-            bytes_per_second: self.snapshot_send_bytes_per_second,
-            cluster_id: self.filter.cluster_id,
-            stall_timeout: self.snapshot_stall_timeout,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{EntryId, LogIndex};
     use crate::storage::snapshot::{received_path, snapshot_path, write_snapshot};
+    // Test-only: the end-to-end tests below stream through a whole `PeerTransport`.
     use crate::transport::peer::tests::{free_port, settings_with, TestEvent};
-    use crate::transport::peer::{decode_peer_frame, PeerFilter, PeerFrame, PeerTransport};
+    use crate::transport::peer::{PeerSettings, PeerTransport};
+    use crate::transport::wire::tests::{chunk_of, meta};
     use std::path::Path;
-
-    const CLUSTER: u64 = 0xfeed;
-
-    fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
-    }
-
-    fn filter(me: u64) -> PeerFilter {
-        PeerFilter {
-            cluster_id: CLUSTER,
-            me: NodeId(me),
-            node_count: 3,
-        }
-    }
-
-    fn chunk_of(
-        file: &[u8],
-        snapshot: SnapshotMeta,
-        term: u64,
-        transfer_id: u64,
-        range: std::ops::Range<usize>,
-    ) -> SnapshotChunk {
-        SnapshotChunk {
-            from: NodeId(0),
-            to: NodeId(1),
-            term: Term(term),
-            snapshot,
-            transfer_id,
-            offset: range.start as u64,
-            data: Bytes::copy_from_slice(&file[range]),
-            total_bytes: file.len() as u64,
-            file_crc: u32::from_le_bytes(file[file.len() - 4..].try_into().expect("4 bytes")),
-        }
-    }
 
     /// A complete snapshot file's bytes, written through the storage module.
     fn snapshot_bytes(dir: &Path, snapshot: SnapshotMeta, body_bytes: usize) -> Vec<u8> {
@@ -866,47 +732,6 @@ mod tests {
         })
         .expect("write");
         std::fs::read(file.path).expect("read")
-    }
-
-    #[test]
-    fn transfer_frames_round_trip_and_are_told_from_raft_messages() {
-        let file = vec![7u8; 100];
-        let frames = vec![
-            TransferFrame::Chunk(chunk_of(&file, meta(2, 5), 3, 9, 10..60)),
-            TransferFrame::Ack(SnapshotAck {
-                from: NodeId(0),
-                to: NodeId(1),
-                term: Term(3),
-                snapshot: meta(2, 5),
-                transfer_id: 9,
-                status: AckStatus::Refused {
-                    reason: "no".into(),
-                },
-            }),
-        ];
-        for (number, frame) in frames.into_iter().enumerate() {
-            let bytes = encode_transfer_frame(CLUSTER, &frame);
-            assert_eq!(
-                decode_peer_frame(&bytes, &filter(1)),
-                Ok(PeerFrame::Transfer(frame.clone())),
-                "case {number}"
-            );
-            assert!(
-                decode_peer_frame(&bytes, &filter(2)).is_err(),
-                "case {number}: for another node"
-            );
-            assert!(
-                decode_peer_frame(&encode_transfer_frame(0xbad, &frame), &filter(1)).is_err(),
-                "case {number}: from another cluster"
-            );
-        }
-        let big = chunk_of(&vec![1u8; 10_000], meta(1, 1), 1, 1, 0..10_000);
-        let bytes = encode_transfer_frame(CLUSTER, &TransferFrame::Chunk(big));
-        assert!(
-            bytes.len() < 10_200,
-            "chunk data is binary: {} bytes",
-            bytes.len()
-        );
     }
 
     fn status(output: &ReceiverOutput) -> Option<AckStatus> {

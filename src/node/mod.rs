@@ -9,7 +9,7 @@
 //!   peer receiver ──Message────────┤ one bounded channel │
 //!   timer ─────────Tick────────────┼────> node loop ─────┼──frames, DONTWAIT──> peers
 //!   signals ───────Shutdown────────┤   (Core, Queue,     │  (the loop's own DEALERs)
-//!   WAL thread ────Persisted───────┘    DEALERs)         └──WalBatch──> WAL thread
+//!   WAL thread ────Persisted───────┘    DEALERs)         └──Batch─────> WAL thread
 //!                                                         (+ acks)     (LogStore, DEALERs)
 //!                                                                        │ acks and votes,
 //!                                                                        └─after the sync──> peers
@@ -39,6 +39,7 @@
 
 mod node_loop;
 mod pending;
+pub mod persist_pipeline;
 pub mod recovery;
 mod wal_thread;
 

@@ -86,7 +86,8 @@
 //! operator sees the logged error without the process crash-looping under a supervisor.
 
 use super::pending::{PendingRequests, WriteEnd};
-use super::wal_thread::{PersistReport, WalBatch, WalCommand, WalThread};
+use super::persist_pipeline::{PersistPipeline, ReadyWrites};
+use super::wal_thread::{PersistReport, WalCommand, WalThread};
 use super::{Event, LoadedSnapshot, NodeError, SnapshotSaved};
 use crate::config::NodeConfig;
 use crate::protocol::{
@@ -103,7 +104,6 @@ use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::{ClientRequest, ClientTransport, Ticket};
 use crate::transport::peer::PeerTransport;
 use crossbeam_channel::{Receiver, Sender};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Events handled per round before the core's output is processed: bounds the latency a
@@ -161,29 +161,13 @@ struct Snapshots {
     view_pause_max: Duration,
 }
 
-/// What a `Ready` left for the loop to do once its batch (and every batch before it) is
-/// durable (its votes and acks went to the WAL thread with the batch).
-struct AfterPersist {
-    /// The last batch handed to the WAL thread when the `Ready` was taken.
-    batch: u64,
-    /// For the snapshot sender (never, in practice: see `persist`).
-    messages: Vec<Message>,
-    /// The `Ready`'s last entry, for `Core::on_persisted`.
-    last_entry: Option<EntryId>,
-}
-
 pub(super) struct NodeLoop {
     config: NodeConfig,
     core: Core,
     /// Owns the log store: every store operation goes through it, in order.
     wal: WalThread,
-    /// The number of the last batch that needed a sync, handed to the WAL thread (0: none).
-    batches_sent: u64,
-    /// The WAL thread reported every batch up to this one durable.
-    /// Invariant: `durable_through <= batches_sent`.
-    durable_through: u64,
-    /// Oldest first, `batch` ascending: released as `durable_through` reaches them.
-    after_persist: VecDeque<AfterPersist>,
+    /// Numbers the batches for the WAL thread and holds what waits for them.
+    pipeline: PersistPipeline,
     queue: Queue,
     clients: ClientTransport,
     peers: PeerTransport,
@@ -195,8 +179,6 @@ pub(super) struct NodeLoop {
     applied: LogIndex,
     applied_term: Term,
     snapshots: Snapshots,
-    /// The hard state last handed to the WAL thread, to sync only when term or vote changed.
-    written_hard_state: HardState,
     /// Sync groups made durable (one `sync` each; under `--fsync never` the store skips the
     /// fsync, but the group is still counted) and log entries made durable, since start.
     /// Shown in v2 `status` so `rrmq bench` can report entries per fsync.
@@ -239,13 +221,12 @@ impl NodeLoop {
                 source,
             }
         })?;
+        let pipeline = PersistPipeline::new(config.id, durable_hard_state);
         Ok(NodeLoop {
             config,
             core,
             wal,
-            batches_sent: 0,
-            durable_through: 0,
-            after_persist: VecDeque::new(),
+            pipeline,
             queue,
             clients,
             peers,
@@ -266,7 +247,6 @@ impl NodeLoop {
                 loaded: None,
                 view_pause_max: Duration::ZERO,
             },
-            written_hard_state: durable_hard_state,
             wal_syncs: 0,
             wal_entries: 0,
             halted: false,
@@ -486,14 +466,12 @@ impl NodeLoop {
             };
             // A leader's appends leave now, so the followers' fsyncs overlap its own.
             self.peers.send(messages);
-            let last_entry = entries.last().map(Entry::id);
-            self.persist(
-                installed,
+            self.persist(ReadyWrites {
+                snapshot: installed,
                 hard_state,
                 entries,
                 messages_after_persist,
-                last_entry,
-            );
+            });
             if self.halted {
                 return;
             }
@@ -548,74 +526,21 @@ impl NodeLoop {
         }
     }
 
-    /// Hands `hard_state` and `entries` (and an installed snapshot) to the WAL thread as one
-    /// batch, with the `messages` that wait for it. The batch needs a sync unless only the
-    /// commit index moved (a hint on restart, see `LogStore::set_hard_state`): such a batch
-    /// keeps the number of the one before it, and rides along with the next sync.
-    ///
-    /// `messages` (votes and acks) and the `on_persisted` report for `last_entry` wait until
-    /// every batch handed over so far, this one included, is durable: at once if none is in
-    /// flight; else the WAL thread sends the messages itself right after that sync (riding
-    /// on this batch, or on an otherwise empty one queued behind the batches in flight when
-    /// this `Ready` wrote nothing that needs a sync: an ack for entries that arrived again
-    /// still waits for the batch that carries them), and the loop reports `on_persisted`
-    /// when the thread says so ([`Event::Persisted`]).
-    fn persist(
-        &mut self,
-        snapshot: Option<SnapshotMeta>,
-        hard_state: Option<HardState>,
-        entries: Vec<Entry>,
-        messages: Vec<Message>,
-        last_entry: Option<EntryId>,
-    ) {
-        let writes = snapshot.is_some() || hard_state.is_some() || !entries.is_empty();
-        let mut must_sync = snapshot.is_some() || !entries.is_empty();
-        if let Some(hard_state) = hard_state {
-            must_sync |= hard_state.term != self.written_hard_state.term
-                || hard_state.vote != self.written_hard_state.vote;
-            self.written_hard_state = hard_state;
-        }
-        if must_sync {
-            self.batches_sent += 1;
-        }
-        let mut batch = WalBatch {
-            number: self.batches_sent,
-            snapshot,
-            hard_state,
-            entries,
-            must_sync,
-            messages_after_sync: Vec::new(),
-        };
-        if self.durable_through == self.batches_sent {
-            // Nothing to wait for.
-            if writes && !self.wal.send(WalCommand::Batch(batch)) {
-                self.on_wal_thread_gone();
-                return;
-            }
-            self.peers.send(messages);
-            if let Some(last) = last_entry {
-                self.core.on_persisted(last);
-            }
-            return;
-        }
-        // Only a leader sends an `InstallSnapshot`, and as leader traffic (`Ready::messages`);
-        // should one ever wait, it is released here by the loop, to the snapshot sender.
-        let (for_snapshot_sender, for_dealers): (Vec<Message>, Vec<Message>) = messages
-            .into_iter()
-            .partition(|message| matches!(message.body, MessageBody::InstallSnapshot { .. }));
-        if writes || !for_dealers.is_empty() {
-            batch.messages_after_sync = for_dealers;
+    /// Hands a `Ready`'s writes to the WAL thread as the pipeline numbers them: the votes
+    /// and acks that wait for the batch ride on it (the WAL thread sends them right after
+    /// the sync), and the `on_persisted` report waits for [`Event::Persisted`]; with
+    /// nothing in flight, both go at once (see `persist_pipeline`).
+    fn persist(&mut self, writes: ReadyWrites) {
+        let handoff = self.pipeline.persist(writes);
+        if let Some(batch) = handoff.batch {
             if !self.wal.send(WalCommand::Batch(batch)) {
                 self.on_wal_thread_gone();
                 return;
             }
         }
-        if last_entry.is_some() || !for_snapshot_sender.is_empty() {
-            self.after_persist.push_back(AfterPersist {
-                batch: self.batches_sent,
-                messages: for_snapshot_sender,
-                last_entry,
-            });
+        self.peers.send(handoff.send_now);
+        if let Some(last) = handoff.persisted_now {
+            self.core.on_persisted(last);
         }
     }
 
@@ -632,26 +557,9 @@ impl NodeLoop {
                 if self.halted {
                     return;
                 }
-                assert!(
-                    through_batch <= self.batches_sent,
-                    "node {}: batch {through_batch} reported durable, only {} sent",
-                    self.config.id,
-                    self.batches_sent
-                );
-                self.durable_through = self.durable_through.max(through_batch);
-                while self
-                    .after_persist
-                    .front()
-                    .is_some_and(|waiting| waiting.batch <= self.durable_through)
-                {
-                    let Some(released) = self.after_persist.pop_front() else {
-                        break;
-                    };
-                    self.peers.send(released.messages);
-                    if let Some(last) = released.last_entry {
-                        // The leader's own copy counts toward the majority from here on.
-                        self.core.on_persisted(last);
-                    }
+                for last in self.pipeline.on_durable(through_batch) {
+                    // The leader's own copy counts toward the majority from here on.
+                    self.core.on_persisted(last);
                 }
             }
             PersistReport::Failed(error) => {
@@ -683,7 +591,7 @@ impl NodeLoop {
     fn stop_participating(&mut self, why: &str) {
         self.halted = true;
         // Never sent: what they promise may not be on disk.
-        self.after_persist.clear();
+        self.pipeline.abandon();
         self.wal.stop_sending();
         for ticket in self.pending.take_all() {
             self.fail(ticket, ErrorCode::Unavailable, why);

@@ -37,97 +37,34 @@
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
 
+mod event;
 mod node_loop;
 mod pending;
 pub mod persist_pipeline;
 pub mod recovery;
+mod snapshots;
+mod status;
 mod wal_thread;
 
+pub use event::{Event, LoadedSnapshot, SnapshotSaved};
 pub use wal_thread::PersistReport;
 
 pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
-use crate::queue::{Queue, QueueConfig};
-use crate::raft::{Core, Message, SnapshotMeta};
-use crate::storage::{FsyncPolicy, SnapshotFile, StorageError, Wal, WalOptions};
-use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
+use crate::queue::QueueConfig;
+use crate::raft::Core;
+use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
+use crate::transport::client::{ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
-use crate::transport::snapshot::SnapshotReport;
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
 use recovery::RecoveryError;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// Events waiting for the node loop, at most. A full channel makes the transport threads
 /// wait, and ZeroMQ's queues behind them push back on clients and peers.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
-
-/// One input to the node loop.
-#[derive(Debug)]
-pub enum Event {
-    Client(ClientRequest),
-    Peer(Message),
-    /// One unit of the core's logical clock.
-    Tick,
-    /// SIGTERM or SIGINT.
-    Shutdown,
-    /// The snapshot sender finished (or gave up) streaming a snapshot to a follower.
-    SnapshotSent(SnapshotReport),
-    /// The writer thread finished writing this node's snapshot.
-    SnapshotSaved(SnapshotSaved),
-    /// The loader thread decoded a snapshot received from the leader.
-    SnapshotLoaded(Box<LoadedSnapshot>),
-    /// The WAL thread made batches durable, or failed.
-    Persisted(PersistReport),
-}
-
-/// What the snapshot writer thread reports.
-#[derive(Debug)]
-pub struct SnapshotSaved {
-    pub meta: SnapshotMeta,
-    /// The file, or why it could not be written.
-    pub result: Result<SnapshotFile, String>,
-    /// Serializing and writing it, fsync included (off the node loop).
-    pub write_duration: Duration,
-}
-
-/// What the snapshot loader thread reports: the `InstallSnapshot` message whose file it
-/// decoded, and the queue decoded from it.
-pub struct LoadedSnapshot {
-    pub message: Message,
-    pub snapshot: SnapshotMeta,
-    pub result: Result<Queue, String>,
-    pub load_duration: Duration,
-}
-
-impl std::fmt::Debug for LoadedSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedSnapshot")
-            .field("snapshot", &self.snapshot)
-            .field("ok", &self.result.is_ok())
-            .finish_non_exhaustive()
-    }
-}
-
-impl From<SnapshotReport> for Event {
-    fn from(report: SnapshotReport) -> Event {
-        Event::SnapshotSent(report)
-    }
-}
-
-impl From<ClientRequest> for Event {
-    fn from(request: ClientRequest) -> Event {
-        Event::Client(request)
-    }
-}
-
-impl From<Message> for Event {
-    fn from(message: Message) -> Event {
-        Event::Peer(message)
-    }
-}
 
 /// Why a node could not start. `Display` is the one line `rrmq-node` prints.
 #[derive(Debug, thiserror::Error)]

@@ -30,9 +30,15 @@
 //!
 //! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
 //! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received
-//! from the leader, and the transport streams snapshot files (see `transport::snapshot`).
-//! Each reports back as an [`Event`]; the loop alone changes the core and the queue, and
-//! alone decides what the WAL thread writes.
+//! from the leader (both in `snapshots`), and the transport streams snapshot files (see
+//! `transport::snapshot`). Each reports back as an [`Event`]; the loop alone changes the
+//! core and the queue, and alone decides what the WAL thread writes.
+//!
+//! Where things are: `node_loop` (dispatch, `Ready` processing and apply, with admission
+//! and shutdown beside it), [`persist_pipeline`] (which writes go in which numbered batch,
+//! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
+//! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
+//! for their entry or read) and [`recovery`] (startup).
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).

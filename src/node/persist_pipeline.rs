@@ -190,21 +190,6 @@ impl PersistPipeline {
     pub fn abandon(&mut self) {
         self.waiting.clear();
     }
-
-    /// The number of the last batch that needed a sync (0: none yet).
-    pub fn batches_sent(&self) -> u64 {
-        self.batches_sent
-    }
-
-    /// Every batch up to this one is durable.
-    pub fn durable_through(&self) -> u64 {
-        self.durable_through
-    }
-
-    /// Whether a batch that needs a sync is not durable yet.
-    pub fn in_flight(&self) -> bool {
-        self.durable_through < self.batches_sent
-    }
 }
 
 #[cfg(test)]

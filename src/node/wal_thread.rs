@@ -1,25 +1,22 @@
 //! The WAL thread: owns the [`LogStore`] and makes the node loop's writes durable while the
 //! loop keeps stepping the core.
 //!
-//! Why it exists: an fdatasync takes 0.12-1.7 ms on this project's VM, and when the loop did
-//! it inline it could take no acks, apply nothing and answer no one meanwhile (the leader's
-//! loop spent ~24% of its time in fdatasync at 64 producers). Here the loop hands each
-//! `Ready`'s writes over as one numbered [`PersistBatch`] and goes on; this thread syncs batch
-//! N while batches N+1.. pile up in its channel, and the next sync covers all of them
-//! (group commit: exactly one `sync` per group). It reports "durable through batch N" back
-//! as an [`Event::Persisted`] on the loop's own channel, and the loop then reports
-//! `Core::on_persisted` (a leader counts its own copy toward the majority from then on).
+//! Why it exists: while an fdatasync runs, a loop that did it inline could take no acks,
+//! apply nothing and answer no one. Here the loop hands each `Ready`'s writes over as one
+//! numbered [`PersistBatch`] and goes on; this thread syncs batch N while batches N+1.. pile
+//! up in its channel, and the next sync covers all of them (group commit: exactly one
+//! `sync` per group). It reports "durable through batch N" back as an [`Event::Persisted`]
+//! on the loop's own channel, and the loop then reports `Core::on_persisted` (a leader
+//! counts its own copy toward the majority from then on). Figures: docs/PERFORMANCE.md,
+//! "fsync on the loop vs a WAL thread".
 //!
 //! It also sends what waited for that sync: the votes and acks (`messages_after_persist`)
 //! that a batch carries, on DEALERs of its own ([`PeerDealers`]: ZeroMQ sockets stay on one
-//! thread), right after the sync and before the report. Before, they went back to the loop
-//! with the report and left on the loop's DEALERs: one thread hand-off (a wake-up that waits
-//! for a core on a loaded machine) on the critical path of every follower ack, hence of
-//! every write at C=1 (the leader's own fsync runs in parallel with the followers'). The
-//! loop attaches them to the batch of their `Ready`, or, when that `Ready` needs no sync but
-//! batches are still in flight, to an otherwise empty batch queued behind them; with
-//! nothing in flight it sends them at once itself (see `persist_pipeline`). Measured in
-//! docs/PERFORMANCE.md, "Acks sent from the WAL thread".
+//! thread), right after the sync and before the report, so no thread hand-off back to the
+//! loop sits on the critical path of a follower's ack (hence of every write at C=1). Which
+//! batch a message rides on, and what leaves at once with nothing in flight, the loop's
+//! persistence pipeline decides (`persist_pipeline`). Figures: docs/PERFORMANCE.md, "Acks
+//! sent from the WAL thread".
 //!
 //! Why a message here is safe to send: it leaves only after the sync of its group, and the
 //! FIFO channel and one sync per group mean every batch before it is durable too; after a

@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::{ClusterConfig, NodeArgs};
-use crate::protocol::{decode_reply, encode_request, Encoding, Request};
+use crate::protocol::{decode_reply, encode_request, Encoding, Operation, Reply, Request};
 use crate::queue::QueueConfig;
 use crate::raft::SnapshotMeta;
 use crate::storage::{MemStore, RestoredState};

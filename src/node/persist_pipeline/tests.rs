@@ -66,10 +66,10 @@ fn an_append_waits_for_its_own_batch() {
             persisted_now: None,
         }
     );
-    assert!(pipeline.in_flight());
+    assert!(pipeline.durable_through < pipeline.batches_sent);
     assert_eq!(pipeline.on_durable(1), vec![entry(2).id()]);
-    assert!(!pipeline.in_flight());
-    assert_eq!(pipeline.durable_through(), 1);
+    assert_eq!(pipeline.durable_through, pipeline.batches_sent);
+    assert_eq!(pipeline.durable_through, 1);
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn reports_are_never_released_before_their_batch_and_every_earlier_one() {
         assert!(handoff.send_now.is_empty(), "case {number}");
         assert_eq!(handoff.persisted_now, None, "case {number}");
     }
-    assert_eq!(pipeline.batches_sent(), 3);
+    assert_eq!(pipeline.batches_sent, 3);
     assert_eq!(pipeline.on_durable(0), vec![], "nothing durable yet");
     assert_eq!(pipeline.on_durable(2), vec![entry(1).id(), entry(3).id()]);
     assert_eq!(pipeline.on_durable(3), vec![entry(4).id()]);
@@ -100,7 +100,7 @@ fn a_commit_only_hard_state_needs_no_sync_and_keeps_the_batch_number() {
     let batch = handoff.batch.expect("the commit hint is written");
     assert_eq!((batch.number, batch.must_sync), (0, false));
     assert_eq!(handoff.send_now, vec![ack(5)], "nothing in flight: at once");
-    assert_eq!(pipeline.batches_sent(), 0);
+    assert_eq!(pipeline.batches_sent, 0);
     // Behind a batch in flight: it takes that batch's number, and its message waits.
     let _ = pipeline.persist(appends(1..=1));
     let handoff = pipeline.persist(ReadyWrites {
@@ -112,7 +112,7 @@ fn a_commit_only_hard_state_needs_no_sync_and_keeps_the_batch_number() {
     assert_eq!((batch.number, batch.must_sync), (1, false));
     assert_eq!(batch.messages_after_sync, vec![ack(1)]);
     assert!(handoff.send_now.is_empty());
-    assert_eq!(pipeline.batches_sent(), 1);
+    assert_eq!(pipeline.batches_sent, 1);
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn the_hard_state_is_compared_with_the_last_one_written_not_the_durable_one() {
         ..ReadyWrites::default()
     });
     assert!(!handoff.batch.expect("a batch").must_sync);
-    assert_eq!(pipeline.batches_sent(), 1);
+    assert_eq!(pipeline.batches_sent, 1);
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn an_ack_after_a_ready_that_needs_no_sync_waits_for_the_batches_in_flight() {
         },
         "an otherwise empty batch behind batch 1 carries the ack"
     );
-    assert_eq!(pipeline.batches_sent(), 1);
+    assert_eq!(pipeline.batches_sent, 1);
 }
 
 #[test]
@@ -229,7 +229,7 @@ fn repeated_and_out_of_order_durable_reports_release_once() {
     assert_eq!(pipeline.on_durable(2), vec![entry(1).id(), entry(2).id()]);
     assert_eq!(pipeline.on_durable(2), vec![], "a repeated report");
     assert_eq!(pipeline.on_durable(1), vec![], "an older report");
-    assert_eq!(pipeline.durable_through(), 2, "never moves back");
+    assert_eq!(pipeline.durable_through, 2, "never moves back");
     assert_eq!(pipeline.on_durable(3), vec![entry(3).id()]);
 }
 
@@ -294,7 +294,7 @@ fn random_readies_release_nothing_early_and_everything_once() {
                 with_acks.push(ready as usize);
             }
             let handoff = pipeline.persist(writes);
-            needs.push(pipeline.batches_sent());
+            needs.push(pipeline.batches_sent);
             for message in handoff.send_now {
                 sent.push((message, durable));
             }
@@ -331,7 +331,10 @@ fn random_readies_release_nothing_early_and_everything_once() {
                 reported.push((last, durable));
             }
         }
-        assert!(!pipeline.in_flight(), "seed {seed}: all durable");
+        assert_eq!(
+            pipeline.durable_through, pipeline.batches_sent,
+            "seed {seed}: all durable"
+        );
         let mut acked = Vec::new();
         for (message, durable_when_sent) in sent {
             let MessageBody::AppendEntriesResponse(AppendResult::Accepted { match_index }) =

@@ -16,7 +16,7 @@ mod scenario_support;
 use bytes::Bytes;
 use rrmq::raft::{
     AppendResult, Entry, EntryId, HardState, LogIndex, Message, MessageBody, NodeId, ProposeError,
-    RaftConfig, ReadState, Ready, RejectHint, Role, Term,
+    RaftConfig, ReadState, Ready, RejectHint, Role, SnapshotMeta, Term,
 };
 use rrmq::storage::RestoredState;
 use scenario_support::{
@@ -1404,5 +1404,68 @@ fn leader_crash_before_persisting_its_own_entry_loses_nothing_the_followers_stor
             "node {id}"
         );
         assert_eq!(net.core(id).commit_index(), LogIndex(3), "node {id}");
+    }
+}
+
+// ---- Snapshots ----------------------------------------------------------------------------
+
+/// The runtime decodes a received snapshot only if `Core::snapshot_needs_data` says the core
+/// will install it: the answer must be what stepping the `InstallSnapshot` then does.
+#[test]
+fn snapshot_needs_data_answers_what_stepping_the_install_snapshot_does() {
+    // A follower of term 2 whose log is 1@1 2@1 3@2 4@2, committed through 2.
+    let follower = || {
+        let restored = RestoredState {
+            snapshot: Default::default(),
+            hard_state: HardState {
+                term: Term(2),
+                vote: Some(S1),
+                commit: LogIndex(2),
+            },
+            entries: [(1, 1), (1, 2), (2, 3), (2, 4)]
+                .into_iter()
+                .map(|(term, index)| prepared_entry(term, index))
+                .collect(),
+        };
+        rrmq::raft::Core::new(S2, vec![S1, S2, S3], test_config(), restored, 7)
+    };
+    let cases = [
+        ((1, 2), false, "covered by the commit index"),
+        ((2, 3), false, "the log holds its last entry"),
+        (
+            (2, 4),
+            false,
+            "the log holds its last entry, the log's last",
+        ),
+        ((1, 3), true, "the log holds another entry at its index"),
+        ((3, 4), true, "a newer term at the log's last index"),
+        ((2, 9), true, "beyond the log"),
+    ];
+    for (number, ((term, index), needs_data, why)) in cases.into_iter().enumerate() {
+        let mut core = follower();
+        let snapshot = SnapshotMeta {
+            last: EntryId::new(Term(term), LogIndex(index)),
+        };
+        assert_eq!(
+            core.snapshot_needs_data(&snapshot),
+            needs_data,
+            "case {number}: {why}"
+        );
+        core.step(Message {
+            from: S1,
+            to: S2,
+            term: Term(term.max(2)),
+            body: MessageBody::InstallSnapshot { snapshot },
+        });
+        let ready = core.ready();
+        assert_eq!(
+            ready.snapshot.is_some(),
+            needs_data,
+            "case {number}: {why}: the Ready installs the snapshot iff its data was needed"
+        );
+        assert!(
+            core.commit_index() >= LogIndex(index),
+            "case {number}: {why}: committed through the snapshot"
+        );
     }
 }

@@ -9,7 +9,7 @@
 //!   peer receiver ──Message────────┤ one bounded channel │
 //!   timer ─────────Tick────────────┼────> node loop ─────┼──frames, DONTWAIT──> peers
 //!   signals ───────Shutdown────────┤   (Core, Queue,     │  (the loop's own DEALERs)
-//!   WAL thread ────Persisted───────┘    DEALERs)         └──WalBatch──> WAL thread
+//!   WAL thread ────Persisted───────┘    DEALERs)         └──Batch─────> WAL thread
 //!                                                         (+ acks)     (LogStore, DEALERs)
 //!                                                                        │ acks and votes,
 //!                                                                        └─after the sync──> peers
@@ -30,103 +30,47 @@
 //!
 //! Snapshots add three helpers that keep slow work off the loop: a writer thread serializes
 //! a cheap copy of the queue to a snapshot file, a loader thread decodes a snapshot received
-//! from the leader, and the transport streams snapshot files (see `transport::snapshot_transfer`).
-//! Each reports back as an [`Event`]; the loop alone changes the core and the queue, and
-//! alone decides what the WAL thread writes.
+//! from the leader (both in `snapshots`), and the transport streams snapshot files (see
+//! `transport::snapshot_transfer`). Each reports back as an [`Event`]; the loop alone changes the
+//! core and the queue, and alone decides what the WAL thread writes.
+//!
+//! Where things are: `node_loop` (dispatch, `Ready` processing and apply, with admission
+//! and shutdown beside it), [`persist_pipeline`] (which writes go in which numbered batch,
+//! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
+//! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
+//! for their entry or read) and [`recovery`] (startup).
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
 
+mod event;
 mod node_loop;
 mod pending;
+pub mod persist_pipeline;
 pub mod recovery;
+mod snapshots;
+mod status;
 mod wal_thread;
 
+pub use event::{Event, LoadedSnapshot, SnapshotSaved};
 pub use wal_thread::PersistReport;
 
 pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
-use crate::queue::{Queue, QueueConfig};
-use crate::raft::{Core, Message, SnapshotMeta};
-use crate::storage::{FsyncPolicy, SnapshotFile, StorageError, Wal, WalOptions};
-use crate::transport::client::{ClientRequest, ClientSettings, ClientTransport};
+use crate::queue::QueueConfig;
+use crate::raft::Core;
+use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
+use crate::transport::client::{ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
-use crate::transport::snapshot_transfer::SnapshotReport;
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
 use recovery::RecoveryError;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// Events waiting for the node loop, at most. A full channel makes the transport threads
 /// wait, and ZeroMQ's queues behind them push back on clients and peers.
 pub const EVENT_CHANNEL_CAPACITY: usize = 4096;
-
-/// One input to the node loop.
-#[derive(Debug)]
-pub enum Event {
-    Client(ClientRequest),
-    Peer(Message),
-    /// One unit of the core's logical clock.
-    Tick,
-    /// SIGTERM or SIGINT.
-    Shutdown,
-    /// The snapshot sender finished (or gave up) streaming a snapshot to a follower.
-    SnapshotSent(SnapshotReport),
-    /// The writer thread finished writing this node's snapshot.
-    SnapshotSaved(SnapshotSaved),
-    /// The loader thread decoded a snapshot received from the leader.
-    SnapshotLoaded(Box<LoadedSnapshot>),
-    /// The WAL thread made batches durable, or failed.
-    Persisted(PersistReport),
-}
-
-/// What the snapshot writer thread reports.
-#[derive(Debug)]
-pub struct SnapshotSaved {
-    pub meta: SnapshotMeta,
-    /// The file, or why it could not be written.
-    pub result: Result<SnapshotFile, String>,
-    /// Serializing and writing it, fsync included (off the node loop).
-    pub write_duration: Duration,
-}
-
-/// What the snapshot loader thread reports: the `InstallSnapshot` message whose file it
-/// decoded, and the queue decoded from it.
-pub struct LoadedSnapshot {
-    pub message: Message,
-    pub snapshot: SnapshotMeta,
-    pub result: Result<Queue, String>,
-    pub load_duration: Duration,
-}
-
-impl std::fmt::Debug for LoadedSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedSnapshot")
-            .field("snapshot", &self.snapshot)
-            .field("ok", &self.result.is_ok())
-            .finish_non_exhaustive()
-    }
-}
-
-impl From<SnapshotReport> for Event {
-    fn from(report: SnapshotReport) -> Event {
-        Event::SnapshotSent(report)
-    }
-}
-
-impl From<ClientRequest> for Event {
-    fn from(request: ClientRequest) -> Event {
-        Event::Client(request)
-    }
-}
-
-impl From<Message> for Event {
-    fn from(message: Message) -> Event {
-        Event::Peer(message)
-    }
-}
 
 /// Why a node could not start. `Display` is the one line `rrmq-node` prints.
 #[derive(Debug, thiserror::Error)]

@@ -62,12 +62,8 @@ impl PendingRequests {
         PendingRequests::default()
     }
 
-    pub fn len(&self) -> usize {
-        self.writes.len() + self.reads.len()
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.writes.is_empty() && self.reads.is_empty()
     }
 
     /// Remembers a write proposed at `entry`. Returns the ticket of an older write at the same
@@ -224,7 +220,7 @@ mod tests {
             pending.add_write(entry(4, 5), Ticket(2), now),
             Some(Ticket(1))
         );
-        assert_eq!(pending.len(), 1);
+        assert_eq!(pending.writes.len() + pending.reads.len(), 1);
         // The older deadline must not expire the newer write at the same index.
         let later = now + Duration::from_secs(1);
         let mut fresh = PendingRequests::new();

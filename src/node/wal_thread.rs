@@ -1,25 +1,22 @@
 //! The WAL thread: owns the [`LogStore`] and makes the node loop's writes durable while the
 //! loop keeps stepping the core.
 //!
-//! Why it exists: an fdatasync takes 0.12-1.7 ms on this project's VM, and when the loop did
-//! it inline it could take no acks, apply nothing and answer no one meanwhile (the leader's
-//! loop spent ~24% of its time in fdatasync at 64 producers). Here the loop hands each
-//! `Ready`'s writes over as one numbered [`WalBatch`] and goes on; this thread syncs batch
-//! N while batches N+1.. pile up in its channel, and the next sync covers all of them
-//! (group commit: exactly one `sync` per group). It reports "durable through batch N" back
-//! as an [`Event::Persisted`] on the loop's own channel, and the loop then reports
-//! `Core::on_persisted` (a leader counts its own copy toward the majority from then on).
+//! Why it exists: while an fdatasync runs, a loop that did it inline could take no acks,
+//! apply nothing and answer no one. Here the loop hands each `Ready`'s writes over as one
+//! numbered [`PersistBatch`] and goes on; this thread syncs batch N while batches N+1.. pile
+//! up in its channel, and the next sync covers all of them (group commit: exactly one
+//! `sync` per group). It reports "durable through batch N" back as an [`Event::Persisted`]
+//! on the loop's own channel, and the loop then reports `Core::on_persisted` (a leader
+//! counts its own copy toward the majority from then on). Figures: docs/PERFORMANCE.md,
+//! "fsync on the loop vs a WAL thread".
 //!
 //! It also sends what waited for that sync: the votes and acks (`messages_after_persist`)
 //! that a batch carries, on DEALERs of its own ([`PeerDealers`]: ZeroMQ sockets stay on one
-//! thread), right after the sync and before the report. Before, they went back to the loop
-//! with the report and left on the loop's DEALERs: one thread hand-off (a wake-up that waits
-//! for a core on a loaded machine) on the critical path of every follower ack, hence of
-//! every write at C=1 (the leader's own fsync runs in parallel with the followers'). The
-//! loop attaches them to the batch of their `Ready`, or, when that `Ready` needs no sync but
-//! batches are still in flight, to an otherwise empty batch queued behind them; with
-//! nothing in flight it sends them at once itself (see `NodeLoop::persist`). Measured in
-//! docs/PERFORMANCE.md, "Acks sent from the WAL thread".
+//! thread), right after the sync and before the report, so no thread hand-off back to the
+//! loop sits on the critical path of a follower's ack (hence of every write at C=1). Which
+//! batch a message rides on, and what leaves at once with nothing in flight, the loop's
+//! persistence pipeline decides (`persist_pipeline`). Figures: docs/PERFORMANCE.md, "Acks
+//! sent from the WAL thread".
 //!
 //! Why a message here is safe to send: it leaves only after the sync of its group, and the
 //! FIFO channel and one sync per group mean every batch before it is durable too; after a
@@ -58,8 +55,9 @@
 //! (`on_storage_failure`). Its DEALERs (linger 0) close when it exits, which the loop waits
 //! for on shutdown, before the ZeroMQ context goes.
 
+use super::persist_pipeline::PersistBatch;
 use super::Event;
-use crate::raft::{Entry, HardState, LogIndex, Message, SnapshotMeta};
+use crate::raft::{Entry, LogIndex, Message};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
 use crossbeam_channel::{Receiver, Sender};
@@ -71,29 +69,12 @@ use std::thread::JoinHandle;
 /// a group well inside one WAL record (4 GiB) and bounds the memory a group pins.
 const GROUP_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// What one `Ready` asks the store to keep, in the order it is applied.
-#[derive(Debug, Default)]
-pub(super) struct WalBatch {
-    /// Numbered from 1 by the loop, ascending without gaps.
-    pub(super) number: u64,
-    /// A snapshot from the leader that the log restarts after (its file is already durable).
-    pub(super) snapshot: Option<SnapshotMeta>,
-    pub(super) hard_state: Option<HardState>,
-    pub(super) entries: Vec<Entry>,
-    /// Whether the batch needs an fsync (entries, an installed snapshot, a term or vote
-    /// change); a commit-only hard state rides along with the next sync.
-    pub(super) must_sync: bool,
-    /// Votes and acks that wait for this batch and every one before it to be durable: sent
-    /// on the thread's own DEALERs right after the sync of the group this batch is in (a
-    /// batch may carry only these, to wait for the batches before it). Never an
-    /// `InstallSnapshot`.
-    pub(super) messages_after_sync: Vec<Message>,
-}
-
 /// The loop's requests to the WAL thread.
 #[derive(Debug)]
 pub(super) enum WalCommand {
-    Batch(WalBatch),
+    /// One `Ready`'s writes, numbered and with the messages that wait for them
+    /// ([`super::persist_pipeline`]).
+    Batch(PersistBatch),
     /// `LogStore::compact_to`: a durable snapshot covers the log up to here.
     Compact(LogIndex),
 }
@@ -262,10 +243,12 @@ fn write(store: &mut dyn LogStore, command: WalCommand) -> Result<(), StorageErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{AppendResult, EntryPayload, MessageBody, NodeId, Term};
+    use crate::raft::{
+        AppendResult, EntryPayload, HardState, MessageBody, NodeId, SnapshotMeta, Term,
+    };
     use crate::storage::MemStore;
     use crate::transport::fault::PeerFaults;
-    use crate::transport::peer::tests::{free_port, settings_with};
+    use crate::transport::peer::tests::{settings_with, two_ports};
     use crate::transport::wire::{decode_peer_message, PeerFilter};
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
@@ -344,7 +327,7 @@ mod tests {
                 payload: EntryPayload::Noop,
             })
             .collect();
-        WalCommand::Batch(WalBatch {
+        WalCommand::Batch(PersistBatch {
             number,
             snapshot: None,
             hard_state: (number == 1 && !entries.is_empty()).then_some(HardState {
@@ -387,7 +370,7 @@ mod tests {
     /// holds as node 1.
     fn start(fail_syncs: bool) -> Harness {
         let context = zmq::Context::new();
-        let ports = [free_port(), free_port()];
+        let ports = two_ports();
         let settings = settings_with(
             0,
             &ports,

@@ -475,6 +475,16 @@ impl Core {
         self.log.entry(index)
     }
 
+    /// Whether stepping an `InstallSnapshot` for `snapshot` would ask the runtime to install
+    /// the snapshot's data (a `Ready::snapshot`). False when the commit index covers it or
+    /// the log holds its last entry: the core then only commits and acknowledges (Raft §7).
+    /// A runtime asks before stepping, to decode a received snapshot only when it will be
+    /// installed; a message the core then ignores (a stale term) wastes the decoding, no
+    /// more.
+    pub fn snapshot_needs_data(&self, snapshot: &SnapshotMeta) -> bool {
+        snapshot.index() > self.log.committed() && !self.log.matches(snapshot.last)
+    }
+
     pub fn status(&self) -> CoreStatus {
         CoreStatus {
             id: self.id,
@@ -937,7 +947,7 @@ impl Core {
             self.send_after_persist_accept(leader, committed);
             return;
         }
-        if self.log.matches(snapshot.last) {
+        if !self.snapshot_needs_data(&snapshot) {
             // We hold everything it covers: committing is enough.
             self.log.commit_to(snapshot.index());
         } else {

@@ -520,14 +520,16 @@ fn receive_loop<E>(
 pub(crate) mod tests {
     use super::*;
     use crate::raft::{Entry, EntryId, EntryPayload, LogIndex, Term};
+    use crate::transport::ports::free_port;
     use crate::transport::wire::tests::message;
     use bytes::Bytes;
     use std::time::Duration;
 
     const CLUSTER: u64 = 0xfeed;
 
-    pub(crate) fn free_port() -> u16 {
-        crate::transport::ports::free_port().expect("a free loopback port")
+    /// Two distinct free loopback ports, for a node and its one peer.
+    pub(crate) fn two_ports() -> Vec<u16> {
+        crate::transport::ports::free_ports(2).expect("free loopback ports")
     }
 
     fn settings(me: u64, ports: &[u16]) -> PeerSettings {
@@ -600,7 +602,7 @@ pub(crate) mod tests {
     #[test]
     fn messages_cross_between_two_nodes_and_responses_come_back() {
         let context = zmq::Context::new();
-        let ports = [free_port(), free_port()];
+        let ports = two_ports();
         let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
         let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
         let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
@@ -635,7 +637,7 @@ pub(crate) mod tests {
     #[test]
     fn injected_faults_drop_messages_per_direction_until_healed() {
         let context = zmq::Context::new();
-        let ports = [free_port(), free_port()];
+        let ports = two_ports();
         let (events_0, _inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
         let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
         let node_0 = PeerTransport::start(&context, settings(0, &ports), events_0).expect("0");
@@ -677,7 +679,7 @@ pub(crate) mod tests {
     #[test]
     fn a_dead_peer_never_blocks_sends() {
         let context = zmq::Context::new();
-        let ports = [free_port(), free_port()];
+        let ports = two_ports();
         let (events, _inbox) = crossbeam_channel::unbounded::<TestEvent>();
         let node = PeerTransport::start(&context, settings(0, &ports), events).expect("start");
         let big = message(
@@ -705,9 +707,13 @@ pub(crate) mod tests {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("addr").port();
         let (events, _inbox) = crossbeam_channel::unbounded::<TestEvent>();
-        let error = PeerTransport::start(&context, settings(0, &[port, free_port()]), events)
-            .err()
-            .expect("port in use");
+        let error = PeerTransport::start(
+            &context,
+            settings(0, &[port, free_port().expect("a free port")]),
+            events,
+        )
+        .err()
+        .expect("port in use");
         assert_eq!(
             error.to_string(),
             format!("cannot bind tcp://127.0.0.1:{port} (internal port): Address already in use")

@@ -719,7 +719,7 @@ mod tests {
     use super::*;
     use crate::storage::snapshot::{received_path, snapshot_path, write_snapshot};
     // Test-only: the end-to-end tests below stream through a whole `PeerTransport`.
-    use crate::transport::peer::tests::{free_port, settings_with, TestEvent};
+    use crate::transport::peer::tests::{settings_with, two_ports, TestEvent};
     use crate::transport::peer::{PeerSettings, PeerTransport};
     use crate::transport::wire::tests::{chunk_of, meta};
     use std::path::Path;
@@ -864,7 +864,7 @@ mod tests {
     #[test]
     fn a_snapshot_streams_between_two_transports_and_both_ends_are_told() {
         let context = zmq::Context::new();
-        let ports = [free_port(), free_port()];
+        let ports = two_ports();
         let leader_dir = tempfile::tempdir().expect("dir");
         let follower_dir = tempfile::tempdir().expect("dir");
         let snapshot = meta(2, 500);
@@ -926,7 +926,7 @@ mod tests {
     #[test]
     fn a_transfer_to_a_dead_follower_is_reported_failed_and_cancelling_reports_nothing() {
         let context = zmq::Context::new();
-        let ports = [free_port(), free_port()];
+        let ports = two_ports();
         let leader_dir = tempfile::tempdir().expect("dir");
         let snapshot = meta(2, 500);
         snapshot_bytes(leader_dir.path(), snapshot, 100_000);

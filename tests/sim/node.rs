@@ -2,21 +2,25 @@
 //! and the runtime loop around them.
 //!
 //! The loop models the real node's (`rrmq::node`: `node_loop::process_ready` and the WAL
-//! thread) pipelined persistence, following the contract in `rrmq::raft`'s module docs:
+//! thread) pipelined persistence, following the contract in `rrmq::raft`'s module docs, and
+//! drives the node's own persistence pipeline (`rrmq::node::persist_pipeline`) to decide
+//! what needs a sync, what leaves at once and what waits for which batch:
 //!
 //! - *take* a `Ready`: send its `messages` at once; if it installs a snapshot, adopt the
 //!   snapshot file (durable at once) and swap the state machine to it; apply `committed`
 //!   (committed means durable on a majority, so a follower may apply before its own copy is
-//!   durable; a leader counts itself only after `on_persisted`); answer reads; then queue
-//!   the snapshot's log restart, hard state, entries and `messages_after_persist` as the
-//!   next *batch* of the node's FIFO (`SimNode::unfinished`). The loop takes further
+//!   durable; a leader counts itself only after `on_persisted`); answer reads; then hand the
+//!   snapshot's log restart, hard state, entries and `messages_after_persist` to the
+//!   pipeline, queue the batch it makes as the next one of the node's FIFO
+//!   (`SimNode::unfinished`) and send what it releases at once. The loop takes further
 //!   `Ready`s while batches are unfinished, up to `PIPELINE_DEPTH_MAX` of them.
 //! - *finish* batches, strictly in order, once their disk time has come: every consecutive
 //!   batch that is due forms one sync group, persisted atomically (the WAL's one record per
-//!   group); then, in batch order, its `messages_after_persist` leave and the core hears
-//!   `on_persisted`. Disk times never decrease along the FIFO (a later batch is never
-//!   durable before an earlier one); a batch that needs no sync (only a commit hint, or
-//!   only messages that wait for the batches before it) takes no disk time of its own.
+//!   group); then its batches' messages leave, and the pipeline, told the group is durable,
+//!   releases the `on_persisted` reports that waited for it (as the WAL thread and the loop
+//!   do). Disk times never decrease along the FIFO (a later batch is never durable before
+//!   an earlier one); a batch that needs no sync (only a commit hint, or only messages that
+//!   wait for the batches before it) takes no disk time of its own.
 //!
 //! Crash points: right after taking a `Ready` (`BeforePersist`: nothing of its batch is
 //! durable), in the middle of a group's sync (`MidSync`: the hard state file, written
@@ -45,9 +49,10 @@ use super::trace::{CrashPoint, Event, MessageSummary, ReplySummary};
 use super::{property, Violation};
 use bytes::Bytes;
 use rand::Rng;
+use rrmq::node::persist_pipeline::{PersistBatch, PersistPipeline, ReadyWrites};
 use rrmq::queue::{Queue, QueueConfig};
 use rrmq::raft::{
-    Core, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId, Role,
+    Core, Entry, EntryId, EntryPayload, HardState, LogIndex, MessageBody, NodeId, Role,
     SnapshotMeta, Term,
 };
 use std::collections::VecDeque;
@@ -57,11 +62,8 @@ use std::sync::Arc;
 pub struct UnfinishedBatch {
     /// Never before the batch ahead of it in the FIFO.
     pub durable_at_tick: u64,
-    /// An installed snapshot the log restarts after (its file was adopted at take time).
-    pub snapshot: Option<SnapshotMeta>,
-    pub hard_state: Option<HardState>,
-    pub entries: Vec<Entry>,
-    pub messages_after_persist: Vec<Message>,
+    /// As the persistence pipeline numbered it, with the messages that wait for it.
+    pub batch: PersistBatch,
     /// Compact the log to here once this batch is durable (a snapshot saved meanwhile).
     pub compact_after: Option<LogIndex>,
 }
@@ -71,6 +73,8 @@ pub struct SimNode {
     /// `None` while crashed.
     pub core: Option<Core>,
     pub storage: DurableStorage,
+    /// Numbers the batches and holds what waits for them: the real node's pipeline.
+    pub pipeline: PersistPipeline,
     /// Batches taken but not durable yet, oldest first.
     pub unfinished: VecDeque<UnfinishedBatch>,
     /// A batch is durable `0..=this` ticks after it was taken (and not before the one
@@ -99,6 +103,7 @@ impl SimNode {
             id,
             core: None,
             storage: DurableStorage::default(),
+            pipeline: PersistPipeline::new(id, HardState::default()),
             unfinished: VecDeque::new(),
             storage_delay_ticks_max,
             state: Queue::new(queue),
@@ -344,24 +349,18 @@ impl Simulation {
             self.clients.read_confirmed(position, id, read_state)?;
         }
         self.clients.answer_reads(position, node.applied_index());
-        let durable_hard_state = node
-            .unfinished
-            .iter()
-            .rev()
-            .find_map(|batch| batch.hard_state)
-            .unwrap_or_else(|| node.storage.hard_state());
-        // Entries, an installed snapshot or a new term or vote need a sync; a commit hint
-        // rides along with the next one, and messages alone wait for the batches before.
-        let must_sync = installed.is_some()
-            || !ready.entries.is_empty()
-            || ready.hard_state.is_some_and(|hard_state| {
-                (hard_state.term, hard_state.vote)
-                    != (durable_hard_state.term, durable_hard_state.vote)
-            });
-        let writes_or_waits =
-            must_sync || ready.hard_state.is_some() || !ready.messages_after_persist.is_empty();
-        if writes_or_waits {
-            let delay_ticks = if !must_sync {
+        // The real node's pipeline decides what needs a sync (entries, an installed
+        // snapshot, a new term or vote; a commit hint rides along with the next one), what
+        // leaves at once (nothing in flight) and what waits for which batch.
+        let node = &mut self.nodes[position];
+        let handoff = node.pipeline.persist(ReadyWrites {
+            snapshot: installed,
+            hard_state: ready.hard_state,
+            entries: ready.entries,
+            messages_after_persist: ready.messages_after_persist,
+        });
+        if let Some(batch) = handoff.batch {
+            let delay_ticks = if !batch.must_sync {
                 0
             } else if self.faults_enabled && self.rng.gen_bool(self.scenario.storage_stall_chance) {
                 self.rng
@@ -380,12 +379,27 @@ impl Simulation {
             }
             node.unfinished.push_back(UnfinishedBatch {
                 durable_at_tick: (now + delay_ticks).max(ahead_durable_at),
-                snapshot: installed,
-                hard_state: ready.hard_state,
-                entries: ready.entries,
-                messages_after_persist: ready.messages_after_persist,
+                batch,
                 compact_after: None,
             });
+        }
+        for message in handoff.send_now {
+            self.network.send(
+                Envelope {
+                    message,
+                    snapshot: None,
+                },
+                now,
+                &mut self.rng,
+                &mut self.trace,
+            );
+        }
+        if let Some(last) = handoff.persisted_now {
+            let core = self.nodes[position]
+                .core
+                .as_mut()
+                .expect("process_ready checked the node is up");
+            core.on_persisted(last);
         }
         self.after_step(position)?;
         if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
@@ -413,7 +427,11 @@ impl Simulation {
         }
         if self.faults_enabled && self.rng.gen_bool(self.scenario.crash_mid_ready_chance) {
             // The hard state file is written at the start of the sync; the record is lost.
-            if let Some(hard_state) = group.iter().rev().find_map(|batch| batch.hard_state) {
+            if let Some(hard_state) = group
+                .iter()
+                .rev()
+                .find_map(|unfinished| unfinished.batch.hard_state)
+            {
                 self.nodes[position]
                     .storage
                     .persist_hard_state_only(hard_state);
@@ -422,12 +440,13 @@ impl Simulation {
             return Ok(());
         }
         let node = &mut self.nodes[position];
-        for batch in &group {
+        for unfinished in &group {
+            let batch = &unfinished.batch;
             if let Some(snapshot) = batch.snapshot {
                 node.storage.restart_log_after(snapshot);
             }
             node.storage.persist(id, batch.hard_state, &batch.entries)?;
-            if let Some(compact_to) = batch.compact_after {
+            if let Some(compact_to) = unfinished.compact_after {
                 node.storage.compact(compact_to);
             }
             if batch.hard_state.is_some() || !batch.entries.is_empty() {
@@ -451,8 +470,13 @@ impl Simulation {
             self.crash(position, CrashPoint::AfterPersist);
             return Ok(());
         }
-        for batch in group {
-            for message in batch.messages_after_persist {
+        // As the WAL thread does: the group's messages leave, then the loop hears that the
+        // group is durable and releases the reports that waited for it.
+        let Some(through_batch) = group.last().map(|unfinished| unfinished.batch.number) else {
+            return Ok(());
+        };
+        for unfinished in group {
+            for message in unfinished.batch.messages_after_sync {
                 self.network.send(
                     Envelope {
                         message,
@@ -463,14 +487,15 @@ impl Simulation {
                     &mut self.trace,
                 );
             }
-            if let Some(last) = batch.entries.last() {
-                let core = self.nodes[position]
-                    .core
-                    .as_mut()
-                    .expect("process_ready checked the node is up");
-                core.on_persisted(last.id());
-                self.after_step(position)?;
-            }
+        }
+        let released = self.nodes[position].pipeline.on_durable(through_batch);
+        for last in released {
+            let core = self.nodes[position]
+                .core
+                .as_mut()
+                .expect("process_ready checked the node is up");
+            core.on_persisted(last);
+            self.after_step(position)?;
         }
         Ok(())
     }
@@ -677,6 +702,8 @@ impl Simulation {
         let node = &mut self.nodes[position];
         let id = node.id;
         let restored = node.storage.recover(id)?;
+        // What a restarted node's pipeline starts from: the hard state it holds durably.
+        node.pipeline = PersistPipeline::new(id, node.storage.hard_state());
         let core = Core::new(
             id,
             self.voters.clone(),

@@ -1175,8 +1175,9 @@ mod tests {
     use crate::config::{ClusterConfig, NodeArgs};
     use crate::protocol::{decode_reply, encode_request, Encoding, Request};
     use crate::queue::QueueConfig;
+    use crate::raft::InitialState;
     use crate::raft::SnapshotMeta;
-    use crate::storage::{MemStore, RestoredState};
+    use crate::storage::MemStore;
     use crate::transport::client::{ClientSettings, ClientTransport};
     use crate::transport::peer::{PeerSettings, PeerTransport};
     use clap::Parser;
@@ -1538,7 +1539,7 @@ mod tests {
             config.id,
             config.cluster.voters(),
             config.raft.clone(),
-            RestoredState::default(),
+            InitialState::default(),
             7,
         );
         let node = NodeLoop::new(NodeParts {

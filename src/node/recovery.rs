@@ -24,9 +24,10 @@
 //! What it must not do: decide anything about Raft state beyond where the log starts.
 
 use crate::queue::{Queue, QueueConfig};
+use crate::raft::InitialState;
 use crate::raft::{LogIndex, SnapshotMeta};
 use crate::storage::snapshot::{self as snapshot_file, SNAPSHOT_RECOVERY_ADVICE};
-use crate::storage::{FsyncPolicy, LogStore, RestoredState, StorageError};
+use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,7 @@ pub enum RecoveryError {
 /// What the node resumes from.
 pub struct Recovered {
     /// For `Core::new`: the snapshot loaded (or `0@0`) and the WAL's hard state and entries.
-    pub restored: RestoredState,
+    pub restored: InitialState,
     pub queue: Queue,
     /// The snapshot file before the loaded one, if any: the WAL is kept back to it.
     pub previous_snapshot: SnapshotMeta,
@@ -62,7 +63,7 @@ pub enum LogPlan {
 }
 
 /// Checks that the log in `wal` can follow `snapshot` (`0@0`: none). `Err` explains the gap.
-pub fn plan_log(snapshot: SnapshotMeta, wal: &RestoredState) -> Result<LogPlan, String> {
+pub fn plan_log(snapshot: SnapshotMeta, wal: &InitialState) -> Result<LogPlan, String> {
     let snapshot_index = snapshot.index();
     let (Some(first), Some(last)) = (wal.entries.first(), wal.entries.last()) else {
         let restart = wal.snapshot;
@@ -123,7 +124,7 @@ pub fn recover(
     dir: &Path,
     fsync: FsyncPolicy,
     store: &mut dyn LogStore,
-    wal: RestoredState,
+    wal: InitialState,
     queue_config: QueueConfig,
 ) -> Result<Recovered, RecoveryError> {
     let shown = dir.display().to_string();
@@ -204,7 +205,7 @@ pub fn recover(
             (queue, previous.unwrap_or_default())
         }
     };
-    let mut restored = RestoredState { snapshot, ..wal };
+    let mut restored = InitialState { snapshot, ..wal };
     if plan == LogPlan::RestartAfterSnapshot {
         log::warn!(
             "the log ends before snapshot {} or disagrees with it: finishing its interrupted \
@@ -234,7 +235,7 @@ mod tests {
         }
     }
 
-    fn wal(restart: SnapshotMeta, terms_from: Option<(u64, &[u64])>) -> RestoredState {
+    fn wal(restart: SnapshotMeta, terms_from: Option<(u64, &[u64])>) -> InitialState {
         let entries = terms_from.map_or(Vec::new(), |(first, terms)| {
             terms
                 .iter()
@@ -246,7 +247,7 @@ mod tests {
                 })
                 .collect()
         });
-        RestoredState {
+        InitialState {
             snapshot: restart,
             hard_state: HardState::default(),
             entries,
@@ -256,7 +257,7 @@ mod tests {
     #[test]
     fn the_log_must_continue_right_after_the_snapshot() {
         let none = SnapshotMeta::default();
-        let cases: Vec<(&str, SnapshotMeta, RestoredState, Result<LogPlan, &str>)> = vec![
+        let cases: Vec<(&str, SnapshotMeta, InitialState, Result<LogPlan, &str>)> = vec![
             ("a new node", none, wal(none, None), Ok(LogPlan::Resume)),
             (
                 "a log from 1, no snapshot",
@@ -379,7 +380,7 @@ mod tests {
         .expect("write a snapshot");
     }
 
-    fn open_wal(dir: &Path) -> (crate::storage::Wal, RestoredState) {
+    fn open_wal(dir: &Path) -> (crate::storage::Wal, InitialState) {
         crate::storage::Wal::open(
             dir,
             crate::storage::WalOptions {

@@ -14,8 +14,10 @@ use super::message::{
     RejectHint, SnapshotMeta, Term,
 };
 use super::progress::Progress;
-use super::{CoreStatus, ProgressStatus, ProposeError, RaftConfig, ReadState, Ready, Role};
-use crate::storage::RestoredState;
+use super::{
+    CoreStatus, InitialState, ProgressStatus, ProposeError, RaftConfig, ReadState, Ready, Role,
+};
+
 use bytes::Bytes;
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -134,7 +136,7 @@ impl Core {
         id: NodeId,
         voters: Vec<NodeId>,
         config: RaftConfig,
-        restored: RestoredState,
+        restored: InitialState,
         seed: u64,
     ) -> Core {
         let mut voters = voters;
@@ -1405,7 +1407,7 @@ mod tests {
                         id,
                         voters.clone(),
                         RaftConfig::default(),
-                        RestoredState::default(),
+                        InitialState::default(),
                         id.0 + 1,
                     )
                 })
@@ -1553,7 +1555,7 @@ mod tests {
             NodeId(wiped as u64),
             voters,
             RaftConfig::default(),
-            RestoredState::default(),
+            InitialState::default(),
             99,
         );
         cluster.applied[wiped].clear();
@@ -1592,7 +1594,7 @@ mod tests {
             NodeId(wiped as u64),
             voters,
             RaftConfig::default(),
-            RestoredState::default(),
+            InitialState::default(),
             7,
         );
         rejoining.abstain_until_caught_up();

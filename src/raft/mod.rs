@@ -17,6 +17,20 @@
 //!    `rd.messages_after_persist` (votes and append acknowledgements promise durability) and
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
+//!
+//! # Layers
+//!
+//! The crate is built in layers, each importing only from the layers below it:
+//!
+//! ```text
+//! raft  ->  storage, queue, protocol  ->  config  ->  transport, client  ->  node, cli  ->  bin
+//! ```
+//!
+//! This module is the bottom one: it imports nothing from the crate outside `src/raft`, so
+//! the core can be read, tested and simulated without any of the rest. Types the layers
+//! above need to talk to the core live here, even when another layer builds them
+//! ([`InitialState`] is filled in by `storage` on restart). A lower layer never imports a
+//! higher one; a type two layers share goes down to the lower of the two.
 
 mod engine;
 mod log;
@@ -153,6 +167,38 @@ pub struct ProgressStatus {
     pub next_index: LogIndex,
     /// Whether the leader is pipelining (true) or probing for the follower's position.
     pub replicating: bool,
+}
+
+/// Where a core starts: what the node's storage held when it was opened (a new node starts
+/// from the default, an empty log at term 0). Built by the storage layer on restart and
+/// handed to [`Core::new`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitialState {
+    /// The newest snapshot the node holds (`0@0`: none); the state machine is loaded from it
+    /// and the log continues after it.
+    ///
+    /// A store fills in the last snapshot installed with `LogStore::install_snapshot` (while
+    /// compaction has not deleted that record): its log restarts there. The node replaces it
+    /// with the snapshot file it loads, after checking that the entries continue right after
+    /// that file (`node::recovery`).
+    pub snapshot: SnapshotMeta,
+    /// The last durable term and vote, and a commit index no higher than the last entry (only
+    /// a hint: the core re-learns the commit index from the leader).
+    pub hard_state: HardState,
+    /// Contiguous entries, indexes ascending. From `snapshot.last.index + 1` unless the log
+    /// was compacted (`LogStore::compact_to`), which may leave entries a snapshot covers or
+    /// start the log later: the core drops covered entries, the node refuses a gap.
+    pub entries: Vec<Entry>,
+}
+
+impl InitialState {
+    /// The index of the last restored entry, or the snapshot's index for an empty log
+    /// (`ZERO` when there is neither).
+    pub fn last_index(&self) -> LogIndex {
+        self.entries
+            .last()
+            .map_or(self.snapshot.last.index, |entry| entry.index)
+    }
 }
 
 /// A snapshot of the core's externally interesting state, for `status` replies.

@@ -9,7 +9,8 @@
 //! hard states are refused; compaction never drops an entry above its index nor the last
 //! one; appends into what a snapshot covers are refused.
 
-use super::{LogStore, MemStore, RestoredState, StorageError, Wal, WalOptions};
+use super::{LogStore, MemStore, StorageError, Wal, WalOptions};
+use crate::raft::InitialState;
 use crate::raft::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -21,7 +22,7 @@ pub(crate) trait Harness {
     /// A new, empty store.
     fn fresh(&mut self) -> Self::Store;
     /// Crashes `store` (everything not synced is lost) and restarts it.
-    fn crash(&mut self, store: Self::Store) -> (Self::Store, RestoredState);
+    fn crash(&mut self, store: Self::Store) -> (Self::Store, InitialState);
 }
 
 pub(crate) struct MemHarness;
@@ -33,7 +34,7 @@ impl Harness for MemHarness {
         MemStore::new()
     }
 
-    fn crash(&mut self, mut store: MemStore) -> (MemStore, RestoredState) {
+    fn crash(&mut self, mut store: MemStore) -> (MemStore, InitialState) {
         store.crash();
         let restored = store.durable();
         (store, restored)
@@ -54,16 +55,12 @@ impl Harness for WalHarness {
         let dir = tempfile::tempdir().expect("a temp dir for the test");
         let (wal, restored) =
             Wal::open(dir.path(), self.options.clone()).expect("open a new data dir");
-        assert_eq!(
-            restored,
-            RestoredState::default(),
-            "a new data dir is empty"
-        );
+        assert_eq!(restored, InitialState::default(), "a new data dir is empty");
         self.dirs.push(dir);
         wal
     }
 
-    fn crash(&mut self, store: Wal) -> (Wal, RestoredState) {
+    fn crash(&mut self, store: Wal) -> (Wal, InitialState) {
         let dir = store.dir().to_path_buf();
         drop(store);
         Wal::open(&dir, self.options.clone()).expect("reopen after a crash")
@@ -169,7 +166,7 @@ pub(crate) fn run_suite<H: Harness>(harness: &mut H) {
 fn fresh_store_restores_empty<H: Harness>(harness: &mut H, case: &str) {
     let store = harness.fresh();
     let (_, restored) = harness.crash(store);
-    assert_eq!(restored, RestoredState::default(), "{case}");
+    assert_eq!(restored, InitialState::default(), "{case}");
 }
 
 fn synced_appends_survive<H: Harness>(harness: &mut H, case: &str) {

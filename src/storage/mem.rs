@@ -9,8 +9,8 @@
 //! last synced entry) so that the simulator cannot pass on behaviour the real node lacks.
 //! It does no I/O and never fails except on invalid input.
 
-use super::{check_append, check_hard_state, check_sync, LogStore, RestoredState, StorageError};
-use crate::raft::{Entry, EntryId, HardState, LogIndex, SnapshotMeta};
+use super::{check_append, check_hard_state, check_sync, LogStore, StorageError};
+use crate::raft::{Entry, EntryId, HardState, InitialState, LogIndex, SnapshotMeta};
 
 /// A log: entries after `base`. Invariant: `entries[i].index == base.index + 1 + i`.
 #[derive(Clone, Debug, Default)]
@@ -69,11 +69,11 @@ impl MemStore {
     }
 
     /// Only what was synced: what a crash keeps, as `Wal::open` would restore it.
-    pub fn durable(&self) -> RestoredState {
+    pub fn durable(&self) -> InitialState {
         let last_index = self.durable_log.last_id().index;
         let mut hard_state = self.durable_hard_state;
         hard_state.commit = hard_state.commit.min(last_index);
-        RestoredState {
+        InitialState {
             snapshot: self.durable_snapshot,
             hard_state,
             entries: self.durable_log.entries.clone(),

@@ -34,33 +34,6 @@ pub use wal::{FsyncPolicy, Wal, WalOptions};
 
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
 
-/// What a store held when it was opened: the starting point of a restarted core.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RestoredState {
-    /// The newest snapshot the node holds (`0@0`: none); the state machine is loaded from it
-    /// and the log continues after it.
-    ///
-    /// A [`LogStore`] fills in the last snapshot installed with
-    /// [`LogStore::install_snapshot`] (while compaction has not deleted that record): its
-    /// log restarts there. The node replaces it with the snapshot file it loads, after
-    /// checking that the entries continue right after that file (`node::recovery`).
-    pub snapshot: SnapshotMeta,
-    pub hard_state: HardState,
-    /// Contiguous entries, indexes ascending. From `snapshot.last.index + 1` unless the log
-    /// was compacted ([`LogStore::compact_to`]), which may leave entries a snapshot covers or
-    /// start the log later: the core drops covered entries, the node refuses a gap.
-    pub entries: Vec<Entry>,
-}
-
-impl RestoredState {
-    /// The index of the last restored entry, `ZERO` for an empty log.
-    pub fn last_index(&self) -> LogIndex {
-        self.entries
-            .last()
-            .map_or(self.snapshot.last.index, |entry| entry.index)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("I/O error: {0}")]
@@ -131,7 +104,7 @@ pub trait LogStore {
     /// Restarts the log after `snapshot`, which a follower received from its leader (Raft
     /// §7): every stored entry is dropped, and the next append must start at
     /// `snapshot.index + 1` (even if that leaves a gap against the dropped entries). After a
-    /// restart, [`RestoredState::snapshot`] is `snapshot` and the entries follow it.
+    /// restart, [`InitialState::snapshot`](crate::raft::InitialState::snapshot) is `snapshot` and the entries follow it.
     ///
     /// To ensure correctness: nothing is durable when this returns; the next `sync` makes it
     /// durable, before or together with the entries appended after it, so a crash keeps

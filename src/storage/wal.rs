@@ -120,8 +120,8 @@
 use super::codec::{self, BatchWriter, Item, RecordRead};
 use super::hard_state;
 use super::io::{DirIo, IoOp};
-use super::{check_append, check_hard_state, check_sync, LogStore, RestoredState, StorageError};
-use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
+use super::{check_append, check_hard_state, check_sync, LogStore, StorageError};
+use crate::raft::{Entry, HardState, InitialState, LogIndex, SnapshotMeta, Term};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
@@ -211,7 +211,7 @@ impl Wal {
     ///
     /// Fails with `Locked` if another `Wal` has the dir open, with `Corrupt` (naming the file
     /// and byte offset, and how to recover) if synced data is damaged.
-    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, RestoredState), StorageError> {
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, InitialState), StorageError> {
         if options.segment_bytes_max == 0 {
             return Err(StorageError::Invalid(
                 "segment_bytes_max must be positive".to_string(),
@@ -338,7 +338,7 @@ impl Wal {
         );
         Ok((
             wal,
-            RestoredState {
+            InitialState {
                 snapshot: replay.snapshot.unwrap_or_default(),
                 hard_state,
                 entries: replay.entries,
@@ -896,7 +896,7 @@ mod tests {
         );
     }
 
-    fn open(dir: &Path, options: &WalOptions) -> (Wal, RestoredState) {
+    fn open(dir: &Path, options: &WalOptions) -> (Wal, InitialState) {
         match Wal::open(dir, options.clone()) {
             Ok(opened) => opened,
             Err(error) => panic!("open {}: {error}", dir.display()),

@@ -22,8 +22,8 @@
 use super::{property, Violation};
 use bytes::Bytes;
 use rrmq::node::recovery::{plan_log, LogPlan};
+use rrmq::raft::InitialState;
 use rrmq::raft::{Entry, HardState, LogIndex, NodeId, SnapshotMeta};
-use rrmq::storage::RestoredState;
 use std::sync::Arc;
 
 /// A saved snapshot: the state machine's encoded state at `meta`, what the network carries
@@ -173,9 +173,9 @@ impl DurableStorage {
     /// as `rrmq::node::recovery` does: a log behind the snapshot (or disagreeing with it at
     /// its index) finishes the interrupted install and restarts after it; a gap between
     /// them means entries were lost, which no schedule may cause.
-    pub fn recover(&mut self, node: NodeId) -> Result<RestoredState, Violation> {
+    pub fn recover(&mut self, node: NodeId) -> Result<InitialState, Violation> {
         let snapshot = self.snapshot_meta();
-        let wal = RestoredState {
+        let wal = InitialState {
             snapshot: self.log_restart,
             hard_state: self.hard_state,
             entries: self.entries.clone(),
@@ -190,7 +190,7 @@ impl DurableStorage {
                 ))
             }
         }
-        Ok(RestoredState {
+        Ok(InitialState {
             snapshot,
             hard_state: self.hard_state,
             entries: self.entries.clone(),

@@ -26,7 +26,8 @@
 use crate::queue::{Queue, QueueConfig};
 use crate::raft::InitialState;
 use crate::raft::{LogIndex, SnapshotMeta};
-use crate::storage::snapshot::{self as snapshot_file, SNAPSHOT_RECOVERY_ADVICE};
+use crate::storage::snapshot::{self as snapshot_file};
+use crate::storage::SNAPSHOT_RECOVERY_ADVICE;
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -8,11 +8,21 @@
 //! fail the way the kernel would, and every operation is counted so tests can pin "one write
 //! and one fsync per batch". Release builds carry none of it.
 
-use super::wal::FsyncPolicy;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// When the store fsyncs: the policy [`DirIo`] applies to every file it writes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Every `sync` reaches the disk before it returns: acknowledgements mean durable.
+    #[default]
+    Always,
+    /// No fsync at all. Survives a process crash but not a power loss or kernel crash: see
+    /// the WAL's module docs (`FsyncPolicy::Never`) for what may be lost.
+    Never,
+}
 
 /// The kinds of operation a test can fail or count. (Some are named only by tests.)
 #[cfg_attr(not(test), allow(dead_code))]

@@ -28,22 +28,45 @@ mod mem;
 pub mod snapshot;
 mod wal;
 
+pub use io::FsyncPolicy;
 pub use mem::MemStore;
 pub use snapshot::SnapshotFile;
-pub use wal::{FsyncPolicy, Wal, WalOptions};
+pub use wal::{Wal, WalOptions};
 
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
+use std::fmt;
+use std::path::Path;
 
+/// What an operator should do when the log or hard state is damaged; ends every `Corrupt`
+/// message built by [`StorageError::corrupt`].
+pub(crate) const RECOVERY_ADVICE: &str = "this node's data cannot be trusted. To recover: stop \
+     the node, delete its data dir and restart it with --rejoin, and it will catch up from the \
+     other nodes (do this for one node at a time, while the others form a majority)";
+
+/// What an operator should do when no usable snapshot or log is left.
+pub const SNAPSHOT_RECOVERY_ADVICE: &str = "to recover: stop the node, delete its data dir \
+     and restart it; it will catch up from the other nodes through a snapshot (do this for \
+     one node at a time, while the others form a majority)";
+
+/// Why a store or a snapshot file operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// A file operation failed; the message names the file and the action.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("corrupt log in {segment} at byte {offset}: {reason}")]
+    /// Data that was synced (or a snapshot file that was checked before) does not read back:
+    /// a segment, the hard state file or a snapshot file is damaged.
+    #[error("corrupt log in {file} at byte {offset}: {reason}")]
     Corrupt {
-        segment: String,
+        /// The damaged file: a segment, `hard_state` or a snapshot file.
+        file: String,
+        /// Where in `file` the damage was found.
         offset: u64,
+        /// What is wrong there (and, for the log, what to do: see [`StorageError::corrupt`]).
         reason: String,
     },
+    /// The caller asked for something the storage contract forbids (a gap, a vote changed
+    /// within a term, ...): a bug in the caller, refused before anything is written.
     #[error("{0}")]
     Invalid(String),
     /// An earlier write or fsync failed, so what is on disk is unknown: the store refuses
@@ -53,7 +76,25 @@ pub enum StorageError {
     Failed(String),
     /// Another process (or another `Wal` in this one) has the data dir open.
     #[error("data dir {dir} is in use by {holder} (it holds {dir}/LOCK); two nodes must never share a data dir")]
-    Locked { dir: String, holder: String },
+    Locked {
+        /// The data dir.
+        dir: String,
+        /// `pid <n>` as written in `LOCK`, or `another process`.
+        holder: String,
+    },
+}
+
+impl StorageError {
+    /// Damage in the log or the hard state file (`file`, at byte `offset`): synced data that
+    /// cannot be read back. The message ends with [`RECOVERY_ADVICE`], since the node cannot
+    /// start until the operator acts.
+    pub(crate) fn corrupt(file: &Path, offset: u64, reason: impl fmt::Display) -> StorageError {
+        StorageError::Corrupt {
+            file: file.display().to_string(),
+            offset,
+            reason: format!("{reason}; {RECOVERY_ADVICE}"),
+        }
+    }
 }
 
 /// The storage boundary of the Raft core.

@@ -32,8 +32,7 @@
 //! transfer never leaves half-installed state. (`<index>` and `<term>` are 20-digit
 //! zero-padded, so names sort by index.)
 
-use super::wal::FsyncPolicy;
-use super::StorageError;
+use super::{FsyncPolicy, StorageError};
 use crate::raft::{EntryId, LogIndex, SnapshotMeta, Term};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -52,11 +51,6 @@ const CORRUPT_SUFFIX: &str = ".corrupt";
 /// Reads and writes go through buffers of this size: a snapshot is read or written in
 /// one sequential pass.
 const BUFFER_BYTES: usize = 1024 * 1024;
-
-/// What an operator should do when no usable snapshot or log is left.
-pub const SNAPSHOT_RECOVERY_ADVICE: &str = "to recover: stop the node, delete its data dir \
-     and restart it; it will catch up from the other nodes through a snapshot (do this for \
-     one node at a time, while the others form a majority)";
 
 /// A complete, checked snapshot file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,9 +126,11 @@ fn decode_header(header: &[u8]) -> Result<SnapshotMeta, String> {
     })
 }
 
+/// A damaged snapshot file. No advice is appended: the caller decides what it means (at
+/// startup an older snapshot is tried; a damaged transfer is simply sent again).
 fn corrupt(path: &Path, offset: u64, reason: String) -> StorageError {
     StorageError::Corrupt {
-        segment: path.display().to_string(),
+        file: path.display().to_string(),
         offset,
         reason,
     }

@@ -119,7 +119,7 @@
 
 use super::codec::{self, BatchWriter, Item, RecordRead};
 use super::hard_state;
-use super::io::{DirIo, IoOp};
+use super::io::{DirIo, FsyncPolicy, IoOp};
 use super::{check_append, check_hard_state, check_sync, LogStore, StorageError};
 use crate::raft::{Entry, HardState, InitialState, LogIndex, SnapshotMeta, Term};
 use std::fs::{File, OpenOptions};
@@ -127,25 +127,9 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-/// What an operator should do about corruption; part of every `Corrupt` message.
-pub(crate) const RECOVERY_ADVICE: &str = "this node's data cannot be trusted. To recover: stop \
-     the node, delete its data dir and restart it with --rejoin, and it will catch up from the \
-     other nodes (do this for one node at a time, while the others form a majority)";
-
 const LOCK_FILE_NAME: &str = "LOCK";
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".wal";
-
-/// When the WAL fsyncs.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
-pub enum FsyncPolicy {
-    /// Every `sync` reaches the disk before it returns: acknowledgements mean durable.
-    #[default]
-    Always,
-    /// No fsync at all. Survives a process crash but not a power loss or kernel crash: see
-    /// the module docs for what may be lost.
-    Never,
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalOptions {
@@ -289,15 +273,15 @@ impl Wal {
             // `sync` writes term and vote before the entries that need them, so under
             // FsyncPolicy::Always this means the hard state was lost or rolled back: this
             // node might vote a second time in a term it already voted in.
-            return Err(StorageError::Corrupt {
-                segment: dir.join(hard_state::FILE_NAME).display().to_string(),
-                offset: 0,
-                reason: format!(
+            return Err(StorageError::corrupt(
+                &dir.join(hard_state::FILE_NAME),
+                0,
+                format!(
                     "the hard state says term {} but the log holds entries of term {}: the \
-                     hard state was lost or rolled back; {RECOVERY_ADVICE}",
+                     hard state was lost or rolled back",
                     hard_state_on_disk.term, last_entry.term
                 ),
-            });
+            ));
         }
         let last_index = last_entry.index;
         let commit_recorded = hard_state_on_disk.commit.max(replay.commit);
@@ -637,11 +621,8 @@ fn recover_segment(
     replay: &mut Replay,
 ) -> Result<(LogIndex, u64), StorageError> {
     let bytes = read_file(path)?;
-    let corrupt = |offset: usize, reason: String| StorageError::Corrupt {
-        segment: path.display().to_string(),
-        offset: offset as u64,
-        reason: format!("{reason}; {RECOVERY_ADVICE}"),
-    };
+    let corrupt =
+        |offset: usize, reason: String| StorageError::corrupt(path, offset as u64, reason);
     let mut index_max = LogIndex::ZERO;
     let mut offset = 0;
     loop {
@@ -757,14 +738,11 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, StorageError> {
     seqs.sort_unstable();
     for pair in seqs.windows(2) {
         if pair[1] != pair[0] + 1 {
-            return Err(StorageError::Corrupt {
-                segment: segment_path(dir, pair[0] + 1).display().to_string(),
-                offset: 0,
-                reason: format!(
-                    "segment missing between {} and {}; {RECOVERY_ADVICE}",
-                    pair[0], pair[1]
-                ),
-            });
+            return Err(StorageError::corrupt(
+                &segment_path(dir, pair[0] + 1),
+                0,
+                format!("segment missing between {} and {}", pair[0], pair[1]),
+            ));
         }
     }
     Ok(seqs)
@@ -1163,7 +1141,7 @@ mod tests {
             flip_bit(&segment, byte);
             match Wal::open(dir.path(), test_options()) {
                 Err(StorageError::Corrupt {
-                    segment: named,
+                    file: named,
                     offset,
                     reason,
                 }) => {
@@ -1230,10 +1208,8 @@ mod tests {
                 0
             };
             match Wal::open(dir.path(), options(1)) {
-                Err(StorageError::Corrupt {
-                    segment, offset, ..
-                }) => {
-                    assert_eq!(segment, segments[1].display().to_string(), "case {number}");
+                Err(StorageError::Corrupt { file, offset, .. }) => {
+                    assert_eq!(file, segments[1].display().to_string(), "case {number}");
                     assert_eq!(offset, expected_offset, "case {number} ({name})");
                 }
                 other => panic!("case {number} ({name}): expected Corrupt, got {other:?}"),
@@ -1623,8 +1599,8 @@ mod tests {
         drop(wal);
         flip_bit(&dir.path().join(hard_state::FILE_NAME), 12);
         match Wal::open(dir.path(), WalOptions::default()) {
-            Err(StorageError::Corrupt { segment, .. }) => {
-                assert!(segment.ends_with("hard_state"), "{segment}")
+            Err(StorageError::Corrupt { file, .. }) => {
+                assert!(file.ends_with("hard_state"), "{file}")
             }
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
         }
@@ -1644,10 +1620,8 @@ mod tests {
         let older = codec::encode_hard_state(&hard_state(1, Some(1), 0));
         std::fs::write(dir.path().join(hard_state::FILE_NAME), older).expect("write");
         match Wal::open(dir.path(), WalOptions::default()) {
-            Err(StorageError::Corrupt {
-                segment, reason, ..
-            }) => {
-                assert!(segment.ends_with("hard_state"), "{segment}");
+            Err(StorageError::Corrupt { file, reason, .. }) => {
+                assert!(file.ends_with("hard_state"), "{file}");
                 assert!(reason.contains("term 2"), "{reason}");
             }
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
@@ -1765,8 +1739,8 @@ mod tests {
         let segments = segment_files(dir.path());
         std::fs::remove_file(&segments[1]).expect("remove");
         match Wal::open(dir.path(), options(1)) {
-            Err(StorageError::Corrupt { segment, .. }) => {
-                assert_eq!(segment, segments[1].display().to_string())
+            Err(StorageError::Corrupt { file, .. }) => {
+                assert_eq!(file, segments[1].display().to_string())
             }
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
         }

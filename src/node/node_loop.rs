@@ -98,7 +98,7 @@ use crate::raft::{
     Core, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
     ProposeError, Ready, Role, SnapshotMeta, Term,
 };
-use crate::storage::snapshot as snapshot_file;
+use crate::storage::snapshot_file;
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::{ClientRequest, ClientTransport, Ticket};
 use crate::transport::peer::PeerTransport;

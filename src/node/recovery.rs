@@ -26,7 +26,7 @@
 use crate::queue::{Queue, QueueConfig};
 use crate::raft::InitialState;
 use crate::raft::{LogIndex, SnapshotMeta};
-use crate::storage::snapshot::{self as snapshot_file};
+use crate::storage::snapshot_file;
 use crate::storage::SNAPSHOT_RECOVERY_ADVICE;
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 //! (topics in creation order, sessions in eviction order) is kept explicitly.
 //!
 //! What it owns: the topics and their messages ([`fifo`]), the session table ([`session`]),
-//! the byte form of log commands ([`command`]) and of snapshots ([`snapshot`]).
+//! the byte form of log commands ([`command`]) and of snapshots ([`snapshot_codec`]).
 //!
 //! What it must not do: read the clock, do I/O (snapshots go to a caller's `Write`), know
 //! about Raft roles or terms, or validate client input beyond what determinism needs (topic
@@ -52,10 +52,10 @@
 pub mod command;
 pub mod fifo;
 pub mod session;
-pub mod snapshot;
+pub mod snapshot_codec;
 
 pub use command::{Command, CommandDecodeError, LoggedCommand};
-pub use snapshot::SnapshotError;
+pub use snapshot_codec::SnapshotError;
 
 use crate::protocol::{ErrorCode, ErrorInfo, Outcome};
 use crate::raft::LogIndex;

@@ -25,12 +25,12 @@ mod conformance;
 mod hard_state;
 mod io;
 mod mem;
-pub mod snapshot;
+pub mod snapshot_file;
 mod wal;
 
 pub use io::FsyncPolicy;
 pub use mem::MemStore;
-pub use snapshot::SnapshotFile;
+pub use snapshot_file::SnapshotFile;
 pub use wal::{Wal, WalOptions};
 
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};

@@ -42,7 +42,7 @@
 use super::fault::PeerFaults;
 use super::peer::{PeerSettings, PEER_WIRE_VERSION};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
-use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
+use crate::storage::snapshot_file::{self, IncomingSnapshot};
 use crate::storage::{FsyncPolicy, StorageError};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -817,7 +817,7 @@ impl PeerSettings {
 mod tests {
     use super::*;
     use crate::raft::{EntryId, LogIndex};
-    use crate::storage::snapshot::{received_path, snapshot_path, write_snapshot};
+    use crate::storage::snapshot_file::{received_path, snapshot_path, write_snapshot};
     use crate::transport::peer::tests::{free_port, settings_with, TestEvent};
     use crate::transport::peer::{decode_peer_frame, PeerFilter, PeerFrame, PeerTransport};
     use std::path::Path;

@@ -55,13 +55,12 @@
 //! directory). Records are then written with pwrite at the tracked end of the records
 //! (`active_len_bytes`), inside the file: no write changes the file's size, so a record's
 //! fdatasync flushes the data alone. Appending to a growing file instead makes every
-//! fdatasync also write the inode (its new size): on this project's VM that made an
-//! fdatasync of a 200-byte write cost 0.196 ms at the median instead of 0.131-0.142 ms, and
-//! every acknowledged PUT waits for one on the leader and one on a follower
-//! (docs/PERFORMANCE.md, "Preallocated WAL segments"). A record larger than the space left
+//! fdatasync also write the inode (its new size), a measurable cost when every acknowledged
+//! PUT waits for one fdatasync on the leader and one on a follower (figures in
+//! docs/PERFORMANCE.md, "Preallocated WAL segments"). A record larger than the space left
 //! (a huge batch alone in its segment) simply grows the file. Preallocation is best effort:
 //! where it fails (no fallocate support, a full disk) the WAL writes as if it did not exist,
-//! and a full disk fails at the write or fsync as it always did. Opening the data dir
+//! and a full disk fails at the write or fsync. Opening the data dir
 //! preallocates the active segment again if it is short (a cut torn tail, an older dir, a
 //! larger `--wal-segment-bytes`).
 //!
@@ -87,9 +86,9 @@
 //! data was damaged, and `open` fails with [`StorageError::Corrupt`]: dropping it silently
 //! could lose committed entries.
 //!
-//! A data dir written before preallocation existed opens as it always did (its segments
-//! have no zero tail). An older binary opening a preallocated dir takes the zeros for a torn
-//! tail and cuts them with a warning: nothing is lost.
+//! Segments without a zero tail (a dir written without preallocation) open the same way. A
+//! reader that does not know about preallocation takes the zeros for a torn tail and cuts
+//! them with a warning: nothing is lost.
 //!
 //! Recovery also refuses a `hard_state` whose term is below the log's last term: `sync`
 //! makes term and vote durable before the entries of that term, so the hard state must have
@@ -104,11 +103,10 @@
 //!
 //! # Throughput
 //!
-//! Measured with `measure_append_throughput` (100-byte commands, `FsyncPolicy::Always`,
-//! debug build, this project's 2-core VM, one fdatasync costs ~0.2 ms): batches of 1 give
-//! ~5,000 entries/s (0.5 MB/s), of 16 ~70,000 entries/s (7 MB/s), of 256 ~520,000
-//! entries/s (52 MB/s). Batching is what buys throughput: the fsync dominates until batches
-//! reach hundreds of entries.
+//! Batching is what buys throughput: the fsync dominates the cost of a `sync` until batches
+//! reach hundreds of entries, so the node hands the WAL everything that queued up during
+//! the previous fsync (figures from `measure_append_throughput` in docs/PERFORMANCE.md,
+//! "WAL append throughput by batch size").
 //!
 //! # `FsyncPolicy::Never`
 //!
@@ -250,7 +248,7 @@ impl Wal {
                 .open(&path)
                 .map_err(context(&path, "opening"))?;
             // Writing resumes at `active_len_bytes`; a cut torn tail, a segment written
-            // before preallocation existed or a larger --wal-segment-bytes leave the file
+            // without preallocation or a larger --wal-segment-bytes leave the file
             // short of its preallocated size.
             if io.preallocate(&path, &file, active_len_bytes, options.segment_bytes_max) {
                 io.sync_data(IoOp::SegmentSync, &file, active_len_bytes)

@@ -81,6 +81,16 @@ impl ReadQueue {
     }
 }
 
+/// One node's Raft consensus core: its term, vote, role, log (persisted prefix and unstable
+/// tail) and, as leader, the followers' progress and the pending ReadIndex reads.
+///
+/// It is a deterministic state machine: the runtime feeds it inputs (`tick`, `step`,
+/// `propose`, `read_index`, `transfer_leader`, `on_persisted`, `on_snapshot_saved`,
+/// `report_snapshot`) and collects what to do with [`Core::ready`], in the order the `raft`
+/// module docs give. It reads no clock, does no I/O and draws randomness only from the seed
+/// given to [`Core::new`], so the same inputs always give the same outputs. It panics, with
+/// node id and term, only on a broken invariant (a bug); [`Core::check_invariants`] asserts
+/// them on demand.
 pub struct Core {
     id: NodeId,
     /// Every voter including this node, sorted.
@@ -396,6 +406,8 @@ impl Core {
 
     // ---- Outputs ------------------------------------------------------------------------
 
+    /// Whether [`Core::ready`] would hand out anything: call it after feeding inputs and
+    /// take a `Ready` only when this says so.
     pub fn has_ready(&self) -> bool {
         self.broadcast_pending
             || self.snapshot_to_install.is_some()
@@ -409,6 +421,9 @@ impl Core {
             || !self.aborted_reads.is_empty()
     }
 
+    /// Everything the runtime must do now: what to persist, send, install and apply (see
+    /// [`Ready`] and the `raft` module docs for the order). Hands each item out once; a
+    /// leader's batched proposals leave here as one AppendEntries per follower.
     pub fn ready(&mut self) -> Ready {
         if let CatchUp::UntilCommitted(target) = self.catch_up {
             if self.log.committed() >= target {
@@ -448,26 +463,32 @@ impl Core {
 
     // ---- Queries ------------------------------------------------------------------------
 
+    /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
     }
 
+    /// This node's current role.
     pub fn role(&self) -> Role {
         self.role
     }
 
+    /// This node's current term.
     pub fn term(&self) -> Term {
         self.term
     }
 
+    /// The leader of the current term, if this node knows one (itself when leader).
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
 
+    /// The highest index this node knows to be committed.
     pub fn commit_index(&self) -> LogIndex {
         self.log.committed()
     }
 
+    /// The index of the last entry in the log, durable or not.
     pub fn last_index(&self) -> LogIndex {
         self.log.last_index()
     }
@@ -477,6 +498,7 @@ impl Core {
         self.log.entry(index)
     }
 
+    /// The externally interesting state at once, for `status` replies.
     pub fn status(&self) -> CoreStatus {
         CoreStatus {
             id: self.id,

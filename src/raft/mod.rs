@@ -32,6 +32,8 @@
 //! ([`InitialState`] is filled in by `storage` on restart). A lower layer never imports a
 //! higher one; a type two layers share goes down to the lower of the two.
 
+#![warn(missing_docs)]
+
 mod engine;
 mod log;
 pub mod message;
@@ -51,9 +53,13 @@ use std::fmt;
 /// `Candidate` to clients; `PreCandidate` exists so the core can tell them apart.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
+    /// Follows a leader (or waits for one), answering votes and appends.
     Follower,
+    /// Asking whether it could win an election, without raising its term yet.
     PreCandidate,
+    /// Campaigning for votes in a new term.
     Candidate,
+    /// Elected for the current term: takes proposals and replicates them.
     Leader,
 }
 
@@ -79,6 +85,7 @@ impl fmt::Display for Role {
 pub struct RaftConfig {
     /// An election timeout is drawn uniformly from `election_ticks_min..election_ticks_max`.
     pub election_ticks_min: u32,
+    /// Exclusive upper end of the election timeout range (see `election_ticks_min`).
     pub election_ticks_max: u32,
     /// A leader sends heartbeats every this many ticks. Must be below `election_ticks_min`.
     pub heartbeat_ticks: u32,
@@ -95,7 +102,12 @@ pub struct RaftConfig {
     /// A snapshot sent to a follower and not acknowledged within this many ticks is
     /// considered lost, and the follower is probed again (which sends it again).
     pub snapshot_timeout_ticks: u32,
+    /// Run a PreVote round before raising the term (dissertation §9.6), so a node that was
+    /// cut off does not disrupt the cluster when it comes back.
     pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election timeout steps down
+    /// (dissertation §6.2), and a node that heard from a leader within the minimum election
+    /// timeout ignores vote requests (§4.2.3).
     pub check_quorum: bool,
 }
 
@@ -119,12 +131,19 @@ impl Default for RaftConfig {
 /// Why the core refused a proposal, read or transfer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    /// Only the leader takes proposals and reads.
     #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any: where the client should go.
+        leader: Option<NodeId>,
+    },
+    /// The leader is handing over and refuses new work until the transfer ends.
     #[error("a leadership transfer is in progress")]
     TransferInProgress,
+    /// `RaftConfig::pending_reads_max` reads are already waiting.
     #[error("too many pending reads")]
     TooManyPendingReads,
+    /// A transfer named a node that is not a voter of this cluster.
     #[error("no such peer {0}")]
     UnknownPeer(NodeId),
 }
@@ -132,7 +151,9 @@ pub enum ProposeError {
 /// A ReadIndex request that may be answered once the state machine has applied `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadState {
+    /// The id the runtime gave `Core::read_index`.
     pub read_id: u64,
+    /// The commit index when the read arrived: answer once applied up to here.
     pub index: LogIndex,
 }
 
@@ -162,8 +183,11 @@ pub struct Ready {
 /// Replication progress of one follower, as the leader tracks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgressStatus {
+    /// The follower.
     pub id: NodeId,
+    /// The last index known to be replicated on the follower.
     pub match_index: LogIndex,
+    /// The next index the leader will send it.
     pub next_index: LogIndex,
     /// Whether the leader is pipelining (true) or probing for the follower's position.
     pub replicating: bool,
@@ -204,15 +228,21 @@ impl InitialState {
 /// A snapshot of the core's externally interesting state, for `status` replies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreStatus {
+    /// This node.
     pub id: NodeId,
+    /// Its current role.
     pub role: Role,
+    /// Its current term.
     pub term: Term,
+    /// The leader of `term` it knows of, if any (itself when leader).
     pub leader: Option<NodeId>,
+    /// The highest index known to be committed.
     pub commit_index: LogIndex,
     /// The last index handed out in `Ready::committed` (or installed by a snapshot).
     pub applied_index: LogIndex,
     /// The last index covered by the newest snapshot; the log starts after it.
     pub snapshot_index: LogIndex,
+    /// The index of the last entry in the log, durable or not.
     pub last_index: LogIndex,
     /// Empty unless leader.
     pub progress: Vec<ProgressStatus>,

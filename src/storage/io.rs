@@ -13,7 +13,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// When the store fsyncs: the policy [`DirIo`] applies to every file it writes.
+/// When the store fsyncs: the policy the WAL and the snapshot files apply to every file
+/// they write (through `DirIo`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
     /// Every `sync` reaches the disk before it returns: acknowledgements mean durable.

@@ -45,6 +45,8 @@ impl Log {
     }
 }
 
+/// A [`LogStore`] in memory that remembers what was synced, so a test can crash it. See the
+/// module docs.
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
     /// Everything appended.
@@ -64,6 +66,7 @@ pub struct MemStore {
 }
 
 impl MemStore {
+    /// An empty store, as a new data dir.
     pub fn new() -> MemStore {
         MemStore::default()
     }
@@ -100,6 +103,8 @@ impl MemStore {
         self.hard_state
     }
 
+    /// The index of the last entry appended (or of the snapshot installed after it), synced
+    /// or not.
     pub fn last_index(&self) -> LogIndex {
         self.log.last_id().index
     }

@@ -19,6 +19,8 @@
 //! <data dir>/snapshot-<index>-<term>.snap         state machine snapshots, newest two
 //! ```
 
+#![warn(missing_docs)]
+
 mod codec;
 #[cfg(test)]
 mod conformance;
@@ -62,7 +64,8 @@ pub enum StorageError {
         file: String,
         /// Where in `file` the damage was found.
         offset: u64,
-        /// What is wrong there (and, for the log, what to do: see [`StorageError::corrupt`]).
+        /// What is wrong there; for the log and the hard state file, also what the operator
+        /// must do (the node cannot start until then).
         reason: String,
     },
     /// The caller asked for something the storage contract forbids (a gap, a vote changed

@@ -39,8 +39,11 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RRMQSNAP";
+/// The `format_version` this build writes and reads (see the layout in the module docs).
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Bytes of the header: magic, format version, last term and last index.
 pub const SNAPSHOT_HEADER_BYTES: u64 = 28;
+/// Bytes of the trailer: the CRC32C over header and body.
 pub const SNAPSHOT_TRAILER_BYTES: u64 = 4;
 const PREFIX: &str = "snapshot-";
 const COMPLETE_SUFFIX: &str = ".snap";
@@ -55,8 +58,11 @@ const BUFFER_BYTES: usize = 1024 * 1024;
 /// A complete, checked snapshot file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotFile {
+    /// The snapshot the file holds (from its header, which matches its name).
     pub meta: SnapshotMeta,
+    /// Where the file is.
     pub path: PathBuf,
+    /// The file's whole length: header, body and trailer.
     pub len_bytes: u64,
     /// The trailer's checksum, over everything before it.
     pub crc: u32,
@@ -542,10 +548,12 @@ impl IncomingSnapshot {
         })
     }
 
+    /// The snapshot being received.
     pub fn meta(&self) -> SnapshotMeta {
         self.meta
     }
 
+    /// Bytes appended so far.
     pub fn written_bytes(&self) -> u64 {
         self.written_bytes
     }

@@ -129,10 +129,12 @@ const LOCK_FILE_NAME: &str = "LOCK";
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".wal";
 
+/// How a [`Wal`] writes: segment size and fsync policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalOptions {
     /// A new segment starts when a record would take the active one past this size.
     pub segment_bytes_max: u64,
+    /// Whether `sync` (and every file creation, rename and deletion) reaches the disk.
     pub fsync: FsyncPolicy,
 }
 
@@ -328,6 +330,7 @@ impl Wal {
         ))
     }
 
+    /// The data dir this WAL holds (and has locked).
     pub fn dir(&self) -> &Path {
         self.io.dir()
     }

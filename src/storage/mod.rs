@@ -1,9 +1,13 @@
 //! Where the Raft core's log and hard state become durable.
 //!
 //! The core never touches storage: its `Ready` says what to persist and the runtime calls a
-//! [`LogStore`]. [`MemStore`] serves tests and the simulator; the write-ahead log ([`Wal`])
-//! serves real nodes. Both pass the same conformance suite (`conformance.rs`), so the
-//! simulator's crash model ("a crash keeps only what was synced") is the real node's.
+//! [`LogStore`]. [`MemStore`] serves tests and the deterministic simulator (each simulated
+//! node's log and hard state are a `MemStore`, `tests/sim/storage.rs`); the write-ahead log
+//! ([`Wal`]) serves real nodes. Both pass the same conformance suite (`conformance.rs`),
+//! crash points included, so the simulator's crash model ("a crash keeps only what was
+//! synced") is the real node's. Snapshot files ([`snapshot_file`]) are written through the
+//! same I/O layer as the WAL (`io.rs`), with the same fsync policy and, in tests, the same
+//! fault injection.
 //!
 //! This module owns the on-disk format and the crash semantics. It must not interpret entries
 //! (that is the state machine's job) nor decide what is committed (that is the core's): it

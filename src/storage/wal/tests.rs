@@ -2,6 +2,7 @@ use super::*;
 use crate::raft::{EntryId, EntryPayload, NodeId};
 use crate::storage::conformance::{entries, entry};
 use crate::storage::io::tests::Fault;
+use crate::storage::io::tests::Faults;
 use bytes::Bytes;
 use std::os::unix::fs::FileExt;
 
@@ -964,5 +965,13 @@ fn measure_append_throughput() {
             appended * 100.0 / seconds / 1e6,
             batches as f64 / seconds
         );
+    }
+}
+
+impl Wal {
+    /// The fault plan of this WAL's I/O, for tests elsewhere in `storage` (the conformance
+    /// suite's mid-sync crash).
+    pub(crate) fn faults(&mut self) -> &mut Faults {
+        &mut self.io.faults
     }
 }

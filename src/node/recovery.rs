@@ -25,7 +25,7 @@
 
 use crate::queue::{Queue, QueueConfig};
 use crate::raft::InitialState;
-use crate::raft::{LogIndex, SnapshotMeta};
+use crate::raft::{HardState, LogIndex, SnapshotMeta};
 use crate::storage::snapshot_file;
 use crate::storage::SNAPSHOT_RECOVERY_ADVICE;
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
@@ -213,6 +213,19 @@ pub fn recover(
              install (the log restarts after it)",
             snapshot.last
         );
+        if restored.hard_state.term < snapshot.last.term {
+            // The file came from a leader of a newer term and was adopted before this node's
+            // hard state of that term was durable. Adopt the term (without a vote, as on
+            // hearing from that leader): the log never holds a term the hard state lacks.
+            restored.hard_state = HardState {
+                term: snapshot.last.term,
+                vote: None,
+                ..restored.hard_state
+            };
+            store
+                .set_hard_state(&restored.hard_state)
+                .map_err(storage)?;
+        }
         store.install_snapshot(snapshot).map_err(storage)?;
         store.sync().map_err(storage)?;
         restored.entries.clear();
@@ -228,7 +241,7 @@ pub fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{Entry, EntryId, EntryPayload, HardState, Term};
+    use crate::raft::{Entry, EntryId, EntryPayload, NodeId, Term};
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
         SnapshotMeta {
@@ -400,6 +413,43 @@ mod tests {
                 payload: EntryPayload::Noop,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_snapshot_of_a_term_the_hard_state_has_not_reached_raises_the_term() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut wal, _) = open_wal(dir.path());
+        let old = HardState {
+            term: Term(1),
+            vote: Some(NodeId(1)),
+            commit: LogIndex(3),
+        };
+        wal.set_hard_state(&old).expect("hard state");
+        wal.append(&entries(1, 1..=5)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        // A leader of term 2 sent it; the node adopted the file and crashed before its
+        // term-2 hard state was synced.
+        write_queue(dir.path(), meta(2, 10), &queue_with(7));
+        let (mut wal, restored) = open_wal(dir.path());
+        let recovered = recover(
+            dir.path(),
+            FsyncPolicy::Never,
+            &mut wal,
+            restored,
+            QueueConfig::default(),
+        )
+        .expect("recover");
+        let raised = HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(3),
+        };
+        assert_eq!(recovered.restored.hard_state, raised);
+        drop(wal);
+        let (_, restored) = open_wal(dir.path());
+        assert_eq!(restored.hard_state.term, Term(2), "durable");
+        assert_eq!(restored.snapshot, meta(2, 10));
     }
 
     #[test]

@@ -162,8 +162,18 @@ impl DurableStorage {
         })?;
         let mut restored = InitialState { snapshot, ..wal };
         if plan == LogPlan::RestartAfterSnapshot {
+            if restored.hard_state.term < snapshot.last.term {
+                // As the real recovery: a leader's snapshot adopted before the hard state of
+                // its term was durable raises the term (without a vote).
+                restored.hard_state = HardState {
+                    term: snapshot.last.term,
+                    vote: None,
+                    ..restored.hard_state
+                };
+            }
             self.wal
-                .install_snapshot(snapshot)
+                .set_hard_state(&restored.hard_state)
+                .and_then(|()| self.wal.install_snapshot(snapshot))
                 .and_then(|()| self.wal.sync())
                 .map_err(|error| {
                     Violation::new(

@@ -308,15 +308,6 @@ impl Queue {
         }
     }
 
-    /// Heap bytes held by queued messages (payloads, headers, spare segment room).
-    /// O(segments): for benchmarks and diagnostics, not for every request.
-    pub fn message_heap_bytes(&self) -> usize {
-        self.topics
-            .iter()
-            .map(|topic| topic.messages.heap_bytes())
-            .sum()
-    }
-
     /// Panics if an internal invariant is broken. O(state): for tests, simulations and
     /// debug builds.
     pub fn check_invariants(&self) {

@@ -335,11 +335,6 @@ impl Wal {
         self.io.dir()
     }
 
-    /// Whether an earlier I/O failure stopped this WAL.
-    pub fn is_failed(&self) -> bool {
-        self.failed.is_some()
-    }
-
     /// Deletes the oldest segments whose entries are all at or below `index`, and returns how
     /// many it deleted. The active segment, and any segment that may hold the last synced
     /// entry, are never deleted, so the restored log is never empty once it was not.

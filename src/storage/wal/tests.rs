@@ -969,6 +969,11 @@ fn measure_append_throughput() {
 }
 
 impl Wal {
+    /// Whether an earlier I/O failure stopped this WAL.
+    fn is_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// The fault plan of this WAL's I/O, for tests elsewhere in `storage` (the conformance
     /// suite's mid-sync crash).
     pub(crate) fn faults(&mut self) -> &mut Faults {

@@ -353,6 +353,17 @@ impl FsyncMode {
     }
 }
 
+/// The one translation from the operator's setting to the storage layer's policy (storage
+/// sits below config and knows nothing of flags or config files).
+impl From<FsyncMode> for crate::storage::FsyncPolicy {
+    fn from(mode: FsyncMode) -> crate::storage::FsyncPolicy {
+        match mode {
+            FsyncMode::Always => crate::storage::FsyncPolicy::Always,
+            FsyncMode::Never => crate::storage::FsyncPolicy::Never,
+        }
+    }
+}
+
 /// An election timeout range in milliseconds, written `MIN-MAX`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ElectionTimeoutRange {

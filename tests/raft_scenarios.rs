@@ -14,11 +14,11 @@
 mod scenario_support;
 
 use bytes::Bytes;
+use rrmq::raft::InitialState;
 use rrmq::raft::{
     AppendResult, Entry, EntryId, HardState, LogIndex, Message, MessageBody, NodeId, ProposeError,
     RaftConfig, ReadState, Ready, RejectHint, Role, SnapshotMeta, Term,
 };
-use rrmq::storage::RestoredState;
 use scenario_support::{
     is_vote_response, last_id, prepared_entry, runs, test_config, Net, Setup, S1, S2, S3, S4, S5,
 };
@@ -1187,7 +1187,7 @@ fn restarted_node_keeps_its_term_and_vote_and_does_not_vote_twice() {
         if case.durable_vote {
             net.restart(S2);
         } else {
-            let amnesiac = RestoredState {
+            let amnesiac = InitialState {
                 snapshot: Default::default(),
                 hard_state: HardState {
                     term: Term(4),
@@ -1415,7 +1415,7 @@ fn leader_crash_before_persisting_its_own_entry_loses_nothing_the_followers_stor
 fn snapshot_needs_data_answers_what_stepping_the_install_snapshot_does() {
     // A follower of term 2 whose log is 1@1 2@1 3@2 4@2, committed through 2.
     let follower = || {
-        let restored = RestoredState {
+        let restored = InitialState {
             snapshot: Default::default(),
             hard_state: HardState {
                 term: Term(2),

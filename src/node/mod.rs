@@ -122,10 +122,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         events.clone(),
     )?;
 
-    let fsync = match config.fsync {
-        crate::config::FsyncMode::Always => FsyncPolicy::Always,
-        crate::config::FsyncMode::Never => FsyncPolicy::Never,
-    };
+    let fsync = FsyncPolicy::from(config.fsync);
     let (mut store, wal_restored) = Wal::open(
         &config.data_dir,
         WalOptions {

@@ -141,10 +141,7 @@ impl NodeLoop {
             previous_snapshot,
         } = parts;
         let observed = (core.role(), core.term(), core.leader());
-        let fsync = match config.fsync {
-            crate::config::FsyncMode::Always => FsyncPolicy::Always,
-            crate::config::FsyncMode::Never => FsyncPolicy::Never,
-        };
+        let fsync = FsyncPolicy::from(config.fsync);
         // The WAL thread sends the acks that wait for its syncs on DEALERs of its own (a
         // ZeroMQ socket stays on one thread).
         let wal_dealers = peers.connect_dealers()?;

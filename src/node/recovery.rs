@@ -24,9 +24,11 @@
 //! What it must not do: decide anything about Raft state beyond where the log starts.
 
 use crate::queue::{Queue, QueueConfig};
-use crate::raft::{LogIndex, SnapshotMeta};
-use crate::storage::snapshot::{self as snapshot_file, SNAPSHOT_RECOVERY_ADVICE};
-use crate::storage::{FsyncPolicy, LogStore, RestoredState, StorageError};
+use crate::raft::InitialState;
+use crate::raft::{HardState, LogIndex, SnapshotMeta};
+use crate::storage::snapshot_file;
+use crate::storage::SNAPSHOT_RECOVERY_ADVICE;
+use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -42,7 +44,7 @@ pub enum RecoveryError {
 /// What the node resumes from.
 pub struct Recovered {
     /// For `Core::new`: the snapshot loaded (or `0@0`) and the WAL's hard state and entries.
-    pub restored: RestoredState,
+    pub restored: InitialState,
     pub queue: Queue,
     /// The snapshot file before the loaded one, if any: the WAL is kept back to it.
     pub previous_snapshot: SnapshotMeta,
@@ -62,7 +64,7 @@ pub enum LogPlan {
 }
 
 /// Checks that the log in `wal` can follow `snapshot` (`0@0`: none). `Err` explains the gap.
-pub fn plan_log(snapshot: SnapshotMeta, wal: &RestoredState) -> Result<LogPlan, String> {
+pub fn plan_log(snapshot: SnapshotMeta, wal: &InitialState) -> Result<LogPlan, String> {
     let snapshot_index = snapshot.index();
     let (Some(first), Some(last)) = (wal.entries.first(), wal.entries.last()) else {
         let restart = wal.snapshot;
@@ -123,7 +125,7 @@ pub fn recover(
     dir: &Path,
     fsync: FsyncPolicy,
     store: &mut dyn LogStore,
-    wal: RestoredState,
+    wal: InitialState,
     queue_config: QueueConfig,
 ) -> Result<Recovered, RecoveryError> {
     let shown = dir.display().to_string();
@@ -204,13 +206,26 @@ pub fn recover(
             (queue, previous.unwrap_or_default())
         }
     };
-    let mut restored = RestoredState { snapshot, ..wal };
+    let mut restored = InitialState { snapshot, ..wal };
     if plan == LogPlan::RestartAfterSnapshot {
         log::warn!(
             "the log ends before snapshot {} or disagrees with it: finishing its interrupted \
              install (the log restarts after it)",
             snapshot.last
         );
+        if restored.hard_state.term < snapshot.last.term {
+            // The file came from a leader of a newer term and was adopted before this node's
+            // hard state of that term was durable. Adopt the term (without a vote, as on
+            // hearing from that leader): the log never holds a term the hard state lacks.
+            restored.hard_state = HardState {
+                term: snapshot.last.term,
+                vote: None,
+                ..restored.hard_state
+            };
+            store
+                .set_hard_state(&restored.hard_state)
+                .map_err(storage)?;
+        }
         store.install_snapshot(snapshot).map_err(storage)?;
         store.sync().map_err(storage)?;
         restored.entries.clear();
@@ -226,7 +241,7 @@ pub fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::{Entry, EntryId, EntryPayload, HardState, Term};
+    use crate::raft::{Entry, EntryId, EntryPayload, NodeId, Term};
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
         SnapshotMeta {
@@ -234,7 +249,7 @@ mod tests {
         }
     }
 
-    fn wal(restart: SnapshotMeta, terms_from: Option<(u64, &[u64])>) -> RestoredState {
+    fn wal(restart: SnapshotMeta, terms_from: Option<(u64, &[u64])>) -> InitialState {
         let entries = terms_from.map_or(Vec::new(), |(first, terms)| {
             terms
                 .iter()
@@ -246,7 +261,7 @@ mod tests {
                 })
                 .collect()
         });
-        RestoredState {
+        InitialState {
             snapshot: restart,
             hard_state: HardState::default(),
             entries,
@@ -256,7 +271,7 @@ mod tests {
     #[test]
     fn the_log_must_continue_right_after_the_snapshot() {
         let none = SnapshotMeta::default();
-        let cases: Vec<(&str, SnapshotMeta, RestoredState, Result<LogPlan, &str>)> = vec![
+        let cases: Vec<(&str, SnapshotMeta, InitialState, Result<LogPlan, &str>)> = vec![
             ("a new node", none, wal(none, None), Ok(LogPlan::Resume)),
             (
                 "a log from 1, no snapshot",
@@ -379,7 +394,7 @@ mod tests {
         .expect("write a snapshot");
     }
 
-    fn open_wal(dir: &Path) -> (crate::storage::Wal, RestoredState) {
+    fn open_wal(dir: &Path) -> (crate::storage::Wal, InitialState) {
         crate::storage::Wal::open(
             dir,
             crate::storage::WalOptions {
@@ -398,6 +413,43 @@ mod tests {
                 payload: EntryPayload::Noop,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_snapshot_of_a_term_the_hard_state_has_not_reached_raises_the_term() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (mut wal, _) = open_wal(dir.path());
+        let old = HardState {
+            term: Term(1),
+            vote: Some(NodeId(1)),
+            commit: LogIndex(3),
+        };
+        wal.set_hard_state(&old).expect("hard state");
+        wal.append(&entries(1, 1..=5)).expect("append");
+        wal.sync().expect("sync");
+        drop(wal);
+        // A leader of term 2 sent it; the node adopted the file and crashed before its
+        // term-2 hard state was synced.
+        write_queue(dir.path(), meta(2, 10), &queue_with(7));
+        let (mut wal, restored) = open_wal(dir.path());
+        let recovered = recover(
+            dir.path(),
+            FsyncPolicy::Never,
+            &mut wal,
+            restored,
+            QueueConfig::default(),
+        )
+        .expect("recover");
+        let raised = HardState {
+            term: Term(2),
+            vote: None,
+            commit: LogIndex(3),
+        };
+        assert_eq!(recovered.restored.hard_state, raised);
+        drop(wal);
+        let (_, restored) = open_wal(dir.path());
+        assert_eq!(restored.hard_state.term, Term(2), "durable");
+        assert_eq!(restored.snapshot, meta(2, 10));
     }
 
     #[test]

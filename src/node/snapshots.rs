@@ -37,7 +37,7 @@ use super::event::{Event, LoadedSnapshot, SnapshotSaved};
 use crate::config::SnapshotConfig;
 use crate::queue::{Queue, QueueConfig};
 use crate::raft::{EntryId, LogIndex, Message, MessageBody, NodeId, SnapshotMeta};
-use crate::storage::snapshot as snapshot_file;
+use crate::storage::snapshot_file;
 use crate::storage::{FsyncPolicy, StorageError};
 use crossbeam_channel::Sender;
 use std::path::PathBuf;

@@ -128,13 +128,6 @@ impl MessageFifo {
         self.payload_bytes
     }
 
-    /// Heap bytes held (segment capacities and the segment deque), for memory accounting.
-    /// Segments shared with a clone are counted by both.
-    pub fn heap_bytes(&self) -> usize {
-        let segments: usize = self.segments.iter().map(|segment| segment.capacity()).sum();
-        segments + self.segments.capacity() * std::mem::size_of::<Arc<Vec<u8>>>()
-    }
-
     /// Appends a message at the back.
     pub fn push(&mut self, payload: &Payload) -> Result<(), MessageTooLarge> {
         let (text, bytes) = match payload {
@@ -407,6 +400,15 @@ impl<'de> Deserialize<'de> for MessageFifo {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    impl MessageFifo {
+        /// Heap bytes held (segment capacities and the segment deque), for memory
+        /// accounting. Segments shared with a clone are counted by both.
+        pub(crate) fn heap_bytes(&self) -> usize {
+            let segments: usize = self.segments.iter().map(|segment| segment.capacity()).sum();
+            segments + self.segments.capacity() * std::mem::size_of::<Arc<Vec<u8>>>()
+        }
+    }
 
     fn text(s: &str) -> Payload {
         Payload::Text(s.to_string())

@@ -8,7 +8,7 @@
 //! (topics in creation order, sessions in eviction order) is kept explicitly.
 //!
 //! What it owns: the topics and their messages ([`fifo`]), the session table ([`session`]),
-//! the byte form of log commands ([`command`]) and of snapshots ([`snapshot`]).
+//! the byte form of log commands ([`command`]) and of snapshots ([`snapshot_codec`]).
 //!
 //! What it must not do: read the clock, do I/O (snapshots go to a caller's `Write`), know
 //! about Raft roles or terms, or validate client input beyond what determinism needs (topic
@@ -40,22 +40,20 @@
 //!
 //! # Memory
 //!
-//! Measured on x86-64: a queued message costs its bytes plus a 4-byte header, packed in
-//! 32 KiB segments (see [`fifo`]); 100 000 messages of 100 bytes hold about 10.4 MB of heap,
-//! so the 1-million-message target needs about 104 MB for the messages. A topic costs
-//! `size_of::<Topic>()` (80 bytes) plus its name twice (the list and the index), and an
-//! empty topic holds no heap beyond that. Popped messages give their memory back (freed
-//! segments, compacted front segments). A session costs `size_of::<Session>()` (24 bytes)
-//! plus its outcome in a shared allocation (16 + 40 bytes), its client id twice (hash map key and eviction order), about 60 bytes of map overhead,
-//! and its kept reply: about 2 MB for the default 10 000 sessions with short replies.
+//! A queued message costs its bytes plus a 4-byte header, packed in 32 KiB segments (see
+//! [`fifo`]), so the 1-million-message target fits in about the messages' own size; popped
+//! messages give their memory back (freed segments, compacted front segments). An empty
+//! topic holds no heap beyond its struct and its name. A session costs a few hundred bytes
+//! plus its kept reply, and the table is bounded by the two limits above. Measured figures:
+//! docs/PERFORMANCE.md, "Memory of the queue".
 
 pub mod command;
 pub mod fifo;
 pub mod session;
-pub mod snapshot;
+pub mod snapshot_codec;
 
 pub use command::{Command, CommandDecodeError, LoggedCommand};
-pub use snapshot::SnapshotError;
+pub use snapshot_codec::SnapshotError;
 
 use crate::protocol::{ErrorCode, ErrorInfo, Outcome};
 use crate::raft::LogIndex;
@@ -308,15 +306,6 @@ impl Queue {
             sessions: self.sessions.len(),
             session_bytes: self.sessions.bytes(),
         }
-    }
-
-    /// Heap bytes held by queued messages (payloads, headers, spare segment room).
-    /// O(segments): for benchmarks and diagnostics, not for every request.
-    pub fn message_heap_bytes(&self) -> usize {
-        self.topics
-            .iter()
-            .map(|topic| topic.messages.heap_bytes())
-            .sum()
     }
 
     /// Panics if an internal invariant is broken. O(state): for tests, simulations and

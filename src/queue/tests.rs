@@ -906,3 +906,13 @@ proptest! {
         queue.check_invariants();
     }
 }
+
+impl Queue {
+    /// Heap bytes held by queued messages (payloads, headers, spare segment room).
+    fn message_heap_bytes(&self) -> usize {
+        self.topics
+            .iter()
+            .map(|topic| topic.messages.heap_bytes())
+            .sum()
+    }
+}

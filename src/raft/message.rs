@@ -32,8 +32,10 @@ pub struct LogIndex(pub u64);
 pub struct NodeId(pub u64);
 
 impl LogIndex {
+    /// The empty prefix: no entry has this index.
     pub const ZERO: LogIndex = LogIndex(0);
 
+    /// The index after this one.
     pub fn next(self) -> LogIndex {
         LogIndex(self.0 + 1)
     }
@@ -68,11 +70,14 @@ impl fmt::Display for NodeId {
     Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct EntryId {
+    /// The term of the leader that created the entry.
     pub term: Term,
+    /// The entry's position in the log.
     pub index: LogIndex,
 }
 
 impl EntryId {
+    /// The entry at `index` created in `term`.
     pub fn new(term: Term, index: LogIndex) -> EntryId {
         EntryId { term, index }
     }
@@ -91,17 +96,23 @@ pub enum EntryPayload {
     /// Appended by a new leader so that entries of earlier terms commit promptly (Raft §5.4.2,
     /// §8).
     Noop,
+    /// A state machine command, as the client's request was encoded (`queue::LoggedCommand`).
     Command(Bytes),
 }
 
+/// One log entry: what the leader of `term` put at `index`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
+    /// The term of the leader that created the entry.
     pub term: Term,
+    /// The entry's position in the log.
     pub index: LogIndex,
+    /// What the entry carries.
     pub payload: EntryPayload,
 }
 
 impl Entry {
+    /// The entry's `(term, index)`.
     pub fn id(&self) -> EntryId {
         EntryId::new(self.term, self.index)
     }
@@ -124,10 +135,12 @@ impl Entry {
     Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 pub struct SnapshotMeta {
+    /// The last entry the snapshot covers (`0@0`: no snapshot).
     pub last: EntryId,
 }
 
 impl SnapshotMeta {
+    /// The index of the last entry the snapshot covers.
     pub fn index(&self) -> LogIndex {
         self.last.index
     }
@@ -138,8 +151,12 @@ impl SnapshotMeta {
 /// hint after a restart and may be persisted lazily.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
+    /// The node's current term. Invariant: never decreases.
     pub term: Term,
+    /// The candidate voted for in `term`, if any. Invariant: never changes within a term once
+    /// set.
     pub vote: Option<NodeId>,
+    /// The highest index known to be committed (a hint after a restart).
     pub commit: LogIndex,
 }
 
@@ -148,40 +165,58 @@ pub struct HardState {
 /// adopted it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
+    /// The sender.
     pub from: NodeId,
+    /// The receiver.
     pub to: NodeId,
+    /// The sender's term (for a PreVote request, the term it would campaign in).
     pub term: Term,
+    /// What the message says.
     pub body: MessageBody,
 }
 
+/// The kinds of message two cores exchange, each named after the Raft RPC it carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MessageBody {
     /// Raft §5.2 RequestVote, or the PreVote round before it (dissertation §9.6).
     RequestVote {
+        /// A PreVote request: the receiver answers without adopting the term or voting.
         pre_vote: bool,
+        /// The candidate's last entry, for the up-to-date check (Raft §5.4.1).
         last_log: EntryId,
         /// Set when the election follows a TimeoutNow: voters then ignore their leader lease
         /// (dissertation §3.10).
         leadership_transfer: bool,
     },
+    /// The answer to a `RequestVote`.
     RequestVoteResponse {
+        /// Answers a PreVote request.
         pre_vote: bool,
+        /// Whether the vote (or pre-vote) was granted.
         granted: bool,
     },
     /// Raft §5.3 AppendEntries. `prev` is the entry just before `entries`.
     AppendEntries {
+        /// The entry just before `entries`, which the follower must hold (consistency check).
         prev: EntryId,
+        /// New entries, contiguous from `prev.index + 1`; empty to probe.
         entries: Vec<Entry>,
+        /// The leader's commit index.
         commit: LogIndex,
     },
+    /// The answer to an `AppendEntries`.
     AppendEntriesResponse(AppendResult),
     /// Keeps followers' election timers quiet, carries the commit index up to what the
     /// follower is known to hold, and confirms leadership for ReadIndex rounds.
     Heartbeat {
+        /// The leader's commit index, capped at what the follower is known to hold.
         commit: LogIndex,
+        /// The ReadIndex round this heartbeat belongs to; echoed back in the response.
         read_round: u64,
     },
+    /// The answer to a `Heartbeat`: the follower still takes the sender for its leader.
     HeartbeatResponse {
+        /// The `read_round` of the heartbeat answered.
         read_round: u64,
     },
     /// Leadership transfer: the receiver starts an election at once (dissertation §3.10).
@@ -190,30 +225,43 @@ pub enum MessageBody {
     /// (Raft §7). The data is not in the message: the transport streams it in chunks and
     /// delivers this message only once the whole snapshot has arrived intact.
     InstallSnapshot {
+        /// The snapshot the delivered data holds.
         snapshot: SnapshotMeta,
     },
 }
 
+/// How a follower answered an `AppendEntries`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AppendResult {
     /// The follower's log now matches the leader's up to `match_index`.
-    Accepted { match_index: LogIndex },
+    Accepted {
+        /// The last index the follower's log shares with the leader's.
+        match_index: LogIndex,
+    },
     /// The consistency check failed at `prev_index`. The hint lets the leader skip a whole
     /// term per round trip instead of one entry (Raft §5.3, "fast backtracking").
     Rejected {
+        /// The `prev.index` of the rejected `AppendEntries`.
         prev_index: LogIndex,
+        /// Where the leader should try next.
         hint: RejectHint,
     },
 }
 
+/// What a rejecting follower tells the leader about its log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectHint {
     /// The follower's log ends before `prev_index`: retry from `last_index + 1`.
-    LogTooShort { last_index: LogIndex },
+    LogTooShort {
+        /// The follower's last index.
+        last_index: LogIndex,
+    },
     /// The follower holds `conflict_term` at `prev_index`; the first entry of that term in its
     /// log is at `first_index`.
     ConflictingTerm {
+        /// The term the follower holds at `prev_index`.
         conflict_term: Term,
+        /// The follower's first entry of `conflict_term`.
         first_index: LogIndex,
     },
 }

@@ -17,6 +17,22 @@
 //!    `rd.messages_after_persist` (votes and append acknowledgements promise durability) and
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
+//!
+//! # Layers
+//!
+//! The crate is built in layers, each importing only from the layers below it:
+//!
+//! ```text
+//! raft  ->  storage, queue, protocol  ->  config  ->  transport, client  ->  node, cli  ->  bin
+//! ```
+//!
+//! This module is the bottom one: it imports nothing from the crate outside `src/raft`, so
+//! the core can be read, tested and simulated without any of the rest. Types the layers
+//! above need to talk to the core live here, even when another layer builds them
+//! ([`InitialState`] is filled in by `storage` on restart). A lower layer never imports a
+//! higher one; a type two layers share goes down to the lower of the two.
+
+#![warn(missing_docs)]
 
 mod engine;
 mod log;
@@ -37,9 +53,13 @@ use std::fmt;
 /// `Candidate` to clients; `PreCandidate` exists so the core can tell them apart.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Role {
+    /// Follows a leader (or waits for one), answering votes and appends.
     Follower,
+    /// Asking whether it could win an election, without raising its term yet.
     PreCandidate,
+    /// Campaigning for votes in a new term.
     Candidate,
+    /// Elected for the current term: takes proposals and replicates them.
     Leader,
 }
 
@@ -65,6 +85,7 @@ impl fmt::Display for Role {
 pub struct RaftConfig {
     /// An election timeout is drawn uniformly from `election_ticks_min..election_ticks_max`.
     pub election_ticks_min: u32,
+    /// Exclusive upper end of the election timeout range (see `election_ticks_min`).
     pub election_ticks_max: u32,
     /// A leader sends heartbeats every this many ticks. Must be below `election_ticks_min`.
     pub heartbeat_ticks: u32,
@@ -81,7 +102,12 @@ pub struct RaftConfig {
     /// A snapshot sent to a follower and not acknowledged within this many ticks is
     /// considered lost, and the follower is probed again (which sends it again).
     pub snapshot_timeout_ticks: u32,
+    /// Run a PreVote round before raising the term (dissertation §9.6), so a node that was
+    /// cut off does not disrupt the cluster when it comes back.
     pub pre_vote: bool,
+    /// A leader that has not heard from a majority within an election timeout steps down
+    /// (dissertation §6.2), and a node that heard from a leader within the minimum election
+    /// timeout ignores vote requests (§4.2.3).
     pub check_quorum: bool,
 }
 
@@ -105,12 +131,19 @@ impl Default for RaftConfig {
 /// Why the core refused a proposal, read or transfer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
+    /// Only the leader takes proposals and reads.
     #[error("not the leader (leader: {leader:?})")]
-    NotLeader { leader: Option<NodeId> },
+    NotLeader {
+        /// The leader this node knows of, if any: where the client should go.
+        leader: Option<NodeId>,
+    },
+    /// The leader is handing over and refuses new work until the transfer ends.
     #[error("a leadership transfer is in progress")]
     TransferInProgress,
+    /// `RaftConfig::pending_reads_max` reads are already waiting.
     #[error("too many pending reads")]
     TooManyPendingReads,
+    /// A transfer named a node that is not a voter of this cluster.
     #[error("no such peer {0}")]
     UnknownPeer(NodeId),
 }
@@ -118,7 +151,9 @@ pub enum ProposeError {
 /// A ReadIndex request that may be answered once the state machine has applied `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReadState {
+    /// The id the runtime gave `Core::read_index`.
     pub read_id: u64,
+    /// The commit index when the read arrived: answer once applied up to here.
     pub index: LogIndex,
 }
 
@@ -148,25 +183,66 @@ pub struct Ready {
 /// Replication progress of one follower, as the leader tracks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProgressStatus {
+    /// The follower.
     pub id: NodeId,
+    /// The last index known to be replicated on the follower.
     pub match_index: LogIndex,
+    /// The next index the leader will send it.
     pub next_index: LogIndex,
     /// Whether the leader is pipelining (true) or probing for the follower's position.
     pub replicating: bool,
 }
 
+/// Where a core starts: what the node's storage held when it was opened (a new node starts
+/// from the default, an empty log at term 0). Built by the storage layer on restart and
+/// handed to [`Core::new`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitialState {
+    /// The newest snapshot the node holds (`0@0`: none); the state machine is loaded from it
+    /// and the log continues after it.
+    ///
+    /// A store fills in the last snapshot installed with `LogStore::install_snapshot` (while
+    /// compaction has not deleted that record): its log restarts there. The node replaces it
+    /// with the snapshot file it loads, after checking that the entries continue right after
+    /// that file (`node::recovery`).
+    pub snapshot: SnapshotMeta,
+    /// The last durable term and vote, and a commit index no higher than the last entry (only
+    /// a hint: the core re-learns the commit index from the leader).
+    pub hard_state: HardState,
+    /// Contiguous entries, indexes ascending. From `snapshot.last.index + 1` unless the log
+    /// was compacted (`LogStore::compact_to`), which may leave entries a snapshot covers or
+    /// start the log later: the core drops covered entries, the node refuses a gap.
+    pub entries: Vec<Entry>,
+}
+
+impl InitialState {
+    /// The index of the last restored entry, or the snapshot's index for an empty log
+    /// (`ZERO` when there is neither).
+    pub fn last_index(&self) -> LogIndex {
+        self.entries
+            .last()
+            .map_or(self.snapshot.last.index, |entry| entry.index)
+    }
+}
+
 /// A snapshot of the core's externally interesting state, for `status` replies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CoreStatus {
+    /// This node.
     pub id: NodeId,
+    /// Its current role.
     pub role: Role,
+    /// Its current term.
     pub term: Term,
+    /// The leader of `term` it knows of, if any (itself when leader).
     pub leader: Option<NodeId>,
+    /// The highest index known to be committed.
     pub commit_index: LogIndex,
     /// The last index handed out in `Ready::committed` (or installed by a snapshot).
     pub applied_index: LogIndex,
     /// The last index covered by the newest snapshot; the log starts after it.
     pub snapshot_index: LogIndex,
+    /// The index of the last entry in the log, durable or not.
     pub last_index: LogIndex,
     /// Empty unless leader.
     pub progress: Vec<ProgressStatus>,

@@ -1,6 +1,7 @@
 //! One conformance suite for every [`LogStore`]: `MemStore` and `Wal` must behave the same
-//! through appends, overwrites, hard state changes, syncs and crashes, so that what the
-//! simulator proves with `MemStore` holds for a real node (openraft
+//! through appends, overwrites, hard state changes, syncs and crashes (also a crash in the
+//! middle of a sync), so that what the simulator proves with `MemStore` (it keeps each
+//! node's log in one, `tests/sim/storage.rs`) holds for a real node (openraft
 //! `openraft/src/testing/log/suite.rs`).
 //!
 //! The contract pinned here: a crash keeps exactly what was synced (entries, term, vote, an
@@ -9,7 +10,9 @@
 //! hard states are refused; compaction never drops an entry above its index nor the last
 //! one; appends into what a snapshot covers are refused.
 
-use super::{LogStore, MemStore, RestoredState, StorageError, Wal, WalOptions};
+use super::io::{tests::Fault, IoOp};
+use super::{LogStore, MemStore, StorageError, Wal, WalOptions};
+use crate::raft::InitialState;
 use crate::raft::{Entry, EntryId, EntryPayload, HardState, LogIndex, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
@@ -21,7 +24,10 @@ pub(crate) trait Harness {
     /// A new, empty store.
     fn fresh(&mut self) -> Self::Store;
     /// Crashes `store` (everything not synced is lost) and restarts it.
-    fn crash(&mut self, store: Self::Store) -> (Self::Store, RestoredState);
+    fn crash(&mut self, store: Self::Store) -> (Self::Store, InitialState);
+    /// Syncs `store` but crashes between the hard state file and the log record, then
+    /// restarts it.
+    fn crash_mid_sync(&mut self, store: Self::Store) -> (Self::Store, InitialState);
 }
 
 pub(crate) struct MemHarness;
@@ -33,8 +39,13 @@ impl Harness for MemHarness {
         MemStore::new()
     }
 
-    fn crash(&mut self, mut store: MemStore) -> (MemStore, RestoredState) {
+    fn crash(&mut self, mut store: MemStore) -> (MemStore, InitialState) {
         store.crash();
+        let restored = store.durable();
+        (store, restored)
+    }
+    fn crash_mid_sync(&mut self, mut store: MemStore) -> (MemStore, InitialState) {
+        store.crash_mid_sync();
         let restored = store.durable();
         (store, restored)
     }
@@ -54,19 +65,29 @@ impl Harness for WalHarness {
         let dir = tempfile::tempdir().expect("a temp dir for the test");
         let (wal, restored) =
             Wal::open(dir.path(), self.options.clone()).expect("open a new data dir");
-        assert_eq!(
-            restored,
-            RestoredState::default(),
-            "a new data dir is empty"
-        );
+        assert_eq!(restored, InitialState::default(), "a new data dir is empty");
         self.dirs.push(dir);
         wal
     }
 
-    fn crash(&mut self, store: Wal) -> (Wal, RestoredState) {
+    fn crash(&mut self, store: Wal) -> (Wal, InitialState) {
         let dir = store.dir().to_path_buf();
         drop(store);
         Wal::open(&dir, self.options.clone()).expect("reopen after a crash")
+    }
+
+    fn crash_mid_sync(&mut self, mut store: Wal) -> (Wal, InitialState) {
+        // The record's write fails, after the hard state file was replaced.
+        store.faults().inject(Fault {
+            op: IoOp::SegmentWrite,
+            skip: 0,
+            partial_bytes: None,
+        });
+        assert!(
+            store.sync().is_err(),
+            "the injected write failure fails the sync"
+        );
+        self.crash(store)
     }
 }
 
@@ -146,6 +167,10 @@ pub(crate) fn run_suite<H: Harness>(harness: &mut H) {
             "entries_above_the_term_are_refused",
             entries_above_the_term_are_refused,
         ),
+        (
+            "crash_mid_sync_keeps_only_term_and_vote",
+            crash_mid_sync_keeps_only_term_and_vote,
+        ),
         ("install_restarts_the_log", install_restarts_the_log),
         ("unsynced_install_is_lost", unsynced_install_is_lost),
         (
@@ -169,7 +194,7 @@ pub(crate) fn run_suite<H: Harness>(harness: &mut H) {
 fn fresh_store_restores_empty<H: Harness>(harness: &mut H, case: &str) {
     let store = harness.fresh();
     let (_, restored) = harness.crash(store);
-    assert_eq!(restored, RestoredState::default(), "{case}");
+    assert_eq!(restored, InitialState::default(), "{case}");
 }
 
 fn synced_appends_survive<H: Harness>(harness: &mut H, case: &str) {
@@ -435,6 +460,37 @@ fn entries_above_the_term_are_refused<H: Harness>(harness: &mut H, case: &str) {
     let mut expected = entries(1, 1..=2);
     expected.push(entry(2, 3));
     assert_eq!(restored.entries, expected, "{case}");
+}
+
+fn crash_mid_sync_keeps_only_term_and_vote<H: Harness>(harness: &mut H, case: &str) {
+    let mut store = harness.fresh();
+    batch(
+        &mut store,
+        &entries(1, 1..=3),
+        Some(hard_state(1, None, 2)),
+        case,
+    );
+    // A new term, a vote and entries of that term: the hard state file goes first and
+    // keeps the commit index already durable (2), never the batch's (5).
+    ok(store.append(&entries(2, 3..=5)), case);
+    ok(store.set_hard_state(&hard_state(2, Some(1), 5)), case);
+    let (mut store, restored) = harness.crash_mid_sync(store);
+    assert_eq!(restored.hard_state, hard_state(2, Some(1), 2), "{case}");
+    assert_eq!(
+        restored.entries,
+        entries(1, 1..=3),
+        "{case}: the record is lost"
+    );
+    // Entries alone: nothing of the batch survives.
+    ok(store.append(&entries(2, 4..=4)), case);
+    ok(store.set_hard_state(&hard_state(2, Some(1), 3)), case);
+    let (_, restored) = harness.crash_mid_sync(store);
+    assert_eq!(
+        restored.hard_state,
+        hard_state(2, Some(1), 2),
+        "{case}: entries only"
+    );
+    assert_eq!(restored.entries, entries(1, 1..=3), "{case}: entries only");
 }
 
 fn snapshot_meta(term: u64, index: u64) -> SnapshotMeta {

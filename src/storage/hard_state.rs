@@ -33,11 +33,7 @@ pub(crate) fn read(dir: &Path) -> Result<Option<HardState>, StorageError> {
     };
     codec::decode_hard_state(&bytes)
         .map(Some)
-        .map_err(|reason| StorageError::Corrupt {
-            segment: path.display().to_string(),
-            offset: 0,
-            reason: format!("{reason}; {}", super::wal::RECOVERY_ADVICE),
-        })
+        .map_err(|reason| StorageError::corrupt(&path, 0, reason))
 }
 
 /// Removes a `hard_state.tmp` left by a crash before its rename: it was never in force.

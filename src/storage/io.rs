@@ -1,6 +1,6 @@
-//! The few file operations the WAL makes, in one place: every write, fsync, create, rename
-//! and delete goes through [`DirIo`], which applies the fsync policy and, in tests, injects
-//! faults.
+//! The few file operations storage makes, in one place: every write, fsync, create, rename
+//! and delete of the WAL (segments, `hard_state`) and of the snapshot files goes through
+//! [`DirIo`], which applies the fsync policy and, in tests, injects faults.
 //!
 //! Fault injection exists because the failures that matter (a full disk, a failed fsync)
 //! cannot be provoked for real in a test: root ignores permissions, and a failed fsync needs
@@ -8,11 +8,22 @@
 //! fail the way the kernel would, and every operation is counted so tests can pin "one write
 //! and one fsync per batch". Release builds carry none of it.
 
-use super::wal::FsyncPolicy;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// When the store fsyncs: the policy the WAL and the snapshot files apply to every file
+/// they write (through `DirIo`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Every `sync` reaches the disk before it returns: acknowledgements mean durable.
+    #[default]
+    Always,
+    /// No fsync at all. Survives a process crash but not a power loss or kernel crash: see
+    /// the WAL's module docs (`FsyncPolicy::Never`) for what may be lost.
+    Never,
+}
 
 /// The kinds of operation a test can fail or count. (Some are named only by tests.)
 #[cfg_attr(not(test), allow(dead_code))]
@@ -31,6 +42,15 @@ pub(crate) enum IoOp {
     HardStateWrite,
     HardStateSync,
     HardStateRename,
+    /// Creating a snapshot file (`.snap.tmp` or `.partial`).
+    SnapshotCreate,
+    SnapshotWrite,
+    SnapshotSync,
+    /// Renaming a snapshot file: `.snap.tmp` or `.received` to `.snap`, `.partial` to
+    /// `.received`, a damaged one to `.corrupt`.
+    SnapshotRename,
+    /// Deleting a snapshot file: an old one, a leftover, a discarded transfer.
+    SnapshotDelete,
 }
 
 /// The data dir as the WAL writes to it.
@@ -244,6 +264,45 @@ impl DirIo {
         self.sync_dir()
     }
 
+    /// Creates (or truncates) a file to write from the start, such as a snapshot file.
+    pub(crate) fn create_file(&mut self, op: IoOp, path: &Path) -> io::Result<File> {
+        #[cfg(test)]
+        if self.faults.hit(op).is_some() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let _ = op;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    }
+
+    /// fsync (data and metadata) of a whole file written once, such as a snapshot file,
+    /// before it is renamed into place.
+    pub(crate) fn sync_all(&mut self, op: IoOp, file: &File) -> io::Result<()> {
+        if self.fsync == FsyncPolicy::Never {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if self.faults.hit(op).is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let _ = op;
+        file.sync_all()
+    }
+
+    /// Deletes a file. The directory is not synced: the caller syncs it once after a batch
+    /// of deletions (or, for a file that never took effect, not at all).
+    pub(crate) fn remove_file(&mut self, op: IoOp, path: &Path) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.hit(op).is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let _ = op;
+        std::fs::remove_file(path)
+    }
+
     pub(crate) fn rename(&mut self, op: IoOp, from: &Path, to: &Path) -> io::Result<()> {
         #[cfg(test)]
         if self.faults.hit(op).is_some() {
@@ -251,6 +310,28 @@ impl DirIo {
         }
         let _ = op;
         std::fs::rename(from, to)
+    }
+}
+
+/// A file written front to back through a [`DirIo`]: each write is one `write_all_at` at
+/// the end of what was written, so it is counted and can fail as any other write.
+pub(crate) struct SequentialWriter<'a> {
+    pub(crate) io: &'a mut DirIo,
+    pub(crate) op: IoOp,
+    pub(crate) file: &'a File,
+    pub(crate) written_bytes: u64,
+}
+
+impl io::Write for SequentialWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.io
+            .write_all_at(self.op, self.file, bytes, self.written_bytes)?;
+        self.written_bytes += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -8,9 +8,14 @@
 //! an installed snapshot durable at the next `sync`; compaction immediate and never past the
 //! last synced entry) so that the simulator cannot pass on behaviour the real node lacks.
 //! It does no I/O and never fails except on invalid input.
+//!
+//! The deterministic simulator (`tests/sim/storage.rs`) keeps each node's log and hard
+//! state in a `MemStore` and crashes it with [`MemStore::crash`] and
+//! [`MemStore::crash_mid_sync`], so the conformance suite that holds `MemStore` to the
+//! WAL's behaviour holds the simulator to it too.
 
-use super::{check_append, check_hard_state, check_sync, LogStore, RestoredState, StorageError};
-use crate::raft::{Entry, EntryId, HardState, LogIndex, SnapshotMeta};
+use super::{check_append, check_hard_state, check_sync, LogStore, StorageError};
+use crate::raft::{Entry, EntryId, HardState, InitialState, LogIndex, SnapshotMeta};
 
 /// A log: entries after `base`. Invariant: `entries[i].index == base.index + 1 + i`.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +50,8 @@ impl Log {
     }
 }
 
+/// A [`LogStore`] in memory that remembers what was synced, so a test can crash it. See the
+/// module docs.
 #[derive(Clone, Debug, Default)]
 pub struct MemStore {
     /// Everything appended.
@@ -64,16 +71,17 @@ pub struct MemStore {
 }
 
 impl MemStore {
+    /// An empty store, as a new data dir.
     pub fn new() -> MemStore {
         MemStore::default()
     }
 
     /// Only what was synced: what a crash keeps, as `Wal::open` would restore it.
-    pub fn durable(&self) -> RestoredState {
+    pub fn durable(&self) -> InitialState {
         let last_index = self.durable_log.last_id().index;
         let mut hard_state = self.durable_hard_state;
         hard_state.commit = hard_state.commit.min(last_index);
-        RestoredState {
+        InitialState {
             snapshot: self.durable_snapshot,
             hard_state,
             entries: self.durable_log.entries.clone(),
@@ -90,6 +98,24 @@ impl MemStore {
         self.unsynced_snapshot = None;
     }
 
+    /// A crash in the middle of `sync`, between the WAL's two writes: a term or vote change
+    /// given since the last sync reaches the hard state file (with the commit index already
+    /// durable, not the new one), the entries and an installed snapshot do not. The store
+    /// then holds what a `Wal` reopened after such a crash holds (the conformance suite
+    /// checks both, `crash_mid_sync_keeps_only_term_and_vote`).
+    pub fn crash_mid_sync(&mut self) {
+        let term_vote_changed = (self.hard_state.term, self.hard_state.vote)
+            != (self.durable_hard_state.term, self.durable_hard_state.vote);
+        // `sync` checks this before it writes anything.
+        if term_vote_changed && check_sync(self.log.last_id().term, &self.hard_state).is_ok() {
+            self.durable_hard_state = HardState {
+                commit: self.durable_hard_state.commit,
+                ..self.hard_state
+            };
+        }
+        self.crash();
+    }
+
     /// Everything appended so far and not compacted, synced or not.
     pub fn entries(&self) -> &[Entry] {
         &self.log.entries
@@ -100,6 +126,8 @@ impl MemStore {
         self.hard_state
     }
 
+    /// The index of the last entry appended (or of the snapshot installed after it), synced
+    /// or not.
     pub fn last_index(&self) -> LogIndex {
         self.log.last_id().index
     }

@@ -1,9 +1,13 @@
 //! Where the Raft core's log and hard state become durable.
 //!
 //! The core never touches storage: its `Ready` says what to persist and the runtime calls a
-//! [`LogStore`]. [`MemStore`] serves tests and the simulator; the write-ahead log ([`Wal`])
-//! serves real nodes. Both pass the same conformance suite (`conformance.rs`), so the
-//! simulator's crash model ("a crash keeps only what was synced") is the real node's.
+//! [`LogStore`]. [`MemStore`] serves tests and the deterministic simulator (each simulated
+//! node's log and hard state are a `MemStore`, `tests/sim/storage.rs`); the write-ahead log
+//! ([`Wal`]) serves real nodes. Both pass the same conformance suite (`conformance.rs`),
+//! crash points included, so the simulator's crash model ("a crash keeps only what was
+//! synced") is the real node's. Snapshot files ([`snapshot_file`]) are written through the
+//! same I/O layer as the WAL (`io.rs`), with the same fsync policy and, in tests, the same
+//! fault injection.
 //!
 //! This module owns the on-disk format and the crash semantics. It must not interpret entries
 //! (that is the state machine's job) nor decide what is committed (that is the core's): it
@@ -19,58 +23,57 @@
 //! <data dir>/snapshot-<index>-<term>.snap         state machine snapshots, newest two
 //! ```
 
+#![warn(missing_docs)]
+
 mod codec;
 #[cfg(test)]
 mod conformance;
 mod hard_state;
 mod io;
 mod mem;
-pub mod snapshot;
+pub mod snapshot_file;
 mod wal;
 
+pub use io::FsyncPolicy;
 pub use mem::MemStore;
-pub use snapshot::SnapshotFile;
-pub use wal::{FsyncPolicy, Wal, WalOptions};
+pub use snapshot_file::SnapshotFile;
+pub use wal::{Wal, WalOptions};
 
 use crate::raft::{Entry, HardState, LogIndex, SnapshotMeta, Term};
+use std::fmt;
+use std::path::Path;
 
-/// What a store held when it was opened: the starting point of a restarted core.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RestoredState {
-    /// The newest snapshot the node holds (`0@0`: none); the state machine is loaded from it
-    /// and the log continues after it.
-    ///
-    /// A [`LogStore`] fills in the last snapshot installed with
-    /// [`LogStore::install_snapshot`] (while compaction has not deleted that record): its
-    /// log restarts there. The node replaces it with the snapshot file it loads, after
-    /// checking that the entries continue right after that file (`node::recovery`).
-    pub snapshot: SnapshotMeta,
-    pub hard_state: HardState,
-    /// Contiguous entries, indexes ascending. From `snapshot.last.index + 1` unless the log
-    /// was compacted ([`LogStore::compact_to`]), which may leave entries a snapshot covers or
-    /// start the log later: the core drops covered entries, the node refuses a gap.
-    pub entries: Vec<Entry>,
-}
+/// What an operator should do when the log or hard state is damaged; ends every `Corrupt`
+/// message built by [`StorageError::corrupt`].
+pub(crate) const RECOVERY_ADVICE: &str = "this node's data cannot be trusted. To recover: stop \
+     the node, delete its data dir and restart it with --rejoin, and it will catch up from the \
+     other nodes (do this for one node at a time, while the others form a majority)";
 
-impl RestoredState {
-    /// The index of the last restored entry, `ZERO` for an empty log.
-    pub fn last_index(&self) -> LogIndex {
-        self.entries
-            .last()
-            .map_or(self.snapshot.last.index, |entry| entry.index)
-    }
-}
+/// What an operator should do when no usable snapshot or log is left.
+pub const SNAPSHOT_RECOVERY_ADVICE: &str = "to recover: stop the node, delete its data dir \
+     and restart it; it will catch up from the other nodes through a snapshot (do this for \
+     one node at a time, while the others form a majority)";
 
+/// Why a store or a snapshot file operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
+    /// A file operation failed; the message names the file and the action.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("corrupt log in {segment} at byte {offset}: {reason}")]
+    /// Data that was synced (or a snapshot file that was checked before) does not read back:
+    /// a segment, the hard state file or a snapshot file is damaged.
+    #[error("corrupt log in {file} at byte {offset}: {reason}")]
     Corrupt {
-        segment: String,
+        /// The damaged file: a segment, `hard_state` or a snapshot file.
+        file: String,
+        /// Where in `file` the damage was found.
         offset: u64,
+        /// What is wrong there; for the log and the hard state file, also what the operator
+        /// must do (the node cannot start until then).
         reason: String,
     },
+    /// The caller asked for something the storage contract forbids (a gap, a vote changed
+    /// within a term, ...): a bug in the caller, refused before anything is written.
     #[error("{0}")]
     Invalid(String),
     /// An earlier write or fsync failed, so what is on disk is unknown: the store refuses
@@ -80,7 +83,25 @@ pub enum StorageError {
     Failed(String),
     /// Another process (or another `Wal` in this one) has the data dir open.
     #[error("data dir {dir} is in use by {holder} (it holds {dir}/LOCK); two nodes must never share a data dir")]
-    Locked { dir: String, holder: String },
+    Locked {
+        /// The data dir.
+        dir: String,
+        /// `pid <n>` as written in `LOCK`, or `another process`.
+        holder: String,
+    },
+}
+
+impl StorageError {
+    /// Damage in the log or the hard state file (`file`, at byte `offset`): synced data that
+    /// cannot be read back. The message ends with [`RECOVERY_ADVICE`], since the node cannot
+    /// start until the operator acts.
+    pub(crate) fn corrupt(file: &Path, offset: u64, reason: impl fmt::Display) -> StorageError {
+        StorageError::Corrupt {
+            file: file.display().to_string(),
+            offset,
+            reason: format!("{reason}; {RECOVERY_ADVICE}"),
+        }
+    }
 }
 
 /// The storage boundary of the Raft core.
@@ -131,7 +152,7 @@ pub trait LogStore {
     /// Restarts the log after `snapshot`, which a follower received from its leader (Raft
     /// §7): every stored entry is dropped, and the next append must start at
     /// `snapshot.index + 1` (even if that leaves a gap against the dropped entries). After a
-    /// restart, [`RestoredState::snapshot`] is `snapshot` and the entries follow it.
+    /// restart, [`InitialState::snapshot`](crate::raft::InitialState::snapshot) is `snapshot` and the entries follow it.
     ///
     /// To ensure correctness: nothing is durable when this returns; the next `sync` makes it
     /// durable, before or together with the entries appended after it, so a crash keeps

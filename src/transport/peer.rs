@@ -138,10 +138,7 @@ impl PeerSettings {
             snapshot_chunk_bytes: config.snapshot.chunk_bytes,
             snapshot_send_bytes_per_second: config.snapshot.send_bytes_per_second,
             snapshot_stall_timeout: transfer::STALL_TIMEOUT,
-            fsync: match config.fsync {
-                crate::config::FsyncMode::Always => FsyncPolicy::Always,
-                crate::config::FsyncMode::Never => FsyncPolicy::Never,
-            },
+            fsync: FsyncPolicy::from(config.fsync),
         })
     }
 }

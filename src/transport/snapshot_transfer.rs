@@ -49,7 +49,7 @@
 use super::fault::PeerFaults;
 use super::wire::{encode_transfer_frame, AckStatus, SnapshotAck, SnapshotChunk, TransferFrame};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
-use crate::storage::snapshot::{self as snapshot_file, IncomingSnapshot};
+use crate::storage::snapshot_file::{self, IncomingSnapshot};
 use crate::storage::{FsyncPolicy, StorageError};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -717,7 +717,7 @@ pub(crate) fn receive_loop<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::snapshot::{received_path, snapshot_path, write_snapshot};
+    use crate::storage::snapshot_file::{received_path, snapshot_path, write_snapshot};
     // Test-only: the end-to-end tests below stream through a whole `PeerTransport`.
     use crate::transport::peer::tests::{settings_with, two_ports, TestEvent};
     use crate::transport::peer::{PeerSettings, PeerTransport};

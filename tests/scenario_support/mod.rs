@@ -18,11 +18,11 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use bytes::Bytes;
+use rrmq::raft::InitialState;
 use rrmq::raft::{
     Core, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
     RaftConfig, ReadState, Ready, Role, Term,
 };
-use rrmq::storage::RestoredState;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub const S1: NodeId = NodeId(1);
@@ -105,8 +105,8 @@ impl Setup {
         self
     }
 
-    pub fn restored(&self) -> RestoredState {
-        RestoredState {
+    pub fn restored(&self) -> InitialState {
+        InitialState {
             snapshot: Default::default(),
             hard_state: HardState {
                 term: Term(self.term),
@@ -127,7 +127,7 @@ impl Setup {
 pub struct Node {
     pub core: Core,
     /// What survived on disk: exactly what was persisted, nothing handed out but unpersisted.
-    pub storage: RestoredState,
+    pub storage: InitialState,
     pub applied: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     pub aborted_reads: Vec<u64>,
@@ -396,7 +396,7 @@ impl Net {
 
     /// Restart from a chosen storage state (e.g. one that lost its vote, to show why it must
     /// not).
-    pub fn restart_from(&mut self, id: NodeId, storage: RestoredState) {
+    pub fn restart_from(&mut self, id: NodeId, storage: InitialState) {
         let voters = self.voters.clone();
         let config = self.config.clone();
         let node = self.node_mut(id);

@@ -8,8 +8,9 @@
 //! `rafttest/`).
 //!
 //! What it owns: the simulated world around the cores — network ([`network`], which also
-//! carries snapshot data), durable storage per node with its snapshot ([`storage`]), the
-//! runtime loop of each node with its state machine, the real `rrmq::queue::Queue`
+//! carries snapshot data), durable storage per node with its snapshot ([`storage`]; the log
+//! is a `MemStore`), the runtime loop of each node with its state machine, the real
+//! `rrmq::queue::Queue`
 //! ([`node`]), the clients that retry with `(client_id, seq)` and their oracle ([`client`],
 //! [`workload`]) — and the safety checkers, one per property: Raft's in [`checkers`], the
 //! state machine's (exactly once, replicas agree) in [`state_machine`]. [`simulation`]

@@ -4,26 +4,27 @@
 //! written atomically (temp file, fsync, rename): by the node itself after applying
 //! (`save_snapshot`), or adopted from the leader the moment the core's `Ready` asks to
 //! install it (`adopt_snapshot`, as `node_loop` renames the received file before it hands
-//! the rest of the `Ready` to the WAL thread). The WAL holds the last hard state and the log
-//! after its compaction point, and applies the `Ready` rule that entries starting at or
-//! below the stored last index replace the stored suffix from there. The WAL learns of an
-//! installed snapshot later, with its batch (`restart_log_after`): its log restarts there.
+//! the rest of the `Ready` to the WAL thread). The WAL is a `rrmq::storage::MemStore`, the
+//! store that `src/storage/conformance.rs` holds to the real WAL's behaviour (what a crash
+//! keeps, when a commit index is durable, what compaction keeps, which appends are refused),
+//! so the simulator's crash model is the real node's. The WAL learns of an installed
+//! snapshot later, with its batch (`restart_log_after`): its log restarts there.
 //!
-//! A sync group of batches is persisted atomically (one checksummed record for the snapshot
-//! items, hard states and entries, as the WAL writes it); a crash before that keeps none of
-//! it, except that a term or vote change reaches the hard state file first
-//! (`persist_hard_state_only`). Compacting the log after a save may be left for later
-//! (segments deleted lazily), so the log may still hold entries the snapshot covers; and a
-//! node applies committed entries before its own copy is durable, so the snapshot may also
-//! be ahead of the log, or disagree with an unsynced suffix it was about to overwrite.
-//! `recover` reconciles the two as `rrmq::node::recovery` does (its `plan_log` decides): a
-//! log behind the snapshot, or disagreeing with it, restarts after it.
+//! Each batch is appended and synced (`persist`); a sync group is persisted without a crash
+//! point in between, as the WAL's one record per group. A crash in the middle of a group's
+//! sync keeps only a term or vote change, which reaches the hard state file first
+//! (`persist_hard_state_only`, `MemStore::crash_mid_sync`). Compacting the log after a save
+//! may be left for later (segments deleted lazily), so the log may still hold entries the
+//! snapshot covers; and a node applies committed entries before its own copy is durable, so
+//! the snapshot may also be ahead of the log, or disagree with an unsynced suffix it was
+//! about to overwrite. `recover` reconciles the two as `rrmq::node::recovery` does (its
+//! `plan_log` decides): a log behind the snapshot, or disagreeing with it, restarts after it.
 
 use super::{property, Violation};
 use bytes::Bytes;
 use rrmq::node::recovery::{plan_log, LogPlan};
-use rrmq::raft::{Entry, HardState, LogIndex, NodeId, SnapshotMeta};
-use rrmq::storage::RestoredState;
+use rrmq::raft::{Entry, HardState, InitialState, LogIndex, NodeId, SnapshotMeta};
+use rrmq::storage::{LogStore, MemStore, StorageError};
 use std::sync::Arc;
 
 /// A saved snapshot: the state machine's encoded state at `meta`, what the network carries
@@ -41,75 +42,56 @@ pub struct SnapshotData {
 
 #[derive(Default)]
 pub struct DurableStorage {
-    hard_state: HardState,
+    /// The WAL: only what it synced survives a crash.
+    wal: MemStore,
     /// The newest snapshot file.
     snapshot: Option<Arc<SnapshotData>>,
-    /// The last snapshot the WAL's log restarted after (`restart_log_after`), `0@0`: none.
-    log_restart: SnapshotMeta,
-    /// The index just before `entries[0]`. Invariant: `entries[i].index == offset + 1 + i`.
-    offset: LogIndex,
-    entries: Vec<Entry>,
+    /// A refusal by the WAL at a crash point, reported by the next `recover`.
+    refused: Option<Violation>,
+}
+
+/// A store refusing what the core asked for: the core broke the `Ready` contract.
+fn refused(node: NodeId, error: StorageError) -> Violation {
+    Violation::new(
+        property::READY_CONTRACT,
+        format!("n{node}: storage refused a Ready: {error}"),
+    )
 }
 
 impl DurableStorage {
-    /// Makes a `Ready`'s hard state and entries durable, checking that the core asked for
-    /// something storage can do.
+    /// Makes a `Ready`'s hard state and entries durable (append, set the hard state, sync),
+    /// checking that the core asked for something storage can do.
     pub fn persist(
         &mut self,
         node: NodeId,
         hard_state: Option<HardState>,
         entries: &[Entry],
     ) -> Result<(), Violation> {
-        if let Some(first) = entries.first() {
-            let stored_last = self.last_index();
-            if first.index <= self.offset || first.index > stored_last.next() {
-                return Err(Violation::new(
-                    property::READY_CONTRACT,
-                    format!(
-                        "n{node}: Ready entries start at {} but storage holds {}..={stored_last}",
-                        first.index,
-                        self.offset.next()
-                    ),
-                ));
-            }
-            for (offset, entry) in entries.iter().enumerate() {
-                if entry.index.0 != first.index.0 + offset as u64 {
+        // Replacing a durable entry the node already reported committed would lose it.
+        let commit = self.wal.hard_state().commit;
+        for entry in entries.iter().take_while(|entry| entry.index <= commit) {
+            if let Some(stored) = self.entry(entry.index) {
+                if stored != entry {
                     return Err(Violation::new(
-                        property::READY_CONTRACT,
+                        property::STATE_MACHINE_SAFETY,
                         format!(
-                            "n{node}: Ready entries are not contiguous at {}",
-                            entry.index
+                            "n{node}: Ready overwrites durable committed entry {} with {}",
+                            stored.id(),
+                            entry.id()
                         ),
                     ));
                 }
             }
-            // Replacing a durable entry the node already reported committed would lose it.
-            let durable_commit = self.hard_state.commit;
-            for entry in entries
-                .iter()
-                .take_while(|entry| entry.index <= durable_commit)
-            {
-                if let Some(stored) = self.entry(entry.index) {
-                    if stored != entry {
-                        return Err(Violation::new(
-                            property::STATE_MACHINE_SAFETY,
-                            format!(
-                                "n{node}: Ready overwrites durable committed entry {} with {}",
-                                stored.id(),
-                                entry.id()
-                            ),
-                        ));
-                    }
-                }
-            }
-            self.entries
-                .truncate((first.index.0 - self.offset.0 - 1) as usize);
-            self.entries.extend_from_slice(entries);
         }
+        self.wal
+            .append(entries)
+            .map_err(|error| refused(node, error))?;
         if let Some(hard_state) = hard_state {
-            self.hard_state = hard_state;
+            self.wal
+                .set_hard_state(&hard_state)
+                .map_err(|error| refused(node, error))?;
         }
-        Ok(())
+        self.wal.sync().map_err(|error| refused(node, error))
     }
 
     /// A snapshot of this node's own state machine was saved. Compacting the log is a
@@ -132,11 +114,11 @@ impl DurableStorage {
     }
 
     /// The WAL records an installed snapshot: the log restarts after it (Raft §7: the core
-    /// keeps nothing of its log when it installs one).
+    /// keeps nothing of its log when it installs one). Durable with the batch's `persist`.
     pub fn restart_log_after(&mut self, snapshot: SnapshotMeta) {
-        self.offset = snapshot.index();
-        self.entries.clear();
-        self.log_restart = snapshot;
+        if let Err(error) = self.wal.install_snapshot(snapshot) {
+            panic!("installing snapshot {}: {error}", snapshot.last);
+        }
     }
 
     /// A crash in the middle of a group's sync: the hard state file is written first (if
@@ -144,68 +126,81 @@ impl DurableStorage {
     /// keeps the commit index already durable, not the group's new one (which would make a
     /// stale suffix the group was about to overwrite look committed after the restart).
     pub fn persist_hard_state_only(&mut self, hard_state: HardState) {
-        if (hard_state.term, hard_state.vote) != (self.hard_state.term, self.hard_state.vote) {
-            self.hard_state = HardState {
-                commit: self.hard_state.commit,
-                ..hard_state
-            };
+        if let Err(error) = self.wal.set_hard_state(&hard_state) {
+            self.refused = Some(Violation::new(
+                property::READY_CONTRACT,
+                format!("storage refused a Ready's hard state: {error}"),
+            ));
         }
+        self.wal.crash_mid_sync();
     }
 
-    /// Deletes the log up to `index`, never past the last durable entry (as
-    /// `LogStore::compact_to` never drops the last synced one).
+    /// Lets the WAL delete the log up to `index`, as `LogStore::compact_to` (which keeps the
+    /// last synced entry).
     pub fn compact(&mut self, index: LogIndex) {
-        let index = index.min(self.last_index());
-        if index <= self.offset {
-            return;
+        if let Err(error) = self.wal.compact_to(index) {
+            panic!("compacting to {index}: {error}");
         }
-        let drop_count = (index.0 - self.offset.0) as usize;
-        assert!(
-            drop_count <= self.entries.len(),
-            "compacting to {index} past the stored log ({})",
-            self.last_index()
-        );
-        self.entries.drain(..drop_count);
-        self.offset = index;
     }
 
     /// What a restarted core resumes from, after reconciling the snapshot file with the log
     /// as `rrmq::node::recovery` does: a log behind the snapshot (or disagreeing with it at
     /// its index) finishes the interrupted install and restarts after it; a gap between
     /// them means entries were lost, which no schedule may cause.
-    pub fn recover(&mut self, node: NodeId) -> Result<RestoredState, Violation> {
-        let snapshot = self.snapshot_meta();
-        let wal = RestoredState {
-            snapshot: self.log_restart,
-            hard_state: self.hard_state,
-            entries: self.entries.clone(),
-        };
-        match plan_log(snapshot, &wal) {
-            Ok(LogPlan::Resume) => {}
-            Ok(LogPlan::RestartAfterSnapshot) => self.restart_log_after(snapshot),
-            Err(reason) => {
-                return Err(Violation::new(
-                    property::STATE_MACHINE_SAFETY,
-                    format!("n{node} cannot restart from its storage: {reason}"),
-                ))
-            }
+    pub fn recover(&mut self, node: NodeId) -> Result<InitialState, Violation> {
+        if let Some(violation) = self.refused.take() {
+            return Err(violation);
         }
-        Ok(RestoredState {
-            snapshot,
-            hard_state: self.hard_state,
-            entries: self.entries.clone(),
-        })
+        self.wal.crash();
+        let snapshot = self.snapshot_meta();
+        let wal = self.wal.durable();
+        let plan = plan_log(snapshot, &wal).map_err(|reason| {
+            Violation::new(
+                property::STATE_MACHINE_SAFETY,
+                format!("n{node} cannot restart from its storage: {reason}"),
+            )
+        })?;
+        let mut restored = InitialState { snapshot, ..wal };
+        if plan == LogPlan::RestartAfterSnapshot {
+            if restored.hard_state.term < snapshot.last.term {
+                // As the real recovery: a leader's snapshot adopted before the hard state of
+                // its term was durable raises the term (without a vote).
+                restored.hard_state = HardState {
+                    term: snapshot.last.term,
+                    vote: None,
+                    ..restored.hard_state
+                };
+            }
+            self.wal
+                .set_hard_state(&restored.hard_state)
+                .and_then(|()| self.wal.install_snapshot(snapshot))
+                .and_then(|()| self.wal.sync())
+                .map_err(|error| {
+                    Violation::new(
+                        property::STATE_MACHINE_SAFETY,
+                        format!(
+                            "n{node} cannot restart its log after snapshot {}: {error}",
+                            snapshot.last
+                        ),
+                    )
+                })?;
+            restored.entries.clear();
+        }
+        Ok(restored)
     }
 
+    /// The newest snapshot file, if any.
     pub fn snapshot(&self) -> Option<&Arc<SnapshotData>> {
         self.snapshot.as_ref()
     }
 
-    /// The hard state the WAL holds durably.
+    /// The hard state last persisted: its term and vote are durable; its commit index only
+    /// as far as the WAL's rules make it (a hint on restart).
     pub fn hard_state(&self) -> HardState {
-        self.hard_state
+        self.wal.hard_state()
     }
 
+    /// The newest snapshot file's snapshot (`0@0`: none).
     pub fn snapshot_meta(&self) -> SnapshotMeta {
         self.snapshot
             .as_ref()
@@ -214,15 +209,13 @@ impl DurableStorage {
 
     /// The stored log entries (which may start at or before the snapshot's index).
     pub fn entries(&self) -> &[Entry] {
-        &self.entries
-    }
-
-    fn last_index(&self) -> LogIndex {
-        LogIndex(self.offset.0 + self.entries.len() as u64)
+        self.wal.entries()
     }
 
     fn entry(&self, index: LogIndex) -> Option<&Entry> {
-        let position = index.0.checked_sub(self.offset.0)?.checked_sub(1)?;
-        self.entries.get(usize::try_from(position).ok()?)
+        let entries = self.wal.entries();
+        let first = entries.first()?.index;
+        let position = index.0.checked_sub(first.0)?;
+        entries.get(usize::try_from(position).ok()?)
     }
 }

@@ -2,8 +2,9 @@ use super::*;
 use crate::config::{ClusterConfig, NodeArgs};
 use crate::protocol::{decode_reply, encode_request, Encoding, Operation, Reply, Request};
 use crate::queue::QueueConfig;
+use crate::raft::InitialState;
 use crate::raft::SnapshotMeta;
-use crate::storage::{MemStore, RestoredState};
+use crate::storage::MemStore;
 use crate::transport::client::{ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
 use clap::Parser;
@@ -360,7 +361,7 @@ fn start_node_of(
         config.id,
         config.cluster.voters(),
         config.raft.clone(),
-        RestoredState::default(),
+        InitialState::default(),
         7,
     );
     let node = NodeLoop::new(NodeParts {

@@ -32,16 +32,19 @@
 //! transfer never leaves half-installed state. (`<index>` and `<term>` are 20-digit
 //! zero-padded, so names sort by index.)
 
-use super::wal::FsyncPolicy;
-use super::StorageError;
+use super::io::{DirIo, IoOp, SequentialWriter};
+use super::{FsyncPolicy, StorageError};
 use crate::raft::{EntryId, LogIndex, SnapshotMeta, Term};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RRMQSNAP";
+/// The `format_version` this build writes and reads (see the layout in the module docs).
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Bytes of the header: magic, format version, last term and last index.
 pub const SNAPSHOT_HEADER_BYTES: u64 = 28;
+/// Bytes of the trailer: the CRC32C over header and body.
 pub const SNAPSHOT_TRAILER_BYTES: u64 = 4;
 const PREFIX: &str = "snapshot-";
 const COMPLETE_SUFFIX: &str = ".snap";
@@ -53,16 +56,14 @@ const CORRUPT_SUFFIX: &str = ".corrupt";
 /// one sequential pass.
 const BUFFER_BYTES: usize = 1024 * 1024;
 
-/// What an operator should do when no usable snapshot or log is left.
-pub const SNAPSHOT_RECOVERY_ADVICE: &str = "to recover: stop the node, delete its data dir \
-     and restart it; it will catch up from the other nodes through a snapshot (do this for \
-     one node at a time, while the others form a majority)";
-
 /// A complete, checked snapshot file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotFile {
+    /// The snapshot the file holds (from its header, which matches its name).
     pub meta: SnapshotMeta,
+    /// Where the file is.
     pub path: PathBuf,
+    /// The file's whole length: header, body and trailer.
     pub len_bytes: u64,
     /// The trailer's checksum, over everything before it.
     pub crc: u32,
@@ -132,9 +133,11 @@ fn decode_header(header: &[u8]) -> Result<SnapshotMeta, String> {
     })
 }
 
+/// A damaged snapshot file. No advice is appended: the caller decides what it means (at
+/// startup an older snapshot is tried; a damaged transfer is simply sent again).
 fn corrupt(path: &Path, offset: u64, reason: String) -> StorageError {
     StorageError::Corrupt {
-        segment: path.display().to_string(),
+        file: path.display().to_string(),
         offset,
         reason,
     }
@@ -145,13 +148,16 @@ fn io_error(path: &Path, action: &str) -> impl FnOnce(io::Error) -> StorageError
     move |error| StorageError::Io(io::Error::new(error.kind(), format!("{what}: {error}")))
 }
 
-fn sync_dir(dir: &Path, fsync: FsyncPolicy) -> Result<(), StorageError> {
-    if fsync == FsyncPolicy::Never {
-        return Ok(());
-    }
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error(dir, "syncing"))
+/// The data dir as snapshot files are written to it: through [`DirIo`], like the WAL, so
+/// the fsync policy and (in tests) fault injection apply to snapshot files too.
+fn open_dir(dir: &Path, fsync: FsyncPolicy) -> Result<DirIo, StorageError> {
+    DirIo::open(dir, fsync).map_err(io_error(dir, "opening"))
+}
+
+/// Makes the names created, renamed or deleted in the dir durable (nothing under `Never`).
+fn sync_dir(io: &mut DirIo) -> Result<(), StorageError> {
+    let dir = io.dir().to_path_buf();
+    io.sync_dir().map_err(io_error(&dir, "syncing"))
 }
 
 /// A `Write` that checksums what passes through to `inner`.
@@ -200,18 +206,35 @@ pub fn write_snapshot<F>(
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let path = snapshot_path(dir, meta);
+    write_snapshot_in(&mut open_dir(dir, fsync)?, meta, write_body)
+}
+
+/// [`write_snapshot`] through `io` (a test injects faults there). A failure removes the
+/// temp file: it never took effect.
+pub(crate) fn write_snapshot_in<F>(
+    io: &mut DirIo,
+    meta: SnapshotMeta,
+    write_body: F,
+) -> Result<SnapshotFile, StorageError>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    let dir = io.dir().to_path_buf();
+    let path = snapshot_path(&dir, meta);
     let temp_path = dir.join(file_name(meta, TEMP_SUFFIX));
-    let result = write_temp(&temp_path, meta, fsync, write_body);
+    let result = write_temp(io, &temp_path, meta, write_body).and_then(|written| {
+        io.rename(IoOp::SnapshotRename, &temp_path, &path)
+            .map_err(io_error(&temp_path, "renaming"))?;
+        Ok(written)
+    });
     let (len_bytes, crc) = match result {
         Ok(written) => written,
         Err(error) => {
-            let _ = std::fs::remove_file(&temp_path);
+            let _ = io.remove_file(IoOp::SnapshotDelete, &temp_path);
             return Err(error);
         }
     };
-    std::fs::rename(&temp_path, &path).map_err(io_error(&temp_path, "renaming"))?;
-    sync_dir(dir, fsync)?;
+    sync_dir(io)?;
     Ok(SnapshotFile {
         meta,
         path,
@@ -221,26 +244,28 @@ where
 }
 
 fn write_temp<F>(
+    io: &mut DirIo,
     temp_path: &Path,
     meta: SnapshotMeta,
-    fsync: FsyncPolicy,
     write_body: F,
 ) -> Result<(u64, u32), StorageError>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(temp_path)
+    let file = io
+        .create_file(IoOp::SnapshotCreate, temp_path)
         .map_err(io_error(temp_path, "creating"))?;
     // The buffer sits before the checksum, so the checksum runs over large blocks rather
     // than the encoder's many small writes.
     let mut writer = BufWriter::with_capacity(
         BUFFER_BYTES,
         CrcWriter {
-            inner: file,
+            inner: SequentialWriter {
+                io: &mut *io,
+                op: IoOp::SnapshotWrite,
+                file: &file,
+                written_bytes: 0,
+            },
             crc: 0,
         },
     );
@@ -250,20 +275,17 @@ where
         .and_then(|()| writer.flush())
         .map_err(io_error(temp_path, "writing"))?;
     let CrcWriter {
-        inner: mut file,
+        inner: mut sequential,
         crc,
     } = writer
         .into_inner()
         .map_err(|error| io_error(temp_path, "writing")(error.into_error()))?;
-    file.write_all(&crc.to_le_bytes())
+    sequential
+        .write_all(&crc.to_le_bytes())
         .map_err(io_error(temp_path, "writing"))?;
-    if fsync == FsyncPolicy::Always {
-        file.sync_all().map_err(io_error(temp_path, "syncing"))?;
-    }
-    let len_bytes = file
-        .metadata()
-        .map_err(io_error(temp_path, "reading the size of"))?
-        .len();
+    let len_bytes = sequential.written_bytes;
+    io.sync_all(IoOp::SnapshotSync, &file)
+        .map_err(io_error(temp_path, "syncing"))?;
     Ok((len_bytes, crc))
 }
 
@@ -425,6 +447,7 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(SnapshotMeta, PathBuf)>, Storag
 /// Deletes what interrupted writes and transfers left behind (`.snap.tmp`, `.partial`,
 /// `.received`): none of them ever took effect. Returns how many were deleted.
 pub fn remove_leftovers(dir: &Path, fsync: FsyncPolicy) -> Result<usize, StorageError> {
+    let mut io = open_dir(dir, fsync)?;
     let mut removed = 0;
     for dir_entry in std::fs::read_dir(dir).map_err(io_error(dir, "listing"))? {
         let dir_entry = dir_entry.map_err(io_error(dir, "listing"))?;
@@ -435,7 +458,8 @@ pub fn remove_leftovers(dir: &Path, fsync: FsyncPolicy) -> Result<usize, Storage
             .any(|suffix| parse_name(name, suffix).is_some());
         if leftover {
             let path = dir_entry.path();
-            std::fs::remove_file(&path).map_err(io_error(&path, "deleting"))?;
+            io.remove_file(IoOp::SnapshotDelete, &path)
+                .map_err(io_error(&path, "deleting"))?;
             log::info!(
                 "removed {}, left by an interrupted snapshot write or transfer",
                 path.display()
@@ -444,7 +468,7 @@ pub fn remove_leftovers(dir: &Path, fsync: FsyncPolicy) -> Result<usize, Storage
         }
     }
     if removed > 0 {
-        sync_dir(dir, fsync)?;
+        sync_dir(&mut io)?;
     }
     Ok(removed)
 }
@@ -452,10 +476,12 @@ pub fn remove_leftovers(dir: &Path, fsync: FsyncPolicy) -> Result<usize, Storage
 /// Deletes all but the newest `keep` snapshot files, and any `.received` file at or below
 /// the newest (it can no longer be installed). Returns how many files were deleted.
 pub fn retain_newest(dir: &Path, keep: usize, fsync: FsyncPolicy) -> Result<usize, StorageError> {
+    let mut io = open_dir(dir, fsync)?;
     let snapshots = list_snapshots(dir)?;
     let mut removed = 0;
     for (_, path) in snapshots.iter().skip(keep) {
-        std::fs::remove_file(path).map_err(io_error(path, "deleting"))?;
+        io.remove_file(IoOp::SnapshotDelete, path)
+            .map_err(io_error(path, "deleting"))?;
         removed += 1;
     }
     if let Some((newest, _)) = snapshots.first() {
@@ -466,24 +492,32 @@ pub fn retain_newest(dir: &Path, keep: usize, fsync: FsyncPolicy) -> Result<usiz
             if parse_name(name, RECEIVED_SUFFIX).is_some_and(|meta| meta.index() <= newest.index())
             {
                 let path = dir_entry.path();
-                std::fs::remove_file(&path).map_err(io_error(&path, "deleting"))?;
+                io.remove_file(IoOp::SnapshotDelete, &path)
+                    .map_err(io_error(&path, "deleting"))?;
                 removed += 1;
             }
         }
     }
     if removed > 0 {
-        sync_dir(dir, fsync)?;
+        sync_dir(&mut io)?;
     }
     Ok(removed)
 }
 
 /// Renames a snapshot file that failed its checks to `<name>.corrupt`, so it is no longer
-/// taken for a snapshot (nor counted among the newest two) but stays for the operator.
+/// taken for a snapshot (nor counted among the newest two) but stays for the operator. The
+/// rename is not synced: if a crash undoes it, the file fails its checks again.
 pub fn quarantine(path: &Path) -> Result<PathBuf, StorageError> {
     let mut name = path.as_os_str().to_owned();
     name.push(CORRUPT_SUFFIX);
     let target = PathBuf::from(name);
-    std::fs::rename(path, &target).map_err(io_error(path, "renaming"))?;
+    let dir = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    open_dir(dir, FsyncPolicy::Never)?
+        .rename(IoOp::SnapshotRename, path, &target)
+        .map_err(io_error(path, "renaming"))?;
     Ok(target)
 }
 
@@ -494,22 +528,27 @@ pub fn adopt_received(
     meta: SnapshotMeta,
     fsync: FsyncPolicy,
 ) -> Result<PathBuf, StorageError> {
+    let mut io = open_dir(dir, fsync)?;
     let from = received_path(dir, meta);
     let to = snapshot_path(dir, meta);
-    std::fs::rename(&from, &to).map_err(io_error(&from, "renaming"))?;
-    sync_dir(dir, fsync)?;
+    io.rename(IoOp::SnapshotRename, &from, &to)
+        .map_err(io_error(&from, "renaming"))?;
+    sync_dir(&mut io)?;
     Ok(to)
 }
 
 /// A snapshot file arriving from a leader in chunks: appended to `<name>.partial` (memory
-/// stays bounded by one chunk), checked whole by [`IncomingSnapshot::finish`], and only then
-/// renamed to `<name>.received`. Dropped unfinished, the partial file is deleted.
+/// stays bounded by one chunk plus a write buffer), checked whole by
+/// [`IncomingSnapshot::finish`], and only then renamed to `<name>.received`. Dropped
+/// unfinished, the partial file is deleted.
 pub struct IncomingSnapshot {
-    dir: PathBuf,
+    io: DirIo,
     meta: SnapshotMeta,
     path: PathBuf,
-    file: Option<BufWriter<File>>,
-    fsync: FsyncPolicy,
+    /// `None` once `finish` took it.
+    file: Option<File>,
+    /// Appended bytes not yet written to `file` (at most about `BUFFER_BYTES`).
+    buffer: Vec<u8>,
     written_bytes: u64,
     /// The first bytes, until the header is complete.
     header: Vec<u8>,
@@ -526,19 +565,24 @@ impl IncomingSnapshot {
         meta: SnapshotMeta,
         fsync: FsyncPolicy,
     ) -> Result<IncomingSnapshot, StorageError> {
-        let path = partial_path(dir, meta);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
+        IncomingSnapshot::create_in(open_dir(dir, fsync)?, meta)
+    }
+
+    /// [`IncomingSnapshot::create`] through `io` (a test injects faults there).
+    pub(crate) fn create_in(
+        mut io: DirIo,
+        meta: SnapshotMeta,
+    ) -> Result<IncomingSnapshot, StorageError> {
+        let path = partial_path(io.dir(), meta);
+        let file = io
+            .create_file(IoOp::SnapshotCreate, &path)
             .map_err(io_error(&path, "creating"))?;
         Ok(IncomingSnapshot {
-            dir: dir.to_path_buf(),
+            io,
             meta,
             path,
-            file: Some(BufWriter::with_capacity(BUFFER_BYTES, file)),
-            fsync,
+            file: Some(file),
+            buffer: Vec::new(),
             written_bytes: 0,
             header: Vec::with_capacity(SNAPSHOT_HEADER_BYTES as usize),
             crc: 0,
@@ -546,22 +590,26 @@ impl IncomingSnapshot {
         })
     }
 
+    /// The snapshot being received.
     pub fn meta(&self) -> SnapshotMeta {
         self.meta
     }
 
+    /// Bytes appended so far.
     pub fn written_bytes(&self) -> u64 {
         self.written_bytes
     }
 
     /// Appends the next bytes of the file.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
-        let Some(file) = self.file.as_mut() else {
+        if self.file.is_none() {
             return Err(StorageError::Invalid("append after finish".to_string()));
-        };
-        file.write_all(bytes)
-            .map_err(io_error(&self.path, "writing"))?;
+        }
+        self.buffer.extend_from_slice(bytes);
         self.written_bytes += bytes.len() as u64;
+        if self.buffer.len() >= BUFFER_BYTES {
+            self.write_buffer()?;
+        }
         let header_missing = SNAPSHOT_HEADER_BYTES as usize - self.header.len();
         self.header
             .extend_from_slice(&bytes[..header_missing.min(bytes.len())]);
@@ -588,10 +636,6 @@ impl IncomingSnapshot {
         expected_bytes: u64,
         expected_crc: u32,
     ) -> Result<PathBuf, StorageError> {
-        let file = self
-            .file
-            .take()
-            .expect("finish is called once: it consumes self");
         let path = self.path.clone();
         if self.written_bytes != expected_bytes {
             return Err(corrupt(
@@ -629,17 +673,34 @@ impl IncomingSnapshot {
                 ),
             ));
         }
-        let file = file
-            .into_inner()
-            .map_err(|error| io_error(&path, "writing")(error.into_error()))?;
-        if self.fsync == FsyncPolicy::Always {
-            file.sync_all().map_err(io_error(&path, "syncing"))?;
-        }
+        self.write_buffer()?;
+        let file = self
+            .file
+            .take()
+            .expect("finish is called once: it consumes self");
+        self.io
+            .sync_all(IoOp::SnapshotSync, &file)
+            .map_err(io_error(&path, "syncing"))?;
         drop(file);
-        let received = received_path(&self.dir, self.meta);
-        std::fs::rename(&path, &received).map_err(io_error(&path, "renaming"))?;
-        sync_dir(&self.dir, self.fsync)?;
+        let received = received_path(self.io.dir(), self.meta);
+        self.io
+            .rename(IoOp::SnapshotRename, &path, &received)
+            .map_err(io_error(&path, "renaming"))?;
+        sync_dir(&mut self.io)?;
         Ok(received)
+    }
+
+    /// Writes the buffered bytes at the end of the partial file.
+    fn write_buffer(&mut self) -> Result<(), StorageError> {
+        let Some(file) = self.file.as_ref() else {
+            return Err(StorageError::Invalid("append after finish".to_string()));
+        };
+        let offset = self.written_bytes - self.buffer.len() as u64;
+        self.io
+            .write_all_at(IoOp::SnapshotWrite, file, &self.buffer, offset)
+            .map_err(io_error(&self.path, "writing"))?;
+        self.buffer.clear();
+        Ok(())
     }
 }
 
@@ -647,7 +708,7 @@ impl Drop for IncomingSnapshot {
     fn drop(&mut self) {
         // Unfinished or failed: the partial file must never be mistaken for a snapshot.
         drop(self.file.take());
-        match std::fs::remove_file(&self.path) {
+        match self.io.remove_file(IoOp::SnapshotDelete, &self.path) {
             Ok(()) => log::debug!("discarded {}", self.path.display()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => log::warn!("cannot delete {}: {error}", self.path.display()),
@@ -687,6 +748,7 @@ pub fn open_for_sending(path: &Path) -> Result<(File, SnapshotFile), StorageErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::io::tests::Fault;
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
         SnapshotMeta {
@@ -974,6 +1036,93 @@ mod tests {
         assert!(partial_path(dir.path(), written.meta).exists());
         drop(incoming);
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+    }
+
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_failed_write_fsync_or_rename_leaves_no_snapshot() {
+        // Snapshot files go through `DirIo` like the WAL, so the same faults apply.
+        let cases = [
+            (IoOp::SnapshotCreate, None),
+            (IoOp::SnapshotWrite, Some(10)),
+            (IoOp::SnapshotSync, None),
+            (IoOp::SnapshotRename, None),
+        ];
+        for (number, (op, partial_bytes)) in cases.into_iter().enumerate() {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let mut io = DirIo::open(dir.path(), FsyncPolicy::Always).expect("open");
+            io.faults.inject(Fault {
+                op,
+                skip: 0,
+                partial_bytes,
+            });
+            let result =
+                write_snapshot_in(&mut io, meta(1, 5), |writer| writer.write_all(&body(100)));
+            assert!(
+                matches!(result, Err(StorageError::Io(_))),
+                "case {number} ({op:?}): {result:?}"
+            );
+            assert!(
+                io.faults.count(op) > 0,
+                "case {number} ({op:?}): not reached"
+            );
+            assert_eq!(
+                names(dir.path()),
+                Vec::<String>::new(),
+                "case {number} ({op:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_or_rename_of_a_received_snapshot_leaves_nothing_behind() {
+        let source = tempfile::tempdir().expect("a temp dir");
+        let written = write(source.path(), meta(2, 9), &body(5000));
+        let bytes = std::fs::read(&written.path).expect("read");
+        for (number, op) in [
+            IoOp::SnapshotWrite,
+            IoOp::SnapshotSync,
+            IoOp::SnapshotRename,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dir = tempfile::tempdir().expect("a temp dir");
+            let mut io = DirIo::open(dir.path(), FsyncPolicy::Always).expect("open");
+            io.faults.inject(Fault {
+                op,
+                skip: 0,
+                partial_bytes: None,
+            });
+            let mut incoming = IncomingSnapshot::create_in(io, written.meta).expect("create");
+            let result = incoming
+                .append(&bytes)
+                .and_then(|()| incoming.finish(written.len_bytes, written.crc));
+            assert!(
+                matches!(result, Err(StorageError::Io(_))),
+                "case {number} ({op:?}): {result:?}"
+            );
+            assert_eq!(
+                names(dir.path()),
+                Vec::<String>::new(),
+                "case {number} ({op:?})"
+            );
+        }
     }
 
     #[test]

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use super::driver::{Connections, Plan};
-use super::machine::Timing;
 use super::process::{machine_description, process_rss_kib};
 use super::report::{format_bytes, matrix_table, MatrixRow};
 use super::{parse_duration, run_cell, run_plan, ConsumeArgs, LoadArgs, ProduceArgs, Workload};
 use crate::cli::{CliError, GlobalOptions};
+use crate::client::call::Timing;
 use crate::client::{Client, ClientOptions, NodeAddress};
 use crate::config::FsyncMode;
 

@@ -24,8 +24,6 @@
 //! reuse topics between runs (a consume run must start from a known number of messages).
 
 mod driver;
-#[cfg(test)]
-mod fake_node;
 mod matrix;
 mod process;
 mod report;

@@ -30,6 +30,8 @@
 mod address;
 pub(crate) mod call;
 #[cfg(test)]
+pub(crate) mod fake_node;
+#[cfg(test)]
 mod tests;
 
 pub use address::{AddressError, NodeAddress};

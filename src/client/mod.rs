@@ -467,22 +467,20 @@ impl Client {
                     Err(SendError::Transport(error)) => {
                         log::debug!("{name}: {error}");
                         unreachable = Some(error);
-                        let node_count = self.addresses.len();
                         self.calls.on_send_failed(
                             Instant::now(),
                             node,
                             SendFailure::Unreachable,
-                            node_count,
+                            self.addresses.len(),
                         )
                     }
                     Err(SendError::Full(problem)) => {
                         log::debug!("{name}: {problem}");
-                        let node_count = self.addresses.len();
                         self.calls.on_send_failed(
                             Instant::now(),
                             node,
                             SendFailure::QueueFull,
-                            node_count,
+                            self.addresses.len(),
                         )
                     }
                 },
@@ -495,14 +493,10 @@ impl Client {
                         Ok(Some((node, reply))) => {
                             answered_by = node;
                             let answer = self.classify(&name, node, reply);
-                            let node_count = self.addresses.len();
                             self.calls
-                                .on_answer(Instant::now(), node, answer, node_count)
+                                .on_answer(Instant::now(), node, answer, self.addresses.len())
                         }
-                        Ok(None) => {
-                            let node_count = self.addresses.len();
-                            self.calls.on_timer(Instant::now(), node_count)
-                        }
+                        Ok(None) => self.calls.on_timer(Instant::now(), self.addresses.len()),
                         Err((_, error)) => {
                             self.calls.abandon();
                             return Err(error);

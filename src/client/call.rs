@@ -31,6 +31,19 @@ use crate::protocol::ErrorCode;
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(800);
 
+/// Whether a failure code means "not here, not now" (another attempt, later or on another
+/// node, may succeed) rather than a decisive answer: the node is not the leader, has no
+/// quorum, could not commit in time, or is stopping.
+pub(crate) fn is_retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeader
+            | ErrorCode::Unavailable
+            | ErrorCode::Timeout
+            | ErrorCode::ShuttingDown
+    )
+}
+
 /// How long an attempt and a call may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Timing {

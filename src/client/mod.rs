@@ -810,22 +810,11 @@ enum SendError {
     Full(String),
 }
 
-/// The failure of an answer that another attempt (later, or on another node) may turn into
-/// a success: the node is not the leader, has no quorum, is stopping, or could not commit in
-/// time. `None` for decisive outcomes.
+/// The failure of an answer that another attempt may turn into a success
+/// ([`call::is_retryable`]). `None` for decisive outcomes.
 fn retryable(outcome: &Outcome) -> Option<&ErrorInfo> {
     match outcome {
-        Outcome::Failed(info)
-            if matches!(
-                info.code,
-                ErrorCode::NotLeader
-                    | ErrorCode::Unavailable
-                    | ErrorCode::Timeout
-                    | ErrorCode::ShuttingDown
-            ) =>
-        {
-            Some(info)
-        }
+        Outcome::Failed(info) if call::is_retryable(info.code) => Some(info),
         _ => None,
     }
 }

@@ -179,17 +179,14 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
             Outcome::Done => Answer::Decisive(Verdict::Done),
             Outcome::Message(_) => Answer::Decisive(Verdict::Message),
             Outcome::Topics(_) => Answer::Decisive(Verdict::Unexpected),
-            Outcome::Failed(info) => match info.code {
-                ErrorCode::NotLeader
-                | ErrorCode::Unavailable
-                | ErrorCode::Timeout
-                | ErrorCode::ShuttingDown => Answer::Retry {
-                    code: info.code,
-                    hint: leader.as_ref().and_then(resolve),
-                },
-                ErrorCode::Empty => Answer::Decisive(Verdict::Empty),
-                code => Answer::Decisive(Verdict::Failed(code)),
+            Outcome::Failed(info) if call::is_retryable(info.code) => Answer::Retry {
+                code: info.code,
+                hint: leader.as_ref().and_then(resolve),
             },
+            Outcome::Failed(info) if info.code == ErrorCode::Empty => {
+                Answer::Decisive(Verdict::Empty)
+            }
+            Outcome::Failed(info) => Answer::Decisive(Verdict::Failed(info.code)),
         },
         Reply::Status(_) | Reply::Stats(_) => Answer::Decisive(Verdict::Unexpected),
     }

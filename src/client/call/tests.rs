@@ -538,3 +538,23 @@ fn beginning_twice_is_a_bug() {
     machine.begin::<Value>(start, 3);
     machine.begin::<Value>(start, 3);
 }
+
+#[test]
+fn only_not_here_not_now_codes_are_retried() {
+    let cases = [
+        (ErrorCode::NotLeader, true),
+        (ErrorCode::Unavailable, true),
+        (ErrorCode::Timeout, true),
+        (ErrorCode::ShuttingDown, true),
+        (ErrorCode::NoSuchTopic, false),
+        (ErrorCode::TopicExists, false),
+        (ErrorCode::Empty, false),
+        (ErrorCode::BadRequest, false),
+        (ErrorCode::TooLarge, false),
+        (ErrorCode::SessionExpired, false),
+        (ErrorCode::Unspecified, false),
+    ];
+    for (number, (code, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(is_retryable(code), expected, "case {number}: {code:?}");
+    }
+}

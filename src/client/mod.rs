@@ -5,7 +5,7 @@
 //! Only the leader answers topic and message operations, leaders change, nodes die, replies
 //! get lost. This module finds the leader (following the `leader` hint of a `NOT_LEADER`
 //! reply, else trying the nodes in turn), bounds every attempt and the whole call in time,
-//! and retries safely. Those rules live in [`call`], a state machine without sockets or
+//! and retries safely. Those rules live in `call.rs`, a state machine without sockets or
 //! clocks that the benchmark's load generator drives too; this module owns the sockets and
 //! drives it blocking.
 //!

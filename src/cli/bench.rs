@@ -24,9 +24,6 @@
 //! reuse topics between runs (a consume run must start from a known number of messages).
 
 mod driver;
-#[cfg(test)]
-mod fake_node;
-mod machine;
 mod matrix;
 mod process;
 mod report;
@@ -40,9 +37,9 @@ use clap::Subcommand;
 pub use self::driver::Connections;
 
 use self::driver::{Plan, Role, RunResult, CLIENTS_MAX};
-use self::machine::Timing;
 use self::report::{ClusterReport, NodeReport, OperationKind, Report, WalReport};
 use super::{parse_duration, CliError, GlobalOptions};
+use crate::client::call::Timing;
 use crate::client::{Client, ClientOptions, NodeAddress};
 use crate::config::MESSAGE_BYTES_MAX_LIMIT;
 use crate::protocol::{Payload, StatusReport};

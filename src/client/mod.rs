@@ -5,7 +5,9 @@
 //! Only the leader answers topic and message operations, leaders change, nodes die, replies
 //! get lost. This module finds the leader (following the `leader` hint of a `NOT_LEADER`
 //! reply, else trying the nodes in turn), bounds every attempt and the whole call in time,
-//! and retries safely.
+//! and retries safely. Those rules live in `call.rs`, a state machine without sockets or
+//! clocks that the benchmark's load generator drives too; this module owns the sockets and
+//! drives it blocking.
 //!
 //! Safe retries (PROTOCOL.md §5): each [`Client`] picks a random `client_id` and numbers its
 //! topic PUT, message PUT and message GET requests with an increasing `seq`, starting at 1.
@@ -26,12 +28,17 @@
 //! `seq` for a retry, or wait without a deadline.
 
 mod address;
+pub(crate) mod call;
+#[cfg(test)]
+pub(crate) mod fake_node;
 #[cfg(test)]
 mod tests;
 
 pub use address::{AddressError, NodeAddress};
 
 use std::time::{Duration, Instant};
+
+use self::call::{Answer, CallMachine, CallResult, SendFailure, Setback, Step, Timing};
 
 use crate::config::ClusterConfig;
 use crate::protocol::{
@@ -48,11 +55,6 @@ pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
 /// framing fit with room to spare; a node configured for larger messages needs a client
 /// configured to match.
 pub const REPLY_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// The pause after every node has answered without being able to serve (an election in
-/// progress), doubled up to the maximum while it lasts.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_millis(800);
 
 /// Leader hints may name nodes the client was not told about (a client started with one
 /// `--node`); it learns at most this many addresses, so a confused node cannot grow the list
@@ -197,15 +199,6 @@ impl ClientError {
     }
 }
 
-/// What an attempt learned when it did not end the call.
-#[derive(Debug)]
-enum Setback {
-    /// No reply in time, or the request could not even be queued.
-    Silence(String),
-    /// A node answered that it cannot serve now.
-    Refusal(String),
-}
-
 /// A blocking client. One request at a time: see the module docs.
 pub struct Client {
     // Sockets are declared before the context so they close first; the context's drop waits
@@ -215,17 +208,14 @@ pub struct Client {
     context: zmq::Context,
     /// Invariant: `addresses.len() == sockets.len()`, no duplicates, at most `NODES_MAX`.
     addresses: Vec<NodeAddress>,
-    /// The node believed to be leader: the last one that served a topic or message call.
-    leader: Option<usize>,
-    /// Where to start when no leader is known.
-    next_node: usize,
+    /// The retry policy: which node to try, when to give up. Its node indexes are
+    /// positions in `addresses`.
+    calls: CallMachine,
     client_id: String,
     /// The last `seq` used. Invariant: strictly increases with every session request.
     seq: u64,
     /// The tag of the last call; replies carrying an older tag are stale.
     call_tag: u64,
-    attempt_timeout: Duration,
-    deadline: Duration,
 }
 
 impl Client {
@@ -255,13 +245,16 @@ impl Client {
             sockets: addresses.iter().map(|_| None).collect(),
             context: zmq::Context::new(),
             addresses,
-            leader: None,
-            next_node: 0,
+            calls: CallMachine::new(
+                Timing {
+                    attempt_timeout: options.attempt_timeout,
+                    deadline: options.deadline,
+                },
+                0,
+            ),
             client_id: format!("{:016x}", rand::random::<u64>()),
             seq: 0,
             call_tag: 0,
-            attempt_timeout: options.attempt_timeout,
-            deadline: options.deadline,
         })
     }
 
@@ -277,7 +270,7 @@ impl Client {
 
     /// The node that last served a topic or message call, if any.
     pub fn leader(&self) -> Option<&NodeAddress> {
-        self.leader.map(|index| &self.addresses[index])
+        self.calls.leader().map(|index| &self.addresses[index])
     }
 
     /// Creates a topic: `Ok(true)` if this call created it, `Ok(false)` if it already existed.
@@ -373,7 +366,8 @@ impl Client {
         operation: Operation,
     ) -> Vec<Result<Reply, ClientError>> {
         let started = Instant::now();
-        let until = started + self.attempt_timeout;
+        let attempt_timeout = self.calls.timing().attempt_timeout;
+        let until = started + attempt_timeout;
         let name = describe(&operation);
         let tag = self.next_call_tag();
         let body = encode_request(
@@ -416,7 +410,6 @@ impl Client {
                 }
             }
         }
-        let attempt_timeout = self.attempt_timeout;
         indexes
             .iter()
             .zip(results)
@@ -437,13 +430,14 @@ impl Client {
 
     /// Runs one topic or message operation to a decisive outcome: success, or a failure that
     /// retrying cannot change (`NO_SUCH_TOPIC`, `EMPTY`, ...). Returns the node that answered.
+    /// The retry rules are [`call::CallMachine`]'s; this drives it with blocking sends and
+    /// polls.
     fn call(
         &mut self,
         operation: Operation,
         with_session: bool,
     ) -> Result<(usize, Outcome), ClientError> {
         let started = Instant::now();
-        let deadline = started + self.deadline;
         let name = describe(&operation);
         let session = with_session.then(|| {
             self.seq += 1;
@@ -462,111 +456,102 @@ impl Client {
             Encoding::MsgPack,
         );
         let tag = self.next_call_tag();
-        let mut target = self.leader.unwrap_or(self.next_node % self.addresses.len());
-        let mut last: Option<Setback> = None;
-        let mut refusals_in_round = 0usize;
-        let mut backoff = BACKOFF_MIN;
-        let mut unreachable: Vec<usize> = Vec::new();
+        // The last node that could not be connected to, to name in the error.
+        let mut unreachable: Option<ClientError> = None;
+        let mut answered_by = 0;
+        let mut step = self.calls.begin(started, self.addresses.len());
         loop {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(self.deadline_error(&name, started, last, with_session));
-            }
-            let attempt_until = (now + self.attempt_timeout).min(deadline);
-            let mut hint: Option<usize> = None;
-            match self.attempt(target, tag, &body, attempt_until) {
-                Ok((node, Reply::Outcome { outcome, leader })) => match retryable(&outcome) {
-                    None => {
-                        self.leader = Some(node);
-                        return Ok((node, outcome));
+            step = match step {
+                Step::Send { node, .. } => match self.send(node, tag, &body) {
+                    Ok(()) => Step::Wait,
+                    Err(SendError::Transport(error)) => {
+                        log::debug!("{name}: {error}");
+                        unreachable = Some(error);
+                        self.calls.on_send_failed(
+                            Instant::now(),
+                            node,
+                            SendFailure::Unreachable,
+                            self.addresses.len(),
+                        )
                     }
-                    Some(info) => {
-                        log::debug!(
-                            "{name}: {} answered {}: {}",
-                            self.addresses[node],
-                            info.code.as_str(),
-                            info.message
-                        );
-                        hint = leader
-                            .and_then(|leader| self.learn(&leader))
-                            .filter(|&hinted| hinted != node);
-                        last = Some(Setback::Refusal(format!(
-                            "{} answered {}",
-                            self.addresses[node],
-                            info.code.as_str()
-                        )));
-                        refusals_in_round += 1;
+                    Err(SendError::Full(problem)) => {
+                        log::debug!("{name}: {problem}");
+                        self.calls.on_send_failed(
+                            Instant::now(),
+                            node,
+                            SendFailure::QueueFull,
+                            self.addresses.len(),
+                        )
                     }
                 },
-                Ok((node, Reply::Status(_) | Reply::Stats(_))) => {
-                    return Err(ClientError::UnexpectedReply {
-                        node: self.addresses[node].clone(),
-                        operation: name,
-                        detail: "a status or stats report".to_string(),
-                    })
-                }
-                Err(AttemptError::Fatal(error)) => return Err(error),
-                Err(AttemptError::Unreachable(error)) => {
-                    log::debug!("{name}: {error}");
-                    if !unreachable.contains(&target) {
-                        unreachable.push(target);
+                Step::Wait => {
+                    let until = self
+                        .calls
+                        .wake_at()
+                        .expect("a call in flight always has a timer");
+                    match self.receive(tag, until, |_, _| true) {
+                        Ok(Some((node, reply))) => {
+                            answered_by = node;
+                            let answer = self.classify(&name, node, reply);
+                            self.calls
+                                .on_answer(Instant::now(), node, answer, self.addresses.len())
+                        }
+                        Ok(None) => self.calls.on_timer(Instant::now(), self.addresses.len()),
+                        Err((_, error)) => {
+                            self.calls.abandon();
+                            return Err(error);
+                        }
                     }
-                    if unreachable.len() == self.addresses.len() {
-                        return Err(error);
-                    }
-                    last = Some(Setback::Silence(error.to_string()));
                 }
-                Err(AttemptError::Silent(problem)) => {
-                    log::debug!("{name}: {problem}");
-                    last = Some(Setback::Silence(problem));
+                Step::Finished(finish) => {
+                    return match finish.result {
+                        CallResult::Answered(Reply::Outcome { outcome, .. }) => {
+                            Ok((answered_by, outcome))
+                        }
+                        CallResult::Answered(Reply::Status(_) | Reply::Stats(_)) => {
+                            Err(ClientError::UnexpectedReply {
+                                node: self.addresses[answered_by].clone(),
+                                operation: name,
+                                detail: "a status or stats report".to_string(),
+                            })
+                        }
+                        CallResult::GaveUp { last } => Err(self.deadline_error(
+                            &name,
+                            started,
+                            last,
+                            unreachable,
+                            with_session,
+                        )),
+                        CallResult::Unreachable => Err(unreachable.expect(
+                            "the machine reports every node unreachable only after a failed \
+                             connect",
+                        )),
+                    };
                 }
-                Err(AttemptError::Full(problem)) => {
-                    last = Some(Setback::Silence(problem));
-                    refusals_in_round += 1;
-                }
-            }
-            self.leader = None;
-            target = match hint {
-                Some(hinted) => hinted,
-                None => (target + 1) % self.addresses.len(),
             };
-            self.next_node = target;
-            if refusals_in_round >= self.addresses.len() {
-                // Every node answered quickly that it cannot serve: an election is probably
-                // in progress. Give it time instead of spinning.
-                refusals_in_round = 0;
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                std::thread::sleep(pause);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
         }
     }
 
-    /// Sends the call's body to one node and waits for the call's reply until `until`. A
-    /// reply from another node (to an earlier attempt of this call) is taken only if it is
-    /// decisive; its node is returned with it.
-    fn attempt(
-        &mut self,
-        target: usize,
-        tag: u64,
-        body: &[u8],
-        until: Instant,
-    ) -> Result<(usize, Reply), AttemptError> {
-        self.send(target, tag, body).map_err(|error| match error {
-            SendError::Transport(error) => AttemptError::Unreachable(error),
-            SendError::Full(problem) => AttemptError::Full(problem),
-        })?;
-        let accept = |index: usize, reply: &Reply| {
-            index == target
-                || matches!(reply, Reply::Outcome { outcome, .. } if retryable(outcome).is_none())
-        };
-        match self.receive(tag, until, accept) {
-            Ok(Some(answer)) => Ok(answer),
-            Ok(None) => Err(AttemptError::Silent(format!(
-                "no reply from {} within {:.1?}",
-                self.addresses[target], self.attempt_timeout
-            ))),
-            Err((_, error)) => Err(AttemptError::Fatal(error)),
+    /// What the retry policy needs to know of a reply to the call in flight: a leader hint
+    /// becomes a node index, learning its address if new.
+    fn classify(&mut self, name: &str, node: usize, reply: Reply) -> Answer<Reply> {
+        match reply {
+            Reply::Outcome { outcome, leader } => match retryable(&outcome) {
+                Some(info) => {
+                    log::debug!(
+                        "{name}: {} answered {}: {}",
+                        self.addresses[node],
+                        info.code.as_str(),
+                        info.message
+                    );
+                    Answer::Retry {
+                        code: info.code,
+                        hint: leader.and_then(|leader| self.learn(&leader)),
+                    }
+                }
+                None => Answer::Decisive(Reply::Outcome { outcome, leader }),
+            },
+            other => Answer::Decisive(other),
         }
     }
 
@@ -730,34 +715,44 @@ impl Client {
         self.call_tag
     }
 
+    /// The error of a call that gave up at its deadline, naming its last setback.
     fn deadline_error(
         &self,
         operation: &str,
         started: Instant,
         last: Option<Setback>,
+        unreachable: Option<ClientError>,
         outcome_unknown: bool,
     ) -> ClientError {
         let elapsed = started.elapsed();
         let operation = operation.to_string();
+        let attempt_timeout = self.calls.timing().attempt_timeout;
+        let silence = |last_problem: String| ClientError::Timeout {
+            operation: operation.clone(),
+            elapsed,
+            last_problem,
+            outcome_unknown,
+        };
         match last {
-            Some(Setback::Refusal(last_problem)) => ClientError::Unavailable {
-                operation,
+            Some(Setback::Refused { node, code }) => ClientError::Unavailable {
+                operation: operation.clone(),
                 elapsed,
-                last_problem,
+                last_problem: format!("{} answered {}", self.addresses[node], code.as_str()),
                 outcome_unknown,
             },
-            Some(Setback::Silence(last_problem)) => ClientError::Timeout {
-                operation,
-                elapsed,
-                last_problem,
-                outcome_unknown,
-            },
-            None => ClientError::Timeout {
-                operation,
-                elapsed,
-                last_problem: "no attempt fitted in the deadline".to_string(),
-                outcome_unknown,
-            },
+            Some(Setback::Silence { node }) => silence(format!(
+                "no reply from {} within {attempt_timeout:.1?}",
+                self.addresses[node]
+            )),
+            Some(Setback::QueueFull { node }) => silence(format!(
+                "{}: the send queue is full (node unreachable)",
+                self.addresses[node]
+            )),
+            Some(Setback::Unreachable { node }) => silence(match unreachable {
+                Some(error) => error.to_string(),
+                None => format!("{}: cannot connect", self.addresses[node]),
+            }),
+            None => silence("no attempt fitted in the deadline".to_string()),
         }
     }
 
@@ -810,39 +805,16 @@ fn unexpected_detail(node: NodeAddress, operation: &str, detail: &str) -> Client
     }
 }
 
-#[derive(Debug)]
-enum AttemptError {
-    /// The node could not even be connected to (a bad endpoint): skip it.
-    Unreachable(ClientError),
-    /// No reply in time.
-    Silent(String),
-    /// The request could not be queued.
-    Full(String),
-    /// A reply to this call that makes no sense: retrying will not help.
-    Fatal(ClientError),
-}
-
 enum SendError {
     Transport(ClientError),
     Full(String),
 }
 
-/// The failure of an answer that another attempt (later, or on another node) may turn into
-/// a success: the node is not the leader, has no quorum, is stopping, or could not commit in
-/// time. `None` for decisive outcomes.
+/// The failure of an answer that another attempt may turn into a success
+/// ([`call::is_retryable`]). `None` for decisive outcomes.
 fn retryable(outcome: &Outcome) -> Option<&ErrorInfo> {
     match outcome {
-        Outcome::Failed(info)
-            if matches!(
-                info.code,
-                ErrorCode::NotLeader
-                    | ErrorCode::Unavailable
-                    | ErrorCode::Timeout
-                    | ErrorCode::ShuttingDown
-            ) =>
-        {
-            Some(info)
-        }
+        Outcome::Failed(info) if call::is_retryable(info.code) => Some(info),
         _ => None,
     }
 }

@@ -8,8 +8,9 @@
 //! Each simulated client is closed-loop: one call in flight, the next one begun when the last
 //! ended. It has its own `client_id` and numbers its writes with `seq` (PROTOCOL.md §5); a
 //! call is encoded once, when it begins, so every retry carries the same `(client_id, seq)`.
-//! The retry rules live in [`super::machine`]; this module owns the sockets, the clock and
-//! the bookkeeping around them.
+//! The retry rules are the client library's ([`crate::client::call`], one state machine per
+//! simulated client); this module owns the sockets, the clock and the bookkeeping around
+//! them.
 //!
 //! Sockets: with [`Connections::PerClient`] (the default) each client has its own DEALER
 //! per node it talks to, so the node sees one TCP connection per client, as with real
@@ -25,9 +26,9 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use super::machine::{Answer, ClientMachine, Finish, Step, Timing, Verdict};
 use super::process::{own_cpu, process_cpu, process_rss_kib};
 use super::report::{progress_line, CpuTime, OperationKind, ProcessReport, Recorder};
+use crate::client::call::{self, CallMachine, SendFailure, Timing};
 use crate::client::{NodeAddress, REPLY_BYTES_MAX};
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, LeaderInfo, Operation, Outcome, Payload,
@@ -52,6 +53,28 @@ pub enum Connections {
     /// One DEALER per node for all clients: cheaper for the benchmark, kinder to the node.
     Shared,
 }
+
+/// A decisive reply as the benchmark counts it: retrying cannot change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// `success: true` to a PUT.
+    Done,
+    /// `success: true` with a message, to a GET.
+    Message,
+    /// `EMPTY` to a GET: the topic has no message left.
+    Empty,
+    /// Any other decisive failure (`NO_SUCH_TOPIC`, `TOO_LARGE`, `SESSION_EXPIRED`...).
+    Failed(ErrorCode),
+    /// A reply that makes no sense for the operation (a topic list, a status report).
+    Unexpected,
+}
+
+/// A reply as a simulated client's state machine sees it.
+pub(super) type Answer = call::Answer<Verdict>;
+/// How a simulated client's call ended.
+pub(super) type CallResult = call::CallResult<Verdict>;
+pub(super) type Finish = call::Finish<Verdict>;
+type Step = call::Step<Verdict>;
 
 /// What one simulated client does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,7 +142,7 @@ pub(super) enum DriverError {
 
 struct SimulatedClient {
     role: Role,
-    machine: ClientMachine,
+    machine: CallMachine,
     client_id: String,
     seq: u64,
     /// Numbers this client's calls; the low half of the tag.
@@ -156,17 +179,14 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
             Outcome::Done => Answer::Decisive(Verdict::Done),
             Outcome::Message(_) => Answer::Decisive(Verdict::Message),
             Outcome::Topics(_) => Answer::Decisive(Verdict::Unexpected),
-            Outcome::Failed(info) => match info.code {
-                ErrorCode::NotLeader
-                | ErrorCode::Unavailable
-                | ErrorCode::Timeout
-                | ErrorCode::ShuttingDown => Answer::Retry {
-                    code: info.code,
-                    hint: leader.as_ref().and_then(resolve),
-                },
-                ErrorCode::Empty => Answer::Decisive(Verdict::Empty),
-                code => Answer::Decisive(Verdict::Failed(code)),
+            Outcome::Failed(info) if call::is_retryable(info.code) => Answer::Retry {
+                code: info.code,
+                hint: leader.as_ref().and_then(resolve),
             },
+            Outcome::Failed(info) if info.code == ErrorCode::Empty => {
+                Answer::Decisive(Verdict::Empty)
+            }
+            Outcome::Failed(info) => Answer::Decisive(Verdict::Failed(info.code)),
         },
         Reply::Status(_) | Reply::Stats(_) => Answer::Decisive(Verdict::Unexpected),
     }
@@ -213,7 +233,7 @@ impl<'a> Driver<'a> {
             .enumerate()
             .map(|(index, role)| SimulatedClient {
                 role: role.clone(),
-                machine: ClientMachine::new(plan.timing, first_node),
+                machine: CallMachine::new(plan.timing, first_node),
                 client_id: format!("bench-{run_id:08x}-{index}"),
                 seq: 0,
                 call_number: 0,
@@ -451,19 +471,30 @@ impl<'a> Driver<'a> {
         Ok(())
     }
 
-    fn act(&mut self, client: usize, step: Step, now: Instant) -> Result<(), DriverError> {
-        match step {
-            Step::Wait => Ok(()),
-            Step::Send { node, retry } => {
-                if let Some(reason) = retry {
-                    if now >= self.measure_from {
-                        let kind = self.clients[client].role.kind();
-                        self.recorder.record_retry(kind, reason);
+    fn act(&mut self, client: usize, mut step: Step, now: Instant) -> Result<(), DriverError> {
+        loop {
+            match step {
+                Step::Wait => return Ok(()),
+                Step::Send { node, retry } => {
+                    if let Some(reason) = retry {
+                        if now >= self.measure_from {
+                            let kind = self.clients[client].role.kind();
+                            self.recorder.record_retry(kind, reason);
+                        }
                     }
+                    if self.send(client, node)? {
+                        return Ok(());
+                    }
+                    let node_count = self.nodes.len();
+                    step = self.clients[client].machine.on_send_failed(
+                        now,
+                        node,
+                        SendFailure::QueueFull,
+                        node_count,
+                    );
                 }
-                self.send(client, node)
+                Step::Finished(finish) => return self.on_finish(client, finish, now),
             }
-            Step::Finished(finish) => self.on_finish(client, finish, now),
         }
     }
 
@@ -478,10 +509,7 @@ impl<'a> Driver<'a> {
             self.recorder.record(kind, finish);
             self.last_finish = Some(now);
         }
-        let empty = matches!(
-            finish.result,
-            super::machine::CallResult::Answered(Verdict::Empty)
-        );
+        let empty = matches!(finish.result, CallResult::Answered(Verdict::Empty));
         let simulated = &mut self.clients[client];
         if let (Role::Consumer { until_empty, .. }, true) = (&simulated.role, empty) {
             if *until_empty {
@@ -542,10 +570,10 @@ impl<'a> Driver<'a> {
         }
     }
 
-    /// Queues the client's current call for `node` without blocking. A full queue (a node
-    /// that takes nothing) drops the socket; the attempt then meets silence and the machine
-    /// moves on.
-    fn send(&mut self, client: usize, node: usize) -> Result<(), DriverError> {
+    /// Queues the client's current call for `node` without blocking; `false` when the queue
+    /// is full (a node that takes nothing): the socket is dropped with the requests it never
+    /// took, and the attempt is lost.
+    fn send(&mut self, client: usize, node: usize) -> Result<bool, DriverError> {
         let group = self.clients[client].group;
         let frame_tag = tag(client, self.clients[client].call_number);
         self.open_socket(group, node)?;
@@ -554,11 +582,11 @@ impl<'a> Driver<'a> {
             .expect("open_socket leaves the socket open");
         let frames: [&[u8]; 3] = [&frame_tag, &[], &self.clients[client].body];
         match socket.send_multipart(frames, zmq::DONTWAIT) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(true),
             Err(zmq::Error::EAGAIN) => {
                 log::debug!("{}: send queue full; dropping the socket", self.nodes[node]);
                 self.sockets[group][node] = None;
-                Ok(())
+                Ok(false)
             }
             Err(source) => Err(DriverError::Socket {
                 node: self.nodes[node].clone(),

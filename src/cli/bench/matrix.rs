@@ -16,17 +16,17 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use super::driver::{Connections, Plan};
-use super::machine::Timing;
 use super::process::{machine_description, process_rss_kib};
 use super::report::{format_bytes, matrix_table, MatrixRow};
 use super::{parse_duration, run_cell, run_plan, ConsumeArgs, LoadArgs, ProduceArgs, Workload};
 use crate::cli::launcher::{self, LocalCluster, NodeSetup};
 use crate::cli::{CliError, GlobalOptions};
+use crate::client::call::Timing;
 use crate::client::{Client, ClientOptions, NodeAddress};
 use crate::config::FsyncMode;
 
@@ -182,10 +182,6 @@ impl MatrixArgs {
 struct MatrixOutput<'a> {
     machine: String,
     date: String,
-    /// The 1-minute load average when the matrix started: other work on the machine.
-    load_average: Option<f64>,
-    /// fdatasync latency of 100-byte appends in the data root, measured before the cells.
-    fdatasync: Option<SyncProbe>,
     fsync: &'static str,
     rows: &'a [MatrixRow],
     rss: Option<RssMeasurement>,
@@ -224,8 +220,6 @@ pub(super) fn run(
     let progress = !global.json;
     let machine = machine_description();
     let date = utc_date(SystemTime::now());
-    let load_average = load_average();
-    let fdatasync = probe_fdatasync(&data_root, SYNC_PROBE_COUNT);
     if progress {
         eprintln!(
             "rrmq bench --matrix: {} cells on a fresh {NODE_COUNT}-node cluster each, fsync {}; \
@@ -268,8 +262,6 @@ pub(super) fn run(
         let output = MatrixOutput {
             machine,
             date,
-            load_average,
-            fdatasync,
             fsync: args.fsync.as_str(),
             rows: &rows,
             rss,
@@ -283,14 +275,11 @@ pub(super) fn run(
         let mut text = format!(
             "rrmq bench --matrix, {date}: {NODE_COUNT}-node local cluster, fsync {}, {connections}, \
              {} measured per cell ({} warmup for produce; consume drains {} messages, capped \
-             at the same)\nmachine: {machine}; load average {}; fdatasync of a 100-byte \
-             append in the data dir: {}\n\n",
+             at the same)\nmachine: {machine}\n\n",
             args.fsync.as_str(),
             format_duration(args.cell_duration),
             format_duration(args.cell_warmup),
             args.consume_messages,
-            load_average.map_or_else(|| "unknown".to_string(), |load| format!("{load:.2}")),
-            fdatasync.map_or_else(|| "not measured".to_string(), |probe| probe.to_text()),
         );
         text.push_str(&matrix_table(&rows));
         text.push_str(
@@ -432,93 +421,11 @@ fn rss_text(rss: &RssMeasurement) -> String {
     )
 }
 
-/// fdatasyncs in the fdatasync probe.
-const SYNC_PROBE_COUNT: usize = 200;
-
-/// How long an fdatasync of a small append takes where the nodes keep their data: the
-/// floor under every durable write, and the first thing to compare between machines.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-struct SyncProbe {
-    count: usize,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-}
-
-impl SyncProbe {
-    fn from_samples(mut samples: Vec<Duration>) -> Option<SyncProbe> {
-        if samples.is_empty() {
-            return None;
-        }
-        samples.sort_unstable();
-        let at = |quantile: f64| {
-            let position = ((samples.len() as f64 * quantile).ceil() as usize).max(1) - 1;
-            samples[position.min(samples.len() - 1)].as_secs_f64() * 1000.0
-        };
-        Some(SyncProbe {
-            count: samples.len(),
-            p50_ms: at(0.5),
-            p99_ms: at(0.99),
-            max_ms: at(1.0),
-        })
-    }
-
-    fn to_text(self) -> String {
-        format!(
-            "p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
-            self.p50_ms, self.p99_ms, self.max_ms, self.count
-        )
-    }
-}
-
-/// Appends 100 bytes and fdatasyncs, `count` times, in a scratch file under `dir`.
-fn probe_fdatasync(dir: &Path, count: usize) -> Option<SyncProbe> {
-    use std::io::Write as _;
-    let path = dir.join(format!("rrmq-bench-sync-probe-{}", std::process::id()));
-    let mut file = std::fs::File::create(&path).ok()?;
-    let mut samples = Vec::with_capacity(count);
-    for _ in 0..count {
-        if file.write_all(&[b'x'; 100]).is_err() {
-            break;
-        }
-        let started = Instant::now();
-        if file.sync_data().is_err() {
-            break;
-        }
-        samples.push(started.elapsed());
-    }
-    drop(file);
-    let _ = std::fs::remove_file(&path);
-    SyncProbe::from_samples(samples)
-}
-
-/// The 1-minute load average, from `/proc/loadavg`.
-fn load_average() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
-/// `YYYY-MM-DD` in UTC (Howard Hinnant's days-to-civil algorithm).
+/// `YYYY-MM-DD` in UTC, for the header of a table that will be pasted elsewhere.
 fn utc_date(now: SystemTime) -> String {
-    let days = now
-        .duration_since(UNIX_EPOCH)
-        .map(|since| since.as_secs() / 86_400)
-        .unwrap_or(0) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    jiff::Timestamp::try_from(now)
+        .map(|timestamp| timestamp.strftime("%Y-%m-%d").to_string())
+        .unwrap_or_else(|_| "unknown date".to_string())
 }
 
 /// One cell's cluster: [`LocalCluster`] on a generated config in a fresh dir under the data
@@ -627,22 +534,8 @@ mod tests {
     }
 
     #[test]
-    fn the_sync_probe_summarises_its_samples() {
-        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
-        let probe = SyncProbe::from_samples(samples).expect("samples");
-        assert_eq!(
-            (probe.count, probe.p50_ms, probe.p99_ms, probe.max_ms),
-            (100, 50.0, 99.0, 100.0)
-        );
-        assert_eq!(SyncProbe::from_samples(Vec::new()), None);
-        let dir = std::env::temp_dir();
-        let measured = probe_fdatasync(&dir, 3).expect("the temp dir is writable");
-        assert_eq!(measured.count, 3);
-        assert!(measured.p50_ms <= measured.max_ms);
-    }
-
-    #[test]
     fn dates_are_civil_utc() {
+        use std::time::UNIX_EPOCH;
         let cases: [(u64, &str); 4] = [
             (0, "1970-01-01"),
             (951_782_400, "2000-02-29"),

@@ -15,7 +15,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::machine::{CallResult, Finish, RetryReason, Verdict};
+use super::driver::{CallResult, Finish, Verdict};
+use crate::client::call::{RetryReason, Setback};
 
 /// Latencies are recorded in microseconds up to this; longer ones are clamped to it (a call
 /// gives up long before).
@@ -120,10 +121,14 @@ impl Recorder {
             }
             CallResult::GaveUp { last } => {
                 let key = match last {
-                    Some(code) => format!("GAVE_UP ({})", code.as_str()),
-                    None => "GAVE_UP (silence)".to_string(),
+                    Some(Setback::Refused { code, .. }) => format!("GAVE_UP ({})", code.as_str()),
+                    _ => "GAVE_UP (silence)".to_string(),
                 };
                 *record.errors.entry(key).or_default() += 1;
+            }
+            // The driver ends the run instead when it cannot connect to a node.
+            CallResult::Unreachable => {
+                *record.errors.entry("UNREACHABLE".to_string()).or_default() += 1;
             }
         }
     }

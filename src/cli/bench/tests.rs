@@ -281,14 +281,10 @@ fn the_cluster_size_counts_the_leader_once() {
 
 #[test]
 fn a_consume_run_fills_a_fresh_topic_then_drains_it_and_reports_the_cluster() {
-    use crate::cli::bench::fake_node::{Behaviour, FakeNode};
-    let leader = FakeNode::start(|_| Behaviour::Leader {
-        silent_first_seq: None,
-        messages: 0,
-    });
-    let leader_port = leader.port;
-    let follower = FakeNode::start(move |_| Behaviour::Follower { leader_port });
-    let mut options = ClientOptions::new(vec![follower.address(), leader.address()]);
+    use crate::client::fake_node::FakeNode;
+    let leader = FakeNode::leader(None, 0);
+    let follower = FakeNode::follower_of(&leader);
+    let mut options = ClientOptions::new(vec![follower.address.clone(), leader.address.clone()]);
     options.attempt_timeout = Duration::from_secs(2);
     options.deadline = Duration::from_secs(10);
     let workload = workload(&[
@@ -324,7 +320,7 @@ fn a_consume_run_fills_a_fresh_topic_then_drains_it_and_reports_the_cluster() {
     assert_eq!((get.completed, get.empty), (40, 3), "{get:?}");
     assert!(get.errors.is_empty(), "{get:?}");
     assert!(report.elapsed_seconds > 0.0);
-    let at_leader = leader.seen();
+    let at_leader = leader.session_keys();
     assert_eq!(
         at_leader.len(),
         1 + 40 + 43,

@@ -1,8 +1,8 @@
-//! The driver against fake nodes (see `fake_node.rs`): redirects, silence, draining, and the
-//! measured window.
+//! The driver against fake nodes (`crate::client::fake_node`): redirects, silence, draining,
+//! and the measured window.
 
 use super::*;
-use crate::cli::bench::fake_node::{Behaviour, FakeNode};
+use crate::client::fake_node::FakeNode;
 use crate::protocol::ErrorInfo;
 use std::collections::BTreeMap;
 
@@ -35,19 +35,15 @@ fn producers(count: usize) -> Vec<Role> {
 #[test]
 fn redirects_and_silence_are_retried_with_the_same_session_key() {
     for connections in [Connections::PerClient, Connections::Shared] {
-        let leader = FakeNode::start(|_| Behaviour::Leader {
-            silent_first_seq: Some(1),
-            messages: 0,
-        });
-        let leader_port = leader.port;
-        let follower = FakeNode::start(move |_| Behaviour::Follower { leader_port });
+        let leader = FakeNode::leader(Some(1), 0);
+        let follower = FakeNode::follower_of(&leader);
         let plan = Plan {
             put_count: Some(20),
             ..plan(producers(4), connections)
         };
         let result = run(
             &plan,
-            vec![follower.address(), leader.address()],
+            vec![follower.address.clone(), leader.address.clone()],
             0,
             &mut || {},
         )
@@ -65,7 +61,7 @@ fn redirects_and_silence_are_retried_with_the_same_session_key() {
             "{connections:?}"
         );
 
-        let at_leader = leader.seen();
+        let at_leader = leader.session_keys();
         let mut per_client: BTreeMap<String, Vec<u64>> = BTreeMap::new();
         for (client_id, seq) in &at_leader {
             per_client.entry(client_id.clone()).or_default().push(*seq);
@@ -95,7 +91,7 @@ fn redirects_and_silence_are_retried_with_the_same_session_key() {
             "{connections:?}: exactly the count, no extra put"
         );
         assert_eq!(
-            follower.seen().len(),
+            follower.session_keys().len(),
             8,
             "{connections:?}: the follower saw the two redirected attempts of each first call"
         );
@@ -104,10 +100,7 @@ fn redirects_and_silence_are_retried_with_the_same_session_key() {
 
 #[test]
 fn consumers_drain_the_topic_and_stop_at_empty() {
-    let leader = FakeNode::start(|_| Behaviour::Leader {
-        silent_first_seq: None,
-        messages: 30,
-    });
+    let leader = FakeNode::leader(None, 30);
     let roles = (0..3)
         .map(|_| Role::Consumer {
             topic: "t".to_string(),
@@ -116,7 +109,7 @@ fn consumers_drain_the_topic_and_stop_at_empty() {
         .collect();
     let result = run(
         &plan(roles, Connections::PerClient),
-        vec![leader.address()],
+        vec![leader.address.clone()],
         0,
         &mut || {},
     )
@@ -128,7 +121,7 @@ fn consumers_drain_the_topic_and_stop_at_empty() {
     assert!(get.latency_ms.is_some());
     assert!(result.elapsed > Duration::ZERO);
     assert_eq!(
-        leader.seen().len(),
+        leader.session_keys().len(),
         33,
         "30 messages and one EMPTY per consumer"
     );
@@ -136,10 +129,7 @@ fn consumers_drain_the_topic_and_stop_at_empty() {
 
 #[test]
 fn a_duration_run_stops_on_time_and_abandons_nothing_it_counted() {
-    let leader = FakeNode::start(|_| Behaviour::Leader {
-        silent_first_seq: None,
-        messages: 0,
-    });
+    let leader = FakeNode::leader(None, 0);
     let plan = Plan {
         measure_for: Some(Duration::from_millis(300)),
         warmup: Duration::from_millis(100),
@@ -148,8 +138,8 @@ fn a_duration_run_stops_on_time_and_abandons_nothing_it_counted() {
     let started = Instant::now();
     // What the leader had seen when the window opened and when it closed.
     let mut seen_at_edges = Vec::new();
-    let result = run(&plan, vec![leader.address()], 0, &mut || {
-        seen_at_edges.push(leader.seen().len())
+    let result = run(&plan, vec![leader.address.clone()], 0, &mut || {
+        seen_at_edges.push(leader.session_keys().len())
     })
     .expect("the run completes");
     let took = started.elapsed();
@@ -173,7 +163,7 @@ fn a_duration_run_stops_on_time_and_abandons_nothing_it_counted() {
     );
     let operations = result.recorder.finish(result.elapsed);
     let put = &operations[0];
-    let acknowledged = leader.seen().len() as u64;
+    let acknowledged = leader.session_keys().len() as u64;
     assert!(put.completed > 0, "{put:?}");
     assert!(
         put.completed < acknowledged,

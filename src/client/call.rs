@@ -1,0 +1,412 @@
+//! The retry policy of one client's calls, as a state machine without sockets or clocks.
+//!
+//! Why it exists: the rules for reaching a replicated queue (follow the leader, retry with
+//! the same session key, bound every wait) are where a client quietly goes wrong (a retry
+//! that takes effect twice, a redirect never followed, a call that waits forever), and two
+//! drivers need the same ones: [`super::Client`] drives it blocking, one call at a time, and
+//! the benchmark polls one per simulated client from a single `zmq::poll` loop. Here the
+//! rules can be tested event by event.
+//!
+//! The rules: a call starts at the node that last answered decisively (else where the last
+//! call left off). A `NOT_LEADER` that names the leader sends the call there at once; any
+//! other refusal (`NOT_LEADER` without a hint, `UNAVAILABLE`, `TIMEOUT`, `SHUTTING_DOWN`)
+//! or a request that could not even be queued sends it to the next node; silence for one
+//! attempt timeout does too. After every node refused within one round, the next attempt
+//! waits a back-off, doubled while it lasts (an election is probably under way). A node that
+//! cannot be connected to is skipped; when none can, the call ends. At the call's deadline
+//! it gives up, naming the last setback. A decisive reply ends the call even when it answers
+//! an earlier attempt on another node: every attempt sends the same bytes, hence the same
+//! `(client_id, seq)`, and the cluster answers a repeat with the first reply (PROTOCOL.md §5).
+//!
+//! What it owns: where the call is (target, timers, back-off, the last setback) and which
+//! node to start the next call at. What it must not do: see bytes, sockets or the clock
+//! (the driver encodes a call once and passes the time in), or leave a call without a timer.
+
+use std::time::{Duration, Instant};
+
+use crate::protocol::ErrorCode;
+
+/// The pause after every node refused within one round, doubled up to the maximum while
+/// the refusals last.
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(800);
+
+/// Whether a failure code means "not here, not now" (another attempt, later or on another
+/// node, may succeed) rather than a decisive answer: the node is not the leader, has no
+/// quorum, could not commit in time, or is stopping.
+pub(crate) fn is_retryable(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotLeader
+            | ErrorCode::Unavailable
+            | ErrorCode::Timeout
+            | ErrorCode::ShuttingDown
+    )
+}
+
+/// How long an attempt and a call may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Timing {
+    /// Silence for this long sends the call to the next node.
+    pub attempt_timeout: Duration,
+    /// The call gives up this long after it began.
+    pub deadline: Duration,
+}
+
+/// A reply to the call in flight, as the machine sees it. `V` is the driver's decisive
+/// answer, carried through untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answer<V> {
+    /// Retrying cannot change it: success, or a failure such as `NO_SUCH_TOPIC`.
+    Decisive(V),
+    /// The node cannot serve now (`NOT_LEADER`, `UNAVAILABLE`, `TIMEOUT`, `SHUTTING_DOWN`);
+    /// `hint` is the index of the node its leader hint names, when it named one.
+    Retry {
+        code: ErrorCode,
+        hint: Option<usize>,
+    },
+}
+
+/// Why the driver could not send an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SendFailure {
+    /// The queue towards the node is full of requests it never took: the attempt is lost.
+    QueueFull,
+    /// The node cannot be connected to at all (a bad endpoint).
+    Unreachable,
+}
+
+/// Why an attempt after the first was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RetryReason {
+    /// A `NOT_LEADER` named the leader: straight there.
+    Redirect,
+    /// A node refused without naming another: next node (or, after a round of refusals,
+    /// the same ones after a back-off).
+    Refused(ErrorCode),
+    /// The last attempt was lost: no reply within the attempt timeout, or it could not be
+    /// sent.
+    Silence,
+}
+
+/// What an attempt met when it did not end the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Setback {
+    /// `node` answered that it cannot serve now.
+    Refused { node: usize, code: ErrorCode },
+    /// No reply from `node` within the attempt timeout.
+    Silence { node: usize },
+    /// The request could not be queued for `node`.
+    QueueFull { node: usize },
+    /// `node` could not be connected to.
+    Unreachable { node: usize },
+}
+
+/// How a call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallResult<V> {
+    Answered(V),
+    /// The deadline passed; for a write the outcome is unknown. `last` is the last setback
+    /// (`None` only if no attempt was made).
+    GaveUp {
+        last: Option<Setback>,
+    },
+    /// No node could be connected to.
+    Unreachable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Finish<V> {
+    /// From the call's beginning to its end, retries included: what a user waits.
+    pub latency: Duration,
+    pub result: CallResult<V>,
+}
+
+/// What the driver does next for this client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step<V> {
+    /// Send the call's bytes to this node; `retry` is `None` for the first attempt.
+    Send {
+        node: usize,
+        retry: Option<RetryReason>,
+    },
+    /// Nothing until a reply arrives or [`CallMachine::wake_at`] passes.
+    Wait,
+    Finished(Finish<V>),
+}
+
+/// Where a call goes after a setback.
+struct Next {
+    node: usize,
+    reason: RetryReason,
+    /// Whether the setback counts towards a round of refusals.
+    counts_in_round: bool,
+    node_count: usize,
+}
+
+#[derive(Clone, Debug)]
+struct Call {
+    started: Instant,
+    /// The node of the latest attempt.
+    target: usize,
+    /// Silence until then means the attempt is lost. Invariant: `attempt_until <= deadline`.
+    attempt_until: Instant,
+    deadline: Instant,
+    /// Refusals (and lost sends) since the last back-off; a full round of them means no
+    /// node can serve.
+    refusals_in_round: usize,
+    backoff: Duration,
+    /// Backing off: the next attempt leaves then, with this reason.
+    resume: Option<(Instant, RetryReason)>,
+    last: Option<Setback>,
+    /// Nodes that could not be connected to during this call.
+    unreachable: Vec<usize>,
+}
+
+/// One client's calls, one at a time. The driver passes the number of nodes it knows with
+/// every event, since leader hints may teach it new ones; node indexes are the driver's.
+#[derive(Clone, Debug)]
+pub(crate) struct CallMachine {
+    timing: Timing,
+    /// The node that answered the last call decisively; cleared by any setback.
+    leader: Option<usize>,
+    /// Where the next call starts when no leader is known: where the last one left off.
+    next_node: usize,
+    call: Option<Call>,
+}
+
+impl CallMachine {
+    /// A client whose first call starts at node `first`.
+    pub(crate) fn new(timing: Timing, first: usize) -> CallMachine {
+        CallMachine {
+            timing,
+            leader: None,
+            next_node: first,
+            call: None,
+        }
+    }
+
+    pub(crate) fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// The node that answered the last call decisively, unless a setback came since.
+    pub(crate) fn leader(&self) -> Option<usize> {
+        self.leader
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.call.is_some()
+    }
+
+    /// Starts a call: the first attempt goes to the leader, else where the last call left
+    /// off.
+    ///
+    /// Panics if a call is already in flight: one request at a time.
+    pub(crate) fn begin<V>(&mut self, now: Instant, node_count: usize) -> Step<V> {
+        assert!(
+            self.call.is_none(),
+            "a closed-loop client began a call while one was in flight"
+        );
+        assert!(node_count > 0, "a client needs at least one node");
+        let target = self.leader.unwrap_or(self.next_node) % node_count;
+        let deadline = now + self.timing.deadline;
+        self.call = Some(Call {
+            started: now,
+            target,
+            attempt_until: (now + self.timing.attempt_timeout).min(deadline),
+            deadline,
+            refusals_in_round: 0,
+            backoff: BACKOFF_MIN,
+            resume: None,
+            last: None,
+            unreachable: Vec::new(),
+        });
+        Step::Send {
+            node: target,
+            retry: None,
+        }
+    }
+
+    /// Drops the call in flight without an outcome (the driver met an error that retrying
+    /// cannot mend). Where the next call starts is left as it was.
+    pub(crate) fn abandon(&mut self) {
+        self.call = None;
+    }
+
+    /// A reply from node `from` to the call in flight (the driver drops replies to earlier
+    /// calls). A decisive reply ends the call even if it answers an earlier attempt on
+    /// another node: same bytes, same session key, same reply. A refusal counts only from
+    /// the node of the latest attempt, and not while backing off.
+    pub(crate) fn on_answer<V>(
+        &mut self,
+        now: Instant,
+        from: usize,
+        answer: Answer<V>,
+        node_count: usize,
+    ) -> Step<V> {
+        let Some(call) = self.call.as_mut() else {
+            return Step::Wait; // A duplicate after the call ended.
+        };
+        match answer {
+            Answer::Decisive(value) => {
+                self.leader = Some(from);
+                self.next_node = from;
+                self.finish(now, CallResult::Answered(value))
+            }
+            Answer::Retry { code, hint } => {
+                if from != call.target || call.resume.is_some() {
+                    // An earlier attempt's refusal: the latest attempt is still out.
+                    return Step::Wait;
+                }
+                let hinted = hint.filter(|&hinted| hinted != from && hinted < node_count);
+                let reason = match (code, hinted) {
+                    (ErrorCode::NotLeader, Some(_)) => RetryReason::Redirect,
+                    _ => RetryReason::Refused(code),
+                };
+                let next = Next {
+                    node: hinted.unwrap_or((from + 1) % node_count),
+                    reason,
+                    counts_in_round: true,
+                    node_count,
+                };
+                self.retry(now, Setback::Refused { node: from, code }, next)
+            }
+        }
+    }
+
+    /// The driver could not send the attempt to `node` (the latest attempt's target).
+    pub(crate) fn on_send_failed<V>(
+        &mut self,
+        now: Instant,
+        node: usize,
+        failure: SendFailure,
+        node_count: usize,
+    ) -> Step<V> {
+        let Some(call) = self.call.as_mut() else {
+            return Step::Wait;
+        };
+        if node != call.target {
+            return Step::Wait;
+        }
+        let next = |counts_in_round| Next {
+            node: (node + 1) % node_count,
+            reason: RetryReason::Silence,
+            counts_in_round,
+            node_count,
+        };
+        match failure {
+            // Lost at once: as good as a refusal for counting rounds, so a cluster whose
+            // queues are all full is not hammered without a pause.
+            SendFailure::QueueFull => self.retry(now, Setback::QueueFull { node }, next(true)),
+            SendFailure::Unreachable => {
+                if !call.unreachable.contains(&node) {
+                    call.unreachable.push(node);
+                }
+                if call.unreachable.len() >= node_count {
+                    self.leader = None;
+                    return self.finish(now, CallResult::Unreachable);
+                }
+                self.retry(now, Setback::Unreachable { node }, next(false))
+            }
+        }
+    }
+
+    /// Called once `now` has reached [`CallMachine::wake_at`]: a back-off ends, an attempt
+    /// was met with silence, or the deadline passed. Earlier calls are harmless.
+    pub(crate) fn on_timer<V>(&mut self, now: Instant, node_count: usize) -> Step<V> {
+        let timing = self.timing;
+        let Some(call) = self.call.as_mut() else {
+            return Step::Wait;
+        };
+        if let Some((resume_at, reason)) = call.resume {
+            if now < resume_at {
+                return Step::Wait;
+            }
+            if now >= call.deadline {
+                let last = call.last;
+                return self.finish(now, CallResult::GaveUp { last });
+            }
+            call.resume = None;
+            call.target %= node_count;
+            call.attempt_until = (now + timing.attempt_timeout).min(call.deadline);
+            return Step::Send {
+                node: call.target,
+                retry: Some(reason),
+            };
+        }
+        if now < call.attempt_until {
+            return Step::Wait;
+        }
+        let node = call.target;
+        let next = Next {
+            node: (node + 1) % node_count,
+            reason: RetryReason::Silence,
+            counts_in_round: false,
+            node_count,
+        };
+        self.retry(now, Setback::Silence { node }, next)
+    }
+
+    /// When [`CallMachine::on_timer`] must be called next; `None` when idle.
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        let call = self.call.as_ref()?;
+        Some(match call.resume {
+            Some((resume_at, _)) => resume_at,
+            None => call.attempt_until,
+        })
+    }
+
+    /// After a setback: gives up at the deadline, else moves the call to `next`, at once or,
+    /// when a whole round of nodes refused, after a back-off.
+    fn retry<V>(&mut self, now: Instant, setback: Setback, next: Next) -> Step<V> {
+        let attempt_timeout = self.timing.attempt_timeout;
+        let call = self
+            .call
+            .as_mut()
+            .expect("retry is only called with a call in flight");
+        call.last = Some(setback);
+        call.target = next.node;
+        self.leader = None;
+        self.next_node = next.node;
+        if now >= call.deadline {
+            return self.finish(
+                now,
+                CallResult::GaveUp {
+                    last: Some(setback),
+                },
+            );
+        }
+        if next.counts_in_round {
+            call.refusals_in_round += 1;
+        }
+        if call.refusals_in_round >= next.node_count {
+            // Every node said it cannot serve: an election is probably under way.
+            call.refusals_in_round = 0;
+            let resume_at = (now + call.backoff).min(call.deadline);
+            call.backoff = (call.backoff * 2).min(BACKOFF_MAX);
+            call.resume = Some((resume_at, next.reason));
+            call.attempt_until = call.deadline;
+            return Step::Wait;
+        }
+        call.attempt_until = (now + attempt_timeout).min(call.deadline);
+        Step::Send {
+            node: next.node,
+            retry: Some(next.reason),
+        }
+    }
+
+    fn finish<V>(&mut self, now: Instant, result: CallResult<V>) -> Step<V> {
+        let call = self
+            .call
+            .take()
+            .expect("finish is only called with a call in flight");
+        Step::Finished(Finish {
+            latency: now.saturating_duration_since(call.started),
+            result,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

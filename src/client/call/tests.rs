@@ -1,0 +1,560 @@
+//! The retry policy event by event: no sockets, no clock; times are offsets from a start.
+
+use super::*;
+
+const TIMING: Timing = Timing {
+    attempt_timeout: Duration::from_millis(100),
+    deadline: Duration::from_millis(1000),
+};
+
+/// The decisive answer the tests pass through: the machine never looks inside it.
+type Value = &'static str;
+
+fn at(start: Instant, milliseconds: u64) -> Instant {
+    start + Duration::from_millis(milliseconds)
+}
+
+fn send(node: usize, retry: Option<RetryReason>) -> Step<Value> {
+    Step::Send { node, retry }
+}
+
+fn finished(latency_ms: u64, result: CallResult<Value>) -> Step<Value> {
+    Step::Finished(Finish {
+        latency: Duration::from_millis(latency_ms),
+        result,
+    })
+}
+
+/// What happens to a call, one event at a time, on a 3-node cluster.
+#[derive(Clone, Copy, Debug)]
+enum Event {
+    Reply {
+        at_ms: u64,
+        from: usize,
+        answer: Answer<Value>,
+    },
+    Timer {
+        at_ms: u64,
+    },
+    SendFailed {
+        at_ms: u64,
+        node: usize,
+        failure: SendFailure,
+    },
+}
+
+const NOT_LEADER_HINT_2: Answer<Value> = Answer::Retry {
+    code: ErrorCode::NotLeader,
+    hint: Some(2),
+};
+const NOT_LEADER_NO_HINT: Answer<Value> = Answer::Retry {
+    code: ErrorCode::NotLeader,
+    hint: None,
+};
+const DONE: Answer<Value> = Answer::Decisive("done");
+const ANSWERED: CallResult<Value> = CallResult::Answered("done");
+
+/// Events, each with the step the machine must answer.
+type Script = Vec<(Event, Step<Value>)>;
+
+fn step(machine: &mut CallMachine, start: Instant, event: Event) -> Step<Value> {
+    match event {
+        Event::Reply {
+            at_ms,
+            from,
+            answer,
+        } => machine.on_answer(at(start, at_ms), from, answer, 3),
+        Event::Timer { at_ms } => machine.on_timer(at(start, at_ms), 3),
+        Event::SendFailed {
+            at_ms,
+            node,
+            failure,
+        } => machine.on_send_failed(at(start, at_ms), node, failure, 3),
+    }
+}
+
+#[test]
+fn calls_follow_the_retry_rules() {
+    use Event::{Reply, SendFailed, Timer};
+    let cases: Vec<(&str, Script)> = vec![
+        (
+            "answered at once",
+            vec![(
+                Reply {
+                    at_ms: 3,
+                    from: 0,
+                    answer: DONE,
+                },
+                finished(3, ANSWERED),
+            )],
+        ),
+        (
+            "redirect to the hinted leader, same call",
+            vec![
+                (
+                    Reply {
+                        at_ms: 1,
+                        from: 0,
+                        answer: NOT_LEADER_HINT_2,
+                    },
+                    send(2, Some(RetryReason::Redirect)),
+                ),
+                (
+                    Reply {
+                        at_ms: 4,
+                        from: 2,
+                        answer: DONE,
+                    },
+                    finished(4, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "no hint: next node",
+            vec![(
+                Reply {
+                    at_ms: 1,
+                    from: 0,
+                    answer: NOT_LEADER_NO_HINT,
+                },
+                send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+            )],
+        ),
+        (
+            "a refusal from an earlier attempt's node is ignored",
+            vec![
+                (
+                    Reply {
+                        at_ms: 1,
+                        from: 0,
+                        answer: NOT_LEADER_HINT_2,
+                    },
+                    send(2, Some(RetryReason::Redirect)),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 0,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    Step::Wait,
+                ),
+            ],
+        ),
+        (
+            "a decisive answer to an earlier attempt ends the call",
+            vec![
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+                (
+                    Reply {
+                        at_ms: 120,
+                        from: 0,
+                        answer: DONE,
+                    },
+                    finished(120, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "a timer before the attempt timeout does nothing",
+            vec![(Timer { at_ms: 99 }, Step::Wait)],
+        ),
+        (
+            "silence: next node each attempt timeout",
+            vec![
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+                (Timer { at_ms: 200 }, send(2, Some(RetryReason::Silence))),
+                (Timer { at_ms: 300 }, send(0, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "a full round of refusals backs off, then resumes",
+            vec![
+                (
+                    Reply {
+                        at_ms: 1,
+                        from: 0,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(2, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 3,
+                        from: 2,
+                        answer: Answer::Retry {
+                            code: ErrorCode::Unavailable,
+                            hint: None,
+                        },
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 52 }, Step::Wait),
+                (
+                    Timer { at_ms: 53 },
+                    send(0, Some(RetryReason::Refused(ErrorCode::Unavailable))),
+                ),
+            ],
+        ),
+        (
+            "while backing off, a refusal is ignored and a decisive answer ends the call",
+            vec![
+                (
+                    Reply {
+                        at_ms: 1,
+                        from: 0,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(2, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 3,
+                        from: 2,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    Step::Wait,
+                ),
+                (
+                    Reply {
+                        at_ms: 4,
+                        from: 0,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    Step::Wait,
+                ),
+                (
+                    Reply {
+                        at_ms: 5,
+                        from: 1,
+                        answer: DONE,
+                    },
+                    finished(5, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "a refusal past the deadline gives up, naming it",
+            vec![
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+                (
+                    Reply {
+                        at_ms: 1000,
+                        from: 1,
+                        answer: Answer::Retry {
+                            code: ErrorCode::Timeout,
+                            hint: None,
+                        },
+                    },
+                    finished(
+                        1000,
+                        CallResult::GaveUp {
+                            last: Some(Setback::Refused {
+                                node: 1,
+                                code: ErrorCode::Timeout,
+                            }),
+                        },
+                    ),
+                ),
+            ],
+        ),
+        (
+            "silence up to the deadline gives up",
+            vec![
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+                (
+                    Timer { at_ms: 1000 },
+                    finished(
+                        1000,
+                        CallResult::GaveUp {
+                            last: Some(Setback::Silence { node: 1 }),
+                        },
+                    ),
+                ),
+            ],
+        ),
+        (
+            "a hint naming an unknown node index is ignored",
+            vec![(
+                Reply {
+                    at_ms: 1,
+                    from: 0,
+                    answer: Answer::Retry {
+                        code: ErrorCode::NotLeader,
+                        hint: Some(7),
+                    },
+                },
+                send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+            )],
+        ),
+        (
+            "a full send queue loses the attempt at once and counts in the round",
+            vec![
+                (
+                    SendFailed {
+                        at_ms: 1,
+                        node: 0,
+                        failure: SendFailure::QueueFull,
+                    },
+                    send(1, Some(RetryReason::Silence)),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(2, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    SendFailed {
+                        at_ms: 3,
+                        node: 2,
+                        failure: SendFailure::QueueFull,
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 53 }, send(0, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "an unreachable node is skipped; when every node is, the call ends",
+            vec![
+                (
+                    SendFailed {
+                        at_ms: 0,
+                        node: 0,
+                        failure: SendFailure::Unreachable,
+                    },
+                    send(1, Some(RetryReason::Silence)),
+                ),
+                (
+                    SendFailed {
+                        at_ms: 0,
+                        node: 1,
+                        failure: SendFailure::Unreachable,
+                    },
+                    send(2, Some(RetryReason::Silence)),
+                ),
+                (
+                    SendFailed {
+                        at_ms: 1,
+                        node: 2,
+                        failure: SendFailure::Unreachable,
+                    },
+                    finished(1, CallResult::Unreachable),
+                ),
+            ],
+        ),
+        (
+            "unreachable nodes do not count as refusals",
+            vec![
+                (
+                    SendFailed {
+                        at_ms: 0,
+                        node: 0,
+                        failure: SendFailure::Unreachable,
+                    },
+                    send(1, Some(RetryReason::Silence)),
+                ),
+                (
+                    Reply {
+                        at_ms: 1,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(2, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 2,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(0, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    SendFailed {
+                        at_ms: 2,
+                        node: 0,
+                        failure: SendFailure::Unreachable,
+                    },
+                    send(1, Some(RetryReason::Silence)),
+                ),
+            ],
+        ),
+    ];
+    for (number, (name, events)) in cases.into_iter().enumerate() {
+        let start = Instant::now();
+        let mut machine = CallMachine::new(TIMING, 0);
+        assert_eq!(
+            machine.begin::<Value>(start, 3),
+            send(0, None),
+            "case {number} ({name}): first attempt"
+        );
+        for (position, (event, expected)) in events.into_iter().enumerate() {
+            assert_eq!(
+                step(&mut machine, start, event),
+                expected,
+                "case {number} ({name}), event {position}: {event:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_next_call_starts_at_the_node_that_answered() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(TIMING, 0);
+    machine.begin::<Value>(start, 3);
+    machine.on_answer(at(start, 1), 0, NOT_LEADER_HINT_2, 3);
+    assert_eq!(machine.leader(), None, "a setback forgets the leader");
+    let step = machine.on_answer(at(start, 2), 2, DONE, 3);
+    assert!(matches!(step, Step::Finished(_)), "{step:?}");
+    assert!(!machine.is_busy());
+    assert_eq!(machine.leader(), Some(2));
+    assert_eq!(machine.wake_at(), None, "an idle client has no timer");
+    assert_eq!(machine.begin::<Value>(at(start, 3), 3), send(2, None));
+}
+
+#[test]
+fn after_giving_up_the_next_call_starts_where_the_last_one_left_off() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(TIMING, 0);
+    machine.begin::<Value>(start, 3);
+    machine.on_timer::<Value>(at(start, 100), 3);
+    let step = machine.on_timer::<Value>(at(start, 1000), 3);
+    assert!(
+        matches!(
+            step,
+            Step::Finished(Finish {
+                result: CallResult::GaveUp { .. },
+                ..
+            })
+        ),
+        "{step:?}"
+    );
+    assert_eq!(machine.leader(), None);
+    assert_eq!(machine.begin::<Value>(at(start, 1001), 3), send(2, None));
+}
+
+#[test]
+fn wake_at_follows_the_attempt_and_the_back_off() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(TIMING, 0);
+    machine.begin::<Value>(start, 1);
+    assert_eq!(machine.wake_at(), Some(at(start, 100)), "attempt timeout");
+    let step = machine.on_answer(at(start, 5), 0, NOT_LEADER_NO_HINT, 1);
+    assert_eq!(step, Step::Wait, "a one-node round of refusals backs off");
+    assert_eq!(machine.wake_at(), Some(at(start, 55)), "back-off of 50 ms");
+    assert_eq!(
+        machine.on_timer::<Value>(at(start, 55), 1),
+        send(0, Some(RetryReason::Refused(ErrorCode::NotLeader)))
+    );
+    machine.on_answer(at(start, 60), 0, NOT_LEADER_NO_HINT, 1);
+    assert_eq!(
+        machine.wake_at(),
+        Some(at(start, 160)),
+        "the back-off doubles while the refusals last"
+    );
+}
+
+#[test]
+fn the_back_off_is_capped_and_never_passes_the_deadline() {
+    let timing = Timing {
+        attempt_timeout: Duration::from_millis(100),
+        deadline: Duration::from_secs(60),
+    };
+    let start = Instant::now();
+    let mut machine = CallMachine::new(timing, 0);
+    machine.begin::<Value>(start, 1);
+    let mut now = start;
+    let mut pauses = Vec::new();
+    for _ in 0..7 {
+        machine.on_answer(now, 0, NOT_LEADER_NO_HINT, 1);
+        let resume = machine.wake_at().expect("backing off");
+        pauses.push(resume - now);
+        now = resume;
+        machine.on_timer::<Value>(now, 1);
+    }
+    let milliseconds: Vec<u128> = pauses.iter().map(Duration::as_millis).collect();
+    assert_eq!(milliseconds, [50, 100, 200, 400, 800, 800, 800]);
+
+    let mut machine = CallMachine::new(TIMING, 0);
+    machine.begin::<Value>(start, 1);
+    machine.on_answer(at(start, 990), 0, NOT_LEADER_NO_HINT, 1);
+    assert_eq!(
+        machine.wake_at(),
+        Some(at(start, 1000)),
+        "cut at the deadline"
+    );
+    assert_eq!(
+        machine.on_timer::<Value>(at(start, 1000), 1),
+        finished(
+            1000,
+            CallResult::GaveUp {
+                last: Some(Setback::Refused {
+                    node: 0,
+                    code: ErrorCode::NotLeader
+                })
+            }
+        )
+    );
+}
+
+#[test]
+fn a_reply_when_idle_is_ignored_and_an_abandoned_call_frees_the_client() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(TIMING, 0);
+    assert_eq!(machine.on_answer(start, 0, DONE, 3), Step::Wait);
+    assert_eq!(machine.on_timer::<Value>(start, 3), Step::Wait);
+    machine.begin::<Value>(start, 3);
+    machine.abandon();
+    assert!(!machine.is_busy());
+    assert_eq!(machine.begin::<Value>(start, 3), send(0, None));
+}
+
+#[test]
+#[should_panic(expected = "closed-loop")]
+fn beginning_twice_is_a_bug() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(TIMING, 0);
+    machine.begin::<Value>(start, 3);
+    machine.begin::<Value>(start, 3);
+}
+
+#[test]
+fn only_not_here_not_now_codes_are_retried() {
+    let cases = [
+        (ErrorCode::NotLeader, true),
+        (ErrorCode::Unavailable, true),
+        (ErrorCode::Timeout, true),
+        (ErrorCode::ShuttingDown, true),
+        (ErrorCode::NoSuchTopic, false),
+        (ErrorCode::TopicExists, false),
+        (ErrorCode::Empty, false),
+        (ErrorCode::BadRequest, false),
+        (ErrorCode::TooLarge, false),
+        (ErrorCode::SessionExpired, false),
+        (ErrorCode::Unspecified, false),
+    ];
+    for (number, (code, expected)) in cases.into_iter().enumerate() {
+        assert_eq!(is_retryable(code), expected, "case {number}: {code:?}");
+    }
+}

@@ -3,10 +3,9 @@
 //! The helper threads (WAL, snapshot writer and loader, snapshot sender) report back the
 //! same way.
 
-use super::wal_thread::PersistReport;
 use crate::queue::Queue;
 use crate::raft::{Message, SnapshotMeta};
-use crate::storage::SnapshotFile;
+use crate::storage::{SnapshotFile, StorageError};
 use crate::transport::client::ClientRequest;
 use crate::transport::snapshot_transfer::SnapshotReport;
 use std::time::Duration;
@@ -74,4 +73,19 @@ impl From<Message> for Event {
     fn from(message: Message) -> Event {
         Event::Peer(message)
     }
+}
+
+/// What the WAL thread reports to the loop, as [`Event::Persisted`] (see `wal_thread`).
+#[derive(Debug)]
+pub enum PersistReport {
+    /// Every batch numbered up to `through_batch` is durable (or needed no sync).
+    Durable {
+        through_batch: u64,
+        /// Whether this group cost a `sync` (counted in v2 status as `wal_syncs`).
+        synced: bool,
+        /// Log entries the group appended (`wal_entries`).
+        entries: u64,
+    },
+    /// The store failed: nothing after the last `Durable` report may be acknowledged.
+    Failed(StorageError),
 }

@@ -52,8 +52,7 @@ mod snapshots;
 mod status;
 mod wal_thread;
 
-pub use event::{Event, LoadedSnapshot, SnapshotSaved};
-pub use wal_thread::PersistReport;
+pub use event::{Event, LoadedSnapshot, PersistReport, SnapshotSaved};
 
 pub use crate::config::NodeArgs;
 

@@ -53,12 +53,13 @@
 //! not on disk). It keeps answering `status`, and everything else `UNAVAILABLE`, so the
 //! operator sees the logged error without the process crash-looping under a supervisor.
 
+use super::event::PersistReport;
 use super::event::{Event, LoadedSnapshot, SnapshotSaved};
 use super::pending::{PendingRequests, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
 use super::status::WalCounters;
-use super::wal_thread::{PersistReport, WalCommand, WalThread};
+use super::wal_thread::{WalCommand, WalThread};
 use super::NodeError;
 use crate::config::NodeConfig;
 use crate::protocol::{ErrorCode, Outcome};

@@ -55,8 +55,8 @@
 //! (`on_storage_failure`). Its DEALERs (linger 0) close when it exits, which the loop waits
 //! for on shutdown, before the ZeroMQ context goes.
 
+use super::event::{Event, PersistReport};
 use super::persist_pipeline::PersistBatch;
-use super::Event;
 use crate::raft::{Entry, LogIndex, Message};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
@@ -77,21 +77,6 @@ pub(super) enum WalCommand {
     Batch(PersistBatch),
     /// `LogStore::compact_to`: a durable snapshot covers the log up to here.
     Compact(LogIndex),
-}
-
-/// What the WAL thread reports to the loop, as [`Event::Persisted`].
-#[derive(Debug)]
-pub enum PersistReport {
-    /// Every batch numbered up to `through_batch` is durable (or needed no sync).
-    Durable {
-        through_batch: u64,
-        /// Whether this group cost a `sync` (counted in v2 status as `wal_syncs`).
-        synced: bool,
-        /// Log entries the group appended (`wal_entries`).
-        entries: u64,
-    },
-    /// The store failed: nothing after the last `Durable` report may be acknowledged.
-    Failed(StorageError),
 }
 
 /// The loop's handle on the WAL thread.

@@ -27,7 +27,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use super::process::{own_cpu, process_cpu, process_rss_kib};
-use super::report::{progress_line, CpuTime, OperationKind, ProcessReport, Recorder};
+use super::report::{
+    progress_line, CallResult, CpuTime, Finish, OperationKind, ProcessReport, Recorder, Verdict,
+};
 use crate::client::call::{self, CallMachine, SendFailure, Timing};
 use crate::client::{NodeAddress, REPLY_BYTES_MAX};
 use crate::protocol::{
@@ -54,26 +56,8 @@ pub enum Connections {
     Shared,
 }
 
-/// A decisive reply as the benchmark counts it: retrying cannot change it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Verdict {
-    /// `success: true` to a PUT.
-    Done,
-    /// `success: true` with a message, to a GET.
-    Message,
-    /// `EMPTY` to a GET: the topic has no message left.
-    Empty,
-    /// Any other decisive failure (`NO_SUCH_TOPIC`, `TOO_LARGE`, `SESSION_EXPIRED`...).
-    Failed(ErrorCode),
-    /// A reply that makes no sense for the operation (a topic list, a status report).
-    Unexpected,
-}
-
 /// A reply as a simulated client's state machine sees it.
 pub(super) type Answer = call::Answer<Verdict>;
-/// How a simulated client's call ended.
-pub(super) type CallResult = call::CallResult<Verdict>;
-pub(super) type Finish = call::Finish<Verdict>;
 type Step = call::Step<Verdict>;
 
 /// What one simulated client does.

@@ -15,8 +15,28 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::driver::{CallResult, Finish, Verdict};
-use crate::client::call::{RetryReason, Setback};
+use crate::client::call::{self, RetryReason, Setback};
+use crate::protocol::ErrorCode;
+
+/// A decisive reply as the benchmark counts it: retrying cannot change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// `success: true` to a PUT.
+    Done,
+    /// `success: true` with a message, to a GET.
+    Message,
+    /// `EMPTY` to a GET: the topic has no message left.
+    Empty,
+    /// Any other decisive failure (`NO_SUCH_TOPIC`, `TOO_LARGE`, `SESSION_EXPIRED`...).
+    Failed(ErrorCode),
+    /// A reply that makes no sense for the operation (a topic list, a status report).
+    Unexpected,
+}
+
+/// How a simulated client's call ended.
+pub(super) type CallResult = call::CallResult<Verdict>;
+/// A finished call, as the recorder takes it.
+pub(super) type Finish = call::Finish<Verdict>;
 
 /// Latencies are recorded in microseconds up to this; longer ones are clamped to it (a call
 /// gives up long before).

@@ -410,6 +410,8 @@ pub struct NodeArgs {
 
     /// Where the write-ahead log lives [default: data/<ip>-<port>, relative to the current
     /// directory].
+    // The `<ip>` placeholders are for `--help`, not HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 

@@ -1,19 +1,31 @@
 //! rrmq: a distributed message queue whose nodes agree on one state with Raft.
 //!
-//! Module map (see `../shared/STYLE.md` for the reasoning behind the split):
+//! Module map, lowest layer first. Each layer imports only from the layers below it (the
+//! rule is written down in [`raft`]'s docs); within a module, imports go one way too.
 //!
-//! - [`config`]: `config.json` and command-line flags, validated into one `NodeConfig`.
+//! ```text
+//! raft  ->  storage, queue, protocol  ->  config  ->  transport, client  ->  node, cli  ->  bin/
+//! ```
+//!
 //! - [`raft`]: the consensus core. No sockets, files, clocks, threads or global RNG:
 //!   inputs in (ticks, peer messages, proposals), a [`raft::Ready`] out.
-//! - [`storage`]: where the core's log and hard state become durable (`LogStore`).
+//! - [`storage`]: where the core's log and hard state become durable (`LogStore`: the WAL,
+//!   and `MemStore`, which the simulator runs on), and snapshot files.
 //! - [`queue`]: the replicated state machine: topics, FIFO queues, client sessions.
 //! - [`protocol`]: the client wire format (MessagePack or JSON) and its limits.
-//! - [`transport`]: the ZeroMQ threads (client ROUTER, peer ROUTER/DEALERs) and the peer codec.
-//! - [`node`]: the runtime that wires threads and channels around the single-threaded core.
-//! - [`client`]: a blocking client that finds the leader and retries safely.
-//! - [`cli`]: the `rrmq` command (topic, put, get, status, cluster, bench).
+//! - [`config`]: `config.json` and command-line flags, validated into one `NodeConfig`.
+//! - [`transport`]: the ZeroMQ threads (client ROUTER, peer ROUTER), the DEALER sets, the
+//!   one peer wire format (`transport::wire`) and snapshot streaming.
+//! - [`client`]: a blocking client that finds the leader and retries safely; its retry
+//!   rules are one sans-I/O state machine (`client::call`) that the benchmark drives too.
+//! - [`node`]: the runtime around the single-threaded core: the loop (dispatch, `Ready`,
+//!   apply), the persistence pipeline it shares with the simulator, the WAL thread,
+//!   snapshots, status.
+//! - [`cli`]: the `rrmq` command (topic, put, get, status, cluster, bench) and the one
+//!   local-cluster launcher (`cli::launcher`) that `rrmq cluster`, the benchmark and the
+//!   tests start nodes with.
 //!
-//! How a request flows: the client thread decodes a body and hands a `Request` to the node
+//! How a PUT flows: the client thread decodes a body and hands a `Request` to the node
 //! loop over a crossbeam channel; the loop proposes it to the core, sends the entry to the
 //! followers on its own DEALERs and hands it to the WAL thread to fsync; once the entry is
 //! persisted on a majority and committed, the loop applies it to the queue and sends the reply

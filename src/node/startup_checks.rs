@@ -90,8 +90,13 @@ pub(crate) fn warn_if_open_to_other_hosts(config: &NodeConfig) {
     if is_loopback_host(&host) {
         return;
     }
+    let resolved = if host == own.ip {
+        String::new()
+    } else {
+        format!(" ({host})")
+    };
     log::warn!(
-        "node {} serves on {} ({host}) without keys: anyone who reaches port {} can read, \
+        "node {} serves on {}{resolved} without keys: anyone who reaches port {} can read, \
          write and delete every topic, and anyone who reaches port {} can pose as a cluster \
          member; bind a loopback address or keep both ports behind a firewall",
         config.id,

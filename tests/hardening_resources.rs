@@ -11,6 +11,7 @@ mod common;
 
 use common::{Client, Cluster, Wire, FAST_FLAGS, LEADER_DEADLINE, REPLY_DEADLINE, RRMQ_NODE};
 use rrmq::cli::launcher::{write_config, NodePorts};
+use rrmq::transport::{HEARTBEAT_INTERVAL_MS, HEARTBEAT_TIMEOUT_MS};
 use serde_json::{json, Value};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -26,9 +27,10 @@ const MESSAGE_BYTES_MAX: &str = "67108864";
 const ANNOUNCED_FRAME_BYTES: u64 = 50_000_000;
 const SENT_FRAME_BYTES: usize = 40_000_000;
 
-/// Heartbeats close a silent connection about 11 s after its last whole message (PING
-/// every second, 10 s for an answer); the rest is slack for a loaded machine.
-const RELEASE_DEADLINE: Duration = Duration::from_secs(40);
+/// Heartbeats close a silent connection one interval and one timeout after its last whole
+/// message; the rest is slack for a loaded machine.
+const RELEASE_DEADLINE: Duration =
+    Duration::from_millis(HEARTBEAT_INTERVAL_MS as u64 + HEARTBEAT_TIMEOUT_MS as u64 + 30_000);
 
 // ---- ZMTP 3.0 by hand -------------------------------------------------------------------------
 

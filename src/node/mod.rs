@@ -38,7 +38,8 @@
 //! and shutdown beside it), [`persist_pipeline`] (which writes go in which numbered batch,
 //! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
 //! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
-//! for their entry or read) and [`recovery`] (startup).
+//! for their entry or read), [`recovery`] (startup) and `startup_checks` (the open files
+//! limit, the warning that a cluster without keys is open).
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
@@ -49,6 +50,7 @@ mod pending;
 pub mod persist_pipeline;
 pub mod recovery;
 mod snapshots;
+mod startup_checks;
 mod status;
 mod wal_thread;
 
@@ -106,6 +108,8 @@ pub fn run_with_args(args: &NodeArgs) -> Result<(), NodeError> {
 /// Startup errors (a port in use, an unreadable WAL) come back as values before anything is
 /// logged, so the caller can print them as its one line.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    // Before the sockets: every connection they accept holds a file.
+    let open_files = startup_checks::raise_open_files_limit();
     let (events, inbox) = crossbeam_channel::bounded::<Event>(EVENT_CHANNEL_CAPACITY);
     let signals = SignalThread::start(events.clone())?;
 
@@ -179,6 +183,8 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         recovered.load_duration.as_millis(),
         restored_entries,
     );
+    open_files.log();
+    startup_checks::warn_if_open_to_other_hosts(&config);
     node_loop::NodeLoop::new(node_loop::NodeParts {
         config,
         core,

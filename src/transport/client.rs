@@ -13,7 +13,9 @@
 //! first empty frame, or just the identity when there is none; exactly one frame must remain.
 //!
 //! Frames over the hard cap (ZMQ_MAXMSGSIZE) are refused by ZeroMQ, which drops the
-//! connection without allocating them. Replies are sent with DONTWAIT: ROUTER drops a reply
+//! connection without allocating them; a client that stops answering ZMTP heartbeats, for
+//! instance halfway through a large frame, is dropped and the frame freed
+//! ([`super::HEARTBEAT_TIMEOUT_MS`]). Replies are sent with DONTWAIT: ROUTER drops a reply
 //! to a client that is gone or not reading, rather than blocking everyone else.
 
 use super::{bind_router, mailbox, Frames, MailboxReceiver, MailboxSender, TransportError};

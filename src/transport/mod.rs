@@ -93,9 +93,36 @@ pub(crate) fn zmq_context<T>(
     result.map_err(|source| TransportError::Zmq { context, source })
 }
 
+/// How often a ROUTER sends a ZMTP PING on each connection it accepted (ZMQ_HEARTBEAT_IVL).
+/// The other side's libzmq answers with a PONG on its own I/O thread, so a live client or
+/// peer answers even while its application is busy or idle.
+pub const HEARTBEAT_INTERVAL_MS: i32 = 1000;
+
+/// A connection from which no whole message (a PONG counts) arrives within this long after
+/// a PING is closed (ZMQ_HEARTBEAT_TIMEOUT), and the frame it was halfway through sending is
+/// freed with it: without this, a client that sends most of a large frame and stalls pins
+/// that memory for as long as its TCP connection lives.
+///
+/// Generous, because a false drop costs a reconnect and the requests in flight on it:
+/// - one frame must arrive within this time, since ZMTP cannot interleave the PONG with it
+///   (the largest client frame, 64 MiB, needs a link of about 7 MB/s);
+/// - a node whose consumer thread stalls this long stops reading its sockets (the ROUTER's
+///   queue is full), and its connections are dropped too; Raft and the clients' retries
+///   recover from that.
+pub const HEARTBEAT_TIMEOUT_MS: i32 = 10_000;
+
+/// Sent in each PING (ZMQ_HEARTBEAT_TTL): the other side closes its connection to this node
+/// if it hears nothing for this long, and reconnects. Since a live node PINGs every
+/// [`HEARTBEAT_INTERVAL_MS`], this only fires when the node (or the path to it) is gone
+/// without a TCP reset, which TCP alone would notice only after minutes.
+pub const HEARTBEAT_TTL_MS: i32 = 10_000;
+
 /// A ROUTER bound on `endpoint` for `purpose` ("client port", "internal port"): linger 0, so
 /// closing never waits on unsent replies; frames over `frame_bytes_max` are refused by the
-/// socket layer before they are allocated. A port in use comes back as `TransportError::Bind`.
+/// socket layer before they are allocated; ZMTP heartbeats drop a connection that stops
+/// answering (see [`HEARTBEAT_TIMEOUT_MS`]), and libzmq's handshake timeout (ZMQ_HANDSHAKE_IVL,
+/// 30 s by default) one that never finishes its greeting. A port in use comes back as
+/// `TransportError::Bind`.
 pub(crate) fn bind_router(
     context: &zmq::Context,
     purpose: &'static str,
@@ -108,6 +135,18 @@ pub(crate) fn bind_router(
     zmq_context("ROUTER ipv6", router.set_ipv6(ipv6))?;
     let frame_bytes_max = i64::try_from(frame_bytes_max).unwrap_or(i64::MAX);
     zmq_context("ROUTER maxmsgsize", router.set_maxmsgsize(frame_bytes_max))?;
+    zmq_context(
+        "ROUTER heartbeat interval",
+        router.set_heartbeat_ivl(HEARTBEAT_INTERVAL_MS),
+    )?;
+    zmq_context(
+        "ROUTER heartbeat timeout",
+        router.set_heartbeat_timeout(HEARTBEAT_TIMEOUT_MS),
+    )?;
+    zmq_context(
+        "ROUTER heartbeat TTL",
+        router.set_heartbeat_ttl(HEARTBEAT_TTL_MS),
+    )?;
     router
         .bind(endpoint)
         .map_err(|source| TransportError::Bind {
@@ -319,6 +358,23 @@ mod tests {
         for _ in 0..100_000 {
             ringer.ring();
         }
+    }
+
+    #[test]
+    fn bind_router_sets_the_frame_cap_and_heartbeats() {
+        let context = zmq::Context::new();
+        let router = bind_router(&context, "test port", "tcp://127.0.0.1:*", false, 12345)
+            .expect("bind an ephemeral port");
+        assert_eq!(router.get_maxmsgsize().expect("maxmsgsize"), 12345);
+        assert_eq!(
+            router.get_heartbeat_ivl().expect("interval"),
+            HEARTBEAT_INTERVAL_MS
+        );
+        assert_eq!(
+            router.get_heartbeat_timeout().expect("timeout"),
+            HEARTBEAT_TIMEOUT_MS
+        );
+        assert_eq!(router.get_heartbeat_ttl().expect("ttl"), HEARTBEAT_TTL_MS);
     }
 
     #[test]

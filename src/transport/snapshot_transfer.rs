@@ -553,8 +553,8 @@ enum Refusal {
     #[error("not following anyone in term {term} yet")]
     NotFollowingYet { term: Term },
     /// Another node leads this term (or this node does): no real leader sends this.
-    #[error("this node follows {leader} in term {term}")]
-    NotTheLeader { leader: String, term: Term },
+    #[error("this node follows node {leader} in term {term}")]
+    NotTheLeader { leader: NodeId, term: Term },
     #[error("announces {total_bytes} bytes, more than the {bytes_max} bytes a snapshot may have")]
     TooLarge { total_bytes: u64, bytes_max: u64 },
     #[error(
@@ -593,7 +593,7 @@ fn check_sender(chunk: &SnapshotChunk, following: Following) -> Result<(), Refus
     };
     if leader != chunk.from {
         return Err(Refusal::NotTheLeader {
-            leader: format!("node {leader}"),
+            leader,
             term: following.term,
         });
     }

@@ -816,18 +816,18 @@ impl SnapshotReceiver {
         if self.delivered == Some((chunk.from, chunk.transfer_id)) {
             return self.reply(&chunk, AckStatus::Delivered);
         }
-        let current = self.receiving.as_ref().is_some_and(|receiving| {
-            (receiving.from, receiving.transfer_id) == (chunk.from, chunk.transfer_id)
-        });
-        if current
-            && !self
-                .receiving
-                .as_ref()
-                .is_some_and(|receiving| receiving.agrees_with(&chunk))
-        {
-            self.receiving = None;
-            return self.refuse(&chunk, Refusal::Inconsistent, now);
-        }
+        let current = match &self.receiving {
+            Some(receiving)
+                if (receiving.from, receiving.transfer_id) == (chunk.from, chunk.transfer_id) =>
+            {
+                if !receiving.agrees_with(&chunk) {
+                    self.receiving = None; // Deletes its partial file.
+                    return self.refuse(&chunk, Refusal::Inconsistent, now);
+                }
+                true
+            }
+            _ => false,
+        };
         if !current {
             if chunk.offset != 0 {
                 // Unknown to us (we restarted, or replaced it): from the start, please.

@@ -767,15 +767,17 @@ impl SnapshotReceiver {
             return;
         }
         if let Some(receiving) = self.receiving.take() {
+            let leader = match following.leader {
+                Some(leader) => format!("node {leader} leads"),
+                None => "no leader known".to_string(),
+            };
             log::info!(
-                "abandoning snapshot {} from node {} in term {} after {} bytes: now term {}, \
-                 leader {:?}",
+                "abandoning snapshot {} from node {} in term {} after {} bytes: now term {}, {leader}",
                 receiving.incoming.meta().last,
                 receiving.from,
                 receiving.term,
                 receiving.incoming.written_bytes(),
                 following.term,
-                following.leader
             );
         }
     }

@@ -487,6 +487,8 @@ impl NodeLoop {
             return;
         }
         let (role, term, leader) = now;
+        // The snapshot receiver takes chunks only from this leader, in this term.
+        self.peers.follow(term, leader);
         if self.observed.0 == Role::Leader && role != Role::Leader {
             self.peers.cancel_snapshot_transfers();
         }

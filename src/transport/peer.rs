@@ -41,14 +41,15 @@
 
 use super::fault::PeerFaults;
 use super::snapshot_transfer::{
-    self as transfer, SenderInput, SenderSettings, SnapshotReceiver, SnapshotReport, SnapshotSender,
+    self as transfer, Following, FollowingCell, ReceiveLimits, SenderInput, SenderSettings,
+    SnapshotReceiver, SnapshotReport, SnapshotSender,
 };
 use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
 use super::{bind_router, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
 use crate::config::NodeConfig;
-use crate::raft::{Message, MessageBody, NodeId};
+use crate::raft::{Message, MessageBody, NodeId, Term};
 use crate::storage::FsyncPolicy;
 use crossbeam_channel::Sender;
 use std::collections::HashMap;
@@ -94,6 +95,8 @@ pub struct PeerSettings {
     pub snapshot_stall_timeout: std::time::Duration,
     /// Whether received snapshots are fsynced before they are delivered.
     pub fsync: FsyncPolicy,
+    /// The largest snapshot transfer the receiver takes, and the free disk it keeps.
+    pub snapshot_receive_limits: ReceiveLimits,
 }
 
 impl PeerSettings {
@@ -139,6 +142,7 @@ impl PeerSettings {
             snapshot_send_bytes_per_second: config.snapshot.send_bytes_per_second,
             snapshot_stall_timeout: transfer::STALL_TIMEOUT,
             fsync: FsyncPolicy::from(config.fsync),
+            snapshot_receive_limits: ReceiveLimits::default(),
         })
     }
 }
@@ -168,6 +172,8 @@ pub struct PeerTransport {
     stop_receiver: Doorbell,
     /// Tells the snapshot threads to stop waiting on a full event channel.
     stopping: Arc<AtomicBool>,
+    /// Whom the node loop follows, for the snapshot receiver ([`PeerTransport::follow`]).
+    following: Arc<FollowingCell>,
     threads: Vec<JoinHandle<()>>,
     /// Tests only: peers to drop messages to and from; empty unless the node loop sets it.
     faults: Arc<PeerFaults>,
@@ -346,11 +352,24 @@ impl PeerTransport {
             settings.filter.me,
             settings.snapshot_dir.clone(),
             settings.fsync,
+            settings.snapshot_receive_limits,
         );
+        // Until the node loop says otherwise: no leader known, so no chunk is taken.
+        let following = Arc::new(FollowingCell::default());
         let acks = snapshot_outbox.clone();
         let receiver_stopping = stopping.clone();
-        threads.push(spawn("snapshot-receiver", move || {
-            transfer::receive_loop(receiver, chunk_inbox, acks, events, receiver_stopping)
+        threads.push(spawn("snapshot-receiver", {
+            let following = following.clone();
+            move || {
+                transfer::receive_loop(
+                    receiver,
+                    chunk_inbox,
+                    following,
+                    acks,
+                    events,
+                    receiver_stopping,
+                )
+            }
         })?);
 
         Ok(PeerTransport {
@@ -360,6 +379,7 @@ impl PeerTransport {
             snapshot_outbox,
             stop_receiver,
             stopping,
+            following,
             threads,
             faults,
         })
@@ -398,6 +418,14 @@ impl PeerTransport {
     /// injected faults as the loop's, for another thread to send on (the WAL thread's acks).
     pub fn connect_dealers(&self) -> Result<PeerDealers, TransportError> {
         PeerDealers::connect(&self.context, &self.settings, self.faults.clone())
+    }
+
+    /// Tells the snapshot receiver whom this node follows, in which term (`leader` is this
+    /// node itself when it leads, `None` when it knows no leader): it takes chunks only from
+    /// that leader in that term, and drops a transfer in progress from anyone else. Call it
+    /// whenever the core's term or leader changes. Never blocks for long.
+    pub fn follow(&self, term: Term, leader: Option<NodeId>) {
+        self.following.set(Following { term, leader });
     }
 
     /// Drops every snapshot transfer in progress (this node stopped leading), reporting
@@ -574,6 +602,7 @@ pub(crate) mod tests {
             snapshot_send_bytes_per_second,
             snapshot_stall_timeout,
             fsync: FsyncPolicy::Never,
+            snapshot_receive_limits: ReceiveLimits::default(),
         }
     }
 

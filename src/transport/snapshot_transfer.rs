@@ -26,7 +26,8 @@
 //! status = Received { bytes }        everything before `bytes` is written
 //!        | ResendFrom { offset }     a gap: send again from `offset`
 //!        | Delivered                 checked whole and handed to the node loop
-//!        | Refused { reason }        will not take this transfer (stale term, bad data)
+//!        | Refused { reason }        will not take this transfer (stale term, not the
+//!                                    leader, too large, bad data)
 //! ```
 //!
 //! The sender keeps at most [`WINDOW_CHUNKS`] chunks unacknowledged; with no progress for
@@ -36,11 +37,25 @@
 //! (`Core::report_snapshot`), the receiver the `InstallSnapshot` message. A chunk's last
 //! byte is at `total_bytes`: that is the last chunk.
 //!
-//! The receiver holds at most one transfer. A chunk at offset 0 of another transfer (a new
-//! leader, a newer snapshot, a restarted transfer) replaces it, unless its term is older;
-//! the replaced partial file is deleted at once. A transfer that stops mid-way (leader
-//! crash) is deleted after [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup.
-//! So an interrupted transfer never leaves a half-installed snapshot.
+//! The receiver holds at most one transfer. A chunk at offset 0 of another transfer (a
+//! newer snapshot, a restarted transfer) replaces it; the replaced partial file is deleted
+//! at once. A transfer that stops mid-way (leader crash) is deleted after
+//! [`RECEIVE_IDLE_TIMEOUT`], and leftovers of a crash at startup. So an interrupted transfer
+//! never leaves a half-installed snapshot.
+//!
+//! # Whose chunks are taken
+//!
+//! Anyone who reaches the internal port can send a chunk frame, so the receiver writes a
+//! byte only for the node its node loop follows, in the loop's current term (the loop
+//! publishes both, [`Following`], through `PeerTransport::follow`); a new term or leader
+//! deletes the transfer in progress. A real leader's chunks meet these rules: it sends a
+//! snapshot only to a follower that answered its appends in its term. A chunk from a term
+//! ahead, or before this node knows its leader, is left unanswered, so a real leader resends
+//! it a moment later ([`RESEND_AFTER`]); a stale term or another node's claim is answered
+//! `Refused`. The first chunk's `total_bytes` must be under [`ReceiveLimits`]' cap and fit
+//! on the data dir's disk with a margin, every later chunk must announce the same file, and
+//! no byte is written past it. Refusals are logged, one line a second at most, with their
+//! count and the sender each chunk claims.
 //!
 //! What it must not do: know the peer transport. The peer transport starts these threads
 //! and hands them their sockets, settings and channels (`PeerTransport::start`); frames are
@@ -58,7 +73,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Chunks sent and not yet acknowledged, at most, per transfer.
@@ -472,23 +487,210 @@ fn send_chunk(
 
 // ---- Receiver -------------------------------------------------------------------------------
 
+/// Whom this node follows, and in which term: the one sender whose chunks the receiver
+/// takes. The node loop publishes it ([`FollowingCell`]) whenever its core's term or leader
+/// changes; a leader publishes itself, so it takes no chunks at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Following {
+    pub term: Term,
+    /// `None`: no leader known in `term` (an election is on, or none was heard of yet).
+    pub leader: Option<NodeId>,
+}
+
+/// The node loop's latest [`Following`], shared with the snapshot receiver thread. A lock
+/// rather than two atomics, so the receiver never sees a term with another term's leader;
+/// it is taken once per chunk and once per change of leader, never contended for long.
+#[derive(Debug, Default)]
+pub struct FollowingCell(Mutex<Following>);
+
+impl FollowingCell {
+    pub fn set(&self, following: Following) {
+        // The lock only guards a plain copy: a panic elsewhere cannot leave it half written.
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = following;
+    }
+
+    pub fn get(&self) -> Following {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The largest snapshot file the receiver takes, whatever the leader announces (the default
+/// of `PeerSettings::snapshot_receive_limits`). Generous on purpose: a real snapshot holds
+/// every queued message, and no setting bounds the queued bytes, so the cap only stops
+/// announcements no real queue reaches; the free disk check below is the tighter one.
+pub const RECEIVE_BYTES_MAX: u64 = 64 << 30;
+/// Disk space the receiver leaves free in the data dir beyond an announced file: a snapshot
+/// that would fill the disk would stop the WAL, and with it the node.
+pub const FREE_DISK_MARGIN_BYTES: u64 = 256 << 20;
+
+/// What a transfer may announce, at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiveLimits {
+    /// A `total_bytes` over this is refused.
+    pub bytes_max: u64,
+    /// A `total_bytes` over the data dir's free space minus this is refused.
+    pub free_disk_margin_bytes: u64,
+}
+
+impl Default for ReceiveLimits {
+    fn default() -> ReceiveLimits {
+        ReceiveLimits {
+            bytes_max: RECEIVE_BYTES_MAX,
+            free_disk_margin_bytes: FREE_DISK_MARGIN_BYTES,
+        }
+    }
+}
+
+/// Why the receiver would not take a chunk. Nothing of a refused chunk is written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    /// Older than this node's term: a deposed leader's (answered, so it stops).
+    #[error("term {term} is behind this node's term {current}")]
+    StaleTerm { term: Term, current: Term },
+    /// A newer term, or this node knows no leader in it yet: a real new leader may be a
+    /// step ahead of this node's loop. Not answered, so a real sender resends after
+    /// [`RESEND_AFTER`], by when this node may follow it.
+    #[error("not following anyone in term {term} yet")]
+    NotFollowingYet { term: Term },
+    /// Another node leads this term (or this node does): no real leader sends this.
+    #[error("this node follows node {leader} in term {term}")]
+    NotTheLeader { leader: NodeId, term: Term },
+    #[error("announces {total_bytes} bytes, more than the {bytes_max} bytes a snapshot may have")]
+    TooLarge { total_bytes: u64, bytes_max: u64 },
+    #[error(
+        "announces {total_bytes} bytes, more than the data dir's {free_bytes} free bytes \
+         less a margin of {margin_bytes}"
+    )]
+    DiskFull {
+        total_bytes: u64,
+        free_bytes: u64,
+        margin_bytes: u64,
+    },
+    #[error("cannot tell the data dir's free space: {0}")]
+    FreeSpaceUnknown(String),
+    /// A chunk of the transfer in progress that disagrees with its first chunk.
+    #[error("disagrees with the transfer's first chunk (snapshot, size or checksum)")]
+    Inconsistent,
+}
+
+impl Refusal {
+    /// Whether the claimed sender is told (`Refused`) rather than left to resend.
+    fn is_answered(&self) -> bool {
+        !matches!(self, Refusal::NotFollowingYet { .. })
+    }
+}
+
+/// Checks that `chunk` comes from the node this node follows, in its current term.
+fn check_sender(chunk: &SnapshotChunk, following: Following) -> Result<(), Refusal> {
+    if chunk.term < following.term {
+        return Err(Refusal::StaleTerm {
+            term: chunk.term,
+            current: following.term,
+        });
+    }
+    let Some(leader) = following.leader.filter(|_| chunk.term == following.term) else {
+        return Err(Refusal::NotFollowingYet { term: chunk.term });
+    };
+    if leader != chunk.from {
+        return Err(Refusal::NotTheLeader {
+            leader,
+            term: following.term,
+        });
+    }
+    Ok(())
+}
+
+/// The bytes free to an unprivileged writer on the file system holding `dir`.
+fn free_disk_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stats` is a
+    // plain C struct that statvfs fills in (all zeroes is a valid value of it).
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // The field types differ between platforms.
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
+/// Refusals come in floods when forged: one log line a second at most, with a count.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When the last line was logged.
+    logged_at: Option<Instant>,
+    /// Refusals since then, and the last of them.
+    unlogged: u64,
+    last: String,
+}
+
+/// At most one line per this long.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RefusalLog {
+    /// Counts a refusal; returns the line to log now, if one is due.
+    fn refused(&mut self, description: String, now: Instant) -> Option<String> {
+        self.unlogged += 1;
+        self.last = description;
+        self.flush(now)
+    }
+
+    /// The line for the refusals not logged yet, unless one was logged less than
+    /// [`REFUSAL_LOG_INTERVAL`] ago.
+    fn flush(&mut self, now: Instant) -> Option<String> {
+        if self.unlogged == 0 {
+            return None;
+        }
+        let recent = self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL);
+        if recent {
+            return None;
+        }
+        let line = format!(
+            "snapshot chunks refused: {} since the last report; the last: {}",
+            self.unlogged, self.last
+        );
+        self.logged_at = Some(now);
+        self.unlogged = 0;
+        Some(line)
+    }
+}
+
 struct Receiving {
     from: NodeId,
     term: Term,
     transfer_id: u64,
+    /// What the first chunk announced; every later chunk must say the same.
+    total_bytes: u64,
+    file_crc: u32,
     incoming: IncomingSnapshot,
     active_at: Instant,
 }
 
-/// The receiving end's state: at most one transfer. Pure apart from the files it writes, so
-/// it is tested without sockets.
+impl Receiving {
+    fn agrees_with(&self, chunk: &SnapshotChunk) -> bool {
+        self.incoming.meta() == chunk.snapshot
+            && self.total_bytes == chunk.total_bytes
+            && self.file_crc == chunk.file_crc
+    }
+}
+
+/// The receiving end's state: at most one transfer, from the node this node follows in its
+/// current term, of a size the limits and the disk allow. Pure apart from the files it
+/// writes and the free space it asks the file system for, so it is tested without sockets.
 pub(crate) struct SnapshotReceiver {
     me: NodeId,
     dir: PathBuf,
     fsync: FsyncPolicy,
+    limits: ReceiveLimits,
+    /// Invariant: from `following.leader`, in `following.term`, of the `Following` last
+    /// passed in (a change abandons it).
     receiving: Option<Receiving>,
     /// The last transfer delivered, to answer its repeated last chunk with `Delivered`.
     delivered: Option<(NodeId, u64)>,
+    refusals: RefusalLog,
 }
 
 /// What handling one chunk produced.
@@ -500,13 +702,20 @@ pub(crate) struct ReceiverOutput {
 }
 
 impl SnapshotReceiver {
-    pub(crate) fn new(me: NodeId, dir: PathBuf, fsync: FsyncPolicy) -> SnapshotReceiver {
+    pub(crate) fn new(
+        me: NodeId,
+        dir: PathBuf,
+        fsync: FsyncPolicy,
+        limits: ReceiveLimits,
+    ) -> SnapshotReceiver {
         SnapshotReceiver {
             me,
             dir,
             fsync,
+            limits,
             receiving: None,
             delivered: None,
+            refusals: RefusalLog::default(),
         }
     }
 
@@ -528,27 +737,100 @@ impl SnapshotReceiver {
         }
     }
 
-    pub(crate) fn on_chunk(&mut self, chunk: SnapshotChunk, now: Instant) -> ReceiverOutput {
+    /// Logs `refusal` (rate-limited) and answers it, if it is answered.
+    fn refuse(&mut self, chunk: &SnapshotChunk, refusal: Refusal, now: Instant) -> ReceiverOutput {
+        let description = format!(
+            "from node {} (as claimed), term {}, snapshot {}, {} bytes announced: {refusal}",
+            chunk.from, chunk.term, chunk.snapshot.last, chunk.total_bytes
+        );
+        if let Some(line) = self.refusals.refused(description, now) {
+            log::warn!("{line}");
+        }
+        if !refusal.is_answered() {
+            return ReceiverOutput::default();
+        }
+        self.reply(
+            chunk,
+            AckStatus::Refused {
+                reason: refusal.to_string(),
+            },
+        )
+    }
+
+    /// Deletes the transfer in progress unless it still comes from the node this node
+    /// follows, in the current term: a new term or leader ends it.
+    fn abandon_unless_following(&mut self, following: Following) {
+        let followed = self.receiving.as_ref().is_some_and(|receiving| {
+            (Some(receiving.from), receiving.term) == (following.leader, following.term)
+        });
+        if followed {
+            return;
+        }
+        if let Some(receiving) = self.receiving.take() {
+            let leader = match following.leader {
+                Some(leader) => format!("node {leader} leads"),
+                None => "no leader known".to_string(),
+            };
+            log::info!(
+                "abandoning snapshot {} from node {} in term {} after {} bytes: now term {}, {leader}",
+                receiving.incoming.meta().last,
+                receiving.from,
+                receiving.term,
+                receiving.incoming.written_bytes(),
+                following.term,
+            );
+        }
+    }
+
+    /// Whether a file of `total_bytes` may be received: under the cap, and fits on the disk
+    /// with the margin to spare.
+    fn check_size(&self, total_bytes: u64) -> Result<(), Refusal> {
+        if total_bytes > self.limits.bytes_max {
+            return Err(Refusal::TooLarge {
+                total_bytes,
+                bytes_max: self.limits.bytes_max,
+            });
+        }
+        let free_bytes = free_disk_bytes(&self.dir)
+            .map_err(|error| Refusal::FreeSpaceUnknown(error.to_string()))?;
+        if total_bytes > free_bytes.saturating_sub(self.limits.free_disk_margin_bytes) {
+            return Err(Refusal::DiskFull {
+                total_bytes,
+                free_bytes,
+                margin_bytes: self.limits.free_disk_margin_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes one chunk, if it comes from the node this node follows (`following`) in its
+    /// term and stays within the limits; writes it if it is the next one expected.
+    pub(crate) fn on_chunk(
+        &mut self,
+        chunk: SnapshotChunk,
+        following: Following,
+        now: Instant,
+    ) -> ReceiverOutput {
+        self.abandon_unless_following(following);
+        if let Err(refusal) = check_sender(&chunk, following) {
+            return self.refuse(&chunk, refusal, now);
+        }
         if self.delivered == Some((chunk.from, chunk.transfer_id)) {
             return self.reply(&chunk, AckStatus::Delivered);
         }
-        let current = self.receiving.as_ref().is_some_and(|receiving| {
-            (receiving.from, receiving.transfer_id) == (chunk.from, chunk.transfer_id)
-        });
-        if !current {
-            if let Some(receiving) = &self.receiving {
-                if chunk.term < receiving.term {
-                    return self.reply(
-                        &chunk,
-                        AckStatus::Refused {
-                            reason: format!(
-                                "receiving a snapshot from node {} in the newer term {}",
-                                receiving.from, receiving.term
-                            ),
-                        },
-                    );
+        let current = match &self.receiving {
+            Some(receiving)
+                if (receiving.from, receiving.transfer_id) == (chunk.from, chunk.transfer_id) =>
+            {
+                if !receiving.agrees_with(&chunk) {
+                    self.receiving = None; // Deletes its partial file.
+                    return self.refuse(&chunk, Refusal::Inconsistent, now);
                 }
+                true
             }
+            _ => false,
+        };
+        if !current {
             if chunk.offset != 0 {
                 // Unknown to us (we restarted, or replaced it): from the start, please.
                 return self.reply(&chunk, AckStatus::ResendFrom { offset: 0 });
@@ -563,6 +845,9 @@ impl SnapshotReceiver {
                     chunk.snapshot.last
                 );
                 drop(replaced); // Deletes its partial file before a new one may take its name.
+            }
+            if let Err(refusal) = self.check_size(chunk.total_bytes) {
+                return self.refuse(&chunk, refusal, now);
             }
             let incoming = match IncomingSnapshot::create(&self.dir, chunk.snapshot, self.fsync) {
                 Ok(incoming) => incoming,
@@ -586,6 +871,8 @@ impl SnapshotReceiver {
                 from: chunk.from,
                 term: chunk.term,
                 transfer_id: chunk.transfer_id,
+                total_bytes: chunk.total_bytes,
+                file_crc: chunk.file_crc,
                 incoming,
                 active_at: now,
             });
@@ -661,8 +948,14 @@ impl SnapshotReceiver {
         }
     }
 
-    /// Deletes a transfer that went quiet (its leader crashed or was deposed).
-    pub(crate) fn expire(&mut self, now: Instant) {
+    /// Deletes a transfer that went quiet (its leader crashed), or whose sender this node
+    /// no longer follows in the current term (`following`: a new term or leader), and logs
+    /// the refusals the rate limit held back.
+    pub(crate) fn expire(&mut self, following: Following, now: Instant) {
+        self.abandon_unless_following(following);
+        if let Some(line) = self.refusals.flush(now) {
+            log::warn!("{line}");
+        }
         let idle = self.receiving.as_ref().is_some_and(|receiving| {
             now.duration_since(receiving.active_at) >= RECEIVE_IDLE_TIMEOUT
         });
@@ -683,6 +976,7 @@ impl SnapshotReceiver {
 pub(crate) fn receive_loop<E>(
     mut receiver: SnapshotReceiver,
     chunks: Receiver<SnapshotChunk>,
+    following: Arc<FollowingCell>,
     acks: Sender<SenderInput>,
     events: Sender<E>,
     stopping: Arc<AtomicBool>,
@@ -692,7 +986,7 @@ pub(crate) fn receive_loop<E>(
     loop {
         match chunks.recv_timeout(Duration::from_secs(1)) {
             Ok(chunk) => {
-                let output = receiver.on_chunk(chunk, Instant::now());
+                let output = receiver.on_chunk(chunk, following.get(), Instant::now());
                 // Deliver before acknowledging: the leader's success report must not come
                 // before the message is on its way to our node loop.
                 if let Some(message) = output.deliver {
@@ -710,7 +1004,7 @@ pub(crate) fn receive_loop<E>(
         if stopping.load(Ordering::Relaxed) {
             return;
         }
-        receiver.expire(Instant::now());
+        receiver.expire(following.get(), Instant::now());
     }
 }
 
@@ -738,13 +1032,37 @@ mod tests {
         output.ack.as_ref().map(|ack| ack.status.clone())
     }
 
+    /// A receiver for node 1 into `dir`, with the default limits.
+    fn receiver_in(dir: &Path) -> SnapshotReceiver {
+        SnapshotReceiver::new(
+            NodeId(1),
+            dir.to_path_buf(),
+            FsyncPolicy::Never,
+            ReceiveLimits::default(),
+        )
+    }
+
+    /// This node follows `leader` in `term`.
+    fn following(term: u64, leader: u64) -> Following {
+        Following {
+            term: Term(term),
+            leader: Some(NodeId(leader)),
+        }
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .map(|entry| entry.expect("entry").path())
+            .collect()
+    }
+
     #[test]
     fn the_receiver_takes_chunks_in_order_and_delivers_only_a_whole_checked_file() {
         let source = tempfile::tempdir().expect("dir");
         let file = snapshot_bytes(source.path(), meta(2, 40), 5000);
         let dir = tempfile::tempdir().expect("dir");
-        let mut receiver =
-            SnapshotReceiver::new(NodeId(1), dir.path().to_path_buf(), FsyncPolicy::Never);
+        let mut receiver = receiver_in(dir.path());
         let now = Instant::now();
         let snapshot = meta(2, 40);
         let total = file.len();
@@ -760,7 +1078,8 @@ mod tests {
         ];
         for (number, (range, expected)) in steps.into_iter().enumerate() {
             let last = range.end == total;
-            let output = receiver.on_chunk(chunk_of(&file, snapshot, 3, 7, range), now);
+            let output =
+                receiver.on_chunk(chunk_of(&file, snapshot, 3, 7, range), following(3, 0), now);
             assert_eq!(status(&output), Some(expected.clone()), "step {number}");
             let delivered = output.deliver.is_some();
             assert_eq!(
@@ -790,18 +1109,17 @@ mod tests {
         let source = tempfile::tempdir().expect("dir");
         let mut file = snapshot_bytes(source.path(), meta(2, 40), 3000);
         let dir = tempfile::tempdir().expect("dir");
-        let mut receiver =
-            SnapshotReceiver::new(NodeId(1), dir.path().to_path_buf(), FsyncPolicy::Never);
+        let mut receiver = receiver_in(dir.path());
         let now = Instant::now();
         let total = file.len();
         let good = chunk_of(&file, meta(2, 40), 3, 7, 0..1500);
         file[2000] ^= 0x40;
         let bad = chunk_of(&file, meta(2, 40), 3, 7, 1500..total);
         assert_eq!(
-            status(&receiver.on_chunk(good, now)),
+            status(&receiver.on_chunk(good, following(3, 0), now)),
             Some(AckStatus::Received { bytes: 1500 })
         );
-        let output = receiver.on_chunk(bad, now);
+        let output = receiver.on_chunk(bad, following(3, 0), now);
         assert!(
             matches!(status(&output), Some(AckStatus::Refused { .. })),
             "{output:?}"
@@ -815,37 +1133,248 @@ mod tests {
     }
 
     #[test]
-    fn a_new_transfer_replaces_an_interrupted_one_unless_its_term_is_older() {
+    fn a_transfer_ends_when_its_leader_or_term_changes_or_it_goes_quiet() {
         let source = tempfile::tempdir().expect("dir");
         let old_file = snapshot_bytes(source.path(), meta(2, 40), 3000);
         let new_file = snapshot_bytes(source.path(), meta(4, 90), 3000);
         let dir = tempfile::tempdir().expect("dir");
-        let mut receiver =
-            SnapshotReceiver::new(NodeId(1), dir.path().to_path_buf(), FsyncPolicy::Never);
+        let mut receiver = receiver_in(dir.path());
         let now = Instant::now();
-        let count = || std::fs::read_dir(dir.path()).expect("list").count();
-        // The leader of term 3 starts, then dies half way.
-        receiver.on_chunk(chunk_of(&old_file, meta(2, 40), 3, 1, 0..1000), now);
+        let count = || files_in(dir.path()).len();
+        // The leader of term 3 starts, then restarts the transfer (a new id): the first
+        // partial file goes at once.
+        receiver.on_chunk(
+            chunk_of(&old_file, meta(2, 40), 3, 1, 0..1000),
+            following(3, 0),
+            now,
+        );
         assert_eq!(count(), 1, "one partial file");
-        // The leader of term 5 sends a newer snapshot: the partial one goes at once.
-        let mut newer = chunk_of(&new_file, meta(4, 90), 5, 2, 0..1000);
+        let again = chunk_of(&old_file, meta(2, 40), 3, 2, 0..1500);
+        assert_eq!(
+            status(&receiver.on_chunk(again, following(3, 0), now)),
+            Some(AckStatus::Received { bytes: 1500 })
+        );
+        assert_eq!(count(), 1, "only the restarted transfer's partial file");
+        // An election: node 2 leads term 5. The transfer of term 3 ends as soon as the
+        // receiver hears of it, whether from a tick or a chunk.
+        receiver.expire(following(5, 2), now);
+        assert_eq!(count(), 0, "a transfer from a deposed leader is deleted");
+        let mut newer = chunk_of(&new_file, meta(4, 90), 5, 3, 0..1000);
         newer.from = NodeId(2);
         assert_eq!(
-            status(&receiver.on_chunk(newer, now)),
+            status(&receiver.on_chunk(newer, following(5, 2), now)),
             Some(AckStatus::Received { bytes: 1000 })
         );
-        assert_eq!(count(), 1, "only the new partial file");
-        // A late chunk of the old transfer (term 3) is refused.
-        let late = chunk_of(&old_file, meta(2, 40), 3, 9, 0..1000);
+        assert_eq!(count(), 1, "the new leader's partial file");
+        // A late chunk of the old transfer (term 3) is refused, and changes nothing.
+        let late = chunk_of(&old_file, meta(2, 40), 3, 2, 0..1000);
         assert!(matches!(
-            status(&receiver.on_chunk(late, now)),
+            status(&receiver.on_chunk(late, following(5, 2), now)),
             Some(AckStatus::Refused { .. })
         ));
+        assert_eq!(count(), 1);
         // The new one goes quiet: deleted after the idle timeout.
-        receiver.expire(now + RECEIVE_IDLE_TIMEOUT / 2);
+        receiver.expire(following(5, 2), now + RECEIVE_IDLE_TIMEOUT / 2);
         assert_eq!(count(), 1, "not yet idle");
-        receiver.expire(now + RECEIVE_IDLE_TIMEOUT);
+        receiver.expire(following(5, 2), now + RECEIVE_IDLE_TIMEOUT);
         assert_eq!(count(), 0, "an idle transfer is deleted");
+        // A transfer ends too when this node stops knowing a leader (an election is on).
+        let mut again = chunk_of(&new_file, meta(4, 90), 5, 4, 0..1000);
+        again.from = NodeId(2);
+        receiver.on_chunk(again, following(5, 2), now);
+        assert_eq!(count(), 1);
+        receiver.expire(
+            Following {
+                term: Term(5),
+                leader: None,
+            },
+            now,
+        );
+        assert_eq!(
+            count(),
+            0,
+            "a transfer ends when its leader is no longer known"
+        );
+    }
+
+    /// One chunk at offset 0 that the receiver must refuse, and whether the claimed sender
+    /// is answered `Refused` (else nothing: a real leader resends once this node follows it).
+    struct RefusalCase {
+        name: &'static str,
+        following: Following,
+        from: u64,
+        term: u64,
+        total_bytes: u64,
+        limits: ReceiveLimits,
+        answered: bool,
+        reason: &'static str,
+    }
+
+    #[test]
+    fn the_receiver_refuses_chunks_from_anyone_but_its_leader_in_its_term_and_oversized_ones() {
+        const TIB: u64 = 1 << 40;
+        let source = tempfile::tempdir().expect("dir");
+        let file = snapshot_bytes(source.path(), meta(2, 40), 3000);
+        let real = file.len() as u64;
+        let limits = ReceiveLimits::default();
+        let case = |name, following, from, term, total_bytes| RefusalCase {
+            name,
+            following,
+            from,
+            term,
+            total_bytes,
+            limits,
+            answered: true,
+            reason: "",
+        };
+        let cases = vec![
+            RefusalCase {
+                answered: false,
+                reason: "not following anyone in term 3 yet",
+                ..case("no leader known yet", Following::default(), 0, 3, real)
+            },
+            RefusalCase {
+                answered: false,
+                reason: "not following anyone in term 3 yet",
+                ..case(
+                    "no leader known in this term",
+                    Following {
+                        term: Term(3),
+                        leader: None,
+                    },
+                    0,
+                    3,
+                    real,
+                )
+            },
+            RefusalCase {
+                answered: false,
+                reason: "not following anyone in term 9 yet",
+                ..case("a term ahead of ours", following(3, 0), 0, 9, real)
+            },
+            RefusalCase {
+                reason: "term 2 is behind this node's term 3",
+                ..case("a term behind ours", following(3, 0), 0, 2, real)
+            },
+            RefusalCase {
+                reason: "this node follows node 2 in term 3",
+                ..case("another node leads", following(3, 2), 0, 3, real)
+            },
+            RefusalCase {
+                reason: "this node follows node 1 in term 3",
+                ..case("this node leads", following(3, 1), 0, 3, real)
+            },
+            RefusalCase {
+                reason: "more than the 68719476736 bytes a snapshot may have",
+                ..case("1 TiB from the leader", following(3, 0), 0, 3, TIB)
+            },
+            RefusalCase {
+                limits: ReceiveLimits {
+                    bytes_max: real - 1,
+                    ..limits
+                },
+                reason: "bytes a snapshot may have",
+                ..case("one byte over a small cap", following(3, 0), 0, 3, real)
+            },
+            RefusalCase {
+                limits: ReceiveLimits {
+                    free_disk_margin_bytes: u64::MAX,
+                    ..limits
+                },
+                reason: "free bytes less a margin of",
+                ..case("more than the free disk", following(3, 0), 0, 3, real)
+            },
+        ];
+        for case in cases {
+            let name = case.name;
+            let dir = tempfile::tempdir().expect("dir");
+            let mut receiver = SnapshotReceiver::new(
+                NodeId(1),
+                dir.path().to_path_buf(),
+                FsyncPolicy::Never,
+                case.limits,
+            );
+            let mut chunk = chunk_of(&file, meta(2, 40), case.term, 7, 0..1000);
+            chunk.from = NodeId(case.from);
+            chunk.total_bytes = case.total_bytes;
+            let output = receiver.on_chunk(chunk, case.following, Instant::now());
+            assert!(output.deliver.is_none(), "{name}");
+            match status(&output) {
+                Some(AckStatus::Refused { reason }) => {
+                    assert!(case.answered, "{name}: answered {reason:?}");
+                    assert!(reason.contains(case.reason), "{name}: {reason:?}");
+                }
+                None => assert!(!case.answered, "{name}: not answered"),
+                other => panic!("{name}: {other:?}"),
+            }
+            assert_eq!(files_in(dir.path()), Vec::<PathBuf>::new(), "{name}");
+        }
+        // Sanity: the same chunk from the leader, of its real size, is taken.
+        let dir = tempfile::tempdir().expect("dir");
+        let mut receiver = receiver_in(dir.path());
+        let output = receiver.on_chunk(
+            chunk_of(&file, meta(2, 40), 3, 7, 0..1000),
+            following(3, 0),
+            Instant::now(),
+        );
+        assert_eq!(status(&output), Some(AckStatus::Received { bytes: 1000 }));
+    }
+
+    #[test]
+    fn a_chunk_that_changes_the_announced_size_or_runs_past_it_is_refused_and_nothing_stays() {
+        let source = tempfile::tempdir().expect("dir");
+        let file = snapshot_bytes(source.path(), meta(2, 40), 3000);
+        let now = Instant::now();
+        type Change = fn(&mut SnapshotChunk);
+        let changes: Vec<(&str, Change)> = vec![
+            ("a bigger size", |chunk| chunk.total_bytes = 1 << 40),
+            ("a smaller size", |chunk| chunk.total_bytes -= 1),
+            ("another checksum", |chunk| chunk.file_crc ^= 1),
+            ("another snapshot", |chunk| chunk.snapshot = meta(2, 41)),
+            ("more data than announced", |chunk| {
+                chunk.data = Bytes::from(vec![0u8; chunk.total_bytes as usize])
+            }),
+        ];
+        for (name, change) in changes {
+            let dir = tempfile::tempdir().expect("dir");
+            let mut receiver = receiver_in(dir.path());
+            let first = chunk_of(&file, meta(2, 40), 3, 7, 0..1000);
+            assert_eq!(
+                status(&receiver.on_chunk(first, following(3, 0), now)),
+                Some(AckStatus::Received { bytes: 1000 }),
+                "{name}"
+            );
+            let mut second = chunk_of(&file, meta(2, 40), 3, 7, 1000..2000);
+            change(&mut second);
+            let output = receiver.on_chunk(second, following(3, 0), now);
+            assert!(
+                matches!(status(&output), Some(AckStatus::Refused { .. })),
+                "{name}: {output:?}"
+            );
+            assert_eq!(files_in(dir.path()), Vec::<PathBuf>::new(), "{name}");
+        }
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_once_a_second_with_a_count() {
+        let mut log = RefusalLog::default();
+        let start = Instant::now();
+        let at = |millis| start + Duration::from_millis(millis);
+        let first = log.refused("from node 2 (as claimed): first".to_string(), at(0));
+        assert_eq!(
+            first.as_deref(),
+            Some("snapshot chunks refused: 1 since the last report; the last: from node 2 (as claimed): first")
+        );
+        for millis in 1..1000 {
+            assert_eq!(log.refused(format!("number {millis}"), at(millis)), None);
+        }
+        assert_eq!(log.flush(at(999)), None, "not a second yet");
+        assert_eq!(
+            log.flush(at(1000)).as_deref(),
+            Some("snapshot chunks refused: 999 since the last report; the last: number 999")
+        );
+        assert_eq!(log.flush(at(5000)), None, "nothing new, nothing logged");
+        assert!(log.refused("later".to_string(), at(5000)).is_some());
     }
 
     fn settings(me: u64, ports: &[u16], dir: &Path, rate: u64) -> PeerSettings {
@@ -886,6 +1415,12 @@ mod tests {
         .expect("follower");
         let message = install_message(snapshot);
         leader.send(vec![message.clone()]);
+        // Not yet following node 0: its chunks are left unanswered and nothing is written,
+        // until the follower's loop says whom it follows; then the leader's resends go in.
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(follower_inbox.try_recv().is_err(), "delivered too early");
+        assert_eq!(files_in(follower_dir.path()), Vec::<PathBuf>::new());
+        follower.follow(Term(3), Some(NodeId(0)));
         let delivered = follower_inbox
             .recv_timeout(Duration::from_secs(60))
             .expect("the follower's node loop gets the message");

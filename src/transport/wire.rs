@@ -103,7 +103,7 @@ pub enum AckStatus {
     ResendFrom { offset: u64 },
     /// Checked whole and handed to the node loop.
     Delivered,
-    /// Will not take this transfer (stale term, bad data).
+    /// Will not take this transfer (stale term, not the leader, too large, bad data).
     Refused { reason: String },
 }
 

@@ -110,7 +110,11 @@ fn a_heartbeat_at_term_u64_max_is_dropped_and_the_cluster_keeps_electing_and_ser
         .map(|index| connect_to_peer_port(&context, &cluster, index))
         .collect();
     for (index, dealer) in dealers.iter().enumerate() {
-        let claimed = if index == leader { (index + 1) % 3 } else { leader };
+        let claimed = if index == leader {
+            (index + 1) % 3
+        } else {
+            leader
+        };
         let frame = encode_peer_message(config.cluster_id, &forged_heartbeat(claimed, index));
         for _ in 0..FRAMES_PER_NODE {
             dealer.send(&frame, 0).expect("queue the forged frame");

@@ -18,6 +18,15 @@
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
 //!
+//! # Terms are bounded
+//!
+//! A term only grows, and a peer's message can raise it: one message at a term near
+//! `u64::MAX`, adopted and persisted, would leave no term to campaign in. So every term the
+//! core adopts, computes or sends is at most [`Term::MAX_SANE`]: it drops messages beyond
+//! it (and messages whose terms contradict each other), refuses to campaign at it, and
+//! counts both in [`Core::term_refusals`] for the runtime to log. A term restored from disk
+//! may already be beyond it: see [`Core::new`].
+//!
 //! # Layers
 //!
 //! The crate is built in layers, each importing only from the layers below it:

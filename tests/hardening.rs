@@ -155,4 +155,14 @@ fn a_heartbeat_at_term_u64_max_is_dropped_and_the_cluster_keeps_electing_and_ser
     );
     assert_terms_sane(&cluster, "after the failover");
     put_and_get(&cluster, new_leader, "after-failover");
+
+    // The killed node restarts from its disk, which holds no absurd term, and rejoins.
+    cluster.spawn(leader);
+    assert!(
+        cluster.wait_all_up(LEADER_DEADLINE),
+        "node {leader} restarts"
+    );
+    let (_, rejoined_term) = cluster.wait_for_leader(LEADER_DEADLINE);
+    assert!(Term(rejoined_term).is_sane(), "term {rejoined_term}");
+    assert_terms_sane(&cluster, "after the restart");
 }

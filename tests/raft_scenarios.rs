@@ -1511,6 +1511,12 @@ fn forged_bodies(last_log: EntryId) -> Vec<(&'static str, MessageBody)> {
         ),
         ("timeout now", MessageBody::TimeoutNow),
         (
+            "install snapshot",
+            MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta { last: last_log },
+            },
+        ),
+        (
             "vote response",
             MessageBody::RequestVoteResponse {
                 pre_vote: false,
@@ -1573,18 +1579,28 @@ fn a_message_at_an_absurd_term_is_dropped_unread_and_the_cluster_still_elects_an
 
             // A forger reaches S3's peer port, posing as S1 (as the real leader or a
             // candidate), and also hits the leader itself, posing as S2.
-            net.deliver(Message {
-                from: S1,
-                to: S3,
-                term: Term(absurd),
-                body: body.clone(),
-            });
-            net.deliver(Message {
-                from: S2,
-                to: S1,
-                term: Term(absurd),
-                body,
-            });
+            let forged = [
+                Message {
+                    from: S1,
+                    to: S3,
+                    term: Term(absurd),
+                    body: body.clone(),
+                },
+                Message {
+                    from: S2,
+                    to: S1,
+                    term: Term(absurd),
+                    body,
+                },
+            ];
+            for message in forged {
+                let to = message.to;
+                assert!(
+                    !net.core(to).accepts_terms(&message),
+                    "{what}: node {to} says it would drop it"
+                );
+                net.deliver(message);
+            }
             for (id, role) in [(S3, Role::Follower), (S1, Role::Leader)] {
                 let core = net.core(id);
                 assert_eq!(core.term(), term, "{what}: node {id}'s term unchanged");
@@ -1657,7 +1673,7 @@ fn an_append_with_a_term_inside_above_its_own_is_dropped_unread() {
         ),
     ];
     for (number, (why, prev, entries)) in cases.into_iter().enumerate() {
-        net.deliver(Message {
+        let append = Message {
             from: S1,
             to: S3,
             term,
@@ -1666,7 +1682,9 @@ fn an_append_with_a_term_inside_above_its_own_is_dropped_unread() {
                 entries,
                 commit: LogIndex(0),
             },
-        });
+        };
+        assert!(!net.core(S3).accepts_terms(&append), "case {number}: {why}");
+        net.deliver(append);
         let core = net.core(S3);
         assert_eq!(
             core.last_index(),

@@ -245,7 +245,10 @@ impl NodeLoop {
                     return;
                 }
                 match message.body {
-                    MessageBody::InstallSnapshot { snapshot } => {
+                    // Stepped at once if the core will drop it: nothing to decode for it.
+                    MessageBody::InstallSnapshot { snapshot }
+                        if self.core.accepts_terms(&message) =>
+                    {
                         self.on_install_snapshot(message, snapshot)
                     }
                     _ => self.core.step(message),

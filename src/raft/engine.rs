@@ -427,6 +427,15 @@ impl Core {
         self.snapshot
     }
 
+    /// Whether `message`'s terms are ones an honest node sends: its own at most
+    /// [`Term::MAX_SANE`], every term inside it at most its own, and an append's entries
+    /// contiguous after `prev` with terms that never decrease. [`Core::step`] drops a
+    /// message that fails; a runtime asks first where stepping costs work before it (the
+    /// snapshot an `InstallSnapshot` announces is decoded only for one that passes).
+    pub fn accepts_terms(&self, message: &Message) -> bool {
+        message.term.is_sane() && Core::terms_consistent(message)
+    }
+
     /// Messages dropped and campaigns refused for their terms since this core was created.
     pub fn term_refusals(&self) -> TermRefusals {
         self.term_refusals
@@ -954,27 +963,34 @@ impl Core {
         );
     }
 
-    /// Whether `message`'s terms are ones an honest node sends: its own at most
-    /// [`Term::MAX_SANE`], every term inside it at most its own, and an append's entries
-    /// contiguous after `prev` with terms that never decrease. A message that fails is
-    /// counted in `term_refusals` and must be dropped unread: adopting its term would exhaust
-    /// this node's terms (the next campaign's `term + 1` would overflow), and appending its
-    /// entries would break the log's invariants.
+    /// Drops `message` (counting it in `term_refusals`) unless [`Core::accepts_terms`]: its
+    /// term adopted would exhaust this node's terms (the next campaign's `term + 1` would
+    /// overflow), and its entries appended would break the log's invariants.
     fn accepts_terms_of(&mut self, message: &Message) -> bool {
         if !message.term.is_sane() {
             self.term_refusals.absurd_term += 1;
-            self.term_refusals.last_dropped = Some((message.from, message.term));
-            log::debug!(
-                "node {} term {}: dropping a message from {} at absurd term {}",
-                self.id,
-                self.term,
-                message.from,
-                message.term
-            );
-            return false;
+        } else if !Core::terms_consistent(message) {
+            self.term_refusals.malformed += 1;
+        } else {
+            return true;
         }
+        self.term_refusals.last_dropped = Some((message.from, message.term));
+        log::debug!(
+            "node {} term {}: dropping a message from {} at term {}: its terms are not ones \
+             an honest node sends",
+            self.id,
+            self.term,
+            message.from,
+            message.term
+        );
+        false
+    }
+
+    /// Every term inside `message` at most its own, and an append's entries contiguous
+    /// after `prev` with terms that never decrease.
+    fn terms_consistent(message: &Message) -> bool {
         let term = message.term;
-        let consistent = match &message.body {
+        match &message.body {
             MessageBody::RequestVote { last_log, .. } => last_log.term <= term,
             MessageBody::AppendEntries { prev, entries, .. } => {
                 let mut previous = *prev;
@@ -995,19 +1011,7 @@ impl Core {
             | MessageBody::Heartbeat { .. }
             | MessageBody::HeartbeatResponse { .. }
             | MessageBody::TimeoutNow => true,
-        };
-        if !consistent {
-            self.term_refusals.malformed += 1;
-            self.term_refusals.last_dropped = Some((message.from, message.term));
-            log::debug!(
-                "node {} term {}: dropping a malformed message from {} at term {}",
-                self.id,
-                self.term,
-                message.from,
-                message.term
-            );
         }
-        consistent
     }
 
     fn has_quorum_of_granted_votes(&self) -> bool {

@@ -1632,7 +1632,7 @@ fn a_message_at_an_absurd_term_is_dropped_unread_and_the_cluster_still_elects_an
 }
 
 #[test]
-fn an_append_with_a_term_inside_above_its_own_is_dropped_unread() {
+fn a_message_with_a_term_or_index_inside_no_honest_node_sends_is_dropped_unread() {
     let mut net = Net::new(3, test_config());
     net.elect(S1);
     net.heartbeat(S1);
@@ -1712,6 +1712,27 @@ fn an_append_with_a_term_inside_above_its_own_is_dropped_unread() {
     });
     assert_eq!(net.core(S3).term(), term, "vote request dropped");
     assert_eq!(net.core(S3).term_refusals().malformed, 6);
+    // A forged rejection claiming a log that ends at u64::MAX: the leader's retry index
+    // (`last_index + 1`) would overflow.
+    let rejection = Message {
+        from: S3,
+        to: S1,
+        term,
+        body: MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+            prev_index: last.index,
+            hint: RejectHint::LogTooShort {
+                last_index: LogIndex(u64::MAX),
+            },
+        }),
+    };
+    assert!(!net.core(S1).accepts_terms(&rejection));
+    net.deliver(rejection);
+    assert_eq!(
+        net.core(S1).term_refusals().malformed,
+        1,
+        "leader dropped it"
+    );
+    assert_eq!(net.core(S1).role(), Role::Leader);
     elect_another_leader_and_commit(&mut net, S1, "after malformed appends");
 }
 

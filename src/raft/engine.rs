@@ -986,8 +986,9 @@ impl Core {
         false
     }
 
-    /// Every term inside `message` at most its own, and an append's entries contiguous
-    /// after `prev` with terms that never decrease.
+    /// Every term inside `message` at most its own, an append's entries contiguous after
+    /// `prev` with terms that never decrease, and a "log too short" rejection's last index
+    /// below the index it rejects.
     fn terms_consistent(message: &Message) -> bool {
         let term = message.term;
         match &message.body {
@@ -1005,6 +1006,12 @@ impl Core {
                 hint: RejectHint::ConflictingTerm { conflict_term, .. },
                 ..
             }) => *conflict_term <= term,
+            // A follower rejects as too short only a `prev` beyond its last entry (so the
+            // leader's `last_index + 1` cannot overflow).
+            MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+                prev_index,
+                hint: RejectHint::LogTooShort { last_index },
+            }) => last_index < prev_index,
             MessageBody::InstallSnapshot { snapshot } => snapshot.last.term <= term,
             MessageBody::RequestVoteResponse { .. }
             | MessageBody::AppendEntriesResponse(_)

@@ -248,7 +248,8 @@ pub struct TermRefusals {
     /// entry's, the candidate's last entry's, a snapshot's, a rejection's conflict term) is
     /// above the message's own term, which no honest node sends (a node never holds an entry
     /// of a term it has not reached), or because an append's entries do not follow `prev`
-    /// one index after the other with terms that never decrease.
+    /// one index after the other with terms that never decrease, or because a "log too
+    /// short" rejection claims a last index at or beyond the index it rejects.
     pub malformed: u64,
     /// Election timeouts (or TimeoutNow requests) on which this node did not campaign because
     /// its term is [`Term::MAX_SANE`] or beyond.

@@ -1469,3 +1469,381 @@ fn snapshot_needs_data_answers_what_stepping_the_install_snapshot_does() {
         );
     }
 }
+
+// ---- Terms never overflow ---------------------------------------------------------------------
+
+/// A term beyond the bound, and the two forged-frame cases issue #13 names.
+const ABSURD_TERMS: [u64; 2] = [u64::MAX, Term::MAX_SANE.0 + 1];
+
+/// What a forger might send at an absurd term, claiming to be `from`.
+fn forged_bodies(last_log: EntryId) -> Vec<(&'static str, MessageBody)> {
+    vec![
+        (
+            "heartbeat",
+            MessageBody::Heartbeat {
+                commit: LogIndex(0),
+                read_round: 0,
+            },
+        ),
+        (
+            "vote request",
+            MessageBody::RequestVote {
+                pre_vote: false,
+                last_log,
+                leadership_transfer: true,
+            },
+        ),
+        (
+            "pre-vote request",
+            MessageBody::RequestVote {
+                pre_vote: true,
+                last_log,
+                leadership_transfer: false,
+            },
+        ),
+        (
+            "append",
+            MessageBody::AppendEntries {
+                prev: last_log,
+                entries: Vec::new(),
+                commit: LogIndex(0),
+            },
+        ),
+        ("timeout now", MessageBody::TimeoutNow),
+        (
+            "install snapshot",
+            MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta { last: last_log },
+            },
+        ),
+        (
+            "vote response",
+            MessageBody::RequestVoteResponse {
+                pre_vote: false,
+                granted: true,
+            },
+        ),
+    ]
+}
+
+/// Cuts off `old_leader`, ticks the others until one of them leads, and commits a
+/// proposal through it. Returns the new leader.
+fn elect_another_leader_and_commit(net: &mut Net, old_leader: NodeId, what: &str) -> NodeId {
+    net.isolate(old_leader);
+    let others: Vec<NodeId> = net
+        .ids()
+        .into_iter()
+        .filter(|&id| id != old_leader)
+        .collect();
+    let mut new_leader = None;
+    for _ in 0..20 * net.config().election_ticks_max {
+        for &id in &others {
+            net.tick(id);
+        }
+        net.deliver_all();
+        new_leader = others
+            .iter()
+            .copied()
+            .find(|&id| net.core(id).role() == Role::Leader);
+        if new_leader.is_some() {
+            break;
+        }
+    }
+    let Some(new_leader) = new_leader else {
+        panic!("{what}: no new leader among {others:?}");
+    };
+    let entry = propose(net, new_leader, "after the forgery");
+    net.deliver_all();
+    net.heartbeat(new_leader);
+    for &id in &others {
+        assert!(
+            net.core(id).commit_index() >= entry.index,
+            "{what}: node {id} committed {entry}"
+        );
+    }
+    new_leader
+}
+
+#[test]
+fn a_message_at_an_absurd_term_is_dropped_unread_and_the_cluster_still_elects_and_commits() {
+    for absurd in ABSURD_TERMS {
+        for (kind, body) in forged_bodies(EntryId::new(Term(1), LogIndex(1))) {
+            let what = format!("{kind} at term {absurd}");
+            let mut net = Net::new(3, test_config());
+            net.elect(S1);
+            propose(&mut net, S1, "before the forgery");
+            net.deliver_all();
+            net.heartbeat(S1);
+            let term = net.core(S3).term();
+            let hard_state_before = net.node(S3).storage.hard_state;
+
+            // A forger reaches S3's peer port, posing as S1 (as the real leader or a
+            // candidate), and also hits the leader itself, posing as S2.
+            let forged = [
+                Message {
+                    from: S1,
+                    to: S3,
+                    term: Term(absurd),
+                    body: body.clone(),
+                },
+                Message {
+                    from: S2,
+                    to: S1,
+                    term: Term(absurd),
+                    body,
+                },
+            ];
+            for message in forged {
+                let to = message.to;
+                assert!(
+                    !net.core(to).accepts_terms(&message),
+                    "{what}: node {to} says it would drop it"
+                );
+                net.deliver(message);
+            }
+            for (id, role) in [(S3, Role::Follower), (S1, Role::Leader)] {
+                let core = net.core(id);
+                assert_eq!(core.term(), term, "{what}: node {id}'s term unchanged");
+                assert_eq!(core.role(), role, "{what}: node {id}'s role unchanged");
+                assert!(!core.has_ready(), "{what}: node {id} has nothing to do");
+                assert_eq!(core.term_refusals().absurd_term, 1, "{what}: node {id}");
+                assert_eq!(
+                    core.term_refusals().last_dropped.map(|(_, term)| term),
+                    Some(Term(absurd)),
+                    "{what}: node {id}"
+                );
+            }
+            net.deliver_all();
+            assert_eq!(
+                net.node(S3).storage.hard_state,
+                hard_state_before,
+                "{what}: nothing persisted"
+            );
+            for id in net.ids() {
+                assert!(
+                    net.core(id).term().is_sane(),
+                    "{what}: node {id} term {}",
+                    net.core(id).term()
+                );
+            }
+            elect_another_leader_and_commit(&mut net, S1, &what);
+        }
+    }
+}
+
+#[test]
+fn a_message_with_a_term_or_index_inside_no_honest_node_sends_is_dropped_unread() {
+    let mut net = Net::new(3, test_config());
+    net.elect(S1);
+    net.heartbeat(S1);
+    let term = net.core(S1).term();
+    let last = last_id(&net, S3);
+    let entry = |entry_term: u64, index: u64| Entry {
+        term: Term(entry_term),
+        ..prepared_entry(entry_term, index)
+    };
+    let cases = [
+        (
+            "an entry beyond the message's term",
+            last,
+            vec![entry(u64::MAX, last.index.0 + 1)],
+        ),
+        (
+            "prev beyond the message's term",
+            EntryId::new(Term(u64::MAX), last.index),
+            Vec::new(),
+        ),
+        (
+            "entries that do not follow prev",
+            last,
+            vec![entry(term.0, last.index.0 + 2)],
+        ),
+        (
+            "entry terms that decrease",
+            last,
+            vec![
+                entry(term.0, last.index.0 + 1),
+                entry(term.0 - 1, last.index.0 + 2),
+            ],
+        ),
+        (
+            "an index that would overflow",
+            EntryId::new(term, LogIndex(u64::MAX)),
+            vec![entry(term.0, 0)],
+        ),
+    ];
+    for (number, (why, prev, entries)) in cases.into_iter().enumerate() {
+        let append = Message {
+            from: S1,
+            to: S3,
+            term,
+            body: MessageBody::AppendEntries {
+                prev,
+                entries,
+                commit: LogIndex(0),
+            },
+        };
+        assert!(!net.core(S3).accepts_terms(&append), "case {number}: {why}");
+        net.deliver(append);
+        let core = net.core(S3);
+        assert_eq!(
+            core.last_index(),
+            last.index,
+            "case {number}: {why}: nothing appended"
+        );
+        assert!(!core.has_ready(), "case {number}: {why}: nothing to do");
+        assert_eq!(
+            core.term_refusals().malformed,
+            number as u64 + 1,
+            "case {number}: {why}: counted"
+        );
+    }
+    // A forged vote request whose last entry claims a term beyond the request's own (to win
+    // every up-to-date check) is dropped too.
+    net.deliver(Message {
+        from: S2,
+        to: S3,
+        term: Term(term.0 + 1),
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log: EntryId::new(Term(u64::MAX), LogIndex(1)),
+            leadership_transfer: true,
+        },
+    });
+    assert_eq!(net.core(S3).term(), term, "vote request dropped");
+    assert_eq!(net.core(S3).term_refusals().malformed, 6);
+    // A forged rejection claiming a log that ends at u64::MAX: the leader's retry index
+    // (`last_index + 1`) would overflow.
+    let rejection = Message {
+        from: S3,
+        to: S1,
+        term,
+        body: MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+            prev_index: last.index,
+            hint: RejectHint::LogTooShort {
+                last_index: LogIndex(u64::MAX),
+            },
+        }),
+    };
+    assert!(!net.core(S1).accepts_terms(&rejection));
+    net.deliver(rejection);
+    assert_eq!(
+        net.core(S1).term_refusals().malformed,
+        1,
+        "leader dropped it"
+    );
+    assert_eq!(net.core(S1).role(), Role::Leader);
+    elect_another_leader_and_commit(&mut net, S1, "after malformed appends");
+}
+
+#[test]
+fn a_cluster_one_term_below_the_bound_still_runs_one_election_and_commits() {
+    let below = Term::MAX_SANE.0 - 1;
+    let setup = Setup::log(&[1]).term(below).commit(1);
+    let mut net = Net::with_setups(test_config(), vec![setup.clone(), setup.clone(), setup]);
+    net.elect(S1);
+    assert_eq!(net.core(S1).term(), Term::MAX_SANE, "elected at the bound");
+    let entry = propose(&mut net, S1, "at the bound");
+    net.deliver_all();
+    net.heartbeat(S1);
+    for id in net.ids() {
+        assert_eq!(net.core(id).term(), Term::MAX_SANE, "node {id}");
+        assert!(
+            net.core(id).commit_index() >= entry.index,
+            "node {id} committed"
+        );
+    }
+}
+
+#[test]
+fn a_node_at_the_bound_refuses_to_campaign_instead_of_wrapping() {
+    for pre_vote in [true, false] {
+        let config = RaftConfig {
+            pre_vote,
+            ..test_config()
+        };
+        let setup = Setup::log(&[1]).term(Term::MAX_SANE.0).commit(1);
+        let mut net = Net::with_setups(config, vec![setup.clone(), setup.clone(), setup]);
+        for _ in 0..5 * net.config().election_ticks_max {
+            net.tick_all();
+            net.deliver_all();
+        }
+        // A leader handing over would send TimeoutNow: refused too.
+        net.deliver(Message {
+            from: S2,
+            to: S1,
+            term: Term::MAX_SANE,
+            body: MessageBody::TimeoutNow,
+        });
+        net.deliver_all();
+        assert!(
+            net.delivered()
+                .iter()
+                .all(|message| !matches!(message.body, MessageBody::RequestVote { .. })),
+            "pre_vote {pre_vote}: nobody asked for a vote"
+        );
+        for id in net.ids() {
+            let core = net.core(id);
+            assert_eq!(
+                core.term(),
+                Term::MAX_SANE,
+                "pre_vote {pre_vote}: node {id}"
+            );
+            assert_eq!(
+                core.role(),
+                Role::Follower,
+                "pre_vote {pre_vote}: node {id}"
+            );
+            assert!(
+                core.term_refusals().campaign_refused >= 4,
+                "pre_vote {pre_vote}: node {id} refused each election timeout: {:?}",
+                core.term_refusals()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_node_restored_beyond_the_bound_never_campaigns_or_sends_and_the_others_go_on() {
+    let mut absurd = Setup::log(&[1]).term(u64::MAX).commit(1);
+    absurd = absurd.vote(S3);
+    let mut net = Net::with_setups(
+        test_config(),
+        vec![
+            Setup::log(&[1]).commit(1),
+            Setup::log(&[1]).commit(1),
+            absurd,
+        ],
+    );
+    let mut leader = None;
+    for _ in 0..20 * net.config().election_ticks_max {
+        net.tick_all();
+        net.deliver_all();
+        leader = net.leaders().first().copied();
+        if leader.is_some() {
+            break;
+        }
+    }
+    let Some(leader) = leader else {
+        panic!("S1 and S2 elect a leader without S3");
+    };
+    assert_ne!(leader, S3);
+    let entry = propose(&mut net, leader, "without S3");
+    net.deliver_all();
+    for _ in 0..3 * net.config().election_ticks_max {
+        net.tick_all();
+        net.deliver_all();
+    }
+    for id in [S1, S2] {
+        assert!(net.core(id).commit_index() >= entry.index, "node {id}");
+        assert!(net.core(id).term().is_sane(), "node {id}");
+    }
+    let s3 = net.core(S3);
+    assert_eq!(s3.term(), Term(u64::MAX), "a term never goes back");
+    assert_eq!(s3.role(), Role::Follower);
+    assert!(s3.term_refusals().campaign_refused > 0);
+    assert!(
+        net.delivered().iter().all(|message| message.from != S3),
+        "S3 sent nothing"
+    );
+}

@@ -38,13 +38,15 @@
 //! and shutdown beside it), [`persist_pipeline`] (which writes go in which numbered batch,
 //! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
 //! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
-//! for their entry or read), [`recovery`] (startup) and `startup_checks` (the open files
-//! limit, the warning that a cluster without keys is open).
+//! for their entry or read), [`recovery`] (startup), `startup_checks` (the open files
+//! limit, the warning that a cluster without keys is open) and `log_limit` (rate-limited
+//! warnings for what peers can trigger at will).
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
 
 mod event;
+mod log_limit;
 mod node_loop;
 mod pending;
 pub mod persist_pipeline;

@@ -55,6 +55,7 @@
 
 use super::event::PersistReport;
 use super::event::{Event, LoadedSnapshot, SnapshotSaved};
+use super::log_limit::TermRefusalLog;
 use super::pending::{PendingRequests, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
@@ -124,6 +125,8 @@ pub(super) struct NodeLoop {
     shutdown: Option<Shutdown>,
     /// What was last logged, to log changes only.
     observed: (Role, Term, Option<NodeId>),
+    /// Logs the core's dropped messages and refused campaigns, rate-limited.
+    term_refusal_log: TermRefusalLog,
 }
 
 impl NodeLoop {
@@ -182,6 +185,7 @@ impl NodeLoop {
             halted: false,
             shutdown: None,
             observed,
+            term_refusal_log: TermRefusalLog::new(),
         })
     }
 
@@ -216,8 +220,11 @@ impl NodeLoop {
                 let applied = EntryId::new(self.applied_term, self.applied);
                 self.snapshots.maybe_take(applied, &self.queue);
             }
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
             self.log_changes();
+            self.term_refusal_log
+                .observe(now, self.core.term_refusals());
             self.clients.flush();
             if cfg!(debug_assertions) {
                 // O(log length): debug builds only (unit and end-to-end tests).
@@ -238,7 +245,10 @@ impl NodeLoop {
                     return;
                 }
                 match message.body {
-                    MessageBody::InstallSnapshot { snapshot } => {
+                    // Stepped at once if the core will drop it: nothing to decode for it.
+                    MessageBody::InstallSnapshot { snapshot }
+                        if self.core.accepts_terms(&message) =>
+                    {
                         self.on_install_snapshot(message, snapshot)
                     }
                     _ => self.core.step(message),

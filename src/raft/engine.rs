@@ -16,6 +16,7 @@ use super::message::{
 use super::progress::Progress;
 use super::{
     CoreStatus, InitialState, ProgressStatus, ProposeError, RaftConfig, ReadState, Ready, Role,
+    TermRefusals,
 };
 
 use bytes::Bytes;
@@ -137,11 +138,19 @@ pub struct Core {
     /// The term and commit index seen by the last `check_invariants`, to assert that
     /// neither ever moves back.
     checked_high_water: Cell<(Term, LogIndex)>,
+    /// Messages dropped and campaigns refused for their terms (see [`Term::MAX_SANE`]).
+    term_refusals: TermRefusals,
 }
 
 impl Core {
     /// A core for node `id` in a cluster of `voters` (which includes `id`), resuming from what
     /// storage held. `seed` drives the randomized election timeouts.
+    ///
+    /// A restored term beyond [`Term::MAX_SANE`] (persisted by a build that adopted any term
+    /// a peer sent) is kept, since a term never goes back and the vote cast in it must hold,
+    /// and logged as an error: such a node never campaigns, and sends nothing (every message
+    /// it would send carries that term, which peers drop). It is harmless but useless; the
+    /// operator wipes its data dir and restarts it with `--rejoin`.
     pub fn new(
         id: NodeId,
         voters: Vec<NodeId>,
@@ -188,7 +197,16 @@ impl Core {
             read_states: Vec::new(),
             aborted_reads: Vec::new(),
             checked_high_water: Cell::new((hard_state.term, LogIndex::ZERO)),
+            term_refusals: TermRefusals::default(),
         };
+        if !hard_state.term.is_sane() {
+            log::error!(
+                "node {id}: restored term {} is beyond the highest sane term {}: this node \
+                 will never campaign or answer; wipe its data dir and restart it with --rejoin",
+                hard_state.term,
+                Term::MAX_SANE
+            );
+        }
         core.hard_state_handed_out.commit = core.log.committed();
         core.reset_randomized_election_timeout();
         core
@@ -236,10 +254,15 @@ impl Core {
     }
 
     /// A message from a peer. Messages not addressed to this node or not from a voter are
-    /// ignored.
+    /// ignored, and so are messages whose terms no honest node sends (beyond
+    /// [`Term::MAX_SANE`], or inconsistent inside): those are counted in
+    /// [`Core::term_refusals`].
     pub fn step(&mut self, message: Message) {
         if message.to != self.id || message.from == self.id || !self.is_voter(message.from) {
             log::debug!("node {}: dropping misaddressed {message:?}", self.id);
+            return;
+        }
+        if !self.accepts_terms_of(&message) {
             return;
         }
         if message.term > self.term {
@@ -402,6 +425,20 @@ impl Core {
     /// The newest snapshot this node holds.
     pub fn snapshot(&self) -> SnapshotMeta {
         self.snapshot
+    }
+
+    /// Whether `message`'s terms are ones an honest node sends: its own at most
+    /// [`Term::MAX_SANE`], every term inside it at most its own, and an append's entries
+    /// contiguous after `prev` with terms that never decrease. [`Core::step`] drops a
+    /// message that fails; a runtime asks first where stepping costs work before it (the
+    /// snapshot an `InstallSnapshot` announces is decoded only for one that passes).
+    pub fn accepts_terms(&self, message: &Message) -> bool {
+        message.term.is_sane() && Core::terms_consistent(message)
+    }
+
+    /// Messages dropped and campaigns refused for their terms since this core was created.
+    pub fn term_refusals(&self) -> TermRefusals {
+        self.term_refusals
     }
 
     // ---- Outputs ------------------------------------------------------------------------
@@ -606,6 +643,12 @@ impl Core {
     // ---- Elections ----------------------------------------------------------------------
 
     fn start_election(&mut self) {
+        if self.term.next_sane().is_none() {
+            self.refuse_campaign();
+            let term = self.term;
+            self.become_follower(term, None);
+            return;
+        }
         if self.config.pre_vote {
             self.become_pre_candidate();
         } else {
@@ -629,8 +672,14 @@ impl Core {
             self.become_candidate(false);
             return;
         }
+        let Some(campaign_term) = self.term.next_sane() else {
+            // `start_election` checked, and a pre-candidate's term does not change.
+            self.refuse_campaign();
+            let term = self.term;
+            self.become_follower(term, None);
+            return;
+        };
         let last_log = self.log.last_id();
-        let campaign_term = Term(self.term.0 + 1);
         for peer in self.followers() {
             self.send_with_term(
                 peer,
@@ -645,8 +694,15 @@ impl Core {
     }
 
     fn become_candidate(&mut self, leadership_transfer: bool) {
+        let Some(campaign_term) = self.term.next_sane() else {
+            // Every caller checked; refusing beats wrapping to term 0 all the same.
+            self.refuse_campaign();
+            let term = self.term;
+            self.become_follower(term, None);
+            return;
+        };
         self.reset_role_state();
-        self.term = Term(self.term.0 + 1);
+        self.term = campaign_term;
         self.vote = Some(self.id);
         self.role = Role::Candidate;
         self.leader = None;
@@ -857,7 +913,9 @@ impl Core {
         granted: bool,
     ) {
         let counts = match self.role {
-            Role::PreCandidate => pre_vote && (!granted || message_term == Term(self.term.0 + 1)),
+            Role::PreCandidate => {
+                pre_vote && (!granted || Some(message_term) == self.term.next_sane())
+            }
             Role::Candidate => !pre_vote && message_term == self.term,
             Role::Follower | Role::Leader => false,
         };
@@ -881,12 +939,86 @@ impl Core {
         if self.role == Role::Leader || !self.is_voting() {
             return;
         }
+        if self.term.next_sane().is_none() {
+            // Stays with its leader: the transfer times out there.
+            self.refuse_campaign();
+            return;
+        }
         log::info!(
             "node {} term {}: TimeoutNow from {from}, campaigning at once",
             self.id,
             self.term
         );
         self.become_candidate(true);
+    }
+
+    /// Counts a campaign not started because this node's term can go no higher.
+    fn refuse_campaign(&mut self) {
+        self.term_refusals.campaign_refused += 1;
+        log::debug!(
+            "node {} term {}: not campaigning: the next term would be beyond {}",
+            self.id,
+            self.term,
+            Term::MAX_SANE
+        );
+    }
+
+    /// Drops `message` (counting it in `term_refusals`) unless [`Core::accepts_terms`]: its
+    /// term adopted would exhaust this node's terms (the next campaign's `term + 1` would
+    /// overflow), and its entries appended would break the log's invariants.
+    fn accepts_terms_of(&mut self, message: &Message) -> bool {
+        if !message.term.is_sane() {
+            self.term_refusals.absurd_term += 1;
+        } else if !Core::terms_consistent(message) {
+            self.term_refusals.malformed += 1;
+        } else {
+            return true;
+        }
+        self.term_refusals.last_dropped = Some((message.from, message.term));
+        log::debug!(
+            "node {} term {}: dropping a message from {} at term {}: its terms are not ones \
+             an honest node sends",
+            self.id,
+            self.term,
+            message.from,
+            message.term
+        );
+        false
+    }
+
+    /// Every term inside `message` at most its own, an append's entries contiguous after
+    /// `prev` with terms that never decrease, and a "log too short" rejection's last index
+    /// below the index it rejects.
+    fn terms_consistent(message: &Message) -> bool {
+        let term = message.term;
+        match &message.body {
+            MessageBody::RequestVote { last_log, .. } => last_log.term <= term,
+            MessageBody::AppendEntries { prev, entries, .. } => {
+                let mut previous = *prev;
+                entries.iter().all(|entry| {
+                    let follows = Some(entry.index.0) == previous.index.0.checked_add(1)
+                        && previous.term <= entry.term;
+                    previous = entry.id();
+                    follows
+                }) && previous.term <= term
+            }
+            MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+                hint: RejectHint::ConflictingTerm { conflict_term, .. },
+                ..
+            }) => *conflict_term <= term,
+            // A follower rejects as too short only a `prev` beyond its last entry (so the
+            // leader's `last_index + 1` cannot overflow).
+            MessageBody::AppendEntriesResponse(AppendResult::Rejected {
+                prev_index,
+                hint: RejectHint::LogTooShort { last_index },
+            }) => last_index < prev_index,
+            MessageBody::InstallSnapshot { snapshot } => snapshot.last.term <= term,
+            MessageBody::RequestVoteResponse { .. }
+            | MessageBody::AppendEntriesResponse(_)
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::HeartbeatResponse { .. }
+            | MessageBody::TimeoutNow => true,
+        }
     }
 
     fn has_quorum_of_granted_votes(&self) -> bool {
@@ -1393,6 +1525,11 @@ impl Core {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        if !term.is_sane() {
+            // Only a node restored at an absurd term gets here (see `Core::new`): every peer
+            // drops such a message, and an older build would adopt the term.
+            return;
+        }
         let leader_traffic = self.role == Role::Leader
             && matches!(
                 body,

@@ -31,6 +31,34 @@ pub struct LogIndex(pub u64);
 #[serde(transparent)]
 pub struct NodeId(pub u64);
 
+impl Term {
+    /// The highest term a core adopts, campaigns in or accepts in a message: 2^48.
+    ///
+    /// Terms are `u64` on the wire and on disk and only ever grow, so a single frame at a
+    /// term near `u64::MAX` (forged, or a bit flipped in transit) would, once adopted and
+    /// persisted, leave the node unable to campaign again: `term + 1` overflows. With a
+    /// bound far below `u64::MAX` the core can refuse such terms instead: a message beyond
+    /// it is dropped, and a node at it refuses to campaign, so no term the core computes
+    /// (`term + 1` for a vote or a PreVote request) ever exceeds the bound or overflows.
+    ///
+    /// No real cluster gets near it: electing a new leader every millisecond, it takes
+    /// about 8,900 years to reach 2^48. A node whose stored term is already beyond it (a
+    /// disk written before the bound existed) starts, but never campaigns or answers; see
+    /// [`Core::new`](crate::raft::Core::new).
+    pub const MAX_SANE: Term = Term(1 << 48);
+
+    /// Whether a core may hold this term: at most [`Term::MAX_SANE`].
+    pub fn is_sane(self) -> bool {
+        self <= Term::MAX_SANE
+    }
+
+    /// The term after this one, or `None` if that would be beyond [`Term::MAX_SANE`] (the
+    /// node can go no higher, and must not campaign).
+    pub fn next_sane(self) -> Option<Term> {
+        (self < Term::MAX_SANE).then(|| Term(self.0 + 1))
+    }
+}
+
 impl LogIndex {
     /// The empty prefix: no entry has this index.
     pub const ZERO: LogIndex = LogIndex(0);

@@ -18,6 +18,15 @@
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
 //!
+//! # Terms are bounded
+//!
+//! A term only grows, and a peer's message can raise it: one message at a term near
+//! `u64::MAX`, adopted and persisted, would leave no term to campaign in. So every term the
+//! core adopts, computes or sends is at most [`Term::MAX_SANE`]: it drops messages beyond
+//! it (and messages whose terms contradict each other), refuses to campaign at it, and
+//! counts both in [`Core::term_refusals`] for the runtime to log. A term restored from disk
+//! may already be beyond it: see [`Core::new`].
+//!
 //! # Layers
 //!
 //! The crate is built in layers, each importing only from the layers below it:
@@ -223,6 +232,30 @@ impl InitialState {
             .last()
             .map_or(self.snapshot.last.index, |entry| entry.index)
     }
+}
+
+/// What the core refused because a term was out of bounds, counted since it was created.
+///
+/// The core only counts (and logs at debug level): a peer, or anyone who can reach the peer
+/// port, can send such messages at will, so the runtime reads these counters and logs the
+/// increase at most once in a while.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TermRefusals {
+    /// Messages dropped unread because their term is beyond [`Term::MAX_SANE`]: no honest
+    /// node sends one, and adopting it would exhaust this node's terms.
+    pub absurd_term: u64,
+    /// Messages dropped unread because a term they carry inside (an entry's, the previous
+    /// entry's, the candidate's last entry's, a snapshot's, a rejection's conflict term) is
+    /// above the message's own term, which no honest node sends (a node never holds an entry
+    /// of a term it has not reached), or because an append's entries do not follow `prev`
+    /// one index after the other with terms that never decrease, or because a "log too
+    /// short" rejection claims a last index at or beyond the index it rejects.
+    pub malformed: u64,
+    /// Election timeouts (or TimeoutNow requests) on which this node did not campaign because
+    /// its term is [`Term::MAX_SANE`] or beyond.
+    pub campaign_refused: u64,
+    /// The sender and term of the last message dropped for either reason above.
+    pub last_dropped: Option<(NodeId, Term)>,
 }
 
 /// A snapshot of the core's externally interesting state, for `status` replies.

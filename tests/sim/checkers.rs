@@ -21,7 +21,9 @@ use super::trace::StableHasher;
 use super::workload::{entry_key, CommandKey};
 use super::{property, Violation};
 use rrmq::queue::QueueConfig;
-use rrmq::raft::{Core, Entry, EntryId, EntryPayload, LogIndex, NodeId, Role, SnapshotMeta, Term};
+use rrmq::raft::{
+    Core, Entry, EntryId, EntryPayload, LogIndex, NodeId, Role, SnapshotMeta, Term, TermRefusals,
+};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
@@ -710,6 +712,19 @@ pub fn chain_hash(previous_chain: u64, entry: &Entry) -> u64 {
     hasher.finish()
 }
 
+/// The core drops a message whose terms no honest node sends (`Core::term_refusals`): every
+/// node here is honest, so one drop means the check refuses honest traffic (a duplicated,
+/// reordered or stale message included), and a campaign refused means a term ran away.
+pub fn check_term_refusals(node: NodeId, refusals: TermRefusals) -> Result<(), Violation> {
+    if refusals == TermRefusals::default() {
+        return Ok(());
+    }
+    Err(Violation::new(
+        property::HONEST_TERMS,
+        format!("n{node} refused honest traffic for its terms: {refusals:?}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     //! Each checker must reject the violation it exists for: a harness whose checkers
@@ -748,6 +763,32 @@ mod tests {
     fn meta(term: u64, index: u64) -> SnapshotMeta {
         SnapshotMeta {
             last: EntryId::new(Term(term), LogIndex(index)),
+        }
+    }
+
+    #[test]
+    fn term_refusals_reject_any_drop_of_honest_traffic() {
+        assert!(check_term_refusals(NodeId(0), TermRefusals::default()).is_ok());
+        let refused = [
+            TermRefusals {
+                absurd_term: 1,
+                ..TermRefusals::default()
+            },
+            TermRefusals {
+                malformed: 1,
+                ..TermRefusals::default()
+            },
+            TermRefusals {
+                campaign_refused: 1,
+                ..TermRefusals::default()
+            },
+        ];
+        for (number, refusals) in refused.into_iter().enumerate() {
+            assert_eq!(
+                check_term_refusals(NodeId(0), refusals).map_err(|v| v.property),
+                Err(property::HONEST_TERMS),
+                "case {number}"
+            );
         }
     }
 

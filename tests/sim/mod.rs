@@ -98,6 +98,9 @@ pub mod property {
         "replicated state (every state machine equals the reference at the same applied index)";
     pub const SNAPSHOTS: &str = "snapshots (a snapshot is of the committed prefix it claims)";
     pub const READY_CONTRACT: &str = "Ready contract";
+    pub const HONEST_TERMS: &str =
+        "honest terms (no core drops a message between honest nodes, or refuses to campaign, \
+         for its terms)";
     pub const CORE_PANIC: &str = "core invariant (panic inside the core)";
     pub const LIVENESS: &str = "liveness (leader elected and a fresh proposal committed)";
 }

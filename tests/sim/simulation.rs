@@ -14,7 +14,7 @@
 //! their state machines are compared with the reference, and the reference's messages with
 //! what the operations' effects left.
 
-use super::checkers::Checkers;
+use super::checkers::{self, Checkers};
 use super::client::ClientOracle;
 use super::network::Network;
 use super::node::SimNode;
@@ -206,6 +206,7 @@ impl Simulation {
         for node in &self.nodes {
             if let Some(core) = &node.core {
                 core.check_invariants();
+                checkers::check_term_refusals(node.id, core.term_refusals())?;
             }
         }
         self.now += 1;

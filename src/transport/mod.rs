@@ -30,6 +30,7 @@
 //! - [`wire`]: the one peer wire format, Raft frames and snapshot transfer frames: layout,
 //!   encode, decode, and the envelope check. Pure; both of the above use it.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
+//! - [`log_limit`]: at most one log line a second per kind of refused input, with a count.
 //! - [`ports`]: picking free loopback ports, for the local-cluster launcher and the tests.
 //!
 //! Imports inside this module go one way: `peer` -> `snapshot_transfer` -> `wire`, and
@@ -45,6 +46,7 @@
 
 pub mod client;
 pub mod fault;
+pub mod log_limit;
 pub mod peer;
 pub mod ports;
 pub mod snapshot_transfer;

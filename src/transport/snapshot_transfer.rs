@@ -62,6 +62,7 @@
 //! encoded with [`super::wire`].
 
 use super::fault::PeerFaults;
+use super::log_limit::{LogLimiter, LOG_INTERVAL};
 use super::wire::{encode_transfer_frame, AckStatus, SnapshotAck, SnapshotChunk, TransferFrame};
 use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use crate::storage::snapshot_file::{self, IncomingSnapshot};
@@ -616,45 +617,38 @@ fn free_disk_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 }
 
 /// Refusals come in floods when forged: one log line a second at most, with a count.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RefusalLog {
-    /// When the last line was logged.
-    logged_at: Option<Instant>,
-    /// Refusals since then, and the last of them.
-    unlogged: u64,
+    limiter: LogLimiter,
+    /// The last refusal, described in the next line.
     last: String,
 }
 
-/// At most one line per this long.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+impl Default for RefusalLog {
+    fn default() -> RefusalLog {
+        RefusalLog {
+            limiter: LogLimiter::new(LOG_INTERVAL),
+            last: String::new(),
+        }
+    }
+}
 
 impl RefusalLog {
     /// Counts a refusal; returns the line to log now, if one is due.
     fn refused(&mut self, description: String, now: Instant) -> Option<String> {
-        self.unlogged += 1;
+        self.limiter.record(1);
         self.last = description;
         self.flush(now)
     }
 
     /// The line for the refusals not logged yet, unless one was logged less than
-    /// [`REFUSAL_LOG_INTERVAL`] ago.
+    /// [`LOG_INTERVAL`] ago.
     fn flush(&mut self, now: Instant) -> Option<String> {
-        if self.unlogged == 0 {
-            return None;
-        }
-        let recent = self
-            .logged_at
-            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_INTERVAL);
-        if recent {
-            return None;
-        }
-        let line = format!(
-            "snapshot chunks refused: {} since the last report; the last: {}",
-            self.unlogged, self.last
-        );
-        self.logged_at = Some(now);
-        self.unlogged = 0;
-        Some(line)
+        let count = self.limiter.take_due(now)?;
+        Some(format!(
+            "snapshot chunks refused: {count} since the last report; the last: {}",
+            self.last
+        ))
     }
 }
 

@@ -31,12 +31,13 @@
 //! indistinguishable from a new client and has the command applied again; telling them apart
 //! would mean remembering every client ever seen. The bound below makes this rare.
 //!
-//! Session refusals (`SESSION_EXPIRED`) change nothing and are not stored. A replay does not count as a use, so the
-//! state after a duplicate is exactly the state before it. The table holds at most
-//! [`QueueConfig::sessions_max`] sessions and [`QueueConfig::session_bytes_max`] bytes of
-//! client ids and kept replies; beyond that the session least recently used in log order is
-//! forgotten (O(log n), via a `BTreeMap` keyed by last-use index). **Both limits are part of
-//! the replicated behaviour: every node must run with the same values.**
+//! Session refusals (`SESSION_EXPIRED`) change nothing and are not stored. A replay does
+//! not count as a use, so the state after a duplicate is exactly the state before it. The
+//! table holds at most [`QueueConfig::sessions_max`] sessions and
+//! [`QueueConfig::session_bytes_max`] bytes of client ids and kept replies; beyond that the
+//! session least recently used in log order is forgotten (O(log n), via a `BTreeMap` keyed
+//! by last-use index). **Both limits are part of the replicated behaviour: every node must
+//! run with the same values.**
 //!
 //! # Quotas
 //!

@@ -10,7 +10,9 @@
 //! What it must not do: open sockets, files other than the config, or start anything.
 
 use crate::protocol::Limits;
-use crate::queue::SESSIONS_MAX_LIMIT;
+use crate::queue::{
+    QueueConfig, QUEUED_BYTES_MAX_DEFAULT, SESSIONS_MAX_LIMIT, TOPICS_MAX_DEFAULT, TOPICS_MAX_LIMIT,
+};
 use crate::raft::{NodeId, RaftConfig};
 use std::collections::HashMap;
 use std::fmt;
@@ -124,10 +126,23 @@ pub struct ClusterConfig {
     /// It decides which sessions are forgotten, in log order, so every node must use the same
     /// number: it belongs in the one file all nodes share, not in a per-node flag.
     pub sessions_max: Option<usize>,
+    /// `"queued_bytes_max"`: the most bytes queued over all topics (each message counted as
+    /// its length plus 4); a PUT beyond it is refused with `QUOTA`. Decided at apply time,
+    /// so, like `sessions_max`, one number for every node.
+    pub queued_bytes_max: Option<usize>,
+    /// `"topics_max"`: the most topics; a create beyond it is refused with `QUOTA`. One
+    /// number for every node, like `sessions_max`.
+    pub topics_max: Option<usize>,
 }
 
 /// Client sessions remembered when the config does not say.
 pub const SESSIONS_MAX_DEFAULT: usize = 10_000;
+
+/// How many bytes of proposals a leader lets wait for commit when `--uncommitted-bytes-max`
+/// does not say: far above what commit latency times a fast client's rate needs (64
+/// clients with 1 MiB messages in flight at once), far below a node's memory. It bounds
+/// what a leader that cannot commit (no quorum) piles up in its log before it refuses.
+pub const UNCOMMITTED_BYTES_MAX_DEFAULT: usize = 64 * 1024 * 1024;
 
 impl ClusterConfig {
     /// Reads and validates `path`. Errors name the path as given, for the one stderr line.
@@ -200,22 +215,24 @@ impl ClusterConfig {
         }
         check_duplicates(path, &addresses)?;
         let cluster_id = cluster_id(&addresses);
-        let sessions_max = match object.get("sessions_max") {
-            None => None,
-            Some(value) => match value.as_u64().and_then(|count| usize::try_from(count).ok()) {
-                Some(count) if (1..=SESSIONS_MAX_LIMIT).contains(&count) => Some(count),
-                _ => {
-                    return Err(invalid(format!(
-                        "\"sessions_max\": expected a whole number in 1..={SESSIONS_MAX_LIMIT}, \
-                         found {value}"
-                    )))
-                }
-            },
+        let count = |key: &str, max: usize| -> Result<Option<usize>, ConfigError> {
+            let Some(value) = object.get(key) else {
+                return Ok(None);
+            };
+            match value.as_u64().and_then(|count| usize::try_from(count).ok()) {
+                Some(count) if (1..=max).contains(&count) => Ok(Some(count)),
+                _ => Err(invalid(format!(
+                    "\"{key}\": expected a whole number {}, found {value}",
+                    range_text(max)
+                ))),
+            }
         };
         Ok(ClusterConfig {
             addresses,
             cluster_id,
-            sessions_max,
+            sessions_max: count("sessions_max", SESSIONS_MAX_LIMIT)?,
+            queued_bytes_max: count("queued_bytes_max", usize::MAX)?,
+            topics_max: count("topics_max", TOPICS_MAX_LIMIT)?,
         })
     }
 
@@ -237,6 +254,15 @@ impl ClusterConfig {
     /// Whether `id` names a node of this cluster.
     pub fn contains(&self, id: NodeId) -> bool {
         self.address(id).is_some()
+    }
+}
+
+/// `1..=max` as an error message says it; "at least 1" when there is no real maximum.
+fn range_text(max: usize) -> String {
+    if max == usize::MAX {
+        "of at least 1".to_string()
+    } else {
+        format!("in 1..={max}")
     }
 }
 
@@ -450,6 +476,24 @@ pub struct NodeArgs {
     #[arg(long, value_name = "COUNT")]
     pub sessions_max: Option<usize>,
 
+    /// Quota: the most bytes queued over all topics, each message counted as its length
+    /// plus 4; a PUT beyond it is refused with QUOTA [default: the config's
+    /// "queued_bytes_max", else 2 GiB]. Set it in the config: every node must use the same
+    /// number, and a flag that disagrees with the config is refused.
+    #[arg(long, value_name = "BYTES")]
+    pub queued_bytes_max: Option<usize>,
+
+    /// Quota: the most topics; a create beyond it is refused with QUOTA [default: the
+    /// config's "topics_max", else 10000]. Set it in the config, like --queued-bytes-max.
+    #[arg(long, value_name = "COUNT")]
+    pub topics_max: Option<usize>,
+
+    /// The most bytes of proposals this node, as leader, lets wait for commit; a write
+    /// beyond it is refused at once with UNAVAILABLE (retry shortly), so a leader that
+    /// cannot commit (no quorum) does not pile up entries until it runs out of memory.
+    #[arg(long, value_name = "BYTES", default_value_t = UNCOMMITTED_BYTES_MAX_DEFAULT)]
+    pub uncommitted_bytes_max: usize,
+
     /// Restart after losing this node's data (its data dir was wiped, e.g. after corruption):
     /// the node neither votes nor campaigns until it has caught up with a leader, so it
     /// cannot help elect a leader that lacks entries it used to hold, nor vote twice in a
@@ -512,6 +556,13 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub limits: Limits,
     pub sessions_max: usize,
+    /// Quota on the bytes queued over all topics (replicated behaviour: see `queue`).
+    pub queued_bytes_max: usize,
+    /// Quota on the topic count (replicated behaviour: see `queue`).
+    pub topics_max: usize,
+    /// A leader refuses a write while its uncommitted proposals hold this many bytes (one
+    /// is always let through when none waits). Local to the node, not replicated.
+    pub uncommitted_bytes_max: usize,
     /// Tests only: whether `fault` requests are obeyed (`--fault-injection`).
     pub fault_injection: bool,
     /// Abstain from elections until caught up (`--rejoin`).
@@ -649,25 +700,29 @@ impl NodeConfig {
                 ),
             ));
         }
-        let sessions_max = match (args.sessions_max, cluster.sessions_max) {
-            (Some(flag), Some(config)) if flag != config => {
-                return Err(bad(
-                    "--sessions-max",
-                    format!(
-                        "{flag} disagrees with the config's \"sessions_max\" {config}; every \
-                         node must use the same number"
-                    ),
-                ))
-            }
-            (Some(flag), _) => flag,
-            (None, Some(config)) => config,
-            (None, None) => SESSIONS_MAX_DEFAULT,
-        };
-        if !(1..=SESSIONS_MAX_LIMIT).contains(&sessions_max) {
-            return Err(bad(
-                "--sessions-max",
-                format!("{sessions_max} is outside 1..={SESSIONS_MAX_LIMIT}"),
-            ));
+        let sessions_max = replicated_setting(
+            ("--sessions-max", "sessions_max"),
+            args.sessions_max,
+            cluster.sessions_max,
+            SESSIONS_MAX_DEFAULT,
+            SESSIONS_MAX_LIMIT,
+        )?;
+        let queued_bytes_max = replicated_setting(
+            ("--queued-bytes-max", "queued_bytes_max"),
+            args.queued_bytes_max,
+            cluster.queued_bytes_max,
+            QUEUED_BYTES_MAX_DEFAULT,
+            usize::MAX,
+        )?;
+        let topics_max = replicated_setting(
+            ("--topics-max", "topics_max"),
+            args.topics_max,
+            cluster.topics_max,
+            TOPICS_MAX_DEFAULT,
+            TOPICS_MAX_LIMIT,
+        )?;
+        if args.uncommitted_bytes_max == 0 {
+            return Err(bad("--uncommitted-bytes-max", "must be at least 1".into()));
         }
 
         if args.snapshot_entries == 0 {
@@ -727,6 +782,9 @@ impl NodeConfig {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
             limits,
             sessions_max,
+            queued_bytes_max,
+            topics_max,
+            uncommitted_bytes_max: args.uncommitted_bytes_max,
             fault_injection: args.fault_injection,
             rejoin: args.rejoin,
             snapshot: SnapshotConfig {
@@ -738,6 +796,16 @@ impl NodeConfig {
             },
             wal_segment_bytes_max: args.wal_segment_bytes,
         })
+    }
+
+    /// The replicated state machine's settings, as every node of the cluster has them.
+    pub fn queue_config(&self) -> QueueConfig {
+        QueueConfig {
+            sessions_max: self.sessions_max,
+            queued_bytes_max: self.queued_bytes_max,
+            topics_max: self.topics_max,
+            ..QueueConfig::default()
+        }
     }
 
     /// This node's own addresses.
@@ -762,6 +830,38 @@ impl NodeConfig {
     pub fn peer_frame_bytes_max(&self) -> usize {
         self.raft.append_bytes_max + self.client_frame_bytes_max() + FRAME_SLACK_BYTES
     }
+}
+
+/// A setting of the replicated state machine: the config's value, else the default. The
+/// flag exists for scripts that pass one; one that disagrees with the config is refused,
+/// since nodes with different values would diverge.
+fn replicated_setting(
+    (option, key): (&'static str, &str),
+    flag: Option<usize>,
+    config: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ConfigError> {
+    let bad = |reason: String| ConfigError::BadOption { option, reason };
+    let value = match (flag, config) {
+        (Some(flag), Some(config)) if flag != config => {
+            return Err(bad(format!(
+                "{flag} disagrees with the config's \"{key}\" {config}; every node must use \
+                 the same number"
+            )))
+        }
+        (Some(flag), _) => flag,
+        (None, Some(config)) => config,
+        (None, None) => default,
+    };
+    if value == 0 || value > max {
+        return Err(bad(if max == usize::MAX {
+            format!("{value} is below 1")
+        } else {
+            format!("{value} is outside 1..={max}")
+        }));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -991,6 +1091,101 @@ mod tests {
     }
 
     #[test]
+    fn quotas_come_from_the_shared_config_and_a_disagreeing_flag_is_refused() {
+        let with_keys =
+            THREE_NODES.replacen('{', r#"{"queued_bytes_max": 10240, "topics_max": 3,"#, 1);
+        let cluster = ClusterConfig::parse(&with_keys, "config.json").expect("valid");
+        assert_eq!(cluster.queued_bytes_max, Some(10240));
+        assert_eq!(cluster.topics_max, Some(3));
+        let from_config =
+            NodeConfig::new(&args(&[]).expect("flags parse"), cluster.clone()).expect("valid");
+        assert_eq!(
+            from_config.queue_config(),
+            QueueConfig {
+                queued_bytes_max: 10240,
+                topics_max: 3,
+                ..QueueConfig::default()
+            }
+        );
+        let agreeing = NodeConfig::new(
+            &args(&["--queued-bytes-max", "10240", "--topics-max", "3"]).expect("flags parse"),
+            cluster.clone(),
+        )
+        .expect("flags equal to the config are fine");
+        assert_eq!(agreeing.queue_config(), from_config.queue_config());
+        for (flags, expected) in [
+            (
+                ["--queued-bytes-max", "10241"],
+                "--queued-bytes-max: 10241 disagrees with the config's \"queued_bytes_max\" \
+                 10240; every node must use the same number",
+            ),
+            (
+                ["--topics-max", "4"],
+                "--topics-max: 4 disagrees with the config's \"topics_max\" 3; every node \
+                 must use the same number",
+            ),
+        ] {
+            let error = NodeConfig::new(&args(&flags).expect("flags parse"), cluster.clone())
+                .expect_err("a disagreeing flag is refused");
+            assert_eq!(error.to_string(), expected);
+        }
+        // Without the keys: the flag, else the documented defaults.
+        let defaults = node_config(&[]).expect("valid");
+        assert_eq!(defaults.queued_bytes_max, 2 * 1024 * 1024 * 1024);
+        assert_eq!(defaults.topics_max, 10_000);
+        assert_eq!(defaults.queue_config(), QueueConfig::default());
+        let flagged = node_config(&["--queued-bytes-max", "5", "--topics-max", "6"]).expect("ok");
+        assert_eq!((flagged.queued_bytes_max, flagged.topics_max), (5, 6));
+
+        let cases = [
+            (
+                "queued_bytes_max",
+                "0",
+                "expected a whole number of at least 1, found 0",
+            ),
+            (
+                "queued_bytes_max",
+                "-1",
+                "expected a whole number of at least 1, found -1",
+            ),
+            (
+                "queued_bytes_max",
+                "\"8GiB\"",
+                "expected a whole number of at least 1",
+            ),
+            (
+                "queued_bytes_max",
+                "1.5",
+                "expected a whole number of at least 1",
+            ),
+            (
+                "topics_max",
+                "0",
+                "expected a whole number in 1..=1048576, found 0",
+            ),
+            (
+                "topics_max",
+                "1048577",
+                "expected a whole number in 1..=1048576",
+            ),
+            (
+                "topics_max",
+                "null",
+                "expected a whole number in 1..=1048576, found null",
+            ),
+        ];
+        for (key, bad, expected) in cases {
+            let text = THREE_NODES.replacen('{', &format!(r#"{{"{key}": {bad},"#), 1);
+            let error = ClusterConfig::parse(&text, "config.json").expect_err(bad);
+            let line = error.to_string();
+            assert!(
+                line.starts_with(&format!("config.json: \"{key}\": {expected}")),
+                "{key} = {bad}: {line}"
+            );
+        }
+    }
+
+    #[test]
     fn defaults_give_the_documented_timing() {
         let config = node_config(&[]).expect("defaults are valid");
         assert_eq!(config.id, NodeId(1));
@@ -1005,6 +1200,7 @@ mod tests {
         assert_eq!(config.address().port, 9123);
         assert_eq!(config.snapshot, SnapshotConfig::default());
         assert_eq!(config.wal_segment_bytes_max, WAL_SEGMENT_BYTES_DEFAULT);
+        assert_eq!(config.uncommitted_bytes_max, 64 * 1024 * 1024);
     }
 
     #[test]
@@ -1040,8 +1236,11 @@ mod tests {
             "1000000",
             "--wal-segment-bytes",
             "8192",
+            "--uncommitted-bytes-max",
+            "1000",
         ])
         .expect("valid flags");
+        assert_eq!(config.uncommitted_bytes_max, 1000);
         assert_eq!(
             config.snapshot,
             SnapshotConfig {
@@ -1106,6 +1305,22 @@ mod tests {
             (
                 &["--sessions-max", "0"],
                 "--sessions-max: 0 is outside 1..=16777216",
+            ),
+            (
+                &["--queued-bytes-max", "0"],
+                "--queued-bytes-max: 0 is below 1",
+            ),
+            (
+                &["--topics-max", "0"],
+                "--topics-max: 0 is outside 1..=1048576",
+            ),
+            (
+                &["--topics-max", "1048577"],
+                "--topics-max: 1048577 is outside 1..=1048576",
+            ),
+            (
+                &["--uncommitted-bytes-max", "0"],
+                "--uncommitted-bytes-max: must be at least 1",
             ),
             (
                 &["--snapshot-entries", "0"],

@@ -49,6 +49,10 @@ fn random_schedules_keep_raft_safe_and_live() {
             summary.expired_sessions > 0,
             "no session ever expired: {totals}"
         );
+        assert!(
+            summary.quota_refusals > 0,
+            "no command was ever refused by a quota: {totals}"
+        );
     }
 }
 

@@ -33,7 +33,10 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(800);
 
 /// Whether a failure code means "not here, not now" (another attempt, later or on another
 /// node, may succeed) rather than a decisive answer: the node is not the leader, has no
-/// quorum, could not commit in time, or is stopping.
+/// quorum, could not commit in time, or is stopping. A leader whose uncommitted proposals
+/// are at their byte bound answers `UNAVAILABLE` too, so writes back off while it catches
+/// up. `QUOTA` is decisive: the cluster's state is over a quota, and retrying cannot help
+/// until consumers make room, which is the application's call, not the library's.
 pub(crate) fn is_retryable(code: ErrorCode) -> bool {
     matches!(
         code,

@@ -117,6 +117,10 @@ pub enum ClientError {
     BadRequest { message: String },
     #[error("the cluster refused the request as too large: {message}")]
     TooLarge { message: String },
+    /// The write would take the cluster over a quota (queued bytes or topic count, set in
+    /// `config.json`); it changed nothing.
+    #[error("the cluster refused the request, over a quota: {message}")]
+    Quota { message: String },
     /// The cluster no longer remembers this client's session, so it cannot tell whether the
     /// retried request was applied.
     #[error("the cluster forgot this client's session ({message}); {OUTCOME_UNKNOWN}")]
@@ -783,6 +787,7 @@ impl Client {
                 ErrorCode::BadRequest => ClientError::BadRequest { message },
                 ErrorCode::TooLarge => ClientError::TooLarge { message },
                 ErrorCode::SessionExpired => ClientError::SessionExpired { message },
+                ErrorCode::Quota => ClientError::Quota { message },
                 other => ClientError::Refused {
                     node,
                     operation: operation.to_string(),

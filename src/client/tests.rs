@@ -312,7 +312,7 @@ fn refusals_until_the_deadline_end_as_unavailable() {
 #[test]
 fn decisive_failures_become_typed_results() {
     type Check = fn(&mut Client) -> Result<String, String>;
-    let cases: [(ErrorCode, Check); 7] = [
+    let cases: [(ErrorCode, Check); 8] = [
         (ErrorCode::TopicExists, |client| {
             client
                 .create_topic("t")
@@ -349,6 +349,12 @@ fn decisive_failures_become_typed_results() {
                 .map(|_| "got".into())
                 .map_err(|e| format!("{e:?}"))
         }),
+        (ErrorCode::Quota, |client| {
+            client
+                .put("t", Payload::Text("m".into()))
+                .map(|()| "put".into())
+                .map_err(|e| format!("{e:?}"))
+        }),
         (ErrorCode::Unspecified, |client| {
             client
                 .create_topic("t")
@@ -363,6 +369,7 @@ fn decisive_failures_become_typed_results() {
         Err("BadRequest"),
         Err("TooLarge"),
         Err("SessionExpired"),
+        Err("Quota"),
         Err("Refused"),
     ];
     for (number, ((code, check), expected)) in cases.into_iter().zip(expected).enumerate() {

@@ -61,7 +61,6 @@ pub use event::{Event, LoadedSnapshot, PersistReport, SnapshotSaved};
 pub use crate::config::NodeArgs;
 
 use crate::config::{ConfigError, NodeConfig};
-use crate::queue::QueueConfig;
 use crate::raft::Core;
 use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientSettings, ClientTransport};
@@ -142,10 +141,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             source,
         },
     })?;
-    let queue_config = QueueConfig {
-        sessions_max: config.sessions_max,
-        ..QueueConfig::default()
-    };
+    let queue_config = config.queue_config();
     let recovered = recovery::recover(
         &config.data_dir,
         fsync,

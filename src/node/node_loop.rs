@@ -56,7 +56,7 @@
 use super::event::PersistReport;
 use super::event::{Event, LoadedSnapshot, SnapshotSaved};
 use super::log_limit::TermRefusalLog;
-use super::pending::{PendingRequests, WriteEnd};
+use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
 use super::status::WalCounters;
@@ -112,6 +112,8 @@ pub(super) struct NodeLoop {
     clients: ClientTransport,
     peers: PeerTransport,
     pending: PendingRequests,
+    /// This node's proposals as leader not yet committed: admission bounds their bytes.
+    uncommitted: UncommittedBytes,
     next_read_id: u64,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
@@ -177,6 +179,7 @@ impl NodeLoop {
             clients,
             peers,
             pending: PendingRequests::new(),
+            uncommitted: UncommittedBytes::default(),
             next_read_id: 0,
             applied: snapshot.index(),
             applied_term: snapshot.last.term,

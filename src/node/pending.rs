@@ -9,6 +9,11 @@
 //! Deadlines are kept in arrival order. Every request gets the same timeout, so arrival
 //! order is deadline order and expiring is popping the front: O(1) per request, no scans.
 //! An entry there whose request has already been answered is skipped when it comes up.
+//!
+//! Beside them, [`UncommittedBytes`] counts what the leader's proposals hold until they
+//! commit, which is not the same set: a write answered `TIMEOUT` leaves its entry in the log,
+//! still uncommitted. Admission refuses writes over its bound, so a leader that cannot
+//! commit (no quorum, a stalled disk) holds a bounded log instead of running out of memory.
 
 use crate::raft::{EntryId, LogIndex, Term};
 use crate::transport::client::Ticket;
@@ -183,10 +188,117 @@ impl PendingRequests {
     }
 }
 
+/// What an uncommitted entry is counted as besides its command's bytes: the log entry,
+/// the pending request and its deadline, and the copies on their way to the WAL and the
+/// peers are of this order, so that tiny proposals are not free either.
+pub const UNCOMMITTED_ENTRY_OVERHEAD_BYTES: usize = 128;
+
+/// The bytes of this node's own proposals, in its current leadership, that are not known to
+/// be committed yet. Pure bookkeeping: the loop tells it the term and the commit index.
+///
+/// Entries proposed in one term are in index order and only commit or, once the leader is
+/// deposed (a new term), get overwritten; so releasing is popping the front, and a new term
+/// or losing the lead forgets everything: a re-elected leader starts counting from zero,
+/// as etcd's raft does with its uncommitted size.
+#[derive(Debug, Default)]
+pub struct UncommittedBytes {
+    /// The term the entries were proposed in.
+    term: Term,
+    /// Index order. Invariant: `bytes` is the sum of the sizes.
+    entries: VecDeque<(LogIndex, usize)>,
+    bytes: usize,
+}
+
+impl UncommittedBytes {
+    /// What a proposal of `command_bytes` counts as.
+    pub fn size_of(command_bytes: usize) -> usize {
+        command_bytes.saturating_add(UNCOMMITTED_ENTRY_OVERHEAD_BYTES)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Forgets entries at or below `committed`; everything if `leading` is not the term they
+    /// were proposed in (`None`: not the leader).
+    pub fn release(&mut self, leading: Option<Term>, committed: LogIndex) {
+        if leading != Some(self.term) {
+            self.entries.clear();
+            self.bytes = 0;
+            return;
+        }
+        while let Some(&(index, size)) = self.entries.front() {
+            if index > committed {
+                break;
+            }
+            self.entries.pop_front();
+            self.bytes -= size;
+        }
+    }
+
+    /// Whether a proposal of `size` (see [`UncommittedBytes::size_of`]) fits under `max`.
+    /// With nothing uncommitted, anything does: a bound below one entry then means one
+    /// write in flight at a time, never none.
+    pub fn admits(&self, size: usize, max: usize) -> bool {
+        self.entries.is_empty() || self.bytes.saturating_add(size) <= max
+    }
+
+    /// A proposal of `size` was appended at `entry`.
+    pub fn add(&mut self, entry: EntryId, size: usize) {
+        if entry.term != self.term {
+            self.entries.clear();
+            self.bytes = 0;
+            self.term = entry.term;
+        }
+        debug_assert!(
+            self.entries
+                .back()
+                .is_none_or(|&(last, _)| last < entry.index),
+            "proposals of one term come in index order"
+        );
+        self.entries.push_back((entry.index, size));
+        self.bytes += size;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn uncommitted_bytes_are_released_by_commit_and_forgotten_with_the_lead() {
+        let mut uncommitted = UncommittedBytes::default();
+        assert!(
+            uncommitted.admits(1000, 10),
+            "nothing waits: one always fits"
+        );
+        uncommitted.add(entry(2, 5), 100);
+        uncommitted.add(entry(2, 6), 200);
+        uncommitted.add(entry(2, 8), 300);
+        assert_eq!(uncommitted.bytes(), 600);
+        assert!(uncommitted.admits(400, 1000));
+        assert!(!uncommitted.admits(401, 1000));
+        uncommitted.release(Some(Term(2)), LogIndex(4));
+        assert_eq!(uncommitted.bytes(), 600, "nothing of ours committed yet");
+        uncommitted.release(Some(Term(2)), LogIndex(7));
+        assert_eq!(uncommitted.bytes(), 300, "5 and 6 committed");
+        uncommitted.release(None, LogIndex(7));
+        assert_eq!(uncommitted.bytes(), 0, "not leading: nothing of ours waits");
+        uncommitted.add(entry(2, 9), 50);
+        uncommitted.release(Some(Term(3)), LogIndex(7));
+        assert_eq!(uncommitted.bytes(), 0, "a new term: a new leadership");
+        uncommitted.add(entry(3, 10), 70);
+        uncommitted.add(entry(4, 12), 80);
+        assert_eq!(
+            uncommitted.bytes(),
+            80,
+            "a proposal in a new term starts over"
+        );
+        uncommitted.release(Some(Term(4)), LogIndex(12));
+        assert_eq!(uncommitted.bytes(), 0);
+        assert_eq!(UncommittedBytes::size_of(10), 138);
+    }
 
     fn entry(term: u64, index: u64) -> EntryId {
         EntryId::new(Term(term), LogIndex(index))

@@ -135,7 +135,8 @@ pub struct Request {
 }
 
 /// PROTOCOL.md §5 error codes, plus `SESSION_EXPIRED` for a retry whose session the cluster
-/// has forgotten, and `UNSPECIFIED` for what a client cannot know.
+/// has forgotten, `QUOTA` for a write refused by one of the cluster's quotas (queued bytes,
+/// topic count: see `queue`), and `UNSPECIFIED` for what a client cannot know.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
     NoSuchTopic,
@@ -148,6 +149,10 @@ pub enum ErrorCode {
     Unavailable,
     ShuttingDown,
     SessionExpired,
+    /// The write would take the cluster over a quota of `config.json` (`queued_bytes_max`,
+    /// `topics_max`); it changed nothing. Decisive, like `NO_SUCH_TOPIC`: the same request
+    /// gets the same answer until consumers make room (or the operator raises the quota).
+    Quota,
     /// Client side only, never produced by a node: a version 1 failure (which says no more
     /// than `{"success": false}`), or a code this build does not know (the code is then kept
     /// at the front of the message).
@@ -167,12 +172,13 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::SessionExpired => "SESSION_EXPIRED",
+            ErrorCode::Quota => "QUOTA",
             ErrorCode::Unspecified => "UNSPECIFIED",
         }
     }
 
     /// Every code, for parsing and for tests that must cover them all.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::NoSuchTopic,
         ErrorCode::TopicExists,
         ErrorCode::Empty,
@@ -183,6 +189,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::SessionExpired,
+        ErrorCode::Quota,
         ErrorCode::Unspecified,
     ];
 

@@ -1423,6 +1423,7 @@ fn version_1_replies_carry_exactly_the_keys_of_section_3() {
         ErrorCode::Unavailable,
         ErrorCode::ShuttingDown,
         ErrorCode::SessionExpired,
+        ErrorCode::Quota,
         ErrorCode::Unspecified,
     ] {
         cases.push((
@@ -1897,7 +1898,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     })
 }
 
-const ALL_CODES: [ErrorCode; 11] = ErrorCode::ALL;
+const ALL_CODES: [ErrorCode; 12] = ErrorCode::ALL;
 
 fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     let error = (

@@ -41,7 +41,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
-const RECORD_HEADER_BYTES: usize = 4;
+/// What a queued message costs besides its bytes: the queue's quota counts it too.
+pub const RECORD_HEADER_BYTES: usize = 4;
 const TEXT_FLAG: u32 = 1 << 31;
 
 /// The largest message a record header can describe (2 GiB - 1). The protocol's limit

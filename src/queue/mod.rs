@@ -31,12 +31,33 @@
 //! indistinguishable from a new client and has the command applied again; telling them apart
 //! would mean remembering every client ever seen. The bound below makes this rare.
 //!
-//! Refusals change nothing and are not stored. A replay does not count as a use, so the
-//! state after a duplicate is exactly the state before it. The table holds at most
-//! [`QueueConfig::sessions_max`] sessions and [`QueueConfig::session_bytes_max`] bytes of
-//! client ids and kept replies; beyond that the session least recently used in log order is
-//! forgotten (O(log n), via a `BTreeMap` keyed by last-use index). **Both limits are part of
-//! the replicated behaviour: every node must run with the same values.**
+//! Session refusals (`SESSION_EXPIRED`) change nothing and are not stored. A replay does
+//! not count as a use, so the state after a duplicate is exactly the state before it. The
+//! table holds at most [`QueueConfig::sessions_max`] sessions and
+//! [`QueueConfig::session_bytes_max`] bytes of client ids and kept replies; beyond that the
+//! session least recently used in log order is forgotten (O(log n), via a `BTreeMap` keyed
+//! by last-use index). **Both limits are part of the replicated behaviour: every node must
+//! run with the same values.**
+//!
+//! # Quotas
+//!
+//! Two limits keep one client from filling every node's memory at once (each node holds the
+//! whole state): [`QueueConfig::queued_bytes_max`] bounds the bytes queued over all topics,
+//! counting each message as its length plus [`QUEUED_MESSAGE_OVERHEAD_BYTES`] (the record
+//! header it is stored with, so that empty messages are not free), and
+//! [`QueueConfig::topics_max`] bounds the topic count. A PUT that would pass the first, or a
+//! topic create beyond the second, fails with `QUOTA` and changes nothing. They are checked
+//! here, at apply time, so every replica decides the same in log order; a check at the
+//! leader's door could not be exact (the leader does not know what is committed ahead of a
+//! proposal). The order of checks puts the more precise answer first: `TOPIC_EXISTS` before
+//! the topic count, `NO_SUCH_TOPIC` before the bytes. A `QUOTA` refusal is an outcome like
+//! `NO_SUCH_TOPIC`: a session records it, so a retry with the same key gets `QUOTA` again
+//! even after room was made; the client sends its next request with a new `seq`.
+//!
+//! A state already over a quota (say, a lowered `queued_bytes_max` and a restart) keeps what
+//! it holds: GETs drain it, and PUTs are refused until it is back below. Like the session
+//! limits, **the quotas are part of the replicated behaviour**: nodes with different values
+//! would accept different PUTs and diverge.
 //!
 //! # Memory
 //!
@@ -73,17 +94,50 @@ pub struct QueueConfig {
     /// remembered across all sessions. The most recent session is kept even if it alone is
     /// over.
     pub session_bytes_max: usize,
+    /// The most bytes queued over all topics, each message counted as its length plus
+    /// [`QUEUED_MESSAGE_OVERHEAD_BYTES`]: a PUT beyond it fails with `QUOTA`.
+    pub queued_bytes_max: usize,
+    /// The most topics: a topic create beyond it fails with `QUOTA`.
+    pub topics_max: usize,
 }
 
 /// Upper bound accepted for [`QueueConfig::sessions_max`]: far above any sane setting,
 /// low enough that a typo does not plan for gigabytes of sessions.
 pub const SESSIONS_MAX_LIMIT: usize = 1 << 24;
 
+/// What a queued message counts against [`QueueConfig::queued_bytes_max`] besides its
+/// length: the header it is stored with (see [`fifo`]).
+pub const QUEUED_MESSAGE_OVERHEAD_BYTES: usize = fifo::RECORD_HEADER_BYTES;
+
+/// [`QueueConfig::queued_bytes_max`] when the config does not say: 2 GiB.
+///
+/// Every node holds the whole state, so this is per-node memory, and it must be one
+/// number on every node (not a share of each machine's memory, which differ). What a node
+/// really holds for it: about 1x for small and for large messages, up to 2x for sizes that
+/// pack badly into the 32 KiB segments (just over 16 KiB), plus, for a while, a second copy
+/// of a part of the state while a snapshot is written or a second state while a received
+/// one is loaded. A local test cluster runs three nodes on one machine: 3 x 2 GiB, twice
+/// that at worst, stays within a 24 GiB machine where 4 GiB would not. The benchmark's
+/// largest fill (1,000,000 messages of 100 bytes: 104 MB counted) is 5 % of it. A machine
+/// of its own per node can take more: raise it in `config.json`.
+pub const QUEUED_BYTES_MAX_DEFAULT: usize = 2 * 1024 * 1024 * 1024;
+
+/// [`QueueConfig::topics_max`] when the config does not say. A topic costs a few hundred
+/// bytes empty, and `topic GET` lists every name in one reply (at 255-byte names, 2.5 MB for
+/// 10,000 topics); a benchmark run creates at most one topic per client.
+pub const TOPICS_MAX_DEFAULT: usize = 10_000;
+
+/// Upper bound accepted for [`QueueConfig::topics_max`]: at the longest names, a million
+/// topics hold about 700 MB and list in a 260 MB reply.
+pub const TOPICS_MAX_LIMIT: usize = 1 << 20;
+
 impl Default for QueueConfig {
     fn default() -> QueueConfig {
         QueueConfig {
             sessions_max: 10_000,
             session_bytes_max: 64 * 1024 * 1024,
+            queued_bytes_max: QUEUED_BYTES_MAX_DEFAULT,
+            topics_max: TOPICS_MAX_DEFAULT,
         }
     }
 }
@@ -94,6 +148,10 @@ pub enum QueueConfigError {
     SessionsMax(usize),
     #[error("session_bytes_max must be at least 1")]
     SessionBytesMax,
+    #[error("queued_bytes_max must be at least 1")]
+    QueuedBytesMax,
+    #[error("topics_max must be between 1 and {TOPICS_MAX_LIMIT}, not {0}")]
+    TopicsMax(usize),
 }
 
 impl QueueConfig {
@@ -103,6 +161,12 @@ impl QueueConfig {
         }
         if self.session_bytes_max == 0 {
             return Err(QueueConfigError::SessionBytesMax);
+        }
+        if self.queued_bytes_max == 0 {
+            return Err(QueueConfigError::QueuedBytesMax);
+        }
+        if !(1..=TOPICS_MAX_LIMIT).contains(&self.topics_max) {
+            return Err(QueueConfigError::TopicsMax(self.topics_max));
         }
         Ok(())
     }
@@ -244,6 +308,16 @@ impl Queue {
                         format!("topic {topic:?} already exists"),
                     );
                 }
+                if self.topics.len() >= self.config.topics_max {
+                    return failed(
+                        ErrorCode::Quota,
+                        format!(
+                            "topic {topic:?} not created: the cluster holds {} topics, its \
+                             topics_max",
+                            self.topics.len()
+                        ),
+                    );
+                }
                 self.topic_index.insert(topic.clone(), self.topics.len());
                 self.topics.push(Topic {
                     name: topic.clone(),
@@ -255,6 +329,19 @@ impl Queue {
                 let Some(&position) = self.topic_index.get(topic) else {
                     return no_such_topic(topic);
                 };
+                let queued = self.queued_bytes();
+                let charge = message.len().saturating_add(QUEUED_MESSAGE_OVERHEAD_BYTES);
+                if queued.saturating_add(charge) > self.config.queued_bytes_max {
+                    return failed(
+                        ErrorCode::Quota,
+                        format!(
+                            "message not queued: {queued} bytes are queued and it needs \
+                             {charge} more, over queued_bytes_max ({}); consume messages \
+                             first",
+                            self.config.queued_bytes_max
+                        ),
+                    );
+                }
                 match self.topics[position].messages.push(message) {
                     Ok(()) => {
                         self.messages += 1;
@@ -296,6 +383,13 @@ impl Queue {
     pub fn queued(&self, topic: &str) -> Option<usize> {
         let &position = self.topic_index.get(topic)?;
         Some(self.topics[position].messages.len())
+    }
+
+    /// The bytes counted against [`QueueConfig::queued_bytes_max`]: every queued message's
+    /// length plus [`QUEUED_MESSAGE_OVERHEAD_BYTES`].
+    pub fn queued_bytes(&self) -> usize {
+        self.payload_bytes
+            .saturating_add(self.messages.saturating_mul(QUEUED_MESSAGE_OVERHEAD_BYTES))
     }
 
     pub fn stats(&self) -> QueueStats {

@@ -71,6 +71,20 @@ fn config(sessions_max: usize) -> QueueConfig {
     }
 }
 
+fn quota_config(sessions_max: usize, queued_bytes_max: usize, topics_max: usize) -> QueueConfig {
+    QueueConfig {
+        sessions_max,
+        queued_bytes_max,
+        topics_max,
+        ..QueueConfig::default()
+    }
+}
+
+/// What a message of `length` bytes counts against `queued_bytes_max`.
+fn charge(length: usize) -> usize {
+    length + QUEUED_MESSAGE_OVERHEAD_BYTES
+}
+
 /// Applies `commands` at indexes 1, 2, ... through the byte path, checking invariants.
 fn run(queue: &mut Queue, commands: &[LoggedCommand]) -> Vec<Outcome> {
     commands
@@ -485,6 +499,7 @@ fn eviction_by_bytes_keeps_the_newest() {
     let mut queue = Queue::new(QueueConfig {
         sessions_max: 100,
         session_bytes_max: 250,
+        ..QueueConfig::default()
     });
     run(&mut queue, &[plain(create("t"))]);
     for n in 0..5 {
@@ -504,6 +519,7 @@ fn eviction_by_bytes_keeps_the_newest() {
     let mut queue = Queue::new(QueueConfig {
         sessions_max: 100,
         session_bytes_max: 10,
+        ..QueueConfig::default()
     });
     run(&mut queue, &[plain(create("t")), plain(put("t", &big))]);
     let first = run(&mut queue, &[keyed("c", 1, get("t"))]);
@@ -707,6 +723,11 @@ fn config_validation() {
             },
             false,
         ),
+        (quota_config(1, 1, 1), true),
+        (quota_config(1, 0, 1), false),
+        (quota_config(1, 1, 0), false),
+        (quota_config(1, usize::MAX, TOPICS_MAX_LIMIT), true),
+        (quota_config(1, 1, TOPICS_MAX_LIMIT + 1), false),
     ];
     for (case, (config, valid)) in cases.into_iter().enumerate() {
         assert_eq!(config.validate().is_ok(), valid, "case {case}: {config:?}");
@@ -714,6 +735,254 @@ fn config_validation() {
     let parsed: QueueConfig = serde_json::from_str(r#"{"sessions_max": 7, "unknown": 1}"#)
         .expect("missing fields default, unknown ones are ignored");
     assert_eq!(parsed, config(7));
+    assert_eq!(QueueConfig::default().queued_bytes_max, 2 << 30);
+    assert_eq!(QueueConfig::default().topics_max, 10_000);
+}
+
+#[test]
+fn quotas_refuse_with_quota_and_change_nothing() {
+    use ErrorCode::*;
+    // Two topics; two 5-byte messages fill the queued bytes exactly.
+    let mut queue = Queue::new(quota_config(10, 2 * charge(5), 2));
+    // (command, expected outcome, topics after, queued bytes after)
+    let cases: Vec<(Command, Seen, Vec<&str>, usize)> = vec![
+        (create("a"), Seen::Done, vec!["a"], 0),
+        (create("b"), Seen::Done, vec!["a", "b"], 0),
+        (create("c"), Seen::Failed(Quota), vec!["a", "b"], 0),
+        // The more precise answer first: it exists.
+        (create("a"), Seen::Failed(TopicExists), vec!["a", "b"], 0),
+        (put("a", "12345"), Seen::Done, vec!["a", "b"], charge(5)),
+        (put("b", "67890"), Seen::Done, vec!["a", "b"], 2 * charge(5)),
+        (
+            put("a", "x"),
+            Seen::Failed(Quota),
+            vec!["a", "b"],
+            2 * charge(5),
+        ),
+        // An empty message is not free: its header counts.
+        (
+            put("b", ""),
+            Seen::Failed(Quota),
+            vec!["a", "b"],
+            2 * charge(5),
+        ),
+        (
+            put("c", "x"),
+            Seen::Failed(NoSuchTopic),
+            vec!["a", "b"],
+            2 * charge(5),
+        ),
+        (get("a"), seen_message("12345"), vec!["a", "b"], charge(5)),
+        (
+            put("a", "x"),
+            Seen::Done,
+            vec!["a", "b"],
+            charge(5) + charge(1),
+        ),
+        // Exactly full is allowed: 9 + 5 + 4 = 18.
+        (put("a", ""), Seen::Done, vec!["a", "b"], 2 * charge(5)),
+        (
+            put("a", ""),
+            Seen::Failed(Quota),
+            vec!["a", "b"],
+            2 * charge(5),
+        ),
+        (
+            get("b"),
+            seen_message("67890"),
+            vec!["a", "b"],
+            charge(1) + charge(0),
+        ),
+        (get("a"), seen_message("x"), vec!["a", "b"], charge(0)),
+        (get("a"), seen_message(""), vec!["a", "b"], 0),
+        (create("c"), Seen::Failed(Quota), vec!["a", "b"], 0),
+    ];
+    let state = |queue: &Queue| {
+        let contents: Vec<Vec<Payload>> = queue
+            .topics()
+            .iter()
+            .map(|topic| messages_of(queue, topic))
+            .collect();
+        (queue.stats(), contents)
+    };
+    for (case, (command, expected, topics, queued_bytes)) in cases.into_iter().enumerate() {
+        let before = state(&queue);
+        let outcome = run(&mut queue, &[plain(command)]).remove(0);
+        assert_eq!(seen(&outcome), expected, "case {case}");
+        assert_eq!(queue.topics(), topics, "case {case}");
+        assert_eq!(queue.queued_bytes(), queued_bytes, "case {case}");
+        if let Seen::Failed(_) = expected {
+            assert_eq!(
+                state(&queue),
+                before,
+                "case {case}: a refusal changes nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn refusals_over_a_quota_say_which_and_how_much() {
+    let mut queue = Queue::new(quota_config(10, charge(3), 1));
+    let outcomes = run(
+        &mut queue,
+        &[
+            plain(create("a")),
+            plain(create("b")),
+            plain(put("a", "abc")),
+            plain(put("a", "d")),
+        ],
+    );
+    let Outcome::Failed(topics) = &outcomes[1] else {
+        panic!("refused: {:?}", outcomes[1]);
+    };
+    assert_eq!(
+        topics.message,
+        "topic \"b\" not created: the cluster holds 1 topics, its topics_max"
+    );
+    let Outcome::Failed(bytes) = &outcomes[3] else {
+        panic!("refused: {:?}", outcomes[3]);
+    };
+    assert_eq!(
+        bytes.message,
+        "message not queued: 7 bytes are queued and it needs 5 more, over queued_bytes_max \
+         (7); consume messages first"
+    );
+}
+
+/// A session records a QUOTA refusal like any outcome: the retry gets it again, even once
+/// there is room, and nothing is queued twice; the next seq is a new request.
+#[test]
+fn a_quota_refusal_is_recorded_in_the_session() {
+    let mut queue = Queue::new(quota_config(10, charge(1), 10));
+    let outcomes = run(
+        &mut queue,
+        &[
+            keyed("p", 1, create("t")),
+            keyed("p", 2, put("t", "1")),
+            keyed("p", 3, put("t", "2")),
+            keyed("c", 1, get("t")),
+            keyed("p", 3, put("t", "2")),
+            keyed("p", 4, put("t", "2")),
+        ],
+    );
+    let codes: Vec<Seen> = outcomes.iter().map(seen).collect();
+    assert_eq!(
+        codes,
+        vec![
+            Seen::Done,
+            Seen::Done,
+            Seen::Failed(ErrorCode::Quota),
+            seen_message("1"),
+            Seen::Failed(ErrorCode::Quota),
+            Seen::Done,
+        ]
+    );
+    assert_eq!(messages_of(&queue, "t"), vec![Payload::Text("2".into())]);
+}
+
+/// Replicas with the same quotas decide the same refusals in log order: same outcomes,
+/// same state, same digest; a replica restored from a snapshot taken while full goes on
+/// deciding the same (the quotas come from the config, what counts against them from the
+/// state).
+#[test]
+fn replicas_with_the_same_quotas_agree() {
+    let config = || quota_config(3, 3 * charge(1), 2);
+    let commands: Vec<LoggedCommand> = vec![
+        keyed("a", 1, create("t")),
+        plain(create("u")),
+        plain(create("v")),
+        keyed("b", 1, put("t", "1")),
+        keyed("c", 1, put("u", "2")),
+        keyed("a", 2, put("t", "3")),
+        keyed("b", 2, put("t", "4")),
+        keyed("d", 1, get("t")),
+    ];
+    let rest: Vec<LoggedCommand> = vec![
+        keyed("b", 2, put("t", "4")),
+        keyed("b", 3, put("t", "4")),
+        plain(put("u", "5")),
+        plain(get("u")),
+        plain(put("u", "5")),
+    ];
+    let mut first = Queue::new(config());
+    let mut second = Queue::new(config());
+    let first_outcomes = run(&mut first, &commands);
+    assert_eq!(first_outcomes, run(&mut second, &commands));
+    assert_eq!(
+        seen(&first_outcomes[6]),
+        Seen::Failed(ErrorCode::Quota),
+        "the fourth message is over"
+    );
+    assert_eq!(first, second);
+    assert_eq!(first.digest(), second.digest());
+
+    let mut bytes = Vec::new();
+    first
+        .encode_snapshot(&mut bytes)
+        .expect("encoding into a Vec");
+    let mut restored = Queue::decode_snapshot(config(), bytes.as_slice()).expect("own snapshot");
+    assert_eq!(restored.digest(), first.digest());
+    assert_eq!(restored.queued_bytes(), first.queued_bytes());
+    let expected = run(&mut first, &rest);
+    assert_eq!(run(&mut restored, &rest), expected);
+    assert_eq!(
+        expected.iter().map(seen).collect::<Vec<_>>(),
+        vec![
+            Seen::Failed(ErrorCode::Quota),
+            Seen::Done,
+            Seen::Failed(ErrorCode::Quota),
+            seen_message("2"),
+            Seen::Done,
+        ]
+    );
+    assert_eq!(restored, first);
+    assert_eq!(restored.digest(), first.digest());
+}
+
+/// A lowered quota keeps what is queued (GETs drain it) and refuses PUTs until the state
+/// is back below it.
+#[test]
+fn a_state_over_a_lowered_quota_keeps_its_messages() {
+    let mut queue = Queue::new(QueueConfig::default());
+    run(
+        &mut queue,
+        &[
+            plain(create("a")),
+            plain(create("b")),
+            plain(put("a", "1")),
+            plain(put("a", "2")),
+        ],
+    );
+    let mut bytes = Vec::new();
+    queue
+        .encode_snapshot(&mut bytes)
+        .expect("encoding into a Vec");
+    let mut lowered =
+        Queue::decode_snapshot(quota_config(10, charge(1), 1), bytes.as_slice()).expect("valid");
+    assert_eq!(lowered.topics(), vec!["a", "b"]);
+    let outcomes = run(
+        &mut lowered,
+        &[
+            plain(create("c")),
+            plain(put("a", "3")),
+            plain(get("a")),
+            plain(put("a", "3")),
+            plain(get("a")),
+            plain(put("a", "3")),
+        ],
+    );
+    assert_eq!(
+        outcomes.iter().map(seen).collect::<Vec<_>>(),
+        vec![
+            Seen::Failed(ErrorCode::Quota),
+            Seen::Failed(ErrorCode::Quota),
+            seen_message("1"),
+            Seen::Failed(ErrorCode::Quota),
+            seen_message("2"),
+            Seen::Done,
+        ]
+    );
 }
 
 #[test]
@@ -738,6 +1007,28 @@ struct Model {
     /// client_id -> (seq, outcome, last use)
     sessions: HashMap<String, (u64, Seen, u64)>,
     sessions_max: usize,
+    queued_bytes_max: usize,
+    topics_max: usize,
+}
+
+impl Model {
+    fn new(config: &QueueConfig) -> Model {
+        Model {
+            sessions_max: config.sessions_max,
+            queued_bytes_max: config.queued_bytes_max,
+            topics_max: config.topics_max,
+            ..Model::default()
+        }
+    }
+
+    /// Every queued message's length plus its header.
+    fn queued_bytes(&self) -> usize {
+        self.queues
+            .values()
+            .flatten()
+            .map(|message| charge(message.len()))
+            .sum()
+    }
 }
 
 impl Model {
@@ -747,17 +1038,26 @@ impl Model {
                 if self.queues.contains_key(topic) {
                     return Seen::Failed(ErrorCode::TopicExists);
                 }
+                if self.topics.len() >= self.topics_max {
+                    return Seen::Failed(ErrorCode::Quota);
+                }
                 self.topics.push(topic.clone());
                 self.queues.insert(topic.clone(), VecDeque::new());
                 Seen::Done
             }
-            Command::Put { topic, message } => match self.queues.get_mut(topic) {
-                None => Seen::Failed(ErrorCode::NoSuchTopic),
-                Some(queue) => {
-                    queue.push_back(message.clone());
-                    Seen::Done
+            Command::Put { topic, message } => {
+                let queued_bytes = self.queued_bytes();
+                match self.queues.get_mut(topic) {
+                    None => Seen::Failed(ErrorCode::NoSuchTopic),
+                    Some(_) if queued_bytes + charge(message.len()) > self.queued_bytes_max => {
+                        Seen::Failed(ErrorCode::Quota)
+                    }
+                    Some(queue) => {
+                        queue.push_back(message.clone());
+                        Seen::Done
+                    }
                 }
-            },
+            }
             Command::Get { topic } => match self.queues.get_mut(topic) {
                 None => Seen::Failed(ErrorCode::NoSuchTopic),
                 Some(queue) => match queue.pop_front() {
@@ -814,16 +1114,27 @@ fn command_strategy() -> impl Strategy<Value = LoggedCommand> {
     (session, command).prop_map(|(session, command)| LoggedCommand { session, command })
 }
 
+/// Small session tables, and quotas from "hit at once" to "never hit".
+fn config_strategy() -> impl Strategy<Value = QueueConfig> {
+    let queued_bytes_max = prop_oneof![1usize..40, Just(QUEUED_BYTES_MAX_DEFAULT)];
+    let topics_max = prop_oneof![1usize..4, Just(TOPICS_MAX_DEFAULT)];
+    (1usize..4, queued_bytes_max, topics_max).prop_map(
+        |(sessions_max, queued_bytes_max, topics_max)| {
+            quota_config(sessions_max, queued_bytes_max, topics_max)
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
     #[test]
     fn behaves_like_the_model(
-        sessions_max in 1usize..4,
+        config in config_strategy(),
         commands in proptest::collection::vec(command_strategy(), 0..120),
     ) {
-        let mut queue = Queue::new(config(sessions_max));
-        let mut model = Model { sessions_max, ..Model::default() };
+        let mut queue = Queue::new(config.clone());
+        let mut model = Model::new(&config);
         for (step, command) in commands.iter().enumerate() {
             let index = step as u64 + 1;
             let outcome = queue.apply(LogIndex(index), &command.encode());
@@ -856,19 +1167,19 @@ proptest! {
     /// that decides future outcomes, eviction order included.
     #[test]
     fn snapshot_then_rest_equals_whole_log(
-        sessions_max in 1usize..4,
+        config in config_strategy(),
         commands in proptest::collection::vec(command_strategy(), 0..80),
         cut in any::<prop::sample::Index>(),
     ) {
         let cut = cut.index(commands.len() + 1);
-        let mut whole = Queue::new(config(sessions_max));
+        let mut whole = Queue::new(config.clone());
         let whole_outcomes = run(&mut whole, &commands);
 
-        let mut before = Queue::new(config(sessions_max));
+        let mut before = Queue::new(config.clone());
         let mut outcomes = run(&mut before, &commands[..cut]);
         let mut bytes = Vec::new();
         before.encode_snapshot(&mut bytes).expect("encoding into a Vec");
-        let mut restored = Queue::decode_snapshot(config(sessions_max), bytes.as_slice())
+        let mut restored = Queue::decode_snapshot(config, bytes.as_slice())
             .expect("own snapshot");
         prop_assert_eq!(&restored, &before);
         outcomes.extend(run(&mut restored, &commands[cut..]));

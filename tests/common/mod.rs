@@ -84,6 +84,16 @@ impl Cluster {
 
     /// As [`Cluster::start_with`], with `host` written as every node's `ip`.
     pub fn start_on(host: &str, size: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_configured_on(host, size, flags, &json!({}))
+    }
+
+    /// As [`Cluster::start_with`], with the keys of `settings` (a JSON object) added to the
+    /// config file every node reads: the settings all nodes share (`sessions_max`, quotas).
+    pub fn start_configured(size: usize, flags: &[&str], settings: &Value) -> Cluster {
+        Cluster::start_configured_on("127.0.0.1", size, flags, settings)
+    }
+
+    fn start_configured_on(host: &str, size: usize, flags: &[&str], settings: &Value) -> Cluster {
         let flags_all: Vec<OsString> = FAST_FLAGS.iter().chain(flags).map(OsString::from).collect();
         // Another process may take a port between our check and the node's bind: retry.
         let mut permit = Some(Permit::acquire());
@@ -91,6 +101,7 @@ impl Cluster {
             let dir = tempfile::tempdir().expect("temp dir");
             let (config_path, ports) =
                 write_config(dir.path(), host, size).expect("write the config");
+            add_settings(&config_path, settings);
             let mut setup = NodeSetup::new(
                 RRMQ_NODE.into(),
                 config_path.clone(),
@@ -398,6 +409,21 @@ impl Cluster {
         }
         panic!("no single leader within {CLI_LEADER_DEADLINE:?}; last status: {last}");
     }
+}
+
+/// Adds the keys of `settings` (a JSON object) to the config file at `path`.
+fn add_settings(path: &Path, settings: &Value) {
+    let settings = settings.as_object().expect("settings are a JSON object");
+    if settings.is_empty() {
+        return;
+    }
+    let text = std::fs::read_to_string(path).expect("read the config");
+    let mut config: Value = serde_json::from_str(&text).expect("the generated config is JSON");
+    let object = config.as_object_mut().expect("the config is a JSON object");
+    for (key, value) in settings {
+        object.insert(key.clone(), value.clone());
+    }
+    std::fs::write(path, config.to_string()).expect("write the config");
 }
 
 // ---- Wire-level client ----------------------------------------------------------------------

@@ -128,7 +128,7 @@ impl fmt::Display for Totals {
             f,
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
              {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
-             {} replays, {} SESSION_EXPIRED), {} snapshots saved, {} installed, {} restarts \
+             {} replays, {} SESSION_EXPIRED), {} QUOTA refusals, {} snapshots saved, {} installed, {} restarts \
              from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes, {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
@@ -141,6 +141,7 @@ impl fmt::Display for Totals {
             s.retries,
             s.replays,
             s.expired_sessions,
+            s.quota_refusals,
             s.snapshots_saved,
             s.snapshots_installed,
             s.restarts_from_snapshot,
@@ -233,6 +234,7 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.retries += run.retries;
     sum.expired_sessions += run.expired_sessions;
     sum.replays += run.replays;
+    sum.quota_refusals += run.quota_refusals;
     sum.snapshots_saved += run.snapshots_saved;
     sum.snapshots_installed += run.snapshots_installed;
     sum.restarts_from_snapshot += run.restarts_from_snapshot;

@@ -112,7 +112,8 @@ pub struct Scenario {
     pub client_timeout_ticks: u64,
     /// Chance that a reply to a client is lost on its way.
     pub reply_drop_chance: f64,
-    /// The state machine's limits; a small `sessions_max` makes evictions common.
+    /// The state machine's limits; a small `sessions_max` makes evictions common, small
+    /// quotas make `QUOTA` refusals common.
     pub queue: QueueConfig,
     pub fault_phase_ticks: u64,
     /// Crashed nodes left down during the liveness phase (at most a minority).
@@ -157,7 +158,7 @@ impl Scenario {
             })
             .collect();
         let minority = (node_count - 1) / 2;
-        Scenario {
+        let mut scenario = Scenario {
             node_count,
             raft,
             network,
@@ -196,7 +197,16 @@ impl Scenario {
             } else {
                 0
             },
-        }
+        };
+        // Drawn last, so that every draw above is what it was before quotas existed. Tight
+        // quotas make QUOTA refusals common: replicas must agree on each (same digest) and
+        // a refused PUT must leave nothing behind (the exactly-once checker).
+        scenario.queue.queued_bytes_max = *pick(
+            rng,
+            &[40, 400, 4000, QueueConfig::default().queued_bytes_max],
+        );
+        scenario.queue.topics_max = *pick(rng, &[1, 2, QueueConfig::default().topics_max]);
+        scenario
     }
 
     /// The liveness phase must converge within this many ticks: time for a few dozen

@@ -44,6 +44,8 @@ pub struct RunSummary {
     pub retries: u64,
     pub expired_sessions: u64,
     pub replays: u64,
+    /// Committed commands the state machine refused with `QUOTA`.
+    pub quota_refusals: u64,
     pub snapshots_saved: u64,
     pub snapshots_installed: u64,
     pub restarts_from_snapshot: u64,
@@ -161,6 +163,7 @@ impl Simulation {
             retries: self.clients.retries,
             expired_sessions: self.clients.expired_sessions,
             replays: exactly_once.replays,
+            quota_refusals: exactly_once.quota_refusals,
             snapshots_saved: self.snapshots_saved,
             snapshots_installed: self.snapshots_installed,
             restarts_from_snapshot: self.restarts_from_snapshot,

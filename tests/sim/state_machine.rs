@@ -223,6 +223,8 @@ pub struct ExactlyOnce {
     session_clients: HashSet<u64>,
     pub replays: u64,
     pub expired: u64,
+    /// Commands refused with `QUOTA` where they were applied (replays not counted).
+    pub quota_refusals: u64,
 }
 
 fn brief(outcome: Option<&Outcome>) -> String {
@@ -247,6 +249,7 @@ impl ExactlyOnce {
             session_clients: HashSet::new(),
             replays: 0,
             expired: 0,
+            quota_refusals: 0,
         }
     }
 
@@ -332,6 +335,11 @@ impl ExactlyOnce {
             }
             CommandKey::Unkeyed(_) | CommandKey::Probe(_) => true,
         };
+        if first_execution
+            && matches!(outcome, Outcome::Failed(error) if error.code == ErrorCode::Quota)
+        {
+            self.quota_refusals += 1;
+        }
         if first_execution {
             // A first execution does what it answers: Done for a PUT that enqueued, a
             // message for a GET that popped it.

@@ -552,6 +552,7 @@ fn only_not_here_not_now_codes_are_retried() {
         (ErrorCode::BadRequest, false),
         (ErrorCode::TooLarge, false),
         (ErrorCode::SessionExpired, false),
+        (ErrorCode::Quota, false),
         (ErrorCode::Unspecified, false),
     ];
     for (number, (code, expected)) in cases.into_iter().enumerate() {

@@ -1,10 +1,17 @@
 //! Admission: client requests in, answers out. Each request is answered at once (`status`,
-//! `stats`, `fault`, or a refusal: shutting down, halted, not the leader) or proposed as it
-//! arrives (writes) or registered as a read (`ReadIndex`), and then waits in
-//! `PendingRequests` until applied, overwritten, confirmed or expired; requests never wait
-//! for one another.
+//! `stats`, `fault`, or a refusal: shutting down, halted, not the leader, too many bytes
+//! uncommitted) or proposed as it arrives (writes) or registered as a read (`ReadIndex`),
+//! and then waits in `PendingRequests` until applied, overwritten, confirmed or expired;
+//! requests never wait for one another.
+//!
+//! The bound on uncommitted bytes (`--uncommitted-bytes-max`) answers `UNAVAILABLE`, not
+//! `QUOTA`: it is this leader's state, not the cluster's, it passes as soon as the
+//! followers catch up, and the write was not proposed, so a retry (which every client
+//! already does on `UNAVAILABLE`, with back-off) is safe and likely to succeed. `QUOTA`
+//! (queued bytes, topic count) is decided by the replicated queue at apply time.
 
 use super::NodeLoop;
+use crate::node::pending::UncommittedBytes;
 use crate::node::status::{self, NodeView};
 use crate::protocol::{ErrorCode, ErrorInfo, Operation, Outcome, Reply};
 use crate::queue::{Command, LoggedCommand};
@@ -81,9 +88,34 @@ impl NodeLoop {
             command,
         }
         .encode();
+        let size = UncommittedBytes::size_of(bytes.len());
+        let leading = (self.core.role() == Role::Leader).then(|| self.core.term());
+        self.uncommitted.release(leading, self.core.commit_index());
+        if leading.is_some()
+            && !self
+                .uncommitted
+                .admits(size, self.config.uncommitted_bytes_max)
+        {
+            log::debug!(
+                "request {ticket:?} refused: {} bytes uncommitted",
+                self.uncommitted.bytes()
+            );
+            self.fail(
+                ticket,
+                ErrorCode::Unavailable,
+                &format!(
+                    "the leader has {} bytes of writes waiting to commit, its limit \
+                     (--uncommitted-bytes-max {}); not applied, retry shortly",
+                    self.uncommitted.bytes(),
+                    self.config.uncommitted_bytes_max
+                ),
+            );
+            return;
+        }
         match self.core.propose(bytes) {
             Ok(entry) => {
                 log::trace!("request {ticket:?} proposed at {entry}");
+                self.uncommitted.add(entry, size);
                 if let Some(overwritten) = self.pending.add_write(entry, ticket, deadline) {
                     self.answer_lost(overwritten);
                 }

@@ -241,6 +241,74 @@ fn a_storage_failure_stops_acknowledging_but_keeps_answering() {
     leader.stop();
 }
 
+#[test]
+fn a_leader_refuses_writes_over_its_uncommitted_bytes_until_they_commit() {
+    let gated = Arc::new(AtomicBool::new(false));
+    let (permit, permits) = crossbeam_channel::unbounded();
+    let store = GatedStore {
+        inner: MemStore::new(),
+        gated: gated.clone(),
+        permits,
+    };
+    // A 1000-byte message counts about 1150 bytes: two fit under 3000, a third does not.
+    let leader = TickingLeader::start_with(&["--uncommitted-bytes-max", "3000"], Box::new(store));
+    let socket = &leader.socket;
+    let put = |fill: char| Operation::Put {
+        topic: "t".into(),
+        message: crate::protocol::Payload::Text(fill.to_string().repeat(1000)),
+    };
+
+    // The disk stalls: a one-node leader commits nothing until its own copy is durable.
+    gated.store(true, Ordering::SeqCst);
+    send(socket, put('a'));
+    send(socket, put('b'));
+    // Answered at once, while the two before it still wait.
+    match call(socket, put('c')) {
+        Reply::Outcome {
+            outcome: Outcome::Failed(error),
+            ..
+        } => {
+            assert_eq!(error.code, ErrorCode::Unavailable, "{error:?}");
+            assert!(
+                error.message.contains("--uncommitted-bytes-max 3000"),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("the third write is refused, got {other:?}"),
+    }
+    gated.store(false, Ordering::SeqCst);
+    for _ in 0..3 {
+        permit.send(()).expect("the WAL thread is alive");
+    }
+    for fill in ['a', 'b'] {
+        match receive(socket, 10_000) {
+            Some(Reply::Outcome {
+                outcome: Outcome::Done,
+                ..
+            }) => {}
+            other => panic!("the write of {fill:?} is acknowledged once durable: {other:?}"),
+        }
+    }
+    assert_eq!(failure_code(&call(socket, put('d'))), None, "room again");
+    for fill in ['a', 'b', 'd'] {
+        match call(socket, Operation::Get { topic: "t".into() }) {
+            Reply::Outcome {
+                outcome: Outcome::Message(crate::protocol::Payload::Text(text)),
+                ..
+            } => assert_eq!(text, fill.to_string().repeat(1000)),
+            other => panic!("message {fill:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        failure_code(&call(socket, Operation::Get { topic: "t".into() })),
+        Some(ErrorCode::Empty),
+        "the refused write was never applied"
+    );
+
+    leader.stop();
+}
+
 /// A one-node loop over a given store, ticked every 10 ms, elected and holding topic `t`.
 struct TickingLeader {
     _context: zmq::Context,
@@ -252,7 +320,11 @@ struct TickingLeader {
 
 impl TickingLeader {
     fn start(store: Box<dyn LogStore + Send>) -> TickingLeader {
-        let (context, socket, events, node) = start_node(&[], store);
+        TickingLeader::start_with(&[], store)
+    }
+
+    fn start_with(flags: &[&str], store: Box<dyn LogStore + Send>) -> TickingLeader {
+        let (context, socket, events, node) = start_node(flags, store);
         let ticker_events = events.clone();
         let ticker = std::thread::spawn(move || {
             while ticker_events.send(Event::Tick).is_ok() {

@@ -239,11 +239,7 @@ impl ClusterConfig {
             None => None,
             Some(value) => {
                 let list = ClientList::from_json(value).map_err(invalid)?;
-                // TODO(peer public_key): pass whether the addresses carry "public_key" once
-                // `Address` has it (all or none of them do); until then no address is keyed,
-                // so a config with "clients" is refused rather than served open.
-                let peers_keyed = false;
-                clients::check_clients_allowed(true, peers_keyed).map_err(invalid)?;
+                clients::check_clients_allowed(true, peers_keyed(&addresses)).map_err(invalid)?;
                 Some(list)
             }
         };
@@ -255,6 +251,12 @@ impl ClusterConfig {
             queued_bytes_max: count("queued_bytes_max", usize::MAX)?,
             topics_max: count("topics_max", TOPICS_MAX_LIMIT)?,
         })
+    }
+
+    /// Whether the peer addresses carry public keys (PROTOCOL.md §11), which `clients` and a
+    /// SIGHUP reload of them need.
+    pub fn peers_keyed(&self) -> bool {
+        peers_keyed(&self.addresses)
     }
 
     pub fn node_count(&self) -> usize {
@@ -276,6 +278,14 @@ impl ClusterConfig {
     pub fn contains(&self, id: NodeId) -> bool {
         self.address(id).is_some()
     }
+}
+
+/// Whether these addresses carry public keys.
+// TODO(peer public_key): `addresses.iter().all(|address| address.public_key.is_some())` once
+// `Address` has its `public_key` (all or none of them carry one). Until then no address is
+// keyed, so a config with "clients" is refused rather than served open.
+fn peers_keyed(_addresses: &[Address]) -> bool {
+    false
 }
 
 /// `1..=max` as an error message says it; "at least 1" when there is no real maximum.
@@ -567,6 +577,9 @@ pub struct NodeArgs {
 pub struct NodeConfig {
     pub id: NodeId,
     pub cluster: ClusterConfig,
+    /// The cluster file as named on the command line, which a SIGHUP reads `clients` from
+    /// again.
+    pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub fsync: FsyncMode,
     /// Length of one Raft tick.
@@ -796,6 +809,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             id: NodeId(args.index),
             cluster: cluster.clone(),
+            config_path: args.config.clone(),
             data_dir,
             fsync: args.fsync,
             tick: Duration::from_millis(tick_ms),

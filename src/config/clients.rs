@@ -10,8 +10,9 @@
 //! reload that removes or changes a key takes effect on the next request of a connection
 //! that is already open.
 
-use super::permissions::{ClientRights, TopicPattern};
+use super::permissions::{check, ClientRights, Forbidden, TopicPattern};
 use super::{kind, ConfigError};
+use crate::protocol::Operation;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -187,6 +188,19 @@ impl ClientList {
         parse_z85_key(key).ok().and_then(|key| self.by_key(&key))
     }
 
+    /// What the client port does with `operation` from the connection whose ZAP `User-Id`
+    /// is `user_id` (the client's Z85 public key): the one call per request, made before
+    /// anything else looks at the request (PROTOCOL.md §11).
+    pub fn access(&self, user_id: &str, operation: &Operation) -> Access<'_> {
+        match self.by_z85(user_id) {
+            None => Access::Unlisted,
+            Some(client) => match check(&client.rights, operation) {
+                Ok(()) => Access::Allowed(client),
+                Err(refusal) => Access::Forbidden(client, refusal),
+            },
+        }
+    }
+
     pub fn clients(&self) -> &[Client] {
         &self.clients
     }
@@ -198,6 +212,18 @@ impl ClientList {
     pub fn is_empty(&self) -> bool {
         self.clients.is_empty()
     }
+}
+
+/// The decision on one request of a keyed client port.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// Listed, and the request is within its rights: serve it.
+    Allowed(&'a Client),
+    /// Listed, but the request is outside its rights: answer `FORBIDDEN` (v1: `success:
+    /// false`) and change nothing.
+    Forbidden(&'a Client, Forbidden),
+    /// Not (or no longer, after a reload) listed: no reply, as for any unknown key.
+    Unlisted,
 }
 
 /// A `produce` or `consume` list: missing means none.

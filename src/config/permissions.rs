@@ -8,7 +8,7 @@
 //! protocol's [`Operation`] and is built from `config.json`; the raft core and the queue know
 //! nothing of clients.
 
-use crate::protocol::Operation;
+use crate::protocol::{ErrorCode, ErrorInfo, Operation};
 use std::fmt;
 
 /// A topic name or a prefix, as written in a client's `produce` or `consume` list. Matched
@@ -107,6 +107,13 @@ pub struct Forbidden {
     pub right: Right,
     /// The topic the request named, if it named one.
     pub topic: Option<String>,
+}
+
+impl From<Forbidden> for ErrorInfo {
+    /// The reply's error: code `FORBIDDEN` (v1 replies say only `success: false`).
+    fn from(refusal: Forbidden) -> ErrorInfo {
+        ErrorInfo::new(ErrorCode::Forbidden, refusal.to_string())
+    }
 }
 
 fn describe(right: &Right, topic: Option<&str>) -> String {

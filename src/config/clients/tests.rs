@@ -294,3 +294,30 @@ fn a_reload_of_a_file_without_clients_admits_nobody() {
     assert!(now.is_empty());
     assert!(shared.current().by_key(&[1; 32]).is_none());
 }
+
+#[test]
+fn access_is_decided_by_the_user_id_key_and_the_rights() {
+    let list = parse(&two_clients()).expect("valid clients");
+    let get = |topic: &str| Operation::Get {
+        topic: topic.into(),
+    };
+    let alice = list.by_key(&[1; 32]).expect("alice");
+    assert_eq!(list.access(&key(1), &get("orders")), Access::Allowed(alice));
+    let refusal = Forbidden {
+        right: Right::Consume,
+        topic: Some("audit".into()),
+    };
+    assert_eq!(
+        list.access(&key(1), &get("audit")),
+        Access::Forbidden(alice, refusal.clone())
+    );
+    let error = crate::protocol::ErrorInfo::from(refusal);
+    assert_eq!(error.code, crate::protocol::ErrorCode::Forbidden);
+    assert_eq!(error.message, "this client may not consume topic \"audit\"");
+    assert_eq!(list.access(&key(3), &Operation::Status), Access::Unlisted);
+    assert_eq!(list.access("", &Operation::Status), Access::Unlisted);
+    assert_eq!(
+        list.access(&key(2), &Operation::ListTopics),
+        Access::Allowed(list.by_key(&[2; 32]).expect("ops"))
+    );
+}

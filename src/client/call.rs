@@ -37,6 +37,7 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(800);
 /// are at their byte bound answers `UNAVAILABLE` too, so writes back off while it catches
 /// up. `QUOTA` is decisive: the cluster's state is over a quota, and retrying cannot help
 /// until consumers make room, which is the application's call, not the library's.
+/// `FORBIDDEN` is decisive too: the client's rights only change when an operator edits them.
 pub(crate) fn is_retryable(code: ErrorCode) -> bool {
     matches!(
         code,

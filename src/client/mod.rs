@@ -121,6 +121,10 @@ pub enum ClientError {
     /// `config.json`); it changed nothing.
     #[error("the cluster refused the request, over a quota: {message}")]
     Quota { message: String },
+    /// The request is outside the rights the cluster's `config.json` gives this client's key
+    /// (produce, consume or admin on that topic); it changed nothing.
+    #[error("the cluster refused the request, outside this client's rights: {message}")]
+    Forbidden { message: String },
     /// The cluster no longer remembers this client's session, so it cannot tell whether the
     /// retried request was applied.
     #[error("the cluster forgot this client's session ({message}); {OUTCOME_UNKNOWN}")]
@@ -788,6 +792,7 @@ impl Client {
                 ErrorCode::TooLarge => ClientError::TooLarge { message },
                 ErrorCode::SessionExpired => ClientError::SessionExpired { message },
                 ErrorCode::Quota => ClientError::Quota { message },
+                ErrorCode::Forbidden => ClientError::Forbidden { message },
                 other => ClientError::Refused {
                     node,
                     operation: operation.to_string(),

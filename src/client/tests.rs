@@ -312,7 +312,7 @@ fn refusals_until_the_deadline_end_as_unavailable() {
 #[test]
 fn decisive_failures_become_typed_results() {
     type Check = fn(&mut Client) -> Result<String, String>;
-    let cases: [(ErrorCode, Check); 8] = [
+    let cases: [(ErrorCode, Check); 9] = [
         (ErrorCode::TopicExists, |client| {
             client
                 .create_topic("t")
@@ -355,6 +355,12 @@ fn decisive_failures_become_typed_results() {
                 .map(|()| "put".into())
                 .map_err(|e| format!("{e:?}"))
         }),
+        (ErrorCode::Forbidden, |client| {
+            client
+                .get("t")
+                .map(|_| "got".into())
+                .map_err(|e| format!("{e:?}"))
+        }),
         (ErrorCode::Unspecified, |client| {
             client
                 .create_topic("t")
@@ -370,6 +376,7 @@ fn decisive_failures_become_typed_results() {
         Err("TooLarge"),
         Err("SessionExpired"),
         Err("Quota"),
+        Err("Forbidden"),
         Err("Refused"),
     ];
     for (number, ((code, check), expected)) in cases.into_iter().zip(expected).enumerate() {

@@ -39,8 +39,10 @@
 //! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
 //! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
 //! for their entry or read), [`recovery`] (startup), `startup_checks` (the open files
-//! limit, the warning that a cluster without keys is open) and `log_limit` (rate-limited
-//! warnings for what peers can trigger at will).
+//! limit, the warning that a cluster without keys is open), `log_limit` (rate-limited
+//! warnings for what peers can trigger at will) and `reload` (SIGHUP re-reads the client
+//! list on the signal thread, into the list the client transport shares, never through the
+//! loop).
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
@@ -51,6 +53,7 @@ mod node_loop;
 mod pending;
 pub mod persist_pipeline;
 pub mod recovery;
+mod reload;
 mod snapshots;
 mod startup_checks;
 mod status;
@@ -60,6 +63,7 @@ pub use event::{Event, LoadedSnapshot, PersistReport, SnapshotSaved};
 
 pub use crate::config::NodeArgs;
 
+use crate::config::clients::SharedClients;
 use crate::config::{ConfigError, NodeConfig};
 use crate::raft::Core;
 use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
@@ -68,6 +72,8 @@ use crate::transport::peer::{PeerSettings, PeerTransport};
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
 use recovery::RecoveryError;
+use reload::ClientReload;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Events waiting for the node loop, at most. A full channel makes the transport threads
@@ -112,7 +118,21 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     // Before the sockets: every connection they accept holds a file.
     let open_files = startup_checks::raise_open_files_limit();
     let (events, inbox) = crossbeam_channel::bounded::<Event>(EVENT_CHANNEL_CAPACITY);
-    let signals = SignalThread::start(events.clone())?;
+    // TODO(CURVE client port): give the same `Arc` to the client transport, which checks
+    // each request against `current()`.
+    let client_list = config
+        .cluster
+        .clients
+        .clone()
+        .map(|list| Arc::new(SharedClients::new(list)));
+    let signals = SignalThread::start(
+        events.clone(),
+        ClientReload {
+            clients: client_list,
+            path: config.config_path.clone(),
+            peers_keyed: config.cluster.peers_keyed(),
+        },
+    )?;
 
     let context = zmq::Context::new();
     let clients = ClientTransport::start(
@@ -228,24 +248,28 @@ fn spawn_timer(
         })
 }
 
-/// Turns SIGTERM and SIGINT into [`Event::Shutdown`].
+/// Turns SIGTERM and SIGINT into [`Event::Shutdown`], and handles SIGHUP on its own thread
+/// ([`ClientReload`]): the reload touches only the shared client list, never the loop.
 struct SignalThread {
     handle: signal_hook::iterator::Handle,
     thread: JoinHandle<()>,
 }
 
 impl SignalThread {
-    fn start(events: Sender<Event>) -> Result<SignalThread, NodeError> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals =
-            signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(NodeError::Signals)?;
+    fn start(events: Sender<Event>, reload: ClientReload) -> Result<SignalThread, NodeError> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+            .map_err(NodeError::Signals)?;
         let handle = signals.handle();
         let thread = std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for signal in signals.forever() {
                     log::debug!("signal {signal}");
-                    if events.send(Event::Shutdown).is_err() {
+                    if signal == SIGHUP {
+                        let (level, line) = reload.on_sighup();
+                        log::log!(level, "{line}");
+                    } else if events.send(Event::Shutdown).is_err() {
                         return;
                     }
                 }

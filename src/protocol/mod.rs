@@ -136,7 +136,8 @@ pub struct Request {
 
 /// PROTOCOL.md §5 error codes, plus `SESSION_EXPIRED` for a retry whose session the cluster
 /// has forgotten, `QUOTA` for a write refused by one of the cluster's quotas (queued bytes,
-/// topic count: see `queue`), and `UNSPECIFIED` for what a client cannot know.
+/// topic count: see `queue`), `FORBIDDEN` for a request outside the client's rights
+/// (PROTOCOL.md §11), and `UNSPECIFIED` for what a client cannot know.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ErrorCode {
     NoSuchTopic,
@@ -153,6 +154,10 @@ pub enum ErrorCode {
     /// `topics_max`); it changed nothing. Decisive, like `NO_SUCH_TOPIC`: the same request
     /// gets the same answer until consumers make room (or the operator raises the quota).
     Quota,
+    /// The request is outside the rights `config.json` gives the client's key (PROTOCOL.md
+    /// §11, see `config::permissions`); it changed nothing. Decisive: the same request gets
+    /// the same answer until an operator changes the client's rights.
+    Forbidden,
     /// Client side only, never produced by a node: a version 1 failure (which says no more
     /// than `{"success": false}`), or a code this build does not know (the code is then kept
     /// at the front of the message).
@@ -173,12 +178,13 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::SessionExpired => "SESSION_EXPIRED",
             ErrorCode::Quota => "QUOTA",
+            ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Unspecified => "UNSPECIFIED",
         }
     }
 
     /// Every code, for parsing and for tests that must cover them all.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::NoSuchTopic,
         ErrorCode::TopicExists,
         ErrorCode::Empty,
@@ -190,6 +196,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::SessionExpired,
         ErrorCode::Quota,
+        ErrorCode::Forbidden,
         ErrorCode::Unspecified,
     ];
 

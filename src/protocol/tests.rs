@@ -1424,6 +1424,7 @@ fn version_1_replies_carry_exactly_the_keys_of_section_3() {
         ErrorCode::ShuttingDown,
         ErrorCode::SessionExpired,
         ErrorCode::Quota,
+        ErrorCode::Forbidden,
         ErrorCode::Unspecified,
     ] {
         cases.push((
@@ -1517,6 +1518,24 @@ fn version_2_replies_carry_error_leader_and_status_details() {
             map(&[
                 ("success", Value::Boolean(false)),
                 ("error", error("EMPTY", "")),
+            ]),
+        ),
+        (
+            "forbidden",
+            outcome(
+                failed(
+                    ErrorCode::Forbidden,
+                    "this client may not consume topic \"orders\"",
+                ),
+                Some(leader_info()),
+            ),
+            map(&[
+                ("success", Value::Boolean(false)),
+                (
+                    "error",
+                    error("FORBIDDEN", "this client may not consume topic \"orders\""),
+                ),
+                ("leader", leader_value()),
             ]),
         ),
         (
@@ -1898,7 +1917,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     })
 }
 
-const ALL_CODES: [ErrorCode; 12] = ErrorCode::ALL;
+const ALL_CODES: [ErrorCode; 13] = ErrorCode::ALL;
 
 fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     let error = (

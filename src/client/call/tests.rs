@@ -553,6 +553,7 @@ fn only_not_here_not_now_codes_are_retried() {
         (ErrorCode::TooLarge, false),
         (ErrorCode::SessionExpired, false),
         (ErrorCode::Quota, false),
+        (ErrorCode::Forbidden, false),
         (ErrorCode::Unspecified, false),
     ];
     for (number, (code, expected)) in cases.into_iter().enumerate() {

@@ -236,3 +236,23 @@ fn a_node_given_the_wrong_key_file_exits_with_one_line() {
         assert!(lines[0].contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn rrmq_keygen_writes_a_private_key_file_once_and_prints_its_public_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let run = common::rrmq(&["keygen", "node.key"], b"", dir.path());
+    run.assert_code(0, "keygen");
+    let printed = run.stdout_text();
+    let path = dir.path().join("node.key");
+    let pair = keys::load_key_file(&path).expect("a valid key file");
+    assert_eq!(printed.trim_end(), keys::z85_encode(&pair.public));
+    let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let again = common::rrmq(&["keygen", "node.key"], b"", dir.path());
+    assert_ne!(again.code, Some(0), "refuses to overwrite");
+    assert_eq!(again.stderr.lines().count(), 1, "{}", again.stderr);
+    assert!(again.stdout.is_empty());
+    assert_eq!(keys::load_key_file(&path).expect("unchanged"), pair);
+}

@@ -6,6 +6,8 @@
 //! key pair while claiming another member's id.
 
 mod common;
+#[path = "common/snapshots.rs"]
+mod snapshots;
 
 use common::{run_to_exit, Cluster, Wire, LEADER_DEADLINE};
 use rrmq::cli::launcher::{config_json, NodePorts};
@@ -255,4 +257,30 @@ fn rrmq_keygen_writes_a_private_key_file_once_and_prints_its_public_key() {
     assert_eq!(again.stderr.lines().count(), 1, "{}", again.stderr);
     assert!(again.stdout.is_empty());
     assert_eq!(keys::load_key_file(&path).expect("unchanged"), pair);
+}
+
+#[test]
+fn a_keyed_follower_kept_down_catches_up_through_a_snapshot_over_curve() {
+    use snapshots::{
+        put_topic, puts, wait_converged, wait_for_log, write_all, SMALL_SNAPSHOT_FLAGS,
+    };
+    let mut cluster = Cluster::start_keyed(3, SMALL_SNAPSHOT_FLAGS);
+    let (leader, _) = cluster.wait_for_leader(LEADER_DEADLINE);
+    write_all(&cluster, &[put_topic("t")]);
+    let follower = (leader + 1) % 3;
+    wait_converged(&cluster, &[0, 1, 2], Duration::from_secs(20));
+    cluster.kill(follower);
+    write_all(&cluster, &puts("t", 0, 2500, 100));
+    cluster.spawn(follower);
+    let converged = wait_converged(&cluster, &[0, 1, 2], Duration::from_secs(60));
+    assert_eq!(converged["message_count"], 2500);
+    assert!(
+        wait_for_log(
+            &cluster,
+            follower,
+            "installed snapshot",
+            Duration::from_secs(1)
+        ),
+        "the follower caught up without InstallSnapshot"
+    );
 }

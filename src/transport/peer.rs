@@ -38,6 +38,13 @@
 //! snapshot chunks arriving at the ROUTER go to the snapshot receiver, whose acks leave on
 //! the snapshot sender's DEALERs. This module starts and feeds those threads; what they do
 //! is theirs, and they import nothing from here.
+//!
+//! Keys (PROTOCOL.md §11): in a keyed cluster ([`PeerCurve`]) the ROUTER is a CURVE server
+//! with the node's secret key and every DEALER of every set is a CURVE client that expects
+//! its target's pinned public key. CURVE alone would admit any client key (ZAP fails open),
+//! so [`super::zap`]'s handler is bound first and admits only the members' keys, naming each
+//! connection by its member's id; the receiver drops (and logs, rate-limited) a frame whose
+//! claimed sender is not that id, so a member's key cannot speak for another member.
 
 use super::fault::PeerFaults;
 use super::log_limit::{LogLimiter, LOG_INTERVAL};

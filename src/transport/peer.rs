@@ -359,6 +359,11 @@ impl PeerTransport {
         E: From<Message> + From<SnapshotReport> + Send + 'static,
     {
         let stopping = Arc::new(AtomicBool::new(false));
+        // A start that fails half way stops what it started (the ZAP handler).
+        let mut started = StopUnlessStarted {
+            stopping: stopping.clone(),
+            started: false,
+        };
         let mut threads = Vec::new();
         if let Some(curve) = &settings.curve {
             // Before any CURVE socket binds: without a handler, CURVE admits any client key.
@@ -452,6 +457,7 @@ impl PeerTransport {
             }
         })?);
 
+        started.started = true;
         Ok(PeerTransport {
             dealers,
             context: context.clone(),
@@ -536,6 +542,20 @@ impl PeerTransport {
 impl Drop for PeerTransport {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+/// Raises the stop flag on drop unless the start got through.
+struct StopUnlessStarted {
+    stopping: Arc<AtomicBool>,
+    started: bool,
+}
+
+impl Drop for StopUnlessStarted {
+    fn drop(&mut self) {
+        if !self.started {
+            self.stopping.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -741,6 +761,47 @@ pub(crate) mod tests {
         fn from(report: SnapshotReport) -> TestEvent {
             TestEvent::Report(report)
         }
+    }
+
+    #[test]
+    fn keyed_transports_talk_over_curve() {
+        let ports = two_ports();
+        let pairs: Vec<KeyPair> = (0..2)
+            .map(|_| KeyPair::generate().expect("keypair"))
+            .collect();
+        let members: Vec<(NodeId, Key)> = pairs
+            .iter()
+            .enumerate()
+            .map(|(id, pair)| (NodeId(id as u64), pair.public))
+            .collect();
+        let keyed = |me: usize| PeerSettings {
+            curve: Some(PeerCurve {
+                own: pairs[me].clone(),
+                members: members.clone(),
+            }),
+            ..settings(me as u64, &ports)
+        };
+        // One context per node: each binds its own ZAP handler.
+        let (context_0, context_1) = (zmq::Context::new(), zmq::Context::new());
+        let (events_0, _inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context_0, keyed(0), events_0).expect("0");
+        let node_1 = PeerTransport::start(&context_1, keyed(1), events_1).expect("1");
+        let ping = message(
+            0,
+            1,
+            MessageBody::Heartbeat {
+                commit: LogIndex(1),
+                read_round: 1,
+            },
+        );
+        let received = (0..100).find_map(|_| {
+            node_0.send(vec![ping.clone()]);
+            inbox_1.recv_timeout(Duration::from_millis(100)).ok()
+        });
+        assert_eq!(received, Some(TestEvent::Message(ping)));
+        node_0.stop();
+        node_1.stop();
     }
 
     #[test]

@@ -168,6 +168,10 @@ fn a_fake_peer_with_its_own_keys_or_none_cannot_move_the_term() {
     let log = cluster.log(target);
     assert!(log.contains("peer handshake"), "{log}");
     assert!(log.contains(&keys::z85_encode(&stranger.public)), "{log}");
+    assert!(
+        log.contains("from 127.0.0.1"),
+        "the refusal names the address: {log}"
+    );
     // The cluster still works.
     cluster.wait_for_leader(LEADER_DEADLINE);
 }

@@ -10,6 +10,7 @@
 //! What it must not do: open sockets, files other than the config, or start anything.
 
 pub mod clients;
+pub mod keys;
 pub mod permissions;
 
 use crate::protocol::Limits;
@@ -79,6 +80,9 @@ pub struct Address {
     pub port: u16,
     /// Where the node talks to its peers.
     pub internal_port: u16,
+    /// `"public_key"`: the node's CURVE public key. Invariant (checked by
+    /// [`ClusterConfig::parse`]): all addresses carry one or none does.
+    pub public_key: Option<keys::Key>,
 }
 
 impl Address {
@@ -215,11 +219,38 @@ impl ClusterConfig {
             let port = parse_port(path, node, "port", entry.get("port"))?;
             let internal_port =
                 parse_port(path, node, "internal_port", entry.get("internal_port"))?;
+            let public_key = match entry.get("public_key") {
+                None => None,
+                Some(serde_json::Value::String(text)) => {
+                    Some(keys::z85_decode(text).map_err(|error| {
+                        invalid(format!("addresses[{node}].public_key: {error}"))
+                    })?)
+                }
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "addresses[{node}].public_key: expected a string, found {}",
+                        kind(other)
+                    )))
+                }
+            };
             addresses.push(Address {
                 ip: ip.to_string(),
                 port,
                 internal_port,
+                public_key,
             });
+        }
+        let keyed = addresses.iter().filter(|a| a.public_key.is_some()).count();
+        if keyed != 0 && keyed != addresses.len() {
+            let missing = addresses
+                .iter()
+                .position(|a| a.public_key.is_none())
+                .unwrap_or(0);
+            return Err(invalid(format!(
+                "addresses[{missing}]: missing \"public_key\" ({keyed} of {} addresses \
+                 carry one: all or none must)",
+                addresses.len()
+            )));
         }
         check_duplicates(path, &addresses)?;
         let cluster_id = cluster_id(&addresses);
@@ -253,12 +284,6 @@ impl ClusterConfig {
         })
     }
 
-    /// Whether the peer addresses carry public keys (PROTOCOL.md §11), which `clients` and a
-    /// SIGHUP reload of them need.
-    pub fn peers_keyed(&self) -> bool {
-        peers_keyed(&self.addresses)
-    }
-
     pub fn node_count(&self) -> usize {
         self.addresses.len()
     }
@@ -278,14 +303,67 @@ impl ClusterConfig {
     pub fn contains(&self, id: NodeId) -> bool {
         self.address(id).is_some()
     }
+
+    /// Whether the addresses carry public keys (then all of them do): the peer port speaks
+    /// CURVE.
+    pub fn is_keyed(&self) -> bool {
+        peers_keyed(&self.addresses)
+    }
+
+    /// Every node's id and public key, when the cluster is keyed.
+    pub fn peer_keys(&self) -> Option<Vec<(NodeId, keys::Key)>> {
+        self.addresses
+            .iter()
+            .enumerate()
+            .map(|(index, a)| a.public_key.map(|key| (NodeId(index as u64), key)))
+            .collect()
+    }
+}
+
+/// The node's own key pair from `--key-file`, checked against its entry in the config; none
+/// for an unkeyed cluster.
+fn node_key_pair(args: &NodeArgs, address: &Address) -> Result<Option<keys::KeyPair>, ConfigError> {
+    let bad = |reason: String| ConfigError::BadOption {
+        option: "--key-file",
+        reason,
+    };
+    let Some(expected) = address.public_key else {
+        return match &args.key_file {
+            None => Ok(None),
+            Some(_) => Err(bad(
+                "the config's addresses carry no \"public_key\", so the peer port has no \
+                 keys to use"
+                    .into(),
+            )),
+        };
+    };
+    let Some(path) = &args.key_file else {
+        return Err(bad(
+            "required: the config's addresses carry public keys (CURVE)".into(),
+        ));
+    };
+    if zmq::has("curve") != Some(true) {
+        return Err(bad(
+            "this build's libzmq has no CURVE, and the config carries keys".into(),
+        ));
+    }
+    let pair = keys::load_key_file(path).map_err(|error| bad(error.to_string()))?;
+    if pair.public != expected {
+        return Err(bad(format!(
+            "{}: its public key {} is not node {}'s in the config ({})",
+            path.display(),
+            keys::z85_encode(&pair.public),
+            args.index,
+            keys::z85_encode(&expected)
+        )));
+    }
+    Ok(Some(pair))
 }
 
 /// Whether these addresses carry public keys.
-// TODO(peer public_key): `addresses.iter().all(|address| address.public_key.is_some())` once
-// `Address` has its `public_key` (all or none of them carry one). Until then no address is
-// keyed, so a config with "clients" is refused rather than served open.
-fn peers_keyed(_addresses: &[Address]) -> bool {
-    false
+/// Whether the addresses carry public keys (parsing makes sure it is all of them or none).
+fn peers_keyed(addresses: &[Address]) -> bool {
+    !addresses.is_empty() && addresses.iter().all(|address| address.public_key.is_some())
 }
 
 /// `1..=max` as an error message says it; "at least 1" when there is no real maximum.
@@ -355,6 +433,7 @@ fn check_duplicates(path: &str, addresses: &[Address]) -> Result<(), ConfigError
                     ip: address.ip.clone(),
                     port,
                     internal_port: port,
+                    public_key: None,
                 };
                 return Err(ConfigError::DuplicateAddress {
                     path: path.to_string(),
@@ -386,6 +465,11 @@ fn cluster_id(addresses: &[Address]) -> u64 {
         feed(&[0]);
         feed(&address.port.to_be_bytes());
         feed(&address.internal_port.to_be_bytes());
+        // Only keyed clusters feed keys, so an unkeyed cluster keeps its id.
+        if let Some(key) = &address.public_key {
+            feed(b"curve");
+            feed(key);
+        }
         feed(&[0xff]);
     }
     hash
@@ -570,6 +654,12 @@ pub struct NodeArgs {
     /// `fault` requests are refused as BAD_REQUEST.
     #[arg(long)]
     pub fault_injection: bool,
+
+    /// This node's CURVE key file (first line: its Z85 secret key; `rrmq keygen` writes
+    /// one). Required when the config's addresses carry `public_key`s, and it must match
+    /// this node's.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Everything a node needs to start, validated.
@@ -604,6 +694,9 @@ pub struct NodeConfig {
     pub snapshot: SnapshotConfig,
     /// WAL segments roll over at this size.
     pub wal_segment_bytes_max: u64,
+    /// This node's CURVE key pair (`--key-file`), when the cluster is keyed. Invariant:
+    /// present exactly when `cluster.is_keyed()`, its public key this node's entry's.
+    pub key_pair: Option<keys::KeyPair>,
 }
 
 /// When to take snapshots and how to ship them.
@@ -806,6 +899,7 @@ impl NodeConfig {
             message_bytes_max: args.message_bytes_max,
             ..Limits::default()
         };
+        let key_pair = node_key_pair(args, address)?;
         Ok(NodeConfig {
             id: NodeId(args.index),
             cluster: cluster.clone(),
@@ -830,6 +924,7 @@ impl NodeConfig {
                 send_bytes_per_second: args.snapshot_send_bytes_per_sec,
             },
             wal_segment_bytes_max: args.wal_segment_bytes,
+            key_pair,
         })
     }
 
@@ -921,7 +1016,8 @@ mod tests {
             Address {
                 ip: "127.0.0.1".into(),
                 port: 9123,
-                internal_port: 9124
+                internal_port: 9124,
+                public_key: None,
             }
         );
         assert_eq!(config.voters(), vec![NodeId(0), NodeId(1), NodeId(2)]);
@@ -1088,6 +1184,65 @@ mod tests {
             let other = ClusterConfig::parse(text, "c").expect("valid").cluster_id;
             assert_ne!(other, base, "case {number}");
         }
+    }
+
+    /// THREE_NODES with a public key on every address (`keys` of them, from the first).
+    fn keyed(pairs: &[keys::KeyPair], count: usize) -> String {
+        let mut text = THREE_NODES.to_string();
+        for (number, port) in ["8568", "9124", "8890"].iter().enumerate().take(count) {
+            let key = keys::z85_encode(&pairs[number].public);
+            text = text.replacen(
+                &format!("\"internal_port\": {port}"),
+                &format!("\"internal_port\": {port}, \"public_key\": \"{key}\""),
+                1,
+            );
+        }
+        text
+    }
+
+    #[test]
+    fn public_keys_are_all_or_none_and_folded_into_the_cluster_id() {
+        let pairs: Vec<keys::KeyPair> = (0..3)
+            .map(|_| keys::KeyPair::generate().expect("keypair"))
+            .collect();
+        let plain = ClusterConfig::parse(THREE_NODES, "c").expect("valid");
+        assert!(!plain.is_keyed());
+        assert!(plain.peer_keys().is_none());
+        let full = ClusterConfig::parse(&keyed(&pairs, 3), "c").expect("valid");
+        assert!(full.is_keyed());
+        assert_eq!(full.addresses[1].public_key, Some(pairs[1].public));
+        assert_ne!(full.cluster_id, plain.cluster_id);
+        let error = ClusterConfig::parse(&keyed(&pairs, 2), "c").expect_err("some keys");
+        assert!(error.to_string().contains("addresses[2]"), "{error}");
+        let bad = THREE_NODES.replacen("8568", "8568, \"public_key\": \"short\"", 1);
+        let error = ClusterConfig::parse(&bad, "c").expect_err("bad key");
+        assert!(error.to_string().contains("public_key"), "{error}");
+    }
+
+    #[test]
+    fn a_keyed_node_needs_its_own_matching_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pairs: Vec<keys::KeyPair> = (0..3)
+            .map(|_| keys::KeyPair::generate().expect("keypair"))
+            .collect();
+        let cluster = ClusterConfig::parse(&keyed(&pairs, 3), "config.json").expect("valid");
+        let own = dir.path().join("own.key");
+        std::fs::write(&own, format!("{}\n", keys::z85_encode(&pairs[1].secret))).expect("write");
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, format!("{}\n", keys::z85_encode(&pairs[0].secret))).expect("write");
+        let with = |extra: &[&str]| NodeConfig::new(&args(extra).expect("flags"), cluster.clone());
+        let config = with(&["--key-file", own.to_str().expect("utf-8")]).expect("valid");
+        assert_eq!(config.key_pair, Some(pairs[1].clone()));
+        for extra in [
+            vec![],
+            vec!["--key-file", other.to_str().expect("utf-8")],
+            vec!["--key-file", "/nonexistent/key"],
+        ] {
+            let error = with(&extra).expect_err("refused");
+            assert!(error.to_string().starts_with("--key-file: "), "{error}");
+        }
+        let error = node_config(&["--key-file", own.to_str().expect("utf-8")]).expect_err("plain");
+        assert!(error.to_string().starts_with("--key-file: "), "{error}");
     }
 
     /// FNV-1a written out independently of `cluster_id`'s closure, as a cross-check.

@@ -102,8 +102,8 @@ pub(super) fn run(
             }
             Ok(())
         }
-        Command::Cluster(_) | Command::Bench(_) => {
-            unreachable!("rrmq cluster and rrmq bench are dispatched in cli::run")
+        Command::Cluster(_) | Command::Bench(_) | Command::Keygen { .. } => {
+            unreachable!("rrmq cluster, bench and keygen are dispatched in cli::run")
         }
     }
 }

@@ -137,6 +137,8 @@ pub struct NodeSetup {
     /// How long [`LocalCluster::stop`] waits between SIGTERM and SIGKILL; zero sends SIGKILL
     /// at once.
     pub stop_grace: Duration,
+    /// Node INDEX is given `--key-file key_files[INDEX]` (a keyed cluster); empty: none.
+    pub key_files: Vec<PathBuf>,
 }
 
 impl NodeSetup {
@@ -152,6 +154,7 @@ impl NodeSetup {
             log_dir: None,
             detach: false,
             stop_grace: STOP_GRACE_DEFAULT,
+            key_files: Vec::new(),
         }
     }
 
@@ -290,7 +293,11 @@ impl LocalCluster {
             .arg(&setup.config_path)
             .arg(index.to_string())
             .arg("--data-dir")
-            .arg(setup.data_dir(index))
+            .arg(setup.data_dir(index));
+        if let Some(key_file) = setup.key_files.get(index) {
+            command.arg("--key-file").arg(key_file);
+        }
+        command
             .args(&setup.flags)
             .args(flags)
             .envs(setup.env.iter().map(|(key, value)| (key, value)))

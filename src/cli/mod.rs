@@ -127,6 +127,14 @@ pub enum Command {
     Cluster(ClusterArgs),
     /// Measure a running cluster (produce, consume, mixed), or a fresh local one (--matrix)
     Bench(Box<BenchArgs>),
+    /// Write a new CURVE key file (mode 0600, never overwriting) and print its public key
+    ///
+    /// The file's first line is the 40-character Z85 secret key; give it to a node with
+    /// --key-file, and put the printed public key in the node's `public_key` in the config.
+    Keygen {
+        /// Where to write the key file
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +164,9 @@ pub enum CliError {
     NoNodeAnswered,
     #[error("{0}")]
     Cluster(String),
+    /// A key file that cannot be written or read.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl CliError {
@@ -171,7 +182,9 @@ impl CliError {
             },
             CliError::NoNodeAnswered => EXIT_UNAVAILABLE,
             CliError::Usage(_) => EXIT_USAGE,
-            CliError::Config(_) | CliError::Io { .. } | CliError::Cluster(_) => EXIT_ERROR,
+            CliError::Config(_) | CliError::Io { .. } | CliError::Cluster(_) | CliError::Key(_) => {
+                EXIT_ERROR
+            }
         }
     }
 
@@ -242,6 +255,12 @@ pub fn run(
             cluster::run(&cli.global.config, args, stdout)
         }
         Command::Bench(args) => bench::run(&cli.global, args, stdout),
+        Command::Keygen { file } => {
+            let pair = crate::config::keys::write_new_key_file(file)
+                .map_err(|error| CliError::Key(error.to_string()))?;
+            writeln!(stdout, "{}", crate::config::keys::z85_encode(&pair.public))
+                .map_err(CliError::io("cannot write to stdout"))
+        }
         command => commands::run(&cli.global, command, stdout, stdin),
     }
 }

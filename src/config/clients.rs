@@ -18,54 +18,12 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 /// A CURVE public key: 32 bytes, written in `config.json` as 40 characters of Z85.
-pub type PublicKey = [u8; 32];
+pub type PublicKey = super::keys::Key;
 
-/// The length of a CURVE key in Z85 text.
-pub const Z85_KEY_LEN: usize = 40;
-
-/// The Z85 alphabet (ZeroMQ RFC 32): a digit's value is its position here.
-const Z85_ALPHABET: &[u8; 85] =
-    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
-
-/// Decodes a 40-character Z85 CURVE key; the error says what is wrong, for a config line.
-///
-/// Its own decoder rather than `zmq::z85_decode`, which ignores libzmq's error return (a
-/// group worth more than 32 bits decodes to whatever the buffer held) and leaks its
-/// argument's copy on every call, while this one runs for each request of a keyed client.
+/// Decodes a 40-character Z85 CURVE key (the one decoder, `config::keys`); the error says
+/// what is wrong, for a config line.
 pub fn parse_z85_key(text: &str) -> Result<PublicKey, String> {
-    if text.len() != Z85_KEY_LEN {
-        return Err(format!(
-            "expected {Z85_KEY_LEN} characters of Z85, found {}",
-            text.chars().count()
-        ));
-    }
-    let mut key = [0u8; 32];
-    for (group, chunk) in text.as_bytes().chunks_exact(5).enumerate() {
-        let mut value: u64 = 0;
-        for &byte in chunk {
-            let digit = Z85_ALPHABET
-                .iter()
-                .position(|&candidate| candidate == byte)
-                .ok_or_else(|| match text.chars().find(|c| !is_z85(*c)) {
-                    Some(bad) => format!("{bad:?} is not a Z85 character"),
-                    None => "not Z85".to_string(),
-                })?;
-            value = value * 85 + digit as u64;
-        }
-        let value = u32::try_from(value).map_err(|_| {
-            format!(
-                "not Z85: characters {} to {} overflow",
-                group * 5 + 1,
-                group * 5 + 5
-            )
-        })?;
-        key[group * 4..group * 4 + 4].copy_from_slice(&value.to_be_bytes());
-    }
-    Ok(key)
-}
-
-fn is_z85(c: char) -> bool {
-    c.is_ascii() && Z85_ALPHABET.contains(&(c as u8))
+    super::keys::z85_decode(text).map_err(|error| error.to_string())
 }
 
 /// One listed client.

@@ -81,7 +81,8 @@ pub(crate) fn is_loopback_host(host: &str) -> bool {
 }
 
 /// PROTOCOL.md §11: without keys the cluster is open, and a node whose `ip` is not a
-/// loopback address says so. Keys do not exist yet, so every node is unkeyed.
+/// loopback address says so. With peer keys the peer port is closed to outsiders, but the
+/// client port stays plain (client keys are not implemented yet), so that is still said.
 pub(crate) fn warn_if_open_to_other_hosts(config: &NodeConfig) {
     let own = config.address();
     // The transport has resolved the same name moments ago; if it cannot now, the address
@@ -95,6 +96,16 @@ pub(crate) fn warn_if_open_to_other_hosts(config: &NodeConfig) {
     } else {
         format!(" ({host})")
     };
+    if config.cluster.is_keyed() {
+        log::warn!(
+            "node {} serves clients on {}{resolved} port {} without client keys: anyone who \
+             reaches it can read, write and delete every topic; keep it behind a firewall",
+            config.id,
+            own.ip,
+            own.port,
+        );
+        return;
+    }
     log::warn!(
         "node {} serves on {}{resolved} without keys: anyone who reaches port {} can read, \
          write and delete every topic, and anyone who reaches port {} can pose as a cluster \

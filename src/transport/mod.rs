@@ -31,6 +31,8 @@
 //!   encode, decode, and the envelope check. Pure; both of the above use it.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //! - [`log_limit`]: at most one log line a second per kind of refused input, with a count.
+//! - [`zap`]: the ZAP handler that admits only the members' CURVE keys on the peer port
+//!   (keyed clusters; without it CURVE admits anyone who knows the server's key).
 //! - [`ports`]: picking free loopback ports, for the local-cluster launcher and the tests.
 //!
 //! Imports inside this module go one way: `peer` -> `snapshot_transfer` -> `wire`, and
@@ -51,6 +53,7 @@ pub mod peer;
 pub mod ports;
 pub mod snapshot_transfer;
 pub mod wire;
+pub mod zap;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -132,7 +135,28 @@ pub(crate) fn bind_router(
     ipv6: bool,
     frame_bytes_max: usize,
 ) -> Result<zmq::Socket, TransportError> {
+    bind_router_with(
+        context,
+        purpose,
+        endpoint,
+        ipv6,
+        frame_bytes_max,
+        |_| Ok(()),
+    )
+}
+
+/// As [`bind_router`], with `setup` run on the socket before it binds (CURVE options must be
+/// set by then).
+pub(crate) fn bind_router_with(
+    context: &zmq::Context,
+    purpose: &'static str,
+    endpoint: &str,
+    ipv6: bool,
+    frame_bytes_max: usize,
+    setup: impl FnOnce(&zmq::Socket) -> Result<(), TransportError>,
+) -> Result<zmq::Socket, TransportError> {
     let router = zmq_context("ROUTER socket", context.socket(zmq::ROUTER))?;
+    setup(&router)?;
     zmq_context("ROUTER linger", router.set_linger(0))?;
     zmq_context("ROUTER ipv6", router.set_ipv6(ipv6))?;
     let frame_bytes_max = i64::try_from(frame_bytes_max).unwrap_or(i64::MAX);

@@ -38,8 +38,16 @@
 //! snapshot chunks arriving at the ROUTER go to the snapshot receiver, whose acks leave on
 //! the snapshot sender's DEALERs. This module starts and feeds those threads; what they do
 //! is theirs, and they import nothing from here.
+//!
+//! Keys (PROTOCOL.md §11): in a keyed cluster ([`PeerCurve`]) the ROUTER is a CURVE server
+//! with the node's secret key and every DEALER of every set is a CURVE client that expects
+//! its target's pinned public key. CURVE alone would admit any client key (ZAP fails open),
+//! so [`super::zap`]'s handler is bound first and admits only the members' keys, naming each
+//! connection by its member's id; the receiver drops (and logs, rate-limited) a frame whose
+//! claimed sender is not that id, so a member's key cannot speak for another member.
 
 use super::fault::PeerFaults;
+use super::log_limit::{LogLimiter, LOG_INTERVAL};
 use super::snapshot_transfer::{
     self as transfer, Following, FollowingCell, ReceiveLimits, SenderInput, SenderSettings,
     SnapshotReceiver, SnapshotReport, SnapshotSender,
@@ -47,7 +55,8 @@ use super::snapshot_transfer::{
 use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
-use super::{bind_router, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
+use super::{bind_router_with, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
+use crate::config::keys::{Key, KeyPair};
 use crate::config::NodeConfig;
 use crate::raft::{Message, MessageBody, NodeId, Term};
 use crate::storage::FsyncPolicy;
@@ -97,6 +106,27 @@ pub struct PeerSettings {
     pub fsync: FsyncPolicy,
     /// The largest snapshot transfer the receiver takes, and the free disk it keeps.
     pub snapshot_receive_limits: ReceiveLimits,
+    /// CURVE on the peer port (a keyed cluster), or plain TCP.
+    pub curve: Option<PeerCurve>,
+}
+
+/// A keyed cluster's peer port: the ROUTER is a CURVE server with `own`'s secret key and
+/// admits only `members` (through the ZAP handler, [`super::zap`]); every DEALER is a CURVE
+/// client with `own`'s pair that expects its target's key from `members`.
+#[derive(Clone, Debug)]
+pub struct PeerCurve {
+    pub own: KeyPair,
+    /// Every member's id and public key, this node's included.
+    pub members: Vec<(NodeId, Key)>,
+}
+
+impl PeerCurve {
+    fn key_of(&self, id: NodeId) -> Option<&Key> {
+        self.members
+            .iter()
+            .find(|(member, _)| *member == id)
+            .map(|(_, key)| key)
+    }
 }
 
 impl PeerSettings {
@@ -143,6 +173,13 @@ impl PeerSettings {
             snapshot_stall_timeout: transfer::STALL_TIMEOUT,
             fsync: FsyncPolicy::from(config.fsync),
             snapshot_receive_limits: ReceiveLimits::default(),
+            curve: match (&config.key_pair, config.cluster.peer_keys()) {
+                (Some(own), Some(members)) => Some(PeerCurve {
+                    own: own.clone(),
+                    members,
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -207,7 +244,7 @@ impl PeerDealers {
         for (id, endpoint) in &settings.peers {
             dealers.insert(
                 *id,
-                connect_dealer(context, settings, endpoint, settings.send_queue_max)?,
+                connect_dealer(context, settings, *id, endpoint, settings.send_queue_max)?,
             );
         }
         Ok(PeerDealers {
@@ -250,14 +287,33 @@ impl PeerDealers {
     }
 }
 
-/// One DEALER to a peer's internal port.
+/// One DEALER to peer `id`'s internal port (a CURVE client in a keyed cluster).
 fn connect_dealer(
     context: &zmq::Context,
     settings: &PeerSettings,
+    id: NodeId,
     endpoint: &str,
     send_queue_max: i32,
 ) -> Result<zmq::Socket, TransportError> {
     let dealer = zmq_context("peer DEALER", context.socket(zmq::DEALER))?;
+    if let Some(curve) = &settings.curve {
+        let server_key = curve.key_of(id).ok_or(TransportError::Zmq {
+            context: "peer DEALER: no public key for the peer",
+            source: zmq::Error::EINVAL,
+        })?;
+        zmq_context(
+            "peer DEALER server key",
+            dealer.set_curve_serverkey(server_key),
+        )?;
+        zmq_context(
+            "peer DEALER public key",
+            dealer.set_curve_publickey(&curve.own.public),
+        )?;
+        zmq_context(
+            "peer DEALER secret key",
+            dealer.set_curve_secretkey(&curve.own.secret),
+        )?;
+    }
     zmq_context("peer DEALER linger", dealer.set_linger(0))?;
     zmq_context("peer DEALER ipv6", dealer.set_ipv6(settings.ipv6))?;
     zmq_context("peer DEALER immediate", dealer.set_immediate(true))?;
@@ -302,12 +358,42 @@ impl PeerTransport {
     where
         E: From<Message> + From<SnapshotReport> + Send + 'static,
     {
-        let router = bind_router(
+        let stopping = Arc::new(AtomicBool::new(false));
+        // A start that fails half way stops what it started (the ZAP handler).
+        let mut started = StopUnlessStarted {
+            stopping: stopping.clone(),
+            started: false,
+        };
+        let mut threads = Vec::new();
+        if let Some(curve) = &settings.curve {
+            // Before any CURVE socket binds: without a handler, CURVE admits any client key.
+            threads.push(super::zap::start(
+                context,
+                curve.members.clone(),
+                stopping.clone(),
+            )?);
+        }
+        let curve = settings.curve.clone();
+        let router = bind_router_with(
             context,
             "internal port",
             &settings.bind_endpoint,
             settings.ipv6,
             settings.frame_bytes_max,
+            |router| {
+                let Some(curve) = &curve else {
+                    return Ok(());
+                };
+                zmq_context("peer ROUTER curve server", router.set_curve_server(true))?;
+                zmq_context(
+                    "peer ROUTER secret key",
+                    router.set_curve_secretkey(&curve.own.secret),
+                )?;
+                zmq_context(
+                    "peer ROUTER ZAP domain",
+                    router.set_zap_domain(super::zap::PEER_DOMAIN),
+                )
+            },
         )?;
 
         let faults = Arc::new(PeerFaults::default());
@@ -316,17 +402,16 @@ impl PeerTransport {
         for (id, endpoint) in &settings.peers {
             snapshot_dealers.insert(
                 *id,
-                connect_dealer(context, &settings, endpoint, SNAPSHOT_SEND_QUEUE_MAX)?,
+                connect_dealer(context, &settings, *id, endpoint, SNAPSHOT_SEND_QUEUE_MAX)?,
             );
         }
 
-        let stopping = Arc::new(AtomicBool::new(false));
         let (stop_receiver, stop_listener) = super::doorbell(context)?;
         let (snapshot_outbox, snapshot_inbox) = crossbeam_channel::unbounded();
         let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
-        let mut threads = Vec::new();
 
         let filter = settings.filter;
+        let keyed = settings.curve.is_some();
         let inbound = Inbound {
             events: events.clone(),
             chunks,
@@ -334,7 +419,7 @@ impl PeerTransport {
         };
         threads.push(spawn("peer-receiver", {
             let faults = faults.clone();
-            move || receive_loop(router, stop_listener, filter, inbound, &faults)
+            move || receive_loop(router, stop_listener, filter, keyed, inbound, &faults)
         })?);
 
         let sender = SnapshotSender::new(
@@ -372,6 +457,7 @@ impl PeerTransport {
             }
         })?);
 
+        started.started = true;
         Ok(PeerTransport {
             dealers,
             context: context.clone(),
@@ -459,6 +545,20 @@ impl Drop for PeerTransport {
     }
 }
 
+/// Raises the stop flag on drop unless the start got through.
+struct StopUnlessStarted {
+    stopping: Arc<AtomicBool>,
+    started: bool,
+}
+
+impl Drop for StopUnlessStarted {
+    fn drop(&mut self) {
+        if !self.started {
+            self.stopping.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Where the peer receiver puts what it decodes.
 struct Inbound<E> {
     events: Sender<E>,
@@ -472,11 +572,13 @@ fn receive_loop<E>(
     router: zmq::Socket,
     stop: DoorbellListener,
     filter: PeerFilter,
+    keyed: bool,
     inbound: Inbound<E>,
     faults: &PeerFaults,
 ) where
     E: From<Message>,
 {
+    let mut impostors = LogLimiter::new(LOG_INTERVAL);
     loop {
         let mut items = [router.as_poll_item(zmq::POLLIN), stop.poll_item()];
         match zmq::poll(&mut items, -1) {
@@ -494,8 +596,8 @@ fn receive_loop<E>(
             continue;
         }
         for _ in 0..RECEIVE_BATCH_MAX {
-            let frames: Frames = match router.recv_multipart(zmq::DONTWAIT) {
-                Ok(frames) => frames,
+            let (frames, user_id) = match recv_frames(&router, keyed) {
+                Ok(received) => received,
                 Err(zmq::Error::EAGAIN) => break,
                 Err(zmq::Error::EINTR) => continue,
                 Err(error) => {
@@ -515,6 +617,17 @@ fn receive_loop<E>(
                     PeerFrame::Transfer(TransferFrame::Chunk(chunk)) => chunk.from,
                     PeerFrame::Transfer(TransferFrame::Ack(ack)) => ack.from,
                 };
+                if keyed && user_id.as_deref() != Some(from.to_string().as_str()) {
+                    impostors.record(1);
+                    if let Some(count) = impostors.take_due(std::time::Instant::now()) {
+                        log::warn!(
+                            "dropped {count} forged peer frame(s); latest claims node {from} \
+                             but its connection authenticated as node {}",
+                            user_id.as_deref().unwrap_or("(none)")
+                        );
+                    }
+                    continue;
+                }
                 if faults.drops_from(from) {
                     log::trace!("fault injection: message from node {from} dropped");
                     continue;
@@ -537,6 +650,30 @@ fn receive_loop<E>(
                 }
                 Err(error) => log::debug!("peer message dropped: {error}"),
             }
+        }
+    }
+}
+
+/// One whole message from the ROUTER without waiting, and, when `keyed`, the ZAP user id
+/// libzmq attached to it (the id of the member whose key its connection presented).
+fn recv_frames(router: &zmq::Socket, keyed: bool) -> Result<(Frames, Option<String>), zmq::Error> {
+    if !keyed {
+        return router
+            .recv_multipart(zmq::DONTWAIT)
+            .map(|frames| (frames, None));
+    }
+    let mut frames = Vec::new();
+    let mut user_id = None;
+    loop {
+        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
+        let mut message = router.recv_msg(flags)?;
+        let more = message.get_more();
+        if !more {
+            user_id = message.gets("User-Id").map(str::to_owned);
+        }
+        frames.push(message.to_vec());
+        if !more {
+            return Ok((frames, user_id));
         }
     }
 }
@@ -603,6 +740,7 @@ pub(crate) mod tests {
             snapshot_stall_timeout,
             fsync: FsyncPolicy::Never,
             snapshot_receive_limits: ReceiveLimits::default(),
+            curve: None,
         }
     }
 
@@ -623,6 +761,47 @@ pub(crate) mod tests {
         fn from(report: SnapshotReport) -> TestEvent {
             TestEvent::Report(report)
         }
+    }
+
+    #[test]
+    fn keyed_transports_talk_over_curve() {
+        let ports = two_ports();
+        let pairs: Vec<KeyPair> = (0..2)
+            .map(|_| KeyPair::generate().expect("keypair"))
+            .collect();
+        let members: Vec<(NodeId, Key)> = pairs
+            .iter()
+            .enumerate()
+            .map(|(id, pair)| (NodeId(id as u64), pair.public))
+            .collect();
+        let keyed = |me: usize| PeerSettings {
+            curve: Some(PeerCurve {
+                own: pairs[me].clone(),
+                members: members.clone(),
+            }),
+            ..settings(me as u64, &ports)
+        };
+        // One context per node: each binds its own ZAP handler.
+        let (context_0, context_1) = (zmq::Context::new(), zmq::Context::new());
+        let (events_0, _inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context_0, keyed(0), events_0).expect("0");
+        let node_1 = PeerTransport::start(&context_1, keyed(1), events_1).expect("1");
+        let ping = message(
+            0,
+            1,
+            MessageBody::Heartbeat {
+                commit: LogIndex(1),
+                read_round: 1,
+            },
+        );
+        let received = (0..100).find_map(|_| {
+            node_0.send(vec![ping.clone()]);
+            inbox_1.recv_timeout(Duration::from_millis(100)).ok()
+        });
+        assert_eq!(received, Some(TestEvent::Message(ping)));
+        node_0.stop();
+        node_1.stop();
     }
 
     #[test]

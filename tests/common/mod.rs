@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use rrmq::cli::launcher::{write_config, LocalCluster, NodePorts, NodeSetup};
+use rrmq::config::keys::{self, KeyPair};
 use serde_json::{json, Value};
 use std::ffi::OsString;
 use std::fs::File;
@@ -68,6 +69,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub ports: Vec<NodePorts>,
+    /// A keyed cluster's key pairs, node INDEX's at INDEX (its key file is
+    /// `DIR/node-INDEX.key`); empty for a plain one.
+    pub keys: Vec<KeyPair>,
     /// Held for the cluster's life; `None` only while a failed start hands it on.
     permit: Option<Permit>,
 }
@@ -87,6 +91,12 @@ impl Cluster {
         Cluster::start_configured_on(host, size, flags, &json!({}))
     }
 
+    /// As [`Cluster::start_with`], keyed (PROTOCOL.md §11): fresh key pairs, each address
+    /// carrying its node's public key, each node started with `--key-file`.
+    pub fn start_keyed(size: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_all("127.0.0.1", size, flags, &json!({}), true)
+    }
+
     /// As [`Cluster::start_with`], with the keys of `settings` (a JSON object) added to the
     /// config file every node reads: the settings all nodes share (`sessions_max`, quotas).
     pub fn start_configured(size: usize, flags: &[&str], settings: &Value) -> Cluster {
@@ -94,6 +104,16 @@ impl Cluster {
     }
 
     fn start_configured_on(host: &str, size: usize, flags: &[&str], settings: &Value) -> Cluster {
+        Cluster::start_all(host, size, flags, settings, false)
+    }
+
+    fn start_all(
+        host: &str,
+        size: usize,
+        flags: &[&str],
+        settings: &Value,
+        keyed: bool,
+    ) -> Cluster {
         let flags_all: Vec<OsString> = FAST_FLAGS.iter().chain(flags).map(OsString::from).collect();
         // Another process may take a port between our check and the node's bind: retry.
         let mut permit = Some(Permit::acquire());
@@ -107,6 +127,13 @@ impl Cluster {
                 config_path.clone(),
                 dir.path().to_path_buf(),
             );
+            let keys = if keyed {
+                let (keys, files) = add_keys(&config_path, dir.path(), size);
+                setup.key_files = files;
+                keys
+            } else {
+                Vec::new()
+            };
             setup.flags = flags_all.clone();
             setup.env = vec![("RUST_LOG".into(), "info".into())];
             setup.log_dir = Some(dir.path().to_path_buf());
@@ -117,6 +144,7 @@ impl Cluster {
                 dir,
                 config_path,
                 ports,
+                keys,
                 permit: permit.take(),
             };
             for index in 0..size {
@@ -409,6 +437,27 @@ impl Cluster {
         }
         panic!("no single leader within {CLI_LEADER_DEADLINE:?}; last status: {last}");
     }
+}
+
+/// Writes a key file `DIR/node-INDEX.key` per node and each node's public key into its
+/// address in the config at `path`; returns the pairs and the files.
+fn add_keys(path: &Path, dir: &Path, size: usize) -> (Vec<KeyPair>, Vec<PathBuf>) {
+    let text = std::fs::read_to_string(path).expect("read the config");
+    let mut config: Value = serde_json::from_str(&text).expect("the generated config is JSON");
+    let addresses = config["addresses"]
+        .as_array_mut()
+        .expect("the generated config has addresses");
+    let mut keys = Vec::new();
+    let mut files = Vec::new();
+    for (index, address) in addresses.iter_mut().enumerate().take(size) {
+        let file = dir.join(format!("node-{index}.key"));
+        let pair = keys::write_new_key_file(&file).expect("write a key file");
+        address["public_key"] = json!(keys::z85_encode(&pair.public));
+        keys.push(pair);
+        files.push(file);
+    }
+    std::fs::write(path, config.to_string()).expect("write the config");
+    (keys, files)
 }
 
 /// Adds the keys of `settings` (a JSON object) to the config file at `path`.

@@ -104,7 +104,7 @@ fn bad_lists_give_one_clear_line() {
         ),
         (
             r#"[{"name": "a", "public_key": "abc"}]"#.into(),
-            "clients[0].public_key: expected 40 characters of Z85, found 3".into(),
+            "clients[0].public_key: a key is 40 Z85 characters, found 3".into(),
         ),
         (
             format!(r#"[{{"name": "a", "public_key": "{k1}", "consumes": ["t"]}}]"#),
@@ -248,7 +248,7 @@ fn a_reload_swaps_in_a_good_list_and_keeps_the_old_one_on_a_bad_file() {
         ),
         (
             r#"{"clients": [{"name": "x", "public_key": "short"}]}"#.into(),
-            format!("{path}: clients[0].public_key: expected 40 characters of Z85, found 5"),
+            format!("{path}: clients[0].public_key: a key is 40 Z85 characters, found 5"),
         ),
         (
             format!(

@@ -15,21 +15,6 @@ use rrmq::transport::wire::encode_peer_message;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// A DEALER connected to node `index`'s peer port, as a peer's DEALER connects: the node's
-/// ROUTER gives it an identity of its own and takes one frame per message.
-fn connect_to_peer_port(context: &zmq::Context, cluster: &Cluster, index: usize) -> zmq::Socket {
-    let dealer = context.socket(zmq::DEALER).expect("DEALER");
-    // Queued frames are still sent when the socket is dropped at the end of the test.
-    dealer.set_linger(1000).expect("linger");
-    dealer
-        .connect(&format!(
-            "tcp://127.0.0.1:{}",
-            cluster.ports[index].internal_port
-        ))
-        .expect("connect to the peer port");
-    dealer
-}
-
 /// A Heartbeat at term `u64::MAX`, claiming to come from node `from`.
 fn forged_heartbeat(from: usize, to: usize) -> Message {
     Message {
@@ -107,7 +92,7 @@ fn a_heartbeat_at_term_u64_max_is_dropped_and_the_cluster_keeps_electing_and_ser
     // adopted the term would persist it and spread it through its replies.
     let context = zmq::Context::new();
     let dealers: Vec<zmq::Socket> = (0..3)
-        .map(|index| connect_to_peer_port(&context, &cluster, index))
+        .map(|index| cluster.peer_dealer(&context, index, None))
         .collect();
     for (index, dealer) in dealers.iter().enumerate() {
         let claimed = if index == leader {

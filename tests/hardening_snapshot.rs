@@ -48,20 +48,6 @@ fn bytes_under(dir: &Path) -> u64 {
     files_under(dir).iter().map(|(_, len)| len).sum()
 }
 
-/// A DEALER on node `index`'s internal port, as a peer's would be.
-fn connect_internal(cluster: &Cluster, index: usize) -> (zmq::Context, zmq::Socket) {
-    let context = zmq::Context::new();
-    let socket = context.socket(zmq::DEALER).expect("socket");
-    socket.set_linger(0).expect("linger");
-    socket
-        .connect(&format!(
-            "tcp://127.0.0.1:{}",
-            cluster.ports[index].internal_port
-        ))
-        .expect("connect");
-    (context, socket)
-}
-
 /// One forged transfer: what it claims.
 struct Forged {
     from: u64,
@@ -200,8 +186,9 @@ fn forged_snapshot_chunks_are_refused_write_nothing_and_the_cluster_keeps_servin
         .cluster_id;
     let follower = (leader + 1) % 3;
     let other = (leader + 2) % 3;
-    let (_context, to_follower) = connect_internal(&cluster, follower);
-    let (_context_2, to_leader) = connect_internal(&cluster, leader);
+    let context = zmq::Context::new();
+    let to_follower = cluster.peer_dealer(&context, follower, None);
+    let to_leader = cluster.peer_dealer(&context, leader, None);
     let before: Vec<u64> = (0..3)
         .map(|index| bytes_under(&cluster.data_dir(index)))
         .collect();

@@ -27,36 +27,6 @@ fn term_of(status: &Value) -> u64 {
     status["term"].as_u64().expect("a status carries the term")
 }
 
-/// A DEALER to node `index`'s peer port: a CURVE client with `keys` (expecting the node's
-/// real public key), or plain.
-fn fake_peer(
-    context: &zmq::Context,
-    cluster: &Cluster,
-    index: usize,
-    keys: Option<&KeyPair>,
-) -> zmq::Socket {
-    let dealer = context.socket(zmq::DEALER).expect("DEALER");
-    dealer.set_linger(0).expect("linger");
-    if let Some(keys) = keys {
-        dealer
-            .set_curve_serverkey(&cluster.keys[index].public)
-            .expect("server key");
-        dealer
-            .set_curve_publickey(&keys.public)
-            .expect("public key");
-        dealer
-            .set_curve_secretkey(&keys.secret)
-            .expect("secret key");
-    }
-    dealer
-        .connect(&format!(
-            "tcp://127.0.0.1:{}",
-            cluster.ports[index].internal_port
-        ))
-        .expect("connect to the peer port");
-    dealer
-}
-
 /// Heartbeats "from" node `from` to node `to` at `term`, sent for [`FORGING`].
 fn forge_heartbeats(dealer: &zmq::Socket, cluster_id: u64, from: usize, to: usize, term: u64) {
     let message = Message {
@@ -154,9 +124,9 @@ fn a_fake_peer_with_its_own_keys_or_none_cannot_move_the_term() {
     let forged = term + TERM_JUMP;
 
     let stranger = KeyPair::generate().expect("keypair");
-    let keyed_fake = fake_peer(&context, &cluster, target, Some(&stranger));
+    let keyed_fake = cluster.peer_dealer(&context, target, Some(&stranger));
     forge_heartbeats(&keyed_fake, cluster_id, leader, target, forged);
-    let plain_fake = fake_peer(&context, &cluster, target, None);
+    let plain_fake = cluster.peer_dealer(&context, target, None);
     forge_heartbeats(&plain_fake, cluster_id, leader, target, forged);
 
     assert_no_forged_term(&cluster, forged, "fake peers");
@@ -189,7 +159,7 @@ fn a_member_key_claiming_another_node_is_dropped_and_logged() {
     let forged = term + TERM_JUMP;
 
     // A real member's key pair (as a compromised member has), claiming to be the leader.
-    let impostor = fake_peer(&context, &cluster, target, Some(&cluster.keys[thief]));
+    let impostor = cluster.peer_dealer(&context, target, Some(&cluster.keys[thief]));
     forge_heartbeats(&impostor, cluster_id, leader, target, forged);
 
     assert_no_forged_term(&cluster, forged, "impostor");

@@ -77,6 +77,37 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A DEALER on node `index`'s peer (internal) port, as a peer's would be, for tests that
+    /// forge peer frames: a CURVE client with `keys` (expecting the node's real public key),
+    /// or plain. Frames still queued when it is dropped are sent within a second.
+    pub fn peer_dealer(
+        &self,
+        context: &zmq::Context,
+        index: usize,
+        keys: Option<&KeyPair>,
+    ) -> zmq::Socket {
+        let dealer = context.socket(zmq::DEALER).expect("DEALER");
+        dealer.set_linger(1000).expect("linger");
+        if let Some(keys) = keys {
+            dealer
+                .set_curve_serverkey(&self.keys[index].public)
+                .expect("server key");
+            dealer
+                .set_curve_publickey(&keys.public)
+                .expect("public key");
+            dealer
+                .set_curve_secretkey(&keys.secret)
+                .expect("secret key");
+        }
+        dealer
+            .connect(&format!(
+                "tcp://127.0.0.1:{}",
+                self.ports[index].internal_port
+            ))
+            .expect("connect to the peer port");
+        dealer
+    }
+
     /// Starts `size` nodes with [`FAST_FLAGS`] and waits until each answers `status`.
     pub fn start(size: usize) -> Cluster {
         Cluster::start_with(size, &[])

@@ -49,6 +49,11 @@ fn a_keyed_client_port_answers_only_listed_keys_within_their_rights() {
         unknown.call_with_timeout(Wire::MsgPack, &status, SILENCE),
         None
     );
+    assert!(
+        wait_for_log(&cluster, 0, "client handshake(s); latest from 127.0.0.1", 1),
+        "the refused handshake is logged with its address:\n{}",
+        cluster.log(0)
+    );
 
     // The harness (admin) creates topics.
     let mut harness = cluster.client(0);
@@ -133,6 +138,23 @@ fn a_keyed_client_port_answers_only_listed_keys_within_their_rights() {
     ]);
     run.assert_code(0, "rrmq get with bob's key");
     assert_eq!(run.stdout_text(), "via-cli\n");
+
+    // rrmq bench over CURVE (it creates its topics: the harness's admin key).
+    let harness_file = cluster.client_key_file("harness");
+    let run = cluster.rrmq(&[
+        "--key-file",
+        harness_file.to_str().expect("utf-8"),
+        "--json",
+        "bench",
+        "produce",
+        "--count",
+        "200",
+        "-c",
+        "2",
+    ]);
+    run.assert_code(0, "rrmq bench with the harness's key");
+    let report: Value = serde_json::from_slice(&run.stdout).expect("a JSON report");
+    assert_eq!(report["operations"][0]["completed"], 200, "{report}");
 }
 
 fn wait_for_log(cluster: &Cluster, index: usize, needle: &str, count: usize) -> bool {

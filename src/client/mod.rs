@@ -22,7 +22,10 @@
 //! use. Each request goes out as `[call tag, "", body]` and the node echoes the envelope, so a
 //! reply names the call it answers. Every attempt of one call carries the same tag: a late
 //! answer to an earlier attempt is as good as an answer to the latest one (same session key,
-//! same reply), while a reply to an earlier call is stale and dropped.
+//! same reply), while a reply to an earlier call is stale and dropped. On a cluster that lists
+//! clients (PROTOCOL.md §11), [`ClientOptions::with_key_pair`] makes each DEALER a CURVE
+//! client with the client's key pair, expecting each node's public key from the config; a
+//! node that refuses the key never answers, so that looks like a node that is down.
 //!
 //! What it must not do: keep more than one request of a session in flight, invent a new
 //! `seq` for a retry, or wait without a deadline.

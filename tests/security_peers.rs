@@ -200,25 +200,6 @@ fn a_node_given_the_wrong_key_file_exits_with_one_line() {
         (&["--key-file", "missing.key"], "cannot read key file"),
         (&["--key-file", "garbage.key"], "garbage.key"),
     ];
-    // A client list the client port could not enforce yet is refused, not served open.
-    config["clients"] = json!([{"name": "alice", "public_key": config["addresses"][1]["public_key"], "produce": ["*"]}]);
-    std::fs::write(dir.path().join("clients.json"), config.to_string()).expect("write");
-    let args = [
-        "clients.json",
-        "0",
-        "--data-dir",
-        data,
-        "--key-file",
-        &files[0],
-    ];
-    let (status, stderr) = run_to_exit(dir.path(), &args, Duration::from_secs(20));
-    let status = status.unwrap_or_else(|| panic!("{args:?}: did not exit; {stderr}"));
-    assert!(!status.success(), "{args:?}");
-    assert_eq!(stderr.lines().count(), 1, "one line, got: {stderr}");
-    assert!(
-        stderr.starts_with("rrmq-node: clients.json: \"clients\" is not served yet"),
-        "{stderr}"
-    );
     for (extra, expected) in cases {
         let mut args = vec!["keyed.json", "0", "--data-dir", data];
         args.extend_from_slice(extra);

@@ -40,7 +40,7 @@ use self::driver::{Plan, Role, RunResult, CLIENTS_MAX};
 use self::report::{ClusterReport, NodeReport, OperationKind, Report, WalReport};
 use super::{parse_duration, CliError, GlobalOptions};
 use crate::client::call::Timing;
-use crate::client::{Client, ClientOptions, NodeAddress};
+use crate::client::{Client, ClientCurve, ClientOptions, NodeAddress};
 use crate::config::MESSAGE_BYTES_MAX_LIMIT;
 use crate::protocol::{Payload, StatusReport};
 
@@ -431,6 +431,7 @@ fn run_workload(
         attempt_timeout: options.attempt_timeout,
         deadline: options.deadline,
     };
+    let curve = options.curve.clone();
     let mut client = Client::connect(options)?;
     let load = workload.load();
     let run_id: u32 = rand::random();
@@ -444,7 +445,7 @@ fn run_workload(
     let phases = workload.phases(&topics, timing, progress);
     if let Some(fill) = &phases.fill {
         let wanted = fill.put_count.unwrap_or(0);
-        let result = run_plan(fill, nodes.clone(), leader_index, &mut || {})?;
+        let result = run_plan(fill, nodes.clone(), leader_index, curve.clone(), &mut || {})?;
         let put = result
             .recorder
             .finish(result.elapsed)
@@ -461,7 +462,7 @@ fn run_workload(
     }
     // Read at the edges of the measured window, so the warmup's entries are not counted.
     let mut wal_readings: Vec<WalCounters> = Vec::new();
-    let result = run_plan(&phases.measure, nodes, leader_index, &mut || {
+    let result = run_plan(&phases.measure, nodes, leader_index, curve, &mut || {
         wal_readings.push(wal_counters(&mut client))
     })?;
     let wal = match (wal_readings.first(), wal_readings.last()) {
@@ -531,9 +532,10 @@ fn run_plan(
     plan: &Plan,
     nodes: Vec<NodeAddress>,
     first_node: usize,
+    curve: Option<ClientCurve>,
     at_window_edge: &mut dyn FnMut(),
 ) -> Result<RunResult, CliError> {
-    driver::run(plan, nodes, first_node, at_window_edge)
+    driver::run_keyed(plan, nodes, first_node, curve, at_window_edge)
         .map_err(|error| CliError::Cluster(error.to_string()))
 }
 

@@ -121,6 +121,15 @@ pub(super) fn client_options(global: &GlobalOptions) -> Result<(ClientOptions, b
             (options, true)
         }
     };
+    if let Some(file) = &global.key_file {
+        let own = crate::config::keys::load_key_file(file)
+            .map_err(|error| CliError::Key(format!("--key-file: {error}")))?;
+        // The nodes' public keys come from the config, also with --node.
+        let config = ClusterConfig::load(&global.config)?;
+        options = options
+            .with_key_pair(&config, own)
+            .map_err(|error| CliError::Usage(format!("{}: {error}", global.config.display())))?;
+    }
     options.deadline = global.timeout;
     options.attempt_timeout = global
         .attempt_timeout

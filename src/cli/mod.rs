@@ -95,6 +95,10 @@ pub struct GlobalOptions {
     /// Print results as JSON (one object on stdout) for scripts
     #[arg(long, global = true)]
     pub json: bool,
+    /// This client's key file (`rrmq keygen`), for a cluster that lists clients: talk CURVE,
+    /// expecting the nodes' public keys from --config
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,7 +22,10 @@
 //! use. Each request goes out as `[call tag, "", body]` and the node echoes the envelope, so a
 //! reply names the call it answers. Every attempt of one call carries the same tag: a late
 //! answer to an earlier attempt is as good as an answer to the latest one (same session key,
-//! same reply), while a reply to an earlier call is stale and dropped.
+//! same reply), while a reply to an earlier call is stale and dropped. On a cluster that lists
+//! clients (PROTOCOL.md §11), [`ClientOptions::with_key_pair`] makes each DEALER a CURVE
+//! client with the client's key pair, expecting each node's public key from the config; a
+//! node that refuses the key never answers, so that looks like a node that is down.
 //!
 //! What it must not do: keep more than one request of a session in flight, invent a new
 //! `seq` for a retry, or wait without a deadline.
@@ -40,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use self::call::{Answer, CallMachine, CallResult, SendFailure, Setback, Step, Timing};
 
+use crate::config::keys::{Key, KeyPair};
 use crate::config::ClusterConfig;
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
@@ -74,6 +78,39 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// How long one call may take in all, retries included.
     pub deadline: Duration,
+    /// CURVE (PROTOCOL.md §11 "Clients"): this client's own key pair and the nodes' public
+    /// keys; `None` talks plain, as to a cluster without `clients`.
+    pub curve: Option<ClientCurve>,
+}
+
+/// What a CURVE client needs: its own key pair (from `--key-file`) and each node's public
+/// key (from the config), to know the server it talks to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCurve {
+    pub own: KeyPair,
+    /// Each node's client address with its public key.
+    pub server_keys: Vec<(NodeAddress, Key)>,
+}
+
+impl ClientCurve {
+    fn key_of(&self, node: &NodeAddress) -> Option<&Key> {
+        self.server_keys
+            .iter()
+            .find(|(address, _)| address == node)
+            .map(|(_, key)| key)
+    }
+
+    /// Makes `socket` (not yet connected) a CURVE client of `node`. A node without a public
+    /// key in the config cannot complete the handshake: its attempts time out like a down
+    /// node's, and a warning says why.
+    pub fn configure(&self, socket: &zmq::Socket, node: &NodeAddress) -> Result<(), zmq::Error> {
+        match self.key_of(node) {
+            Some(server) => socket.set_curve_serverkey(server)?,
+            None => log::warn!("{node}: no public key in the config; it cannot answer"),
+        }
+        socket.set_curve_publickey(&self.own.public)?;
+        socket.set_curve_secretkey(&self.own.secret)
+    }
 }
 
 impl ClientOptions {
@@ -83,7 +120,25 @@ impl ClientOptions {
             nodes,
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             deadline: DEADLINE_DEFAULT,
+            curve: None,
         }
+    }
+
+    /// Talks CURVE with `own`, expecting each node's public key from `config`'s addresses
+    /// (a node without one there cannot be reached: its handshake fails).
+    pub fn with_key_pair(
+        mut self,
+        config: &ClusterConfig,
+        own: KeyPair,
+    ) -> Result<ClientOptions, AddressError> {
+        let mut server_keys = Vec::new();
+        for address in &config.addresses {
+            if let Some(key) = address.public_key {
+                server_keys.push((NodeAddress::new(address.ip.clone(), address.port)?, key));
+            }
+        }
+        self.curve = Some(ClientCurve { own, server_keys });
+        Ok(self)
     }
 
     /// Every node of a cluster config, in config order (so a node's position is its id), with
@@ -224,6 +279,8 @@ pub struct Client {
     seq: u64,
     /// The tag of the last call; replies carrying an older tag are stale.
     call_tag: u64,
+    /// CURVE keys, when the cluster lists clients.
+    curve: Option<ClientCurve>,
 }
 
 impl Client {
@@ -263,6 +320,7 @@ impl Client {
             client_id: format!("{:016x}", rand::random::<u64>()),
             seq: 0,
             call_tag: 0,
+            curve: options.curve,
         })
     }
 
@@ -683,6 +741,9 @@ impl Client {
             // Unsent requests die with the client: they must not delay its exit.
             socket.set_linger(0)?;
             socket.set_maxmsgsize(REPLY_BYTES_MAX as i64)?;
+            if let Some(curve) = &self.curve {
+                curve.configure(&socket, &self.addresses[index])?;
+            }
             socket.connect(&self.addresses[index].endpoint())?;
             self.sockets[index] = Some(socket);
         }

@@ -18,6 +18,7 @@ fn client(nodes: &[&FakeNode], attempt_timeout_ms: u64, deadline_ms: u64) -> Cli
         nodes: nodes.iter().map(|node| node.address.clone()).collect(),
         attempt_timeout: Duration::from_millis(attempt_timeout_ms),
         deadline: Duration::from_millis(deadline_ms),
+        curve: None,
     })
     .expect("valid options")
 }
@@ -468,6 +469,7 @@ fn empty_node_lists_and_zero_durations_are_refused() {
             nodes,
             attempt_timeout: Duration::from_millis(attempt_ms),
             deadline: Duration::from_millis(deadline_ms),
+            curve: None,
         });
         assert!(result.is_err(), "case {number} accepted");
     }

@@ -67,7 +67,7 @@ use crate::config::clients::SharedClients;
 use crate::config::{ConfigError, NodeConfig};
 use crate::raft::Core;
 use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
-use crate::transport::client::{ClientSettings, ClientTransport};
+use crate::transport::client::{ClientCurve, ClientSettings, ClientTransport};
 use crate::transport::peer::{PeerSettings, PeerTransport};
 use crate::transport::TransportError;
 use crossbeam_channel::Sender;
@@ -97,14 +97,6 @@ pub enum NodeError {
     Recovery(#[from] RecoveryError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
-    /// `clients` in a keyed config: the client port cannot enforce it yet (it does not
-    /// speak CURVE), and serving it open would let anyone do what the list forbids.
-    #[error(
-        "{0}: \"clients\" is not served yet: the client port does not speak CURVE in this \
-         version, so the list could not be enforced; remove \"clients\" to serve an open \
-         client port"
-    )]
-    ClientsNotEnforceable(String),
     #[error("cannot start thread {name}: {source}")]
     Spawn {
         name: &'static str,
@@ -123,16 +115,11 @@ pub fn run_with_args(args: &NodeArgs) -> Result<(), NodeError> {
 /// Startup errors (a port in use, an unreadable WAL) come back as values before anything is
 /// logged, so the caller can print them as its one line.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
-    if config.cluster.clients.is_some() {
-        return Err(NodeError::ClientsNotEnforceable(
-            config.config_path.display().to_string(),
-        ));
-    }
     // Before the sockets: every connection they accept holds a file.
     let open_files = startup_checks::raise_open_files_limit();
     let (events, inbox) = crossbeam_channel::bounded::<Event>(EVENT_CHANNEL_CAPACITY);
-    // TODO(CURVE client port): give the same `Arc` to the client transport, which checks
-    // each request against `current()`.
+    // One list, shared by the ZAP handler (handshakes), the client transport (each request)
+    // and the reload (SIGHUP swaps it).
     let client_list = config
         .cluster
         .clients
@@ -141,23 +128,33 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     let signals = SignalThread::start(
         events.clone(),
         ClientReload {
-            clients: client_list,
+            clients: client_list.clone(),
             path: config.config_path.clone(),
             peers_keyed: config.cluster.is_keyed(),
         },
     )?;
 
     let context = zmq::Context::new();
-    let clients = ClientTransport::start(
-        &context,
-        ClientSettings::from_config(&config)?,
-        events.clone(),
-    )?;
-    let peers = PeerTransport::start(
-        &context,
-        PeerSettings::from_config(&config)?,
-        events.clone(),
-    )?;
+    let mut peer_settings = PeerSettings::from_config(&config)?;
+    let mut client_settings = ClientSettings::from_config(&config)?;
+    if let Some(list) = &client_list {
+        // `clients` is only accepted in a keyed config, which a node starts only with its key.
+        let (Some(curve), Some(own)) = (&mut peer_settings.curve, &config.key_pair) else {
+            return Err(NodeError::Config(ConfigError::Invalid {
+                path: config.config_path.display().to_string(),
+                reason: "\"clients\" needs the addresses to carry \"public_key\"".into(),
+            }));
+        };
+        curve.clients = Some(list.clone());
+        client_settings.curve = Some(ClientCurve {
+            secret: own.secret,
+            clients: list.clone(),
+        });
+    }
+    // The peer transport binds the ZAP handler, which must be in place before any CURVE
+    // socket binds (ZAP fails open), the client port's included: peers start first.
+    let peers = PeerTransport::start(&context, peer_settings, events.clone())?;
+    let clients = ClientTransport::start(&context, client_settings, events.clone())?;
 
     let fsync = FsyncPolicy::from(config.fsync);
     let (mut store, wal_restored) = Wal::open(

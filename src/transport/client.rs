@@ -17,8 +17,19 @@
 //! instance halfway through a large frame, is dropped and the frame freed
 //! ([`super::HEARTBEAT_TIMEOUT_MS`]). Replies are sent with DONTWAIT: ROUTER drops a reply
 //! to a client that is gone or not reading, rather than blocking everyone else.
+//!
+//! With a client list (PROTOCOL.md §11 "Clients") the ROUTER is a CURVE server in ZAP domain
+//! [`super::zap::CLIENT_DOMAIN`]: the ZAP handler admits only listed keys and names each
+//! connection by its key (`User-Id`). Each request is then checked against the list in force
+//! now, first of all: a key no longer listed (a reload removed it while its connection stayed
+//! open) gets no reply, as an unknown key would; a request outside the client's rights gets
+//! `FORBIDDEN` here and never reaches the node loop.
 
-use super::{bind_router, mailbox, Frames, MailboxReceiver, MailboxSender, TransportError};
+use super::{
+    bind_router_with, mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError,
+};
+use crate::config::clients::{Access, SharedClients};
+use crate::config::keys::Key;
 use crate::config::NodeConfig;
 use crate::protocol::{
     decode_request, detect_encoding, encode_reply, encode_request_error, Encoding, ErrorCode,
@@ -27,6 +38,7 @@ use crate::protocol::{
 use crossbeam_channel::Sender;
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -62,6 +74,17 @@ pub struct ClientSettings {
     pub limits: Limits,
     /// ZMQ_MAXMSGSIZE.
     pub frame_bytes_max: usize,
+    /// CURVE and per-request rights, when the config lists `clients`; plain otherwise.
+    pub curve: Option<ClientCurve>,
+}
+
+/// A keyed client port: the ROUTER is a CURVE server with the node's own secret key, and
+/// every request is checked against `clients` (the list a SIGHUP swaps). The ZAP handler
+/// that admits the handshakes must be bound in the same context first.
+#[derive(Clone, Debug)]
+pub struct ClientCurve {
+    pub secret: Key,
+    pub clients: Arc<SharedClients>,
 }
 
 impl ClientSettings {
@@ -73,6 +96,7 @@ impl ClientSettings {
             ipv6: host.contains(':'),
             limits: config.limits.clone(),
             frame_bytes_max: config.client_frame_bytes_max(),
+            curve: None,
         })
     }
 }
@@ -95,15 +119,31 @@ impl ClientTransport {
     where
         E: From<ClientRequest> + Send + 'static,
     {
-        let router = bind_router(
+        let curve = settings.curve.clone();
+        let router = bind_router_with(
             context,
             "client port",
             &settings.bind_endpoint,
             settings.ipv6,
             settings.frame_bytes_max,
+            |router| {
+                let Some(curve) = &curve else {
+                    return Ok(());
+                };
+                zmq_context("client ROUTER curve server", router.set_curve_server(true))?;
+                zmq_context(
+                    "client ROUTER secret key",
+                    router.set_curve_secretkey(&curve.secret),
+                )?;
+                zmq_context(
+                    "client ROUTER ZAP domain",
+                    router.set_zap_domain(super::zap::CLIENT_DOMAIN),
+                )
+            },
         )?;
         let (replies, inbox) = mailbox(context)?;
         let limits = settings.limits;
+        let clients = settings.curve.map(|curve| curve.clients);
         let thread = std::thread::Builder::new()
             .name("client".into())
             .spawn(move || {
@@ -112,6 +152,7 @@ impl ClientTransport {
                     inbox,
                     events,
                     limits,
+                    clients,
                     pending: HashMap::new(),
                     next_ticket: 0,
                 }
@@ -181,6 +222,8 @@ struct ClientThread<E> {
     inbox: MailboxReceiver<ClientCommand>,
     events: Sender<E>,
     limits: Limits,
+    /// The client list each request is checked against, on a keyed client port.
+    clients: Option<Arc<SharedClients>>,
     /// Invariant: holds exactly the tickets sent to the node loop and not yet answered.
     pending: HashMap<Ticket, Pending>,
     next_ticket: u64,
@@ -221,8 +264,8 @@ impl<E: From<ClientRequest>> ClientThread<E> {
             }
             if requests_ready {
                 for _ in 0..RECEIVE_BATCH_MAX {
-                    match self.router.recv_multipart(zmq::DONTWAIT) {
-                        Ok(frames) => self.handle(frames),
+                    match recv_frames(&self.router, self.clients.is_some()) {
+                        Ok((frames, user_id)) => self.handle(frames, user_id),
                         Err(zmq::Error::EAGAIN) => break,
                         Err(zmq::Error::EINTR) => continue,
                         Err(error) => {
@@ -235,7 +278,22 @@ impl<E: From<ClientRequest>> ClientThread<E> {
         }
     }
 
-    fn handle(&mut self, frames: Frames) {
+    fn handle(&mut self, frames: Frames, user_id: Option<String>) {
+        // A keyed port: a connection whose key is not (or no longer) listed gets nothing.
+        let list = match &self.clients {
+            None => None,
+            Some(clients) => {
+                let list = clients.current();
+                let listed = user_id
+                    .as_deref()
+                    .is_some_and(|key| list.by_z85(key).is_some());
+                if !listed {
+                    log::debug!("request from an unlisted client key dropped");
+                    return;
+                }
+                Some(list)
+            }
+        };
         let (envelope, body) = split_envelope(frames);
         let [body] = body.as_slice() else {
             let encoding = body
@@ -256,6 +314,22 @@ impl<E: From<ClientRequest>> ClientThread<E> {
         };
         match decode_request(body, &self.limits) {
             Ok((request, encoding)) => {
+                if let (Some(list), Some(user_id)) = (&list, &user_id) {
+                    match list.access(user_id, &request.operation) {
+                        Access::Allowed(_) => {}
+                        Access::Forbidden(client, refusal) => {
+                            log::debug!("client {}: {refusal}", client.name);
+                            let reply = Reply::Outcome {
+                                outcome: Outcome::Failed(refusal.into()),
+                                leader: None,
+                            };
+                            let body = encode_reply(&reply, request.version, encoding);
+                            self.send(envelope, body);
+                            return;
+                        }
+                        Access::Unlisted => return,
+                    }
+                }
                 let ticket = Ticket(self.next_ticket);
                 self.next_ticket += 1;
                 log::trace!("request {ticket:?}: {request:?}");
@@ -325,6 +399,28 @@ fn shutting_down() -> Reply {
             "the node is shutting down; retry on another node",
         )),
         leader: None,
+    }
+}
+
+/// One whole message from the ROUTER without waiting, and, when `keyed`, the ZAP user id
+/// libzmq attached to it (the Z85 public key the connection presented).
+fn recv_frames(router: &zmq::Socket, keyed: bool) -> Result<(Frames, Option<String>), zmq::Error> {
+    if !keyed {
+        return router
+            .recv_multipart(zmq::DONTWAIT)
+            .map(|frames| (frames, None));
+    }
+    let mut frames = Vec::new();
+    loop {
+        let flags = if frames.is_empty() { zmq::DONTWAIT } else { 0 };
+        let mut message = router.recv_msg(flags)?;
+        let more = message.get_more();
+        if !more {
+            let user_id = message.gets("User-Id").map(str::to_owned);
+            frames.push(message.to_vec());
+            return Ok((frames, user_id));
+        }
+        frames.push(message.to_vec());
     }
 }
 

@@ -127,25 +127,7 @@ pub const HEARTBEAT_TTL_MS: i32 = 10_000;
 /// socket layer before they are allocated; ZMTP heartbeats drop a connection that stops
 /// answering (see [`HEARTBEAT_TIMEOUT_MS`]), and libzmq's handshake timeout (ZMQ_HANDSHAKE_IVL,
 /// 30 s by default) one that never finishes its greeting. A port in use comes back as
-/// `TransportError::Bind`.
-pub(crate) fn bind_router(
-    context: &zmq::Context,
-    purpose: &'static str,
-    endpoint: &str,
-    ipv6: bool,
-    frame_bytes_max: usize,
-) -> Result<zmq::Socket, TransportError> {
-    bind_router_with(
-        context,
-        purpose,
-        endpoint,
-        ipv6,
-        frame_bytes_max,
-        |_| Ok(()),
-    )
-}
-
-/// As [`bind_router`], with `setup` run on the socket before it binds (CURVE options must be
+/// `TransportError::Bind`. `setup` runs on the socket before it binds (CURVE options must be
 /// set by then).
 pub(crate) fn bind_router_with(
     context: &zmq::Context,
@@ -389,8 +371,15 @@ mod tests {
     #[test]
     fn bind_router_sets_the_frame_cap_and_heartbeats() {
         let context = zmq::Context::new();
-        let router = bind_router(&context, "test port", "tcp://127.0.0.1:*", false, 12345)
-            .expect("bind an ephemeral port");
+        let router = bind_router_with(
+            &context,
+            "test port",
+            "tcp://127.0.0.1:*",
+            false,
+            12345,
+            |_| Ok(()),
+        )
+        .expect("bind an ephemeral port");
         assert_eq!(router.get_maxmsgsize().expect("maxmsgsize"), 12345);
         assert_eq!(
             router.get_heartbeat_ivl().expect("interval"),

@@ -56,6 +56,7 @@ use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
 use super::{bind_router_with, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
+use crate::config::clients::SharedClients;
 use crate::config::keys::{Key, KeyPair};
 use crate::config::NodeConfig;
 use crate::raft::{Message, MessageBody, NodeId, Term};
@@ -118,6 +119,9 @@ pub struct PeerCurve {
     pub own: KeyPair,
     /// Every member's id and public key, this node's included.
     pub members: Vec<(NodeId, Key)>,
+    /// The client list the ZAP handler also admits on the client port (one handler per
+    /// context, and this transport starts it), when the config lists `clients`.
+    pub clients: Option<Arc<SharedClients>>,
 }
 
 impl PeerCurve {
@@ -177,6 +181,7 @@ impl PeerSettings {
                 (Some(own), Some(members)) => Some(PeerCurve {
                     own: own.clone(),
                     members,
+                    clients: None,
                 }),
                 _ => None,
             },
@@ -370,6 +375,7 @@ impl PeerTransport {
             threads.push(super::zap::start(
                 context,
                 curve.members.clone(),
+                curve.clients.clone(),
                 stopping.clone(),
             )?);
         }
@@ -778,6 +784,7 @@ pub(crate) mod tests {
             curve: Some(PeerCurve {
                 own: pairs[me].clone(),
                 members: members.clone(),
+                clients: None,
             }),
             ..settings(me as u64, &ports)
         };

@@ -72,6 +72,10 @@ pub struct Cluster {
     /// A keyed cluster's key pairs, node INDEX's at INDEX (its key file is
     /// `DIR/node-INDEX.key`); empty for a plain one.
     pub keys: Vec<KeyPair>,
+    /// With a `clients` list ([`Cluster::start_with_clients`]): each listed client's name and
+    /// key pair (its key file is `DIR/client-NAME.key`), the harness's own admin client
+    /// `harness` first, which [`Cluster::client`] uses.
+    pub client_keys: Vec<(String, KeyPair)>,
     /// Held for the cluster's life; `None` only while a failed start hands it on.
     permit: Option<Permit>,
 }
@@ -125,7 +129,15 @@ impl Cluster {
     /// As [`Cluster::start_with`], keyed (PROTOCOL.md §11): fresh key pairs, each address
     /// carrying its node's public key, each node started with `--key-file`.
     pub fn start_keyed(size: usize, flags: &[&str]) -> Cluster {
-        Cluster::start_all("127.0.0.1", size, flags, &json!({}), true)
+        Cluster::start_all("127.0.0.1", size, flags, &json!({}), true, &[])
+    }
+
+    /// As [`Cluster::start_keyed`], with a `clients` list (PROTOCOL.md §11): `clients` are
+    /// (name, rights) where rights is a JSON object of `produce`, `consume`, `admin`; each
+    /// gets a fresh key pair and key file `DIR/client-NAME.key`. A client `harness` with every
+    /// right is listed first, for the harness's own requests.
+    pub fn start_with_clients(size: usize, flags: &[&str], clients: &[(&str, Value)]) -> Cluster {
+        Cluster::start_all("127.0.0.1", size, flags, &json!({}), true, clients)
     }
 
     /// As [`Cluster::start_with`], with the keys of `settings` (a JSON object) added to the
@@ -135,7 +147,7 @@ impl Cluster {
     }
 
     fn start_configured_on(host: &str, size: usize, flags: &[&str], settings: &Value) -> Cluster {
-        Cluster::start_all(host, size, flags, settings, false)
+        Cluster::start_all(host, size, flags, settings, false, &[])
     }
 
     fn start_all(
@@ -144,6 +156,7 @@ impl Cluster {
         flags: &[&str],
         settings: &Value,
         keyed: bool,
+        clients: &[(&str, Value)],
     ) -> Cluster {
         let flags_all: Vec<OsString> = FAST_FLAGS.iter().chain(flags).map(OsString::from).collect();
         // Another process may take a port between our check and the node's bind: retry.
@@ -165,6 +178,11 @@ impl Cluster {
             } else {
                 Vec::new()
             };
+            let client_keys = if clients.is_empty() {
+                Vec::new()
+            } else {
+                add_clients(&config_path, dir.path(), clients)
+            };
             setup.flags = flags_all.clone();
             setup.env = vec![("RUST_LOG".into(), "info".into())];
             setup.log_dir = Some(dir.path().to_path_buf());
@@ -176,6 +194,7 @@ impl Cluster {
                 config_path,
                 ports,
                 keys,
+                client_keys,
                 permit: permit.take(),
             };
             for index in 0..size {
@@ -273,7 +292,31 @@ impl Cluster {
     }
 
     pub fn client(&self, index: usize) -> Client {
-        Client::connect(self.ports[index].port)
+        match self.client_keys.first() {
+            Some((_, pair)) => self.client_as(index, Some(pair)),
+            None => Client::connect(self.ports[index].port),
+        }
+    }
+
+    /// A client of node `index` with `keys` (a CURVE client expecting the node's real public
+    /// key), or plain.
+    pub fn client_as(&self, index: usize, keys: Option<&KeyPair>) -> Client {
+        let curve = keys.map(|pair| (self.keys[index].public, pair.clone()));
+        Client::connect_with(self.ports[index].port, curve)
+    }
+
+    /// The key pair of the listed client `name`.
+    pub fn client_key(&self, name: &str) -> &KeyPair {
+        self.client_keys
+            .iter()
+            .find(|(listed, _)| listed == name)
+            .map(|(_, pair)| pair)
+            .unwrap_or_else(|| panic!("no client {name}"))
+    }
+
+    /// The key file of the listed client `name`.
+    pub fn client_key_file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("client-{name}.key"))
     }
 
     /// The node's v2 status, or None if it did not answer in time.
@@ -491,6 +534,28 @@ fn add_keys(path: &Path, dir: &Path, size: usize) -> (Vec<KeyPair>, Vec<PathBuf>
     (keys, files)
 }
 
+/// Writes a key file per client (and the harness's own admin client first) and the
+/// `clients` list into the config at `path`.
+fn add_clients(path: &Path, dir: &Path, clients: &[(&str, Value)]) -> Vec<(String, KeyPair)> {
+    let text = std::fs::read_to_string(path).expect("read the config");
+    let mut config: Value = serde_json::from_str(&text).expect("the generated config is JSON");
+    let harness = json!({"produce": ["*"], "consume": ["*"], "admin": true});
+    let mut list = Vec::new();
+    let mut pairs = Vec::new();
+    for (name, rights) in std::iter::once(&("harness", harness)).chain(clients) {
+        let file = dir.join(format!("client-{name}.key"));
+        let pair = keys::write_new_key_file(&file).expect("write a client key file");
+        let mut entry = rights.clone();
+        entry["name"] = json!(name);
+        entry["public_key"] = json!(keys::z85_encode(&pair.public));
+        list.push(entry);
+        pairs.push((name.to_string(), pair));
+    }
+    config["clients"] = Value::Array(list);
+    std::fs::write(path, config.to_string()).expect("write the config");
+    pairs
+}
+
 /// Adds the keys of `settings` (a JSON object) to the config file at `path`.
 fn add_settings(path: &Path, settings: &Value) {
     let settings = settings.as_object().expect("settings are a JSON object");
@@ -521,22 +586,39 @@ pub struct Client {
     context: zmq::Context,
     socket: zmq::Socket,
     port: u16,
+    /// CURVE: the node's public key and this client's pair; `None` is plain.
+    curve: Option<(keys::Key, KeyPair)>,
 }
 
 impl Client {
     pub fn connect(port: u16) -> Client {
+        Client::connect_with(port, None)
+    }
+
+    /// With `curve` (the node's public key, this client's key pair), a CURVE client.
+    pub fn connect_with(port: u16, curve: Option<(keys::Key, KeyPair)>) -> Client {
         let context = zmq::Context::new();
-        let socket = Client::socket(&context, port);
+        let socket = Client::socket(&context, port, curve.as_ref());
         Client {
             context,
             socket,
             port,
+            curve,
         }
     }
 
-    fn socket(context: &zmq::Context, port: u16) -> zmq::Socket {
+    fn socket(
+        context: &zmq::Context,
+        port: u16,
+        curve: Option<&(keys::Key, KeyPair)>,
+    ) -> zmq::Socket {
         let socket = context.socket(zmq::DEALER).expect("socket");
         socket.set_linger(0).expect("linger");
+        if let Some((server, own)) = curve {
+            socket.set_curve_serverkey(server).expect("server key");
+            socket.set_curve_publickey(&own.public).expect("public key");
+            socket.set_curve_secretkey(&own.secret).expect("secret key");
+        }
         socket
             .connect(&format!("tcp://127.0.0.1:{port}"))
             .expect("connect");
@@ -544,7 +626,7 @@ impl Client {
     }
 
     fn reconnect(&mut self) {
-        self.socket = Client::socket(&self.context, self.port);
+        self.socket = Client::socket(&self.context, self.port, self.curve.as_ref());
     }
 
     /// Sends raw frames (after the empty delimiter) and returns the reply's frames after the

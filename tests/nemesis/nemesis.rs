@@ -123,6 +123,7 @@ impl<'a> Nemesis<'a> {
             nodes,
             attempt_timeout: Duration::from_millis(500),
             deadline: Duration::from_secs(5),
+            curve: None,
         })
         .expect("valid options");
         assert!(!kinds.is_empty(), "no fault kinds to choose from");

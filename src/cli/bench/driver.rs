@@ -31,7 +31,7 @@ use super::report::{
     progress_line, CallResult, CpuTime, Finish, OperationKind, ProcessReport, Recorder, Verdict,
 };
 use crate::client::call::{self, CallMachine, SendFailure, Timing};
-use crate::client::{NodeAddress, REPLY_BYTES_MAX};
+use crate::client::{ClientCurve, NodeAddress, REPLY_BYTES_MAX};
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, LeaderInfo, Operation, Outcome, Payload,
     Reply, Request, SessionKey,
@@ -180,13 +180,27 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
 /// leader, when the caller found it). `at_window_edge` is called when the measured window
 /// opens (after the warmup) and when it closes, so the caller can read counters (the nodes'
 /// WAL statistics) over exactly the window the figures cover.
+#[cfg(test)]
 pub(super) fn run(
     plan: &Plan,
     nodes: Vec<NodeAddress>,
     first_node: usize,
     at_window_edge: &mut dyn FnMut(),
 ) -> Result<RunResult, DriverError> {
-    Driver::new(plan, nodes, first_node).run(at_window_edge)
+    run_keyed(plan, nodes, first_node, None, at_window_edge)
+}
+
+/// As [`run`]; with `curve`, every DEALER is a CURVE client (`--key-file`).
+pub(super) fn run_keyed(
+    plan: &Plan,
+    nodes: Vec<NodeAddress>,
+    first_node: usize,
+    curve: Option<ClientCurve>,
+    at_window_edge: &mut dyn FnMut(),
+) -> Result<RunResult, DriverError> {
+    let mut driver = Driver::new(plan, nodes, first_node);
+    driver.curve = curve;
+    driver.run(at_window_edge)
 }
 
 struct Driver<'a> {
@@ -196,6 +210,8 @@ struct Driver<'a> {
     context: zmq::Context,
     plan: &'a Plan,
     nodes: Vec<NodeAddress>,
+    /// CURVE keys (`--key-file`), or plain.
+    curve: Option<ClientCurve>,
     clients: Vec<SimulatedClient>,
     recorder: Recorder,
     puts_begun: u64,
@@ -235,6 +251,7 @@ impl<'a> Driver<'a> {
             context: zmq::Context::new(),
             plan,
             nodes,
+            curve: None,
             clients,
             recorder: Recorder::new(),
             puts_begun: 0,
@@ -596,6 +613,9 @@ impl<'a> Driver<'a> {
             socket
                 .set_maxmsgsize(REPLY_BYTES_MAX as i64)
                 .map_err(fail)?;
+            if let Some(curve) = &self.curve {
+                curve.configure(&socket, address).map_err(fail)?;
+            }
             socket.connect(&address.endpoint()).map_err(fail)?;
             sockets[node] = Some(socket);
         }

@@ -370,7 +370,7 @@ fn measure_rss(
         progress,
         watch_pids: Vec::new(),
     };
-    let result = run_plan(&plan, cluster.addresses(), leader, &mut || {})?;
+    let result = run_plan(&plan, cluster.addresses(), leader, None, &mut || {})?;
     let acknowledged = result
         .recorder
         .finish(result.elapsed)

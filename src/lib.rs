@@ -4,7 +4,7 @@
 //! rule is written down in [`raft`]'s docs); within a module, imports go one way too.
 //!
 //! ```text
-//! raft  ->  storage, queue, protocol  ->  config  ->  transport, client  ->  node, cli  ->  bin/
+//! raft  ->  storage, queue, protocol  ->  config  ->  transport  ->  client  ->  node, cli  ->  bin/
 //! ```
 //!
 //! - [`raft`]: the consensus core. No sockets, files, clocks, threads or global RNG:
@@ -15,7 +15,8 @@
 //! - [`protocol`]: the client wire format (MessagePack or JSON) and its limits.
 //! - [`config`]: `config.json` and command-line flags, validated into one `NodeConfig`.
 //! - [`transport`]: the ZeroMQ threads (client ROUTER, peer ROUTER), the DEALER sets, the
-//!   one peer wire format (`transport::wire`) and snapshot streaming.
+//!   one peer wire format (`transport::wire`), snapshot streaming and socket monitors
+//!   (`transport::monitor`: connection drops and refused handshakes as events).
 //! - [`client`]: a blocking client that finds the leader and retries safely; its retry
 //!   rules are one sans-I/O state machine (`client::call`) that the benchmark drives too.
 //! - [`node`]: the runtime around the single-threaded core: the loop (dispatch, `Ready`,

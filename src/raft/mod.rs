@@ -32,7 +32,7 @@
 //! The crate is built in layers, each importing only from the layers below it:
 //!
 //! ```text
-//! raft  ->  storage, queue, protocol  ->  config  ->  transport, client  ->  node, cli  ->  bin
+//! raft  ->  storage, queue, protocol  ->  config  ->  transport  ->  client  ->  node, cli  ->  bin
 //! ```
 //!
 //! This module is the bottom one: it imports nothing from the crate outside `src/raft`, so

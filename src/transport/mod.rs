@@ -49,6 +49,7 @@
 pub mod client;
 pub mod fault;
 pub mod log_limit;
+pub mod monitor;
 pub mod peer;
 pub mod ports;
 pub mod snapshot_transfer;

@@ -6,7 +6,7 @@
 # Prints the machine probe, every run, and a Markdown table of medians with the ratios.
 #
 #   scripts/bench-curve.sh            # REPS=3, 10 s per produce run
-#   REPS=5 DURATION=5s scripts/bench-curve.sh
+#   REPS=5 DURATION=5s CONSUME_MESSAGES=10000 scripts/bench-curve.sh
 #
 # Everything goes under a fresh temp dir ($OUT to choose), removed unless KEEP=1. Nodes are
 # stopped by the PIDs this script started.
@@ -94,9 +94,9 @@ run_workload() {  # dir mode workload clients rep
     local client_flags=()
     if [[ $mode == curve ]]; then client_flags=(--key-file "$dir/client.key"); fi
     if [[ $workload == produce ]]; then
-        json=$("$rrmq" bench --config "$dir/config.json" "${client_flags[@]}" produce -c "$clients" --duration "$duration" --json)
+        json=$("$rrmq" bench produce --config "$dir/config.json" "${client_flags[@]}" -c "$clients" --duration "$duration" --json)
     else
-        json=$("$rrmq" bench --config "$dir/config.json" "${client_flags[@]}" consume -c "$clients" --json)
+        json=$("$rrmq" bench consume --config "$dir/config.json" "${client_flags[@]}" -c "$clients" --messages "${CONSUME_MESSAGES:-20000}" --json)
     fi
     python3 - "$json" "$mode" "$workload" "$clients" "$rep" >> "$results" <<'PY'
 import json, sys

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::msgpack::{ReadError, Reader, Token};
 use super::{
-    detect_encoding, Encoding, ErrorCode, ErrorInfo, Limits, Operation, Payload, Request,
+    detect_encoding, Encoding, ErrorCode, ErrorInfo, Intent, Limits, Operation, Payload, Request,
     RequestError, SessionKey, FAULT_NODE_IDS_MAX,
 };
 
@@ -47,15 +47,80 @@ pub const VERSIONS_SUPPORTED: [u8; 2] = [1, 2];
 /// carries it too. Never panics, allocates nothing before the body has proved to hold what
 /// its headers claim, and skips unknown values without recursion.
 pub fn decode_request(body: &[u8], limits: &Limits) -> Result<(Request, Encoding), RequestError> {
+    let parsed = parse_request(body)?;
+    let encoding = parsed.encoding;
+    Ok((parsed.validate(limits)?, encoding))
+}
+
+/// The first half of [`decode_request`]: the body parsed into its known fields, none of them
+/// validated yet. A body that is not one map (or object) of its encoding is refused here.
+pub fn parse_request(body: &[u8]) -> Result<ParsedRequest<'_>, RequestError> {
     let encoding = detect_encoding(body);
     let fields = match encoding {
         Encoding::MsgPack => parse_msgpack(body),
         Encoding::Json => parse_json(body),
     };
-    let request = fields
-        .and_then(|fields| validate(fields, encoding, limits))
-        .map_err(|error| RequestError { encoding, error })?;
-    Ok((request, encoding))
+    match fields {
+        Ok(fields) => Ok(ParsedRequest { fields, encoding }),
+        Err(error) => Err(RequestError { encoding, error }),
+    }
+}
+
+/// A request body parsed but not validated, borrowing from the body.
+#[derive(Debug)]
+pub struct ParsedRequest<'a> {
+    fields: Fields<'a>,
+    encoding: Encoding,
+}
+
+/// What a parsed request names before validation: its version (for the reply) and its
+/// intent (for a rights check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHead<'a> {
+    pub version: u8,
+    pub intent: Intent<'a>,
+}
+
+impl<'a> ParsedRequest<'a> {
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The version, type, method and topic, read without validating anything else (a
+    /// message of any length or type, a bad `client_id`, an over-long or empty topic): what
+    /// a rights check needs, so it can come first (PROTOCOL.md §11). `None` for a request
+    /// too malformed to name them: an unsupported `v`, `type` or `method` missing, not text,
+    /// given twice or unknown, or a `topic` the operation needs missing, not text or given
+    /// twice; [`ParsedRequest::validate`] then says what is wrong.
+    pub fn head(&self) -> Option<RequestHead<'_>> {
+        let fields = &self.fields;
+        if matches!(
+            fields.duplicate,
+            Some(Key::Version | Key::Type | Key::Method | Key::Topic)
+        ) {
+            return None;
+        }
+        let version = validate_version(fields.version.clone(), self.encoding).ok()?;
+        let topic = || field_text(&fields.topic);
+        let text = field_text;
+        let intent = match (text(&fields.kind)?, text(&fields.method)?) {
+            ("topic", "PUT") => Intent::CreateTopic { topic: topic()? },
+            ("topic", "GET") => Intent::ListTopics,
+            ("message", "PUT") => Intent::Put { topic: topic()? },
+            ("message", "GET") => Intent::Get { topic: topic()? },
+            ("status", "GET") => Intent::Status,
+            ("stats", "GET") => Intent::Stats,
+            ("fault", "PUT") => Intent::Fault,
+            _ => return None,
+        };
+        Some(RequestHead { version, intent })
+    }
+
+    /// The second half of [`decode_request`]: every field checked, [`Limits`] enforced.
+    pub fn validate(self, limits: &Limits) -> Result<Request, RequestError> {
+        let encoding = self.encoding;
+        validate(self.fields, encoding, limits).map_err(|error| RequestError { encoding, error })
+    }
 }
 
 /// Encodes a request as a client sends it: a map with string keys, without `v` when the
@@ -266,6 +331,14 @@ impl<'a> Fields<'a> {
         } else {
             *slot = Some(field);
         }
+    }
+}
+
+/// A field's text, if it is text.
+fn field_text<'b>(field: &'b Option<Field<'_>>) -> Option<&'b str> {
+    match field {
+        Some(Field::Text(text)) => Some(text.as_ref()),
+        _ => None,
     }
 }
 

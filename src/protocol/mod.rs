@@ -124,6 +124,10 @@ pub enum Operation {
     Fault {
         drop_to: Vec<u64>,
         drop_from: Vec<u64>,
+        /// `"stop_zap_handler": true` (absent: false): the ZAP handler thread ends as if it
+        /// had failed, which a keyed node must treat as fatal (it exits; see
+        /// `transport::zap`). No effect on a node without keys, which has no handler.
+        stop_zap_handler: bool,
     },
 }
 
@@ -153,10 +157,7 @@ impl Operation {
             Operation::Get { topic } => Intent::Get { topic },
             Operation::Status => Intent::Status,
             Operation::Stats => Intent::Stats,
-            Operation::Fault {
-                drop_to: _,
-                drop_from: _,
-            } => Intent::Fault,
+            Operation::Fault { .. } => Intent::Fault,
         }
     }
 }

@@ -141,11 +141,17 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         Operation::Stats => ("stats", "GET", None, None),
         Operation::Fault { .. } => ("fault", "PUT", None, None),
     };
-    let (drop_to, drop_from) = match &request.operation {
-        Operation::Fault { drop_to, drop_from } => {
-            (Some(drop_to.as_slice()), Some(drop_from.as_slice()))
-        }
-        _ => (None, None),
+    let (drop_to, drop_from, stop_zap_handler) = match &request.operation {
+        Operation::Fault {
+            drop_to,
+            drop_from,
+            stop_zap_handler,
+        } => (
+            Some(drop_to.as_slice()),
+            Some(drop_from.as_slice()),
+            stop_zap_handler.then_some(true),
+        ),
+        _ => (None, None, None),
     };
     let wire = RequestWire {
         kind,
@@ -157,6 +163,7 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         seq: request.session.as_ref().map(|key| key.seq),
         drop_to,
         drop_from,
+        stop_zap_handler,
     };
     match encoding {
         Encoding::MsgPack => rmp_serde::to_vec_named(&wire)
@@ -186,6 +193,8 @@ struct RequestWire<'a> {
     drop_to: Option<&'a [u64]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     drop_from: Option<&'a [u64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_zap_handler: Option<bool>,
 }
 
 /// A payload as the protocol carries it: text as a string, binary as MessagePack bin (and,
@@ -216,6 +225,7 @@ enum Key {
     Seq,
     DropTo,
     DropFrom,
+    StopZapHandler,
 }
 
 impl Key {
@@ -230,6 +240,7 @@ impl Key {
             b"seq" => Some(Key::Seq),
             b"drop_to" => Some(Key::DropTo),
             b"drop_from" => Some(Key::DropFrom),
+            b"stop_zap_handler" => Some(Key::StopZapHandler),
             _ => None,
         }
     }
@@ -245,6 +256,7 @@ impl Key {
             Key::Seq => "seq",
             Key::DropTo => "drop_to",
             Key::DropFrom => "drop_from",
+            Key::StopZapHandler => "stop_zap_handler",
         }
     }
 }
@@ -305,6 +317,7 @@ struct Fields<'a> {
     seq: Option<Field<'a>>,
     drop_to: Option<Field<'a>>,
     drop_from: Option<Field<'a>>,
+    stop_zap_handler: Option<Field<'a>>,
     /// The first known key that appeared twice.
     duplicate: Option<Key>,
 }
@@ -321,6 +334,7 @@ impl<'a> Fields<'a> {
             Key::Seq => &mut self.seq,
             Key::DropTo => &mut self.drop_to,
             Key::DropFrom => &mut self.drop_from,
+            Key::StopZapHandler => &mut self.stop_zap_handler,
         }
     }
 
@@ -680,7 +694,26 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
         ("fault", "PUT") => {
             let drop_to = validate_node_ids(Key::DropTo, fields.drop_to, encoding)?;
             let drop_from = validate_node_ids(Key::DropFrom, fields.drop_from, encoding)?;
-            (Operation::Fault { drop_to, drop_from }, false)
+            let stop_zap_handler = match fields.stop_zap_handler {
+                None => false,
+                Some(Field::Boolean(stop)) => stop,
+                Some(other) => {
+                    return Err(wrong_type(
+                        Key::StopZapHandler,
+                        "a boolean",
+                        &other,
+                        encoding,
+                    ))
+                }
+            };
+            (
+                Operation::Fault {
+                    drop_to,
+                    drop_from,
+                    stop_zap_handler,
+                },
+                false,
+            )
         }
         ("topic" | "message", _) => {
             return Err(bad_request(format!(

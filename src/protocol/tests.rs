@@ -483,6 +483,7 @@ fn fault(drop_to: &[u64], drop_from: &[u64]) -> Operation {
     Operation::Fault {
         drop_to: drop_to.to_vec(),
         drop_from: drop_from.to_vec(),
+        stop_zap_handler: false,
     }
 }
 
@@ -522,6 +523,20 @@ fn fault_requests_decode_node_id_sets_in_both_encodings() {
                 ("seq", Value::from(3)),
             ]),
             fault(&[1], &[]),
+        ),
+        (
+            "the ZAP handler stopped",
+            fault_put(&[("stop_zap_handler", Value::from(true))]),
+            Operation::Fault {
+                drop_to: Vec::new(),
+                drop_from: Vec::new(),
+                stop_zap_handler: true,
+            },
+        ),
+        (
+            "the ZAP handler left alone",
+            fault_put(&[("stop_zap_handler", Value::from(false))]),
+            fault(&[], &[]),
         ),
     ];
     for (name, body, expected) in cases {
@@ -572,6 +587,11 @@ fn fault_requests_with_bad_node_lists_are_refused_in_both_encodings() {
             "not an array",
             fault_put("drop_to", Value::from(1)),
             "field `drop_to` must be an array of node ids (integers below 64), got an integer",
+        ),
+        (
+            "stop_zap_handler not a boolean",
+            fault_put("stop_zap_handler", Value::from(1)),
+            "field `stop_zap_handler` must be a boolean, got an integer",
         ),
         (
             "GET",
@@ -2051,8 +2071,13 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
             .prop_map(|(topic, message)| Operation::Put { topic, message }),
         arbitrary_name(60).prop_map(|topic| Operation::Get { topic }),
         Just(Operation::Status),
-        (arbitrary_node_ids(), arbitrary_node_ids())
-            .prop_map(|(drop_to, drop_from)| Operation::Fault { drop_to, drop_from }),
+        (arbitrary_node_ids(), arbitrary_node_ids(), any::<bool>()).prop_map(
+            |(drop_to, drop_from, stop_zap_handler)| Operation::Fault {
+                drop_to,
+                drop_from,
+                stop_zap_handler
+            }
+        ),
     ];
     let session = proptest::option::of(
         (arbitrary_name(16), any::<u64>())

@@ -141,9 +141,9 @@ pub fn check(client: &ClientRights, operation: &Operation) -> Result<(), Forbidd
     check_intent(client, operation.intent())
 }
 
-/// [`check`] on what a request names before it is validated ([`crate::protocol::ParsedRequest::intent`]),
-/// which is how the client port asks, so a refusal comes before any other verdict on the
-/// request.
+/// [`check`] on what a request names before it is validated
+/// ([`crate::protocol::ParsedRequest::head`]), which is how the client port asks, so a
+/// refusal comes before any other verdict on the request.
 pub fn check_intent(client: &ClientRights, intent: Intent<'_>) -> Result<(), Forbidden> {
     let refuse = |right: Right, topic: Option<&str>| {
         Err(Forbidden {

@@ -13,7 +13,7 @@
 //! - node: [`decode_request`] (validates every field, enforces [`Limits`]), then
 //!   [`encode_reply`] or, for bad input, [`encode_request_error`]; a keyed client port
 //!   splits it in two, [`parse_request`] then [`ParsedRequest::validate`], to check the
-//!   client's rights on [`ParsedRequest::intent`] in between;
+//!   client's rights on [`ParsedRequest::head`] in between;
 //! - client: [`encode_request`] and [`decode_reply`].
 //!
 //! The codec must not know about Raft, topics' contents or sockets: it only turns bytes into
@@ -133,7 +133,7 @@ pub enum Operation {
 
 /// What a request asks to do, as far as a client's rights go (PROTOCOL.md §11): its type,
 /// method and topic, borrowed. It is read from the body before the other fields are
-/// validated ([`ParsedRequest::intent`]), so a keyed client port can answer `FORBIDDEN`
+/// validated ([`ParsedRequest::head`]), so a keyed client port can answer `FORBIDDEN`
 /// before anything else, and from a validated request with [`Operation::intent`], so both
 /// ways meet in one rights check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

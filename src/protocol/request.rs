@@ -7,7 +7,9 @@
 //! the JSON side a serde visitor on `serde_json` that ignores unknown values in place. Then
 //! one shared validation turns the fields into a [`Request`], so both encodings give the
 //! same verdicts and the same error messages. Strings are copied exactly once, from the body
-//! into the owned `Request`.
+//! into the owned `Request`. The two steps are public ([`parse_request`],
+//! [`ParsedRequest::validate`]) because a keyed client port checks the client's rights in
+//! between, on [`ParsedRequest::head`]: PROTOCOL.md §11 puts rights before anything else.
 //!
 //! Decisions where PROTOCOL.md is silent:
 //! - A known key given twice is BAD_REQUEST: parsers disagree on which copy wins, and a

@@ -7,6 +7,9 @@
 //! everything, drains every topic, and checks the recorded history (see `nemesis/checker.rs`
 //! for the properties, `nemesis/nemesis.rs` for the faults).
 //!
+//! One scenario runs keyed (peer keys and a `clients` list; the workload's clients use a
+//! listed key), so the checker also holds with CURVE on both ports.
+//!
 //! Short by default (a few seeds, 20 s of faults each); longer on demand:
 //!
 //! ```text
@@ -69,12 +72,23 @@ fn config(name: &str, nodes: usize, kinds: &[FaultKind]) -> RunConfig {
             gap_ms: 200..1500,
         },
         kinds: kinds.to_vec(),
+        keyed: false,
     }
 }
 
 #[test]
 fn three_nodes_under_mixed_faults() {
     harness::run(&config("three_nodes", 3, &FaultKind::ALL));
+}
+
+/// The same with CURVE on both ports and the workload a listed client with produce and
+/// consume rights only: keys change nothing the checker can see.
+#[test]
+fn three_nodes_keyed_under_mixed_faults() {
+    harness::run(&RunConfig {
+        keyed: true,
+        ..config("three_nodes_keyed", 3, &FaultKind::ALL)
+    });
 }
 
 #[test]

@@ -157,6 +157,78 @@ fn a_keyed_client_port_answers_only_listed_keys_within_their_rights() {
     assert_eq!(report["operations"][0]["completed"], 200, "{report}");
 }
 
+/// PROTOCOL.md §11: rights are checked before anything else in the request. A request to a
+/// topic the client may not use is `FORBIDDEN` however malformed its other fields are; one
+/// too malformed to name its type, method or topic is still `BAD_REQUEST`; a request within
+/// the rights is validated as before.
+#[test]
+fn rights_are_checked_before_the_rest_of_the_request_is_validated() {
+    let cluster =
+        Cluster::start_with_clients(1, &[], &[("alice", json!({"produce": ["orders*"]}))]);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    let mut harness = cluster.client(0);
+    let reply = harness.call(
+        Wire::MsgPack,
+        &json!({"type": "topic", "method": "PUT", "topic": "orders", "v": 2}),
+    );
+    assert_eq!(reply["success"], true, "{reply}");
+    let mut alice = cluster.client_as(0, Some(cluster.client_key("alice")));
+    // Over the 1 MiB message limit, far under the frame cap.
+    let too_long = "x".repeat(1024 * 1024 + 1);
+    let put = |topic: &str, message: Value| json!({"type": "message", "method": "PUT", "topic": topic, "message": message, "v": 2});
+
+    let forbidden = [
+        ("an over-long message", put("secret", json!(too_long))),
+        ("a message that is a number", put("secret", json!(7))),
+        (
+            "no message and a broken client_id",
+            json!({"type": "message", "method": "PUT", "topic": "secret", "client_id": 5, "v": 2}),
+        ),
+        ("an over-long topic", put(&"s".repeat(300), json!("m"))),
+        (
+            "a GET with a broken seq",
+            json!({"type": "message", "method": "GET", "topic": "orders", "client_id": "c", "seq": "x", "v": 2}),
+        ),
+    ];
+    for wire in [Wire::MsgPack, Wire::Json] {
+        for (what, request) in &forbidden {
+            let reply = alice.call(wire, request);
+            assert_eq!(
+                error_code(&reply),
+                Some("FORBIDDEN"),
+                "{wire:?}, {what}: {reply}"
+            );
+        }
+    }
+    // v1: `success: false` only, as for any v1 refusal.
+    let mut v1 = put("secret", json!(too_long));
+    v1.as_object_mut().expect("a map").remove("v");
+    let reply = alice.call(Wire::MsgPack, &v1);
+    assert_eq!(reply, json!({"success": false}));
+
+    // Too malformed to name what it wants: BAD_REQUEST, as before.
+    let nameless = [
+        json!({"method": "PUT", "topic": "secret", "v": 2}),
+        json!({"type": "message", "method": "PUT", "topic": 5, "message": "m", "v": 2}),
+        json!({"type": "message", "method": "POST", "topic": "secret", "v": 2}),
+    ];
+    for request in &nameless {
+        let reply = alice.call(Wire::MsgPack, request);
+        assert_eq!(
+            error_code(&reply),
+            Some("BAD_REQUEST"),
+            "{request}: {reply}"
+        );
+    }
+    // Within the rights, the rest is validated as always.
+    let reply = alice.call(Wire::MsgPack, &put("orders", json!(too_long)));
+    assert_eq!(error_code(&reply), Some("TOO_LARGE"), "{reply}");
+    let reply = alice.call(Wire::MsgPack, &put("orders", json!(7)));
+    assert_eq!(error_code(&reply), Some("BAD_REQUEST"), "{reply}");
+    let reply = alice.call(Wire::MsgPack, &put("orders", json!("fine")));
+    assert_eq!(reply["success"], true, "{reply}");
+}
+
 fn wait_for_log(cluster: &Cluster, index: usize, needle: &str, count: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {

@@ -258,3 +258,33 @@ fn a_keyed_follower_kept_down_catches_up_through_a_snapshot_over_curve() {
         "the follower caught up without InstallSnapshot"
     );
 }
+
+/// The ZAP handler's death is fatal (it would leave CURVE failing open): a `fault` request
+/// that ends the handler thread makes the keyed node exit non-zero, saying why in one line.
+#[test]
+fn a_keyed_node_whose_zap_handler_dies_exits_non_zero_saying_why() {
+    let mut cluster = Cluster::start_keyed(1, &["--fault-injection"]);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    assert!(cluster.is_alive(0));
+    // The reply may or may not leave before the process exits; only the exit matters.
+    let _ = cluster.client(0).call_with_timeout(
+        Wire::MsgPack,
+        &json!({"type": "fault", "method": "PUT", "v": 2, "stop_zap_handler": true}),
+        Duration::from_secs(5),
+    );
+    let status = cluster
+        .wait_exit(0, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the node still runs:\n{}", cluster.log(0)));
+    assert_eq!(status.code(), Some(70), "{status}:\n{}", cluster.log(0));
+    let log = cluster.log(0);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("ZAP handler died"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("rrmq-node: ZAP handler died")),
+        "one stderr line says why:\n{log}"
+    );
+}

@@ -7,6 +7,15 @@
 //! which one was elected, a line on stderr when one dies unexpectedly, and on a stop signal
 //! an orderly stop (SIGTERM, a grace period, SIGKILL for what is left) with a summary.
 //!
+//! With `--secure` it starts a keyed cluster (PROTOCOL.md §11) from a plain config, so
+//! trying CURVE takes one command: a key file per node and one admin client key in the data
+//! root (mode 0600; a second run reuses them, since the keys are part of the cluster id and
+//! new ones would orphan the data), a keyed copy of the config beside them (each address
+//! with its node's public key, one `clients` entry `admin` with every right), the nodes
+//! started with `--key-file`, the leader found with the admin key, and the `rrmq` command
+//! line that talks to it printed. A config that already carries keys is refused: its keys
+//! have secret halves this launcher does not have.
+//!
 //! What it must not do: restart nodes on its own (a crashed node is news for the operator,
 //! not something to hide), or exit while a child it started is still running.
 
@@ -19,7 +28,13 @@ use std::time::{Duration, Instant};
 use super::launcher::{self, LocalCluster, NodeExit, NodeSetup, STATUS_ATTEMPT_TIMEOUT};
 use super::{parse_duration, CliError};
 use crate::client::{Client, ClientOptions};
+use crate::config::keys::{self, KeyPair};
 use crate::config::{ClusterConfig, FsyncMode};
+
+/// The keyed config `--secure` writes into the data root.
+pub const SECURE_CONFIG_FILE: &str = "config-secure.json";
+/// The admin client's key file `--secure` writes into the data root.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
 
 /// How often the launcher looks at its children and at the stop flag.
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
@@ -38,6 +53,11 @@ pub struct ClusterArgs {
     /// How long to wait for the first leader before saying there is none yet
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub leader_wait: Duration,
+    /// Start it keyed (CURVE on both ports): key files for the nodes and an admin client,
+    /// and a keyed copy of the config, are written into --data-root (existing key files
+    /// are reused); prints the rrmq command line that talks to it
+    #[arg(long)]
+    pub secure: bool,
 }
 
 pub(super) fn run(
@@ -45,8 +65,17 @@ pub(super) fn run(
     args: &ClusterArgs,
     stdout: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let config = ClusterConfig::load(config_path)?;
+    let plain = ClusterConfig::load(config_path)?;
     let node_bin = launcher::node_bin(args.node_bin.as_deref())?;
+    let secure = if args.secure {
+        Some(make_secure(config_path, &plain, &args.data_root)?)
+    } else {
+        None
+    };
+    let (config, config_path) = match &secure {
+        Some(secure) => (secure.config.clone(), secure.config_path.as_path()),
+        None => (plain, config_path),
+    };
 
     // Before any child exists: a signal from now on stops the cluster in order.
     let stop = Arc::new(AtomicBool::new(false));
@@ -57,13 +86,24 @@ pub(super) fn run(
 
     let mut setup = NodeSetup::new(node_bin, config_path.to_path_buf(), args.data_root.clone());
     setup.detach = true;
+    if let Some(secure) = &secure {
+        setup.key_files = secure.node_key_files.clone();
+    }
     if let Some(fsync) = args.fsync {
         setup.flags = vec!["--fsync".into(), fsync.as_str().into()];
     }
     let mut cluster = LocalCluster::new(setup, &config)?;
     // Exits seen while running, reported again (if they failed) when the cluster stops.
     let mut exits = Vec::new();
-    let watched = start_and_watch(&mut cluster, &config, args, &stop, stdout, &mut exits);
+    let watched = start_and_watch(
+        &mut cluster,
+        &config,
+        secure.as_ref(),
+        args,
+        &stop,
+        stdout,
+        &mut exits,
+    );
     // Also on an error: no child outlives the launcher.
     let stopped = (cluster.unreaped_count() > 0).then(|| stop_and_report(&mut cluster, exits));
     watched?;
@@ -84,6 +124,7 @@ fn print(stdout: &mut dyn Write, line: String) -> Result<(), CliError> {
 fn start_and_watch(
     cluster: &mut LocalCluster,
     config: &ClusterConfig,
+    secure: Option<&Secure>,
     args: &ClusterArgs,
     stop: &AtomicBool,
     stdout: &mut dyn Write,
@@ -110,6 +151,31 @@ fn start_and_watch(
     }
 
     let mut options = ClientOptions::new(cluster.addresses().to_vec());
+    if let Some(secure) = secure {
+        print(
+            stdout,
+            format!(
+                "keyed: node keys {}, admin client key {} ({})",
+                secure
+                    .admin_key_file
+                    .with_file_name("node-INDEX.key")
+                    .display(),
+                shell_word(&secure.admin_key_file),
+                if secure.keys_reused { "reused" } else { "new" },
+            ),
+        )?;
+        print(
+            stdout,
+            format!(
+                "use it with: rrmq --config {} --key-file {} COMMAND",
+                shell_word(&secure.config_path),
+                shell_word(&secure.admin_key_file)
+            ),
+        )?;
+        options = options
+            .with_key_pair(config, secure.admin.clone())
+            .map_err(|error| CliError::Cluster(error.to_string()))?;
+    }
     options.attempt_timeout = STATUS_ATTEMPT_TIMEOUT;
     options.deadline = STATUS_ATTEMPT_TIMEOUT;
     let mut client = Client::connect(options)?;
@@ -209,5 +275,191 @@ fn stop_and_report(cluster: &mut LocalCluster, mut exits: Vec<NodeExit>) -> Stri
             cluster.setup().stop_grace
         );
         "cluster stopped (some nodes had to be killed)".to_string()
+    }
+}
+
+/// What `--secure` prepared in the data root.
+#[derive(Debug)]
+struct Secure {
+    /// The keyed config the nodes are started with.
+    config_path: PathBuf,
+    config: ClusterConfig,
+    /// Node INDEX's key file.
+    node_key_files: Vec<PathBuf>,
+    admin_key_file: PathBuf,
+    admin: KeyPair,
+    /// Whether every key file was there already.
+    keys_reused: bool,
+}
+
+/// Writes (or reuses) the key files and the keyed config for `plain` into `data_root` (see
+/// the module docs). Paths are absolute, so the printed command line works from anywhere.
+fn make_secure(
+    config_path: &Path,
+    plain: &ClusterConfig,
+    data_root: &Path,
+) -> Result<Secure, CliError> {
+    if plain.addresses.iter().any(|a| a.public_key.is_some()) || plain.clients.is_some() {
+        return Err(CliError::Usage(format!(
+            "{}: already carries keys (\"public_key\" or \"clients\"); --secure makes its own \
+             from a config without them",
+            config_path.display()
+        )));
+    }
+    std::fs::create_dir_all(data_root).map_err(CliError::io(format!(
+        "{}: cannot create",
+        data_root.display()
+    )))?;
+    let data_root = data_root.canonicalize().map_err(CliError::io(format!(
+        "{}: cannot resolve",
+        data_root.display()
+    )))?;
+    let mut keys_reused = true;
+    let mut key = |path: PathBuf| -> Result<(PathBuf, KeyPair), CliError> {
+        let pair = if path.exists() {
+            keys::load_key_file(&path)
+        } else {
+            keys_reused = false;
+            keys::write_new_key_file(&path)
+        }
+        .map_err(|error| CliError::Key(error.to_string()))?;
+        Ok((path, pair))
+    };
+    let mut node_key_files = Vec::new();
+    let mut node_keys = Vec::new();
+    for index in 0..plain.addresses.len() {
+        let (path, pair) = key(data_root.join(format!("node-{index}.key")))?;
+        node_key_files.push(path);
+        node_keys.push(pair.public);
+    }
+    let (admin_key_file, admin) = key(data_root.join(ADMIN_KEY_FILE))?;
+
+    // The operator's file as written (settings kept), plus the keys.
+    let text = std::fs::read_to_string(config_path).map_err(CliError::io(format!(
+        "{}: cannot read",
+        config_path.display()
+    )))?;
+    let mut document: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|error| CliError::Cluster(format!("{}: {error}", config_path.display())))?;
+    let addresses = document
+        .get_mut("addresses")
+        .and_then(serde_json::Value::as_array_mut)
+        .filter(|addresses| addresses.len() == node_keys.len())
+        .ok_or_else(|| {
+            CliError::Cluster(format!(
+                "{}: \"addresses\" changed while being read",
+                config_path.display()
+            ))
+        })?;
+    for (address, public) in addresses.iter_mut().zip(&node_keys) {
+        if let Some(address) = address.as_object_mut() {
+            address.insert("public_key".into(), keys::z85_encode(public).into());
+        }
+    }
+    if let Some(document) = document.as_object_mut() {
+        document.insert(
+            "clients".into(),
+            serde_json::json!([{
+                "name": "admin",
+                "public_key": keys::z85_encode(&admin.public),
+                "produce": ["*"],
+                "consume": ["*"],
+                "admin": true,
+            }]),
+        );
+    }
+    let keyed_path = data_root.join(SECURE_CONFIG_FILE);
+    let keyed_text = serde_json::to_string_pretty(&document)
+        .map_err(|error| CliError::Cluster(format!("cannot write the keyed config: {error}")))?
+        + "\n";
+    std::fs::write(&keyed_path, keyed_text).map_err(CliError::io(format!(
+        "{}: cannot write",
+        keyed_path.display()
+    )))?;
+    let config = ClusterConfig::load(&keyed_path)?;
+    Ok(Secure {
+        config_path: keyed_path,
+        config,
+        node_key_files,
+        admin_key_file,
+        admin,
+        keys_reused,
+    })
+}
+
+/// `path` as one shell word: as is when that is safe, single-quoted otherwise.
+fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c));
+    if plain && !text.is_empty() {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn secure_writes_keys_once_and_a_keyed_config_that_keeps_the_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (path, _) = launcher::write_config(dir.path(), "127.0.0.1", 3).expect("write");
+        let mut document: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        document["sessions_max"] = 77.into();
+        std::fs::write(&path, document.to_string()).expect("write");
+        let plain = ClusterConfig::load(&path).expect("valid");
+        let root = dir.path().join("data");
+
+        let first = make_secure(&path, &plain, &root).expect("keyed");
+        assert!(!first.keys_reused);
+        assert!(first.config_path.is_absolute());
+        assert_eq!(first.node_key_files.len(), 3);
+        for file in first.node_key_files.iter().chain([&first.admin_key_file]) {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        let config = &first.config;
+        for (index, address) in config.addresses.iter().enumerate() {
+            let pair = keys::load_key_file(&first.node_key_files[index]).expect("key");
+            assert_eq!(address.public_key, Some(pair.public), "node {index}");
+        }
+        let clients = config.clients.as_ref().expect("a clients list");
+        let admin = clients.by_key(&first.admin.public).expect("admin listed");
+        assert!(admin.rights.admin);
+        assert!(admin.rights.may_produce("any") && admin.rights.may_consume("any"));
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&first.config_path).expect("read"))
+                .expect("json");
+        assert_eq!(written["sessions_max"], 77, "settings are kept");
+
+        // A second run reuses every key, so the cluster id (and the data) stays valid.
+        let second = make_secure(&path, &plain, &root).expect("keyed again");
+        assert!(second.keys_reused);
+        assert_eq!(second.admin, first.admin);
+        assert_eq!(second.config.cluster_id, first.config.cluster_id);
+
+        // A config with keys already is refused with a usage error naming it.
+        let error = make_secure(&first.config_path, &first.config, &root).expect_err("keyed");
+        assert!(matches!(error, CliError::Usage(_)), "{error}");
+        assert!(
+            error.to_string().contains("already carries keys"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn paths_are_printed_as_one_shell_word() {
+        assert_eq!(shell_word(Path::new("/tmp/a-b_c.key")), "/tmp/a-b_c.key");
+        assert_eq!(shell_word(Path::new("/tmp/my keys/a")), "'/tmp/my keys/a'");
+        assert_eq!(shell_word(Path::new("/tmp/it's")), "'/tmp/it'\\''s'");
     }
 }

@@ -10,9 +10,9 @@
 //! reload that removes or changes a key takes effect on the next request of a connection
 //! that is already open.
 
-use super::permissions::{check, ClientRights, Forbidden, TopicPattern};
+use super::permissions::{check_intent, ClientRights, Forbidden, TopicPattern};
 use super::{kind, ConfigError};
-use crate::protocol::Operation;
+use crate::protocol::{Intent, Operation};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -150,9 +150,16 @@ impl ClientList {
     /// is `user_id` (the client's Z85 public key): the one call per request, made before
     /// anything else looks at the request (PROTOCOL.md §11).
     pub fn access(&self, user_id: &str, operation: &Operation) -> Access<'_> {
+        self.access_intent(user_id, operation.intent())
+    }
+
+    /// [`ClientList::access`] on what a request names before validation
+    /// ([`crate::protocol::ParsedRequest::head`]): the client port's way, so `FORBIDDEN`
+    /// comes before any other verdict on the request.
+    pub fn access_intent(&self, user_id: &str, intent: Intent<'_>) -> Access<'_> {
         match self.by_z85(user_id) {
             None => Access::Unlisted,
-            Some(client) => match check(&client.rights, operation) {
+            Some(client) => match check_intent(&client.rights, intent) {
                 Ok(()) => Access::Allowed(client),
                 Err(refusal) => Access::Forbidden(client, refusal),
             },

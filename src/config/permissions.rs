@@ -8,7 +8,7 @@
 //! protocol's [`Operation`] and is built from `config.json`; the raft core and the queue know
 //! nothing of clients.
 
-use crate::protocol::{ErrorCode, ErrorInfo, Operation};
+use crate::protocol::{ErrorCode, ErrorInfo, Intent, Operation};
 use std::fmt;
 
 /// A topic name or a prefix, as written in a client's `produce` or `consume` list. Matched
@@ -138,45 +138,49 @@ fn describe(right: &Right, topic: Option<&str>) -> String {
 /// - `fault` (tests only, and answered only by a node started with `--fault-injection`):
 ///   `admin`, since it partitions the cluster.
 pub fn check(client: &ClientRights, operation: &Operation) -> Result<(), Forbidden> {
+    check_intent(client, operation.intent())
+}
+
+/// [`check`] on what a request names before it is validated
+/// ([`crate::protocol::ParsedRequest::head`]), which is how the client port asks, so a
+/// refusal comes before any other verdict on the request.
+pub fn check_intent(client: &ClientRights, intent: Intent<'_>) -> Result<(), Forbidden> {
     let refuse = |right: Right, topic: Option<&str>| {
         Err(Forbidden {
             right,
             topic: topic.map(str::to_string),
         })
     };
-    match operation {
-        Operation::Put { topic, message: _ } => {
+    match intent {
+        Intent::Put { topic } => {
             if client.may_produce(topic) {
                 Ok(())
             } else {
                 refuse(Right::Produce, Some(topic))
             }
         }
-        Operation::Get { topic } => {
+        Intent::Get { topic } => {
             if client.may_consume(topic) {
                 Ok(())
             } else {
                 refuse(Right::Consume, Some(topic))
             }
         }
-        Operation::CreateTopic { topic } => {
+        Intent::CreateTopic { topic } => {
             if client.admin {
                 Ok(())
             } else {
                 refuse(Right::Admin, Some(topic))
             }
         }
-        Operation::Fault {
-            drop_to: _,
-            drop_from: _,
-        } => {
+        Intent::Fault => {
             if client.admin {
                 Ok(())
             } else {
                 refuse(Right::Admin, None)
             }
         }
-        Operation::ListTopics | Operation::Status | Operation::Stats => Ok(()),
+        Intent::ListTopics | Intent::Status | Intent::Stats => Ok(()),
     }
 }
 

@@ -11,7 +11,9 @@
 //!
 //! The codec, by side:
 //! - node: [`decode_request`] (validates every field, enforces [`Limits`]), then
-//!   [`encode_reply`] or, for bad input, [`encode_request_error`];
+//!   [`encode_reply`] or, for bad input, [`encode_request_error`]; a keyed client port
+//!   splits it in two, [`parse_request`] then [`ParsedRequest::validate`], to check the
+//!   client's rights on [`ParsedRequest::head`] in between;
 //! - client: [`encode_request`] and [`decode_reply`].
 //!
 //! The codec must not know about Raft, topics' contents or sockets: it only turns bytes into
@@ -27,7 +29,9 @@ mod request;
 mod tests;
 
 pub use reply::{decode_reply, encode_reply, encode_request_error};
-pub use request::{decode_request, encode_request, VERSIONS_SUPPORTED};
+pub use request::{
+    decode_request, encode_request, parse_request, ParsedRequest, RequestHead, VERSIONS_SUPPORTED,
+};
 
 use std::fmt;
 
@@ -120,7 +124,42 @@ pub enum Operation {
     Fault {
         drop_to: Vec<u64>,
         drop_from: Vec<u64>,
+        /// `"stop_zap_handler": true` (absent: false): the ZAP handler thread ends as if it
+        /// had failed, which a keyed node must treat as fatal (it exits; see
+        /// `transport::zap`). No effect on a node without keys, which has no handler.
+        stop_zap_handler: bool,
     },
+}
+
+/// What a request asks to do, as far as a client's rights go (PROTOCOL.md §11): its type,
+/// method and topic, borrowed. It is read from the body before the other fields are
+/// validated ([`ParsedRequest::head`]), so a keyed client port can answer `FORBIDDEN`
+/// before anything else, and from a validated request with [`Operation::intent`], so both
+/// ways meet in one rights check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Intent<'a> {
+    CreateTopic { topic: &'a str },
+    ListTopics,
+    Put { topic: &'a str },
+    Get { topic: &'a str },
+    Status,
+    Stats,
+    Fault,
+}
+
+impl Operation {
+    /// What this operation asks to do, for a rights check.
+    pub fn intent(&self) -> Intent<'_> {
+        match self {
+            Operation::CreateTopic { topic } => Intent::CreateTopic { topic },
+            Operation::ListTopics => Intent::ListTopics,
+            Operation::Put { topic, message: _ } => Intent::Put { topic },
+            Operation::Get { topic } => Intent::Get { topic },
+            Operation::Status => Intent::Status,
+            Operation::Stats => Intent::Stats,
+            Operation::Fault { .. } => Intent::Fault,
+        }
+    }
 }
 
 /// Node ids a `fault` request can name: they travel as a 64-bit set.

@@ -7,7 +7,9 @@
 //! the JSON side a serde visitor on `serde_json` that ignores unknown values in place. Then
 //! one shared validation turns the fields into a [`Request`], so both encodings give the
 //! same verdicts and the same error messages. Strings are copied exactly once, from the body
-//! into the owned `Request`.
+//! into the owned `Request`. The two steps are public ([`parse_request`],
+//! [`ParsedRequest::validate`]) because a keyed client port checks the client's rights in
+//! between, on [`ParsedRequest::head`]: PROTOCOL.md §11 puts rights before anything else.
 //!
 //! Decisions where PROTOCOL.md is silent:
 //! - A known key given twice is BAD_REQUEST: parsers disagree on which copy wins, and a
@@ -35,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::msgpack::{ReadError, Reader, Token};
 use super::{
-    detect_encoding, Encoding, ErrorCode, ErrorInfo, Limits, Operation, Payload, Request,
+    detect_encoding, Encoding, ErrorCode, ErrorInfo, Intent, Limits, Operation, Payload, Request,
     RequestError, SessionKey, FAULT_NODE_IDS_MAX,
 };
 
@@ -47,15 +49,80 @@ pub const VERSIONS_SUPPORTED: [u8; 2] = [1, 2];
 /// carries it too. Never panics, allocates nothing before the body has proved to hold what
 /// its headers claim, and skips unknown values without recursion.
 pub fn decode_request(body: &[u8], limits: &Limits) -> Result<(Request, Encoding), RequestError> {
+    let parsed = parse_request(body)?;
+    let encoding = parsed.encoding;
+    Ok((parsed.validate(limits)?, encoding))
+}
+
+/// The first half of [`decode_request`]: the body parsed into its known fields, none of them
+/// validated yet. A body that is not one map (or object) of its encoding is refused here.
+pub fn parse_request(body: &[u8]) -> Result<ParsedRequest<'_>, RequestError> {
     let encoding = detect_encoding(body);
     let fields = match encoding {
         Encoding::MsgPack => parse_msgpack(body),
         Encoding::Json => parse_json(body),
     };
-    let request = fields
-        .and_then(|fields| validate(fields, encoding, limits))
-        .map_err(|error| RequestError { encoding, error })?;
-    Ok((request, encoding))
+    match fields {
+        Ok(fields) => Ok(ParsedRequest { fields, encoding }),
+        Err(error) => Err(RequestError { encoding, error }),
+    }
+}
+
+/// A request body parsed but not validated, borrowing from the body.
+#[derive(Debug)]
+pub struct ParsedRequest<'a> {
+    fields: Fields<'a>,
+    encoding: Encoding,
+}
+
+/// What a parsed request names before validation: its version (for the reply) and its
+/// intent (for a rights check).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHead<'a> {
+    pub version: u8,
+    pub intent: Intent<'a>,
+}
+
+impl<'a> ParsedRequest<'a> {
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The version, type, method and topic, read without validating anything else (a
+    /// message of any length or type, a bad `client_id`, an over-long or empty topic): what
+    /// a rights check needs, so it can come first (PROTOCOL.md §11). `None` for a request
+    /// too malformed to name them: an unsupported `v`, `type` or `method` missing, not text,
+    /// given twice or unknown, or a `topic` the operation needs missing, not text or given
+    /// twice; [`ParsedRequest::validate`] then says what is wrong.
+    pub fn head(&self) -> Option<RequestHead<'_>> {
+        let fields = &self.fields;
+        if matches!(
+            fields.duplicate,
+            Some(Key::Version | Key::Type | Key::Method | Key::Topic)
+        ) {
+            return None;
+        }
+        let version = validate_version(fields.version.clone(), self.encoding).ok()?;
+        let topic = || field_text(&fields.topic);
+        let text = field_text;
+        let intent = match (text(&fields.kind)?, text(&fields.method)?) {
+            ("topic", "PUT") => Intent::CreateTopic { topic: topic()? },
+            ("topic", "GET") => Intent::ListTopics,
+            ("message", "PUT") => Intent::Put { topic: topic()? },
+            ("message", "GET") => Intent::Get { topic: topic()? },
+            ("status", "GET") => Intent::Status,
+            ("stats", "GET") => Intent::Stats,
+            ("fault", "PUT") => Intent::Fault,
+            _ => return None,
+        };
+        Some(RequestHead { version, intent })
+    }
+
+    /// The second half of [`decode_request`]: every field checked, [`Limits`] enforced.
+    pub fn validate(self, limits: &Limits) -> Result<Request, RequestError> {
+        let encoding = self.encoding;
+        validate(self.fields, encoding, limits).map_err(|error| RequestError { encoding, error })
+    }
 }
 
 /// Encodes a request as a client sends it: a map with string keys, without `v` when the
@@ -76,11 +143,17 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         Operation::Stats => ("stats", "GET", None, None),
         Operation::Fault { .. } => ("fault", "PUT", None, None),
     };
-    let (drop_to, drop_from) = match &request.operation {
-        Operation::Fault { drop_to, drop_from } => {
-            (Some(drop_to.as_slice()), Some(drop_from.as_slice()))
-        }
-        _ => (None, None),
+    let (drop_to, drop_from, stop_zap_handler) = match &request.operation {
+        Operation::Fault {
+            drop_to,
+            drop_from,
+            stop_zap_handler,
+        } => (
+            Some(drop_to.as_slice()),
+            Some(drop_from.as_slice()),
+            stop_zap_handler.then_some(true),
+        ),
+        _ => (None, None, None),
     };
     let wire = RequestWire {
         kind,
@@ -92,6 +165,7 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         seq: request.session.as_ref().map(|key| key.seq),
         drop_to,
         drop_from,
+        stop_zap_handler,
     };
     match encoding {
         Encoding::MsgPack => rmp_serde::to_vec_named(&wire)
@@ -121,6 +195,8 @@ struct RequestWire<'a> {
     drop_to: Option<&'a [u64]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     drop_from: Option<&'a [u64]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_zap_handler: Option<bool>,
 }
 
 /// A payload as the protocol carries it: text as a string, binary as MessagePack bin (and,
@@ -151,6 +227,7 @@ enum Key {
     Seq,
     DropTo,
     DropFrom,
+    StopZapHandler,
 }
 
 impl Key {
@@ -165,6 +242,7 @@ impl Key {
             b"seq" => Some(Key::Seq),
             b"drop_to" => Some(Key::DropTo),
             b"drop_from" => Some(Key::DropFrom),
+            b"stop_zap_handler" => Some(Key::StopZapHandler),
             _ => None,
         }
     }
@@ -180,6 +258,7 @@ impl Key {
             Key::Seq => "seq",
             Key::DropTo => "drop_to",
             Key::DropFrom => "drop_from",
+            Key::StopZapHandler => "stop_zap_handler",
         }
     }
 }
@@ -240,6 +319,7 @@ struct Fields<'a> {
     seq: Option<Field<'a>>,
     drop_to: Option<Field<'a>>,
     drop_from: Option<Field<'a>>,
+    stop_zap_handler: Option<Field<'a>>,
     /// The first known key that appeared twice.
     duplicate: Option<Key>,
 }
@@ -256,6 +336,7 @@ impl<'a> Fields<'a> {
             Key::Seq => &mut self.seq,
             Key::DropTo => &mut self.drop_to,
             Key::DropFrom => &mut self.drop_from,
+            Key::StopZapHandler => &mut self.stop_zap_handler,
         }
     }
 
@@ -266,6 +347,14 @@ impl<'a> Fields<'a> {
         } else {
             *slot = Some(field);
         }
+    }
+}
+
+/// A field's text, if it is text.
+fn field_text<'b>(field: &'b Option<Field<'_>>) -> Option<&'b str> {
+    match field {
+        Some(Field::Text(text)) => Some(text.as_ref()),
+        _ => None,
     }
 }
 
@@ -607,7 +696,26 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
         ("fault", "PUT") => {
             let drop_to = validate_node_ids(Key::DropTo, fields.drop_to, encoding)?;
             let drop_from = validate_node_ids(Key::DropFrom, fields.drop_from, encoding)?;
-            (Operation::Fault { drop_to, drop_from }, false)
+            let stop_zap_handler = match fields.stop_zap_handler {
+                None => false,
+                Some(Field::Boolean(stop)) => stop,
+                Some(other) => {
+                    return Err(wrong_type(
+                        Key::StopZapHandler,
+                        "a boolean",
+                        &other,
+                        encoding,
+                    ))
+                }
+            };
+            (
+                Operation::Fault {
+                    drop_to,
+                    drop_from,
+                    stop_zap_handler,
+                },
+                false,
+            )
         }
         ("topic" | "message", _) => {
             return Err(bad_request(format!(

@@ -483,6 +483,7 @@ fn fault(drop_to: &[u64], drop_from: &[u64]) -> Operation {
     Operation::Fault {
         drop_to: drop_to.to_vec(),
         drop_from: drop_from.to_vec(),
+        stop_zap_handler: false,
     }
 }
 
@@ -522,6 +523,20 @@ fn fault_requests_decode_node_id_sets_in_both_encodings() {
                 ("seq", Value::from(3)),
             ]),
             fault(&[1], &[]),
+        ),
+        (
+            "the ZAP handler stopped",
+            fault_put(&[("stop_zap_handler", Value::from(true))]),
+            Operation::Fault {
+                drop_to: Vec::new(),
+                drop_from: Vec::new(),
+                stop_zap_handler: true,
+            },
+        ),
+        (
+            "the ZAP handler left alone",
+            fault_put(&[("stop_zap_handler", Value::from(false))]),
+            fault(&[], &[]),
         ),
     ];
     for (name, body, expected) in cases {
@@ -572,6 +587,11 @@ fn fault_requests_with_bad_node_lists_are_refused_in_both_encodings() {
             "not an array",
             fault_put("drop_to", Value::from(1)),
             "field `drop_to` must be an array of node ids (integers below 64), got an integer",
+        ),
+        (
+            "stop_zap_handler not a boolean",
+            fault_put("stop_zap_handler", Value::from(1)),
+            "field `stop_zap_handler` must be a boolean, got an integer",
         ),
         (
             "GET",
@@ -1219,6 +1239,161 @@ fn bad_json_bodies_are_refused() {
 
 // ---------------------------------------------------------------------------------------
 // Request encoding (client side).
+
+/// A keyed client port checks rights on what a request names before validating the rest
+/// (PROTOCOL.md §11): `head` names the version and intent of a request that is otherwise
+/// invalid, and nothing for one that does not name them.
+#[test]
+fn a_request_names_its_intent_before_its_other_fields_are_validated() {
+    let limits = tiny_limits();
+    let long = "x".repeat(limits.message_bytes_max + 1);
+    let named: Vec<(&str, Value, u8, Intent<'static>)> = vec![
+        (
+            "over-long message",
+            map(&[
+                ("type", text("message")),
+                ("method", text("PUT")),
+                ("topic", text("secret")),
+                ("message", text(&long)),
+            ]),
+            1,
+            Intent::Put { topic: "secret" },
+        ),
+        (
+            "message of the wrong type, v2",
+            map(&[
+                ("v", Value::from(2)),
+                ("type", text("message")),
+                ("method", text("PUT")),
+                ("topic", text("secret")),
+                ("message", Value::from(7)),
+            ]),
+            2,
+            Intent::Put { topic: "secret" },
+        ),
+        (
+            "message missing, bad client_id",
+            map(&[
+                ("type", text("message")),
+                ("method", text("PUT")),
+                ("topic", text("secret")),
+                ("client_id", Value::from(3)),
+            ]),
+            1,
+            Intent::Put { topic: "secret" },
+        ),
+        (
+            "empty topic",
+            map(&[
+                ("type", text("message")),
+                ("method", text("GET")),
+                ("topic", text("")),
+            ]),
+            1,
+            Intent::Get { topic: "" },
+        ),
+        (
+            "create, topic over the limit",
+            map(&[
+                ("type", text("topic")),
+                ("method", text("PUT")),
+                ("topic", text(&long)),
+            ]),
+            1,
+            Intent::CreateTopic { topic: "" },
+        ),
+        (
+            "fault with a bad node list",
+            map(&[
+                ("type", text("fault")),
+                ("method", text("PUT")),
+                ("drop_to", text("x")),
+            ]),
+            1,
+            Intent::Fault,
+        ),
+    ];
+    for (name, value, version, intent) in &named {
+        for body in [msgpack(value), json(value)] {
+            let parsed = parse_request(&body).expect(name);
+            let head = parsed
+                .head()
+                .unwrap_or_else(|| panic!("{name}: names nothing"));
+            assert_eq!(head.version, *version, "{name}");
+            match (head.intent, intent) {
+                // The over-long topic is compared by length only.
+                (Intent::CreateTopic { topic }, Intent::CreateTopic { .. }) => {
+                    assert_eq!(topic.len(), long.len(), "{name}")
+                }
+                (got, want) => assert_eq!(got, *want, "{name}"),
+            }
+            assert!(
+                parsed.validate(&limits).is_err(),
+                "{name}: invalid after all"
+            );
+        }
+    }
+
+    let nameless: Vec<(&str, Value)> = vec![
+        (
+            "no type",
+            map(&[("method", text("PUT")), ("topic", text("t"))]),
+        ),
+        (
+            "type not text",
+            map(&[("type", Value::from(1)), ("method", text("PUT"))]),
+        ),
+        (
+            "unknown method",
+            map(&[
+                ("type", text("message")),
+                ("method", text("POST")),
+                ("topic", text("t")),
+            ]),
+        ),
+        (
+            "topic missing",
+            map(&[
+                ("type", text("message")),
+                ("method", text("PUT")),
+                ("message", text("m")),
+            ]),
+        ),
+        (
+            "topic not text",
+            map(&[
+                ("type", text("message")),
+                ("method", text("GET")),
+                ("topic", Value::from(5)),
+            ]),
+        ),
+        (
+            "topic twice",
+            Value::Map(vec![
+                (text("type"), text("message")),
+                (text("method"), text("GET")),
+                (text("topic"), text("open")),
+                (text("topic"), text("secret")),
+            ]),
+        ),
+        (
+            "unsupported version",
+            map(&[
+                ("v", Value::from(9)),
+                ("type", text("status")),
+                ("method", text("GET")),
+            ]),
+        ),
+    ];
+    for (name, value) in &nameless {
+        let body = msgpack(value);
+        let parsed = parse_request(&body).expect(name);
+        assert_eq!(parsed.head(), None, "{name}");
+        let error = parsed.validate(&limits).expect_err(name);
+        assert_eq!(error.error.code, ErrorCode::BadRequest, "{name}");
+    }
+    assert!(parse_request(b"\xc1").is_err(), "not MessagePack at all");
+}
 
 #[test]
 fn encode_request_writes_maps_with_string_keys_and_omits_v_1() {
@@ -1896,8 +2071,13 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
             .prop_map(|(topic, message)| Operation::Put { topic, message }),
         arbitrary_name(60).prop_map(|topic| Operation::Get { topic }),
         Just(Operation::Status),
-        (arbitrary_node_ids(), arbitrary_node_ids())
-            .prop_map(|(drop_to, drop_from)| Operation::Fault { drop_to, drop_from }),
+        (arbitrary_node_ids(), arbitrary_node_ids(), any::<bool>()).prop_map(
+            |(drop_to, drop_from, stop_zap_handler)| Operation::Fault {
+                drop_to,
+                drop_from,
+                stop_zap_handler
+            }
+        ),
     ];
     let session = proptest::option::of(
         (arbitrary_name(16), any::<u64>())

@@ -23,7 +23,9 @@
 //! connection by its key (`User-Id`). Each request is then checked against the list in force
 //! now, first of all: a key no longer listed (a reload removed it while its connection stayed
 //! open) gets no reply, as an unknown key would; a request outside the client's rights gets
-//! `FORBIDDEN` here and never reaches the node loop.
+//! `FORBIDDEN` here and never reaches the node loop. The rights are checked on what the
+//! parsed body names (type, method, topic) before the rest is validated, so a request to a
+//! forbidden topic is `FORBIDDEN` whatever else is wrong with it.
 
 use super::{
     bind_router_with, mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError,
@@ -32,7 +34,7 @@ use crate::config::clients::{Access, SharedClients};
 use crate::config::keys::Key;
 use crate::config::NodeConfig;
 use crate::protocol::{
-    decode_request, detect_encoding, encode_reply, encode_request_error, Encoding, ErrorCode,
+    detect_encoding, encode_reply, encode_request_error, parse_request, Encoding, ErrorCode,
     ErrorInfo, Limits, Outcome, Reply, Request, RequestError,
 };
 use crossbeam_channel::Sender;
@@ -312,24 +314,35 @@ impl<E: From<ClientRequest>> ClientThread<E> {
             self.send(envelope, encode_request_error(&error));
             return;
         };
-        match decode_request(body, &self.limits) {
-            Ok((request, encoding)) => {
-                if let (Some(list), Some(user_id)) = (&list, &user_id) {
-                    match list.access(user_id, &request.operation) {
-                        Access::Allowed(_) => {}
-                        Access::Forbidden(client, refusal) => {
-                            log::debug!("client {}: {refusal}", client.name);
-                            let reply = Reply::Outcome {
-                                outcome: Outcome::Failed(refusal.into()),
-                                leader: None,
-                            };
-                            let body = encode_reply(&reply, request.version, encoding);
-                            self.send(envelope, body);
-                            return;
-                        }
-                        Access::Unlisted => return,
-                    }
+        let parsed = match parse_request(body) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                log::debug!("bad request: {}", error.error.message);
+                self.send(envelope, encode_request_error(&error));
+                return;
+            }
+        };
+        // Rights first (PROTOCOL.md §11): on what the request names, before its other fields
+        // are validated. One too malformed to name anything is left to the validation.
+        if let (Some(list), Some(user_id), Some(head)) = (&list, &user_id, parsed.head()) {
+            match list.access_intent(user_id, head.intent) {
+                Access::Allowed(_) => {}
+                Access::Forbidden(client, refusal) => {
+                    log::debug!("client {}: {refusal}", client.name);
+                    let reply = Reply::Outcome {
+                        outcome: Outcome::Failed(refusal.into()),
+                        leader: None,
+                    };
+                    let body = encode_reply(&reply, head.version, parsed.encoding());
+                    self.send(envelope, body);
+                    return;
                 }
+                Access::Unlisted => return,
+            }
+        }
+        let encoding = parsed.encoding();
+        match parsed.validate(&self.limits) {
+            Ok(request) => {
                 let ticket = Ticket(self.next_ticket);
                 self.next_ticket += 1;
                 log::trace!("request {ticket:?}: {request:?}");

@@ -24,7 +24,7 @@
 
 use crate::protocol::FAULT_NODE_IDS_MAX;
 use crate::raft::NodeId;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The peers a node drops messages to and from: one bit per node id (ids below 64; a node
 /// never names itself, and larger ids are never dropped).
@@ -32,6 +32,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct PeerFaults {
     drop_to: AtomicU64,
     drop_from: AtomicU64,
+    /// Set once by a `fault` request with `stop_zap_handler`: the ZAP handler thread ends.
+    zap_handler_stop: AtomicBool,
 }
 
 fn bit(peer: NodeId) -> u64 {
@@ -58,6 +60,17 @@ impl PeerFaults {
     /// Whether a message for `peer` is to be dropped instead of sent.
     pub fn drops_to(&self, peer: NodeId) -> bool {
         self.drop_to.load(Ordering::Relaxed) & bit(peer) != 0
+    }
+
+    /// Makes the ZAP handler thread end at its next look (within its stop poll), as if it
+    /// had failed: the test of `transport::zap`'s rule that its death is fatal.
+    pub fn stop_zap_handler(&self) {
+        self.zap_handler_stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the ZAP handler is to end (see [`PeerFaults::stop_zap_handler`]).
+    pub fn zap_handler_stopped(&self) -> bool {
+        self.zap_handler_stop.load(Ordering::Relaxed)
     }
 
     /// Whether a message received from `peer` is to be dropped instead of delivered.

@@ -370,6 +370,7 @@ impl PeerTransport {
             started: false,
         };
         let mut threads = Vec::new();
+        let faults = Arc::new(PeerFaults::default());
         if let Some(curve) = &settings.curve {
             // Before any CURVE socket binds: without a handler, CURVE admits any client key.
             threads.push(super::zap::start(
@@ -377,6 +378,7 @@ impl PeerTransport {
                 curve.members.clone(),
                 curve.clients.clone(),
                 stopping.clone(),
+                faults.clone(),
             )?);
         }
         let curve = settings.curve.clone();
@@ -402,7 +404,6 @@ impl PeerTransport {
             },
         )?;
 
-        let faults = Arc::new(PeerFaults::default());
         let dealers = PeerDealers::connect(context, &settings, faults.clone())?;
         let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {

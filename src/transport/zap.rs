@@ -13,9 +13,12 @@
 //! the moment of the handshake (a SIGHUP swaps it), and names the connection by the client's
 //! Z85 public key, which the client transport looks up again for each request.
 //!
-//! Its death would leave the node failing open, so it is fatal: the process exits, loudly,
-//! unless the transport is stopping.
+//! Its death would leave the node failing open, so it is fatal: the process exits with
+//! status 70 and one error line (log and stderr), unless the transport is stopping. A `fault`
+//! request with `stop_zap_handler` (tests only, `--fault-injection`) ends the thread to show
+//! it (tests/security_peers.rs).
 
+use super::fault::PeerFaults;
 use super::log_limit::{LogLimiter, LOG_INTERVAL};
 use super::{zmq_context, TransportError};
 use crate::config::clients::{ClientList, SharedClients};
@@ -96,6 +99,7 @@ pub fn start(
     members: Vec<(NodeId, Key)>,
     clients: Option<Arc<SharedClients>>,
     stopping: Arc<AtomicBool>,
+    faults: Arc<PeerFaults>,
 ) -> Result<JoinHandle<()>, TransportError> {
     let socket = zmq_context("ZAP REP socket", context.socket(zmq::REP))?;
     zmq_context("ZAP linger", socket.set_linger(0))?;
@@ -110,7 +114,7 @@ pub fn start(
         .name("zap-handler".into())
         .spawn(move || {
             let _fatal = FatalUnlessStopping(stopping.clone());
-            serve(&socket, &members, clients.as_deref(), &stopping);
+            serve(&socket, &members, clients.as_deref(), &stopping, &faults);
         })
         .map_err(|source| TransportError::Spawn {
             name: "zap-handler",
@@ -123,10 +127,15 @@ fn serve(
     members: &[(NodeId, Key)],
     clients: Option<&SharedClients>,
     stopping: &AtomicBool,
+    faults: &PeerFaults,
 ) {
     let mut peer_refusals = LogLimiter::new(LOG_INTERVAL);
     let mut client_refusals = LogLimiter::new(LOG_INTERVAL);
     while !stopping.load(Ordering::Relaxed) {
+        if faults.zap_handler_stopped() {
+            log::error!("ZAP handler: stopped by an injected fault");
+            return;
+        }
         match socket.poll(zmq::POLLIN, STOP_POLL_MS) {
             Ok(0) => continue,
             Ok(_) => {}

@@ -314,6 +314,22 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no client {name}"))
     }
 
+    /// `options` for the client library as the listed client `name` (CURVE with its key,
+    /// the nodes' public keys from the config); unchanged on a cluster without `clients`.
+    pub fn library_options_as(
+        &self,
+        name: &str,
+        options: rrmq::client::ClientOptions,
+    ) -> rrmq::client::ClientOptions {
+        if self.client_keys.is_empty() {
+            return options;
+        }
+        let config = rrmq::config::ClusterConfig::load(&self.config_path).expect("the config");
+        options
+            .with_key_pair(&config, self.client_key(name).clone())
+            .expect("loopback addresses")
+    }
+
     /// The key file of the listed client `name`.
     pub fn client_key_file(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("client-{name}.key"))

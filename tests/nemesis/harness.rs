@@ -1,5 +1,7 @@
 //! One nemesis run, start to verdict: a real cluster (`rrmq-node` processes on loopback,
-//! real data dirs, `--fsync always`, `--fault-injection`), a concurrent workload through
+//! real data dirs, `--fsync always`, `--fault-injection`; keyed if the run says so, with the
+//! workload as a listed client that may only produce and consume its topics, and the
+//! harness's admin key for topics, faults and status), a concurrent workload through
 //! the client library, the nemesis, a status sampler, then healing, a recovery probe, a
 //! drain of every topic with a fresh client, a convergence check across nodes, and the
 //! checker over the history file.
@@ -47,34 +49,56 @@ pub struct RunConfig {
     pub topics: usize,
     pub timing: Timing,
     pub kinds: Vec<FaultKind>,
+    /// CURVE on both ports (PROTOCOL.md §11): peer keys, and a `clients` list in which the
+    /// workload's key may produce and consume `t*`, nothing else.
+    pub keyed: bool,
 }
+
+/// The workload's client name on a keyed cluster.
+const WORKLOAD_CLIENT: &str = "workload";
 
 /// Runs the whole thing; panics with the report if the checker finds a violation.
 pub fn run(config: &RunConfig) {
     let started = Instant::now();
-    let mut cluster =
-        Cluster::start_with(config.nodes, &["--fsync", "always", "--fault-injection"]);
+    let flags = ["--fsync", "always", "--fault-injection"];
+    let mut cluster = if config.keyed {
+        Cluster::start_with_clients(
+            config.nodes,
+            &flags,
+            &[(
+                WORKLOAD_CLIENT,
+                serde_json::json!({"produce": ["t*"], "consume": ["t*"]}),
+            )],
+        )
+    } else {
+        Cluster::start_with(config.nodes, &flags)
+    };
     // Kept unless the run passes: whatever fails (a check, or the harness itself), the
     // history and the nodes' logs and data stay for a look.
     cluster.dir.disable_cleanup(true);
     let history = History::create(&cluster.dir.path().join("history.jsonl"));
     println!(
-        "nemesis {}: seed {} (rerun: RRMQ_NEMESIS_SEED={} RRMQ_NEMESIS_SECS={}), {} nodes, \
+        "nemesis {}: seed {} (rerun: RRMQ_NEMESIS_SEED={} RRMQ_NEMESIS_SECS={}), {} nodes{}, \
          {} s of faults, dir {}",
         config.name,
         config.seed,
         config.seed,
         config.duration.as_secs(),
         config.nodes,
+        if config.keyed { ", keyed" } else { "" },
         config.duration.as_secs(),
         cluster.dir.path().display()
     );
     let ports: Vec<u16> = cluster.ports.iter().map(|ports| ports.port).collect();
-    let options = workload::client_options(&ports);
+    let options = cluster.library_options_as(WORKLOAD_CLIENT, workload::client_options(&ports));
     let topics: Vec<String> = (0..config.topics)
         .map(|index| format!("t{index}"))
         .collect();
-    create_topics(&options, &topics);
+    // Creating topics takes the admin right, which the workload lacks on a keyed cluster.
+    create_topics(
+        &cluster.library_options_as("harness", workload::client_options(&ports)),
+        &topics,
+    );
 
     let stop_workload = AtomicBool::new(false);
     let stop_sampler = AtomicBool::new(false);

@@ -20,7 +20,7 @@
 //! cluster's doing. After every fault it checks that no node exited on its own, and
 //! restarts one that did (recording a problem for the checker).
 
-use crate::common::{Client as WireClient, Cluster, Wire};
+use crate::common::{Cluster, Wire};
 use crate::history::{Event, History, Phase};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -119,13 +119,17 @@ impl<'a> Nemesis<'a> {
             .iter()
             .map(|ports| NodeAddress::new("127.0.0.1", ports.port).expect("loopback address"))
             .collect();
-        let client = Client::connect(ClientOptions {
-            nodes,
-            attempt_timeout: Duration::from_millis(500),
-            deadline: Duration::from_secs(5),
-            curve: None,
-        })
-        .expect("valid options");
+        // The harness's own key on a keyed cluster (it lists the harness with every right).
+        let options = cluster.library_options_as(
+            "harness",
+            ClientOptions {
+                nodes,
+                attempt_timeout: Duration::from_millis(500),
+                deadline: Duration::from_secs(5),
+                curve: None,
+            },
+        );
+        let client = Client::connect(options).expect("valid options");
         assert!(!kinds.is_empty(), "no fault kinds to choose from");
         Nemesis {
             cluster,
@@ -365,7 +369,8 @@ impl<'a> Nemesis<'a> {
             "drop_to": drop_to, "drop_from": drop_from,
         });
         let deadline = Instant::now() + RESPONSE_DEADLINE;
-        let mut client = WireClient::connect(self.cluster.ports[node].port);
+        // Keyed or not: the harness's client (an admin, as `fault` needs on a keyed cluster).
+        let mut client = self.cluster.client(node);
         loop {
             let reply = client.call_with_timeout(Wire::MsgPack, &request, Duration::from_secs(1));
             match reply {

@@ -320,4 +320,13 @@ fn access_is_decided_by_the_user_id_key_and_the_rights() {
         list.access(&key(2), &Operation::ListTopics),
         Access::Allowed(list.by_key(&[2; 32]).expect("ops"))
     );
+    // What a body names before validation is judged the same way.
+    assert_eq!(
+        list.access_intent(&key(1), crate::protocol::Intent::Get { topic: "audit" }),
+        list.access(&key(1), &get("audit"))
+    );
+    assert_eq!(
+        list.access_intent(&key(1), crate::protocol::Intent::Get { topic: "orders" }),
+        Access::Allowed(alice)
+    );
 }

@@ -93,6 +93,7 @@ fn fault() -> Operation {
     Operation::Fault {
         drop_to: vec![1],
         drop_from: vec![],
+        stop_zap_handler: false,
     }
 }
 

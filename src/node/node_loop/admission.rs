@@ -43,8 +43,13 @@ impl NodeLoop {
             self.clients.reply(ticket, reply);
             return;
         }
-        if let Operation::Fault { drop_to, drop_from } = operation {
-            self.on_fault(ticket, &drop_to, &drop_from);
+        if let Operation::Fault {
+            drop_to,
+            drop_from,
+            stop_zap_handler,
+        } = operation
+        {
+            self.on_fault(ticket, &drop_to, &drop_from, stop_zap_handler);
             return;
         }
         if self.shutdown.is_some() {
@@ -126,7 +131,13 @@ impl NodeLoop {
 
     /// Tests only (`transport::fault`): from now on, drop peer messages to and from the named
     /// nodes. Refused unless the node was started with `--fault-injection`.
-    fn on_fault(&mut self, ticket: Ticket, drop_to: &[u64], drop_from: &[u64]) {
+    fn on_fault(
+        &mut self,
+        ticket: Ticket,
+        drop_to: &[u64],
+        drop_from: &[u64],
+        stop_zap_handler: bool,
+    ) {
         if !self.config.fault_injection {
             self.fail(
                 ticket,
@@ -140,6 +151,10 @@ impl NodeLoop {
         let to: Vec<NodeId> = drop_to.iter().map(|id| NodeId(*id)).collect();
         let from: Vec<NodeId> = drop_from.iter().map(|id| NodeId(*id)).collect();
         self.peers.faults().set(&to, &from);
+        if stop_zap_handler {
+            log::warn!("fault injection: stopping the ZAP handler");
+            self.peers.faults().stop_zap_handler();
+        }
         self.answer(ticket, Outcome::Done);
     }
 

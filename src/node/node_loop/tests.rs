@@ -549,6 +549,7 @@ fn fault_requests_are_refused_without_the_test_flag_and_obeyed_with_it() {
     let fault = Operation::Fault {
         drop_to: vec![1, 2],
         drop_from: vec![2],
+        stop_zap_handler: false,
     };
     let cases: [(&[&str], Option<ErrorCode>); 2] = [
         (&[], Some(ErrorCode::BadRequest)),

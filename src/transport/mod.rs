@@ -31,6 +31,9 @@
 //!   encode, decode, and the envelope check. Pure; both of the above use it.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //! - [`log_limit`]: at most one log line a second per kind of refused input, with a count.
+//! - [`monitor`]: what libzmq knows about a socket's connections, as events to poll;
+//!   [`watch`]: the threads that read them, telling the node loop when a peer's connection
+//!   drops or comes back, and logging refused handshakes on both ROUTERs.
 //! - [`zap`]: the ZAP handler that admits only the members' CURVE keys on the peer port
 //!   (keyed clusters; without it CURVE admits anyone who knows the server's key).
 //! - [`ports`]: picking free loopback ports, for the local-cluster launcher and the tests.
@@ -53,6 +56,7 @@ pub mod monitor;
 pub mod peer;
 pub mod ports;
 pub mod snapshot_transfer;
+pub mod watch;
 pub mod wire;
 pub mod zap;
 

@@ -15,6 +15,8 @@
 //!   DEALER per peer, second set    WAL thread            votes and acks, right after the sync
 //!   DEALER per peer, third set     snapshot sender       snapshot chunks and acks
 //!   doorbell PAIRs (inproc)        one end per thread    "look at your channel"
+//!   monitor PAIRs (inproc)         watcher threads       connection events of the loop's
+//!                                                        DEALERs and of the ROUTERs
 //! ```
 //!
 //! Two sets of Raft DEALERs mean a node's messages to one peer may arrive out of order;

@@ -21,9 +21,10 @@
 //!   and is reported nothing: ZMTP heartbeats run only on the ROUTERs, with a TTL of
 //!   [`super::HEARTBEAT_TTL_MS`], far beyond any election timeout.
 //! - **ROUTERs** (client port, internal port): each handshake refused (a plain client on a
-//!   CURVE port, a wrong server key, a connection closed half way through the greeting) is
-//!   logged at most once per [`LOG_INTERVAL`] per port, with a count, the port's endpoint
-//!   and, best effort, the remote address: libzmq names only the port in these events, so
+//!   CURVE port, a wrong server key, garbage) is logged as a warning, and each handshake the
+//!   other end abandoned (closed half way through the greeting) at info level; each kind at
+//!   most once per [`LOG_INTERVAL`] per port, with a count, the port's endpoint and, best
+//!   effort, the remote address: libzmq names only the port in these events, so
 //!   the address is read with `getpeername` on the descriptor of the `Accepted` event and
 //!   matched to the failure by the `Disconnected` event that follows it on the same
 //!   descriptor. A connection refused before this thread read its `Accepted` event has no
@@ -312,18 +313,49 @@ fn peer_address(fd: u32) -> Option<SocketAddr> {
     stream.peer_addr().ok()
 }
 
+/// How a handshake failed, for logging: each class has its own rate limit and level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// This node refused it (a protocol error: a plain client on a CURVE port, a wrong
+    /// server key, garbage): a warning.
+    Refused,
+    /// The other end went away half way through the greeting, or never finished it (a
+    /// client that gave up, a port scanner, or the other end seeing the mismatch first):
+    /// common and mostly harmless, so at info level.
+    Abandoned,
+}
+
+impl Class {
+    const ALL: [Class; 2] = [Class::Refused, Class::Abandoned];
+
+    fn of(kind: EventKind) -> Class {
+        match kind {
+            EventKind::HandshakeFailedNoDetail => Class::Abandoned,
+            _ => Class::Refused,
+        }
+    }
+
+    fn position(self) -> usize {
+        match self {
+            Class::Refused => 0,
+            Class::Abandoned => 1,
+        }
+    }
+}
+
 /// The refused handshakes of one ROUTER, logged rate-limited (see the module docs).
 struct RefusalLog {
     purpose: &'static str,
     endpoint: String,
     /// Connections accepted and not yet disconnected: descriptor -> remote address.
     accepted: HashMap<u32, Option<SocketAddr>>,
-    /// A refused handshake waiting for its `Disconnected` event (which names the
+    /// A failed handshake waiting for its `Disconnected` event (which names the
     /// descriptor, hence the address), with when it came.
     waiting: Option<(EventKind, u32, Instant)>,
-    limiter: LogLimiter,
-    /// The latest refusal counted but not yet logged: (what, from where).
-    latest: Option<(String, String)>,
+    /// Per [`Class`]: the rate limit, and the latest failure counted but not yet logged
+    /// (what, from where).
+    limiters: [LogLimiter; 2],
+    latest: [Option<(String, String)>; 2],
 }
 
 impl RefusalLog {
@@ -333,13 +365,13 @@ impl RefusalLog {
             endpoint,
             accepted: HashMap::new(),
             waiting: None,
-            limiter: LogLimiter::new(LOG_INTERVAL),
-            latest: None,
+            limiters: [LogLimiter::new(LOG_INTERVAL), LogLimiter::new(LOG_INTERVAL)],
+            latest: [None, None],
         }
     }
 
     fn has_unlogged(&self) -> bool {
-        self.waiting.is_some() || self.latest.is_some()
+        self.waiting.is_some() || self.latest.iter().any(Option::is_some)
     }
 
     fn on_event(&mut self, event: &MonitorEvent, now: Instant) {
@@ -351,22 +383,22 @@ impl RefusalLog {
             | EventKind::HandshakeFailedProtocol
             | EventKind::HandshakeFailedAuth => {
                 if let Some((kind, value, _)) = self.waiting.take() {
-                    self.refused(kind, value, None, now);
+                    self.failed(kind, value, None, now);
                 }
                 self.waiting = Some((event.kind, event.value, now));
             }
             EventKind::Disconnected => {
                 let address = self.accepted.remove(&event.value).flatten();
                 if let Some((kind, value, _)) = self.waiting.take() {
-                    self.refused(kind, value, address, now);
+                    self.failed(kind, value, address, now);
                 }
             }
             _ => {}
         }
     }
 
-    /// Counts one refused handshake and logs if a line is due.
-    fn refused(&mut self, kind: EventKind, value: u32, address: Option<SocketAddr>, now: Instant) {
+    /// Counts one failed handshake and logs if a line is due.
+    fn failed(&mut self, kind: EventKind, value: u32, address: Option<SocketAddr>, now: Instant) {
         let what = describe_refusal(kind, value);
         let from = address.map_or_else(|| "address unknown".to_string(), |a| a.to_string());
         if kind == EventKind::HandshakeFailedAuth {
@@ -378,36 +410,47 @@ impl RefusalLog {
             );
             return;
         }
-        self.limiter.record(1);
-        self.latest = Some((what, from));
-        self.log_if_due(now);
+        let class = Class::of(kind);
+        self.limiters[class.position()].record(1);
+        self.latest[class.position()] = Some((what, from));
+        self.log_if_due(class, now);
     }
 
-    fn log_if_due(&mut self, now: Instant) {
-        if self.latest.is_none() {
+    fn log_if_due(&mut self, class: Class, now: Instant) {
+        let position = class.position();
+        if self.latest[position].is_none() {
             return;
         }
-        if let Some(count) = self.limiter.take_due(now) {
-            if let Some((what, from)) = self.latest.take() {
-                log::warn!(
-                    "{} {}: refused {count} handshake(s); latest from {from}: {what}",
-                    self.purpose,
-                    self.endpoint
-                );
-            }
+        let Some(count) = self.limiters[position].take_due(now) else {
+            return;
+        };
+        let Some((what, from)) = self.latest[position].take() else {
+            return;
+        };
+        let (purpose, endpoint) = (self.purpose, &self.endpoint);
+        match class {
+            Class::Refused => log::warn!(
+                "{purpose} {endpoint}: refused {count} handshake(s); latest from {from}: {what}"
+            ),
+            Class::Abandoned => log::info!(
+                "{purpose} {endpoint}: {count} handshake(s) not finished; latest from {from}: \
+                 {what}"
+            ),
         }
     }
 
-    /// Logs what waited long enough: a refusal whose `Disconnected` never came, and a
-    /// count the rate limit held back.
+    /// Logs what waited long enough: a failure whose `Disconnected` never came, and counts
+    /// the rate limit held back.
     fn flush(&mut self, now: Instant) {
         if let Some((kind, value, at)) = self.waiting {
             if now.saturating_duration_since(at) >= FLUSH_INTERVAL {
                 self.waiting = None;
-                self.refused(kind, value, None, now);
+                self.failed(kind, value, None, now);
             }
         }
-        self.log_if_due(now);
+        for class in Class::ALL {
+            self.log_if_due(class, now);
+        }
     }
 }
 
@@ -469,9 +512,13 @@ mod tests {
         assert!(log.accepted.is_empty(), "the connection is forgotten");
 
         // Within the interval: counted, held back, logged by a later flush.
-        log.on_event(&event(EventKind::HandshakeFailedNoDetail), start);
+        log.on_event(&event(EventKind::HandshakeFailedProtocol), start);
         log.on_event(&event(EventKind::Disconnected), start);
         assert!(log.has_unlogged());
+        // An abandoned handshake has its own limit: its first line is due at once.
+        log.on_event(&event(EventKind::HandshakeFailedNoDetail), start);
+        log.on_event(&event(EventKind::Disconnected), start);
+        assert!(log.latest[Class::Abandoned.position()].is_none());
         log.flush(start + Duration::from_millis(10));
         assert!(log.has_unlogged(), "still within the interval");
         log.flush(start + LOG_INTERVAL);

@@ -165,7 +165,7 @@ enum State {
         /// A drop was reported and no handshake has succeeded since.
         down: bool,
     },
-    Listener(RefusalLog),
+    Listener(Box<RefusalLog>),
 }
 
 fn run(
@@ -187,7 +187,9 @@ fn run(
                 monitor,
             } => {
                 monitors.push(monitor);
-                states.push(State::Listener(RefusalLog::new(purpose, endpoint)));
+                states.push(State::Listener(Box::new(RefusalLog::new(
+                    purpose, endpoint,
+                ))));
             }
         }
     }

@@ -270,9 +270,14 @@ impl Core {
                     }
                     None => false,
                 };
-                if early || self.election_elapsed_ticks >= self.randomized_election_ticks {
+                let timed_out = self.election_elapsed_ticks >= self.randomized_election_ticks;
+                if early || timed_out {
                     if self.is_voting() {
-                        self.start_election();
+                        self.start_election(if timed_out {
+                            "election timeout"
+                        } else {
+                            "the leader's connection dropped"
+                        });
                     } else {
                         self.election_elapsed_ticks = 0;
                         self.early_campaign = None;
@@ -493,7 +498,7 @@ impl Core {
             self.term
         );
         if delay_ticks == 0 {
-            self.start_election();
+            self.start_election("the leader's connection dropped");
         } else {
             self.early_campaign = Some(EarlyCampaign {
                 leader: peer,
@@ -740,7 +745,8 @@ impl Core {
 
     // ---- Elections ----------------------------------------------------------------------
 
-    fn start_election(&mut self) {
+    /// Campaigns (with a pre-vote first, if on); `why` is for the log.
+    fn start_election(&mut self, why: &str) {
         if self.term.next_sane().is_none() {
             self.refuse_campaign();
             let term = self.term;
@@ -748,20 +754,20 @@ impl Core {
             return;
         }
         if self.config.pre_vote {
-            self.become_pre_candidate();
+            self.become_pre_candidate(why);
         } else {
             self.become_candidate(false);
         }
     }
 
-    fn become_pre_candidate(&mut self) {
+    fn become_pre_candidate(&mut self, why: &str) {
         // Raft dissertation §9.6: ask first whether we could win, without bumping the term,
         // so a node that keeps losing contact cannot inflate the cluster's term.
         self.reset_role_state();
         self.role = Role::PreCandidate;
         self.leader = None;
         log::info!(
-            "node {} term {}: election timeout, starting pre-vote",
+            "node {} term {}: {why}, starting pre-vote",
             self.id,
             self.term
         );

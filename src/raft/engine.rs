@@ -474,6 +474,8 @@ impl Core {
     /// it under the lease. The leader is deposed only when a majority has lost it, which is
     /// when an election is due anyway. PreVote and CheckQuorum work as before; without
     /// PreVote, nothing is started early (a real election would raise the term at once).
+    /// A leader that loses its connection to a follower changes nothing: CheckQuorum alone
+    /// decides whether it still leads.
     pub fn peer_connection_lost(&mut self, peer: NodeId) {
         if peer == self.id || !self.is_voter(peer) {
             return;

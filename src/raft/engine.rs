@@ -87,11 +87,11 @@ impl ReadQueue {
 ///
 /// It is a deterministic state machine: the runtime feeds it inputs (`tick`, `step`,
 /// `propose`, `read_index`, `transfer_leader`, `on_persisted`, `on_snapshot_saved`,
-/// `report_snapshot`, `peer_connection_lost`, `peer_connection_restored`) and collects what to do with [`Core::ready`], in the order the `raft`
-/// module docs give. It reads no clock, does no I/O and draws randomness only from the seed
-/// given to [`Core::new`], so the same inputs always give the same outputs. It panics, with
-/// node id and term, only on a broken invariant (a bug); [`Core::check_invariants`] asserts
-/// them on demand.
+/// `report_snapshot`, `peer_connection_lost`, `peer_connection_restored`) and collects what
+/// to do with [`Core::ready`], in the order the `raft` module docs give. It reads no clock,
+/// does no I/O and draws randomness only from the seed given to [`Core::new`], so the same
+/// inputs always give the same outputs. It panics, with node id and term, only on a broken
+/// invariant (a bug); [`Core::check_invariants`] asserts them on demand.
 pub struct Core {
     id: NodeId,
     /// Every voter including this node, sorted.
@@ -466,8 +466,10 @@ impl Core {
     /// - and, with PreVote on, this node starts a pre-vote soon rather than after the
     ///   election timeout: at once if it comes first among the other voters by id, else
     ///   `heartbeat_ticks` later per voter ahead of it. The stagger keeps the survivors
-    ///   from splitting the vote (they all see the drop at the same moment); a heartbeat
-    ///   from the leader before then cancels it, as it restarts the election timer.
+    ///   from splitting the vote (they all see the drop at the same moment). The
+    ///   connection coming back, or any change of role or term, calls it off; a heartbeat
+    ///   does not, since the leader may have sent it just before it died (a pre-vote
+    ///   against a live leader costs nothing: see below).
     ///
     /// Why this cannot disrupt a live leader: a pre-vote still needs a majority, and every
     /// voter that still hears from the leader (its own connection intact) keeps refusing

@@ -22,12 +22,13 @@
 //!   [`super::HEARTBEAT_TTL_MS`], far beyond any election timeout.
 //! - **ROUTERs** (client port, internal port): each handshake refused (a plain client on a
 //!   CURVE port, a wrong server key, garbage) is logged as a warning, and each handshake the
-//!   other end abandoned (closed half way through the greeting) at info level; each kind at
-//!   most once per [`LOG_INTERVAL`] per port, with a count, the port's endpoint and, best
-//!   effort, the remote address: libzmq names only the port in these events, so
-//!   the address is read with `getpeername` on the descriptor of the `Accepted` event and
-//!   matched to the failure by the `Disconnected` event that follows it on the same
-//!   descriptor. A connection refused before this thread read its `Accepted` event has no
+//!   other end abandoned (closed half way through the greeting: a client that gave up, a
+//!   port scanner, or a plain client that saw the mismatch before this node did) at info
+//!   level; each kind at most once per [`LOG_INTERVAL`] per port, with a count, the port's
+//!   endpoint and, best effort, the remote address: libzmq names only the port in these
+//!   events, so the address is read with `getpeername` on the descriptor of the `Accepted`
+//!   event and matched to the failure by the `Disconnected` event that follows it on the
+//!   same descriptor. A connection refused before this thread read its `Accepted` event has no
 //!   address left to read ("address unknown"). A key the ZAP handler refuses is logged
 //!   there, with the key ([`super::zap`]); here only at debug level.
 //!

@@ -2115,3 +2115,34 @@ fn without_pre_vote_a_dropped_connection_starts_no_early_election() {
         assert_eq!(net.core(id).role(), Role::Follower, "node {id}");
     }
 }
+
+#[test]
+fn a_survivor_told_late_still_elects_within_a_heartbeat_or_so_of_hearing() {
+    // S2 hears of S1's death first and pre-votes at once, but S3, not told yet, still
+    // honours S1's lease and ignores it. Once S3 is told, it pre-votes a heartbeat later
+    // (it comes second by id), and S2, waiting as a pre-candidate, grants it.
+    let config = test_config();
+    let mut net = Net::new(3, config.clone());
+    net.elect(S1);
+    net.heartbeat(S1);
+    let term = net.core(S1).term();
+    net.isolate(S1);
+    net.core_mut(S2).peer_connection_lost(S1);
+    net.deliver_all();
+    assert_eq!(net.core(S2).role(), Role::PreCandidate);
+    assert_eq!(net.core(S3).leader(), Some(S1), "S3 ignored the pre-vote");
+    assert_eq!(pre_votes_received(&net, S2), vec![], "nobody answered S2");
+
+    net.core_mut(S3).peer_connection_lost(S1);
+    let elected = tick_until_leader(&mut net, &[S2, S3], config.election_ticks_max);
+    let Some((leader, ticks)) = elected else {
+        panic!("no new leader");
+    };
+    assert_eq!(leader, S3);
+    assert!(
+        ticks <= config.heartbeat_ticks,
+        "elected after {ticks} ticks, expected within {}",
+        config.heartbeat_ticks
+    );
+    assert_eq!(net.core(S3).term(), Term(term.0 + 1), "one election");
+}

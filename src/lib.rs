@@ -16,7 +16,10 @@
 //! - [`config`]: `config.json` and command-line flags, validated into one `NodeConfig`.
 //! - [`transport`]: the ZeroMQ threads (client ROUTER, peer ROUTER), the DEALER sets, the
 //!   one peer wire format (`transport::wire`), snapshot streaming and socket monitors
-//!   (`transport::monitor`: connection drops and refused handshakes as events).
+//!   (`transport::monitor`: connection drops and refused handshakes as events;
+//!   `transport::watch`: the threads that report a peer's dropped connection to the node
+//!   loop, for failover without waiting out the election timeout, and log refused
+//!   handshakes).
 //! - [`client`]: a blocking client that finds the leader and retries safely; its retry
 //!   rules are one sans-I/O state machine (`client::call`) that the benchmark drives too.
 //! - [`node`]: the runtime around the single-threaded core: the loop (dispatch, `Ready`,

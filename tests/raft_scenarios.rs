@@ -1847,3 +1847,302 @@ fn a_node_restored_beyond_the_bound_never_campaigns_or_sends_and_the_others_go_o
         "S3 sent nothing"
     );
 }
+
+// ---- 9. A dropped connection to the leader ---------------------------------------------------
+//
+// The runtime reports a TCP connection that closed (`Core::peer_connection_lost`): the peer's
+// process died. A follower that loses its connection to the leader stops honouring the
+// leader's lease and pre-votes within a few heartbeats instead of an election timeout; the
+// voters still connected to a live leader keep refusing, so a flap disrupts nothing.
+
+/// Ticks the nodes in `live` and delivers everything, once per tick, until one of them leads
+/// or `ticks_max` ticks have passed. Returns the leader and the ticks it took.
+fn tick_until_leader(net: &mut Net, live: &[NodeId], ticks_max: u32) -> Option<(NodeId, u32)> {
+    net.deliver_all();
+    for tick in 0..=ticks_max {
+        if let Some(&leader) = net.leaders().iter().find(|id| live.contains(id)) {
+            return Some((leader, tick));
+        }
+        for &id in live {
+            net.tick(id);
+        }
+        net.deliver_all();
+    }
+    None
+}
+
+#[test]
+fn a_crashed_leader_reported_by_its_dropped_connections_is_replaced_before_the_election_timeout() {
+    struct Case {
+        name: &'static str,
+        /// The followers whose runtime reports the dropped connection.
+        reported_to: &'static [NodeId],
+        /// Ticks after the crash by which a new leader must exist; `None`: not before
+        /// `election_ticks_min` (the lease and the election timeout hold everyone back).
+        elected_within_ticks: Option<u32>,
+    }
+    let config = test_config();
+    let cases = [
+        Case {
+            name: "both survivors see the drop: the first by id campaigns at once",
+            reported_to: &[S2, S3],
+            elected_within_ticks: Some(0),
+        },
+        Case {
+            name: "only one survivor sees the drop: the other's lease holds it back",
+            reported_to: &[S2],
+            elected_within_ticks: None,
+        },
+        Case {
+            name: "nobody is told: the election timeout decides, as before",
+            reported_to: &[],
+            elected_within_ticks: None,
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let mut net = Net::new(3, config.clone());
+        net.elect(S1);
+        net.heartbeat(S1);
+        let term = net.core(S1).term();
+        // S1's process dies: nothing from or to it arrives any more, and it never ticks.
+        net.isolate(S1);
+        for &id in case.reported_to {
+            net.core_mut(id).peer_connection_lost(S1);
+        }
+        let elected = tick_until_leader(&mut net, &[S2, S3], 10 * config.election_ticks_max);
+        let Some((leader, ticks)) = elected else {
+            panic!("{name}: no new leader");
+        };
+        match case.elected_within_ticks {
+            Some(within) => assert!(
+                ticks <= within,
+                "{name}: leader {leader} after {ticks} ticks, expected within {within}"
+            ),
+            None => assert!(
+                ticks >= config.election_ticks_min,
+                "{name}: leader {leader} after {ticks} ticks, before the election timeout"
+            ),
+        }
+        if case.reported_to.len() == 2 {
+            // One election, not a split vote: the survivors do not campaign at once.
+            assert_eq!(net.core(leader).term(), Term(term.0 + 1), "{name}: term");
+        }
+        let entry = propose(&mut net, leader, "after the crash");
+        net.deliver_all();
+        net.heartbeat(leader);
+        for id in [S2, S3] {
+            assert!(
+                net.core(id).commit_index() >= entry.index,
+                "{name}: node {id} committed the new leader's entry"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_follower_whose_connection_to_a_live_leader_flaps_does_not_disrupt_it() {
+    struct Case {
+        name: &'static str,
+        size: u64,
+        /// Followers whose connection to leader S1 drops (and comes back) while S1 lives.
+        flapping: &'static [NodeId],
+    }
+    let cases = [
+        Case {
+            name: "the first follower by id (pre-votes at once)",
+            size: 3,
+            flapping: &[S2],
+        },
+        Case {
+            name: "the second follower (pre-votes a heartbeat later, unless one comes first)",
+            size: 3,
+            flapping: &[S3],
+        },
+        Case {
+            name: "two of five followers: they grant each other, but are no majority",
+            size: 5,
+            flapping: &[S2, S3],
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let mut net = Net::new(case.size, test_config());
+        net.elect(S1);
+        net.heartbeat(S1);
+        let term = net.core(S1).term();
+        let election_ticks_max = net.config().election_ticks_max;
+        for round in 0..3 {
+            for &id in case.flapping {
+                net.core_mut(id).peer_connection_lost(S1);
+            }
+            for tick in 0..2 * election_ticks_max {
+                if tick == election_ticks_max {
+                    for &id in case.flapping {
+                        net.core_mut(id).peer_connection_restored(S1);
+                    }
+                }
+                net.tick_all();
+                net.deliver_all();
+                assert_eq!(
+                    net.leaders(),
+                    vec![S1],
+                    "{name}: round {round} tick {tick}: S1 still the only leader"
+                );
+                for id in net.ids() {
+                    assert_eq!(
+                        net.core(id).term(),
+                        term,
+                        "{name}: round {round} tick {tick}: node {id}'s term"
+                    );
+                }
+            }
+        }
+        for id in net.ids() {
+            assert_eq!(
+                net.core(id).leader(),
+                Some(S1),
+                "{name}: node {id} follows S1"
+            );
+        }
+        let granted_to_flapping = net.delivered().iter().any(|message| {
+            case.flapping.contains(&message.to)
+                && !case.flapping.contains(&message.from)
+                && matches!(
+                    message.body,
+                    MessageBody::RequestVoteResponse { granted: true, .. }
+                )
+        });
+        assert!(
+            !granted_to_flapping,
+            "{name}: no voter still connected to S1 granted anything"
+        );
+        let pre_voted = net.delivered().iter().any(|message| {
+            case.flapping.contains(&message.from)
+                && matches!(
+                    message.body,
+                    MessageBody::RequestVote { pre_vote: true, .. }
+                )
+        });
+        assert!(pre_voted, "{name}: the flapping follower did pre-vote");
+        propose(&mut net, S1, "still leading");
+    }
+}
+
+#[test]
+fn a_dropped_connection_lifts_the_lease_of_that_leader_only_until_it_comes_back() {
+    let pre_vote_from_s2 = |net: &Net| Message {
+        from: S2,
+        to: S3,
+        term: Term(net.core(S3).term().0 + 1),
+        body: MessageBody::RequestVote {
+            pre_vote: true,
+            last_log: last_id(net, S2),
+            leadership_transfer: false,
+        },
+    };
+    let answers = |net: &mut Net| -> Vec<bool> {
+        all_messages(&net.process(S3))
+            .iter()
+            .filter_map(|message| match message.body {
+                MessageBody::RequestVoteResponse {
+                    pre_vote: true,
+                    granted,
+                } if message.to == S2 => Some(granted),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut net = Net::new(3, test_config());
+    net.elect(S1);
+    net.heartbeat(S1); // S3 heard from S1 just now: inside the lease.
+
+    let request = pre_vote_from_s2(&net);
+    net.deliver(request);
+    assert_eq!(
+        answers(&mut net),
+        Vec::<bool>::new(),
+        "in the lease: ignored"
+    );
+
+    // S3 comes second among S2 and S3, so it waits a heartbeat before campaigning itself
+    // and is still S1's follower while the request arrives.
+    net.core_mut(S3).peer_connection_lost(S1);
+    assert_eq!(net.core(S3).role(), Role::Follower);
+    assert_eq!(net.core(S3).leader(), Some(S1));
+    let request = pre_vote_from_s2(&net);
+    net.deliver(request);
+    assert_eq!(answers(&mut net), vec![true], "connection dropped: granted");
+
+    net.core_mut(S3).peer_connection_restored(S1);
+    let request = pre_vote_from_s2(&net);
+    net.deliver(request);
+    assert_eq!(
+        answers(&mut net),
+        Vec::<bool>::new(),
+        "connection back: the lease holds again"
+    );
+
+    // A drop of a connection to a node that is not the leader changes nothing.
+    net.core_mut(S3).peer_connection_lost(S2);
+    let request = pre_vote_from_s2(&net);
+    net.deliver(request);
+    assert_eq!(answers(&mut net), Vec::<bool>::new(), "S1's lease holds");
+    assert_eq!(net.core(S3).role(), Role::Follower);
+}
+
+#[test]
+fn without_pre_vote_a_dropped_connection_starts_no_early_election() {
+    let mut net = Net::new(
+        3,
+        RaftConfig {
+            pre_vote: false,
+            ..test_config()
+        },
+    );
+    net.elect(S1);
+    net.heartbeat(S1);
+    let term = net.core(S1).term();
+    net.core_mut(S2).peer_connection_lost(S1);
+    net.core_mut(S3).peer_connection_lost(S1);
+    for _ in 0..2 * net.config().heartbeat_ticks {
+        net.tick(S2);
+        net.tick(S3);
+    }
+    net.deliver_all();
+    for id in [S2, S3] {
+        assert_eq!(net.core(id).term(), term, "node {id}: no early term");
+        assert_eq!(net.core(id).role(), Role::Follower, "node {id}");
+    }
+}
+
+#[test]
+fn a_survivor_told_late_still_elects_within_a_heartbeat_or_so_of_hearing() {
+    // S2 hears of S1's death first and pre-votes at once, but S3, not told yet, still
+    // honours S1's lease and ignores it. Once S3 is told, it pre-votes a heartbeat later
+    // (it comes second by id), and S2, waiting as a pre-candidate, grants it.
+    let config = test_config();
+    let mut net = Net::new(3, config.clone());
+    net.elect(S1);
+    net.heartbeat(S1);
+    let term = net.core(S1).term();
+    net.isolate(S1);
+    net.core_mut(S2).peer_connection_lost(S1);
+    net.deliver_all();
+    assert_eq!(net.core(S2).role(), Role::PreCandidate);
+    assert_eq!(net.core(S3).leader(), Some(S1), "S3 ignored the pre-vote");
+    assert_eq!(pre_votes_received(&net, S2), vec![], "nobody answered S2");
+
+    net.core_mut(S3).peer_connection_lost(S1);
+    let elected = tick_until_leader(&mut net, &[S2, S3], config.election_ticks_max);
+    let Some((leader, ticks)) = elected else {
+        panic!("no new leader");
+    };
+    assert_eq!(leader, S3);
+    assert!(
+        ticks <= config.heartbeat_ticks,
+        "elected after {ticks} ticks, expected within {}",
+        config.heartbeat_ticks
+    );
+    assert_eq!(net.core(S3).term(), Term(term.0 + 1), "one election");
+}

@@ -50,6 +50,10 @@ fn random_schedules_keep_raft_safe_and_live() {
             "no session ever expired: {totals}"
         );
         assert!(
+            summary.leader_connection_drops > 0,
+            "no follower was ever told its connection to the leader dropped: {totals}"
+        );
+        assert!(
             summary.quota_refusals > 0,
             "no command was ever refused by a quota: {totals}"
         );

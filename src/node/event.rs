@@ -8,6 +8,7 @@ use crate::raft::{Message, SnapshotMeta};
 use crate::storage::{SnapshotFile, StorageError};
 use crate::transport::client::ClientRequest;
 use crate::transport::snapshot_transfer::SnapshotReport;
+use crate::transport::watch::PeerConnection;
 use std::time::Duration;
 
 /// One input to the node loop.
@@ -27,6 +28,14 @@ pub enum Event {
     SnapshotLoaded(Box<LoadedSnapshot>),
     /// The WAL thread made batches durable, or failed.
     Persisted(PersistReport),
+    /// This node's connection to a peer dropped (its process died) or came back.
+    PeerConnection(PeerConnection),
+}
+
+impl From<PeerConnection> for Event {
+    fn from(change: PeerConnection) -> Event {
+        Event::PeerConnection(change)
+    }
 }
 
 /// What the snapshot writer thread reports.

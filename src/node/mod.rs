@@ -9,7 +9,8 @@
 //!   peer receiver ──Message────────┤ one bounded channel │
 //!   timer ─────────Tick────────────┼────> node loop ─────┼──frames, DONTWAIT──> peers
 //!   signals ───────Shutdown────────┤   (Core, Queue,     │  (the loop's own DEALERs)
-//!   WAL thread ────Persisted───────┘    DEALERs)         └──Batch─────> WAL thread
+//!   peer watcher ──PeerConnection──┤    DEALERs)         │
+//!   WAL thread ────Persisted───────┘                     └──Batch─────> WAL thread
 //!                                                         (+ acks)     (LogStore, DEALERs)
 //!                                                                        │ acks and votes,
 //!                                                                        └─after the sync──> peers

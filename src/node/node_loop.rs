@@ -72,6 +72,7 @@ use crate::raft::{
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
 use crate::transport::client::ClientTransport;
 use crate::transport::peer::PeerTransport;
+use crate::transport::watch::PeerConnection;
 use crossbeam_channel::{Receiver, Sender};
 use shutdown::Shutdown;
 use std::time::Instant;
@@ -271,6 +272,20 @@ impl NodeLoop {
                 }
             }
             Event::Shutdown => self.on_shutdown(),
+            Event::PeerConnection(change) => self.on_peer_connection(change),
+        }
+    }
+
+    /// The transport saw a peer's connection drop or come back: the core decides what that
+    /// means (an early pre-vote when it was the leader's; see `Core::peer_connection_lost`).
+    fn on_peer_connection(&mut self, change: PeerConnection) {
+        if self.halted {
+            return;
+        }
+        if change.up {
+            self.core.peer_connection_restored(change.peer);
+        } else {
+            self.core.peer_connection_lost(change.peer);
         }
     }
 

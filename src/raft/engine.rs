@@ -24,7 +24,7 @@ use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::cell::Cell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Where a node restarted from lost state stands in catching up (see
 /// [`Core::abstain_until_caught_up`]).
@@ -87,11 +87,11 @@ impl ReadQueue {
 ///
 /// It is a deterministic state machine: the runtime feeds it inputs (`tick`, `step`,
 /// `propose`, `read_index`, `transfer_leader`, `on_persisted`, `on_snapshot_saved`,
-/// `report_snapshot`) and collects what to do with [`Core::ready`], in the order the `raft`
-/// module docs give. It reads no clock, does no I/O and draws randomness only from the seed
-/// given to [`Core::new`], so the same inputs always give the same outputs. It panics, with
-/// node id and term, only on a broken invariant (a bug); [`Core::check_invariants`] asserts
-/// them on demand.
+/// `report_snapshot`, `peer_connection_lost`, `peer_connection_restored`) and collects what
+/// to do with [`Core::ready`], in the order the `raft` module docs give. It reads no clock,
+/// does no I/O and draws randomness only from the seed given to [`Core::new`], so the same
+/// inputs always give the same outputs. It panics, with node id and term, only on a broken
+/// invariant (a bug); [`Core::check_invariants`] asserts them on demand.
 pub struct Core {
     id: NodeId,
     /// Every voter including this node, sorted.
@@ -140,6 +140,24 @@ pub struct Core {
     checked_high_water: Cell<(Term, LogIndex)>,
     /// Messages dropped and campaigns refused for their terms (see [`Term::MAX_SANE`]).
     term_refusals: TermRefusals,
+    /// Peers whose connection from this node the runtime reported dropped and not yet
+    /// restored ([`Core::peer_connection_lost`]). A leader in here holds no lease over this
+    /// node's votes.
+    lost_connections: BTreeSet<NodeId>,
+    /// A follower whose connection to its leader dropped: the pre-vote it starts early.
+    /// Called off by any change of role or term, and by the connection coming back (a
+    /// heartbeat does not: it may have left before the leader died).
+    /// Invariant: `None` unless `role == Follower`.
+    early_campaign: Option<EarlyCampaign>,
+}
+
+/// A pre-vote due before the election timeout (see [`Core::peer_connection_lost`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EarlyCampaign {
+    /// The leader whose connection dropped.
+    leader: NodeId,
+    /// Ticks until the pre-vote; at least 1.
+    ticks_left: u32,
 }
 
 impl Core {
@@ -198,6 +216,8 @@ impl Core {
             aborted_reads: Vec::new(),
             checked_high_water: Cell::new((hard_state.term, LogIndex::ZERO)),
             term_refusals: TermRefusals::default(),
+            lost_connections: BTreeSet::new(),
+            early_campaign: None,
         };
         if !hard_state.term.is_sane() {
             log::error!(
@@ -242,11 +262,25 @@ impl Core {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::PreCandidate | Role::Candidate => {
                 self.election_elapsed_ticks += 1;
-                if self.election_elapsed_ticks >= self.randomized_election_ticks {
+                let early = match &mut self.early_campaign {
+                    Some(early) if early.ticks_left <= 1 => true,
+                    Some(early) => {
+                        early.ticks_left -= 1;
+                        false
+                    }
+                    None => false,
+                };
+                let timed_out = self.election_elapsed_ticks >= self.randomized_election_ticks;
+                if early || timed_out {
                     if self.is_voting() {
-                        self.start_election();
+                        self.start_election(if timed_out {
+                            "election timeout"
+                        } else {
+                            "the leader's connection dropped"
+                        });
                     } else {
                         self.election_elapsed_ticks = 0;
+                        self.early_campaign = None;
                     }
                 }
             }
@@ -419,6 +453,75 @@ impl Core {
                 let next_index = progress.match_index.next();
                 progress.probe_from(next_index);
             }
+        }
+    }
+
+    /// The runtime saw this node's connection to `peer` drop: the peer's process died or
+    /// its connection was reset (a TCP close, not a silence: a peer that is merely slow or
+    /// cut off by a partition is never reported). Until [`Core::peer_connection_restored`]:
+    ///
+    /// - if `peer` is the leader this node follows, it no longer holds a lease over this
+    ///   node's votes (dissertation §4.2.3): this node answers (pre-)vote requests as if it
+    ///   had not heard from a leader;
+    /// - and, with PreVote on, this node starts a pre-vote soon rather than after the
+    ///   election timeout: at once if it comes first among the other voters by id, else
+    ///   `heartbeat_ticks` later per voter ahead of it. The stagger keeps the survivors
+    ///   from splitting the vote (they all see the drop at the same moment). The
+    ///   connection coming back, or any change of role or term, calls it off; a heartbeat
+    ///   does not, since the leader may have sent it just before it died (a pre-vote
+    ///   against a live leader costs nothing: see below).
+    ///
+    /// Why this cannot disrupt a live leader: a pre-vote still needs a majority, and every
+    /// voter that still hears from the leader (its own connection intact) keeps refusing
+    /// it under the lease. The leader is deposed only when a majority has lost it, which is
+    /// when an election is due anyway. PreVote and CheckQuorum work as before; without
+    /// PreVote, nothing is started early (a real election would raise the term at once).
+    /// A leader that loses its connection to a follower changes nothing: CheckQuorum alone
+    /// decides whether it still leads.
+    pub fn peer_connection_lost(&mut self, peer: NodeId) {
+        if peer == self.id || !self.is_voter(peer) {
+            return;
+        }
+        self.lost_connections.insert(peer);
+        let lost_leader = self.role == Role::Follower && self.leader == Some(peer);
+        if !lost_leader || !self.config.pre_vote || !self.is_voting() {
+            return;
+        }
+        let ahead = self
+            .voters
+            .iter()
+            .filter(|&&voter| voter != peer && voter < self.id)
+            .count();
+        let delay_ticks = u32::try_from(ahead)
+            .unwrap_or(u32::MAX)
+            .saturating_mul(self.config.heartbeat_ticks);
+        log::info!(
+            "node {} term {}: connection to leader {peer} dropped, pre-vote in {delay_ticks} \
+             ticks",
+            self.id,
+            self.term
+        );
+        if delay_ticks == 0 {
+            self.start_election("the leader's connection dropped");
+        } else {
+            self.early_campaign = Some(EarlyCampaign {
+                leader: peer,
+                ticks_left: delay_ticks,
+            });
+        }
+    }
+
+    /// The runtime saw this node's connection to `peer` come back (see
+    /// [`Core::peer_connection_lost`]): `peer` is alive, so an early pre-vote still waiting
+    /// because of it is called off, and `peer` holds a lease again once it leads and is
+    /// heard from.
+    pub fn peer_connection_restored(&mut self, peer: NodeId) {
+        self.lost_connections.remove(&peer);
+        if self
+            .early_campaign
+            .is_some_and(|early| early.leader == peer)
+        {
+            self.early_campaign = None;
         }
     }
 
@@ -602,6 +705,10 @@ impl Core {
             "{context}: last log term {} ahead of the current term",
             self.log.last_id().term
         );
+        assert!(
+            self.role == Role::Follower || self.early_campaign.is_none(),
+            "{context}: early campaign off follower"
+        );
         match self.role {
             Role::Leader => {
                 assert_eq!(self.leader, Some(self.id), "{context}: leader field");
@@ -642,7 +749,8 @@ impl Core {
 
     // ---- Elections ----------------------------------------------------------------------
 
-    fn start_election(&mut self) {
+    /// Campaigns (with a pre-vote first, if on); `why` is for the log.
+    fn start_election(&mut self, why: &str) {
         if self.term.next_sane().is_none() {
             self.refuse_campaign();
             let term = self.term;
@@ -650,20 +758,20 @@ impl Core {
             return;
         }
         if self.config.pre_vote {
-            self.become_pre_candidate();
+            self.become_pre_candidate(why);
         } else {
             self.become_candidate(false);
         }
     }
 
-    fn become_pre_candidate(&mut self) {
+    fn become_pre_candidate(&mut self, why: &str) {
         // Raft dissertation §9.6: ask first whether we could win, without bumping the term,
         // so a node that keeps losing contact cannot inflate the cluster's term.
         self.reset_role_state();
         self.role = Role::PreCandidate;
         self.leader = None;
         log::info!(
-            "node {} term {}: election timeout, starting pre-vote",
+            "node {} term {}: {why}, starting pre-vote",
             self.id,
             self.term
         );
@@ -763,6 +871,7 @@ impl Core {
     /// Clears everything tied to the previous role. Reads a leader had accepted can never be
     /// confirmed now: they are reported aborted.
     fn reset_role_state(&mut self) {
+        self.early_campaign = None;
         self.election_elapsed_ticks = 0;
         self.heartbeat_elapsed_ticks = 0;
         self.reset_randomized_election_timeout();
@@ -791,9 +900,13 @@ impl Core {
             } => {
                 // Raft dissertation §4.2.3: a node that heard from a live leader within the
                 // minimum election timeout ignores vote requests, so a partitioned node
-                // rejoining cannot depose a healthy leader. A transfer is the exception.
+                // rejoining cannot depose a healthy leader. A transfer is the exception, and
+                // so is a leader whose connection from here dropped (its process died, most
+                // likely: see `peer_connection_lost`).
                 let in_lease = self.config.check_quorum
-                    && self.leader.is_some()
+                    && self
+                        .leader
+                        .is_some_and(|leader| !self.lost_connections.contains(&leader))
                     && self.election_elapsed_ticks < self.config.election_ticks_min;
                 if in_lease && !leadership_transfer {
                     log::debug!(

@@ -2,10 +2,23 @@
 //!
 //! `Core` reads no clock, opens no socket or file, spawns no thread and owns its own seeded
 //! RNG. Inputs arrive as method calls (`tick`, `step`, `propose`, `read_index`,
-//! `transfer_leader`, `on_persisted`); everything the outside world must do comes back in a
-//! [`Ready`]. The same inputs always give the same outputs, which is what lets
+//! `transfer_leader`, `on_persisted`, and what the transport knows about connections:
+//! `peer_connection_lost` / `_restored`); everything the outside world must do comes back
+//! in a [`Ready`]. The same inputs always give the same outputs, which is what lets
 //! `tests/simulation.rs` explore thousands of failure schedules from a seed. This is the
 //! shape of etcd-io/raft's `Ready` loop and tikv/raft-rs's `RawNode`.
+//!
+//! # A dropped connection to the leader
+//!
+//! A leader whose process dies closes its TCP connections at once, but Raft alone notices
+//! only when the election timeout runs out, and the leader lease (a follower that heard from
+//! a leader recently refuses votes) then holds everyone back a while longer. The runtime may
+//! report the drop ([`Core::peer_connection_lost`]): the follower then starts a pre-vote
+//! within a few heartbeats and stops honouring that leader's lease. Safety does not depend
+//! on it (it only moves an election earlier, and elections are always safe); neither does
+//! the protection against disruption: a pre-vote still needs a majority, and the voters
+//! still connected to a live leader keep refusing it. A leader that is merely slow or cut
+//! off by a partition closes nothing, and is replaced after the election timeout as before.
 //!
 //! The runtime's loop around it:
 //!

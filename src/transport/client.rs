@@ -27,6 +27,8 @@
 //! parsed body names (type, method, topic) before the rest is validated, so a request to a
 //! forbidden topic is `FORBIDDEN` whatever else is wrong with it.
 
+use super::monitor::Monitor;
+use super::watch::{self, Watched, Watcher};
 use super::{
     bind_router_with, mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError,
 };
@@ -109,6 +111,28 @@ pub struct ClientTransport {
     /// Replies queued since the last ring.
     unrung: Cell<bool>,
     thread: Option<JoinHandle<()>>,
+    /// Logs the ROUTER's refused handshakes (rate-limited, with the address when it can);
+    /// stopped when the transport is dropped.
+    _watcher: Watcher,
+}
+
+/// Starts the thread that logs `router`'s refused handshakes ([`super::watch`]): off the
+/// client thread, whose every poll is on the request path.
+fn watch_refused_handshakes(
+    context: &zmq::Context,
+    router: &zmq::Socket,
+    endpoint: &str,
+) -> Result<Watcher, TransportError> {
+    let monitor = zmq_context(
+        "client ROUTER monitor",
+        Monitor::attach(context, router, &watch::LISTENER_EVENTS),
+    )?;
+    let watched = vec![Watched::Listener {
+        purpose: "client port",
+        endpoint: endpoint.to_string(),
+        monitor,
+    }];
+    Watcher::start(context, "client-watch", watched, |_| true)
 }
 
 impl ClientTransport {
@@ -143,6 +167,7 @@ impl ClientTransport {
                 )
             },
         )?;
+        let watcher = watch_refused_handshakes(context, &router, &settings.bind_endpoint)?;
         let (replies, inbox) = mailbox(context)?;
         let limits = settings.limits;
         let clients = settings.curve.map(|curve| curve.clients);
@@ -168,6 +193,7 @@ impl ClientTransport {
             replies,
             unrung: Cell::new(false),
             thread: Some(thread),
+            _watcher: watcher,
         })
     }
 

@@ -15,6 +15,8 @@
 //!   DEALER per peer, second set    WAL thread            votes and acks, right after the sync
 //!   DEALER per peer, third set     snapshot sender       snapshot chunks and acks
 //!   doorbell PAIRs (inproc)        one end per thread    "look at your channel"
+//!   monitor PAIRs (inproc)         watcher threads       connection events of the loop's
+//!                                                        DEALERs and of the ROUTERs
 //! ```
 //!
 //! Two sets of Raft DEALERs mean a node's messages to one peer may arrive out of order;
@@ -31,6 +33,9 @@
 //!   encode, decode, and the envelope check. Pure; both of the above use it.
 //! - [`fault`]: tests only: the peers to drop messages to and from (`--fault-injection`).
 //! - [`log_limit`]: at most one log line a second per kind of refused input, with a count.
+//! - [`monitor`]: what libzmq knows about a socket's connections, as events to poll;
+//!   [`watch`]: the threads that read them, telling the node loop when a peer's connection
+//!   drops or comes back, and logging refused handshakes on both ROUTERs.
 //! - [`zap`]: the ZAP handler that admits only the members' CURVE keys on the peer port
 //!   (keyed clusters; without it CURVE admits anyone who knows the server's key).
 //! - [`ports`]: picking free loopback ports, for the local-cluster launcher and the tests.
@@ -53,6 +58,7 @@ pub mod monitor;
 pub mod peer;
 pub mod ports;
 pub mod snapshot_transfer;
+pub mod watch;
 pub mod wire;
 pub mod zap;
 

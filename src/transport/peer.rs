@@ -32,6 +32,13 @@
 //! frame that does not decode or fails the envelope check (another cluster, another node, a
 //! sender that is not a peer) is dropped with a debug log.
 //!
+//! Connections: [`PeerTransport::start`] also starts a watcher thread ([`super::watch`])
+//! on monitors of the loop's DEALERs and of the ROUTER. When a DEALER's connection drops
+//! (the peer's process died: its kernel closed the connection) the node loop hears of it
+//! as a [`PeerConnection`] event at once, and again when it comes back; the core uses that
+//! to replace a dead leader within a few heartbeats instead of an election timeout
+//! (`raft::Core::peer_connection_lost`). Refused handshakes on the ROUTER are logged there.
+//!
 //! Snapshots: [`PeerTransport::start`] also starts the two threads of
 //! [`super::snapshot_transfer`]. An `InstallSnapshot` handed to [`PeerTransport::send`] goes
 //! to the snapshot sender, which streams the file on a third set of DEALERs, its own;
@@ -48,10 +55,12 @@
 
 use super::fault::PeerFaults;
 use super::log_limit::{LogLimiter, LOG_INTERVAL};
+use super::monitor::Monitor;
 use super::snapshot_transfer::{
     self as transfer, Following, FollowingCell, ReceiveLimits, SenderInput, SenderSettings,
     SnapshotReceiver, SnapshotReport, SnapshotSender,
 };
+use super::watch::{self, PeerConnection, Watched, Watcher};
 use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
@@ -219,6 +228,8 @@ pub struct PeerTransport {
     threads: Vec<JoinHandle<()>>,
     /// Tests only: peers to drop messages to and from; empty unless the node loop sets it.
     faults: Arc<PeerFaults>,
+    /// Reads the monitors of the loop's DEALERs and of the ROUTER ([`super::watch`]).
+    watcher: Option<Watcher>,
 }
 
 /// One DEALER per peer, for the Raft messages one thread sends: the node loop owns one set
@@ -257,6 +268,21 @@ impl PeerDealers {
             cluster_id: settings.filter.cluster_id,
             faults,
         })
+    }
+
+    /// A monitor on each DEALER of this set, for the connection watcher: a connection that
+    /// drops is how a follower learns at once that its leader's process died. Attached
+    /// after the connects, which misses at most the first handshake (reported as nothing).
+    fn watch(&self, context: &zmq::Context) -> Result<Vec<Watched>, TransportError> {
+        let mut watched = Vec::with_capacity(self.dealers.len());
+        for (&peer, dealer) in &self.dealers {
+            let monitor = zmq_context(
+                "peer DEALER monitor",
+                Monitor::attach(context, dealer, &watch::DEALER_EVENTS),
+            )?;
+            watched.push(Watched::Peer { peer, monitor });
+        }
+        Ok(watched)
     }
 
     /// Encodes `message` and hands it to ZeroMQ for its peer, on the caller's thread. Never
@@ -350,9 +376,40 @@ fn spawn(
         .map_err(|source| TransportError::Spawn { name, source })
 }
 
+/// Starts the connection watcher on the monitors of the loop's `dealers` (drops and
+/// recoveries go to `events`) and of the `router` (refused handshakes are logged).
+fn start_watcher<E>(
+    context: &zmq::Context,
+    settings: &PeerSettings,
+    router: &zmq::Socket,
+    dealers: &PeerDealers,
+    events: &Sender<E>,
+    stopping: &Arc<AtomicBool>,
+) -> Result<Watcher, TransportError>
+where
+    E: From<PeerConnection> + Send + 'static,
+{
+    let mut watched = dealers.watch(context)?;
+    watched.push(Watched::Listener {
+        purpose: "internal port",
+        endpoint: settings.bind_endpoint.clone(),
+        monitor: zmq_context(
+            "peer ROUTER monitor",
+            Monitor::attach(context, router, &watch::LISTENER_EVENTS),
+        )?,
+    });
+    Watcher::start(
+        context,
+        "peer-watch",
+        watched,
+        watch::report_to(events.clone(), stopping.clone()),
+    )
+}
+
 impl PeerTransport {
     /// Binds the ROUTER (so a port in use is reported here, as a value), connects the
-    /// DEALERs and starts the receiver and the two snapshot threads. Inbound messages go to
+    /// DEALERs and starts the receiver, the two snapshot threads and the connection
+    /// watcher. Inbound messages and connection changes go to
     /// `events`. Call it on the thread that will call [`PeerTransport::send`], or move the
     /// transport there before the first send.
     pub fn start<E>(
@@ -361,7 +418,7 @@ impl PeerTransport {
         events: Sender<E>,
     ) -> Result<PeerTransport, TransportError>
     where
-        E: From<Message> + From<SnapshotReport> + Send + 'static,
+        E: From<Message> + From<SnapshotReport> + From<PeerConnection> + Send + 'static,
     {
         let stopping = Arc::new(AtomicBool::new(false));
         // A start that fails half way stops what it started (the ZAP handler).
@@ -405,6 +462,7 @@ impl PeerTransport {
         )?;
 
         let dealers = PeerDealers::connect(context, &settings, faults.clone())?;
+        let watcher = start_watcher(context, &settings, &router, &dealers, &events, &stopping)?;
         let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {
             snapshot_dealers.insert(
@@ -475,6 +533,7 @@ impl PeerTransport {
             following,
             threads,
             faults,
+            watcher: Some(watcher),
         })
     }
 
@@ -535,6 +594,9 @@ impl PeerTransport {
 
     fn stop_threads(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
+        if let Some(watcher) = self.watcher.take() {
+            watcher.stop();
+        }
         let _ = self.snapshot_outbox.send(SenderInput::Stop);
         self.stop_receiver.ring();
         // The snapshot receiver stops when the peer receiver, which feeds it, has gone.
@@ -756,11 +818,18 @@ pub(crate) mod tests {
     pub(crate) enum TestEvent {
         Message(Message),
         Report(SnapshotReport),
+        Connection(PeerConnection),
     }
 
     impl From<Message> for TestEvent {
         fn from(message: Message) -> TestEvent {
             TestEvent::Message(message)
+        }
+    }
+
+    impl From<PeerConnection> for TestEvent {
+        fn from(change: PeerConnection) -> TestEvent {
+            TestEvent::Connection(change)
         }
     }
 

@@ -686,13 +686,10 @@ impl Simulation {
         node.role_seen = None;
         self.clients.crashed(position);
         self.crash_count += 1;
-        self.trace.record(
-            self.now,
-            Event::Crash {
-                node: node.id,
-                point,
-            },
-        );
+        let id = node.id;
+        self.trace
+            .record(self.now, Event::Crash { node: id, point });
+        self.schedule_connection_reports(id, true);
     }
 
     /// A new core from the node's durable storage (at boot too); its state machine starts
@@ -748,6 +745,7 @@ impl Simulation {
             let saved = Arc::clone(saved);
             node.remember_snapshot(saved);
         }
+        self.schedule_connection_reports(id, false);
         self.after_step(position)
     }
 }

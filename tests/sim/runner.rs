@@ -129,7 +129,7 @@ impl fmt::Display for Totals {
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
              {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
              {} replays, {} SESSION_EXPIRED), {} QUOTA refusals, {} snapshots saved, {} installed, {} restarts \
-             from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes, {} messages sent \
+             from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes ({} drops of a leader's connection reported), {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
             self.elapsed,
@@ -150,6 +150,7 @@ impl fmt::Display for Totals {
             s.digests_compared,
             s.answered_reads,
             s.crashes,
+            s.leader_connection_drops,
             s.messages_sent,
             s.messages_lost,
             s.liveness_ticks
@@ -244,6 +245,7 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.answered_reads += run.answered_reads;
     sum.terms_with_leader += run.terms_with_leader;
     sum.crashes += run.crashes;
+    sum.leader_connection_drops += run.leader_connection_drops;
     sum.messages_sent += run.messages_sent;
     sum.messages_lost += run.messages_lost;
     sum.liveness_ticks = sum.liveness_ticks.max(run.liveness_ticks);

@@ -118,6 +118,17 @@ pub struct Scenario {
     pub fault_phase_ticks: u64,
     /// Crashed nodes left down during the liveness phase (at most a minority).
     pub nodes_left_down: usize,
+    /// Per live node, when another node crashes: chance that its transport reports the
+    /// connection dropped (`Core::peer_connection_lost`: a dead process closes its TCP
+    /// connections), and, when that node restarts, restored. A partition closes nothing, so
+    /// it reports nothing.
+    pub connection_report_chance: f64,
+    /// A report arrives `0..=this` ticks after the crash or restart.
+    pub connection_report_delay_ticks_max: u64,
+    /// Per tick: chance that one live node's connection to another live node drops and
+    /// comes back a few ticks later (a reset connection): a report about a node that is
+    /// alive, which must not disrupt a leader.
+    pub connection_flap_chance: f64,
 }
 
 impl Scenario {
@@ -197,6 +208,9 @@ impl Scenario {
             } else {
                 0
             },
+            connection_report_chance: 0.0,
+            connection_report_delay_ticks_max: 0,
+            connection_flap_chance: 0.0,
         };
         // Drawn last, so that every draw above is what it was before quotas existed. Tight
         // quotas make QUOTA refusals common: replicas must agree on each (same digest) and
@@ -206,6 +220,10 @@ impl Scenario {
             &[40, 400, 4000, QueueConfig::default().queued_bytes_max],
         );
         scenario.queue.topics_max = *pick(rng, &[1, 2, QueueConfig::default().topics_max]);
+        // Drawn after the quotas, for the same reason.
+        scenario.connection_report_chance = *pick(rng, &[0.0, 0.5, 1.0, 1.0]);
+        scenario.connection_report_delay_ticks_max = *pick(rng, &[0, 1, 3]);
+        scenario.connection_flap_chance = *pick(rng, &[0.0, 0.01, 0.05]);
         scenario
     }
 

@@ -58,6 +58,8 @@ pub struct RunSummary {
     pub answered_reads: u64,
     pub terms_with_leader: u64,
     pub crashes: u64,
+    /// Dropped connections reported to a follower about the leader it follows.
+    pub leader_connection_drops: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
     /// Ticks the liveness phase took to converge (in totals: the longest).
@@ -90,6 +92,17 @@ pub struct Simulation {
     leader_guesses: Vec<Option<usize>>,
     /// How long the liveness phase took to converge.
     liveness_ticks: u64,
+    /// Connection reports on their way to the cores, in the order they were scheduled.
+    connection_reports: Vec<ConnectionReport>,
+    leader_connection_drops: u64,
+}
+
+/// A transport's report that a node's connection to `peer` dropped (`lost`) or came back.
+struct ConnectionReport {
+    due_tick: u64,
+    position: usize,
+    peer: NodeId,
+    lost: bool,
 }
 
 impl Simulation {
@@ -124,6 +137,8 @@ impl Simulation {
             grouped_batches: 0,
             leader_guesses,
             liveness_ticks: 0,
+            connection_reports: Vec::new(),
+            leader_connection_drops: 0,
         }
     }
 
@@ -173,6 +188,7 @@ impl Simulation {
             answered_reads: self.clients.answered_reads,
             terms_with_leader: self.checkers.election_safety.terms_with_leader() as u64,
             crashes: self.crash_count,
+            leader_connection_drops: self.leader_connection_drops,
             messages_sent: self.network.sent_count,
             messages_lost: self.network.lost_count,
             liveness_ticks: self.liveness_ticks,
@@ -182,6 +198,7 @@ impl Simulation {
 
     /// One tick of the whole cluster.
     fn tick_cluster(&mut self) -> Result<(), Violation> {
+        self.deliver_connection_reports()?;
         for position in 0..self.nodes.len() {
             if let Some(core) = self.nodes[position].core.as_mut() {
                 core.tick();
@@ -240,6 +257,95 @@ impl Simulation {
             if !self.nodes[position].is_up() && self.rng.gen_bool(self.scenario.restart_chance) {
                 self.start(position)?;
             }
+        }
+        if self.rng.gen_bool(self.scenario.connection_flap_chance) {
+            self.flap_connection();
+        }
+        Ok(())
+    }
+
+    // ---- Connection reports ---------------------------------------------------------------
+
+    /// `peer` crashed (`lost`) or restarted: the transports of some live nodes notice, each
+    /// a little later. A partition never comes here: it closes no connection.
+    pub(super) fn schedule_connection_reports(&mut self, peer: NodeId, lost: bool) {
+        for position in self.live_positions() {
+            if self.nodes[position].id == peer
+                || !self.rng.gen_bool(self.scenario.connection_report_chance)
+            {
+                continue;
+            }
+            let delay_ticks = self
+                .rng
+                .gen_range(0..=self.scenario.connection_report_delay_ticks_max);
+            self.connection_reports.push(ConnectionReport {
+                due_tick: self.now + delay_ticks,
+                position,
+                peer,
+                lost,
+            });
+        }
+    }
+
+    /// A live node's connection to another live node (often the leader) resets: reported
+    /// dropped now, restored a few ticks later.
+    fn flap_connection(&mut self) {
+        let live = self.live_positions();
+        let Some(&position) = live.choose(&mut self.rng) else {
+            return;
+        };
+        let peer = match self.leader_position() {
+            Some(leader) if leader != position && self.rng.gen_bool(0.7) => leader,
+            _ => match live.choose(&mut self.rng) {
+                Some(&other) if other != position => other,
+                _ => return,
+            },
+        };
+        let peer = self.nodes[peer].id;
+        let back_after_ticks = self
+            .rng
+            .gen_range(1..=u64::from(self.scenario.raft.election_ticks_max));
+        for (delay_ticks, lost) in [(0, true), (back_after_ticks, false)] {
+            self.connection_reports.push(ConnectionReport {
+                due_tick: self.now + delay_ticks,
+                position,
+                peer,
+                lost,
+            });
+        }
+    }
+
+    /// Hands the reports that are due to their cores (a report for a node that has crashed
+    /// since is lost with it).
+    fn deliver_connection_reports(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.connection_reports)
+            .into_iter()
+            .partition(|report| report.due_tick <= now);
+        self.connection_reports = waiting;
+        for report in due {
+            let node = &mut self.nodes[report.position];
+            let id = node.id;
+            let Some(core) = node.core.as_mut() else {
+                continue;
+            };
+            if report.lost {
+                if core.role() == Role::Follower && core.leader() == Some(report.peer) {
+                    self.leader_connection_drops += 1;
+                }
+                core.peer_connection_lost(report.peer);
+            } else {
+                core.peer_connection_restored(report.peer);
+            }
+            self.trace.record(
+                now,
+                Event::Connection {
+                    node: id,
+                    peer: report.peer,
+                    lost: report.lost,
+                },
+            );
+            self.after_step(report.position)?;
         }
         Ok(())
     }

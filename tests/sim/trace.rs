@@ -329,6 +329,12 @@ pub enum Event {
         commit: LogIndex,
     },
     LivenessPhase,
+    /// The node's transport reported its connection to `peer` dropped or restored.
+    Connection {
+        node: NodeId,
+        peer: NodeId,
+        lost: bool,
+    },
 }
 
 impl fmt::Display for Event {
@@ -424,6 +430,11 @@ impl fmt::Display for Event {
                  {last_index} commit {commit}"
             ),
             Event::LivenessPhase => write!(f, "--- network healed: liveness phase ---"),
+            Event::Connection { node, peer, lost } => write!(
+                f,
+                "n{node}: connection to n{peer} {}",
+                if *lost { "DROPPED" } else { "restored" }
+            ),
         }
     }
 }

@@ -244,7 +244,6 @@ pub(super) fn run_keyed(
 }
 
 /// As [`run`], reporting each acknowledged PUT to `observer` and stopping when it says so.
-#[allow(dead_code)] // until `rrmq bench failover` uses it
 pub(super) fn run_observed(
     plan: &Plan,
     nodes: Vec<NodeAddress>,

@@ -30,8 +30,9 @@
 //! merely slow (or stopped) keeps its connection and is still left only after one timeout.
 //!
 //! What it owns: where the call is (target, timers, back-off, the last setback), which
-//! nodes' connections are down, and which node to start the next call at. What it must not do: see bytes, sockets or the clock
-//! (the driver encodes a call once and passes the time in), or leave a call without a timer.
+//! nodes' connections are down, and which node to start the next call at. What it must not
+//! do: see bytes, sockets or the clock (the driver encodes a call once and passes the time
+//! in), or leave a call without a timer.
 
 use std::time::{Duration, Instant};
 

@@ -669,7 +669,8 @@ pub(super) fn failover_text(output: &FailoverOutput) -> String {
             _ => "SIGSTOP of the leader, SIGCONT after each",
         };
         text.push_str(&format!(
-            "\n{how} ({} times):\n\n| # | leader | first write acknowledged after | by | longest gap |\n\
+            "\n{how} ({} times):\n\n\
+             | # | leader | first write acknowledged after | by | longest gap |\n\
              |--:|--:|--:|--:|--:|\n",
             run.failures.len()
         ));

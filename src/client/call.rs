@@ -18,9 +18,21 @@
 //! an earlier attempt on another node: every attempt sends the same bytes, hence the same
 //! `(client_id, seq)`, and the cluster answers a repeat with the first reply (PROTOCOL.md §5).
 //!
-//! What it owns: where the call is (target, timers, back-off, the last setback) and which
-//! node to start the next call at. What it must not do: see bytes, sockets or the clock
-//! (the driver encodes a call once and passes the time in), or leave a call without a timer.
+//! Dropped connections: the driver watches its sockets' connections (ZeroMQ socket monitors)
+//! and reports when the one to a node closes or cannot be made. A drop of the node the call
+//! waits on sends the call to the next node at once, as silence would one attempt timeout
+//! later: the request may or may not have reached the node, exactly as when a reply is lost,
+//! so the same rule makes the retry safe (writes carry their session key; the only call sent
+//! without one is a read, and per-node reports are never retried). A drop counts towards the
+//! round of refusals, like a request that could not be queued. Until its connection is made
+//! again, a dropped node is skipped when choosing the next node and a leader hint naming it
+//! is ignored, unless every node is down. The attempt timeout stays as it is: a node that is
+//! merely slow (or stopped) keeps its connection and is still left only after one timeout.
+//!
+//! What it owns: where the call is (target, timers, back-off, the last setback), which
+//! nodes' connections are down, and which node to start the next call at. What it must not
+//! do: see bytes, sockets or the clock (the driver encodes a call once and passes the time
+//! in), or leave a call without a timer.
 
 use std::time::{Duration, Instant};
 
@@ -91,6 +103,8 @@ pub(crate) enum RetryReason {
     /// The last attempt was lost: no reply within the attempt timeout, or it could not be
     /// sent.
     Silence,
+    /// The connection to the node of the last attempt dropped before it answered.
+    Dropped,
 }
 
 /// What an attempt met when it did not end the call.
@@ -104,6 +118,8 @@ pub(crate) enum Setback {
     QueueFull { node: usize },
     /// `node` could not be connected to.
     Unreachable { node: usize },
+    /// The connection to `node` dropped (or could not be made) while the call waited on it.
+    Dropped { node: usize },
 }
 
 /// How a call ended.
@@ -176,6 +192,9 @@ pub(crate) struct CallMachine {
     leader: Option<usize>,
     /// Where the next call starts when no leader is known: where the last one left off.
     next_node: usize,
+    /// Nodes whose connection dropped or could not be made, and has not been made since.
+    /// Invariant: no duplicates.
+    down: Vec<usize>,
     call: Option<Call>,
 }
 
@@ -186,6 +205,7 @@ impl CallMachine {
             timing,
             leader: None,
             next_node: first,
+            down: Vec::new(),
             call: None,
         }
     }
@@ -213,7 +233,10 @@ impl CallMachine {
             "a closed-loop client began a call while one was in flight"
         );
         assert!(node_count > 0, "a client needs at least one node");
-        let target = self.leader.unwrap_or(self.next_node) % node_count;
+        let target = self.live_from(
+            self.leader.unwrap_or(self.next_node) % node_count,
+            node_count,
+        );
         let deadline = now + self.timing.deadline;
         self.call = Some(Call {
             started: now,
@@ -249,7 +272,7 @@ impl CallMachine {
         answer: Answer<V>,
         node_count: usize,
     ) -> Step<V> {
-        let Some(call) = self.call.as_mut() else {
+        let Some(call) = self.call.as_ref() else {
             return Step::Wait; // A duplicate after the call ended.
         };
         match answer {
@@ -263,13 +286,18 @@ impl CallMachine {
                     // An earlier attempt's refusal: the latest attempt is still out.
                     return Step::Wait;
                 }
-                let hinted = hint.filter(|&hinted| hinted != from && hinted < node_count);
+                // A hint naming a node whose connection is down names a leader that was:
+                // the refusing node has not heard of the new one yet.
+                let hinted = hint.filter(|&hinted| {
+                    hinted != from && hinted < node_count && !self.is_down(hinted, node_count)
+                });
                 let reason = match (code, hinted) {
                     (ErrorCode::NotLeader, Some(_)) => RetryReason::Redirect,
                     _ => RetryReason::Refused(code),
                 };
                 let next = Next {
-                    node: hinted.unwrap_or((from + 1) % node_count),
+                    node: hinted
+                        .unwrap_or_else(|| self.live_from((from + 1) % node_count, node_count)),
                     reason,
                     counts_in_round: true,
                     node_count,
@@ -287,6 +315,7 @@ impl CallMachine {
         failure: SendFailure,
         node_count: usize,
     ) -> Step<V> {
+        let after = self.live_from((node + 1) % node_count, node_count);
         let Some(call) = self.call.as_mut() else {
             return Step::Wait;
         };
@@ -294,7 +323,7 @@ impl CallMachine {
             return Step::Wait;
         }
         let next = |counts_in_round| Next {
-            node: (node + 1) % node_count,
+            node: after,
             reason: RetryReason::Silence,
             counts_in_round,
             node_count,
@@ -320,6 +349,12 @@ impl CallMachine {
     /// was met with silence, or the deadline passed. Earlier calls are harmless.
     pub(crate) fn on_timer<V>(&mut self, now: Instant, node_count: usize) -> Step<V> {
         let timing = self.timing;
+        let Some(target) = self.call.as_ref().map(|call| call.target % node_count) else {
+            return Step::Wait;
+        };
+        // Where the call resumes after a back-off, and where silence sends it.
+        let resume_node = self.live_from(target, node_count);
+        let after = self.live_from((target + 1) % node_count, node_count);
         let Some(call) = self.call.as_mut() else {
             return Step::Wait;
         };
@@ -332,7 +367,7 @@ impl CallMachine {
                 return self.finish(now, CallResult::GaveUp { last });
             }
             call.resume = None;
-            call.target %= node_count;
+            call.target = resume_node;
             call.attempt_until = (now + timing.attempt_timeout).min(call.deadline);
             return Step::Send {
                 node: call.target,
@@ -344,12 +379,65 @@ impl CallMachine {
         }
         let node = call.target;
         let next = Next {
-            node: (node + 1) % node_count,
+            node: after,
             reason: RetryReason::Silence,
             counts_in_round: false,
             node_count,
         };
         self.retry(now, Setback::Silence { node }, next)
+    }
+
+    /// The connection to `node` dropped (the other end closed or reset it) or could not be
+    /// made (refused). The node is skipped from now on, until
+    /// [`CallMachine::on_connection_made`]. If the call waits on it, the call goes to the next
+    /// node at once, as after silence (see the module docs); a drop of another node, or one
+    /// during a back-off, changes only where later attempts go.
+    pub(crate) fn on_connection_lost<V>(
+        &mut self,
+        now: Instant,
+        node: usize,
+        node_count: usize,
+    ) -> Step<V> {
+        if !self.down.contains(&node) {
+            self.down.push(node);
+        }
+        if self.leader == Some(node) {
+            self.leader = None;
+        }
+        let after = self.live_from((node + 1) % node_count, node_count);
+        let Some(call) = self.call.as_ref() else {
+            return Step::Wait;
+        };
+        if node != call.target || call.resume.is_some() {
+            return Step::Wait;
+        }
+        let next = Next {
+            node: after,
+            reason: RetryReason::Dropped,
+            counts_in_round: true,
+            node_count,
+        };
+        self.retry(now, Setback::Dropped { node }, next)
+    }
+
+    /// The connection to `node` is made (again): it is no longer skipped.
+    pub(crate) fn on_connection_made(&mut self, node: usize) {
+        self.down.retain(|&down| down != node);
+    }
+
+    /// Whether `node`'s connection is known to be down while some other node's is not: a
+    /// node is skipped only while there is somewhere else to go.
+    fn is_down(&self, node: usize, node_count: usize) -> bool {
+        self.down.contains(&node) && (0..node_count).any(|other| !self.down.contains(&other))
+    }
+
+    /// `start`, or the first node after it (in turn) whose connection is not known to be
+    /// down; `start` itself when every node is down.
+    fn live_from(&self, start: usize, node_count: usize) -> usize {
+        (0..node_count)
+            .map(|offset| (start + offset) % node_count)
+            .find(|&node| !self.down.contains(&node))
+            .unwrap_or(start)
     }
 
     /// When [`CallMachine::on_timer`] must be called next; `None` when idle.

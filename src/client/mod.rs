@@ -27,6 +27,13 @@
 //! client with the client's key pair, expecting each node's public key from the config; a
 //! node that refuses the key never answers, so that looks like a node that is down.
 //!
+//! Dropped connections: each DEALER has a socket monitor ([`crate::transport::monitor`])
+//! polled beside it. When the connection to a node closes (its process died) or cannot be
+//! made (nothing listens), the retry policy hears of it at once: a call waiting on that node
+//! goes to another without waiting out the attempt timeout, and a status or stats request to
+//! it ends with an error instead of a wait. A node that is merely slow keeps its connection,
+//! so the attempt timeout still decides when to leave it.
+//!
 //! What it must not do: keep more than one request of a session in flight, invent a new
 //! `seq` for a retry, or wait without a deadline.
 
@@ -49,6 +56,7 @@ use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
     Payload, Reply, ReplyDecodeError, Request, SessionKey, StatsReport, StatusReport,
 };
+use crate::transport::monitor::{EventKind, Monitor};
 
 /// How long one attempt waits for a reply before the client tries elsewhere.
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -67,6 +75,14 @@ const NODES_MAX: usize = 256;
 
 /// The protocol version the client speaks: version 2 carries error codes and leader hints.
 const PROTOCOL_VERSION: u8 = 2;
+
+/// The connection events the retry policy acts on: a connection made, one that could not be
+/// made (refused; libzmq will retry), one that dropped.
+pub(crate) const CONNECTION_EVENTS: [EventKind; 3] = [
+    EventKind::Connected,
+    EventKind::ConnectRetried,
+    EventKind::Disconnected,
+];
 
 /// Where the cluster is and how patient to be with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -268,6 +284,9 @@ pub struct Client {
     // for its sockets.
     /// `sockets[i]` talks to `addresses[i]`; `None` until first used.
     sockets: Vec<Option<zmq::Socket>>,
+    /// `monitors[i]` watches `sockets[i]`'s connection. Invariant: `Some` only while
+    /// `sockets[i]` is (it may be `None` beside an open socket if attaching failed).
+    monitors: Vec<Option<Monitor>>,
     context: zmq::Context,
     /// Invariant: `addresses.len() == sockets.len()`, no duplicates, at most `NODES_MAX`.
     addresses: Vec<NodeAddress>,
@@ -308,6 +327,7 @@ impl Client {
         }
         Ok(Client {
             sockets: addresses.iter().map(|_| None).collect(),
+            monitors: addresses.iter().map(|_| None).collect(),
             context: zmq::Context::new(),
             addresses,
             calls: CallMachine::new(
@@ -446,6 +466,7 @@ impl Client {
         );
         let mut results: Vec<Option<Result<Reply, ClientError>>> =
             indexes.iter().map(|_| None).collect();
+        self.drain_connection_events();
         for (slot, &index) in indexes.iter().enumerate() {
             if let Err(setback) = self.send(index, tag, &body) {
                 results[slot] = Some(Err(match setback {
@@ -463,11 +484,22 @@ impl Client {
                 .collect();
             let (index, result) =
                 match self.receive(tag, until, |index, _| waiting.contains(&index)) {
-                    Ok(Some((index, Reply::Outcome { outcome, .. }))) => {
+                    Ok(Received::Reply(index, Reply::Outcome { outcome, .. })) => {
                         (index, Err(self.unexpected(index, outcome, "", &name)))
                     }
-                    Ok(Some((index, reply))) => (index, Ok(reply)),
-                    Ok(None) => break,
+                    Ok(Received::Reply(index, reply)) => (index, Ok(reply)),
+                    Ok(Received::Lost(index, kind)) => {
+                        // No call is in flight: this only tells the retry policy.
+                        let _ = self.calls.on_connection_lost::<Reply>(
+                            Instant::now(),
+                            index,
+                            self.addresses.len(),
+                        );
+                        // One attempt, never retried elsewhere: the caller asked this node.
+                        let problem = connection_problem(&self.addresses[index], kind);
+                        (index, Err(self.timeout_error(&name, started, problem)))
+                    }
+                    Ok(Received::Nothing) => break,
                     Err((index, error)) => (index, Err(error)),
                 };
             if let Some(slot) = indexes.iter().position(|&asked| asked == index) {
@@ -525,6 +557,8 @@ impl Client {
         // The last node that could not be connected to, to name in the error.
         let mut unreachable: Option<ClientError> = None;
         let mut answered_by = 0;
+        // Connections that dropped since the last call are skipped from the first attempt.
+        self.drain_connection_events();
         let mut step = self.calls.begin(started, self.addresses.len());
         loop {
             step = match step {
@@ -556,13 +590,26 @@ impl Client {
                         .wake_at()
                         .expect("a call in flight always has a timer");
                     match self.receive(tag, until, |_, _| true) {
-                        Ok(Some((node, reply))) => {
+                        Ok(Received::Reply(node, reply)) => {
                             answered_by = node;
                             let answer = self.classify(&name, node, reply);
                             self.calls
                                 .on_answer(Instant::now(), node, answer, self.addresses.len())
                         }
-                        Ok(None) => self.calls.on_timer(Instant::now(), self.addresses.len()),
+                        Ok(Received::Lost(node, kind)) => {
+                            log::debug!(
+                                "{name}: {}",
+                                connection_problem(&self.addresses[node], kind)
+                            );
+                            self.calls.on_connection_lost(
+                                Instant::now(),
+                                node,
+                                self.addresses.len(),
+                            )
+                        }
+                        Ok(Received::Nothing) => {
+                            self.calls.on_timer(Instant::now(), self.addresses.len())
+                        }
                         Err((_, error)) => {
                             self.calls.abandon();
                             return Err(error);
@@ -638,6 +685,7 @@ impl Client {
                 // The queue towards this node is full of requests it never took: drop them
                 // with the socket, and count this attempt as lost.
                 self.sockets[index] = None;
+                self.monitors[index] = None;
                 Err(SendError::Full(format!(
                     "{node}: the send queue is full (node unreachable)"
                 )))
@@ -646,31 +694,40 @@ impl Client {
         }
     }
 
-    /// Waits until `until` for a reply tagged `tag` that `accept` takes. Replies to other
-    /// calls are stale and dropped; so are frames that are not `[tag, "", body]`. A reply
-    /// that carries the tag but cannot be decoded is an error of the node that sent it.
+    /// Waits until `until` for a reply tagged `tag` that `accept` takes, or for a node's
+    /// connection to drop or be refused. Replies to other calls are stale and dropped; so are
+    /// frames that are not `[tag, "", body]`. A reply that carries the tag but cannot be
+    /// decoded is an error of the node that sent it. A connection made (again) is passed to
+    /// the retry policy on the way.
     fn receive(
-        &self,
+        &mut self,
         tag: u64,
         until: Instant,
         mut accept: impl FnMut(usize, &Reply) -> bool,
-    ) -> Result<Option<(usize, Reply)>, (usize, ClientError)> {
+    ) -> Result<Received, (usize, ClientError)> {
         let tag_bytes = tag.to_be_bytes();
         loop {
             let remaining = until.saturating_duration_since(Instant::now());
             let open: Vec<usize> = (0..self.sockets.len())
                 .filter(|&index| self.sockets[index].is_some())
                 .collect();
-            let readable: Vec<usize> = {
-                let mut items: Vec<zmq::PollItem> = open
-                    .iter()
-                    .map(|&index| {
-                        self.sockets[index]
-                            .as_ref()
-                            .expect("only open sockets are listed")
-                            .as_poll_item(zmq::POLLIN)
-                    })
-                    .collect();
+            let watched: Vec<usize> = (0..self.monitors.len())
+                .filter(|&index| self.monitors[index].is_some())
+                .collect();
+            let (readable, signalled): (Vec<usize>, Vec<usize>) = {
+                let sockets = open.iter().map(|&index| {
+                    self.sockets[index]
+                        .as_ref()
+                        .expect("only open sockets are listed")
+                        .as_poll_item(zmq::POLLIN)
+                });
+                let monitors = watched.iter().map(|&index| {
+                    self.monitors[index]
+                        .as_ref()
+                        .expect("only attached monitors are listed")
+                        .poll_item()
+                });
+                let mut items: Vec<zmq::PollItem> = sockets.chain(monitors).collect();
                 match zmq::poll(&mut items, timeout_milliseconds(remaining)) {
                     Ok(_) | Err(zmq::Error::EINTR) => {}
                     Err(source) => {
@@ -684,11 +741,20 @@ impl Client {
                         ));
                     }
                 }
-                open.iter()
-                    .zip(&items)
-                    .filter(|(_, item)| item.is_readable())
-                    .map(|(&index, _)| index)
-                    .collect()
+                let (socket_items, monitor_items) = items.split_at(open.len());
+                (
+                    open.iter()
+                        .zip(socket_items)
+                        .filter(|(_, item)| item.is_readable())
+                        .map(|(&index, _)| index)
+                        .collect(),
+                    watched
+                        .iter()
+                        .zip(monitor_items)
+                        .filter(|(_, item)| item.is_readable())
+                        .map(|(&index, _)| index)
+                        .collect(),
+                )
             };
             for index in readable {
                 let socket = self.sockets[index]
@@ -725,12 +791,55 @@ impl Client {
                         (index, ClientError::BadReply { node, source })
                     })?;
                     if accept(index, &reply) {
-                        return Ok(Some((index, reply)));
+                        return Ok(Received::Reply(index, reply));
                     }
                 }
             }
+            for index in signalled {
+                if let Some(kind) = self.next_connection_loss(index) {
+                    return Ok(Received::Lost(index, kind));
+                }
+            }
             if Instant::now() >= until {
-                return Ok(None);
+                return Ok(Received::Nothing);
+            }
+        }
+    }
+
+    /// Reads node `index`'s connection events up to the first loss (returned; later ones
+    /// wait for the next look), passing connections made to the retry policy.
+    fn next_connection_loss(&mut self, index: usize) -> Option<EventKind> {
+        loop {
+            let monitor = self.monitors.get(index)?.as_ref()?;
+            match monitor.next_event() {
+                Ok(Some(event)) => match event.kind {
+                    EventKind::Connected => self.calls.on_connection_made(index),
+                    kind @ (EventKind::Disconnected | EventKind::ConnectRetried) => {
+                        return Some(kind)
+                    }
+                    _ => {}
+                },
+                Ok(None) => return None,
+                Err(error) => {
+                    // The monitor is broken, not the connection: stop watching it.
+                    log::debug!("{}: socket monitor: {error}", self.addresses[index]);
+                    self.monitors[index] = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Passes every connection event waiting to the retry policy (between calls, when no
+    /// call waits on a node), so a call starts from what is known now.
+    fn drain_connection_events(&mut self) {
+        for index in 0..self.monitors.len() {
+            while self.next_connection_loss(index).is_some() {
+                let _ = self.calls.on_connection_lost::<Reply>(
+                    Instant::now(),
+                    index,
+                    self.addresses.len(),
+                );
             }
         }
     }
@@ -744,6 +853,16 @@ impl Client {
             if let Some(curve) = &self.curve {
                 curve.configure(&socket, &self.addresses[index])?;
             }
+            // Attached before connecting, so no event is missed. Without it the client still
+            // works, leaving a dead node only after the attempt timeout.
+            self.monitors[index] = match Monitor::attach(&self.context, &socket, &CONNECTION_EVENTS)
+            {
+                Ok(monitor) => Some(monitor),
+                Err(error) => {
+                    log::debug!("{}: no socket monitor: {error}", self.addresses[index]);
+                    None
+                }
+            };
             socket.connect(&self.addresses[index].endpoint())?;
             self.sockets[index] = Some(socket);
         }
@@ -761,6 +880,7 @@ impl Client {
         self.index_of(node).unwrap_or_else(|| {
             self.addresses.push(node.clone());
             self.sockets.push(None);
+            self.monitors.push(None);
             self.addresses.len() - 1
         })
     }
@@ -776,6 +896,7 @@ impl Client {
         }
         self.addresses.push(node);
         self.sockets.push(None);
+        self.monitors.push(None);
         Some(self.addresses.len() - 1)
     }
 
@@ -815,6 +936,10 @@ impl Client {
             )),
             Some(Setback::QueueFull { node }) => silence(format!(
                 "{}: the send queue is full (node unreachable)",
+                self.addresses[node]
+            )),
+            Some(Setback::Dropped { node }) => silence(format!(
+                "the connection to {} dropped or was refused",
                 self.addresses[node]
             )),
             Some(Setback::Unreachable { node }) => silence(match unreachable {
@@ -879,6 +1004,25 @@ fn unexpected_detail(node: NodeAddress, operation: &str, detail: &str) -> Client
 enum SendError {
     Transport(ClientError),
     Full(String),
+}
+
+/// What [`Client::receive`] met first.
+enum Received {
+    /// A reply from this node that the caller accepts.
+    Reply(usize, Reply),
+    /// The connection to this node dropped (`Disconnected`) or was refused
+    /// (`ConnectRetried`).
+    Lost(usize, EventKind),
+    /// Nothing before the time given.
+    Nothing,
+}
+
+/// How a lost connection reads in an error.
+fn connection_problem(node: &NodeAddress, kind: EventKind) -> String {
+    match kind {
+        EventKind::ConnectRetried => format!("{node}: connection refused"),
+        _ => format!("the connection to {node} dropped"),
+    }
 }
 
 /// The failure of an answer that another attempt may turn into a success

@@ -127,6 +127,69 @@ fn silent_node_is_left_after_the_attempt_timeout_with_the_same_session_key() {
 }
 
 #[test]
+fn a_dropped_connection_sends_the_pending_call_elsewhere_without_waiting_out_the_attempt() {
+    // Thirty seconds per attempt: only the drop can explain an answer before then.
+    let doomed = FakeNode::silent();
+    let leader = FakeNode::leader(None, 0);
+    let mut client = client(&[&doomed, &leader], 30_000, 120_000);
+    let started = Instant::now();
+    let put = std::thread::spawn(move || {
+        let result = client.put("orders", Payload::Text("one".into()));
+        (result, client)
+    });
+    let pending = doomed.wait_for_requests(1);
+    assert_eq!(pending.len(), 1, "the first attempt waits on node 0");
+    drop(doomed); // Closes its socket: the client's connection drops.
+    let (result, client) = put.join().expect("the caller does not panic");
+    result.expect("answered by the other node");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered after {:?}: the attempt timeout, not the drop, moved the call",
+        started.elapsed()
+    );
+    let served = leader.requests();
+    assert_eq!(served.len(), 1);
+    assert_eq!(pending[0], served[0], "the retry is the same request");
+    assert_eq!(
+        served[0].session.as_ref().map(|session| session.seq),
+        Some(1),
+        "same session key"
+    );
+    assert_eq!(client.leader(), Some(&leader.address));
+}
+
+#[test]
+fn a_refused_connection_is_left_at_once_and_reported_by_status() {
+    let port = crate::transport::ports::free_port().expect("a free port");
+    let nobody = NodeAddress::new("127.0.0.1", port).expect("address");
+    let leader = FakeNode::leader(None, 0);
+    let mut client = Client::connect(ClientOptions {
+        nodes: vec![nobody.clone(), leader.address.clone()],
+        attempt_timeout: Duration::from_secs(30),
+        deadline: Duration::from_secs(120),
+        curve: None,
+    })
+    .expect("valid options");
+    let started = Instant::now();
+    client
+        .put("orders", Payload::Text("one".into()))
+        .expect("answered by the node that listens");
+    let status = client.status_of(&nobody);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}: a refused connection was waited on for the attempt timeout",
+        started.elapsed()
+    );
+    match status {
+        Err(ClientError::Timeout { last_problem, .. }) => {
+            assert!(last_problem.contains("refused"), "{last_problem}")
+        }
+        other => panic!("expected a refused connection, got {other:?}"),
+    }
+    assert_eq!(leader.requests().len(), 1);
+}
+
+#[test]
 fn retries_keep_the_seq_and_the_next_call_takes_the_next_one() {
     // Ignores the first request, answers every later one.
     let node = FakeNode::start(Box::new(|number, _| {

@@ -19,11 +19,21 @@
 //! call number, and the node echoes the envelope, so a reply finds its client and a reply to
 //! an earlier call is recognised as stale.
 //!
+//! Dropped connections: each DEALER has a socket monitor ([`crate::transport::monitor`]) in
+//! the same poll, and a connection that drops or is refused is passed to the state machine
+//! of every client using that socket, as the client library does: a call waiting on a dead
+//! node moves on at once. Monitors cost two more sockets per DEALER, and ZeroMQ allows 1023
+//! per context; a run that would need more (per-client connections for more than about a
+//! hundred clients on three nodes) goes without them, its clients leaving a dead node after
+//! the attempt timeout.
+//!
 //! What it must not do: sleep (it waits only in `zmq::poll`, with the nearest deadline as
 //! timeout), keep a client's second call in flight, or count a call that ended outside the
 //! measured window.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::process::{own_cpu, process_cpu, process_rss_kib};
@@ -31,11 +41,12 @@ use super::report::{
     progress_line, CallResult, CpuTime, Finish, OperationKind, ProcessReport, Recorder, Verdict,
 };
 use crate::client::call::{self, CallMachine, SendFailure, Timing};
-use crate::client::{ClientCurve, NodeAddress, REPLY_BYTES_MAX};
+use crate::client::{ClientCurve, NodeAddress, CONNECTION_EVENTS, REPLY_BYTES_MAX};
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, LeaderInfo, Operation, Outcome, Payload,
     Reply, Request, SessionKey,
 };
+use crate::transport::monitor::{EventKind, Monitor};
 
 /// Leader hints may name nodes the benchmark was not told about; it learns at most this many.
 const NODES_MAX: usize = 64;
@@ -46,6 +57,13 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Sockets per process are limited by ZeroMQ (1023 by default); with one DEALER per client
 /// and node, this many clients stay below it even if each talks to three nodes.
 pub(super) const CLIENTS_MAX: usize = 300;
+
+/// ZeroMQ's default limit of sockets per context, less a margin: a run monitors its
+/// connections only if a DEALER and its monitor's two sockets per client group and node fit.
+const SOCKETS_MAX: usize = 1000;
+
+/// With an [`Observer`], the longest the loop waits before looking at its stop flag.
+const OBSERVER_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How simulated clients share connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +142,26 @@ pub(super) enum DriverError {
     Poll(zmq::Error),
 }
 
+/// Watches a run from another thread (the failover benchmark): every acknowledged PUT is
+/// reported as it happens, and the run ends soon after `stop` is set.
+#[derive(Clone, Debug)]
+pub(super) struct Observer {
+    pub stop: Arc<AtomicBool>,
+    /// Unbounded, so the driver never blocks on it; the observer drains it as it goes.
+    pub acks: crossbeam_channel::Sender<Ack>,
+}
+
+/// One acknowledged PUT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ack {
+    /// When its call began.
+    pub begun: Instant,
+    /// When the acknowledgement arrived.
+    pub at: Instant,
+    /// The node that acknowledged it (an index into the run's node list).
+    pub node: usize,
+}
+
 struct SimulatedClient {
     role: Role,
     machine: CallMachine,
@@ -137,6 +175,8 @@ struct SimulatedClient {
     group: usize,
     /// After EMPTY in a mixed run: the next GET waits until then.
     idle_until: Option<Instant>,
+    /// The node of the last reply handed to the machine.
+    answered_by: usize,
     done: bool,
 }
 
@@ -203,10 +243,28 @@ pub(super) fn run_keyed(
     driver.run(at_window_edge)
 }
 
+/// As [`run`], reporting each acknowledged PUT to `observer` and stopping when it says so.
+pub(super) fn run_observed(
+    plan: &Plan,
+    nodes: Vec<NodeAddress>,
+    first_node: usize,
+    observer: Observer,
+) -> Result<RunResult, DriverError> {
+    let mut driver = Driver::new(plan, nodes, first_node);
+    driver.observer = Some(observer);
+    driver.run(&mut || {})
+}
+
 struct Driver<'a> {
     // Sockets before the context: they must close first.
     /// `sockets[group][node]`, created on first use.
     sockets: Vec<Vec<Option<zmq::Socket>>>,
+    /// `monitors[group][node]` watches `sockets[group][node]`'s connection. Invariant: `Some`
+    /// only beside an open socket.
+    monitors: Vec<Vec<Option<Monitor>>>,
+    /// Whether sockets get monitors: only if they all fit in the context (see the module
+    /// docs), and only towards the nodes the run started with.
+    monitored_nodes: usize,
     context: zmq::Context,
     plan: &'a Plan,
     nodes: Vec<NodeAddress>,
@@ -218,6 +276,7 @@ struct Driver<'a> {
     measure_from: Instant,
     /// When the last call ended, for count and drain modes.
     last_finish: Option<Instant>,
+    observer: Option<Observer>,
 }
 
 impl<'a> Driver<'a> {
@@ -243,11 +302,19 @@ impl<'a> Driver<'a> {
                     Connections::Shared => 0,
                 },
                 idle_until: None,
+                answered_by: first_node,
                 done: false,
             })
             .collect();
+        let monitored_nodes = if groups * nodes.len() * 3 <= SOCKETS_MAX {
+            nodes.len()
+        } else {
+            0
+        };
         Driver {
             sockets: (0..groups).map(|_| Vec::new()).collect(),
+            monitors: (0..groups).map(|_| Vec::new()).collect(),
+            monitored_nodes,
             context: zmq::Context::new(),
             plan,
             nodes,
@@ -257,6 +324,7 @@ impl<'a> Driver<'a> {
             puts_begun: 0,
             measure_from: Instant::now() + plan.warmup,
             last_finish: None,
+            observer: None,
         }
     }
 
@@ -290,6 +358,11 @@ impl<'a> Driver<'a> {
             if self.clients.iter().all(|client| client.done) {
                 break;
             }
+            if let Some(observer) = &self.observer {
+                if observer.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
             if progress && now >= next_progress {
                 let intervals = self.recorder.take_intervals();
                 let line = progress_line(
@@ -318,10 +391,16 @@ impl<'a> Driver<'a> {
                     wake = wake.min(at);
                 }
             }
-            let readable = self.poll(wake.saturating_duration_since(now))?;
+            if self.observer.is_some() {
+                wake = wake.min(now + OBSERVER_POLL_INTERVAL);
+            }
+            let (readable, signalled) = self.poll(wake.saturating_duration_since(now))?;
             let now = Instant::now();
             for (group, node) in readable {
                 self.receive(group, node, now)?;
+            }
+            for (group, node) in signalled {
+                self.on_connection_events(group, node, now)?;
             }
             for client in 0..self.clients.len() {
                 self.on_time(client, now)?;
@@ -373,8 +452,13 @@ impl<'a> Driver<'a> {
             .collect()
     }
 
-    /// Waits up to `timeout` for replies; returns the `(group, node)` of readable sockets.
-    fn poll(&self, timeout: Duration) -> Result<Vec<(usize, usize)>, DriverError> {
+    /// Waits up to `timeout` for replies and connection events; returns the `(group, node)`
+    /// of readable sockets, then of monitors with events waiting.
+    #[allow(clippy::type_complexity)]
+    fn poll(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Vec<(usize, usize)>, Vec<(usize, usize)>), DriverError> {
         let mut slots = Vec::new();
         let mut items = Vec::new();
         for (group, sockets) in self.sockets.iter().enumerate() {
@@ -385,6 +469,15 @@ impl<'a> Driver<'a> {
                 }
             }
         }
+        let sockets_polled = slots.len();
+        for (group, monitors) in self.monitors.iter().enumerate() {
+            for (node, monitor) in monitors.iter().enumerate() {
+                if let Some(monitor) = monitor {
+                    slots.push((group, node));
+                    items.push(monitor.poll_item());
+                }
+            }
+        }
         // Rounded up, so a wait never ends early and spins. With no item (every client
         // paused), ZeroMQ's poll just waits for the timeout.
         let milliseconds = i64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(i64::MAX);
@@ -392,12 +485,65 @@ impl<'a> Driver<'a> {
             Ok(_) | Err(zmq::Error::EINTR) => {}
             Err(error) => return Err(DriverError::Poll(error)),
         }
-        Ok(slots
-            .into_iter()
-            .zip(&items)
-            .filter(|(_, item)| item.is_readable())
-            .map(|(slot, _)| slot)
-            .collect())
+        let mut readable = Vec::new();
+        let mut signalled = Vec::new();
+        for (position, (slot, item)) in slots.into_iter().zip(&items).enumerate() {
+            if item.is_readable() {
+                if position < sockets_polled {
+                    readable.push(slot);
+                } else {
+                    signalled.push(slot);
+                }
+            }
+        }
+        Ok((readable, signalled))
+    }
+
+    /// Reads the connection events of one socket and passes them to the machine of every
+    /// client using it: a connection made, or one dropped or refused (which moves a call
+    /// waiting on that node at once).
+    fn on_connection_events(
+        &mut self,
+        group: usize,
+        node: usize,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        loop {
+            let Some(monitor) = self.monitors[group].get(node).and_then(Option::as_ref) else {
+                return Ok(());
+            };
+            let event = match monitor.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    // The monitor is broken, not the connection: stop watching it.
+                    log::debug!("{}: socket monitor: {error}", self.nodes[node]);
+                    self.monitors[group][node] = None;
+                    return Ok(());
+                }
+            };
+            let clients: Vec<usize> = match self.plan.connections {
+                Connections::PerClient => vec![group],
+                Connections::Shared => (0..self.clients.len()).collect(),
+            };
+            let node_count = self.nodes.len();
+            match event.kind {
+                EventKind::Connected => {
+                    for client in clients {
+                        self.clients[client].machine.on_connection_made(node);
+                    }
+                }
+                EventKind::Disconnected | EventKind::ConnectRetried => {
+                    for client in clients {
+                        let step = self.clients[client]
+                            .machine
+                            .on_connection_lost(now, node, node_count);
+                        self.act(client, step, now)?;
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Reads every reply waiting on one socket and hands each to its client.
@@ -444,6 +590,7 @@ impl<'a> Driver<'a> {
                 }
             };
             let node_count = self.nodes.len();
+            self.clients[client].answered_by = node;
             let step = self.clients[client]
                 .machine
                 .on_answer(now, node, answer, node_count);
@@ -506,6 +653,16 @@ impl<'a> Driver<'a> {
         now: Instant,
     ) -> Result<(), DriverError> {
         let kind = self.clients[client].role.kind();
+        if let (Some(observer), OperationKind::Put, CallResult::Answered(Verdict::Done)) =
+            (&self.observer, kind, finish.result)
+        {
+            // Unbounded: never blocks. A receiver that has gone only ends the reports.
+            let _ = observer.acks.send(Ack {
+                begun: now.checked_sub(finish.latency).unwrap_or(now),
+                at: now,
+                node: self.clients[client].answered_by,
+            });
+        }
         if now >= self.measure_from {
             self.recorder.record(kind, finish);
             self.last_finish = Some(now);
@@ -568,6 +725,7 @@ impl<'a> Driver<'a> {
         if self.plan.connections == Connections::PerClient {
             let group = self.clients[client].group;
             self.sockets[group].clear();
+            self.monitors[group].clear();
         }
     }
 
@@ -587,6 +745,7 @@ impl<'a> Driver<'a> {
             Err(zmq::Error::EAGAIN) => {
                 log::debug!("{}: send queue full; dropping the socket", self.nodes[node]);
                 self.sockets[group][node] = None;
+                self.monitors[group][node] = None;
                 Ok(false)
             }
             Err(source) => Err(DriverError::Socket {
@@ -615,6 +774,21 @@ impl<'a> Driver<'a> {
                 .map_err(fail)?;
             if let Some(curve) = &self.curve {
                 curve.configure(&socket, address).map_err(fail)?;
+            }
+            let monitors = &mut self.monitors[group];
+            if monitors.len() <= node {
+                monitors.resize_with(node + 1, || None);
+            }
+            // Attached before connecting, so no event is missed; without it the clients still
+            // work, leaving a dead node after the attempt timeout.
+            if node < self.monitored_nodes {
+                monitors[node] = match Monitor::attach(&self.context, &socket, &CONNECTION_EVENTS) {
+                    Ok(monitor) => Some(monitor),
+                    Err(error) => {
+                        log::debug!("{address}: no socket monitor: {error}");
+                        None
+                    }
+                };
             }
             socket.connect(&address.endpoint()).map_err(fail)?;
             sockets[node] = Some(socket);

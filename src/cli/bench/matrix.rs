@@ -422,7 +422,7 @@ fn rss_text(rss: &RssMeasurement) -> String {
 }
 
 /// `YYYY-MM-DD` in UTC, for the header of a table that will be pasted elsewhere.
-fn utc_date(now: SystemTime) -> String {
+pub(super) fn utc_date(now: SystemTime) -> String {
     jiff::Timestamp::try_from(now)
         .map(|timestamp| timestamp.strftime("%Y-%m-%d").to_string())
         .unwrap_or_else(|_| "unknown date".to_string())
@@ -430,14 +430,14 @@ fn utc_date(now: SystemTime) -> String {
 
 /// One cell's cluster: [`LocalCluster`] on a generated config in a fresh dir under the data
 /// root. Dropping it stops the nodes, then removes the dir (unless kept).
-struct CellCluster {
-    nodes: LocalCluster,
-    dir: PathBuf,
+pub(super) struct CellCluster {
+    pub(super) nodes: LocalCluster,
+    pub(super) dir: PathBuf,
     keep: bool,
 }
 
 impl CellCluster {
-    fn start(
+    pub(super) fn start(
         node_bin: &Path,
         data_root: &Path,
         fsync: FsyncMode,
@@ -473,7 +473,7 @@ impl CellCluster {
         Ok(cluster)
     }
 
-    fn addresses(&self) -> Vec<NodeAddress> {
+    pub(super) fn addresses(&self) -> Vec<NodeAddress> {
         self.nodes.addresses().to_vec()
     }
 }

@@ -142,6 +142,7 @@ impl Recorder {
             CallResult::GaveUp { last } => {
                 let key = match last {
                     Some(Setback::Refused { code, .. }) => format!("GAVE_UP ({})", code.as_str()),
+                    Some(Setback::Dropped { .. }) => "GAVE_UP (dropped)".to_string(),
                     _ => "GAVE_UP (silence)".to_string(),
                 };
                 *record.errors.entry(key).or_default() += 1;
@@ -159,6 +160,7 @@ impl Recorder {
             RetryReason::Redirect => "redirect".to_string(),
             RetryReason::Refused(code) => code.as_str().to_string(),
             RetryReason::Silence => "silence".to_string(),
+            RetryReason::Dropped => "dropped".to_string(),
         };
         *self.operation(kind).retries.entry(key).or_default() += 1;
     }

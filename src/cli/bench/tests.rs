@@ -14,7 +14,10 @@ fn workload(args: &[&str]) -> Workload {
         Ok(Cli {
             command: Command::Bench(args),
             ..
-        }) if args.workload.is_some() => args.workload.expect("checked above"),
+        }) => match args.workload {
+            Some(BenchCommand::Workload(workload)) => workload,
+            other => panic!("{other:?}"),
+        },
         other => panic!("{args:?}: {other:?}"),
     }
 }

@@ -41,6 +41,15 @@ enum Event {
         node: usize,
         failure: SendFailure,
     },
+    /// The connection to `node` dropped or was refused.
+    Dropped {
+        at_ms: u64,
+        node: usize,
+    },
+    /// The connection to `node` was made again.
+    Made {
+        node: usize,
+    },
 }
 
 const NOT_LEADER_HINT_2: Answer<Value> = Answer::Retry {
@@ -70,12 +79,17 @@ fn step(machine: &mut CallMachine, start: Instant, event: Event) -> Step<Value> 
             node,
             failure,
         } => machine.on_send_failed(at(start, at_ms), node, failure, 3),
+        Event::Dropped { at_ms, node } => machine.on_connection_lost(at(start, at_ms), node, 3),
+        Event::Made { node } => {
+            machine.on_connection_made(node);
+            Step::Wait
+        }
     }
 }
 
 #[test]
 fn calls_follow_the_retry_rules() {
-    use Event::{Reply, SendFailed, Timer};
+    use Event::{Dropped, Made, Reply, SendFailed, Timer};
     let cases: Vec<(&str, Script)> = vec![
         (
             "answered at once",
@@ -399,6 +413,168 @@ fn calls_follow_the_retry_rules() {
                 ),
             ],
         ),
+        (
+            "a drop of the node waited on sends the call to the next node at once",
+            vec![
+                (
+                    Dropped { at_ms: 7, node: 0 },
+                    send(1, Some(RetryReason::Dropped)),
+                ),
+                (
+                    Reply {
+                        at_ms: 9,
+                        from: 1,
+                        answer: DONE,
+                    },
+                    finished(9, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "the attempt timeout still applies to a node that keeps its connection",
+            vec![
+                (Timer { at_ms: 99 }, Step::Wait),
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "a drop of another node only makes later attempts skip it",
+            vec![
+                (Dropped { at_ms: 1, node: 1 }, Step::Wait),
+                (Timer { at_ms: 100 }, send(2, Some(RetryReason::Silence))),
+                (Timer { at_ms: 200 }, send(0, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "a drop of an earlier attempt's node does not move the call",
+            vec![
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+                (
+                    Dropped {
+                        at_ms: 101,
+                        node: 0,
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 200 }, send(2, Some(RetryReason::Silence))),
+                (Timer { at_ms: 300 }, send(1, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "a hint naming a node whose connection dropped is not followed",
+            vec![
+                (Dropped { at_ms: 1, node: 2 }, Step::Wait),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 0,
+                        answer: NOT_LEADER_HINT_2,
+                    },
+                    send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+            ],
+        ),
+        (
+            "a node whose connection is made again is tried again",
+            vec![
+                (Dropped { at_ms: 1, node: 1 }, Step::Wait),
+                (Made { node: 1 }, Step::Wait),
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "with every connection down, nodes are tried in turn",
+            vec![
+                (Dropped { at_ms: 1, node: 1 }, Step::Wait),
+                (Dropped { at_ms: 1, node: 2 }, Step::Wait),
+                (
+                    Dropped { at_ms: 2, node: 0 },
+                    send(1, Some(RetryReason::Dropped)),
+                ),
+                (Timer { at_ms: 102 }, send(2, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "a drop counts in the round of refusals",
+            vec![
+                (
+                    Dropped { at_ms: 1, node: 0 },
+                    send(1, Some(RetryReason::Dropped)),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(2, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 3,
+                        from: 2,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    Step::Wait,
+                ),
+                (
+                    Timer { at_ms: 53 },
+                    send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+            ],
+        ),
+        (
+            "a drop during a back-off moves the resumed attempt past the node",
+            vec![
+                (
+                    Reply {
+                        at_ms: 1,
+                        from: 0,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 2,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    send(2, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+                (
+                    Reply {
+                        at_ms: 3,
+                        from: 2,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    Step::Wait,
+                ),
+                (Dropped { at_ms: 10, node: 0 }, Step::Wait),
+                (
+                    Timer { at_ms: 53 },
+                    send(1, Some(RetryReason::Refused(ErrorCode::NotLeader))),
+                ),
+            ],
+        ),
+        (
+            "a drop at the deadline gives up, naming it",
+            vec![
+                (Timer { at_ms: 100 }, send(1, Some(RetryReason::Silence))),
+                (
+                    Dropped {
+                        at_ms: 1000,
+                        node: 1,
+                    },
+                    finished(
+                        1000,
+                        CallResult::GaveUp {
+                            last: Some(Setback::Dropped { node: 1 }),
+                        },
+                    ),
+                ),
+            ],
+        ),
     ];
     for (number, (name, events)) in cases.into_iter().enumerate() {
         let start = Instant::now();
@@ -431,6 +607,28 @@ fn the_next_call_starts_at_the_node_that_answered() {
     assert_eq!(machine.leader(), Some(2));
     assert_eq!(machine.wake_at(), None, "an idle client has no timer");
     assert_eq!(machine.begin::<Value>(at(start, 3), 3), send(2, None));
+}
+
+#[test]
+fn the_next_call_skips_a_leader_whose_connection_dropped_while_idle() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(TIMING, 0);
+    machine.begin::<Value>(start, 3);
+    machine.on_answer(at(start, 1), 0, DONE, 3);
+    assert_eq!(machine.leader(), Some(0));
+    assert_eq!(
+        machine.on_connection_lost::<Value>(at(start, 2), 0, 3),
+        Step::Wait
+    );
+    assert_eq!(machine.leader(), None, "a dropped leader is forgotten");
+    assert_eq!(machine.begin::<Value>(at(start, 3), 3), send(1, None));
+    machine.abandon();
+    machine.on_connection_made(0);
+    assert_eq!(
+        machine.begin::<Value>(at(start, 4), 3),
+        send(0, None),
+        "where the last call left off, once its connection is back"
+    );
 }
 
 #[test]

@@ -241,3 +241,82 @@ fn replies_are_classified_for_the_machine() {
         assert_eq!(classify(reply, |_| Some(5)), expected, "case {number}");
     }
 }
+
+#[test]
+fn a_dropped_connection_moves_waiting_clients_on_at_once_and_acks_are_observed() {
+    for connections in [Connections::PerClient, Connections::Shared] {
+        let doomed = FakeNode::silent();
+        let leader = FakeNode::leader(None, 0);
+        // Thirty seconds per attempt: only the drop can explain the calls ending sooner.
+        let plan = Plan {
+            put_count: Some(2),
+            timing: Timing {
+                attempt_timeout: Duration::from_secs(30),
+                deadline: Duration::from_secs(120),
+            },
+            ..plan(producers(2), connections)
+        };
+        let nodes = vec![doomed.address.clone(), leader.address.clone()];
+        let (acks, acked) = crossbeam_channel::unbounded();
+        let observer = Observer {
+            stop: Arc::new(AtomicBool::new(false)),
+            acks,
+        };
+        let started = Instant::now();
+        let result = std::thread::scope(|scope| {
+            let run = scope.spawn(|| run_observed(&plan, nodes, 0, observer));
+            let pending = doomed.wait_for_requests(2);
+            assert_eq!(pending.len(), 2, "{connections:?}: both wait on node 0");
+            drop(doomed); // Its socket closes: every connection to it drops.
+            run.join().expect("the driver does not panic")
+        })
+        .expect("the run completes");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{connections:?}: took {:?}: the attempt timeout moved the calls, not the drop",
+            started.elapsed()
+        );
+        let operations = result.recorder.finish(result.elapsed);
+        let put = &operations[0];
+        assert_eq!(put.completed, 2, "{connections:?}: {put:?}");
+        assert_eq!(
+            put.retries,
+            BTreeMap::from([("dropped".to_string(), 2)]),
+            "{connections:?}"
+        );
+        let acks: Vec<Ack> = acked.try_iter().collect();
+        assert_eq!(acks.len(), 2, "{connections:?}: {acks:?}");
+        assert!(
+            acks.iter().all(|ack| ack.node == 1 && ack.begun <= ack.at),
+            "{connections:?}: {acks:?}"
+        );
+    }
+}
+
+#[test]
+fn an_observed_run_stops_when_told() {
+    let leader = FakeNode::leader(None, 0);
+    let plan = plan(producers(1), Connections::PerClient);
+    let (acks, acked) = crossbeam_channel::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let observer = Observer {
+        stop: Arc::clone(&stop),
+        acks,
+    };
+    let result = std::thread::scope(|scope| {
+        let run = scope.spawn(|| run_observed(&plan, vec![leader.address.clone()], 0, observer));
+        // Endless producing until told: wait for a few acknowledgements first.
+        let mut seen = 0;
+        while seen < 3 {
+            if acked.recv_timeout(Duration::from_secs(10)).is_err() {
+                break;
+            }
+            seen += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(seen, 3, "acknowledgements are reported as they come");
+        run.join().expect("the driver does not panic")
+    })
+    .expect("the run ends");
+    assert!(result.recorder.finish(result.elapsed)[0].completed >= 3);
+}

@@ -130,7 +130,8 @@ fn describe(right: &Right, topic: Option<&str>) -> String {
 /// Every operation decides here, with no catch-all arm: a new operation does not compile
 /// until someone says which right it needs.
 ///
-/// - message PUT: `produce` on its topic; message GET: `consume` on its topic.
+/// - message PUT (batches too): `produce` on its topic; message GET in every form, ACK,
+///   NACK, TOUCH: `consume` on its topic.
 /// - topic PUT (create): `admin`. A topic's name says nothing of who may create it: creating
 ///   `orders-x` with produce rights on `orders*` is still refused.
 /// - topic GET (list), `status`, `stats`: any listed client. Topic names are not secret from
@@ -152,14 +153,29 @@ pub fn check(client: &ClientRights, operation: &Operation) -> Result<(), Forbidd
                 refuse(Right::Produce, Some(topic))
             }
         }
-        Operation::Get { topic } => {
+        Operation::PutBatch { topic, messages: _ } => {
+            if client.may_produce(topic) {
+                Ok(())
+            } else {
+                refuse(Right::Produce, Some(topic))
+            }
+        }
+        Operation::Get { topic }
+        | Operation::Fetch { topic, options: _ }
+        | Operation::Ack { topic, receipts: _ }
+        | Operation::Nack { topic, receipts: _ }
+        | Operation::Touch {
+            topic,
+            receipt: _,
+            lease_ms: _,
+        } => {
             if client.may_consume(topic) {
                 Ok(())
             } else {
                 refuse(Right::Consume, Some(topic))
             }
         }
-        Operation::CreateTopic { topic } => {
+        Operation::CreateTopic { topic } | Operation::CreateTopicWith { topic, settings: _ } => {
             if client.admin {
                 Ok(())
             } else {
@@ -176,7 +192,10 @@ pub fn check(client: &ClientRights, operation: &Operation) -> Result<(), Forbidd
                 refuse(Right::Admin, None)
             }
         }
-        Operation::ListTopics | Operation::Status | Operation::Stats => Ok(()),
+        Operation::ListTopics
+        | Operation::ListTopicDetails
+        | Operation::Status
+        | Operation::Stats => Ok(()),
     }
 }
 

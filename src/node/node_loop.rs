@@ -115,6 +115,9 @@ pub(super) struct NodeLoop {
     /// This node's proposals as leader not yet committed: admission bounds their bytes.
     uncommitted: UncommittedBytes,
     next_read_id: u64,
+    /// Pending `topic GET` reads that asked for `detail` (PROTOCOL.md §8): answered with
+    /// topic details instead of names (see `admission::answer`).
+    detail_reads: std::collections::HashSet<crate::transport::client::Ticket>,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
@@ -181,6 +184,7 @@ impl NodeLoop {
             pending: PendingRequests::new(),
             uncommitted: UncommittedBytes::default(),
             next_read_id: 0,
+            detail_reads: std::collections::HashSet::new(),
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,

@@ -1804,7 +1804,7 @@ fn decode_reply_refuses_what_is_not_a_reply() {
                 ("topics", Value::Array(vec![])),
                 ("message", text("m")),
             ])),
-            "both `topics` and `message`",
+            "more than one of `topics`, `message`",
         ),
         (
             "message an array of non-bytes",
@@ -1917,7 +1917,7 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
     })
 }
 
-const ALL_CODES: [ErrorCode; 13] = ErrorCode::ALL;
+const ALL_CODES: [ErrorCode; 14] = ErrorCode::ALL;
 
 fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     let error = (

@@ -7,14 +7,26 @@
 //! ```text
 //! LoggedCommand = [ session: nil | [client_id: str, seq: uint], command ]
 //! command       = {"CreateTopic": [topic]} | {"Put": [topic, payload]} | {"Get": [topic]}
+//!               | {"CreateTopicWith": [topic, [max_deliveries: nil | uint, dead_letter: nil | str]]}
+//!               | {"PutBatch": [topic, [payload, ...]]}
+//!               | {"GetLeased": [topic, lease]}
+//!               | {"GetBatch": [topic, max: uint, lease: nil | lease]}
+//!               | {"Ack": [topic, receipt: str]} | {"AckBatch": [topic, [receipt, ...]]}
+//!               | {"Nack": [topic, receipt: str]} | {"NackBatch": [topic, [receipt, ...]]}
+//!               | {"Touch": [topic, receipt: str, lease]}
+//!               | {"EndLeases": [now_ms: uint]}
+//! lease         = [now_ms: uint, deadline_ms: uint]
 //! payload       = {"Text": str} | {"Binary": bin}
 //! ```
+//!
+//! Times (`now_ms`, `deadline_ms`) are the leader's lease clock when it proposed the entry:
+//! the state machine never reads a clock, it only compares the times entries carry.
 //!
 //! Log entries outlive binaries, so this layout is a stored format: add variants, never
 //! reorder or rename fields. Decoding is strict (trailing bytes are an error) and never
 //! panics: the bytes come from disk and from peers.
 
-use crate::protocol::{Operation, Payload, SessionKey};
+use crate::protocol::{Operation, Payload, Receipts, SessionKey, TopicSettings};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -22,9 +34,83 @@ use serde::{Deserialize, Serialize};
 /// answered from the applied state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    CreateTopic { topic: String },
-    Put { topic: String, message: Payload },
-    Get { topic: String },
+    CreateTopic {
+        topic: String,
+    },
+    Put {
+        topic: String,
+        message: Payload,
+    },
+    Get {
+        topic: String,
+    },
+    // PROTOCOL.md §8–§10. New variants go at the end: log entries outlive binaries.
+    /// A topic created with delivery settings.
+    CreateTopicWith {
+        topic: String,
+        settings: TopicSettings,
+    },
+    /// Appends all of `messages` in order, or none.
+    PutBatch {
+        topic: String,
+        messages: Vec<Payload>,
+    },
+    /// Leases the next ready message.
+    GetLeased {
+        topic: String,
+        lease: LeaseTime,
+    },
+    /// Hands out up to `max` ready messages, leased when `lease` is set.
+    GetBatch {
+        topic: String,
+        max: u32,
+        lease: Option<LeaseTime>,
+    },
+    Ack {
+        topic: String,
+        receipt: String,
+    },
+    AckBatch {
+        topic: String,
+        receipts: Vec<String>,
+    },
+    Nack {
+        topic: String,
+        receipt: String,
+    },
+    NackBatch {
+        topic: String,
+        receipts: Vec<String>,
+    },
+    /// Moves a live lease's deadline.
+    Touch {
+        topic: String,
+        receipt: String,
+        lease: LeaseTime,
+    },
+    /// Proposed by the leader when its lease clock passed a recorded deadline: ends every
+    /// lease whose deadline is at or before `now_ms`.
+    EndLeases {
+        now_ms: u64,
+    },
+}
+
+/// When a lease was granted or touched and when it ends, on the leader's lease clock.
+/// Decided by the leader and carried in the entry, so every replica agrees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTime {
+    pub now_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl LeaseTime {
+    /// A lease of `lease_ms` from `now_ms`.
+    pub fn starting(now_ms: u64, lease_ms: u64) -> LeaseTime {
+        LeaseTime {
+            now_ms,
+            deadline_ms: now_ms.saturating_add(lease_ms),
+        }
+    }
 }
 
 /// What one log entry carries.
@@ -64,15 +150,68 @@ impl LoggedCommand {
 
 /// The operations that go through the log become commands; the others come back as the
 /// error, for the caller to serve from the applied state.
+///
+/// Operations that need the leader's lease clock (a leased GET, TOUCH) go through
+/// [`Command::from_operation`] instead; here they come back as the error too.
 impl TryFrom<Operation> for Command {
     type Error = Operation;
 
     fn try_from(operation: Operation) -> Result<Command, Operation> {
         match operation {
+            Operation::Fetch { options, .. } if options.lease_ms.is_some() => Err(operation),
+            Operation::Touch { .. } => Err(operation),
+            other => Command::from_operation(other, 0),
+        }
+    }
+}
+
+impl Command {
+    /// The command the leader proposes for `operation`, with `now_ms` its lease clock (used
+    /// by leased GETs and TOUCH only). Reads come back as the error, for the caller to serve
+    /// from the applied state.
+    ///
+    /// `wait_ms` is not part of the command: waiting happens before proposing, at the leader.
+    pub fn from_operation(operation: Operation, now_ms: u64) -> Result<Command, Operation> {
+        let lease = |lease_ms: u64| LeaseTime::starting(now_ms, lease_ms);
+        match operation {
             Operation::CreateTopic { topic } => Ok(Command::CreateTopic { topic }),
+            Operation::CreateTopicWith { topic, settings } => {
+                Ok(Command::CreateTopicWith { topic, settings })
+            }
             Operation::Put { topic, message } => Ok(Command::Put { topic, message }),
+            Operation::PutBatch { topic, messages } => Ok(Command::PutBatch { topic, messages }),
             Operation::Get { topic } => Ok(Command::Get { topic }),
+            Operation::Fetch { topic, options } => Ok(match (options.max, options.lease_ms) {
+                (None, None) => Command::Get { topic },
+                (None, Some(lease_ms)) => Command::GetLeased {
+                    topic,
+                    lease: lease(lease_ms),
+                },
+                (Some(max), lease_ms) => Command::GetBatch {
+                    topic,
+                    max,
+                    lease: lease_ms.map(lease),
+                },
+            }),
+            Operation::Ack { topic, receipts } => Ok(match receipts {
+                Receipts::One(receipt) => Command::Ack { topic, receipt },
+                Receipts::Many(receipts) => Command::AckBatch { topic, receipts },
+            }),
+            Operation::Nack { topic, receipts } => Ok(match receipts {
+                Receipts::One(receipt) => Command::Nack { topic, receipt },
+                Receipts::Many(receipts) => Command::NackBatch { topic, receipts },
+            }),
+            Operation::Touch {
+                topic,
+                receipt,
+                lease_ms,
+            } => Ok(Command::Touch {
+                topic,
+                receipt,
+                lease: lease(lease_ms),
+            }),
             other @ (Operation::ListTopics
+            | Operation::ListTopicDetails
             | Operation::Status
             | Operation::Stats
             | Operation::Fault { .. }) => Err(other),

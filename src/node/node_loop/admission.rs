@@ -70,18 +70,28 @@ impl NodeLoop {
             Operation::Status | Operation::Stats | Operation::Fault { .. } => {
                 unreachable!("answered above")
             }
-            Operation::ListTopics => {
+            Operation::ListTopics | Operation::ListTopicDetails => {
                 let read_id = self.next_read_id;
                 self.next_read_id += 1;
                 match self.core.read_index(read_id) {
-                    Ok(()) => self.pending.add_read(read_id, ticket, deadline),
+                    Ok(()) => {
+                        if operation == Operation::ListTopicDetails {
+                            self.detail_reads.insert(ticket);
+                        }
+                        self.pending.add_read(read_id, ticket, deadline)
+                    }
                     Err(error) => self.refused(ticket, error),
                 }
                 return;
             }
-            Operation::CreateTopic { topic } => Command::CreateTopic { topic },
-            Operation::Put { topic, message } => Command::Put { topic, message },
-            Operation::Get { topic } => Command::Get { topic },
+            // MINIMAL (issue 15, to be finished in the node loop): `wait_ms` is answered as
+            // if it were 0 (no waiters yet), and the lease clock is this node's wall clock,
+            // kept at or after the latest time in the log; the leader does not yet propose
+            // `EndLeases`, so a lease ends only by ACK or NACK.
+            operation => match Command::from_operation(operation, self.lease_clock_ms()) {
+                Ok(command) => command,
+                Err(read) => unreachable!("reads are answered above, not {read:?}"),
+            },
         };
         let bytes = LoggedCommand {
             session: request.session,
@@ -194,11 +204,31 @@ impl NodeLoop {
         }
     }
 
+    /// The time a leased GET or TOUCH proposed now carries, in ms: the wall clock, never
+    /// before the latest time already in the log.
+    fn lease_clock_ms(&self) -> u64 {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        wall_ms.max(self.queue.clock_ms())
+    }
+
     pub(super) fn fail(&mut self, ticket: Ticket, code: ErrorCode, message: &str) {
         self.answer(ticket, Outcome::Failed(ErrorInfo::new(code, message)));
     }
 
     pub(super) fn answer(&mut self, ticket: Ticket, outcome: Outcome) {
+        let outcome = match outcome {
+            Outcome::Topics(_) if self.detail_reads.remove(&ticket) => {
+                Outcome::TopicDetails(self.queue.topic_details())
+            }
+            outcome => {
+                self.detail_reads.remove(&ticket);
+                outcome
+            }
+        };
         let leader = status::leader_info(&self.config, &self.core, self.halted);
         self.clients
             .reply(ticket, Reply::Outcome { outcome, leader });

@@ -1235,3 +1235,5 @@ impl Queue {
             .sum()
     }
 }
+
+mod delivery;

@@ -118,6 +118,9 @@ pub(super) struct NodeLoop {
     /// Pending `topic GET` reads that asked for `detail` (PROTOCOL.md §8): answered with
     /// topic details instead of names (see `admission::answer`).
     detail_reads: std::collections::HashSet<crate::transport::client::Ticket>,
+    /// The index of this leader's last `EndLeases` proposal: no other is proposed until it
+    /// is applied (see `admission::maybe_end_leases`).
+    lease_end_proposed: Option<LogIndex>,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
@@ -185,6 +188,7 @@ impl NodeLoop {
             uncommitted: UncommittedBytes::default(),
             next_read_id: 0,
             detail_reads: std::collections::HashSet::new(),
+            lease_end_proposed: None,
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,
@@ -272,6 +276,7 @@ impl NodeLoop {
             Event::Tick => {
                 if !self.halted {
                     self.core.tick();
+                    self.maybe_end_leases();
                 }
             }
             Event::Shutdown => self.on_shutdown(),

@@ -19,6 +19,12 @@ use crate::raft::{NodeId, ProposeError, Role};
 use crate::transport::client::{ClientRequest, Ticket};
 use std::time::Instant;
 
+/// How far past a lease's deadline the leader's lease clock must be before it proposes the
+/// lease's end. The deadline was stamped when the grant was proposed, a commit earlier than
+/// its answer; the margin covers that commit, so that a lease ends no earlier than `lease_ms`
+/// after the answer, and still within about a second after (PROTOCOL.md §8).
+const LEASE_END_MARGIN_MS: u64 = 500;
+
 impl NodeLoop {
     pub(super) fn on_client_request(&mut self, client_request: ClientRequest) {
         let ClientRequest {
@@ -86,8 +92,7 @@ impl NodeLoop {
             }
             // MINIMAL (issue 15, to be finished in the node loop): `wait_ms` is answered as
             // if it were 0 (no waiters yet), and the lease clock is this node's wall clock,
-            // kept at or after the latest time in the log; the leader does not yet propose
-            // `EndLeases`, so a lease ends only by ACK or NACK.
+            // kept at or after the latest time in the log (see `lease_clock_ms`).
             operation => match Command::from_operation(operation, self.lease_clock_ms()) {
                 Ok(command) => command,
                 Err(read) => unreachable!("reads are answered above, not {read:?}"),
@@ -201,6 +206,42 @@ impl NodeLoop {
                 ErrorCode::NotLeader,
                 "leadership changed before the request committed; it was not applied",
             );
+        }
+    }
+
+    /// On the leader, at each tick: once the lease clock passes the earliest lease deadline
+    /// by [`LEASE_END_MARGIN_MS`], proposes `EndLeases`, which ends every lease due by then
+    /// (PROTOCOL.md §8). One proposal at a time: the next waits until this one is applied.
+    pub(super) fn maybe_end_leases(&mut self) {
+        if self.halted || self.shutdown.is_some() || self.core.role() != Role::Leader {
+            return;
+        }
+        if self
+            .lease_end_proposed
+            .is_some_and(|index| index > self.applied)
+        {
+            return;
+        }
+        let Some(deadline_ms) = self.queue.next_lease_deadline() else {
+            return;
+        };
+        let now_ms = self.lease_clock_ms().saturating_sub(LEASE_END_MARGIN_MS);
+        if deadline_ms > now_ms {
+            return;
+        }
+        let bytes = LoggedCommand {
+            session: None,
+            command: Command::EndLeases { now_ms },
+        }
+        .encode();
+        let size = UncommittedBytes::size_of(bytes.len());
+        match self.core.propose(bytes) {
+            Ok(entry) => {
+                log::debug!("leases due by {now_ms} ms end at {entry}");
+                self.uncommitted.add(entry, size);
+                self.lease_end_proposed = Some(entry.index);
+            }
+            Err(error) => log::debug!("lease end not proposed: {error:?}"),
         }
     }
 

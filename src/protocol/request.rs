@@ -1,7 +1,7 @@
 //! Requests: bytes -> [`Request`] on the node (every request passes here, so it is the hot
 //! path), and [`Request`] -> bytes in the client library.
 //!
-//! Decoding is two steps. First an encoding-specific parser pulls the seven known fields out
+//! Decoding is two steps. First an encoding-specific parser pulls the known fields out
 //! of the body as loosely typed [`Field`]s, borrowing from the body, and skips everything
 //! else without allocating: the MessagePack side uses the zero-copy reader in `msgpack.rs`,
 //! the JSON side a serde visitor on `serde_json` that ignores unknown values in place. Then
@@ -20,9 +20,25 @@
 //! - `type` and `method` are case-sensitive, as written in §3.
 //! - A MessagePack str that is not UTF-8 is BAD_REQUEST for the fields read as text; binary
 //!   messages must use bin.
-//! - The test-only `fault` request names nodes in arrays (`drop_to`, `drop_from`). Arrays are
-//!   the only containers read: into a 64-bit set when every item is an id below
-//!   [`FAULT_NODE_IDS_MAX`], without allocating; any other array is skipped as before.
+//! - Arrays are the only containers read (`messages`, `receipts`, and the test-only `fault`
+//!   request's `drop_to`/`drop_from`): their first [`LIST_ITEMS_KEPT`] items as scalar
+//!   fields, anything nested in them skipped; maps are skipped whole.
+//! - Version 2 (PROTOCOL.md §8–§10): `lease_ms`, `wait_ms`, `max`, `messages` and `receipts`
+//!   on a request without `"v": 2` are BAD_REQUEST whatever the operation, even when their
+//!   value is invalid, so that a forgotten `v` never turns a lease into a pop. The same holds,
+//!   on the operations that use them, for `max_deliveries`, `dead_letter` and `detail: true`,
+//!   and for the methods ACK, NACK and TOUCH. `detail: false` and `null` settings mean
+//!   absent. `receipt` is ignored where it is not used, like `topic` and `message`.
+//! - A request that carries none of the version 2 fields decodes to the same operation as
+//!   before (`Get`, `CreateTopic`, `ListTopics`), so the node handles it exactly as in
+//!   version 1.
+//! - `message` with `messages`, or `receipt` with `receipts`: BAD_REQUEST (one or the other).
+//!   Lists: empty is BAD_REQUEST, over [`BATCH_ITEMS_MAX`] items TOO_LARGE; a batch's
+//!   messages over [`BATCH_MESSAGE_BYTES_MAX`] in all TOO_LARGE, checked before any is
+//!   copied. A receipt is any string up to [`RECEIPT_BYTES_MAX`] bytes (longer: TOO_LARGE);
+//!   whether it names a lease is the queue's to say (`STALE_RECEIPT`).
+//! - Range errors (`lease_ms` 0, `max` 1001, `max_deliveries` 0) are BAD_REQUEST: they are
+//!   not sizes.
 //!
 //! Encoding (client side) writes maps with string keys and omits `v` when it is 1, so a
 //! version-1 request looks exactly like one from an existing client.

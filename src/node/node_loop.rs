@@ -118,9 +118,9 @@ pub(super) struct NodeLoop {
     /// Pending `topic GET` reads that asked for `detail` (PROTOCOL.md §8): answered with
     /// topic details instead of names (see `admission::answer`).
     detail_reads: std::collections::HashSet<crate::transport::client::Ticket>,
-    /// The index of this leader's last `EndLeases` proposal: no other is proposed until it
+    /// This leader's last `EndLeases` proposal: no other is proposed in its term until it
     /// is applied (see `admission::maybe_end_leases`).
-    lease_end_proposed: Option<LogIndex>,
+    lease_end_proposed: Option<EntryId>,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,

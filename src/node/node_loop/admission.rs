@@ -211,14 +211,17 @@ impl NodeLoop {
 
     /// On the leader, at each tick: once the lease clock passes the earliest lease deadline
     /// by [`LEASE_END_MARGIN_MS`], proposes `EndLeases`, which ends every lease due by then
-    /// (PROTOCOL.md §8). One proposal at a time: the next waits until this one is applied.
+    /// (PROTOCOL.md §8). One proposal at a time: the next waits until this one is applied
+    /// (or a new term began, in which it may have been overwritten).
     pub(super) fn maybe_end_leases(&mut self) {
         if self.halted || self.shutdown.is_some() || self.core.role() != Role::Leader {
             return;
         }
+        // A proposal of an earlier term may have been overwritten and never apply.
+        let term = self.core.term();
         if self
             .lease_end_proposed
-            .is_some_and(|index| index > self.applied)
+            .is_some_and(|entry| entry.term == term && entry.index > self.applied)
         {
             return;
         }
@@ -239,7 +242,7 @@ impl NodeLoop {
             Ok(entry) => {
                 log::debug!("leases due by {now_ms} ms end at {entry}");
                 self.uncommitted.add(entry, size);
-                self.lease_end_proposed = Some(entry.index);
+                self.lease_end_proposed = Some(entry);
             }
             Err(error) => log::debug!("lease end not proposed: {error:?}"),
         }

@@ -711,6 +711,33 @@ impl Queue {
         )
     }
 
+    /// Every message `topic` holds, ready or leased, in the topic's order (the order in which
+    /// they would be handed out if every lease ended now); `None` if there is no such topic.
+    /// O(messages): for checkers and tests.
+    pub fn held_messages(&self, topic: &str) -> Option<Vec<Payload>> {
+        let &position = self.topic_index.get(topic)?;
+        let topic = &self.topics[position];
+        let mut returned_or_leased: Vec<(u64, &Payload)> = topic
+            .returned
+            .iter()
+            .map(|(&seq, returned)| (seq, &returned.message))
+            .chain(
+                topic
+                    .leased
+                    .iter()
+                    .map(|(&seq, lease)| (seq, &lease.message)),
+            )
+            .collect();
+        returned_or_leased.sort_unstable_by_key(|(seq, _)| *seq);
+        Some(
+            returned_or_leased
+                .into_iter()
+                .map(|(_, message)| message.clone())
+                .chain(topic.messages.iter().map(|message| message.to_payload()))
+                .collect(),
+        )
+    }
+
     /// Every topic with its counts and settings, in creation order (`topic GET` with
     /// `detail`).
     pub fn topic_details(&self) -> Vec<TopicDetail> {

@@ -342,10 +342,20 @@ impl Queue {
                 Ok(()) => Outcome::Count(messages.len() as u64),
                 Err(failure) => failure,
             },
-            Command::Get { topic } => match self.take(topic, 1, None) {
-                Ok(mut taken) => Outcome::Message(taken.remove(0).message),
-                Err(failure) => failure,
-            },
+            // The version 1 hot path: no batch to size, no list to build.
+            Command::Get { topic } => {
+                let Some(&position) = self.topic_index.get(topic) else {
+                    return no_such_topic(topic);
+                };
+                match self.topics[position].take_ready() {
+                    Some(taken) => {
+                        self.messages -= 1;
+                        self.payload_bytes -= taken.message.len();
+                        Outcome::Message(taken.message)
+                    }
+                    None => empty(topic),
+                }
+            }
             Command::GetLeased { topic, lease } => match self.take(topic, 1, Some(*lease)) {
                 Ok(mut taken) => Outcome::Delivered(taken.remove(0)),
                 Err(failure) => failure,
@@ -532,10 +542,7 @@ impl Queue {
             count += 1;
         }
         if count == 0 {
-            return Err(failed(
-                ErrorCode::Empty,
-                format!("topic {topic:?} has no message"),
-            ));
+            return Err(empty(topic));
         }
         let granted_at = self.last_applied;
         let mut handed_out = Vec::with_capacity(count);
@@ -831,6 +838,10 @@ fn failed(code: ErrorCode, message: String) -> Outcome {
 
 fn no_such_topic(topic: &str) -> Outcome {
     failed(ErrorCode::NoSuchTopic, format!("no topic {topic:?}"))
+}
+
+fn empty(topic: &str) -> Outcome {
+    failed(ErrorCode::Empty, format!("topic {topic:?} has no message"))
 }
 
 fn stale_receipt(topic: &str, receipt: &str) -> Outcome {

@@ -347,6 +347,22 @@ fn a_plain_get_of_a_returned_message_pops_it_and_never_dead_letters() {
 }
 
 #[test]
+fn held_messages_lists_a_topic_in_its_order_leased_ones_included() {
+    let mut queue = queue_with("t", &["a", "b", "c", "d"]);
+    let a = delivered(step(&mut queue, lease("t", 0, 10)));
+    let b = delivered(step(&mut queue, lease("t", 0, 10)));
+    step(&mut queue, lease("t", 0, 10));
+    step(&mut queue, nack("t", &b.receipt));
+    step(&mut queue, put("t", "e"));
+    let held = queue.held_messages("t").expect("a topic");
+    let expected: Vec<Payload> = ["a", "b", "c", "d", "e"].map(text).to_vec();
+    assert_eq!(held, expected);
+    step(&mut queue, ack("t", &a.receipt));
+    assert_eq!(queue.held_messages("t").expect("a topic"), expected[1..]);
+    assert_eq!(queue.held_messages("missing"), None);
+}
+
+#[test]
 fn invalid_settings_in_the_log_change_nothing() {
     let mut queue = Queue::new(QueueConfig::default());
     for (case, command) in [

@@ -264,6 +264,182 @@ mod tests {
         }
     }
 
+    /// The version 2 commands are stored too: their layout is pinned like the others'.
+    #[test]
+    fn version_2_layouts_are_the_documented_ones() {
+        let lease = LeaseTime {
+            now_ms: 5,
+            deadline_ms: 9,
+        };
+        let cases: Vec<(Command, &[u8])> = vec![
+            (
+                Command::CreateTopicWith {
+                    topic: "t".into(),
+                    settings: TopicSettings {
+                        max_deliveries: Some(3),
+                        dead_letter: None,
+                    },
+                },
+                // {"CreateTopicWith": ["t", [3, nil]]}
+                b"\x81\xafCreateTopicWith\x92\xa1t\x92\x03\xc0",
+            ),
+            (
+                Command::PutBatch {
+                    topic: "t".into(),
+                    messages: vec![Payload::Text("a".into())],
+                },
+                // {"PutBatch": ["t", [{"Text": "a"}]]}
+                b"\x81\xa8PutBatch\x92\xa1t\x91\x81\xa4Text\xa1a",
+            ),
+            (
+                Command::GetLeased {
+                    topic: "t".into(),
+                    lease,
+                },
+                // {"GetLeased": ["t", [5, 9]]}
+                b"\x81\xa9GetLeased\x92\xa1t\x92\x05\x09",
+            ),
+            (
+                Command::GetBatch {
+                    topic: "t".into(),
+                    max: 2,
+                    lease: None,
+                },
+                // {"GetBatch": ["t", 2, nil]}
+                b"\x81\xa8GetBatch\x93\xa1t\x02\xc0",
+            ),
+            (
+                Command::AckBatch {
+                    topic: "t".into(),
+                    receipts: vec!["r".into()],
+                },
+                // {"AckBatch": ["t", ["r"]]}
+                b"\x81\xa8AckBatch\x92\xa1t\x91\xa1r",
+            ),
+            (
+                Command::Touch {
+                    topic: "t".into(),
+                    receipt: "r".into(),
+                    lease,
+                },
+                // {"Touch": ["t", "r", [5, 9]]}
+                b"\x81\xa5Touch\x93\xa1t\xa1r\x92\x05\x09",
+            ),
+            (
+                Command::EndLeases { now_ms: 7 },
+                // {"EndLeases": [7]}
+                b"\x81\xa9EndLeases\x91\x07",
+            ),
+        ];
+        for (case, (command, bytes)) in cases.into_iter().enumerate() {
+            let logged = LoggedCommand {
+                session: None,
+                command,
+            };
+            let expected = [&b"\x92\xc0"[..], bytes].concat();
+            assert_eq!(logged.encode().as_ref(), expected.as_slice(), "case {case}");
+            assert_eq!(
+                LoggedCommand::decode(&expected).expect("valid"),
+                logged,
+                "case {case}"
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_operations_map_to_commands_with_the_leaders_time() {
+        use crate::protocol::FetchOptions;
+        let topic = || "t".to_string();
+        let fetch = |lease_ms, wait_ms, max| Operation::Fetch {
+            topic: topic(),
+            options: FetchOptions {
+                lease_ms,
+                wait_ms,
+                max,
+            },
+        };
+        let lease = LeaseTime {
+            now_ms: 100,
+            deadline_ms: 130,
+        };
+        let cases = [
+            (fetch(None, Some(10), None), Command::Get { topic: topic() }),
+            (
+                fetch(Some(30), Some(10), None),
+                Command::GetLeased {
+                    topic: topic(),
+                    lease,
+                },
+            ),
+            (
+                fetch(None, None, Some(4)),
+                Command::GetBatch {
+                    topic: topic(),
+                    max: 4,
+                    lease: None,
+                },
+            ),
+            (
+                fetch(Some(30), None, Some(1)),
+                Command::GetBatch {
+                    topic: topic(),
+                    max: 1,
+                    lease: Some(lease),
+                },
+            ),
+            (
+                Operation::Ack {
+                    topic: topic(),
+                    receipts: Receipts::One("r".into()),
+                },
+                Command::Ack {
+                    topic: topic(),
+                    receipt: "r".into(),
+                },
+            ),
+            (
+                Operation::Nack {
+                    topic: topic(),
+                    receipts: Receipts::Many(vec!["r".into()]),
+                },
+                Command::NackBatch {
+                    topic: topic(),
+                    receipts: vec!["r".into()],
+                },
+            ),
+            (
+                Operation::Touch {
+                    topic: topic(),
+                    receipt: "r".into(),
+                    lease_ms: 30,
+                },
+                Command::Touch {
+                    topic: topic(),
+                    receipt: "r".into(),
+                    lease,
+                },
+            ),
+        ];
+        for (case, (operation, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                Command::from_operation(operation, 100),
+                Ok(expected),
+                "case {case}"
+            );
+        }
+        assert_eq!(
+            Command::from_operation(Operation::ListTopicDetails, 100),
+            Err(Operation::ListTopicDetails)
+        );
+        // Without the leader's time, a lease cannot be decided.
+        assert!(Command::try_from(fetch(Some(30), None, None)).is_err());
+        assert_eq!(
+            LeaseTime::starting(u64::MAX - 1, 10).deadline_ms,
+            u64::MAX,
+            "saturates"
+        );
+    }
+
     #[test]
     fn trailing_bytes_are_refused() {
         let mut bytes = LoggedCommand {
@@ -346,12 +522,46 @@ mod tests {
         ]
     }
 
+    fn lease_strategy() -> impl Strategy<Value = LeaseTime> {
+        (any::<u64>(), any::<u64>()).prop_map(|(now_ms, deadline_ms)| LeaseTime {
+            now_ms,
+            deadline_ms,
+        })
+    }
+
     fn logged_command_strategy() -> impl Strategy<Value = LoggedCommand> {
         let command = prop_oneof![
             ".{0,10}".prop_map(|topic| Command::CreateTopic { topic }),
             (".{0,10}", payload_strategy())
                 .prop_map(|(topic, message)| Command::Put { topic, message }),
             ".{0,10}".prop_map(|topic| Command::Get { topic }),
+            (
+                ".{0,10}",
+                proptest::collection::vec(payload_strategy(), 0..4)
+            )
+                .prop_map(|(topic, messages)| Command::PutBatch { topic, messages }),
+            (
+                ".{0,10}",
+                any::<u32>(),
+                proptest::option::of(lease_strategy())
+            )
+                .prop_map(|(topic, max, lease)| Command::GetBatch {
+                    topic,
+                    max,
+                    lease
+                }),
+            (".{0,10}", lease_strategy())
+                .prop_map(|(topic, lease)| Command::GetLeased { topic, lease }),
+            (".{0,10}", proptest::collection::vec(".{0,8}", 0..4))
+                .prop_map(|(topic, receipts)| Command::NackBatch { topic, receipts }),
+            (".{0,10}", ".{0,8}", lease_strategy()).prop_map(|(topic, receipt, lease)| {
+                Command::Touch {
+                    topic,
+                    receipt,
+                    lease,
+                }
+            }),
+            any::<u64>().prop_map(|now_ms| Command::EndLeases { now_ms }),
         ];
         let session = proptest::option::of(
             (".{0,10}", any::<u64>()).prop_map(|(client_id, seq)| SessionKey { client_id, seq }),

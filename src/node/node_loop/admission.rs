@@ -264,13 +264,18 @@ impl NodeLoop {
     }
 
     pub(super) fn answer(&mut self, ticket: Ticket, outcome: Outcome) {
-        let outcome = match outcome {
-            Outcome::Topics(_) if self.detail_reads.remove(&ticket) => {
-                Outcome::TopicDetails(self.queue.topic_details())
-            }
-            outcome => {
-                self.detail_reads.remove(&ticket);
-                outcome
+        // Empty unless someone asked for topic details: one branch on the hot path.
+        let outcome = if self.detail_reads.is_empty() {
+            outcome
+        } else {
+            match outcome {
+                Outcome::Topics(_) if self.detail_reads.remove(&ticket) => {
+                    Outcome::TopicDetails(self.queue.topic_details())
+                }
+                outcome => {
+                    self.detail_reads.remove(&ticket);
+                    outcome
+                }
             }
         };
         let leader = status::leader_info(&self.config, &self.core, self.halted);

@@ -949,10 +949,7 @@ impl NodeConfig {
     /// socket layer before it is allocated. Bodies between the message limit and the cap get
     /// TOO_LARGE from the decoder. JSON escapes count against it.
     pub fn client_frame_bytes_max(&self) -> usize {
-        self.limits.message_bytes_max
-            + self.limits.topic_bytes_max
-            + self.limits.client_id_bytes_max
-            + FRAME_SLACK_BYTES
+        self.limits.frame_bytes_max(FRAME_SLACK_BYTES)
     }
 
     /// The hard cap on a peer frame: one AppendEntries holds up to `append_bytes_max` of

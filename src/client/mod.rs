@@ -989,6 +989,13 @@ impl Client {
             Outcome::Done => unexpected_detail(node, operation, "success without a value"),
             Outcome::Topics(_) => unexpected_detail(node, operation, "a topic list"),
             Outcome::Message(_) => unexpected_detail(node, operation, "a message"),
+            Outcome::Delivered(_) => unexpected_detail(node, operation, "a leased message"),
+            Outcome::Messages(_) | Outcome::Deliveries(_) => {
+                unexpected_detail(node, operation, "a list of messages")
+            }
+            Outcome::Count(_) => unexpected_detail(node, operation, "a count"),
+            Outcome::Stale(_) => unexpected_detail(node, operation, "a list of stale receipts"),
+            Outcome::TopicDetails(_) => unexpected_detail(node, operation, "topic details"),
         }
     }
 }
@@ -1043,6 +1050,15 @@ fn describe(operation: &Operation) -> String {
         Operation::Status => "status".to_string(),
         Operation::Stats => "stats".to_string(),
         Operation::Fault { .. } => "fault".to_string(),
+        Operation::CreateTopicWith { topic, .. } => format!("create topic '{topic}'"),
+        Operation::ListTopicDetails => "list topics".to_string(),
+        Operation::PutBatch { topic, messages } => {
+            format!("put {} messages to '{topic}'", messages.len())
+        }
+        Operation::Fetch { topic, .. } => format!("get from '{topic}'"),
+        Operation::Ack { topic, .. } => format!("ack in '{topic}'"),
+        Operation::Nack { topic, .. } => format!("nack in '{topic}'"),
+        Operation::Touch { topic, .. } => format!("touch in '{topic}'"),
     }
 }
 

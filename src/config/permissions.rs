@@ -130,7 +130,8 @@ fn describe(right: &Right, topic: Option<&str>) -> String {
 /// Every operation decides here, with no catch-all arm: a new operation does not compile
 /// until someone says which right it needs.
 ///
-/// - message PUT: `produce` on its topic; message GET: `consume` on its topic.
+/// - message PUT (batches too): `produce` on its topic; message GET in every form, ACK,
+///   NACK, TOUCH: `consume` on its topic.
 /// - topic PUT (create): `admin`. A topic's name says nothing of who may create it: creating
 ///   `orders-x` with produce rights on `orders*` is still refused.
 /// - topic GET (list), `status`, `stats`: any listed client. Topic names are not secret from

@@ -116,6 +116,12 @@ pub(super) struct NodeLoop {
     /// This node's proposals as leader not yet committed: admission bounds their bytes.
     uncommitted: UncommittedBytes,
     next_read_id: u64,
+    /// Pending `topic GET` reads that asked for `detail` (PROTOCOL.md §8): answered with
+    /// topic details instead of names (see `admission::answer`).
+    detail_reads: std::collections::HashSet<crate::transport::client::Ticket>,
+    /// This leader's last `EndLeases` proposal: no other is proposed in its term until it
+    /// is applied (see `admission::maybe_end_leases`).
+    lease_end_proposed: Option<EntryId>,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
@@ -182,6 +188,8 @@ impl NodeLoop {
             pending: PendingRequests::new(),
             uncommitted: UncommittedBytes::default(),
             next_read_id: 0,
+            detail_reads: std::collections::HashSet::new(),
+            lease_end_proposed: None,
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,
@@ -269,6 +277,7 @@ impl NodeLoop {
             Event::Tick => {
                 if !self.halted {
                     self.core.tick();
+                    self.maybe_end_leases();
                 }
             }
             Event::Shutdown => self.on_shutdown(),

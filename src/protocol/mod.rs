@@ -129,6 +129,41 @@ pub enum Operation {
         /// `transport::zap`). No effect on a node without keys, which has no handler.
         stop_zap_handler: bool,
     },
+    // Version 2 only (PROTOCOL.md §8–§10). The plain forms above stay for requests that
+    // carry none of these fields, so a version 1 request is decoded exactly as before.
+    /// `topic PUT` with `max_deliveries` and/or `dead_letter`.
+    CreateTopicWith {
+        topic: String,
+        settings: TopicSettings,
+    },
+    /// `topic GET` with `"detail": true`.
+    ListTopicDetails,
+    /// `message PUT` with `messages`: all or none, in one log entry.
+    PutBatch {
+        topic: String,
+        messages: Vec<Payload>,
+    },
+    /// `message GET` with at least one of `lease_ms`, `wait_ms`, `max`.
+    Fetch {
+        topic: String,
+        options: FetchOptions,
+    },
+    /// `message ACK`: the leased messages are deleted.
+    Ack {
+        topic: String,
+        receipts: Receipts,
+    },
+    /// `message NACK`: the leased messages are visible again at once.
+    Nack {
+        topic: String,
+        receipts: Receipts,
+    },
+    /// `message TOUCH`: the lease now ends `lease_ms` from now.
+    Touch {
+        topic: String,
+        receipt: String,
+        lease_ms: u64,
+    },
 }
 
 /// What a request asks to do, as far as a client's rights go (PROTOCOL.md §11): its type,
@@ -138,10 +173,21 @@ pub enum Operation {
 /// ways meet in one rights check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Intent<'a> {
-    CreateTopic { topic: &'a str },
+    /// `topic PUT`, with or without delivery settings.
+    CreateTopic {
+        topic: &'a str,
+    },
+    /// `topic GET`, with or without `detail`.
     ListTopics,
-    Put { topic: &'a str },
-    Get { topic: &'a str },
+    /// `message PUT`, one message or a batch.
+    Put {
+        topic: &'a str,
+    },
+    /// Every consuming form: `message GET` (pop, leased, blocking, batch), `ACK`, `NACK`,
+    /// `TOUCH`.
+    Get {
+        topic: &'a str,
+    },
     Status,
     Stats,
     Fault,
@@ -158,9 +204,74 @@ impl Operation {
             Operation::Status => Intent::Status,
             Operation::Stats => Intent::Stats,
             Operation::Fault { .. } => Intent::Fault,
+            Operation::CreateTopicWith { topic, settings: _ } => Intent::CreateTopic { topic },
+            Operation::ListTopicDetails => Intent::ListTopics,
+            Operation::PutBatch { topic, messages: _ } => Intent::Put { topic },
+            Operation::Fetch { topic, options: _ }
+            | Operation::Ack { topic, receipts: _ }
+            | Operation::Nack { topic, receipts: _ }
+            | Operation::Touch {
+                topic,
+                receipt: _,
+                lease_ms: _,
+            } => Intent::Get { topic },
         }
     }
 }
+
+/// A topic's delivery settings (PROTOCOL.md §8), fixed when it is created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TopicSettings {
+    /// A message delivered this many times under a lease that comes back once more is
+    /// dead-lettered. `None`: no limit. Invariant: at least 1.
+    pub max_deliveries: Option<u64>,
+    /// Where dead-lettered messages go; `None`: they are discarded and counted. Never the
+    /// topic itself.
+    pub dead_letter: Option<String>,
+}
+
+/// How a `message GET` hands out (PROTOCOL.md §8–§10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FetchOptions {
+    /// Lease the messages for this long instead of popping them; within
+    /// 1..=[`LEASE_MS_MAX`].
+    pub lease_ms: Option<u64>,
+    /// Hold the request this long while nothing can be handed out; within
+    /// 0..=[`WAIT_MS_MAX`].
+    pub wait_ms: Option<u64>,
+    /// Hand out up to this many, answered as a list; within 1..=[`BATCH_ITEMS_MAX`].
+    pub max: Option<u32>,
+}
+
+/// The receipts an ACK or NACK names: the single form answers `STALE_RECEIPT`, the list
+/// form lists the refused ones in `stale`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Receipts {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Receipts {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Receipts::One(receipt) => std::slice::from_ref(receipt),
+            Receipts::Many(receipts) => receipts,
+        }
+    }
+}
+
+/// PROTOCOL.md §8: the longest lease, 12 hours.
+pub const LEASE_MS_MAX: u64 = 43_200_000;
+/// PROTOCOL.md §9: the longest wait of a blocking GET.
+pub const WAIT_MS_MAX: u64 = 60_000;
+/// PROTOCOL.md §10: the most items in `messages`, `max` and `receipts`.
+pub const BATCH_ITEMS_MAX: usize = 1_000;
+/// PROTOCOL.md §10: the most message bytes one batch PUT carries. A batch GET stops adding
+/// messages before its reply would carry more (it always carries at least one), so a reply
+/// stays within what a client's frame cap takes.
+pub const BATCH_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// The longest receipt string accepted; receipts this node issues are far shorter.
+pub const RECEIPT_BYTES_MAX: usize = 128;
 
 /// Node ids a `fault` request can name: they travel as a 64-bit set.
 pub const FAULT_NODE_IDS_MAX: u64 = 64;
@@ -201,6 +312,10 @@ pub enum ErrorCode {
     /// than `{"success": false}`), or a code this build does not know (the code is then kept
     /// at the front of the message).
     Unspecified,
+    /// PROTOCOL.md §8: an ACK, NACK or TOUCH whose receipt was never issued, is already
+    /// acknowledged, or whose lease has ended. Changed nothing. (Last, so that the variant
+    /// order of the stored session outcomes never changes.)
+    StaleReceipt,
 }
 
 impl ErrorCode {
@@ -219,11 +334,12 @@ impl ErrorCode {
             ErrorCode::Quota => "QUOTA",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Unspecified => "UNSPECIFIED",
+            ErrorCode::StaleReceipt => "STALE_RECEIPT",
         }
     }
 
     /// Every code, for parsing and for tests that must cover them all.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::NoSuchTopic,
         ErrorCode::TopicExists,
         ErrorCode::Empty,
@@ -237,6 +353,7 @@ impl ErrorCode {
         ErrorCode::Quota,
         ErrorCode::Forbidden,
         ErrorCode::Unspecified,
+        ErrorCode::StaleReceipt,
     ];
 
     pub fn parse(code: &str) -> Option<ErrorCode> {
@@ -273,6 +390,46 @@ pub enum Outcome {
     Message(Payload),
     /// `{"success": false}` (v1) or with `error` (v2, and always for BAD_REQUEST/TOO_LARGE).
     Failed(ErrorInfo),
+    // The variants below answer version 2 requests only (PROTOCOL.md §8–§10). New variants
+    // go at the end: sessions store outcomes in snapshots.
+    /// A leased GET: `{"success": true, "message": m, "receipt": r, "deliveries": k}`.
+    Delivered(Delivery),
+    /// A batch GET without lease: `{"success": true, "messages": [m, ...]}`.
+    Messages(Vec<Payload>),
+    /// A leased batch GET: `{"success": true, "messages": [{"message", "receipt",
+    /// "deliveries"}, ...]}`.
+    Deliveries(Vec<Delivery>),
+    /// A batch PUT: `{"success": true, "count": n}`.
+    Count(u64),
+    /// ACK or NACK with `receipts`: `{"success": true, "stale": [r, ...]}`, the receipts
+    /// that were refused.
+    Stale(Vec<String>),
+    /// `topic GET` with `detail`: `{"success": true, "topics": [{...}, ...]}`.
+    TopicDetails(Vec<TopicDetail>),
+}
+
+/// One message handed out under a lease (PROTOCOL.md §8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub message: Payload,
+    /// Opaque to clients; names this lease and no other, ever.
+    pub receipt: String,
+    /// How many times the message was handed out under a lease, this time included.
+    pub deliveries: u64,
+}
+
+/// One topic as `topic GET` with `detail` describes it (PROTOCOL.md §8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicDetail {
+    pub name: String,
+    /// Messages that can be handed out now.
+    pub ready: u64,
+    /// Messages under a live lease.
+    pub leased: u64,
+    pub max_deliveries: Option<u64>,
+    pub dead_letter: Option<String>,
+    /// Messages dropped after `max_deliveries` because the topic has no `dead_letter`.
+    pub discarded: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -364,6 +521,23 @@ pub struct Limits {
     pub topic_bytes_max: usize,
     pub message_bytes_max: usize,
     pub client_id_bytes_max: usize,
+}
+
+impl Limits {
+    /// The hard cap on a client frame (ZMQ_MAXMSGSIZE): a body over it is refused by the
+    /// socket layer before it is allocated. It fits the largest single message and, since
+    /// PROTOCOL.md §10 lets the cap grow to fit, the largest batch: [`BATCH_MESSAGE_BYTES_MAX`]
+    /// of messages plus [`BATCH_ITEMS_MAX`] item headers (a JSON string's quotes and comma,
+    /// or a MessagePack header of up to 5 bytes), then the topic and client id. JSON
+    /// escapes count against it. `slack_bytes` covers the other fields.
+    pub fn frame_bytes_max(&self, slack_bytes: usize) -> usize {
+        const ITEM_HEADER_BYTES: usize = 5;
+        let batch = BATCH_MESSAGE_BYTES_MAX + BATCH_ITEMS_MAX * ITEM_HEADER_BYTES;
+        self.message_bytes_max.max(batch)
+            + self.topic_bytes_max
+            + self.client_id_bytes_max
+            + slack_bytes
+    }
 }
 
 impl Default for Limits {

@@ -24,8 +24,8 @@ use serde::{Serialize, Serializer};
 
 use super::request::PayloadWire;
 use super::{
-    detect_encoding, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Outcome, Payload, PeerProgress,
-    Reply, ReplyDecodeError, RequestError, StatsReport, StatusReport,
+    detect_encoding, Delivery, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Outcome, Payload,
+    PeerProgress, Reply, ReplyDecodeError, RequestError, StatsReport, StatusReport, TopicDetail,
 };
 
 /// Encodes a reply in the request's encoding. `version` is the request's: 1 gets exactly the
@@ -47,11 +47,8 @@ pub fn encode_reply(reply: &Reply, version: u8, encoding: Encoding) -> Vec<u8> {
 /// version (PROTOCOL.md §6), in the encoding the body was recognised as.
 pub fn encode_request_error(error: &RequestError) -> Vec<u8> {
     let wire = OutcomeWire {
-        success: false,
-        topics: None,
-        message: None,
         error: Some(ErrorWire::new(&error.error)),
-        leader: None,
+        ..OutcomeWire::failure()
     };
     encode(&wire, error.encoding)
 }
@@ -65,14 +62,25 @@ fn encode<T: Serialize>(wire: &T, encoding: Encoding) -> Vec<u8> {
     }
 }
 
-/// `{"success", "topics"?, "message"?, "error"?, "leader"?}`: absent keys are not written.
+/// `{"success", "topics"?, "message"?, "receipt"?, "deliveries"?, "messages"?, "count"?,
+/// "stale"?, "error"?, "leader"?}`: absent keys are not written.
 #[derive(Serialize)]
 struct OutcomeWire<'a> {
     success: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    topics: Option<&'a [String]>,
+    topics: Option<TopicsWire<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<PayloadWire<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deliveries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<MessagesWire<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorWire<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,17 +88,30 @@ struct OutcomeWire<'a> {
 }
 
 impl<'a> OutcomeWire<'a> {
+    fn failure() -> Self {
+        OutcomeWire {
+            success: false,
+            topics: None,
+            message: None,
+            receipt: None,
+            deliveries: None,
+            messages: None,
+            count: None,
+            stale: None,
+            error: None,
+            leader: None,
+        }
+    }
+
     fn new(outcome: &'a Outcome, leader: Option<&'a LeaderInfo>, extended: bool) -> Self {
         let mut wire = OutcomeWire {
             success: true,
-            topics: None,
-            message: None,
-            error: None,
             leader: leader.map(LeaderWire::new),
+            ..OutcomeWire::failure()
         };
         match outcome {
             Outcome::Done => {}
-            Outcome::Topics(topics) => wire.topics = Some(topics),
+            Outcome::Topics(topics) => wire.topics = Some(TopicsWire::Names(topics)),
             Outcome::Message(payload) => wire.message = Some(PayloadWire(payload)),
             Outcome::Failed(error) => {
                 wire.success = false;
@@ -100,9 +121,87 @@ impl<'a> OutcomeWire<'a> {
                     wire.error = Some(ErrorWire::new(error));
                 }
             }
+            Outcome::Delivered(delivery) => {
+                wire.message = Some(PayloadWire(&delivery.message));
+                wire.receipt = Some(&delivery.receipt);
+                wire.deliveries = Some(delivery.deliveries);
+            }
+            Outcome::Messages(messages) => wire.messages = Some(MessagesWire::Plain(messages)),
+            Outcome::Deliveries(deliveries) => {
+                wire.messages = Some(MessagesWire::Leased(deliveries))
+            }
+            Outcome::Count(count) => wire.count = Some(*count),
+            Outcome::Stale(stale) => wire.stale = Some(stale),
+            Outcome::TopicDetails(details) => wire.topics = Some(TopicsWire::Details(details)),
         }
         wire
     }
+}
+
+/// `topics`: names, or with `detail` one map per topic (PROTOCOL.md §8).
+enum TopicsWire<'a> {
+    Names(&'a [String]),
+    Details(&'a [TopicDetail]),
+}
+
+impl Serialize for TopicsWire<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TopicsWire::Names(names) => serializer.collect_seq(names.iter()),
+            TopicsWire::Details(details) => {
+                serializer.collect_seq(details.iter().map(|detail| TopicDetailWire {
+                    name: &detail.name,
+                    ready: detail.ready,
+                    leased: detail.leased,
+                    max_deliveries: detail.max_deliveries,
+                    dead_letter: detail.dead_letter.as_deref(),
+                    discarded: detail.discarded,
+                }))
+            }
+        }
+    }
+}
+
+/// `max_deliveries` and `dead_letter` are `null` when unset: always written.
+#[derive(Serialize)]
+struct TopicDetailWire<'a> {
+    name: &'a str,
+    ready: u64,
+    leased: u64,
+    max_deliveries: Option<u64>,
+    dead_letter: Option<&'a str>,
+    discarded: u64,
+}
+
+/// `messages` of a batch GET: the messages themselves, or, leased, one map per message
+/// (PROTOCOL.md §10).
+enum MessagesWire<'a> {
+    Plain(&'a [Payload]),
+    Leased(&'a [Delivery]),
+}
+
+impl Serialize for MessagesWire<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MessagesWire::Plain(messages) => {
+                serializer.collect_seq(messages.iter().map(PayloadWire))
+            }
+            MessagesWire::Leased(deliveries) => {
+                serializer.collect_seq(deliveries.iter().map(|delivery| DeliveryWire {
+                    message: PayloadWire(&delivery.message),
+                    receipt: &delivery.receipt,
+                    deliveries: delivery.deliveries,
+                }))
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeliveryWire<'a> {
+    message: PayloadWire<'a>,
+    receipt: &'a str,
+    deliveries: u64,
 }
 
 #[derive(Serialize)]
@@ -398,12 +497,7 @@ fn interpret(value: Value) -> Result<Reply, String> {
         Some(value) => Some(interpret_leader(value)?),
     };
     let outcome = if success {
-        match (entries.take("topics"), entries.take("message")) {
-            (Some(_), Some(_)) => return Err("both `topics` and `message` are present".into()),
-            (Some(topics), None) => Outcome::Topics(interpret_topics(topics)?),
-            (None, Some(message)) => Outcome::Message(interpret_payload(message)?),
-            (None, None) => Outcome::Done,
-        }
+        interpret_success(&mut entries)?
     } else {
         match entries.take("error") {
             None | Some(Value::Nil) => Outcome::Failed(ErrorInfo::new(
@@ -416,6 +510,91 @@ fn interpret(value: Value) -> Result<Reply, String> {
     Ok(Reply::Outcome { outcome, leader })
 }
 
+/// The value a successful reply carries: at most one of `topics`, `message` (with
+/// `receipt` and `deliveries` when leased), `messages`, `count`, `stale`.
+fn interpret_success(entries: &mut Entries) -> Result<Outcome, String> {
+    let topics = entries.take("topics");
+    let message = entries.take("message");
+    let messages = entries.take("messages");
+    let count = entries.take_u64("count")?;
+    let stale = entries.take("stale");
+    let present = [
+        topics.is_some(),
+        message.is_some(),
+        messages.is_some(),
+        count.is_some(),
+        stale.is_some(),
+    ];
+    if present.iter().filter(|present| **present).count() > 1 {
+        return Err(
+            "more than one of `topics`, `message`, `messages`, `count`, `stale` is present".into(),
+        );
+    }
+    if let Some(topics) = topics {
+        return interpret_topics(topics);
+    }
+    if let Some(message) = message {
+        let message = interpret_payload(message)?;
+        return Ok(match entries.take_text("receipt")? {
+            None => Outcome::Message(message),
+            Some(receipt) => Outcome::Delivered(Delivery {
+                message,
+                receipt,
+                deliveries: entries.required_u64("deliveries")?,
+            }),
+        });
+    }
+    if let Some(messages) = messages {
+        return interpret_messages(messages);
+    }
+    if let Some(count) = count {
+        return Ok(Outcome::Count(count));
+    }
+    if let Some(stale) = stale {
+        let Value::Array(items) = stale else {
+            return Err(format!("`stale` is not an array: it is {}", kind(&stale)));
+        };
+        return items
+            .into_iter()
+            .map(|item| text("stale", item))
+            .collect::<Result<_, _>>()
+            .map(Outcome::Stale);
+    }
+    Ok(Outcome::Done)
+}
+
+/// `messages`: payloads, or (leased) maps with `message`, `receipt` and `deliveries`.
+fn interpret_messages(value: Value) -> Result<Outcome, String> {
+    let Value::Array(items) = value else {
+        return Err(format!(
+            "`messages` is not an array: it is {}",
+            kind(&value)
+        ));
+    };
+    if !items.first().is_some_and(Value::is_map) {
+        return items
+            .into_iter()
+            .map(interpret_payload)
+            .collect::<Result<_, _>>()
+            .map(Outcome::Messages);
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let mut item = Entries::from_value("an item of `messages`", item)?;
+            let message = item
+                .take("message")
+                .ok_or_else(|| "an item of `messages` has no `message`".to_string())?;
+            Ok(Delivery {
+                message: interpret_payload(message)?,
+                receipt: item.required_text("receipt")?,
+                deliveries: item.required_u64("deliveries")?,
+            })
+        })
+        .collect::<Result<_, String>>()
+        .map(Outcome::Deliveries)
+}
+
 fn interpret_leader(value: Value) -> Result<LeaderInfo, String> {
     let mut leader = Entries::from_value("`leader`", value)?;
     let port = leader.required_u64("port")?;
@@ -426,11 +605,36 @@ fn interpret_leader(value: Value) -> Result<LeaderInfo, String> {
     })
 }
 
-fn interpret_topics(value: Value) -> Result<Vec<String>, String> {
+/// Names, or (with `detail`) one map per topic.
+fn interpret_topics(value: Value) -> Result<Outcome, String> {
     let Value::Array(items) = value else {
         return Err(format!("`topics` is not an array: it is {}", kind(&value)));
     };
-    items.into_iter().map(|item| text("topics", item)).collect()
+    if !items.first().is_some_and(Value::is_map) {
+        return items
+            .into_iter()
+            .map(|item| text("topics", item))
+            .collect::<Result<_, _>>()
+            .map(Outcome::Topics);
+    }
+    items
+        .into_iter()
+        .map(|item| {
+            let mut topic = Entries::from_value("an item of `topics`", item)?;
+            Ok(TopicDetail {
+                name: topic.required_text("name")?,
+                ready: topic.required_u64("ready")?,
+                leased: topic.required_u64("leased")?,
+                max_deliveries: topic.take_u64("max_deliveries")?,
+                dead_letter: match topic.take("dead_letter") {
+                    None | Some(Value::Nil) => None,
+                    Some(value) => Some(text("dead_letter", value)?),
+                },
+                discarded: topic.required_u64("discarded")?,
+            })
+        })
+        .collect::<Result<_, String>>()
+        .map(Outcome::TopicDetails)
 }
 
 /// A str is text, a bin is binary, and (from JSON, which has no bytes) an array of byte

@@ -1,7 +1,7 @@
 //! Requests: bytes -> [`Request`] on the node (every request passes here, so it is the hot
 //! path), and [`Request`] -> bytes in the client library.
 //!
-//! Decoding is two steps. First an encoding-specific parser pulls the seven known fields out
+//! Decoding is two steps. First an encoding-specific parser pulls the known fields out
 //! of the body as loosely typed [`Field`]s, borrowing from the body, and skips everything
 //! else without allocating: the MessagePack side uses the zero-copy reader in `msgpack.rs`,
 //! the JSON side a serde visitor on `serde_json` that ignores unknown values in place. Then
@@ -22,9 +22,25 @@
 //! - `type` and `method` are case-sensitive, as written in §3.
 //! - A MessagePack str that is not UTF-8 is BAD_REQUEST for the fields read as text; binary
 //!   messages must use bin.
-//! - The test-only `fault` request names nodes in arrays (`drop_to`, `drop_from`). Arrays are
-//!   the only containers read: into a 64-bit set when every item is an id below
-//!   [`FAULT_NODE_IDS_MAX`], without allocating; any other array is skipped as before.
+//! - Arrays are the only containers read (`messages`, `receipts`, and the test-only `fault`
+//!   request's `drop_to`/`drop_from`): their first [`LIST_ITEMS_KEPT`] items as scalar
+//!   fields, anything nested in them skipped; maps are skipped whole.
+//! - Version 2 (PROTOCOL.md §8–§10): `lease_ms`, `wait_ms`, `max`, `messages` and `receipts`
+//!   on a request without `"v": 2` are BAD_REQUEST whatever the operation, even when their
+//!   value is invalid, so that a forgotten `v` never turns a lease into a pop. The same holds,
+//!   on the operations that use them, for `max_deliveries`, `dead_letter` and `detail: true`,
+//!   and for the methods ACK, NACK and TOUCH. `detail: false` and `null` settings mean
+//!   absent. `receipt` is ignored where it is not used, like `topic` and `message`.
+//! - A request that carries none of the version 2 fields decodes to the same operation as
+//!   before (`Get`, `CreateTopic`, `ListTopics`), so the node handles it exactly as in
+//!   version 1.
+//! - `message` with `messages`, or `receipt` with `receipts`: BAD_REQUEST (one or the other).
+//!   Lists: empty is BAD_REQUEST, over [`BATCH_ITEMS_MAX`] items TOO_LARGE; a batch's
+//!   messages over [`BATCH_MESSAGE_BYTES_MAX`] in all TOO_LARGE, checked before any is
+//!   copied. A receipt is any string up to [`RECEIPT_BYTES_MAX`] bytes (longer: TOO_LARGE);
+//!   whether it names a lease is the queue's to say (`STALE_RECEIPT`).
+//! - Range errors (`lease_ms` 0, `max` 1001, `max_deliveries` 0) are BAD_REQUEST: they are
+//!   not sizes.
 //!
 //! Encoding (client side) writes maps with string keys and omits `v` when it is 1, so a
 //! version-1 request looks exactly like one from an existing client.
@@ -37,8 +53,9 @@ use serde::{Deserialize, Serialize};
 
 use super::msgpack::{ReadError, Reader, Token};
 use super::{
-    detect_encoding, Encoding, ErrorCode, ErrorInfo, Intent, Limits, Operation, Payload, Request,
-    RequestError, SessionKey, FAULT_NODE_IDS_MAX,
+    detect_encoding, Encoding, ErrorCode, ErrorInfo, FetchOptions, Intent, Limits, Operation,
+    Payload, Receipts, Request, RequestError, SessionKey, TopicSettings, BATCH_ITEMS_MAX,
+    BATCH_MESSAGE_BYTES_MAX, FAULT_NODE_IDS_MAX, LEASE_MS_MAX, RECEIPT_BYTES_MAX, WAIT_MS_MAX,
 };
 
 /// The protocol versions this node speaks.
@@ -109,7 +126,7 @@ impl<'a> ParsedRequest<'a> {
             ("topic", "PUT") => Intent::CreateTopic { topic: topic()? },
             ("topic", "GET") => Intent::ListTopics,
             ("message", "PUT") => Intent::Put { topic: topic()? },
-            ("message", "GET") => Intent::Get { topic: topic()? },
+            ("message", "GET" | "ACK" | "NACK" | "TOUCH") => Intent::Get { topic: topic()? },
             ("status", "GET") => Intent::Status,
             ("stats", "GET") => Intent::Stats,
             ("fault", "PUT") => Intent::Fault,
@@ -129,44 +146,88 @@ impl<'a> ParsedRequest<'a> {
 /// version is 1. A binary message cannot be carried by JSON: it is written as an array of
 /// byte values, which the node refuses as BAD_REQUEST; use MessagePack for binary messages.
 pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
-    let (kind, method, topic, message) = match &request.operation {
-        Operation::CreateTopic { topic } => ("topic", "PUT", Some(topic.as_str()), None),
-        Operation::ListTopics => ("topic", "GET", None, None),
-        Operation::Put { topic, message } => (
-            "message",
-            "PUT",
-            Some(topic.as_str()),
-            Some(PayloadWire(message)),
-        ),
-        Operation::Get { topic } => ("message", "GET", Some(topic.as_str()), None),
-        Operation::Status => ("status", "GET", None, None),
-        Operation::Stats => ("stats", "GET", None, None),
-        Operation::Fault { .. } => ("fault", "PUT", None, None),
+    let mut wire = RequestWire {
+        kind: "message",
+        method: "GET",
+        version: (request.version != 1).then_some(request.version),
+        topic: None,
+        message: None,
+        client_id: request.session.as_ref().map(|key| key.client_id.as_str()),
+        seq: request.session.as_ref().map(|key| key.seq),
+        stop_zap_handler: None,
+        drop_to: None,
+        drop_from: None,
+        lease_ms: None,
+        wait_ms: None,
+        max: None,
+        messages: None,
+        receipt: None,
+        receipts: None,
+        max_deliveries: None,
+        dead_letter: None,
+        detail: None,
     };
-    let (drop_to, drop_from, stop_zap_handler) = match &request.operation {
+    match &request.operation {
+        Operation::CreateTopic { topic } => {
+            (wire.kind, wire.method, wire.topic) = ("topic", "PUT", Some(topic.as_str()));
+        }
+        Operation::CreateTopicWith { topic, settings } => {
+            (wire.kind, wire.method, wire.topic) = ("topic", "PUT", Some(topic.as_str()));
+            wire.max_deliveries = settings.max_deliveries;
+            wire.dead_letter = settings.dead_letter.as_deref();
+        }
+        Operation::ListTopics => (wire.kind, wire.method) = ("topic", "GET"),
+        Operation::ListTopicDetails => {
+            (wire.kind, wire.method, wire.detail) = ("topic", "GET", Some(true));
+        }
+        Operation::Put { topic, message } => {
+            (wire.method, wire.topic) = ("PUT", Some(topic.as_str()));
+            wire.message = Some(PayloadWire(message));
+        }
+        Operation::PutBatch { topic, messages } => {
+            (wire.method, wire.topic) = ("PUT", Some(topic.as_str()));
+            wire.messages = Some(PayloadsWire(messages));
+        }
+        Operation::Get { topic } => wire.topic = Some(topic),
+        Operation::Fetch { topic, options } => {
+            wire.topic = Some(topic);
+            wire.lease_ms = options.lease_ms;
+            wire.wait_ms = options.wait_ms;
+            wire.max = options.max;
+        }
+        Operation::Ack { topic, receipts } | Operation::Nack { topic, receipts } => {
+            wire.method = match request.operation {
+                Operation::Ack { .. } => "ACK",
+                _ => "NACK",
+            };
+            wire.topic = Some(topic);
+            match receipts {
+                Receipts::One(receipt) => wire.receipt = Some(receipt),
+                Receipts::Many(receipts) => wire.receipts = Some(receipts),
+            }
+        }
+        Operation::Touch {
+            topic,
+            receipt,
+            lease_ms,
+        } => {
+            (wire.method, wire.topic) = ("TOUCH", Some(topic.as_str()));
+            wire.receipt = Some(receipt);
+            wire.lease_ms = Some(*lease_ms);
+        }
+        Operation::Status => (wire.kind, wire.method) = ("status", "GET"),
+        Operation::Stats => (wire.kind, wire.method) = ("stats", "GET"),
         Operation::Fault {
             drop_to,
             drop_from,
             stop_zap_handler,
-        } => (
-            Some(drop_to.as_slice()),
-            Some(drop_from.as_slice()),
-            stop_zap_handler.then_some(true),
-        ),
-        _ => (None, None, None),
-    };
-    let wire = RequestWire {
-        kind,
-        method,
-        version: (request.version != 1).then_some(request.version),
-        topic,
-        message,
-        client_id: request.session.as_ref().map(|key| key.client_id.as_str()),
-        seq: request.session.as_ref().map(|key| key.seq),
-        drop_to,
-        drop_from,
-        stop_zap_handler,
-    };
+        } => {
+            (wire.kind, wire.method) = ("fault", "PUT");
+            wire.drop_to = Some(drop_to);
+            wire.drop_from = Some(drop_from);
+            wire.stop_zap_handler = stop_zap_handler.then_some(true);
+        }
+    }
     match encoding {
         Encoding::MsgPack => rmp_serde::to_vec_named(&wire)
             .expect("a map of strings, integers and bytes always encodes as MessagePack"),
@@ -197,6 +258,33 @@ struct RequestWire<'a> {
     drop_from: Option<&'a [u64]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_zap_handler: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wait_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<PayloadsWire<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipts: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_deliveries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_letter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<bool>,
+}
+
+/// A list of payloads, each as [`PayloadWire`].
+struct PayloadsWire<'a>(&'a [Payload]);
+
+impl Serialize for PayloadsWire<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(PayloadWire))
+    }
 }
 
 /// A payload as the protocol carries it: text as a string, binary as MessagePack bin (and,
@@ -228,6 +316,15 @@ enum Key {
     DropTo,
     DropFrom,
     StopZapHandler,
+    LeaseMs,
+    WaitMs,
+    Max,
+    Messages,
+    Receipt,
+    Receipts,
+    MaxDeliveries,
+    DeadLetter,
+    Detail,
 }
 
 impl Key {
@@ -243,6 +340,15 @@ impl Key {
             b"drop_to" => Some(Key::DropTo),
             b"drop_from" => Some(Key::DropFrom),
             b"stop_zap_handler" => Some(Key::StopZapHandler),
+            b"lease_ms" => Some(Key::LeaseMs),
+            b"wait_ms" => Some(Key::WaitMs),
+            b"max" => Some(Key::Max),
+            b"messages" => Some(Key::Messages),
+            b"receipt" => Some(Key::Receipt),
+            b"receipts" => Some(Key::Receipts),
+            b"max_deliveries" => Some(Key::MaxDeliveries),
+            b"dead_letter" => Some(Key::DeadLetter),
+            b"detail" => Some(Key::Detail),
             _ => None,
         }
     }
@@ -259,6 +365,15 @@ impl Key {
             Key::DropTo => "drop_to",
             Key::DropFrom => "drop_from",
             Key::StopZapHandler => "stop_zap_handler",
+            Key::LeaseMs => "lease_ms",
+            Key::WaitMs => "wait_ms",
+            Key::Max => "max",
+            Key::Messages => "messages",
+            Key::Receipt => "receipt",
+            Key::Receipts => "receipts",
+            Key::MaxDeliveries => "max_deliveries",
+            Key::DeadLetter => "dead_letter",
+            Key::Detail => "detail",
         }
     }
 }
@@ -276,13 +391,21 @@ enum Field<'a> {
     /// A MessagePack str whose bytes are not UTF-8.
     InvalidText,
     Binary(Cow<'a, [u8]>),
-    /// An array of node ids, each below [`FAULT_NODE_IDS_MAX`], as a set (bit `i` = id `i`).
-    NodeIds(u64),
-    /// Any other array.
+    /// An array: its first [`LIST_ITEMS_KEPT`] items (each a scalar, or [`Field::Array`] /
+    /// [`Field::Map`] for a nested container, skipped), and how many it has.
+    List {
+        items: Vec<Field<'a>>,
+        count: u64,
+    },
+    /// A container nested inside an array: skipped, remembered by kind only.
     Array,
     Map,
     Extension,
 }
+
+/// The most array items kept: one more than any list field may have, so that "too many" is
+/// still seen. The rest are skipped, so an array costs at most this many `Field`s.
+const LIST_ITEMS_KEPT: usize = BATCH_ITEMS_MAX + 1;
 
 impl Field<'_> {
     /// "a string", "an integer"...: for "must be X, got Y" messages, in the words of the
@@ -299,7 +422,7 @@ impl Field<'_> {
             Field::Text(_) => "a string",
             Field::InvalidText => "a string that is not valid UTF-8",
             Field::Binary(_) => "binary data",
-            Field::NodeIds(_) | Field::Array => "an array",
+            Field::List { .. } | Field::Array => "an array",
             Field::Map if json => "an object",
             Field::Map => "a map",
             Field::Extension => "a MessagePack extension",
@@ -320,6 +443,15 @@ struct Fields<'a> {
     drop_to: Option<Field<'a>>,
     drop_from: Option<Field<'a>>,
     stop_zap_handler: Option<Field<'a>>,
+    lease_ms: Option<Field<'a>>,
+    wait_ms: Option<Field<'a>>,
+    max: Option<Field<'a>>,
+    messages: Option<Field<'a>>,
+    receipt: Option<Field<'a>>,
+    receipts: Option<Field<'a>>,
+    max_deliveries: Option<Field<'a>>,
+    dead_letter: Option<Field<'a>>,
+    detail: Option<Field<'a>>,
     /// The first known key that appeared twice.
     duplicate: Option<Key>,
 }
@@ -337,6 +469,15 @@ impl<'a> Fields<'a> {
             Key::DropTo => &mut self.drop_to,
             Key::DropFrom => &mut self.drop_from,
             Key::StopZapHandler => &mut self.stop_zap_handler,
+            Key::LeaseMs => &mut self.lease_ms,
+            Key::WaitMs => &mut self.wait_ms,
+            Key::Max => &mut self.max,
+            Key::Messages => &mut self.messages,
+            Key::Receipt => &mut self.receipt,
+            Key::Receipts => &mut self.receipts,
+            Key::MaxDeliveries => &mut self.max_deliveries,
+            Key::DeadLetter => &mut self.dead_letter,
+            Key::Detail => &mut self.detail,
         }
     }
 
@@ -414,12 +555,17 @@ fn parse_msgpack(body: &[u8]) -> Result<Fields<'_>, ErrorInfo> {
     Ok(fields)
 }
 
-/// Turns a token into a field, skipping a container's items (an array's are read as node
-/// ids while they are ids).
+/// Turns a token into a field; an array's first items are read as fields too (see
+/// [`Field::List`]), anything nested deeper is skipped.
 fn msgpack_field<'a>(reader: &mut Reader<'a>, token: Token<'a>) -> Result<Field<'a>, ReadError> {
     if let Token::Array(items) = token {
-        return msgpack_node_ids(reader, items);
+        return msgpack_list(reader, items);
     }
+    msgpack_scalar(reader, token)
+}
+
+/// A token as a field, a container skipped whole and remembered by kind.
+fn msgpack_scalar<'a>(reader: &mut Reader<'a>, token: Token<'a>) -> Result<Field<'a>, ReadError> {
     reader.skip_contents(token)?;
     Ok(match token {
         Token::Nil => Field::Nil,
@@ -438,22 +584,23 @@ fn msgpack_field<'a>(reader: &mut Reader<'a>, token: Token<'a>) -> Result<Field<
     })
 }
 
-/// Reads an array's `items` as a set of node ids; at the first item that is not one, skips
-/// the rest. Each item read consumes at least one byte, so a huge claimed count ends at the
-/// end of the body.
-fn msgpack_node_ids<'a>(reader: &mut Reader<'a>, items: u32) -> Result<Field<'a>, ReadError> {
-    let mut ids = 0u64;
-    for read in 0..items {
-        match reader.next_token()? {
-            Token::Unsigned(id) if id < FAULT_NODE_IDS_MAX => ids |= 1 << id,
-            other => {
-                reader.skip_contents(other)?;
-                reader.skip_values(u64::from(items - read - 1))?;
-                return Ok(Field::Array);
-            }
+/// Reads an array of `count` items: the first [`LIST_ITEMS_KEPT`] as fields, the rest
+/// skipped. Each item read consumes at least one byte, so the list never holds more items
+/// than the body has bytes, whatever the header claims.
+fn msgpack_list<'a>(reader: &mut Reader<'a>, count: u32) -> Result<Field<'a>, ReadError> {
+    let mut items = Vec::new();
+    for read in 0..count {
+        if items.len() == LIST_ITEMS_KEPT {
+            reader.skip_values(u64::from(count - read))?;
+            break;
         }
+        let token = reader.next_token()?;
+        items.push(msgpack_scalar(reader, token)?);
     }
-    Ok(Field::NodeIds(ids))
+    Ok(Field::List {
+        items,
+        count: u64::from(count),
+    })
 }
 
 /// Reads a JSON body: one object, nothing but whitespace after it. serde_json skips
@@ -583,14 +730,20 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Field<'de>, A::Error> {
-        let mut ids = Some(0u64);
-        while let Some(NodeIdItem(item)) = seq.next_element()? {
-            ids = match (ids, item) {
-                (Some(ids), Some(id)) => Some(ids | 1 << id),
-                _ => None,
-            };
+        let mut items = Vec::new();
+        let mut count = 0u64;
+        loop {
+            if items.len() < LIST_ITEMS_KEPT {
+                match seq.next_element::<ItemField<'de>>()? {
+                    Some(ItemField(item)) => items.push(item),
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            count += 1;
         }
-        Ok(ids.map_or(Field::Array, Field::NodeIds))
+        Ok(Field::List { items, count })
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Field<'de>, A::Error> {
@@ -599,61 +752,76 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
-/// One item of a JSON array: `Some(id)` for a node id below [`FAULT_NODE_IDS_MAX`], `None`
-/// for anything else (skipped whole, like an unknown value).
-struct NodeIdItem(Option<u64>);
+/// One item of a JSON array: a scalar as a [`Field`], a nested container skipped whole
+/// (like an unknown value) and remembered by kind.
+struct ItemField<'a>(Field<'a>);
 
-impl<'de> Deserialize<'de> for NodeIdItem {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<NodeIdItem, D::Error> {
+impl<'de> Deserialize<'de> for ItemField<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ItemField<'de>, D::Error> {
         struct ItemVisitor;
 
         impl<'de> Visitor<'de> for ItemVisitor {
-            type Value = NodeIdItem;
+            type Value = ItemField<'de>;
 
             fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
                 formatter.write_str("any value")
             }
 
-            fn visit_u64<E: de::Error>(self, value: u64) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem((value < FAULT_NODE_IDS_MAX).then_some(value)))
+            fn visit_unit<E: de::Error>(self) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_unit().map(ItemField)
             }
 
-            fn visit_i64<E: de::Error>(self, value: i64) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem(
-                    u64::try_from(value)
-                        .ok()
-                        .filter(|id| *id < FAULT_NODE_IDS_MAX),
-                ))
+            fn visit_none<E: de::Error>(self) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_none().map(ItemField)
             }
 
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem(None))
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_bool(value).map(ItemField)
             }
 
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem(None))
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_u64(value).map(ItemField)
             }
 
-            fn visit_unit<E: de::Error>(self) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem(None))
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_i64(value).map(ItemField)
             }
 
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem(None))
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_f64(value).map(ItemField)
             }
 
-            fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<NodeIdItem, E> {
-                Ok(NodeIdItem(None))
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_borrowed_str(text).map(ItemField)
             }
 
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodeIdItem, A::Error> {
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_str(text).map(ItemField)
+            }
+
+            fn visit_string<E: de::Error>(self, text: String) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_string(text).map(ItemField)
+            }
+
+            fn visit_borrowed_bytes<E: de::Error>(
+                self,
+                bytes: &'de [u8],
+            ) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_borrowed_bytes(bytes).map(ItemField)
+            }
+
+            fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<ItemField<'de>, E> {
+                FieldVisitor.visit_bytes(bytes).map(ItemField)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ItemField<'de>, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(NodeIdItem(None))
+                Ok(ItemField(Field::Array))
             }
 
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeIdItem, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ItemField<'de>, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(NodeIdItem(None))
+                Ok(ItemField(Field::Map))
             }
         }
 
@@ -664,8 +832,9 @@ impl<'de> Deserialize<'de> for NodeIdItem {
 // ---------------------------------------------------------------------------------------
 // Step 2: validate the fields, the same way for both encodings.
 
-/// The request's fields are checked in a fixed order (`v`, `type`, `method`, `topic`,
-/// `message`, `client_id`, `seq`) and the first problem is reported.
+/// The request's fields are checked in a fixed order (`v`, `type`, `method`, the fields
+/// that need version 2, `topic`, the operation's other fields, `client_id`, `seq`) and the
+/// first problem is reported.
 fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<Request, ErrorInfo> {
     if let Some(key) = fields.duplicate {
         return Err(bad_request(format!(
@@ -676,20 +845,117 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
     let version = validate_version(fields.version, encoding)?;
     let kind = required_text(Key::Type, fields.kind, encoding)?;
     let method = required_text(Key::Method, fields.method, encoding)?;
+    // PROTOCOL.md §8: these need `"v": 2` on any request, so that a forgotten `v` never
+    // turns a lease into a pop.
+    if version < 2 {
+        let version_2_only = [
+            (Key::LeaseMs, fields.lease_ms.is_some()),
+            (Key::WaitMs, fields.wait_ms.is_some()),
+            (Key::Max, fields.max.is_some()),
+            (Key::Messages, fields.messages.is_some()),
+            (Key::Receipts, fields.receipts.is_some()),
+        ];
+        if let Some((key, _)) = version_2_only.iter().find(|(_, present)| *present) {
+            return Err(needs_version_2(&format!("field `{}`", key.name())));
+        }
+    }
+    let extended = version >= 2;
     let (operation, uses_session) = match (kind.as_ref(), method.as_ref()) {
         ("topic", "PUT") => {
             let topic = validate_topic(fields.topic, encoding, limits)?;
-            (Operation::CreateTopic { topic }, true)
+            let settings = validate_settings(
+                &topic,
+                fields.max_deliveries,
+                fields.dead_letter,
+                extended,
+                encoding,
+                limits,
+            )?;
+            let operation = if settings == TopicSettings::default() {
+                Operation::CreateTopic { topic }
+            } else {
+                Operation::CreateTopicWith { topic, settings }
+            };
+            (operation, true)
         }
-        ("topic", "GET") => (Operation::ListTopics, false),
+        ("topic", "GET") => match fields.detail {
+            None | Some(Field::Boolean(false)) => (Operation::ListTopics, false),
+            Some(Field::Boolean(true)) if extended => (Operation::ListTopicDetails, false),
+            Some(Field::Boolean(true)) => return Err(needs_version_2("field `detail`")),
+            Some(other) => return Err(wrong_type(Key::Detail, "a boolean", &other, encoding)),
+        },
         ("message", "PUT") => {
             let topic = validate_topic(fields.topic, encoding, limits)?;
-            let message = validate_message(fields.message, encoding, limits)?;
-            (Operation::Put { topic, message }, true)
+            match (fields.message, fields.messages) {
+                (Some(_), Some(_)) => {
+                    return Err(bad_request(
+                        "fields `message` and `messages` exclude each other: send one",
+                    ))
+                }
+                (message, None) => {
+                    let message = validate_message(message, encoding, limits)?;
+                    (Operation::Put { topic, message }, true)
+                }
+                (None, Some(messages)) => {
+                    let messages = validate_messages(messages, encoding, limits)?;
+                    (Operation::PutBatch { topic, messages }, true)
+                }
+            }
         }
         ("message", "GET") => {
             let topic = validate_topic(fields.topic, encoding, limits)?;
-            (Operation::Get { topic }, true)
+            let options = FetchOptions {
+                lease_ms: validate_lease_ms(fields.lease_ms, encoding)?,
+                wait_ms: validate_range(Key::WaitMs, fields.wait_ms, 0, WAIT_MS_MAX, encoding)?,
+                max: validate_range(Key::Max, fields.max, 1, BATCH_ITEMS_MAX as u64, encoding)?
+                    .map(|max| u32::try_from(max).expect("at most BATCH_ITEMS_MAX")),
+            };
+            let operation = if options == FetchOptions::default() {
+                Operation::Get { topic }
+            } else {
+                Operation::Fetch { topic, options }
+            };
+            (operation, true)
+        }
+        ("message", "ACK" | "NACK" | "TOUCH") if !extended => {
+            return Err(needs_version_2(&format!("method {method:?}")))
+        }
+        ("message", "ACK" | "NACK") => {
+            let topic = validate_topic(fields.topic, encoding, limits)?;
+            let receipts = match (fields.receipt, fields.receipts) {
+                (Some(_), Some(_)) => {
+                    return Err(bad_request(
+                        "fields `receipt` and `receipts` exclude each other: send one",
+                    ))
+                }
+                (None, None) => return Err(bad_request("missing field `receipt` (or `receipts`)")),
+                (Some(receipt), None) => Receipts::One(validate_receipt(receipt, encoding)?),
+                (None, Some(receipts)) => Receipts::Many(validate_receipts(receipts, encoding)?),
+            };
+            let operation = if method == "ACK" {
+                Operation::Ack { topic, receipts }
+            } else {
+                Operation::Nack { topic, receipts }
+            };
+            (operation, true)
+        }
+        ("message", "TOUCH") => {
+            let topic = validate_topic(fields.topic, encoding, limits)?;
+            let Some(receipt) = fields.receipt else {
+                return Err(bad_request("missing field `receipt`"));
+            };
+            let receipt = validate_receipt(receipt, encoding)?;
+            let Some(lease_ms) = validate_lease_ms(fields.lease_ms, encoding)? else {
+                return Err(bad_request("missing field `lease_ms`"));
+            };
+            (
+                Operation::Touch {
+                    topic,
+                    receipt,
+                    lease_ms,
+                },
+                true,
+            )
         }
         ("status", "GET") => (Operation::Status, false),
         ("stats", "GET") => (Operation::Stats, false),
@@ -717,9 +983,15 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
                 false,
             )
         }
-        ("topic" | "message", _) => {
+        ("topic", _) => {
             return Err(bad_request(format!(
                 "unknown method {method:?} for type {kind:?}: expected \"GET\" or \"PUT\""
+            )))
+        }
+        ("message", _) => {
+            return Err(bad_request(format!(
+                "unknown method {method:?} for type {kind:?}: expected \"GET\", \"PUT\", \
+                 \"ACK\", \"NACK\" or \"TOUCH\""
             )))
         }
         ("fault", _) => {
@@ -744,6 +1016,187 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
         session: if uses_session { session } else { None },
         operation,
     })
+}
+
+fn needs_version_2(what: &str) -> ErrorInfo {
+    bad_request(format!(
+        "{what} needs \"v\": 2 (PROTOCOL.md §8-§10); without it the request would mean \
+         something else"
+    ))
+}
+
+/// An unsigned integer field within `min..=max`; absent is `None`.
+fn validate_range(
+    key: Key,
+    field: Option<Field<'_>>,
+    min: u64,
+    max: u64,
+    encoding: Encoding,
+) -> Result<Option<u64>, ErrorInfo> {
+    match field {
+        None => Ok(None),
+        Some(Field::Unsigned(value)) if (min..=max).contains(&value) => Ok(Some(value)),
+        Some(Field::Unsigned(value)) => Err(bad_request(format!(
+            "field `{}` is {value}: it must be between {min} and {max}",
+            key.name()
+        ))),
+        Some(other) => Err(wrong_type(
+            key,
+            &format!("an integer between {min} and {max}"),
+            &other,
+            encoding,
+        )),
+    }
+}
+
+fn validate_lease_ms(
+    field: Option<Field<'_>>,
+    encoding: Encoding,
+) -> Result<Option<u64>, ErrorInfo> {
+    validate_range(Key::LeaseMs, field, 1, LEASE_MS_MAX, encoding)
+}
+
+/// `max_deliveries` (at least 1) and `dead_letter` (a topic name, not the topic itself) of a
+/// topic PUT; `null` is the same as absent.
+fn validate_settings(
+    topic: &str,
+    max_deliveries: Option<Field<'_>>,
+    dead_letter: Option<Field<'_>>,
+    extended: bool,
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<TopicSettings, ErrorInfo> {
+    let max_deliveries = max_deliveries.filter(|field| *field != Field::Nil);
+    let dead_letter = dead_letter.filter(|field| *field != Field::Nil);
+    if !extended {
+        if max_deliveries.is_some() {
+            return Err(needs_version_2("field `max_deliveries`"));
+        }
+        if dead_letter.is_some() {
+            return Err(needs_version_2("field `dead_letter`"));
+        }
+    }
+    let max_deliveries = validate_range(Key::MaxDeliveries, max_deliveries, 1, u64::MAX, encoding)?;
+    let dead_letter = match dead_letter {
+        None => None,
+        Some(field) => {
+            let name = validate_topic_name(Key::DeadLetter, Some(field), encoding, limits)?;
+            if name == topic {
+                return Err(bad_request(
+                    "field `dead_letter` names the topic itself: a topic cannot be its own \
+                     dead-letter topic",
+                ));
+            }
+            Some(name)
+        }
+    };
+    Ok(TopicSettings {
+        max_deliveries,
+        dead_letter,
+    })
+}
+
+/// A batch PUT's `messages`: 1 to [`BATCH_ITEMS_MAX`] messages, each within the message
+/// limit, at most [`BATCH_MESSAGE_BYTES_MAX`] in all.
+fn validate_messages(
+    field: Field<'_>,
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<Vec<Payload>, ErrorInfo> {
+    let Field::List { items, count } = field else {
+        return Err(wrong_type(
+            Key::Messages,
+            "an array of messages",
+            &field,
+            encoding,
+        ));
+    };
+    check_list_length(Key::Messages, count)?;
+    let total_bytes: usize = items
+        .iter()
+        .map(|item| match item {
+            Field::Text(text) => text.len(),
+            Field::Binary(bytes) => bytes.len(),
+            _ => 0,
+        })
+        .sum();
+    if total_bytes > BATCH_MESSAGE_BYTES_MAX {
+        return Err(too_large(
+            "`messages` in all",
+            total_bytes,
+            BATCH_MESSAGE_BYTES_MAX,
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(position, item)| {
+            validate_message(Some(item), encoding, limits).map_err(|error| ErrorInfo {
+                message: format!("item {position} of {}", error.message),
+                ..error
+            })
+        })
+        .collect()
+}
+
+fn check_list_length(key: Key, count: u64) -> Result<(), ErrorInfo> {
+    if count == 0 {
+        return Err(bad_request(format!(
+            "field `{}` must not be empty",
+            key.name()
+        )));
+    }
+    if count > BATCH_ITEMS_MAX as u64 {
+        return Err(ErrorInfo::new(
+            ErrorCode::TooLarge,
+            format!(
+                "field `{}` has {count} items; the limit is {BATCH_ITEMS_MAX}",
+                key.name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A receipt: any string (one never issued is answered `STALE_RECEIPT` by the queue), at
+/// most [`RECEIPT_BYTES_MAX`] bytes.
+fn validate_receipt(field: Field<'_>, encoding: Encoding) -> Result<String, ErrorInfo> {
+    match field {
+        Field::Text(text) if text.len() > RECEIPT_BYTES_MAX => {
+            Err(too_large("`receipt`", text.len(), RECEIPT_BYTES_MAX))
+        }
+        Field::Text(text) => Ok(text.into_owned()),
+        other => Err(wrong_type(Key::Receipt, "a string", &other, encoding)),
+    }
+}
+
+fn validate_receipts(field: Field<'_>, encoding: Encoding) -> Result<Vec<String>, ErrorInfo> {
+    let Field::List { items, count } = field else {
+        return Err(wrong_type(
+            Key::Receipts,
+            "an array of strings",
+            &field,
+            encoding,
+        ));
+    };
+    check_list_length(Key::Receipts, count)?;
+    items
+        .into_iter()
+        .map(|item| match item {
+            Field::Text(text) if text.len() > RECEIPT_BYTES_MAX => Err(too_large(
+                "an item of `receipts`",
+                text.len(),
+                RECEIPT_BYTES_MAX,
+            )),
+            Field::Text(text) => Ok(text.into_owned()),
+            other => Err(wrong_type(
+                Key::Receipts,
+                "an array of strings",
+                &other,
+                encoding,
+            )),
+        })
+        .collect()
 }
 
 fn wrong_type(key: Key, expected: &str, field: &Field<'_>, encoding: Encoding) -> ErrorInfo {
@@ -797,12 +1250,29 @@ fn validate_topic(
     encoding: Encoding,
     limits: &Limits,
 ) -> Result<String, ErrorInfo> {
-    let topic = required_text(Key::Topic, field, encoding)?;
+    validate_topic_name(Key::Topic, field, encoding, limits)
+}
+
+/// A topic name (`topic`, `dead_letter`): 1 to `topic_bytes_max` bytes of UTF-8.
+fn validate_topic_name(
+    key: Key,
+    field: Option<Field<'_>>,
+    encoding: Encoding,
+    limits: &Limits,
+) -> Result<String, ErrorInfo> {
+    let topic = required_text(key, field, encoding)?;
     if topic.is_empty() {
-        return Err(bad_request("field `topic` must not be empty"));
+        return Err(bad_request(format!(
+            "field `{}` must not be empty",
+            key.name()
+        )));
     }
     if topic.len() > limits.topic_bytes_max {
-        return Err(too_large("`topic`", topic.len(), limits.topic_bytes_max));
+        return Err(too_large(
+            &format!("`{}`", key.name()),
+            topic.len(),
+            limits.topic_bytes_max,
+        ));
     }
     Ok(topic.into_owned())
 }
@@ -854,12 +1324,22 @@ fn validate_node_ids(
     field: Option<Field<'_>>,
     encoding: Encoding,
 ) -> Result<Vec<u64>, ErrorInfo> {
-    match field {
-        None => Ok(Vec::new()),
-        Some(Field::NodeIds(ids)) => Ok((0..FAULT_NODE_IDS_MAX)
+    let ids = match &field {
+        None => return Ok(Vec::new()),
+        Some(Field::List { items, count }) if items.len() as u64 == *count => {
+            items.iter().try_fold(0u64, |ids, item| match item {
+                Field::Unsigned(id) if *id < FAULT_NODE_IDS_MAX => Some(ids | 1 << id),
+                _ => None,
+            })
+        }
+        Some(_) => None,
+    };
+    match (ids, field) {
+        (Some(ids), _) => Ok((0..FAULT_NODE_IDS_MAX)
             .filter(|id| ids & (1 << id) != 0)
             .collect()),
-        Some(other) => Err(wrong_type(
+        (None, None) => Ok(Vec::new()),
+        (None, Some(other)) => Err(wrong_type(
             key,
             "an array of node ids (integers below 64)",
             &other,

@@ -1303,6 +1303,43 @@ fn a_request_names_its_intent_before_its_other_fields_are_validated() {
             Intent::CreateTopic { topic: "" },
         ),
         (
+            "ACK with a receipt that is not a string",
+            map(&[
+                ("v", Value::from(2)),
+                ("type", text("message")),
+                ("method", text("ACK")),
+                ("topic", text("secret")),
+                ("receipt", Value::from(7)),
+            ]),
+            2,
+            Intent::Get { topic: "secret" },
+        ),
+        (
+            "TOUCH with lease_ms out of range",
+            map(&[
+                ("v", Value::from(2)),
+                ("type", text("message")),
+                ("method", text("TOUCH")),
+                ("topic", text("secret")),
+                ("receipt", text("1.1")),
+                ("lease_ms", Value::from(0)),
+            ]),
+            2,
+            Intent::Get { topic: "secret" },
+        ),
+        (
+            "batch PUT with too many messages",
+            map(&[
+                ("v", Value::from(2)),
+                ("type", text("message")),
+                ("method", text("PUT")),
+                ("topic", text("secret")),
+                ("messages", Value::Array(vec![text("m"); 1_001])),
+            ]),
+            2,
+            Intent::Put { topic: "secret" },
+        ),
+        (
             "fault with a bad node list",
             map(&[
                 ("type", text("fault")),
@@ -1979,7 +2016,7 @@ fn decode_reply_refuses_what_is_not_a_reply() {
                 ("topics", Value::Array(vec![])),
                 ("message", text("m")),
             ])),
-            "both `topics` and `message`",
+            "more than one of `topics`, `message`",
         ),
         (
             "message an array of non-bytes",
@@ -2083,21 +2120,124 @@ fn arbitrary_request() -> impl Strategy<Value = Request> {
         (arbitrary_name(16), any::<u64>())
             .prop_map(|(client_id, seq)| SessionKey { client_id, seq }),
     );
+    let operation = prop_oneof![3 => operation, 2 => arbitrary_version_2_operation()];
     (1u8..=2, session, operation).prop_map(|(version, session, operation)| {
         // Only writes carry a session: the node drops it elsewhere.
         let session = match operation {
-            Operation::ListTopics | Operation::Status | Operation::Fault { .. } => None,
+            Operation::ListTopics
+            | Operation::ListTopicDetails
+            | Operation::Status
+            | Operation::Fault { .. } => None,
             _ => session,
         };
+        let version_2_only = !matches!(
+            operation,
+            Operation::CreateTopic { .. }
+                | Operation::ListTopics
+                | Operation::Put { .. }
+                | Operation::Get { .. }
+                | Operation::Status
+                | Operation::Fault { .. }
+        );
         Request {
-            version,
+            version: if version_2_only { 2 } else { version },
             session,
             operation,
         }
     })
 }
 
-const ALL_CODES: [ErrorCode; 13] = ErrorCode::ALL;
+/// The operations of PROTOCOL.md §8–§10, each in the form it decodes to (a fetch with at
+/// least one option, settings with at least one value, lists not empty).
+fn arbitrary_version_2_operation() -> impl Strategy<Value = Operation> {
+    let receipts = prop_oneof![
+        arbitrary_text(20).prop_map(Receipts::One),
+        proptest::collection::vec(arbitrary_text(20), 1..5).prop_map(Receipts::Many),
+    ];
+    let options = (
+        proptest::option::of(1..=LEASE_MS_MAX),
+        proptest::option::of(0..=WAIT_MS_MAX),
+        proptest::option::of(1..=BATCH_ITEMS_MAX as u32),
+    )
+        .prop_filter("at least one option", |(lease_ms, wait_ms, max)| {
+            lease_ms.is_some() || wait_ms.is_some() || max.is_some()
+        })
+        .prop_map(|(lease_ms, wait_ms, max)| FetchOptions {
+            lease_ms,
+            wait_ms,
+            max,
+        });
+    let settings = (
+        proptest::option::of(1..u64::MAX),
+        proptest::option::of(arbitrary_name(20)),
+    )
+        .prop_filter("at least one setting", |(max, dead_letter)| {
+            max.is_some() || dead_letter.is_some()
+        });
+    prop_oneof![
+        (arbitrary_name(20), settings)
+            .prop_filter("not its own dead letter", |(topic, (_, dead_letter))| {
+                dead_letter.as_ref() != Some(topic)
+            })
+            .prop_map(|(topic, (max_deliveries, dead_letter))| {
+                Operation::CreateTopicWith {
+                    topic,
+                    settings: TopicSettings {
+                        max_deliveries,
+                        dead_letter,
+                    },
+                }
+            }),
+        Just(Operation::ListTopicDetails),
+        (
+            arbitrary_name(20),
+            proptest::collection::vec(arbitrary_payload(), 1..5)
+        )
+            .prop_map(|(topic, messages)| Operation::PutBatch { topic, messages }),
+        (arbitrary_name(20), options)
+            .prop_map(|(topic, options)| Operation::Fetch { topic, options }),
+        (arbitrary_name(20), receipts.clone())
+            .prop_map(|(topic, receipts)| Operation::Ack { topic, receipts }),
+        (arbitrary_name(20), receipts)
+            .prop_map(|(topic, receipts)| Operation::Nack { topic, receipts }),
+        (arbitrary_name(20), arbitrary_text(20), 1..=LEASE_MS_MAX).prop_map(
+            |(topic, receipt, lease_ms)| Operation::Touch {
+                topic,
+                receipt,
+                lease_ms
+            }
+        ),
+    ]
+}
+
+const ALL_CODES: [ErrorCode; 14] = ErrorCode::ALL;
+
+fn arbitrary_delivery() -> impl Strategy<Value = Delivery> {
+    (arbitrary_payload(), arbitrary_text(20), any::<u64>()).prop_map(
+        |(message, receipt, deliveries)| Delivery {
+            message,
+            receipt,
+            deliveries,
+        },
+    )
+}
+
+fn arbitrary_topic_detail() -> impl Strategy<Value = TopicDetail> {
+    (
+        arbitrary_name(10),
+        any::<[u64; 3]>(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(arbitrary_name(10)),
+    )
+        .prop_map(|(name, numbers, max_deliveries, dead_letter)| TopicDetail {
+            name,
+            ready: numbers[0],
+            leased: numbers[1],
+            max_deliveries,
+            dead_letter,
+            discarded: numbers[2],
+        })
+}
 
 fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     let error = (
@@ -2110,6 +2250,13 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
         proptest::collection::vec(arbitrary_name(10), 0..5).prop_map(Outcome::Topics),
         arbitrary_payload().prop_map(Outcome::Message),
         error.prop_map(Outcome::Failed),
+        arbitrary_delivery().prop_map(Outcome::Delivered),
+        proptest::collection::vec(arbitrary_payload(), 0..4).prop_map(Outcome::Messages),
+        // Not empty: an empty list reads back as `Messages` / `Topics`.
+        proptest::collection::vec(arbitrary_delivery(), 1..4).prop_map(Outcome::Deliveries),
+        any::<u64>().prop_map(Outcome::Count),
+        proptest::collection::vec(arbitrary_text(10), 0..4).prop_map(Outcome::Stale),
+        proptest::collection::vec(arbitrary_topic_detail(), 1..4).prop_map(Outcome::TopicDetails),
     ];
     let leader =
         proptest::option::of(
@@ -2236,7 +2383,13 @@ proptest! {
         prop_assert_eq!(decode_request(&body, &limits), Ok((request.clone(), Encoding::MsgPack)));
 
         let body = encode_request(&request, Encoding::Json);
-        let binary = matches!(&request.operation, Operation::Put { message: Payload::Binary(_), .. });
+        let binary = match &request.operation {
+            Operation::Put { message, .. } => matches!(message, Payload::Binary(_)),
+            Operation::PutBatch { messages, .. } => {
+                messages.iter().any(|message| matches!(message, Payload::Binary(_)))
+            }
+            _ => false,
+        };
         if binary {
             let code = decode_request(&body, &limits).map_err(|error| error.error.code);
             prop_assert_eq!(code, Err(ErrorCode::BadRequest));
@@ -2288,3 +2441,5 @@ proptest! {
         }
     }
 }
+
+mod delivery;

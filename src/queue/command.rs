@@ -7,14 +7,26 @@
 //! ```text
 //! LoggedCommand = [ session: nil | [client_id: str, seq: uint], command ]
 //! command       = {"CreateTopic": [topic]} | {"Put": [topic, payload]} | {"Get": [topic]}
+//!               | {"CreateTopicWith": [topic, [max_deliveries: nil | uint, dead_letter: nil | str]]}
+//!               | {"PutBatch": [topic, [payload, ...]]}
+//!               | {"GetLeased": [topic, lease]}
+//!               | {"GetBatch": [topic, max: uint, lease: nil | lease]}
+//!               | {"Ack": [topic, receipt: str]} | {"AckBatch": [topic, [receipt, ...]]}
+//!               | {"Nack": [topic, receipt: str]} | {"NackBatch": [topic, [receipt, ...]]}
+//!               | {"Touch": [topic, receipt: str, lease]}
+//!               | {"EndLeases": [now_ms: uint]}
+//! lease         = [now_ms: uint, deadline_ms: uint]
 //! payload       = {"Text": str} | {"Binary": bin}
 //! ```
+//!
+//! Times (`now_ms`, `deadline_ms`) are the leader's lease clock when it proposed the entry:
+//! the state machine never reads a clock, it only compares the times entries carry.
 //!
 //! Log entries outlive binaries, so this layout is a stored format: add variants, never
 //! reorder or rename fields. Decoding is strict (trailing bytes are an error) and never
 //! panics: the bytes come from disk and from peers.
 
-use crate::protocol::{Operation, Payload, SessionKey};
+use crate::protocol::{Operation, Payload, Receipts, SessionKey, TopicSettings};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -22,9 +34,83 @@ use serde::{Deserialize, Serialize};
 /// answered from the applied state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    CreateTopic { topic: String },
-    Put { topic: String, message: Payload },
-    Get { topic: String },
+    CreateTopic {
+        topic: String,
+    },
+    Put {
+        topic: String,
+        message: Payload,
+    },
+    Get {
+        topic: String,
+    },
+    // PROTOCOL.md §8–§10. New variants go at the end: log entries outlive binaries.
+    /// A topic created with delivery settings.
+    CreateTopicWith {
+        topic: String,
+        settings: TopicSettings,
+    },
+    /// Appends all of `messages` in order, or none.
+    PutBatch {
+        topic: String,
+        messages: Vec<Payload>,
+    },
+    /// Leases the next ready message.
+    GetLeased {
+        topic: String,
+        lease: LeaseTime,
+    },
+    /// Hands out up to `max` ready messages, leased when `lease` is set.
+    GetBatch {
+        topic: String,
+        max: u32,
+        lease: Option<LeaseTime>,
+    },
+    Ack {
+        topic: String,
+        receipt: String,
+    },
+    AckBatch {
+        topic: String,
+        receipts: Vec<String>,
+    },
+    Nack {
+        topic: String,
+        receipt: String,
+    },
+    NackBatch {
+        topic: String,
+        receipts: Vec<String>,
+    },
+    /// Moves a live lease's deadline.
+    Touch {
+        topic: String,
+        receipt: String,
+        lease: LeaseTime,
+    },
+    /// Proposed by the leader when its lease clock passed a recorded deadline: ends every
+    /// lease whose deadline is at or before `now_ms`.
+    EndLeases {
+        now_ms: u64,
+    },
+}
+
+/// When a lease was granted or touched and when it ends, on the leader's lease clock.
+/// Decided by the leader and carried in the entry, so every replica agrees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseTime {
+    pub now_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl LeaseTime {
+    /// A lease of `lease_ms` from `now_ms`.
+    pub fn starting(now_ms: u64, lease_ms: u64) -> LeaseTime {
+        LeaseTime {
+            now_ms,
+            deadline_ms: now_ms.saturating_add(lease_ms),
+        }
+    }
 }
 
 /// What one log entry carries.
@@ -64,15 +150,68 @@ impl LoggedCommand {
 
 /// The operations that go through the log become commands; the others come back as the
 /// error, for the caller to serve from the applied state.
+///
+/// Operations that need the leader's lease clock (a leased GET, TOUCH) go through
+/// [`Command::from_operation`] instead; here they come back as the error too.
 impl TryFrom<Operation> for Command {
     type Error = Operation;
 
     fn try_from(operation: Operation) -> Result<Command, Operation> {
         match operation {
+            Operation::Fetch { options, .. } if options.lease_ms.is_some() => Err(operation),
+            Operation::Touch { .. } => Err(operation),
+            other => Command::from_operation(other, 0),
+        }
+    }
+}
+
+impl Command {
+    /// The command the leader proposes for `operation`, with `now_ms` its lease clock (used
+    /// by leased GETs and TOUCH only). Reads come back as the error, for the caller to serve
+    /// from the applied state.
+    ///
+    /// `wait_ms` is not part of the command: waiting happens before proposing, at the leader.
+    pub fn from_operation(operation: Operation, now_ms: u64) -> Result<Command, Operation> {
+        let lease = |lease_ms: u64| LeaseTime::starting(now_ms, lease_ms);
+        match operation {
             Operation::CreateTopic { topic } => Ok(Command::CreateTopic { topic }),
+            Operation::CreateTopicWith { topic, settings } => {
+                Ok(Command::CreateTopicWith { topic, settings })
+            }
             Operation::Put { topic, message } => Ok(Command::Put { topic, message }),
+            Operation::PutBatch { topic, messages } => Ok(Command::PutBatch { topic, messages }),
             Operation::Get { topic } => Ok(Command::Get { topic }),
+            Operation::Fetch { topic, options } => Ok(match (options.max, options.lease_ms) {
+                (None, None) => Command::Get { topic },
+                (None, Some(lease_ms)) => Command::GetLeased {
+                    topic,
+                    lease: lease(lease_ms),
+                },
+                (Some(max), lease_ms) => Command::GetBatch {
+                    topic,
+                    max,
+                    lease: lease_ms.map(lease),
+                },
+            }),
+            Operation::Ack { topic, receipts } => Ok(match receipts {
+                Receipts::One(receipt) => Command::Ack { topic, receipt },
+                Receipts::Many(receipts) => Command::AckBatch { topic, receipts },
+            }),
+            Operation::Nack { topic, receipts } => Ok(match receipts {
+                Receipts::One(receipt) => Command::Nack { topic, receipt },
+                Receipts::Many(receipts) => Command::NackBatch { topic, receipts },
+            }),
+            Operation::Touch {
+                topic,
+                receipt,
+                lease_ms,
+            } => Ok(Command::Touch {
+                topic,
+                receipt,
+                lease: lease(lease_ms),
+            }),
             other @ (Operation::ListTopics
+            | Operation::ListTopicDetails
             | Operation::Status
             | Operation::Stats
             | Operation::Fault { .. }) => Err(other),
@@ -123,6 +262,182 @@ mod tests {
                 "case {case}"
             );
         }
+    }
+
+    /// The version 2 commands are stored too: their layout is pinned like the others'.
+    #[test]
+    fn version_2_layouts_are_the_documented_ones() {
+        let lease = LeaseTime {
+            now_ms: 5,
+            deadline_ms: 9,
+        };
+        let cases: Vec<(Command, &[u8])> = vec![
+            (
+                Command::CreateTopicWith {
+                    topic: "t".into(),
+                    settings: TopicSettings {
+                        max_deliveries: Some(3),
+                        dead_letter: None,
+                    },
+                },
+                // {"CreateTopicWith": ["t", [3, nil]]}
+                b"\x81\xafCreateTopicWith\x92\xa1t\x92\x03\xc0",
+            ),
+            (
+                Command::PutBatch {
+                    topic: "t".into(),
+                    messages: vec![Payload::Text("a".into())],
+                },
+                // {"PutBatch": ["t", [{"Text": "a"}]]}
+                b"\x81\xa8PutBatch\x92\xa1t\x91\x81\xa4Text\xa1a",
+            ),
+            (
+                Command::GetLeased {
+                    topic: "t".into(),
+                    lease,
+                },
+                // {"GetLeased": ["t", [5, 9]]}
+                b"\x81\xa9GetLeased\x92\xa1t\x92\x05\x09",
+            ),
+            (
+                Command::GetBatch {
+                    topic: "t".into(),
+                    max: 2,
+                    lease: None,
+                },
+                // {"GetBatch": ["t", 2, nil]}
+                b"\x81\xa8GetBatch\x93\xa1t\x02\xc0",
+            ),
+            (
+                Command::AckBatch {
+                    topic: "t".into(),
+                    receipts: vec!["r".into()],
+                },
+                // {"AckBatch": ["t", ["r"]]}
+                b"\x81\xa8AckBatch\x92\xa1t\x91\xa1r",
+            ),
+            (
+                Command::Touch {
+                    topic: "t".into(),
+                    receipt: "r".into(),
+                    lease,
+                },
+                // {"Touch": ["t", "r", [5, 9]]}
+                b"\x81\xa5Touch\x93\xa1t\xa1r\x92\x05\x09",
+            ),
+            (
+                Command::EndLeases { now_ms: 7 },
+                // {"EndLeases": [7]}
+                b"\x81\xa9EndLeases\x91\x07",
+            ),
+        ];
+        for (case, (command, bytes)) in cases.into_iter().enumerate() {
+            let logged = LoggedCommand {
+                session: None,
+                command,
+            };
+            let expected = [&b"\x92\xc0"[..], bytes].concat();
+            assert_eq!(logged.encode().as_ref(), expected.as_slice(), "case {case}");
+            assert_eq!(
+                LoggedCommand::decode(&expected).expect("valid"),
+                logged,
+                "case {case}"
+            );
+        }
+    }
+
+    #[test]
+    fn version_2_operations_map_to_commands_with_the_leaders_time() {
+        use crate::protocol::FetchOptions;
+        let topic = || "t".to_string();
+        let fetch = |lease_ms, wait_ms, max| Operation::Fetch {
+            topic: topic(),
+            options: FetchOptions {
+                lease_ms,
+                wait_ms,
+                max,
+            },
+        };
+        let lease = LeaseTime {
+            now_ms: 100,
+            deadline_ms: 130,
+        };
+        let cases = [
+            (fetch(None, Some(10), None), Command::Get { topic: topic() }),
+            (
+                fetch(Some(30), Some(10), None),
+                Command::GetLeased {
+                    topic: topic(),
+                    lease,
+                },
+            ),
+            (
+                fetch(None, None, Some(4)),
+                Command::GetBatch {
+                    topic: topic(),
+                    max: 4,
+                    lease: None,
+                },
+            ),
+            (
+                fetch(Some(30), None, Some(1)),
+                Command::GetBatch {
+                    topic: topic(),
+                    max: 1,
+                    lease: Some(lease),
+                },
+            ),
+            (
+                Operation::Ack {
+                    topic: topic(),
+                    receipts: Receipts::One("r".into()),
+                },
+                Command::Ack {
+                    topic: topic(),
+                    receipt: "r".into(),
+                },
+            ),
+            (
+                Operation::Nack {
+                    topic: topic(),
+                    receipts: Receipts::Many(vec!["r".into()]),
+                },
+                Command::NackBatch {
+                    topic: topic(),
+                    receipts: vec!["r".into()],
+                },
+            ),
+            (
+                Operation::Touch {
+                    topic: topic(),
+                    receipt: "r".into(),
+                    lease_ms: 30,
+                },
+                Command::Touch {
+                    topic: topic(),
+                    receipt: "r".into(),
+                    lease,
+                },
+            ),
+        ];
+        for (case, (operation, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                Command::from_operation(operation, 100),
+                Ok(expected),
+                "case {case}"
+            );
+        }
+        assert_eq!(
+            Command::from_operation(Operation::ListTopicDetails, 100),
+            Err(Operation::ListTopicDetails)
+        );
+        // Without the leader's time, a lease cannot be decided.
+        assert!(Command::try_from(fetch(Some(30), None, None)).is_err());
+        assert_eq!(
+            LeaseTime::starting(u64::MAX - 1, 10).deadline_ms,
+            u64::MAX,
+            "saturates"
+        );
     }
 
     #[test]
@@ -207,12 +522,46 @@ mod tests {
         ]
     }
 
+    fn lease_strategy() -> impl Strategy<Value = LeaseTime> {
+        (any::<u64>(), any::<u64>()).prop_map(|(now_ms, deadline_ms)| LeaseTime {
+            now_ms,
+            deadline_ms,
+        })
+    }
+
     fn logged_command_strategy() -> impl Strategy<Value = LoggedCommand> {
         let command = prop_oneof![
             ".{0,10}".prop_map(|topic| Command::CreateTopic { topic }),
             (".{0,10}", payload_strategy())
                 .prop_map(|(topic, message)| Command::Put { topic, message }),
             ".{0,10}".prop_map(|topic| Command::Get { topic }),
+            (
+                ".{0,10}",
+                proptest::collection::vec(payload_strategy(), 0..4)
+            )
+                .prop_map(|(topic, messages)| Command::PutBatch { topic, messages }),
+            (
+                ".{0,10}",
+                any::<u32>(),
+                proptest::option::of(lease_strategy())
+            )
+                .prop_map(|(topic, max, lease)| Command::GetBatch {
+                    topic,
+                    max,
+                    lease
+                }),
+            (".{0,10}", lease_strategy())
+                .prop_map(|(topic, lease)| Command::GetLeased { topic, lease }),
+            (".{0,10}", proptest::collection::vec(".{0,8}", 0..4))
+                .prop_map(|(topic, receipts)| Command::NackBatch { topic, receipts }),
+            (".{0,10}", ".{0,8}", lease_strategy()).prop_map(|(topic, receipt, lease)| {
+                Command::Touch {
+                    topic,
+                    receipt,
+                    lease,
+                }
+            }),
+            any::<u64>().prop_map(|now_ms| Command::EndLeases { now_ms }),
         ];
         let session = proptest::option::of(
             (".{0,10}", any::<u64>()).prop_map(|(client_id, seq)| SessionKey { client_id, seq }),

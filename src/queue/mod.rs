@@ -64,24 +64,51 @@
 //! A queued message costs its bytes plus a 4-byte header, packed in 32 KiB segments (see
 //! [`fifo`]), so the 1-million-message target fits in about the messages' own size; popped
 //! messages give their memory back (freed segments, compacted front segments). An empty
-//! topic holds no heap beyond its struct and its name. A session costs a few hundred bytes
-//! plus its kept reply, and the table is bounded by the two limits above. Measured figures:
+//! topic holds no heap beyond its struct and its name. A message handed out under a lease
+//! leaves the packed segments and is held on its own (its payload allocation and a map node,
+//! about 100 bytes beyond its bytes) until it is ACKed or dead-lettered: leased and returned
+//! messages are few compared to a backlog. A session costs a few hundred bytes plus its kept
+//! reply, and the table is bounded by the two limits above. Measured figures:
 //! docs/PERFORMANCE.md, "Memory of the queue".
+//!
+//! # Acknowledged delivery (PROTOCOL.md §8)
+//!
+//! A leased GET leaves the message in its topic, invisible, under a lease named by a receipt
+//! (the granting entry's index and the message's seq in its topic: unique forever). ACK
+//! deletes it; NACK, or the end of the lease, puts it back in its place ([`topic`] says how
+//! the order is kept). Every grant, ACK, NACK, TOUCH and lease end is a log entry, so every
+//! replica agrees on who holds what, and a new leader continues the old one's leases.
+//!
+//! Time is never read here. A leased GET and a TOUCH carry the leader's lease clock and the
+//! deadline it decided ([`LeaseTime`]); the leader proposes [`Command::EndLeases`] with its
+//! clock once it passes a deadline ([`Queue::next_lease_deadline`],
+//! [`Queue::leases_due`]), and that entry ends every lease due by then, in (deadline, topic,
+//! seq) order. [`Queue::clock_ms`] is the latest time the log carried: a new leader's lease
+//! clock starts at or after it.
+//!
+//! A message that comes back after `max_deliveries` leased deliveries is, in the same entry,
+//! appended to its topic's `dead_letter` topic (created if missing, with no settings), or
+//! dropped and counted in `discarded`. Leased messages count against the quotas like any
+//! other: they are still held.
 
 pub mod command;
 pub mod fifo;
 pub mod session;
 pub mod snapshot_codec;
+pub mod topic;
 
-pub use command::{Command, CommandDecodeError, LoggedCommand};
+pub use command::{Command, CommandDecodeError, LeaseTime, LoggedCommand};
 pub use snapshot_codec::SnapshotError;
 
-use crate::protocol::{ErrorCode, ErrorInfo, Outcome};
+use crate::protocol::{
+    Delivery, ErrorCode, ErrorInfo, Outcome, Payload, TopicDetail, TopicSettings,
+    BATCH_MESSAGE_BYTES_MAX,
+};
 use crate::raft::LogIndex;
-use fifo::MessageFifo;
 use serde::{Deserialize, Serialize};
 use session::{Admission, SessionLimits, Sessions};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use topic::{Lease, Returned, Taken, Topic};
 
 /// The state machine's limits. Part of the replicated behaviour: every node of a cluster
 /// must use the same values, or they forget different sessions and diverge.
@@ -192,12 +219,6 @@ pub struct QueueStats {
     pub session_bytes: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Topic {
-    name: String,
-    messages: MessageFifo,
-}
-
 #[derive(Clone, Debug)]
 pub struct Queue {
     config: QueueConfig,
@@ -212,6 +233,12 @@ pub struct Queue {
     messages: usize,
     /// Invariant: the sum of the topics' payload bytes.
     payload_bytes: usize,
+    /// Every live lease as `(deadline_ms, topic position, seq)`: the leader's question
+    /// "which leases end by T" and `EndLeases` are range scans. Derived from the topics.
+    deadlines: BTreeSet<(u64, usize, u64)>,
+    /// The latest lease-clock time any applied entry carried: a new leader starts its lease
+    /// clock here, so it never ends a lease earlier than the old leader would have.
+    clock_ms: u64,
 }
 
 /// Equal when the replicated state is equal: topics, messages, sessions and their eviction
@@ -221,6 +248,7 @@ impl PartialEq for Queue {
         self.last_applied == other.last_applied
             && self.topics == other.topics
             && self.sessions == other.sessions
+            && self.clock_ms == other.clock_ms
     }
 }
 
@@ -240,6 +268,8 @@ impl Queue {
             last_applied: LogIndex::ZERO,
             messages: 0,
             payload_bytes: 0,
+            deadlines: BTreeSet::new(),
+            clock_ms: 0,
         }
     }
 
@@ -301,77 +331,424 @@ impl Queue {
 
     fn execute(&mut self, command: &Command) -> Outcome {
         match command {
-            Command::CreateTopic { topic } => {
-                if self.topic_index.contains_key(topic) {
-                    return failed(
-                        ErrorCode::TopicExists,
-                        format!("topic {topic:?} already exists"),
-                    );
-                }
-                if self.topics.len() >= self.config.topics_max {
-                    return failed(
-                        ErrorCode::Quota,
-                        format!(
-                            "topic {topic:?} not created: the cluster holds {} topics, its \
-                             topics_max",
-                            self.topics.len()
-                        ),
-                    );
-                }
-                self.topic_index.insert(topic.clone(), self.topics.len());
-                self.topics.push(Topic {
-                    name: topic.clone(),
-                    messages: MessageFifo::new(),
-                });
-                Outcome::Done
-            }
-            Command::Put { topic, message } => {
-                let Some(&position) = self.topic_index.get(topic) else {
-                    return no_such_topic(topic);
-                };
-                let queued = self.queued_bytes();
-                let charge = message.len().saturating_add(QUEUED_MESSAGE_OVERHEAD_BYTES);
-                if queued.saturating_add(charge) > self.config.queued_bytes_max {
-                    return failed(
-                        ErrorCode::Quota,
-                        format!(
-                            "message not queued: {queued} bytes are queued and it needs \
-                             {charge} more, over queued_bytes_max ({}); consume messages \
-                             first",
-                            self.config.queued_bytes_max
-                        ),
-                    );
-                }
-                match self.topics[position].messages.push(message) {
-                    Ok(()) => {
-                        self.messages += 1;
-                        self.payload_bytes += message.len();
-                        Outcome::Done
-                    }
-                    Err(error) => failed(
-                        ErrorCode::TooLarge,
-                        format!(
-                            "message of {} bytes is over the queue's limit of {} bytes",
-                            error.bytes,
-                            fifo::MESSAGE_BYTES_MAX
-                        ),
-                    ),
-                }
-            }
+            Command::CreateTopic { topic } => self.create_topic(topic, &TopicSettings::default()),
+            Command::CreateTopicWith { topic, settings } => self.create_topic(topic, settings),
+            Command::Put { topic, message } => match self.put(topic, std::slice::from_ref(message))
+            {
+                Ok(()) => Outcome::Done,
+                Err(failure) => failure,
+            },
+            Command::PutBatch { topic, messages } => match self.put(topic, messages) {
+                Ok(()) => Outcome::Count(messages.len() as u64),
+                Err(failure) => failure,
+            },
+            // The version 1 hot path: no batch to size, no list to build.
             Command::Get { topic } => {
                 let Some(&position) = self.topic_index.get(topic) else {
                     return no_such_topic(topic);
                 };
-                match self.topics[position].messages.pop() {
-                    Some(message) => {
+                match self.topics[position].take_ready() {
+                    Some(taken) => {
                         self.messages -= 1;
-                        self.payload_bytes -= message.len();
-                        Outcome::Message(message)
+                        self.payload_bytes -= taken.message.len();
+                        Outcome::Message(taken.message)
                     }
-                    None => failed(ErrorCode::Empty, format!("topic {topic:?} has no message")),
+                    None => empty(topic),
+                }
+            }
+            Command::GetLeased { topic, lease } => match self.take(topic, 1, Some(*lease)) {
+                Ok(mut taken) => Outcome::Delivered(taken.remove(0)),
+                Err(failure) => failure,
+            },
+            Command::GetBatch { topic, max, lease } => {
+                match self.take(topic, *max as usize, *lease) {
+                    Ok(taken) if lease.is_some() => Outcome::Deliveries(taken),
+                    Ok(taken) => {
+                        Outcome::Messages(taken.into_iter().map(|taken| taken.message).collect())
+                    }
+                    Err(failure) => failure,
+                }
+            }
+            Command::Ack { topic, receipt } => {
+                self.settle_one(topic, receipt, |queue, position, seq, lease| {
+                    queue.acknowledge(position, seq, lease)
+                })
+            }
+            Command::AckBatch { topic, receipts } => {
+                self.settle_many(topic, receipts, |queue, position, seq, lease| {
+                    queue.acknowledge(position, seq, lease)
+                })
+            }
+            Command::Nack { topic, receipt } => {
+                self.settle_one(topic, receipt, |queue, position, seq, lease| {
+                    queue.give_back(position, seq, lease)
+                })
+            }
+            Command::NackBatch { topic, receipts } => {
+                self.settle_many(topic, receipts, |queue, position, seq, lease| {
+                    queue.give_back(position, seq, lease)
+                })
+            }
+            Command::Touch {
+                topic,
+                receipt,
+                lease,
+            } => {
+                self.observe_clock(lease.now_ms);
+                let Some(&position) = self.topic_index.get(topic) else {
+                    return no_such_topic(topic);
+                };
+                let Some((seq, _)) = self.topics[position].lease_of(receipt) else {
+                    return stale_receipt(topic, receipt);
+                };
+                let live = self.topics[position]
+                    .leased
+                    .get_mut(&seq)
+                    .expect("lease_of found it");
+                let removed = self.deadlines.remove(&(live.deadline_ms, position, seq));
+                assert!(removed, "lease {receipt:?} missing from the deadline index");
+                live.deadline_ms = lease.deadline_ms;
+                self.deadlines.insert((lease.deadline_ms, position, seq));
+                Outcome::Done
+            }
+            Command::EndLeases { now_ms } => {
+                self.observe_clock(*now_ms);
+                let due: Vec<(u64, usize, u64)> = self
+                    .deadlines
+                    .range(..=(*now_ms, usize::MAX, u64::MAX))
+                    .copied()
+                    .collect();
+                for (deadline_ms, position, seq) in due {
+                    self.deadlines.remove(&(deadline_ms, position, seq));
+                    let lease = self.topics[position]
+                        .leased
+                        .remove(&seq)
+                        .expect("every deadline names a live lease");
+                    self.give_back(position, seq, lease);
+                }
+                Outcome::Done
+            }
+        }
+    }
+
+    fn observe_clock(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+    }
+
+    fn create_topic(&mut self, topic: &str, settings: &TopicSettings) -> Outcome {
+        if self.topic_index.contains_key(topic) {
+            return failed(
+                ErrorCode::TopicExists,
+                format!("topic {topic:?} already exists"),
+            );
+        }
+        // The gateway refuses these; a log written by a buggy or hostile leader must still
+        // not break an invariant.
+        if settings.max_deliveries == Some(0) || settings.dead_letter.as_deref() == Some(topic) {
+            return failed(
+                ErrorCode::BadRequest,
+                format!("topic {topic:?}: invalid delivery settings {settings:?}"),
+            );
+        }
+        if self.topics.len() >= self.config.topics_max {
+            return failed(
+                ErrorCode::Quota,
+                format!(
+                    "topic {topic:?} not created: the cluster holds {} topics, its \
+                     topics_max",
+                    self.topics.len()
+                ),
+            );
+        }
+        self.add_topic(topic, settings.clone());
+        Outcome::Done
+    }
+
+    fn add_topic(&mut self, topic: &str, settings: TopicSettings) -> usize {
+        let position = self.topics.len();
+        self.topic_index.insert(topic.to_string(), position);
+        self.topics.push(Topic::new(topic.to_string(), settings));
+        position
+    }
+
+    /// Appends `messages` to `topic` in order, all or none.
+    fn put(&mut self, topic: &str, messages: &[Payload]) -> Result<(), Outcome> {
+        let Some(&position) = self.topic_index.get(topic) else {
+            return Err(no_such_topic(topic));
+        };
+        let queued = self.queued_bytes();
+        let charge = messages.iter().fold(0usize, |sum, message| {
+            sum.saturating_add(message.len())
+                .saturating_add(QUEUED_MESSAGE_OVERHEAD_BYTES)
+        });
+        if queued.saturating_add(charge) > self.config.queued_bytes_max {
+            let what = if messages.len() == 1 {
+                "message not queued".to_string()
+            } else {
+                format!("none of the {} messages queued", messages.len())
+            };
+            return Err(failed(
+                ErrorCode::Quota,
+                format!(
+                    "{what}: {queued} bytes are queued and it needs {charge} more, over \
+                     queued_bytes_max ({}); consume messages first",
+                    self.config.queued_bytes_max
+                ),
+            ));
+        }
+        if let Some(large) = messages
+            .iter()
+            .find(|message| message.len() > fifo::MESSAGE_BYTES_MAX)
+        {
+            return Err(failed(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {} bytes is over the queue's limit of {} bytes",
+                    large.len(),
+                    fifo::MESSAGE_BYTES_MAX
+                ),
+            ));
+        }
+        for message in messages {
+            self.topics[position].push(message);
+            self.messages += 1;
+            self.payload_bytes += message.len();
+        }
+        Ok(())
+    }
+
+    /// Hands out up to `max` ready messages of `topic` (at least one, else `EMPTY`), fewer
+    /// if more would carry over [`BATCH_MESSAGE_BYTES_MAX`]. Without `lease` they are
+    /// popped; with it they stay, invisible, until ACK, NACK or the lease's end.
+    fn take(
+        &mut self,
+        topic: &str,
+        max: usize,
+        lease: Option<LeaseTime>,
+    ) -> Result<Vec<Delivery>, Outcome> {
+        if let Some(lease) = lease {
+            self.observe_clock(lease.now_ms);
+        }
+        let Some(&position) = self.topic_index.get(topic) else {
+            return Err(no_such_topic(topic));
+        };
+        let mut count = 0;
+        let mut bytes = 0usize;
+        for length in self.topics[position].ready_lengths().take(max) {
+            if count > 0 && bytes.saturating_add(length) > BATCH_MESSAGE_BYTES_MAX {
+                break;
+            }
+            bytes = bytes.saturating_add(length);
+            count += 1;
+        }
+        if count == 0 {
+            return Err(empty(topic));
+        }
+        let granted_at = self.last_applied;
+        let mut handed_out = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Taken {
+                seq,
+                message,
+                deliveries,
+            } = self.topics[position]
+                .take_ready()
+                .expect("counted among the ready messages just above");
+            match lease {
+                None => {
+                    self.messages -= 1;
+                    self.payload_bytes -= message.len();
+                    handed_out.push(Delivery {
+                        message,
+                        receipt: String::new(),
+                        deliveries,
+                    });
+                }
+                Some(lease) => {
+                    let deliveries = deliveries + 1;
+                    self.topics[position].leased.insert(
+                        seq,
+                        Lease {
+                            message: message.clone(),
+                            deliveries,
+                            granted_at,
+                            deadline_ms: lease.deadline_ms,
+                        },
+                    );
+                    self.deadlines.insert((lease.deadline_ms, position, seq));
+                    handed_out.push(Delivery {
+                        message,
+                        receipt: topic::receipt(granted_at, seq),
+                        deliveries,
+                    });
                 }
             }
         }
+        Ok(handed_out)
+    }
+
+    /// ACK or NACK of one receipt: `STALE_RECEIPT` unless it names a live lease.
+    fn settle_one(
+        &mut self,
+        topic: &str,
+        receipt: &str,
+        settle: impl Fn(&mut Queue, usize, u64, Lease),
+    ) -> Outcome {
+        let Some(&position) = self.topic_index.get(topic) else {
+            return no_such_topic(topic);
+        };
+        match self.end_lease(position, receipt) {
+            Some((seq, lease)) => {
+                settle(self, position, seq, lease);
+                Outcome::Done
+            }
+            None => stale_receipt(topic, receipt),
+        }
+    }
+
+    /// ACK or NACK of a list: each receipt that names a live lease takes effect, in list
+    /// order; the others are listed in `stale`.
+    fn settle_many(
+        &mut self,
+        topic: &str,
+        receipts: &[String],
+        settle: impl Fn(&mut Queue, usize, u64, Lease),
+    ) -> Outcome {
+        let Some(&position) = self.topic_index.get(topic) else {
+            return no_such_topic(topic);
+        };
+        let mut stale = Vec::new();
+        for receipt in receipts {
+            match self.end_lease(position, receipt) {
+                Some((seq, lease)) => settle(self, position, seq, lease),
+                None => stale.push(receipt.clone()),
+            }
+        }
+        Outcome::Stale(stale)
+    }
+
+    /// Removes the live lease `receipt` names in the topic at `position`.
+    fn end_lease(&mut self, position: usize, receipt: &str) -> Option<(u64, Lease)> {
+        let (seq, _) = self.topics[position].lease_of(receipt)?;
+        let lease = self.topics[position]
+            .leased
+            .remove(&seq)
+            .expect("lease_of found it");
+        let removed = self.deadlines.remove(&(lease.deadline_ms, position, seq));
+        assert!(removed, "lease {receipt:?} missing from the deadline index");
+        Some((seq, lease))
+    }
+
+    /// An ACKed message is deleted.
+    fn acknowledge(&mut self, _position: usize, _seq: u64, lease: Lease) {
+        self.messages -= 1;
+        self.payload_bytes -= lease.message.len();
+    }
+
+    /// A message whose lease ended or was NACKed goes back to its place, unless it has been
+    /// delivered `max_deliveries` times: then it moves to the end of the topic's
+    /// `dead_letter` topic (created if missing), or is discarded and counted.
+    ///
+    /// A dead-letter topic created here is not refused by `topics_max`: refusing would lose
+    /// the message, and each topic names at most one dead-letter topic, so they are bounded
+    /// by the topics created under the quota.
+    fn give_back(&mut self, position: usize, seq: u64, lease: Lease) {
+        let Lease {
+            message,
+            deliveries,
+            ..
+        } = lease;
+        let settings = &self.topics[position].settings;
+        let exhausted = settings
+            .max_deliveries
+            .is_some_and(|max_deliveries| deliveries >= max_deliveries);
+        if !exhausted {
+            self.topics[position].returned.insert(
+                seq,
+                Returned {
+                    message,
+                    deliveries,
+                },
+            );
+            return;
+        }
+        match settings.dead_letter.clone() {
+            Some(dead_letter) => {
+                let target = match self.topic_index.get(&dead_letter) {
+                    Some(&target) => target,
+                    None => self.add_topic(&dead_letter, TopicSettings::default()),
+                };
+                self.topics[target].push(&message);
+            }
+            None => {
+                self.topics[position].discarded += 1;
+                self.messages -= 1;
+                self.payload_bytes -= message.len();
+            }
+        }
+    }
+
+    /// The latest lease-clock time an applied entry carried (0 before any). A new leader's
+    /// lease clock must start at or after it.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// The earliest deadline of a live lease, on the lease clock: when the leader should
+    /// next propose [`Command::EndLeases`].
+    pub fn next_lease_deadline(&self) -> Option<u64> {
+        self.deadlines
+            .first()
+            .map(|&(deadline_ms, _, _)| deadline_ms)
+    }
+
+    /// The live leases whose deadline is at or before `now_ms`, earliest first, as
+    /// `(topic, receipt, deadline_ms)`: what an `EndLeases { now_ms }` would end.
+    pub fn leases_due(&self, now_ms: u64) -> impl Iterator<Item = (&str, String, u64)> + '_ {
+        self.deadlines.range(..=(now_ms, usize::MAX, u64::MAX)).map(
+            |&(deadline_ms, position, seq)| {
+                let topic = &self.topics[position];
+                let lease = &topic.leased[&seq];
+                (
+                    topic.name.as_str(),
+                    topic::receipt(lease.granted_at, seq),
+                    deadline_ms,
+                )
+            },
+        )
+    }
+
+    /// Every message `topic` holds, ready or leased, in the topic's order (the order in which
+    /// they would be handed out if every lease ended now); `None` if there is no such topic.
+    /// O(messages): for checkers and tests.
+    pub fn held_messages(&self, topic: &str) -> Option<Vec<Payload>> {
+        let &position = self.topic_index.get(topic)?;
+        let topic = &self.topics[position];
+        let mut returned_or_leased: Vec<(u64, &Payload)> = topic
+            .returned
+            .iter()
+            .map(|(&seq, returned)| (seq, &returned.message))
+            .chain(
+                topic
+                    .leased
+                    .iter()
+                    .map(|(&seq, lease)| (seq, &lease.message)),
+            )
+            .collect();
+        returned_or_leased.sort_unstable_by_key(|(seq, _)| *seq);
+        Some(
+            returned_or_leased
+                .into_iter()
+                .map(|(_, message)| message.clone())
+                .chain(topic.messages.iter().map(|message| message.to_payload()))
+                .collect(),
+        )
+    }
+
+    /// Every topic with its counts and settings, in creation order (`topic GET` with
+    /// `detail`).
+    pub fn topic_details(&self) -> Vec<TopicDetail> {
+        self.topics.iter().map(Topic::detail).collect()
     }
 
     /// Topic names in creation order.
@@ -379,10 +756,10 @@ impl Queue {
         self.topics.iter().map(|topic| topic.name.clone()).collect()
     }
 
-    /// Messages waiting in `topic`, `None` if there is no such topic.
+    /// Messages `topic` holds, ready or leased; `None` if there is no such topic.
     pub fn queued(&self, topic: &str) -> Option<usize> {
         let &position = self.topic_index.get(topic)?;
-        Some(self.topics[position].messages.len())
+        Some(self.topics[position].len())
     }
 
     /// The bytes counted against [`QueueConfig::queued_bytes_max`]: every queued message's
@@ -419,11 +796,20 @@ impl Queue {
                 "index entry of topic {:?}",
                 topic.name
             );
-            topic.messages.check_invariants();
-            messages += topic.messages.len();
-            payload_bytes += topic.messages.payload_bytes();
+            topic.check_invariants();
+            messages += topic.len();
+            payload_bytes += topic.payload_bytes();
+            for (&seq, lease) in &topic.leased {
+                assert!(
+                    self.deadlines.contains(&(lease.deadline_ms, position, seq)),
+                    "lease {seq} of topic {:?} missing from the deadline index",
+                    topic.name
+                );
+            }
         }
         assert_eq!(messages, self.messages, "message count");
+        let leases: usize = self.topics.iter().map(|topic| topic.leased.len()).sum();
+        assert_eq!(leases, self.deadlines.len(), "leases vs deadline index");
         assert_eq!(payload_bytes, self.payload_bytes, "payload bytes");
         self.sessions.check_invariants();
         if let Some((_, newest)) = self.sessions.iter_oldest_first().last() {
@@ -452,6 +838,19 @@ fn failed(code: ErrorCode, message: String) -> Outcome {
 
 fn no_such_topic(topic: &str) -> Outcome {
     failed(ErrorCode::NoSuchTopic, format!("no topic {topic:?}"))
+}
+
+fn empty(topic: &str) -> Outcome {
+    failed(ErrorCode::Empty, format!("topic {topic:?} has no message"))
+}
+
+fn stale_receipt(topic: &str, receipt: &str) -> Outcome {
+    failed(
+        ErrorCode::StaleReceipt,
+        format!(
+            "receipt {receipt:?} names no live lease in topic {topic:?}: never issued, already              acknowledged, or its lease ended"
+        ),
+    )
 }
 
 #[cfg(test)]

@@ -56,16 +56,26 @@ pub struct Sessions {
     bytes: usize,
 }
 
-/// What a session costs beyond its fixed size: its client id and the message of a kept GET
-/// reply. A failure's text is not counted: it is short (it names at most a topic), and
+/// What a session costs beyond its fixed size: its client id and the messages (and
+/// receipts) of a kept GET reply. A failure's text is not counted: it is short (it names at most a topic), and
 /// counting it would make which sessions are forgotten depend on the wording of errors,
 /// which may change between versions of the binary during a rolling upgrade.
 pub fn session_bytes(client_id: &str, outcome: &Outcome) -> usize {
+    let delivery_bytes =
+        |delivery: &crate::protocol::Delivery| delivery.message.len() + delivery.receipt.len();
     let reply_bytes = match outcome {
-        Outcome::Done | Outcome::Failed(_) => 0,
+        Outcome::Done | Outcome::Failed(_) | Outcome::Count(_) => 0,
         Outcome::Topics(topics) => topics.iter().map(String::len).sum(),
         Outcome::Message(Payload::Text(text)) => text.len(),
         Outcome::Message(Payload::Binary(bytes)) => bytes.len(),
+        Outcome::Delivered(delivery) => delivery_bytes(delivery),
+        Outcome::Messages(messages) => messages.iter().map(Payload::len).sum(),
+        Outcome::Deliveries(deliveries) => deliveries.iter().map(delivery_bytes).sum(),
+        Outcome::Stale(receipts) => receipts.iter().map(String::len).sum(),
+        Outcome::TopicDetails(details) => details
+            .iter()
+            .map(|detail| detail.name.len() + detail.dead_letter.as_ref().map_or(0, String::len))
+            .sum(),
     };
     client_id.len() + reply_bytes
 }

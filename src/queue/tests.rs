@@ -49,6 +49,8 @@ enum Seen {
     Done,
     Message(Payload),
     Failed(ErrorCode),
+    /// A version 2 outcome, whole.
+    Other(Outcome),
 }
 
 fn seen(outcome: &Outcome) -> Seen {
@@ -57,6 +59,8 @@ fn seen(outcome: &Outcome) -> Seen {
         Outcome::Message(payload) => Seen::Message(payload.clone()),
         Outcome::Failed(error) => Seen::Failed(error.code),
         Outcome::Topics(topics) => panic!("a command produced a topic list {topics:?}"),
+        Outcome::TopicDetails(topics) => panic!("a command produced topic details {topics:?}"),
+        other => Seen::Other(other.clone()),
     }
 }
 
@@ -602,7 +606,7 @@ fn snapshot_round_trip() {
     let mut trailing = bytes.clone();
     trailing.push(0);
     let mut wrong_format = bytes.clone();
-    wrong_format[0] = 2;
+    wrong_format[0] = 3;
     let cases: Vec<(&str, &[u8])> = vec![
         ("empty", b""),
         ("trailing", &trailing),
@@ -617,7 +621,7 @@ fn snapshot_round_trip() {
     }
     assert!(matches!(
         Queue::decode_snapshot(config(3), wrong_format.as_slice()),
-        Err(SnapshotError::Format { found: 2 })
+        Err(SnapshotError::Format { found: 3 })
     ));
 }
 
@@ -988,12 +992,15 @@ fn a_state_over_a_lowered_quota_keeps_its_messages() {
 #[test]
 fn sizes() {
     // Pinned so a change in per-topic or per-session cost is a conscious one (module docs).
-    assert_eq!(std::mem::size_of::<Topic>(), 80);
-    assert_eq!(std::mem::size_of::<MessageFifo>(), 56);
+    // A topic also holds its delivery settings, its seq counter and two (empty, heap-free)
+    // maps for returned and leased messages.
+    assert_eq!(std::mem::size_of::<Topic>(), 184);
+    assert_eq!(std::mem::size_of::<fifo::MessageFifo>(), 56);
     // The outcome lives behind an Arc (snapshot views share it): 16 bytes of counts plus
     // the Outcome itself, one allocation.
     assert_eq!(std::mem::size_of::<session::Session>(), 24);
-    assert_eq!(std::mem::size_of::<crate::protocol::Outcome>(), 40);
+    // A leased delivery (message, receipt, count) is held inline.
+    assert_eq!(std::mem::size_of::<crate::protocol::Outcome>(), 64);
 }
 
 // ---- Model-based property test ----
@@ -1065,6 +1072,7 @@ impl Model {
                     Some(message) => Seen::Message(message),
                 },
             },
+            other => unreachable!("this model covers the version 1 commands only, not {other:?}"),
         }
     }
 
@@ -1227,3 +1235,5 @@ impl Queue {
             .sum()
     }
 }
+
+mod delivery;

@@ -212,7 +212,7 @@ impl ReplySummary {
             Outcome::Done => ReplySummary::Done,
             Outcome::Message(payload) => ReplySummary::Message(message_id(payload)),
             Outcome::Failed(error) => ReplySummary::Failed(error.code.as_str()),
-            Outcome::Topics(_) => ReplySummary::Other,
+            _ => ReplySummary::Other,
         }
     }
 }

@@ -202,7 +202,13 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
         Reply::Outcome { outcome, leader } => match outcome {
             Outcome::Done => Answer::Decisive(Verdict::Done),
             Outcome::Message(_) => Answer::Decisive(Verdict::Message),
-            Outcome::Topics(_) => Answer::Decisive(Verdict::Unexpected),
+            Outcome::Topics(_)
+            | Outcome::Delivered(_)
+            | Outcome::Messages(_)
+            | Outcome::Deliveries(_)
+            | Outcome::Count(_)
+            | Outcome::Stale(_)
+            | Outcome::TopicDetails(_) => Answer::Decisive(Verdict::Unexpected),
             Outcome::Failed(info) if call::is_retryable(info.code) => Answer::Retry {
                 code: info.code,
                 hint: leader.as_ref().and_then(resolve),

@@ -19,6 +19,12 @@ use crate::raft::{NodeId, ProposeError, Role};
 use crate::transport::client::{ClientRequest, Ticket};
 use std::time::Instant;
 
+/// How far past a lease's deadline the leader's lease clock must be before it proposes the
+/// lease's end. The deadline was stamped when the grant was proposed, a commit earlier than
+/// its answer; the margin covers that commit, so that a lease ends no earlier than `lease_ms`
+/// after the answer, and still within about a second after (PROTOCOL.md §8).
+const LEASE_END_MARGIN_MS: u64 = 500;
+
 impl NodeLoop {
     pub(super) fn on_client_request(&mut self, client_request: ClientRequest) {
         let ClientRequest {
@@ -75,18 +81,27 @@ impl NodeLoop {
             Operation::Status | Operation::Stats | Operation::Fault { .. } => {
                 unreachable!("answered above")
             }
-            Operation::ListTopics => {
+            Operation::ListTopics | Operation::ListTopicDetails => {
                 let read_id = self.next_read_id;
                 self.next_read_id += 1;
                 match self.core.read_index(read_id) {
-                    Ok(()) => self.pending.add_read(read_id, ticket, deadline),
+                    Ok(()) => {
+                        if operation == Operation::ListTopicDetails {
+                            self.detail_reads.insert(ticket);
+                        }
+                        self.pending.add_read(read_id, ticket, deadline)
+                    }
                     Err(error) => self.refused(ticket, error),
                 }
                 return;
             }
-            Operation::CreateTopic { topic } => Command::CreateTopic { topic },
-            Operation::Put { topic, message } => Command::Put { topic, message },
-            Operation::Get { topic } => Command::Get { topic },
+            // MINIMAL (issue 15, to be finished in the node loop): `wait_ms` is answered as
+            // if it were 0 (no waiters yet), and the lease clock is this node's wall clock,
+            // kept at or after the latest time in the log (see `lease_clock_ms`).
+            operation => match Command::from_operation(operation, self.lease_clock_ms()) {
+                Ok(command) => command,
+                Err(read) => unreachable!("reads are answered above, not {read:?}"),
+            },
         };
         let bytes = LoggedCommand {
             session: request.session,
@@ -209,11 +224,75 @@ impl NodeLoop {
         }
     }
 
+    /// On the leader, at each tick: once the lease clock passes the earliest lease deadline
+    /// by [`LEASE_END_MARGIN_MS`], proposes `EndLeases`, which ends every lease due by then
+    /// (PROTOCOL.md §8). One proposal at a time: the next waits until this one is applied
+    /// (or a new term began, in which it may have been overwritten).
+    pub(super) fn maybe_end_leases(&mut self) {
+        if self.halted || self.shutdown.is_some() || self.core.role() != Role::Leader {
+            return;
+        }
+        // A proposal of an earlier term may have been overwritten and never apply.
+        let term = self.core.term();
+        if self
+            .lease_end_proposed
+            .is_some_and(|entry| entry.term == term && entry.index > self.applied)
+        {
+            return;
+        }
+        let Some(deadline_ms) = self.queue.next_lease_deadline() else {
+            return;
+        };
+        let now_ms = self.lease_clock_ms().saturating_sub(LEASE_END_MARGIN_MS);
+        if deadline_ms > now_ms {
+            return;
+        }
+        let bytes = LoggedCommand {
+            session: None,
+            command: Command::EndLeases { now_ms },
+        }
+        .encode();
+        let size = UncommittedBytes::size_of(bytes.len());
+        match self.core.propose(bytes) {
+            Ok(entry) => {
+                log::debug!("leases due by {now_ms} ms end at {entry}");
+                self.uncommitted.add(entry, size);
+                self.lease_end_proposed = Some(entry);
+            }
+            Err(error) => log::debug!("lease end not proposed: {error:?}"),
+        }
+    }
+
+    /// The time a leased GET or TOUCH proposed now carries, in ms: the wall clock, never
+    /// before the latest time already in the log.
+    fn lease_clock_ms(&self) -> u64 {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        wall_ms.max(self.queue.clock_ms())
+    }
+
     pub(super) fn fail(&mut self, ticket: Ticket, code: ErrorCode, message: &str) {
         self.answer(ticket, Outcome::Failed(ErrorInfo::new(code, message)));
     }
 
     pub(super) fn answer(&mut self, ticket: Ticket, outcome: Outcome) {
+        // Empty unless someone asked for topic details: one branch on the hot path.
+        let outcome = if self.detail_reads.is_empty() {
+            outcome
+        } else {
+            match outcome {
+                Outcome::Topics(_) if self.detail_reads.remove(&ticket) => {
+                    Outcome::TopicDetails(self.queue.topic_details())
+                }
+                outcome => {
+                    self.detail_reads.remove(&ticket);
+                    outcome
+                }
+            }
+        };
         let leader = status::leader_info(&self.config, &self.core, self.halted);
         self.clients
             .reply(ticket, Reply::Outcome { outcome, leader });

@@ -574,3 +574,69 @@ fn fault_requests_are_refused_without_the_test_flag_and_obeyed_with_it() {
         node.join().expect("the loop ends without panicking");
     }
 }
+
+/// PROTOCOL.md §8 through the node loop: a leased message is invisible, comes back once the
+/// leader's clock passes its deadline (the leader proposes the lease's end on its own), and
+/// `topic GET` with `detail` is answered with the counts.
+#[test]
+fn a_lease_ends_by_the_leaders_clock_and_the_message_is_handed_out_again() {
+    use crate::protocol::{Delivery, FetchOptions, Payload};
+    let leader = TickingLeader::start(Box::new(MemStore::new()));
+    let socket = &leader.socket;
+    let leased_get = |lease_ms: u64| Operation::Fetch {
+        topic: "t".into(),
+        options: FetchOptions {
+            lease_ms: Some(lease_ms),
+            ..FetchOptions::default()
+        },
+    };
+    let put = Operation::Put {
+        topic: "t".into(),
+        message: Payload::Text("m".into()),
+    };
+    assert_eq!(failure_code(&call(socket, put)), None);
+    let first = match call(socket, leased_get(50)) {
+        Reply::Outcome {
+            outcome: Outcome::Delivered(delivery),
+            ..
+        } => delivery,
+        other => panic!("a leased message, got {other:?}"),
+    };
+    assert_eq!(first.deliveries, 1);
+    match call(socket, Operation::ListTopicDetails) {
+        Reply::Outcome {
+            outcome: Outcome::TopicDetails(details),
+            ..
+        } => {
+            assert_eq!(details.len(), 1);
+            assert_eq!((details[0].ready, details[0].leased), (0, 1));
+        }
+        other => panic!("topic details, got {other:?}"),
+    }
+    // Nobody ACKs: the lease ends (after its 50 ms and the leader's margin) and the message
+    // is handed out again, to whoever asks next.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second: Delivery = loop {
+        match call(socket, leased_get(60_000)) {
+            Reply::Outcome {
+                outcome: Outcome::Delivered(delivery),
+                ..
+            } => break delivery,
+            reply => assert_eq!(failure_code(&reply), Some(ErrorCode::Empty), "{reply:?}"),
+        }
+        assert!(Instant::now() < deadline, "the lease never ended");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((second.message, second.deliveries), (first.message, 2));
+    let ack = |receipt: &str| Operation::Ack {
+        topic: "t".into(),
+        receipts: crate::protocol::Receipts::One(receipt.into()),
+    };
+    assert_eq!(
+        failure_code(&call(socket, ack(&first.receipt))),
+        Some(ErrorCode::StaleReceipt),
+        "the first holder's lease is over"
+    );
+    assert_eq!(failure_code(&call(socket, ack(&second.receipt))), None);
+    leader.stop();
+}

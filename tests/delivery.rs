@@ -1,0 +1,229 @@
+//! End-to-end tests of acknowledged delivery and batches (PROTOCOL.md §8 and §10) on real
+//! nodes: whole replies on the wire, a lease ending by the leader's clock, and a lease that
+//! survives a SIGKILL of the leader.
+
+mod common;
+
+use common::{without_error_message, Cluster, SessionClient, Wire, FAST_FLAGS, REPLY_DEADLINE};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const WIRES: [Wire; 2] = [Wire::MsgPack, Wire::Json];
+
+/// The reply without `leader` (a version 2 extra whose value depends on the run) and with
+/// error messages masked.
+fn plain(mut reply: Value) -> Value {
+    if let Some(map) = reply.as_object_mut() {
+        map.remove("leader");
+    }
+    without_error_message(reply)
+}
+
+fn stale() -> Value {
+    json!({"success": false, "error": {"code": "STALE_RECEIPT", "message": "*"}})
+}
+
+#[test]
+fn leases_batches_and_dead_letters_on_the_wire() {
+    let cluster = Cluster::start_with(1, FAST_FLAGS);
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    for wire in WIRES {
+        let topic = format!("{wire:?}");
+        let dead = format!("{wire:?}-dead");
+        let mut call = |request: Value| plain(client.call(wire, &request));
+        assert_eq!(
+            call(
+                json!({"v": 2, "type": "topic", "method": "PUT", "topic": topic,
+                        "max_deliveries": 2, "dead_letter": dead})
+            ),
+            json!({"success": true})
+        );
+        assert_eq!(
+            call(
+                json!({"v": 2, "type": "message", "method": "PUT", "topic": topic,
+                        "messages": ["a", "b", "c"]})
+            ),
+            json!({"success": true, "count": 3})
+        );
+        // A forgotten `v` never turns a lease into a pop.
+        assert_eq!(
+            call(json!({"type": "message", "method": "GET", "topic": topic, "lease_ms": 10})),
+            json!({"success": false, "error": {"code": "BAD_REQUEST", "message": "*"}})
+        );
+        let first = call(
+            json!({"v": 2, "type": "message", "method": "GET", "topic": topic,
+                                "lease_ms": 60_000}),
+        );
+        let receipt = first["receipt"].clone();
+        assert!(receipt.is_string(), "{first}");
+        assert_eq!(
+            first,
+            json!({"success": true, "message": "a", "receipt": receipt, "deliveries": 1})
+        );
+        // Invisible to every other GET; v1 replies are unchanged.
+        assert_eq!(
+            call(json!({"type": "message", "method": "GET", "topic": topic})),
+            json!({"success": true, "message": "b"})
+        );
+        assert_eq!(
+            call(json!({"v": 2, "type": "topic", "method": "GET", "detail": true}))["topics"]
+                [if wire == Wire::MsgPack { 0 } else { 2 }],
+            json!({"name": topic, "ready": 1, "leased": 1, "max_deliveries": 2,
+                   "dead_letter": dead, "discarded": 0})
+        );
+        // NACK: back in place, before "c".
+        assert_eq!(
+            call(
+                json!({"v": 2, "type": "message", "method": "NACK", "topic": topic,
+                        "receipt": receipt})
+            ),
+            json!({"success": true})
+        );
+        assert_eq!(
+            call(
+                json!({"v": 2, "type": "message", "method": "ACK", "topic": topic,
+                        "receipt": receipt})
+            ),
+            stale()
+        );
+        let batch = call(
+            json!({"v": 2, "type": "message", "method": "GET", "topic": topic,
+                                "lease_ms": 60_000, "max": 5}),
+        );
+        let items = batch["messages"].as_array().expect("a list").clone();
+        assert_eq!(items.len(), 2, "{batch}");
+        assert_eq!(
+            (&items[0]["message"], &items[0]["deliveries"]),
+            (&json!("a"), &json!(2))
+        );
+        assert_eq!(
+            (&items[1]["message"], &items[1]["deliveries"]),
+            (&json!("c"), &json!(1))
+        );
+        // "a" comes back a second time: to the dead-letter topic, created for it.
+        let receipts: Vec<Value> = items.iter().map(|item| item["receipt"].clone()).collect();
+        assert_eq!(
+            call(
+                json!({"v": 2, "type": "message", "method": "NACK", "topic": topic,
+                        "receipts": [receipts[0], "never-issued"]})
+            ),
+            json!({"success": true, "stale": ["never-issued"]})
+        );
+        assert_eq!(
+            call(
+                json!({"v": 2, "type": "message", "method": "ACK", "topic": topic,
+                        "receipts": [receipts[1]]})
+            ),
+            json!({"success": true, "stale": []})
+        );
+        assert_eq!(
+            call(json!({"v": 2, "type": "message", "method": "GET", "topic": dead, "max": 1})),
+            json!({"success": true, "messages": ["a"]})
+        );
+        assert_eq!(
+            call(json!({"v": 2, "type": "message", "method": "GET", "topic": topic})),
+            json!({"success": false, "error": {"code": "EMPTY", "message": "*"}})
+        );
+    }
+}
+
+#[test]
+fn an_unacknowledged_lease_ends_and_the_message_is_handed_out_again() {
+    let cluster = Cluster::start_with(1, FAST_FLAGS);
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    let mut call = |request: Value| plain(client.call(Wire::MsgPack, &request));
+    call(json!({"type": "topic", "method": "PUT", "topic": "t"}));
+    call(json!({"type": "message", "method": "PUT", "topic": "t", "message": "work"}));
+    let first = call(
+        json!({"v": 2, "type": "message", "method": "GET", "topic": "t",
+                            "lease_ms": 200}),
+    );
+    assert_eq!(first["deliveries"], 1, "{first}");
+    // The consumer "crashes": no ACK. The leader ends the lease on its own.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let reply = call(
+            json!({"v": 2, "type": "message", "method": "GET", "topic": "t",
+                                "lease_ms": 60_000}),
+        );
+        if reply["success"] == true {
+            break reply;
+        }
+        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
+        assert!(Instant::now() < deadline, "the lease never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (&second["message"], &second["deliveries"]),
+        (&json!("work"), &json!(2))
+    );
+    assert_eq!(
+        call(
+            json!({"v": 2, "type": "message", "method": "ACK", "topic": "t",
+                    "receipt": first["receipt"]})
+        ),
+        stale()
+    );
+    assert_eq!(
+        call(
+            json!({"v": 2, "type": "message", "method": "ACK", "topic": "t",
+                    "receipt": second["receipt"]})
+        ),
+        json!({"success": true})
+    );
+}
+
+#[test]
+fn a_lease_survives_a_sigkill_of_the_leader() {
+    let mut cluster = Cluster::start_with(3, FAST_FLAGS);
+    let (leader, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = SessionClient::new(&cluster, "consumer");
+    let within = REPLY_DEADLINE * 3;
+    client.call_ok(
+        &json!({"type": "topic", "method": "PUT", "topic": "t"}),
+        within,
+    );
+    client.call_ok(
+        &json!({"type": "message", "method": "PUT", "topic": "t", "messages": ["m", "n"]}),
+        within,
+    );
+    let leased = client.call_ok(
+        &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": 120_000}),
+        within,
+    );
+    assert_eq!(leased["message"], "m", "{leased}");
+
+    cluster.kill(leader);
+    let (new_leader, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    assert_ne!(new_leader, leader);
+    // The new leader knows the lease: "m" is not handed out again, "n" is next.
+    let next = client.call_ok(
+        &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": 120_000}),
+        within,
+    );
+    assert_eq!(next["message"], "n", "{next}");
+    let detail = client.call_ok(
+        &json!({"type": "topic", "method": "GET", "detail": true}),
+        within,
+    );
+    assert_eq!(
+        detail["topics"][0],
+        json!({"name": "t", "ready": 0, "leased": 2, "max_deliveries": null,
+               "dead_letter": null, "discarded": 0})
+    );
+    // The holder's ACK to the new leader counts.
+    for receipt in [&leased["receipt"], &next["receipt"]] {
+        let reply = client.call_ok(
+            &json!({"type": "message", "method": "ACK", "topic": "t", "receipt": receipt}),
+            within,
+        );
+        assert_eq!(plain(reply), json!({"success": true}));
+    }
+    let empty = client.call_ok(
+        &json!({"type": "message", "method": "GET", "topic": "t"}),
+        within,
+    );
+    assert_eq!(empty["error"]["code"], "EMPTY", "{empty}");
+}

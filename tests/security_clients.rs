@@ -189,6 +189,30 @@ fn rights_are_checked_before_the_rest_of_the_request_is_validated() {
             "a GET with a broken seq",
             json!({"type": "message", "method": "GET", "topic": "orders", "client_id": "c", "seq": "x", "v": 2}),
         ),
+        (
+            "a leased GET with lease_ms out of range",
+            json!({"type": "message", "method": "GET", "topic": "orders", "lease_ms": 0, "v": 2}),
+        ),
+        (
+            "an ACK whose receipt is a number",
+            json!({"type": "message", "method": "ACK", "topic": "orders", "receipt": 5, "v": 2}),
+        ),
+        (
+            "a NACK of a receipt never issued",
+            json!({"type": "message", "method": "NACK", "topic": "orders", "receipt": "1.1", "v": 2}),
+        ),
+        (
+            "a TOUCH without lease_ms",
+            json!({"type": "message", "method": "TOUCH", "topic": "orders", "receipt": "1.1", "v": 2}),
+        ),
+        (
+            "a batch PUT with too many messages",
+            json!({"type": "message", "method": "PUT", "topic": "secret", "messages": vec!["m"; 1_001], "v": 2}),
+        ),
+        (
+            "a topic PUT with delivery settings, for a client without admin",
+            json!({"type": "topic", "method": "PUT", "topic": "orders-dlq", "max_deliveries": 0, "v": 2}),
+        ),
     ];
     for wire in [Wire::MsgPack, Wire::Json] {
         for (what, request) in &forbidden {

@@ -141,7 +141,7 @@ impl ClientTransport {
                 )
             },
         )?;
-        let (replies, inbox) = mailbox(context)?;
+        let (replies, inbox) = mailbox()?;
         let limits = settings.limits;
         let clients = settings.curve.map(|curve| curve.clients);
         let thread = std::thread::Builder::new()

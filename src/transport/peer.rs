@@ -412,7 +412,7 @@ impl PeerTransport {
             );
         }
 
-        let (stop_receiver, stop_listener) = super::doorbell(context)?;
+        let (stop_receiver, stop_listener) = super::doorbell()?;
         let (snapshot_outbox, snapshot_inbox) = crossbeam_channel::unbounded();
         let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
 

@@ -17,8 +17,10 @@
 //!    in flight they go at once. Else the messages ride on this `Ready`'s batch (or on an
 //!    empty one queued behind the batches in flight) and the WAL thread sends them on its
 //!    own DEALERs right after the sync, one thread hop less per follower ack; the loop
-//!    reports `on_persisted` when the thread says so ([`Event::Persisted`]). A leader counts
-//!    its own copy toward the majority only from that report on;
+//!    reports `on_persisted` once the thread's published progress says so, which it reads
+//!    every round (and is woken for, with [`Event::Persisted`], only while a leader's
+//!    commit waits for its own copy alone: `wal_thread`). A leader counts its own copy
+//!    toward the majority only from that report on;
 //! 4. apply `committed` to the queue and answer the writes waiting there, but only if the
 //!    applied entry is the one they proposed (same term), else a new leader overwrote it;
 //! 5. release reads whose leadership was confirmed once applied reaches their index.
@@ -344,8 +346,9 @@ impl NodeLoop {
 
     /// Hands a `Ready`'s writes to the WAL thread as the pipeline numbers them: the votes
     /// and acks that wait for the batch ride on it (the WAL thread sends them right after
-    /// the sync), and the `on_persisted` report waits for [`Event::Persisted`]; with
-    /// nothing in flight, both go at once (see `persist_pipeline`).
+    /// the sync), and the `on_persisted` report waits for the thread's progress
+    /// ([`NodeLoop::take_durable_progress`]); with nothing in flight, both go at once (see
+    /// `persist_pipeline`).
     fn persist(&mut self, writes: ReadyWrites) {
         let handoff = self.pipeline.persist(writes);
         if let Some(batch) = handoff.batch {

@@ -52,16 +52,6 @@
 //! Dekker's protocol (sequentially consistent atomics), so a request the loop makes while
 //! the thread finishes a group is never missed by both. A failure is always reported.
 //!
-//! # Waiting without spinning
-//!
-//! The thread waits for its next batch with `try_recv` and `std::thread::park`, and the
-//! loop unparks it after every send (an atomic swap while the thread is awake, a futex wake
-//! when it sleeps). A blocking crossbeam `recv` would first spin and call `sched_yield`
-//! about four times; between the batches of a low load (one per request at C=1, a
-//! millisecond apart) that is pure cost, and on a loaded machine each yield hands the core
-//! to another process. Under high load the thread rarely waits: the next batch is queued
-//! while it syncs. The park token makes an unpark that comes before the park count.
-//!
 //! What it owns: the store, and therefore the order of every store operation. Appends
 //! (including a conflicting suffix, which the WAL overwrites by replay), hard states,
 //! snapshot installs and compactions all travel through one FIFO channel and run here in
@@ -83,7 +73,7 @@ use super::persist_pipeline::PersistBatch;
 use crate::raft::{Entry, LogIndex, Message};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -199,15 +189,12 @@ impl WalThread {
         self.sending.store(false, Ordering::SeqCst);
     }
 
-    /// Queues `command` and wakes the thread. False if the thread has stopped (after a
-    /// storage failure it reported, or a panic).
+    /// Queues `command`. False if the thread has stopped (after a storage failure it
+    /// reported, or a panic).
     pub(super) fn send(&self, command: WalCommand) -> bool {
-        let sent = self
-            .commands
+        self.commands
             .as_ref()
-            .is_some_and(|commands| commands.send(command).is_ok());
-        self.wake();
-        sent
+            .is_some_and(|commands| commands.send(command).is_ok())
     }
 
     /// Lets the thread finish what is queued and returns the store, `None` if it stopped
@@ -215,36 +202,7 @@ impl WalThread {
     /// the thread may be waiting to report.
     pub(super) fn stop(&mut self) -> Option<JoinHandle<Box<dyn LogStore + Send>>> {
         self.commands = None;
-        self.wake(); // It sees the channel closed.
         self.thread.take()
-    }
-
-    fn wake(&self) {
-        if let Some(thread) = &self.thread {
-            thread.thread().unpark();
-        }
-    }
-}
-
-impl Drop for WalThread {
-    /// Without [`WalThread::stop`] (the loop panicked): close the channel and wake the
-    /// thread, so it finishes what is queued and exits.
-    fn drop(&mut self) {
-        self.commands = None;
-        self.wake();
-    }
-}
-
-/// The next command, waiting for it without spinning (see the module docs); `None` once
-/// the loop has hung up and everything queued was taken.
-fn next_command(inbox: &Receiver<WalCommand>) -> Option<WalCommand> {
-    loop {
-        match inbox.try_recv() {
-            Ok(command) => return Some(command),
-            Err(TryRecvError::Disconnected) => return None,
-            // An unpark since the last park returns at once: no send is missed.
-            Err(TryRecvError::Empty) => std::thread::park(),
-        }
     }
 }
 
@@ -265,7 +223,7 @@ fn run(
     outbox: &Outbox,
 ) -> Box<dyn LogStore + Send> {
     let mut messages: Vec<Message> = Vec::new();
-    while let Some(first) = next_command(inbox) {
+    while let Ok(first) = inbox.recv() {
         let mut through_batch = None;
         let mut must_sync = false;
         let mut entries = 0u64;

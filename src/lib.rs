@@ -33,7 +33,7 @@
 //! loop over a crossbeam channel; the loop proposes it to the core, sends the entry to the
 //! followers on its own DEALERs and hands it to the WAL thread to fsync; once the entry is
 //! persisted on a majority and committed, the loop applies it to the queue and sends the reply
-//! back to the client thread, ringing an inproc doorbell so the thread wakes without polling.
+//! back to the client thread, ringing a doorbell (an eventfd) so the thread wakes without polling.
 
 pub mod cli;
 pub mod client;

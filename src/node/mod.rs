@@ -24,7 +24,8 @@
 //! a PUT wakes no peer-sender thread on its way out (see `transport::peer`).
 //!
 //! The WAL thread owns the log store: the loop hands it each `Ready`'s writes and goes on
-//! stepping the core while it fsyncs; it reports "durable through batch N" as an [`Event`]
+//! stepping the core while it fsyncs; it publishes "durable through batch N", which the loop
+//! reads every round, and wakes the loop with an [`Event`] only while the loop waits for it
 //! (see `wal_thread`, and `node_loop` for why the fsync left the loop). The votes and acks
 //! that wait for a sync ride on the batch, and the WAL thread sends them itself on a second
 //! set of DEALERs right after the sync, rather than handing them back to the loop.

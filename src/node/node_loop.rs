@@ -17,8 +17,10 @@
 //!    in flight they go at once. Else the messages ride on this `Ready`'s batch (or on an
 //!    empty one queued behind the batches in flight) and the WAL thread sends them on its
 //!    own DEALERs right after the sync, one thread hop less per follower ack; the loop
-//!    reports `on_persisted` when the thread says so ([`Event::Persisted`]). A leader counts
-//!    its own copy toward the majority only from that report on;
+//!    reports `on_persisted` once the thread's published progress says so, which it reads
+//!    every round (and is woken for, with [`Event::Persisted`], only while a leader's
+//!    commit waits for its own copy alone: `wal_thread`). A leader counts its own copy
+//!    toward the majority only from that report on;
 //! 4. apply `committed` to the queue and answer the writes waiting there, but only if the
 //!    applied entry is the one they proposed (same term), else a new leader overwrote it;
 //! 5. release reads whose leadership was confirmed once applied reaches their index.
@@ -127,7 +129,6 @@ pub(super) struct NodeLoop {
     applied: LogIndex,
     applied_term: Term,
     snapshots: Snapshots,
-    wal_counters: WalCounters,
     /// Set after a storage error (or a snapshot it cannot install): the node no longer
     /// participates in Raft and answers everything but `status` UNAVAILABLE.
     halted: bool,
@@ -193,7 +194,6 @@ impl NodeLoop {
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,
-            wal_counters: WalCounters::default(),
             halted: false,
             shutdown: None,
             observed,
@@ -206,7 +206,7 @@ impl NodeLoop {
         loop {
             // With work left over (a long log being applied slice by slice), only look for
             // events; otherwise sleep until one comes.
-            let first = if !self.halted && self.core.has_ready() {
+            let first = if (!self.halted && self.core.has_ready()) || self.arm_persist_report() {
                 match events.try_recv() {
                     Ok(event) => Some(event),
                     Err(crossbeam_channel::TryRecvError::Empty) => None,
@@ -227,6 +227,7 @@ impl NodeLoop {
                     Err(_) => break,
                 }
             }
+            self.take_durable_progress();
             self.process_ready();
             if !self.halted {
                 let applied = EntryId::new(self.applied_term, self.applied);
@@ -369,8 +370,9 @@ impl NodeLoop {
 
     /// Hands a `Ready`'s writes to the WAL thread as the pipeline numbers them: the votes
     /// and acks that wait for the batch ride on it (the WAL thread sends them right after
-    /// the sync), and the `on_persisted` report waits for [`Event::Persisted`]; with
-    /// nothing in flight, both go at once (see `persist_pipeline`).
+    /// the sync), and the `on_persisted` report waits for the thread's progress
+    /// ([`NodeLoop::take_durable_progress`]); with nothing in flight, both go at once (see
+    /// `persist_pipeline`).
     fn persist(&mut self, writes: ReadyWrites) {
         let handoff = self.pipeline.persist(writes);
         if let Some(batch) = handoff.batch {
@@ -385,30 +387,47 @@ impl NodeLoop {
         }
     }
 
-    /// The WAL thread made batches durable (release what waited for them), or failed.
+    /// The WAL thread made batches durable (what waited for them is released by
+    /// [`NodeLoop::take_durable_progress`] this round), or failed.
     fn on_persist_report(&mut self, report: PersistReport) {
         match report {
-            PersistReport::Durable {
-                through_batch,
-                synced,
-                entries,
-            } => {
-                self.wal_counters.syncs += u64::from(synced);
-                self.wal_counters.entries += entries;
-                if self.halted {
-                    return;
-                }
-                for last in self.pipeline.on_durable(through_batch) {
-                    // The leader's own copy counts toward the majority from here on.
-                    self.core.on_persisted(last);
-                }
-            }
+            PersistReport::Durable { .. } => {}
             PersistReport::Failed(error) => {
                 if !self.halted {
                     self.on_storage_failure(error);
                 }
             }
         }
+    }
+
+    /// Releases what waited for the batches the WAL thread has made durable since the last
+    /// round (it publishes its progress rather than reporting every group, see
+    /// `wal_thread`).
+    fn take_durable_progress(&mut self) {
+        if self.halted {
+            return;
+        }
+        let through_batch = self.wal.progress().durable_through();
+        for last in self.pipeline.on_durable(through_batch) {
+            // The leader's own copy counts toward the majority from here on.
+            self.core.on_persisted(last);
+        }
+    }
+
+    /// Before the loop sleeps: asks the WAL thread for an [`Event::Persisted`] if the next
+    /// thing to happen waits for this node's own copy alone (a leader whose followers
+    /// already hold what it has not synced yet), or on shutdown. Otherwise the next event
+    /// (an ack, a tick) picks the progress up. True when that batch is durable already: do
+    /// not sleep, take it now.
+    fn arm_persist_report(&mut self) -> bool {
+        let wanted = if self.halted {
+            None
+        } else if self.shutdown.is_some() || self.core.commit_waits_for_own_copy() {
+            self.pipeline.first_waiting_batch()
+        } else {
+            None
+        };
+        self.wal.progress().wake_when_durable(wanted.unwrap_or(0))
     }
 
     /// The WAL thread stopped taking commands: it reported a failure (which may still be
@@ -516,6 +535,12 @@ impl NodeLoop {
         self.applied = snapshot.index();
         self.applied_term = snapshot.last.term;
         Ok(())
+    }
+
+    /// The WAL's counters for `status`.
+    fn wal_counters(&self) -> WalCounters {
+        let (syncs, entries) = self.wal.progress().counters();
+        WalCounters { syncs, entries }
     }
 
     fn log_changes(&mut self) {

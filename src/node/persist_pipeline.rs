@@ -13,10 +13,14 @@
 //!
 //! What it owns:
 //! - batch numbers: from 1, ascending without gaps, one per batch that needs a sync (entries,
-//!   an installed snapshot, a term or vote change). A batch whose hard state changed only in
-//!   its commit index needs no sync (a lost commit index is relearned from the leader); it
-//!   keeps the number of the batch before it and rides along with the next sync;
-//! - the hard state last handed to storage, to tell the two apart;
+//!   an installed snapshot, a term or vote change). A batch that needs none (it carries only
+//!   messages that wait for the batches before it) keeps the number of the batch before it;
+//! - a hard state that changed only in its commit index: it needs no sync (a lost commit
+//!   index is relearned from the leader), so it is not handed to storage on its own, which
+//!   would wake the storage thread, and the runtime after it, once per commit. It is held
+//!   here and rides on the next batch handed over for another reason (or is taken at
+//!   shutdown, [`PersistPipeline::take_unwritten_hard_state`]);
+//! - the hard state last handed to storage or held, to tell the two apart;
 //! - how far storage reported batches durable, and what waits for that: the `Ready`'s
 //!   `messages_after_persist` ride on its batch (storage's side sends them right after the
 //!   sync of the group the batch is in), and the `on_persisted` report for its last entry
@@ -81,8 +85,12 @@ pub struct PersistPipeline {
     /// Storage reported every batch up to this one durable.
     /// Invariant: `durable_through <= batches_sent`.
     durable_through: u64,
-    /// The hard state last handed to storage (at start: the durable one).
+    /// The hard state last handed to storage or held in `unwritten_hard_state` (at start:
+    /// the durable one).
     written_hard_state: HardState,
+    /// A hard state newer than storage's only in its commit index, not yet handed over: it
+    /// rides on the next batch.
+    unwritten_hard_state: Option<HardState>,
     /// `(batch, last entry)` whose `on_persisted` report waits for `batch` to be durable.
     /// Invariant: `batch` ascending, each above `durable_through`.
     waiting: VecDeque<(u64, EntryId)>,
@@ -96,6 +104,7 @@ impl PersistPipeline {
             batches_sent: 0,
             durable_through: 0,
             written_hard_state: durable_hard_state,
+            unwritten_hard_state: None,
             waiting: VecDeque::new(),
         }
     }
@@ -120,7 +129,6 @@ impl PersistPipeline {
             self.node
         );
         let last_entry = entries.last().map(Entry::id);
-        let writes = snapshot.is_some() || hard_state.is_some() || !entries.is_empty();
         let mut must_sync = snapshot.is_some() || !entries.is_empty();
         if let Some(hard_state) = hard_state {
             // Raft Figure 2: term and vote are durable before any message that depends on
@@ -128,33 +136,39 @@ impl PersistPipeline {
             must_sync |= (hard_state.term, hard_state.vote)
                 != (self.written_hard_state.term, self.written_hard_state.vote);
             self.written_hard_state = hard_state;
+            // The newest hard state supersedes one held back.
+            self.unwritten_hard_state = Some(hard_state);
         }
         if must_sync {
             self.batches_sent += 1;
         }
-        let mut batch = PersistBatch {
-            number: self.batches_sent,
-            snapshot,
-            hard_state,
-            entries,
-            must_sync,
-            messages_after_sync: Vec::new(),
-        };
         if self.durable_through == self.batches_sent {
-            // Nothing in flight, nothing of this batch to wait for.
+            // Nothing in flight and nothing to sync (so no entries either): the messages
+            // leave at once, and a commit-only hard state waits for the next batch.
             return Handoff {
-                batch: writes.then_some(batch),
+                batch: None,
                 send_now: messages,
                 persisted_now: last_entry,
             };
         }
-        let carries = writes || !messages.is_empty();
-        batch.messages_after_sync = messages;
+        if !must_sync && messages.is_empty() {
+            // Only a commit-only hard state: it waits for the next batch.
+            return Handoff::default();
+        }
         if let Some(last) = last_entry {
             self.waiting.push_back((self.batches_sent, last));
         }
         Handoff {
-            batch: carries.then_some(batch),
+            batch: Some(PersistBatch {
+                number: self.batches_sent,
+                snapshot,
+                // Whatever hard state is not written yet: free to take along, the batch
+                // goes to storage anyway.
+                hard_state: self.unwritten_hard_state.take(),
+                entries,
+                must_sync,
+                messages_after_sync: messages,
+            }),
             send_now: Vec::new(),
             persisted_now: None,
         }
@@ -183,6 +197,18 @@ impl PersistPipeline {
             .drain(..released)
             .map(|(_, last)| last)
             .collect()
+    }
+
+    /// The oldest batch whose durability something still waits for (an `on_persisted`
+    /// report), if any.
+    pub fn first_waiting_batch(&self) -> Option<u64> {
+        self.waiting.front().map(|(batch, _)| *batch)
+    }
+
+    /// The commit-only hard state not handed to storage yet, if any: written at shutdown,
+    /// after the last batch, so a clean restart starts from the last known commit index.
+    pub fn take_unwritten_hard_state(&mut self) -> Option<HardState> {
+        self.unwritten_hard_state.take()
     }
 
     /// Storage failed: nothing waiting is ever released (what it promises may not be on

@@ -39,6 +39,19 @@
 //! Heartbeat responses keep the highest read round seen (`read_round_acked` is a maximum),
 //! and votes count once per voter and term (`votes.entry(..).or_insert`).
 //!
+//! # Reports only when the loop waits for one
+//!
+//! Every group's progress ("durable through batch N", and the counters `status` shows) is
+//! published in a [`WalProgress`] the loop reads at the start of each round; an
+//! [`Event::Persisted`] is sent only while the loop has asked for one
+//! ([`WalProgress::wake_when_durable`]), which it does before it sleeps if something it
+//! waits for depends on this thread alone (a leader whose commit waits for its own copy).
+//! Otherwise the report would wake the loop once per group for nothing: a follower's acks
+//! leave from here, and a leader at low load hears its followers' acks after its own sync
+//! returned, and reads the progress then. The two sides use the store-then-load order of
+//! Dekker's protocol (sequentially consistent atomics), so a request the loop makes while
+//! the thread finishes a group is never missed by both. A failure is always reported.
+//!
 //! What it owns: the store, and therefore the order of every store operation. Appends
 //! (including a conflicting suffix, which the WAL overwrites by replay), hard states,
 //! snapshot installs and compactions all travel through one FIFO channel and run here in
@@ -61,7 +74,7 @@ use crate::raft::{Entry, LogIndex, Message};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
 use crossbeam_channel::{Receiver, Sender};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -79,12 +92,59 @@ pub(super) enum WalCommand {
     Compact(LogIndex),
 }
 
+/// What the thread has made durable, shared with the loop (see the module docs).
+#[derive(Debug, Default)]
+pub(super) struct WalProgress {
+    /// Every batch numbered up to this one is durable.
+    durable_through: AtomicU64,
+    /// Report with an [`Event::Persisted`] once `durable_through` reaches this (0: don't).
+    wake_at: AtomicU64,
+    /// Sync groups made durable (`wal_syncs` in status).
+    syncs: AtomicU64,
+    /// Log entries made durable (`wal_entries` in status).
+    entries: AtomicU64,
+}
+
+impl WalProgress {
+    /// Every batch up to this one is durable.
+    pub(super) fn durable_through(&self) -> u64 {
+        self.durable_through.load(Ordering::SeqCst)
+    }
+
+    /// Asks for an [`Event::Persisted`] once batch `batch` is durable (0: no report), and
+    /// says whether it already is: then no report may come, and the caller must not sleep
+    /// waiting for one.
+    pub(super) fn wake_when_durable(&self, batch: u64) -> bool {
+        self.wake_at.store(batch, Ordering::SeqCst);
+        batch != 0 && self.durable_through.load(Ordering::SeqCst) >= batch
+    }
+
+    /// `(syncs, entries)` since start.
+    pub(super) fn counters(&self) -> (u64, u64) {
+        (
+            self.syncs.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The thread's side: publishes a group, and says whether the loop asked to hear of it.
+    fn publish(&self, through_batch: u64, synced: bool, entries: u64) -> bool {
+        self.syncs.fetch_add(u64::from(synced), Ordering::Relaxed);
+        self.entries.fetch_add(entries, Ordering::Relaxed);
+        self.durable_through
+            .fetch_max(through_batch, Ordering::SeqCst);
+        let wake_at = self.wake_at.load(Ordering::SeqCst);
+        wake_at != 0 && wake_at <= through_batch
+    }
+}
+
 /// The loop's handle on the WAL thread.
 pub(super) struct WalThread {
     commands: Option<Sender<WalCommand>>,
     thread: Option<JoinHandle<Box<dyn LogStore + Send>>>,
     /// Cleared when the loop stops participating: nothing more leaves for the peers.
     sending: Arc<AtomicBool>,
+    progress: Arc<WalProgress>,
 }
 
 impl WalThread {
@@ -101,9 +161,11 @@ impl WalThread {
         // replication window on a follower.
         let (commands, inbox) = crossbeam_channel::unbounded();
         let sending = Arc::new(AtomicBool::new(true));
+        let progress = Arc::new(WalProgress::default());
         let outbox = Outbox {
             dealers,
             sending: sending.clone(),
+            progress: progress.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("wal".into())
@@ -112,7 +174,13 @@ impl WalThread {
             commands: Some(commands),
             thread: Some(thread),
             sending,
+            progress,
         })
+    }
+
+    /// What the thread has made durable so far.
+    pub(super) fn progress(&self) -> &WalProgress {
+        &self.progress
     }
 
     /// From now on the thread sends no more messages (the node stopped participating);
@@ -138,10 +206,11 @@ impl WalThread {
     }
 }
 
-/// The thread's DEALERs, and whether it may still use them.
+/// The thread's DEALERs, whether it may still use them, and where it publishes progress.
 struct Outbox {
     dealers: PeerDealers,
     sending: Arc<AtomicBool>,
+    progress: Arc<WalProgress>,
 }
 
 /// The thread's body: take a group (everything queued, up to [`GROUP_BYTES_MAX`]), write it
@@ -192,13 +261,15 @@ fn run(
         }
         messages.clear();
         if let Some(through_batch) = through_batch {
-            let report = PersistReport::Durable {
-                through_batch,
-                synced: must_sync,
-                entries,
-            };
-            if events.send(Event::Persisted(report)).is_err() {
-                break; // The loop is gone.
+            if outbox.progress.publish(through_batch, must_sync, entries) {
+                let report = PersistReport::Durable {
+                    through_batch,
+                    synced: must_sync,
+                    entries,
+                };
+                if events.send(Event::Persisted(report)).is_err() {
+                    break; // The loop is gone.
+                }
             }
         }
     }
@@ -419,6 +490,8 @@ mod tests {
             );
         }
         harness.calls.lock().expect("not poisoned").clear();
+        // Report every group from batch 1 on, as while the loop waits for its own copy.
+        assert!(!harness.wal.progress().wake_when_durable(1));
         harness
     }
 
@@ -559,6 +632,49 @@ mod tests {
                 entries: 1,
             } => {}
             other => panic!("the sync is still reported to the loop: {other:?}"),
+        }
+        let thread = harness.wal.stop().expect("a thread");
+        thread.join().expect("no panic");
+    }
+
+    #[test]
+    fn progress_is_published_and_reported_only_when_asked() {
+        let mut harness = start(false);
+        let progress = harness.wal.progress();
+        assert_eq!(progress.counters(), (0, 0));
+        assert!(!progress.wake_when_durable(0), "no report wanted");
+        assert!(harness.wal.send(batch_with_acks(1, 1..=2, &[2])));
+        harness.sync_permits.send(()).expect("permit");
+        assert_eq!(
+            harness.received(10_000),
+            Some(ack(2)),
+            "the ack still leaves"
+        );
+        let deadline = std::time::Instant::now() + WAIT;
+        while harness.wal.progress().durable_through() < 1 {
+            assert!(std::time::Instant::now() < deadline, "batch 1 published");
+            std::thread::yield_now();
+        }
+        assert_eq!(harness.wal.progress().counters(), (1, 2));
+        assert!(
+            harness
+                .reports
+                .recv_timeout(Duration::from_millis(300))
+                .is_err(),
+            "no report while none is asked for"
+        );
+        assert!(
+            harness.wal.progress().wake_when_durable(1),
+            "asking for a batch already durable says so instead of waiting"
+        );
+        assert!(!harness.wal.progress().wake_when_durable(2));
+        assert!(harness.wal.send(batch(2, 3..=3)));
+        harness.sync_permits.send(()).expect("permit");
+        match next_report(&harness) {
+            PersistReport::Durable {
+                through_batch: 2, ..
+            } => {}
+            other => panic!("asked for batch 2: {other:?}"),
         }
         let thread = harness.wal.stop().expect("a thread");
         thread.join().expect("no panic");

@@ -603,6 +603,16 @@ impl Core {
 
     // ---- Queries ------------------------------------------------------------------------
 
+    /// Whether this leader's commit index waits for its own copy alone: it would advance
+    /// if this node's log were durable to its end. A runtime that persists asynchronously
+    /// asks before it sleeps, to know whether the report of its own sync is worth waking
+    /// for; otherwise the next input (an ack) is soon enough to call `on_persisted`.
+    pub fn commit_waits_for_own_copy(&self) -> bool {
+        self.role == Role::Leader
+            && self.log.persisted() < self.log.last_index()
+            && self.may_commit_to(self.quorum_index(self.log.last_index()))
+    }
+
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
@@ -1496,20 +1506,8 @@ impl Core {
     /// Raft §5.3/§5.4.2: commit the highest index stored on a majority, but only if its
     /// entry is from the current term; earlier entries commit with it.
     fn maybe_commit(&mut self) -> bool {
-        let mut match_indexes: Vec<LogIndex> = self
-            .voters
-            .iter()
-            .map(|&voter| {
-                if voter == self.id {
-                    self.log.persisted()
-                } else {
-                    self.progress_of(voter).match_index
-                }
-            })
-            .collect();
-        match_indexes.sort_unstable_by(|a, b| b.cmp(a));
-        let quorum_index = match_indexes[self.quorum() - 1];
-        if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
+        let quorum_index = self.quorum_index(self.log.persisted());
+        if !self.may_commit_to(quorum_index) {
             return false;
         }
         let had_committed_in_term = self.committed_in_current_term();
@@ -1529,6 +1527,28 @@ impl Core {
             }
         }
         true
+    }
+
+    /// The highest index a majority holds, counting this node's log as held up to `own`.
+    fn quorum_index(&self, own: LogIndex) -> LogIndex {
+        let mut match_indexes: Vec<LogIndex> = self
+            .voters
+            .iter()
+            .map(|&voter| {
+                if voter == self.id {
+                    own
+                } else {
+                    self.progress_of(voter).match_index
+                }
+            })
+            .collect();
+        match_indexes.sort_unstable_by(|a, b| b.cmp(a));
+        match_indexes[self.quorum() - 1]
+    }
+
+    /// Raft §5.4.2: a leader commits by counting replicas only an entry of its own term.
+    fn may_commit_to(&self, quorum_index: LogIndex) -> bool {
+        quorum_index > self.log.committed() && self.log.term(quorum_index) == Some(self.term)
     }
 
     fn is_transfer_target(&self, follower: NodeId) -> bool {

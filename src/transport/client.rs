@@ -132,7 +132,7 @@ fn watch_refused_handshakes(
         endpoint: endpoint.to_string(),
         monitor,
     }];
-    Watcher::start(context, "client-watch", watched, |_| true)
+    Watcher::start("client-watch", watched, |_| true)
 }
 
 impl ClientTransport {
@@ -168,7 +168,7 @@ impl ClientTransport {
             },
         )?;
         let watcher = watch_refused_handshakes(context, &router, &settings.bind_endpoint)?;
-        let (replies, inbox) = mailbox(context)?;
+        let (replies, inbox) = mailbox()?;
         let limits = settings.limits;
         let clients = settings.curve.map(|curve| curve.clients);
         let thread = std::thread::Builder::new()

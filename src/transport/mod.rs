@@ -14,7 +14,7 @@
 //!   DEALER per peer                node loop             Raft messages (DONTWAIT)
 //!   DEALER per peer, second set    WAL thread            votes and acks, right after the sync
 //!   DEALER per peer, third set     snapshot sender       snapshot chunks and acks
-//!   doorbell PAIRs (inproc)        one end per thread    "look at your channel"
+//!   doorbell (an eventfd)          ringer and listener   "look at your channel"
 //!   monitor PAIRs (inproc)         watcher threads       connection events of the loop's
 //!                                                        DEALERs and of the ROUTERs
 //! ```
@@ -44,9 +44,13 @@
 //! `peer` -> `wire`; `wire` imports nothing of the transport.
 //!
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
-//! cannot wait on a channel. A [`mailbox`] pairs a channel with an inproc "doorbell" socket:
-//! the producer sends on the channel, then rings; the consumer polls the doorbell beside its
-//! sockets and drains the channel when it rings. Nothing sleeps and polls.
+//! cannot wait on a channel. A [`mailbox`] pairs a channel with a "doorbell": the producer
+//! sends on the channel, then rings; the consumer polls the doorbell beside its sockets and
+//! drains the channel when it rings. Nothing sleeps and polls. The doorbell is a plain
+//! Linux eventfd that `zmq::poll` watches as a file descriptor, not a ZeroMQ socket: a ring
+//! is one `write` and a drain one `read`, where an inproc socket pair costs ZeroMQ's own
+//! signalling on both ends and a `ZMQ_EVENTS` check (a `poll` syscall) in every `zmq::poll`
+//! of the consumer, once per request on the client thread's path.
 //!
 //! What this module must not do: look inside requests beyond decoding them, or hold state
 //! that outlives a request's round trip (the node loop owns all of that).
@@ -63,7 +67,8 @@ pub mod wire;
 pub mod zap;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// Frames of a ZeroMQ message, as received.
 pub type Frames = Vec<Vec<u8>>;
@@ -95,6 +100,8 @@ pub enum TransportError {
         name: &'static str,
         source: std::io::Error,
     },
+    #[error("cannot create an eventfd: {0}")]
+    Doorbell(std::io::Error),
 }
 
 /// Wraps a ZeroMQ error with what was being done, for setup code.
@@ -199,57 +206,57 @@ pub fn resolve_host(host: &str) -> Result<String, TransportError> {
 }
 
 /// The producer's end of a doorbell: rings a [`DoorbellListener`] on another thread.
-/// Owned by one thread (it holds a socket).
 pub struct Doorbell {
-    socket: zmq::Socket,
+    fd: Arc<OwnedFd>,
 }
 
 /// The consumer's end of a doorbell: poll it beside the thread's other sockets.
 pub struct DoorbellListener {
-    socket: zmq::Socket,
+    fd: Arc<OwnedFd>,
 }
 
-/// A connected doorbell pair over a fresh inproc endpoint of `context`.
-pub fn doorbell(context: &zmq::Context) -> Result<(Doorbell, DoorbellListener), TransportError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let endpoint = format!(
-        "inproc://rrmq-doorbell-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let listener = zmq_context("doorbell socket", context.socket(zmq::PAIR))?;
-    zmq_context("doorbell linger", listener.set_linger(0))?;
-    zmq_context("doorbell bind", listener.bind(&endpoint))?;
-    let ringer = zmq_context("doorbell socket", context.socket(zmq::PAIR))?;
-    zmq_context("doorbell linger", ringer.set_linger(0))?;
-    zmq_context("doorbell connect", ringer.connect(&endpoint))?;
-    Ok((
-        Doorbell { socket: ringer },
-        DoorbellListener { socket: listener },
-    ))
+/// A connected doorbell pair: one non-blocking eventfd, shared by both ends (closed when
+/// both are dropped).
+pub fn doorbell() -> Result<(Doorbell, DoorbellListener), TransportError> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor that
+    // nothing else owns.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(TransportError::Doorbell(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh descriptor owned by nobody else (checked above).
+    let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    Ok((Doorbell { fd: fd.clone() }, DoorbellListener { fd }))
 }
 
 impl Doorbell {
-    /// Wakes the listener. Never blocks: if rings are already queued, the listener is awake
-    /// or about to be, and this ring is redundant.
+    /// Wakes the listener. Never blocks: the eventfd's counter only saturates after 2^64 - 2
+    /// rings nobody drained, and then the listener is awake anyway.
     pub fn ring(&self) {
-        match self.socket.send(&[][..], zmq::DONTWAIT) {
-            Ok(()) | Err(zmq::Error::EAGAIN) => {}
-            Err(error) => log::debug!("doorbell: {error}"),
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer of 8 to a descriptor we own.
+        let written = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if written < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::WouldBlock {
+                log::debug!("doorbell: {error}");
+            }
         }
     }
 }
 
 impl DoorbellListener {
     pub fn poll_item(&self) -> zmq::PollItem<'_> {
-        self.socket.as_poll_item(zmq::POLLIN)
+        zmq::PollItem::from_fd(self.fd.as_raw_fd(), zmq::POLLIN)
     }
 
     /// Consumes every queued ring. Call before draining the channel it guards, so that a
     /// ring for an item sent after the drain is never lost.
     pub fn drain(&self) {
-        let mut message = zmq::Message::new();
-        while self.socket.recv(&mut message, zmq::DONTWAIT).is_ok() {}
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer of 8 from a descriptor we own.
+        // One read resets the counter; EAGAIN means nothing was rung.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
     }
 }
 
@@ -267,10 +274,8 @@ pub struct MailboxReceiver<T> {
 
 /// An unbounded mailbox. Unbounded because its producer is the node loop, which must never
 /// block; what flows through it is bounded by the requests in flight.
-pub fn mailbox<T>(
-    context: &zmq::Context,
-) -> Result<(MailboxSender<T>, MailboxReceiver<T>), TransportError> {
-    let (ringer, listener) = doorbell(context)?;
+pub fn mailbox<T>() -> Result<(MailboxSender<T>, MailboxReceiver<T>), TransportError> {
+    let (ringer, listener) = doorbell()?;
     let (sender, receiver) = crossbeam_channel::unbounded();
     Ok((
         MailboxSender {
@@ -334,8 +339,7 @@ mod tests {
 
     #[test]
     fn mailbox_wakes_a_polling_thread_for_every_item() {
-        let context = zmq::Context::new();
-        let (sender, receiver) = mailbox::<u32>(&context).expect("mailbox");
+        let (sender, receiver) = mailbox::<u32>().expect("mailbox");
         let consumer = std::thread::spawn(move || {
             let mut received = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -358,8 +362,7 @@ mod tests {
 
     #[test]
     fn drain_reports_a_gone_sender_only_when_empty() {
-        let context = zmq::Context::new();
-        let (sender, receiver) = mailbox::<u32>(&context).expect("mailbox");
+        let (sender, receiver) = mailbox::<u32>().expect("mailbox");
         sender.send(7).expect("receiver alive");
         drop(sender);
         assert_eq!(receiver.drain(), Ok(vec![7]));
@@ -368,8 +371,7 @@ mod tests {
 
     #[test]
     fn ringing_never_blocks_when_nobody_listens() {
-        let context = zmq::Context::new();
-        let (ringer, _listener) = doorbell(&context).expect("doorbell");
+        let (ringer, _listener) = doorbell().expect("doorbell");
         for _ in 0..100_000 {
             ringer.ring();
         }

@@ -399,7 +399,6 @@ where
         )?,
     });
     Watcher::start(
-        context,
         "peer-watch",
         watched,
         watch::report_to(events.clone(), stopping.clone()),
@@ -471,7 +470,7 @@ impl PeerTransport {
             );
         }
 
-        let (stop_receiver, stop_listener) = super::doorbell(context)?;
+        let (stop_receiver, stop_listener) = super::doorbell()?;
         let (snapshot_outbox, snapshot_inbox) = crossbeam_channel::unbounded();
         let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
 

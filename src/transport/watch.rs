@@ -96,12 +96,11 @@ impl Watcher {
     /// Starts thread `name` reading the monitors in `watched`. Peer connection changes go to
     /// `report`, which returns false once nobody listens (the thread then stops reporting).
     pub fn start(
-        context: &zmq::Context,
         name: &'static str,
         watched: Vec<Watched>,
         report: impl FnMut(PeerConnection) -> bool + Send + 'static,
     ) -> Result<Watcher, TransportError> {
-        let (stop, stop_listener) = doorbell(context)?;
+        let (stop, stop_listener) = doorbell()?;
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || run(watched, stop_listener, report))
@@ -571,7 +570,6 @@ mod tests {
         dealer.connect(&endpoint)?;
         let (events, inbox) = crossbeam_channel::unbounded::<PeerConnection>();
         let watcher = Watcher::start(
-            &context,
             "test-watch",
             vec![Watched::Peer {
                 peer: NodeId(1),

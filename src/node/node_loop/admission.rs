@@ -39,7 +39,7 @@ impl NodeLoop {
                 core: &self.core,
                 applied: self.applied,
                 halted: self.halted,
-                wal: self.wal_counters,
+                wal: self.wal_counters(),
             });
             self.clients.reply(ticket, reply);
             return;

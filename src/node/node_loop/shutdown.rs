@@ -83,6 +83,11 @@ impl NodeLoop {
                 // Everything acknowledged was synced before its reply; this catches the
                 // lazily persisted commit index.
                 Ok(mut store) if !self.halted => {
+                    if let Some(hard_state) = self.pipeline.take_unwritten_hard_state() {
+                        if let Err(error) = store.set_hard_state(&hard_state) {
+                            log::error!("final hard state write failed: {error}");
+                        }
+                    }
                     if let Err(error) = store.sync() {
                         log::error!("final sync failed: {error}");
                     }

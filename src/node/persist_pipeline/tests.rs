@@ -89,30 +89,59 @@ fn reports_are_never_released_before_their_batch_and_every_earlier_one() {
 }
 
 #[test]
-fn a_commit_only_hard_state_needs_no_sync_and_keeps_the_batch_number() {
+fn a_commit_only_hard_state_waits_for_the_next_batch() {
     let mut pipeline = pipeline();
-    // Nothing in flight: the commit hint goes to storage, unsynced, numbered 0.
+    // Nothing in flight: the commit hint is held, its message leaves at once.
     let handoff = pipeline.persist(ReadyWrites {
         hard_state: Some(hard_state(1, None, 5)),
         messages_after_persist: vec![ack(5)],
         ..ReadyWrites::default()
     });
-    let batch = handoff.batch.expect("the commit hint is written");
-    assert_eq!((batch.number, batch.must_sync), (0, false));
+    assert_eq!(handoff.batch, None, "no batch for a commit hint alone");
     assert_eq!(handoff.send_now, vec![ack(5)], "nothing in flight: at once");
     assert_eq!(pipeline.batches_sent, 0);
-    // Behind a batch in flight: it takes that batch's number, and its message waits.
-    let _ = pipeline.persist(appends(1..=1));
+    // A newer hint supersedes it; the next batch that needs a sync takes it along.
     let handoff = pipeline.persist(ReadyWrites {
         hard_state: Some(hard_state(1, None, 6)),
+        ..ReadyWrites::default()
+    });
+    assert_eq!(handoff, Handoff::default(), "nothing to do yet");
+    let handoff = pipeline.persist(appends(1..=1));
+    let batch = handoff.batch.expect("a batch");
+    assert_eq!(batch.hard_state, Some(hard_state(1, None, 6)));
+    assert_eq!((batch.number, batch.must_sync), (1, true));
+    // Behind a batch in flight: a hint alone still waits; one with a message rides on the
+    // message's carrier, which takes the batch's number.
+    let handoff = pipeline.persist(ReadyWrites {
+        hard_state: Some(hard_state(1, None, 7)),
+        ..ReadyWrites::default()
+    });
+    assert_eq!(handoff, Handoff::default(), "a hint alone waits");
+    let handoff = pipeline.persist(ReadyWrites {
+        hard_state: Some(hard_state(1, None, 8)),
         messages_after_persist: vec![ack(1)],
         ..ReadyWrites::default()
     });
-    let batch = handoff.batch.expect("a batch");
+    let batch = handoff.batch.expect("a carrier");
     assert_eq!((batch.number, batch.must_sync), (1, false));
+    assert_eq!(batch.hard_state, Some(hard_state(1, None, 8)));
     assert_eq!(batch.messages_after_sync, vec![ack(1)]);
     assert!(handoff.send_now.is_empty());
     assert_eq!(pipeline.batches_sent, 1);
+    assert_eq!(
+        pipeline.take_unwritten_hard_state(),
+        None,
+        "all handed over"
+    );
+    // Held at shutdown: taken for the final write.
+    let _ = pipeline.persist(ReadyWrites {
+        hard_state: Some(hard_state(1, None, 9)),
+        ..ReadyWrites::default()
+    });
+    assert_eq!(
+        pipeline.take_unwritten_hard_state(),
+        Some(hard_state(1, None, 9))
+    );
 }
 
 #[test]
@@ -161,7 +190,8 @@ fn the_hard_state_is_compared_with_the_last_one_written_not_the_durable_one() {
         ..ReadyWrites::default()
     });
     assert!(handoff.batch.expect("a batch").must_sync);
-    // Same term and vote, new commit: no second sync although the first is in flight.
+    // Same term and vote, new commit: no second sync although the first is in flight
+    // (the commit hint waits for the next batch).
     let handoff = pipeline.persist(ReadyWrites {
         hard_state: Some(HardState {
             commit: LogIndex(3),
@@ -169,7 +199,7 @@ fn the_hard_state_is_compared_with_the_last_one_written_not_the_durable_one() {
         }),
         ..ReadyWrites::default()
     });
-    assert!(!handoff.batch.expect("a batch").must_sync);
+    assert_eq!(handoff, Handoff::default());
     assert_eq!(pipeline.batches_sent, 1);
 }
 

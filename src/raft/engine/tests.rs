@@ -297,6 +297,59 @@ fn single_node_leads_and_commits_alone() {
 }
 
 #[test]
+fn the_commit_waits_for_the_leaders_own_copy_only_once_a_follower_holds_it() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.tick_until_leader();
+    let follower = (leader + 1) % 3;
+    assert!(
+        !cluster.cores[leader].commit_waits_for_own_copy(),
+        "all durable"
+    );
+    cluster.cores[leader]
+        .propose(Bytes::from_static(b"x"))
+        .expect("leader accepts proposals");
+    let ready = cluster.cores[leader].ready();
+    let last = ready.entries.last().map(Entry::id).expect("the proposal");
+    assert!(
+        !cluster.cores[leader].commit_waits_for_own_copy(),
+        "no follower holds it yet: an ack comes first either way"
+    );
+    // One follower takes the append and acknowledges it.
+    let append = ready
+        .messages
+        .into_iter()
+        .find(|message| message.to.0 as usize == follower)
+        .expect("an append to the follower");
+    cluster.cores[follower].step(append);
+    let follower_ready = cluster.cores[follower].ready();
+    let ack = follower_ready
+        .messages_after_persist
+        .into_iter()
+        .next()
+        .expect("an ack");
+    cluster.cores[leader].step(ack);
+    assert!(
+        cluster.cores[leader].commit_waits_for_own_copy(),
+        "a majority but for the leader's own sync"
+    );
+    assert!(
+        !cluster.cores[follower].commit_waits_for_own_copy(),
+        "not a leader"
+    );
+    cluster.cores[leader].on_persisted(last);
+    assert!(!cluster.cores[leader].commit_waits_for_own_copy());
+    assert_eq!(cluster.cores[leader].commit_index(), last.index);
+    // A single node waits for itself alone.
+    let mut single = Cluster::new(1);
+    single.tick_until_leader();
+    single.cores[0]
+        .propose(Bytes::from_static(b"y"))
+        .expect("leader accepts proposals");
+    let _ = single.cores[0].ready();
+    assert!(single.cores[0].commit_waits_for_own_copy());
+}
+
+#[test]
 fn followers_refuse_proposals_and_name_the_leader() {
     let mut cluster = Cluster::new(3);
     let leader = cluster.tick_until_leader();

@@ -9,6 +9,8 @@
 mod common;
 
 use common::Cluster;
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
 /// Exit codes documented in `rrmq --help`.
@@ -265,4 +267,47 @@ fn rrmq_delivery_commands_lease_ack_nack_dead_letter_consume_and_batch() {
     run.assert_code(EXIT_OK, "consume prints");
     assert_eq!(run.stdout, b"four\n");
     assert_eq!(detail(&cluster, "feed")["ready"], 0, "printed and ACKed");
+
+    // consume stops cleanly on SIGTERM: the message in hand is finished and ACKed, exit 0.
+    // The command creates a file first, so the test knows the handlers are installed.
+    cluster
+        .rrmq(&["put", "feed", "last"])
+        .assert_code(EXIT_OK, "put");
+    let ready = cluster.dir.path().join("ready");
+    let command = format!("touch '{}'; sleep 1; cat > /dev/null", ready.display());
+    let config = cluster.config_path.to_str().expect("a UTF-8 temp path");
+    let mut consumer = std::process::Command::new(common::RRMQ)
+        .args(["--config", config, "consume", "feed", "--wait", "1s"])
+        .args(["--exec", &command])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn rrmq consume");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer never ran its command"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = i32::try_from(consumer.id()).expect("a pid");
+    // SAFETY: kill(2) on our own child's pid, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = consumer.try_wait().expect("wait for the consumer") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consume did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(EXIT_OK), "stopped cleanly: {status:?}");
+    let feed = detail(&cluster, "feed");
+    assert_eq!(
+        (&feed["ready"], &feed["leased"]),
+        (&json!(0), &json!(0)),
+        "the message in hand was finished and ACKed"
+    );
 }

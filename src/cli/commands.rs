@@ -756,4 +756,64 @@ mod tests {
             json!({"topic": "t", "message": [1, 2], "binary": true})
         );
     }
+
+    #[test]
+    fn delivery_output_and_json_carry_the_receipt_and_the_detail_table_lines_up() {
+        let delivery = Delivery {
+            message: Payload::Text("job".into()),
+            receipt: "12.3".into(),
+            deliveries: 2,
+        };
+        assert_eq!(
+            delivery_output(delivery.clone(), false),
+            b"receipt 12.3 deliveries 2\njob\n"
+        );
+        assert_eq!(
+            fetched_json("t", &Fetched::Delivered(delivery.clone())),
+            json!({"topic": "t", "message": "job", "binary": false, "receipt": "12.3",
+                   "deliveries": 2})
+        );
+        assert_eq!(
+            fetched_json("t", &Fetched::Deliveries(vec![delivery])),
+            json!({"topic": "t", "messages": [{"message": "job", "binary": false,
+                   "receipt": "12.3", "deliveries": 2}]})
+        );
+        assert_eq!(
+            fetched_json("t", &Fetched::Messages(vec![Payload::Binary(vec![7])])),
+            json!({"topic": "t", "messages": [{"message": [7], "binary": true}]})
+        );
+        let details = [
+            TopicDetail {
+                name: "orders".into(),
+                ready: 12,
+                leased: 3,
+                max_deliveries: Some(5),
+                dead_letter: Some("orders-dlq".into()),
+                discarded: 0,
+            },
+            TopicDetail {
+                name: "x".into(),
+                ready: 0,
+                leased: 0,
+                max_deliveries: None,
+                dead_letter: None,
+                discarded: 4,
+            },
+        ];
+        let table = details_table(&details);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["x", "0", "0", "-", "-", "4"],
+            "{table}"
+        );
+        let column = |line: &str, word: &str| line.find(word);
+        assert_eq!(column(lines[0], "LEASED"), column(lines[1], "3"), "{table}");
+        assert_eq!(
+            detail_json(&details[1]),
+            json!({"name": "x", "ready": 0, "leased": 0, "max_deliveries": null,
+                   "dead_letter": null, "discarded": 4})
+        );
+    }
 }

@@ -140,7 +140,8 @@ pub enum Command {
         /// Lease the message for this long instead of popping it (e.g. 30s)
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         lease: Option<Duration>,
-        /// Wait up to this long (at most 60s) for a message when the topic has none
+        /// Wait up to this long (at most 60s) for a message when the topic has none; the
+        /// command may then take this much longer than --timeout
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         wait: Option<Duration>,
         /// Hand out up to N messages (1 to 1,000) in one request

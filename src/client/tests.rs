@@ -18,6 +18,7 @@ fn client(nodes: &[&FakeNode], attempt_timeout_ms: u64, deadline_ms: u64) -> Cli
         nodes: nodes.iter().map(|node| node.address.clone()).collect(),
         attempt_timeout: Duration::from_millis(attempt_timeout_ms),
         deadline: Duration::from_millis(deadline_ms),
+        hedge_after: None,
         curve: None,
     })
     .expect("valid options")
@@ -167,6 +168,7 @@ fn a_refused_connection_is_left_at_once_and_reported_by_status() {
         nodes: vec![nobody.clone(), leader.address.clone()],
         attempt_timeout: Duration::from_secs(30),
         deadline: Duration::from_secs(120),
+        hedge_after: None,
         curve: None,
     })
     .expect("valid options");
@@ -532,6 +534,7 @@ fn empty_node_lists_and_zero_durations_are_refused() {
             nodes,
             attempt_timeout: Duration::from_millis(attempt_ms),
             deadline: Duration::from_millis(deadline_ms),
+            hedge_after: None,
             curve: None,
         });
         assert!(result.is_err(), "case {number} accepted");

@@ -223,8 +223,8 @@ struct Hedge {
     node: Option<usize>,
     /// A node that a hedge's `NOT_LEADER` named, for the next hedge to go to.
     hinted: Option<usize>,
-    /// Whether a hint was followed at once since the last hedge left: at most one is per
-    /// interval, so two nodes naming each other cannot bounce the call at wire speed.
+    /// Whether a hint was followed at once since the last hedge left: at most one is followed
+    /// per interval, so two nodes naming each other cannot bounce the call at wire speed.
     redirected: bool,
 }
 
@@ -369,7 +369,8 @@ impl CallMachine {
         }
     }
 
-    /// The driver could not send the attempt to `node` (the latest attempt's target).
+    /// The driver could not send the attempt to `node` (the latest attempt's target). A hedge
+    /// that could not be sent is only lost: the next one leaves at its time.
     pub(crate) fn on_send_failed<V>(
         &mut self,
         now: Instant,

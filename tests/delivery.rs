@@ -227,3 +227,79 @@ fn a_lease_survives_a_sigkill_of_the_leader() {
     );
     assert_eq!(empty["error"]["code"], "EMPTY", "{empty}");
 }
+
+/// The new leader ends a lease granted by the old one by the cluster's lease clock, which
+/// it continues (no wall clock is read): not before the lease's length has passed since
+/// the grant, and soon after.
+#[test]
+fn a_lease_granted_by_a_killed_leader_ends_on_time_under_the_next() {
+    const LEASE: Duration = Duration::from_secs(3);
+    let mut cluster = Cluster::start_with(3, FAST_FLAGS);
+    let (leader, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut holder = SessionClient::new(&cluster, "holder");
+    let within = REPLY_DEADLINE * 3;
+    holder.call_ok(
+        &json!({"type": "topic", "method": "PUT", "topic": "t"}),
+        within,
+    );
+    holder.call_ok(
+        &json!({"type": "message", "method": "PUT", "topic": "t", "message": "m"}),
+        within,
+    );
+    // The lease is granted after this instant: every later hand-out must come LEASE or
+    // more after it.
+    let asked = Instant::now();
+    let leased = holder.call_ok(
+        &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": LEASE.as_millis() as u64}),
+        within,
+    );
+    assert_eq!(
+        (&leased["message"], &leased["deliveries"]),
+        (&json!("m"), &json!(1)),
+        "{leased}"
+    );
+    cluster.kill(leader);
+
+    let mut other = SessionClient::new(&cluster, "other");
+    let deadline = asked + Duration::from_secs(20);
+    let mut empties = 0;
+    let again = loop {
+        let reply = other.call_ok(
+            &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": 60_000}),
+            within,
+        );
+        // The reply came after the grant it carries.
+        let answered = Instant::now();
+        if reply["success"] == true {
+            assert!(
+                answered.duration_since(asked) >= LEASE,
+                "handed out again {:?} after the first GET was sent, before its {LEASE:?} lease \
+                 ended: {reply}",
+                answered.duration_since(asked)
+            );
+            break reply;
+        }
+        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
+        empties += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the lease never ended under the new leader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        empties > 0,
+        "the new leader was never asked while the lease held"
+    );
+    assert_eq!(
+        (&again["message"], &again["deliveries"]),
+        (&json!("m"), &json!(2)),
+        "{again}"
+    );
+    // The first holder's lease ended: its ACK no longer counts.
+    let late = holder.call_ok(
+        &json!({"type": "message", "method": "ACK", "topic": "t", "receipt": leased["receipt"]}),
+        within,
+    );
+    assert_eq!(late["error"]["code"], "STALE_RECEIPT", "{late}");
+}

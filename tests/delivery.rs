@@ -303,3 +303,49 @@ fn a_lease_granted_by_a_killed_leader_ends_on_time_under_the_next() {
     );
     assert_eq!(late["error"]["code"], "STALE_RECEIPT", "{late}");
 }
+
+/// While a lease is live the leader appends clock entries (a next leader's clock starts
+/// close to its own), and they end nothing; with no lease live it writes nothing.
+#[test]
+fn the_leader_appends_clock_entries_only_while_a_lease_is_live() {
+    let cluster = Cluster::start_with(1, FAST_FLAGS);
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    let mut call = |request: Value| plain(client.call(Wire::MsgPack, &request));
+    call(json!({"type": "topic", "method": "PUT", "topic": "t"}));
+    call(json!({"type": "message", "method": "PUT", "topic": "t", "message": "m"}));
+    let leased = call(
+        json!({"v": 2, "type": "message", "method": "GET", "topic": "t", "lease_ms": 600_000}),
+    );
+    assert_eq!(leased["message"], "m", "{leased}");
+    let mut last_index = || {
+        let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
+        status["last_log_index"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no last_log_index in {status}"))
+    };
+    let granted = last_index();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last_index() < granted + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no clock entries while a lease is live"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut call = |request: Value| plain(client.call(Wire::MsgPack, &request));
+    assert_eq!(
+        call(
+            json!({"v": 2, "type": "message", "method": "ACK", "topic": "t",
+                    "receipt": leased["receipt"]})
+        ),
+        json!({"success": true}),
+        "the clock entries ended no lease"
+    );
+    let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
+    let idle = status["last_log_index"].as_u64();
+    // Several clock-entry intervals with nothing leased: nothing is written.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
+    assert_eq!(status["last_log_index"].as_u64(), idle, "{status}");
+}

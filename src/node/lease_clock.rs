@@ -62,7 +62,8 @@ use std::time::{Duration, Instant};
 /// carried its time: the most that the last time in the log trails the leader's clock,
 /// and so the most lag a restarted node that becomes leader starts with, beyond the
 /// election.
-pub(super) const CLOCK_ENTRY_INTERVAL: Duration = Duration::from_millis(400);
+pub(super) const CLOCK_ENTRY_INTERVAL: Duration = Duration::from_millis(CLOCK_ENTRY_INTERVAL_MS);
+const CLOCK_ENTRY_INTERVAL_MS: u64 = 400;
 
 /// The lease clock of one node: a log time and the instant it was taken.
 #[derive(Debug, Clone)]
@@ -112,7 +113,7 @@ impl LeaseClock {
         leases_live: bool,
         now: Instant,
     ) -> Option<u64> {
-        let interval_ms = CLOCK_ENTRY_INTERVAL.as_millis() as u64;
+        let interval_ms = CLOCK_ENTRY_INTERVAL_MS;
         let reading = self.read(log_ms, now);
         let recent = self
             .clock_proposed
@@ -227,7 +228,7 @@ mod tests {
         let mut a = LeaseClock::new(0, real);
         let grant_ms = a.read(0, real);
         let deadline_ms = grant_ms + 3_000;
-        let interval_ms = CLOCK_ENTRY_INTERVAL.as_millis() as u64;
+        let interval_ms = CLOCK_ENTRY_INTERVAL_MS;
         // A appends clock entries on schedule and dies just before the next one is due.
         let mut log_ms = grant_ms;
         let mut at = 0;
@@ -265,7 +266,7 @@ mod tests {
             "an idle cluster writes nothing"
         );
         let due = clock.clock_entry_due(0, true, start + interval * 3);
-        assert_eq!(due, Some(interval.as_millis() as u64 * 3));
+        assert_eq!(due, Some(CLOCK_ENTRY_INTERVAL_MS * 3));
         clock.clock_proposed(start + interval * 3);
         // Not applied yet: the log still says 0, but one is in flight.
         assert_eq!(clock.clock_entry_due(0, true, start + interval * 3), None);

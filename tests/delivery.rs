@@ -227,3 +227,125 @@ fn a_lease_survives_a_sigkill_of_the_leader() {
     );
     assert_eq!(empty["error"]["code"], "EMPTY", "{empty}");
 }
+
+/// The new leader ends a lease granted by the old one by the cluster's lease clock, which
+/// it continues (no wall clock is read): not before the lease's length has passed since
+/// the grant, and soon after.
+#[test]
+fn a_lease_granted_by_a_killed_leader_ends_on_time_under_the_next() {
+    const LEASE: Duration = Duration::from_secs(3);
+    let mut cluster = Cluster::start_with(3, FAST_FLAGS);
+    let (leader, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut holder = SessionClient::new(&cluster, "holder");
+    let within = REPLY_DEADLINE * 3;
+    holder.call_ok(
+        &json!({"type": "topic", "method": "PUT", "topic": "t"}),
+        within,
+    );
+    holder.call_ok(
+        &json!({"type": "message", "method": "PUT", "topic": "t", "message": "m"}),
+        within,
+    );
+    // The lease is granted after this instant: every later hand-out must come LEASE or
+    // more after it.
+    let asked = Instant::now();
+    let leased = holder.call_ok(
+        &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": LEASE.as_millis() as u64}),
+        within,
+    );
+    assert_eq!(
+        (&leased["message"], &leased["deliveries"]),
+        (&json!("m"), &json!(1)),
+        "{leased}"
+    );
+    cluster.kill(leader);
+
+    let mut other = SessionClient::new(&cluster, "other");
+    let deadline = asked + Duration::from_secs(20);
+    let mut empties = 0;
+    let again = loop {
+        let reply = other.call_ok(
+            &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": 60_000}),
+            within,
+        );
+        // The reply came after the grant it carries.
+        let answered = Instant::now();
+        if reply["success"] == true {
+            assert!(
+                answered.duration_since(asked) >= LEASE,
+                "handed out again {:?} after the first GET was sent, before its {LEASE:?} lease \
+                 ended: {reply}",
+                answered.duration_since(asked)
+            );
+            break reply;
+        }
+        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
+        empties += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the lease never ended under the new leader"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        empties > 0,
+        "the new leader was never asked while the lease held"
+    );
+    assert_eq!(
+        (&again["message"], &again["deliveries"]),
+        (&json!("m"), &json!(2)),
+        "{again}"
+    );
+    // The first holder's lease ended: its ACK no longer counts.
+    let late = holder.call_ok(
+        &json!({"type": "message", "method": "ACK", "topic": "t", "receipt": leased["receipt"]}),
+        within,
+    );
+    assert_eq!(late["error"]["code"], "STALE_RECEIPT", "{late}");
+}
+
+/// While a lease is live the leader appends clock entries (a next leader's clock starts
+/// close to its own), and they end nothing; with no lease live it writes nothing.
+#[test]
+fn the_leader_appends_clock_entries_only_while_a_lease_is_live() {
+    let cluster = Cluster::start_with(1, FAST_FLAGS);
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    let mut call = |request: Value| plain(client.call(Wire::MsgPack, &request));
+    call(json!({"type": "topic", "method": "PUT", "topic": "t"}));
+    call(json!({"type": "message", "method": "PUT", "topic": "t", "message": "m"}));
+    let leased = call(
+        json!({"v": 2, "type": "message", "method": "GET", "topic": "t", "lease_ms": 600_000}),
+    );
+    assert_eq!(leased["message"], "m", "{leased}");
+    let mut last_index = || {
+        let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
+        status["last_log_index"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no last_log_index in {status}"))
+    };
+    let granted = last_index();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while last_index() < granted + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no clock entries while a lease is live"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut call = |request: Value| plain(client.call(Wire::MsgPack, &request));
+    assert_eq!(
+        call(
+            json!({"v": 2, "type": "message", "method": "ACK", "topic": "t",
+                    "receipt": leased["receipt"]})
+        ),
+        json!({"success": true}),
+        "the clock entries ended no lease"
+    );
+    let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
+    let idle = status["last_log_index"].as_u64();
+    // Several clock-entry intervals with nothing leased: nothing is written.
+    std::thread::sleep(Duration::from_millis(2_000));
+    let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
+    assert_eq!(status["last_log_index"].as_u64(), idle, "{status}");
+}

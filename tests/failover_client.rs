@@ -1,6 +1,7 @@
 //! Issue 14, failover as a client sees it: the client library leaves a leader whose process
-//! died as soon as its connection drops, not after its attempt timeout; and `rrmq bench
-//! failover` measures that path end to end (report shape only: speed is for the benchmark
+//! died as soon as its connection drops, not after its attempt timeout; a leader that is
+//! stopped (its connections stay up) is hedged around after the hedge delay; and `rrmq bench
+//! failover` measures both paths end to end (report shape only: speed is for the benchmark
 //! itself, not for tests).
 
 mod common;
@@ -12,21 +13,93 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// Far longer than anything else the test waits for: a call that ends before one attempt
-/// timeout has passed was moved on by the dropped connection, not by the timer.
+/// timeout has passed was moved on by the dropped connection or a hedge, not by the timer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The nodes of a started cluster as the client library names them.
+fn addresses_of(cluster: &Cluster) -> Vec<NodeAddress> {
+    cluster
+        .ports
+        .iter()
+        .map(|ports| NodeAddress::new("127.0.0.1", ports.port).expect("address"))
+        .collect()
+}
+
+#[test]
+fn a_put_at_a_stopped_leader_is_hedged_to_the_new_leader_and_applied_once() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    let addresses = addresses_of(&cluster);
+    // Hedging as by default; the attempt timeout is far out of reach, and a stopped process
+    // keeps its connections, so neither the timer nor a drop can move the call.
+    let mut client = Client::connect(ClientOptions {
+        attempt_timeout: ATTEMPT_TIMEOUT,
+        deadline: Duration::from_secs(120),
+        ..ClientOptions::new(addresses.clone())
+    })
+    .expect("options");
+    client.create_topic("t").expect("create the topic");
+    client
+        .put("t", Payload::Text("before".into()))
+        .expect("put at the leader");
+    let leader_address = client.leader().cloned().expect("a put finds the leader");
+    let leader = addresses
+        .iter()
+        .position(|address| *address == leader_address)
+        .expect("the leader is a configured node");
+
+    cluster.signal(leader, libc::SIGSTOP);
+    let sent = Instant::now();
+    let result = client.put("t", Payload::Text("during".into()));
+    let elapsed = sent.elapsed();
+    if let Err(error) = result {
+        cluster.signal(leader, libc::SIGCONT);
+        cluster.dump_logs();
+        panic!("the put to a stopped leader failed: {error}");
+    }
+    assert!(
+        elapsed < ATTEMPT_TIMEOUT,
+        "answered {elapsed:?} after sending: the attempt timeout, not a hedge, moved the call"
+    );
+    assert!(
+        client
+            .leader()
+            .is_some_and(|answered| *answered != leader_address),
+        "another node answered"
+    );
+    // Applied once, though the request also waits in the stopped leader's socket.
+    let messages: Vec<Option<Payload>> = (0..3)
+        .map(|_| client.get("t").expect("get at the new leader"))
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            Some(Payload::Text("before".into())),
+            Some(Payload::Text("during".into())),
+            None
+        ]
+    );
+
+    // Resumed, the old leader reads the request it was sent and learns it was deposed; the
+    // cluster agrees on one leader and term again, and the request was still applied once.
+    cluster.signal(leader, libc::SIGCONT);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    assert_eq!(
+        client.get("t").expect("get after the old leader resumed"),
+        None
+    );
+}
 
 #[test]
 fn a_put_at_a_killed_leader_completes_elsewhere_before_its_attempt_timeout() {
     let mut cluster = Cluster::start(3);
     cluster.wait_for_leader(LEADER_DEADLINE);
-    let addresses: Vec<NodeAddress> = cluster
-        .ports
-        .iter()
-        .map(|ports| NodeAddress::new("127.0.0.1", ports.port).expect("address"))
-        .collect();
+    let addresses = addresses_of(&cluster);
+    // No hedges: only the dropped connection may move the call.
     let mut client = Client::connect(ClientOptions {
         attempt_timeout: ATTEMPT_TIMEOUT,
         deadline: Duration::from_secs(120),
+        hedge_after: None,
         ..ClientOptions::new(addresses.clone())
     })
     .expect("options");
@@ -116,6 +189,7 @@ fn bench_failover_reports_a_recovery_for_every_failure_of_either_kind() {
     assert_eq!(report["nodes"], 3, "{report}");
     assert_eq!(report["clients"], 1, "{report}");
     assert_eq!(report["attempt_timeout_ms"], 1000.0, "{report}");
+    assert_eq!(report["hedge_after_ms"], 600.0, "{report}");
     let runs = report["runs"].as_array().expect("runs");
     let signals: Vec<&str> = runs
         .iter()

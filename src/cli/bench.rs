@@ -449,6 +449,7 @@ fn run_workload(
     let timing = Timing {
         attempt_timeout: options.attempt_timeout,
         deadline: options.deadline,
+        hedge_after: options.hedge_after,
     };
     let curve = options.curve.clone();
     let mut client = Client::connect(options)?;
@@ -627,6 +628,7 @@ fn run_cell(
     let mut options = ClientOptions::new(nodes);
     options.attempt_timeout = timing.attempt_timeout;
     options.deadline = timing.deadline;
+    options.hedge_after = timing.hedge_after;
     run_workload(options, workload, progress)
 }
 

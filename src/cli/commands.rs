@@ -268,6 +268,7 @@ pub(super) fn client_options(global: &GlobalOptions) -> Result<(ClientOptions, b
             .map_err(|error| CliError::Usage(format!("{}: {error}", global.config.display())))?;
     }
     options.deadline = global.timeout;
+    options.hedge_after = global.hedge_after.0;
     options.attempt_timeout = global
         .attempt_timeout
         .unwrap_or(ATTEMPT_TIMEOUT_DEFAULT)

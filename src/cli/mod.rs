@@ -98,6 +98,12 @@ pub struct GlobalOptions {
     /// --timeout]
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub attempt_timeout: Option<Duration>,
+    /// While the node a call waits on is silent this long, send the same request (same
+    /// session key, applied at most once) to another node too, every 100 ms until someone
+    /// answers; `off`: leave a silent node only after --attempt-timeout
+    #[arg(long, global = true, value_name = "DURATION|off", default_value = "600ms",
+          value_parser = parse_hedge_after)]
+    pub hedge_after: HedgeAfter,
     /// Print results as JSON (one object on stdout) for scripts
     #[arg(long, global = true)]
     pub json: bool,
@@ -105,6 +111,17 @@ pub struct GlobalOptions {
     /// expecting the nodes' public keys from --config
     #[arg(long, global = true, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+}
+
+/// `--hedge-after`: a delay, or `off` (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HedgeAfter(pub Option<Duration>);
+
+fn parse_hedge_after(text: &str) -> Result<HedgeAfter, String> {
+    if text.trim() == "off" {
+        return Ok(HedgeAfter(None));
+    }
+    parse_duration(text).map(|delay| HedgeAfter(Some(delay)))
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,9 +27,27 @@
 //! round of refusals, like a request that could not be queued. Until its connection is made
 //! again, a dropped node is skipped when choosing the next node and a leader hint naming it
 //! is ignored, unless every node is down. The attempt timeout stays as it is: a node that is
-//! merely slow (or stopped) keeps its connection and is still left only after one timeout.
+//! merely slow keeps its connection and is still left only after one timeout.
 //!
-//! What it owns: where the call is (target, timers, back-off, the last setback), which
+//! Hedges: a stopped node (SIGSTOP, a stalled VM) keeps its connections too, so neither a
+//! drop nor, for one attempt timeout, silence tells the call to leave it, while the other
+//! nodes elect a new leader within one election timeout. So when the node of the latest
+//! attempt has been silent for the hedge delay ([`Timing::hedge_after`]; by default the
+//! default election timeout's upper bound, by when a new leader exists if the node stopped
+//! when the request left), the call also sends the same bytes to another node, and again
+//! every [`HEDGE_INTERVAL`] while the silence lasts, each time to the next node in turn,
+//! never to the node waited on nor to one whose connection is down. The wait on the first
+//! node goes on: its reply still counts, and its attempt timeout still moves the call as
+//! before (the hedges then start over from the new attempt). A hedge's `NOT_LEADER` that
+//! names a third node sends a hedge there at once; one that names the node waited on means
+//! the others still hear from it (it is slow, not stopped), so the call keeps waiting and
+//! hedges again at the next interval; other refusals from hedges only steer the next hedge.
+//! This is safe for the same reason as every retry: the same `(client_id, seq)` is applied
+//! at most once and whichever node answers decisively first ends the call. Every call that
+//! goes through this machine is a write with a session key or a read; per-node reports
+//! (status, stats) never do, and are never retried. No hedge leaves while backing off.
+//!
+//! What it owns: where the call is (target, timers, back-off, hedges, the last setback), which
 //! nodes' connections are down, and which node to start the next call at. What it must not
 //! do: see bytes, sockets or the clock (the driver encodes a call once and passes the time
 //! in), or leave a call without a timer.
@@ -42,6 +60,10 @@ use crate::protocol::ErrorCode;
 /// the refusals last.
 pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(800);
+
+/// While the node of the latest attempt stays silent past the hedge delay, another hedge
+/// leaves this often (see the module docs).
+pub(crate) const HEDGE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Whether a failure code means "not here, not now" (another attempt, later or on another
 /// node, may succeed) rather than a decisive answer: the node is not the leader, has no
@@ -67,6 +89,9 @@ pub(crate) struct Timing {
     pub attempt_timeout: Duration,
     /// The call gives up this long after it began.
     pub deadline: Duration,
+    /// Silence for this long also sends the call to another node, and again every
+    /// [`HEDGE_INTERVAL`], while the node waited on keeps its attempt; `None`: never.
+    pub hedge_after: Option<Duration>,
 }
 
 /// A reply to the call in flight, as the machine sees it. `V` is the driver's decisive
@@ -105,6 +130,9 @@ pub(crate) enum RetryReason {
     Silence,
     /// The connection to the node of the last attempt dropped before it answered.
     Dropped,
+    /// The node waited on was silent past the hedge delay: the same request to another
+    /// node too, the wait on the first one going on.
+    Hedge,
 }
 
 /// What an attempt met when it did not end the call.
@@ -181,6 +209,35 @@ struct Call {
     last: Option<Setback>,
     /// Nodes that could not be connected to during this call.
     unreachable: Vec<usize>,
+    /// Hedging on `target`'s silence; `None` when hedging is off or while backing off.
+    hedge: Option<Hedge>,
+}
+
+/// The hedges of one attempt: requests to other nodes while the node of the attempt is
+/// silent. Invariant: no hedge goes to the attempt's node.
+#[derive(Clone, Copy, Debug)]
+struct Hedge {
+    /// When the next hedge leaves.
+    at: Instant,
+    /// The node of the latest hedge; `None` before the first.
+    node: Option<usize>,
+    /// A node that a hedge's `NOT_LEADER` named, for the next hedge to go to.
+    hinted: Option<usize>,
+    /// Whether a hint was followed at once since the last hedge left: at most one is followed
+    /// per interval, so two nodes naming each other cannot bounce the call at wire speed.
+    redirected: bool,
+}
+
+impl Hedge {
+    /// The hedges of an attempt sent at `now`.
+    fn after(now: Instant, timing: Timing) -> Option<Hedge> {
+        timing.hedge_after.map(|delay| Hedge {
+            at: now + delay,
+            node: None,
+            hinted: None,
+            redirected: false,
+        })
+    }
 }
 
 /// One client's calls, one at a time. The driver passes the number of nodes it knows with
@@ -254,6 +311,7 @@ impl CallMachine {
             resume: None,
             last: None,
             unreachable: Vec::new(),
+            hedge: Hedge::after(now, self.timing),
         });
         Step::Send {
             node: target,
@@ -288,9 +346,13 @@ impl CallMachine {
                 self.finish(now, CallResult::Answered(value))
             }
             Answer::Retry { code, hint } => {
-                if from != call.target || call.resume.is_some() {
-                    // An earlier attempt's refusal: the latest attempt is still out.
+                if call.resume.is_some() {
                     return Step::Wait;
+                }
+                if from != call.target {
+                    // A hedge's refusal, or an earlier attempt's: the latest attempt is
+                    // still out.
+                    return self.on_hedge_refused(now, from, code, hint, node_count);
                 }
                 // A hint naming a node whose connection is down names a leader that was:
                 // the refusing node has not heard of the new one yet.
@@ -313,7 +375,8 @@ impl CallMachine {
         }
     }
 
-    /// The driver could not send the attempt to `node` (the latest attempt's target).
+    /// The driver could not send the attempt to `node` (the latest attempt's target). A hedge
+    /// that could not be sent is only lost: the next one leaves at its time.
     pub(crate) fn on_send_failed<V>(
         &mut self,
         now: Instant,
@@ -375,12 +438,16 @@ impl CallMachine {
             call.resume = None;
             call.target = resume_node;
             call.attempt_until = (now + timing.attempt_timeout).min(call.deadline);
+            call.hedge = Hedge::after(now, timing);
             return Step::Send {
                 node: call.target,
                 retry: Some(reason),
             };
         }
         if now < call.attempt_until {
+            if call.hedge.is_some_and(|hedge| now >= hedge.at) {
+                return self.hedge(now, node_count);
+            }
             return Step::Wait;
         }
         let node = call.target;
@@ -414,7 +481,14 @@ impl CallMachine {
         let Some(call) = self.call.as_ref() else {
             return Step::Wait;
         };
-        if node != call.target || call.resume.is_some() {
+        if call.resume.is_some() {
+            return Step::Wait;
+        }
+        if node != call.target {
+            if call.hedge.is_some_and(|hedge| hedge.node == Some(node)) {
+                // The latest hedge is lost: the next one leaves at once.
+                return self.hedge(now, node_count);
+            }
             return Step::Wait;
         }
         let next = Next {
@@ -449,16 +523,103 @@ impl CallMachine {
     /// When [`CallMachine::on_timer`] must be called next; `None` when idle.
     pub(crate) fn wake_at(&self) -> Option<Instant> {
         let call = self.call.as_ref()?;
-        Some(match call.resume {
-            Some((resume_at, _)) => resume_at,
-            None => call.attempt_until,
+        Some(match (call.resume, call.hedge) {
+            (Some((resume_at, _)), _) => resume_at,
+            (None, Some(hedge)) => hedge.at.min(call.attempt_until),
+            (None, None) => call.attempt_until,
         })
+    }
+
+    /// Sends the next hedge of the latest attempt: to the node a hedge's `NOT_LEADER` named,
+    /// else to the next node in turn after the latest hedge's (after the attempt's node for
+    /// the first hedge), never to the attempt's node nor to a node whose connection is down.
+    /// With no such node, it waits for the next interval.
+    fn hedge<V>(&mut self, now: Instant, node_count: usize) -> Step<V> {
+        let down = &self.down;
+        let Some(call) = self.call.as_mut() else {
+            return Step::Wait;
+        };
+        let target = call.target;
+        let Some(hedge) = call.hedge.as_mut() else {
+            return Step::Wait;
+        };
+        hedge.at = now + HEDGE_INTERVAL;
+        hedge.redirected = false;
+        let usable = |node: usize| node != target && node < node_count && !down.contains(&node);
+        let start = hedge.node.unwrap_or(target);
+        let next = hedge
+            .hinted
+            .take()
+            .filter(|&node| usable(node))
+            .or_else(|| {
+                (1..=node_count)
+                    .map(|offset| (start + offset) % node_count)
+                    .find(|&node| usable(node))
+            });
+        match next {
+            Some(node) => {
+                hedge.node = Some(node);
+                Step::Send {
+                    node,
+                    retry: Some(RetryReason::Hedge),
+                }
+            }
+            None => Step::Wait,
+        }
+    }
+
+    /// A refusal from a node other than the latest attempt's. Only the latest hedge's
+    /// counts, and only for where hedges go: a `NOT_LEADER` naming the node waited on means
+    /// the other nodes still hear from it, so the wait goes on and the next hedge leaves at
+    /// its time; one naming a third node sends a hedge there (at once, once per interval);
+    /// any other refusal leaves the next hedge to go to the next node at its time. The
+    /// call's own course (its attempt timeout, its round of refusals) is not touched.
+    fn on_hedge_refused<V>(
+        &mut self,
+        now: Instant,
+        from: usize,
+        code: ErrorCode,
+        hint: Option<usize>,
+        node_count: usize,
+    ) -> Step<V> {
+        let down = &self.down;
+        let Some(call) = self.call.as_mut() else {
+            return Step::Wait;
+        };
+        let target = call.target;
+        let Some(hedge) = call.hedge.as_mut().filter(|hedge| hedge.node == Some(from)) else {
+            return Step::Wait; // An earlier attempt's or an earlier hedge's refusal.
+        };
+        let hinted = hint.filter(|&hinted| {
+            code == ErrorCode::NotLeader
+                && hinted != from
+                && hinted != target
+                && hinted < node_count
+                && !down.contains(&hinted)
+        });
+        match hinted {
+            Some(node) if !hedge.redirected => {
+                hedge.redirected = true;
+                hedge.node = Some(node);
+                hedge.at = now + HEDGE_INTERVAL;
+                Step::Send {
+                    node,
+                    retry: Some(RetryReason::Redirect),
+                }
+            }
+            Some(node) => {
+                hedge.hinted = Some(node);
+                Step::Wait
+            }
+            None => Step::Wait,
+        }
     }
 
     /// After a setback: gives up at the deadline, else moves the call to `next`, at once or,
     /// when a whole round of nodes refused, after a back-off.
     fn retry<V>(&mut self, now: Instant, setback: Setback, next: Next) -> Step<V> {
-        let attempt_timeout = self.timing.attempt_timeout;
+        let timing = self.timing;
+        let attempt_timeout = timing.attempt_timeout;
         let call = self
             .call
             .as_mut()
@@ -485,9 +646,11 @@ impl CallMachine {
             call.backoff = (call.backoff * 2).min(BACKOFF_MAX);
             call.resume = Some((resume_at, next.reason));
             call.attempt_until = call.deadline;
+            call.hedge = None;
             return Step::Wait;
         }
         call.attempt_until = (now + attempt_timeout).min(call.deadline);
+        call.hedge = Hedge::after(now, timing);
         Step::Send {
             node: next.node,
             retry: Some(next.reason),

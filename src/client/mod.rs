@@ -34,6 +34,11 @@
 //! it ends with an error instead of a wait. A node that is merely slow keeps its connection,
 //! so the attempt timeout still decides when to leave it.
 //!
+//! Hedges ([`ClientOptions::hedge_after`]): a node that stopped (SIGSTOP) keeps its
+//! connection too; after the hedge delay of silence the call sends the same bytes to other
+//! nodes as well, still listening to the first, so a stopped leader costs about one election
+//! timeout instead of one attempt timeout (the rules are `call.rs`'s).
+//!
 //! What it must not do: keep more than one request of a session in flight, invent a new
 //! `seq` for a retry, or wait without a deadline.
 
@@ -63,6 +68,10 @@ use crate::transport::monitor::{EventKind, Monitor};
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 /// How long one call may take in all, retries included.
 pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(10);
+/// How long the node a call waits on may stay silent before the same request goes to another
+/// node too: the default election timeout's upper bound, by when the other nodes have a new
+/// leader if the one waited on stopped when the request left (see `call.rs`).
+pub const HEDGE_AFTER_DEFAULT: Duration = Duration::from_millis(600);
 
 /// The largest reply accepted from a node: a 1 MiB message (the default limit) and its
 /// framing fit with room to spare; a node configured for larger messages needs a client
@@ -95,6 +104,10 @@ pub struct ClientOptions {
     pub attempt_timeout: Duration,
     /// How long one call may take in all, retries included.
     pub deadline: Duration,
+    /// Silence from the node waited on for this long also sends the call to another node,
+    /// and again every 100 ms while the silence lasts (the first node's reply still counts);
+    /// `None`: never, only the attempt timeout leaves a silent node.
+    pub hedge_after: Option<Duration>,
     /// CURVE (PROTOCOL.md §11 "Clients"): this client's own key pair and the nodes' public
     /// keys; `None` talks plain, as to a cluster without `clients`.
     pub curve: Option<ClientCurve>,
@@ -137,6 +150,7 @@ impl ClientOptions {
             nodes,
             attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
             deadline: DEADLINE_DEFAULT,
+            hedge_after: Some(HEDGE_AFTER_DEFAULT),
             curve: None,
         }
     }
@@ -328,6 +342,11 @@ impl Client {
                 option: "the deadline",
             });
         }
+        if options.hedge_after.is_some_and(|delay| delay.is_zero()) {
+            return Err(ClientError::ZeroDuration {
+                option: "the hedge delay",
+            });
+        }
         let mut addresses: Vec<NodeAddress> = Vec::with_capacity(options.nodes.len());
         for node in options.nodes.into_iter().take(NODES_MAX) {
             if !addresses.contains(&node) {
@@ -343,6 +362,7 @@ impl Client {
                 Timing {
                     attempt_timeout: options.attempt_timeout,
                     deadline: options.deadline,
+                    hedge_after: options.hedge_after,
                 },
                 0,
             ),
@@ -636,8 +656,8 @@ impl Client {
     }
 
     /// [`Client::call`] for a request the node may hold for `wait` before answering: the
-    /// attempt timeout and the deadline of this one call are lengthened by `wait`, so the
-    /// silence of a blocked GET is not taken for a lost attempt.
+    /// attempt timeout, the hedge delay and the deadline of this one call are lengthened by
+    /// `wait`, so the silence of a blocked GET is not taken for a lost attempt.
     fn call_waiting(
         &mut self,
         operation: Operation,
@@ -647,10 +667,12 @@ impl Client {
             return self.call(operation, true);
         }
         let normal = self.calls.timing();
-        let mut lengthened = normal;
-        lengthened.attempt_timeout += wait;
-        lengthened.deadline += wait;
-        self.calls.set_timing(lengthened);
+        // Hedges too: a leader holding a blocked GET is silent by design, not stopped.
+        self.calls.set_timing(Timing {
+            attempt_timeout: normal.attempt_timeout + wait,
+            deadline: normal.deadline + wait,
+            hedge_after: normal.hedge_after.map(|delay| delay + wait),
+        });
         let result = self.call(operation, true);
         self.calls.set_timing(normal);
         result

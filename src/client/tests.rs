@@ -18,6 +18,7 @@ fn client(nodes: &[&FakeNode], attempt_timeout_ms: u64, deadline_ms: u64) -> Cli
         nodes: nodes.iter().map(|node| node.address.clone()).collect(),
         attempt_timeout: Duration::from_millis(attempt_timeout_ms),
         deadline: Duration::from_millis(deadline_ms),
+        hedge_after: None,
         curve: None,
     })
     .expect("valid options")
@@ -127,6 +128,43 @@ fn silent_node_is_left_after_the_attempt_timeout_with_the_same_session_key() {
 }
 
 #[test]
+fn a_silent_node_that_keeps_its_connection_is_hedged_around_with_the_same_request() {
+    // Thirty seconds per attempt and no drop (the silent node stays up): only a hedge can
+    // explain an answer before then.
+    let stopped = FakeNode::silent();
+    let leader = FakeNode::leader(None, 0);
+    let follower = FakeNode::follower_of(&leader);
+    let mut client = Client::connect(ClientOptions {
+        nodes: vec![
+            stopped.address.clone(),
+            follower.address.clone(),
+            leader.address.clone(),
+        ],
+        attempt_timeout: Duration::from_secs(30),
+        deadline: Duration::from_secs(120),
+        hedge_after: Some(Duration::from_millis(100)),
+        curve: None,
+    })
+    .expect("valid options");
+    let started = Instant::now();
+    client
+        .put("orders", Payload::Text("one".into()))
+        .expect("answered by the leader the follower names");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "answered after {:?}: the attempt timeout, not a hedge, moved the call",
+        started.elapsed()
+    );
+    let waited_on = stopped.wait_for_requests(1);
+    let refused = follower.wait_for_requests(1);
+    let served = leader.requests();
+    assert_eq!(served.len(), 1);
+    assert_eq!(waited_on[0], served[0], "the hedge is the same request");
+    assert_eq!(refused[0], served[0], "the hedge is the same request");
+    assert_eq!(client.leader(), Some(&leader.address));
+}
+
+#[test]
 fn a_dropped_connection_sends_the_pending_call_elsewhere_without_waiting_out_the_attempt() {
     // Thirty seconds per attempt: only the drop can explain an answer before then.
     let doomed = FakeNode::silent();
@@ -167,6 +205,7 @@ fn a_refused_connection_is_left_at_once_and_reported_by_status() {
         nodes: vec![nobody.clone(), leader.address.clone()],
         attempt_timeout: Duration::from_secs(30),
         deadline: Duration::from_secs(120),
+        hedge_after: None,
         curve: None,
     })
     .expect("valid options");
@@ -532,6 +571,7 @@ fn empty_node_lists_and_zero_durations_are_refused() {
             nodes,
             attempt_timeout: Duration::from_millis(attempt_ms),
             deadline: Duration::from_millis(deadline_ms),
+            hedge_after: None,
             curve: None,
         });
         assert!(result.is_err(), "case {number} accepted");

@@ -50,6 +50,7 @@
 //! consensus (the core does).
 
 mod event;
+mod lease_clock;
 mod log_limit;
 mod node_loop;
 mod pending;

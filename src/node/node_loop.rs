@@ -57,6 +57,7 @@
 
 use super::event::PersistReport;
 use super::event::{Event, LoadedSnapshot, SnapshotSaved};
+use super::lease_clock::LeaseClock;
 use super::log_limit::TermRefusalLog;
 use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
@@ -124,6 +125,8 @@ pub(super) struct NodeLoop {
     /// This leader's last `EndLeases` proposal: no other is proposed in its term until it
     /// is applied (see `admission::maybe_end_leases`).
     lease_end_proposed: Option<EntryId>,
+    /// The time leases are granted and ended by (`lease_clock`).
+    lease_clock: LeaseClock,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
@@ -178,6 +181,7 @@ impl NodeLoop {
             snapshot,
             previous_snapshot,
         );
+        let lease_clock = LeaseClock::new(queue.clock_ms(), Instant::now());
         Ok(NodeLoop {
             config,
             core,
@@ -191,6 +195,7 @@ impl NodeLoop {
             next_read_id: 0,
             detail_reads: std::collections::HashSet::new(),
             lease_end_proposed: None,
+            lease_clock,
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,

@@ -15,6 +15,7 @@
 //!               | {"Nack": [topic, receipt: str]} | {"NackBatch": [topic, [receipt, ...]]}
 //!               | {"Touch": [topic, receipt: str, lease]}
 //!               | {"EndLeases": [now_ms: uint]}
+//!               | {"Clock": [now_ms: uint]}
 //! lease         = [now_ms: uint, deadline_ms: uint]
 //! payload       = {"Text": str} | {"Binary": bin}
 //! ```
@@ -91,6 +92,12 @@ pub enum Command {
     /// Proposed by the leader when its lease clock passed a recorded deadline: ends every
     /// lease whose deadline is at or before `now_ms`.
     EndLeases {
+        now_ms: u64,
+    },
+    /// Appended by the leader while leases are live and no other entry carried its lease
+    /// clock lately: advances the log's clock ([`crate::queue::Queue::clock_ms`]), from
+    /// which the next leader's lease clock starts (`node::lease_clock`). Changes nothing else.
+    Clock {
         now_ms: u64,
     },
 }
@@ -330,6 +337,11 @@ mod tests {
                 // {"EndLeases": [7]}
                 b"\x81\xa9EndLeases\x91\x07",
             ),
+            (
+                Command::Clock { now_ms: 300 },
+                // {"Clock": [uint16 300]}
+                b"\x81\xa5Clock\x91\xcd\x01\x2c",
+            ),
         ];
         for (case, (command, bytes)) in cases.into_iter().enumerate() {
             let logged = LoggedCommand {
@@ -562,6 +574,7 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|now_ms| Command::EndLeases { now_ms }),
+            any::<u64>().prop_map(|now_ms| Command::Clock { now_ms }),
         ];
         let session = proptest::option::of(
             (".{0,10}", any::<u64>()).prop_map(|(client_id, seq)| SessionKey { client_id, seq }),

@@ -83,8 +83,11 @@
 //! deadline it decided ([`LeaseTime`]); the leader proposes [`Command::EndLeases`] with its
 //! clock once it passes a deadline ([`Queue::next_lease_deadline`],
 //! [`Queue::leases_due`]), and that entry ends every lease due by then, in (deadline, topic,
-//! seq) order. [`Queue::clock_ms`] is the latest time the log carried: a new leader's lease
-//! clock starts at or after it.
+//! seq) order. [`Queue::clock_ms`] is the latest time the log carried (grants, TOUCHes,
+//! `EndLeases`, and the [`Command::Clock`] entries a leader appends while leases are live):
+//! every node's lease clock runs on from it (`node::lease_clock`, which also derives the
+//! bound on when a lease ends). A grant or TOUCH stamped behind it (a new leader that has
+//! not applied its predecessor's last entries yet) starts at it instead, keeping its length.
 //!
 //! A message that comes back after `max_deliveries` leased deliveries is, in the same entry,
 //! appended to its topic's `dead_letter` topic (created if missing, with no settings), or
@@ -394,7 +397,7 @@ impl Queue {
                 receipt,
                 lease,
             } => {
-                self.observe_clock(lease.now_ms);
+                let lease = self.on_log_clock(*lease);
                 let Some(&position) = self.topic_index.get(topic) else {
                     return no_such_topic(topic);
                 };
@@ -428,11 +431,25 @@ impl Queue {
                 }
                 Outcome::Done
             }
+            Command::Clock { now_ms } => {
+                self.observe_clock(*now_ms);
+                Outcome::Done
+            }
         }
     }
 
     fn observe_clock(&mut self, now_ms: u64) {
         self.clock_ms = self.clock_ms.max(now_ms);
+    }
+
+    /// Observes a grant's or TOUCH's time and gives its lease on the log's clock: one
+    /// stamped behind a time already in the log (a new leader proposing before it applied
+    /// the last entries of its predecessor, whose clock was further on) starts at that time
+    /// instead, so it still lasts its whole length on the clock that ends it.
+    fn on_log_clock(&mut self, lease: LeaseTime) -> LeaseTime {
+        let length_ms = lease.deadline_ms.saturating_sub(lease.now_ms);
+        self.observe_clock(lease.now_ms);
+        LeaseTime::starting(self.clock_ms, length_ms)
     }
 
     fn create_topic(&mut self, topic: &str, settings: &TopicSettings) -> Outcome {
@@ -526,9 +543,7 @@ impl Queue {
         max: usize,
         lease: Option<LeaseTime>,
     ) -> Result<Vec<Delivery>, Outcome> {
-        if let Some(lease) = lease {
-            self.observe_clock(lease.now_ms);
-        }
+        let lease = lease.map(|lease| self.on_log_clock(lease));
         let Some(&position) = self.topic_index.get(topic) else {
             return Err(no_such_topic(topic));
         };

@@ -126,6 +126,7 @@ impl<'a> Nemesis<'a> {
                 nodes,
                 attempt_timeout: Duration::from_millis(500),
                 deadline: Duration::from_secs(5),
+                hedge_after: None,
                 curve: None,
             },
         );

@@ -39,6 +39,7 @@ pub fn client_options(ports: &[u16]) -> ClientOptions {
         nodes,
         attempt_timeout: Duration::from_millis(1000),
         deadline: PATIENT_DEADLINE,
+        hedge_after: Some(rrmq::client::HEDGE_AFTER_DEFAULT),
         curve: None,
     }
 }

@@ -25,7 +25,9 @@
 //! node moves on at once. Monitors cost two more sockets per DEALER, and ZeroMQ allows 1023
 //! per context; a run that would need more (per-client connections for more than about a
 //! hundred clients on three nodes) goes without them, its clients leaving a dead node after
-//! the attempt timeout.
+//! the attempt timeout. A node that is silent but connected (stopped) is hedged around by
+//! the state machine after `Timing::hedge_after`: its hedges are sends like any other, and a
+//! reply from any node the call was sent to finds the client by its tag.
 //!
 //! What it must not do: sleep (it waits only in `zmq::poll`, with the nearest deadline as
 //! timeout), keep a client's second call in flight, or count a call that ended outside the

@@ -244,6 +244,9 @@ pub(super) struct FailoverOutput {
     pub clients: usize,
     /// The producer's attempt timeout: how long it waits on a silent (stopped) node.
     pub attempt_timeout_ms: f64,
+    /// The producer's hedge delay: after this much silence it asks another node too;
+    /// `None`: hedging off.
+    pub hedge_after_ms: Option<f64>,
     pub settle_ms: f64,
     pub runs: Vec<SignalReport>,
 }
@@ -267,6 +270,7 @@ pub(super) fn run(
             .unwrap_or(crate::client::ATTEMPT_TIMEOUT_DEFAULT)
             .min(global.timeout),
         deadline: global.timeout,
+        hedge_after: global.hedge_after.0,
     };
     let progress = !global.json;
     let machine = machine_description();
@@ -292,6 +296,7 @@ pub(super) fn run(
         message_bytes: args.size,
         clients: 1,
         attempt_timeout_ms: milliseconds(timing.attempt_timeout),
+        hedge_after_ms: timing.hedge_after.map(milliseconds),
         settle_ms: milliseconds(args.settle),
         runs,
     };
@@ -652,13 +657,17 @@ impl Tracker {
 pub(super) fn failover_text(output: &FailoverOutput) -> String {
     let mut text = format!(
         "rrmq bench failover, {}: {}-node local cluster, fsync {}, one producer (C=1) of {} \
-         messages, client attempt timeout {:.1} s, {:.1} s of writes between failures\n\
+         messages, client attempt timeout {:.1} s, {}, {:.1} s of writes between failures\n\
          machine: {}\n",
         output.date,
         output.nodes,
         output.fsync,
         format_bytes(output.message_bytes),
         output.attempt_timeout_ms / 1000.0,
+        output.hedge_after_ms.map_or_else(
+            || "no hedging".to_string(),
+            |ms| format!("hedge after {ms:.0} ms")
+        ),
         output.settle_ms / 1000.0,
         output.machine,
     );
@@ -802,11 +811,15 @@ mod tests {
             message_bytes: 100,
             clients: 1,
             attempt_timeout_ms: 2000.0,
+            hedge_after_ms: Some(600.0),
             settle_ms: 1000.0,
             runs: vec![SignalReport::new("SIGKILL", failures, 1234)],
         };
         let text = failover_text(&output);
-        assert!(text.contains("client attempt timeout 2.0 s"), "{text}");
+        assert!(
+            text.contains("client attempt timeout 2.0 s, hedge after 600 ms,"),
+            "{text}"
+        );
         assert!(
             text.contains("| 1 | node 2 | 85.2 ms | node 0 | 86.0 ms |"),
             "{text}"

@@ -216,6 +216,7 @@ pub(super) fn run(
             .unwrap_or(crate::client::ATTEMPT_TIMEOUT_DEFAULT)
             .min(global.timeout),
         deadline: global.timeout,
+        hedge_after: global.hedge_after.0,
     };
     let progress = !global.json;
     let machine = machine_description();

@@ -161,6 +161,7 @@ impl Recorder {
             RetryReason::Refused(code) => code.as_str().to_string(),
             RetryReason::Silence => "silence".to_string(),
             RetryReason::Dropped => "dropped".to_string(),
+            RetryReason::Hedge => "hedge".to_string(),
         };
         *self.operation(kind).retries.entry(key).or_default() += 1;
     }

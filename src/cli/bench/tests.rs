@@ -25,6 +25,7 @@ fn workload(args: &[&str]) -> Workload {
 const TIMING: Timing = Timing {
     attempt_timeout: Duration::from_secs(2),
     deadline: Duration::from_secs(10),
+    hedge_after: None,
 };
 
 #[test]

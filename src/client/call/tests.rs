@@ -5,6 +5,14 @@ use super::*;
 const TIMING: Timing = Timing {
     attempt_timeout: Duration::from_millis(100),
     deadline: Duration::from_millis(1000),
+    hedge_after: None,
+};
+
+/// A patient attempt timeout, as in the defaults, with hedges after 600 ms of silence.
+const HEDGING: Timing = Timing {
+    attempt_timeout: Duration::from_millis(2000),
+    deadline: Duration::from_millis(3000),
+    hedge_after: Some(Duration::from_millis(600)),
 };
 
 /// The decisive answer the tests pass through: the machine never looks inside it.
@@ -576,9 +584,14 @@ fn calls_follow_the_retry_rules() {
             ],
         ),
     ];
+    run_scripts(TIMING, cases);
+}
+
+/// Runs each script on a fresh machine whose first attempt goes to node 0.
+fn run_scripts(timing: Timing, cases: Vec<(&str, Script)>) {
     for (number, (name, events)) in cases.into_iter().enumerate() {
         let start = Instant::now();
-        let mut machine = CallMachine::new(TIMING, 0);
+        let mut machine = CallMachine::new(timing, 0);
         assert_eq!(
             machine.begin::<Value>(start, 3),
             send(0, None),
@@ -592,6 +605,260 @@ fn calls_follow_the_retry_rules() {
             );
         }
     }
+}
+
+const NOT_LEADER_HINT_0: Answer<Value> = Answer::Retry {
+    code: ErrorCode::NotLeader,
+    hint: Some(0),
+};
+const NOT_LEADER_HINT_1: Answer<Value> = Answer::Retry {
+    code: ErrorCode::NotLeader,
+    hint: Some(1),
+};
+const UNAVAILABLE: Answer<Value> = Answer::Retry {
+    code: ErrorCode::Unavailable,
+    hint: None,
+};
+
+fn hedge(node: usize) -> Step<Value> {
+    send(node, Some(RetryReason::Hedge))
+}
+
+/// Node 0 (the first attempt's) is silent, as a stopped leader is: its connection holds.
+#[test]
+fn silence_past_the_hedge_delay_sends_the_call_to_other_nodes_too() {
+    use Event::{Dropped, Reply, Timer};
+    let cases: Vec<(&str, Script)> = vec![
+        (
+            "before the hedge delay nothing; after it a hedge to the next node",
+            vec![
+                (Timer { at_ms: 599 }, Step::Wait),
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 603,
+                        from: 1,
+                        answer: DONE,
+                    },
+                    finished(603, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "a hint naming the node waited on: no redirect, the next hedge at its time",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 601,
+                        from: 1,
+                        answer: NOT_LEADER_HINT_0,
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 650 }, Step::Wait),
+                (Timer { at_ms: 700 }, hedge(2)),
+            ],
+        ),
+        (
+            "a hint naming a third node: a hedge there at once",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 601,
+                        from: 1,
+                        answer: NOT_LEADER_HINT_2,
+                    },
+                    send(2, Some(RetryReason::Redirect)),
+                ),
+                (
+                    Reply {
+                        at_ms: 604,
+                        from: 2,
+                        answer: DONE,
+                    },
+                    finished(604, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "the node waited on still counts: its late reply ends the call",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 601,
+                        from: 1,
+                        answer: NOT_LEADER_HINT_0,
+                    },
+                    Step::Wait,
+                ),
+                (
+                    Reply {
+                        at_ms: 650,
+                        from: 0,
+                        answer: DONE,
+                    },
+                    finished(650, ANSWERED),
+                ),
+            ],
+        ),
+        (
+            "hedges go on every interval, in turn, never to the node waited on",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (Timer { at_ms: 700 }, hedge(2)),
+                (Timer { at_ms: 800 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 801,
+                        from: 1,
+                        answer: UNAVAILABLE,
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 900 }, hedge(2)),
+            ],
+        ),
+        (
+            "two nodes naming each other: one redirect at once per interval",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 601,
+                        from: 1,
+                        answer: NOT_LEADER_HINT_2,
+                    },
+                    send(2, Some(RetryReason::Redirect)),
+                ),
+                (
+                    Reply {
+                        at_ms: 602,
+                        from: 2,
+                        answer: NOT_LEADER_HINT_1,
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 701 }, hedge(1)),
+            ],
+        ),
+        (
+            "a refusal from a hedge's node does not move the call off the node waited on",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Reply {
+                        at_ms: 601,
+                        from: 1,
+                        answer: NOT_LEADER_NO_HINT,
+                    },
+                    Step::Wait,
+                ),
+                (Timer { at_ms: 2000 }, send(1, Some(RetryReason::Silence))),
+            ],
+        ),
+        (
+            "the attempt timeout still moves the call; its hedges start over",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (Timer { at_ms: 2000 }, send(1, Some(RetryReason::Silence))),
+                (Timer { at_ms: 2599 }, Step::Wait),
+                (Timer { at_ms: 2600 }, hedge(2)),
+            ],
+        ),
+        (
+            "a lost hedge sends the next one at once, past nodes that are down",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (
+                    Dropped {
+                        at_ms: 610,
+                        node: 1,
+                    },
+                    hedge(2),
+                ),
+                (Timer { at_ms: 710 }, hedge(2)),
+            ],
+        ),
+        (
+            "with no other node reachable, no hedge",
+            vec![
+                (Dropped { at_ms: 10, node: 1 }, Step::Wait),
+                (Dropped { at_ms: 11, node: 2 }, Step::Wait),
+                (Timer { at_ms: 600 }, Step::Wait),
+                (Timer { at_ms: 700 }, Step::Wait),
+            ],
+        ),
+        (
+            "the deadline ends a call whose every node is silent",
+            vec![
+                (Timer { at_ms: 600 }, hedge(1)),
+                (Timer { at_ms: 2000 }, send(1, Some(RetryReason::Silence))),
+                (Timer { at_ms: 2600 }, hedge(2)),
+                (Timer { at_ms: 2700 }, hedge(0)),
+                (Timer { at_ms: 2800 }, hedge(2)),
+                (Timer { at_ms: 2900 }, hedge(0)),
+                (
+                    Timer { at_ms: 3000 },
+                    finished(
+                        3000,
+                        CallResult::GaveUp {
+                            last: Some(Setback::Silence { node: 1 }),
+                        },
+                    ),
+                ),
+            ],
+        ),
+    ];
+    run_scripts(HEDGING, cases);
+}
+
+#[test]
+fn wake_at_includes_the_next_hedge_and_a_back_off_stops_hedging() {
+    let start = Instant::now();
+    let mut machine = CallMachine::new(HEDGING, 0);
+    machine.begin::<Value>(start, 3);
+    assert_eq!(machine.wake_at(), Some(at(start, 600)), "the hedge delay");
+    assert_eq!(machine.on_timer::<Value>(at(start, 600), 3), hedge(1));
+    assert_eq!(
+        machine.wake_at(),
+        Some(at(start, 700)),
+        "the hedge interval"
+    );
+    // Node 0 answers after all: a refusal from the node waited on moves the call as ever,
+    // and the hedges start over from the new attempt.
+    assert_eq!(
+        machine.on_answer(at(start, 650), 0, NOT_LEADER_HINT_2, 3),
+        send(2, Some(RetryReason::Redirect))
+    );
+    assert_eq!(machine.wake_at(), Some(at(start, 1250)));
+    assert_eq!(machine.on_timer::<Value>(at(start, 1250), 3), hedge(0));
+    // A full round of refusals backs off; no hedge leaves while it lasts.
+    assert_eq!(
+        machine.on_answer(at(start, 1260), 2, NOT_LEADER_NO_HINT, 3),
+        send(0, Some(RetryReason::Refused(ErrorCode::NotLeader)))
+    );
+    assert_eq!(
+        machine.on_answer(at(start, 1261), 0, NOT_LEADER_NO_HINT, 3),
+        Step::Wait
+    );
+    assert_eq!(
+        machine.wake_at(),
+        Some(at(start, 1311)),
+        "back-off of 50 ms"
+    );
+    assert_eq!(machine.on_timer::<Value>(at(start, 1300), 3), Step::Wait);
+    assert_eq!(
+        machine.on_timer::<Value>(at(start, 1311), 3),
+        send(1, Some(RetryReason::Refused(ErrorCode::NotLeader)))
+    );
+    assert_eq!(
+        machine.wake_at(),
+        Some(at(start, 1911)),
+        "hedges start over after the back-off"
+    );
 }
 
 #[test]
@@ -678,6 +945,7 @@ fn the_back_off_is_capped_and_never_passes_the_deadline() {
     let timing = Timing {
         attempt_timeout: Duration::from_millis(100),
         deadline: Duration::from_secs(60),
+        hedge_after: None,
     };
     let start = Instant::now();
     let mut machine = CallMachine::new(timing, 0);

@@ -96,8 +96,8 @@ impl NodeLoop {
                 return;
             }
             // MINIMAL (issue 15, to be finished in the node loop): `wait_ms` is answered as
-            // if it were 0 (no waiters yet), and the lease clock is this node's wall clock,
-            // kept at or after the latest time in the log (see `lease_clock_ms`).
+            // if it were 0 (no waiters yet). Leases are stamped with the cluster's lease
+            // clock (`lease_clock`).
             operation => match Command::from_operation(operation, self.lease_clock_ms()) {
                 Ok(command) => command,
                 Err(read) => unreachable!("reads are answered above, not {read:?}"),
@@ -224,13 +224,30 @@ impl NodeLoop {
         }
     }
 
-    /// On the leader, at each tick: once the lease clock passes the earliest lease deadline
-    /// by [`LEASE_END_MARGIN_MS`], proposes `EndLeases`, which ends every lease due by then
-    /// (PROTOCOL.md §8). One proposal at a time: the next waits until this one is applied
-    /// (or a new term began, in which it may have been overwritten).
+    /// At each tick, on every node: the lease clock takes the log's latest time (so a
+    /// follower that becomes leader goes on from it, `lease_clock`). On the leader, once the
+    /// clock passes the earliest lease deadline by [`LEASE_END_MARGIN_MS`], proposes
+    /// `EndLeases`, which ends every lease due by then (PROTOCOL.md §8); one proposal at a
+    /// time: the next waits until this one is applied (or a new term began, in which it may
+    /// have been overwritten). While leases are live and nothing else carried the clock
+    /// lately, proposes a `Clock` entry.
     pub(super) fn maybe_end_leases(&mut self) {
+        let now_ms = self.lease_clock_ms();
         if self.halted || self.shutdown.is_some() || self.core.role() != Role::Leader {
             return;
+        }
+        let next_deadline = self.queue.next_lease_deadline();
+        if let Some(clock_ms) = self.lease_clock.clock_entry_due(
+            self.queue.clock_ms(),
+            next_deadline.is_some(),
+            Instant::now(),
+        ) {
+            if self
+                .propose_own(Command::Clock { now_ms: clock_ms })
+                .is_some()
+            {
+                self.lease_clock.clock_proposed(Instant::now());
+            }
         }
         // A proposal of an earlier term may have been overwritten and never apply.
         let term = self.core.term();
@@ -240,38 +257,42 @@ impl NodeLoop {
         {
             return;
         }
-        let Some(deadline_ms) = self.queue.next_lease_deadline() else {
+        let Some(deadline_ms) = next_deadline else {
             return;
         };
-        let now_ms = self.lease_clock_ms().saturating_sub(LEASE_END_MARGIN_MS);
+        let now_ms = now_ms.saturating_sub(LEASE_END_MARGIN_MS);
         if deadline_ms > now_ms {
             return;
         }
+        if let Some(entry) = self.propose_own(Command::EndLeases { now_ms }) {
+            log::debug!("leases due by {now_ms} ms end at {entry}");
+            self.lease_end_proposed = Some(entry);
+        }
+    }
+
+    /// Proposes a command of the leader's own (no session, no client waiting).
+    fn propose_own(&mut self, command: Command) -> Option<crate::raft::EntryId> {
         let bytes = LoggedCommand {
             session: None,
-            command: Command::EndLeases { now_ms },
+            command,
         }
         .encode();
         let size = UncommittedBytes::size_of(bytes.len());
         match self.core.propose(bytes) {
             Ok(entry) => {
-                log::debug!("leases due by {now_ms} ms end at {entry}");
                 self.uncommitted.add(entry, size);
-                self.lease_end_proposed = Some(entry);
+                Some(entry)
             }
-            Err(error) => log::debug!("lease end not proposed: {error:?}"),
+            Err(error) => {
+                log::debug!("lease clock entry not proposed: {error:?}");
+                None
+            }
         }
     }
 
-    /// The time a leased GET or TOUCH proposed now carries, in ms: the wall clock, never
-    /// before the latest time already in the log.
-    fn lease_clock_ms(&self) -> u64 {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            });
-        wall_ms.max(self.queue.clock_ms())
+    /// The lease clock's time now, in ms: what a leased GET or TOUCH proposed now carries.
+    fn lease_clock_ms(&mut self) -> u64 {
+        self.lease_clock.read(self.queue.clock_ms(), Instant::now())
     }
 
     pub(super) fn fail(&mut self, ticket: Ticket, code: ErrorCode, message: &str) {

@@ -248,6 +248,69 @@ fn a_lease_ends_with_the_first_end_leases_at_or_after_its_deadline() {
 }
 
 #[test]
+fn a_clock_entry_advances_the_log_clock_and_nothing_else() {
+    let mut queue = queue_with("t", &["a", "b"]);
+    let a = delivered(step(&mut queue, lease("t", 1_000, 100)));
+    let before = detail(&queue, "t");
+    assert_eq!(
+        step(&mut queue, Command::Clock { now_ms: 1_050 }),
+        Outcome::Done
+    );
+    assert_eq!(queue.clock_ms(), 1_050);
+    assert_eq!(
+        detail(&queue, "t"),
+        before,
+        "no lease ends by a clock entry"
+    );
+    assert_eq!(queue.next_lease_deadline(), Some(1_100));
+    // A clock never goes back, whatever an entry carries.
+    step(&mut queue, Command::Clock { now_ms: 10 });
+    assert_eq!(queue.clock_ms(), 1_050);
+    // Snapshots carry it.
+    let mut bytes = Vec::new();
+    queue
+        .encode_snapshot(&mut bytes)
+        .expect("encoding into a Vec");
+    let restored = Queue::decode_snapshot(queue.config().clone(), bytes.as_slice()).expect("own");
+    assert_eq!(restored.clock_ms(), 1_050);
+    assert_eq!(restored, queue);
+    step(&mut queue, end_leases(1_100));
+    assert_eq!(
+        code(&step(&mut queue, ack("t", &a.receipt))),
+        Some(ErrorCode::StaleReceipt)
+    );
+}
+
+/// A new leader may propose a grant before it applied its predecessor's last entries, with
+/// a clock behind theirs: the lease then starts at the log's clock and keeps its length.
+#[test]
+fn a_lease_stamped_behind_the_log_clock_starts_at_it() {
+    let mut queue = queue_with("t", &["a", "b"]);
+    step(&mut queue, Command::Clock { now_ms: 5_000 });
+    delivered(step(&mut queue, lease("t", 4_000, 300)));
+    assert_eq!(queue.next_lease_deadline(), Some(5_300));
+    assert_eq!(queue.clock_ms(), 5_000);
+    step(&mut queue, get_batch("t", 1, Some((4_900, 200))));
+    assert_eq!(
+        queue
+            .leases_due(u64::MAX)
+            .map(|due| due.2)
+            .collect::<Vec<_>>(),
+        [5_200, 5_300]
+    );
+    step(&mut queue, end_leases(5_299));
+    assert_eq!(detail(&queue, "t").leased, 1);
+    let receipt = queue
+        .leases_due(u64::MAX)
+        .next()
+        .map(|due| due.1)
+        .expect("a's lease is left");
+    // A TOUCH too.
+    step(&mut queue, touch("t", &receipt, 5_100, 1_000));
+    assert_eq!(queue.next_lease_deadline(), Some(6_299));
+}
+
+#[test]
 fn touch_moves_the_deadline_of_a_live_lease_only() {
     let mut queue = queue_with("t", &["a"]);
     let a = delivered(step(&mut queue, lease("t", 0, 100)));

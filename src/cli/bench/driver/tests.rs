@@ -16,6 +16,7 @@ fn plan(roles: Vec<Role>, connections: Connections) -> Plan {
         timing: Timing {
             attempt_timeout: Duration::from_millis(200),
             deadline: Duration::from_secs(10),
+            hedge_after: None,
         },
         empty_pause: Duration::ZERO,
         connections,
@@ -253,6 +254,7 @@ fn a_dropped_connection_moves_waiting_clients_on_at_once_and_acks_are_observed()
             timing: Timing {
                 attempt_timeout: Duration::from_secs(30),
                 deadline: Duration::from_secs(120),
+                hedge_after: None,
             },
             ..plan(producers(2), connections)
         };

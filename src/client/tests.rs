@@ -622,9 +622,9 @@ fn stats_come_from_each_node_and_a_wrong_report_kind_is_an_error() {
 
 #[test]
 fn a_blocking_get_is_not_retried_while_the_node_holds_it_for_the_wait() {
-    // The fake holds the GET for longer than one attempt timeout, as a node does while a
-    // blocking GET waits; the call's attempt timeout grows by the wait, so the client keeps
-    // waiting instead of re-sending (one node: a retry would come back here).
+    // The fake holds the GET for longer than one attempt timeout and the hedge delay, as a
+    // node does while a blocking GET waits; both grow by the wait for this call, so the
+    // client keeps waiting instead of re-sending or hedging.
     let delivery = Delivery {
         message: Payload::Text("late".into()),
         receipt: "7.1".into(),
@@ -641,7 +641,16 @@ fn a_blocking_get_is_not_retried_while_the_node_holds_it_for_the_wait() {
         };
         vec![(number, outcome_reply(outcome, None))]
     }));
-    let mut client = client(&[&node], 300, 1_000);
+    // A second node that a retry or a hedge would reach.
+    let follower = FakeNode::follower_of(&node);
+    let mut client = Client::connect(ClientOptions {
+        nodes: vec![node.address.clone(), follower.address.clone()],
+        attempt_timeout: Duration::from_millis(300),
+        deadline: Duration::from_millis(1_000),
+        hedge_after: Some(Duration::from_millis(200)),
+        curve: None,
+    })
+    .expect("valid options");
 
     let got = client
         .get_leased(
@@ -653,6 +662,11 @@ fn a_blocking_get_is_not_retried_while_the_node_holds_it_for_the_wait() {
     assert_eq!(got, Some(delivery));
     let requests = node.requests();
     assert_eq!(requests.len(), 1, "no retry during the wait: {requests:?}");
+    assert!(
+        follower.requests().is_empty(),
+        "no hedge during the wait: {:?}",
+        follower.requests()
+    );
     assert_eq!(
         requests[0].operation,
         Operation::Fetch {

@@ -59,6 +59,7 @@ mod reload;
 mod snapshots;
 mod startup_checks;
 mod status;
+mod waiters;
 mod wal_thread;
 
 pub use event::{Event, LoadedSnapshot, PersistReport, SnapshotSaved};

@@ -62,6 +62,7 @@ use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
 use super::status::WalCounters;
+use super::waiters::Waiters;
 use super::wal_thread::{WalCommand, WalThread};
 use super::NodeError;
 use crate::config::NodeConfig;
@@ -81,6 +82,7 @@ use std::time::Instant;
 
 mod admission;
 mod shutdown;
+mod waiting;
 
 /// Events handled per round before the core's output is processed: bounds the latency a
 /// burst adds to everything queued behind it, while still batching syncs.
@@ -124,6 +126,10 @@ pub(super) struct NodeLoop {
     /// This leader's last `EndLeases` proposal: no other is proposed in its term until it
     /// is applied (see `admission::maybe_end_leases`).
     lease_end_proposed: Option<EntryId>,
+    /// Blocking GETs parked or in flight (PROTOCOL.md §9; see `waiting`).
+    waiters: Waiters,
+    /// `applied` when the waiters last looked for messages to serve.
+    waiters_seen_applied: LogIndex,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
@@ -191,6 +197,8 @@ impl NodeLoop {
             next_read_id: 0,
             detail_reads: std::collections::HashSet::new(),
             lease_end_proposed: None,
+            waiters: Waiters::new(),
+            waiters_seen_applied: snapshot.index(),
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,
@@ -235,6 +243,7 @@ impl NodeLoop {
             }
             let now = Instant::now();
             self.expire(now);
+            self.tend_waiters(now);
             self.log_changes();
             self.term_refusal_log
                 .observe(now, self.core.term_refusals());
@@ -477,7 +486,7 @@ impl NodeLoop {
                 (None, _) => {}
                 (Some((ticket, WriteEnd::Applied)), Some(outcome)) => {
                     log::trace!("request {ticket:?} applied at {}", entry.id());
-                    self.answer(ticket, outcome);
+                    self.answer_applied(ticket, outcome);
                 }
                 (Some((ticket, _)), _) => self.answer_lost(ticket),
             }

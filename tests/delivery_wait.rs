@@ -256,3 +256,40 @@ fn a_leader_that_loses_leadership_answers_its_waiters_not_leader() {
         "{reply}"
     );
 }
+
+#[test]
+fn a_retry_of_a_waiting_get_takes_its_place_and_gets_the_one_message() {
+    let cluster = single_node();
+    let mut producer = cluster.client(0);
+    let waiting = Pipelined::connect(&cluster, 0);
+    let keyed = json!({"v": 2, "type": "message", "method": "GET", "topic": "t",
+                       "wait_ms": LONG_WAIT_MS, "client_id": "retrying", "seq": 1});
+    waiting.send(Wire::MsgPack, &keyed);
+    waiting.expect_silence("a blocking GET");
+    // The retry (same client_id and seq) replaces the waiting request.
+    waiting.send(Wire::Json, &keyed);
+    let (wire, superseded) = waiting.expect_reply("the superseded GET");
+    assert_eq!(
+        (wire, error_code(&superseded)),
+        (Wire::MsgPack, Some("EMPTY")),
+        "{superseded}"
+    );
+    waiting.expect_silence("the retry");
+    for message in ["only", "next"] {
+        producer.call(Wire::MsgPack, &put("t", message));
+    }
+    let (wire, reply) = waiting.expect_reply("the retry");
+    assert_eq!(
+        (wire, &reply["message"]),
+        (Wire::Json, &json!("only")),
+        "{reply}"
+    );
+    // One message for the key: the second one is still queued.
+    let reply = producer.call(Wire::MsgPack, &put("t", "last"));
+    assert_eq!(reply["success"], true);
+    let reply = producer.call(
+        Wire::MsgPack,
+        &json!({"v": 2, "type": "message", "method": "GET", "topic": "t", "max": 10}),
+    );
+    assert_eq!(reply["messages"], json!(["next", "last"]), "{reply}");
+}

@@ -257,7 +257,13 @@ impl Waiters {
             demand.by_topic.clear();
             demand.by_entry.clear();
         }
-        *demand.by_topic.entry(topic.to_string()).or_default() += count;
+        // On every GET's path: no allocation for a topic already counted.
+        match demand.by_topic.get_mut(topic) {
+            Some(counted) => *counted += count,
+            None => {
+                demand.by_topic.insert(topic.to_string(), count);
+            }
+        }
         demand.by_entry.push_back((index, topic.to_string(), count));
     }
 

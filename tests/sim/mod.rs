@@ -96,6 +96,10 @@ pub mod property {
         "exactly once (an operation takes effect once; every answer to it is the first one)";
     pub const REPLICA_STATE: &str =
         "replicated state (every state machine equals the reference at the same applied index)";
+    pub const LEASES: &str = "leases (no message is held under two live leases at once; a \
+         leased GET hands out the next ready messages in order; only live receipts count)";
+    pub const FATES: &str = "fates (every message put is at the end exactly one of acked once, \
+         popped once, held, dead-lettered once or discarded and counted)";
     pub const SNAPSHOTS: &str = "snapshots (a snapshot is of the committed prefix it claims)";
     pub const READY_CONTRACT: &str = "Ready contract";
     pub const HONEST_TERMS: &str =

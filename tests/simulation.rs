@@ -57,6 +57,13 @@ fn random_schedules_keep_raft_safe_and_live() {
             summary.quota_refusals > 0,
             "no command was ever refused by a quota: {totals}"
         );
+        assert!(
+            summary.leases_granted > 0
+                && summary.acks > 0
+                && summary.given_back > 0
+                && summary.dead_lettered > 0,
+            "no lease granted, ACKed, given back or dead-lettered: {totals}"
+        );
     }
 }
 

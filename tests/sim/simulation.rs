@@ -47,6 +47,12 @@ pub struct RunSummary {
     pub replays: u64,
     /// Committed commands the state machine refused with `QUOTA`.
     pub quota_refusals: u64,
+    /// Messages handed out under a lease, ACKed, given back (NACK or lease end), and moved
+    /// to a dead-letter topic or discarded at their delivery limit.
+    pub leases_granted: u64,
+    pub acks: u64,
+    pub given_back: u64,
+    pub dead_lettered: u64,
     pub snapshots_saved: u64,
     pub snapshots_installed: u64,
     pub restarts_from_snapshot: u64,
@@ -184,6 +190,10 @@ impl Simulation {
             expired_sessions: self.clients.expired_sessions,
             replays: exactly_once.replays,
             quota_refusals: exactly_once.quota_refusals,
+            leases_granted: exactly_once.counts.leases_granted,
+            acks: exactly_once.counts.acks,
+            given_back: exactly_once.counts.given_back,
+            dead_lettered: exactly_once.counts.dead_lettered,
             snapshots_saved: self.snapshots_saved,
             snapshots_installed: self.snapshots_installed,
             restarts_from_snapshot: self.restarts_from_snapshot,
@@ -584,7 +594,7 @@ impl Simulation {
 
     /// A lease of a few to a few hundred ticks from now, on the simulated lease clock.
     fn lease_time(&mut self) -> LeaseTime {
-        let lease_ms = self.rng.gen_range(2..=60) * workload::TICK_MS;
+        let lease_ms = self.rng.gen_range(5..=100) * workload::TICK_MS;
         LeaseTime::starting(self.now * workload::TICK_MS, lease_ms)
     }
 

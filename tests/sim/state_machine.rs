@@ -235,6 +235,16 @@ pub struct ExactlyOnce {
     pub expired: u64,
     /// Commands refused with `QUOTA` where they were applied (replays not counted).
     pub quota_refusals: u64,
+    pub counts: LeaseCounts,
+}
+
+/// How often the version 2 paths were taken, so a run that stopped taking them shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LeaseCounts {
+    pub leases_granted: u64,
+    pub acks: u64,
+    pub given_back: u64,
+    pub dead_lettered: u64,
 }
 
 fn brief(outcome: Option<&Outcome>) -> String {
@@ -262,6 +272,7 @@ impl ExactlyOnce {
             replays: 0,
             expired: 0,
             quota_refusals: 0,
+            counts: LeaseCounts::default(),
         }
     }
 
@@ -677,6 +688,7 @@ impl ExactlyOnce {
                 ));
             }
             held.lease = Some((delivery.receipt.clone(), deadline_ms));
+            self.counts.leases_granted += 1;
         }
         Ok(())
     }
@@ -700,6 +712,7 @@ impl ExactlyOnce {
             };
             match settle {
                 Settle::Ack => {
+                    self.counts.acks += 1;
                     self.model.remove(topic, id);
                     if let Some(at) = self.acked.insert(id, index) {
                         return Err(Violation::new(
@@ -708,7 +721,7 @@ impl ExactlyOnce {
                         ));
                     }
                 }
-                Settle::Nack => self.model.give_back(index, topic, id),
+                Settle::Nack => self.give_back(index, topic, id),
                 Settle::Touch(deadline_ms) => {
                     let held = self.model.find_mut(topic, id).expect("a live lease");
                     held.lease = Some((receipt.clone(), deadline_ms));
@@ -728,6 +741,13 @@ impl ExactlyOnce {
             ));
         }
         Ok(())
+    }
+
+    fn give_back(&mut self, index: LogIndex, topic: &str, id: u64) {
+        self.counts.given_back += 1;
+        if self.model.give_back(index, topic, id) {
+            self.counts.dead_lettered += 1;
+        }
     }
 
     /// The effects of a version 2 command's first execution, from its outcome.
@@ -863,7 +883,7 @@ impl ExactlyOnce {
                 // The queue ends them earliest deadline first, then by topic and place.
                 due.sort();
                 for (_, _, _, topic, id) in due {
-                    self.model.give_back(index, &topic, id);
+                    self.give_back(index, &topic, id);
                 }
             }
             _ => return unexpected(),
@@ -998,20 +1018,21 @@ impl Model {
 
     /// A NACKed or ended lease: the message is ready again in its place, or, delivered
     /// `max_deliveries` times, moves to the end of the dead-letter topic or is discarded.
-    fn give_back(&mut self, index: LogIndex, topic: &str, id: u64) {
+    /// Returns whether the message reached its limit.
+    fn give_back(&mut self, index: LogIndex, topic: &str, id: u64) -> bool {
         let Some(model) = self.topics.get_mut(topic) else {
-            return;
+            return false;
         };
         let settings = model.settings.clone();
         let Some(held) = model.held.iter_mut().find(|held| held.id == id) else {
-            return;
+            return false;
         };
         held.lease = None;
         if settings
             .max_deliveries
             .is_none_or(|max_deliveries| held.deliveries < max_deliveries)
         {
-            return;
+            return false;
         }
         self.remove(topic, id);
         match settings.dead_letter {
@@ -1026,6 +1047,7 @@ impl Model {
                 self.discarded.insert(id, index);
             }
         }
+        true
     }
 }
 

@@ -168,9 +168,9 @@ impl Reference {
     pub fn finish(&mut self) -> Result<(), Violation> {
         let index = self.applied();
         self.digests.check(index, self.queue.digest(), None)?;
-        self.exactly_once.check_contents(&self.queue)?;
+        self.exactly_once.check_fates(&self.queue)?;
         self.exactly_once.check_leases(&self.queue)?;
-        self.exactly_once.check_fates(&self.queue)
+        self.exactly_once.check_contents(&self.queue)
     }
 
     fn record(&self, index: LogIndex) -> Option<&Applied> {
@@ -1072,6 +1072,7 @@ mod tests {
     use super::*;
     use crate::sim::workload::{message, session_command, TOPICS};
     use rrmq::protocol::ErrorInfo;
+    use rrmq::queue::LeaseTime;
 
     fn put(client: u64, seq: u64, id: u64) -> LoggedCommand {
         session_command(
@@ -1241,6 +1242,71 @@ mod tests {
             .expect("no topic");
         let lie = checker.check_reply(NodeId(1), key, &put(1, 2, 1), LogIndex(1), &Outcome::Done);
         assert_eq!(lie.map_err(|v| v.property), Err(property::EXACTLY_ONCE));
+    }
+
+    #[test]
+    fn a_message_leased_twice_or_acked_with_a_dead_receipt_is_caught() {
+        let mut checker = checker(10);
+        checker
+            .observe(
+                LogIndex(1),
+                &put(1, 2, 7),
+                &Outcome::Done,
+                &stats(0),
+                &stats(1),
+            )
+            .expect("put");
+        let lease = LeaseTime::starting(0, 100);
+        let get = |seq| {
+            session_command(
+                2,
+                seq,
+                Command::GetLeased {
+                    topic: TOPICS[0].into(),
+                    lease,
+                },
+            )
+        };
+        let delivered = |receipt: &str| {
+            Outcome::Delivered(Delivery {
+                message: message(7, 0),
+                receipt: receipt.into(),
+                deliveries: 1,
+            })
+        };
+        checker
+            .observe(
+                LogIndex(2),
+                &get(2),
+                &delivered("2.1"),
+                &stats(1),
+                &stats(1),
+            )
+            .expect("leased");
+        let again = checker.observe(
+            LogIndex(3),
+            &get(3),
+            &delivered("3.1"),
+            &stats(1),
+            &stats(1),
+        );
+        assert_eq!(again.map_err(|v| v.property), Err(property::LEASES));
+        let dead_receipt = session_command(
+            2,
+            4,
+            Command::Ack {
+                topic: TOPICS[0].into(),
+                receipt: "9.9".into(),
+            },
+        );
+        let acked = checker.observe(
+            LogIndex(4),
+            &dead_receipt,
+            &Outcome::Done,
+            &stats(1),
+            &stats(0),
+        );
+        assert_eq!(acked.map_err(|v| v.property), Err(property::LEASES));
     }
 
     #[test]

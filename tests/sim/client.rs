@@ -3,7 +3,8 @@
 //!
 //! Two kinds of writers propose queue commands (see `workload.rs`):
 //! - *session clients*, each with at most one operation outstanding (create a topic, PUT,
-//!   GET) keyed by `(client_id, seq)`. A client retries its operation with the same key,
+//!   GET, and the version 2 commands: leased GETs whose receipts the client keeps, a few at a
+//!   time, to ACK, NACK or TOUCH later, or forget) keyed by `(client_id, seq)`. A client retries its operation with the same key,
 //!   at whichever node it now believes leads, whenever it was refused or not answered within
 //!   its timeout — through leader changes, crashes and lost replies — until it is answered.
 //!   `SESSION_EXPIRED` is an answer too: the client then starts over with a new `client_id`

@@ -48,6 +48,13 @@
 //! prefix (a chained hash travels with it), and a node that installs one has applied that
 //! prefix as far as `CommittedHistory` is concerned.
 //!
+//! Leases: session clients also send the version 2 commands (leased GETs, ACK / NACK / TOUCH
+//! of receipts they hold, now and then of stale ones, batches, topics with a delivery limit
+//! and dead-letter topic), and a leader proposes `EndLeases` when the simulated lease clock
+//! passes the earliest deadline its state machine holds: a minimal equivalent of the real
+//! node's `maybe_end_leases` (`src/node/node_loop/admission.rs`, not a module the simulator
+//! can share), without its safety margin. `state_machine.rs` says what is checked.
+//!
 //! Client sessions: session clients keep one operation outstanding and retry it with the same
 //! `(client_id, seq)` until answered; unkeyed writers put without sessions. A command may
 //! then commit as often as it was proposed; the session table, checked from the outside by

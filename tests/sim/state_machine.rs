@@ -13,6 +13,23 @@
 //! and whole-state digests at checkpoints, snapshots and the end of the run must agree
 //! ([`StateDigests`]).
 //!
+//! The version 2 commands (PROTOCOL.md §8, §10) are followed by a model of the queue
+//! ([`Model`]): per topic its messages in order, each ready or under a lease (receipt,
+//! deadline, deliveries so far). A first execution's outcome says what it did (the
+//! messages and receipts a leased or batch GET handed out, the receipts an ACK or NACK
+//! found stale) and the model checks that this was possible: a GET hands out the topic's
+//! next ready messages in order, so a NACKed or expired message is handed out again before
+//! every message put after it; a receipt is refused exactly when it names no live lease;
+//! `EndLeases` gives back the leases due, earliest deadline first, and a message at its
+//! delivery limit moves to the end of its dead-letter topic or is discarded. After every
+//! version 2 entry the reference's live leases must be the model's, and never two on one
+//! message ([`ExactlyOnce::check_leases`]); after every entry the message count must be the
+//! model's; at the end every message put must be exactly one of acked once, popped once,
+//! held (ready, leased or dead-lettered) or discarded and counted
+//! ([`ExactlyOnce::check_fates`]), and each topic must hold the model's messages in order.
+//! This model stands in for a linearizability check of the new operations: it runs on the
+//! committed history, where the order is the log's.
+//!
 //! The documented exception (`src/queue/mod.rs`: a client forgotten while its first command
 //! was unanswered has that command applied again) is kept out of the workload: a client
 //! instance's seq 1 is always a `CreateTopic`, which moves no message, and only its reply may

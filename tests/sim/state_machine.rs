@@ -243,6 +243,9 @@ pub struct ExactlyOnce {
     acked: HashMap<u64, LogIndex>,
     /// GET -> the message it popped, and where.
     popped_by: HashMap<CommandKey, (u64, LogIndex)>,
+    /// The latest time the applied log carries (the queue's lease clock): a grant or TOUCH
+    /// stamped behind it starts at it instead, keeping its length.
+    clock_ms: u64,
     /// Session command -> its first outcome other than `SESSION_EXPIRED`, and where.
     first_outcome: HashMap<CommandKey, (Outcome, LogIndex)>,
     /// Per client instance: the highest seq seen in the history.
@@ -283,6 +286,7 @@ impl ExactlyOnce {
             popped: HashMap::new(),
             acked: HashMap::new(),
             popped_by: HashMap::new(),
+            clock_ms: 0,
             first_outcome: HashMap::new(),
             highest_seq: HashMap::new(),
             session_clients: HashSet::new(),
@@ -791,6 +795,24 @@ impl ExactlyOnce {
                 Vec::new()
             }
         };
+        // Every execution of a grant or TOUCH, refused or not, observes its time on the
+        // log's clock first; the lease ends its length after the later of the two.
+        let lease_deadline = match command {
+            Command::GetLeased { lease, .. }
+            | Command::GetBatch {
+                lease: Some(lease), ..
+            }
+            | Command::Touch { lease, .. } => {
+                self.clock_ms = self.clock_ms.max(lease.now_ms);
+                self.clock_ms
+                    .saturating_add(lease.deadline_ms.saturating_sub(lease.now_ms))
+            }
+            Command::EndLeases { now_ms } | Command::Clock { now_ms } => {
+                self.clock_ms = self.clock_ms.max(*now_ms);
+                0
+            }
+            _ => 0,
+        };
         match (command, outcome) {
             (_, Outcome::Failed(error)) if error.code != ErrorCode::StaleReceipt => {}
             (Command::CreateTopicWith { topic, settings }, Outcome::Done) => {
@@ -807,13 +829,13 @@ impl ExactlyOnce {
                     self.enqueue(index, key, topic, id)?;
                 }
             }
-            (Command::GetLeased { topic, lease }, Outcome::Delivered(delivery)) => {
+            (Command::GetLeased { topic, lease: _ }, Outcome::Delivered(delivery)) => {
                 self.lease(
                     index,
                     key,
                     topic,
                     std::slice::from_ref(delivery),
-                    lease.deadline_ms,
+                    lease_deadline,
                 )?;
             }
             (
@@ -824,7 +846,7 @@ impl ExactlyOnce {
                 },
                 Outcome::Deliveries(deliveries),
             ) if deliveries.len() <= *max as usize => {
-                self.lease(index, key, topic, deliveries, lease.deadline_ms)?;
+                self.lease(index, key, topic, deliveries, lease_deadline)?;
             }
             (
                 Command::GetBatch {
@@ -866,12 +888,12 @@ impl ExactlyOnce {
                 Command::Touch {
                     topic,
                     receipt,
-                    lease,
+                    lease: _,
                 },
                 Outcome::Done | Outcome::Failed(_),
             ) => {
                 let receipts = std::slice::from_ref(receipt);
-                let touch = Settle::Touch(lease.deadline_ms);
+                let touch = Settle::Touch(lease_deadline);
                 self.settle(index, key, topic, receipts, &single(receipt), touch)?;
             }
             (Command::AckBatch { topic, receipts }, Outcome::Stale(stale)) => {

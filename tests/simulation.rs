@@ -3,8 +3,9 @@
 //! retrying with `(client_id, seq)` — each checked for Election Safety, Log Matching, State
 //! Machine Safety, Leader Completeness, commit monotonicity, the core's own invariants,
 //! linearizable reads, snapshots of the committed prefix, identical replicated state and
-//! exactly-once operations after every step, then for liveness once the network heals. See
-//! `tests/sim/mod.rs` for the design.
+//! exactly-once operations, leases (never two on one message, redelivery in order, only live
+//! receipts count) after every step, every message's fate at the end, then for liveness
+//! once the network heals. See `tests/sim/mod.rs` for the design.
 //!
 //! A failure prints `RRMQ_SIM_SEED=<seed>`; rerun with it to replay the same schedule.
 //! `RRMQ_SIM_RUNS=<n>` explores more seeds (`RRMQ_SIM_FIRST_SEED` says where to start).
@@ -56,6 +57,13 @@ fn random_schedules_keep_raft_safe_and_live() {
         assert!(
             summary.quota_refusals > 0,
             "no command was ever refused by a quota: {totals}"
+        );
+        assert!(
+            summary.leases_granted > 0
+                && summary.acks > 0
+                && summary.given_back > 0
+                && summary.dead_lettered > 0,
+            "no lease granted, ACKed, given back or dead-lettered: {totals}"
         );
     }
 }

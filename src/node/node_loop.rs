@@ -42,8 +42,8 @@
 //! async storage writes allow the same); a snapshot taken of them is recoverable even if
 //! the WAL then loses its tail (`recovery`: a WAL behind the snapshot restarts after it).
 //!
-//! Then take a snapshot if one is due, expire late requests (TIMEOUT: outcome unknown), log
-//! role changes, ring the client thread. Requests never wait for one another: each is
+//! Then take a snapshot if one is due, expire late requests (TIMEOUT: outcome unknown), end
+//! or serve blocking GETs (`waiting`), log role changes, ring the client thread. Requests never wait for one another: each is
 //! proposed as it arrives.
 //!
 //! The fsync runs on the WAL thread rather than on the loop because, while the disk is
@@ -63,6 +63,7 @@ use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
 use super::status::WalCounters;
+use super::waiters::Waiters;
 use super::wal_thread::{WalCommand, WalThread};
 use super::NodeError;
 use crate::config::NodeConfig;
@@ -82,6 +83,7 @@ use std::time::Instant;
 
 mod admission;
 mod shutdown;
+mod waiting;
 
 /// Events handled per round before the core's output is processed: bounds the latency a
 /// burst adds to everything queued behind it, while still batching syncs.
@@ -127,6 +129,10 @@ pub(super) struct NodeLoop {
     lease_end_proposed: Option<EntryId>,
     /// The time leases are granted and ended by (`lease_clock`).
     lease_clock: LeaseClock,
+    /// Blocking GETs parked or in flight (PROTOCOL.md §9; see `waiting`).
+    waiters: Waiters,
+    /// `applied` when the waiters last looked for messages to serve.
+    waiters_seen_applied: LogIndex,
     /// The last index applied to `queue` (or installed with a snapshot), and its term.
     /// Invariant: `applied <= core.commit_index()`.
     applied: LogIndex,
@@ -196,6 +202,8 @@ impl NodeLoop {
             detail_reads: std::collections::HashSet::new(),
             lease_end_proposed: None,
             lease_clock,
+            waiters: Waiters::new(),
+            waiters_seen_applied: snapshot.index(),
             applied: snapshot.index(),
             applied_term: snapshot.last.term,
             snapshots,
@@ -240,6 +248,7 @@ impl NodeLoop {
             }
             let now = Instant::now();
             self.expire(now);
+            self.tend_waiters(now);
             self.log_changes();
             self.term_refusal_log
                 .observe(now, self.core.term_refusals());
@@ -482,7 +491,7 @@ impl NodeLoop {
                 (None, _) => {}
                 (Some((ticket, WriteEnd::Applied)), Some(outcome)) => {
                     log::trace!("request {ticket:?} applied at {}", entry.id());
-                    self.answer(ticket, outcome);
+                    self.answer_applied(ticket, outcome);
                 }
                 (Some((ticket, _)), _) => self.answer_lost(ticket),
             }

@@ -104,7 +104,7 @@ pub use command::{Command, CommandDecodeError, LeaseTime, LoggedCommand};
 pub use snapshot_codec::SnapshotError;
 
 use crate::protocol::{
-    Delivery, ErrorCode, ErrorInfo, Outcome, Payload, TopicDetail, TopicSettings,
+    Delivery, ErrorCode, ErrorInfo, Outcome, Payload, SessionKey, TopicDetail, TopicSettings,
     BATCH_MESSAGE_BYTES_MAX,
 };
 use crate::raft::LogIndex;
@@ -769,6 +769,19 @@ impl Queue {
     /// Topic names in creation order.
     pub fn topics(&self) -> Vec<String> {
         self.topics.iter().map(|topic| topic.name.clone()).collect()
+    }
+
+    /// Messages of `topic` a GET can hand out now; `None` if there is no such topic. For a
+    /// leader deciding whether a blocking GET must wait (PROTOCOL.md §9).
+    pub fn ready(&self, topic: &str) -> Option<usize> {
+        let &position = self.topic_index.get(topic)?;
+        Some(self.topics[position].ready())
+    }
+
+    /// Whether a command keyed `key` would be executed (rather than answered from its
+    /// session, or refused) if it were applied now.
+    pub fn session_would_execute(&self, key: &SessionKey) -> bool {
+        self.sessions.admit(&key.client_id, key.seq) == Admission::Execute
     }
 
     /// Messages `topic` holds, ready or leased; `None` if there is no such topic.

@@ -3,7 +3,8 @@
 //!
 //! Two kinds of writers propose queue commands (see `workload.rs`):
 //! - *session clients*, each with at most one operation outstanding (create a topic, PUT,
-//!   GET) keyed by `(client_id, seq)`. A client retries its operation with the same key,
+//!   GET, and the version 2 commands: leased GETs whose receipts the client keeps, a few at a
+//!   time, to ACK, NACK or TOUCH later, or forget) keyed by `(client_id, seq)`. A client retries its operation with the same key,
 //!   at whichever node it now believes leads, whenever it was refused or not answered within
 //!   its timeout — through leader changes, crashes and lost replies — until it is answered.
 //!   `SESSION_EXPIRED` is an answer too: the client then starts over with a new `client_id`
@@ -26,7 +27,7 @@ use super::workload::{entry_key, CommandKey};
 use super::{property, Violation};
 use bytes::Bytes;
 use rrmq::protocol::{ErrorCode, Outcome};
-use rrmq::queue::LoggedCommand;
+use rrmq::queue::{Command, LoggedCommand};
 use rrmq::raft::{Entry, EntryId, LogIndex, NodeId, ReadState};
 use std::collections::{BTreeMap, HashMap};
 
@@ -68,7 +69,13 @@ pub struct SessionClient {
     pub outstanding: Option<Operation>,
     /// The node it sends requests to (see `Simulation::client_target`).
     pub leader_guess: Option<usize>,
+    /// `(topic, receipt)` of the leases it was answered with and has not settled yet (it
+    /// forgets the oldest beyond a few: a consumer that crashed mid-work).
+    pub receipts: Vec<(String, String)>,
 }
+
+/// Receipts a session client remembers at most.
+const RECEIPTS_KEPT: usize = 6;
 
 struct PendingRead {
     node: usize,
@@ -130,6 +137,7 @@ impl ClientOracle {
                 next_seq: 1,
                 outstanding: None,
                 leader_guess: None,
+                receipts: Vec::new(),
             });
         }
         oracle
@@ -279,6 +287,24 @@ impl ClientOracle {
             return Ok(None);
         }
         session.outstanding = None;
+        let leased_from = match &reply.logged.command {
+            Command::GetLeased { topic, .. } | Command::GetBatch { topic, .. } => Some(topic),
+            _ => None,
+        };
+        let deliveries = match &reply.outcome {
+            Outcome::Delivered(delivery) => std::slice::from_ref(delivery),
+            Outcome::Deliveries(deliveries) => deliveries.as_slice(),
+            _ => &[],
+        };
+        if let Some(topic) = leased_from {
+            for delivery in deliveries {
+                session
+                    .receipts
+                    .push((topic.clone(), delivery.receipt.clone()));
+            }
+            let forgotten = session.receipts.len().saturating_sub(RECEIPTS_KEPT);
+            session.receipts.drain(..forgotten);
+        }
         self.answered_operations += 1;
         if !is_session_expired(&reply.outcome) {
             return Ok(None);
@@ -398,7 +424,6 @@ mod tests {
     use super::*;
     use crate::sim::workload::{encode, message, session_command, unkeyed_put, TOPICS};
     use rrmq::protocol::ErrorInfo;
-    use rrmq::queue::Command;
     use rrmq::raft::{EntryPayload, Term};
 
     fn put_entry(term: u64, index: u64, message_id: u64) -> (LoggedCommand, Entry) {

@@ -48,6 +48,13 @@
 //! prefix (a chained hash travels with it), and a node that installs one has applied that
 //! prefix as far as `CommittedHistory` is concerned.
 //!
+//! Leases: session clients also send the version 2 commands (leased GETs, ACK / NACK / TOUCH
+//! of receipts they hold, now and then of stale ones, batches, topics with a delivery limit
+//! and dead-letter topic), and a leader proposes `EndLeases` when the simulated lease clock
+//! passes the earliest deadline its state machine holds: a minimal equivalent of the real
+//! node's `maybe_end_leases` (`src/node/node_loop/admission.rs`, not a module the simulator
+//! can share), without its safety margin. `state_machine.rs` says what is checked.
+//!
 //! Client sessions: session clients keep one operation outstanding and retry it with the same
 //! `(client_id, seq)` until answered; unkeyed writers put without sessions. A command may
 //! then commit as often as it was proposed; the session table, checked from the outside by
@@ -96,6 +103,10 @@ pub mod property {
         "exactly once (an operation takes effect once; every answer to it is the first one)";
     pub const REPLICA_STATE: &str =
         "replicated state (every state machine equals the reference at the same applied index)";
+    pub const LEASES: &str = "leases (no message is held under two live leases at once; a \
+         leased GET hands out the next ready messages in order; only live receipts count)";
+    pub const FATES: &str = "fates (every message put is at the end exactly one of acked once, \
+         popped once, held, dead-lettered once or discarded and counted)";
     pub const SNAPSHOTS: &str = "snapshots (a snapshot is of the committed prefix it claims)";
     pub const READY_CONTRACT: &str = "Ready contract";
     pub const HONEST_TERMS: &str =

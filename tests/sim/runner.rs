@@ -128,7 +128,7 @@ impl fmt::Display for Totals {
             f,
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
              {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
-             {} replays, {} SESSION_EXPIRED), {} QUOTA refusals, {} snapshots saved, {} installed, {} restarts \
+             {} replays, {} SESSION_EXPIRED), {} QUOTA refusals, {} leases granted, {} ACKs, {} given back, {} dead-lettered or discarded, {} snapshots saved, {} installed, {} restarts \
              from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes ({} drops of a leader's connection reported), {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
@@ -142,6 +142,10 @@ impl fmt::Display for Totals {
             s.replays,
             s.expired_sessions,
             s.quota_refusals,
+            s.leases_granted,
+            s.acks,
+            s.given_back,
+            s.dead_lettered,
             s.snapshots_saved,
             s.snapshots_installed,
             s.restarts_from_snapshot,
@@ -236,6 +240,10 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.expired_sessions += run.expired_sessions;
     sum.replays += run.replays;
     sum.quota_refusals += run.quota_refusals;
+    sum.leases_granted += run.leases_granted;
+    sum.acks += run.acks;
+    sum.given_back += run.given_back;
+    sum.dead_lettered += run.dead_lettered;
     sum.snapshots_saved += run.snapshots_saved;
     sum.snapshots_installed += run.snapshots_installed;
     sum.restarts_from_snapshot += run.restarts_from_snapshot;

@@ -108,6 +108,9 @@ pub struct Scenario {
     pub operation_chance: f64,
     /// Share of PUTs among the operations (the rest are GETs).
     pub put_share: f64,
+    /// Share of version 2 operations (PROTOCOL.md §8, §10: topics with a delivery limit,
+    /// leased GETs, ACK / NACK / TOUCH, batches) among a session client's operations.
+    pub v2_share: f64,
     /// A client retries an operation not answered within this many ticks.
     pub client_timeout_ticks: u64,
     /// Chance that a reply to a client is lost on its way.
@@ -196,6 +199,7 @@ impl Scenario {
             session_clients: *pick(rng, &[1, 2, 4]),
             operation_chance: *pick(rng, &[0.1, 0.5]),
             put_share: *pick(rng, &[0.5, 0.7]),
+            v2_share: *pick(rng, &[0.0, 0.4, 0.8]),
             client_timeout_ticks: *pick(rng, &[6, 20, 60]),
             reply_drop_chance: *pick(rng, &[0.0, 0.1, 0.3]),
             queue: QueueConfig {

@@ -26,8 +26,9 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rrmq::queue::{Command, LoggedCommand};
-use rrmq::raft::{NodeId, ProposeError, Role};
+use rrmq::protocol::TopicSettings;
+use rrmq::queue::{Command, LeaseTime, LoggedCommand};
+use rrmq::raft::{EntryId, NodeId, ProposeError, Role};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -46,6 +47,12 @@ pub struct RunSummary {
     pub replays: u64,
     /// Committed commands the state machine refused with `QUOTA`.
     pub quota_refusals: u64,
+    /// Messages handed out under a lease, ACKed, given back (NACK or lease end), and moved
+    /// to a dead-letter topic or discarded at their delivery limit.
+    pub leases_granted: u64,
+    pub acks: u64,
+    pub given_back: u64,
+    pub dead_lettered: u64,
     pub snapshots_saved: u64,
     pub snapshots_installed: u64,
     pub restarts_from_snapshot: u64,
@@ -90,6 +97,8 @@ pub struct Simulation {
     pub(super) grouped_batches: u64,
     /// Per unkeyed writer and reader: the node it sends requests to (see `client_target`).
     leader_guesses: Vec<Option<usize>>,
+    /// Per node: its last `EndLeases` proposal (see `propose_lease_ends`).
+    lease_end_proposed: Vec<Option<EntryId>>,
     /// How long the liveness phase took to converge.
     liveness_ticks: u64,
     /// Connection reports on their way to the cores, in the order they were scheduled.
@@ -118,6 +127,7 @@ impl Simulation {
             })
             .collect();
         let leader_guesses = vec![None; scenario.client_count];
+        let scenario_node_count = scenario.node_count;
         Simulation {
             network: Network::new(scenario.network.clone()),
             checkers: Checkers::new(scenario.node_count, scenario.queue.clone()),
@@ -136,6 +146,7 @@ impl Simulation {
             pipelined_readies: 0,
             grouped_batches: 0,
             leader_guesses,
+            lease_end_proposed: vec![None; scenario_node_count],
             liveness_ticks: 0,
             connection_reports: Vec::new(),
             leader_connection_drops: 0,
@@ -179,6 +190,10 @@ impl Simulation {
             expired_sessions: self.clients.expired_sessions,
             replays: exactly_once.replays,
             quota_refusals: exactly_once.quota_refusals,
+            leases_granted: exactly_once.counts.leases_granted,
+            acks: exactly_once.counts.acks,
+            given_back: exactly_once.counts.given_back,
+            dead_lettered: exactly_once.counts.dead_lettered,
             snapshots_saved: self.snapshots_saved,
             snapshots_installed: self.snapshots_installed,
             restarts_from_snapshot: self.restarts_from_snapshot,
@@ -458,6 +473,7 @@ impl Simulation {
             }
         }
         self.session_clients_act()?;
+        self.propose_lease_ends()?;
         if self.rng.gen_bool(self.scenario.read_chance) {
             let client = self.rng.gen_range(0..self.leader_guesses.len());
             let guess = self.leader_guesses[client];
@@ -539,13 +555,29 @@ impl Simulation {
     }
 
     /// Session client `slot` starts its next operation: its first creates a topic (see
-    /// `state_machine.rs` on why), then PUTs of fresh messages and GETs.
+    /// `state_machine.rs` on why), sometimes with a delivery limit; then PUTs of fresh
+    /// messages and GETs, and (`v2_share`) leased GETs, ACK / NACK / TOUCH of receipts it
+    /// holds (now and then of one it made up or already settled), batch PUTs and GETs.
     fn start_operation(&mut self, slot: usize) {
         let session = &self.clients.sessions[slot];
         let (client, seq) = (session.client, session.next_seq);
         let topic = TOPICS[self.rng.gen_range(0..TOPICS.len())].to_string();
+        let v2 = self.rng.gen_bool(self.scenario.v2_share);
         let command = if seq == 1 {
-            Command::CreateTopic { topic }
+            if v2 {
+                let settings = TopicSettings {
+                    max_deliveries: Some(self.rng.gen_range(1..=3)),
+                    dead_letter: self
+                        .rng
+                        .gen_bool(0.5)
+                        .then(|| workload::DEAD_LETTER.to_string()),
+                };
+                Command::CreateTopicWith { topic, settings }
+            } else {
+                Command::CreateTopic { topic }
+            }
+        } else if v2 {
+            self.v2_command(slot, topic)
         } else if self.rng.gen_bool(self.scenario.put_share) {
             let padding = self
                 .rng
@@ -558,6 +590,140 @@ impl Simulation {
         let logged = workload::session_command(client, seq, command);
         self.clients
             .start_operation(slot, CommandKey::Session { client, seq }, logged, self.now);
+    }
+
+    /// A lease of a few to a few hundred ticks from now, on the simulated lease clock.
+    fn lease_time(&mut self) -> LeaseTime {
+        let lease_ms = self.rng.gen_range(5..=100) * workload::TICK_MS;
+        LeaseTime::starting(self.now * workload::TICK_MS, lease_ms)
+    }
+
+    /// A version 2 operation of session client `slot` (PROTOCOL.md §8, §10).
+    fn v2_command(&mut self, slot: usize, topic: String) -> Command {
+        let held = self.clients.sessions[slot].receipts.len();
+        if held > 0 && self.rng.gen_bool(0.6) {
+            let count = self.rng.gen_range(1..=held.min(3));
+            let mut settled = Vec::new();
+            for _ in 0..count {
+                let pick = self
+                    .rng
+                    .gen_range(0..self.clients.sessions[slot].receipts.len());
+                settled.push(self.clients.sessions[slot].receipts.remove(pick));
+            }
+            let (topic, receipt) = settled[0].clone();
+            // A batch settles the receipts of one topic.
+            let receipts: Vec<String> = settled
+                .into_iter()
+                .filter(|(other, _)| *other == topic)
+                .map(|(_, receipt)| receipt)
+                .collect();
+            return match self.rng.gen_range(0..10) {
+                0..=3 => Command::Ack { topic, receipt },
+                4 => Command::Nack { topic, receipt },
+                5 => {
+                    let lease = self.lease_time();
+                    // Still held: it may be settled later.
+                    self.clients.sessions[slot]
+                        .receipts
+                        .push((topic.clone(), receipt.clone()));
+                    Command::Touch {
+                        topic,
+                        receipt,
+                        lease,
+                    }
+                }
+                6..=8 => Command::AckBatch { topic, receipts },
+                _ => Command::NackBatch { topic, receipts },
+            };
+        }
+        match self.rng.gen_range(0..20) {
+            0..=6 => {
+                let lease = self.lease_time();
+                Command::GetLeased { topic, lease }
+            }
+            7..=9 => {
+                let lease = Some(self.lease_time());
+                let max = self.rng.gen_range(1..=4);
+                Command::GetBatch { topic, max, lease }
+            }
+            10 => {
+                let max = self.rng.gen_range(1..=4);
+                Command::GetBatch {
+                    topic,
+                    max,
+                    lease: None,
+                }
+            }
+            11..=17 => {
+                let count = self.rng.gen_range(1..=4);
+                let padding = self
+                    .rng
+                    .gen_range(0..=self.scenario.command_padding_bytes_max);
+                let messages = (0..count)
+                    .map(|_| workload::message(self.clients.next_message(), padding))
+                    .collect();
+                Command::PutBatch { topic, messages }
+            }
+            // A receipt never issued (or long settled).
+            18 => Command::Ack {
+                topic,
+                receipt: format!("{}.0", self.rng.gen_range(1..50)),
+            },
+            _ => Command::Nack {
+                topic,
+                receipt: "stale".to_string(),
+            },
+        }
+    }
+
+    /// The minimal equivalent of the real node's `maybe_end_leases`
+    /// (`src/node/node_loop/admission.rs`, which is not a pure module the simulator can
+    /// share): a leader whose lease clock (the simulated time, never before the latest time
+    /// its state machine applied) passed the earliest lease deadline proposes `EndLeases`,
+    /// one at a time per term. Without the real node's safety margin: the simulated clocks
+    /// agree.
+    fn propose_lease_ends(&mut self) -> Result<(), Violation> {
+        for position in 0..self.nodes.len() {
+            let node = &self.nodes[position];
+            let Some(core) = node.core.as_ref() else {
+                continue;
+            };
+            if core.role() != Role::Leader {
+                continue;
+            }
+            let term = core.term();
+            if self.lease_end_proposed[position]
+                .is_some_and(|entry| entry.term == term && entry.index > node.applied_index())
+            {
+                continue;
+            }
+            let Some(deadline_ms) = node.state.next_lease_deadline() else {
+                continue;
+            };
+            let now_ms = (self.now * workload::TICK_MS).max(node.state.clock_ms());
+            if deadline_ms > now_ms {
+                continue;
+            }
+            let key = CommandKey::LeaseEnd(now_ms);
+            let bytes = workload::end_leases(now_ms).encode();
+            let node = &mut self.nodes[position];
+            let core = node.core.as_mut().expect("checked above");
+            let outcome = core.propose(bytes);
+            if let Ok(entry) = outcome {
+                self.checkers.history.proposed(key);
+                self.lease_end_proposed[position] = Some(entry);
+            }
+            self.trace.record(
+                self.now,
+                Event::Propose {
+                    node: node.id,
+                    command: key,
+                    outcome: outcome.as_ref().map(|&entry| entry).map_err(error_name),
+                },
+            );
+            self.after_step(position)?;
+        }
+        Ok(())
     }
 
     /// Session client `slot` sends (or sends again) its outstanding operation.

@@ -17,6 +17,19 @@ use std::fmt;
 /// The topics the clients share. The first command of every client instance creates one.
 pub const TOPICS: [&str; 2] = ["t0", "t1"];
 
+/// The dead-letter topic the clients name when they create a topic with a delivery limit.
+pub const DEAD_LETTER: &str = "dl";
+
+/// Simulated milliseconds per tick, for the lease clock.
+pub const TICK_MS: u64 = 10;
+
+pub fn end_leases(now_ms: u64) -> LoggedCommand {
+    LoggedCommand {
+        session: None,
+        command: Command::EndLeases { now_ms },
+    }
+}
+
 /// Identifies one client operation across the retries that carry it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum CommandKey {
@@ -26,6 +39,9 @@ pub enum CommandKey {
     Unkeyed(u64),
     /// A liveness probe: creates topic `probe<n>`, without a session.
     Probe(u64),
+    /// The leader ending the leases due by this lease-clock time (`EndLeases`), without a
+    /// session. Two leaders may propose the same time: each proposal counts.
+    LeaseEnd(u64),
 }
 
 impl fmt::Display for CommandKey {
@@ -34,6 +50,7 @@ impl fmt::Display for CommandKey {
             CommandKey::Session { client, seq } => write!(f, "c{client}#{seq}"),
             CommandKey::Unkeyed(message) => write!(f, "put m{message}"),
             CommandKey::Probe(probe) => write!(f, "probe{probe}"),
+            CommandKey::LeaseEnd(now_ms) => write!(f, "end leases by {now_ms} ms"),
         }
     }
 }
@@ -114,7 +131,8 @@ pub fn command_key(command: &LoggedCommand) -> Option<CommandKey> {
             .parse()
             .ok()
             .map(CommandKey::Probe),
-        // Version 2 commands are not sent by the workload yet.
+        Command::EndLeases { now_ms } => Some(CommandKey::LeaseEnd(*now_ms)),
+        // Every other command the workload sends carries a session.
         _ => None,
     }
 }

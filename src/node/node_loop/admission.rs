@@ -10,10 +10,11 @@
 //! already does on `UNAVAILABLE`, with back-off) is safe and likely to succeed. `QUOTA`
 //! (queued bytes, topic count) is decided by the replicated queue at apply time.
 
+use super::waiting::BlockingGet;
 use super::NodeLoop;
 use crate::node::pending::UncommittedBytes;
 use crate::node::status::{self, NodeView};
-use crate::protocol::{ErrorCode, ErrorInfo, Operation, Outcome, Reply};
+use crate::protocol::{ErrorCode, ErrorInfo, Operation, Outcome, Reply, SessionKey};
 use crate::queue::{Command, LoggedCommand};
 use crate::raft::{NodeId, ProposeError, Role};
 use crate::transport::client::{ClientRequest, Ticket};
@@ -77,6 +78,11 @@ impl NodeLoop {
         // From arrival at the socket, so time queued behind other events counts. One client
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
+        let waiter =
+            match self.admit_blocking_get(ticket, &operation, &request.session, received_at) {
+                BlockingGet::Held => return,
+                BlockingGet::Propose(waiter) => waiter,
+            };
         let command = match operation {
             Operation::Status | Operation::Stats | Operation::Fault { .. } => {
                 unreachable!("answered above")
@@ -95,19 +101,32 @@ impl NodeLoop {
                 }
                 return;
             }
-            // MINIMAL (issue 15, to be finished in the node loop): `wait_ms` is answered as
-            // if it were 0 (no waiters yet). Leases are stamped with the cluster's lease
-            // clock (`lease_clock`).
+            // Leases are stamped with the cluster's lease clock (`lease_clock`); `wait_ms`
+            // is handled above (`waiting`).
             operation => match Command::from_operation(operation, self.lease_clock_ms()) {
                 Ok(command) => command,
                 Err(read) => unreachable!("reads are answered above, not {read:?}"),
             },
         };
-        let bytes = LoggedCommand {
-            session: request.session,
-            command,
+        if self.propose_command(ticket, request.session, command, deadline) {
+            if let Some(waiter) = waiter {
+                self.waiters.start(waiter);
+            }
         }
-        .encode();
+    }
+
+    /// Proposes `command` for `ticket`, unless the bound on uncommitted bytes or the core
+    /// refuses it (then `ticket` is answered). True if proposed: the ticket then waits in
+    /// `pending` for its entry.
+    pub(super) fn propose_command(
+        &mut self,
+        ticket: Ticket,
+        session: Option<SessionKey>,
+        command: Command,
+        deadline: Instant,
+    ) -> bool {
+        let logged = LoggedCommand { session, command };
+        let bytes = logged.encode();
         let size = UncommittedBytes::size_of(bytes.len());
         let leading = (self.core.role() == Role::Leader).then(|| self.core.term());
         self.uncommitted.release(leading, self.core.commit_index());
@@ -130,17 +149,22 @@ impl NodeLoop {
                     self.config.uncommitted_bytes_max
                 ),
             );
-            return;
+            return false;
         }
         match self.core.propose(bytes) {
             Ok(entry) => {
                 log::trace!("request {ticket:?} proposed at {entry}");
                 self.uncommitted.add(entry, size);
+                self.note_proposed_get(entry, &logged.command);
                 if let Some(overwritten) = self.pending.add_write(entry, ticket, deadline) {
                     self.answer_lost(overwritten);
                 }
+                true
             }
-            Err(error) => self.refused(ticket, error),
+            Err(error) => {
+                self.refused(ticket, error);
+                false
+            }
         }
     }
 
@@ -291,7 +315,7 @@ impl NodeLoop {
     }
 
     /// The lease clock's time now, in ms: what a leased GET or TOUCH proposed now carries.
-    fn lease_clock_ms(&mut self) -> u64 {
+    pub(super) fn lease_clock_ms(&mut self) -> u64 {
         self.lease_clock.read(self.queue.clock_ms(), Instant::now())
     }
 
@@ -314,6 +338,10 @@ impl NodeLoop {
                 }
             }
         };
+        // Empty unless a blocking GET's entry is in flight: it ends with this answer.
+        if self.waiters.has_in_flight() {
+            self.waiters.take_in_flight(ticket);
+        }
         let leader = status::leader_info(&self.config, &self.core, self.halted);
         self.clients
             .reply(ticket, Reply::Outcome { outcome, leader });

@@ -66,6 +66,7 @@ impl NodeLoop {
 
     /// Answers what is left, makes what was acknowledged durable, and stops the transports.
     pub(super) fn finish(mut self, events: &Receiver<Event>) {
+        self.answer_waiters_at_exit();
         for ticket in self.pending.take_all() {
             self.fail(
                 ticket,

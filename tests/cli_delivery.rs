@@ -190,6 +190,31 @@ fn rrmq_delivery_commands_lease_ack_nack_dead_letter_consume_and_batch() {
         .rrmq(&["get", "redo", "--wait", "1s"])
         .assert_code(EXIT_NOT_FOUND, "get --wait on an empty topic ends EMPTY");
 
+    // A blocking leased GET started on an empty topic gets the message of a PUT made after
+    // it started (whichever reaches the leader first: the test cannot tell, and both must
+    // end with the waiter holding the message).
+    let config = cluster.config_path.to_str().expect("a UTF-8 temp path");
+    let waiter = std::process::Command::new(common::RRMQ)
+        .args([
+            "--config", config, "--json", "get", "redo", "--lease", "30s",
+        ])
+        .args(["--wait", "30s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn a blocking rrmq get");
+    cluster
+        .rrmq(&["put", "redo", "late"])
+        .assert_code(EXIT_OK, "put while a GET waits");
+    let output = waiter.wait_with_output().expect("the blocking get ends");
+    assert_eq!(output.status.code(), Some(EXIT_OK), "{output:?}");
+    let value: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(value["message"], "late", "{value}");
+    let receipt = value["receipt"].as_str().expect("a receipt").to_string();
+    cluster
+        .rrmq(&["ack", "redo", &receipt])
+        .assert_code(EXIT_OK, "ack the message the waiter got");
+
     // consume --exec false: NACKed each time, dead-lettered after two deliveries.
     let run = cluster.rrmq(&[
         "--json",
@@ -275,7 +300,6 @@ fn rrmq_delivery_commands_lease_ack_nack_dead_letter_consume_and_batch() {
         .assert_code(EXIT_OK, "put");
     let ready = cluster.dir.path().join("ready");
     let command = format!("touch '{}'; sleep 1; cat > /dev/null", ready.display());
-    let config = cluster.config_path.to_str().expect("a UTF-8 temp path");
     let mut consumer = std::process::Command::new(common::RRMQ)
         .args(["--config", config, "consume", "feed", "--wait", "1s"])
         .args(["--exec", &command])

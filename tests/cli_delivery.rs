@@ -3,8 +3,8 @@
 //! of `rrmq-node` processes, through the real `rrmq` binary. One cluster, one test walking
 //! through the commands, because a cluster is expensive on a loaded machine.
 //!
-//! Nothing here depends on a GET actually blocking: `--wait` is only used where an answer
-//! at once (a message, or `EMPTY`) is also correct.
+//! One step needs a GET that actually blocks (a waiter started before a PUT gets its
+//! message); the other uses of `--wait` are correct with an answer at once too.
 
 mod common;
 

@@ -1,14 +1,20 @@
-//! The commands that talk to a running cluster: `topic create|list`, `put`, `get`, `status`.
-//! Each is one client call (status: one round to every node) and one piece of output.
+//! The commands that talk to a running cluster: `topic create|list`, `put`, `get`, `ack`,
+//! `nack`, `touch`, `status` (and `consume`, in `consume.rs`). Each is one client call
+//! (status: one round to every node; `put --batch`: one per batch; `ack`/`nack`: one per
+//! 1,000 receipts) and one piece of output.
 
 use std::io::{Read, Write};
+use std::time::Duration;
 
 use serde_json::json;
 
 use super::{CliError, Command, GlobalOptions, TopicCommand};
-use crate::client::{Client, ClientError, ClientOptions, NodeAddress, ATTEMPT_TIMEOUT_DEFAULT};
+use crate::client::{
+    Client, ClientError, ClientOptions, Delivery, FetchOptions, Fetched, NodeAddress, TopicDetail,
+    TopicSettings, ATTEMPT_TIMEOUT_DEFAULT,
+};
 use crate::config::ClusterConfig;
-use crate::protocol::{Payload, StatusReport};
+use crate::protocol::{Payload, StatusReport, BATCH_ITEMS_MAX, BATCH_MESSAGE_BYTES_MAX};
 
 pub(super) fn run(
     global: &GlobalOptions,
@@ -25,9 +31,22 @@ pub(super) fn run(
     };
     match command {
         Command::Topic {
-            command: TopicCommand::Create { name },
+            command:
+                TopicCommand::Create {
+                    name,
+                    max_deliveries,
+                    dead_letter,
+                },
         } => {
-            let created = client.create_topic(name)?;
+            let created = if max_deliveries.is_some() || dead_letter.is_some() {
+                let settings = TopicSettings {
+                    max_deliveries: *max_deliveries,
+                    dead_letter: dead_letter.clone(),
+                };
+                client.create_topic_with(name, settings)?
+            } else {
+                client.create_topic(name)?
+            };
             let text = if global.json {
                 json!({"topic": name, "created": created}).to_string() + "\n"
             } else if created {
@@ -38,7 +57,19 @@ pub(super) fn run(
             out(stdout, text)
         }
         Command::Topic {
-            command: TopicCommand::List,
+            command: TopicCommand::List { detail: true },
+        } => {
+            let details = client.list_topic_details()?;
+            let text = if global.json {
+                json!({ "topics": details.iter().map(detail_json).collect::<Vec<_>>() }).to_string()
+                    + "\n"
+            } else {
+                details_table(&details)
+            };
+            out(stdout, text)
+        }
+        Command::Topic {
+            command: TopicCommand::List { detail: false },
         } => {
             let topics = client.list_topics()?;
             let text = if global.json {
@@ -48,7 +79,32 @@ pub(super) fn run(
             };
             out(stdout, text)
         }
-        Command::Put { topic, message } => {
+        Command::Put {
+            topic, batch: true, ..
+        } => {
+            let (count, batches) = put_batches(&mut client, topic, stdin)?;
+            if global.json {
+                out(
+                    stdout,
+                    json!({"topic": topic, "success": true, "count": count, "batches": batches})
+                        .to_string()
+                        + "\n",
+                )?;
+            }
+            Ok(())
+        }
+        Command::Put {
+            topic,
+            message: None,
+            ..
+        } => Err(CliError::Usage(format!(
+            "put to '{topic}' needs a message or --batch"
+        ))),
+        Command::Put {
+            topic,
+            message: Some(message),
+            batch: false,
+        } => {
             let message = if message == "-" {
                 let mut bytes = Vec::new();
                 stdin
@@ -67,7 +123,35 @@ pub(super) fn run(
             }
             Ok(())
         }
-        Command::Get { topic, raw } => {
+        Command::Get {
+            topic,
+            raw,
+            lease,
+            wait,
+            max,
+        } if lease.is_some() || wait.is_some() || max.is_some() => {
+            let options = FetchOptions {
+                lease_ms: lease.as_ref().map(milliseconds),
+                wait_ms: wait.as_ref().map(milliseconds),
+                max: *max,
+            };
+            let fetched = client.fetch(topic, options)?;
+            let bytes = if global.json {
+                (fetched_json(topic, &fetched).to_string() + "\n").into_bytes()
+            } else {
+                fetched_output(fetched.clone(), *raw)
+            };
+            if fetched == Fetched::Empty {
+                return Err(ClientError::Empty {
+                    topic: topic.clone(),
+                }
+                .into());
+            }
+            stdout
+                .write_all(&bytes)
+                .map_err(CliError::io("cannot write to stdout"))
+        }
+        Command::Get { topic, raw, .. } => {
             let message = client.get(topic)?.ok_or_else(|| ClientError::Empty {
                 topic: topic.clone(),
             })?;
@@ -79,6 +163,59 @@ pub(super) fn run(
             stdout
                 .write_all(&bytes)
                 .map_err(CliError::io("cannot write to stdout"))
+        }
+        Command::Ack { topic, receipts } | Command::Nack { topic, receipts } => {
+            let ack = matches!(command, Command::Ack { .. });
+            let stale = settle(&mut client, topic, receipts, ack)?;
+            if global.json {
+                let settled = receipts.len() - stale.len();
+                let key = if ack { "acked" } else { "nacked" };
+                out(
+                    stdout,
+                    json!({"topic": topic, key: settled, "stale": stale}).to_string() + "\n",
+                )?;
+            }
+            if stale.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::StaleReceipts {
+                    topic: topic.clone(),
+                    receipts: stale,
+                })
+            }
+        }
+        Command::Touch {
+            topic,
+            receipt,
+            lease,
+        } => {
+            client.touch(topic, receipt, *lease)?;
+            if global.json {
+                out(
+                    stdout,
+                    json!({"topic": topic, "receipt": receipt, "success": true}).to_string() + "\n",
+                )?;
+            }
+            Ok(())
+        }
+        Command::Consume {
+            topic,
+            lease,
+            wait,
+            exec,
+            count,
+            raw,
+        } => {
+            let plan = super::consume::Plan {
+                topic,
+                lease: *lease,
+                wait: *wait,
+                exec: exec.as_deref(),
+                count: *count,
+                raw: *raw,
+                json: global.json,
+            };
+            super::consume::run(&mut client, &plan, stdout)
         }
         Command::Status => {
             let rows = client.status_all();
@@ -139,6 +276,213 @@ pub(super) fn client_options(global: &GlobalOptions) -> Result<(ClientOptions, b
     Ok((options, from_config))
 }
 
+/// A lease or wait on the wire: whole milliseconds, at least one.
+pub(super) fn milliseconds(duration: &Duration) -> u64 {
+    u64::try_from(duration.as_millis().max(1)).unwrap_or(u64::MAX)
+}
+
+/// `put --batch`: stdin's lines (without their `\n`) in order, in batches of at most
+/// [`BATCH_ITEMS_MAX`] messages and [`BATCH_MESSAGE_BYTES_MAX`] bytes, one request each.
+/// Returns the messages and batches put. A failed batch stops the rest; the error says how
+/// many went before it.
+fn put_batches(
+    client: &mut Client,
+    topic: &str,
+    stdin: &mut dyn Read,
+) -> Result<(u64, u64), CliError> {
+    let mut input = Vec::new();
+    stdin
+        .read_to_end(&mut input)
+        .map_err(CliError::io("cannot read messages from stdin"))?;
+    if input.last() == Some(&b'\n') {
+        input.pop();
+    }
+    let lines: Vec<&[u8]> = if input.is_empty() {
+        Vec::new()
+    } else {
+        input.split(|byte| *byte == b'\n').collect()
+    };
+    let (mut count, mut batches) = (0u64, 0u64);
+    let mut start = 0;
+    while start < lines.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < lines.len()
+            && end - start < BATCH_ITEMS_MAX
+            && (end == start || bytes + lines[end].len() <= BATCH_MESSAGE_BYTES_MAX)
+        {
+            bytes += lines[end].len();
+            end += 1;
+        }
+        let messages = lines[start..end]
+            .iter()
+            .map(|line| payload_from_bytes(line.to_vec()))
+            .collect();
+        match client.put_batch(topic, messages) {
+            Ok(put) => count += put,
+            Err(error) => {
+                if count > 0 {
+                    eprintln!("rrmq: {count} messages were put before this batch failed");
+                }
+                return Err(error.into());
+            }
+        }
+        batches += 1;
+        start = end;
+    }
+    Ok((count, batches))
+}
+
+/// ACK or NACK: one receipt in the single form (a stale one is an error), several in lists
+/// of at most [`BATCH_ITEMS_MAX`]. Returns the stale receipts of the lists.
+fn settle(
+    client: &mut Client,
+    topic: &str,
+    receipts: &[String],
+    ack: bool,
+) -> Result<Vec<String>, CliError> {
+    if let [receipt] = receipts {
+        if ack {
+            client.ack(topic, receipt)?;
+        } else {
+            client.nack(topic, receipt)?;
+        }
+        return Ok(Vec::new());
+    }
+    let mut stale = Vec::new();
+    for chunk in receipts.chunks(BATCH_ITEMS_MAX) {
+        stale.extend(if ack {
+            client.ack_many(topic, chunk)?
+        } else {
+            client.nack_many(topic, chunk)?
+        });
+    }
+    Ok(stale)
+}
+
+/// A leased message's header line, then the message as `get` prints it.
+pub(super) fn delivery_output(delivery: Delivery, raw: bool) -> Vec<u8> {
+    let mut bytes = format!(
+        "receipt {} deliveries {}\n",
+        delivery.receipt, delivery.deliveries
+    )
+    .into_bytes();
+    bytes.extend(message_output(delivery.message, raw));
+    bytes
+}
+
+fn fetched_output(fetched: Fetched, raw: bool) -> Vec<u8> {
+    match fetched {
+        Fetched::Empty => Vec::new(),
+        Fetched::Message(message) => message_output(message, raw),
+        Fetched::Delivered(delivery) => delivery_output(delivery, raw),
+        Fetched::Messages(messages) => messages
+            .into_iter()
+            .flat_map(|message| message_output(message, raw))
+            .collect(),
+        Fetched::Deliveries(deliveries) => deliveries
+            .into_iter()
+            .flat_map(|delivery| delivery_output(delivery, raw))
+            .collect(),
+    }
+}
+
+/// `get --json`: one message as `get` prints it, a leased one with `receipt` and
+/// `deliveries`; with --max, `{"topic", "messages": [...]}` of those items.
+fn fetched_json(topic: &str, fetched: &Fetched) -> serde_json::Value {
+    let item = |message: &Payload| {
+        let mut value = get_json(topic, message);
+        if let Some(object) = value.as_object_mut() {
+            object.remove("topic");
+        }
+        value
+    };
+    match fetched {
+        Fetched::Empty => json!({"topic": topic, "messages": []}),
+        Fetched::Message(message) => get_json(topic, message),
+        Fetched::Delivered(delivery) => delivery_json(topic, delivery),
+        Fetched::Messages(messages) => {
+            json!({"topic": topic, "messages": messages.iter().map(item).collect::<Vec<_>>()})
+        }
+        Fetched::Deliveries(deliveries) => json!({
+            "topic": topic,
+            "messages": deliveries.iter().map(|delivery| {
+                let mut value = delivery_json(topic, delivery);
+                if let Some(object) = value.as_object_mut() {
+                    object.remove("topic");
+                }
+                value
+            }).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+pub(super) fn delivery_json(topic: &str, delivery: &Delivery) -> serde_json::Value {
+    let mut value = get_json(topic, &delivery.message);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("receipt".into(), json!(delivery.receipt));
+        object.insert("deliveries".into(), json!(delivery.deliveries));
+    }
+    value
+}
+
+fn detail_json(detail: &TopicDetail) -> serde_json::Value {
+    json!({
+        "name": detail.name,
+        "ready": detail.ready,
+        "leased": detail.leased,
+        "max_deliveries": detail.max_deliveries,
+        "dead_letter": detail.dead_letter,
+        "discarded": detail.discarded,
+    })
+}
+
+/// `topic list --detail`: one row per topic, `-` for an unset setting.
+fn details_table(details: &[TopicDetail]) -> String {
+    let header = [
+        "NAME",
+        "READY",
+        "LEASED",
+        "MAX DELIVERIES",
+        "DEAD LETTER",
+        "DISCARDED",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|cell| cell.to_string()).collect()];
+    for detail in details {
+        rows.push(vec![
+            detail.name.clone(),
+            detail.ready.to_string(),
+            detail.leased.to_string(),
+            detail
+                .max_deliveries
+                .map_or_else(|| "-".to_string(), |max| max.to_string()),
+            detail
+                .dead_letter
+                .clone()
+                .unwrap_or_else(|| "-".to_string()),
+            detail.discarded.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut table = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
+        }
+        table.push_str(line.trim_end());
+        table.push('\n');
+    }
+    table
+}
+
 /// Stdin is taken byte for byte: text if it is UTF-8 (so every client can read it), binary
 /// otherwise.
 fn payload_from_bytes(bytes: Vec<u8>) -> Payload {
@@ -159,7 +503,7 @@ fn payload_from_argument(argument: &std::ffi::OsStr) -> Payload {
 }
 
 /// Text gets a newline like `echo` (unless `raw`); binary is written exactly.
-fn message_output(message: Payload, raw: bool) -> Vec<u8> {
+pub(super) fn message_output(message: Payload, raw: bool) -> Vec<u8> {
     match message {
         Payload::Text(text) => {
             let mut bytes = text.into_bytes();
@@ -174,7 +518,7 @@ fn message_output(message: Payload, raw: bool) -> Vec<u8> {
 
 /// `{"topic", "message", "binary"}`: a binary message is an array of byte values, as the
 /// protocol's own JSON encoding carries it.
-fn get_json(topic: &str, message: &Payload) -> serde_json::Value {
+pub(super) fn get_json(topic: &str, message: &Payload) -> serde_json::Value {
     match message {
         Payload::Text(text) => json!({"topic": topic, "message": text, "binary": false}),
         Payload::Binary(bytes) => json!({"topic": topic, "message": bytes, "binary": true}),
@@ -309,7 +653,6 @@ fn unreachable_reason(error: &ClientError) -> String {
 mod tests {
     use super::*;
     use crate::protocol::PeerProgress;
-    use std::time::Duration;
 
     fn report(id: u64, role: &str, leader: Option<u64>) -> StatusReport {
         StatusReport {
@@ -412,6 +755,66 @@ mod tests {
         assert_eq!(
             get_json("t", &Payload::Binary(vec![1, 2])),
             json!({"topic": "t", "message": [1, 2], "binary": true})
+        );
+    }
+
+    #[test]
+    fn delivery_output_and_json_carry_the_receipt_and_the_detail_table_lines_up() {
+        let delivery = Delivery {
+            message: Payload::Text("job".into()),
+            receipt: "12.3".into(),
+            deliveries: 2,
+        };
+        assert_eq!(
+            delivery_output(delivery.clone(), false),
+            b"receipt 12.3 deliveries 2\njob\n"
+        );
+        assert_eq!(
+            fetched_json("t", &Fetched::Delivered(delivery.clone())),
+            json!({"topic": "t", "message": "job", "binary": false, "receipt": "12.3",
+                   "deliveries": 2})
+        );
+        assert_eq!(
+            fetched_json("t", &Fetched::Deliveries(vec![delivery])),
+            json!({"topic": "t", "messages": [{"message": "job", "binary": false,
+                   "receipt": "12.3", "deliveries": 2}]})
+        );
+        assert_eq!(
+            fetched_json("t", &Fetched::Messages(vec![Payload::Binary(vec![7])])),
+            json!({"topic": "t", "messages": [{"message": [7], "binary": true}]})
+        );
+        let details = [
+            TopicDetail {
+                name: "orders".into(),
+                ready: 12,
+                leased: 3,
+                max_deliveries: Some(5),
+                dead_letter: Some("orders-dlq".into()),
+                discarded: 0,
+            },
+            TopicDetail {
+                name: "x".into(),
+                ready: 0,
+                leased: 0,
+                max_deliveries: None,
+                dead_letter: None,
+                discarded: 4,
+            },
+        ];
+        let table = details_table(&details);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["x", "0", "0", "-", "-", "4"],
+            "{table}"
+        );
+        let column = |line: &str, word: &str| line.find(word);
+        assert_eq!(column(lines[0], "LEASED"), column(lines[1], "3"), "{table}");
+        assert_eq!(
+            detail_json(&details[1]),
+            json!({"name": "x", "ready": 0, "leased": 0, "max_deliveries": null,
+                   "dead_letter": null, "discarded": 4})
         );
     }
 }

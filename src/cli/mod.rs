@@ -17,6 +17,7 @@
 mod bench;
 mod cluster;
 mod commands;
+mod consume;
 mod duration;
 pub mod launcher;
 
@@ -46,6 +47,9 @@ pub const EXIT_NOT_FOUND: u8 = 3;
 /// Unavailable: no leader or no quorum before the timeout, or no node answered. For `put`,
 /// `get` and `topic create` the outcome is then unknown.
 pub const EXIT_UNAVAILABLE: u8 = 4;
+/// Stale receipt: `ack`, `nack` or `touch` named a lease that ended, was settled, or never
+/// existed; for a list, at least one receipt was refused (the others took effect).
+pub const EXIT_STALE: u8 = 5;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -55,6 +59,8 @@ Exit status:
   3  not found: no such topic, or `get` on an empty topic (nothing is printed to stdout)
   4  unavailable: no leader, no quorum or no reply before --timeout; for `put`, `get` and
      `topic create` the outcome is then unknown (the request may or may not have been applied)
+  5  stale receipt: `ack`, `nack` or `touch` named a lease that ended, was already settled or
+     never existed (nothing changed for it; the message may go to another consumer)
 
 Errors are one line on stderr, starting with `rrmq: `.";
 
@@ -130,15 +136,74 @@ pub enum Command {
         topic: String,
         /// The message; `-` reads it from stdin, byte for byte (text if it is UTF-8, binary
         /// otherwise)
-        message: OsString,
+        #[arg(required_unless_present = "batch")]
+        message: Option<OsString>,
+        /// Read messages from stdin, one per line (without its newline), and put them in
+        /// order in batches of at most 1,000 messages and 4 MiB, one request each
+        #[arg(long, conflicts_with = "message")]
+        batch: bool,
     },
-    /// Pop the oldest message of a topic and print it
+    /// Pop (or lease) the oldest message of a topic and print it
     ///
-    /// Text is printed followed by a newline (unless --raw), binary as raw bytes. Exits 3
-    /// with nothing on stdout when the topic is empty.
+    /// Text is printed followed by a newline (unless --raw), binary as raw bytes. With
+    /// --lease the message stays in the topic, invisible to others, until `rrmq ack` (or
+    /// `nack`, or the lease ends); a line `receipt RECEIPT deliveries K` comes before it.
+    /// Exits 3 with nothing on stdout when the topic is empty (after --wait).
     Get {
         topic: String,
         /// Print a text message exactly, without the trailing newline
+        #[arg(long)]
+        raw: bool,
+        /// Lease the message for this long instead of popping it (e.g. 30s)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        lease: Option<Duration>,
+        /// Wait up to this long (at most 60s) for a message when the topic has none; the
+        /// command may then take this much longer than --timeout
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        wait: Option<Duration>,
+        /// Hand out up to N messages (1 to 1,000) in one request
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+        max: Option<u32>,
+    },
+    /// Acknowledge leased messages by receipt: they are deleted
+    Ack {
+        topic: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
+    },
+    /// Give leased messages back by receipt: visible again at once, in their place
+    Nack {
+        topic: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
+    },
+    /// Extend a lease: it now ends --lease from now
+    Touch {
+        topic: String,
+        receipt: String,
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        lease: Duration,
+    },
+    /// Consume a topic: lease a message (waiting for one), print it (or run --exec), ACK
+    ///
+    /// With --exec, CMD runs in `sh -c` with the message on stdin; exit 0 ACKs, anything
+    /// else NACKs (the message comes back, up to the topic's --max-deliveries). The lease is
+    /// extended while CMD runs. Ctrl-C or SIGTERM stops after the message in hand.
+    Consume {
+        topic: String,
+        /// How long each message is leased (extended while --exec runs)
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+        lease: Duration,
+        /// How long each GET waits for a message (at most 60s)
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+        /// Run this shell command per message, with the message on stdin
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// Stop after this many messages (ACKed or NACKed)
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Print text messages without the trailing newline
         #[arg(long)]
         raw: bool,
     },
@@ -161,9 +226,22 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
     /// Create a topic (succeeds, saying so, if it already exists)
-    Create { name: String },
+    Create {
+        name: String,
+        /// A leased message delivered N times that comes back once more is dead-lettered
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max_deliveries: Option<u64>,
+        /// Where dead-lettered messages go (created if missing); without it they are
+        /// discarded and counted
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter: Option<String>,
+    },
     /// List topics in creation order
-    List,
+    List {
+        /// A table: name, ready, leased, max deliveries, dead letter, discarded
+        #[arg(long)]
+        detail: bool,
+    },
 }
 
 /// Why a command failed; `Display` is the one line printed after `rrmq: `.
@@ -188,6 +266,12 @@ pub enum CliError {
     /// A key file that cannot be written or read.
     #[error("{0}")]
     Key(String),
+    /// `ack` or `nack` with several receipts: these were refused.
+    #[error("stale receipts in topic '{topic}' (the leases ended, were settled, or never existed; the others took effect): {}", receipts.join(" "))]
+    StaleReceipts {
+        topic: String,
+        receipts: Vec<String>,
+    },
 }
 
 impl CliError {
@@ -199,9 +283,11 @@ impl CliError {
                 ClientError::Timeout { .. }
                 | ClientError::Unavailable { .. }
                 | ClientError::SessionExpired { .. } => EXIT_UNAVAILABLE,
+                ClientError::StaleReceipt { .. } => EXIT_STALE,
                 _ => EXIT_ERROR,
             },
             CliError::NoNodeAnswered => EXIT_UNAVAILABLE,
+            CliError::StaleReceipts { .. } => EXIT_STALE,
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Config(_) | CliError::Io { .. } | CliError::Cluster(_) | CliError::Key(_) => {
                 EXIT_ERROR
@@ -311,7 +397,7 @@ mod tests {
         );
         assert_eq!(cli.global.timeout, Duration::from_secs(3));
         assert!(
-            matches!(cli.command, Command::Put { ref topic, ref message }
+            matches!(cli.command, Command::Put { ref topic, message: Some(ref message), batch: false }
             if topic == "t" && message == "-")
         );
 
@@ -321,12 +407,15 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Topic {
-                command: TopicCommand::List
+                command: TopicCommand::List { detail: false }
             }
         ));
 
-        let bad: [&[&str]; 5] = [
+        let bad: [&[&str]; 8] = [
             &["put", "t"],
+            &["put", "t", "m", "--batch"],
+            &["get", "t", "--max", "0"],
+            &["ack", "t"],
             &["--node", "nonsense", "status"],
             &["--timeout", "soon", "status"],
             &["frobnicate"],
@@ -349,7 +438,22 @@ mod tests {
             last_problem: "silence".into(),
             outcome_unknown: true,
         };
-        let cases: [(CliError, u8); 7] = [
+        let cases: [(CliError, u8); 9] = [
+            (
+                ClientError::StaleReceipt {
+                    topic: "t".into(),
+                    receipt: "1.2".into(),
+                }
+                .into(),
+                EXIT_STALE,
+            ),
+            (
+                CliError::StaleReceipts {
+                    topic: "t".into(),
+                    receipts: vec!["1.2".into()],
+                },
+                EXIT_STALE,
+            ),
             (
                 ClientError::NoSuchTopic { topic: "t".into() }.into(),
                 EXIT_NOT_FOUND,

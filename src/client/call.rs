@@ -271,6 +271,12 @@ impl CallMachine {
         self.timing
     }
 
+    /// Replaces the timing for the calls that begin from now on (a call in flight keeps
+    /// its timers): a blocking GET lengthens it for its one call.
+    pub(crate) fn set_timing(&mut self, timing: Timing) {
+        self.timing = timing;
+    }
+
     /// The node that answered the last call decisively, unless a setback came since.
     pub(crate) fn leader(&self) -> Option<usize> {
         self.leader

@@ -59,8 +59,9 @@ use crate::config::keys::{Key, KeyPair};
 use crate::config::ClusterConfig;
 use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
-    Payload, Reply, ReplyDecodeError, Request, SessionKey, StatsReport, StatusReport,
+    Payload, Receipts, Reply, ReplyDecodeError, Request, SessionKey, StatsReport, StatusReport,
 };
+pub use crate::protocol::{Delivery, FetchOptions, TopicDetail, TopicSettings};
 use crate::transport::monitor::{EventKind, Monitor};
 
 /// How long one attempt waits for a reply before the client tries elsewhere.
@@ -210,6 +211,14 @@ pub enum ClientError {
     /// (produce, consume or admin on that topic); it changed nothing.
     #[error("the cluster refused the request, outside this client's rights: {message}")]
     Forbidden { message: String },
+    /// PROTOCOL.md §8 `STALE_RECEIPT`: an ACK, NACK or TOUCH whose receipt is not the live
+    /// lease's (the lease ended, the message was acknowledged, or the receipt was never
+    /// issued). Nothing changed; the message may be (or have been) handed to another consumer.
+    #[error(
+        "stale receipt '{receipt}' in topic '{topic}': the lease ended, was settled, or never \
+         existed; nothing changed"
+    )]
+    StaleReceipt { topic: String, receipt: String },
     /// The cluster no longer remembers this client's session, so it cannot tell whether the
     /// retried request was applied.
     #[error("the cluster forgot this client's session ({message}); {OUTCOME_UNKNOWN}")]
@@ -421,6 +430,265 @@ impl Client {
             (_, Outcome::Message(message)) => Ok(Some(message)),
             (_, Outcome::Failed(info)) if info.code == ErrorCode::Empty => Ok(None),
             (node, outcome) => Err(self.unexpected(node, outcome, topic, "get")),
+        }
+    }
+
+    /// A `message GET` with any of the options of PROTOCOL.md §8–§10: leased, blocking,
+    /// batched. [`Fetched::Empty`] when nothing could be handed out (after the wait, if
+    /// any). With `wait_ms`, the attempt timeout and the deadline of this one call grow by
+    /// the wait: a blocking GET is legitimately silent that long. A retry (after a lost
+    /// reply or a leader change) carries the same session key, so a retried leased GET gets
+    /// the same messages and receipts, and it waits again on the new leader.
+    pub fn fetch(&mut self, topic: &str, options: FetchOptions) -> Result<Fetched, ClientError> {
+        let operation = Operation::Fetch {
+            topic: topic.to_string(),
+            options,
+        };
+        let wait = Duration::from_millis(options.wait_ms.unwrap_or(0));
+        match self.call_waiting(operation, wait)? {
+            (_, Outcome::Message(message)) => Ok(Fetched::Message(message)),
+            (_, Outcome::Delivered(delivery)) => Ok(Fetched::Delivered(delivery)),
+            (_, Outcome::Messages(messages)) => Ok(Fetched::Messages(messages)),
+            (_, Outcome::Deliveries(deliveries)) => Ok(Fetched::Deliveries(deliveries)),
+            (_, Outcome::Failed(info)) if info.code == ErrorCode::Empty => Ok(Fetched::Empty),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "get")),
+        }
+    }
+
+    /// Leases the oldest visible message for `lease` (PROTOCOL.md §8): it stays in the topic,
+    /// invisible to other consumers, until [`Client::ack`]ed, [`Client::nack`]ed or the lease
+    /// ends. With `wait`, holds the request while the topic has nothing to hand out
+    /// (PROTOCOL.md §9). `Ok(None)` when nothing came.
+    pub fn get_leased(
+        &mut self,
+        topic: &str,
+        lease: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Option<Delivery>, ClientError> {
+        let options = FetchOptions {
+            lease_ms: Some(milliseconds(lease)),
+            wait_ms: wait.map(milliseconds),
+            max: None,
+        };
+        match self.fetch(topic, options)? {
+            Fetched::Delivered(delivery) => Ok(Some(delivery)),
+            Fetched::Empty => Ok(None),
+            other => Err(self.unexpected_fetch(other, "leased get")),
+        }
+    }
+
+    /// Pops the oldest message like [`Client::get`], waiting up to `wait` for one
+    /// (PROTOCOL.md §9).
+    pub fn get_wait(
+        &mut self,
+        topic: &str,
+        wait: Duration,
+    ) -> Result<Option<Payload>, ClientError> {
+        let options = FetchOptions {
+            lease_ms: None,
+            wait_ms: Some(milliseconds(wait)),
+            max: None,
+        };
+        match self.fetch(topic, options)? {
+            Fetched::Message(message) => Ok(Some(message)),
+            Fetched::Empty => Ok(None),
+            other => Err(self.unexpected_fetch(other, "get")),
+        }
+    }
+
+    /// Pops up to `max` messages in one request (PROTOCOL.md §10), waiting up to `wait` for
+    /// the first one; empty when none came.
+    pub fn get_batch(
+        &mut self,
+        topic: &str,
+        max: u32,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Payload>, ClientError> {
+        let options = FetchOptions {
+            lease_ms: None,
+            wait_ms: wait.map(milliseconds),
+            max: Some(max),
+        };
+        match self.fetch(topic, options)? {
+            Fetched::Messages(messages) => Ok(messages),
+            Fetched::Empty => Ok(Vec::new()),
+            other => Err(self.unexpected_fetch(other, "batch get")),
+        }
+    }
+
+    /// Leases up to `max` messages in one request, each with its own receipt; empty when none
+    /// came.
+    pub fn get_leased_batch(
+        &mut self,
+        topic: &str,
+        max: u32,
+        lease: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let options = FetchOptions {
+            lease_ms: Some(milliseconds(lease)),
+            wait_ms: wait.map(milliseconds),
+            max: Some(max),
+        };
+        match self.fetch(topic, options)? {
+            Fetched::Deliveries(deliveries) => Ok(deliveries),
+            Fetched::Empty => Ok(Vec::new()),
+            other => Err(self.unexpected_fetch(other, "leased batch get")),
+        }
+    }
+
+    /// Acknowledges a leased message: it is deleted. [`ClientError::StaleReceipt`] when the
+    /// receipt is not the live lease's (it ended, was acknowledged, or was never issued):
+    /// the message may then be handed to another consumer, or already was.
+    pub fn ack(&mut self, topic: &str, receipt: &str) -> Result<(), ClientError> {
+        self.settle(topic, receipt, Settle::Ack)
+    }
+
+    /// Gives a leased message back: visible again at once, in its place in the topic's order.
+    /// [`ClientError::StaleReceipt`] as for [`Client::ack`].
+    pub fn nack(&mut self, topic: &str, receipt: &str) -> Result<(), ClientError> {
+        self.settle(topic, receipt, Settle::Nack)
+    }
+
+    /// Acknowledges several leased messages in one request (1 to 1,000 receipts); returns
+    /// the receipts that were refused as stale (the others took effect).
+    pub fn ack_many(
+        &mut self,
+        topic: &str,
+        receipts: &[String],
+    ) -> Result<Vec<String>, ClientError> {
+        self.settle_many(topic, receipts, Settle::Ack)
+    }
+
+    /// Gives several leased messages back in one request; returns the stale receipts.
+    pub fn nack_many(
+        &mut self,
+        topic: &str,
+        receipts: &[String],
+    ) -> Result<Vec<String>, ClientError> {
+        self.settle_many(topic, receipts, Settle::Nack)
+    }
+
+    /// Extends a lease: it now ends `lease` from now. [`ClientError::StaleReceipt`] when the
+    /// lease already ended.
+    pub fn touch(
+        &mut self,
+        topic: &str,
+        receipt: &str,
+        lease: Duration,
+    ) -> Result<(), ClientError> {
+        let operation = Operation::Touch {
+            topic: topic.to_string(),
+            receipt: receipt.to_string(),
+            lease_ms: milliseconds(lease),
+        };
+        match self.call(operation, true)? {
+            (_, Outcome::Done) => Ok(()),
+            (_, Outcome::Failed(info)) if info.code == ErrorCode::StaleReceipt => {
+                Err(stale(topic, receipt))
+            }
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "touch")),
+        }
+    }
+
+    /// Appends messages in one request and one log entry, all or none, in order
+    /// (PROTOCOL.md §10: 1 to 1,000 messages, at most 4 MiB in all); returns how many.
+    pub fn put_batch(&mut self, topic: &str, messages: Vec<Payload>) -> Result<u64, ClientError> {
+        let operation = Operation::PutBatch {
+            topic: topic.to_string(),
+            messages,
+        };
+        match self.call(operation, true)? {
+            (_, Outcome::Count(count)) => Ok(count),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "batch put")),
+        }
+    }
+
+    /// Creates a topic with delivery settings (PROTOCOL.md §8): `Ok(true)` if this call
+    /// created it, `Ok(false)` if it already existed (its settings are not changed).
+    pub fn create_topic_with(
+        &mut self,
+        topic: &str,
+        settings: TopicSettings,
+    ) -> Result<bool, ClientError> {
+        let operation = Operation::CreateTopicWith {
+            topic: topic.to_string(),
+            settings,
+        };
+        match self.call(operation, true)? {
+            (_, Outcome::Done) => Ok(true),
+            (_, Outcome::Failed(info)) if info.code == ErrorCode::TopicExists => Ok(false),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, "create topic")),
+        }
+    }
+
+    /// The topics in creation order with their counts and settings. A linearizable read on
+    /// the leader.
+    pub fn list_topic_details(&mut self) -> Result<Vec<TopicDetail>, ClientError> {
+        match self.call(Operation::ListTopicDetails, false)? {
+            (_, Outcome::TopicDetails(details)) => Ok(details),
+            (node, outcome) => Err(self.unexpected(node, outcome, "", "list topics")),
+        }
+    }
+
+    fn settle(&mut self, topic: &str, receipt: &str, how: Settle) -> Result<(), ClientError> {
+        let receipts = Receipts::One(receipt.to_string());
+        match self.call(how.operation(topic, receipts), true)? {
+            (_, Outcome::Done) => Ok(()),
+            (_, Outcome::Failed(info)) if info.code == ErrorCode::StaleReceipt => {
+                Err(stale(topic, receipt))
+            }
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, how.name())),
+        }
+    }
+
+    fn settle_many(
+        &mut self,
+        topic: &str,
+        receipts: &[String],
+        how: Settle,
+    ) -> Result<Vec<String>, ClientError> {
+        let receipts = Receipts::Many(receipts.to_vec());
+        match self.call(how.operation(topic, receipts), true)? {
+            (_, Outcome::Stale(stale)) => Ok(stale),
+            (node, outcome) => Err(self.unexpected(node, outcome, topic, how.name())),
+        }
+    }
+
+    /// [`Client::call`] for a request the node may hold for `wait` before answering: the
+    /// attempt timeout, the hedge delay and the deadline of this one call are lengthened by
+    /// `wait`, so the silence of a blocked GET is not taken for a lost attempt.
+    fn call_waiting(
+        &mut self,
+        operation: Operation,
+        wait: Duration,
+    ) -> Result<(usize, Outcome), ClientError> {
+        if wait.is_zero() {
+            return self.call(operation, true);
+        }
+        let normal = self.calls.timing();
+        // Hedges too: a leader holding a blocked GET is silent by design, not stopped.
+        self.calls.set_timing(Timing {
+            attempt_timeout: normal.attempt_timeout + wait,
+            deadline: normal.deadline + wait,
+            hedge_after: normal.hedge_after.map(|delay| delay + wait),
+        });
+        let result = self.call(operation, true);
+        self.calls.set_timing(normal);
+        result
+    }
+
+    fn unexpected_fetch(&self, fetched: Fetched, operation: &str) -> ClientError {
+        let detail = match fetched {
+            Fetched::Empty => "EMPTY",
+            Fetched::Message(_) => "a message without a receipt",
+            Fetched::Delivered(_) => "a leased message",
+            Fetched::Messages(_) => "a list of messages",
+            Fetched::Deliveries(_) => "a list of leased messages",
+        };
+        ClientError::MismatchedReply {
+            operation: operation.to_string(),
+            detail: detail.to_string(),
         }
     }
 
@@ -1018,6 +1286,59 @@ impl Client {
             Outcome::TopicDetails(_) => unexpected_detail(node, operation, "topic details"),
         }
     }
+}
+
+/// What a `message GET` handed out ([`Client::fetch`]): the reply's shape follows the
+/// request's options (PROTOCOL.md §8–§10).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// `EMPTY`: nothing to hand out (after the wait, if any).
+    Empty,
+    /// A plain or blocking GET popped this message.
+    Message(Payload),
+    /// A leased GET.
+    Delivered(Delivery),
+    /// A batch GET without lease: at least one message.
+    Messages(Vec<Payload>),
+    /// A leased batch GET: at least one delivery.
+    Deliveries(Vec<Delivery>),
+}
+
+/// ACK or NACK: they differ only in the operation.
+#[derive(Clone, Copy)]
+enum Settle {
+    Ack,
+    Nack,
+}
+
+impl Settle {
+    fn operation(self, topic: &str, receipts: Receipts) -> Operation {
+        let topic = topic.to_string();
+        match self {
+            Settle::Ack => Operation::Ack { topic, receipts },
+            Settle::Nack => Operation::Nack { topic, receipts },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Settle::Ack => "ack",
+            Settle::Nack => "nack",
+        }
+    }
+}
+
+fn stale(topic: &str, receipt: &str) -> ClientError {
+    ClientError::StaleReceipt {
+        topic: topic.to_string(),
+        receipt: receipt.to_string(),
+    }
+}
+
+/// A lease or wait on the wire: whole milliseconds, rounded up so a sub-millisecond
+/// duration is not zero.
+fn milliseconds(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 fn unexpected_detail(node: NodeAddress, operation: &str, detail: &str) -> ClientError {

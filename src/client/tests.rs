@@ -619,3 +619,165 @@ fn stats_come_from_each_node_and_a_wrong_report_kind_is_an_error() {
         [Operation::Stats, Operation::Stats, Operation::Status]
     );
 }
+
+#[test]
+fn a_blocking_get_is_not_retried_while_the_node_holds_it_for_the_wait() {
+    // The fake holds the GET for longer than one attempt timeout and the hedge delay, as a
+    // node does while a blocking GET waits; both grow by the wait for this call, so the
+    // client keeps waiting instead of re-sending or hedging.
+    let delivery = Delivery {
+        message: Payload::Text("late".into()),
+        receipt: "7.1".into(),
+        deliveries: 1,
+    };
+    let answer = delivery.clone();
+    let node = FakeNode::start(Box::new(move |number, request| {
+        let outcome = match &request.operation {
+            Operation::Fetch { .. } => {
+                std::thread::sleep(Duration::from_millis(900));
+                Outcome::Delivered(answer.clone())
+            }
+            _ => Outcome::Done,
+        };
+        vec![(number, outcome_reply(outcome, None))]
+    }));
+    // A second node that a retry or a hedge would reach.
+    let follower = FakeNode::follower_of(&node);
+    let mut client = Client::connect(ClientOptions {
+        nodes: vec![node.address.clone(), follower.address.clone()],
+        attempt_timeout: Duration::from_millis(300),
+        deadline: Duration::from_millis(1_000),
+        hedge_after: Some(Duration::from_millis(200)),
+        curve: None,
+    })
+    .expect("valid options");
+
+    let got = client
+        .get_leased(
+            "jobs",
+            Duration::from_secs(30),
+            Some(Duration::from_secs(5)),
+        )
+        .expect("answered within the lengthened attempt");
+    assert_eq!(got, Some(delivery));
+    let requests = node.requests();
+    assert_eq!(requests.len(), 1, "no retry during the wait: {requests:?}");
+    assert!(
+        follower.requests().is_empty(),
+        "no hedge during the wait: {:?}",
+        follower.requests()
+    );
+    assert_eq!(
+        requests[0].operation,
+        Operation::Fetch {
+            topic: "jobs".into(),
+            options: FetchOptions {
+                lease_ms: Some(30_000),
+                wait_ms: Some(5_000),
+                max: None,
+            },
+        }
+    );
+    assert!(
+        requests[0].session.is_some(),
+        "a leased GET is a session write"
+    );
+
+    assert_eq!(
+        client.calls.timing().attempt_timeout,
+        Duration::from_millis(300),
+        "the next call has the normal timing again"
+    );
+    client.ack("jobs", "7.1").expect("done after the wait");
+}
+
+#[test]
+fn acks_map_stale_receipts_and_batches_report_counts_and_stale_lists() {
+    let node = FakeNode::start(Box::new(|number, request| {
+        let outcome = match &request.operation {
+            Operation::Ack {
+                receipts: Receipts::One(receipt),
+                ..
+            } if receipt == "1.1" => Outcome::Done,
+            Operation::Ack {
+                receipts: Receipts::One(_),
+                ..
+            }
+            | Operation::Touch { .. } => failed(ErrorCode::StaleReceipt),
+            Operation::Nack {
+                receipts: Receipts::Many(receipts),
+                ..
+            } => Outcome::Stale(receipts[1..].to_vec()),
+            Operation::PutBatch { messages, .. } => Outcome::Count(messages.len() as u64),
+            Operation::ListTopicDetails => Outcome::TopicDetails(vec![TopicDetail {
+                name: "jobs".into(),
+                ready: 2,
+                leased: 1,
+                max_deliveries: Some(3),
+                dead_letter: Some("dlq".into()),
+                discarded: 0,
+            }]),
+            Operation::CreateTopicWith { .. } => failed(ErrorCode::TopicExists),
+            Operation::Fetch { .. } => failed(ErrorCode::Empty),
+            other => panic!("unexpected {other:?}"),
+        };
+        vec![(number, outcome_reply(outcome, None))]
+    }));
+    let mut client = client(&[&node], 2_000, 10_000);
+
+    client.ack("jobs", "1.1").expect("the live receipt");
+    match client.ack("jobs", "9.9") {
+        Err(ClientError::StaleReceipt { topic, receipt }) => {
+            assert_eq!((topic.as_str(), receipt.as_str()), ("jobs", "9.9"))
+        }
+        other => panic!("expected a stale receipt, got {other:?}"),
+    }
+    assert!(matches!(
+        client.touch("jobs", "9.9", Duration::from_secs(1)),
+        Err(ClientError::StaleReceipt { .. })
+    ));
+    let receipts = vec!["1.1".to_string(), "2.2".to_string(), "3.3".to_string()];
+    assert_eq!(
+        client.nack_many("jobs", &receipts).expect("answered"),
+        ["2.2", "3.3"]
+    );
+    let messages = vec![Payload::Text("a".into()), Payload::Text("b".into())];
+    assert_eq!(client.put_batch("jobs", messages).expect("put"), 2);
+    assert_eq!(client.list_topic_details().expect("listed")[0].leased, 1);
+    let settings = TopicSettings {
+        max_deliveries: Some(3),
+        dead_letter: Some("dlq".into()),
+    };
+    assert!(!client.create_topic_with("jobs", settings).expect("exists"));
+    assert_eq!(
+        client.get_batch("jobs", 10, None).expect("empty"),
+        Vec::<Payload>::new()
+    );
+    assert_eq!(
+        client
+            .get_leased("jobs", Duration::from_micros(1), None)
+            .expect("empty"),
+        None
+    );
+    let sent = node.requests();
+    match &sent.last().expect("sent").operation {
+        Operation::Fetch { options, .. } => {
+            assert_eq!(
+                options.lease_ms,
+                Some(1),
+                "a sub-millisecond lease rounds up"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let seqs: Vec<u64> = node
+        .session_keys()
+        .into_iter()
+        .map(|(_, seq)| seq)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "every write in a session"
+    );
+}

@@ -1,7 +1,9 @@
 //! End to end: the `rrmq` delivery commands (PROTOCOL.md §8–§10: leased GET, ACK, NACK,
 //! TOUCH, dead letters, topic details, batches, `consume`) against a live three-node cluster
 //! of `rrmq-node` processes, through the real `rrmq` binary. One cluster, one test walking
-//! through the commands, because a cluster is expensive on a loaded machine.
+//! through the commands, because a cluster is expensive on a loaded machine; a second cluster
+//! for the consumer SIGKILLed mid-work, whose message must come back after its lease and not
+//! before (a kill there would disturb the walk-through).
 //!
 //! One step needs a GET that actually blocks (a waiter started before a PUT gets its
 //! message); the other uses of `--wait` are correct with an answer at once too.

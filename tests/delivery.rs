@@ -1,6 +1,6 @@
 //! End-to-end tests of acknowledged delivery and batches (PROTOCOL.md §8 and §10) on real
-//! nodes: whole replies on the wire, a lease ending by the leader's clock, and a lease that
-//! survives a SIGKILL of the leader.
+//! nodes: whole replies on the wire, a lease ending by the leader's clock, a lease that
+//! survives a SIGKILL of the leader, and batch PUTs that take effect all or none.
 
 mod common;
 

@@ -1,7 +1,9 @@
 //! End to end: the `rrmq` delivery commands (PROTOCOL.md §8–§10: leased GET, ACK, NACK,
 //! TOUCH, dead letters, topic details, batches, `consume`) against a live three-node cluster
 //! of `rrmq-node` processes, through the real `rrmq` binary. One cluster, one test walking
-//! through the commands, because a cluster is expensive on a loaded machine.
+//! through the commands, because a cluster is expensive on a loaded machine; a second cluster
+//! for the consumer SIGKILLed mid-work, whose message must come back after its lease and not
+//! before (a kill there would disturb the walk-through).
 //!
 //! One step needs a GET that actually blocks (a waiter started before a PUT gets its
 //! message); the other uses of `--wait` are correct with an answer at once too.
@@ -334,4 +336,95 @@ fn rrmq_delivery_commands_lease_ack_nack_dead_letter_consume_and_batch() {
         (&json!(0), &json!(0)),
         "the message in hand was finished and ACKed"
     );
+}
+
+/// Kills a process group this test started, when dropped (also on a failed assertion, so no
+/// `sleep` outlives the test).
+struct GroupGuard {
+    child: std::process::Child,
+}
+
+impl GroupGuard {
+    /// SIGKILL to the whole group (`rrmq consume`, its `sh`, its `sleep`), then reaps the child.
+    fn kill(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the process group led by our own child, started with
+            // `process_group(0)` and not yet waited for.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn rrmq_consumer_killed_mid_work_gets_its_message_redelivered_after_the_lease() {
+    use std::os::unix::process::CommandExt;
+
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader_via_rrmq();
+    cluster
+        .rrmq(&["topic", "create", "jobs"])
+        .assert_code(EXIT_OK, "create jobs");
+    cluster
+        .rrmq(&["put", "jobs", "job-1"])
+        .assert_code(EXIT_OK, "put");
+
+    // The lease cannot have been granted before this instant, so it cannot end before
+    // `started + 2s`: every GET answered before then must be EMPTY.
+    let config = cluster.config_path.to_str().expect("a UTF-8 temp path");
+    let started = Instant::now();
+    let lease = Duration::from_secs(2);
+    let child = std::process::Command::new(common::RRMQ)
+        .args(["--config", config, "consume", "jobs", "--lease", "2s"])
+        .args(["--exec", "sleep 60"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn rrmq consume");
+    let mut consumer = GroupGuard { child };
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while detail(&cluster, "jobs")["leased"] != json!(1) {
+        assert!(Instant::now() < deadline, "the consumer never leased job-1");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    consumer.kill();
+
+    // Another consumer polls with non-blocking leased GETs until the lease has ended.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut empties = 0;
+    let value = loop {
+        let run = cluster.rrmq(&["--json", "get", "jobs", "--lease", "5s"]);
+        let answered = Instant::now();
+        if run.code == Some(EXIT_OK) {
+            assert!(
+                answered >= started + lease,
+                "a GET got the message while the killed consumer's lease held: {}",
+                run.describe()
+            );
+            break run.json();
+        }
+        run.assert_code(EXIT_NOT_FOUND, "EMPTY while the lease holds");
+        empties += 1;
+        assert!(
+            Instant::now() < deadline,
+            "job-1 was never redelivered ({empties} EMPTY answers)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(value["message"], "job-1", "{value}");
+    assert_eq!(value["deliveries"], 2, "the second delivery: {value}");
+    let receipt = value["receipt"].as_str().expect("a receipt").to_string();
+    cluster
+        .rrmq(&["ack", "jobs", &receipt])
+        .assert_code(EXIT_OK, "the second consumer ACKs");
+    let done = detail(&cluster, "jobs");
+    assert_eq!((&done["ready"], &done["leased"]), (&json!(0), &json!(0)));
 }

@@ -1,6 +1,6 @@
 //! End-to-end tests of acknowledged delivery and batches (PROTOCOL.md §8 and §10) on real
-//! nodes: whole replies on the wire, a lease ending by the leader's clock, and a lease that
-//! survives a SIGKILL of the leader.
+//! nodes: whole replies on the wire, a lease ending by the leader's clock, a lease that
+//! survives a SIGKILL of the leader, and batch PUTs that take effect all or none.
 
 mod common;
 
@@ -348,4 +348,62 @@ fn the_leader_appends_clock_entries_only_while_a_lease_is_live() {
     std::thread::sleep(Duration::from_millis(2_000));
     let status = call(json!({"v": 2, "type": "status", "method": "GET"}));
     assert_eq!(status["last_log_index"].as_u64(), idle, "{status}");
+}
+
+#[test]
+fn a_batch_put_is_all_or_none() {
+    let cluster = Cluster::start_configured(1, FAST_FLAGS, &json!({"queued_bytes_max": 10_000}));
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let mut client = cluster.client(0);
+    let mut call = |request: Value| plain(client.call(Wire::Json, &request));
+    assert_eq!(
+        call(json!({"v": 2, "type": "topic", "method": "PUT", "topic": "t"})),
+        json!({"success": true})
+    );
+    let get = json!({"v": 2, "type": "message", "method": "GET", "topic": "t"});
+    let empty = json!({"success": false, "error": {"code": "EMPTY", "message": "*"}});
+
+    // One message over the 1 MiB limit refuses the whole batch.
+    let huge = "x".repeat(1024 * 1024 + 1);
+    let refused = call(
+        json!({"v": 2, "type": "message", "method": "PUT", "topic": "t",
+                "messages": ["small", huge, "after"]}),
+    );
+    let code = refused["error"]["code"].as_str().unwrap_or_default();
+    assert!(
+        refused["success"] == false && (code == "TOO_LARGE" || code == "BAD_REQUEST"),
+        "{refused}"
+    );
+    assert_eq!(
+        call(get.clone()),
+        empty,
+        "nothing of the refused batch was put"
+    );
+
+    // A batch that would go past `queued_bytes_max` is refused whole too.
+    let messages: Vec<String> = (0..20).map(|n| format!("{n:0>1000}")).collect();
+    let refused = call(
+        json!({"v": 2, "type": "message", "method": "PUT", "topic": "t",
+                "messages": messages}),
+    );
+    assert_eq!(
+        refused,
+        json!({"success": false, "error": {"code": "QUOTA", "message": "*"}})
+    );
+    assert_eq!(
+        call(get.clone()),
+        empty,
+        "nothing of the over-quota batch was put"
+    );
+
+    // One that fits goes in whole, in order.
+    assert_eq!(
+        call(
+            json!({"v": 2, "type": "message", "method": "PUT", "topic": "t",
+                    "messages": &messages[..5]})
+        ),
+        json!({"success": true, "count": 5})
+    );
+    let all = call(json!({"v": 2, "type": "message", "method": "GET", "topic": "t", "max": 100}));
+    assert_eq!(all, json!({"success": true, "messages": &messages[..5]}));
 }

@@ -9,6 +9,9 @@
 //! - `produce`: C closed-loop producers, each with one PUT in flight, for a duration or a
 //!   count of messages;
 //! - `consume`: pre-fill N messages, then C consumers GET until the topics are drained;
+//!   `--max` makes them batch GETs, `--ack` leased GETs each followed by an ACK of its
+//!   receipts, `--wait` blocking GETs (PROTOCOL.md §8–§10); `produce --batch` batch PUTs.
+//!   Batch runs also report messages per second, since one call carries many;
 //! - `mixed`: producers and consumers at once.
 //!
 //! `rrmq bench --matrix` starts a fresh local 3-node cluster per cell and runs the standard
@@ -39,13 +42,15 @@ use clap::Subcommand;
 pub use self::driver::Connections;
 pub use self::failover::FailoverArgs;
 
-use self::driver::{Plan, Role, RunResult, CLIENTS_MAX};
+use self::driver::{Batching, Plan, Role, RunResult, CLIENTS_MAX};
 use self::report::{ClusterReport, NodeReport, OperationKind, Report, WalReport};
 use super::{parse_duration, CliError, GlobalOptions};
 use crate::client::call::Timing;
 use crate::client::{Client, ClientCurve, ClientOptions, NodeAddress};
 use crate::config::MESSAGE_BYTES_MAX_LIMIT;
-use crate::protocol::{Payload, StatusReport};
+use crate::protocol::{
+    FetchOptions, Payload, StatusReport, BATCH_ITEMS_MAX, LEASE_MS_MAX, WAIT_MS_MAX,
+};
 
 /// Longest `--topic-prefix`: with the run id and index, a topic name stays far below the
 /// default 255-byte limit.
@@ -126,6 +131,10 @@ pub struct ProduceArgs {
     /// Run this long before measuring (connections, leader discovery, caches)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub warmup: Option<Duration>,
+    /// Each request is a batch PUT of N messages (one log entry); the report adds
+    /// messages/s. With --count, the count is of messages
+    #[arg(long, value_name = "N")]
+    pub batch: Option<u32>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -144,6 +153,20 @@ pub struct ConsumeArgs {
     /// Stop measuring after this long even if messages are left [default: until drained]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
+    /// Batch GETs of up to N messages (the pre-fill then uses batch PUTs of N); the report
+    /// adds messages/s
+    #[arg(long, value_name = "N")]
+    pub max: Option<u32>,
+    /// Leased GETs, each followed by an ACK of its receipts: the measured unit is messages
+    /// acknowledged per second
+    #[arg(long)]
+    pub ack: bool,
+    /// The lease of --ack's GETs [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "ack")]
+    pub lease: Option<Duration>,
+    /// Blocking GETs: an empty topic holds each GET this long before EMPTY
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub wait: Option<Duration>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -210,6 +233,15 @@ fn check_clients(option: &str, clients: usize) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+fn check_batch(option: &str, batch: Option<u32>) -> Result<(), CliError> {
+    match batch {
+        Some(size) if size == 0 || size as usize > BATCH_ITEMS_MAX => Err(CliError::Usage(
+            format!("{option} must be between 1 and {BATCH_ITEMS_MAX}, not {size}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn check_load(load: &LoadArgs, clients: usize) -> Result<(), CliError> {
@@ -281,6 +313,7 @@ impl Workload {
                 if args.count == Some(0) {
                     return Err(CliError::Usage("--count must be at least 1".into()));
                 }
+                check_batch("--batch", args.batch)?;
                 check_load(&args.load, args.clients)
             }
             Workload::Consume(args) => {
@@ -288,6 +321,22 @@ impl Workload {
                 check_clients("--fill-clients", args.fill_clients)?;
                 if args.messages == 0 {
                     return Err(CliError::Usage("--messages must be at least 1".into()));
+                }
+                check_batch("--max", args.max)?;
+                if args.lease.is_some_and(|lease| {
+                    lease.is_zero() || lease.as_millis() > u128::from(LEASE_MS_MAX)
+                }) {
+                    return Err(CliError::Usage(format!(
+                        "--lease must be between 1 ms and {LEASE_MS_MAX} ms"
+                    )));
+                }
+                if args
+                    .wait
+                    .is_some_and(|wait| wait.as_millis() > u128::from(WAIT_MS_MAX))
+                {
+                    return Err(CliError::Usage(format!(
+                        "--wait must be at most {WAIT_MS_MAX} ms"
+                    )));
                 }
                 check_load(&args.load, args.clients)
             }
@@ -318,6 +367,7 @@ impl Workload {
             connections: load.connections,
             progress,
             watch_pids: load.watch_pids.clone(),
+            batching: Batching::default(),
         };
         let fill = |clients: usize, messages: u64| Plan {
             put_count: Some(messages),
@@ -342,6 +392,17 @@ impl Workload {
         let (fill, measure) = match self {
             Workload::Produce(args) => {
                 set("clients", args.clients.to_string());
+                let batching = Batching {
+                    put_batch: args.batch,
+                    ..Batching::default()
+                };
+                if let Some(batch) = args.batch {
+                    set("batch", batch.to_string());
+                }
+                let plan = |roles: Vec<Role>| Plan {
+                    batching: batching.clone(),
+                    ..plan(roles)
+                };
                 let measure = match args.count {
                     Some(count) => {
                         set("count", count.to_string());
@@ -370,11 +431,36 @@ impl Workload {
                 if let Some(duration) = args.duration {
                     set("duration", format!("at most {duration:.1?}"));
                 }
+                let lease = args
+                    .ack
+                    .then(|| args.lease.unwrap_or(Duration::from_secs(30)));
+                if let Some(max) = args.max {
+                    set("max", max.to_string());
+                }
+                if let Some(lease) = lease {
+                    set("ack", format!("lease {lease:.1?}"));
+                }
+                if let Some(wait) = args.wait {
+                    set("wait", format!("{wait:.1?}"));
+                }
+                let millis =
+                    |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
                 let measure = Plan {
                     measure_for: args.duration,
+                    batching: Batching {
+                        put_batch: None,
+                        fetch: FetchOptions {
+                            lease_ms: lease.map(|lease| millis(lease).max(1)),
+                            wait_ms: args.wait.map(millis),
+                            max: args.max,
+                        },
+                        ack: args.ack,
+                    },
                     ..plan(consumers(args.clients, topics, true))
                 };
-                (Some(fill(args.fill_clients, args.messages)), measure)
+                let mut fill = fill(args.fill_clients, args.messages);
+                fill.batching.put_batch = args.max;
+                (Some(fill), measure)
             }
             Workload::Mixed(args) => {
                 set("producers", args.producers.to_string());
@@ -471,7 +557,9 @@ fn run_workload(
             .finish(result.elapsed)
             .into_iter()
             .find(|operation| operation.operation == OperationKind::Put);
-        let filled = put.as_ref().map_or(0, |operation| operation.completed);
+        let filled = put.as_ref().map_or(0, |operation| {
+            operation.messages.unwrap_or(operation.completed)
+        });
         if filled < wanted {
             eprintln!(
                 "rrmq bench: only {filled} of {wanted} messages were put before measuring \

@@ -45,8 +45,8 @@ use super::report::{
 use crate::client::call::{self, CallMachine, SendFailure, Timing};
 use crate::client::{ClientCurve, NodeAddress, CONNECTION_EVENTS, REPLY_BYTES_MAX};
 use crate::protocol::{
-    decode_reply, encode_request, Encoding, ErrorCode, LeaderInfo, Operation, Outcome, Payload,
-    Reply, Request, SessionKey,
+    decode_reply, encode_request, Encoding, ErrorCode, FetchOptions, LeaderInfo, Operation,
+    Outcome, Payload, Receipts, Reply, Request, SessionKey,
 };
 use crate::transport::monitor::{EventKind, Monitor};
 
@@ -120,6 +120,20 @@ pub(super) struct Plan {
     pub progress: bool,
     /// Processes whose CPU time over the measured phase (and RSS at its end) is reported.
     pub watch_pids: Vec<u32>,
+    /// Batch PUTs, batch / leased / blocking GETs and ACKs (PROTOCOL.md §8–§10); the default
+    /// is one plain PUT or GET per call.
+    pub batching: Batching,
+}
+
+/// How producers and consumers use the v2 delivery options.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Batching {
+    /// Each PUT is a batch PUT of this many messages (`put_count` still counts messages).
+    pub put_batch: Option<u32>,
+    /// The options of every GET; all `None`: a plain GET.
+    pub fetch: FetchOptions,
+    /// After a leased GET, the consumer ACKs the receipts it got before its next GET.
+    pub ack: bool,
 }
 
 /// What a run measured.
@@ -180,6 +194,12 @@ struct SimulatedClient {
     /// The node of the last reply handed to the machine.
     answered_by: usize,
     done: bool,
+    /// What the current call is.
+    kind: OperationKind,
+    /// Receipts of leased messages not yet acknowledged (with `Batching::ack`).
+    receipts: Vec<String>,
+    /// How many receipts the current ACK names.
+    acking: usize,
 }
 
 /// `tag = client index (u32, big-endian) | call number (u32, big-endian)`.
@@ -204,13 +224,19 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
         Reply::Outcome { outcome, leader } => match outcome {
             Outcome::Done => Answer::Decisive(Verdict::Done),
             Outcome::Message(_) => Answer::Decisive(Verdict::Message),
-            Outcome::Topics(_)
-            | Outcome::Delivered(_)
-            | Outcome::Messages(_)
-            | Outcome::Deliveries(_)
-            | Outcome::Count(_)
-            | Outcome::Stale(_)
-            | Outcome::TopicDetails(_) => Answer::Decisive(Verdict::Unexpected),
+            Outcome::Delivered(_) => Answer::Decisive(Verdict::Batch(1)),
+            Outcome::Messages(messages) => {
+                Answer::Decisive(Verdict::Batch(count_of(messages.len())))
+            }
+            Outcome::Deliveries(deliveries) => {
+                Answer::Decisive(Verdict::Batch(count_of(deliveries.len())))
+            }
+            Outcome::Count(count) => {
+                Answer::Decisive(Verdict::Batch(u32::try_from(count).unwrap_or(u32::MAX)))
+            }
+            // The receipts acknowledged are the ones sent less these: the caller knows.
+            Outcome::Stale(stale) => Answer::Decisive(Verdict::Batch(count_of(stale.len()))),
+            Outcome::Topics(_) | Outcome::TopicDetails(_) => Answer::Decisive(Verdict::Unexpected),
             Outcome::Failed(info) if call::is_retryable(info.code) => Answer::Retry {
                 code: info.code,
                 hint: leader.as_ref().and_then(resolve),
@@ -222,6 +248,10 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
         },
         Reply::Status(_) | Reply::Stats(_) => Answer::Decisive(Verdict::Unexpected),
     }
+}
+
+fn count_of(length: usize) -> u32 {
+    u32::try_from(length).unwrap_or(u32::MAX)
 }
 
 /// Runs a plan against `nodes`; the first call of every client goes to `first_node` (the
@@ -312,6 +342,9 @@ impl<'a> Driver<'a> {
                 idle_until: None,
                 answered_by: first_node,
                 done: false,
+                kind: role.kind(),
+                receipts: Vec::new(),
+                acking: 0,
             })
             .collect();
         let monitored_nodes = if groups * nodes.len() * 3 <= SOCKETS_MAX {
@@ -591,7 +624,30 @@ impl<'a> Driver<'a> {
                 continue; // A late reply to a call that already ended.
             }
             let answer = match decode_reply(body) {
-                Ok(reply) => classify(reply, |leader| self.learn(leader)),
+                Ok(reply) => {
+                    let simulated = &mut self.clients[client];
+                    let acking = simulated.kind == OperationKind::Ack;
+                    let sent = simulated.acking;
+                    if self.plan.batching.ack {
+                        if let Reply::Outcome { outcome, .. } = &reply {
+                            match outcome {
+                                Outcome::Delivered(delivery) => {
+                                    simulated.receipts.push(delivery.receipt.clone())
+                                }
+                                Outcome::Deliveries(deliveries) => simulated.receipts.extend(
+                                    deliveries.iter().map(|delivery| delivery.receipt.clone()),
+                                ),
+                                _ => {}
+                            }
+                        }
+                    }
+                    match classify(reply, |leader| self.learn(leader)) {
+                        Answer::Decisive(Verdict::Batch(stale)) if acking => {
+                            Answer::Decisive(Verdict::Batch(count_of(sent).saturating_sub(stale)))
+                        }
+                        answer => answer,
+                    }
+                }
                 Err(error) => {
                     log::debug!("{}: {error}", self.nodes[node]);
                     Answer::Decisive(Verdict::Unexpected)
@@ -634,7 +690,7 @@ impl<'a> Driver<'a> {
                 Step::Send { node, retry } => {
                     if let Some(reason) = retry {
                         if now >= self.measure_from {
-                            let kind = self.clients[client].role.kind();
+                            let kind = self.clients[client].kind;
                             self.recorder.record_retry(kind, reason);
                         }
                     }
@@ -660,7 +716,7 @@ impl<'a> Driver<'a> {
         finish: Finish,
         now: Instant,
     ) -> Result<(), DriverError> {
-        let kind = self.clients[client].role.kind();
+        let kind = self.clients[client].kind;
         if let (Some(observer), OperationKind::Put, CallResult::Answered(Verdict::Done)) =
             (&self.observer, kind, finish.result)
         {
@@ -694,6 +750,7 @@ impl<'a> Driver<'a> {
     fn begin_next(&mut self, client: usize, now: Instant) -> Result<(), DriverError> {
         let plan = self.plan;
         let simulated = &mut self.clients[client];
+        let batching = &plan.batching;
         let operation = match &simulated.role {
             Role::Producer { topic } => {
                 if plan.put_count.is_some_and(|count| self.puts_begun >= count) {
@@ -701,15 +758,50 @@ impl<'a> Driver<'a> {
                     self.close_group_if_done(client);
                     return Ok(());
                 }
-                self.puts_begun += 1;
-                Operation::Put {
-                    topic: topic.clone(),
-                    message: plan.message.clone(),
+                simulated.kind = OperationKind::Put;
+                match batching.put_batch {
+                    Some(batch) => {
+                        let left = plan
+                            .put_count
+                            .map_or(u64::MAX, |count| count - self.puts_begun);
+                        let size = u64::from(batch).min(left);
+                        self.puts_begun += size;
+                        Operation::PutBatch {
+                            topic: topic.clone(),
+                            messages: vec![plan.message.clone(); size as usize],
+                        }
+                    }
+                    None => {
+                        self.puts_begun += 1;
+                        Operation::Put {
+                            topic: topic.clone(),
+                            message: plan.message.clone(),
+                        }
+                    }
                 }
             }
-            Role::Consumer { topic, .. } => Operation::Get {
-                topic: topic.clone(),
-            },
+            Role::Consumer { topic, .. } if batching.ack && !simulated.receipts.is_empty() => {
+                simulated.kind = OperationKind::Ack;
+                let receipts = std::mem::take(&mut simulated.receipts);
+                simulated.acking = receipts.len();
+                Operation::Ack {
+                    topic: topic.clone(),
+                    receipts: Receipts::Many(receipts),
+                }
+            }
+            Role::Consumer { topic, .. } => {
+                simulated.kind = OperationKind::Get;
+                if batching.fetch == FetchOptions::default() {
+                    Operation::Get {
+                        topic: topic.clone(),
+                    }
+                } else {
+                    Operation::Fetch {
+                        topic: topic.clone(),
+                        options: batching.fetch,
+                    }
+                }
+            }
         };
         simulated.seq += 1;
         simulated.call_number = simulated.call_number.wrapping_add(1);

@@ -357,6 +357,7 @@ fn run_signal(
         connections: Connections::PerClient,
         progress: false,
         watch_pids: Vec::new(),
+        batching: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let (acks, acked) = crossbeam_channel::unbounded();

@@ -164,6 +164,10 @@ impl MatrixArgs {
                 messages: self.consume_messages,
                 fill_clients: 64,
                 duration: Some(self.cell_duration),
+                max: None,
+                ack: false,
+                lease: None,
+                wait: None,
                 load,
             })
         } else {
@@ -172,6 +176,7 @@ impl MatrixArgs {
                 duration: Some(self.cell_duration),
                 count: None,
                 warmup: Some(self.cell_warmup),
+                batch: None,
                 load,
             })
         }
@@ -370,6 +375,7 @@ fn measure_rss(
         connections: args.connections,
         progress,
         watch_pids: Vec::new(),
+        batching: Default::default(),
     };
     let result = run_plan(&plan, cluster.addresses(), leader, None, &mut || {})?;
     let acknowledged = result

@@ -31,6 +31,9 @@ pub(super) enum Verdict {
     Failed(ErrorCode),
     /// A reply that makes no sense for the operation (a topic list, a status report).
     Unexpected,
+    /// `success: true` to a batch call (batch PUT, batch or leased GET, ACK of receipts):
+    /// this many messages put, handed out or acknowledged. A batch GET of none is `Empty`.
+    Batch(u32),
 }
 
 /// How a simulated client's call ended.
@@ -50,6 +53,8 @@ pub(super) enum OperationKind {
     Put,
     /// `message GET`.
     Get,
+    /// `message ACK` of leased messages' receipts.
+    Ack,
 }
 
 impl OperationKind {
@@ -57,6 +62,7 @@ impl OperationKind {
         match self {
             OperationKind::Put => "put",
             OperationKind::Get => "get",
+            OperationKind::Ack => "ack",
         }
     }
 }
@@ -75,6 +81,9 @@ struct OperationRecord {
     /// Successful calls since the last progress line, and their latencies.
     interval_count: u64,
     interval_latency: Histogram<u64>,
+    /// Messages the successful calls carried, when any call was a batch call (`None`: one
+    /// message per call, and the report says nothing more).
+    messages: Option<u64>,
 }
 
 impl OperationRecord {
@@ -88,6 +97,7 @@ impl OperationRecord {
             interval_count: 0,
             interval_latency: Histogram::new_with_bounds(1, LATENCY_MICROSECONDS_MAX, 2)
                 .expect("constant bounds are valid"),
+            messages: None,
         }
     }
 }
@@ -124,7 +134,16 @@ impl Recorder {
             .clamp(1, LATENCY_MICROSECONDS_MAX);
         let record = self.operation(kind);
         match finish.result {
+            CallResult::Answered(Verdict::Batch(count)) => {
+                *record.messages.get_or_insert(0) += u64::from(count);
+                record.latency.saturating_record(microseconds);
+                record.interval_count += 1;
+                record.interval_latency.saturating_record(microseconds);
+            }
             CallResult::Answered(Verdict::Done | Verdict::Message) => {
+                if let Some(messages) = record.messages.as_mut() {
+                    *messages += 1;
+                }
                 record.latency.saturating_record(microseconds);
                 record.interval_count += 1;
                 record.interval_latency.saturating_record(microseconds);
@@ -209,6 +228,14 @@ impl Recorder {
                     } else {
                         0.0
                     },
+                    messages: record.messages,
+                    messages_per_second: record.messages.map(|messages| {
+                        if seconds > 0.0 {
+                            messages as f64 / seconds
+                        } else {
+                            0.0
+                        }
+                    }),
                     latency_ms: (completed > 0).then(|| LatencySummary {
                         p50: milliseconds(0.5),
                         p90: milliseconds(0.9),
@@ -243,6 +270,12 @@ pub(super) struct OperationReport {
     pub errors: BTreeMap<String, u64>,
     pub retries: BTreeMap<String, u64>,
     pub ops_per_second: f64,
+    /// Messages the successful calls carried, only for batch calls (`--batch`, `--max`,
+    /// `--ack`); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_per_second: Option<f64>,
     /// `None` when no call succeeded.
     pub latency_ms: Option<LatencySummary>,
 }
@@ -463,6 +496,16 @@ impl Report {
             let _ = writeln!(text, "  {name} retries: {}", counts(&operation.retries));
             if operation.empty > 0 {
                 let _ = writeln!(text, "  {name} answered EMPTY: {}", operation.empty);
+            }
+            if let (Some(messages), Some(per_second)) =
+                (operation.messages, operation.messages_per_second)
+            {
+                let _ = writeln!(
+                    text,
+                    "  {name} messages: {} ({} messages/s)",
+                    thousands(messages),
+                    thousands(per_second.round() as u64)
+                );
             }
         }
         let _ = writeln!(

@@ -22,6 +22,7 @@ fn plan(roles: Vec<Role>, connections: Connections) -> Plan {
         connections,
         progress: false,
         watch_pids: Vec::new(),
+        batching: Default::default(),
     }
 }
 

@@ -32,21 +32,8 @@ fn a_put_at_a_stopped_leader_is_hedged_to_the_new_leader_and_applied_once() {
     let addresses = addresses_of(&cluster);
     // Hedging as by default; the attempt timeout is far out of reach, and a stopped process
     // keeps its connections, so neither the timer nor a drop can move the call.
-    let mut client = Client::connect(ClientOptions {
-        attempt_timeout: ATTEMPT_TIMEOUT,
-        deadline: Duration::from_secs(120),
-        ..ClientOptions::new(addresses.clone())
-    })
-    .expect("options");
-    client.create_topic("t").expect("create the topic");
-    client
-        .put("t", Payload::Text("before".into()))
-        .expect("put at the leader");
-    let leader_address = client.leader().cloned().expect("a put finds the leader");
-    let leader = addresses
-        .iter()
-        .position(|address| *address == leader_address)
-        .expect("the leader is a configured node");
+    let (mut client, leader) =
+        client_after_a_put(&addresses, ClientOptions::new(addresses.clone()));
 
     cluster.signal(leader, libc::SIGSTOP);
     let sent = Instant::now();
@@ -64,7 +51,7 @@ fn a_put_at_a_stopped_leader_is_hedged_to_the_new_leader_and_applied_once() {
     assert!(
         client
             .leader()
-            .is_some_and(|answered| *answered != leader_address),
+            .is_some_and(|answered| *answered != addresses[leader]),
         "another node answered"
     );
     // Applied once, though the request also waits in the stopped leader's socket.
@@ -96,22 +83,13 @@ fn a_put_at_a_killed_leader_completes_elsewhere_before_its_attempt_timeout() {
     cluster.wait_for_leader(LEADER_DEADLINE);
     let addresses = addresses_of(&cluster);
     // No hedges: only the dropped connection may move the call.
-    let mut client = Client::connect(ClientOptions {
-        attempt_timeout: ATTEMPT_TIMEOUT,
-        deadline: Duration::from_secs(120),
-        hedge_after: None,
-        ..ClientOptions::new(addresses.clone())
-    })
-    .expect("options");
-    client.create_topic("t").expect("create the topic");
-    client
-        .put("t", Payload::Text("before".into()))
-        .expect("put at the leader");
-    let leader_address = client.leader().cloned().expect("a put finds the leader");
-    let leader = addresses
-        .iter()
-        .position(|address| *address == leader_address)
-        .expect("the leader is a configured node");
+    let (mut client, leader) = client_after_a_put(
+        &addresses,
+        ClientOptions {
+            hedge_after: None,
+            ..ClientOptions::new(addresses.clone())
+        },
+    );
 
     // Stopped, the leader answers nothing: the next put waits on it (or is about to be
     // sent to it) when it is killed. Which of the two it is does not matter here; the
@@ -136,7 +114,7 @@ fn a_put_at_a_killed_leader_completes_elsewhere_before_its_attempt_timeout() {
     );
     assert_ne!(
         client.leader(),
-        Some(&leader_address),
+        Some(&addresses[leader]),
         "a new leader answered"
     );
     // Applied once: the killed leader never acknowledged it, and the retry carried the same
@@ -233,4 +211,25 @@ fn bench_failover_reports_a_recovery_for_every_failure_of_either_kind() {
         .map(|entry| Value::from(entry.file_name().to_string_lossy().into_owned()))
         .collect();
     assert!(left.is_empty(), "data dirs left behind: {left:?}");
+}
+
+/// A client with `options` (its attempt timeout far out of reach) that created topic `t` and
+/// put "before" there, and the index of the leader that acknowledged it.
+fn client_after_a_put(addresses: &[NodeAddress], options: ClientOptions) -> (Client, usize) {
+    let mut client = Client::connect(ClientOptions {
+        attempt_timeout: ATTEMPT_TIMEOUT,
+        deadline: Duration::from_secs(120),
+        ..options
+    })
+    .expect("options");
+    client.create_topic("t").expect("create the topic");
+    client
+        .put("t", Payload::Text("before".into()))
+        .expect("put at the leader");
+    let leader_address = client.leader().cloned().expect("a put finds the leader");
+    let leader = addresses
+        .iter()
+        .position(|address| *address == leader_address)
+        .expect("the leader is a configured node");
+    (client, leader)
 }

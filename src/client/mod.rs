@@ -317,8 +317,12 @@ pub struct Client {
     /// positions in `addresses`.
     calls: CallMachine,
     client_id: String,
-    /// The last `seq` used. Invariant: strictly increases with every session request.
+    /// The last `seq` used. Invariant: strictly increases with every session request of
+    /// one `client_id`.
     seq: u64,
+    /// Whether a request of this `client_id` is known to have been applied through the log,
+    /// which opens the session on the nodes (see [`Client::note_session_outcome`]).
+    session_open: bool,
     /// The tag of the last call; replies carrying an older tag are stale.
     call_tag: u64,
     /// CURVE keys, when the cluster lists clients.
@@ -368,6 +372,7 @@ impl Client {
             ),
             client_id: format!("{:016x}", rand::random::<u64>()),
             seq: 0,
+            session_open: false,
             call_tag: 0,
             curve: options.curve,
         })
@@ -825,6 +830,62 @@ impl Client {
     ) -> Result<(usize, Outcome), ClientError> {
         let started = Instant::now();
         let name = describe(&operation);
+        let blocking = matches!(
+            &operation,
+            Operation::Fetch { options, .. } if options.wait_ms.is_some_and(|wait| wait > 0)
+        );
+        let result = self.call_once(operation, with_session, started, &name);
+        if with_session && !self.session_open {
+            self.note_session_outcome(&result, blocking);
+        }
+        result
+    }
+
+    /// Tracks whether this client's session is open on the nodes, and starts a new one when
+    /// the next request could not be admitted.
+    ///
+    /// A node accepts an unknown `client_id` only at `seq` 0 or 1 (`queue::session`), and
+    /// only a request applied through the log opens the session. Some replies are decided
+    /// before the log: a gateway refusal (BAD_REQUEST, TOO_LARGE, FORBIDDEN, possibly QUOTA)
+    /// and the EMPTY that ends a blocking GET's wait; a call that gave up may not have been
+    /// applied either. After one of those, while no request of this `client_id` is known to
+    /// have been applied, the next request (at seq 2) would be refused as SESSION_EXPIRED:
+    /// so the client takes a new `client_id` instead. That is safe, since nothing of the old
+    /// session can be replayed into the new one; at worst the cluster keeps one unused
+    /// session. Replies that only the log gives (success, a plain EMPTY, NO_SUCH_TOPIC,
+    /// TOPIC_EXISTS, STALE_RECEIPT) mark the session open, so a client polling an empty
+    /// topic keeps one session.
+    fn note_session_outcome(
+        &mut self,
+        result: &Result<(usize, Outcome), ClientError>,
+        blocking: bool,
+    ) {
+        let applied = match result {
+            Ok((_, Outcome::Failed(info))) => match info.code {
+                ErrorCode::Empty => !blocking,
+                ErrorCode::NoSuchTopic | ErrorCode::TopicExists | ErrorCode::StaleReceipt => true,
+                _ => false,
+            },
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        if applied {
+            self.session_open = true;
+        } else {
+            self.client_id = format!("{:016x}", rand::random::<u64>());
+            self.seq = 0;
+        }
+    }
+
+    /// One call of [`Client::call`], under the current `client_id`.
+    fn call_once(
+        &mut self,
+        operation: Operation,
+        with_session: bool,
+        started: Instant,
+        name: &str,
+    ) -> Result<(usize, Outcome), ClientError> {
+        let name = name.to_string();
         let session = with_session.then(|| {
             self.seq += 1;
             SessionKey {

@@ -781,3 +781,55 @@ fn acks_map_stale_receipts_and_batches_report_counts_and_stale_lists() {
         "every write in a session"
     );
 }
+
+#[test]
+fn a_session_refused_before_the_log_is_replaced_by_a_new_one_until_one_is_applied() {
+    // Answers: BAD_REQUEST (a gateway refusal), EMPTY after a blocking wait, Done (applied:
+    // the session opens), a plain EMPTY, then Done to everything.
+    let node = FakeNode::start(Box::new(|number, _| {
+        let outcome = match number {
+            0 => failed(ErrorCode::BadRequest),
+            1 | 3 => failed(ErrorCode::Empty),
+            _ => Outcome::Done,
+        };
+        vec![(number, outcome_reply(outcome, None))]
+    }));
+    let mut client = client(&[&node], 2_000, 10_000);
+
+    client
+        .put("orders", Payload::Text("refused".into()))
+        .expect_err("BAD_REQUEST");
+    assert_eq!(
+        client
+            .get_wait("orders", Duration::from_millis(10))
+            .expect("EMPTY after the wait"),
+        None
+    );
+    client
+        .put("orders", Payload::Text("applied".into()))
+        .expect("put");
+    assert_eq!(client.get("orders").expect("a plain EMPTY"), None);
+    client
+        .put("orders", Payload::Text("next".into()))
+        .expect("put");
+
+    let keys: Vec<(String, u64)> = node
+        .requests()
+        .iter()
+        .map(|request| {
+            let key = request.session.as_ref().expect("a session key");
+            (key.client_id.clone(), key.seq)
+        })
+        .collect();
+    // Each refusal before the log leaves the next request at seq 1 of a new client_id; the
+    // session opened by the applied put keeps its id through the plain EMPTY.
+    assert_eq!(
+        keys.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
+        [1, 1, 1, 2, 3]
+    );
+    assert_ne!(keys[0].0, keys[1].0);
+    assert_ne!(keys[1].0, keys[2].0);
+    assert_eq!(keys[2].0, keys[3].0);
+    assert_eq!(keys[3].0, keys[4].0);
+    assert_eq!(keys[4].0, client.client_id());
+}

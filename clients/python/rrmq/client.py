@@ -12,7 +12,9 @@ its writes (topic PUT, message PUT, every message GET, ACK, NACK, TOUCH) with an
 ``seq``. A retry re-sends the same bytes, so the same ``(client_id, seq)``, to whichever node
 leads by then; the cluster applies the pair at most once and answers a repeat with the first
 reply. So a put retried across a leader change is stored once, and a popped message retried
-across one is handed out once. The cluster remembers only the last reply per client, so a
+across one is handed out once. A session opens with the first request the cluster applies; a
+refusal before that (e.g. ``FORBIDDEN``) opens none, so the client then starts a new
+``client_id`` rather than go on at a ``seq`` the cluster would refuse as ``SESSION_EXPIRED``. The cluster remembers only the last reply per client, so a
 client sends one request at a time: a :class:`Client` is not thread-safe; give each thread its
 own.
 
@@ -224,6 +226,8 @@ class Client:
         self._calls = policy.CallMachine(self._timing)
         self._client_id = os.urandom(8).hex()
         self._seq = 0
+        # Whether the cluster has applied a request of this session (see _call).
+        self._session_open = False
         self._tag = 0
 
     @classmethod
@@ -600,9 +604,20 @@ class Client:
                 None if normal.hedge_after is None else normal.hedge_after + wait,
             )
         try:
-            return self._drive(body, tag, what, started, outcome_unknown=session)
+            reply = self._drive(body, tag, what, started, outcome_unknown=session)
         finally:
             self._calls.timing = normal
+        if session and not self._session_open:
+            if reply.get("success") is True:
+                self._session_open = True
+            else:
+                # A refusal before the log (FORBIDDEN, BAD_REQUEST, ...) opens no session, and
+                # the cluster takes an unknown client_id only at seq 0 or 1: a next request at
+                # seq 2 would get SESSION_EXPIRED. So until a request of this session succeeded,
+                # a refusal starts a new session (always safe: nothing can replay into it).
+                self._client_id = os.urandom(8).hex()
+                self._seq = 0
+        return reply
 
     def _drive(
         self, body: bytes, tag: int, what: str, started: float, outcome_unknown: bool

@@ -13,8 +13,9 @@ its writes (topic PUT, message PUT, every message GET, ACK, NACK, TOUCH) with an
 leads by then; the cluster applies the pair at most once and answers a repeat with the first
 reply. So a put retried across a leader change is stored once, and a popped message retried
 across one is handed out once. A session opens with the first request the cluster applies; a
-refusal before that (e.g. ``FORBIDDEN``) opens none, so the client then starts a new
-``client_id`` rather than go on at a ``seq`` the cluster would refuse as ``SESSION_EXPIRED``. The cluster remembers only the last reply per client, so a
+refusal before that (``FORBIDDEN``, ``BAD_REQUEST``, ``TOO_LARGE``, or the ``EMPTY`` that ends a
+blocking GET's wait) opens none, so the client then starts a new ``client_id`` rather than go
+on at a ``seq`` the cluster would refuse as ``SESSION_EXPIRED``. The cluster remembers only the last reply per client, so a
 client sends one request at a time: a :class:`Client` is not thread-safe; give each thread its
 own.
 
@@ -78,6 +79,8 @@ REPLY_BYTES_MAX = 64 * 1024 * 1024
 NODES_MAX = 256
 
 _PROTOCOL_VERSION = 2
+#: Decisive refusals the cluster may make without applying anything through its log.
+_REFUSED_BEFORE_THE_LOG = frozenset({"FORBIDDEN", "BAD_REQUEST", "TOO_LARGE"})
 _CONNECTION_EVENTS = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
 
 
@@ -608,15 +611,19 @@ class Client:
         finally:
             self._calls.timing = normal
         if session and not self._session_open:
-            if reply.get("success") is True:
-                self._session_open = True
-            else:
-                # A refusal before the log (FORBIDDEN, BAD_REQUEST, ...) opens no session, and
-                # the cluster takes an unknown client_id only at seq 0 or 1: a next request at
-                # seq 2 would get SESSION_EXPIRED. So until a request of this session succeeded,
-                # a refusal starts a new session (always safe: nothing can replay into it).
+            code = _code(reply)
+            # A refusal before the log opens no session, and the cluster takes an unknown
+            # client_id only at seq 0 or 1: the next request, at seq 2, would be refused as
+            # SESSION_EXPIRED. Such refusals are the ones the gateway makes (rights, malformed
+            # or oversized requests) and the EMPTY that ends a blocking GET's wait. After one,
+            # while no request of this session was applied, the client starts a new session
+            # (safe: nothing of the old one can be replayed into it). Other replies were
+            # applied through the log, which opened the session.
+            if code in _REFUSED_BEFORE_THE_LOG or (code == "EMPTY" and wait > 0):
                 self._client_id = os.urandom(8).hex()
                 self._seq = 0
+            elif reply.get("success") is True or code is not None:
+                self._session_open = True
         return reply
 
     def _drive(

@@ -2,6 +2,7 @@
 across leader kills that neither duplicate nor lose, leased consume (ACK, NACK, lease expiry,
 TOUCH), blocking waits, the consume loop, and CURVE keys with client rights."""
 
+import signal
 import threading
 import time
 from pathlib import Path
@@ -264,6 +265,27 @@ def test_retries_across_leader_kills_neither_duplicate_nor_lose(own_cluster: Clu
         assert killer.made == 2
         assert got == [f"m{i}" for i in range(count)]
         assert client.get("kills") is None
+
+
+def test_a_stopped_leader_is_hedged_around(own_cluster: Cluster) -> None:
+    cluster = own_cluster
+    leader = cluster.wait_for_leader()
+    # The attempt timeout is beyond the deadline: only a hedge can take the call elsewhere.
+    with cluster.client(attempt_timeout=60, timeout=40) as client:
+        client.create_topic("stopped")
+        client.put("stopped", "before")
+        assert client.leader == client.nodes[leader]
+        process = cluster.processes[leader]
+        assert process is not None
+        process.send_signal(signal.SIGSTOP)  # keeps its connections, answers nothing
+        try:
+            client.put("stopped", "during")
+            assert client.leader != client.nodes[leader]
+        finally:
+            process.send_signal(signal.SIGCONT)
+        assert client.get("stopped") == "before"
+        assert client.get("stopped") == "during"
+        assert client.get("stopped") is None
 
 
 def test_curve_keys_and_client_rights(tmp_path: Path) -> None:

@@ -24,9 +24,11 @@
 //! would read as the retry's answer, the client would move on to its next `seq`, and a
 //! message the retry's GET took later would be handed to nobody. Two identical replies are
 //! safe: the first ends the call, the second names a call that has ended and is dropped.
-//! A retry that arrives while the first one's GET is in flight is parked or proposed like
-//! any other request: its GET replays the first one's reply from the session, so one
-//! message is never handed out twice for one key.
+//! A retry that arrives while the first one's GET is in flight is proposed at once, never
+//! parked ([`Waiters::in_flight_with_session`]): its entry follows the first one's and
+//! replays its reply from the session, so one message is never handed out twice for one
+//! key, and the retry is not left waiting (to end `EMPTY`) for a message its key already
+//! took.
 //!
 //! Bounded: at most [`WAITERS_MAX`] requests (parked, in flight and joined to a retry);
 //! beyond it the loop refuses with `UNAVAILABLE`. Deadlines are kept in a deadline-ordered set, so expiring
@@ -237,6 +239,15 @@ impl Waiters {
     pub fn start(&mut self, waiter: Waiter) {
         self.superseded += waiter.superseded.len();
         self.in_flight.insert(waiter.ticket, waiter);
+    }
+
+    /// Whether a waiter with session key `key` is in flight: its GET is proposed, so a
+    /// retry of it must follow it into the log (and replay its reply from the session)
+    /// rather than park. A scan, made only on the way to parking.
+    pub fn in_flight_with_session(&self, key: &SessionKey) -> bool {
+        self.in_flight
+            .values()
+            .any(|waiter| waiter.session.as_ref() == Some(key))
     }
 
     /// The in-flight waiter `ticket` names, if any: it is being answered (and so are the
@@ -454,6 +465,27 @@ mod tests {
             waiters.pop_front("t").map(|waiter| waiter.ticket),
             Some(Ticket(4))
         );
+    }
+
+    #[test]
+    fn a_waiter_in_flight_is_found_by_its_session_key() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut waiters = Waiters::new();
+        let key = |seq| SessionKey {
+            client_id: "c".to_string(),
+            seq,
+        };
+        waiters.park(keyed(waiter(1, "t", later), "c", 1));
+        assert!(
+            !waiters.in_flight_with_session(&key(1)),
+            "parked, not in flight"
+        );
+        let served = waiters.pop_front("t").expect("parked");
+        waiters.start(served);
+        assert!(waiters.in_flight_with_session(&key(1)));
+        assert!(!waiters.in_flight_with_session(&key(2)));
+        waiters.take_in_flight(Ticket(1));
+        assert!(!waiters.in_flight_with_session(&key(1)));
     }
 
     #[test]

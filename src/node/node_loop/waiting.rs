@@ -31,7 +31,8 @@ impl NodeLoop {
     /// state has nothing to hand out (or that has not yet applied an entry of its term) is
     /// parked behind the topic's earlier waiters. Anything else is proposed at once: a GET
     /// that is not blocking, a topic unknown to the applied state (`NO_SUCH_TOPIC` comes from
-    /// the log), a retry whose session already holds its reply.
+    /// the log), a retry whose session already holds its reply or whose first attempt's GET
+    /// is in flight.
     pub(super) fn admit_blocking_get(
         &mut self,
         ticket: Ticket,
@@ -67,6 +68,14 @@ impl NodeLoop {
                 }
                 Some(_) => {}
             }
+        }
+        // A retry whose first attempt's GET is in flight follows it into the log and
+        // replays its reply, rather than wait for a message its key already took.
+        let first_in_flight = session.as_ref().is_some_and(|key| {
+            self.waiters.has_in_flight() && self.waiters.in_flight_with_session(key)
+        });
+        if first_in_flight {
+            return BlockingGet::Propose(Some(waiter));
         }
         match self.waiters.park(waiter) {
             // A retry joined the request it repeats: both get the retry's reply.

@@ -1,6 +1,7 @@
 //! End-to-end tests of blocking GET (PROTOCOL.md §9) on real nodes: a waiting GET is
 //! answered by a later PUT, waiters are served in arrival order, a wait ends `EMPTY`, and a
-//! node that stops leading or shuts down answers its waiters at once.
+//! node that stops leading or shuts down answers its waiters at once, and a retry that
+//! joins a waiting request with its session key answers both with one reply.
 //!
 //! Requests that wait are sent on a raw DEALER without waiting for the reply, so that a test
 //! can put messages meanwhile; two waiters on one connection arrive in the order sent, and
@@ -258,7 +259,7 @@ fn a_leader_that_loses_leadership_answers_its_waiters_not_leader() {
 }
 
 #[test]
-fn a_retry_of_a_waiting_get_takes_its_place_and_gets_the_one_message() {
+fn a_retry_of_a_waiting_get_takes_its_place_and_both_get_its_one_reply() {
     let cluster = single_node();
     let mut producer = cluster.client(0);
     let waiting = Pipelined::connect(&cluster, 0);
@@ -266,23 +267,31 @@ fn a_retry_of_a_waiting_get_takes_its_place_and_gets_the_one_message() {
                        "wait_ms": LONG_WAIT_MS, "client_id": "retrying", "seq": 1});
     waiting.send(Wire::MsgPack, &keyed);
     waiting.expect_silence("a blocking GET");
-    // The retry (same client_id and seq) replaces the waiting request.
+    // The retry (same client_id and seq, same connection: the same envelope, as a client
+    // library's retry carries the same call tag) takes the waiting request's place. The
+    // older request is not answered on its own: an EMPTY now would read as the retry's
+    // answer, and the message the retry takes later would reach no one.
     waiting.send(Wire::Json, &keyed);
-    let (wire, superseded) = waiting.expect_reply("the superseded GET");
-    assert_eq!(
-        (wire, error_code(&superseded)),
-        (Wire::MsgPack, Some("EMPTY")),
-        "{superseded}"
-    );
-    waiting.expect_silence("the retry");
+    waiting.expect_silence("the superseded GET and its retry");
     for message in ["only", "next"] {
         producer.call(Wire::MsgPack, &put("t", message));
     }
-    let (wire, reply) = waiting.expect_reply("the retry");
+    let mut replies = [
+        waiting.expect_reply("a GET of the key"),
+        waiting.expect_reply("the other GET of the key"),
+    ];
+    replies.sort_by_key(|(wire, _)| *wire == Wire::Json);
+    let answered: Vec<(Wire, &Value)> = replies
+        .iter()
+        .map(|(wire, reply)| (*wire, &reply["message"]))
+        .collect();
     assert_eq!(
-        (wire, &reply["message"]),
-        (Wire::Json, &json!("only")),
-        "{reply}"
+        answered,
+        [
+            (Wire::MsgPack, &json!("only")),
+            (Wire::Json, &json!("only"))
+        ],
+        "both requests of the key get the one reply: {replies:?}"
     );
     // One message for the key: the second one is still queued.
     let reply = producer.call(Wire::MsgPack, &put("t", "last"));
@@ -292,4 +301,27 @@ fn a_retry_of_a_waiting_get_takes_its_place_and_gets_the_one_message() {
         &json!({"v": 2, "type": "message", "method": "GET", "topic": "t", "max": 10}),
     );
     assert_eq!(reply["messages"], json!(["next", "last"]), "{reply}");
+
+    // A wait that ends: both requests are answered EMPTY together, at the end of the
+    // retry's wait, not at the first request's.
+    let wait_ms = 1_500;
+    let keyed = json!({"v": 2, "type": "message", "method": "GET", "topic": "t",
+                       "wait_ms": wait_ms, "client_id": "retrying", "seq": 2});
+    waiting.send(Wire::MsgPack, &keyed);
+    waiting.expect_silence("a blocking GET");
+    let retried = Instant::now();
+    waiting.send(Wire::Json, &keyed);
+    let replies = [
+        waiting.expect_reply("a GET of the key"),
+        waiting.expect_reply("the other GET of the key"),
+    ];
+    let answered_after = retried.elapsed();
+    for (_, reply) in &replies {
+        assert_eq!(error_code(reply), Some("EMPTY"), "{replies:?}");
+    }
+    assert!(
+        answered_after >= Duration::from_millis(wait_ms - 20),
+        "answered {answered_after:?} after the retry, before the retry's wait of {wait_ms} ms \
+         ended: {replies:?}"
+    );
 }

@@ -17,14 +17,21 @@
 //! not the back); one with a session is answered `EMPTY`, which is what its session holds.
 //!
 //! Retries: a waiter whose session key (`client_id`, `seq`) equals a parked waiter's takes
-//! that waiter's place in line, and the older request is answered `EMPTY` (nothing was
-//! handed out to it; its client has moved on to the retry). A retry that arrives while the
-//! first one's GET is in flight is parked or proposed like any other request: its GET
-//! replays the first one's reply from the session, so one message is never handed out
-//! twice for one key.
+//! that waiter's place in line (and its own, later, deadline), and the older request joins
+//! it: both are answered when the retry is, with the same reply, as PROTOCOL.md §5 answers
+//! every repeat of a key. The older request is not answered on its own (say `EMPTY` at
+//! once): a client retries on the same connection with the same call tag, so such a reply
+//! would read as the retry's answer, the client would move on to its next `seq`, and a
+//! message the retry's GET took later would be handed to nobody. Two identical replies are
+//! safe: the first ends the call, the second names a call that has ended and is dropped.
+//! A retry that arrives while the first one's GET is in flight is proposed at once, never
+//! parked ([`Waiters::in_flight_with_session`]): its entry follows the first one's and
+//! replays its reply from the session, so one message is never handed out twice for one
+//! key, and the retry is not left waiting (to end `EMPTY`) for a message its key already
+//! took.
 //!
-//! Bounded: at most [`WAITERS_MAX`] waiters (parked and in flight); beyond it the loop
-//! refuses with `UNAVAILABLE`. Deadlines are kept in a deadline-ordered set, so expiring
+//! Bounded: at most [`WAITERS_MAX`] requests (parked, in flight and joined to a retry);
+//! beyond it the loop refuses with `UNAVAILABLE`. Deadlines are kept in a deadline-ordered set, so expiring
 //! costs nothing while none is due.
 
 use crate::protocol::{FetchOptions, SessionKey};
@@ -49,6 +56,9 @@ pub struct Waiter {
     pub wait_until: Instant,
     /// Arrival order, assigned by [`Waiters::park`].
     arrival: u64,
+    /// Earlier requests with the same session key that this one (a retry) replaced in line,
+    /// oldest first: they get this waiter's reply.
+    superseded: Vec<Ticket>,
 }
 
 impl Waiter {
@@ -66,7 +76,18 @@ impl Waiter {
             session,
             wait_until,
             arrival: 0,
+            superseded: Vec::new(),
         }
+    }
+
+    /// Every request this waiter answers: its own and those it superseded.
+    pub fn tickets(&self) -> impl Iterator<Item = Ticket> + '_ {
+        std::iter::once(self.ticket).chain(self.superseded.iter().copied())
+    }
+
+    /// The earlier requests with its session key that get its reply.
+    pub fn superseded(&self) -> &[Ticket] {
+        &self.superseded
     }
 
     /// How many messages its GET may take.
@@ -79,8 +100,9 @@ impl Waiter {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parked {
     InLine,
-    /// It replaced an older waiter with the same session key: answer that one `EMPTY`.
-    Replaced(Ticket),
+    /// It took the place of an older waiter with the same session key, which now gets its
+    /// reply (nothing to answer now).
+    Joined,
     /// [`WAITERS_MAX`] reached: refuse it.
     Full(Waiter),
 }
@@ -94,6 +116,8 @@ pub struct Waiters {
     deadlines: BTreeMap<(Instant, u64), String>,
     /// Served waiters whose GET is proposed and not yet answered.
     in_flight: HashMap<Ticket, Waiter>,
+    /// Requests superseded by a retry, held by the parked and in-flight waiters.
+    superseded: usize,
     /// Set when the parked waiters changed: the loop looks for waiters to serve.
     changed: bool,
     demand: Demand,
@@ -123,9 +147,9 @@ impl Waiters {
         Waiters::default()
     }
 
-    /// Parked and in flight.
+    /// Requests held: parked, in flight, and superseded by a retry.
     pub fn len(&self) -> usize {
-        self.deadlines.len() + self.in_flight.len()
+        self.deadlines.len() + self.in_flight.len() + self.superseded
     }
 
     pub fn has_parked(&self) -> bool {
@@ -144,6 +168,9 @@ impl Waiters {
     /// Parks a newly arrived waiter at the back of its topic's line (or in the place of
     /// a parked waiter with the same session key).
     pub fn park(&mut self, mut waiter: Waiter) -> Parked {
+        if self.len() >= WAITERS_MAX {
+            return Parked::Full(waiter);
+        }
         if let Some(key) = &waiter.session {
             if let Some(line) = self.parked.get_mut(&waiter.topic) {
                 if let Some(older) = line
@@ -154,17 +181,17 @@ impl Waiters {
                     let older = std::mem::replace(older, waiter);
                     self.deadlines.remove(&(older.wait_until, older.arrival));
                     let parked = line
-                        .iter()
+                        .iter_mut()
                         .find(|parked| parked.arrival == older.arrival)
                         .expect("just put there");
+                    parked.superseded = older.superseded;
+                    parked.superseded.push(older.ticket);
+                    self.superseded += 1;
                     self.deadlines
                         .insert((parked.wait_until, parked.arrival), parked.topic.clone());
-                    return Parked::Replaced(older.ticket);
+                    return Parked::Joined;
                 }
             }
-        }
-        if self.len() >= WAITERS_MAX {
-            return Parked::Full(waiter);
         }
         waiter.arrival = self.next_arrival;
         self.next_arrival += 1;
@@ -178,6 +205,7 @@ impl Waiters {
     }
 
     fn insert(&mut self, waiter: Waiter) {
+        self.superseded += waiter.superseded.len();
         self.deadlines
             .insert((waiter.wait_until, waiter.arrival), waiter.topic.clone());
         let line = self.parked.entry(waiter.topic.clone()).or_default();
@@ -203,17 +231,31 @@ impl Waiters {
             self.parked.remove(topic);
         }
         self.deadlines.remove(&(waiter.wait_until, waiter.arrival));
+        self.superseded -= waiter.superseded.len();
         Some(waiter)
     }
 
-    /// Its GET was proposed.
+    /// Its GET was proposed (or is about to be).
     pub fn start(&mut self, waiter: Waiter) {
+        self.superseded += waiter.superseded.len();
         self.in_flight.insert(waiter.ticket, waiter);
     }
 
-    /// The in-flight waiter `ticket` names, if any: it is being answered.
+    /// Whether a waiter with session key `key` is in flight: its GET is proposed, so a
+    /// retry of it must follow it into the log (and replay its reply from the session)
+    /// rather than park. A scan, made only on the way to parking.
+    pub fn in_flight_with_session(&self, key: &SessionKey) -> bool {
+        self.in_flight
+            .values()
+            .any(|waiter| waiter.session.as_ref() == Some(key))
+    }
+
+    /// The in-flight waiter `ticket` names, if any: it is being answered (and so are the
+    /// requests it superseded).
     pub fn take_in_flight(&mut self, ticket: Ticket) -> Option<Waiter> {
-        self.in_flight.remove(&ticket)
+        let waiter = self.in_flight.remove(&ticket)?;
+        self.superseded -= waiter.superseded.len();
+        Some(waiter)
     }
 
     /// Removes and returns the parked waiters whose wait is over at `now`.
@@ -232,7 +274,10 @@ impl Waiters {
             let at = line
                 .binary_search_by_key(&arrival, |parked| parked.arrival)
                 .expect("a deadline names a parked waiter");
-            expired.extend(line.remove(at));
+            if let Some(waiter) = line.remove(at) {
+                self.superseded -= waiter.superseded.len();
+                expired.push(waiter);
+            }
             if line.is_empty() {
                 self.parked.remove(&topic);
             }
@@ -244,7 +289,12 @@ impl Waiters {
     pub fn take_all_parked(&mut self) -> Vec<Waiter> {
         self.deadlines.clear();
         self.changed = false;
-        self.parked.drain().flat_map(|(_, line)| line).collect()
+        let all: Vec<Waiter> = self.parked.drain().flat_map(|(_, line)| line).collect();
+        self.superseded -= all
+            .iter()
+            .map(|waiter| waiter.superseded.len())
+            .sum::<usize>();
+        all
     }
 
     /// A GET that may take `count` messages of `topic` was proposed at `index` in `term`.
@@ -377,24 +427,87 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_takes_the_place_of_the_parked_request_with_its_session_key() {
+    fn a_retry_takes_the_place_of_the_parked_request_with_its_session_key_and_answers_it_too() {
         let now = Instant::now();
         let mut waiters = Waiters::new();
         waiters.park(keyed(waiter(1, "t", now + Duration::from_secs(1)), "c", 5));
         waiters.park(waiter(2, "t", now + Duration::from_secs(1)));
         let retry = keyed(waiter(3, "t", now + Duration::from_secs(5)), "c", 5);
-        assert_eq!(waiters.park(retry), Parked::Replaced(Ticket(1)));
+        assert_eq!(waiters.park(retry), Parked::Joined);
+        // A second retry joins too, carrying both earlier requests.
+        let again = keyed(waiter(5, "t", now + Duration::from_secs(6)), "c", 5);
+        assert_eq!(waiters.park(again), Parked::Joined);
         // Another seq is another request.
         let next = keyed(waiter(4, "t", now + Duration::from_secs(5)), "c", 6);
         assert_eq!(waiters.park(next), Parked::InLine);
-        assert_eq!(waiters.len(), 3);
-        // The older deadline went with the older request; the retry's counts.
+        assert_eq!(
+            waiters.len(),
+            5,
+            "three waiters, two requests joined to one"
+        );
+        // The older deadlines went with the older requests; the latest retry's counts.
         let due = waiters.take_expired(now + Duration::from_secs(2));
         assert_eq!(tickets(&due), [2]);
-        let order: Vec<u64> = std::iter::from_fn(|| waiters.pop_front("t"))
-            .map(|waiter| waiter.ticket.0)
-            .collect();
-        assert_eq!(order, [3, 4]);
+        let first = waiters.pop_front("t").expect("parked");
+        assert_eq!(first.ticket, Ticket(5), "in the first request's place");
+        let answered: Vec<u64> = first.tickets().map(|ticket| ticket.0).collect();
+        assert_eq!(
+            answered,
+            [5, 1, 3],
+            "the retry's reply answers every request"
+        );
+        waiters.start(first);
+        assert_eq!(waiters.len(), 4);
+        let first = waiters.take_in_flight(Ticket(5)).expect("in flight");
+        assert_eq!(first.superseded(), [Ticket(1), Ticket(3)]);
+        assert_eq!(waiters.len(), 1);
+        assert_eq!(
+            waiters.pop_front("t").map(|waiter| waiter.ticket),
+            Some(Ticket(4))
+        );
+    }
+
+    #[test]
+    fn a_waiter_in_flight_is_found_by_its_session_key() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut waiters = Waiters::new();
+        let key = |seq| SessionKey {
+            client_id: "c".to_string(),
+            seq,
+        };
+        waiters.park(keyed(waiter(1, "t", later), "c", 1));
+        assert!(
+            !waiters.in_flight_with_session(&key(1)),
+            "parked, not in flight"
+        );
+        let served = waiters.pop_front("t").expect("parked");
+        waiters.start(served);
+        assert!(waiters.in_flight_with_session(&key(1)));
+        assert!(!waiters.in_flight_with_session(&key(2)));
+        waiters.take_in_flight(Ticket(1));
+        assert!(!waiters.in_flight_with_session(&key(1)));
+    }
+
+    #[test]
+    fn requests_joined_to_a_retry_count_toward_the_bound_until_it_ends() {
+        let later = Instant::now() + Duration::from_secs(60);
+        let mut waiters = Waiters::new();
+        waiters.park(keyed(waiter(0, "t", later), "c", 1));
+        for ticket in 1..WAITERS_MAX as u64 {
+            assert_eq!(
+                waiters.park(keyed(waiter(ticket, "t", later), "c", 1)),
+                Parked::Joined
+            );
+        }
+        assert_eq!(waiters.len(), WAITERS_MAX);
+        assert!(matches!(
+            waiters.park(keyed(waiter(u64::MAX, "t", later), "c", 1)),
+            Parked::Full(_)
+        ));
+        let all = waiters.take_all_parked();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].tickets().count(), WAITERS_MAX);
+        assert_eq!(waiters.len(), 0);
     }
 
     #[test]

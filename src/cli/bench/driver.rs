@@ -132,8 +132,23 @@ pub(super) struct Batching {
     pub put_batch: Option<u32>,
     /// The options of every GET; all `None`: a plain GET.
     pub fetch: FetchOptions,
-    /// After a leased GET, the consumer ACKs the receipts it got before its next GET.
+    /// Consumers ACK the receipts of their leased GETs.
     pub ack: bool,
+    /// With `ack`: how a consumer's ACKs relate to its GETs.
+    pub ack_mode: AckMode,
+}
+
+/// How a consumer with [`Batching::ack`] sends its ACKs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum AckMode {
+    /// Each consumer has an acker of its own (its own `client_id` and connection): the ACK
+    /// of batch k is in flight while the consumer's GET of batch k+1 is, and the consumer
+    /// begins GET k+2 only once ACK k has ended, so at most one batch waits unacknowledged
+    /// beside the one being acknowledged.
+    #[default]
+    Pipelined,
+    /// The consumer ACKs a batch's receipts before its next GET: one call in flight.
+    Inline,
 }
 
 /// What a run measured.
@@ -196,10 +211,26 @@ struct SimulatedClient {
     done: bool,
     /// What the current call is.
     kind: OperationKind,
-    /// Receipts of leased messages not yet acknowledged (with `Batching::ack`).
+    /// Receipts of leased messages not yet in an ACK (with `Batching::ack`): the
+    /// consumer's own (inline), or its acker's (pipelined).
     receipts: Vec<String>,
     /// How many receipts the current ACK names.
     acking: usize,
+    /// With [`AckMode::Pipelined`]: who acknowledges for whom.
+    pairing: Pairing,
+    /// A pipelined consumer whose previous batch still waits for its acker: its next GET
+    /// begins when the acker takes that batch.
+    held: bool,
+}
+
+/// The link between a pipelined consumer and its acker (both simulated clients).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pairing {
+    Alone,
+    /// A consumer whose receipts go to this client.
+    AckedBy(usize),
+    /// The acker of this consumer.
+    AcksFor(usize),
 }
 
 /// `tag = client index (u32, big-endian) | call number (u32, big-endian)`.
@@ -320,15 +351,27 @@ struct Driver<'a> {
 impl<'a> Driver<'a> {
     fn new(plan: &'a Plan, nodes: Vec<NodeAddress>, first_node: usize) -> Driver<'a> {
         let run_id: u32 = rand::random();
+        // Pipelined ACKs: one acker per consumer, after all the plan's roles.
+        let mut pairings = vec![Pairing::Alone; plan.roles.len()];
+        let mut roles = plan.roles.clone();
+        if plan.batching.ack && plan.batching.ack_mode == AckMode::Pipelined {
+            for (consumer, role) in plan.roles.iter().enumerate() {
+                if let Role::Consumer { .. } = role {
+                    pairings[consumer] = Pairing::AckedBy(roles.len());
+                    pairings.push(Pairing::AcksFor(consumer));
+                    roles.push(role.clone());
+                }
+            }
+        }
         let groups = match plan.connections {
-            Connections::PerClient => plan.roles.len(),
+            Connections::PerClient => roles.len(),
             Connections::Shared => 1,
         };
-        let clients = plan
-            .roles
+        let clients = roles
             .iter()
+            .zip(pairings)
             .enumerate()
-            .map(|(index, role)| SimulatedClient {
+            .map(|(index, (role, pairing))| SimulatedClient {
                 role: role.clone(),
                 machine: CallMachine::new(plan.timing, first_node),
                 client_id: format!("bench-{run_id:08x}-{index}"),
@@ -342,9 +385,14 @@ impl<'a> Driver<'a> {
                 idle_until: None,
                 answered_by: first_node,
                 done: false,
-                kind: role.kind(),
+                kind: match pairing {
+                    Pairing::AcksFor(_) => OperationKind::Ack,
+                    _ => role.kind(),
+                },
                 receipts: Vec::new(),
                 acking: 0,
+                pairing,
+                held: false,
             })
             .collect();
         let monitored_nodes = if groups * nodes.len() * 3 <= SOCKETS_MAX {
@@ -625,25 +673,32 @@ impl<'a> Driver<'a> {
             }
             let answer = match decode_reply(body) {
                 Ok(reply) => {
-                    let simulated = &mut self.clients[client];
+                    let simulated = &self.clients[client];
                     let acking = simulated.kind == OperationKind::Ack;
                     let sent = simulated.acking;
-                    if self.plan.batching.ack {
+                    if self.plan.batching.ack && !acking {
                         if let Reply::Outcome { outcome, .. } = &reply {
-                            match outcome {
-                                Outcome::Delivered(delivery) => {
-                                    simulated.receipts.push(delivery.receipt.clone())
-                                }
-                                Outcome::Deliveries(deliveries) => simulated.receipts.extend(
-                                    deliveries.iter().map(|delivery| delivery.receipt.clone()),
-                                ),
-                                _ => {}
-                            }
+                            let receipts = match outcome {
+                                Outcome::Delivered(delivery) => vec![delivery.receipt.clone()],
+                                Outcome::Deliveries(deliveries) => deliveries
+                                    .iter()
+                                    .map(|delivery| delivery.receipt.clone())
+                                    .collect(),
+                                _ => Vec::new(),
+                            };
+                            let holder = match simulated.pairing {
+                                Pairing::AckedBy(acker) => acker,
+                                _ => client,
+                            };
+                            self.clients[holder].receipts.extend(receipts);
                         }
                     }
                     match classify(reply, |leader| self.learn(leader)) {
                         Answer::Decisive(Verdict::Batch(stale)) if acking => {
-                            Answer::Decisive(Verdict::Batch(count_of(sent).saturating_sub(stale)))
+                            Answer::Decisive(Verdict::Acked {
+                                acked: count_of(sent).saturating_sub(stale),
+                                stale,
+                            })
                         }
                         answer => answer,
                     }
@@ -733,10 +788,19 @@ impl<'a> Driver<'a> {
         }
         let empty = matches!(finish.result, CallResult::Answered(Verdict::Empty));
         let simulated = &mut self.clients[client];
-        if let (Role::Consumer { until_empty, .. }, true) = (&simulated.role, empty) {
+        if let (Role::Consumer { until_empty, .. }, true, false) = (
+            &simulated.role,
+            empty,
+            matches!(simulated.pairing, Pairing::AcksFor(_)),
+        ) {
             if *until_empty {
                 simulated.done = true;
                 self.close_group_if_done(client);
+                if let Pairing::AckedBy(acker) = self.clients[client].pairing {
+                    if !self.clients[acker].machine.is_busy() {
+                        return self.begin_next(acker, now);
+                    }
+                }
                 return Ok(());
             }
             simulated.idle_until = Some(now + self.plan.empty_pause);
@@ -748,6 +812,18 @@ impl<'a> Driver<'a> {
     /// Encodes the client's next call and sends its first attempt, unless the client is out
     /// of work.
     fn begin_next(&mut self, client: usize, now: Instant) -> Result<(), DriverError> {
+        match self.clients[client].pairing {
+            Pairing::AcksFor(consumer) => return self.begin_ack(client, consumer, now),
+            Pairing::AckedBy(acker) if !self.clients[acker].receipts.is_empty() => {
+                if self.clients[acker].machine.is_busy() {
+                    // The previous batch waits for the acker: so does the next GET.
+                    self.clients[client].held = true;
+                    return Ok(());
+                }
+                self.begin_ack(acker, client, now)?;
+            }
+            _ => {}
+        }
         let plan = self.plan;
         let simulated = &mut self.clients[client];
         let batching = &plan.batching;
@@ -803,6 +879,51 @@ impl<'a> Driver<'a> {
                 }
             }
         };
+        self.begin_call(client, operation, now)
+    }
+
+    /// A pipelined acker's next step: an ACK of every receipt its consumer handed it, then
+    /// the consumer's held GET, if any; with nothing to ACK it idles, or is done once its
+    /// consumer is.
+    fn begin_ack(
+        &mut self,
+        acker: usize,
+        consumer: usize,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        let consumer_done = self.clients[consumer].done;
+        let simulated = &mut self.clients[acker];
+        if simulated.receipts.is_empty() {
+            if consumer_done && !simulated.done {
+                simulated.done = true;
+                self.close_group_if_done(acker);
+            }
+            return Ok(());
+        }
+        let Role::Consumer { topic, .. } = &simulated.role else {
+            unreachable!("an acker has its consumer's role");
+        };
+        let receipts = std::mem::take(&mut simulated.receipts);
+        simulated.acking = receipts.len();
+        let operation = Operation::Ack {
+            topic: topic.clone(),
+            receipts: Receipts::Many(receipts),
+        };
+        self.begin_call(acker, operation, now)?;
+        if std::mem::take(&mut self.clients[consumer].held) {
+            self.begin_next(consumer, now)?;
+        }
+        Ok(())
+    }
+
+    /// Numbers, encodes and sends the client's next call.
+    fn begin_call(
+        &mut self,
+        client: usize,
+        operation: Operation,
+        now: Instant,
+    ) -> Result<(), DriverError> {
+        let simulated = &mut self.clients[client];
         simulated.seq += 1;
         simulated.call_number = simulated.call_number.wrapping_add(1);
         simulated.body = encode_request(

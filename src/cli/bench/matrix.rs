@@ -166,6 +166,7 @@ impl MatrixArgs {
                 duration: Some(self.cell_duration),
                 max: None,
                 ack: false,
+                ack_inline: false,
                 lease: None,
                 wait: None,
                 load,

@@ -34,6 +34,10 @@ pub(super) enum Verdict {
     /// `success: true` to a batch call (batch PUT, batch or leased GET, ACK of receipts):
     /// this many messages put, handed out or acknowledged. A batch GET of none is `Empty`.
     Batch(u32),
+    /// `success: true` to an ACK of receipts: this many took effect, and the node refused
+    /// `stale` of them as `STALE_RECEIPT` (their lease had ended, or they were acknowledged
+    /// before).
+    Acked { acked: u32, stale: u32 },
 }
 
 /// How a simulated client's call ended.
@@ -84,6 +88,8 @@ struct OperationRecord {
     /// Messages the successful calls carried, when any call was a batch call (`None`: one
     /// message per call, and the report says nothing more).
     messages: Option<u64>,
+    /// Receipts an ACK named that the node refused as stale (`None`: no ACK ended).
+    stale: Option<u64>,
 }
 
 impl OperationRecord {
@@ -98,6 +104,7 @@ impl OperationRecord {
             interval_latency: Histogram::new_with_bounds(1, LATENCY_MICROSECONDS_MAX, 2)
                 .expect("constant bounds are valid"),
             messages: None,
+            stale: None,
         }
     }
 }
@@ -136,6 +143,13 @@ impl Recorder {
         match finish.result {
             CallResult::Answered(Verdict::Batch(count)) => {
                 *record.messages.get_or_insert(0) += u64::from(count);
+                record.latency.saturating_record(microseconds);
+                record.interval_count += 1;
+                record.interval_latency.saturating_record(microseconds);
+            }
+            CallResult::Answered(Verdict::Acked { acked, stale }) => {
+                *record.messages.get_or_insert(0) += u64::from(acked);
+                *record.stale.get_or_insert(0) += u64::from(stale);
                 record.latency.saturating_record(microseconds);
                 record.interval_count += 1;
                 record.interval_latency.saturating_record(microseconds);
@@ -229,6 +243,7 @@ impl Recorder {
                         0.0
                     },
                     messages: record.messages,
+                    stale_receipts: record.stale,
                     messages_per_second: record.messages.map(|messages| {
                         if seconds > 0.0 {
                             messages as f64 / seconds
@@ -276,6 +291,9 @@ pub(super) struct OperationReport {
     pub messages: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_per_second: Option<f64>,
+    /// For ACKs: receipts the node refused as `STALE_RECEIPT`; absent for other operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_receipts: Option<u64>,
     /// `None` when no call succeeded.
     pub latency_ms: Option<LatencySummary>,
 }
@@ -506,6 +524,9 @@ impl Report {
                     thousands(messages),
                     thousands(per_second.round() as u64)
                 );
+            }
+            if let Some(stale) = operation.stale_receipts {
+                let _ = writeln!(text, "  {name} stale receipts: {}", thousands(stale));
             }
         }
         let _ = writeln!(

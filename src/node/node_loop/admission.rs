@@ -338,11 +338,19 @@ impl NodeLoop {
                 }
             }
         };
-        // Empty unless a blocking GET's entry is in flight: it ends with this answer.
-        if self.waiters.has_in_flight() {
-            self.waiters.take_in_flight(ticket);
-        }
+        // Empty unless a blocking GET's entry is in flight: it ends with this answer, and so
+        // do the requests a retry of it superseded (`waiting`).
+        let superseded = if self.waiters.has_in_flight() {
+            self.superseded_replies(ticket, &outcome)
+        } else {
+            Vec::new()
+        };
         let leader = status::leader_info(&self.config, &self.core, self.halted);
+        for (older, outcome) in superseded {
+            let leader = leader.clone();
+            self.clients
+                .reply(older, Reply::Outcome { outcome, leader });
+        }
         self.clients
             .reply(ticket, Reply::Outcome { outcome, leader });
     }

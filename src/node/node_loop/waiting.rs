@@ -31,7 +31,8 @@ impl NodeLoop {
     /// state has nothing to hand out (or that has not yet applied an entry of its term) is
     /// parked behind the topic's earlier waiters. Anything else is proposed at once: a GET
     /// that is not blocking, a topic unknown to the applied state (`NO_SUCH_TOPIC` comes from
-    /// the log), a retry whose session already holds its reply.
+    /// the log), a retry whose session already holds its reply or whose first attempt's GET
+    /// is in flight.
     pub(super) fn admit_blocking_get(
         &mut self,
         ticket: Ticket,
@@ -68,14 +69,17 @@ impl NodeLoop {
                 Some(_) => {}
             }
         }
+        // A retry whose first attempt's GET is in flight follows it into the log and
+        // replays its reply, rather than wait for a message its key already took.
+        let first_in_flight = session.as_ref().is_some_and(|key| {
+            self.waiters.has_in_flight() && self.waiters.in_flight_with_session(key)
+        });
+        if first_in_flight {
+            return BlockingGet::Propose(Some(waiter));
+        }
         match self.waiters.park(waiter) {
-            Parked::InLine => {}
-            Parked::Replaced(older) => self.fail(
-                older,
-                ErrorCode::Empty,
-                "superseded by a retry of this request (same client_id and seq), which waits \
-                 in its place",
-            ),
+            // A retry joined the request it repeats: both get the retry's reply.
+            Parked::InLine | Parked::Joined => {}
             Parked::Full(waiter) => self.fail(
                 waiter.ticket,
                 ErrorCode::Unavailable,
@@ -104,6 +108,7 @@ impl NodeLoop {
 
     /// The outcome of an applied entry for `ticket`: a waiter without a session whose GET
     /// found nothing after all goes back to its place while its wait lasts.
+    /// Otherwise it is answered, and so are the requests it superseded ([`NodeLoop::answer`]).
     pub(super) fn answer_applied(&mut self, ticket: Ticket, outcome: Outcome) {
         if self.waiters.has_in_flight() {
             if let Some(waiter) = self.waiters.take_in_flight(ticket) {
@@ -115,9 +120,35 @@ impl NodeLoop {
                     self.waiters.repark(waiter);
                     return;
                 }
+                // Back in flight: `answer` ends it with its superseded requests.
+                self.waiters.start(waiter);
             }
         }
         self.answer(ticket, outcome);
+    }
+
+    /// Ends a parked waiter's wait: it and the requests it superseded get `code`.
+    fn end_wait(&mut self, waiter: Waiter, code: ErrorCode, why: &str) {
+        for ticket in waiter.tickets() {
+            self.fail(ticket, code, why);
+        }
+    }
+
+    /// An in-flight waiter is being answered `outcome`: so are the requests it superseded.
+    /// Empty, and without a clone, unless a retry joined a parked request.
+    pub(super) fn superseded_replies(
+        &mut self,
+        ticket: Ticket,
+        outcome: &Outcome,
+    ) -> Vec<(Ticket, Outcome)> {
+        match self.waiters.take_in_flight(ticket) {
+            Some(waiter) => waiter
+                .superseded()
+                .iter()
+                .map(|&older| (older, outcome.clone()))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// Once per round: ends the waits that are over and serves what can be served.
@@ -146,20 +177,17 @@ impl NodeLoop {
         };
         if let Some((code, why)) = ending {
             for waiter in self.waiters.take_all_parked() {
-                self.fail(waiter.ticket, code, why);
+                self.end_wait(waiter, code, why);
             }
             return;
         }
         for waiter in self.waiters.take_expired(now) {
-            self.fail(
-                waiter.ticket,
-                ErrorCode::Empty,
-                &format!(
-                    "topic {:?} had no message for {} ms",
-                    waiter.topic,
-                    waiter.options.wait_ms.unwrap_or(0)
-                ),
+            let why = format!(
+                "topic {:?} had no message for {} ms",
+                waiter.topic,
+                waiter.options.wait_ms.unwrap_or(0)
             );
+            self.end_wait(waiter, ErrorCode::Empty, &why);
         }
         if !self.caught_up_in_term() {
             return;
@@ -197,17 +225,18 @@ impl NodeLoop {
             Err(read) => unreachable!("a GET is a command, not {read:?}"),
         };
         let deadline = now + self.config.request_timeout;
-        let ticket = waiter.ticket;
-        if self.propose_command(ticket, waiter.session.clone(), command, deadline) {
-            self.waiters.start(waiter);
-        }
+        let (ticket, session) = (waiter.ticket, waiter.session.clone());
+        // In flight before proposing: a refusal answers it, and its superseded requests,
+        // through `answer`.
+        self.waiters.start(waiter);
+        self.propose_command(ticket, session, command, deadline);
     }
 
     /// At the end of shutdown: whoever still waits is answered.
     pub(super) fn answer_waiters_at_exit(&mut self) {
         for waiter in self.waiters.take_all_parked() {
-            self.fail(
-                waiter.ticket,
+            self.end_wait(
+                waiter,
                 ErrorCode::ShuttingDown,
                 "the node is shutting down; nothing was handed out, retry on another node",
             );

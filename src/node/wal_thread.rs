@@ -70,14 +70,14 @@
 
 use super::event::{Event, PersistReport};
 use super::persist_pipeline::PersistBatch;
+use super::wait::AdaptiveWait;
 use crate::raft::{Entry, LogIndex, Message};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 /// Entry bytes gathered into one sync group, at most (one batch may exceed it alone): keeps
 /// a group well inside one WAL record (4 GiB) and bounds the memory a group pins.
@@ -190,18 +190,12 @@ impl WalThread {
         self.sending.store(false, Ordering::SeqCst);
     }
 
-    /// Queues `command` and wakes the thread if it parked ([`Inbox::next`]). False if the
-    /// thread has stopped (after a storage failure it reported, or a panic).
+    /// Queues `command`. False if the thread has stopped (after a storage failure it
+    /// reported, or a panic).
     pub(super) fn send(&self, command: WalCommand) -> bool {
-        let sent = self
-            .commands
+        self.commands
             .as_ref()
-            .is_some_and(|commands| commands.send(command).is_ok());
-        if let Some(thread) = &self.thread {
-            // An atomic swap unless the thread is parked.
-            thread.thread().unpark();
-        }
-        sent
+            .is_some_and(|commands| commands.send(command).is_ok())
     }
 
     /// Lets the thread finish what is queued and returns the store, `None` if it stopped
@@ -209,12 +203,7 @@ impl WalThread {
     /// the thread may be waiting to report.
     pub(super) fn stop(&mut self) -> Option<JoinHandle<Box<dyn LogStore + Send>>> {
         self.commands = None;
-        let thread = self.thread.take();
-        if let Some(thread) = &thread {
-            // A parked thread learns of the hang-up only when it looks again.
-            thread.thread().unpark();
-        }
-        thread
+        self.thread.take()
     }
 }
 
@@ -235,8 +224,9 @@ fn run(
     outbox: &Outbox,
 ) -> Box<dyn LogStore + Send> {
     let mut messages: Vec<Message> = Vec::new();
-    let mut waits = Inbox::new(inbox);
-    while let Some(first) = waits.next() {
+    // Spin-and-yield only while batches come back to back (`super::wait`).
+    let mut wait = AdaptiveWait::default();
+    while let Ok(first) = wait.recv(inbox) {
         let mut through_batch = None;
         let mut must_sync = false;
         let mut entries = 0u64;
@@ -287,57 +277,6 @@ fn run(
         }
     }
     store
-}
-
-/// A wait that lasted less than this was "short": the next batch came while the thread
-/// could as well have kept looking (see [`Inbox::next`]).
-const SHORT_WAIT: Duration = Duration::from_micros(100);
-
-/// How the thread waits for its next command.
-///
-/// Why not always crossbeam's `recv`: before it parks, it spins and then calls
-/// `sched_yield` about four times, and each yield on a busy machine is a context switch.
-/// That pays when the next batch comes within microseconds (many clients: the yield lets
-/// the thread that is about to hand it over run, and the batch is picked up without a
-/// futex sleep and wake), and is pure cost when it comes a request's round trip later (one
-/// client). So the thread keeps crossbeam's spin-and-yield only while its waits are short,
-/// and otherwise parks at once; [`WalThread::send`] unparks it.
-struct Inbox<'a> {
-    commands: &'a Receiver<WalCommand>,
-    last_wait_short: bool,
-}
-
-impl<'a> Inbox<'a> {
-    fn new(commands: &'a Receiver<WalCommand>) -> Inbox<'a> {
-        Inbox {
-            commands,
-            last_wait_short: true,
-        }
-    }
-
-    /// The next command, `None` once the loop has hung up and everything queued is taken.
-    fn next(&mut self) -> Option<WalCommand> {
-        match self.commands.try_recv() {
-            Ok(command) => return Some(command),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {}
-        }
-        let started = Instant::now();
-        let command = if self.last_wait_short {
-            self.commands.recv().ok()
-        } else {
-            loop {
-                match self.commands.try_recv() {
-                    Ok(command) => break Some(command),
-                    Err(TryRecvError::Disconnected) => break None,
-                    // A send after the try_recv leaves an unpark token: park returns at once.
-                    Err(TryRecvError::Empty) => std::thread::park(),
-                }
-            }
-        };
-        self.last_wait_short = started.elapsed() < SHORT_WAIT;
-        command
-    }
 }
 
 fn write(store: &mut dyn LogStore, command: WalCommand) -> Result<(), StorageError> {

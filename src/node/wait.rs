@@ -8,10 +8,10 @@
 //! parking every time measured slower there, docs/PERFORMANCE.md, "Tried and reverted:
 //! parking instead of crossbeam's spin-and-yield"), and is pure cost when the next message
 //! comes a request's round trip later (one client). So a thread keeps the spin-and-yield only
-//! while its last wait was short, and otherwise waits in crossbeam's `select`, which
+//! while its last wait was short, and otherwise waits in crossbeam's `Select`, which
 //! registers and parks at once; the sender's wake-up is crossbeam's own either way.
 
-use crossbeam_channel::{Receiver, RecvError};
+use crossbeam_channel::{Receiver, RecvError, Select};
 use std::time::{Duration, Instant};
 
 /// A wait that lasted less than this was "short": the next message came while the thread
@@ -42,9 +42,10 @@ impl AdaptiveWait {
         let message = if self.last_wait_short {
             channel.recv()
         } else {
-            crossbeam_channel::select! {
-                recv(channel) -> message => message,
-            }
+            // `Select`, not `select!`: the macro turns a lone `recv` arm back into `recv()`.
+            let mut select = Select::new();
+            select.recv(channel);
+            select.select().recv(channel)
         };
         self.last_wait_short = started.elapsed() < SHORT_WAIT;
         message

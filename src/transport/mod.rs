@@ -46,7 +46,9 @@
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
 //! cannot wait on a channel. A [`mailbox`] pairs a channel with a "doorbell": the producer
 //! sends on the channel, then rings; the consumer polls the doorbell beside its sockets and
-//! drains the channel when it rings. Nothing sleeps and polls. The doorbell is a plain
+//! drains the channel when it rings. Nothing sleeps and polls. The client thread and the
+//! peer receiver wait on exactly their ROUTER and their doorbell, with one `poll` syscall
+//! (`wait_for_socket_or_bell`) instead of `zmq::poll`'s half dozen. The doorbell is a plain
 //! Linux eventfd that `zmq::poll` watches as a file descriptor, not a ZeroMQ socket: a ring
 //! is one `write` and a drain one `read`, where an inproc socket pair costs ZeroMQ's own
 //! signalling on both ends and a `ZMQ_EVENTS` check (a `poll` syscall) in every `zmq::poll`

@@ -61,6 +61,7 @@ mod reload;
 mod snapshots;
 mod startup_checks;
 mod status;
+mod wait;
 mod waiters;
 mod wal_thread;
 

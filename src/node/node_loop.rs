@@ -63,6 +63,7 @@ use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
 use super::status::WalCounters;
+use super::wait::AdaptiveWait;
 use super::waiters::Waiters;
 use super::wal_thread::{WalCommand, WalThread};
 use super::NodeError;
@@ -216,6 +217,8 @@ impl NodeLoop {
 
     /// Runs until shutdown has completed, then stops the transport threads.
     pub(super) fn run(mut self, events: &Receiver<Event>) {
+        // Spin-and-yield only while events come back to back (`super::wait`).
+        let mut wait = AdaptiveWait::default();
         loop {
             // With work left over (a long log being applied slice by slice), only look for
             // events; otherwise sleep until one comes.
@@ -226,7 +229,7 @@ impl NodeLoop {
                     Err(crossbeam_channel::TryRecvError::Disconnected) => break,
                 }
             } else {
-                match events.recv() {
+                match wait.recv(events) {
                     Ok(event) => Some(event),
                     Err(_) => break, // Every producer is gone; nothing more can happen.
                 }

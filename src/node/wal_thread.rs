@@ -70,6 +70,7 @@
 
 use super::event::{Event, PersistReport};
 use super::persist_pipeline::PersistBatch;
+use super::wait::AdaptiveWait;
 use crate::raft::{Entry, LogIndex, Message};
 use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
@@ -223,7 +224,9 @@ fn run(
     outbox: &Outbox,
 ) -> Box<dyn LogStore + Send> {
     let mut messages: Vec<Message> = Vec::new();
-    while let Ok(first) = inbox.recv() {
+    // Spin-and-yield only while batches come back to back (`super::wait`).
+    let mut wait = AdaptiveWait::default();
+    while let Ok(first) = wait.recv(inbox) {
         let mut through_batch = None;
         let mut must_sync = false;
         let mut entries = 0u64;

@@ -30,7 +30,8 @@
 use super::monitor::Monitor;
 use super::watch::{self, Watched, Watcher};
 use super::{
-    bind_router_with, mailbox, zmq_context, Frames, MailboxReceiver, MailboxSender, TransportError,
+    bind_router_with, mailbox, wait_for_socket_or_bell, zmq_context, Frames, MailboxReceiver,
+    MailboxSender, TransportError, Woken,
 };
 use crate::config::clients::{Access, SharedClients};
 use crate::config::keys::Key;
@@ -259,23 +260,20 @@ struct ClientThread<E> {
 
 impl<E: From<ClientRequest>> ClientThread<E> {
     fn run(mut self) {
+        let socket = match self.router.get_fd() {
+            Ok(fd) => fd,
+            Err(error) => {
+                log::error!("client thread: ZMQ_FD: {error}");
+                return;
+            }
+        };
+        // Nothing read yet: look at both before the first wait.
+        let mut woken = Woken {
+            socket: true,
+            bell: true,
+        };
         loop {
-            let (requests_ready, commands_ready) = {
-                let mut items = [
-                    self.router.as_poll_item(zmq::POLLIN),
-                    self.inbox.poll_item(),
-                ];
-                match zmq::poll(&mut items, -1) {
-                    Ok(_) => {}
-                    Err(zmq::Error::EINTR) => continue,
-                    Err(error) => {
-                        log::error!("client thread: poll: {error}");
-                        return;
-                    }
-                }
-                (items[0].is_readable(), items[1].is_readable())
-            };
-            if commands_ready {
+            if woken.bell {
                 let commands = match self.inbox.drain() {
                     Ok(commands) => commands,
                     Err(_) => return, // The node loop is gone without a word.
@@ -290,19 +288,39 @@ impl<E: From<ClientRequest>> ClientThread<E> {
                     }
                 }
             }
-            if requests_ready {
-                for _ in 0..RECEIVE_BATCH_MAX {
-                    match recv_frames(&self.router, self.clients.is_some()) {
-                        Ok((frames, user_id)) => self.handle(frames, user_id),
-                        Err(zmq::Error::EAGAIN) => break,
-                        Err(zmq::Error::EINTR) => continue,
-                        Err(error) => {
-                            log::error!("client thread: recv: {error}");
-                            return;
-                        }
+            // Read until EAGAIN whatever woke us, after the replies: a send may have taken
+            // the signal of a request that arrived meanwhile, and the wait below needs the
+            // socket's last operation to be a recv that found nothing.
+            let mut drained = false;
+            for _ in 0..RECEIVE_BATCH_MAX {
+                match recv_frames(&self.router, self.clients.is_some()) {
+                    Ok((frames, user_id)) => self.handle(frames, user_id),
+                    Err(zmq::Error::EAGAIN) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(zmq::Error::EINTR) => continue,
+                    Err(error) => {
+                        log::error!("client thread: recv: {error}");
+                        return;
                     }
                 }
             }
+            woken = if drained {
+                match wait_for_socket_or_bell(socket, self.inbox.doorbell()) {
+                    Ok(woken) => woken,
+                    Err(error) => {
+                        log::error!("client thread: poll: {error}");
+                        return;
+                    }
+                }
+            } else {
+                // More requests queued: give the replies their turn, then read on.
+                Woken {
+                    socket: true,
+                    bell: true,
+                }
+            };
         }
     }
 

@@ -46,7 +46,9 @@
 //! A thread that waits on sockets cannot also block on a crossbeam channel, and `zmq::poll`
 //! cannot wait on a channel. A [`mailbox`] pairs a channel with a "doorbell": the producer
 //! sends on the channel, then rings; the consumer polls the doorbell beside its sockets and
-//! drains the channel when it rings. Nothing sleeps and polls. The doorbell is a plain
+//! drains the channel when it rings. Nothing sleeps and polls. The client thread and the
+//! peer receiver wait on exactly their ROUTER and their doorbell, with one `poll` syscall
+//! (`wait_for_socket_or_bell`) instead of `zmq::poll`'s half dozen. The doorbell is a plain
 //! Linux eventfd that `zmq::poll` watches as a file descriptor, not a ZeroMQ socket: a ring
 //! is one `write` and a drain one `read`, where an inproc socket pair costs ZeroMQ's own
 //! signalling on both ends and a `ZMQ_EVENTS` check (a `poll` syscall) in every `zmq::poll`
@@ -250,6 +252,15 @@ impl DoorbellListener {
         zmq::PollItem::from_fd(self.fd.as_raw_fd(), zmq::POLLIN)
     }
 
+    /// Consumes every queued ring without waiting, and says whether there was any.
+    pub fn rung(&self) -> bool {
+        let mut count = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer of 8 from a descriptor we own.
+        let read =
+            unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        read == count.len() as isize
+    }
+
     /// Consumes every queued ring. Call before draining the channel it guards, so that a
     /// ring for an item sent after the drain is never lost.
     pub fn drain(&self) {
@@ -257,6 +268,57 @@ impl DoorbellListener {
         // SAFETY: reads at most 8 bytes into a live buffer of 8 from a descriptor we own.
         // One read resets the counter; EAGAIN means nothing was rung.
         let _ = unsafe { libc::read(self.fd.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+    }
+}
+
+/// Which of a transport thread's two wake-up sources fired ([`wait_for_socket_or_bell`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Woken {
+    /// The socket's `ZMQ_FD` signalled: its mailbox has commands (a message may be in).
+    pub(crate) socket: bool,
+    pub(crate) bell: bool,
+}
+
+/// Blocks until `socket`'s `ZMQ_FD` or `bell` is readable: one `poll` syscall.
+///
+/// Why not `zmq::poll`: for a ZeroMQ socket it polls once with a zero timeout, then checks
+/// `ZMQ_EVENTS` (a `poll` of the socket's mailbox, and a `read` when signalled) before it
+/// blocks, and checks `ZMQ_EVENTS` again after: about six syscalls per wake-up, on the
+/// client thread's and the peer receiver's path of every request. This is sound only under
+/// `ZMQ_FD`'s edge-triggered contract, which the caller keeps: the last operation on the
+/// socket before calling this was a `recv` that returned `EAGAIN` (which processes the
+/// socket's pending commands and leaves its mailbox waiting for the next signal), with no
+/// send in between (a send may consume a signal for incoming messages).
+pub(crate) fn wait_for_socket_or_bell(
+    socket: std::os::fd::RawFd,
+    bell: &DoorbellListener,
+) -> std::io::Result<Woken> {
+    let mut fds = [
+        libc::pollfd {
+            fd: socket,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: bell.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a live array of two pollfds, and its length is passed with it.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready >= 0 {
+            let fired = |fd: &libc::pollfd| fd.revents != 0;
+            return Ok(Woken {
+                socket: fired(&fds[0]),
+                bell: fired(&fds[1]),
+            });
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
     }
 }
 
@@ -314,6 +376,11 @@ impl<T> MailboxSender<T> {
 impl<T> MailboxReceiver<T> {
     pub fn poll_item(&self) -> zmq::PollItem<'_> {
         self.doorbell.poll_item()
+    }
+
+    /// The doorbell, for [`wait_for_socket_or_bell`].
+    pub(crate) fn doorbell(&self) -> &DoorbellListener {
+        &self.doorbell
     }
 
     /// Everything queued so far. `Err(Disconnected)` once the sender is gone and the channel

@@ -64,7 +64,10 @@ use super::watch::{self, PeerConnection, Watched, Watcher};
 use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
-use super::{bind_router_with, zmq_context, Doorbell, DoorbellListener, Frames, TransportError};
+use super::{
+    bind_router_with, wait_for_socket_or_bell, zmq_context, Doorbell, DoorbellListener, Frames,
+    TransportError,
+};
 use crate::config::clients::SharedClients;
 use crate::config::keys::{Key, KeyPair};
 use crate::config::NodeConfig;
@@ -647,26 +650,37 @@ fn receive_loop<E>(
     E: From<Message>,
 {
     let mut impostors = LogLimiter::new(LOG_INTERVAL);
-    loop {
-        let mut items = [router.as_poll_item(zmq::POLLIN), stop.poll_item()];
-        match zmq::poll(&mut items, -1) {
-            Ok(_) => {}
-            Err(zmq::Error::EINTR) => continue,
-            Err(error) => {
-                log::error!("peer receiver: poll: {error}");
-                return;
-            }
-        }
-        if items[1].is_readable() {
+    let socket = match router.get_fd() {
+        Ok(fd) => fd,
+        Err(error) => {
+            log::error!("peer receiver: ZMQ_FD: {error}");
             return;
         }
-        if !items[0].is_readable() {
-            continue;
+    };
+    // Read until EAGAIN before every wait: `wait_for_socket_or_bell` needs the ROUTER's
+    // last operation to be a recv that found nothing. This thread never sends on it.
+    let mut drained = false;
+    loop {
+        if drained {
+            match wait_for_socket_or_bell(socket, &stop) {
+                Ok(woken) if woken.bell => return,
+                Ok(_) => {}
+                Err(error) => {
+                    log::error!("peer receiver: poll: {error}");
+                    return;
+                }
+            }
+        } else if stop.rung() {
+            return;
         }
+        drained = false;
         for _ in 0..RECEIVE_BATCH_MAX {
             let (frames, user_id) = match recv_frames(&router, keyed) {
                 Ok(received) => received,
-                Err(zmq::Error::EAGAIN) => break,
+                Err(zmq::Error::EAGAIN) => {
+                    drained = true;
+                    break;
+                }
                 Err(zmq::Error::EINTR) => continue,
                 Err(error) => {
                     log::error!("peer receiver: recv: {error}");

@@ -66,6 +66,7 @@ fn config(name: &str, nodes: usize, kinds: &[FaultKind]) -> RunConfig {
         seed: seed(),
         producers: 3,
         consumers: 3,
+        leasing_consumers: 3,
         topics: 3,
         timing: Timing {
             hold_ms: 500..5000,

@@ -5,7 +5,10 @@
 //! the test-only `--fault-injection`), runs producers and consumers through the client
 //! library while a seeded nemesis kills, restarts, pauses and partitions nodes, heals
 //! everything, drains every topic, and checks the recorded history (see `nemesis/checker.rs`
-//! for the properties, `nemesis/nemesis.rs` for the faults).
+//! for the properties, `nemesis/nemesis.rs` for the faults). Some consumers lease
+//! (PROTOCOL.md §8-§10), and ACK, NACK or drop what they get, on a topic without a delivery
+//! limit and one with `max_deliveries` and a dead-letter topic, so acknowledged delivery is
+//! under the same faults: no message lost or ACKed twice, never two holders at once.
 //!
 //! One scenario runs keyed (peer keys and a `clients` list; the workload's clients use a
 //! listed key), so the checker also holds with CURVE on both ports.

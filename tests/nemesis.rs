@@ -115,3 +115,26 @@ fn three_nodes_under_partitions_and_pauses() {
         ],
     ));
 }
+
+/// Checks a kept history again (a failed run keeps its directory), e.g. after a change to
+/// the checker: `RRMQ_NEMESIS_HISTORY=/tmp/.tmpXXXX/history.jsonl cargo test --test nemesis
+/// recheck -- --ignored --nocapture`.
+#[test]
+#[ignore = "reads the history file named by RRMQ_NEMESIS_HISTORY"]
+fn recheck_a_kept_history() {
+    let Ok(path) = std::env::var("RRMQ_NEMESIS_HISTORY") else {
+        panic!("set RRMQ_NEMESIS_HISTORY to a history.jsonl to check");
+    };
+    let records = history::read(std::path::Path::new(&path));
+    let (summary, violations) = checker::check(&records);
+    println!("{}", summary.render());
+    if !violations.is_empty() {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        panic!(
+            "{} violations{}",
+            violations.len(),
+            checker::render(&violations, &lines, 4)
+        );
+    }
+}

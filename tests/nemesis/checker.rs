@@ -65,6 +65,8 @@ pub struct Summary {
     pub gets_failed: usize,
     pub gets_unknown: usize,
     pub never_completed: usize,
+    /// Every operation invoked: puts, gets, leased gets, ACKs and NACKs.
+    pub operations: usize,
     pub consumed_in_drain: usize,
     /// Leased GETs that handed out messages, found the topic empty, failed, or ended
     /// unknown.
@@ -104,7 +106,8 @@ impl Summary {
             .map(|(kind, count)| format!("{kind} x{count}"))
             .collect();
         format!(
-            "puts: {} ok, {} failed, {} unknown; gets: {} messages ({} in the drain), {} empty, \
+            "{} operations; puts: {} ok, {} failed, {} unknown; gets: {} messages ({} in the \
+             drain), {} empty, \
              {} failed, {} unknown; {} never completed\n\
              leased gets: {} with messages, {} empty, {} failed, {} unknown; {} messages \
              leased ({} redeliveries), ACKed {} (stale {}, unknown {}), NACKed {} (stale {}, \
@@ -112,6 +115,7 @@ impl Summary {
              faults ({}, in force {:.1} s): {}\n\
              status samples: {}, terms up to {}, {} leaderships seen; recovery after the last \
              heal: {}; history spans {:.1} s",
+            self.operations,
             self.puts_ok,
             self.puts_failed,
             self.puts_unknown,
@@ -1140,7 +1144,10 @@ fn check_run(records: &[Record], violations: &mut Vec<Violation>) {
 }
 
 fn summary(records: &[Record], operations: &Operations) -> Summary {
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        operations: operations.all.len(),
+        ..Summary::default()
+    };
     for operation in &operations.all {
         if operation.completion.is_none() {
             summary.never_completed += 1;

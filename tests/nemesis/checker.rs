@@ -111,7 +111,8 @@ impl Summary {
              {} failed, {} unknown; {} never completed\n\
              leased gets: {} with messages, {} empty, {} failed, {} unknown; {} messages \
              leased ({} redeliveries), ACKed {} (stale {}, unknown {}), NACKed {} (stale {}, \
-             unknown {}), dropped {} (\"crashed\" holders); {} messages dead-lettered\n\
+             unknown {}), {} leases unsettled within their length (\"crashed\" holders); {} \
+             messages dead-lettered\n\
              faults ({}, in force {:.1} s): {}\n\
              status samples: {}, terms up to {}, {} leaderships seen; recovery after the last \
              heal: {}; history spans {:.1} s",

@@ -5,7 +5,10 @@
 //! the test-only `--fault-injection`), runs producers and consumers through the client
 //! library while a seeded nemesis kills, restarts, pauses and partitions nodes, heals
 //! everything, drains every topic, and checks the recorded history (see `nemesis/checker.rs`
-//! for the properties, `nemesis/nemesis.rs` for the faults).
+//! for the properties, `nemesis/nemesis.rs` for the faults). Some consumers lease
+//! (PROTOCOL.md §8-§10), and ACK, NACK or drop what they get, on a topic without a delivery
+//! limit and one with `max_deliveries` and a dead-letter topic, so acknowledged delivery is
+//! under the same faults: no message lost or ACKed twice, never two holders at once.
 //!
 //! One scenario runs keyed (peer keys and a `clients` list; the workload's clients use a
 //! listed key), so the checker also holds with CURVE on both ports.
@@ -66,6 +69,7 @@ fn config(name: &str, nodes: usize, kinds: &[FaultKind]) -> RunConfig {
         seed: seed(),
         producers: 3,
         consumers: 3,
+        leasing_consumers: 3,
         topics: 3,
         timing: Timing {
             hold_ms: 500..5000,
@@ -110,4 +114,27 @@ fn three_nodes_under_partitions_and_pauses() {
             FaultKind::PauseRandom,
         ],
     ));
+}
+
+/// Checks a kept history again (a failed run keeps its directory), e.g. after a change to
+/// the checker: `RRMQ_NEMESIS_HISTORY=/tmp/.tmpXXXX/history.jsonl cargo test --test nemesis
+/// recheck -- --ignored --nocapture`.
+#[test]
+#[ignore = "reads the history file named by RRMQ_NEMESIS_HISTORY"]
+fn recheck_a_kept_history() {
+    let Ok(path) = std::env::var("RRMQ_NEMESIS_HISTORY") else {
+        panic!("set RRMQ_NEMESIS_HISTORY to a history.jsonl to check");
+    };
+    let records = history::read(std::path::Path::new(&path));
+    let (summary, violations) = checker::check(&records);
+    println!("{}", summary.render());
+    if !violations.is_empty() {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        panic!(
+            "{} violations{}",
+            violations.len(),
+            checker::render(&violations, &lines, 4)
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::common::Cluster;
 use crate::history::{self, Event, History, Outcome};
 use crate::nemesis::{check_alive, FaultKind, Nemesis, Timing};
 use crate::workload;
-use rrmq::client::{Client, ClientOptions};
+use rrmq::client::{Client, ClientOptions, TopicSettings};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -46,12 +46,29 @@ pub struct RunConfig {
     pub seed: u64,
     pub producers: usize,
     pub consumers: usize,
+    /// Consumers that lease, ACK, NACK and "crash" (see `workload::lease_consume`).
+    pub leasing_consumers: usize,
+    /// Plain topics `t0`, `t1`, ...; the leased topics come on top (see [`LeasedTopics`]).
     pub topics: usize,
     pub timing: Timing,
     pub kinds: Vec<FaultKind>,
     /// CURVE on both ports (PROTOCOL.md §11): peer keys, and a `clients` list in which the
     /// workload's key may produce and consume `t*`, nothing else.
     pub keyed: bool,
+}
+
+/// The topics of leased delivery: `tl0` without a delivery limit, `tl1` with
+/// `max_deliveries` and `tdl1` as its dead-letter topic. Producers put to the first two,
+/// plain consumers pop `tl0` too (a pop must never take a leased message), leasing
+/// consumers lease from all three.
+struct LeasedTopics;
+
+impl LeasedTopics {
+    const FREE: &'static str = "tl0";
+    const LIMITED: &'static str = "tl1";
+    const DEAD_LETTER: &'static str = "tdl1";
+    /// Low, so that messages given up on twice are dead-lettered often.
+    const MAX_DELIVERIES: u64 = 2;
 }
 
 /// The workload's client name on a keyed cluster.
@@ -91,14 +108,40 @@ pub fn run(config: &RunConfig) {
     );
     let ports: Vec<u16> = cluster.ports.iter().map(|ports| ports.port).collect();
     let options = cluster.library_options_as(WORKLOAD_CLIENT, workload::client_options(&ports));
-    let topics: Vec<String> = (0..config.topics)
+    let plain: Vec<String> = (0..config.topics)
         .map(|index| format!("t{index}"))
         .collect();
     // Creating topics takes the admin right, which the workload lacks on a keyed cluster.
-    create_topics(
-        &cluster.library_options_as("harness", workload::client_options(&ports)),
-        &topics,
-    );
+    let admin = cluster.library_options_as("harness", workload::client_options(&ports));
+    create_topics(&admin, &history, &plain);
+    create_leased_topics(&admin, &history);
+    // Producers put to every topic but the dead-letter one; plain consumers pop the plain
+    // topics and the free leased one; leasing consumers lease from the leased ones.
+    let put_topics: Vec<String> = plain
+        .iter()
+        .cloned()
+        .chain([
+            LeasedTopics::FREE.to_string(),
+            LeasedTopics::LIMITED.to_string(),
+        ])
+        .collect();
+    let pop_topics: Vec<String> = plain
+        .iter()
+        .cloned()
+        .chain([LeasedTopics::FREE.to_string()])
+        .collect();
+    let lease_topics: Vec<String> = [
+        LeasedTopics::FREE,
+        LeasedTopics::LIMITED,
+        LeasedTopics::DEAD_LETTER,
+    ]
+    .map(str::to_string)
+    .to_vec();
+    let all_topics: Vec<String> = put_topics
+        .iter()
+        .cloned()
+        .chain([LeasedTopics::DEAD_LETTER.to_string()])
+        .collect();
 
     let stop_workload = AtomicBool::new(false);
     let stop_sampler = AtomicBool::new(false);
@@ -112,14 +155,23 @@ pub fn run(config: &RunConfig) {
         for index in 0..config.producers {
             let seed = config.seed.wrapping_add(1 + index as u64);
             let (history, options, topics, stop) =
-                (&history, options_of(index), &topics, &stop_workload);
+                (&history, options_of(index), &put_topics, &stop_workload);
             scope.spawn(move || workload::produce(history, options, topics, index, seed, stop));
         }
         for index in 0..config.consumers {
             let seed = config.seed.wrapping_add(1001 + index as u64);
             let (history, options, topics, stop) =
-                (&history, options_of(index), &topics, &stop_workload);
+                (&history, options_of(index), &pop_topics, &stop_workload);
             scope.spawn(move || workload::consume(history, options, topics, index, seed, stop));
+        }
+        for index in 0..config.leasing_consumers {
+            let seed = config.seed.wrapping_add(2001 + index as u64);
+            let (history, options, topics, stop) =
+                (&history, options_of(index), &lease_topics, &stop_workload);
+            scope.spawn(move || {
+                let limited = LeasedTopics::LIMITED;
+                workload::lease_consume(history, options, topics, limited, index, seed, stop)
+            });
         }
         scope.spawn(|| sample_status(&history, &options, &stop_sampler));
         // Stops the workers however this closure ends: a panic here must not leave the scope
@@ -134,12 +186,12 @@ pub fn run(config: &RunConfig) {
             config.kinds.clone(),
         )
         .run(config.duration);
-        probe_recovery(&history, &options, &topics[0]);
+        probe_recovery(&history, &options, &plain[0]);
         std::thread::sleep(QUIET_AFTER_HEAL);
         faults
     });
     check_alive(&mut cluster, &history);
-    drain(&history, &options, &topics);
+    drain(&history, &options, &all_topics);
     converge(&history, &options);
     check_alive(&mut cluster, &history);
 
@@ -193,20 +245,51 @@ impl Drop for StopOnDrop<'_> {
 }
 
 /// Creates the topics before any fault, retrying until each exists.
-fn create_topics(options: &ClientOptions, topics: &[String]) {
-    let mut client = workload::connect(options);
+fn create_topics(options: &ClientOptions, history: &History, topics: &[String]) {
     for topic in topics {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.create_topic(topic) {
-                Ok(_) => break,
-                Err(error) => assert!(
-                    Instant::now() < deadline,
-                    "cannot create topic {topic}: {error}"
-                ),
-            }
+        create_topic(options, history, topic, TopicSettings::default());
+    }
+}
+
+/// Creates the [`LeasedTopics`], the dead-letter one first.
+fn create_leased_topics(options: &ClientOptions, history: &History) {
+    create_topic(
+        options,
+        history,
+        LeasedTopics::DEAD_LETTER,
+        TopicSettings::default(),
+    );
+    create_topic(
+        options,
+        history,
+        LeasedTopics::FREE,
+        TopicSettings::default(),
+    );
+    let limited = TopicSettings {
+        max_deliveries: Some(LeasedTopics::MAX_DELIVERIES),
+        dead_letter: Some(LeasedTopics::DEAD_LETTER.to_string()),
+    };
+    create_topic(options, history, LeasedTopics::LIMITED, limited);
+}
+
+/// Creates one topic, retrying until it exists, and records it with its settings.
+fn create_topic(options: &ClientOptions, history: &History, topic: &str, settings: TopicSettings) {
+    let mut client = workload::connect(options);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.create_topic_with(topic, settings.clone()) {
+            Ok(_) => break,
+            Err(error) => assert!(
+                Instant::now() < deadline,
+                "cannot create topic {topic}: {error}"
+            ),
         }
     }
+    history.record(Event::Topic {
+        name: topic.to_string(),
+        max_deliveries: settings.max_deliveries,
+        dead_letter: settings.dead_letter,
+    });
 }
 
 /// Records every node's status every [`STATUS_INTERVAL`] until `stop`.
@@ -249,30 +332,70 @@ fn probe_recovery(history: &History, options: &ClientOptions, topic: &str) {
     });
 }
 
-/// Pops every topic empty with a fresh client, recording each pop. A long run may leave a
-/// long backlog, so only a stall is a problem, not the time it takes.
+/// Pops every topic empty with a fresh client, recording each pop, until no topic has a
+/// message left, ready or leased: messages under a lease (a "crashed" consumer's) come back
+/// when it ends, or go to the dead-letter topic, so the drain goes round again until
+/// `topic GET` with `detail` shows every topic empty. A long run may leave a long backlog,
+/// so only a stall is a problem, not the time it takes.
 fn drain(history: &History, options: &ClientOptions, topics: &[String]) {
     let mut client = workload::connect(options);
-    for topic in topics {
-        let mut progress = Instant::now();
-        loop {
-            if progress.elapsed() > DRAIN_STALL_MAX {
-                history.record(Event::Note {
-                    text: format!("the drain of {topic} popped nothing for {DRAIN_STALL_MAX:?}"),
-                    problem: true,
-                });
-                return;
-            }
-            match workload::get(history, &mut client, "drain", topic) {
-                (Outcome::Ok, None) => break,
-                (Outcome::Ok, Some(_)) => progress = Instant::now(),
-                // Unknown or failed: try again (the checker accounts for the uncertainty).
-                _ => std::thread::sleep(Duration::from_millis(100)),
+    let mut progress = Instant::now();
+    loop {
+        for topic in topics {
+            loop {
+                if progress.elapsed() > DRAIN_STALL_MAX {
+                    history.record(Event::Note {
+                        text: format!(
+                            "the drain popped nothing for {DRAIN_STALL_MAX:?} (at {topic})"
+                        ),
+                        problem: true,
+                    });
+                    return;
+                }
+                match workload::get(history, &mut client, "drain", topic) {
+                    (Outcome::Ok, None) => break,
+                    (Outcome::Ok, Some(_)) => progress = Instant::now(),
+                    // Unknown or failed: try again (the checker accounts for the uncertainty).
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
             }
         }
+        match client.list_topic_details() {
+            Ok(details) => {
+                let left: Vec<String> = details
+                    .iter()
+                    .filter(|detail| detail.ready + detail.leased > 0)
+                    .map(|detail| {
+                        format!(
+                            "{}: {} ready, {} leased",
+                            detail.name, detail.ready, detail.leased
+                        )
+                    })
+                    .collect();
+                if left.is_empty() {
+                    break;
+                }
+                if progress.elapsed() > DRAIN_STALL_MAX {
+                    history.record(Event::Note {
+                        text: format!(
+                            "the drain popped nothing for {DRAIN_STALL_MAX:?}; left: {}",
+                            left.join(", ")
+                        ),
+                        problem: true,
+                    });
+                    return;
+                }
+            }
+            Err(error) => history.record(Event::Note {
+                text: format!("the drain could not list topics: {error}"),
+                problem: false,
+            }),
+        }
+        // Leases still running: they end within seconds.
+        std::thread::sleep(Duration::from_millis(200));
     }
     history.record(Event::Note {
-        text: "drain finished: every topic answered EMPTY".to_string(),
+        text: "drain finished: every topic answered EMPTY, none with a message leased".to_string(),
         problem: false,
     });
 }

@@ -25,7 +25,34 @@ use std::time::Instant;
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     Put,
+    /// A plain GET: pops.
     Get,
+    /// A leased GET (PROTOCOL.md §8-§10): `lease` on the invocation, `delivered` on the
+    /// completion.
+    Lease,
+    /// ACK of the invocation's `receipts`.
+    Ack,
+    /// NACK of the invocation's `receipts`.
+    Nack,
+}
+
+/// The options of a leased GET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub lease_ms: u64,
+    /// `max` (a batch) when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// One message a leased GET handed out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leased {
+    pub value: String,
+    pub receipt: String,
+    pub deliveries: u64,
 }
 
 /// How an operation ended.
@@ -59,6 +86,15 @@ pub enum Event {
         topic: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value: Option<String>,
+        /// A leased GET's options.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<LeaseRequest>,
+        /// An ACK's or NACK's receipts; `many` says whether they went as `receipts` (a
+        /// list, even of one) or as the single `receipt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receipts: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        many: bool,
     },
     /// The client returned. `value`: a put's message, or the message a get popped.
     Complete {
@@ -71,6 +107,21 @@ pub enum Event {
         value: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// What a leased GET handed out (empty when the topic was).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivered: Option<Vec<Leased>>,
+        /// The receipts an ACK or NACK was refused for (`STALE_RECEIPT`): a batch's `stale`
+        /// list with outcome `ok`, or the single receipt with outcome `fail`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stale: Option<Vec<String>>,
+    },
+    /// A topic the harness created, with its delivery settings (PROTOCOL.md §8).
+    Topic {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_deliveries: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dead_letter: Option<String>,
     },
     /// The nemesis started or healed a fault.
     Nemesis {
@@ -196,6 +247,64 @@ mod tests {
                 op: Op::Put,
                 topic: "t0".into(),
                 value: Some("p0-1".into()),
+                lease: None,
+                receipts: None,
+                many: false,
+            },
+            Event::Invoke {
+                id: 2,
+                process: "l0".into(),
+                op: Op::Lease,
+                topic: "tl0".into(),
+                value: None,
+                lease: Some(LeaseRequest {
+                    lease_ms: 2500,
+                    max: Some(3),
+                    wait_ms: None,
+                }),
+                receipts: None,
+                many: false,
+            },
+            Event::Complete {
+                id: 2,
+                process: "l0".into(),
+                op: Op::Lease,
+                topic: "tl0".into(),
+                outcome: Outcome::Ok,
+                value: None,
+                error: None,
+                delivered: Some(vec![Leased {
+                    value: "p0-2".into(),
+                    receipt: "r9".into(),
+                    deliveries: 2,
+                }]),
+                stale: None,
+            },
+            Event::Invoke {
+                id: 3,
+                process: "l0".into(),
+                op: Op::Ack,
+                topic: "tl0".into(),
+                value: None,
+                lease: None,
+                receipts: Some(vec!["r9".into()]),
+                many: true,
+            },
+            Event::Complete {
+                id: 3,
+                process: "l0".into(),
+                op: Op::Ack,
+                topic: "tl0".into(),
+                outcome: Outcome::Ok,
+                value: None,
+                error: None,
+                delivered: None,
+                stale: Some(vec![]),
+            },
+            Event::Topic {
+                name: "tl1".into(),
+                max_deliveries: Some(2),
+                dead_letter: Some("tdl1".into()),
             },
             Event::Nemesis {
                 phase: Phase::Start,
@@ -210,6 +319,8 @@ mod tests {
                 outcome: Outcome::Unknown,
                 value: Some("p0-1".into()),
                 error: Some("deadline".into()),
+                delivered: None,
+                stale: None,
             },
             Event::Status {
                 node: 2,

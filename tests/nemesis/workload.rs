@@ -8,18 +8,24 @@
 //! Every worker has its own client (its own session) and stops when told, after finishing
 //! the operation in hand.
 //!
+//! A leasing consumer `l{i}` takes messages under a lease (PROTOCOL.md §8-§10: sometimes a
+//! batch, sometimes a blocking GET), and for each one either ACKs it (sometimes several
+//! receipts in one request), NACKs it, or "crashes": drops the receipt without a word, so
+//! the message must come back when the lease ends. Some dropped receipts are ACKed much
+//! later, as a consumer that woke up would, to see stale receipts refused.
+//!
 //! Outcomes: a client `Ok` is `ok`; an error the client says may have taken effect, or one
 //! this module cannot classify, is `unknown`; only errors that prove nothing happened
 //! (`NO_SUCH_TOPIC`, `BAD_REQUEST`, ...) are `fail`. Erring towards unknown can only make
 //! the checker more lenient, never blame the cluster wrongly.
 
-use crate::history::{Event, History, Op, Outcome};
+use crate::history::{Event, History, LeaseRequest, Leased, Op, Outcome};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rrmq::client::{Client, ClientError, ClientOptions, NodeAddress};
+use rrmq::client::{Client, ClientError, ClientOptions, FetchOptions, Fetched, NodeAddress};
 use rrmq::protocol::Payload;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a patient worker's call may take: longer than most faults, so its outcomes are
 /// known (an unknown outcome weakens the checks), bounded so a worker always comes back.
@@ -85,6 +91,9 @@ pub fn put(
         op: Op::Put,
         topic: topic.to_string(),
         value: Some(value.to_string()),
+        lease: None,
+        receipts: None,
+        many: false,
     });
     let result = client.put(topic, Payload::Text(value.to_string()));
     let (outcome, error) = match result {
@@ -99,6 +108,8 @@ pub fn put(
         outcome,
         value: Some(value.to_string()),
         error,
+        delivered: None,
+        stale: None,
     });
     outcome
 }
@@ -118,6 +129,9 @@ pub fn get(
         op: Op::Get,
         topic: topic.to_string(),
         value: None,
+        lease: None,
+        receipts: None,
+        many: false,
     });
     let result = client.get(topic);
     let (outcome, value, error) = match result {
@@ -132,6 +146,8 @@ pub fn get(
         outcome,
         value: value.clone(),
         error,
+        delivered: None,
+        stale: None,
     });
     (outcome, value)
 }
@@ -179,6 +195,196 @@ pub fn consume(
         if let (Outcome::Ok, None) = get(history, &mut client, &process, topic) {
             // Empty: let the producers get ahead instead of spinning on the leader.
             std::thread::sleep(Duration::from_millis(rng.gen_range(5..30)));
+        }
+    }
+}
+
+/// A leased GET of `topic` as `process`, recording both ends. Returns the outcome and what
+/// it handed out (empty when the topic was).
+pub fn lease(
+    history: &History,
+    client: &mut Client,
+    process: &str,
+    topic: &str,
+    request: LeaseRequest,
+) -> (Outcome, Vec<Leased>) {
+    let id = history.next_id();
+    history.record(Event::Invoke {
+        id,
+        process: process.to_string(),
+        op: Op::Lease,
+        topic: topic.to_string(),
+        value: None,
+        lease: Some(request),
+        receipts: None,
+        many: false,
+    });
+    let options = FetchOptions {
+        lease_ms: Some(request.lease_ms),
+        wait_ms: request.wait_ms,
+        max: request.max,
+    };
+    let leased = |delivery: rrmq::client::Delivery| Leased {
+        value: text_of(delivery.message),
+        receipt: delivery.receipt,
+        deliveries: delivery.deliveries,
+    };
+    let (outcome, delivered, error) = match client.fetch(topic, options) {
+        Ok(Fetched::Empty) => (Outcome::Ok, Vec::new(), None),
+        Ok(Fetched::Delivered(delivery)) => (Outcome::Ok, vec![leased(delivery)], None),
+        Ok(Fetched::Deliveries(deliveries)) => (
+            Outcome::Ok,
+            deliveries.into_iter().map(leased).collect(),
+            None,
+        ),
+        // A reply of the wrong shape: whatever it was, this consumer cannot use it.
+        Ok(other) => (
+            Outcome::Unknown,
+            Vec::new(),
+            Some(format!("unexpected reply to a leased GET: {other:?}")),
+        ),
+        Err(error) => (outcome_of(&error), Vec::new(), Some(error.to_string())),
+    };
+    history.record(Event::Complete {
+        id,
+        process: process.to_string(),
+        op: Op::Lease,
+        topic: topic.to_string(),
+        outcome,
+        value: None,
+        error,
+        delivered: Some(delivered.clone()),
+        stale: None,
+    });
+    (outcome, delivered)
+}
+
+/// ACKs or NACKs `receipts` of `topic` as `process`, recording both ends: one receipt in
+/// the single form unless `many`, else the `receipts` list. Returns the outcome.
+pub fn settle(
+    history: &History,
+    client: &mut Client,
+    process: &str,
+    op: Op,
+    topic: &str,
+    receipts: &[String],
+    many: bool,
+) -> Outcome {
+    let many = many || receipts.len() != 1;
+    let id = history.next_id();
+    history.record(Event::Invoke {
+        id,
+        process: process.to_string(),
+        op,
+        topic: topic.to_string(),
+        value: None,
+        lease: None,
+        receipts: Some(receipts.to_vec()),
+        many,
+    });
+    let result = match (op, many) {
+        (Op::Ack, true) => client.ack_many(topic, receipts),
+        (Op::Nack, true) => client.nack_many(topic, receipts),
+        (Op::Ack, false) => client.ack(topic, &receipts[0]).map(|()| Vec::new()),
+        (Op::Nack, false) => client.nack(topic, &receipts[0]).map(|()| Vec::new()),
+        _ => unreachable!("settle takes ACK or NACK"),
+    };
+    let (outcome, stale, error) = match result {
+        Ok(stale) => (Outcome::Ok, Some(stale), None),
+        Err(ClientError::StaleReceipt { receipt, .. }) => (
+            Outcome::Fail,
+            Some(vec![receipt]),
+            Some("STALE_RECEIPT".to_string()),
+        ),
+        Err(error) => (outcome_of(&error), None, Some(error.to_string())),
+    };
+    history.record(Event::Complete {
+        id,
+        process: process.to_string(),
+        op,
+        topic: topic.to_string(),
+        outcome,
+        value: None,
+        error,
+        delivered: None,
+        stale,
+    });
+    outcome
+}
+
+/// Lease lengths a leasing consumer picks from: short ones end often (redeliveries), long
+/// ones give the checker's holder rule room to bite.
+const LEASE_MS: [u64; 4] = [300, 1000, 2500, 4000];
+
+/// Leasing consumer `index`: leases from random topics of `topics` until `stop`, settling
+/// each message as the module docs say. On `limited` (a topic with `max_deliveries`) it
+/// gives up on messages more often, so that some are dead-lettered.
+pub fn lease_consume(
+    history: &History,
+    options: &ClientOptions,
+    topics: &[String],
+    limited: &str,
+    index: usize,
+    seed: u64,
+    stop: &AtomicBool,
+) {
+    let process = format!("l{index}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut client = connect(options);
+    // Receipts dropped by a "crash" that this consumer will ACK anyway, and when.
+    let mut zombies: Vec<(Instant, String, String)> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(position) = zombies.iter().position(|(due, ..)| *due <= Instant::now()) {
+            let (_, topic, receipt) = zombies.swap_remove(position);
+            settle(
+                history,
+                &mut client,
+                &process,
+                Op::Ack,
+                &topic,
+                &[receipt],
+                false,
+            );
+            continue;
+        }
+        let topic = topics[rng.gen_range(0..topics.len())].as_str();
+        let request = LeaseRequest {
+            lease_ms: LEASE_MS[rng.gen_range(0..LEASE_MS.len())],
+            max: rng.gen_bool(0.5).then(|| rng.gen_range(2..=10)),
+            wait_ms: rng.gen_bool(0.3).then(|| rng.gen_range(200..1500)),
+        };
+        let (outcome, delivered) = lease(history, &mut client, &process, topic, request);
+        if delivered.is_empty() {
+            if outcome == Outcome::Ok && request.wait_ms.is_none() {
+                std::thread::sleep(Duration::from_millis(rng.gen_range(5..30)));
+            }
+            continue;
+        }
+        // Work on them a little, within the shortest lease.
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..50)));
+        let give_up = if topic == limited { 0.25 } else { 0.1 };
+        let (mut acks, mut nacks) = (Vec::new(), Vec::new());
+        for item in delivered {
+            if rng.gen_bool(give_up) {
+                if rng.gen_bool(0.3) {
+                    let late = Duration::from_millis(request.lease_ms + rng.gen_range(0..2000));
+                    zombies.push((Instant::now() + late, topic.to_string(), item.receipt));
+                }
+            } else if rng.gen_bool(give_up) {
+                nacks.push(item.receipt);
+            } else {
+                acks.push(item.receipt);
+            }
+        }
+        for (op, receipts) in [(Op::Nack, nacks), (Op::Ack, acks)] {
+            if receipts.is_empty() {
+            } else if receipts.len() > 1 && rng.gen_bool(0.6) || rng.gen_bool(0.2) {
+                settle(history, &mut client, &process, op, topic, &receipts, true);
+            } else {
+                for receipt in receipts {
+                    settle(history, &mut client, &process, op, topic, &[receipt], false);
+                }
+            }
         }
     }
 }

@@ -1284,6 +1284,7 @@ impl Client {
             Outcome::Count(_) => unexpected_detail(node, operation, "a count"),
             Outcome::Stale(_) => unexpected_detail(node, operation, "a list of stale receipts"),
             Outcome::TopicDetails(_) => unexpected_detail(node, operation, "topic details"),
+            Outcome::Members(_) => unexpected_detail(node, operation, "a member list"),
         }
     }
 }
@@ -1400,6 +1401,9 @@ fn describe(operation: &Operation) -> String {
         Operation::Ack { topic, .. } => format!("ack in '{topic}'"),
         Operation::Nack { topic, .. } => format!("nack in '{topic}'"),
         Operation::Touch { topic, .. } => format!("touch in '{topic}'"),
+        Operation::ListMembers => "list members".to_string(),
+        Operation::AddMember { member } => format!("add member {}", member.id),
+        Operation::RemoveMember { id } => format!("remove member {id}"),
     }
 }
 

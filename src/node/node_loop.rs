@@ -82,6 +82,7 @@ use shutdown::Shutdown;
 use std::time::Instant;
 
 mod admission;
+mod membership;
 mod shutdown;
 mod waiting;
 

@@ -2210,7 +2210,7 @@ fn arbitrary_version_2_operation() -> impl Strategy<Value = Operation> {
     ]
 }
 
-const ALL_CODES: [ErrorCode; 14] = ErrorCode::ALL;
+const ALL_CODES: [ErrorCode; 15] = ErrorCode::ALL;
 
 fn arbitrary_delivery() -> impl Strategy<Value = Delivery> {
     (arbitrary_payload(), arbitrary_text(20), any::<u64>()).prop_map(
@@ -2443,3 +2443,4 @@ proptest! {
 }
 
 mod delivery;
+mod membership;

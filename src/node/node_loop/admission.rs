@@ -78,13 +78,25 @@ impl NodeLoop {
         // From arrival at the socket, so time queued behind other events counts. One client
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
+        if matches!(
+            operation,
+            Operation::ListMembers | Operation::AddMember { .. } | Operation::RemoveMember { .. }
+        ) {
+            self.on_member_request(ticket, operation, deadline);
+            return;
+        }
         let waiter =
             match self.admit_blocking_get(ticket, &operation, &request.session, received_at) {
                 BlockingGet::Held => return,
                 BlockingGet::Propose(waiter) => waiter,
             };
         let command = match operation {
-            Operation::Status | Operation::Stats | Operation::Fault { .. } => {
+            Operation::Status
+            | Operation::Stats
+            | Operation::Fault { .. }
+            | Operation::ListMembers
+            | Operation::AddMember { .. }
+            | Operation::RemoveMember { .. } => {
                 unreachable!("answered above")
             }
             Operation::ListTopics | Operation::ListTopicDetails => {

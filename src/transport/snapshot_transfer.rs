@@ -108,6 +108,11 @@ pub(crate) enum SenderInput {
     Acknowledge(SnapshotAck),
     /// This node is no longer leader: drop every transfer, report nothing.
     CancelAll,
+    /// The membership gained this peer: stream to it on this DEALER (made by the node
+    /// loop's transport, moved here).
+    Connect(NodeId, zmq::Socket),
+    /// The membership lost this peer: close its DEALER.
+    Disconnect(NodeId),
     Stop,
 }
 
@@ -251,6 +256,12 @@ where
                     log::info!("no longer leader: snapshot transfers cancelled");
                 }
                 self.transfers.clear();
+            }
+            SenderInput::Connect(peer, dealer) => {
+                self.dealers.insert(peer, dealer);
+            }
+            SenderInput::Disconnect(peer) => {
+                self.dealers.remove(&peer);
             }
             SenderInput::Stop => return false,
         }

@@ -74,7 +74,7 @@ pub(super) fn status(view: &NodeView<'_>) -> Reply {
 }
 
 /// The `stats` reply: the state machine at `applied`.
-pub(super) fn stats(id: NodeId, queue: &Queue, applied: LogIndex) -> Reply {
+pub(super) fn stats(id: NodeId, cluster_id: u64, queue: &Queue, applied: LogIndex) -> Reply {
     let stats = queue.stats();
     Reply::Stats(StatsReport {
         id: id.0,
@@ -84,6 +84,7 @@ pub(super) fn stats(id: NodeId, queue: &Queue, applied: LogIndex) -> Reply {
         message_count: stats.messages as u64,
         payload_bytes: stats.payload_bytes as u64,
         session_count: stats.sessions as u64,
+        cluster_id,
     })
 }
 

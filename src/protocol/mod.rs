@@ -529,6 +529,9 @@ pub struct StatsReport {
     pub message_count: u64,
     pub payload_bytes: u64,
     pub session_count: u64,
+    /// The id peers stamp on their messages (`config`'s `cluster_id`), fixed for the
+    /// cluster's life: a node started with `--join` learns it here. 0 when absent.
+    pub cluster_id: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

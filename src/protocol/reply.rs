@@ -335,6 +335,7 @@ struct StatsWire {
     message_count: u64,
     payload_bytes: u64,
     session_count: u64,
+    cluster_id: u64,
 }
 
 impl StatsWire {
@@ -348,6 +349,7 @@ impl StatsWire {
             message_count: stats.message_count,
             payload_bytes: stats.payload_bytes,
             session_count: stats.session_count,
+            cluster_id: stats.cluster_id,
         }
     }
 }
@@ -777,6 +779,7 @@ fn interpret_stats(mut entries: Entries) -> Result<StatsReport, String> {
         message_count: entries.required_u64("message_count")?,
         payload_bytes: entries.required_u64("payload_bytes")?,
         session_count: entries.required_u64("session_count")?,
+        cluster_id: entries.take_u64("cluster_id")?.unwrap_or(0),
     })
 }
 

@@ -2299,6 +2299,7 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
         message_count: numbers[3],
         payload_bytes: numbers[4],
         session_count: numbers[5],
+        cluster_id: numbers[0] ^ 1,
     });
     prop_oneof![
         (outcome, leader).prop_map(|(outcome, leader)| Reply::Outcome { outcome, leader }),

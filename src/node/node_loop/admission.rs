@@ -46,7 +46,12 @@ impl NodeLoop {
             return;
         }
         if operation == Operation::Stats {
-            let reply = status::stats(self.config.id, &self.queue, self.applied);
+            let reply = status::stats(
+                self.config.id,
+                self.config.cluster.cluster_id,
+                &self.queue,
+                self.applied,
+            );
             self.clients.reply(ticket, reply);
             return;
         }

@@ -194,6 +194,9 @@ pub fn error_name(error: &ProposeError) -> &'static str {
         ProposeError::TransferInProgress => "TransferInProgress",
         ProposeError::TooManyPendingReads => "TooManyPendingReads",
         ProposeError::UnknownPeer(_) => "UnknownPeer",
+        ProposeError::ChangeInProgress => "ChangeInProgress",
+        ProposeError::LeaderNotReady => "LeaderNotReady",
+        ProposeError::InvalidChange(_) => "InvalidChange",
     }
 }
 

@@ -18,7 +18,7 @@ impl Cluster {
             .map(|&id| {
                 Core::new(
                     id,
-                    voters.clone(),
+                    Membership::from_voters(voters.clone()),
                     RaftConfig::default(),
                     InitialState::default(),
                     id.0 + 1,
@@ -124,8 +124,8 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
         .last()
         .map(Entry::id)
         .expect("applied");
-    let snapshot = SnapshotMeta { last: applied };
-    cluster.cores[leader].on_snapshot_saved(snapshot, applied.index);
+    let snapshot = SnapshotMeta::at(applied);
+    cluster.cores[leader].on_snapshot_saved(snapshot.clone(), applied.index);
     assert_eq!(cluster.cores[leader].entry(LogIndex(1)), None, "compacted");
 
     cluster.down[lagging] = false;
@@ -166,7 +166,7 @@ fn a_follower_that_lost_its_log_is_replicated_to_again() {
     let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
     cluster.cores[wiped] = Core::new(
         NodeId(wiped as u64),
-        voters,
+        Membership::from_voters(voters),
         RaftConfig::default(),
         InitialState::default(),
         99,
@@ -205,7 +205,7 @@ fn a_rejoining_node_neither_votes_nor_campaigns_until_caught_up() {
     let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
     let mut rejoining = Core::new(
         NodeId(wiped as u64),
-        voters,
+        Membership::from_voters(voters),
         RaftConfig::default(),
         InitialState::default(),
         7,

@@ -768,7 +768,8 @@ impl Core {
         if self.role == Role::Leader {
             if self.broadcast_pending {
                 self.broadcast_pending = false;
-                for follower in self.followers() {
+                let targets: Vec<NodeId> = self.progress.keys().copied().collect();
+                for follower in targets {
                     self.send_appends(follower);
                 }
             }

@@ -192,10 +192,10 @@ pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
     let restored = recovered.restored;
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
-    let snapshot = restored.snapshot;
+    let snapshot = restored.snapshot.clone();
     let mut core = Core::new(
         config.id,
-        config.cluster.voters(),
+        crate::raft::Membership::from_voters(config.cluster.voters()),
         config.raft.clone(),
         restored,
         rand::random(),

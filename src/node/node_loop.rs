@@ -165,6 +165,7 @@ impl NodeLoop {
             previous_snapshot,
         } = parts;
         let observed = (core.role(), core.term(), core.leader());
+        let (applied, applied_term) = (snapshot.index(), snapshot.last.term);
         let fsync = FsyncPolicy::from(config.fsync);
         // The WAL thread sends the acks that wait for its syncs on DEALERs of its own (a
         // ZeroMQ socket stays on one thread).
@@ -204,9 +205,9 @@ impl NodeLoop {
             lease_end_proposed: None,
             lease_clock,
             waiters: Waiters::new(),
-            waiters_seen_applied: snapshot.index(),
-            applied: snapshot.index(),
-            applied_term: snapshot.last.term,
+            waiters_seen_applied: applied,
+            applied,
+            applied_term,
             snapshots,
             halted: false,
             shutdown: None,
@@ -274,9 +275,10 @@ impl NodeLoop {
                 }
                 match message.body {
                     // Stepped at once if the core will drop it: nothing to decode for it.
-                    MessageBody::InstallSnapshot { snapshot }
+                    MessageBody::InstallSnapshot { ref snapshot }
                         if self.core.accepts_terms(&message) =>
                     {
+                        let snapshot = snapshot.clone();
                         self.on_install_snapshot(message, snapshot)
                     }
                     _ => self.core.step(message),
@@ -330,9 +332,10 @@ impl NodeLoop {
                 committed,
                 read_states,
                 aborted_reads,
+                membership: _,
             } = ready;
             let installed = match snapshot {
-                Some(snapshot) => match self.install_snapshot(snapshot) {
+                Some(snapshot) => match self.install_snapshot(snapshot.clone()) {
                     Ok(()) => Some(snapshot),
                     Err(error) => {
                         self.on_storage_failure(error);
@@ -482,7 +485,7 @@ impl NodeLoop {
                 self.config.id
             );
             let outcome = match &entry.payload {
-                EntryPayload::Noop => None,
+                EntryPayload::Noop | EntryPayload::Membership(_) => None,
                 EntryPayload::Command(bytes) => Some(self.queue.apply(entry.index, bytes)),
             };
             self.applied = entry.index;
@@ -507,7 +510,7 @@ impl NodeLoop {
             return;
         };
         self.core
-            .on_snapshot_saved(compaction.snapshot, compaction.core_to);
+            .on_snapshot_saved(compaction.snapshot.clone(), compaction.core_to);
         // Queued behind the batches before it; the WAL never drops its last synced entry.
         if compaction.wal_to > LogIndex::ZERO
             && !self.wal.send(WalCommand::Compact(compaction.wal_to))
@@ -546,9 +549,9 @@ impl NodeLoop {
     /// snapshot and its queue the loop's (the WAL's restart record follows in the `Ready`'s
     /// batch).
     fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
-        self.queue = self.snapshots.install(snapshot)?;
         self.applied = snapshot.index();
         self.applied_term = snapshot.last.term;
+        self.queue = self.snapshots.install(snapshot)?;
         Ok(())
     }
 

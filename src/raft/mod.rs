@@ -58,10 +58,12 @@
 
 mod engine;
 mod log;
+pub mod membership;
 pub mod message;
 mod progress;
 
 pub use engine::Core;
+pub use membership::{ChangeKind, Member, Membership};
 
 pub use message::{
     AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
@@ -168,6 +170,17 @@ pub enum ProposeError {
     /// A transfer named a node that is not a voter of this cluster.
     #[error("no such peer {0}")]
     UnknownPeer(NodeId),
+    /// A membership change is already in the log and not yet committed: one at a time.
+    #[error("a membership change is in progress")]
+    ChangeInProgress,
+    /// This leader has not yet committed an entry of its own term: it does not yet know
+    /// that no change of an earlier leader is still in flight (dissertation §4.1, the
+    /// bug fix). Retry shortly.
+    #[error("the leader has not yet committed an entry of its term")]
+    LeaderNotReady,
+    /// The proposed membership is not one single-server step from the current one.
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
 }
 
 /// A ReadIndex request that may be answered once the state machine has applied `index`.
@@ -200,6 +213,10 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Reads that will never be confirmed (leadership was lost): answer them as failed.
     pub aborted_reads: Vec<u64>,
+    /// The membership this node acts on, when it changed since the last `Ready` (a
+    /// membership entry appended or truncated away, a snapshot installed): the runtime
+    /// connects to added members and drops removed ones.
+    pub membership: Option<Membership>,
 }
 
 /// Replication progress of one follower, as the leader tracks it.
@@ -213,6 +230,9 @@ pub struct ProgressStatus {
     pub next_index: LogIndex,
     /// Whether the leader is pipelining (true) or probing for the follower's position.
     pub replicating: bool,
+    /// Whether the follower is a voter in the membership the leader acts on (false: a
+    /// learner, whose `match_index` tells how far it has caught up).
+    pub voter: bool,
 }
 
 /// Where a core starts: what the node's storage held when it was opened (a new node starts
@@ -292,4 +312,11 @@ pub struct CoreStatus {
     pub last_index: LogIndex,
     /// Empty unless leader.
     pub progress: Vec<ProgressStatus>,
+    /// The membership this node acts on (the latest in its log or snapshot).
+    pub membership: Membership,
+    /// The index of the entry that set `membership` (the snapshot's index when it came
+    /// from a snapshot, `ZERO` for the initial one).
+    pub membership_index: LogIndex,
+    /// Whether `membership`'s entry is committed (false while a change is in progress).
+    pub membership_committed: bool,
 }

@@ -69,7 +69,7 @@ pub struct SnapshotFile {
     pub crc: u32,
 }
 
-fn file_name(meta: SnapshotMeta, suffix: &str) -> String {
+fn file_name(meta: &SnapshotMeta, suffix: &str) -> String {
     format!(
         "{PREFIX}{:020}-{:020}{suffix}",
         meta.last.index.0, meta.last.term.0
@@ -77,16 +77,16 @@ fn file_name(meta: SnapshotMeta, suffix: &str) -> String {
 }
 
 /// Where this node's own snapshot at `meta` lives.
-pub fn snapshot_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+pub fn snapshot_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(file_name(meta, COMPLETE_SUFFIX))
 }
 
 /// Where a snapshot received whole from a leader waits to be installed.
-pub fn received_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+pub fn received_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(file_name(meta, RECEIVED_SUFFIX))
 }
 
-fn partial_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+fn partial_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(file_name(meta, PARTIAL_SUFFIX))
 }
 
@@ -97,12 +97,13 @@ fn parse_name(name: &str, suffix: &str) -> Option<SnapshotMeta> {
     if index.len() != 20 || term.len() != 20 {
         return None;
     }
-    Some(SnapshotMeta {
-        last: EntryId::new(Term(term.parse().ok()?), LogIndex(index.parse().ok()?)),
-    })
+    Some(SnapshotMeta::at(EntryId::new(
+        Term(term.parse().ok()?),
+        LogIndex(index.parse().ok()?),
+    )))
 }
 
-fn encode_header(meta: SnapshotMeta) -> [u8; SNAPSHOT_HEADER_BYTES as usize] {
+fn encode_header(meta: &SnapshotMeta) -> [u8; SNAPSHOT_HEADER_BYTES as usize] {
     let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
     header[0..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
@@ -128,9 +129,10 @@ fn decode_header(header: &[u8]) -> Result<SnapshotMeta, String> {
             "snapshot format {version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
         ));
     }
-    Ok(SnapshotMeta {
-        last: EntryId::new(Term(u64_at(12)), LogIndex(u64_at(20))),
-    })
+    Ok(SnapshotMeta::at(EntryId::new(
+        Term(u64_at(12)),
+        LogIndex(u64_at(20)),
+    )))
 }
 
 /// A damaged snapshot file. No advice is appended: the caller decides what it means (at
@@ -220,9 +222,9 @@ where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
     let dir = io.dir().to_path_buf();
-    let path = snapshot_path(&dir, meta);
-    let temp_path = dir.join(file_name(meta, TEMP_SUFFIX));
-    let result = write_temp(io, &temp_path, meta, write_body).and_then(|written| {
+    let path = snapshot_path(&dir, &meta);
+    let temp_path = dir.join(file_name(&meta, TEMP_SUFFIX));
+    let result = write_temp(io, &temp_path, &meta, write_body).and_then(|written| {
         io.rename(IoOp::SnapshotRename, &temp_path, &path)
             .map_err(io_error(&temp_path, "renaming"))?;
         Ok(written)
@@ -246,7 +248,7 @@ where
 fn write_temp<F>(
     io: &mut DirIo,
     temp_path: &Path,
-    meta: SnapshotMeta,
+    meta: &SnapshotMeta,
     write_body: F,
 ) -> Result<(u64, u32), StorageError>
 where
@@ -306,7 +308,7 @@ pub fn verify_snapshot(path: &Path) -> Result<SnapshotFile, StorageError> {
         .read_exact(&mut header)
         .map_err(io_error(path, "reading"))?;
     let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
-    check_name(path, meta)?;
+    check_name(path, &meta)?;
     let mut crc = crc32c::crc32c(&header);
     let mut body = (&mut reader).take(len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES);
     let mut buffer = vec![0u8; 64 * 1024];
@@ -344,7 +346,7 @@ fn read_trailer(reader: &mut impl Read, path: &Path) -> Result<u32, StorageError
 }
 
 /// A file named for one snapshot must hold that snapshot.
-fn check_name(path: &Path, meta: SnapshotMeta) -> Result<(), StorageError> {
+fn check_name(path: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let name = path
         .file_name()
         .and_then(|name| name.to_str())
@@ -353,7 +355,7 @@ fn check_name(path: &Path, meta: SnapshotMeta) -> Result<(), StorageError> {
         .iter()
         .find_map(|suffix| parse_name(name, suffix));
     match named {
-        Some(named) if named != meta => Err(corrupt(
+        Some(named) if named.last != meta.last => Err(corrupt(
             path,
             0,
             format!("named for snapshot {} but holds {}", named.last, meta.last),
@@ -385,7 +387,7 @@ where
     file.read_exact(&mut header)
         .map_err(io_error(path, "reading"))?;
     let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
-    check_name(path, meta)?;
+    check_name(path, &meta)?;
     let body_bytes = len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES;
     // The checksum sits below the buffer, so it runs over large blocks; whatever the buffer
     // read ahead is checksummed too, and the rest is drained below.
@@ -440,7 +442,7 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(SnapshotMeta, PathBuf)>, Storag
             found.push((meta, dir_entry.path()));
         }
     }
-    found.sort_by_key(|(meta, _)| std::cmp::Reverse(*meta));
+    found.sort_by_key(|(meta, _)| std::cmp::Reverse(meta.last));
     Ok(found)
 }
 
@@ -529,8 +531,8 @@ pub fn adopt_received(
     fsync: FsyncPolicy,
 ) -> Result<PathBuf, StorageError> {
     let mut io = open_dir(dir, fsync)?;
-    let from = received_path(dir, meta);
-    let to = snapshot_path(dir, meta);
+    let from = received_path(dir, &meta);
+    let to = snapshot_path(dir, &meta);
     io.rename(IoOp::SnapshotRename, &from, &to)
         .map_err(io_error(&from, "renaming"))?;
     sync_dir(&mut io)?;
@@ -573,7 +575,7 @@ impl IncomingSnapshot {
         mut io: DirIo,
         meta: SnapshotMeta,
     ) -> Result<IncomingSnapshot, StorageError> {
-        let path = partial_path(io.dir(), meta);
+        let path = partial_path(io.dir(), &meta);
         let file = io
             .create_file(IoOp::SnapshotCreate, &path)
             .map_err(io_error(&path, "creating"))?;
@@ -591,8 +593,8 @@ impl IncomingSnapshot {
     }
 
     /// The snapshot being received.
-    pub fn meta(&self) -> SnapshotMeta {
-        self.meta
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
     }
 
     /// Bytes appended so far.
@@ -648,7 +650,7 @@ impl IncomingSnapshot {
             ));
         }
         let meta = decode_header(&self.header).map_err(|reason| corrupt(&path, 0, reason))?;
-        if meta != self.meta {
+        if meta.last != self.meta.last {
             return Err(corrupt(
                 &path,
                 0,
@@ -682,7 +684,7 @@ impl IncomingSnapshot {
             .sync_all(IoOp::SnapshotSync, &file)
             .map_err(io_error(&path, "syncing"))?;
         drop(file);
-        let received = received_path(self.io.dir(), self.meta);
+        let received = received_path(self.io.dir(), &self.meta);
         self.io
             .rename(IoOp::SnapshotRename, &path, &received)
             .map_err(io_error(&path, "renaming"))?;
@@ -732,7 +734,7 @@ pub fn open_for_sending(path: &Path) -> Result<(File, SnapshotFile), StorageErro
     file.read_exact_at(&mut header, 0)
         .map_err(io_error(path, "reading"))?;
     let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
-    check_name(path, meta)?;
+    check_name(path, &meta)?;
     let mut trailer = [0u8; SNAPSHOT_TRAILER_BYTES as usize];
     file.read_exact_at(&mut trailer, len_bytes - SNAPSHOT_TRAILER_BYTES)
         .map_err(io_error(path, "reading"))?;
@@ -751,9 +753,7 @@ mod tests {
     use crate::storage::io::tests::Fault;
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
+        SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
     }
 
     fn body(length: usize) -> Vec<u8> {
@@ -788,7 +788,7 @@ mod tests {
             let written = write(dir.path(), meta(3, 40), &bytes);
             assert_eq!(
                 written.path,
-                snapshot_path(dir.path(), meta(3, 40)),
+                snapshot_path(dir.path(), &meta(3, 40)),
                 "case {case}"
             );
             assert_eq!(
@@ -877,7 +877,7 @@ mod tests {
     fn a_file_renamed_to_another_snapshot_is_refused() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let written = write(dir.path(), meta(2, 9), &body(10));
-        let other = snapshot_path(dir.path(), meta(2, 10));
+        let other = snapshot_path(dir.path(), &meta(2, 10));
         std::fs::rename(&written.path, &other).expect("rename");
         assert!(matches!(
             verify_snapshot(&other),
@@ -893,9 +893,9 @@ mod tests {
         }
         // Leftovers of interrupted work, and files that are not snapshots at all.
         let leftovers = [
-            dir.path().join(file_name(meta(1, 40), TEMP_SUFFIX)),
-            partial_path(dir.path(), meta(2, 50)),
-            received_path(dir.path(), meta(2, 60)),
+            dir.path().join(file_name(&meta(1, 40), TEMP_SUFFIX)),
+            partial_path(dir.path(), &meta(2, 50)),
+            received_path(dir.path(), &meta(2, 60)),
         ];
         for path in &leftovers {
             std::fs::write(path, b"half").expect("write");
@@ -916,8 +916,8 @@ mod tests {
             assert!(!path.exists(), "{} survived", path.display());
         }
         // A received file at or below the newest snapshot is useless and goes too.
-        std::fs::write(received_path(dir.path(), meta(1, 29)), b"old").expect("write");
-        std::fs::write(received_path(dir.path(), meta(3, 31)), b"new").expect("write");
+        std::fs::write(received_path(dir.path(), &meta(1, 29)), b"old").expect("write");
+        std::fs::write(received_path(dir.path(), &meta(3, 31)), b"new").expect("write");
         assert_eq!(
             retain_newest(dir.path(), 2, FsyncPolicy::Always).expect("retain"),
             3
@@ -928,9 +928,9 @@ mod tests {
             .map(|(meta, _)| meta.index().0)
             .collect();
         assert_eq!(listed, vec![30, 12]);
-        assert!(received_path(dir.path(), meta(3, 31)).exists());
-        assert!(!received_path(dir.path(), meta(1, 29)).exists());
-        let quarantined = quarantine(&snapshot_path(dir.path(), meta(1, 30))).expect("rename");
+        assert!(received_path(dir.path(), &meta(3, 31)).exists());
+        assert!(!received_path(dir.path(), &meta(1, 29)).exists());
+        let quarantined = quarantine(&snapshot_path(dir.path(), &meta(1, 30))).expect("rename");
         assert!(quarantined.exists());
         let listed = list_snapshots(dir.path()).expect("list");
         assert_eq!(
@@ -944,7 +944,7 @@ mod tests {
     fn receive(dir: &Path, file: &SnapshotFile, chunk: usize) -> Result<PathBuf, StorageError> {
         let bytes = std::fs::read(&file.path).expect("read");
         let mut incoming =
-            IncomingSnapshot::create(dir, file.meta, FsyncPolicy::Always).expect("create");
+            IncomingSnapshot::create(dir, file.meta.clone(), FsyncPolicy::Always).expect("create");
         for piece in bytes.chunks(chunk) {
             incoming.append(piece)?;
         }
@@ -960,7 +960,7 @@ mod tests {
             let received = receive(dir.path(), &written, chunk).expect("receive");
             assert_eq!(
                 received,
-                received_path(dir.path(), written.meta),
+                received_path(dir.path(), &written.meta),
                 "chunk {chunk}"
             );
             assert_eq!(
@@ -969,11 +969,11 @@ mod tests {
                 "chunk {chunk}"
             );
             assert!(
-                !partial_path(dir.path(), written.meta).exists(),
+                !partial_path(dir.path(), &written.meta).exists(),
                 "chunk {chunk}"
             );
-            let adopted =
-                adopt_received(dir.path(), written.meta, FsyncPolicy::Always).expect("adopt");
+            let adopted = adopt_received(dir.path(), written.meta.clone(), FsyncPolicy::Always)
+                .expect("adopt");
             assert_eq!(verify_snapshot(&adopted).expect("verify").crc, written.crc);
         }
     }
@@ -1014,7 +1014,7 @@ mod tests {
         for case in cases {
             let dir = tempfile::tempdir().expect("a temp dir");
             let mut incoming =
-                IncomingSnapshot::create(dir.path(), written.meta, FsyncPolicy::Never)
+                IncomingSnapshot::create(dir.path(), written.meta.clone(), FsyncPolicy::Never)
                     .expect("create");
             for piece in case.bytes.chunks(700) {
                 incoming.append(piece).expect("append");
@@ -1031,9 +1031,10 @@ mod tests {
         // Abandoned half way (a leader change): dropping it deletes the partial file.
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut incoming =
-            IncomingSnapshot::create(dir.path(), written.meta, FsyncPolicy::Never).expect("create");
+            IncomingSnapshot::create(dir.path(), written.meta.clone(), FsyncPolicy::Never)
+                .expect("create");
         incoming.append(&bytes[..100]).expect("append");
-        assert!(partial_path(dir.path(), written.meta).exists());
+        assert!(partial_path(dir.path(), &written.meta).exists());
         drop(incoming);
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
     }
@@ -1109,7 +1110,8 @@ mod tests {
                 skip: 0,
                 partial_bytes: None,
             });
-            let mut incoming = IncomingSnapshot::create_in(io, written.meta).expect("create");
+            let mut incoming =
+                IncomingSnapshot::create_in(io, written.meta.clone()).expect("create");
             let result = incoming
                 .append(&bytes)
                 .and_then(|()| incoming.finish(written.len_bytes, written.crc));

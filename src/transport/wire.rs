@@ -362,9 +362,7 @@ pub(crate) mod tests {
                 0,
                 1,
                 MessageBody::InstallSnapshot {
-                    snapshot: SnapshotMeta {
-                        last: EntryId::new(Term(5), LogIndex(100)),
-                    },
+                    snapshot: SnapshotMeta::at(EntryId::new(Term(5), LogIndex(100))),
                 },
             ),
         ]
@@ -394,14 +392,12 @@ pub(crate) mod tests {
             .map(PeerFrame::Raft)
             .zip(raft)
             .collect();
-        let snapshot = SnapshotMeta {
-            last: EntryId::new(Term(5), LogIndex(100)),
-        };
+        let snapshot = SnapshotMeta::at(EntryId::new(Term(5), LogIndex(100)));
         let chunk = SnapshotChunk {
             from: NodeId(0),
             to: NodeId(1),
             term: Term(7),
-            snapshot,
+            snapshot: snapshot.clone(),
             transfer_id: 0x0123_4567_89ab_cdef,
             offset: 4096,
             data: Bytes::from(vec![0u8, 1, 2, 255]),
@@ -438,7 +434,7 @@ pub(crate) mod tests {
                 from: NodeId(1),
                 to: NodeId(0),
                 term: Term(7),
-                snapshot,
+                snapshot: snapshot.clone(),
                 transfer_id: 0x0123_4567_89ab_cdef,
                 status,
             };
@@ -550,9 +546,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
+        SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
     }
 
     /// The chunk of `file` at `range`, from node 0 to node 1, with the file's CRC taken from

@@ -232,6 +232,11 @@ impl NodeLoop {
             ProposeError::UnknownPeer(peer) => {
                 unreachable!("reads and proposals name no peer, yet the core named {peer}")
             }
+            ProposeError::ChangeInProgress
+            | ProposeError::LeaderNotReady
+            | ProposeError::InvalidChange(_) => {
+                unreachable!("reads and proposals change no membership, yet the core said {error}")
+            }
         }
     }
 

@@ -54,6 +54,7 @@ pub mod cluster_id;
 mod event;
 mod lease_clock;
 mod log_limit;
+pub mod members;
 mod node_loop;
 mod pending;
 pub mod persist_pipeline;
@@ -195,7 +196,7 @@ pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
     let snapshot = restored.snapshot.clone();
     let mut core = Core::new(
         config.id,
-        crate::raft::Membership::from_voters(config.cluster.voters()),
+        members::initial_membership(&config.cluster, config.id, config.join),
         config.raft.clone(),
         restored,
         rand::random(),

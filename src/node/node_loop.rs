@@ -59,6 +59,7 @@ use super::event::PersistReport;
 use super::event::{Event, LoadedSnapshot, SnapshotSaved};
 use super::lease_clock::LeaseClock;
 use super::log_limit::TermRefusalLog;
+use super::members::AddressBook;
 use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
@@ -78,6 +79,7 @@ use crate::transport::client::ClientTransport;
 use crate::transport::peer::PeerTransport;
 use crate::transport::watch::PeerConnection;
 use crossbeam_channel::{Receiver, Sender};
+use membership::MemberChanges;
 use shutdown::Shutdown;
 use std::time::Instant;
 
@@ -147,6 +149,12 @@ pub(super) struct NodeLoop {
     observed: (Role, Term, Option<NodeId>),
     /// Logs the core's dropped messages and refused campaigns, rate-limited.
     term_refusal_log: TermRefusalLog,
+    /// Every member's address, following the membership the core acts on.
+    book: AddressBook,
+    /// Membership requests in progress on this leader (`membership`).
+    member_changes: MemberChanges,
+    /// Whether this node has logged that it was removed.
+    removed_logged: bool,
 }
 
 impl NodeLoop {
@@ -190,6 +198,10 @@ impl NodeLoop {
             previous_snapshot,
         );
         let lease_clock = LeaseClock::new(queue.clock_ms(), Instant::now());
+        // The membership may differ from the config's (restored from the log or a
+        // snapshot): connect to the members it names.
+        let book = AddressBook::new(core.membership(), &config.cluster);
+        peers.set_peers(book.peers(config.id));
         Ok(NodeLoop {
             config,
             core,
@@ -213,6 +225,9 @@ impl NodeLoop {
             shutdown: None,
             observed,
             term_refusal_log: TermRefusalLog::new(),
+            book,
+            member_changes: MemberChanges::default(),
+            removed_logged: false,
         })
     }
 
@@ -251,6 +266,7 @@ impl NodeLoop {
             let now = Instant::now();
             self.expire(now);
             self.tend_waiters(now);
+            self.tend_member_changes(now);
             self.log_changes();
             self.term_refusal_log
                 .observe(now, self.core.term_refusals());
@@ -332,8 +348,11 @@ impl NodeLoop {
                 committed,
                 read_states,
                 aborted_reads,
-                membership: _,
+                membership,
             } = ready;
+            if let Some(membership) = membership {
+                self.on_membership(&membership);
+            }
             let installed = match snapshot {
                 Some(snapshot) => match self.install_snapshot(snapshot.clone()) {
                     Ok(()) => Some(snapshot),

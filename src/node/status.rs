@@ -91,12 +91,16 @@ pub(super) fn stats(id: NodeId, cluster_id: u64, queue: &Queue, applied: LogInde
 /// The leader's client address, for v2 replies and NOT_LEADER hints. None once halted: the
 /// core is frozen in whatever role it had, and a halted node must not send clients back to
 /// itself while the others elect a new leader.
-pub(super) fn leader_info(config: &NodeConfig, core: &Core, halted: bool) -> Option<LeaderInfo> {
+pub(super) fn leader_info(
+    book: &super::members::AddressBook,
+    core: &Core,
+    halted: bool,
+) -> Option<LeaderInfo> {
     if halted {
         return None;
     }
     let leader = core.leader()?;
-    let address = config.cluster.address(leader)?;
+    let address = book.get(leader)?;
     Some(LeaderInfo {
         id: leader.0,
         ip: address.ip.clone(),

@@ -80,6 +80,15 @@ impl NodeLoop {
             );
             return;
         }
+        if self.core.is_removed() && self.core.role() != Role::Leader {
+            self.fail(
+                ticket,
+                ErrorCode::NotLeader,
+                "this node was removed from the cluster (PROTOCOL.md §12) and serves no \
+                 more requests; use the cluster's members (rrmq member list)",
+            );
+            return;
+        }
         // From arrival at the socket, so time queued behind other events counts. One client
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
@@ -364,7 +373,7 @@ impl NodeLoop {
         if self.waiters.has_in_flight() {
             self.waiters.take_in_flight(ticket);
         }
-        let leader = status::leader_info(&self.config, &self.core, self.halted);
+        let leader = status::leader_info(&self.book, &self.core, self.halted);
         self.clients
             .reply(ticket, Reply::Outcome { outcome, leader });
     }

@@ -1,8 +1,8 @@
 //! The Raft consensus core: a deterministic state machine with no I/O.
 //!
 //! `Core` reads no clock, opens no socket or file, spawns no thread and owns its own seeded
-//! RNG. Inputs arrive as method calls (`tick`, `step`, `propose`, `read_index`,
-//! `transfer_leader`, `on_persisted`, and what the transport knows about connections:
+//! RNG. Inputs arrive as method calls (`tick`, `step`, `propose`, `propose_membership`,
+//! `read_index`, `transfer_leader`, `on_persisted`, and what the transport knows about connections:
 //! `peer_connection_lost` / `_restored`); everything the outside world must do comes back
 //! in a [`Ready`]. The same inputs always give the same outputs, which is what lets
 //! `tests/simulation.rs` explore thousands of failure schedules from a seed. This is the
@@ -30,6 +30,38 @@
 //!    `rd.messages_after_persist` (votes and append acknowledgements promise durability) and
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
+//!
+//! # Membership changes
+//!
+//! The members live in the log: a change is an `EntryPayload::Membership` entry, and every
+//! node acts on the latest membership in its log as soon as it appends it, committed or not
+//! (a snapshot carries the membership as of its index for a log compacted past the
+//! entries; the membership given to [`Core::new`] acts only until the log or snapshot holds
+//! one). Truncating a conflicting suffix reverts to the membership before it. Changes are
+//! single-server (Raft dissertation §4.1): one member added, promoted, demoted or removed
+//! per entry, so any majority of the old voters overlaps any majority of the new ones and no
+//! two leaders can be elected in one term however far the change has spread. It is simpler
+//! than joint consensus (no two-phase configuration) and it is what etcd does. Rules:
+//!
+//! - one change at a time: a leader refuses a change while its log holds an uncommitted
+//!   one ([`ProposeError::ChangeInProgress`]), and until it has committed an entry of its
+//!   own term ([`ProposeError::LeaderNotReady`]: the dissertation's fix, else a change of a
+//!   deposed leader still in flight could combine with a new one into two steps);
+//! - a new node joins as a *learner*: it receives appends and snapshots but never counts
+//!   toward commitment, elections or CheckQuorum, and never campaigns; the node layer
+//!   promotes it once it has caught up (see [`ProgressStatus`]). A learner still answers a
+//!   vote request by its log: the candidate's log may already make it a voter;
+//! - a node started with `--join` is neither a member nor removed in the membership it
+//!   knows: it follows any leader but neither votes nor campaigns until its log adds it;
+//! - removed ids are retired for good ([`Membership::retired`]): a removed node never
+//!   campaigns or grants votes, and vote requests from it are dropped, so one that missed
+//!   its removal cannot disrupt the cluster (PreVote and CheckQuorum help as before). The
+//!   leader keeps replicating to members the pending change removes, so they learn it;
+//! - a leader that removes or demotes itself keeps leading (without counting itself) until
+//!   the entry commits, then steps down and sends TimeoutNow to the most up-to-date voter.
+//!
+//! [`Ready::membership`] reports every change of the acting membership, for the transport
+//! to connect to added members and drop removed ones.
 //!
 //! # Terms are bounded
 //!

@@ -555,6 +555,33 @@ mod tests {
                     index: LogIndex(index),
                     payload: EntryPayload::Command(Bytes::from(data)),
                 })),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::btree_map(
+                    any::<u64>(),
+                    (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..40)),
+                    0..6
+                ),
+                proptest::collection::btree_set(any::<u64>(), 0..4)
+            )
+                .prop_map(|(term, index, members, retired)| {
+                    let members = members
+                        .into_iter()
+                        .filter(|(id, _)| !retired.contains(id))
+                        .map(|(id, (voter, info))| Member {
+                            id: NodeId(id),
+                            voter,
+                            info: Bytes::from(info),
+                        })
+                        .collect();
+                    let retired = retired.into_iter().map(NodeId).collect();
+                    Item::Entry(Entry {
+                        term: Term(term),
+                        index: LogIndex(index),
+                        payload: EntryPayload::Membership(Membership { members, retired }),
+                    })
+                }),
             any::<u64>().prop_map(|commit| Item::Commit(LogIndex(commit))),
             (any::<u64>(), any::<u64>()).prop_map(|(term, index)| Item::Snapshot(
                 SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))

@@ -107,6 +107,8 @@ pub struct Simulation {
     connection_reports: Vec<ConnectionReport>,
     leader_connection_drops: u64,
     membership_changes: u64,
+    /// The highest term any node was seen in (for the membership checker).
+    highest_term_seen: rrmq::raft::Term,
 }
 
 /// A transport's report that a node's connection to `peer` dropped (`lost`) or came back.
@@ -160,6 +162,7 @@ impl Simulation {
             connection_reports: Vec::new(),
             leader_connection_drops: 0,
             membership_changes: 0,
+            highest_term_seen: rrmq::raft::Term(0),
         }
     }
 
@@ -373,18 +376,24 @@ impl Simulation {
             .is_none_or(|membership| membership.contains(self.nodes[position].id))
     }
 
-    /// Membership safety: the newest leader acts on a membership whose majorities overlap
-    /// those of the latest committed one (it holds every committed entry, and at most one
-    /// change is in flight), so no two disjoint majorities can decide at once.
-    fn check_memberships(&self) -> Result<(), Violation> {
+    /// Membership safety: a leader of the highest term any node reached acts on a
+    /// membership whose majorities overlap those of the latest committed one (it holds
+    /// every committed entry, and at most one change is in flight), so no two disjoint
+    /// majorities can decide at once. (A stale leader of an older term may lag any number
+    /// of changes: it can no longer commit.)
+    fn check_memberships(&mut self) -> Result<(), Violation> {
+        for core in self.nodes.iter().filter_map(|node| node.core.as_ref()) {
+            self.highest_term_seen = self.highest_term_seen.max(core.term());
+        }
         let Some(committed) = self.committed_membership() else {
             return Ok(());
         };
+        let highest = self.highest_term_seen;
         let newest_leader = self
             .nodes
             .iter()
             .filter_map(|node| node.core.as_ref())
-            .filter(|core| core.role() == Role::Leader)
+            .filter(|core| core.role() == Role::Leader && core.term() >= highest)
             .max_by_key(|core| core.term());
         if let Some(leader) = newest_leader {
             if !leader.membership().majorities_overlap(&committed) {

@@ -186,3 +186,55 @@ fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
     first.assert_code(0, "get");
     assert_eq!(first.stdout_text(), "before\n");
 }
+
+#[test]
+fn removing_the_leader_answers_then_another_node_leads_and_the_removed_one_refuses() {
+    let cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    let config = cluster.config_path.to_str().expect("UTF-8 path");
+    let leader_text = leader.to_string();
+    let remove = rrmq(
+        &[
+            "--config",
+            config,
+            "--timeout",
+            "60s",
+            "member",
+            "remove",
+            &leader_text,
+        ],
+        b"",
+        cluster.dir.path(),
+    );
+    if remove.code != Some(0) {
+        cluster.dump_logs();
+    }
+    remove.assert_code(0, "member remove of the leader");
+    let members = wait_for_members(&cluster, config, |members| members.len() == 2);
+    let expected: Vec<u64> = (0..3u64).filter(|id| *id as usize != leader).collect();
+    assert_eq!(voters(&members), expected);
+    // The two left commit on their own.
+    cluster
+        .rrmq(&["put", "t", "m"])
+        .assert_code(0, "put after removing the leader");
+    // The removed node refuses (NOT_LEADER), saying why.
+    let node = format!("127.0.0.1:{}", cluster.ports[leader].port);
+    let get = rrmq(
+        &[
+            "--node",
+            &node,
+            "--timeout",
+            "3s",
+            "--hedge-after",
+            "off",
+            "topic",
+            "list",
+        ],
+        b"",
+        cluster.dir.path(),
+    );
+    assert_ne!(get.code, Some(0), "{}", get.describe());
+}

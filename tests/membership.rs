@@ -238,3 +238,58 @@ fn removing_the_leader_answers_then_another_node_leads_and_the_removed_one_refus
     );
     assert_ne!(get.code, Some(0), "{}", get.describe());
 }
+
+#[test]
+fn an_add_whose_learner_never_catches_up_stays_in_progress_until_deleted() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    // The new node is never started: its learner cannot catch up.
+    let (grown, index) = grown_config(&cluster);
+    let grown_text = grown.to_str().expect("UTF-8 path");
+    let index_text = index.to_string();
+    let add = rrmq(
+        &[
+            "--config",
+            grown_text,
+            "--timeout",
+            "8s",
+            "member",
+            "add",
+            &index_text,
+        ],
+        b"",
+        cluster.dir.path(),
+    );
+    add.assert_code(4, "member add of a node that never runs times out");
+    let other = rrmq(
+        &[
+            "--config",
+            grown_text,
+            "--timeout",
+            "8s",
+            "member",
+            "remove",
+            "1",
+        ],
+        b"",
+        cluster.dir.path(),
+    );
+    other.assert_code(4, "a second change while the add is in progress");
+    assert!(other.stderr.contains("in progress"), "{}", other.describe());
+    let cancel = rrmq(
+        &[
+            "--config",
+            grown_text,
+            "--timeout",
+            "30s",
+            "member",
+            "remove",
+            &index_text,
+        ],
+        b"",
+        cluster.dir.path(),
+    );
+    cancel.assert_code(0, "a member DELETE of the learner cancels the add");
+    let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
+    assert_eq!(voters(&members), vec![0, 1, 2]);
+}

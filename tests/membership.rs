@@ -293,3 +293,40 @@ fn an_add_whose_learner_never_catches_up_stays_in_progress_until_deleted() {
     let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
     assert_eq!(voters(&members), vec![0, 1, 2]);
 }
+
+#[test]
+fn a_cluster_restarted_after_a_change_uses_the_membership_from_its_log() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    let (grown, index) = grown_config(&cluster);
+    let grown_text = grown.to_str().expect("UTF-8 path");
+    let index_text = index.to_string();
+    let joining = spawn_joining(&cluster, &grown, index);
+    rrmq(
+        &[
+            "--config",
+            grown_text,
+            "--timeout",
+            "90s",
+            "member",
+            "add",
+            &index_text,
+        ],
+        b"",
+        cluster.dir.path(),
+    )
+    .assert_code(0, "member add");
+    // Everyone down, then up again: nodes 0-2 from the original config.json, which does
+    // not list node 3.
+    drop(joining);
+    cluster.kill_all();
+    for node in 0..3 {
+        cluster.spawn(node);
+    }
+    let _restarted = spawn_joining(&cluster, &grown, index);
+    let members = wait_for_members(&cluster, grown_text, |members| voters(members).len() == 4);
+    assert_eq!(voters(&members), vec![0, 1, 2, 3]);
+    cluster
+        .rrmq(&["topic", "create", "after"])
+        .assert_code(0, "the four commit");
+}

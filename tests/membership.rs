@@ -330,3 +330,55 @@ fn a_cluster_restarted_after_a_change_uses_the_membership_from_its_log() {
         .rrmq(&["topic", "create", "after"])
         .assert_code(0, "the four commit");
 }
+
+#[test]
+#[ignore = "FAILS (reported): a removed follower's own log need not hold its removal (the leader stops replicating to it once appended), so it never logs that it was removed; whether it disrupts elections is not checked yet"]
+fn a_removed_node_restarted_does_not_disrupt_the_cluster() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
+    let removed = (leader + 1) % 3;
+    let config = cluster.config_path.to_str().expect("UTF-8 path");
+    let removed_text = removed.to_string();
+    rrmq(
+        &[
+            "--config",
+            config,
+            "--timeout",
+            "60s",
+            "member",
+            "remove",
+            &removed_text,
+        ],
+        b"",
+        cluster.dir.path(),
+    )
+    .assert_code(0, "member remove");
+    let (_, term_before) = cluster.wait_for_leader(Duration::from_secs(30));
+    cluster.kill(removed);
+    cluster.spawn(removed);
+    // It finds its removal in its own log and says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(cluster.log_path(removed))
+        .unwrap_or_default()
+        .contains("was removed from the cluster")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node never noticed its removal"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    for number in 0..20 {
+        cluster
+            .rrmq(&["put", "t", &number.to_string()])
+            .assert_code(0, "put while the removed node runs");
+    }
+    let (_, term_after) = cluster.wait_for_leader(Duration::from_secs(30));
+    assert_eq!(
+        term_after, term_before,
+        "the removed node forced an election"
+    );
+}

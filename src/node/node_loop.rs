@@ -202,6 +202,14 @@ impl NodeLoop {
         // snapshot): connect to the members it names.
         let book = AddressBook::new(core.membership(), &config.cluster);
         peers.set_peers(book.peers(config.id));
+        let removed_logged = core.is_removed();
+        if removed_logged {
+            log::warn!(
+                "this node (id {}) was removed from the cluster (its own log says so): it no \
+                 longer votes, campaigns or serves clients; stop it and wipe its data dir",
+                config.id
+            );
+        }
         Ok(NodeLoop {
             config,
             core,
@@ -227,7 +235,7 @@ impl NodeLoop {
             term_refusal_log: TermRefusalLog::new(),
             book,
             member_changes: MemberChanges::default(),
-            removed_logged: false,
+            removed_logged,
         })
     }
 

@@ -616,6 +616,13 @@ pub struct NodeArgs {
     #[arg(long)]
     pub rejoin: bool,
 
+    /// Start as a new member of a running cluster (PROTOCOL.md §12): CONFIG lists at least
+    /// one current member and this node at INDEX. The node neither votes nor campaigns
+    /// until the leader has made it a member (`rrmq member add`), then catches up like any
+    /// follower. On its first start it asks the members for the cluster's id.
+    #[arg(long, conflicts_with = "rejoin")]
+    pub join: bool,
+
     /// Take a snapshot of the state machine (and compact the log) once this many entries
     /// were applied since the last one...
     #[arg(long, value_name = "COUNT", default_value_t = SnapshotConfig::default().entries_max)]
@@ -691,6 +698,8 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Abstain from elections until caught up (`--rejoin`).
     pub rejoin: bool,
+    /// Start outside the membership, waiting to be added (`--join`).
+    pub join: bool,
     pub snapshot: SnapshotConfig,
     /// WAL segments roll over at this size.
     pub wal_segment_bytes_max: u64,
@@ -916,6 +925,7 @@ impl NodeConfig {
             uncommitted_bytes_max: args.uncommitted_bytes_max,
             fault_injection: args.fault_injection,
             rejoin: args.rejoin,
+            join: args.join,
             snapshot: SnapshotConfig {
                 entries_max: args.snapshot_entries,
                 log_bytes_max: args.snapshot_bytes,

@@ -66,9 +66,7 @@ fn send_forged(socket: &zmq::Socket, cluster_id: u64, forged: &Forged) {
             from: NodeId(forged.from),
             to: NodeId(forged.to),
             term: Term(forged.term),
-            snapshot: SnapshotMeta {
-                last: EntryId::new(Term(forged.term), LogIndex(1_000_000)),
-            },
+            snapshot: SnapshotMeta::at(EntryId::new(Term(forged.term), LogIndex(1_000_000))),
             transfer_id: forged.transfer_id,
             offset: offset as u64,
             data: data.clone(),
@@ -92,9 +90,12 @@ fn send_forged_complete_snapshot(
     snapshot: SnapshotMeta,
 ) {
     let source = tempfile::tempdir().expect("dir");
-    let written = write_snapshot(source.path(), snapshot, FsyncPolicy::Never, |writer| {
-        writer.write_all(&[0x42; 10_000])
-    })
+    let written = write_snapshot(
+        source.path(),
+        snapshot.clone(),
+        FsyncPolicy::Never,
+        |writer| writer.write_all(&[0x42; 10_000]),
+    )
     .expect("write a snapshot file");
     let file = std::fs::read(&written.path).expect("read it back");
     for (number, piece) in file.chunks(4096).enumerate() {
@@ -102,7 +103,7 @@ fn send_forged_complete_snapshot(
             from: NodeId(forged.from),
             to: NodeId(forged.to),
             term: Term(forged.term),
-            snapshot,
+            snapshot: snapshot.clone(),
             transfer_id: forged.transfer_id,
             offset: (number * 4096) as u64,
             data: bytes::Bytes::copy_from_slice(piece),
@@ -261,9 +262,7 @@ fn forged_snapshot_chunks_are_refused_write_nothing_and_the_cluster_keeps_servin
     }
     // (c) A complete, well-formed snapshot file (right size and checksum) from a node that
     // does not lead.
-    let forged_snapshot = SnapshotMeta {
-        last: EntryId::new(Term(term), LogIndex(5_000)),
-    };
+    let forged_snapshot = SnapshotMeta::at(EntryId::new(Term(term), LogIndex(5_000)));
     send_forged_complete_snapshot(
         &to_follower,
         cluster_id,
@@ -274,7 +273,7 @@ fn forged_snapshot_chunks_are_refused_write_nothing_and_the_cluster_keeps_servin
             total_bytes: 0,
             transfer_id: 300,
         },
-        forged_snapshot,
+        forged_snapshot.clone(),
     );
     let claim = format!(
         "from node {other} (as claimed), term {term}, snapshot {}",
@@ -288,8 +287,8 @@ fn forged_snapshot_chunks_are_refused_write_nothing_and_the_cluster_keeps_servin
         assert_nothing_written(&cluster, index, *before, "in the end");
     }
     for path in [
-        snapshot_path(&cluster.data_dir(follower), forged_snapshot),
-        received_path(&cluster.data_dir(follower), forged_snapshot),
+        snapshot_path(&cluster.data_dir(follower), &forged_snapshot),
+        received_path(&cluster.data_dir(follower), &forged_snapshot),
     ] {
         assert!(!path.exists(), "the forged snapshot reached {path:?}");
     }

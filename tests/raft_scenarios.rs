@@ -1427,7 +1427,13 @@ fn snapshot_needs_data_answers_what_stepping_the_install_snapshot_does() {
                 .map(|(term, index)| prepared_entry(term, index))
                 .collect(),
         };
-        rrmq::raft::Core::new(S2, vec![S1, S2, S3], test_config(), restored, 7)
+        rrmq::raft::Core::new(
+            S2,
+            rrmq::raft::Membership::from_voters([S1, S2, S3]),
+            test_config(),
+            restored,
+            7,
+        )
     };
     let cases = [
         ((1, 2), false, "covered by the commit index"),
@@ -1443,9 +1449,7 @@ fn snapshot_needs_data_answers_what_stepping_the_install_snapshot_does() {
     ];
     for (number, ((term, index), needs_data, why)) in cases.into_iter().enumerate() {
         let mut core = follower();
-        let snapshot = SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        };
+        let snapshot = SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)));
         assert_eq!(
             core.snapshot_needs_data(&snapshot),
             needs_data,
@@ -1513,7 +1517,7 @@ fn forged_bodies(last_log: EntryId) -> Vec<(&'static str, MessageBody)> {
         (
             "install snapshot",
             MessageBody::InstallSnapshot {
-                snapshot: SnapshotMeta { last: last_log },
+                snapshot: SnapshotMeta::at(last_log),
             },
         ),
         (

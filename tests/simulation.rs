@@ -5,7 +5,9 @@
 //! linearizable reads, snapshots of the committed prefix, identical replicated state and
 //! exactly-once operations, leases (never two on one message, redelivery in order, only live
 //! receipts count) after every step, every message's fate at the end, then for liveness
-//! once the network heals. See `tests/sim/mod.rs` for the design.
+//! once the network heals. Half the five-node schedules also change the membership (add a
+//! learner, promote it, remove or demote a voter, the leader included), checked for
+//! overlapping majorities between the newest leader's membership and the committed one. See `tests/sim/mod.rs` for the design.
 //!
 //! A failure prints `RRMQ_SIM_SEED=<seed>`; rerun with it to replay the same schedule.
 //! `RRMQ_SIM_RUNS=<n>` explores more seeds (`RRMQ_SIM_FIRST_SEED` says where to start).
@@ -53,6 +55,10 @@ fn random_schedules_keep_raft_safe_and_live() {
         assert!(
             summary.leader_connection_drops > 0,
             "no follower was ever told its connection to the leader dropped: {totals}"
+        );
+        assert!(
+            summary.membership_changes > 0,
+            "no membership change was ever accepted: {totals}"
         );
         assert!(
             summary.quota_refusals > 0,

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{CliError, Command, GlobalOptions, TopicCommand};
+use super::{CliError, Command, GlobalOptions, MemberCommand, TopicCommand};
 use crate::client::{
-    Client, ClientError, ClientOptions, Delivery, FetchOptions, Fetched, NodeAddress, TopicDetail,
-    TopicSettings, ATTEMPT_TIMEOUT_DEFAULT,
+    Client, ClientError, ClientOptions, Delivery, FetchOptions, Fetched, MemberAddress, MemberInfo,
+    NodeAddress, TopicDetail, TopicSettings, ATTEMPT_TIMEOUT_DEFAULT,
 };
 use crate::config::ClusterConfig;
 use crate::protocol::{Payload, StatusReport, BATCH_ITEMS_MAX, BATCH_MESSAGE_BYTES_MAX};
@@ -217,15 +217,23 @@ pub(super) fn run(
             };
             super::consume::run(&mut client, &plan, stdout)
         }
+        Command::Member { command } => member(global, command, &mut client, stdout),
         Command::Status => {
             let rows = client.status_all();
+            // Voters and learners as the leader sees them; unknown when it cannot be asked.
+            let members = client.list_members().ok();
             let rows: Vec<StatusRow> = rows
                 .into_iter()
                 .enumerate()
-                .map(|(index, (address, result))| StatusRow {
-                    config_id: from_config.then_some(index as u64),
-                    address,
-                    result,
+                .map(|(index, (address, result))| {
+                    let config_id = from_config.then_some(index as u64);
+                    let id = result.as_ref().ok().map(|status| status.id).or(config_id);
+                    StatusRow {
+                        config_id,
+                        address,
+                        membership: membership_of(members.as_deref(), id),
+                        result,
+                    }
                 })
                 .collect();
             let text = if global.json {
@@ -242,6 +250,177 @@ pub(super) fn run(
         Command::Cluster(_) | Command::Bench(_) | Command::Keygen { .. } => {
             unreachable!("rrmq cluster, bench and keygen are dispatched in cli::run")
         }
+    }
+}
+
+/// `rrmq member list|add|remove|replace`.
+fn member(
+    global: &GlobalOptions,
+    command: &MemberCommand,
+    client: &mut Client,
+    stdout: &mut dyn Write,
+) -> Result<(), CliError> {
+    let mut out = |text: String| {
+        stdout
+            .write_all(text.as_bytes())
+            .map_err(CliError::io("cannot write to stdout"))
+    };
+    match command {
+        MemberCommand::List => {
+            let members = client.list_members()?;
+            let text = if global.json {
+                json!({ "members": members.iter().map(member_json).collect::<Vec<_>>() })
+                    .to_string()
+                    + "\n"
+            } else {
+                members_table(&members)
+            };
+            out(text)
+        }
+        MemberCommand::Add { index } => {
+            let new = new_member(global, *index)?;
+            client.add_member(new.clone())?;
+            out(if global.json {
+                json!({"added": new.id, "success": true}).to_string() + "\n"
+            } else {
+                format!(
+                    "node {} at {} is a voter\n",
+                    new.id,
+                    member_address_text(&new)
+                )
+            })
+        }
+        MemberCommand::Remove { id } => {
+            client.remove_member(*id)?;
+            out(if global.json {
+                json!({"removed": id, "success": true}).to_string() + "\n"
+            } else {
+                format!("node {id} is no longer a member\n")
+            })
+        }
+        MemberCommand::Replace { old_id, index } => {
+            let new = new_member(global, *index)?;
+            if new.id == *old_id {
+                return Err(CliError::Usage(format!(
+                    "member replace {old_id}: ids are never reused; give the new node a new \
+                     INDEX in --config"
+                )));
+            }
+            client.add_member(new.clone())?;
+            if !global.json {
+                out(format!(
+                    "node {} at {} is a voter\n",
+                    new.id,
+                    member_address_text(&new)
+                ))?;
+            }
+            client.remove_member(*old_id)?;
+            out(if global.json {
+                json!({"added": new.id, "removed": old_id, "success": true}).to_string() + "\n"
+            } else {
+                format!("node {old_id} is no longer a member\n")
+            })
+        }
+    }
+}
+
+/// The node at `index` of `--config`, as a `member PUT` names it.
+fn new_member(global: &GlobalOptions, index: u64) -> Result<MemberAddress, CliError> {
+    let config = ClusterConfig::load(&global.config)?;
+    let address = config.address(crate::raft::NodeId(index)).ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: no node at index {index} ({} addresses)",
+            global.config.display(),
+            config.node_count()
+        ))
+    })?;
+    Ok(MemberAddress {
+        id: index,
+        ip: address.ip.clone(),
+        port: address.port,
+        internal_port: address.internal_port,
+        public_key: address
+            .public_key
+            .as_ref()
+            .map(crate::config::keys::z85_encode),
+    })
+}
+
+fn member_address_text(member: &MemberAddress) -> String {
+    crate::config::tcp_endpoint(&member.ip, member.port)
+        .trim_start_matches("tcp://")
+        .to_string()
+}
+
+fn member_json(member: &MemberInfo) -> serde_json::Value {
+    let address = &member.address;
+    let mut value = json!({
+        "id": address.id,
+        "ip": address.ip,
+        "port": address.port,
+        "internal_port": address.internal_port,
+        "voter": member.voter,
+    });
+    if let Some(key) = &address.public_key {
+        value["public_key"] = json!(key);
+    }
+    value
+}
+
+fn members_table(members: &[MemberInfo]) -> String {
+    let mut rows = vec![[
+        "ID".to_string(),
+        "ADDRESS".to_string(),
+        "INTERNAL".to_string(),
+        "ROLE".to_string(),
+    ]];
+    for member in members {
+        let address = &member.address;
+        rows.push([
+            address.id.to_string(),
+            member_address_text(address),
+            address.internal_port.to_string(),
+            if member.voter { "voter" } else { "learner" }.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let line: String = row
+                .iter()
+                .enumerate()
+                .map(|(column, cell)| format!("{cell:<width$}  ", width = widths[column]))
+                .collect();
+            line.trim_end().to_string() + "\n"
+        })
+        .collect()
+}
+
+/// "voter", "learner", "removed" (not in the leader's list), or "?" when unknown.
+fn membership_of(members: Option<&[MemberInfo]>, id: Option<u64>) -> String {
+    match (members, id) {
+        (Some(members), Some(id)) => members
+            .iter()
+            .find(|member| member.address.id == id)
+            .map_or(
+                "removed",
+                |member| {
+                    if member.voter {
+                        "voter"
+                    } else {
+                        "learner"
+                    }
+                },
+            )
+            .to_string(),
+        _ => "?".to_string(),
     }
 }
 
@@ -529,6 +708,8 @@ struct StatusRow {
     /// The node's position in the config, when the nodes came from one.
     config_id: Option<u64>,
     address: NodeAddress,
+    /// "voter", "learner", "removed" or "?" (the leader could not be asked).
+    membership: String,
     result: Result<StatusReport, ClientError>,
 }
 
@@ -547,6 +728,7 @@ fn status_json(rows: &[StatusRow]) -> serde_json::Value {
                 "last_applied": status.last_applied,
                 "last_log_index": status.last_log_index,
                 "fsync": status.fsync,
+                "member": row.membership,
             }),
             Err(error) => json!({
                 "id": row.config_id,
@@ -561,7 +743,7 @@ fn status_json(rows: &[StatusRow]) -> serde_json::Value {
 
 fn status_table(rows: &[StatusRow]) -> String {
     let header = [
-        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST LOG", "LEADER",
+        "ID", "ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAST LOG", "LEADER", "MEMBER",
     ];
     let mut lines: Vec<(Vec<String>, Option<String>)> = Vec::with_capacity(rows.len() + 1);
     lines.push((header.iter().map(|cell| cell.to_string()).collect(), None));
@@ -579,6 +761,7 @@ fn status_table(rows: &[StatusRow]) -> String {
                     status
                         .leader
                         .map_or_else(|| "-".to_string(), |leader| leader.to_string()),
+                    row.membership.clone(),
                 ],
                 None,
             ),
@@ -676,16 +859,19 @@ mod tests {
             StatusRow {
                 config_id: Some(0),
                 address: address(8567),
+                membership: "voter".into(),
                 result: Ok(report(0, "Leader", Some(0))),
             },
             StatusRow {
                 config_id: Some(1),
                 address: address(9123),
+                membership: "learner".into(),
                 result: Ok(report(1, "Follower", Some(0))),
             },
             StatusRow {
                 config_id: Some(2),
                 address: address(8889),
+                membership: "?".into(),
                 result: Err(ClientError::Timeout {
                     operation: "status".into(),
                     elapsed: Duration::from_secs(2),
@@ -705,9 +891,20 @@ mod tests {
         let cells: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["0", "127.0.0.1:8567", "Leader", "7", "42", "41", "43", "0"],
+            [
+                "0",
+                "127.0.0.1:8567",
+                "Leader",
+                "7",
+                "42",
+                "41",
+                "43",
+                "0",
+                "voter"
+            ],
             "{table}"
         );
+        assert!(lines[2].ends_with("learner"), "{table}");
         assert!(lines[3].contains("unreachable"), "{table}");
         assert!(lines[3].contains("no reply from 127.0.0.1:8889"), "{table}");
         assert!(lines[3].starts_with("2 "), "{table}");
@@ -728,6 +925,7 @@ mod tests {
         assert_eq!(nodes[0]["role"], "Leader");
         assert_eq!(nodes[0]["commit_index"], 42);
         assert_eq!(nodes[1]["leader"], 0);
+        assert_eq!(nodes[1]["member"], "learner");
         assert_eq!(nodes[2]["reachable"], false);
         assert_eq!(nodes[2]["id"], 2);
         assert!(nodes[2]["error"]

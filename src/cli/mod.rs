@@ -58,7 +58,8 @@ Exit status:
   2  usage error
   3  not found: no such topic, or `get` on an empty topic (nothing is printed to stdout)
   4  unavailable: no leader, no quorum or no reply before --timeout; for `put`, `get` and
-     `topic create` the outcome is then unknown (the request may or may not have been applied)
+     `topic create` the outcome is then unknown (the request may or may not have been applied);
+     `member add|remove|replace`: also another membership change in progress
   5  stale receipt: `ack`, `nack` or `touch` named a lease that ended, was already settled or
      never existed (nothing changed for it; the message may go to another consumer)
 
@@ -207,8 +208,18 @@ pub enum Command {
         #[arg(long)]
         raw: bool,
     },
-    /// Show every node: id, address, role, term, commit index, last applied, leader it sees
+    /// Show every node: id, address, role, term, commit index, last applied, leader it sees,
+    /// and whether it is a voter, a learner or no longer a member
     Status,
+    /// List, add, remove or replace the cluster's members (PROTOCOL.md §12)
+    ///
+    /// One change at a time. `add` and `replace` wait until the new node has caught up and
+    /// votes: give them a --timeout long enough for its catch-up (e.g. 60s). Start the new
+    /// node first with `rrmq-node NEW_CONFIG INDEX --join`.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Run the nodes of --config as child processes until Ctrl-C or SIGTERM
     Cluster(ClusterArgs),
     /// Measure a running cluster (produce, consume, mixed), or a fresh local one (--matrix)
@@ -241,6 +252,28 @@ pub enum TopicCommand {
         /// A table: name, ready, leased, max deliveries, dead letter, discarded
         #[arg(long)]
         detail: bool,
+    },
+}
+
+/// `rrmq member ...`. `add` and `replace` read the new node from `--config NEW_CONFIG` at
+/// INDEX (its id); the cluster is reached through that file's other addresses, so it must
+/// list at least one current member.
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the members as the leader sees them: id, address, voter or learner
+    List,
+    /// Add the node at INDEX of --config: a learner first, a voter once caught up
+    Add {
+        /// The new node's position in --config's addresses: its id (never used before)
+        index: u64,
+    },
+    /// Remove member ID (the leader too: it hands over once its removal is committed)
+    Remove { id: u64 },
+    /// Add the node at INDEX of --config, then remove OLD_ID
+    Replace {
+        old_id: u64,
+        /// The new node's position in --config's addresses: its id
+        index: u64,
     },
 }
 
@@ -282,7 +315,8 @@ impl CliError {
                 ClientError::NoSuchTopic { .. } | ClientError::Empty { .. } => EXIT_NOT_FOUND,
                 ClientError::Timeout { .. }
                 | ClientError::Unavailable { .. }
-                | ClientError::SessionExpired { .. } => EXIT_UNAVAILABLE,
+                | ClientError::SessionExpired { .. }
+                | ClientError::ChangeInProgress { .. } => EXIT_UNAVAILABLE,
                 ClientError::StaleReceipt { .. } => EXIT_STALE,
                 _ => EXIT_ERROR,
             },
@@ -410,6 +444,27 @@ mod tests {
                 command: TopicCommand::List { detail: false }
             }
         ));
+
+        // `--config` after `member add` names the new node's file (a global option).
+        let cli = parse(&["member", "add", "--config", "new.json", "3"]).expect("valid");
+        assert_eq!(cli.global.config, PathBuf::from("new.json"));
+        assert!(matches!(
+            cli.command,
+            Command::Member {
+                command: MemberCommand::Add { index: 3 }
+            }
+        ));
+        let cli = parse(&["member", "replace", "1", "--config", "new.json", "4"]).expect("valid");
+        assert!(matches!(
+            cli.command,
+            Command::Member {
+                command: MemberCommand::Replace {
+                    old_id: 1,
+                    index: 4
+                }
+            }
+        ));
+        assert!(parse(&["member", "remove", "x"]).is_err());
 
         let bad: [&[&str]; 8] = [
             &["put", "t"],

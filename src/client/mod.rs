@@ -61,7 +61,9 @@ use crate::protocol::{
     decode_reply, encode_request, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Operation, Outcome,
     Payload, Receipts, Reply, ReplyDecodeError, Request, SessionKey, StatsReport, StatusReport,
 };
-pub use crate::protocol::{Delivery, FetchOptions, TopicDetail, TopicSettings};
+pub use crate::protocol::{
+    Delivery, FetchOptions, MemberAddress, MemberInfo, TopicDetail, TopicSettings,
+};
 use crate::transport::monitor::{EventKind, Monitor};
 
 /// How long one attempt waits for a reply before the client tries elsewhere.
@@ -219,6 +221,11 @@ pub enum ClientError {
          existed; nothing changed"
     )]
     StaleReceipt { topic: String, receipt: String },
+    /// PROTOCOL.md §12 `CHANGE_IN_PROGRESS`: another membership change is under way (an
+    /// add whose learner is still catching up stays in progress until it is promoted or
+    /// cancelled by a `member DELETE` of its id). Nothing changed.
+    #[error("the cluster refused the membership change, another is in progress: {message}")]
+    ChangeInProgress { message: String },
     /// The cluster no longer remembers this client's session, so it cannot tell whether the
     /// retried request was applied.
     #[error("the cluster forgot this client's session ({message}); {OUTCOME_UNKNOWN}")]
@@ -633,6 +640,36 @@ impl Client {
         match self.call(Operation::ListTopicDetails, false)? {
             (_, Outcome::TopicDetails(details)) => Ok(details),
             (node, outcome) => Err(self.unexpected(node, outcome, "", "list topics")),
+        }
+    }
+
+    /// The cluster's acting membership as the leader sees it (PROTOCOL.md §12), learners
+    /// with `voter: false`.
+    pub fn list_members(&mut self) -> Result<Vec<MemberInfo>, ClientError> {
+        match self.call(Operation::ListMembers, false)? {
+            (_, Outcome::Members(members)) => Ok(members),
+            (node, outcome) => Err(self.unexpected(node, outcome, "", "list members")),
+        }
+    }
+
+    /// Adds a node: the leader makes it a learner and promotes it once it has caught up;
+    /// returns once it is a voter. A timeout leaves the change in progress (retrying the
+    /// same request waits for it again; [`Client::remove_member`] of its id cancels it).
+    pub fn add_member(&mut self, member: MemberAddress) -> Result<(), ClientError> {
+        let name = format!("add member {}", member.id);
+        match self.call(Operation::AddMember { member }, false)? {
+            (_, Outcome::Done) => Ok(()),
+            (node, outcome) => Err(self.unexpected(node, outcome, "", &name)),
+        }
+    }
+
+    /// Removes a member (voter or learner); returns once its removal is committed.
+    pub fn remove_member(&mut self, id: u64) -> Result<(), ClientError> {
+        match self.call(Operation::RemoveMember { id }, false)? {
+            (_, Outcome::Done) => Ok(()),
+            (node, outcome) => {
+                Err(self.unexpected(node, outcome, "", &format!("remove member {id}")))
+            }
         }
     }
 
@@ -1328,6 +1365,7 @@ impl Client {
                 ErrorCode::SessionExpired => ClientError::SessionExpired { message },
                 ErrorCode::Quota => ClientError::Quota { message },
                 ErrorCode::Forbidden => ClientError::Forbidden { message },
+                ErrorCode::ChangeInProgress => ClientError::ChangeInProgress { message },
                 other => ClientError::Refused {
                     node,
                     operation: operation.to_string(),
@@ -1345,6 +1383,7 @@ impl Client {
             Outcome::Count(_) => unexpected_detail(node, operation, "a count"),
             Outcome::Stale(_) => unexpected_detail(node, operation, "a list of stale receipts"),
             Outcome::TopicDetails(_) => unexpected_detail(node, operation, "topic details"),
+            Outcome::Members(_) => unexpected_detail(node, operation, "a member list"),
         }
     }
 }
@@ -1461,6 +1500,9 @@ fn describe(operation: &Operation) -> String {
         Operation::Ack { topic, .. } => format!("ack in '{topic}'"),
         Operation::Nack { topic, .. } => format!("nack in '{topic}'"),
         Operation::Touch { topic, .. } => format!("touch in '{topic}'"),
+        Operation::ListMembers => "list members".to_string(),
+        Operation::AddMember { member } => format!("add member {}", member.id),
+        Operation::RemoveMember { id } => format!("remove member {id}"),
     }
 }
 

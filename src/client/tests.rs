@@ -588,6 +588,7 @@ fn stats_come_from_each_node_and_a_wrong_report_kind_is_an_error() {
         message_count: 2,
         payload_bytes: 3,
         session_count: 4,
+        cluster_id: 5,
     };
     let node = {
         let stats = stats.clone();

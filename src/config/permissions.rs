@@ -138,6 +138,8 @@ fn describe(right: &Right, topic: Option<&str>) -> String {
 ///   a listed client (PROTOCOL.md §11), and `stats` says no more than counts and a digest.
 /// - `fault` (tests only, and answered only by a node started with `--fault-injection`):
 ///   `admin`, since it partitions the cluster.
+/// - `member PUT` and `member DELETE`: `admin` (PROTOCOL.md §11); `member GET`: any listed
+///   client, like `status`.
 pub fn check(client: &ClientRights, operation: &Operation) -> Result<(), Forbidden> {
     check_intent(client, operation.intent())
 }
@@ -174,14 +176,14 @@ pub fn check_intent(client: &ClientRights, intent: Intent<'_>) -> Result<(), For
                 refuse(Right::Admin, Some(topic))
             }
         }
-        Intent::Fault => {
+        Intent::Fault | Intent::ChangeMembers => {
             if client.admin {
                 Ok(())
             } else {
                 refuse(Right::Admin, None)
             }
         }
-        Intent::ListTopics | Intent::Status | Intent::Stats => Ok(()),
+        Intent::ListTopics | Intent::Status | Intent::Stats | Intent::ListMembers => Ok(()),
     }
 }
 

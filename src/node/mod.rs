@@ -50,9 +50,11 @@
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
 
+pub mod cluster_id;
 mod event;
 mod lease_clock;
 mod log_limit;
+pub mod members;
 mod node_loop;
 mod pending;
 pub mod persist_pipeline;
@@ -101,6 +103,8 @@ pub enum NodeError {
     /// The snapshot files and the log cannot be reconciled, or cannot be read.
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    ClusterId(#[from] cluster_id::ClusterIdError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("cannot start thread {name}: {source}")]
@@ -120,7 +124,9 @@ pub fn run_with_args(args: &NodeArgs) -> Result<(), NodeError> {
 ///
 /// Startup errors (a port in use, an unreadable WAL) come back as values before anything is
 /// logged, so the caller can print them as its one line.
-pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
+    // Before the peer transport, which stamps it on every message.
+    cluster_id::resolve(&mut config)?;
     // Before the sockets: every connection they accept holds a file.
     let open_files = startup_checks::raise_open_files_limit();
     let (events, inbox) = crossbeam_channel::bounded::<Event>(EVENT_CHANNEL_CAPACITY);
@@ -188,10 +194,10 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     let restored = recovered.restored;
     let restored_entries = restored.entries.len();
     let restored_hard_state = restored.hard_state;
-    let snapshot = restored.snapshot;
+    let snapshot = restored.snapshot.clone();
     let mut core = Core::new(
         config.id,
-        config.cluster.voters(),
+        members::initial_membership(&config.cluster, config.id, config.join),
         config.raft.clone(),
         restored,
         rand::random(),

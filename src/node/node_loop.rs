@@ -59,6 +59,7 @@ use super::event::PersistReport;
 use super::event::{Event, LoadedSnapshot, SnapshotSaved};
 use super::lease_clock::LeaseClock;
 use super::log_limit::TermRefusalLog;
+use super::members::AddressBook;
 use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
@@ -79,10 +80,12 @@ use crate::transport::client::ClientTransport;
 use crate::transport::peer::PeerTransport;
 use crate::transport::watch::PeerConnection;
 use crossbeam_channel::{Receiver, Sender};
+use membership::MemberChanges;
 use shutdown::Shutdown;
 use std::time::Instant;
 
 mod admission;
+mod membership;
 mod shutdown;
 mod waiting;
 
@@ -147,6 +150,12 @@ pub(super) struct NodeLoop {
     observed: (Role, Term, Option<NodeId>),
     /// Logs the core's dropped messages and refused campaigns, rate-limited.
     term_refusal_log: TermRefusalLog,
+    /// Every member's address, following the membership the core acts on.
+    book: AddressBook,
+    /// Membership requests in progress on this leader (`membership`).
+    member_changes: MemberChanges,
+    /// Whether this node has logged that it was removed.
+    removed_logged: bool,
 }
 
 impl NodeLoop {
@@ -165,6 +174,7 @@ impl NodeLoop {
             previous_snapshot,
         } = parts;
         let observed = (core.role(), core.term(), core.leader());
+        let (applied, applied_term) = (snapshot.index(), snapshot.last.term);
         let fsync = FsyncPolicy::from(config.fsync);
         // The WAL thread sends the acks that wait for its syncs on DEALERs of its own (a
         // ZeroMQ socket stays on one thread).
@@ -189,6 +199,18 @@ impl NodeLoop {
             previous_snapshot,
         );
         let lease_clock = LeaseClock::new(queue.clock_ms(), Instant::now());
+        // The membership may differ from the config's (restored from the log or a
+        // snapshot): connect to the members it names.
+        let book = AddressBook::new(core.membership(), &config.cluster);
+        peers.set_peers(book.peers(config.id));
+        let removed_logged = core.is_removed();
+        if removed_logged {
+            log::warn!(
+                "this node (id {}) was removed from the cluster (its own log says so): it no \
+                 longer votes, campaigns or serves clients; stop it and wipe its data dir",
+                config.id
+            );
+        }
         Ok(NodeLoop {
             config,
             core,
@@ -204,14 +226,17 @@ impl NodeLoop {
             lease_end_proposed: None,
             lease_clock,
             waiters: Waiters::new(),
-            waiters_seen_applied: snapshot.index(),
-            applied: snapshot.index(),
-            applied_term: snapshot.last.term,
+            waiters_seen_applied: applied,
+            applied,
+            applied_term,
             snapshots,
             halted: false,
             shutdown: None,
             observed,
             term_refusal_log: TermRefusalLog::new(),
+            book,
+            member_changes: MemberChanges::default(),
+            removed_logged,
         })
     }
 
@@ -252,6 +277,7 @@ impl NodeLoop {
             let now = Instant::now();
             self.expire(now);
             self.tend_waiters(now);
+            self.tend_member_changes(now);
             self.log_changes();
             self.term_refusal_log
                 .observe(now, self.core.term_refusals());
@@ -276,9 +302,10 @@ impl NodeLoop {
                 }
                 match message.body {
                     // Stepped at once if the core will drop it: nothing to decode for it.
-                    MessageBody::InstallSnapshot { snapshot }
+                    MessageBody::InstallSnapshot { ref snapshot }
                         if self.core.accepts_terms(&message) =>
                     {
+                        let snapshot = snapshot.clone();
                         self.on_install_snapshot(message, snapshot)
                     }
                     _ => self.core.step(message),
@@ -332,9 +359,13 @@ impl NodeLoop {
                 committed,
                 read_states,
                 aborted_reads,
+                membership,
             } = ready;
+            if let Some(membership) = membership {
+                self.on_membership(&membership);
+            }
             let installed = match snapshot {
-                Some(snapshot) => match self.install_snapshot(snapshot) {
+                Some(snapshot) => match self.install_snapshot(snapshot.clone()) {
                     Ok(()) => Some(snapshot),
                     Err(error) => {
                         self.on_storage_failure(error);
@@ -484,7 +515,7 @@ impl NodeLoop {
                 self.config.id
             );
             let outcome = match &entry.payload {
-                EntryPayload::Noop => None,
+                EntryPayload::Noop | EntryPayload::Membership(_) => None,
                 EntryPayload::Command(bytes) => Some(self.queue.apply(entry.index, bytes)),
             };
             self.applied = entry.index;
@@ -509,7 +540,7 @@ impl NodeLoop {
             return;
         };
         self.core
-            .on_snapshot_saved(compaction.snapshot, compaction.core_to);
+            .on_snapshot_saved(compaction.snapshot.clone(), compaction.core_to);
         // Queued behind the batches before it; the WAL never drops its last synced entry.
         if compaction.wal_to > LogIndex::ZERO
             && !self.wal.send(WalCommand::Compact(compaction.wal_to))
@@ -548,9 +579,9 @@ impl NodeLoop {
     /// snapshot and its queue the loop's (the WAL's restart record follows in the `Ready`'s
     /// batch).
     fn install_snapshot(&mut self, snapshot: SnapshotMeta) -> Result<(), StorageError> {
-        self.queue = self.snapshots.install(snapshot)?;
         self.applied = snapshot.index();
         self.applied_term = snapshot.last.term;
+        self.queue = self.snapshots.install(snapshot)?;
         Ok(())
     }
 

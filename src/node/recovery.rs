@@ -64,10 +64,10 @@ pub enum LogPlan {
 }
 
 /// Checks that the log in `wal` can follow `snapshot` (`0@0`: none). `Err` explains the gap.
-pub fn plan_log(snapshot: SnapshotMeta, wal: &InitialState) -> Result<LogPlan, String> {
+pub fn plan_log(snapshot: &SnapshotMeta, wal: &InitialState) -> Result<LogPlan, String> {
     let snapshot_index = snapshot.index();
     let (Some(first), Some(last)) = (wal.entries.first(), wal.entries.last()) else {
-        let restart = wal.snapshot;
+        let restart = &wal.snapshot;
         if restart.index() > snapshot_index {
             return Err(format!(
                 "the log restarts after snapshot {} but the newest usable snapshot file is {}",
@@ -145,7 +145,7 @@ pub fn recover(
     for (position, (meta, path)) in listed.iter().enumerate() {
         match snapshot_file::verify_snapshot(path) {
             Ok(file) => {
-                chosen = Some((file, listed.get(position + 1).map(|(meta, _)| *meta)));
+                chosen = Some((file, listed.get(position + 1).map(|(meta, _)| meta.clone())));
                 break;
             }
             Err(StorageError::Corrupt { reason, .. }) => {
@@ -163,8 +163,8 @@ pub fn recover(
     }
     let snapshot = chosen
         .as_ref()
-        .map_or(SnapshotMeta::default(), |(file, _)| file.meta);
-    let plan = plan_log(snapshot, &wal).map_err(|reason| {
+        .map_or(SnapshotMeta::default(), |(file, _)| file.meta.clone());
+    let plan = plan_log(&snapshot, &wal).map_err(|reason| {
         if damaged.is_empty() {
             unrecoverable(reason)
         } else {
@@ -203,10 +203,13 @@ pub fn recover(
                     queue.last_applied()
                 )));
             }
-            (queue, previous.unwrap_or_default())
+            (queue, previous.clone().unwrap_or_default())
         }
     };
-    let mut restored = InitialState { snapshot, ..wal };
+    let mut restored = InitialState {
+        snapshot: snapshot.clone(),
+        ..wal
+    };
     if plan == LogPlan::RestartAfterSnapshot {
         log::warn!(
             "the log ends before snapshot {} or disagrees with it: finishing its interrupted \
@@ -244,9 +247,7 @@ mod tests {
     use crate::raft::{Entry, EntryId, EntryPayload, NodeId, Term};
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
+        SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
     }
 
     fn wal(restart: SnapshotMeta, terms_from: Option<(u64, &[u64])>) -> InitialState {
@@ -270,37 +271,37 @@ mod tests {
 
     #[test]
     fn the_log_must_continue_right_after_the_snapshot() {
-        let none = SnapshotMeta::default();
+        let none = SnapshotMeta::default;
         let cases: Vec<(&str, SnapshotMeta, InitialState, Result<LogPlan, &str>)> = vec![
-            ("a new node", none, wal(none, None), Ok(LogPlan::Resume)),
+            ("a new node", none(), wal(none(), None), Ok(LogPlan::Resume)),
             (
                 "a log from 1, no snapshot",
-                none,
-                wal(none, Some((1, &[1, 1]))),
+                none(),
+                wal(none(), Some((1, &[1, 1]))),
                 Ok(LogPlan::Resume),
             ),
             (
                 "a compacted log without a snapshot",
-                none,
-                wal(none, Some((5, &[1]))),
+                none(),
+                wal(none(), Some((5, &[1]))),
                 Err("no usable snapshot"),
             ),
             (
                 "the log keeps entries the snapshot covers",
                 meta(2, 10),
-                wal(none, Some((8, &[1, 2, 2, 2]))),
+                wal(none(), Some((8, &[1, 2, 2, 2]))),
                 Ok(LogPlan::Resume),
             ),
             (
                 "the log starts right after",
                 meta(2, 10),
-                wal(none, Some((11, &[2]))),
+                wal(none(), Some((11, &[2]))),
                 Ok(LogPlan::Resume),
             ),
             (
                 "a gap (the newer snapshot was damaged)",
                 meta(2, 10),
-                wal(none, Some((13, &[2]))),
+                wal(none(), Some((13, &[2]))),
                 Err("entries 11..13 are lost"),
             ),
             (
@@ -324,13 +325,13 @@ mod tests {
             (
                 "installed file, WAL not yet told: behind",
                 meta(3, 20),
-                wal(none, Some((1, &[1, 1, 1]))),
+                wal(none(), Some((1, &[1, 1, 1]))),
                 Ok(LogPlan::RestartAfterSnapshot),
             ),
             (
                 "installed file, WAL not yet told: conflicting entries",
                 meta(3, 3),
-                wal(none, Some((1, &[1, 1, 2, 2]))),
+                wal(none(), Some((1, &[1, 1, 2, 2]))),
                 Ok(LogPlan::RestartAfterSnapshot),
             ),
             (
@@ -347,7 +348,7 @@ mod tests {
             ),
         ];
         for (number, (name, snapshot, restored, expected)) in cases.into_iter().enumerate() {
-            let planned = plan_log(snapshot, &restored);
+            let planned = plan_log(&snapshot, &restored);
             match (&planned, &expected) {
                 (Ok(plan), Ok(expected)) => {
                     assert_eq!(plan, expected, "case {number} ({name})")
@@ -522,7 +523,7 @@ mod tests {
         let older = queue_with(3);
         write_queue(dir.path(), meta(1, 10), &older);
         write_queue(dir.path(), meta(1, 20), &queue_with(5));
-        let newest = snapshot_file::snapshot_path(dir.path(), meta(1, 20));
+        let newest = snapshot_file::snapshot_path(dir.path(), &meta(1, 20));
         let mut bytes = std::fs::read(&newest).expect("read");
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
@@ -568,7 +569,7 @@ mod tests {
         }
         wal.compact_to(LogIndex(20)).expect("compact");
         write_queue(dir.path(), meta(1, 20), &queue_with(5));
-        let newest = snapshot_file::snapshot_path(dir.path(), meta(1, 20));
+        let newest = snapshot_file::snapshot_path(dir.path(), &meta(1, 20));
         std::fs::write(&newest, b"torn").expect("write");
         drop(wal);
         let (mut wal, restored) = open_wal(dir.path());
@@ -641,9 +642,10 @@ mod tests {
         drop(naive);
 
         let dir = tempfile::tempdir().expect("dir");
-        let meta = SnapshotMeta {
-            last: crate::raft::EntryId::new(crate::raft::Term(1), queue.last_applied()),
-        };
+        let meta = SnapshotMeta::at(crate::raft::EntryId::new(
+            crate::raft::Term(1),
+            queue.last_applied(),
+        ));
         // The writer thread works while the "loop" keeps applying: it must see no stall.
         let writer_dir = dir.path().to_path_buf();
         let writer = std::thread::spawn(move || {

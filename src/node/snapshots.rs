@@ -150,7 +150,7 @@ impl Snapshots {
         {
             return;
         }
-        let meta = SnapshotMeta { last: applied };
+        let meta = SnapshotMeta::at(applied);
         let started = Instant::now();
         let view = queue.snapshot_view();
         let pause = started.elapsed();
@@ -165,7 +165,7 @@ impl Snapshots {
         );
         self.entries_since = 0;
         self.bytes_since = 0;
-        self.writing = Some(meta);
+        self.writing = Some(meta.clone());
         let dir = self.data_dir.clone();
         let fsync = self.fsync;
         let events = self.events.clone();
@@ -173,7 +173,7 @@ impl Snapshots {
             .name("snapshot-writer".into())
             .spawn(move || {
                 let started = Instant::now();
-                let result = snapshot_file::write_snapshot(&dir, meta, fsync, |writer| {
+                let result = snapshot_file::write_snapshot(&dir, meta.clone(), fsync, |writer| {
                     view.encode_snapshot(writer)
                         .map_err(|error| std::io::Error::other(error.to_string()))
                 })
@@ -219,8 +219,8 @@ impl Snapshots {
                 .0
                 .saturating_sub(self.thresholds.log_margin_entries),
         );
-        self.previous = self.newest;
-        self.newest = file.meta;
+        self.previous = self.newest.clone();
+        self.newest = file.meta.clone();
         Some(Compaction {
             snapshot: file.meta,
             core_to,
@@ -262,7 +262,7 @@ impl Snapshots {
             self.discard_received(snapshot);
             return Some(message);
         }
-        if let Some(loading) = self.loading {
+        if let Some(loading) = &self.loading {
             log::info!(
                 "snapshot {} arrived while {} is loading; it waits",
                 snapshot.last,
@@ -271,14 +271,14 @@ impl Snapshots {
             if let Some(MessageBody::InstallSnapshot { snapshot: replaced }) =
                 self.waiting.replace(message).map(|message| message.body)
             {
-                if replaced != snapshot {
+                if replaced.last != snapshot.last {
                     self.discard_received(replaced);
                 }
             }
             return None;
         }
-        self.loading = Some(snapshot);
-        let path = snapshot_file::received_path(&self.data_dir, snapshot);
+        self.loading = Some(snapshot.clone());
+        let path = snapshot_file::received_path(&self.data_dir, &snapshot);
         let queue_config = self.queue_config.clone();
         let events = self.events.clone();
         let spawned = std::thread::Builder::new()
@@ -342,7 +342,10 @@ impl Snapshots {
     pub(super) fn take_waiting(&mut self) -> Option<(Message, SnapshotMeta)> {
         let message = self.waiting.take()?;
         match message.body {
-            MessageBody::InstallSnapshot { snapshot } => Some((message, snapshot)),
+            MessageBody::InstallSnapshot { ref snapshot } => {
+                let snapshot = snapshot.clone();
+                Some((message, snapshot))
+            }
             _ => None,
         }
     }
@@ -353,7 +356,7 @@ impl Snapshots {
     /// and returns its queue.
     pub(super) fn install(&mut self, snapshot: SnapshotMeta) -> Result<Queue, StorageError> {
         let queue = match self.loaded.take() {
-            Some((loaded, queue)) if loaded == snapshot => queue,
+            Some((loaded, queue)) if loaded.last == snapshot.last => queue,
             other => panic!(
                 "node {}: the core installs snapshot {} but the loop loaded {:?}",
                 self.node,
@@ -361,14 +364,13 @@ impl Snapshots {
                 other.map(|(loaded, _)| loaded.last)
             ),
         };
-        snapshot_file::adopt_received(&self.data_dir, snapshot, self.fsync)?;
+        snapshot_file::adopt_received(&self.data_dir, snapshot.clone(), self.fsync)?;
         log::info!(
             "installed snapshot {} ({} messages); the log restarts after it",
             snapshot.last,
             queue.stats().messages
         );
-        self.previous = self.newest;
-        self.newest = snapshot;
+        self.previous = std::mem::replace(&mut self.newest, snapshot);
         self.entries_since = 0;
         self.bytes_since = 0;
         self.retain();
@@ -390,11 +392,11 @@ impl Snapshots {
         if self
             .loaded
             .as_ref()
-            .is_some_and(|(loaded, _)| *loaded == snapshot)
+            .is_some_and(|(loaded, _)| loaded.last == snapshot.last)
         {
             return;
         }
-        let path = snapshot_file::received_path(&self.data_dir, snapshot);
+        let path = snapshot_file::received_path(&self.data_dir, &snapshot);
         if let Err(error) = std::fs::remove_file(&path) {
             log::debug!("deleting {}: {error}", path.display());
         }

@@ -74,7 +74,7 @@ pub(super) fn status(view: &NodeView<'_>) -> Reply {
 }
 
 /// The `stats` reply: the state machine at `applied`.
-pub(super) fn stats(id: NodeId, queue: &Queue, applied: LogIndex) -> Reply {
+pub(super) fn stats(id: NodeId, cluster_id: u64, queue: &Queue, applied: LogIndex) -> Reply {
     let stats = queue.stats();
     Reply::Stats(StatsReport {
         id: id.0,
@@ -84,18 +84,23 @@ pub(super) fn stats(id: NodeId, queue: &Queue, applied: LogIndex) -> Reply {
         message_count: stats.messages as u64,
         payload_bytes: stats.payload_bytes as u64,
         session_count: stats.sessions as u64,
+        cluster_id,
     })
 }
 
 /// The leader's client address, for v2 replies and NOT_LEADER hints. None once halted: the
 /// core is frozen in whatever role it had, and a halted node must not send clients back to
 /// itself while the others elect a new leader.
-pub(super) fn leader_info(config: &NodeConfig, core: &Core, halted: bool) -> Option<LeaderInfo> {
+pub(super) fn leader_info(
+    book: &super::members::AddressBook,
+    core: &Core,
+    halted: bool,
+) -> Option<LeaderInfo> {
     if halted {
         return None;
     }
     let leader = core.leader()?;
-    let address = config.cluster.address(leader)?;
+    let address = book.get(leader)?;
     Some(LeaderInfo {
         id: leader.0,
         ip: address.ip.clone(),

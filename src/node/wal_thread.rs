@@ -443,7 +443,11 @@ mod tests {
         peer.bind(&format!("tcp://127.0.0.1:{}", ports[1]))
             .expect("bind");
         let faults = Arc::new(PeerFaults::default());
-        let dealers = PeerDealers::connect(&context, &settings, faults.clone()).expect("dealers");
+        let directory = Arc::new(crate::transport::peer::PeerDirectory::new(
+            settings.peers.clone(),
+        ));
+        let dealers =
+            PeerDealers::connect(&context, &settings, faults.clone(), directory).expect("dealers");
         let calls = Arc::new(Mutex::new(Vec::new()));
         let (started_sender, sync_started) = crossbeam_channel::unbounded();
         let (sync_permits, permits) = crossbeam_channel::unbounded();

@@ -164,6 +164,17 @@ pub enum Operation {
         receipt: String,
         lease_ms: u64,
     },
+    /// `member GET` (PROTOCOL.md §12): the acting membership, learners included.
+    ListMembers,
+    /// `member PUT`: add the node as a learner, promote it once it has caught up; answered
+    /// once it is a voter.
+    AddMember {
+        member: MemberAddress,
+    },
+    /// `member DELETE`: answered once the node is no longer a member.
+    RemoveMember {
+        id: u64,
+    },
 }
 
 /// What a request asks to do, as far as a client's rights go (PROTOCOL.md §11): its type,
@@ -191,6 +202,10 @@ pub enum Intent<'a> {
     Status,
     Stats,
     Fault,
+    /// `member GET`: any listed client.
+    ListMembers,
+    /// `member PUT` and `member DELETE`: `admin` (PROTOCOL.md §11).
+    ChangeMembers,
 }
 
 impl Operation {
@@ -215,8 +230,30 @@ impl Operation {
                 receipt: _,
                 lease_ms: _,
             } => Intent::Get { topic },
+            Operation::ListMembers => Intent::ListMembers,
+            Operation::AddMember { .. } | Operation::RemoveMember { .. } => Intent::ChangeMembers,
         }
     }
+}
+
+/// A node as a `member PUT` names it (PROTOCOL.md §12): its id (never used before) and the
+/// addresses it serves on, as `config.json` writes them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemberAddress {
+    pub id: u64,
+    pub ip: String,
+    pub port: u16,
+    pub internal_port: u16,
+    /// The node's CURVE public key in Z85 (40 characters), required in a keyed cluster.
+    pub public_key: Option<String>,
+}
+
+/// One member as `member GET` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub address: MemberAddress,
+    /// False for a learner: replicated to, not counted in quorums or elections.
+    pub voter: bool,
 }
 
 /// A topic's delivery settings (PROTOCOL.md §8), fixed when it is created.
@@ -313,9 +350,13 @@ pub enum ErrorCode {
     /// at the front of the message).
     Unspecified,
     /// PROTOCOL.md §8: an ACK, NACK or TOUCH whose receipt was never issued, is already
-    /// acknowledged, or whose lease has ended. Changed nothing. (Last, so that the variant
-    /// order of the stored session outcomes never changes.)
+    /// acknowledged, or whose lease has ended. Changed nothing. (After the older codes, so
+    /// that the variant order of the stored session outcomes never changes.)
     StaleReceipt,
+    /// PROTOCOL.md §12: a membership change was asked while another is in progress.
+    /// Changed nothing; retry once the first one is done (or cancel an add stuck waiting
+    /// for its learner with a DELETE of that id).
+    ChangeInProgress,
 }
 
 impl ErrorCode {
@@ -335,11 +376,12 @@ impl ErrorCode {
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::Unspecified => "UNSPECIFIED",
             ErrorCode::StaleReceipt => "STALE_RECEIPT",
+            ErrorCode::ChangeInProgress => "CHANGE_IN_PROGRESS",
         }
     }
 
     /// Every code, for parsing and for tests that must cover them all.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::NoSuchTopic,
         ErrorCode::TopicExists,
         ErrorCode::Empty,
@@ -354,6 +396,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Unspecified,
         ErrorCode::StaleReceipt,
+        ErrorCode::ChangeInProgress,
     ];
 
     pub fn parse(code: &str) -> Option<ErrorCode> {
@@ -406,6 +449,9 @@ pub enum Outcome {
     Stale(Vec<String>),
     /// `topic GET` with `detail`: `{"success": true, "topics": [{...}, ...]}`.
     TopicDetails(Vec<TopicDetail>),
+    /// `member GET` (PROTOCOL.md §12): `{"success": true, "members": [{"id", "ip", "port",
+    /// "internal_port", "voter", "public_key"?}, ...]}`. Never stored in a session.
+    Members(Vec<MemberInfo>),
 }
 
 /// One message handed out under a lease (PROTOCOL.md §8).
@@ -483,6 +529,9 @@ pub struct StatsReport {
     pub message_count: u64,
     pub payload_bytes: u64,
     pub session_count: u64,
+    /// The id peers stamp on their messages (`config`'s `cluster_id`), fixed for the
+    /// cluster's life: a node started with `--join` learns it here. 0 when absent.
+    pub cluster_id: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

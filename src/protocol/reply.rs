@@ -24,8 +24,9 @@ use serde::{Serialize, Serializer};
 
 use super::request::PayloadWire;
 use super::{
-    detect_encoding, Delivery, Encoding, ErrorCode, ErrorInfo, LeaderInfo, Outcome, Payload,
-    PeerProgress, Reply, ReplyDecodeError, RequestError, StatsReport, StatusReport, TopicDetail,
+    detect_encoding, Delivery, Encoding, ErrorCode, ErrorInfo, LeaderInfo, MemberAddress,
+    MemberInfo, Outcome, Payload, PeerProgress, Reply, ReplyDecodeError, RequestError, StatsReport,
+    StatusReport, TopicDetail,
 };
 
 /// Encodes a reply in the request's encoding. `version` is the request's: 1 gets exactly the
@@ -82,6 +83,8 @@ struct OutcomeWire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     stale: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<MembersWire<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorWire<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     leader: Option<LeaderWire<'a>>,
@@ -98,6 +101,7 @@ impl<'a> OutcomeWire<'a> {
             messages: None,
             count: None,
             stale: None,
+            members: None,
             error: None,
             leader: None,
         }
@@ -133,6 +137,7 @@ impl<'a> OutcomeWire<'a> {
             Outcome::Count(count) => wire.count = Some(*count),
             Outcome::Stale(stale) => wire.stale = Some(stale),
             Outcome::TopicDetails(details) => wire.topics = Some(TopicsWire::Details(details)),
+            Outcome::Members(members) => wire.members = Some(MembersWire(members)),
         }
         wire
     }
@@ -202,6 +207,33 @@ struct DeliveryWire<'a> {
     message: PayloadWire<'a>,
     receipt: &'a str,
     deliveries: u64,
+}
+
+/// `members` of a `member GET` (PROTOCOL.md §12): `public_key` only when the member has one.
+struct MembersWire<'a>(&'a [MemberInfo]);
+
+impl Serialize for MembersWire<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|member| MemberWire {
+            id: member.address.id,
+            ip: &member.address.ip,
+            port: member.address.port,
+            internal_port: member.address.internal_port,
+            voter: member.voter,
+            public_key: member.address.public_key.as_deref(),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct MemberWire<'a> {
+    id: u64,
+    ip: &'a str,
+    port: u16,
+    internal_port: u16,
+    voter: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -303,6 +335,7 @@ struct StatsWire {
     message_count: u64,
     payload_bytes: u64,
     session_count: u64,
+    cluster_id: u64,
 }
 
 impl StatsWire {
@@ -316,6 +349,7 @@ impl StatsWire {
             message_count: stats.message_count,
             payload_bytes: stats.payload_bytes,
             session_count: stats.session_count,
+            cluster_id: stats.cluster_id,
         }
     }
 }
@@ -518,17 +552,24 @@ fn interpret_success(entries: &mut Entries) -> Result<Outcome, String> {
     let messages = entries.take("messages");
     let count = entries.take_u64("count")?;
     let stale = entries.take("stale");
+    let members = entries.take("members");
     let present = [
         topics.is_some(),
         message.is_some(),
         messages.is_some(),
         count.is_some(),
         stale.is_some(),
+        members.is_some(),
     ];
     if present.iter().filter(|present| **present).count() > 1 {
         return Err(
-            "more than one of `topics`, `message`, `messages`, `count`, `stale` is present".into(),
+            "more than one of `topics`, `message`, `messages`, `count`, `stale`, `members` is \
+             present"
+                .into(),
         );
+    }
+    if let Some(members) = members {
+        return interpret_members(members);
     }
     if let Some(topics) = topics {
         return interpret_topics(topics);
@@ -593,6 +634,44 @@ fn interpret_messages(value: Value) -> Result<Outcome, String> {
         })
         .collect::<Result<_, String>>()
         .map(Outcome::Deliveries)
+}
+
+/// `members`: one map per member.
+fn interpret_members(value: Value) -> Result<Outcome, String> {
+    let Value::Array(items) = value else {
+        return Err(format!("`members` is not an array: it is {}", kind(&value)));
+    };
+    let port = |member: &mut Entries, key: &str| -> Result<u16, String> {
+        let port = member.required_u64(key)?;
+        u16::try_from(port).map_err(|_| format!("member `{key}` {port} is over 65535"))
+    };
+    items
+        .into_iter()
+        .map(|item| {
+            let mut member = Entries::from_value("an item of `members`", item)?;
+            let voter = match member.take("voter") {
+                Some(Value::Boolean(voter)) => voter,
+                Some(other) => {
+                    return Err(format!("`voter` is not a boolean: it is {}", kind(&other)))
+                }
+                None => return Err("`voter` is missing".to_string()),
+            };
+            Ok(MemberInfo {
+                address: MemberAddress {
+                    id: member.required_u64("id")?,
+                    ip: member.required_text("ip")?,
+                    port: port(&mut member, "port")?,
+                    internal_port: port(&mut member, "internal_port")?,
+                    public_key: match member.take("public_key") {
+                        None | Some(Value::Nil) => None,
+                        Some(value) => Some(text("public_key", value)?),
+                    },
+                },
+                voter,
+            })
+        })
+        .collect::<Result<_, String>>()
+        .map(Outcome::Members)
 }
 
 fn interpret_leader(value: Value) -> Result<LeaderInfo, String> {
@@ -700,6 +779,7 @@ fn interpret_stats(mut entries: Entries) -> Result<StatsReport, String> {
         message_count: entries.required_u64("message_count")?,
         payload_bytes: entries.required_u64("payload_bytes")?,
         session_count: entries.required_u64("session_count")?,
+        cluster_id: entries.take_u64("cluster_id")?.unwrap_or(0),
     })
 }
 

@@ -53,9 +53,10 @@ use serde::{Deserialize, Serialize};
 
 use super::msgpack::{ReadError, Reader, Token};
 use super::{
-    detect_encoding, Encoding, ErrorCode, ErrorInfo, FetchOptions, Intent, Limits, Operation,
-    Payload, Receipts, Request, RequestError, SessionKey, TopicSettings, BATCH_ITEMS_MAX,
-    BATCH_MESSAGE_BYTES_MAX, FAULT_NODE_IDS_MAX, LEASE_MS_MAX, RECEIPT_BYTES_MAX, WAIT_MS_MAX,
+    detect_encoding, Encoding, ErrorCode, ErrorInfo, FetchOptions, Intent, Limits, MemberAddress,
+    Operation, Payload, Receipts, Request, RequestError, SessionKey, TopicSettings,
+    BATCH_ITEMS_MAX, BATCH_MESSAGE_BYTES_MAX, FAULT_NODE_IDS_MAX, LEASE_MS_MAX, RECEIPT_BYTES_MAX,
+    WAIT_MS_MAX,
 };
 
 /// The protocol versions this node speaks.
@@ -130,6 +131,8 @@ impl<'a> ParsedRequest<'a> {
             ("status", "GET") => Intent::Status,
             ("stats", "GET") => Intent::Stats,
             ("fault", "PUT") => Intent::Fault,
+            ("member", "GET") => Intent::ListMembers,
+            ("member", "PUT" | "DELETE") => Intent::ChangeMembers,
             _ => return None,
         };
         Some(RequestHead { version, intent })
@@ -166,6 +169,11 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
         max_deliveries: None,
         dead_letter: None,
         detail: None,
+        id: None,
+        ip: None,
+        port: None,
+        internal_port: None,
+        public_key: None,
     };
     match &request.operation {
         Operation::CreateTopic { topic } => {
@@ -227,6 +235,18 @@ pub fn encode_request(request: &Request, encoding: Encoding) -> Vec<u8> {
             wire.drop_from = Some(drop_from);
             wire.stop_zap_handler = stop_zap_handler.then_some(true);
         }
+        Operation::ListMembers => (wire.kind, wire.method) = ("member", "GET"),
+        Operation::AddMember { member } => {
+            (wire.kind, wire.method) = ("member", "PUT");
+            wire.id = Some(member.id);
+            wire.ip = Some(&member.ip);
+            wire.port = Some(member.port);
+            wire.internal_port = Some(member.internal_port);
+            wire.public_key = member.public_key.as_deref();
+        }
+        Operation::RemoveMember { id } => {
+            (wire.kind, wire.method, wire.id) = ("member", "DELETE", Some(*id));
+        }
     }
     match encoding {
         Encoding::MsgPack => rmp_serde::to_vec_named(&wire)
@@ -276,6 +296,16 @@ struct RequestWire<'a> {
     dead_letter: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    internal_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<&'a str>,
 }
 
 /// A list of payloads, each as [`PayloadWire`].
@@ -325,6 +355,11 @@ enum Key {
     MaxDeliveries,
     DeadLetter,
     Detail,
+    Id,
+    Ip,
+    Port,
+    InternalPort,
+    CurvePublic,
 }
 
 impl Key {
@@ -349,6 +384,11 @@ impl Key {
             b"max_deliveries" => Some(Key::MaxDeliveries),
             b"dead_letter" => Some(Key::DeadLetter),
             b"detail" => Some(Key::Detail),
+            b"id" => Some(Key::Id),
+            b"ip" => Some(Key::Ip),
+            b"port" => Some(Key::Port),
+            b"internal_port" => Some(Key::InternalPort),
+            b"public_key" => Some(Key::CurvePublic),
             _ => None,
         }
     }
@@ -374,6 +414,11 @@ impl Key {
             Key::MaxDeliveries => "max_deliveries",
             Key::DeadLetter => "dead_letter",
             Key::Detail => "detail",
+            Key::Id => "id",
+            Key::Ip => "ip",
+            Key::Port => "port",
+            Key::InternalPort => "internal_port",
+            Key::CurvePublic => "public_key",
         }
     }
 }
@@ -452,6 +497,11 @@ struct Fields<'a> {
     max_deliveries: Option<Field<'a>>,
     dead_letter: Option<Field<'a>>,
     detail: Option<Field<'a>>,
+    id: Option<Field<'a>>,
+    ip: Option<Field<'a>>,
+    port: Option<Field<'a>>,
+    internal_port: Option<Field<'a>>,
+    public_key: Option<Field<'a>>,
     /// The first known key that appeared twice.
     duplicate: Option<Key>,
 }
@@ -478,6 +528,11 @@ impl<'a> Fields<'a> {
             Key::MaxDeliveries => &mut self.max_deliveries,
             Key::DeadLetter => &mut self.dead_letter,
             Key::Detail => &mut self.detail,
+            Key::Id => &mut self.id,
+            Key::Ip => &mut self.ip,
+            Key::Port => &mut self.port,
+            Key::InternalPort => &mut self.internal_port,
+            Key::CurvePublic => &mut self.public_key,
         }
     }
 
@@ -983,6 +1038,57 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
                 false,
             )
         }
+        ("member", "GET" | "PUT" | "DELETE") if !extended => {
+            return Err(needs_version_2("type \"member\""))
+        }
+        ("member", "GET") => (Operation::ListMembers, false),
+        ("member", "PUT") => {
+            let id = validate_member_id(fields.id, encoding)?;
+            let ip = required_text(Key::Ip, fields.ip, encoding)?;
+            let ip = ip.trim();
+            if ip.is_empty() {
+                return Err(bad_request("field `ip` must not be empty"));
+            }
+            if ip.len() > MEMBER_HOST_BYTES_MAX {
+                return Err(too_large("`ip`", ip.len(), MEMBER_HOST_BYTES_MAX));
+            }
+            let port = validate_port(Key::Port, fields.port, encoding)?;
+            let internal_port = validate_port(Key::InternalPort, fields.internal_port, encoding)?;
+            let public_key = match fields.public_key {
+                None | Some(Field::Nil) => None,
+                Some(Field::Text(key)) if key.len() == PUBLIC_KEY_Z85_CHARS => {
+                    Some(key.into_owned())
+                }
+                Some(Field::Text(key)) => {
+                    return Err(bad_request(format!(
+                        "field `public_key` must be {PUBLIC_KEY_Z85_CHARS} characters of \
+                         Z85, got {}",
+                        key.len()
+                    )))
+                }
+                Some(other) => {
+                    return Err(wrong_type(Key::CurvePublic, "a string", &other, encoding))
+                }
+            };
+            let member = MemberAddress {
+                id,
+                ip: ip.to_string(),
+                port,
+                internal_port,
+                public_key,
+            };
+            (Operation::AddMember { member }, false)
+        }
+        ("member", "DELETE") => {
+            let id = validate_member_id(fields.id, encoding)?;
+            (Operation::RemoveMember { id }, false)
+        }
+        ("member", _) => {
+            return Err(bad_request(format!(
+                "unknown method {method:?} for type {kind:?}: expected \"GET\", \"PUT\" or \
+                 \"DELETE\""
+            )))
+        }
         ("topic", _) => {
             return Err(bad_request(format!(
                 "unknown method {method:?} for type {kind:?}: expected \"GET\" or \"PUT\""
@@ -1006,7 +1112,8 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
         }
         _ => {
             return Err(bad_request(format!(
-                "unknown type {kind:?}: expected \"topic\", \"message\" or \"status\""
+                "unknown type {kind:?}: expected \"topic\", \"message\", \"status\" or \
+                 \"member\""
             )))
         }
     };
@@ -1016,6 +1123,35 @@ fn validate(fields: Fields<'_>, encoding: Encoding, limits: &Limits) -> Result<R
         session: if uses_session { session } else { None },
         operation,
     })
+}
+
+/// The longest host name a `member PUT` may carry (DNS names are at most 253 bytes).
+const MEMBER_HOST_BYTES_MAX: usize = 255;
+/// A CURVE public key in Z85.
+const PUBLIC_KEY_Z85_CHARS: usize = 40;
+
+/// A member's `id`: required, an unsigned integer.
+fn validate_member_id(field: Option<Field<'_>>, encoding: Encoding) -> Result<u64, ErrorInfo> {
+    match field {
+        Some(Field::Unsigned(id)) => Ok(id),
+        Some(other) => Err(wrong_type(
+            Key::Id,
+            "a node id (an unsigned integer)",
+            &other,
+            encoding,
+        )),
+        None => Err(bad_request("missing field `id`")),
+    }
+}
+
+/// A required port, 1 to 65535.
+fn validate_port(key: Key, field: Option<Field<'_>>, encoding: Encoding) -> Result<u16, ErrorInfo> {
+    if field.is_none() {
+        return Err(bad_request(format!("missing field `{}`", key.name())));
+    }
+    let port = validate_range(key, field, 1, u64::from(u16::MAX), encoding)?
+        .expect("present, checked above");
+    Ok(u16::try_from(port).expect("at most 65535"))
 }
 
 fn needs_version_2(what: &str) -> ErrorInfo {

@@ -2210,7 +2210,7 @@ fn arbitrary_version_2_operation() -> impl Strategy<Value = Operation> {
     ]
 }
 
-const ALL_CODES: [ErrorCode; 14] = ErrorCode::ALL;
+const ALL_CODES: [ErrorCode; 15] = ErrorCode::ALL;
 
 fn arbitrary_delivery() -> impl Strategy<Value = Delivery> {
     (arbitrary_payload(), arbitrary_text(20), any::<u64>()).prop_map(
@@ -2299,6 +2299,7 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
         message_count: numbers[3],
         payload_bytes: numbers[4],
         session_count: numbers[5],
+        cluster_id: numbers[0] ^ 1,
     });
     prop_oneof![
         (outcome, leader).prop_map(|(outcome, leader)| Reply::Outcome { outcome, leader }),
@@ -2443,3 +2444,4 @@ proptest! {
 }
 
 mod delivery;
+mod membership;

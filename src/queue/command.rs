@@ -221,7 +221,10 @@ impl Command {
             | Operation::ListTopicDetails
             | Operation::Status
             | Operation::Stats
-            | Operation::Fault { .. }) => Err(other),
+            | Operation::Fault { .. }
+            | Operation::ListMembers
+            | Operation::AddMember { .. }
+            | Operation::RemoveMember { .. }) => Err(other),
         }
     }
 }

@@ -64,7 +64,7 @@ pub fn session_bytes(client_id: &str, outcome: &Outcome) -> usize {
     let delivery_bytes =
         |delivery: &crate::protocol::Delivery| delivery.message.len() + delivery.receipt.len();
     let reply_bytes = match outcome {
-        Outcome::Done | Outcome::Failed(_) | Outcome::Count(_) => 0,
+        Outcome::Done | Outcome::Failed(_) | Outcome::Count(_) | Outcome::Members(_) => 0,
         Outcome::Topics(topics) => topics.iter().map(String::len).sum(),
         Outcome::Message(Payload::Text(text)) => text.len(),
         Outcome::Message(Payload::Binary(bytes)) => bytes.len(),

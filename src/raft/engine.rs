@@ -9,6 +9,7 @@
 //! of the same `Ready` are durable, because each of them promises something about storage.
 
 use super::log::RaftLog;
+use super::membership::{ChangeKind, Membership};
 use super::message::{
     AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
     RejectHint, SnapshotMeta, Term,
@@ -94,8 +95,15 @@ impl ReadQueue {
 /// invariant (a bug); [`Core::check_invariants`] asserts them on demand.
 pub struct Core {
     id: NodeId,
-    /// Every voter including this node, sorted.
-    voters: Vec<NodeId>,
+    /// The membership given to `Core::new`: acted on until the log or a snapshot holds one.
+    initial: Membership,
+    /// The memberships the log holds, oldest first: the first is the base (from the
+    /// snapshot, or `initial` at the snapshot's index), then one per `Membership` entry in
+    /// the log. The last is the one this node acts on. Invariant: never empty, indexes
+    /// ascending, every one after the first matches an entry of the log.
+    configs: Vec<Config>,
+    /// The acting membership changed since the last `Ready`.
+    membership_changed: bool,
     config: RaftConfig,
     rng: ChaCha8Rng,
 
@@ -151,6 +159,14 @@ pub struct Core {
     early_campaign: Option<EarlyCampaign>,
 }
 
+/// A membership and the entry that set it.
+#[derive(Clone, Debug)]
+struct Config {
+    /// The entry (or the snapshot's last entry) that set it; `0@0` for the initial one.
+    id: EntryId,
+    membership: Membership,
+}
+
 /// A pre-vote due before the election timeout (see [`Core::peer_connection_lost`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct EarlyCampaign {
@@ -161,8 +177,14 @@ struct EarlyCampaign {
 }
 
 impl Core {
-    /// A core for node `id` in a cluster of `voters` (which includes `id`), resuming from what
-    /// storage held. `seed` drives the randomized election timeouts.
+    /// A core for node `id`, resuming from what storage held. `seed` drives the randomized
+    /// election timeouts.
+    ///
+    /// `initial` is the membership from the cluster's configuration file. The core acts on
+    /// it only until its snapshot or log holds one (a node restarted after changes uses its
+    /// own). A node that is not in the membership it acts on and was never removed from it
+    /// is *joining* (`--join`): it takes appends and snapshots from a leader, but neither
+    /// votes nor campaigns until its log makes it a member.
     ///
     /// A restored term beyond [`Term::MAX_SANE`] (persisted by a build that adopted any term
     /// a peer sent) is kept, since a term never goes back and the vote cast in it must hold,
@@ -171,15 +193,13 @@ impl Core {
     /// operator wipes its data dir and restarts it with `--rejoin`.
     pub fn new(
         id: NodeId,
-        voters: Vec<NodeId>,
+        initial: Membership,
         config: RaftConfig,
         restored: InitialState,
         seed: u64,
     ) -> Core {
-        let mut voters = voters;
-        voters.sort();
-        voters.dedup();
-        assert!(voters.contains(&id), "node {id} is not among the voters");
+        let mut initial = initial;
+        initial.normalize();
         assert!(
             config.heartbeat_ticks > 0
                 && config.heartbeat_ticks < config.election_ticks_min
@@ -187,10 +207,38 @@ impl Core {
             "invalid timing: {config:?}"
         );
         let hard_state = restored.hard_state;
-        let log = RaftLog::restore(restored.snapshot, restored.entries, hard_state.commit);
+        let mut configs = vec![Config {
+            id: restored.snapshot.last,
+            membership: if restored.snapshot.membership.is_empty() {
+                initial.clone()
+            } else {
+                restored.snapshot.membership.clone()
+            },
+        }];
+        for entry in &restored.entries {
+            if let EntryPayload::Membership(membership) = &entry.payload {
+                if entry.index > restored.snapshot.index() {
+                    configs.push(Config {
+                        id: entry.id(),
+                        membership: membership.clone(),
+                    });
+                }
+            }
+        }
+        let snapshot = SnapshotMeta {
+            last: restored.snapshot.last,
+            membership: configs[0].membership.clone(),
+        };
+        let log = RaftLog::restore(
+            restored.snapshot.clone(),
+            restored.entries,
+            hard_state.commit,
+        );
         let mut core = Core {
             id,
-            voters,
+            initial,
+            configs,
+            membership_changed: false,
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
             term: hard_state.term,
@@ -198,7 +246,7 @@ impl Core {
             role: Role::Follower,
             leader: None,
             log,
-            snapshot: restored.snapshot,
+            snapshot,
             snapshot_to_install: None,
             election_elapsed_ticks: 0,
             heartbeat_elapsed_ticks: 0,
@@ -249,9 +297,30 @@ impl Core {
         self.catch_up = CatchUp::AwaitingLeader;
     }
 
-    /// Whether this node may vote and campaign (see `abstain_until_caught_up`).
+    /// Whether this node may vote and campaign as far as catching up goes (see
+    /// `abstain_until_caught_up`); its membership decides too (see [`Core::can_campaign`]).
     pub fn is_voting(&self) -> bool {
         self.catch_up == CatchUp::Done
+    }
+
+    /// Whether this node would campaign on an election timeout: caught up, and a voter of
+    /// the membership it acts on (learners, joining and removed nodes never campaign).
+    pub fn can_campaign(&self) -> bool {
+        self.is_voting() && self.membership().is_voter(self.id)
+    }
+
+    /// Whether the membership this node acts on removed it (its id is retired there). A
+    /// removed node never campaigns or grants a vote; a leader removing itself keeps leading
+    /// until that entry commits, then steps down. The runtime refuses clients once this
+    /// holds and the node is not leader.
+    pub fn is_removed(&self) -> bool {
+        self.membership().is_retired(self.id)
+    }
+
+    /// Whether this node is joining: neither a member nor removed in the membership it acts
+    /// on (started with `--join` and not yet reached by the entry that adds it).
+    pub fn is_joining(&self) -> bool {
+        !self.membership().contains(self.id) && !self.is_removed()
     }
 
     // ---- Inputs -------------------------------------------------------------------------
@@ -272,7 +341,7 @@ impl Core {
                 };
                 let timed_out = self.election_elapsed_ticks >= self.randomized_election_ticks;
                 if early || timed_out {
-                    if self.is_voting() {
+                    if self.can_campaign() {
                         self.start_election(if timed_out {
                             "election timeout"
                         } else {
@@ -287,16 +356,31 @@ impl Core {
         }
     }
 
-    /// A message from a peer. Messages not addressed to this node or not from a voter are
-    /// ignored, and so are messages whose terms no honest node sends (beyond
-    /// [`Term::MAX_SANE`], or inconsistent inside): those are counted in
-    /// [`Core::term_refusals`].
+    /// A message from a peer. Messages not addressed to this node are ignored, and so are
+    /// messages whose terms no honest node sends (beyond [`Term::MAX_SANE`], or
+    /// inconsistent inside): those are counted in [`Core::term_refusals`].
+    ///
+    /// The sender need not be in this node's membership (dissertation §4.1: a server
+    /// processes requests without consulting its configuration): a leader this node's log
+    /// does not yet know of is followed, and a candidate that is a voter in its own log may
+    /// get this node's vote. Only vote requests from a node this node's membership removed
+    /// are dropped, so a removed node that missed its removal cannot disrupt the cluster.
     pub fn step(&mut self, message: Message) {
-        if message.to != self.id || message.from == self.id || !self.is_voter(message.from) {
+        if message.to != self.id || message.from == self.id {
             log::debug!("node {}: dropping misaddressed {message:?}", self.id);
             return;
         }
         if !self.accepts_terms_of(&message) {
+            return;
+        }
+        if matches!(message.body, MessageBody::RequestVote { .. })
+            && self.membership().is_retired(message.from)
+        {
+            log::debug!(
+                "node {}: ignoring a vote request from removed node {}",
+                self.id,
+                message.from
+            );
             return;
         }
         if message.term > self.term {
@@ -352,6 +436,55 @@ impl Core {
         Ok(self.append_to_own_log(EntryPayload::Command(command)))
     }
 
+    /// Appends a membership change to the leader's log; `Ok` gives where it will commit if
+    /// it does. The leader acts on `next` at once (as every node does once it appends it).
+    ///
+    /// Refused unless `next` is one single-server step from the current membership (see
+    /// [`Membership::change_from`]: add a learner, promote or demote one member, remove
+    /// one, never leaving no voter), while a change is in progress (its entry not yet
+    /// committed: one at a time), and before this leader committed an entry of its own
+    /// term (dissertation §4.1's fix: a change of an earlier leader might still be in
+    /// flight). Promoting a learner that has not caught up is the caller's choice: the
+    /// core allows it, but the cluster cannot commit until the new voter catches up (see
+    /// `CoreStatus::progress`).
+    pub fn propose_membership(&mut self, next: Membership) -> Result<EntryId, ProposeError> {
+        self.ensure_leader()?;
+        if self.transfer.is_some() {
+            return Err(ProposeError::TransferInProgress);
+        }
+        if self.change_in_progress() {
+            return Err(ProposeError::ChangeInProgress);
+        }
+        if !self.committed_in_current_term() {
+            return Err(ProposeError::LeaderNotReady);
+        }
+        let mut next = next;
+        next.normalize();
+        if next == *self.membership() {
+            return Err(ProposeError::InvalidChange("nothing changes".to_string()));
+        }
+        let kind = self
+            .membership()
+            .change_from(&next)
+            .map_err(ProposeError::InvalidChange)?;
+        log::info!(
+            "node {} term {}: membership change {kind:?}",
+            self.id,
+            self.term
+        );
+        let id = self.append_to_own_log(EntryPayload::Membership(next.clone()));
+        self.push_config(id, next);
+        if kind != ChangeKind::InfoOnly {
+            self.sync_progress();
+        }
+        Ok(id)
+    }
+
+    /// Whether the membership this node acts on comes from an entry not yet committed.
+    pub fn change_in_progress(&self) -> bool {
+        self.acting_config().id.index > self.log.committed()
+    }
+
     /// Starts a linearizable read; it comes back in `Ready::read_states` (or
     /// `aborted_reads`) with the caller's `read_id`.
     pub fn read_index(&mut self, read_id: u64) -> Result<(), ProposeError> {
@@ -361,7 +494,7 @@ impl Core {
         }
         if !self.committed_in_current_term() {
             self.reads.awaiting_term_commit.push(read_id);
-        } else if self.voters.len() == 1 {
+        } else if self.leader_alone_is_quorum() {
             self.read_states.push(ReadState {
                 read_id,
                 index: self.log.committed(),
@@ -379,7 +512,7 @@ impl Core {
         if to == self.id {
             return Ok(());
         }
-        if !self.progress.contains_key(&to) {
+        if !self.progress.contains_key(&to) || !self.membership().is_voter(to) {
             return Err(ProposeError::UnknownPeer(to));
         }
         log::info!(
@@ -411,6 +544,10 @@ impl Core {
     /// The runtime has durably saved a snapshot of the state machine at `snapshot` (an
     /// applied entry) and wants the log kept only after `compact_to` (at most the snapshot's
     /// index: entries kept before it spare slow followers a snapshot transfer).
+    ///
+    /// The snapshot's membership is the core's own as of its index
+    /// ([`Core::membership_at`]), whatever `snapshot.membership` says: the runtime writes
+    /// that one into the file.
     pub fn on_snapshot_saved(&mut self, snapshot: SnapshotMeta, compact_to: LogIndex) {
         assert!(
             snapshot.index() <= self.log.applied(),
@@ -438,7 +575,31 @@ impl Core {
             self.term,
             snapshot.last
         );
-        self.snapshot = snapshot;
+        let membership = self
+            .membership_at(snapshot.index())
+            .cloned()
+            .unwrap_or_else(|| self.configs[0].membership.clone());
+        if !snapshot.membership.is_empty() && snapshot.membership != membership {
+            log::warn!(
+                "node {} term {}: snapshot {} saved with a membership other than the log's \
+                 at its index",
+                self.id,
+                self.term,
+                snapshot.last
+            );
+        }
+        // The configurations at or before the snapshot's index are committed: the newest of
+        // them becomes the base.
+        let covered = self
+            .configs
+            .iter()
+            .rposition(|config| config.id.index <= snapshot.index())
+            .unwrap_or(0);
+        self.configs.drain(..covered);
+        self.snapshot = SnapshotMeta {
+            last: snapshot.last,
+            membership,
+        };
         self.log.compact(compact_to);
     }
 
@@ -479,16 +640,17 @@ impl Core {
     /// A leader that loses its connection to a follower changes nothing: CheckQuorum alone
     /// decides whether it still leads.
     pub fn peer_connection_lost(&mut self, peer: NodeId) {
-        if peer == self.id || !self.is_voter(peer) {
+        if peer == self.id {
             return;
         }
         self.lost_connections.insert(peer);
         let lost_leader = self.role == Role::Follower && self.leader == Some(peer);
-        if !lost_leader || !self.config.pre_vote || !self.is_voting() {
+        if !lost_leader || !self.config.pre_vote || !self.can_campaign() {
             return;
         }
         let ahead = self
-            .voters
+            .membership()
+            .voters()
             .iter()
             .filter(|&&voter| voter != peer && voter < self.id)
             .count();
@@ -526,8 +688,35 @@ impl Core {
     }
 
     /// The newest snapshot this node holds.
-    pub fn snapshot(&self) -> SnapshotMeta {
-        self.snapshot
+    pub fn snapshot(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+
+    /// The membership this node acts on: the latest in its log (appended, not necessarily
+    /// committed) or, if the log holds none, its snapshot's, or the initial one.
+    pub fn membership(&self) -> &Membership {
+        &self.acting_config().membership
+    }
+
+    /// The latest membership whose entry is committed (as far as this node knows).
+    pub fn committed_membership(&self) -> &Membership {
+        let committed = self.log.committed();
+        self.configs
+            .iter()
+            .rev()
+            .find(|config| config.id.index <= committed)
+            .map_or(&self.configs[0].membership, |config| &config.membership)
+    }
+
+    /// The membership as of `index` (the latest set at or before it), for the snapshot at
+    /// `index`; `None` below the oldest the core still knows (an index before its
+    /// snapshot).
+    pub fn membership_at(&self, index: LogIndex) -> Option<&Membership> {
+        self.configs
+            .iter()
+            .rev()
+            .find(|config| config.id.index <= index)
+            .map(|config| &config.membership)
     }
 
     /// Whether `message`'s terms are ones an honest node sends: its own at most
@@ -550,6 +739,7 @@ impl Core {
     /// take a `Ready` only when this says so.
     pub fn has_ready(&self) -> bool {
         self.broadcast_pending
+            || self.membership_changed
             || self.snapshot_to_install.is_some()
             || !self.reads.unsent.is_empty()
             || !self.messages.is_empty()
@@ -578,7 +768,8 @@ impl Core {
         if self.role == Role::Leader {
             if self.broadcast_pending {
                 self.broadcast_pending = false;
-                for follower in self.followers() {
+                let targets: Vec<NodeId> = self.progress.keys().copied().collect();
+                for follower in targets {
                     self.send_appends(follower);
                 }
             }
@@ -598,6 +789,8 @@ impl Core {
             committed: self.log.take_committed(self.config.committed_bytes_max),
             read_states: std::mem::take(&mut self.read_states),
             aborted_reads: std::mem::take(&mut self.aborted_reads),
+            membership: std::mem::take(&mut self.membership_changed)
+                .then(|| self.membership().clone()),
         }
     }
 
@@ -660,6 +853,7 @@ impl Core {
 
     /// The externally interesting state at once, for `status` replies.
     pub fn status(&self) -> CoreStatus {
+        let membership = self.membership();
         CoreStatus {
             id: self.id,
             role: self.role,
@@ -677,8 +871,12 @@ impl Core {
                     match_index: progress.match_index,
                     next_index: progress.next_index,
                     replicating: progress.is_replicating(),
+                    voter: membership.is_voter(id),
                 })
                 .collect(),
+            membership: membership.clone(),
+            membership_index: self.acting_config().id.index,
+            membership_committed: !self.change_in_progress(),
         }
     }
 
@@ -686,6 +884,32 @@ impl Core {
     pub fn check_invariants(&self) {
         let context = format!("node {} term {} ({:?})", self.id, self.term, self.role);
         self.log.check_invariants(&context);
+        assert!(
+            self.configs[0].id.index <= self.snapshot.index().max(self.log.offset().index),
+            "{context}: base membership at {} after the snapshot",
+            self.configs[0].id
+        );
+        for pair in self.configs.windows(2) {
+            assert!(
+                pair[0].id.index < pair[1].id.index,
+                "{context}: memberships out of order"
+            );
+        }
+        for config in &self.configs[1..] {
+            if config.id.index > self.log.offset().index {
+                let holds = matches!(
+                    self.log.entry(config.id.index),
+                    Some(Entry { term, payload: EntryPayload::Membership(membership), .. })
+                        if *term == config.id.term && *membership == config.membership
+                );
+                assert!(holds, "{context}: membership {} not in the log", config.id);
+            }
+        }
+        assert!(
+            self.role != Role::Candidate && self.role != Role::PreCandidate
+                || self.membership().is_voter(self.id),
+            "{context}: campaigning while not a voter"
+        );
         assert!(
             self.log.offset().index <= self.snapshot.index(),
             "{context}: log starts after {} but the snapshot is {}",
@@ -724,8 +948,8 @@ impl Core {
                 assert_eq!(self.leader, Some(self.id), "{context}: leader field");
                 assert_eq!(self.vote, Some(self.id), "{context}: leader's vote");
                 assert_eq!(
-                    self.progress.len(),
-                    self.voters.len() - 1,
+                    self.progress.keys().copied().collect::<BTreeSet<NodeId>>(),
+                    self.replication_targets(),
                     "{context}: progress entries"
                 );
                 for (id, progress) in &self.progress {
@@ -848,10 +1072,7 @@ impl Core {
         self.role = Role::Leader;
         self.leader = Some(self.id);
         log::info!("node {} term {}: became leader", self.id, self.term);
-        let next_index = self.log.last_index().next();
-        for follower in self.followers() {
-            self.progress.insert(follower, Progress::new(next_index));
-        }
+        self.sync_progress();
         // Raft §5.4.2 / §8: entries of earlier terms commit only with an entry of this term,
         // so append one at once.
         self.append_to_own_log(EntryPayload::Noop);
@@ -990,7 +1211,11 @@ impl Core {
         pre_vote: bool,
         last_log: EntryId,
     ) {
-        let up_to_date = self.log.is_up_to_date(last_log) && self.is_voting();
+        // A learner answers by its log: the candidate's log may already make it a voter.
+        // A joining node (it may hold nothing yet) and a removed one do not answer yes.
+        let up_to_date = self.log.is_up_to_date(last_log)
+            && self.is_voting()
+            && self.membership().contains(self.id);
         if pre_vote {
             // Would we vote for it in the term it proposes? (We do not record anything.)
             let granted = message_term > self.term && up_to_date;
@@ -1042,7 +1267,7 @@ impl Core {
             Role::Candidate => !pre_vote && message_term == self.term,
             Role::Follower | Role::Leader => false,
         };
-        if !counts {
+        if !counts || !self.membership().is_voter(voter) {
             return;
         }
         self.votes.entry(voter).or_insert(granted);
@@ -1059,7 +1284,7 @@ impl Core {
     }
 
     fn handle_timeout_now(&mut self, from: NodeId) {
-        if self.role == Role::Leader || !self.is_voting() {
+        if self.role == Role::Leader || !self.can_campaign() {
             return;
         }
         if self.term.next_sane().is_none() {
@@ -1145,11 +1370,23 @@ impl Core {
     }
 
     fn has_quorum_of_granted_votes(&self) -> bool {
-        self.votes.values().filter(|&&granted| granted).count() >= self.quorum()
+        let granted: Vec<NodeId> = self
+            .votes
+            .iter()
+            .filter(|(_, &granted)| granted)
+            .map(|(&voter, _)| voter)
+            .collect();
+        self.membership().is_quorum(&granted)
     }
 
     fn has_quorum_of_rejected_votes(&self) -> bool {
-        self.votes.values().filter(|&&granted| !granted).count() >= self.quorum()
+        let rejected: Vec<NodeId> = self
+            .votes
+            .iter()
+            .filter(|(_, &granted)| !granted)
+            .map(|(&voter, _)| voter)
+            .collect();
+        self.membership().is_quorum(&rejected)
     }
 
     // ---- Follower side of replication ---------------------------------------------------
@@ -1212,6 +1449,7 @@ impl Core {
             return;
         }
         let last_new = self.log.append_after(prev.index, entries);
+        self.refresh_configs(entries);
         // Raft Figure 2: commit up to the leader's commit index, but only as far as this
         // message proved our log matches the leader's.
         let commit = leader_commit.min(last_new);
@@ -1236,9 +1474,26 @@ impl Core {
                 self.term,
                 snapshot.last
             );
-            self.log.install_snapshot(snapshot);
-            self.snapshot = snapshot;
-            self.snapshot_to_install = Some(snapshot);
+            let index = snapshot.index();
+            self.log.install_snapshot(snapshot.clone());
+            let membership = if snapshot.membership.is_empty() {
+                self.initial.clone()
+            } else {
+                snapshot.membership.clone()
+            };
+            let changed = membership != *self.membership();
+            self.configs = vec![Config {
+                id: snapshot.last,
+                membership: membership.clone(),
+            }];
+            self.membership_changed |= changed;
+            self.snapshot = SnapshotMeta {
+                last: snapshot.last,
+                membership,
+            };
+            self.snapshot_to_install = Some(self.snapshot.clone());
+            self.send_after_persist_accept(leader, index);
+            return;
         }
         self.send_after_persist_accept(leader, snapshot.index());
     }
@@ -1291,12 +1546,14 @@ impl Core {
             if self.config.check_quorum {
                 // Raft dissertation §6.2: a leader that has not heard from a majority within
                 // an election timeout steps down, so a cut-off leader stops taking work.
-                let active = 1 + self
+                let mut active: Vec<NodeId> = self
                     .progress
-                    .values()
-                    .filter(|progress| progress.recent_active)
-                    .count();
-                if active < self.quorum() {
+                    .iter()
+                    .filter(|(_, progress)| progress.recent_active)
+                    .map(|(&id, _)| id)
+                    .collect();
+                active.push(self.id);
+                if !self.membership().is_quorum(&active) {
                     log::info!(
                         "node {} term {}: lost contact with a majority, stepping down",
                         self.id,
@@ -1350,16 +1607,17 @@ impl Core {
         let prev_index = next_index.prev();
         let Some(prev_term) = self.log.term(prev_index) else {
             // Compacted: only a snapshot can bring this follower up to date.
-            let snapshot = self.snapshot;
+            let snapshot = self.snapshot.clone();
             log::info!(
                 "node {} term {}: sending snapshot {} to {follower} (needs {next_index})",
                 self.id,
                 self.term,
                 snapshot.last
             );
+            let index = snapshot.index();
             self.send(follower, MessageBody::InstallSnapshot { snapshot });
             if let Some(progress) = self.progress.get_mut(&follower) {
-                progress.sent_snapshot(snapshot.index());
+                progress.sent_snapshot(index);
             }
             return false;
         };
@@ -1420,6 +1678,10 @@ impl Core {
                 }
                 if progress.accept(match_index) {
                     self.maybe_commit();
+                    if self.role != Role::Leader || !self.progress.contains_key(&follower) {
+                        // Its own removal committed (it stepped down), or the follower's.
+                        return;
+                    }
                 }
                 let caught_up = self.progress_of(follower).match_index == last_index;
                 if caught_up && self.is_transfer_target(follower) {
@@ -1511,11 +1773,18 @@ impl Core {
             return false;
         }
         let had_committed_in_term = self.committed_in_current_term();
+        let change_was_in_progress = self.change_in_progress();
         self.log.commit_to(quorum_index);
+        if change_was_in_progress && !self.change_in_progress() {
+            self.on_change_committed();
+            if self.role != Role::Leader {
+                return true;
+            }
+        }
         if !had_committed_in_term {
             // Reads that waited for the leader to learn the true commit index may go on.
             let waiting = std::mem::take(&mut self.reads.awaiting_term_commit);
-            if self.voters.len() == 1 {
+            if self.leader_alone_is_quorum() {
                 let index = self.log.committed();
                 self.read_states.extend(
                     waiting
@@ -1529,21 +1798,57 @@ impl Core {
         true
     }
 
-    /// The highest index a majority holds, counting this node's log as held up to `own`.
+    /// The highest index a majority of the acting voters holds, counting this node's log
+    /// as held up to `own` (if it is one of them: a leader removing itself does not count).
     fn quorum_index(&self, own: LogIndex) -> LogIndex {
-        let mut match_indexes: Vec<LogIndex> = self
-            .voters
+        let membership = self.membership();
+        let mut match_indexes: Vec<LogIndex> = membership
+            .voters()
             .iter()
             .map(|&voter| {
                 if voter == self.id {
                     own
                 } else {
-                    self.progress_of(voter).match_index
+                    self.progress
+                        .get(&voter)
+                        .map_or(LogIndex::ZERO, |progress| progress.match_index)
                 }
             })
             .collect();
         match_indexes.sort_unstable_by(|a, b| b.cmp(a));
-        match_indexes[self.quorum() - 1]
+        match membership.quorum() {
+            0 => LogIndex::ZERO,
+            quorum => match_indexes[quorum - 1],
+        }
+    }
+
+    /// The leader's own change committed: followers it removed get nothing more, and a
+    /// leader that is no longer a voter steps down, first telling the most up-to-date voter
+    /// to campaign at once (dissertation §3.10, §4.2.2).
+    fn on_change_committed(&mut self) {
+        self.sync_progress();
+        if self.membership().is_voter(self.id) {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let successor = self
+            .progress
+            .iter()
+            .filter(|(&id, _)| self.membership().is_voter(id))
+            .max_by_key(|(&id, progress)| (progress.match_index, std::cmp::Reverse(id)))
+            .map(|(&id, progress)| (id, progress.match_index));
+        log::info!(
+            "node {} term {}: no longer a voter, stepping down (handing over to {successor:?})",
+            self.id,
+            self.term
+        );
+        if let Some((successor, match_index)) = successor {
+            if match_index == last_index {
+                self.send(successor, MessageBody::TimeoutNow);
+            }
+        }
+        let term = self.term;
+        self.become_follower(term, None);
     }
 
     /// Raft §5.4.2: a leader commits by counting replicas only an entry of its own term.
@@ -1583,14 +1888,21 @@ impl Core {
         let Some(front) = self.reads.pending.front() else {
             return;
         };
+        let membership = self.membership();
         let mut acked: Vec<u64> = self
             .progress
-            .values()
-            .map(|progress| progress.read_round_acked)
+            .iter()
+            .filter(|(&id, _)| membership.is_voter(id))
+            .map(|(_, progress)| progress.read_round_acked)
             .collect();
-        acked.push(u64::MAX); // the leader confirms itself
+        if membership.is_voter(self.id) {
+            acked.push(u64::MAX); // the leader confirms itself
+        }
         acked.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed_round = acked[self.quorum() - 1];
+        let quorum = membership.quorum();
+        let Some(&confirmed_round) = quorum.checked_sub(1).and_then(|at| acked.get(at)) else {
+            return;
+        };
         if front.round > confirmed_round {
             return;
         }
@@ -1626,20 +1938,94 @@ impl Core {
         }
     }
 
-    fn quorum(&self) -> usize {
-        self.voters.len() / 2 + 1
+    /// Whether this leader alone is a majority (a one-voter cluster): nothing to wait for.
+    fn leader_alone_is_quorum(&self) -> bool {
+        self.membership().is_quorum(&[self.id])
     }
 
-    fn is_voter(&self, id: NodeId) -> bool {
-        self.voters.binary_search(&id).is_ok()
-    }
-
+    /// The other voters of the acting membership: whom a candidate asks.
     fn followers(&self) -> Vec<NodeId> {
-        self.voters
-            .iter()
-            .copied()
+        self.membership()
+            .voters()
+            .into_iter()
             .filter(|&voter| voter != self.id)
             .collect()
+    }
+
+    fn acting_config(&self) -> &Config {
+        match self.configs.last() {
+            Some(config) => config,
+            None => panic!("node {} term {}: no membership", self.id, self.term),
+        }
+    }
+
+    /// Whom a leader replicates to: every other member of the acting membership, and while
+    /// a change is in progress the members of the one before it too, so that a removed
+    /// node learns of its removal (and stops campaigning) before the leader lets it go.
+    fn replication_targets(&self) -> BTreeSet<NodeId> {
+        let mut targets: BTreeSet<NodeId> = self.membership().ids().into_iter().collect();
+        if self.change_in_progress() && self.configs.len() >= 2 {
+            targets.extend(self.configs[self.configs.len() - 2].membership.ids());
+        }
+        targets.remove(&self.id);
+        targets
+    }
+
+    /// Leader only: a progress for every replication target, none for anyone else.
+    fn sync_progress(&mut self) {
+        let targets = self.replication_targets();
+        self.progress.retain(|id, _| targets.contains(id));
+        let next_index = self.log.last_index().next();
+        for target in targets {
+            self.progress
+                .entry(target)
+                .or_insert_with(|| Progress::new(next_index));
+        }
+        if let Some(transfer) = &self.transfer {
+            if !self.membership().is_voter(transfer.target) {
+                self.transfer = None;
+            }
+        }
+    }
+
+    /// Records a membership appended to the log at `id` (acting from now on).
+    fn push_config(&mut self, id: EntryId, membership: Membership) {
+        if membership != *self.membership() {
+            self.membership_changed = true;
+        }
+        self.configs.push(Config { id, membership });
+    }
+
+    /// After a follower's append: memberships whose entries were truncated away are
+    /// dropped (the one before acts again), and those `entries` appended are added.
+    fn refresh_configs(&mut self, entries: &[Entry]) {
+        let offset = self.log.offset().index;
+        while self.configs.len() > 1 {
+            let Some(last) = self.configs.last() else {
+                break;
+            };
+            if last.id.index <= offset || self.log.matches(last.id) {
+                break;
+            }
+            let dropped = self.configs.pop();
+            log::info!(
+                "node {} term {}: membership entry {:?} truncated away, reverting",
+                self.id,
+                self.term,
+                dropped.map(|config| config.id)
+            );
+            self.membership_changed = true;
+        }
+        for entry in entries {
+            if let EntryPayload::Membership(membership) = &entry.payload {
+                if entry.index > self.acting_config().id.index && self.log.matches(entry.id()) {
+                    self.push_config(entry.id(), membership.clone());
+                }
+            }
+        }
+        if self.membership_changed && self.role == Role::Follower && !self.can_campaign() {
+            self.early_campaign = None;
+        }
     }
 
     fn progress_of(&self, follower: NodeId) -> &Progress {

@@ -528,9 +528,7 @@ mod tests {
 
     #[test]
     fn restore_after_a_snapshot_drops_covered_entries() {
-        let snapshot = SnapshotMeta {
-            last: EntryId::new(Term(2), LogIndex(3)),
-        };
+        let snapshot = SnapshotMeta::at(EntryId::new(Term(2), LogIndex(3)));
         let entries = vec![entry(1, 2), entry(2, 3), entry(2, 4)];
         let log = RaftLog::restore(snapshot, entries, LogIndex(1));
         assert_eq!(log.first_index(), LogIndex(4));
@@ -546,9 +544,7 @@ mod tests {
     #[test]
     fn installing_a_snapshot_replaces_the_log() {
         let mut log = log_of(&[1, 1, 1]);
-        log.install_snapshot(SnapshotMeta {
-            last: EntryId::new(Term(3), LogIndex(10)),
-        });
+        log.install_snapshot(SnapshotMeta::at(EntryId::new(Term(3), LogIndex(10))));
         assert_eq!(log.last_id(), EntryId::new(Term(3), LogIndex(10)));
         assert_eq!(log.committed(), LogIndex(10));
         assert!(!log.has_unstable());

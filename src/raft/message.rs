@@ -5,6 +5,7 @@
 //! (etcd-io/raft `entryID`, openraft `LogId`). Everything here is plain data with serde
 //! derives: the transport encodes it with MessagePack, the WAL with its own framing.
 
+use super::membership::Membership;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -126,6 +127,9 @@ pub enum EntryPayload {
     Noop,
     /// A state machine command, as the client's request was encoded (`queue::LoggedCommand`).
     Command(Bytes),
+    /// The cluster's membership from this entry on (single-server change, dissertation
+    /// §4.1): every node acts on the latest one in its log, committed or not.
+    Membership(Membership),
 }
 
 /// One log entry: what the leader of `term` put at `index`.
@@ -152,22 +156,42 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Noop => 0,
                 EntryPayload::Command(data) => data.len(),
+                EntryPayload::Membership(membership) => {
+                    membership
+                        .members
+                        .iter()
+                        .map(|member| 16 + member.info.len())
+                        .sum::<usize>()
+                        + 8 * membership.retired.len()
+                }
             }
     }
 }
 
 /// The point a snapshot covers: the state machine after applying every entry up to and
-/// including `last`. The snapshot's data lives outside the core (the runtime writes, streams
-/// and loads it); the core only needs to know where the log may start.
-#[derive(
-    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+/// including `last`, and the membership as of `last`. The snapshot's data lives outside the
+/// core (the runtime writes, streams and loads it); the core only needs to know where the
+/// log may start and who the members were there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The last entry the snapshot covers (`0@0`: no snapshot).
     pub last: EntryId,
+    /// The membership as of `last` (the latest `Membership` entry at or before it). Empty
+    /// when not known (a snapshot written before memberships were logged): the core then
+    /// keeps the membership it was created with.
+    #[serde(default)]
+    pub membership: Membership,
 }
 
 impl SnapshotMeta {
+    /// A snapshot at `last` with no membership recorded (see `membership`).
+    pub fn at(last: EntryId) -> SnapshotMeta {
+        SnapshotMeta {
+            last,
+            membership: Membership::default(),
+        }
+    }
+
     /// The index of the last entry the snapshot covers.
     pub fn index(&self) -> LogIndex {
         self.last.index

@@ -1,8 +1,8 @@
 //! The Raft consensus core: a deterministic state machine with no I/O.
 //!
 //! `Core` reads no clock, opens no socket or file, spawns no thread and owns its own seeded
-//! RNG. Inputs arrive as method calls (`tick`, `step`, `propose`, `read_index`,
-//! `transfer_leader`, `on_persisted`, and what the transport knows about connections:
+//! RNG. Inputs arrive as method calls (`tick`, `step`, `propose`, `propose_membership`,
+//! `read_index`, `transfer_leader`, `on_persisted`, and what the transport knows about connections:
 //! `peer_connection_lost` / `_restored`); everything the outside world must do comes back
 //! in a [`Ready`]. The same inputs always give the same outputs, which is what lets
 //! `tests/simulation.rs` explore thousands of failure schedules from a seed. This is the
@@ -31,6 +31,38 @@
 //!    call `core.on_persisted(last entry id of rd.entries)`;
 //! 5. apply `rd.committed` in order and answer `rd.read_states` once applied far enough.
 //!
+//! # Membership changes
+//!
+//! The members live in the log: a change is an `EntryPayload::Membership` entry, and every
+//! node acts on the latest membership in its log as soon as it appends it, committed or not
+//! (a snapshot carries the membership as of its index for a log compacted past the
+//! entries; the membership given to [`Core::new`] acts only until the log or snapshot holds
+//! one). Truncating a conflicting suffix reverts to the membership before it. Changes are
+//! single-server (Raft dissertation §4.1): one member added, promoted, demoted or removed
+//! per entry, so any majority of the old voters overlaps any majority of the new ones and no
+//! two leaders can be elected in one term however far the change has spread. It is simpler
+//! than joint consensus (no two-phase configuration) and it is what etcd does. Rules:
+//!
+//! - one change at a time: a leader refuses a change while its log holds an uncommitted
+//!   one ([`ProposeError::ChangeInProgress`]), and until it has committed an entry of its
+//!   own term ([`ProposeError::LeaderNotReady`]: the dissertation's fix, else a change of a
+//!   deposed leader still in flight could combine with a new one into two steps);
+//! - a new node joins as a *learner*: it receives appends and snapshots but never counts
+//!   toward commitment, elections or CheckQuorum, and never campaigns; the node layer
+//!   promotes it once it has caught up (see [`ProgressStatus`]). A learner still answers a
+//!   vote request by its log: the candidate's log may already make it a voter;
+//! - a node started with `--join` is neither a member nor removed in the membership it
+//!   knows: it follows any leader but neither votes nor campaigns until its log adds it;
+//! - removed ids are retired for good ([`Membership::retired`]): a removed node never
+//!   campaigns or grants votes, and vote requests from it are dropped, so one that missed
+//!   its removal cannot disrupt the cluster (PreVote and CheckQuorum help as before). The
+//!   leader keeps replicating to members the pending change removes, so they learn it;
+//! - a leader that removes or demotes itself keeps leading (without counting itself) until
+//!   the entry commits, then steps down and sends TimeoutNow to the most up-to-date voter.
+//!
+//! [`Ready::membership`] reports every change of the acting membership, for the transport
+//! to connect to added members and drop removed ones.
+//!
 //! # Terms are bounded
 //!
 //! A term only grows, and a peer's message can raise it: one message at a term near
@@ -58,10 +90,12 @@
 
 mod engine;
 mod log;
+pub mod membership;
 pub mod message;
 mod progress;
 
 pub use engine::Core;
+pub use membership::{ChangeKind, Member, Membership};
 
 pub use message::{
     AppendResult, Entry, EntryId, EntryPayload, HardState, LogIndex, Message, MessageBody, NodeId,
@@ -168,6 +202,17 @@ pub enum ProposeError {
     /// A transfer named a node that is not a voter of this cluster.
     #[error("no such peer {0}")]
     UnknownPeer(NodeId),
+    /// A membership change is already in the log and not yet committed: one at a time.
+    #[error("a membership change is in progress")]
+    ChangeInProgress,
+    /// This leader has not yet committed an entry of its own term: it does not yet know
+    /// that no change of an earlier leader is still in flight (dissertation §4.1, the
+    /// bug fix). Retry shortly.
+    #[error("the leader has not yet committed an entry of its term")]
+    LeaderNotReady,
+    /// The proposed membership is not one single-server step from the current one.
+    #[error("invalid membership change: {0}")]
+    InvalidChange(String),
 }
 
 /// A ReadIndex request that may be answered once the state machine has applied `index`.
@@ -200,6 +245,10 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Reads that will never be confirmed (leadership was lost): answer them as failed.
     pub aborted_reads: Vec<u64>,
+    /// The membership this node acts on, when it changed since the last `Ready` (a
+    /// membership entry appended or truncated away, a snapshot installed): the runtime
+    /// connects to added members and drops removed ones.
+    pub membership: Option<Membership>,
 }
 
 /// Replication progress of one follower, as the leader tracks it.
@@ -213,6 +262,9 @@ pub struct ProgressStatus {
     pub next_index: LogIndex,
     /// Whether the leader is pipelining (true) or probing for the follower's position.
     pub replicating: bool,
+    /// Whether the follower is a voter in the membership the leader acts on (false: a
+    /// learner, whose `match_index` tells how far it has caught up).
+    pub voter: bool,
 }
 
 /// Where a core starts: what the node's storage held when it was opened (a new node starts
@@ -292,4 +344,11 @@ pub struct CoreStatus {
     pub last_index: LogIndex,
     /// Empty unless leader.
     pub progress: Vec<ProgressStatus>,
+    /// The membership this node acts on (the latest in its log or snapshot).
+    pub membership: Membership,
+    /// The index of the entry that set `membership` (the snapshot's index when it came
+    /// from a snapshot, `ZERO` for the initial one).
+    pub membership_index: LogIndex,
+    /// Whether `membership`'s entry is committed (false while a change is in progress).
+    pub membership_committed: bool,
 }

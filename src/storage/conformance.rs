@@ -494,9 +494,7 @@ fn crash_mid_sync_keeps_only_term_and_vote<H: Harness>(harness: &mut H, case: &s
 }
 
 fn snapshot_meta(term: u64, index: u64) -> SnapshotMeta {
-    SnapshotMeta {
-        last: EntryId::new(Term(term), LogIndex(index)),
-    }
+    SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
 }
 
 fn expect_invalid<T: std::fmt::Debug>(result: Result<T, StorageError>, case: &str, what: &str) {
@@ -704,7 +702,7 @@ fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
                     let last = written.last_index();
                     let index = rng.gen_range(floor + 1..=last + 5);
                     let snapshot = snapshot_meta(state.term.0, index);
-                    ok(store.install_snapshot(snapshot), &case);
+                    ok(store.install_snapshot(snapshot.clone()), &case);
                     written = ModelLog {
                         base: snapshot.last,
                         entries: Vec::new(),
@@ -760,9 +758,13 @@ fn random_operations_match_model<H: Harness>(harness: &mut H, case: &str) {
                             "{case}: the last entry was dropped"
                         );
                     }
-                    if let Some(snapshot) = durable_snapshot {
+                    if let Some(ref snapshot) = durable_snapshot {
                         if compacted_to < snapshot.index().0 {
-                            assert_eq!(restored.snapshot, snapshot, "{case}: installed snapshot");
+                            assert_eq!(
+                                restored.snapshot,
+                                snapshot.clone(),
+                                "{case}: installed snapshot"
+                            );
                         }
                     }
                     assert_eq!(

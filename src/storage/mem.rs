@@ -82,7 +82,7 @@ impl MemStore {
         let mut hard_state = self.durable_hard_state;
         hard_state.commit = hard_state.commit.min(last_index);
         InitialState {
-            snapshot: self.durable_snapshot,
+            snapshot: self.durable_snapshot.clone(),
             hard_state,
             entries: self.durable_log.entries.clone(),
         }
@@ -159,11 +159,11 @@ impl LogStore for MemStore {
             != (self.durable_hard_state.term, self.durable_hard_state.vote);
         let log_changed = self.unsynced_from.is_some() || self.unsynced_snapshot.is_some();
         if let Some(snapshot) = self.unsynced_snapshot.take() {
-            self.durable_snapshot = snapshot;
             self.durable_log = Log {
                 base: snapshot.last,
                 entries: Vec::new(),
             };
+            self.durable_snapshot = snapshot;
         }
         if let Some(from) = self.unsynced_from.take() {
             // Only the changed suffix is copied, so a long simulation stays linear.

@@ -9,11 +9,17 @@
 //!
 //! ```text
 //! file    = header | body | trailer
-//! header  = { magic: [u8; 8] = "RRMQSNAP" | format_version: u32 = 1
-//!             | last_term: u64 | last_index: u64 }                        28 bytes, LE
+//! header  = { magic: [u8; 8] = "RRMQSNAP" | format_version: u32 = 2
+//!             | last_term: u64 | last_index: u64                          28 bytes, LE
+//!             | membership_len: u32 | membership: [u8; membership_len] }  (version 2 only)
 //! body    = the state machine's snapshot stream (opaque here)
 //! trailer = { crc32c: u32 }   over header and body                        4 bytes, LE
 //! ```
+//!
+//! The membership (as of `last_index`, in the layout of `codec`'s WAL entries) lets a node
+//! whose log was compacted past the membership entries know its cluster after a restart.
+//! Version 1 files (no membership) are still read: their membership is empty, "not known",
+//! and the core then keeps the one it was created with.
 //!
 //! A torn or damaged file fails the checksum (the file is read whole before anything in it
 //! is trusted). File names in the data dir:
@@ -33,17 +39,25 @@
 //! zero-padded, so names sort by index.)
 
 use super::io::{DirIo, IoOp, SequentialWriter};
-use super::{FsyncPolicy, StorageError};
+use super::{codec, FsyncPolicy, StorageError};
 use crate::raft::{EntryId, LogIndex, SnapshotMeta, Term};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"RRMQSNAP";
-/// The `format_version` this build writes and reads (see the layout in the module docs).
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
-/// Bytes of the header: magic, format version, last term and last index.
+/// The `format_version` this build writes (it reads 1 too: see the module docs).
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The first format, without a membership.
+const FORMAT_VERSION_1: u32 = 1;
+/// Bytes of the header's fixed part: magic, format version, last term and last index.
 pub const SNAPSHOT_HEADER_BYTES: u64 = 28;
+/// Upper bound on the membership a header may carry (a damaged length must not make a
+/// reader allocate gigabytes).
+const MEMBERSHIP_BYTES_MAX: u32 = 1024 * 1024;
+/// How many first bytes of an incoming file are kept to read its header from.
+const HEADER_COLLECT_BYTES: usize =
+    SNAPSHOT_HEADER_BYTES as usize + 4 + MEMBERSHIP_BYTES_MAX as usize;
 /// Bytes of the trailer: the CRC32C over header and body.
 pub const SNAPSHOT_TRAILER_BYTES: u64 = 4;
 const PREFIX: &str = "snapshot-";
@@ -69,7 +83,7 @@ pub struct SnapshotFile {
     pub crc: u32,
 }
 
-fn file_name(meta: SnapshotMeta, suffix: &str) -> String {
+fn file_name(meta: &SnapshotMeta, suffix: &str) -> String {
     format!(
         "{PREFIX}{:020}-{:020}{suffix}",
         meta.last.index.0, meta.last.term.0
@@ -77,16 +91,16 @@ fn file_name(meta: SnapshotMeta, suffix: &str) -> String {
 }
 
 /// Where this node's own snapshot at `meta` lives.
-pub fn snapshot_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+pub fn snapshot_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(file_name(meta, COMPLETE_SUFFIX))
 }
 
 /// Where a snapshot received whole from a leader waits to be installed.
-pub fn received_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+pub fn received_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(file_name(meta, RECEIVED_SUFFIX))
 }
 
-fn partial_path(dir: &Path, meta: SnapshotMeta) -> PathBuf {
+fn partial_path(dir: &Path, meta: &SnapshotMeta) -> PathBuf {
     dir.join(file_name(meta, PARTIAL_SUFFIX))
 }
 
@@ -97,21 +111,60 @@ fn parse_name(name: &str, suffix: &str) -> Option<SnapshotMeta> {
     if index.len() != 20 || term.len() != 20 {
         return None;
     }
-    Some(SnapshotMeta {
-        last: EntryId::new(Term(term.parse().ok()?), LogIndex(index.parse().ok()?)),
-    })
+    Some(SnapshotMeta::at(EntryId::new(
+        Term(term.parse().ok()?),
+        LogIndex(index.parse().ok()?),
+    )))
 }
 
-fn encode_header(meta: SnapshotMeta) -> [u8; SNAPSHOT_HEADER_BYTES as usize] {
-    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
-    header[0..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-    header[12..20].copy_from_slice(&meta.last.term.0.to_le_bytes());
-    header[20..28].copy_from_slice(&meta.last.index.0.to_le_bytes());
+fn encode_header(meta: &SnapshotMeta) -> Vec<u8> {
+    let mut membership = Vec::new();
+    codec::encode_membership(&mut membership, &meta.membership);
+    let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES as usize + 4 + membership.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&meta.last.term.0.to_le_bytes());
+    header.extend_from_slice(&meta.last.index.0.to_le_bytes());
+    let membership_len = u32::try_from(membership.len()).expect("a membership is far below 4 GiB");
+    header.extend_from_slice(&membership_len.to_le_bytes());
+    header.extend_from_slice(&membership);
     header
 }
 
-fn decode_header(header: &[u8]) -> Result<SnapshotMeta, String> {
+/// Reads a whole header (the fixed part, then a version 2 membership) from the start of a
+/// file of `len_bytes`: the snapshot and the header's bytes (which the checksum covers).
+fn read_header(reader: &mut impl Read, len_bytes: u64) -> Result<(SnapshotMeta, Vec<u8>), String> {
+    let mut header = vec![0u8; SNAPSHOT_HEADER_BYTES as usize];
+    reader
+        .read_exact(&mut header)
+        .map_err(|error| format!("reading the header: {error}"))?;
+    decode_fixed_header(&header)?;
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if version == SNAPSHOT_FORMAT_VERSION {
+        let mut length = [0u8; 4];
+        reader
+            .read_exact(&mut length)
+            .map_err(|error| format!("reading the membership length: {error}"))?;
+        let membership_len = u32::from_le_bytes(length);
+        let room = len_bytes.saturating_sub(SNAPSHOT_HEADER_BYTES + 4 + SNAPSHOT_TRAILER_BYTES);
+        if membership_len > MEMBERSHIP_BYTES_MAX || u64::from(membership_len) > room {
+            return Err(format!(
+                "membership of {membership_len} bytes: damaged length"
+            ));
+        }
+        header.extend_from_slice(&length);
+        let start = header.len();
+        header.resize(start + membership_len as usize, 0);
+        reader
+            .read_exact(&mut header[start..])
+            .map_err(|error| format!("reading the membership: {error}"))?;
+    }
+    let (meta, _) = decode_header(&header)?;
+    Ok((meta, header))
+}
+
+/// Checks the fixed part of a header: magic and a known version.
+fn decode_fixed_header(header: &[u8]) -> Result<(), String> {
     if header.len() < SNAPSHOT_HEADER_BYTES as usize {
         return Err(format!(
             "only {} bytes, shorter than a header",
@@ -121,16 +174,42 @@ fn decode_header(header: &[u8]) -> Result<SnapshotMeta, String> {
     if &header[0..8] != MAGIC {
         return Err("not a snapshot file (bad magic)".to_string());
     }
-    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION && version != FORMAT_VERSION_1 {
         return Err(format!(
-            "snapshot format {version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
+            "snapshot format {version}, this build reads {FORMAT_VERSION_1} and \
+             {SNAPSHOT_FORMAT_VERSION}"
         ));
     }
-    Ok(SnapshotMeta {
-        last: EntryId::new(Term(u64_at(12)), LogIndex(u64_at(20))),
-    })
+    Ok(())
+}
+
+/// Decodes the header at the start of `bytes` (which may go on with the body): the
+/// snapshot and the header's length.
+fn decode_header(bytes: &[u8]) -> Result<(SnapshotMeta, usize), String> {
+    decode_fixed_header(bytes)?;
+    let header = bytes;
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    let last = EntryId::new(Term(u64_at(12)), LogIndex(u64_at(20)));
+    if version == FORMAT_VERSION_1 {
+        return Ok((SnapshotMeta::at(last), SNAPSHOT_HEADER_BYTES as usize));
+    }
+    let fixed = SNAPSHOT_HEADER_BYTES as usize;
+    let Some(length) = header.get(fixed..fixed + 4) else {
+        return Err("the header ends before the membership length".to_string());
+    };
+    let membership_len = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+    let Some(membership) = header.get(fixed + 4..fixed + 4 + membership_len) else {
+        return Err(format!(
+            "the header ends inside a membership of {membership_len} bytes"
+        ));
+    };
+    let membership = codec::decode_membership_bytes(membership)?;
+    Ok((
+        SnapshotMeta { last, membership },
+        fixed + 4 + membership_len,
+    ))
 }
 
 /// A damaged snapshot file. No advice is appended: the caller decides what it means (at
@@ -220,9 +299,9 @@ where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
     let dir = io.dir().to_path_buf();
-    let path = snapshot_path(&dir, meta);
-    let temp_path = dir.join(file_name(meta, TEMP_SUFFIX));
-    let result = write_temp(io, &temp_path, meta, write_body).and_then(|written| {
+    let path = snapshot_path(&dir, &meta);
+    let temp_path = dir.join(file_name(&meta, TEMP_SUFFIX));
+    let result = write_temp(io, &temp_path, &meta, write_body).and_then(|written| {
         io.rename(IoOp::SnapshotRename, &temp_path, &path)
             .map_err(io_error(&temp_path, "renaming"))?;
         Ok(written)
@@ -246,7 +325,7 @@ where
 fn write_temp<F>(
     io: &mut DirIo,
     temp_path: &Path,
-    meta: SnapshotMeta,
+    meta: &SnapshotMeta,
     write_body: F,
 ) -> Result<(u64, u32), StorageError>
 where
@@ -301,14 +380,11 @@ pub fn verify_snapshot(path: &Path) -> Result<SnapshotFile, StorageError> {
         return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
     }
     let mut reader = BufReader::with_capacity(BUFFER_BYTES, file);
-    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
-    reader
-        .read_exact(&mut header)
-        .map_err(io_error(path, "reading"))?;
-    let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
-    check_name(path, meta)?;
+    let (meta, header) =
+        read_header(&mut reader, len_bytes).map_err(|reason| corrupt(path, 0, reason))?;
+    check_name(path, &meta)?;
     let mut crc = crc32c::crc32c(&header);
-    let mut body = (&mut reader).take(len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES);
+    let mut body = (&mut reader).take(len_bytes - header.len() as u64 - SNAPSHOT_TRAILER_BYTES);
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let read = body.read(&mut buffer).map_err(io_error(path, "reading"))?;
@@ -344,7 +420,7 @@ fn read_trailer(reader: &mut impl Read, path: &Path) -> Result<u32, StorageError
 }
 
 /// A file named for one snapshot must hold that snapshot.
-fn check_name(path: &Path, meta: SnapshotMeta) -> Result<(), StorageError> {
+fn check_name(path: &Path, meta: &SnapshotMeta) -> Result<(), StorageError> {
     let name = path
         .file_name()
         .and_then(|name| name.to_str())
@@ -353,7 +429,7 @@ fn check_name(path: &Path, meta: SnapshotMeta) -> Result<(), StorageError> {
         .iter()
         .find_map(|suffix| parse_name(name, suffix));
     match named {
-        Some(named) if named != meta => Err(corrupt(
+        Some(named) if named.last != meta.last => Err(corrupt(
             path,
             0,
             format!("named for snapshot {} but holds {}", named.last, meta.last),
@@ -381,12 +457,10 @@ where
     if len_bytes < SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES {
         return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
     }
-    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
-    file.read_exact(&mut header)
-        .map_err(io_error(path, "reading"))?;
-    let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
-    check_name(path, meta)?;
-    let body_bytes = len_bytes - SNAPSHOT_HEADER_BYTES - SNAPSHOT_TRAILER_BYTES;
+    let (meta, header) =
+        read_header(&mut file, len_bytes).map_err(|reason| corrupt(path, 0, reason))?;
+    check_name(path, &meta)?;
+    let body_bytes = len_bytes - header.len() as u64 - SNAPSHOT_TRAILER_BYTES;
     // The checksum sits below the buffer, so it runs over large blocks; whatever the buffer
     // read ahead is checksummed too, and the rest is drained below.
     let mut body = BufReader::with_capacity(
@@ -440,7 +514,7 @@ pub fn list_snapshots(dir: &Path) -> Result<Vec<(SnapshotMeta, PathBuf)>, Storag
             found.push((meta, dir_entry.path()));
         }
     }
-    found.sort_by_key(|(meta, _)| std::cmp::Reverse(*meta));
+    found.sort_by_key(|(meta, _)| std::cmp::Reverse(meta.last));
     Ok(found)
 }
 
@@ -529,8 +603,8 @@ pub fn adopt_received(
     fsync: FsyncPolicy,
 ) -> Result<PathBuf, StorageError> {
     let mut io = open_dir(dir, fsync)?;
-    let from = received_path(dir, meta);
-    let to = snapshot_path(dir, meta);
+    let from = received_path(dir, &meta);
+    let to = snapshot_path(dir, &meta);
     io.rename(IoOp::SnapshotRename, &from, &to)
         .map_err(io_error(&from, "renaming"))?;
     sync_dir(&mut io)?;
@@ -550,7 +624,7 @@ pub struct IncomingSnapshot {
     /// Appended bytes not yet written to `file` (at most about `BUFFER_BYTES`).
     buffer: Vec<u8>,
     written_bytes: u64,
-    /// The first bytes, until the header is complete.
+    /// The first bytes (at most `HEADER_COLLECT_BYTES`), which hold the whole header.
     header: Vec<u8>,
     /// The checksum of everything written except the last (up to) 4 bytes, held back in
     /// `tail` because they may be the trailer.
@@ -573,7 +647,7 @@ impl IncomingSnapshot {
         mut io: DirIo,
         meta: SnapshotMeta,
     ) -> Result<IncomingSnapshot, StorageError> {
-        let path = partial_path(io.dir(), meta);
+        let path = partial_path(io.dir(), &meta);
         let file = io
             .create_file(IoOp::SnapshotCreate, &path)
             .map_err(io_error(&path, "creating"))?;
@@ -591,8 +665,8 @@ impl IncomingSnapshot {
     }
 
     /// The snapshot being received.
-    pub fn meta(&self) -> SnapshotMeta {
-        self.meta
+    pub fn meta(&self) -> &SnapshotMeta {
+        &self.meta
     }
 
     /// Bytes appended so far.
@@ -610,7 +684,7 @@ impl IncomingSnapshot {
         if self.buffer.len() >= BUFFER_BYTES {
             self.write_buffer()?;
         }
-        let header_missing = SNAPSHOT_HEADER_BYTES as usize - self.header.len();
+        let header_missing = HEADER_COLLECT_BYTES.saturating_sub(self.header.len());
         self.header
             .extend_from_slice(&bytes[..header_missing.min(bytes.len())]);
         // Checksum all but the last 4 bytes seen so far.
@@ -647,8 +721,8 @@ impl IncomingSnapshot {
                 ),
             ));
         }
-        let meta = decode_header(&self.header).map_err(|reason| corrupt(&path, 0, reason))?;
-        if meta != self.meta {
+        let (meta, _) = decode_header(&self.header).map_err(|reason| corrupt(&path, 0, reason))?;
+        if meta.last != self.meta.last {
             return Err(corrupt(
                 &path,
                 0,
@@ -682,7 +756,7 @@ impl IncomingSnapshot {
             .sync_all(IoOp::SnapshotSync, &file)
             .map_err(io_error(&path, "syncing"))?;
         drop(file);
-        let received = received_path(self.io.dir(), self.meta);
+        let received = received_path(self.io.dir(), &self.meta);
         self.io
             .rename(IoOp::SnapshotRename, &path, &received)
             .map_err(io_error(&path, "renaming"))?;
@@ -728,11 +802,9 @@ pub fn open_for_sending(path: &Path) -> Result<(File, SnapshotFile), StorageErro
     if len_bytes < SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES {
         return Err(corrupt(path, 0, format!("only {len_bytes} bytes: torn")));
     }
-    let mut header = [0u8; SNAPSHOT_HEADER_BYTES as usize];
-    file.read_exact_at(&mut header, 0)
-        .map_err(io_error(path, "reading"))?;
-    let meta = decode_header(&header).map_err(|reason| corrupt(path, 0, reason))?;
-    check_name(path, meta)?;
+    let (meta, _) =
+        read_header(&mut &file, len_bytes).map_err(|reason| corrupt(path, 0, reason))?;
+    check_name(path, &meta)?;
     let mut trailer = [0u8; SNAPSHOT_TRAILER_BYTES as usize];
     file.read_exact_at(&mut trailer, len_bytes - SNAPSHOT_TRAILER_BYTES)
         .map_err(io_error(path, "reading"))?;
@@ -751,9 +823,7 @@ mod tests {
     use crate::storage::io::tests::Fault;
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
+        SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
     }
 
     fn body(length: usize) -> Vec<u8> {
@@ -778,6 +848,50 @@ mod tests {
     }
 
     #[test]
+    fn the_membership_round_trips_and_version_1_files_are_still_read() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let membership =
+            crate::raft::Membership::from_voters([crate::raft::NodeId(1), crate::raft::NodeId(2)])
+                .with_learner(
+                    crate::raft::NodeId(3),
+                    bytes::Bytes::from_static(b"10.0.0.3:7000"),
+                )
+                .without(crate::raft::NodeId(1));
+        let with_membership = SnapshotMeta {
+            membership: membership.clone(),
+            ..meta(3, 40)
+        };
+        let written = write(dir.path(), with_membership.clone(), b"body");
+        assert_eq!(written.meta, with_membership);
+        assert_eq!(
+            verify_snapshot(&written.path).expect("verify").meta,
+            with_membership
+        );
+        let (read, body) = read_all(&written.path).expect("read");
+        assert_eq!(read.meta.membership, membership);
+        assert_eq!(body, b"body");
+        assert_eq!(
+            open_for_sending(&written.path).expect("open").1.meta,
+            with_membership
+        );
+        // A file in the first format: header without a membership, same checksum scheme.
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(MAGIC);
+        v1.extend_from_slice(&FORMAT_VERSION_1.to_le_bytes());
+        v1.extend_from_slice(&3u64.to_le_bytes());
+        v1.extend_from_slice(&50u64.to_le_bytes());
+        v1.extend_from_slice(b"old body");
+        let crc = crc32c::crc32c(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let path = snapshot_path(dir.path(), &meta(3, 50));
+        std::fs::write(&path, &v1).expect("write v1");
+        let (read, body) = read_all(&path).expect("a version 1 file reads");
+        assert_eq!(read.meta, meta(3, 50));
+        assert!(read.meta.membership.is_empty());
+        assert_eq!(body, b"old body");
+    }
+
+    #[test]
     fn round_trip() {
         for (case, length) in [0usize, 1, 5, 100_000, 3 * BUFFER_BYTES + 17]
             .iter()
@@ -788,12 +902,12 @@ mod tests {
             let written = write(dir.path(), meta(3, 40), &bytes);
             assert_eq!(
                 written.path,
-                snapshot_path(dir.path(), meta(3, 40)),
+                snapshot_path(dir.path(), &meta(3, 40)),
                 "case {case}"
             );
             assert_eq!(
                 written.len_bytes,
-                SNAPSHOT_HEADER_BYTES + SNAPSHOT_TRAILER_BYTES + *length as u64,
+                encode_header(&meta(3, 40)).len() as u64 + SNAPSHOT_TRAILER_BYTES + *length as u64,
                 "case {case}"
             );
             assert_eq!(
@@ -877,7 +991,7 @@ mod tests {
     fn a_file_renamed_to_another_snapshot_is_refused() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let written = write(dir.path(), meta(2, 9), &body(10));
-        let other = snapshot_path(dir.path(), meta(2, 10));
+        let other = snapshot_path(dir.path(), &meta(2, 10));
         std::fs::rename(&written.path, &other).expect("rename");
         assert!(matches!(
             verify_snapshot(&other),
@@ -893,9 +1007,9 @@ mod tests {
         }
         // Leftovers of interrupted work, and files that are not snapshots at all.
         let leftovers = [
-            dir.path().join(file_name(meta(1, 40), TEMP_SUFFIX)),
-            partial_path(dir.path(), meta(2, 50)),
-            received_path(dir.path(), meta(2, 60)),
+            dir.path().join(file_name(&meta(1, 40), TEMP_SUFFIX)),
+            partial_path(dir.path(), &meta(2, 50)),
+            received_path(dir.path(), &meta(2, 60)),
         ];
         for path in &leftovers {
             std::fs::write(path, b"half").expect("write");
@@ -916,8 +1030,8 @@ mod tests {
             assert!(!path.exists(), "{} survived", path.display());
         }
         // A received file at or below the newest snapshot is useless and goes too.
-        std::fs::write(received_path(dir.path(), meta(1, 29)), b"old").expect("write");
-        std::fs::write(received_path(dir.path(), meta(3, 31)), b"new").expect("write");
+        std::fs::write(received_path(dir.path(), &meta(1, 29)), b"old").expect("write");
+        std::fs::write(received_path(dir.path(), &meta(3, 31)), b"new").expect("write");
         assert_eq!(
             retain_newest(dir.path(), 2, FsyncPolicy::Always).expect("retain"),
             3
@@ -928,9 +1042,9 @@ mod tests {
             .map(|(meta, _)| meta.index().0)
             .collect();
         assert_eq!(listed, vec![30, 12]);
-        assert!(received_path(dir.path(), meta(3, 31)).exists());
-        assert!(!received_path(dir.path(), meta(1, 29)).exists());
-        let quarantined = quarantine(&snapshot_path(dir.path(), meta(1, 30))).expect("rename");
+        assert!(received_path(dir.path(), &meta(3, 31)).exists());
+        assert!(!received_path(dir.path(), &meta(1, 29)).exists());
+        let quarantined = quarantine(&snapshot_path(dir.path(), &meta(1, 30))).expect("rename");
         assert!(quarantined.exists());
         let listed = list_snapshots(dir.path()).expect("list");
         assert_eq!(
@@ -944,7 +1058,7 @@ mod tests {
     fn receive(dir: &Path, file: &SnapshotFile, chunk: usize) -> Result<PathBuf, StorageError> {
         let bytes = std::fs::read(&file.path).expect("read");
         let mut incoming =
-            IncomingSnapshot::create(dir, file.meta, FsyncPolicy::Always).expect("create");
+            IncomingSnapshot::create(dir, file.meta.clone(), FsyncPolicy::Always).expect("create");
         for piece in bytes.chunks(chunk) {
             incoming.append(piece)?;
         }
@@ -960,7 +1074,7 @@ mod tests {
             let received = receive(dir.path(), &written, chunk).expect("receive");
             assert_eq!(
                 received,
-                received_path(dir.path(), written.meta),
+                received_path(dir.path(), &written.meta),
                 "chunk {chunk}"
             );
             assert_eq!(
@@ -969,11 +1083,11 @@ mod tests {
                 "chunk {chunk}"
             );
             assert!(
-                !partial_path(dir.path(), written.meta).exists(),
+                !partial_path(dir.path(), &written.meta).exists(),
                 "chunk {chunk}"
             );
-            let adopted =
-                adopt_received(dir.path(), written.meta, FsyncPolicy::Always).expect("adopt");
+            let adopted = adopt_received(dir.path(), written.meta.clone(), FsyncPolicy::Always)
+                .expect("adopt");
             assert_eq!(verify_snapshot(&adopted).expect("verify").crc, written.crc);
         }
     }
@@ -1014,7 +1128,7 @@ mod tests {
         for case in cases {
             let dir = tempfile::tempdir().expect("a temp dir");
             let mut incoming =
-                IncomingSnapshot::create(dir.path(), written.meta, FsyncPolicy::Never)
+                IncomingSnapshot::create(dir.path(), written.meta.clone(), FsyncPolicy::Never)
                     .expect("create");
             for piece in case.bytes.chunks(700) {
                 incoming.append(piece).expect("append");
@@ -1031,9 +1145,10 @@ mod tests {
         // Abandoned half way (a leader change): dropping it deletes the partial file.
         let dir = tempfile::tempdir().expect("a temp dir");
         let mut incoming =
-            IncomingSnapshot::create(dir.path(), written.meta, FsyncPolicy::Never).expect("create");
+            IncomingSnapshot::create(dir.path(), written.meta.clone(), FsyncPolicy::Never)
+                .expect("create");
         incoming.append(&bytes[..100]).expect("append");
-        assert!(partial_path(dir.path(), written.meta).exists());
+        assert!(partial_path(dir.path(), &written.meta).exists());
         drop(incoming);
         assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
     }
@@ -1109,7 +1224,8 @@ mod tests {
                 skip: 0,
                 partial_bytes: None,
             });
-            let mut incoming = IncomingSnapshot::create_in(io, written.meta).expect("create");
+            let mut incoming =
+                IncomingSnapshot::create_in(io, written.meta.clone()).expect("create");
             let result = incoming
                 .append(&bytes)
                 .and_then(|()| incoming.finish(written.len_bytes, written.crc));

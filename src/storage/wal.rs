@@ -261,6 +261,7 @@ impl Wal {
 
         let base = replay
             .snapshot
+            .as_ref()
             .map(|snapshot| snapshot.last)
             .unwrap_or_default();
         let last_entry = replay.entries.last().map_or(base, Entry::id);
@@ -546,7 +547,7 @@ impl LogStore for Wal {
                 "the snapshot item does not fit the WAL record: sync first".to_string(),
             ));
         }
-        self.batch.push_snapshot(snapshot);
+        self.batch.push_snapshot(&snapshot);
         self.last_index = snapshot.index();
         self.last_term = snapshot.last.term;
         self.floor = snapshot.index();
@@ -572,7 +573,7 @@ impl Replay {
         if entry.index == LogIndex::ZERO {
             return Err("entry with index 0".to_string());
         }
-        if let Some(snapshot) = self.snapshot {
+        if let Some(snapshot) = &self.snapshot {
             if entry.index <= snapshot.index() {
                 return Err(format!(
                     "entry {} after the log restarted at snapshot {}",

@@ -74,10 +74,11 @@ use crate::config::NodeConfig;
 use crate::raft::{Message, MessageBody, NodeId, Term};
 use crate::storage::FsyncPolicy;
 use crossbeam_channel::Sender;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Messages queued for one peer before new ones are dropped (ZMQ_SNDHWM). The core bounds
@@ -246,9 +247,62 @@ pub struct PeerTransport {
 /// Raft tolerates reordering (see `node::wal_thread`). `InstallSnapshot` never goes through
 /// a set: it names a file that the snapshot sender streams ([`PeerTransport::send`]).
 pub struct PeerDealers {
-    dealers: HashMap<NodeId, zmq::Socket>,
+    dealers: RefCell<HashMap<NodeId, zmq::Socket>>,
     cluster_id: u64,
     faults: Arc<PeerFaults>,
+    /// The peers to connect to; a set catches up with it on its next send.
+    directory: Arc<PeerDirectory>,
+    /// The directory's generation the set last caught up with.
+    seen_generation: Cell<u64>,
+    /// To connect a DEALER to a peer added later.
+    context: zmq::Context,
+    settings: PeerSettings,
+}
+
+/// The peers a node connects to, shared by every DEALER set and the peer receiver: the node
+/// loop replaces it when the membership changes ([`PeerTransport::set_peers`]), and each
+/// set connects to added peers and closes removed ones on its next send. One atomic load
+/// per send tells whether anything changed.
+#[derive(Debug)]
+pub struct PeerDirectory {
+    generation: AtomicU64,
+    peers: Mutex<Vec<(NodeId, String)>>,
+}
+
+impl PeerDirectory {
+    pub fn new(peers: Vec<(NodeId, String)>) -> PeerDirectory {
+        PeerDirectory {
+            generation: AtomicU64::new(0),
+            peers: Mutex::new(peers),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The peers and the generation they belong to.
+    fn snapshot(&self) -> (u64, Vec<(NodeId, String)>) {
+        let peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.generation(), peers.clone())
+    }
+
+    /// Replaces the peers; false when they were the same already.
+    fn replace(&self, next: Vec<(NodeId, String)>) -> bool {
+        let mut peers = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *peers == next {
+            return false;
+        }
+        *peers = next;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
+    }
 }
 
 impl PeerDealers {
@@ -258,27 +312,59 @@ impl PeerDealers {
         context: &zmq::Context,
         settings: &PeerSettings,
         faults: Arc<PeerFaults>,
+        directory: Arc<PeerDirectory>,
     ) -> Result<PeerDealers, TransportError> {
+        let (generation, peers) = directory.snapshot();
         let mut dealers = HashMap::new();
-        for (id, endpoint) in &settings.peers {
+        for (id, endpoint) in &peers {
             dealers.insert(
                 *id,
                 connect_dealer(context, settings, *id, endpoint, settings.send_queue_max)?,
             );
         }
         Ok(PeerDealers {
-            dealers,
+            dealers: RefCell::new(dealers),
             cluster_id: settings.filter.cluster_id,
             faults,
+            directory,
+            seen_generation: Cell::new(generation),
+            context: context.clone(),
+            settings: settings.clone(),
         })
+    }
+
+    /// Connects to the directory's added peers and closes the removed ones' DEALERs.
+    fn catch_up(&self) {
+        let (generation, peers) = self.directory.snapshot();
+        let mut dealers = self.dealers.borrow_mut();
+        dealers.retain(|id, _| peers.iter().any(|(peer, _)| peer == id));
+        for (id, endpoint) in &peers {
+            if dealers.contains_key(id) {
+                continue;
+            }
+            match connect_dealer(
+                &self.context,
+                &self.settings,
+                *id,
+                endpoint,
+                self.settings.send_queue_max,
+            ) {
+                Ok(dealer) => {
+                    dealers.insert(*id, dealer);
+                }
+                Err(error) => log::error!("cannot connect to node {id} at {endpoint}: {error}"),
+            }
+        }
+        self.seen_generation.set(generation);
     }
 
     /// A monitor on each DEALER of this set, for the connection watcher: a connection that
     /// drops is how a follower learns at once that its leader's process died. Attached
     /// after the connects, which misses at most the first handshake (reported as nothing).
     fn watch(&self, context: &zmq::Context) -> Result<Vec<Watched>, TransportError> {
-        let mut watched = Vec::with_capacity(self.dealers.len());
-        for (&peer, dealer) in &self.dealers {
+        let dealers = self.dealers.borrow();
+        let mut watched = Vec::with_capacity(dealers.len());
+        for (&peer, dealer) in dealers.iter() {
             let monitor = zmq_context(
                 "peer DEALER monitor",
                 Monitor::attach(context, dealer, &watch::DEALER_EVENTS),
@@ -303,7 +389,11 @@ impl PeerDealers {
             log::trace!("fault injection: message to node {} dropped", message.to);
             return;
         }
-        let Some(dealer) = self.dealers.get(&message.to) else {
+        if self.directory.generation() != self.seen_generation.get() {
+            self.catch_up();
+        }
+        let dealers = self.dealers.borrow();
+        let Some(dealer) = dealers.get(&message.to) else {
             // The core only addresses voters from the config; this is a bug upstream, but not
             // one worth taking the node down for.
             log::error!("no connection to node {}; message dropped", message.to);
@@ -463,7 +553,8 @@ impl PeerTransport {
             },
         )?;
 
-        let dealers = PeerDealers::connect(context, &settings, faults.clone())?;
+        let directory = Arc::new(PeerDirectory::new(settings.peers.clone()));
+        let dealers = PeerDealers::connect(context, &settings, faults.clone(), directory.clone())?;
         let watcher = start_watcher(context, &settings, &router, &dealers, &events, &stopping)?;
         let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {
@@ -478,6 +569,7 @@ impl PeerTransport {
         let (chunks, chunk_inbox) = crossbeam_channel::bounded(transfer::CHUNK_QUEUE_MAX);
 
         let filter = settings.filter;
+        let receiver_directory = directory.clone();
         let keyed = settings.curve.is_some();
         let inbound = Inbound {
             events: events.clone(),
@@ -486,7 +578,16 @@ impl PeerTransport {
         };
         threads.push(spawn("peer-receiver", {
             let faults = faults.clone();
-            move || receive_loop(router, stop_listener, filter, keyed, inbound, &faults)
+            move || {
+                receive_loop(
+                    router,
+                    stop_listener,
+                    (filter, &receiver_directory),
+                    keyed,
+                    inbound,
+                    &faults,
+                )
+            }
         })?);
 
         let sender = SnapshotSender::new(
@@ -571,7 +672,52 @@ impl PeerTransport {
     /// Connects another set of DEALERs to the peers, with the same options and the same
     /// injected faults as the loop's, for another thread to send on (the WAL thread's acks).
     pub fn connect_dealers(&self) -> Result<PeerDealers, TransportError> {
-        PeerDealers::connect(&self.context, &self.settings, self.faults.clone())
+        PeerDealers::connect(
+            &self.context,
+            &self.settings,
+            self.faults.clone(),
+            self.dealers.directory.clone(),
+        )
+    }
+
+    /// Follows a membership change: `peers` (every member but this node, with its internal
+    /// endpoint) replaces the peers this node connects to. Every DEALER set (the loop's, the
+    /// WAL thread's) connects to added peers and closes removed ones on its next send, the
+    /// snapshot sender at once, and the receiver takes frames from the added ones.
+    pub fn set_peers(&self, peers: Vec<(NodeId, String)>) {
+        let (_, before) = self.dealers.directory.snapshot();
+        if !self.dealers.directory.replace(peers.clone()) {
+            return;
+        }
+        for (id, endpoint) in &peers {
+            if before
+                .iter()
+                .any(|(peer, known)| peer == id && known == endpoint)
+            {
+                continue;
+            }
+            match connect_dealer(
+                &self.context,
+                &self.settings,
+                *id,
+                endpoint,
+                SNAPSHOT_SEND_QUEUE_MAX,
+            ) {
+                Ok(dealer) => {
+                    let _ = self.snapshot_outbox.send(SenderInput::Connect(*id, dealer));
+                }
+                Err(error) => log::error!("cannot connect to node {id} at {endpoint}: {error}"),
+            }
+        }
+        for (id, _) in &before {
+            if !peers.iter().any(|(peer, _)| peer == id) {
+                let _ = self.snapshot_outbox.send(SenderInput::Disconnect(*id));
+            }
+        }
+        log::info!(
+            "peers now {:?}",
+            peers.iter().map(|(id, _)| id.0).collect::<Vec<_>>()
+        );
     }
 
     /// Tells the snapshot receiver whom this node follows, in which term (`leader` is this
@@ -642,7 +788,7 @@ struct Inbound<E> {
 fn receive_loop<E>(
     router: zmq::Socket,
     stop: DoorbellListener,
-    filter: PeerFilter,
+    (mut filter, directory): (PeerFilter, &PeerDirectory),
     keyed: bool,
     inbound: Inbound<E>,
     faults: &PeerFaults,
@@ -650,6 +796,7 @@ fn receive_loop<E>(
     E: From<Message>,
 {
     let mut impostors = LogLimiter::new(LOG_INTERVAL);
+    let mut seen_generation = directory.generation();
     let socket = match router.get_fd() {
         Ok(fd) => fd,
         Err(error) => {
@@ -674,6 +821,15 @@ fn receive_loop<E>(
             return;
         }
         drained = false;
+        // Peers added since: their frames pass the filter from now on.
+        if directory.generation() != seen_generation {
+            let (generation, peers) = directory.snapshot();
+            let highest = peers.iter().map(|(id, _)| id.0 + 1).max().unwrap_or(0);
+            filter.node_count = filter
+                .node_count
+                .max(usize::try_from(highest).unwrap_or(usize::MAX));
+            seen_generation = generation;
+        }
         for _ in 0..RECEIVE_BATCH_MAX {
             let (frames, user_id) = match recv_frames(&router, keyed) {
                 Ok(received) => received,
@@ -892,6 +1048,58 @@ pub(crate) mod tests {
         assert_eq!(received, Some(TestEvent::Message(ping)));
         node_0.stop();
         node_1.stop();
+    }
+
+    /// The first message of the expected kind that arrives within about 10 s, resending
+    /// `message` on `from` every 100 ms (a DEALER drops messages until it is connected).
+    fn resend_until_received(
+        from: &PeerTransport,
+        message: &Message,
+        inbox: &crossbeam_channel::Receiver<TestEvent>,
+    ) -> Option<TestEvent> {
+        (0..100).find_map(|_| {
+            from.send(vec![message.clone()]);
+            std::iter::from_fn(|| inbox.recv_timeout(Duration::from_millis(100)).ok())
+                .find(|event| matches!(event, TestEvent::Message(_)))
+        })
+    }
+
+    #[test]
+    fn set_peers_connects_to_an_added_peer_and_takes_its_frames() {
+        let context = zmq::Context::new();
+        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
+        // Node 0 starts knowing node 1 only; node 2 (added later) knows everyone.
+        let mut only_1 = settings(0, &ports);
+        only_1.peers.retain(|(id, _)| *id == NodeId(1));
+        only_1.filter.node_count = 2;
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context, only_1, events_0).expect("0");
+        let node_2 = PeerTransport::start(&context, settings(2, &ports), events_2).expect("2");
+        let heartbeat = |from, to| {
+            message(
+                from,
+                to,
+                MessageBody::Heartbeat {
+                    commit: LogIndex(1),
+                    read_round: 1,
+                },
+            )
+        };
+        node_0.set_peers(settings(0, &ports).peers);
+        let to_2 = heartbeat(0, 2);
+        assert_eq!(
+            resend_until_received(&node_0, &to_2, &inbox_2),
+            Some(TestEvent::Message(to_2))
+        );
+        // And node 0's receiver now takes node 2's frames.
+        let to_0 = heartbeat(2, 0);
+        assert_eq!(
+            resend_until_received(&node_2, &to_0, &inbox_0),
+            Some(TestEvent::Message(to_0))
+        );
+        node_0.stop();
+        node_2.stop();
     }
 
     #[test]

@@ -90,7 +90,7 @@ pub const RECEIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const CHUNK_QUEUE_MAX: usize = 2 * WINDOW_CHUNKS as usize;
 
 /// How a transfer ended, for the sender's node loop (`Core::report_snapshot`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotReport {
     pub to: NodeId,
     pub snapshot: SnapshotMeta,
@@ -108,6 +108,11 @@ pub(crate) enum SenderInput {
     Acknowledge(SnapshotAck),
     /// This node is no longer leader: drop every transfer, report nothing.
     CancelAll,
+    /// The membership gained this peer: stream to it on this DEALER (made by the node
+    /// loop's transport, moved here).
+    Connect(NodeId, zmq::Socket),
+    /// The membership lost this peer: close its DEALER.
+    Disconnect(NodeId),
     Stop,
 }
 
@@ -252,6 +257,12 @@ where
                 }
                 self.transfers.clear();
             }
+            SenderInput::Connect(peer, dealer) => {
+                self.dealers.insert(peer, dealer);
+            }
+            SenderInput::Disconnect(peer) => {
+                self.dealers.remove(&peer);
+            }
             SenderInput::Stop => return false,
         }
         true
@@ -275,17 +286,17 @@ where
     }
 
     fn start(&mut self, message: Message) {
-        let MessageBody::InstallSnapshot { snapshot } = message.body else {
+        let MessageBody::InstallSnapshot { snapshot } = message.body.clone() else {
             log::error!("snapshot sender given a {:?}; ignored", message.body);
             return;
         };
         let to = message.to;
         if let Some(transfer) = self.transfers.get(&to) {
-            if transfer.snapshot == snapshot && transfer.message.term == message.term {
+            if transfer.snapshot.last == snapshot.last && transfer.message.term == message.term {
                 return; // The core asked again while it is on its way.
             }
         }
-        let path = snapshot_file::snapshot_path(&self.settings.dir, snapshot);
+        let path = snapshot_file::snapshot_path(&self.settings.dir, &snapshot);
         let (file, info) = match snapshot_file::open_for_sending(&path) {
             Ok(opened) => opened,
             Err(error) => {
@@ -351,7 +362,7 @@ where
                     transfer.snapshot.last,
                     ack.from
                 );
-                let snapshot = transfer.snapshot;
+                let snapshot = transfer.snapshot.clone();
                 self.transfers.remove(&ack.from);
                 self.report(ack.from, snapshot, true);
             }
@@ -361,7 +372,7 @@ where
                     ack.from,
                     transfer.snapshot.last
                 );
-                let snapshot = transfer.snapshot;
+                let snapshot = transfer.snapshot.clone();
                 self.transfers.remove(&ack.from);
                 self.report(ack.from, snapshot, false);
             }
@@ -429,7 +440,7 @@ where
                     transfer.snapshot.last,
                     self.settings.stall_timeout
                 );
-                self.report(to, transfer.snapshot, false);
+                self.report(to, transfer.snapshot.clone(), false);
             }
         }
     }
@@ -453,7 +464,7 @@ fn send_chunk(
         from: transfer.message.from,
         to: transfer.message.to,
         term: transfer.message.term,
-        snapshot: transfer.snapshot,
+        snapshot: transfer.snapshot.clone(),
         transfer_id: transfer.transfer_id,
         offset: transfer.next_offset,
         data: Bytes::from(data),
@@ -665,7 +676,7 @@ struct Receiving {
 
 impl Receiving {
     fn agrees_with(&self, chunk: &SnapshotChunk) -> bool {
-        self.incoming.meta() == chunk.snapshot
+        *self.incoming.meta() == chunk.snapshot
             && self.total_bytes == chunk.total_bytes
             && self.file_crc == chunk.file_crc
     }
@@ -725,7 +736,7 @@ impl SnapshotReceiver {
             from: self.me,
             to: chunk.from,
             term: chunk.term,
-            snapshot: chunk.snapshot,
+            snapshot: chunk.snapshot.clone(),
             transfer_id: chunk.transfer_id,
             status,
         }
@@ -843,18 +854,19 @@ impl SnapshotReceiver {
             if let Err(refusal) = self.check_size(chunk.total_bytes) {
                 return self.refuse(&chunk, refusal, now);
             }
-            let incoming = match IncomingSnapshot::create(&self.dir, chunk.snapshot, self.fsync) {
-                Ok(incoming) => incoming,
-                Err(error) => {
-                    log::error!("cannot receive snapshot {}: {error}", chunk.snapshot.last);
-                    return self.reply(
-                        &chunk,
-                        AckStatus::Refused {
-                            reason: error.to_string(),
-                        },
-                    );
-                }
-            };
+            let incoming =
+                match IncomingSnapshot::create(&self.dir, chunk.snapshot.clone(), self.fsync) {
+                    Ok(incoming) => incoming,
+                    Err(error) => {
+                        log::error!("cannot receive snapshot {}: {error}", chunk.snapshot.last);
+                        return self.reply(
+                            &chunk,
+                            AckStatus::Refused {
+                                reason: error.to_string(),
+                            },
+                        );
+                    }
+                };
             log::info!(
                 "receiving snapshot {} ({} bytes) from node {}",
                 chunk.snapshot.last,
@@ -1072,8 +1084,11 @@ mod tests {
         ];
         for (number, (range, expected)) in steps.into_iter().enumerate() {
             let last = range.end == total;
-            let output =
-                receiver.on_chunk(chunk_of(&file, snapshot, 3, 7, range), following(3, 0), now);
+            let output = receiver.on_chunk(
+                chunk_of(&file, snapshot.clone(), 3, 7, range),
+                following(3, 0),
+                now,
+            );
             assert_eq!(status(&output), Some(expected.clone()), "step {number}");
             let delivered = output.deliver.is_some();
             assert_eq!(
@@ -1084,14 +1099,19 @@ mod tests {
             if delivered {
                 let message = output.deliver.expect("checked");
                 assert_eq!(message.term, Term(3));
-                assert_eq!(message.body, MessageBody::InstallSnapshot { snapshot });
                 assert_eq!(
-                    std::fs::read(received_path(dir.path(), snapshot)).expect("received file"),
+                    message.body,
+                    MessageBody::InstallSnapshot {
+                        snapshot: snapshot.clone()
+                    }
+                );
+                assert_eq!(
+                    std::fs::read(received_path(dir.path(), &snapshot)).expect("received file"),
                     file
                 );
             } else if number < 5 {
                 assert!(
-                    !received_path(dir.path(), snapshot).exists(),
+                    !received_path(dir.path(), &snapshot).exists(),
                     "step {number}"
                 );
             }
@@ -1392,7 +1412,7 @@ mod tests {
         let follower_dir = tempfile::tempdir().expect("dir");
         let snapshot = meta(2, 500);
         // About 300 chunks of 4 KiB: far more than the window.
-        let file = snapshot_bytes(leader_dir.path(), snapshot, 1_200_000);
+        let file = snapshot_bytes(leader_dir.path(), snapshot.clone(), 1_200_000);
         let (leader_events, leader_inbox) = crossbeam_channel::unbounded::<TestEvent>();
         let (follower_events, follower_inbox) = crossbeam_channel::unbounded::<TestEvent>();
         let leader = PeerTransport::start(
@@ -1407,7 +1427,7 @@ mod tests {
             follower_events,
         )
         .expect("follower");
-        let message = install_message(snapshot);
+        let message = install_message(snapshot.clone());
         leader.send(vec![message.clone()]);
         // Not yet following node 0: its chunks are left unanswered and nothing is written,
         // until the follower's loop says whom it follows; then the leader's resends go in.
@@ -1419,7 +1439,7 @@ mod tests {
             .recv_timeout(Duration::from_secs(60))
             .expect("the follower's node loop gets the message");
         assert_eq!(delivered, TestEvent::Message(message));
-        let received = std::fs::read(received_path(follower_dir.path(), snapshot)).expect("file");
+        let received = std::fs::read(received_path(follower_dir.path(), &snapshot)).expect("file");
         assert!(received == file, "the received file differs");
         let report = leader_inbox
             .recv_timeout(Duration::from_secs(60))
@@ -1428,7 +1448,7 @@ mod tests {
             report,
             TestEvent::Report(SnapshotReport {
                 to: NodeId(1),
-                snapshot,
+                snapshot: snapshot.clone(),
                 delivered: true
             })
         );
@@ -1449,7 +1469,7 @@ mod tests {
         );
         leader.stop();
         follower.stop();
-        assert!(snapshot_path(leader_dir.path(), snapshot).exists());
+        assert!(snapshot_path(leader_dir.path(), &snapshot).exists());
     }
 
     #[test]
@@ -1458,18 +1478,18 @@ mod tests {
         let ports = two_ports();
         let leader_dir = tempfile::tempdir().expect("dir");
         let snapshot = meta(2, 500);
-        snapshot_bytes(leader_dir.path(), snapshot, 100_000);
+        snapshot_bytes(leader_dir.path(), snapshot.clone(), 100_000);
         let (events, inbox) = crossbeam_channel::unbounded::<TestEvent>();
         let leader =
             PeerTransport::start(&context, settings(0, &ports, leader_dir.path(), 0), events)
                 .expect("leader");
-        leader.send(vec![install_message(snapshot)]);
+        leader.send(vec![install_message(snapshot.clone())]);
         leader.cancel_snapshot_transfers();
         assert!(
             inbox.recv_timeout(Duration::from_secs(4)).is_err(),
             "a cancelled transfer reports nothing"
         );
-        leader.send(vec![install_message(snapshot)]);
+        leader.send(vec![install_message(snapshot.clone())]);
         let report = inbox
             .recv_timeout(Duration::from_secs(20))
             .expect("a report");

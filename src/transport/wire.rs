@@ -362,9 +362,7 @@ pub(crate) mod tests {
                 0,
                 1,
                 MessageBody::InstallSnapshot {
-                    snapshot: SnapshotMeta {
-                        last: EntryId::new(Term(5), LogIndex(100)),
-                    },
+                    snapshot: SnapshotMeta::at(EntryId::new(Term(5), LogIndex(100))),
                 },
             ),
         ]
@@ -387,21 +385,19 @@ pub(crate) mod tests {
             "9301cdfeed9400010781a948656172746265617492030c",
             "9301cdfeed9400010781b1486561727462656174526573706f6e7365910c",
             "9301cdfeed94000107aa54696d656f75744e6f77",
-            "9301cdfeed9400010781af496e7374616c6c536e617073686f749191920564",
+            "9301cdfeed9400010781af496e7374616c6c536e617073686f749192920564929090",
         ];
         let mut frames: Vec<(PeerFrame, &'static str)> = every_kind_of_message()
             .into_iter()
             .map(PeerFrame::Raft)
             .zip(raft)
             .collect();
-        let snapshot = SnapshotMeta {
-            last: EntryId::new(Term(5), LogIndex(100)),
-        };
+        let snapshot = SnapshotMeta::at(EntryId::new(Term(5), LogIndex(100)));
         let chunk = SnapshotChunk {
             from: NodeId(0),
             to: NodeId(1),
             term: Term(7),
-            snapshot,
+            snapshot: snapshot.clone(),
             transfer_id: 0x0123_4567_89ab_cdef,
             offset: 4096,
             data: Bytes::from(vec![0u8, 1, 2, 255]),
@@ -410,26 +406,26 @@ pub(crate) mod tests {
         };
         frames.push((
             PeerFrame::Transfer(TransferFrame::Chunk(chunk)),
-            "9401cdfeed019900010791920564cf0123456789abcdefcd1000c404000102ffcd2000cedeadbeef",
+            "9401cdfeed019900010792920564929090cf0123456789abcdefcd1000c404000102ffcd2000cedeadbeef",
         ));
         let acks = [
             (
                 AckStatus::Received { bytes: 4100 },
-                "9401cdfeed029601000791920564cf0123456789abcdef81a8526563656976656491cd1004",
+                "9401cdfeed029601000792920564929090cf0123456789abcdef81a8526563656976656491cd1004",
             ),
             (
                 AckStatus::ResendFrom { offset: 4096 },
-                "9401cdfeed029601000791920564cf0123456789abcdef81aa526573656e6446726f6d91cd1000",
+                "9401cdfeed029601000792920564929090cf0123456789abcdef81aa526573656e6446726f6d91cd1000",
             ),
             (
                 AckStatus::Delivered,
-                "9401cdfeed029601000791920564cf0123456789abcdefa944656c697665726564",
+                "9401cdfeed029601000792920564929090cf0123456789abcdefa944656c697665726564",
             ),
             (
                 AckStatus::Refused {
                     reason: "stale term".to_string(),
                 },
-                "9401cdfeed029601000791920564cf0123456789abcdef81a75265667573656491aa7374616c652074\
+                "9401cdfeed029601000792920564929090cf0123456789abcdef81a75265667573656491aa7374616c652074\
                  65726d",
             ),
         ];
@@ -438,7 +434,7 @@ pub(crate) mod tests {
                 from: NodeId(1),
                 to: NodeId(0),
                 term: Term(7),
-                snapshot,
+                snapshot: snapshot.clone(),
                 transfer_id: 0x0123_4567_89ab_cdef,
                 status,
             };
@@ -550,9 +546,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
+        SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
     }
 
     /// The chunk of `file` at `range`, from node 0 to node 1, with the file's CRC taken from

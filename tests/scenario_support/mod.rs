@@ -176,7 +176,7 @@ impl Net {
                 let storage = setup.restored();
                 let core = Core::new(
                     id,
-                    voters.clone(),
+                    rrmq::raft::Membership::from_voters(voters.clone()),
                     config.clone(),
                     storage.clone(),
                     seed(id, 0),
@@ -401,7 +401,13 @@ impl Net {
         let config = self.config.clone();
         let node = self.node_mut(id);
         node.restarts += 1;
-        node.core = Core::new(id, voters, config, storage.clone(), seed(id, node.restarts));
+        node.core = Core::new(
+            id,
+            rrmq::raft::Membership::from_voters(voters),
+            config,
+            storage.clone(),
+            seed(id, node.restarts),
+        );
         node.core.check_invariants();
         node.storage = storage;
         node.stalled = false;

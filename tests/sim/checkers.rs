@@ -43,7 +43,7 @@ impl LogView for Core {
     }
 
     fn snapshot_meta(&self) -> SnapshotMeta {
-        self.snapshot()
+        self.snapshot().clone()
     }
 }
 
@@ -117,8 +117,12 @@ impl Checkers {
             .restarted(position, core.commit_index());
         self.history.restarted(position);
         self.leader_completeness.restarted(position);
-        self.log_matching
-            .restarted(position, core.id(), core.snapshot(), durable_entries)?;
+        self.log_matching.restarted(
+            position,
+            core.id(),
+            core.snapshot().clone(),
+            durable_entries,
+        )?;
         self.log_matching
             .check_against_core(position, core.id(), core.last_index(), core)
     }
@@ -305,7 +309,7 @@ impl CommittedHistory {
                 let snapshot = log.snapshot_meta();
                 if index <= snapshot.index() {
                     // Compacted or installed: the snapshot stands for the prefix.
-                    self.check_snapshot(node, snapshot, None)?;
+                    self.check_snapshot(node, snapshot.clone(), None)?;
                     index = snapshot.index().next();
                     continue;
                 }
@@ -632,7 +636,7 @@ impl LogMatching {
         node: NodeId,
         snapshot: SnapshotMeta,
     ) -> Result<(), Violation> {
-        let chain = self.snapshot_chain(node, snapshot)?;
+        let chain = self.snapshot_chain(node, snapshot.clone())?;
         self.views[position].reset(snapshot.index(), chain);
         Ok(())
     }
@@ -646,7 +650,7 @@ impl LogMatching {
         snapshot: SnapshotMeta,
         durable_entries: &[Entry],
     ) -> Result<(), Violation> {
-        let chain = self.snapshot_chain(node, snapshot)?;
+        let chain = self.snapshot_chain(node, snapshot.clone())?;
         self.views[position].reset(snapshot.index(), chain);
         let after = durable_entries
             .iter()
@@ -708,6 +712,10 @@ pub fn chain_hash(previous_chain: u64, entry: &Entry) -> u64 {
             1u8.hash(&mut hasher);
             command.hash(&mut hasher);
         }
+        EntryPayload::Membership(membership) => {
+            2u8.hash(&mut hasher);
+            membership.hash(&mut hasher);
+        }
     }
     hasher.finish()
 }
@@ -756,14 +764,12 @@ mod tests {
         }
 
         fn snapshot_meta(&self) -> SnapshotMeta {
-            self.snapshot
+            self.snapshot.clone()
         }
     }
 
     fn meta(term: u64, index: u64) -> SnapshotMeta {
-        SnapshotMeta {
-            last: EntryId::new(Term(term), LogIndex(index)),
-        }
+        SnapshotMeta::at(EntryId::new(Term(term), LogIndex(index)))
     }
 
     #[test]

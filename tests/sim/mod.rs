@@ -112,6 +112,8 @@ pub mod property {
     pub const HONEST_TERMS: &str =
         "honest terms (no core drops a message between honest nodes, or refuses to campaign, \
          for its terms)";
+    pub const MEMBERSHIP: &str = "membership (the newest leader's membership overlaps the \
+         committed one in every majority; only voters campaign)";
     pub const CORE_PANIC: &str = "core invariant (panic inside the core)";
     pub const LIVENESS: &str = "liveness (leader elected and a fresh proposal committed)";
 }

@@ -293,7 +293,7 @@ impl Simulation {
                         .find(|held| held.meta == *meta)
                         .cloned();
                     if held.is_none() {
-                        if *meta == core.snapshot() {
+                        if *meta == *core.snapshot() {
                             return Err(Violation::new(
                                 property::READY_CONTRACT,
                                 format!(
@@ -325,7 +325,7 @@ impl Simulation {
                 node.storage.adopt_snapshot(Arc::clone(&data));
                 node.remember_snapshot(Arc::clone(&data));
                 self.install_snapshot(position, &data)?;
-                Some(data.meta)
+                Some(data.meta.clone())
             }
             None => None,
         };
@@ -442,8 +442,8 @@ impl Simulation {
         let node = &mut self.nodes[position];
         for unfinished in &group {
             let batch = &unfinished.batch;
-            if let Some(snapshot) = batch.snapshot {
-                node.storage.restart_log_after(snapshot);
+            if let Some(snapshot) = &batch.snapshot {
+                node.storage.restart_log_after(snapshot.clone());
             }
             node.storage.persist(id, batch.hard_state, &batch.entries)?;
             if let Some(compact_to) = unfinished.compact_after {
@@ -508,7 +508,7 @@ impl Simulation {
         snapshot: &SnapshotData,
     ) -> Result<(), Violation> {
         let node = &mut self.nodes[position];
-        let meta = snapshot.meta;
+        let meta = &snapshot.meta;
         if meta.index() <= node.applied_index() {
             return Err(Violation::new(
                 property::READY_CONTRACT,
@@ -524,7 +524,7 @@ impl Simulation {
         let (state, chain) = load_snapshot(id, snapshot, &self.scenario.queue)?;
         self.checkers
             .history
-            .check_snapshot(id, meta, Some(chain))?;
+            .check_snapshot(id, meta.clone(), Some(chain))?;
         self.checkers
             .state_machine
             .check_state(id, meta.index(), &state)?;
@@ -553,7 +553,7 @@ impl Simulation {
         node.applied_chain = chain_hash(node.applied_chain, entry);
         let outcome = match &entry.payload {
             EntryPayload::Command(bytes) => Some(node.state.apply(index, bytes)),
-            EntryPayload::Noop => None,
+            EntryPayload::Noop | EntryPayload::Membership(_) => None,
         };
         self.checkers.state_machine.check_replica(
             id,
@@ -622,7 +622,14 @@ impl Simulation {
         if node.applied_index() <= core.snapshot().index() {
             return Ok(());
         }
-        let meta = SnapshotMeta { last: node.applied };
+        // The membership as of the snapshot's index, as the real node writes it in the file.
+        let meta = SnapshotMeta {
+            last: node.applied,
+            membership: core
+                .membership_at(node.applied.index)
+                .cloned()
+                .unwrap_or_default(),
+        };
         let lag = self
             .rng
             .gen_range(0..=self.scenario.compaction_lag_entries_max);
@@ -635,13 +642,13 @@ impl Simulation {
             .encode_snapshot(&mut state)
             .expect("encoding into a Vec cannot fail");
         let snapshot = Arc::new(SnapshotData {
-            meta,
+            meta: meta.clone(),
             state: Bytes::from(state),
             history_chain: node.applied_chain,
         });
         self.checkers
             .history
-            .check_snapshot(id, meta, Some(snapshot.history_chain))?;
+            .check_snapshot(id, meta.clone(), Some(snapshot.history_chain))?;
         self.checkers
             .state_machine
             .check_state(id, meta.index(), &node.state)?;
@@ -658,6 +665,7 @@ impl Simulation {
             }
         }
         let core = node.core.as_mut().expect("checked above");
+        let last = meta.last;
         core.on_snapshot_saved(meta, compact_to);
         self.checkers.log_matching.compacted(position, compact_to);
         self.snapshots_saved += 1;
@@ -665,7 +673,7 @@ impl Simulation {
             self.now,
             Event::SnapshotSaved {
                 node: id,
-                last: meta.last,
+                last,
                 compact_to,
                 storage_compacted,
             },
@@ -703,7 +711,7 @@ impl Simulation {
         node.pipeline = PersistPipeline::new(id, node.storage.hard_state());
         let core = Core::new(
             id,
-            self.voters.clone(),
+            rrmq::raft::Membership::from_voters(self.voters.clone()),
             self.scenario.raft.clone(),
             restored,
             seed,
@@ -727,7 +735,7 @@ impl Simulation {
                 let (state, chain) = load_snapshot(id, saved, &self.scenario.queue)?;
                 self.checkers
                     .history
-                    .check_snapshot(id, snapshot, Some(chain))?;
+                    .check_snapshot(id, snapshot.clone(), Some(chain))?;
                 self.checkers
                     .state_machine
                     .check_state(id, snapshot.index(), &state)?;

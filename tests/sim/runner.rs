@@ -129,7 +129,7 @@ impl fmt::Display for Totals {
             "{} schedules in {:.1?}: {} ticks, {} terms with a leader, {} entries committed, \
              {} unkeyed writes acknowledged, {} session operations answered ({} retries, \
              {} replays, {} SESSION_EXPIRED), {} QUOTA refusals, {} leases granted, {} ACKs, {} given back, {} dead-lettered or discarded, {} snapshots saved, {} installed, {} restarts \
-             from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes ({} drops of a leader's connection reported), {} messages sent \
+             from a snapshot, {} Readies pipelined, {} batches synced in groups, {} state digests compared, {} reads answered, {} crashes ({} drops of a leader's connection reported), {} membership changes, {} messages sent \
              ({} lost); slowest liveness phase {} ticks",
             self.runs,
             self.elapsed,
@@ -155,6 +155,7 @@ impl fmt::Display for Totals {
             s.answered_reads,
             s.crashes,
             s.leader_connection_drops,
+            s.membership_changes,
             s.messages_sent,
             s.messages_lost,
             s.liveness_ticks
@@ -254,6 +255,7 @@ fn accumulate(sum: &mut RunSummary, run: &RunSummary) {
     sum.terms_with_leader += run.terms_with_leader;
     sum.crashes += run.crashes;
     sum.leader_connection_drops += run.leader_connection_drops;
+    sum.membership_changes += run.membership_changes;
     sum.messages_sent += run.messages_sent;
     sum.messages_lost += run.messages_lost;
     sum.liveness_ticks = sum.liveness_ticks.max(run.liveness_ticks);

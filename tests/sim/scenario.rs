@@ -121,6 +121,11 @@ pub struct Scenario {
     pub fault_phase_ticks: u64,
     /// Crashed nodes left down during the liveness phase (at most a minority).
     pub nodes_left_down: usize,
+    /// Chance per tick that the leader proposes a membership change (add a learner,
+    /// promote it, remove or demote a voter, the leader included). In runs that have them,
+    /// five nodes start with three voters and two nodes joining (`--join`), and no node is
+    /// left down for the liveness phase (three voters cannot lose two).
+    pub membership_change_chance: f64,
     /// Per live node, when another node crashes: chance that its transport reports the
     /// connection dropped (`Core::peer_connection_lost`: a dead process closes its TCP
     /// connections), and, when that node restarts, restored. A partition closes nothing, so
@@ -215,6 +220,7 @@ impl Scenario {
             connection_report_chance: 0.0,
             connection_report_delay_ticks_max: 0,
             connection_flap_chance: 0.0,
+            membership_change_chance: 0.0,
         };
         // Drawn last, so that every draw above is what it was before quotas existed. Tight
         // quotas make QUOTA refusals common: replicas must agree on each (same digest) and
@@ -228,6 +234,11 @@ impl Scenario {
         scenario.connection_report_chance = *pick(rng, &[0.0, 0.5, 1.0, 1.0]);
         scenario.connection_report_delay_ticks_max = *pick(rng, &[0, 1, 3]);
         scenario.connection_flap_chance = *pick(rng, &[0.0, 0.01, 0.05]);
+        // Drawn after the connection knobs, for the same reason.
+        if scenario.node_count == 5 && rng.gen_bool(0.5) {
+            scenario.membership_change_chance = *pick(rng, &[0.005, 0.02, 0.05]);
+            scenario.nodes_left_down = 0;
+        }
         scenario
     }
 

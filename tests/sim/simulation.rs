@@ -28,7 +28,7 @@ use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rrmq::protocol::TopicSettings;
 use rrmq::queue::{Command, LeaseTime, LoggedCommand};
-use rrmq::raft::{EntryId, NodeId, ProposeError, Role};
+use rrmq::raft::{EntryId, Membership, NodeId, ProposeError, Role};
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -67,6 +67,8 @@ pub struct RunSummary {
     pub crashes: u64,
     /// Dropped connections reported to a follower about the leader it follows.
     pub leader_connection_drops: u64,
+    /// Membership changes the leader accepted.
+    pub membership_changes: u64,
     pub messages_sent: u64,
     pub messages_lost: u64,
     /// Ticks the liveness phase took to converge (in totals: the longest).
@@ -104,6 +106,9 @@ pub struct Simulation {
     /// Connection reports on their way to the cores, in the order they were scheduled.
     connection_reports: Vec<ConnectionReport>,
     leader_connection_drops: u64,
+    membership_changes: u64,
+    /// The highest term any node was seen in (for the membership checker).
+    highest_term_seen: rrmq::raft::Term,
 }
 
 /// A transport's report that a node's connection to `peer` dropped (`lost`) or came back.
@@ -118,8 +123,14 @@ impl Simulation {
     pub fn new(seed: u64, trace_capacity: usize) -> Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let scenario = Scenario::draw(&mut rng);
-        let voters: Vec<NodeId> = (0..scenario.node_count as u64).map(NodeId).collect();
-        let nodes = voters
+        let all: Vec<NodeId> = (0..scenario.node_count as u64).map(NodeId).collect();
+        // With membership changes, the last two nodes start outside the cluster (`--join`).
+        let voters: Vec<NodeId> = if scenario.membership_change_chance > 0.0 {
+            all[..3].to_vec()
+        } else {
+            all.clone()
+        };
+        let nodes = all
             .iter()
             .zip(&scenario.storage_delay_ticks_max)
             .map(|(&id, &storage_delay_ticks_max)| {
@@ -150,6 +161,8 @@ impl Simulation {
             liveness_ticks: 0,
             connection_reports: Vec::new(),
             leader_connection_drops: 0,
+            membership_changes: 0,
+            highest_term_seen: rrmq::raft::Term(0),
         }
     }
 
@@ -204,6 +217,7 @@ impl Simulation {
             terms_with_leader: self.checkers.election_safety.terms_with_leader() as u64,
             crashes: self.crash_count,
             leader_connection_drops: self.leader_connection_drops,
+            membership_changes: self.membership_changes,
             messages_sent: self.network.sent_count,
             messages_lost: self.network.lost_count,
             liveness_ticks: self.liveness_ticks,
@@ -244,6 +258,9 @@ impl Simulation {
                 checkers::check_term_refusals(node.id, core.term_refusals())?;
             }
         }
+        if self.scenario.membership_change_chance > 0.0 {
+            self.check_memberships()?;
+        }
         self.now += 1;
         Ok(())
     }
@@ -275,6 +292,153 @@ impl Simulation {
         }
         if self.rng.gen_bool(self.scenario.connection_flap_chance) {
             self.flap_connection();
+        }
+        if self.scenario.membership_change_chance > 0.0
+            && self.rng.gen_bool(self.scenario.membership_change_chance)
+        {
+            self.change_membership();
+        }
+        Ok(())
+    }
+
+    /// The leader proposes one single-server change: promote a learner, else add a node
+    /// that is neither a member nor removed as a learner, else remove or demote a voter
+    /// (often itself) while at least three voters would be left... or promote back.
+    fn change_membership(&mut self) {
+        let Some(leader) = self.leader_position() else {
+            return;
+        };
+        let Some(core) = self.nodes[leader].core.as_ref() else {
+            return;
+        };
+        let current = core.membership().clone();
+        let leader_id = self.nodes[leader].id;
+        let spare: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .map(|node| node.id)
+            .filter(|&id| !current.contains(id) && !current.is_retired(id))
+            .collect();
+        let learners = current.learners();
+        let voters = current.voters();
+        let next = if let Some(&learner) = learners.first() {
+            current.with_role(learner, true)
+        } else if !spare.is_empty() && (voters.len() < 4 || self.rng.gen_bool(0.5)) {
+            let id = spare[self.rng.gen_range(0..spare.len())];
+            current.with_learner(id, bytes::Bytes::from(format!("node {id}")))
+        } else if voters.len() > 3 {
+            let victim = if self.rng.gen_bool(0.3) {
+                leader_id
+            } else {
+                voters[self.rng.gen_range(0..voters.len())]
+            };
+            if self.rng.gen_bool(0.7) {
+                current.without(victim)
+            } else {
+                current.with_role(victim, false)
+            }
+        } else {
+            return;
+        };
+        let Some(core) = self.nodes[leader].core.as_mut() else {
+            return;
+        };
+        let outcome = core.propose_membership(next.clone());
+        self.trace.record(
+            self.now,
+            Event::MembershipProposed {
+                node: leader_id,
+                voters: next.voters(),
+                learners: next.learners(),
+                outcome: outcome.as_ref().map(|id| id.index).map_err(error_name),
+            },
+        );
+        if outcome.is_ok() {
+            self.membership_changes += 1;
+        }
+    }
+
+    /// The membership the cluster has committed, as far as the node that knows the most
+    /// commits knows it.
+    fn committed_membership(&self) -> Option<Membership> {
+        self.nodes
+            .iter()
+            .filter_map(|node| node.core.as_ref())
+            .max_by_key(|core| core.commit_index())
+            .map(|core| core.committed_membership().clone())
+    }
+
+    /// Whether node `position` is a member of the committed membership (a removed or
+    /// still-joining node is not expected to apply anything new).
+    fn is_member(&self, committed: &Option<Membership>, position: usize) -> bool {
+        committed
+            .as_ref()
+            .is_none_or(|membership| membership.contains(self.nodes[position].id))
+    }
+
+    /// Membership safety: a leader of the highest term any node reached acts on a
+    /// membership whose majorities overlap those of the latest committed one (it holds
+    /// every committed entry, and at most one change is in flight), so no two disjoint
+    /// majorities can decide at once. (A stale leader of an older term may lag any number
+    /// of changes: it can no longer commit.)
+    fn check_memberships(&mut self) -> Result<(), Violation> {
+        for core in self.nodes.iter().filter_map(|node| node.core.as_ref()) {
+            self.highest_term_seen = self.highest_term_seen.max(core.term());
+        }
+        let Some(committed) = self.committed_membership() else {
+            return Ok(());
+        };
+        let highest = self.highest_term_seen;
+        let newest_leader = self
+            .nodes
+            .iter()
+            .filter_map(|node| node.core.as_ref())
+            .filter(|core| core.role() == Role::Leader && core.term() >= highest)
+            .max_by_key(|core| core.term());
+        if let Some(leader) = newest_leader {
+            if !leader.membership().majorities_overlap(&committed) {
+                return Err(Violation::new(
+                    property::MEMBERSHIP,
+                    format!(
+                        "leader {} of term {} acts on voters {:?}, disjoint majorities with the \
+                         committed voters {:?}",
+                        leader.id(),
+                        leader.term(),
+                        leader.membership().voters(),
+                        committed.voters()
+                    ),
+                ));
+            }
+            if leader.membership() != &committed && !leader.change_in_progress() {
+                return Err(Violation::new(
+                    property::MEMBERSHIP,
+                    format!(
+                        "leader {} of term {} acts on a committed membership other than the \
+                         cluster's latest committed one",
+                        leader.id(),
+                        leader.term()
+                    ),
+                ));
+            }
+        }
+        for node in &self.nodes {
+            if let Some(core) = &node.core {
+                // A leader removing (or demoting) itself leads until that change commits.
+                let leaving_leader = core.role() == Role::Leader && core.change_in_progress();
+                if core.role() != Role::Follower
+                    && !leaving_leader
+                    && !core.membership().is_voter(node.id)
+                {
+                    return Err(Violation::new(
+                        property::MEMBERSHIP,
+                        format!(
+                            "node {} is {:?} but not a voter of the membership it acts on",
+                            node.id,
+                            core.role()
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -391,7 +555,7 @@ impl Simulation {
     /// in two (often with the leader in the minority), or cut links in one direction only.
     fn change_partition(&mut self) {
         let count = self.nodes.len();
-        let all: Vec<NodeId> = self.voters.clone();
+        let all: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
         let mut cut = BTreeSet::new();
         let description = match self.rng.gen_range(0..7) {
             0 => "healed".to_string(),
@@ -483,7 +647,7 @@ impl Simulation {
         }
         if self.rng.gen_bool(self.scenario.transfer_chance) {
             if let Some(position) = self.leader_position() {
-                let to = self.voters[self.rng.gen_range(0..self.voters.len())];
+                let to = self.nodes[self.rng.gen_range(0..self.nodes.len())].id;
                 self.transfer_leader(position, to)?;
             }
         }
@@ -908,10 +1072,12 @@ impl Simulation {
         let Some(index) = self.checkers.history.index_of_probe(probe) else {
             return false;
         };
-        self.nodes
-            .iter()
-            .filter(|node| node.is_up())
-            .all(|node| node.applied_index() >= index)
+        let committed = self.committed_membership();
+        (0..self.nodes.len())
+            .filter(|&position| {
+                self.nodes[position].is_up() && self.is_member(&committed, position)
+            })
+            .all(|position| self.nodes[position].applied_index() >= index)
     }
 
     /// Once live: the live nodes catch up with the whole committed history (a few ticks of
@@ -921,11 +1087,12 @@ impl Simulation {
         let caught_up_ticks_max = 4 * u64::from(self.scenario.raft.election_ticks_max);
         for _ in 0..caught_up_ticks_max {
             let history = self.checkers.history.len();
-            if self
-                .nodes
-                .iter()
-                .filter(|node| node.is_up())
-                .all(|node| node.applied_index() == history)
+            let committed = self.committed_membership();
+            if (0..self.nodes.len())
+                .filter(|&position| {
+                    self.nodes[position].is_up() && self.is_member(&committed, position)
+                })
+                .all(|position| self.nodes[position].applied_index() == history)
             {
                 break;
             }

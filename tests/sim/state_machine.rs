@@ -86,7 +86,7 @@ impl Reference {
             "the reference applies in order"
         );
         let outcome = match &entry.payload {
-            EntryPayload::Noop => None,
+            EntryPayload::Noop | EntryPayload::Membership(_) => None,
             EntryPayload::Command(_) => {
                 let Some(command) = decode(entry) else {
                     return Err(Violation::new(

@@ -116,7 +116,7 @@ impl DurableStorage {
     /// The WAL records an installed snapshot: the log restarts after it (Raft §7: the core
     /// keeps nothing of its log when it installs one). Durable with the batch's `persist`.
     pub fn restart_log_after(&mut self, snapshot: SnapshotMeta) {
-        if let Err(error) = self.wal.install_snapshot(snapshot) {
+        if let Err(error) = self.wal.install_snapshot(snapshot.clone()) {
             panic!("installing snapshot {}: {error}", snapshot.last);
         }
     }
@@ -154,13 +154,16 @@ impl DurableStorage {
         self.wal.crash();
         let snapshot = self.snapshot_meta();
         let wal = self.wal.durable();
-        let plan = plan_log(snapshot, &wal).map_err(|reason| {
+        let plan = plan_log(&snapshot, &wal).map_err(|reason| {
             Violation::new(
                 property::STATE_MACHINE_SAFETY,
                 format!("n{node} cannot restart from its storage: {reason}"),
             )
         })?;
-        let mut restored = InitialState { snapshot, ..wal };
+        let mut restored = InitialState {
+            snapshot: snapshot.clone(),
+            ..wal
+        };
         if plan == LogPlan::RestartAfterSnapshot {
             if restored.hard_state.term < snapshot.last.term {
                 // As the real recovery: a leader's snapshot adopted before the hard state of
@@ -173,7 +176,7 @@ impl DurableStorage {
             }
             self.wal
                 .set_hard_state(&restored.hard_state)
-                .and_then(|()| self.wal.install_snapshot(snapshot))
+                .and_then(|()| self.wal.install_snapshot(snapshot.clone()))
                 .and_then(|()| self.wal.sync())
                 .map_err(|error| {
                     Violation::new(
@@ -204,7 +207,7 @@ impl DurableStorage {
     pub fn snapshot_meta(&self) -> SnapshotMeta {
         self.snapshot
             .as_ref()
-            .map_or_else(SnapshotMeta::default, |snapshot| snapshot.meta)
+            .map_or_else(SnapshotMeta::default, |snapshot| snapshot.meta.clone())
     }
 
     /// The stored log entries (which may start at or before the snapshot's index).

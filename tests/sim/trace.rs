@@ -194,6 +194,9 @@ pub fn error_name(error: &ProposeError) -> &'static str {
         ProposeError::TransferInProgress => "TransferInProgress",
         ProposeError::TooManyPendingReads => "TooManyPendingReads",
         ProposeError::UnknownPeer(_) => "UnknownPeer",
+        ProposeError::ChangeInProgress => "ChangeInProgress",
+        ProposeError::LeaderNotReady => "LeaderNotReady",
+        ProposeError::InvalidChange(_) => "InvalidChange",
     }
 }
 
@@ -329,6 +332,12 @@ pub enum Event {
         commit: LogIndex,
     },
     LivenessPhase,
+    MembershipProposed {
+        node: NodeId,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        outcome: Result<LogIndex, &'static str>,
+    },
     /// The node's transport reported its connection to `peer` dropped or restored.
     Connection {
         node: NodeId,
@@ -430,6 +439,15 @@ impl fmt::Display for Event {
                  {last_index} commit {commit}"
             ),
             Event::LivenessPhase => write!(f, "--- network healed: liveness phase ---"),
+            Event::MembershipProposed {
+                node,
+                voters,
+                learners,
+                outcome,
+            } => write!(
+                f,
+                "{node} proposes voters {voters:?} learners {learners:?}: {outcome:?}"
+            ),
             Event::Connection { node, peer, lost } => write!(
                 f,
                 "n{node}: connection to n{peer} {}",

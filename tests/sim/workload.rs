@@ -111,7 +111,7 @@ pub fn encode(command: &LoggedCommand) -> Bytes {
 pub fn decode(entry: &Entry) -> Option<LoggedCommand> {
     match &entry.payload {
         EntryPayload::Command(bytes) => LoggedCommand::decode(bytes).ok(),
-        EntryPayload::Noop => None,
+        EntryPayload::Noop | EntryPayload::Membership(_) => None,
     }
 }
 

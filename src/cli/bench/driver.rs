@@ -267,7 +267,9 @@ pub(super) fn classify(reply: Reply, resolve: impl FnOnce(&LeaderInfo) -> Option
             }
             // The receipts acknowledged are the ones sent less these: the caller knows.
             Outcome::Stale(stale) => Answer::Decisive(Verdict::Batch(count_of(stale.len()))),
-            Outcome::Topics(_) | Outcome::TopicDetails(_) => Answer::Decisive(Verdict::Unexpected),
+            Outcome::Topics(_) | Outcome::TopicDetails(_) | Outcome::Members(_) => {
+                Answer::Decisive(Verdict::Unexpected)
+            }
             Outcome::Failed(info) if call::is_retryable(info.code) => Answer::Retry {
                 code: info.code,
                 hint: leader.as_ref().and_then(resolve),

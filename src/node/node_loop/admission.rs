@@ -46,7 +46,12 @@ impl NodeLoop {
             return;
         }
         if operation == Operation::Stats {
-            let reply = status::stats(self.config.id, &self.queue, self.applied);
+            let reply = status::stats(
+                self.config.id,
+                self.config.cluster.cluster_id,
+                &self.queue,
+                self.applied,
+            );
             self.clients.reply(ticket, reply);
             return;
         }
@@ -75,16 +80,37 @@ impl NodeLoop {
             );
             return;
         }
+        if self.core.is_removed() && self.core.role() != Role::Leader {
+            self.fail(
+                ticket,
+                ErrorCode::NotLeader,
+                "this node was removed from the cluster (PROTOCOL.md §12) and serves no \
+                 more requests; use the cluster's members (rrmq member list)",
+            );
+            return;
+        }
         // From arrival at the socket, so time queued behind other events counts. One client
         // thread stamps them in channel order, so deadlines stay in arrival order.
         let deadline = received_at + self.config.request_timeout;
+        if matches!(
+            operation,
+            Operation::ListMembers | Operation::AddMember { .. } | Operation::RemoveMember { .. }
+        ) {
+            self.on_member_request(ticket, operation, deadline);
+            return;
+        }
         let waiter =
             match self.admit_blocking_get(ticket, &operation, &request.session, received_at) {
                 BlockingGet::Held => return,
                 BlockingGet::Propose(waiter) => waiter,
             };
         let command = match operation {
-            Operation::Status | Operation::Stats | Operation::Fault { .. } => {
+            Operation::Status
+            | Operation::Stats
+            | Operation::Fault { .. }
+            | Operation::ListMembers
+            | Operation::AddMember { .. }
+            | Operation::RemoveMember { .. } => {
                 unreachable!("answered above")
             }
             Operation::ListTopics | Operation::ListTopicDetails => {
@@ -214,6 +240,11 @@ impl NodeLoop {
             ),
             ProposeError::UnknownPeer(peer) => {
                 unreachable!("reads and proposals name no peer, yet the core named {peer}")
+            }
+            ProposeError::ChangeInProgress
+            | ProposeError::LeaderNotReady
+            | ProposeError::InvalidChange(_) => {
+                unreachable!("reads and proposals change no membership, yet the core said {error}")
             }
         }
     }
@@ -345,7 +376,7 @@ impl NodeLoop {
         } else {
             Vec::new()
         };
-        let leader = status::leader_info(&self.config, &self.core, self.halted);
+        let leader = status::leader_info(&self.book, &self.core, self.halted);
         for (older, outcome) in superseded {
             let leader = leader.clone();
             self.clients

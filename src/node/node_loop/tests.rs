@@ -431,7 +431,7 @@ fn start_node_of(
     .expect("peer transport");
     let core = Core::new(
         config.id,
-        config.cluster.voters(),
+        crate::raft::Membership::from_voters(config.cluster.voters()),
         config.raft.clone(),
         InitialState::default(),
         7,

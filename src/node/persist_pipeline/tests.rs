@@ -164,9 +164,7 @@ fn a_term_or_vote_change_an_install_or_entries_need_a_sync() {
         (
             "an installed snapshot",
             ReadyWrites {
-                snapshot: Some(SnapshotMeta {
-                    last: EntryId::new(Term(1), LogIndex(9)),
-                }),
+                snapshot: Some(SnapshotMeta::at(EntryId::new(Term(1), LogIndex(9)))),
                 ..ReadyWrites::default()
             },
         ),

@@ -18,7 +18,7 @@ impl Cluster {
             .map(|&id| {
                 Core::new(
                     id,
-                    voters.clone(),
+                    Membership::from_voters(voters.clone()),
                     RaftConfig::default(),
                     InitialState::default(),
                     id.0 + 1,
@@ -124,8 +124,8 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
         .last()
         .map(Entry::id)
         .expect("applied");
-    let snapshot = SnapshotMeta { last: applied };
-    cluster.cores[leader].on_snapshot_saved(snapshot, applied.index);
+    let snapshot = SnapshotMeta::at(applied);
+    cluster.cores[leader].on_snapshot_saved(snapshot.clone(), applied.index);
     assert_eq!(cluster.cores[leader].entry(LogIndex(1)), None, "compacted");
 
     cluster.down[lagging] = false;
@@ -135,7 +135,16 @@ fn a_follower_behind_the_compacted_log_catches_up_through_a_snapshot() {
         }
         cluster.settle();
     }
-    assert_eq!(cluster.installed_snapshots[lagging], vec![snapshot]);
+    let installed: Vec<EntryId> = cluster.installed_snapshots[lagging]
+        .iter()
+        .map(|meta| meta.last)
+        .collect();
+    assert_eq!(installed, vec![snapshot.last]);
+    assert_eq!(
+        cluster.installed_snapshots[lagging][0].membership,
+        *cluster.cores[leader].membership(),
+        "the snapshot carries the membership"
+    );
     let proposal = cluster.cores[leader]
         .propose(Bytes::from_static(b"after"))
         .expect("leader accepts proposals");
@@ -166,7 +175,7 @@ fn a_follower_that_lost_its_log_is_replicated_to_again() {
     let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
     cluster.cores[wiped] = Core::new(
         NodeId(wiped as u64),
-        voters,
+        Membership::from_voters(voters),
         RaftConfig::default(),
         InitialState::default(),
         99,
@@ -205,7 +214,7 @@ fn a_rejoining_node_neither_votes_nor_campaigns_until_caught_up() {
     let voters: Vec<NodeId> = (0..3).map(NodeId).collect();
     let mut rejoining = Core::new(
         NodeId(wiped as u64),
-        voters,
+        Membership::from_voters(voters),
         RaftConfig::default(),
         InitialState::default(),
         7,
@@ -406,4 +415,327 @@ fn a_read_is_confirmed_by_a_heartbeat_round() {
     assert_eq!(confirmed.len(), 1);
     assert_eq!(confirmed[0].read_id, 42);
     assert_eq!(confirmed[0].index, cluster.cores[leader].commit_index());
+}
+
+// ---- Membership changes ------------------------------------------------------------------
+
+impl Cluster {
+    /// `voters` voters (ids 0..voters) and `joining` more nodes started with a membership
+    /// that does not hold them (`--join`).
+    fn with_joining(voters: u64, joining: u64) -> Cluster {
+        let mut cluster = Cluster::new(voters + joining);
+        let initial = Membership::from_voters((0..voters).map(NodeId));
+        for id in 0..voters + joining {
+            cluster.cores[id as usize] = Core::new(
+                NodeId(id),
+                initial.clone(),
+                RaftConfig::default(),
+                InitialState::default(),
+                id + 1,
+            );
+        }
+        cluster
+    }
+
+    fn ticks(&mut self, count: u32) {
+        for _ in 0..count {
+            for core in &mut self.cores {
+                core.tick();
+            }
+            self.settle();
+        }
+    }
+}
+
+fn add_learner(cluster: &mut Cluster, leader: usize, id: u64) -> EntryId {
+    let next = cluster.cores[leader]
+        .membership()
+        .with_learner(NodeId(id), Bytes::from_static(b"addr"));
+    let entry = cluster.cores[leader]
+        .propose_membership(next)
+        .expect("the change is accepted");
+    cluster.settle();
+    cluster.ticks(RaftConfig::default().heartbeat_ticks);
+    entry
+}
+
+#[test]
+fn a_change_waits_for_an_entry_of_the_leaders_term_and_one_change_at_a_time() {
+    let mut cluster = Cluster::with_joining(1, 2);
+    // A lone voter becomes leader on its own; its noop is not yet durable, so not committed.
+    for _ in 0..200 {
+        cluster.cores[0].tick();
+        if cluster.cores[0].role() == Role::Leader {
+            break;
+        }
+    }
+    assert_eq!(cluster.cores[0].role(), Role::Leader);
+    let next = cluster.cores[0]
+        .membership()
+        .with_learner(NodeId(1), Bytes::new());
+    assert_eq!(
+        cluster.cores[0].propose_membership(next.clone()),
+        Err(ProposeError::LeaderNotReady)
+    );
+    cluster.settle();
+    cluster.cores[0]
+        .propose_membership(next.clone())
+        .expect("accepted once the noop committed");
+    // Until the learner's entry commits, no other change.
+    let other = next.with_learner(NodeId(2), Bytes::new());
+    assert_eq!(
+        cluster.cores[0].propose_membership(other.clone()),
+        Err(ProposeError::ChangeInProgress)
+    );
+    cluster.settle();
+    cluster.cores[0]
+        .propose_membership(other)
+        .expect("accepted once the first change committed");
+    // Two steps at once, a voter added directly, no voter left: refused.
+    cluster.settle();
+    let current = cluster.cores[0].membership().clone();
+    let two_steps = current
+        .with_role(NodeId(1), true)
+        .with_role(NodeId(2), true);
+    assert!(matches!(
+        cluster.cores[0].propose_membership(two_steps),
+        Err(ProposeError::InvalidChange(_))
+    ));
+    let none_left = Membership::from_voters([NodeId(0)]).with_role(NodeId(0), false);
+    assert!(matches!(
+        cluster.cores[0].propose_membership(none_left),
+        Err(ProposeError::InvalidChange(_))
+    ));
+}
+
+#[test]
+fn a_learner_is_replicated_to_but_never_counted_and_never_campaigns() {
+    let mut cluster = Cluster::with_joining(3, 1);
+    let leader = cluster.tick_until_leader();
+    assert!(cluster.cores[3].is_joining());
+    add_learner(&mut cluster, leader, 3);
+    assert!(!cluster.cores[3].is_joining());
+    assert_eq!(cluster.cores[3].membership().learners(), vec![NodeId(3)]);
+    let status = cluster.cores[leader].status();
+    let learner = status
+        .progress
+        .iter()
+        .find(|progress| progress.id == NodeId(3))
+        .expect("the leader tracks the learner");
+    assert!(!learner.voter);
+    assert_eq!(learner.match_index, cluster.cores[leader].last_index());
+    // With both other voters down, leader + learner are no majority.
+    let others: Vec<usize> = (0..3).filter(|&p| p != leader).collect();
+    for &other in &others {
+        cluster.down[other] = true;
+    }
+    let entry = cluster.cores[leader]
+        .propose(Bytes::from_static(b"x"))
+        .expect("proposal");
+    cluster.settle();
+    assert!(cluster.cores[leader].commit_index() < entry.index);
+    assert_eq!(
+        cluster.cores[3].entry(entry.index).map(Entry::id),
+        Some(entry),
+        "the learner got the entry"
+    );
+    // The learner never campaigns, however long it hears nothing.
+    cluster.down[leader] = true;
+    cluster.ticks(5 * RaftConfig::default().election_ticks_max);
+    assert_eq!(cluster.cores[3].role(), Role::Follower);
+    assert!(!cluster.cores[3].can_campaign());
+}
+
+#[test]
+fn a_promoted_learner_counts_and_a_removed_voter_stops() {
+    let mut cluster = Cluster::with_joining(3, 1);
+    let leader = cluster.tick_until_leader();
+    add_learner(&mut cluster, leader, 3);
+    let promoted = cluster.cores[leader]
+        .membership()
+        .with_role(NodeId(3), true);
+    cluster.cores[leader]
+        .propose_membership(promoted)
+        .expect("promote");
+    cluster.settle();
+    cluster.ticks(RaftConfig::default().heartbeat_ticks);
+    assert!(cluster.cores[3].can_campaign());
+    let victim = (0..3).find(|&p| p != leader).expect("a follower");
+    let without = cluster.cores[leader]
+        .membership()
+        .without(NodeId(victim as u64));
+    cluster.cores[leader]
+        .propose_membership(without)
+        .expect("remove");
+    cluster.settle();
+    cluster.ticks(RaftConfig::default().heartbeat_ticks);
+    assert!(cluster.cores[victim].is_removed(), "it got its removal");
+    assert!(!cluster.cores[leader].change_in_progress());
+    // The removed node never campaigns; the others still commit (3 voters left).
+    cluster.ticks(5 * RaftConfig::default().election_ticks_max);
+    assert_eq!(cluster.cores[victim].role(), Role::Follower);
+    let entry = cluster.cores[leader]
+        .propose(Bytes::from_static(b"y"))
+        .expect("proposal");
+    cluster.settle();
+    assert!(cluster.cores[leader].commit_index() >= entry.index);
+}
+
+#[test]
+fn a_leader_removing_itself_leads_until_committed_then_hands_over() {
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.tick_until_leader();
+    let term = cluster.cores[leader].term();
+    let without = cluster.cores[leader]
+        .membership()
+        .without(NodeId(leader as u64));
+    let entry = cluster.cores[leader]
+        .propose_membership(without)
+        .expect("remove self");
+    assert_eq!(cluster.cores[leader].role(), Role::Leader);
+    cluster.settle();
+    cluster.ticks(RaftConfig::default().heartbeat_ticks);
+    assert_ne!(cluster.cores[leader].role(), Role::Leader);
+    assert!(cluster.cores[leader].is_removed());
+    // The TimeoutNow made another node leader at once, in a later term.
+    let new_leader = (0..3)
+        .find(|&p| cluster.cores[p].role() == Role::Leader)
+        .expect("a new leader");
+    assert_ne!(new_leader, leader);
+    assert!(cluster.cores[new_leader].term() > term);
+    assert!(cluster.cores[new_leader].commit_index() >= entry.index);
+    cluster.ticks(5 * RaftConfig::default().election_ticks_max);
+    assert_eq!(cluster.cores[leader].role(), Role::Follower);
+    assert_eq!(
+        (0..3)
+            .filter(|&p| cluster.cores[p].role() == Role::Leader)
+            .collect::<Vec<_>>(),
+        vec![new_leader],
+        "the removed node did not disrupt the new leader"
+    );
+}
+
+fn append(from: u64, term: u64, prev: EntryId, entries: Vec<Entry>) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(1),
+        term: Term(term),
+        body: MessageBody::AppendEntries {
+            prev,
+            entries,
+            commit: LogIndex::ZERO,
+        },
+    }
+}
+
+#[test]
+fn truncating_an_appended_change_reverts_to_the_previous_membership() {
+    let initial = Membership::from_voters([NodeId(0), NodeId(1), NodeId(2)]);
+    let mut core = Core::new(
+        NodeId(1),
+        initial.clone(),
+        RaftConfig::default(),
+        InitialState::default(),
+        1,
+    );
+    let next = initial.with_learner(NodeId(3), Bytes::new());
+    let entry = |term: u64, index: u64, payload: EntryPayload| Entry {
+        term: Term(term),
+        index: LogIndex(index),
+        payload,
+    };
+    core.step(append(
+        0,
+        1,
+        EntryId::default(),
+        vec![
+            entry(1, 1, EntryPayload::Noop),
+            entry(1, 2, EntryPayload::Membership(next.clone())),
+        ],
+    ));
+    assert_eq!(*core.membership(), next, "acts on the appended change");
+    assert_eq!(*core.committed_membership(), initial);
+    assert_eq!(core.ready().membership, Some(next));
+    core.step(append(
+        2,
+        2,
+        EntryId::new(Term(1), LogIndex(1)),
+        vec![entry(2, 2, EntryPayload::Noop)],
+    ));
+    assert_eq!(*core.membership(), initial, "reverted");
+    assert_eq!(core.ready().membership, Some(initial));
+    core.check_invariants();
+}
+
+#[test]
+fn a_restart_acts_on_the_snapshots_and_logs_membership_not_the_initial_one() {
+    let initial = Membership::from_voters([NodeId(0), NodeId(1), NodeId(2)]);
+    let in_snapshot = initial.with_learner(NodeId(3), Bytes::new());
+    let in_log = in_snapshot.with_role(NodeId(3), true);
+    let restored = InitialState {
+        snapshot: SnapshotMeta {
+            last: EntryId::new(Term(1), LogIndex(5)),
+            membership: in_snapshot.clone(),
+        },
+        hard_state: HardState {
+            term: Term(1),
+            vote: None,
+            commit: LogIndex(5),
+        },
+        entries: vec![Entry {
+            term: Term(1),
+            index: LogIndex(6),
+            payload: EntryPayload::Membership(in_log.clone()),
+        }],
+    };
+    let core = Core::new(
+        NodeId(3),
+        initial.clone(),
+        RaftConfig::default(),
+        restored.clone(),
+        1,
+    );
+    assert_eq!(*core.membership(), in_log);
+    assert_eq!(*core.committed_membership(), in_snapshot);
+    assert!(core.can_campaign());
+    assert_eq!(core.membership_at(LogIndex(5)), Some(&in_snapshot));
+    let snapshot_only = InitialState {
+        entries: Vec::new(),
+        ..restored
+    };
+    let core = Core::new(NodeId(3), initial, RaftConfig::default(), snapshot_only, 1);
+    assert_eq!(*core.membership(), in_snapshot);
+    assert!(!core.can_campaign(), "a learner");
+}
+
+#[test]
+fn a_joining_node_follows_but_neither_votes_nor_campaigns() {
+    let initial = Membership::from_voters([NodeId(0), NodeId(2)]);
+    let mut core = Core::new(
+        NodeId(1),
+        initial,
+        RaftConfig::default(),
+        InitialState::default(),
+        1,
+    );
+    assert!(core.is_joining());
+    for _ in 0..5 * RaftConfig::default().election_ticks_max {
+        core.tick();
+    }
+    assert_eq!(core.role(), Role::Follower);
+    core.step(Message {
+        from: NodeId(0),
+        to: NodeId(1),
+        term: Term(3),
+        body: MessageBody::RequestVote {
+            pre_vote: false,
+            last_log: EntryId::default(),
+            leadership_transfer: false,
+        },
+    });
+    let ready = core.ready();
+    assert!(ready.messages_after_persist.iter().all(|message| !matches!(
+        message.body,
+        MessageBody::RequestVoteResponse { granted: true, .. }
+    )));
 }

@@ -856,10 +856,8 @@ fn segments_before_an_installed_snapshot_are_deleted_by_compaction() {
     for first in (1..=9).step_by(2) {
         write_batch(&mut wal, &entries(1, first..=first + 1), None);
     }
-    let snapshot = SnapshotMeta {
-        last: EntryId::new(Term(2), LogIndex(50)),
-    };
-    wal.install_snapshot(snapshot).expect("install");
+    let snapshot = SnapshotMeta::at(EntryId::new(Term(2), LogIndex(50)));
+    wal.install_snapshot(snapshot.clone()).expect("install");
     write_batch(&mut wal, &[], Some(hard_state(2, None, 50)));
     assert_eq!(segment_files(dir.path()).len(), 6);
     // Segments 1-5 hold only entries the snapshot item made dead, whatever their index.
@@ -894,9 +892,7 @@ fn an_entry_that_leaves_a_gap_after_a_snapshot_item_is_corruption() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (wal, _) = open(dir.path(), &WalOptions::default());
     let mut batch = BatchWriter::new();
-    batch.push_snapshot(SnapshotMeta {
-        last: EntryId::new(Term(1), LogIndex(10)),
-    });
+    batch.push_snapshot(&SnapshotMeta::at(EntryId::new(Term(1), LogIndex(10))));
     batch.push_entry(&entry(1, 12));
     let record = batch.finish(0).to_vec();
     wal.active

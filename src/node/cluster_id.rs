@@ -40,30 +40,69 @@ pub enum ClusterIdError {
     NoMemberAnswered(Duration),
 }
 
-/// Sets `config.cluster.cluster_id` to this cluster's id (see the module docs), writing it
-/// to the data dir on the first start.
-pub fn resolve(config: &mut NodeConfig) -> Result<(), ClusterIdError> {
+/// Sets `config.cluster.cluster_id` to this cluster's id (see the module docs). What is
+/// left to do, writing the id down on the first start and logging where it came from, waits
+/// for [`Resolved::record`], which the node calls once it holds the data dir's lock: a
+/// node refused for a data dir in use must neither write there nor log before its one
+/// error line.
+pub fn resolve(config: &mut NodeConfig) -> Result<Resolved, ClusterIdError> {
     let path = config.data_dir.join(FILE_NAME);
+    let dir = config.data_dir.clone();
     if let Some(id) = read(&path)? {
-        if id != config.cluster.cluster_id {
-            log::info!(
+        let note = (id != config.cluster.cluster_id).then(|| {
+            format!(
                 "cluster id {id:#x} from {} (the config's addresses alone would give {:#x}: \
                  members changed since the cluster began)",
                 path.display(),
                 config.cluster.cluster_id
-            );
-        }
+            )
+        });
         config.cluster.cluster_id = id;
-        return Ok(());
+        return Ok(Resolved {
+            path,
+            dir,
+            write: None,
+            note,
+        });
     }
+    let mut note = None;
     if config.join {
         config.cluster.cluster_id = ask_members(config)?;
-        log::info!(
+        note = Some(format!(
             "joining cluster {:#x} (learned from its members)",
             config.cluster.cluster_id
-        );
+        ));
     }
-    write(&path, &config.data_dir, config.cluster.cluster_id)
+    Ok(Resolved {
+        path,
+        dir,
+        write: Some(config.cluster.cluster_id),
+        note,
+    })
+}
+
+/// The cluster id decided by [`resolve`], not yet written down or logged.
+#[must_use = "the id must be recorded once the data dir is locked"]
+pub struct Resolved {
+    path: PathBuf,
+    dir: PathBuf,
+    /// The id to write down: none was in the data dir.
+    write: Option<u64>,
+    /// Where the id came from, when that is worth a line in the log.
+    note: Option<String>,
+}
+
+impl Resolved {
+    /// Logs where the id came from and writes it to the data dir if it was not there.
+    pub fn record(self) -> Result<(), ClusterIdError> {
+        if let Some(note) = &self.note {
+            log::info!("{note}");
+        }
+        match self.write {
+            Some(id) => write(&self.path, &self.dir, id),
+            None => Ok(()),
+        }
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterIdError + '_ {

@@ -126,7 +126,8 @@ pub fn run_with_args(args: &NodeArgs) -> Result<(), NodeError> {
 /// logged, so the caller can print them as its one line.
 pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
     // Before the peer transport, which stamps it on every message.
-    cluster_id::resolve(&mut config)?;
+    // Recorded (written down, logged) once the data dir is locked, below.
+    let cluster_id = cluster_id::resolve(&mut config)?;
     // Before the sockets: every connection they accept holds a file.
     let open_files = startup_checks::raise_open_files_limit();
     let (events, inbox) = crossbeam_channel::bounded::<Event>(EVENT_CHANNEL_CAPACITY);
@@ -183,6 +184,7 @@ pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
             source,
         },
     })?;
+    cluster_id.record()?;
     let queue_config = config.queue_config();
     let recovered = recovery::recover(
         &config.data_dir,

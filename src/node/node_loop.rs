@@ -515,7 +515,12 @@ impl NodeLoop {
                 self.config.id
             );
             let outcome = match &entry.payload {
-                EntryPayload::Noop | EntryPayload::Membership(_) => None,
+                EntryPayload::Noop => None,
+                EntryPayload::Membership(_) => {
+                    // A node removed by this entry gets nothing more: drop its connection.
+                    self.connect_peers();
+                    None
+                }
                 EntryPayload::Command(bytes) => Some(self.queue.apply(entry.index, bytes)),
             };
             self.applied = entry.index;

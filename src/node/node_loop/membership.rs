@@ -331,7 +331,7 @@ impl NodeLoop {
     /// follow it.
     pub(super) fn on_membership(&mut self, membership: &Membership) {
         self.book = AddressBook::new(membership, &self.config.cluster);
-        self.peers.set_peers(self.book.peers(self.config.id));
+        self.connect_peers();
         log::info!(
             "membership: voters {:?}, learners {:?}",
             membership
@@ -353,5 +353,22 @@ impl NodeLoop {
                 self.config.id
             );
         }
+    }
+
+    /// Connects to the members of the acting membership and, while a change is in progress,
+    /// to those of the last committed one too: a node being removed must still receive the
+    /// entry that removes it (the core replicates to it until that entry commits), so that
+    /// it knows, even after a restart, that it was removed. Called when the acting
+    /// membership changes and when a membership entry commits.
+    pub(super) fn connect_peers(&mut self) {
+        let me = self.config.id;
+        let mut peers = self.book.peers(me);
+        let committed = AddressBook::new(self.core.committed_membership(), &self.config.cluster);
+        for (id, endpoint) in committed.peers(me) {
+            if !peers.iter().any(|(known, _)| *known == id) {
+                peers.push((id, endpoint));
+            }
+        }
+        self.peers.set_peers(peers);
     }
 }

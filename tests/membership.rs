@@ -7,7 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{rrmq, Cluster, Wire, FAST_FLAGS, RRMQ_NODE};
+use common::{rrmq, Cluster, Run, Wire, FAST_FLAGS, RRMQ_NODE};
 use serde_json::{json, Value};
 
 /// A node process outside the harness's cluster, killed on drop.
@@ -18,6 +18,13 @@ impl Drop for Extra {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `rrmq --config CONFIG --timeout TIMEOUT ARGS...`, run in the cluster's directory.
+fn rrmq_with(cluster: &Cluster, config: &str, timeout: &str, args: &[&str]) -> Run {
+    let mut all = vec!["--config", config, "--timeout", timeout];
+    all.extend_from_slice(args);
+    rrmq(&all, b"", cluster.dir.path())
 }
 
 /// Writes `DIR/config-grown.json`: the cluster's config with one more address on fresh
@@ -68,19 +75,7 @@ fn wait_for_members(
 ) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let run = rrmq(
-            &[
-                "--config",
-                config,
-                "--timeout",
-                "5s",
-                "--json",
-                "member",
-                "list",
-            ],
-            b"",
-            cluster.dir.path(),
-        );
+        let run = rrmq_with(&cluster, config, "5s", &["--json", "member", "list"]);
         if let Some(members) = serde_json::from_str::<Value>(&run.stdout_text())
             .ok()
             .and_then(|value| value["members"].as_array().cloned())
@@ -121,19 +116,7 @@ fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
     let grown_text = grown.to_str().expect("UTF-8 path");
     let _joining = spawn_joining(&cluster, &grown, index);
     let index_text = index.to_string();
-    let add = rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "90s",
-            "member",
-            "add",
-            &index_text,
-        ],
-        b"",
-        cluster.dir.path(),
-    );
+    let add = rrmq_with(&cluster, grown_text, "90s", &["member", "add", &index_text]);
     if add.code != Some(0) {
         cluster.dump_logs();
     }
@@ -142,19 +125,7 @@ fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
     assert_eq!(voters(&members), vec![0, 1, 2, 3]);
 
     // A second add while nothing is in progress of a used id is refused.
-    let again = rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "10s",
-            "member",
-            "add",
-            "1",
-        ],
-        b"",
-        cluster.dir.path(),
-    );
+    let again = rrmq_with(&cluster, grown_text, "10s", &["member", "add", "1"]);
     assert_ne!(
         again.code,
         Some(0),
@@ -166,18 +137,11 @@ fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
     cluster
         .rrmq(&["put", "t", "after"])
         .assert_code(0, "put after");
-    let remove = rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "60s",
-            "member",
-            "remove",
-            &index_text,
-        ],
-        b"",
-        cluster.dir.path(),
+    let remove = rrmq_with(
+        &cluster,
+        grown_text,
+        "60s",
+        &["member", "remove", &index_text],
     );
     remove.assert_code(0, "member remove");
     let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
@@ -196,19 +160,7 @@ fn removing_the_leader_answers_then_another_node_leads_and_the_removed_one_refus
         .assert_code(0, "topic create");
     let config = cluster.config_path.to_str().expect("UTF-8 path");
     let leader_text = leader.to_string();
-    let remove = rrmq(
-        &[
-            "--config",
-            config,
-            "--timeout",
-            "60s",
-            "member",
-            "remove",
-            &leader_text,
-        ],
-        b"",
-        cluster.dir.path(),
-    );
+    let remove = rrmq_with(&cluster, config, "60s", &["member", "remove", &leader_text]);
     if remove.code != Some(0) {
         cluster.dump_logs();
     }
@@ -244,47 +196,16 @@ fn an_add_whose_learner_never_catches_up_stays_in_progress_until_deleted() {
     let (grown, index) = grown_config(&cluster);
     let grown_text = grown.to_str().expect("UTF-8 path");
     let index_text = index.to_string();
-    let add = rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "8s",
-            "member",
-            "add",
-            &index_text,
-        ],
-        b"",
-        cluster.dir.path(),
-    );
+    let add = rrmq_with(&cluster, grown_text, "8s", &["member", "add", &index_text]);
     add.assert_code(4, "member add of a node that never runs times out");
-    let other = rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "8s",
-            "member",
-            "remove",
-            "1",
-        ],
-        b"",
-        cluster.dir.path(),
-    );
+    let other = rrmq_with(&cluster, grown_text, "8s", &["member", "remove", "1"]);
     other.assert_code(4, "a second change while the add is in progress");
     assert!(other.stderr.contains("in progress"), "{}", other.describe());
-    let cancel = rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "30s",
-            "member",
-            "remove",
-            &index_text,
-        ],
-        b"",
-        cluster.dir.path(),
+    let cancel = rrmq_with(
+        &cluster,
+        grown_text,
+        "30s",
+        &["member", "remove", &index_text],
     );
     cancel.assert_code(0, "a member DELETE of the learner cancels the add");
     let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
@@ -299,20 +220,8 @@ fn a_cluster_restarted_after_a_change_uses_the_membership_from_its_log() {
     let grown_text = grown.to_str().expect("UTF-8 path");
     let index_text = index.to_string();
     let joining = spawn_joining(&cluster, &grown, index);
-    rrmq(
-        &[
-            "--config",
-            grown_text,
-            "--timeout",
-            "90s",
-            "member",
-            "add",
-            &index_text,
-        ],
-        b"",
-        cluster.dir.path(),
-    )
-    .assert_code(0, "member add");
+    rrmq_with(&cluster, grown_text, "90s", &["member", "add", &index_text])
+        .assert_code(0, "member add");
     // Everyone down, then up again: nodes 0-2 from the original config.json, which does
     // not list node 3.
     drop(joining);
@@ -335,18 +244,11 @@ fn a_removed_node_restarted_does_not_disrupt_the_cluster() {
     let removed = (leader + 1) % 3;
     let config = cluster.config_path.to_str().expect("UTF-8 path");
     let removed_text = removed.to_string();
-    rrmq(
-        &[
-            "--config",
-            config,
-            "--timeout",
-            "60s",
-            "member",
-            "remove",
-            &removed_text,
-        ],
-        b"",
-        cluster.dir.path(),
+    rrmq_with(
+        &cluster,
+        config,
+        "60s",
+        &["member", "remove", &removed_text],
     )
     .assert_code(0, "member remove");
     let (_, term_before) = cluster.wait_for_leader(Duration::from_secs(30));

@@ -75,7 +75,7 @@ fn wait_for_members(
 ) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let run = rrmq_with(&cluster, config, "5s", &["--json", "member", "list"]);
+        let run = rrmq_with(cluster, config, "5s", &["--json", "member", "list"]);
         if let Some(members) = serde_json::from_str::<Value>(&run.stdout_text())
             .ok()
             .and_then(|value| value["members"].as_array().cloned())

@@ -465,6 +465,7 @@ fn grow_from_three_to_five_under_load_loses_and_duplicates_nothing() {
     assert_eq!((third, fourth), (3, 4));
 
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = std::sync::atomic::AtomicU64::new(0);
     let ((acknowledged, attempted), drained) = std::thread::scope(|scope| {
         let producer = scope.spawn(|| {
             // Numbered puts until both adds are done (bounded by count and time).
@@ -483,11 +484,24 @@ fn grow_from_three_to_five_under_load_loses_and_duplicates_nothing() {
                 );
                 if put.code == Some(0) {
                     acknowledged.push(attempted);
+                    acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 attempted += 1;
             }
             (acknowledged, attempted)
         });
+        // The load runs before, during and after both changes.
+        let wait_for_acks = |count: u64| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while acked.load(std::sync::atomic::Ordering::SeqCst) < count {
+                assert!(
+                    Instant::now() < deadline,
+                    "the producer never reached {count} acknowledged puts"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for_acks(5);
         let _third = spawn_joining(&cluster, &five, third);
         member_add(&cluster, &four, third);
         let _fourth = spawn_joining(&cluster, &five, fourth);
@@ -496,6 +510,7 @@ fn grow_from_three_to_five_under_load_loses_and_duplicates_nothing() {
             voters(members).len() == 5
         });
         assert_eq!(voters(&members), vec![0, 1, 2, 3, 4]);
+        wait_for_acks(acked.load(std::sync::atomic::Ordering::SeqCst) + 5);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let produced = producer.join().expect("the producer thread");
         // The joined nodes stay up (their handles live here) until the drain is done.
@@ -503,8 +518,8 @@ fn grow_from_three_to_five_under_load_loses_and_duplicates_nothing() {
         (produced, drained)
     });
     assert!(
-        acknowledged.len() >= 5,
-        "too few puts acknowledged during the adds: {} of {attempted}",
+        acknowledged.len() >= 10,
+        "too few puts acknowledged: {} of {attempted}",
         acknowledged.len()
     );
     let numbers: Vec<u64> = drained

@@ -1,6 +1,9 @@
 //! Membership changes at runtime with real nodes (PROTOCOL.md §12): a node started with
 //! `--join` is added with `rrmq member add` (a learner, then a voter), keeps the data
-//! written before and after, and is removed again with `rrmq member remove`.
+//! written before and after, and is removed again with `rrmq member remove`. A cluster
+//! grows from three to five under load without losing or duplicating an acknowledged
+//! message, shrinks from five to three (its leader among the removed), and replaces a dead
+//! node by a fresh one at a new address that then counts in the majority.
 
 mod common;
 

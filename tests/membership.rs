@@ -1,6 +1,9 @@
 //! Membership changes at runtime with real nodes (PROTOCOL.md §12): a node started with
 //! `--join` is added with `rrmq member add` (a learner, then a voter), keeps the data
-//! written before and after, and is removed again with `rrmq member remove`.
+//! written before and after, and is removed again with `rrmq member remove`. A cluster
+//! grows from three to five under load without losing or duplicating an acknowledged
+//! message, shrinks from five to three (its leader among the removed), and replaces a dead
+//! node by a fresh one at a new address that then counts in the majority.
 
 mod common;
 
@@ -279,4 +282,249 @@ fn a_removed_node_restarted_does_not_disrupt_the_cluster() {
         term_after, term_before,
         "the removed node forced an election"
     );
+}
+
+/// `rrmq --config CONFIG --timeout TIMEOUT ARGS`, run in the cluster's directory.
+fn cli(cluster: &Cluster, config: &std::path::Path, timeout: &str, args: &[&str]) -> common::Run {
+    let config = config.to_str().expect("UTF-8 path");
+    let mut full = vec!["--config", config, "--timeout", timeout];
+    full.extend_from_slice(args);
+    rrmq(&full, b"", cluster.dir.path())
+}
+
+/// Writes `DIR/NAME`: the config at `base` with one more address on fresh ports; returns
+/// its path and the new node's index.
+fn config_plus_one(
+    cluster: &Cluster,
+    base: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, usize) {
+    let text = std::fs::read_to_string(base).expect("read the config");
+    let mut config: Value = serde_json::from_str(&text).expect("JSON");
+    let addresses = config["addresses"].as_array_mut().expect("addresses");
+    let index = addresses.len();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("address")
+            .port()
+    };
+    let (port, internal_port) = (port(), port());
+    addresses.push(json!({"ip": "127.0.0.1", "port": port, "internal_port": internal_port}));
+    let path = cluster.dir.path().join(name);
+    std::fs::write(&path, config.to_string()).expect("write the grown config");
+    (path, index)
+}
+
+/// `rrmq member add INDEX` through `config`; dumps the logs if it fails.
+fn member_add(cluster: &Cluster, config: &std::path::Path, index: usize) {
+    let add = cli(
+        cluster,
+        config,
+        "90s",
+        &["member", "add", &index.to_string()],
+    );
+    if add.code != Some(0) {
+        cluster.dump_logs();
+    }
+    add.assert_code(0, &format!("member add {index}"));
+}
+
+/// `rrmq member remove ID` through `config`; dumps the logs if it fails.
+fn member_remove(cluster: &Cluster, config: &std::path::Path, id: usize) {
+    let remove = cli(
+        cluster,
+        config,
+        "60s",
+        &["member", "remove", &id.to_string()],
+    );
+    if remove.code != Some(0) {
+        cluster.dump_logs();
+    }
+    remove.assert_code(0, &format!("member remove {id}"));
+}
+
+/// Pops every message of `topic` through `config` until it is empty.
+fn drain(cluster: &Cluster, config: &std::path::Path, topic: &str) -> Vec<String> {
+    let mut messages = Vec::new();
+    loop {
+        let get = cli(cluster, config, "30s", &["get", topic]);
+        match get.code {
+            Some(0) => messages.push(get.stdout_text().trim_end().to_string()),
+            Some(3) => return messages,
+            _ => panic!("get while draining: {}", get.describe()),
+        }
+    }
+}
+
+#[test]
+fn grow_from_three_to_five_under_load_loses_and_duplicates_nothing() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    let (four, third) = config_plus_one(&cluster, &cluster.config_path, "config-4.json");
+    let (five, fourth) = config_plus_one(&cluster, &four, "config-5.json");
+    assert_eq!((third, fourth), (3, 4));
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = std::sync::atomic::AtomicU64::new(0);
+    let ((acknowledged, attempted), drained) = std::thread::scope(|scope| {
+        let producer = scope.spawn(|| {
+            // Numbered puts until both adds are done (bounded by count and time).
+            let deadline = Instant::now() + Duration::from_secs(240);
+            let mut acknowledged = Vec::new();
+            let mut attempted = 0u64;
+            while attempted < 2000
+                && Instant::now() < deadline
+                && !stop.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                let put = cli(
+                    &cluster,
+                    &cluster.config_path,
+                    "30s",
+                    &["put", "t", &attempted.to_string()],
+                );
+                if put.code == Some(0) {
+                    acknowledged.push(attempted);
+                    acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                attempted += 1;
+            }
+            (acknowledged, attempted)
+        });
+        // The load runs before, during and after both changes.
+        let wait_for_acks = |count: u64| {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while acked.load(std::sync::atomic::Ordering::SeqCst) < count {
+                assert!(
+                    Instant::now() < deadline,
+                    "the producer never reached {count} acknowledged puts"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        wait_for_acks(5);
+        let _third = spawn_joining(&cluster, &five, third);
+        member_add(&cluster, &four, third);
+        let _fourth = spawn_joining(&cluster, &five, fourth);
+        member_add(&cluster, &five, fourth);
+        let members = wait_for_members(&cluster, five.to_str().expect("UTF-8 path"), |members| {
+            voters(members).len() == 5
+        });
+        assert_eq!(voters(&members), vec![0, 1, 2, 3, 4]);
+        wait_for_acks(acked.load(std::sync::atomic::Ordering::SeqCst) + 5);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let produced = producer.join().expect("the producer thread");
+        // The joined nodes stay up (their handles live here) until the drain is done.
+        let drained = drain(&cluster, &five, "t");
+        (produced, drained)
+    });
+    assert!(
+        acknowledged.len() >= 10,
+        "too few puts acknowledged: {} of {attempted}",
+        acknowledged.len()
+    );
+    let numbers: Vec<u64> = drained
+        .iter()
+        .map(|text| {
+            text.parse()
+                .unwrap_or_else(|_| panic!("not a number: {text:?}"))
+        })
+        .collect();
+    // In order and never twice (a put that was not acknowledged may or may not be there).
+    assert!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "out of order or duplicated: {numbers:?}"
+    );
+    let missing: Vec<u64> = acknowledged
+        .iter()
+        .filter(|number| numbers.binary_search(number).is_err())
+        .copied()
+        .collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+#[test]
+fn shrink_from_five_to_three_removing_the_leader_keeps_serving() {
+    let cluster = Cluster::start(5);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    cluster
+        .rrmq(&["put", "t", "before"])
+        .assert_code(0, "put before");
+    let config = cluster.config_path.clone();
+    let config_text = config.to_str().expect("UTF-8 path");
+    member_remove(&cluster, &config, leader);
+    wait_for_members(&cluster, config_text, |members| members.len() == 4);
+    let other = (leader + 1) % 5;
+    member_remove(&cluster, &config, other);
+    let members = wait_for_members(&cluster, config_text, |members| members.len() == 3);
+    let expected: Vec<u64> = (0..5u64)
+        .filter(|id| *id as usize != leader && *id as usize != other)
+        .collect();
+    assert_eq!(voters(&members), expected);
+    cluster
+        .rrmq(&["put", "t", "after"])
+        .assert_code(0, "put with three voters left");
+    for expected in ["before", "after"] {
+        let get = cluster.rrmq(&["get", "t"]);
+        get.assert_code(0, "get");
+        assert_eq!(get.stdout_text(), format!("{expected}\n"));
+    }
+}
+
+#[test]
+fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majority() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    cluster
+        .rrmq(&["put", "t", "before"])
+        .assert_code(0, "put before");
+    // A follower dies for good.
+    let dead = (leader + 1) % 3;
+    cluster.kill(dead);
+    let (grown, index) = config_plus_one(&cluster, &cluster.config_path, "config-replace.json");
+    let _fresh = spawn_joining(&cluster, &grown, index);
+    let replace = cli(
+        &cluster,
+        &grown,
+        "120s",
+        &["member", "replace", &dead.to_string(), &index.to_string()],
+    );
+    if replace.code != Some(0) {
+        cluster.dump_logs();
+    }
+    replace.assert_code(0, "member replace");
+    let grown_text = grown.to_str().expect("UTF-8 path");
+    let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
+    let mut expected: Vec<u64> = (0..3u64).filter(|id| *id as usize != dead).collect();
+    expected.push(index as u64);
+    assert_eq!(voters(&members), expected);
+    // Kill another original node: the one left and the fresh one are a majority of three
+    // only if the fresh one votes.
+    // A follower if the leader is known among them (the fresh node may lead, which the
+    // harness's status polls of nodes 0-2 do not see).
+    let leader = cluster.leader_now().map(|(leader, _)| leader);
+    let second = (0..3)
+        .find(|node| *node != dead && Some(*node) != leader)
+        .expect("two originals are left");
+    cluster.kill(second);
+    let put = cli(&cluster, &grown, "60s", &["put", "t", "after"]);
+    if put.code != Some(0) {
+        cluster.dump_logs();
+    }
+    put.assert_code(0, "put with one original and the fresh node");
+    for expected in ["before", "after"] {
+        let get = cli(&cluster, &grown, "60s", &["get", "t"]);
+        get.assert_code(0, "get");
+        assert_eq!(get.stdout_text(), format!("{expected}\n"));
+    }
 }

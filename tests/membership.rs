@@ -33,23 +33,7 @@ fn rrmq_with(cluster: &Cluster, config: &str, timeout: &str, args: &[&str]) -> R
 /// Writes `DIR/config-grown.json`: the cluster's config with one more address on fresh
 /// ports; returns its path and the new node's index.
 fn grown_config(cluster: &Cluster) -> (std::path::PathBuf, usize) {
-    let text = std::fs::read_to_string(&cluster.config_path).expect("read the config");
-    let mut config: Value = serde_json::from_str(&text).expect("JSON");
-    let addresses = config["addresses"].as_array_mut().expect("addresses");
-    let index = addresses.len();
-    let listener = |_: ()| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("a free port")
-            .local_addr()
-            .expect("address")
-            .port()
-    };
-    let (port, internal_port) = (listener(()), listener(()));
-    addresses
-        .push(serde_json::json!({"ip": "127.0.0.1", "port": port, "internal_port": internal_port}));
-    let path = cluster.dir.path().join("config-grown.json");
-    std::fs::write(&path, config.to_string()).expect("write the grown config");
-    (path, index)
+    config_plus_one(cluster, &cluster.config_path, "config-grown.json")
 }
 
 fn spawn_joining(cluster: &Cluster, config: &std::path::Path, index: usize) -> Extra {
@@ -285,11 +269,8 @@ fn a_removed_node_restarted_does_not_disrupt_the_cluster() {
 }
 
 /// `rrmq --config CONFIG --timeout TIMEOUT ARGS`, run in the cluster's directory.
-fn cli(cluster: &Cluster, config: &std::path::Path, timeout: &str, args: &[&str]) -> common::Run {
-    let config = config.to_str().expect("UTF-8 path");
-    let mut full = vec!["--config", config, "--timeout", timeout];
-    full.extend_from_slice(args);
-    rrmq(&full, b"", cluster.dir.path())
+fn cli(cluster: &Cluster, config: &std::path::Path, timeout: &str, args: &[&str]) -> Run {
+    rrmq_with(cluster, config.to_str().expect("UTF-8 path"), timeout, args)
 }
 
 /// Writes `DIR/NAME`: the config at `base` with one more address on fresh ports; returns

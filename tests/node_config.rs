@@ -172,3 +172,32 @@ fn a_data_dir_in_use_gives_one_line_and_a_failure_exit() {
     let _ = first.kill();
     let _ = first.wait();
 }
+
+#[test]
+fn a_corrupt_cluster_id_file_gives_one_line_and_leaves_the_file_alone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("config.json"),
+        config_json("127.0.0.1", &three_nodes()),
+    )
+    .expect("write");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let file = data.join("cluster_id");
+    let garbage = "not a cluster id\u{0}\u{ff}";
+    std::fs::write(&file, garbage).expect("write the file");
+    let data_text = data.to_str().expect("UTF-8 path");
+    assert_refused(
+        dir.path(),
+        &["config.json", "0", "--data-dir", data_text],
+        &format!(
+            "rrmq-node: {}: not a cluster id (expected 16 hex digits): …",
+            file.display()
+        ),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("the file is still there"),
+        garbage,
+        "the node must not overwrite a file it cannot read"
+    );
+}

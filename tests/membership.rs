@@ -300,30 +300,27 @@ fn config_plus_one(
 
 /// `rrmq member add INDEX` through `config`; dumps the logs if it fails.
 fn member_add(cluster: &Cluster, config: &std::path::Path, index: usize) {
-    let add = cli(
-        cluster,
-        config,
-        "90s",
-        &["member", "add", &index.to_string()],
-    );
-    if add.code != Some(0) {
-        cluster.dump_logs();
-    }
-    add.assert_code(0, &format!("member add {index}"));
+    member_change(cluster, config, "90s", "add", index);
 }
 
 /// `rrmq member remove ID` through `config`; dumps the logs if it fails.
 fn member_remove(cluster: &Cluster, config: &std::path::Path, id: usize) {
-    let remove = cli(
-        cluster,
-        config,
-        "60s",
-        &["member", "remove", &id.to_string()],
-    );
-    if remove.code != Some(0) {
+    member_change(cluster, config, "60s", "remove", id);
+}
+
+/// `rrmq member VERB ID` through `config`, which must succeed; dumps the logs if not.
+fn member_change(
+    cluster: &Cluster,
+    config: &std::path::Path,
+    timeout: &str,
+    verb: &str,
+    id: usize,
+) {
+    let run = cli(cluster, config, timeout, &["member", verb, &id.to_string()]);
+    if run.code != Some(0) {
         cluster.dump_logs();
     }
-    remove.assert_code(0, &format!("member remove {id}"));
+    run.assert_code(0, &format!("member {verb} {id}"));
 }
 
 /// Pops every message of `topic` through `config` until it is empty.

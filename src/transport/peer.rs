@@ -796,7 +796,9 @@ fn receive_loop<E>(
     E: From<Message>,
 {
     let mut impostors = LogLimiter::new(LOG_INTERVAL);
-    let mut seen_generation = directory.generation();
+    // None: the first pass reads the directory, which `set_peers` may have changed between
+    // the transport's start and this thread's first instruction.
+    let mut seen_generation: Option<u64> = None;
     let socket = match router.get_fd() {
         Ok(fd) => fd,
         Err(error) => {
@@ -822,13 +824,13 @@ fn receive_loop<E>(
         }
         drained = false;
         // Peers added since: their frames pass the filter from now on.
-        if directory.generation() != seen_generation {
+        if Some(directory.generation()) != seen_generation {
             let (generation, peers) = directory.snapshot();
             let highest = peers.iter().map(|(id, _)| id.0 + 1).max().unwrap_or(0);
             filter.node_count = filter
                 .node_count
                 .max(usize::try_from(highest).unwrap_or(usize::MAX));
-            seen_generation = generation;
+            seen_generation = Some(generation);
         }
         for _ in 0..RECEIVE_BATCH_MAX {
             let (frames, user_id) = match recv_frames(&router, keyed) {

@@ -51,7 +51,12 @@
 //! its target's pinned public key. CURVE alone would admit any client key (ZAP fails open),
 //! so [`super::zap`]'s handler is bound first and admits only the members' keys, naming each
 //! connection by its member's id; the receiver drops (and logs, rate-limited) a frame whose
-//! claimed sender is not that id, so a member's key cannot speak for another member.
+//! claimed sender is not that id, so a member's key cannot speak for another member. The
+//! keys follow the membership ([`PeerTransport::set_peer_keys`], a shared
+//! [`super::zap::MemberKeys`]): a DEALER to an added peer expects the key from its member
+//! `info`, the handler admits it, and once a member's removal commits its key is refused at
+//! the next handshake and the receiver drops (and logs) the frames of a connection it had
+//! opened before.
 
 use super::fault::PeerFaults;
 use super::log_limit::{LogLimiter, LOG_INTERVAL};
@@ -64,6 +69,7 @@ use super::watch::{self, PeerConnection, Watched, Watcher};
 use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
+use super::zap::MemberKeys;
 use super::{
     bind_router_with, wait_for_socket_or_bell, zmq_context, Doorbell, DoorbellListener, Frames,
     TransportError,
@@ -130,19 +136,22 @@ pub struct PeerSettings {
 #[derive(Clone, Debug)]
 pub struct PeerCurve {
     pub own: KeyPair,
-    /// Every member's id and public key, this node's included.
-    pub members: Vec<(NodeId, Key)>,
+    /// Every member's id and public key, this node's included; shared by every clone of the
+    /// settings, and replaced as the membership changes ([`PeerTransport::set_peer_keys`]).
+    pub members: Arc<MemberKeys>,
     /// The client list the ZAP handler also admits on the client port (one handler per
     /// context, and this transport starts it), when the config lists `clients`.
     pub clients: Option<Arc<SharedClients>>,
 }
 
 impl PeerCurve {
-    fn key_of(&self, id: NodeId) -> Option<&Key> {
-        self.members
-            .iter()
-            .find(|(member, _)| *member == id)
-            .map(|(_, key)| key)
+    /// Keys for `members` (every member, this node included), admitted from the start.
+    pub fn new(own: KeyPair, members: Vec<(NodeId, Key)>) -> PeerCurve {
+        PeerCurve {
+            own,
+            members: Arc::new(MemberKeys::new(members)),
+            clients: None,
+        }
     }
 }
 
@@ -191,11 +200,7 @@ impl PeerSettings {
             fsync: FsyncPolicy::from(config.fsync),
             snapshot_receive_limits: ReceiveLimits::default(),
             curve: match (&config.key_pair, config.cluster.peer_keys()) {
-                (Some(own), Some(members)) => Some(PeerCurve {
-                    own: own.clone(),
-                    members,
-                    clients: None,
-                }),
+                (Some(own), Some(members)) => Some(PeerCurve::new(own.clone(), members)),
                 _ => None,
             },
         })
@@ -421,13 +426,13 @@ fn connect_dealer(
 ) -> Result<zmq::Socket, TransportError> {
     let dealer = zmq_context("peer DEALER", context.socket(zmq::DEALER))?;
     if let Some(curve) = &settings.curve {
-        let server_key = curve.key_of(id).ok_or(TransportError::Zmq {
+        let server_key = curve.members.key_of(id).ok_or(TransportError::Zmq {
             context: "peer DEALER: no public key for the peer",
             source: zmq::Error::EINVAL,
         })?;
         zmq_context(
             "peer DEALER server key",
-            dealer.set_curve_serverkey(server_key),
+            dealer.set_curve_serverkey(&server_key),
         )?;
         zmq_context(
             "peer DEALER public key",
@@ -570,7 +575,7 @@ impl PeerTransport {
 
         let filter = settings.filter;
         let receiver_directory = directory.clone();
-        let keyed = settings.curve.is_some();
+        let keyed = settings.curve.as_ref().map(|curve| curve.members.clone());
         let inbound = Inbound {
             events: events.clone(),
             chunks,
@@ -720,6 +725,34 @@ impl PeerTransport {
         );
     }
 
+    /// Follows a membership change in a keyed cluster: `keys` (every member's public key,
+    /// this node's included) replaces the keys the ZAP handler admits on the peer port (and,
+    /// for `stats` and `status`, on the client port) and the keys DEALERs to added peers
+    /// expect. Call it before [`PeerTransport::set_peers`] with the same membership, so a
+    /// DEALER to an added peer finds its key. Nothing in a cluster without keys.
+    pub fn set_peer_keys(&self, keys: Vec<(NodeId, Key)>) {
+        let Some(curve) = &self.settings.curve else {
+            return;
+        };
+        let (added, removed) = curve.members.replace(keys);
+        if !added.is_empty() || !removed.is_empty() {
+            let ids = |ids: Vec<NodeId>| ids.iter().map(|id| id.0).collect::<Vec<_>>();
+            log::info!(
+                "peer keys: admitting the keys of nodes {:?}, no longer those of nodes {:?}",
+                ids(added),
+                ids(removed)
+            );
+        }
+    }
+
+    /// The member keys the ZAP handler admits, in a keyed cluster.
+    pub fn member_keys(&self) -> Option<Arc<MemberKeys>> {
+        self.settings
+            .curve
+            .as_ref()
+            .map(|curve| curve.members.clone())
+    }
+
     /// Tells the snapshot receiver whom this node follows, in which term (`leader` is this
     /// node itself when it leads, `None` when it knows no leader): it takes chunks only from
     /// that leader in that term, and drops a transfer in progress from anyone else. Call it
@@ -789,13 +822,17 @@ fn receive_loop<E>(
     router: zmq::Socket,
     stop: DoorbellListener,
     (mut filter, directory): (PeerFilter, &PeerDirectory),
-    keyed: bool,
+    keyed: Option<Arc<MemberKeys>>,
     inbound: Inbound<E>,
     faults: &PeerFaults,
 ) where
     E: From<Message>,
 {
     let mut impostors = LogLimiter::new(LOG_INTERVAL);
+    let mut removed = LogLimiter::new(LOG_INTERVAL);
+    // The admitted members' keys as of `keys_generation`, re-read when they change.
+    let mut keys_generation = None;
+    let mut admitted: Arc<Vec<(NodeId, Key)>> = Arc::default();
     // None: the first pass reads the directory, which `set_peers` may have changed between
     // the transport's start and this thread's first instruction.
     let mut seen_generation: Option<u64> = None;
@@ -833,7 +870,7 @@ fn receive_loop<E>(
             seen_generation = Some(generation);
         }
         for _ in 0..RECEIVE_BATCH_MAX {
-            let (frames, user_id) = match recv_frames(&router, keyed) {
+            let (frames, user_id) = match recv_frames(&router, keyed.is_some()) {
                 Ok(received) => received,
                 Err(zmq::Error::EAGAIN) => {
                     drained = true;
@@ -857,16 +894,33 @@ fn receive_loop<E>(
                     PeerFrame::Transfer(TransferFrame::Chunk(chunk)) => chunk.from,
                     PeerFrame::Transfer(TransferFrame::Ack(ack)) => ack.from,
                 };
-                if keyed && user_id.as_deref() != Some(from.to_string().as_str()) {
-                    impostors.record(1);
-                    if let Some(count) = impostors.take_due(std::time::Instant::now()) {
-                        log::warn!(
-                            "dropped {count} forged peer frame(s); latest claims node {from} \
-                             but its connection authenticated as node {}",
-                            user_id.as_deref().unwrap_or("(none)")
-                        );
+                if let Some(keys) = &keyed {
+                    if user_id.as_deref() != Some(from.to_string().as_str()) {
+                        impostors.record(1);
+                        if let Some(count) = impostors.take_due(std::time::Instant::now()) {
+                            log::warn!(
+                                "dropped {count} forged peer frame(s); latest claims node \
+                                 {from} but its connection authenticated as node {}",
+                                user_id.as_deref().unwrap_or("(none)")
+                            );
+                        }
+                        continue;
                     }
-                    continue;
+                    // A connection made while its node was a member outlives the removal.
+                    if keys_generation != Some(keys.generation()) {
+                        keys_generation = Some(keys.generation());
+                        admitted = keys.current();
+                    }
+                    if !admitted.iter().any(|(id, _)| *id == from) {
+                        removed.record(1);
+                        if let Some(count) = removed.take_due(std::time::Instant::now()) {
+                            log::warn!(
+                                "dropped {count} peer frame(s) from node {from}, no longer a \
+                                 member (its key is no longer admitted)"
+                            );
+                        }
+                        continue;
+                    }
                 }
                 if faults.drops_from(from) {
                     log::trace!("fault injection: message from node {from} dropped");
@@ -1022,11 +1076,7 @@ pub(crate) mod tests {
             .map(|(id, pair)| (NodeId(id as u64), pair.public))
             .collect();
         let keyed = |me: usize| PeerSettings {
-            curve: Some(PeerCurve {
-                own: pairs[me].clone(),
-                members: members.clone(),
-                clients: None,
-            }),
+            curve: Some(PeerCurve::new(pairs[me].clone(), members.clone())),
             ..settings(me as u64, &ports)
         };
         // One context per node: each binds its own ZAP handler.

@@ -418,7 +418,8 @@ impl<E: From<ClientRequest>> ClientThread<E> {
         }
         // Rights first (PROTOCOL.md §11): on what the request names, before its other fields
         // are validated. One too malformed to name anything is left to the validation.
-        if let (Some(list), Some(user_id), Some(head)) = (&list, &user_id, parsed.head()) {
+        let client_list = list.as_ref().filter(|_| peer.is_none());
+        if let (Some(list), Some(user_id), Some(head)) = (client_list, &user_id, parsed.head()) {
             match list.access_intent(user_id, head.intent) {
                 Access::Allowed(_) => {}
                 Access::Forbidden(client, refusal) => {

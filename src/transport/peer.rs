@@ -1155,6 +1155,68 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn keyed_peers_follow_set_peer_keys_in_and_out() {
+        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
+        let pairs: Vec<KeyPair> = (0..3)
+            .map(|_| KeyPair::generate().expect("keypair"))
+            .collect();
+        let all: Vec<(NodeId, Key)> = pairs
+            .iter()
+            .enumerate()
+            .map(|(id, pair)| (NodeId(id as u64), pair.public))
+            .collect();
+        let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
+            curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
+            ..settings(me as u64, &ports)
+        };
+        // Node 0 starts knowing nodes 0 and 1 only, as a member before node 2 was added.
+        let mut first = keyed(0, all[..2].to_vec());
+        first.peers.retain(|(id, _)| *id == NodeId(1));
+        first.filter.node_count = 2;
+        let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
+        let node_2 = PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
+        let heartbeat = |from, to| {
+            message(
+                from,
+                to,
+                MessageBody::Heartbeat {
+                    commit: LogIndex(1),
+                    read_round: 1,
+                },
+            )
+        };
+        // Node 2 is added: its key first, then its connection.
+        node_0.set_peer_keys(all.clone());
+        node_0.set_peers(settings(0, &ports).peers);
+        let to_2 = heartbeat(0, 2);
+        assert_eq!(
+            resend_until_received(&node_0, &to_2, &inbox_2),
+            Some(TestEvent::Message(to_2)),
+            "node 0's DEALER expects node 2's key"
+        );
+        let to_0 = heartbeat(2, 0);
+        assert_eq!(
+            resend_until_received(&node_2, &to_0, &inbox_0),
+            Some(TestEvent::Message(to_0.clone())),
+            "node 0 admits node 2's key"
+        );
+        // Node 2's removal commits: its open connection's frames are dropped from now on.
+        node_0.set_peer_keys(all[..2].to_vec());
+        while inbox_0.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        for _ in 0..20 {
+            node_2.send(vec![to_0.clone()]);
+        }
+        let late = std::iter::from_fn(|| inbox_0.recv_timeout(Duration::from_millis(500)).ok())
+            .find(|event| matches!(event, TestEvent::Message(_)));
+        assert_eq!(late, None, "a removed member's frames are dropped");
+        node_0.stop();
+        node_2.stop();
+    }
+
+    #[test]
     fn messages_cross_between_two_nodes_and_responses_come_back() {
         let context = zmq::Context::new();
         let ports = two_ports();

@@ -431,3 +431,31 @@ fn a_removed_members_key_is_refused_and_its_open_connection_dropped() {
     // The two left serve on.
     cli_ok(&cluster, &config, "30s", &["topic", "create", "t"]);
 }
+
+#[test]
+fn a_keyed_cluster_without_clients_adds_a_node_whose_join_asks_on_the_plain_client_port() {
+    let cluster = Cluster::start_keyed(3, &[]);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    let config = cluster.config_path.clone();
+    cli_ok(&cluster, &config, "30s", &["topic", "create", "t"]);
+    cli_ok(&cluster, &config, "30s", &["put", "t", "before"]);
+    let (four, third, _) = config_plus_keyed(&cluster, &config, "config-4.json");
+    let _third = spawn_joining(&cluster, &four, third, &node_key_file(&cluster, third));
+    cli_ok(
+        &cluster,
+        &four,
+        "120s",
+        &["member", "add", &third.to_string()],
+    );
+    let members = wait_for_members(&cluster, &four, |members| voters(members).len() == 4);
+    assert_eq!(voters(&members), vec![0, 1, 2, 3]);
+    assert!(
+        log_text(&cluster, third).contains("joining cluster"),
+        "node {third} learned the cluster id from the members"
+    );
+    cli_ok(&cluster, &four, "30s", &["put", "t", "after"]);
+    for expected in ["before", "after"] {
+        let get = cli_ok(&cluster, &four, "30s", &["get", "t"]);
+        assert_eq!(get.stdout_text(), format!("{expected}\n"));
+    }
+}

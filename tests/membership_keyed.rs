@@ -459,3 +459,34 @@ fn a_keyed_cluster_without_clients_adds_a_node_whose_join_asks_on_the_plain_clie
         assert_eq!(get.stdout_text(), format!("{expected}\n"));
     }
 }
+
+#[test]
+fn a_keyed_cluster_restarted_after_an_add_takes_the_new_key_from_its_log() {
+    let mut cluster = Cluster::start_keyed(3, &[]);
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    let config = cluster.config_path.clone();
+    let (four, third, _) = config_plus_keyed(&cluster, &config, "config-4.json");
+    let key_file = node_key_file(&cluster, third);
+    let joining = spawn_joining(&cluster, &four, third, &key_file);
+    cli_ok(
+        &cluster,
+        &four,
+        "120s",
+        &["member", "add", &third.to_string()],
+    );
+    // Everyone down, then up again: nodes 0-2 from the original config.json, which neither
+    // lists node 3 nor its key; only their logs do.
+    drop(joining);
+    cluster.kill_all();
+    for node in 0..3 {
+        cluster.spawn(node);
+    }
+    let _restarted = spawn_joining(&cluster, &four, third, &key_file);
+    let members = wait_for_members(&cluster, &four, |members| voters(members).len() == 4);
+    assert_eq!(voters(&members), vec![0, 1, 2, 3]);
+    // Three of four must vote: with an original down, the majority needs node 3.
+    let leader = cluster.leader_now().map(|(leader, _)| leader);
+    let down: Vec<usize> = (0..3).filter(|node| Some(*node) != leader).collect();
+    cluster.kill(down[0]);
+    cli_ok(&cluster, &four, "60s", &["topic", "create", "after"]);
+}

@@ -17,7 +17,9 @@
 //! this module while an add waits for its learner.
 //!
 //! When the membership the core acts on changes (`Ready::membership`), the address book and
-//! the peer connections follow it.
+//! the peer connections follow it, and in a keyed cluster the peer keys too: the keys the
+//! ZAP handler admits and the DEALERs expect come from the members' `info`, not from
+//! `config.json` ([`follow_members`]).
 
 use super::NodeLoop;
 use crate::config::NodeConfig;

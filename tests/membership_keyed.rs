@@ -331,16 +331,40 @@ fn a_node_whose_key_was_not_added_is_refused_and_the_cluster_serves_on() {
     );
 }
 
-/// Waits until `dealer`'s CURVE handshake succeeded (60 s), through a socket monitor.
-fn wait_for_handshake(context: &zmq::Context, dealer: &zmq::Socket, name: &str) -> bool {
-    let endpoint = format!("inproc://handshake-{name}");
+/// A DEALER on node `index`'s peer port with `keys`, as [`Cluster::peer_dealer`], that
+/// returns once its CURVE handshake succeeded (None if not within 60 s). The monitor is
+/// attached before the connect, so the handshake cannot be missed.
+fn admitted_peer_dealer(
+    cluster: &Cluster,
+    context: &zmq::Context,
+    index: usize,
+    keys: &KeyPair,
+) -> Option<zmq::Socket> {
+    let dealer = context.socket(zmq::DEALER).expect("DEALER");
+    dealer.set_linger(1000).expect("linger");
     dealer
-        .monitor(&endpoint, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
+        .set_curve_serverkey(&cluster.keys[index].public)
+        .expect("server key");
+    dealer
+        .set_curve_publickey(&keys.public)
+        .expect("public key");
+    dealer
+        .set_curve_secretkey(&keys.secret)
+        .expect("secret key");
+    let endpoint = "inproc://admitted-peer-dealer";
+    dealer
+        .monitor(endpoint, zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32)
         .expect("monitor");
     let monitor = context.socket(zmq::PAIR).expect("PAIR");
-    monitor.connect(&endpoint).expect("connect the monitor");
+    monitor.connect(endpoint).expect("connect the monitor");
     monitor.set_rcvtimeo(60_000).expect("receive timeout");
-    monitor.recv_multipart(0).is_ok()
+    dealer
+        .connect(&format!(
+            "tcp://127.0.0.1:{}",
+            cluster.ports[index].internal_port
+        ))
+        .expect("connect to the peer port");
+    monitor.recv_multipart(0).ok().map(|_| dealer)
 }
 
 #[test]
@@ -358,11 +382,8 @@ fn a_removed_members_key_is_refused_and_its_open_connection_dropped() {
     };
     // A connection with the soon-removed node's key, opened while it is a member.
     let context = zmq::Context::new();
-    let open = cluster.peer_dealer(&context, target, Some(&cluster.keys[removed]));
-    assert!(
-        wait_for_handshake(&context, &open, "open"),
-        "the member's key was not admitted"
-    );
+    let open = admitted_peer_dealer(&cluster, &context, target, &cluster.keys[removed])
+        .expect("the member's key is admitted while it is a member");
 
     let config = cluster.config_path.clone();
     cli_ok(

@@ -95,6 +95,10 @@ pub const PEER_SEND_QUEUE_MAX: i32 = 1024;
 const RECONNECT_INTERVAL_MS: i32 = 100;
 const RECONNECT_INTERVAL_MAX_MS: i32 = 1000;
 
+/// In a keyed cluster, how long a DEALER may go without ever getting a connection before
+/// it connects afresh ([`PeerDealers::send`]).
+const NEVER_CONNECTED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Frames read per wakeup before checking for a stop request.
 const RECEIVE_BATCH_MAX: usize = 256;
 
@@ -252,7 +256,7 @@ pub struct PeerTransport {
 /// Raft tolerates reordering (see `node::wal_thread`). `InstallSnapshot` never goes through
 /// a set: it names a file that the snapshot sender streams ([`PeerTransport::send`]).
 pub struct PeerDealers {
-    dealers: RefCell<HashMap<NodeId, zmq::Socket>>,
+    dealers: RefCell<HashMap<NodeId, Dealer>>,
     cluster_id: u64,
     faults: Arc<PeerFaults>,
     /// The peers to connect to; a set catches up with it on its next send.
@@ -262,6 +266,53 @@ pub struct PeerDealers {
     /// To connect a DEALER to a peer added later.
     context: zmq::Context,
     settings: PeerSettings,
+    /// The peers whose DEALER this set connected afresh since the last
+    /// [`PeerDealers::take_reconnected`]; kept only for the loop's set.
+    reconnected: RefCell<Option<Vec<NodeId>>>,
+}
+
+/// One DEALER of a set, and whether it ever had a connection.
+///
+/// Why: a CURVE handshake the other end refuses (its ZAP handler does not know this node's
+/// key yet: it has not appended the entry that adds this node) is a protocol error to
+/// libzmq, which then gives up on that endpoint for good instead of reconnecting. So in a
+/// keyed cluster a DEALER that never had a connection for [`NEVER_CONNECTED_RETRY`] connects
+/// afresh (disconnect, connect: the same socket, so its monitor stays). One that had a
+/// connection is left alone: libzmq reconnects it after a drop, and a full queue (also
+/// `EAGAIN`) must not cut a live connection.
+struct Dealer {
+    socket: zmq::Socket,
+    endpoint: String,
+    connected: Cell<bool>,
+    since: Cell<std::time::Instant>,
+}
+
+impl Dealer {
+    fn new(socket: zmq::Socket, endpoint: &str) -> Dealer {
+        Dealer {
+            socket,
+            endpoint: endpoint.to_string(),
+            connected: Cell::new(false),
+            since: Cell::new(std::time::Instant::now()),
+        }
+    }
+
+    /// After a send found no connection: connects afresh if it never had one for long.
+    /// True when it did.
+    fn retry_if_never_connected(&self, peer: NodeId) -> bool {
+        let now = std::time::Instant::now();
+        if self.connected.get() || now.duration_since(self.since.get()) < NEVER_CONNECTED_RETRY {
+            return false;
+        }
+        self.since.set(now);
+        // Gone already when libzmq gave up on it; connect again either way.
+        let _ = self.socket.disconnect(&self.endpoint);
+        match self.socket.connect(&self.endpoint) {
+            Ok(()) => log::debug!("node {peer}: never connected; connecting afresh"),
+            Err(error) => log::warn!("node {peer}: reconnect to {}: {error}", self.endpoint),
+        }
+        true
+    }
 }
 
 /// The peers a node connects to, shared by every DEALER set and the peer receiver: the node
@@ -322,10 +373,8 @@ impl PeerDealers {
         let (generation, peers) = directory.snapshot();
         let mut dealers = HashMap::new();
         for (id, endpoint) in &peers {
-            dealers.insert(
-                *id,
-                connect_dealer(context, settings, *id, endpoint, settings.send_queue_max)?,
-            );
+            let socket = connect_dealer(context, settings, *id, endpoint, settings.send_queue_max)?;
+            dealers.insert(*id, Dealer::new(socket, endpoint));
         }
         Ok(PeerDealers {
             dealers: RefCell::new(dealers),
@@ -335,7 +384,18 @@ impl PeerDealers {
             seen_generation: Cell::new(generation),
             context: context.clone(),
             settings: settings.clone(),
+            reconnected: RefCell::new(None),
         })
+    }
+
+    /// The peers this set connected afresh since the last call (the loop's set only, see
+    /// [`PeerTransport::send`]).
+    fn take_reconnected(&self) -> Vec<NodeId> {
+        self.reconnected
+            .borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Connects to the directory's added peers and closes the removed ones' DEALERs.
@@ -355,7 +415,7 @@ impl PeerDealers {
                 self.settings.send_queue_max,
             ) {
                 Ok(dealer) => {
-                    dealers.insert(*id, dealer);
+                    dealers.insert(*id, Dealer::new(dealer, endpoint));
                 }
                 Err(error) => log::error!("cannot connect to node {id} at {endpoint}: {error}"),
             }
@@ -372,7 +432,7 @@ impl PeerDealers {
         for (&peer, dealer) in dealers.iter() {
             let monitor = zmq_context(
                 "peer DEALER monitor",
-                Monitor::attach(context, dealer, &watch::DEALER_EVENTS),
+                Monitor::attach(context, &dealer.socket, &watch::DEALER_EVENTS),
             )?;
             watched.push(Watched::Peer { peer, monitor });
         }
@@ -405,11 +465,16 @@ impl PeerDealers {
             return;
         };
         let frame = encode_peer_message(self.cluster_id, message);
-        match dealer.send(frame, zmq::DONTWAIT) {
-            Ok(()) => {}
+        match dealer.socket.send(frame, zmq::DONTWAIT) {
+            Ok(()) => dealer.connected.set(true),
             // Not connected (ZMQ_IMMEDIATE) or its queue is full: Raft will resend.
             Err(zmq::Error::EAGAIN) => {
-                log::trace!("node {} unreachable; message dropped", message.to)
+                log::trace!("node {} unreachable; message dropped", message.to);
+                if self.settings.curve.is_some() && dealer.retry_if_never_connected(message.to) {
+                    if let Some(reconnected) = self.reconnected.borrow_mut().as_mut() {
+                        reconnected.push(message.to);
+                    }
+                }
             }
             Err(error) => log::warn!("send to node {}: {error}", message.to),
         }
@@ -560,6 +625,9 @@ impl PeerTransport {
 
         let directory = Arc::new(PeerDirectory::new(settings.peers.clone()));
         let dealers = PeerDealers::connect(context, &settings, faults.clone(), directory.clone())?;
+        // The loop's set tells which peers it connected afresh: the snapshot sender's DEALER
+        // to that peer is replaced then too (see `Dealer`).
+        *dealers.reconnected.borrow_mut() = Some(Vec::new());
         let watcher = start_watcher(context, &settings, &router, &dealers, &events, &stopping)?;
         let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {
@@ -671,6 +739,30 @@ impl PeerTransport {
                 continue;
             }
             self.dealers.send(&message);
+        }
+        for id in self.dealers.take_reconnected() {
+            self.reconnect_snapshot_dealer(id);
+        }
+    }
+
+    /// Gives the snapshot sender a fresh DEALER to `id` (it never had a connection: see
+    /// `Dealer`).
+    fn reconnect_snapshot_dealer(&self, id: NodeId) {
+        let (_, peers) = self.dealers.directory.snapshot();
+        let Some((_, endpoint)) = peers.iter().find(|(peer, _)| *peer == id) else {
+            return;
+        };
+        match connect_dealer(
+            &self.context,
+            &self.settings,
+            id,
+            endpoint,
+            SNAPSHOT_SEND_QUEUE_MAX,
+        ) {
+            Ok(dealer) => {
+                let _ = self.snapshot_outbox.send(SenderInput::Connect(id, dealer));
+            }
+            Err(error) => log::error!("cannot connect to node {id} at {endpoint}: {error}"),
         }
     }
 
@@ -1212,6 +1304,61 @@ pub(crate) mod tests {
         let late = std::iter::from_fn(|| inbox_0.recv_timeout(Duration::from_millis(500)).ok())
             .find(|event| matches!(event, TestEvent::Message(_)));
         assert_eq!(late, None, "a removed member's frames are dropped");
+        node_0.stop();
+        node_2.stop();
+    }
+
+    #[test]
+    fn a_peer_refused_before_its_key_was_admitted_gets_through_once_it_is() {
+        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
+        let pairs: Vec<KeyPair> = (0..3)
+            .map(|_| KeyPair::generate().expect("keypair"))
+            .collect();
+        let all: Vec<(NodeId, Key)> = pairs
+            .iter()
+            .enumerate()
+            .map(|(id, pair)| (NodeId(id as u64), pair.public))
+            .collect();
+        let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
+            curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
+            ..settings(me as u64, &ports)
+        };
+        let mut first = keyed(0, all[..2].to_vec());
+        first.peers.retain(|(id, _)| *id == NodeId(1));
+        first.filter.node_count = 2;
+        let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
+        let node_2 = PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
+        let to_0 = message(
+            2,
+            0,
+            MessageBody::Heartbeat {
+                commit: LogIndex(1),
+                read_round: 1,
+            },
+        );
+        // Refused while node 0 does not know node 2's key: node 2's DEALER reports the
+        // connection to node 0 closed (libzmq then gives up on it).
+        let closed = TestEvent::Connection(PeerConnection {
+            peer: NodeId(0),
+            up: false,
+        });
+        let refused = (0..100).any(|_| {
+            node_2.send(vec![to_0.clone()]);
+            std::iter::from_fn(|| inbox_2.recv_timeout(Duration::from_millis(100)).ok())
+                .any(|event| event == closed)
+        });
+        assert!(refused, "node 0 refuses node 2's handshake");
+        assert!(inbox_0.try_recv().is_err(), "nothing arrives while refused");
+        node_0.set_peer_keys(all.clone());
+        node_0.set_peers(settings(0, &ports).peers);
+        assert_eq!(
+            resend_until_received(&node_2, &to_0, &inbox_0),
+            Some(TestEvent::Message(to_0)),
+            "node 2 gets through once node 0 admits its key"
+        );
         node_0.stop();
         node_2.stop();
     }

@@ -511,3 +511,65 @@ fn a_keyed_cluster_restarted_after_an_add_takes_the_new_key_from_its_log() {
     cluster.kill(down[0]);
     cli_ok(&cluster, &four, "60s", &["topic", "create", "after"]);
 }
+
+#[test]
+fn a_keyed_join_started_before_its_add_catches_up_by_snapshot_and_votes() {
+    // Small snapshots, so the leader no longer has the start of its log for the new node.
+    let mut cluster = Cluster::start_keyed(
+        3,
+        &["--snapshot-entries", "20", "--snapshot-log-margin", "5"],
+    );
+    cluster.wait_for_leader(LEADER_DEADLINE);
+    let config = cluster.config_path.clone();
+    cli_ok(&cluster, &config, "30s", &["topic", "create", "t"]);
+    let lines: String = (0..100).map(|number| format!("{number}\n")).collect();
+    let batch = rrmq(
+        &[
+            "--config",
+            config.to_str().expect("UTF-8 path"),
+            "--timeout",
+            "60s",
+            "put",
+            "t",
+            "--batch",
+        ],
+        lines.as_bytes(),
+        cluster.dir.path(),
+    );
+    batch.assert_code(0, "put --batch");
+    for number in 0..30 {
+        cli_ok(
+            &cluster,
+            &config,
+            "30s",
+            &["put", "t", &format!("single-{number}")],
+        );
+    }
+    // Node 3 starts (and is refused by every member) before the add; without clients it
+    // learns the cluster id on the plain client port at once.
+    let (four, third, _) = config_plus_keyed(&cluster, &config, "config-4.json");
+    let _third = spawn_joining(&cluster, &four, third, &node_key_file(&cluster, third));
+    assert!(
+        wait_for_log_line(&cluster, &[0, 1, 2], &["refused", "peer handshake"]),
+        "the members refuse node {third} before it is added"
+    );
+    cli_ok(
+        &cluster,
+        &four,
+        "120s",
+        &["member", "add", &third.to_string()],
+    );
+    assert!(
+        wait_for_log_line(&cluster, &[third], &["installed snapshot"]),
+        "node {third} caught up by snapshot"
+    );
+    // Four voters: with an original down, the majority needs node 3.
+    let leader = cluster.leader_now().map(|(leader, _)| leader);
+    let down = (0..3)
+        .find(|node| Some(*node) != leader)
+        .expect("a follower among the originals");
+    cluster.kill(down);
+    cli_ok(&cluster, &four, "60s", &["put", "t", "after"]);
+    let first = cli_ok(&cluster, &four, "60s", &["get", "t"]);
+    assert_eq!(first.stdout_text(), "0\n");
+}

@@ -10,7 +10,13 @@
 //!   members: the id is the digest of its config's addresses, as every initial member
 //!   computes it from the same file, and it is written down;
 //! - a node started with `--join` and no file asks the nodes its config lists for their
-//!   `stats` (which carry `cluster_id`), until one answers, and writes that down;
+//!   `stats` (which carry `cluster_id`), until one answers, and writes that down. In a
+//!   cluster that lists `clients` the client port speaks CURVE and admits only listed keys,
+//!   and the members' keys for `stats` and `status` only (`transport::zap`): the node asks
+//!   with its own key, which the members admit once its `member PUT` has made it a learner
+//!   (the PUT carries the key), so it waits for that add, not for its key to be listed as a
+//!   client. Rights stay checked before anything else: that key gets nothing but `stats`
+//!   and `status`;
 //! - from then on the file wins over the config, whatever the config says.
 
 use std::io::Write;
@@ -148,7 +154,14 @@ fn ask_members(config: &NodeConfig) -> Result<u64, ClusterIdError> {
             return Ok(id);
         }
         if !logged {
-            log::info!("--join: waiting for a member of the config to answer");
+            if config.cluster.clients.is_some() {
+                log::info!(
+                    "--join: waiting for a member of the config to answer (the members answer \
+                     this node's key once `rrmq member add` has made it a learner)"
+                );
+            } else {
+                log::info!("--join: waiting for a member of the config to answer");
+            }
             logged = true;
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -164,8 +177,9 @@ fn ask_once(config: &NodeConfig) -> Option<u64> {
             return None;
         }
     };
-    if let Some(pair) = &config.key_pair {
-        // A cluster that lists clients admits this node's key only if it is listed too.
+    // The client port speaks CURVE only when the cluster lists clients; then the members
+    // admit this node's key once it is a learner (see the module docs).
+    if let (Some(pair), Some(_)) = (&config.key_pair, &config.cluster.clients) {
         options = options.with_key_pair(&config.cluster, pair.clone()).ok()?;
     }
     options.attempt_timeout = Duration::from_secs(1);

@@ -109,6 +109,15 @@ impl AddressBook {
             .collect()
     }
 
+    /// Every member's public key (the members that have one: all of them in a keyed
+    /// cluster, where a `member PUT` without one is refused).
+    pub fn keys(&self) -> Vec<(NodeId, Key)> {
+        self.addresses
+            .iter()
+            .filter_map(|(id, address)| Some((*id, address.public_key?)))
+            .collect()
+    }
+
     /// The member (other than `except`) that already uses `address`'s client or internal
     /// port on its host, if any.
     pub fn port_in_use(&self, address: &Address, except: NodeId) -> Option<NodeId> {

@@ -162,6 +162,7 @@ pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
         client_settings.curve = Some(ClientCurve {
             secret: own.secret,
             clients: list.clone(),
+            members: curve.members.clone(),
         });
     }
     // The peer transport binds the ZAP handler, which must be in place before any CURVE

@@ -26,9 +26,16 @@
 //! `FORBIDDEN` here and never reaches the node loop. The rights are checked on what the
 //! parsed body names (type, method, topic) before the rest is validated, so a request to a
 //! forbidden topic is `FORBIDDEN` whatever else is wrong with it.
+//!
+//! The handler also admits the current members' keys on this port, named `node ID`
+//! ([`super::zap::peer_user_id`]), so that a node started with `--join` can ask for the
+//! cluster id without being listed as a client. Such a connection may ask for `stats` and
+//! `status` and nothing else: every other request is `FORBIDDEN`, checked just as first as a
+//! client's rights; one from a node no longer a member gets no reply.
 
 use super::monitor::Monitor;
 use super::watch::{self, Watched, Watcher};
+use super::zap::{parse_peer_user_id, MemberKeys};
 use super::{
     bind_router_with, mailbox, wait_for_socket_or_bell, zmq_context, Frames, MailboxReceiver,
     MailboxSender, TransportError, Woken,
@@ -38,7 +45,7 @@ use crate::config::keys::Key;
 use crate::config::NodeConfig;
 use crate::protocol::{
     detect_encoding, encode_reply, encode_request_error, parse_request, Encoding, ErrorCode,
-    ErrorInfo, Limits, Outcome, Reply, Request, RequestError,
+    ErrorInfo, Intent, Limits, Outcome, Reply, Request, RequestError,
 };
 use crossbeam_channel::Sender;
 use std::cell::Cell;
@@ -90,6 +97,8 @@ pub struct ClientSettings {
 pub struct ClientCurve {
     pub secret: Key,
     pub clients: Arc<SharedClients>,
+    /// The members' keys, admitted for `stats` and `status` only (the peer transport's).
+    pub members: Arc<MemberKeys>,
 }
 
 impl ClientSettings {
@@ -171,7 +180,10 @@ impl ClientTransport {
         let watcher = watch_refused_handshakes(context, &router, &settings.bind_endpoint)?;
         let (replies, inbox) = mailbox()?;
         let limits = settings.limits;
-        let clients = settings.curve.map(|curve| curve.clients);
+        let (clients, members) = match settings.curve {
+            Some(curve) => (Some(curve.clients), Some(curve.members)),
+            None => (None, None),
+        };
         let thread = std::thread::Builder::new()
             .name("client".into())
             .spawn(move || {
@@ -181,6 +193,7 @@ impl ClientTransport {
                     events,
                     limits,
                     clients,
+                    members,
                     pending: HashMap::new(),
                     next_ticket: 0,
                 }
@@ -253,6 +266,8 @@ struct ClientThread<E> {
     limits: Limits,
     /// The client list each request is checked against, on a keyed client port.
     clients: Option<Arc<SharedClients>>,
+    /// The members whose connections may ask for `stats` and `status`, on a keyed port.
+    members: Option<Arc<MemberKeys>>,
     /// Invariant: holds exactly the tickets sent to the node loop and not yet answered.
     pending: HashMap<Ticket, Pending>,
     next_ticket: u64,
@@ -325,7 +340,9 @@ impl<E: From<ClientRequest>> ClientThread<E> {
     }
 
     fn handle(&mut self, frames: Frames, user_id: Option<String>) {
-        // A keyed port: a connection whose key is not (or no longer) listed gets nothing.
+        // A keyed port: a connection whose key is not (or no longer) listed, nor a current
+        // member's, gets nothing.
+        let mut peer = None;
         let list = match &self.clients {
             None => None,
             Some(clients) => {
@@ -334,8 +351,14 @@ impl<E: From<ClientRequest>> ClientThread<E> {
                     .as_deref()
                     .is_some_and(|key| list.by_z85(key).is_some());
                 if !listed {
-                    log::debug!("request from an unlisted client key dropped");
-                    return;
+                    peer = user_id
+                        .as_deref()
+                        .and_then(parse_peer_user_id)
+                        .filter(|id| self.members.as_ref().is_some_and(|keys| keys.contains(*id)));
+                    if peer.is_none() {
+                        log::debug!("request from an unlisted client key dropped");
+                        return;
+                    }
                 }
                 Some(list)
             }
@@ -366,9 +389,37 @@ impl<E: From<ClientRequest>> ClientThread<E> {
                 return;
             }
         };
+        // A member's connection: `stats` and `status` only, decided before anything else.
+        if let Some(id) = peer {
+            let head = parsed.head();
+            if !head.is_some_and(|head| matches!(head.intent, Intent::Stats | Intent::Status)) {
+                log::debug!("node {id}: only stats and status are open to a member's key");
+                let error = ErrorInfo::new(
+                    ErrorCode::Forbidden,
+                    "a member's key may only ask for stats and status on the client port",
+                );
+                let body = match head {
+                    Some(head) => encode_reply(
+                        &Reply::Outcome {
+                            outcome: Outcome::Failed(error),
+                            leader: None,
+                        },
+                        head.version,
+                        parsed.encoding(),
+                    ),
+                    None => encode_request_error(&RequestError {
+                        encoding: parsed.encoding(),
+                        error,
+                    }),
+                };
+                self.send(envelope, body);
+                return;
+            }
+        }
         // Rights first (PROTOCOL.md §11): on what the request names, before its other fields
         // are validated. One too malformed to name anything is left to the validation.
-        if let (Some(list), Some(user_id), Some(head)) = (&list, &user_id, parsed.head()) {
+        let client_list = list.as_ref().filter(|_| peer.is_none());
+        if let (Some(list), Some(user_id), Some(head)) = (client_list, &user_id, parsed.head()) {
             match list.access_intent(user_id, head.intent) {
                 Access::Allowed(_) => {}
                 Access::Forbidden(client, refusal) => {

@@ -37,7 +37,8 @@
 //!   [`watch`]: the threads that read them, telling the node loop when a peer's connection
 //!   drops or comes back, and logging refused handshakes on both ROUTERs.
 //! - [`zap`]: the ZAP handler that admits only the members' CURVE keys on the peer port
-//!   (keyed clusters; without it CURVE admits anyone who knows the server's key).
+//!   (keyed clusters; without it CURVE admits anyone who knows the server's key), as the
+//!   membership changes ([`zap::MemberKeys`]).
 //! - [`ports`]: picking free loopback ports, for the local-cluster launcher and the tests.
 //!
 //! Imports inside this module go one way: `peer` -> `snapshot_transfer` -> `wire`, and

@@ -51,7 +51,12 @@
 //! its target's pinned public key. CURVE alone would admit any client key (ZAP fails open),
 //! so [`super::zap`]'s handler is bound first and admits only the members' keys, naming each
 //! connection by its member's id; the receiver drops (and logs, rate-limited) a frame whose
-//! claimed sender is not that id, so a member's key cannot speak for another member.
+//! claimed sender is not that id, so a member's key cannot speak for another member. The
+//! keys follow the membership ([`PeerTransport::set_peer_keys`], a shared
+//! [`super::zap::MemberKeys`]): a DEALER to an added peer expects the key from its member
+//! `info`, the handler admits it, and once a member's removal commits its key is refused at
+//! the next handshake and the receiver drops (and logs) the frames of a connection it had
+//! opened before.
 
 use super::fault::PeerFaults;
 use super::log_limit::{LogLimiter, LOG_INTERVAL};
@@ -64,6 +69,7 @@ use super::watch::{self, PeerConnection, Watched, Watcher};
 use super::wire::{
     decode_peer_frame, encode_peer_message, PeerFilter, PeerFrame, SnapshotChunk, TransferFrame,
 };
+use super::zap::MemberKeys;
 use super::{
     bind_router_with, wait_for_socket_or_bell, zmq_context, Doorbell, DoorbellListener, Frames,
     TransportError,
@@ -88,6 +94,10 @@ pub const PEER_SEND_QUEUE_MAX: i32 = 1024;
 /// Reconnect quickly after a peer restarts, backing off to a second while it stays down.
 const RECONNECT_INTERVAL_MS: i32 = 100;
 const RECONNECT_INTERVAL_MAX_MS: i32 = 1000;
+
+/// In a keyed cluster, how long a DEALER may go without ever getting a connection before
+/// it connects afresh ([`PeerDealers::send`]).
+const NEVER_CONNECTED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Frames read per wakeup before checking for a stop request.
 const RECEIVE_BATCH_MAX: usize = 256;
@@ -130,19 +140,22 @@ pub struct PeerSettings {
 #[derive(Clone, Debug)]
 pub struct PeerCurve {
     pub own: KeyPair,
-    /// Every member's id and public key, this node's included.
-    pub members: Vec<(NodeId, Key)>,
+    /// Every member's id and public key, this node's included; shared by every clone of the
+    /// settings, and replaced as the membership changes ([`PeerTransport::set_peer_keys`]).
+    pub members: Arc<MemberKeys>,
     /// The client list the ZAP handler also admits on the client port (one handler per
     /// context, and this transport starts it), when the config lists `clients`.
     pub clients: Option<Arc<SharedClients>>,
 }
 
 impl PeerCurve {
-    fn key_of(&self, id: NodeId) -> Option<&Key> {
-        self.members
-            .iter()
-            .find(|(member, _)| *member == id)
-            .map(|(_, key)| key)
+    /// Keys for `members` (every member, this node included), admitted from the start.
+    pub fn new(own: KeyPair, members: Vec<(NodeId, Key)>) -> PeerCurve {
+        PeerCurve {
+            own,
+            members: Arc::new(MemberKeys::new(members)),
+            clients: None,
+        }
     }
 }
 
@@ -191,11 +204,7 @@ impl PeerSettings {
             fsync: FsyncPolicy::from(config.fsync),
             snapshot_receive_limits: ReceiveLimits::default(),
             curve: match (&config.key_pair, config.cluster.peer_keys()) {
-                (Some(own), Some(members)) => Some(PeerCurve {
-                    own: own.clone(),
-                    members,
-                    clients: None,
-                }),
+                (Some(own), Some(members)) => Some(PeerCurve::new(own.clone(), members)),
                 _ => None,
             },
         })
@@ -247,7 +256,7 @@ pub struct PeerTransport {
 /// Raft tolerates reordering (see `node::wal_thread`). `InstallSnapshot` never goes through
 /// a set: it names a file that the snapshot sender streams ([`PeerTransport::send`]).
 pub struct PeerDealers {
-    dealers: RefCell<HashMap<NodeId, zmq::Socket>>,
+    dealers: RefCell<HashMap<NodeId, Dealer>>,
     cluster_id: u64,
     faults: Arc<PeerFaults>,
     /// The peers to connect to; a set catches up with it on its next send.
@@ -257,6 +266,53 @@ pub struct PeerDealers {
     /// To connect a DEALER to a peer added later.
     context: zmq::Context,
     settings: PeerSettings,
+    /// The peers whose DEALER this set connected afresh since the last
+    /// [`PeerDealers::take_reconnected`]; kept only for the loop's set.
+    reconnected: RefCell<Option<Vec<NodeId>>>,
+}
+
+/// One DEALER of a set, and whether it ever had a connection.
+///
+/// Why: a CURVE handshake the other end refuses (its ZAP handler does not know this node's
+/// key yet: it has not appended the entry that adds this node) is a protocol error to
+/// libzmq, which then gives up on that endpoint for good instead of reconnecting. So in a
+/// keyed cluster a DEALER that never had a connection for [`NEVER_CONNECTED_RETRY`] connects
+/// afresh (disconnect, connect: the same socket, so its monitor stays). One that had a
+/// connection is left alone: libzmq reconnects it after a drop, and a full queue (also
+/// `EAGAIN`) must not cut a live connection.
+struct Dealer {
+    socket: zmq::Socket,
+    endpoint: String,
+    connected: Cell<bool>,
+    since: Cell<std::time::Instant>,
+}
+
+impl Dealer {
+    fn new(socket: zmq::Socket, endpoint: &str) -> Dealer {
+        Dealer {
+            socket,
+            endpoint: endpoint.to_string(),
+            connected: Cell::new(false),
+            since: Cell::new(std::time::Instant::now()),
+        }
+    }
+
+    /// After a send found no connection: connects afresh if it never had one for long.
+    /// True when it did.
+    fn retry_if_never_connected(&self, peer: NodeId) -> bool {
+        let now = std::time::Instant::now();
+        if self.connected.get() || now.duration_since(self.since.get()) < NEVER_CONNECTED_RETRY {
+            return false;
+        }
+        self.since.set(now);
+        // Gone already when libzmq gave up on it; connect again either way.
+        let _ = self.socket.disconnect(&self.endpoint);
+        match self.socket.connect(&self.endpoint) {
+            Ok(()) => log::debug!("node {peer}: never connected; connecting afresh"),
+            Err(error) => log::warn!("node {peer}: reconnect to {}: {error}", self.endpoint),
+        }
+        true
+    }
 }
 
 /// The peers a node connects to, shared by every DEALER set and the peer receiver: the node
@@ -317,10 +373,8 @@ impl PeerDealers {
         let (generation, peers) = directory.snapshot();
         let mut dealers = HashMap::new();
         for (id, endpoint) in &peers {
-            dealers.insert(
-                *id,
-                connect_dealer(context, settings, *id, endpoint, settings.send_queue_max)?,
-            );
+            let socket = connect_dealer(context, settings, *id, endpoint, settings.send_queue_max)?;
+            dealers.insert(*id, Dealer::new(socket, endpoint));
         }
         Ok(PeerDealers {
             dealers: RefCell::new(dealers),
@@ -330,7 +384,18 @@ impl PeerDealers {
             seen_generation: Cell::new(generation),
             context: context.clone(),
             settings: settings.clone(),
+            reconnected: RefCell::new(None),
         })
+    }
+
+    /// The peers this set connected afresh since the last call (the loop's set only, see
+    /// [`PeerTransport::send`]).
+    fn take_reconnected(&self) -> Vec<NodeId> {
+        self.reconnected
+            .borrow_mut()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Connects to the directory's added peers and closes the removed ones' DEALERs.
@@ -350,7 +415,7 @@ impl PeerDealers {
                 self.settings.send_queue_max,
             ) {
                 Ok(dealer) => {
-                    dealers.insert(*id, dealer);
+                    dealers.insert(*id, Dealer::new(dealer, endpoint));
                 }
                 Err(error) => log::error!("cannot connect to node {id} at {endpoint}: {error}"),
             }
@@ -367,7 +432,7 @@ impl PeerDealers {
         for (&peer, dealer) in dealers.iter() {
             let monitor = zmq_context(
                 "peer DEALER monitor",
-                Monitor::attach(context, dealer, &watch::DEALER_EVENTS),
+                Monitor::attach(context, &dealer.socket, &watch::DEALER_EVENTS),
             )?;
             watched.push(Watched::Peer { peer, monitor });
         }
@@ -400,11 +465,16 @@ impl PeerDealers {
             return;
         };
         let frame = encode_peer_message(self.cluster_id, message);
-        match dealer.send(frame, zmq::DONTWAIT) {
-            Ok(()) => {}
+        match dealer.socket.send(frame, zmq::DONTWAIT) {
+            Ok(()) => dealer.connected.set(true),
             // Not connected (ZMQ_IMMEDIATE) or its queue is full: Raft will resend.
             Err(zmq::Error::EAGAIN) => {
-                log::trace!("node {} unreachable; message dropped", message.to)
+                log::trace!("node {} unreachable; message dropped", message.to);
+                if self.settings.curve.is_some() && dealer.retry_if_never_connected(message.to) {
+                    if let Some(reconnected) = self.reconnected.borrow_mut().as_mut() {
+                        reconnected.push(message.to);
+                    }
+                }
             }
             Err(error) => log::warn!("send to node {}: {error}", message.to),
         }
@@ -421,13 +491,13 @@ fn connect_dealer(
 ) -> Result<zmq::Socket, TransportError> {
     let dealer = zmq_context("peer DEALER", context.socket(zmq::DEALER))?;
     if let Some(curve) = &settings.curve {
-        let server_key = curve.key_of(id).ok_or(TransportError::Zmq {
+        let server_key = curve.members.key_of(id).ok_or(TransportError::Zmq {
             context: "peer DEALER: no public key for the peer",
             source: zmq::Error::EINVAL,
         })?;
         zmq_context(
             "peer DEALER server key",
-            dealer.set_curve_serverkey(server_key),
+            dealer.set_curve_serverkey(&server_key),
         )?;
         zmq_context(
             "peer DEALER public key",
@@ -555,6 +625,9 @@ impl PeerTransport {
 
         let directory = Arc::new(PeerDirectory::new(settings.peers.clone()));
         let dealers = PeerDealers::connect(context, &settings, faults.clone(), directory.clone())?;
+        // The loop's set tells which peers it connected afresh: the snapshot sender's DEALER
+        // to that peer is replaced then too (see `Dealer`).
+        *dealers.reconnected.borrow_mut() = Some(Vec::new());
         let watcher = start_watcher(context, &settings, &router, &dealers, &events, &stopping)?;
         let mut snapshot_dealers = HashMap::new();
         for (id, endpoint) in &settings.peers {
@@ -570,7 +643,7 @@ impl PeerTransport {
 
         let filter = settings.filter;
         let receiver_directory = directory.clone();
-        let keyed = settings.curve.is_some();
+        let keyed = settings.curve.as_ref().map(|curve| curve.members.clone());
         let inbound = Inbound {
             events: events.clone(),
             chunks,
@@ -667,6 +740,30 @@ impl PeerTransport {
             }
             self.dealers.send(&message);
         }
+        for id in self.dealers.take_reconnected() {
+            self.reconnect_snapshot_dealer(id);
+        }
+    }
+
+    /// Gives the snapshot sender a fresh DEALER to `id` (it never had a connection: see
+    /// `Dealer`).
+    fn reconnect_snapshot_dealer(&self, id: NodeId) {
+        let (_, peers) = self.dealers.directory.snapshot();
+        let Some((_, endpoint)) = peers.iter().find(|(peer, _)| *peer == id) else {
+            return;
+        };
+        match connect_dealer(
+            &self.context,
+            &self.settings,
+            id,
+            endpoint,
+            SNAPSHOT_SEND_QUEUE_MAX,
+        ) {
+            Ok(dealer) => {
+                let _ = self.snapshot_outbox.send(SenderInput::Connect(id, dealer));
+            }
+            Err(error) => log::error!("cannot connect to node {id} at {endpoint}: {error}"),
+        }
     }
 
     /// Connects another set of DEALERs to the peers, with the same options and the same
@@ -718,6 +815,34 @@ impl PeerTransport {
             "peers now {:?}",
             peers.iter().map(|(id, _)| id.0).collect::<Vec<_>>()
         );
+    }
+
+    /// Follows a membership change in a keyed cluster: `keys` (every member's public key,
+    /// this node's included) replaces the keys the ZAP handler admits on the peer port (and,
+    /// for `stats` and `status`, on the client port) and the keys DEALERs to added peers
+    /// expect. Call it before [`PeerTransport::set_peers`] with the same membership, so a
+    /// DEALER to an added peer finds its key. Nothing in a cluster without keys.
+    pub fn set_peer_keys(&self, keys: Vec<(NodeId, Key)>) {
+        let Some(curve) = &self.settings.curve else {
+            return;
+        };
+        let (added, removed) = curve.members.replace(keys);
+        if !added.is_empty() || !removed.is_empty() {
+            let ids = |ids: Vec<NodeId>| ids.iter().map(|id| id.0).collect::<Vec<_>>();
+            log::info!(
+                "peer keys: admitting the keys of nodes {:?}, no longer those of nodes {:?}",
+                ids(added),
+                ids(removed)
+            );
+        }
+    }
+
+    /// The member keys the ZAP handler admits, in a keyed cluster.
+    pub fn member_keys(&self) -> Option<Arc<MemberKeys>> {
+        self.settings
+            .curve
+            .as_ref()
+            .map(|curve| curve.members.clone())
     }
 
     /// Tells the snapshot receiver whom this node follows, in which term (`leader` is this
@@ -789,13 +914,17 @@ fn receive_loop<E>(
     router: zmq::Socket,
     stop: DoorbellListener,
     (mut filter, directory): (PeerFilter, &PeerDirectory),
-    keyed: bool,
+    keyed: Option<Arc<MemberKeys>>,
     inbound: Inbound<E>,
     faults: &PeerFaults,
 ) where
     E: From<Message>,
 {
     let mut impostors = LogLimiter::new(LOG_INTERVAL);
+    let mut removed = LogLimiter::new(LOG_INTERVAL);
+    // The admitted members' keys as of `keys_generation`, re-read when they change.
+    let mut keys_generation = None;
+    let mut admitted: Arc<Vec<(NodeId, Key)>> = Arc::default();
     // None: the first pass reads the directory, which `set_peers` may have changed between
     // the transport's start and this thread's first instruction.
     let mut seen_generation: Option<u64> = None;
@@ -833,7 +962,7 @@ fn receive_loop<E>(
             seen_generation = Some(generation);
         }
         for _ in 0..RECEIVE_BATCH_MAX {
-            let (frames, user_id) = match recv_frames(&router, keyed) {
+            let (frames, user_id) = match recv_frames(&router, keyed.is_some()) {
                 Ok(received) => received,
                 Err(zmq::Error::EAGAIN) => {
                     drained = true;
@@ -857,16 +986,33 @@ fn receive_loop<E>(
                     PeerFrame::Transfer(TransferFrame::Chunk(chunk)) => chunk.from,
                     PeerFrame::Transfer(TransferFrame::Ack(ack)) => ack.from,
                 };
-                if keyed && user_id.as_deref() != Some(from.to_string().as_str()) {
-                    impostors.record(1);
-                    if let Some(count) = impostors.take_due(std::time::Instant::now()) {
-                        log::warn!(
-                            "dropped {count} forged peer frame(s); latest claims node {from} \
-                             but its connection authenticated as node {}",
-                            user_id.as_deref().unwrap_or("(none)")
-                        );
+                if let Some(keys) = &keyed {
+                    if user_id.as_deref() != Some(from.to_string().as_str()) {
+                        impostors.record(1);
+                        if let Some(count) = impostors.take_due(std::time::Instant::now()) {
+                            log::warn!(
+                                "dropped {count} forged peer frame(s); latest claims node \
+                                 {from} but its connection authenticated as node {}",
+                                user_id.as_deref().unwrap_or("(none)")
+                            );
+                        }
+                        continue;
                     }
-                    continue;
+                    // A connection made while its node was a member outlives the removal.
+                    if keys_generation != Some(keys.generation()) {
+                        keys_generation = Some(keys.generation());
+                        admitted = keys.current();
+                    }
+                    if !admitted.iter().any(|(id, _)| *id == from) {
+                        removed.record(1);
+                        if let Some(count) = removed.take_due(std::time::Instant::now()) {
+                            log::warn!(
+                                "dropped {count} peer frame(s) from node {from}, no longer a \
+                                 member (its key is no longer admitted)"
+                            );
+                        }
+                        continue;
+                    }
                 }
                 if faults.drops_from(from) {
                     log::trace!("fault injection: message from node {from} dropped");
@@ -1022,11 +1168,7 @@ pub(crate) mod tests {
             .map(|(id, pair)| (NodeId(id as u64), pair.public))
             .collect();
         let keyed = |me: usize| PeerSettings {
-            curve: Some(PeerCurve {
-                own: pairs[me].clone(),
-                members: members.clone(),
-                clients: None,
-            }),
+            curve: Some(PeerCurve::new(pairs[me].clone(), members.clone())),
             ..settings(me as u64, &ports)
         };
         // One context per node: each binds its own ZAP handler.
@@ -1099,6 +1241,123 @@ pub(crate) mod tests {
         assert_eq!(
             resend_until_received(&node_2, &to_0, &inbox_0),
             Some(TestEvent::Message(to_0))
+        );
+        node_0.stop();
+        node_2.stop();
+    }
+
+    #[test]
+    fn keyed_peers_follow_set_peer_keys_in_and_out() {
+        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
+        let pairs: Vec<KeyPair> = (0..3)
+            .map(|_| KeyPair::generate().expect("keypair"))
+            .collect();
+        let all: Vec<(NodeId, Key)> = pairs
+            .iter()
+            .enumerate()
+            .map(|(id, pair)| (NodeId(id as u64), pair.public))
+            .collect();
+        let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
+            curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
+            ..settings(me as u64, &ports)
+        };
+        // Node 0 starts knowing nodes 0 and 1 only, as a member before node 2 was added.
+        let mut first = keyed(0, all[..2].to_vec());
+        first.peers.retain(|(id, _)| *id == NodeId(1));
+        first.filter.node_count = 2;
+        let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
+        let node_2 = PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
+        let heartbeat = |from, to| {
+            message(
+                from,
+                to,
+                MessageBody::Heartbeat {
+                    commit: LogIndex(1),
+                    read_round: 1,
+                },
+            )
+        };
+        // Node 2 is added: its key first, then its connection.
+        node_0.set_peer_keys(all.clone());
+        node_0.set_peers(settings(0, &ports).peers);
+        let to_2 = heartbeat(0, 2);
+        assert_eq!(
+            resend_until_received(&node_0, &to_2, &inbox_2),
+            Some(TestEvent::Message(to_2)),
+            "node 0's DEALER expects node 2's key"
+        );
+        let to_0 = heartbeat(2, 0);
+        assert_eq!(
+            resend_until_received(&node_2, &to_0, &inbox_0),
+            Some(TestEvent::Message(to_0.clone())),
+            "node 0 admits node 2's key"
+        );
+        // Node 2's removal commits: its open connection's frames are dropped from now on.
+        node_0.set_peer_keys(all[..2].to_vec());
+        while inbox_0.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        for _ in 0..20 {
+            node_2.send(vec![to_0.clone()]);
+        }
+        let late = std::iter::from_fn(|| inbox_0.recv_timeout(Duration::from_millis(500)).ok())
+            .find(|event| matches!(event, TestEvent::Message(_)));
+        assert_eq!(late, None, "a removed member's frames are dropped");
+        node_0.stop();
+        node_2.stop();
+    }
+
+    #[test]
+    fn a_peer_refused_before_its_key_was_admitted_gets_through_once_it_is() {
+        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
+        let pairs: Vec<KeyPair> = (0..3)
+            .map(|_| KeyPair::generate().expect("keypair"))
+            .collect();
+        let all: Vec<(NodeId, Key)> = pairs
+            .iter()
+            .enumerate()
+            .map(|(id, pair)| (NodeId(id as u64), pair.public))
+            .collect();
+        let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
+            curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
+            ..settings(me as u64, &ports)
+        };
+        let mut first = keyed(0, all[..2].to_vec());
+        first.peers.retain(|(id, _)| *id == NodeId(1));
+        first.filter.node_count = 2;
+        let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
+        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
+        let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
+        let node_2 = PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
+        let to_0 = message(
+            2,
+            0,
+            MessageBody::Heartbeat {
+                commit: LogIndex(1),
+                read_round: 1,
+            },
+        );
+        // Refused while node 0 does not know node 2's key: node 2's DEALER reports the
+        // connection to node 0 closed (libzmq then gives up on it).
+        let closed = TestEvent::Connection(PeerConnection {
+            peer: NodeId(0),
+            up: false,
+        });
+        let refused = (0..100).any(|_| {
+            node_2.send(vec![to_0.clone()]);
+            std::iter::from_fn(|| inbox_2.recv_timeout(Duration::from_millis(100)).ok())
+                .any(|event| event == closed)
+        });
+        assert!(refused, "node 0 refuses node 2's handshake");
+        assert!(inbox_0.try_recv().is_err(), "nothing arrives while refused");
+        node_0.set_peer_keys(all.clone());
+        node_0.set_peers(settings(0, &ports).peers);
+        assert_eq!(
+            resend_until_received(&node_2, &to_0, &inbox_0),
+            Some(TestEvent::Message(to_0)),
+            "node 2 gets through once node 0 admits its key"
         );
         node_0.stop();
         node_2.stop();

@@ -17,13 +17,17 @@
 //! this module while an add waits for its learner.
 //!
 //! When the membership the core acts on changes (`Ready::membership`), the address book and
-//! the peer connections follow it.
+//! the peer connections follow it, and in a keyed cluster the peer keys too: the keys the
+//! ZAP handler admits and the DEALERs expect come from the members' `info`, not from
+//! `config.json` ([`follow_members`]).
 
 use super::NodeLoop;
+use crate::config::NodeConfig;
 use crate::node::members::{self, AddressBook};
 use crate::protocol::{ErrorCode, MemberAddress, Operation, Outcome};
 use crate::raft::{Member, Membership, NodeId, ProposeError, Role};
 use crate::transport::client::Ticket;
+use crate::transport::peer::PeerTransport;
 use std::time::Instant;
 
 /// What a waiting membership request waits for.
@@ -361,14 +365,45 @@ impl NodeLoop {
     /// it knows, even after a restart, that it was removed. Called when the acting
     /// membership changes and when a membership entry commits.
     pub(super) fn connect_peers(&mut self) {
-        let me = self.config.id;
-        let mut peers = self.book.peers(me);
-        let committed = AddressBook::new(self.core.committed_membership(), &self.config.cluster);
-        for (id, endpoint) in committed.peers(me) {
-            if !peers.iter().any(|(known, _)| *known == id) {
-                peers.push((id, endpoint));
+        follow_members(
+            &self.peers,
+            &self.config,
+            &self.book,
+            self.core.committed_membership(),
+        );
+    }
+}
+
+/// Points the peer transport at the members of `acting` and of `committed` (see
+/// [`NodeLoop::connect_peers`]): their connections and, in a keyed cluster, their keys, set
+/// first so that a DEALER to an added peer finds its key. The same union for both: a node
+/// being removed is admitted on the peer port until its removal commits, as long as it is
+/// connected to. This node's own key is always admitted.
+pub(super) fn follow_members(
+    peers: &PeerTransport,
+    config: &NodeConfig,
+    acting: &AddressBook,
+    committed: &Membership,
+) {
+    let me = config.id;
+    let committed = AddressBook::new(committed, &config.cluster);
+    let mut links = acting.peers(me);
+    for (id, endpoint) in committed.peers(me) {
+        if !links.iter().any(|(known, _)| *known == id) {
+            links.push((id, endpoint));
+        }
+    }
+    if let Some(own) = &config.key_pair {
+        let mut keys = acting.keys();
+        for (id, key) in committed.keys() {
+            if !keys.iter().any(|(known, _)| *known == id) {
+                keys.push((id, key));
             }
         }
-        self.peers.set_peers(peers);
+        keys.retain(|(id, _)| *id != me);
+        keys.push((me, own.public));
+        keys.sort_by_key(|(id, _)| *id);
+        peers.set_peer_keys(keys);
     }
+    peers.set_peers(links);
 }

@@ -139,9 +139,32 @@ pub enum CommandDecodeError {
 
 impl LoggedCommand {
     pub fn encode(&self) -> Bytes {
-        let bytes = rmp_serde::to_vec(self)
+        // Sized up front: a batch of messages would otherwise be copied at every doubling.
+        let mut bytes = Vec::with_capacity(self.encoded_bytes_hint());
+        rmp_serde::encode::write(&mut bytes, self)
             .expect("encoding strings, integers and bytes into a Vec cannot fail");
         Bytes::from(bytes)
+    }
+
+    /// About the encoded size (at least it for puts, the commands with a body).
+    fn encoded_bytes_hint(&self) -> usize {
+        // Markers, lengths, variant names and the session key's integer.
+        const FIXED_BYTES: usize = 48;
+        // A message's map marker, variant name and bin or str marker with its length.
+        const MESSAGE_BYTES: usize = 13;
+        let session = self.session.as_ref().map_or(0, |key| key.client_id.len());
+        let body = match &self.command {
+            Command::Put { topic, message } => topic.len() + MESSAGE_BYTES + message.len(),
+            Command::PutBatch { topic, messages } => {
+                topic.len()
+                    + messages
+                        .iter()
+                        .map(|message| MESSAGE_BYTES + message.len())
+                        .sum::<usize>()
+            }
+            _ => 0,
+        };
+        FIXED_BYTES + session + body
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LoggedCommand, CommandDecodeError> {
@@ -152,6 +175,216 @@ impl LoggedCommand {
             return Err(CommandDecodeError::TrailingBytes { bytes: rest.len() });
         }
         Ok(command)
+    }
+}
+
+/// A message as the queue stores it, borrowed: from a [`Payload`], or in place from a log
+/// entry's bytes ([`PutEntry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadRef<'a> {
+    Text(&'a str),
+    Binary(&'a [u8]),
+}
+
+impl<'a> PayloadRef<'a> {
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_text(&self) -> bool {
+        matches!(self, PayloadRef::Text(_))
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        match self {
+            PayloadRef::Text(text) => text.as_bytes(),
+            PayloadRef::Binary(bytes) => bytes,
+        }
+    }
+}
+
+impl<'a> From<&'a Payload> for PayloadRef<'a> {
+    fn from(payload: &'a Payload) -> PayloadRef<'a> {
+        match payload {
+            Payload::Text(text) => PayloadRef::Text(text),
+            Payload::Binary(bytes) => PayloadRef::Binary(bytes),
+        }
+    }
+}
+
+/// A `Put` or `PutBatch` entry read in place, its topic and messages borrowing from the
+/// entry's bytes: the commonest entries are applied without a copy or an allocation per
+/// message ([`crate::queue::Queue::apply`]).
+///
+/// Only the exact layout [`LoggedCommand::encode`] writes is read here (compact arrays, the
+/// variant keyed by name, the smallest MessagePack markers or longer ones, `Text` as str and
+/// `Binary` as bin, nothing after the command); anything else, valid or not, is left to
+/// [`LoggedCommand::decode`], so this accepts a subset of what it accepts, with the same
+/// meaning.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PutEntry<'a> {
+    /// The session key, as `(client_id, seq)`.
+    pub session: Option<(&'a str, u64)>,
+    pub topic: &'a str,
+    pub messages: Vec<PayloadRef<'a>>,
+    /// A `PutBatch` (answered with a count), not a `Put`.
+    pub batch: bool,
+}
+
+impl<'a> PutEntry<'a> {
+    /// `None` when `bytes` is not a put in the layout described above.
+    pub fn decode(bytes: &'a [u8]) -> Option<PutEntry<'a>> {
+        let mut reader = Reader(bytes);
+        if reader.array_len()? != 2 {
+            return None;
+        }
+        let session = if reader.nil() {
+            None
+        } else {
+            if reader.array_len()? != 2 {
+                return None;
+            }
+            Some((reader.str()?, reader.uint()?))
+        };
+        if reader.map_len()? != 1 {
+            return None;
+        }
+        let batch = match reader.str()? {
+            "Put" => false,
+            "PutBatch" => true,
+            _ => return None,
+        };
+        if reader.array_len()? != 2 {
+            return None;
+        }
+        let topic = reader.str()?;
+        let messages = if batch {
+            let count = reader.array_len()?;
+            // Each message takes at least 3 bytes: no allocation larger than the input.
+            if count > reader.0.len() / 3 {
+                return None;
+            }
+            let mut messages = Vec::with_capacity(count);
+            for _ in 0..count {
+                messages.push(reader.payload()?);
+            }
+            messages
+        } else {
+            vec![reader.payload()?]
+        };
+        reader.0.is_empty().then_some(PutEntry {
+            session,
+            topic,
+            messages,
+            batch,
+        })
+    }
+}
+
+/// Reads the few MessagePack items of a put (see [`PutEntry`]) off the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(first)
+    }
+
+    fn take(&mut self, count: usize) -> Option<&'a [u8]> {
+        if count > self.0.len() {
+            return None;
+        }
+        let (taken, rest) = self.0.split_at(count);
+        self.0 = rest;
+        Some(taken)
+    }
+
+    fn be(&mut self, width: usize) -> Option<u64> {
+        Some(
+            self.take(width)?
+                .iter()
+                .fold(0u64, |value, &byte| (value << 8) | u64::from(byte)),
+        )
+    }
+
+    fn length(&mut self, width: usize) -> Option<usize> {
+        usize::try_from(self.be(width)?).ok()
+    }
+
+    fn nil(&mut self) -> bool {
+        if self.0.first() == Some(&0xc0) {
+            self.0 = &self.0[1..];
+            true
+        } else {
+            false
+        }
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            marker @ 0x90..=0x9f => Some(usize::from(marker & 0x0f)),
+            0xdc => self.length(2),
+            0xdd => self.length(4),
+            _ => None,
+        }
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            marker @ 0x80..=0x8f => Some(usize::from(marker & 0x0f)),
+            0xde => self.length(2),
+            0xdf => self.length(4),
+            _ => None,
+        }
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            marker @ 0x00..=0x7f => Some(u64::from(marker)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            _ => None,
+        }
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = match self.byte()? {
+            marker @ 0xa0..=0xbf => usize::from(marker & 0x1f),
+            0xd9 => self.length(1)?,
+            0xda => self.length(2)?,
+            0xdb => self.length(4)?,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    fn bin(&mut self) -> Option<&'a [u8]> {
+        let len = match self.byte()? {
+            0xc4 => self.length(1)?,
+            0xc5 => self.length(2)?,
+            0xc6 => self.length(4)?,
+            _ => return None,
+        };
+        self.take(len)
+    }
+
+    /// `{"Text": str}` or `{"Binary": bin}`.
+    fn payload(&mut self) -> Option<PayloadRef<'a>> {
+        if self.map_len()? != 1 {
+            return None;
+        }
+        match self.str()? {
+            "Text" => Some(PayloadRef::Text(self.str()?)),
+            "Binary" => Some(PayloadRef::Binary(self.bin()?)),
+            _ => None,
+        }
     }
 }
 
@@ -608,6 +841,75 @@ mod tests {
                 bytes[position] = value;
             }
             let _ = LoggedCommand::decode(&bytes);
+            let _ = PutEntry::decode(&bytes);
+        }
+
+        /// The in-place read of a put agrees with the full decode on the encoder's output:
+        /// puts read the same, every other command is left to the full decode.
+        #[test]
+        fn put_entry_reads_puts_as_the_full_decode_does(command in logged_command_strategy()) {
+            let bytes = command.encode();
+            let put = PutEntry::decode(&bytes);
+            let session = command
+                .session
+                .as_ref()
+                .map(|key| (key.client_id.as_str(), key.seq));
+            match &command.command {
+                Command::Put { topic, message } => prop_assert_eq!(put, Some(PutEntry {
+                    session,
+                    topic,
+                    messages: vec![message.into()],
+                    batch: false,
+                })),
+                Command::PutBatch { topic, messages } => prop_assert_eq!(put, Some(PutEntry {
+                    session,
+                    topic,
+                    messages: messages.iter().map(Into::into).collect(),
+                    batch: true,
+                })),
+                _ => prop_assert_eq!(put, None),
+            }
+        }
+
+        /// Whatever the in-place read accepts, the full decode accepts as the same put.
+        #[test]
+        fn put_entry_accepts_only_what_the_full_decode_reads_the_same(
+            command in logged_command_strategy(),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+            cut in any::<prop::sample::Index>(),
+            extra in proptest::option::of(any::<u8>()),
+        ) {
+            let mut bytes = command.encode().to_vec();
+            for (position, value) in flips {
+                let position = position.index(bytes.len());
+                bytes[position] = value;
+            }
+            match extra {
+                Some(byte) => bytes.push(byte),
+                None => bytes.truncate(cut.index(bytes.len() + 1)),
+            }
+            if let Some(put) = PutEntry::decode(&bytes) {
+                let full = LoggedCommand::decode(&bytes).expect("the full decode accepts it too");
+                let session = full
+                    .session
+                    .as_ref()
+                    .map(|key| (key.client_id.as_str(), key.seq));
+                prop_assert_eq!(put.session, session);
+                match &full.command {
+                    Command::Put { topic, message } => {
+                        prop_assert!(!put.batch);
+                        prop_assert_eq!(put.topic, topic.as_str());
+                        prop_assert_eq!(put.messages, vec![PayloadRef::from(message)]);
+                    }
+                    Command::PutBatch { topic, messages } => {
+                        prop_assert!(put.batch);
+                        prop_assert_eq!(put.topic, topic.as_str());
+                        let expected: Vec<PayloadRef<'_>> = messages.iter().map(Into::into).collect();
+                        prop_assert_eq!(put.messages, expected);
+                    }
+                    other => prop_assert!(false, "read as a put: {other:?}"),
+                }
+            }
         }
     }
 }

@@ -33,6 +33,7 @@
 //!
 //! This type must not know about topics, sessions or the log: it is a FIFO of payloads.
 
+use super::command::PayloadRef;
 use crate::protocol::Payload;
 use serde::de::{SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
@@ -131,10 +132,12 @@ impl MessageFifo {
 
     /// Appends a message at the back.
     pub fn push(&mut self, payload: &Payload) -> Result<(), MessageTooLarge> {
-        let (text, bytes) = match payload {
-            Payload::Text(text) => (true, text.as_bytes()),
-            Payload::Binary(bytes) => (false, bytes.as_slice()),
-        };
+        self.push_ref(payload.into())
+    }
+
+    /// [`MessageFifo::push`] of a borrowed message.
+    pub fn push_ref(&mut self, payload: PayloadRef<'_>) -> Result<(), MessageTooLarge> {
+        let (text, bytes) = (payload.is_text(), payload.bytes());
         if bytes.len() > MESSAGE_BYTES_MAX {
             return Err(MessageTooLarge { bytes: bytes.len() });
         }

@@ -100,7 +100,7 @@ pub mod session;
 pub mod snapshot_codec;
 pub mod topic;
 
-pub use command::{Command, CommandDecodeError, LeaseTime, LoggedCommand};
+pub use command::{Command, CommandDecodeError, LeaseTime, LoggedCommand, PayloadRef, PutEntry};
 pub use snapshot_codec::SnapshotError;
 
 use crate::protocol::{
@@ -292,6 +292,10 @@ impl Queue {
     /// Panics unless `index` is after the last applied one: applying an entry twice, or out
     /// of order, is a bug in the caller that would silently fork this node's state.
     pub fn apply(&mut self, index: LogIndex, command: &[u8]) -> Outcome {
+        // Puts, the commonest entries, are read in place: no copy of their messages.
+        if let Some(put) = PutEntry::decode(command) {
+            return self.apply_put(index, &put);
+        }
         match LoggedCommand::decode(command) {
             Ok(command) => self.apply_command(index, &command),
             Err(error) => {
@@ -306,18 +310,43 @@ impl Queue {
 
     /// Applies a decoded command committed at `index`. Same contract as [`Queue::apply`].
     pub fn apply_command(&mut self, index: LogIndex, command: &LoggedCommand) -> Outcome {
+        let session = command
+            .session
+            .as_ref()
+            .map(|key| (key.client_id.as_str(), key.seq));
+        self.apply_in_session(index, session, |queue| queue.execute(&command.command))
+    }
+
+    /// [`Queue::apply_command`] for a put read in place.
+    fn apply_put(&mut self, index: LogIndex, put: &PutEntry<'_>) -> Outcome {
+        self.apply_in_session(index, put.session, |queue| {
+            match queue.put(put.topic, &put.messages) {
+                Ok(()) if put.batch => Outcome::Count(put.messages.len() as u64),
+                Ok(()) => Outcome::Done,
+                Err(failure) => failure,
+            }
+        })
+    }
+
+    /// Runs `execute` at `index` at most once per session key `(client_id, seq)`.
+    fn apply_in_session(
+        &mut self,
+        index: LogIndex,
+        session: Option<(&str, u64)>,
+        execute: impl FnOnce(&mut Queue) -> Outcome,
+    ) -> Outcome {
         self.advance_to(index);
-        let Some(key) = &command.session else {
-            return self.execute(&command.command);
+        let Some((client_id, seq)) = session else {
+            return execute(self);
         };
-        match self.sessions.admit(&key.client_id, key.seq) {
+        match self.sessions.admit(client_id, seq) {
             Admission::Replay(outcome) => outcome.clone(),
             Admission::Refuse(error) => Outcome::Failed(error),
             Admission::Execute => {
-                let outcome = self.execute(&command.command);
+                let outcome = execute(self);
                 let limits = self.config.session_limits();
                 self.sessions
-                    .record(&key.client_id, key.seq, outcome.clone(), index, limits);
+                    .record(client_id, seq, outcome.clone(), index, limits);
                 outcome
             }
         }
@@ -336,15 +365,17 @@ impl Queue {
         match command {
             Command::CreateTopic { topic } => self.create_topic(topic, &TopicSettings::default()),
             Command::CreateTopicWith { topic, settings } => self.create_topic(topic, settings),
-            Command::Put { topic, message } => match self.put(topic, std::slice::from_ref(message))
-            {
+            Command::Put { topic, message } => match self.put(topic, &[message.into()]) {
                 Ok(()) => Outcome::Done,
                 Err(failure) => failure,
             },
-            Command::PutBatch { topic, messages } => match self.put(topic, messages) {
-                Ok(()) => Outcome::Count(messages.len() as u64),
-                Err(failure) => failure,
-            },
+            Command::PutBatch { topic, messages } => {
+                let messages: Vec<PayloadRef<'_>> = messages.iter().map(Into::into).collect();
+                match self.put(topic, &messages) {
+                    Ok(()) => Outcome::Count(messages.len() as u64),
+                    Err(failure) => failure,
+                }
+            }
             // The version 1 hot path: no batch to size, no list to build.
             Command::Get { topic } => {
                 let Some(&position) = self.topic_index.get(topic) else {
@@ -489,7 +520,7 @@ impl Queue {
     }
 
     /// Appends `messages` to `topic` in order, all or none.
-    fn put(&mut self, topic: &str, messages: &[Payload]) -> Result<(), Outcome> {
+    fn put(&mut self, topic: &str, messages: &[PayloadRef<'_>]) -> Result<(), Outcome> {
         let Some(&position) = self.topic_index.get(topic) else {
             return Err(no_such_topic(topic));
         };
@@ -526,8 +557,8 @@ impl Queue {
                 ),
             ));
         }
-        for message in messages {
-            self.topics[position].push(message);
+        for &message in messages {
+            self.topics[position].push_ref(message);
             self.messages += 1;
             self.payload_bytes += message.len();
         }

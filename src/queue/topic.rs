@@ -18,6 +18,7 @@
 //! This type owns no cross-topic state (the lease deadline index, the byte counts, the
 //! dead-letter moves): [`super::Queue`] does, and keeps them in step with what is here.
 
+use super::command::PayloadRef;
 use super::fifo::MessageFifo;
 use crate::protocol::{Payload, TopicDetail, TopicSettings};
 use crate::raft::LogIndex;
@@ -137,8 +138,13 @@ impl Topic {
 
     /// Appends a message put by a client. The caller checked its size.
     pub fn push(&mut self, message: &Payload) {
+        self.push_ref(message.into());
+    }
+
+    /// [`Topic::push`] of a borrowed message.
+    pub fn push_ref(&mut self, message: PayloadRef<'_>) {
         self.messages
-            .push(message)
+            .push_ref(message)
             .expect("the caller checked the message against MESSAGE_BYTES_MAX");
         self.next_seq += 1;
     }

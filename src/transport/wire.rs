@@ -25,7 +25,7 @@
 //! What it must not do: touch sockets, files or threads. It is pure, so the codec is tested
 //! (and benchmarked, `benches/hot_path.rs`) without a network.
 
-use crate::raft::{Message, NodeId, SnapshotMeta, Term};
+use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +124,20 @@ pub struct SnapshotAck {
 //   (message as rmp_serde's compact encoding: structs as arrays, enums as { variant: fields },
 //   command payloads as bin)
 pub fn encode_peer_message(cluster_id: u64, message: &Message) -> Vec<u8> {
-    rmp_serde::to_vec(&(PEER_WIRE_VERSION, cluster_id, message))
-        .expect("a Raft message has only serializable fields and no maps with non-string keys")
+    // Sized up front: entries carrying a batch of messages would otherwise be copied at every
+    // doubling. ZeroMQ takes the frame without a copy (the spare capacity is given back by
+    // shrinking the allocation, in place), so the estimate may err on the large side.
+    const HEADER_BYTES: usize = 96;
+    let entries_bytes = match &message.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            entries.iter().map(|entry| entry.size_bytes()).sum()
+        }
+        _ => 0,
+    };
+    let mut frame = Vec::with_capacity(HEADER_BYTES + entries_bytes);
+    rmp_serde::encode::write(&mut frame, &(PEER_WIRE_VERSION, cluster_id, message))
+        .expect("a Raft message has only serializable fields and no maps with non-string keys");
+    frame
 }
 
 /// Decodes a frame that must be a Raft message (a transfer frame is `Malformed` here).

@@ -483,7 +483,11 @@ mod screen {
                 timestamp(SystemTime::now()),
                 args.interval
             );
-            let (width, height) = terminal::size().unwrap_or((120, 40));
+            // A terminal that reports no size (some ptys) gets a common one.
+            let (width, height) = terminal::size()
+                .ok()
+                .filter(|(width, height)| *width > 0 && *height > 0)
+                .unwrap_or((120, 40));
             let mut out = &mut *stdout;
             queue!(
                 &mut out,

@@ -32,12 +32,14 @@
 mod driver;
 mod failover;
 mod matrix;
+mod plot;
 mod process;
 mod report;
 mod wakeup;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
@@ -122,6 +124,10 @@ pub struct LoadArgs {
     /// for several
     #[arg(long = "watch-pid", value_name = "PID")]
     pub watch_pids: Vec<u32>,
+    /// Also draw the run (throughput and latency per second) into FILE: SVG, or an HTML page
+    /// around it when FILE ends in .html
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -537,6 +543,19 @@ pub(super) fn run(
     };
     let options = super::commands::client_options(global)?.0;
     let report = run_workload(options, workload, !global.json)?;
+    if let Some(path) = &workload.load().plot {
+        let title = format!(
+            "rrmq bench {} ({})",
+            report.workload,
+            report
+                .parameters
+                .iter()
+                .map(|(name, value)| format!("{name} {value}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        plot::write(path, &plot::run_svg(&report, &title)?)?;
+    }
     let text = if global.json {
         serde_json::to_string_pretty(&report).expect("a report of plain values serializes") + "\n"
     } else {

@@ -247,8 +247,8 @@ pub(super) fn run(
             }
             Ok(())
         }
-        Command::Cluster(_) | Command::Bench(_) | Command::Keygen { .. } => {
-            unreachable!("rrmq cluster, bench and keygen are dispatched in cli::run")
+        Command::Cluster(_) | Command::Bench(_) | Command::Keygen { .. } | Command::Top(_) => {
+            unreachable!("rrmq cluster, bench, keygen and top are dispatched in cli::run")
         }
     }
 }
@@ -850,6 +850,7 @@ mod tests {
             fsync: "always".to_string(),
             wal_syncs: 0,
             wal_entries: 0,
+            requests: 0,
         }
     }
 

@@ -20,10 +20,12 @@ mod commands;
 mod consume;
 mod duration;
 pub mod launcher;
+mod top;
 
 pub use bench::{parse_size, BenchArgs};
 pub use cluster::ClusterArgs;
 pub use duration::parse_duration;
+pub use top::TopArgs;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -211,6 +213,13 @@ pub enum Command {
     /// Show every node: id, address, role, term, commit index, last applied, leader it sees,
     /// and whether it is a voter, a learner or no longer a member
     Status,
+    /// A live view of every node: role, term, commit, applied, lag, requests/s, fsyncs/s,
+    /// entries per fsync, and the busiest topics' depths
+    ///
+    /// Refreshes every --interval; `q` or Ctrl-C quits. When stdout is not a terminal, prints
+    /// one timestamped line per node (and one for the topics) per refresh instead. A node that
+    /// does not answer is shown as down.
+    Top(TopArgs),
     /// List, add, remove or replace the cluster's members (PROTOCOL.md §12)
     ///
     /// One change at a time. `add` and `replace` wait until the new node has caught up and
@@ -396,6 +405,10 @@ pub fn run(
             cluster::run(&cli.global.config, args, stdout)
         }
         Command::Bench(args) => bench::run(&cli.global, args, stdout),
+        Command::Top(args) => {
+            use std::io::IsTerminal;
+            top::run(&cli.global, args, stdout, std::io::stdout().is_terminal())
+        }
         Command::Keygen { file } => {
             let pair = crate::config::keys::write_new_key_file(file)
                 .map_err(|error| CliError::Key(error.to_string()))?;

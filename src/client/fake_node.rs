@@ -232,5 +232,6 @@ fn status(leader: bool) -> StatusReport {
         fsync: "always".to_string(),
         wal_syncs: 0,
         wal_entries: 0,
+        requests: 0,
     }
 }

@@ -37,6 +37,7 @@ fn status(id: u64, role: &str) -> StatusReport {
         fsync: "always".to_string(),
         wal_syncs: 0,
         wal_entries: 0,
+        requests: 0,
     }
 }
 

@@ -156,6 +156,9 @@ pub(super) struct NodeLoop {
     member_changes: MemberChanges,
     /// Whether this node has logged that it was removed.
     removed_logged: bool,
+    /// Client requests this node took in since start, `status` and `stats` aside (v2
+    /// `status` carries it as `requests`, for `rrmq top`'s requests per second).
+    requests: u64,
 }
 
 impl NodeLoop {
@@ -237,6 +240,7 @@ impl NodeLoop {
             book,
             member_changes: MemberChanges::default(),
             removed_logged,
+            requests: 0,
         })
     }
 

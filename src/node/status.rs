@@ -28,6 +28,8 @@ pub(super) struct NodeView<'a> {
     /// The node stopped participating after a storage failure.
     pub(super) halted: bool,
     pub(super) wal: WalCounters,
+    /// Client requests taken in since start, `status` and `stats` aside.
+    pub(super) requests: u64,
 }
 
 /// The `status` reply.
@@ -70,6 +72,7 @@ pub(super) fn status(view: &NodeView<'_>) -> Reply {
         fsync: view.config.fsync.as_str().to_string(),
         wal_syncs: view.wal.syncs,
         wal_entries: view.wal.entries,
+        requests: view.requests,
     })
 }
 

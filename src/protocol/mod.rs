@@ -515,6 +515,9 @@ pub struct StatusReport {
     pub wal_syncs: u64,
     /// Log entries this node appended to its WAL since it started. 0 when absent.
     pub wal_entries: u64,
+    /// Client requests this node took in since it started, `status` and `stats` aside
+    /// (monotonic; `rrmq top` shows its rate). 0 when absent.
+    pub requests: u64,
 }
 
 /// `stats` reply: the node's applied state machine. Two nodes with the same `last_applied`

@@ -292,6 +292,8 @@ struct StatusWire<'a> {
     wal_syncs: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     wal_entries: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests: Option<u64>,
 }
 
 impl<'a> StatusWire<'a> {
@@ -308,6 +310,7 @@ impl<'a> StatusWire<'a> {
             fsync: None,
             wal_syncs: None,
             wal_entries: None,
+            requests: None,
         };
         if extended {
             wire.id = Some(status.id);
@@ -319,6 +322,7 @@ impl<'a> StatusWire<'a> {
             wire.fsync = Some(&status.fsync);
             wire.wal_syncs = Some(status.wal_syncs);
             wire.wal_entries = Some(status.wal_entries);
+            wire.requests = Some(status.requests);
         }
         wire
     }
@@ -766,6 +770,7 @@ fn interpret_status(mut entries: Entries) -> Result<StatusReport, String> {
         fsync: entries.take_text("fsync")?.unwrap_or_default(),
         wal_syncs: entries.take_u64("wal_syncs")?.unwrap_or(0),
         wal_entries: entries.take_u64("wal_entries")?.unwrap_or(0),
+        requests: entries.take_u64("requests")?.unwrap_or(0),
     })
 }
 

@@ -1529,6 +1529,7 @@ fn full_status() -> StatusReport {
         fsync: "always".to_owned(),
         wal_syncs: 12,
         wal_entries: 41,
+        requests: 97,
     }
 }
 
@@ -1781,6 +1782,7 @@ fn version_2_replies_carry_error_leader_and_status_details() {
                 ("fsync", text("always")),
                 ("wal_syncs", Value::from(12)),
                 ("wal_entries", Value::from(41)),
+                ("requests", Value::from(97)),
             ]),
         ),
         (
@@ -1804,6 +1806,7 @@ fn version_2_replies_carry_error_leader_and_status_details() {
                 ("fsync", text("never")),
                 ("wal_syncs", Value::from(0)),
                 ("wal_entries", Value::from(3)),
+                ("requests", Value::from(97)),
             ]),
         ),
     ];
@@ -1904,6 +1907,7 @@ fn decode_reply_reads_version_1_replies() {
                 fsync: String::new(),
                 wal_syncs: 0,
                 wal_entries: 0,
+                requests: 0,
             }),
         ),
         (
@@ -2273,7 +2277,7 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
     );
     let status = (
         arbitrary_text(10),
-        any::<[u64; 7]>(),
+        any::<[u64; 8]>(),
         proptest::option::of(any::<u64>()),
         proptest::collection::vec(peer, 0..4),
         arbitrary_text(8),
@@ -2290,6 +2294,7 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
             fsync,
             wal_syncs: numbers[5],
             wal_entries: numbers[6],
+            requests: numbers[7],
         });
     let stats = (any::<[u64; 6]>(), any::<u32>()).prop_map(|(numbers, digest)| StatsReport {
         id: numbers[0],
@@ -2340,6 +2345,7 @@ fn as_seen_in_version_1(reply: Reply) -> Reply {
             fsync: String::new(),
             wal_syncs: 0,
             wal_entries: 0,
+            requests: 0,
         }),
         // Not a version 1 operation: one form whatever the version.
         stats @ Reply::Stats(_) => stats,

@@ -19,6 +19,7 @@ from .client import (
     TIMEOUT_DEFAULT,
     Client,
     Delivery,
+    Member,
     Message,
     Node,
     Status,
@@ -27,6 +28,7 @@ from .client import (
 )
 from .errors import (
     BadRequest,
+    ChangeInProgress,
     ConfigError,
     Forbidden,
     NoSuchTopic,
@@ -48,10 +50,12 @@ __all__ = [
     "HEDGE_AFTER_DEFAULT",
     "TIMEOUT_DEFAULT",
     "BadRequest",
+    "ChangeInProgress",
     "Client",
     "ConfigError",
     "Delivery",
     "Forbidden",
+    "Member",
     "Message",
     "Node",
     "NoSuchTopic",

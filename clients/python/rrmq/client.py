@@ -132,6 +132,25 @@ class Status:
         return self.role == "Leader"
 
 
+@dataclass(frozen=True)
+class Member:
+    """A cluster member as the leader lists it (PROTOCOL.md §12): a voter, or a learner
+    (``voter`` false) still catching up before its promotion. ``public_key`` (Z85) is set in
+    a keyed cluster."""
+
+    id: int
+    host: str
+    port: int
+    internal_port: int
+    voter: bool = True
+    public_key: Optional[str] = None
+
+    @property
+    def node(self) -> Node:
+        """Its client address, as :meth:`Client.status` takes it."""
+        return Node(self.host, self.port, self.public_key)
+
+
 def read_key_file(path: Union[str, "os.PathLike[str]"]) -> Tuple[bytes, bytes]:
     """Reads a key file as ``rrmq keygen`` writes it (its first line is the 40-character Z85
     CURVE secret key) and returns ``(secret, public)`` in Z85, the public key derived from the
@@ -475,6 +494,62 @@ class Client:
                         "%s: the lease ended before the ACK; the message will come again", topic
                     )
         return handled
+
+    # ---- membership (PROTOCOL.md §12) ---------------------------------------------------------
+
+    def list_members(self) -> List[Member]:
+        """The cluster's members as the leader sees them, learners with ``voter`` false."""
+        reply = self._call({"type": "member", "method": "GET"}, "list members", "", session=False)
+        members = reply.get("members")
+        if reply.get("success") is not True or not isinstance(members, list):
+            raise self._failure(reply, "")
+        listed = []
+        for member in members:
+            try:
+                listed.append(
+                    Member(
+                        id=int(member["id"]),
+                        host=str(member["ip"]),
+                        port=int(member["port"]),
+                        internal_port=int(member["internal_port"]),
+                        voter=bool(member.get("voter", True)),
+                        public_key=member.get("public_key"),
+                    )
+                )
+            except (TypeError, KeyError, ValueError):
+                raise self._unexpected(reply, "list members") from None
+        return listed
+
+    def add_member(self, member: Member) -> None:
+        """Adds a node: the leader makes it a learner and promotes it to voter once it has
+        caught up; returns once it votes. Start the node first (``rrmq-node CONFIG INDEX
+        --join``) and give ``member`` its id (never used before) and addresses, and its
+        ``public_key`` in a keyed cluster. Catching up can take longer than a normal call:
+        use a client with a ``timeout`` to match. On :class:`rrmq.Timeout` the change stays in
+        progress (calling again waits for it again; :meth:`remove_member` of its id cancels
+        it). Raises :class:`rrmq.ChangeInProgress` while another change is under way and
+        :class:`rrmq.BadRequest` for a used id or address."""
+        request: Dict[str, Any] = {
+            "type": "member",
+            "method": "PUT",
+            "id": member.id,
+            "ip": member.host,
+            "port": member.port,
+            "internal_port": member.internal_port,
+        }
+        if member.public_key is not None:
+            request["public_key"] = member.public_key
+        reply = self._call(request, f"add member {member.id}", "", session=False)
+        if reply.get("success") is not True:
+            raise self._failure(reply, "")
+
+    def remove_member(self, id: int) -> None:
+        """Removes a member, voter or learner (the leader too: it hands over once its removal
+        is committed); returns once the removal is committed."""
+        request = {"type": "member", "method": "DELETE", "id": id}
+        reply = self._call(request, f"remove member {id}", "", session=False)
+        if reply.get("success") is not True:
+            raise self._failure(reply, "")
 
     # ---- status ----------------------------------------------------------------------------
 

@@ -92,6 +92,14 @@ class StaleReceipt(RrmqError):
         self.receipt = receipt
 
 
+class ChangeInProgress(RrmqError):
+    """``CHANGE_IN_PROGRESS`` (PROTOCOL.md §12): another membership change is under way (an
+    add whose new node is still catching up stays in progress until it is promoted, or
+    cancelled by removing its id). Nothing changed."""
+
+    code = "CHANGE_IN_PROGRESS"
+
+
 class SessionExpired(RrmqError):
     """``SESSION_EXPIRED``: the cluster forgot this client's session, so a retried request may
     or may not have been applied. Make a new :class:`rrmq.Client`."""
@@ -136,7 +144,16 @@ class UnexpectedReply(RrmqError):
 
 _BY_CODE: Dict[str, Type[RrmqError]] = {
     cls.code: cls  # type: ignore[misc]
-    for cls in (NoSuchTopic, TopicExists, BadRequest, TooLarge, Quota, Forbidden, SessionExpired)
+    for cls in (
+        NoSuchTopic,
+        TopicExists,
+        BadRequest,
+        TooLarge,
+        Quota,
+        Forbidden,
+        ChangeInProgress,
+        SessionExpired,
+    )
 }
 
 

@@ -75,6 +75,10 @@ pub struct MatrixArgs {
     /// Keep each cell's data dirs and node logs
     #[arg(long, requires = "matrix")]
     pub keep_data: bool,
+    /// Also draw the matrix (throughput, p50 and p99 per cell) into FILE: SVG, or an HTML
+    /// page around it when FILE ends in .html
+    #[arg(long = "plot", value_name = "FILE", requires = "matrix")]
+    pub plot: Option<PathBuf>,
 }
 
 /// One cell of the matrix.
@@ -157,6 +161,7 @@ impl MatrixArgs {
             topic_prefix: "bench".to_string(),
             connections: self.connections,
             watch_pids: Vec::new(),
+            plot: None,
         };
         if cell.consume {
             Workload::Consume(ConsumeArgs {
@@ -265,6 +270,14 @@ pub(super) fn run(
         _ => None,
     };
 
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "rrmq bench --matrix, {date}: {NODE_COUNT}-node local cluster, fsync {}, {} per cell; {machine}",
+            args.fsync.as_str(),
+            format_duration(args.cell_duration),
+        );
+        super::plot::write(path, &super::plot::matrix_svg(&rows, &title)?)?;
+    }
     let text = if global.json {
         let output = MatrixOutput {
             machine,

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -90,6 +90,41 @@ struct OperationRecord {
     messages: Option<u64>,
     /// Receipts an ACK named that the node refused as stale (`None`: no ACK ended).
     stale: Option<u64>,
+    /// Successful calls per second of the run, for `--plot`: bucket N holds the calls that
+    /// ended in second N after the recorder was made (the start of the measured window).
+    timeline: Vec<SecondBucket>,
+}
+
+/// One second of one operation's successful calls.
+#[derive(Debug)]
+struct SecondBucket {
+    calls: u64,
+    /// Messages the calls carried (one per plain call).
+    messages: u64,
+    latency: Histogram<u64>,
+}
+
+impl SecondBucket {
+    fn new() -> SecondBucket {
+        SecondBucket {
+            calls: 0,
+            messages: 0,
+            latency: Histogram::new_with_bounds(1, LATENCY_MICROSECONDS_MAX, 2)
+                .expect("constant bounds are valid"),
+        }
+    }
+}
+
+/// One second of a run as `--plot` draws it.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct TimelinePoint {
+    /// The second's end, from the start of the measured window.
+    pub end_second: u64,
+    pub calls: u64,
+    pub messages: u64,
+    /// `None` in a second without a successful call.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 impl OperationRecord {
@@ -105,14 +140,53 @@ impl OperationRecord {
                 .expect("constant bounds are valid"),
             messages: None,
             stale: None,
+            timeline: Vec::new(),
         }
     }
+
+    /// A successful call of `messages` messages that took `microseconds`, ending in `second`.
+    fn succeeded(&mut self, second: usize, microseconds: u64, messages: u64) {
+        self.latency.saturating_record(microseconds);
+        self.interval_count += 1;
+        self.interval_latency.saturating_record(microseconds);
+        // A bounded series: a run longer than a day keeps counting in its last second.
+        let second = second.min(TIMELINE_SECONDS_MAX - 1);
+        while self.timeline.len() <= second {
+            self.timeline.push(SecondBucket::new());
+        }
+        let bucket = &mut self.timeline[second];
+        bucket.calls += 1;
+        bucket.messages += messages;
+        bucket.latency.saturating_record(microseconds);
+    }
+
+    fn timeline_points(&self) -> Vec<TimelinePoint> {
+        let milliseconds = |bucket: &SecondBucket, quantile: f64| {
+            (bucket.calls > 0).then(|| bucket.latency.value_at_quantile(quantile) as f64 / 1000.0)
+        };
+        self.timeline
+            .iter()
+            .enumerate()
+            .map(|(second, bucket)| TimelinePoint {
+                end_second: second as u64 + 1,
+                calls: bucket.calls,
+                messages: bucket.messages,
+                p50_ms: milliseconds(bucket, 0.5),
+                p99_ms: milliseconds(bucket, 0.99),
+            })
+            .collect()
+    }
 }
+
+/// The longest per-second series a run keeps (a day).
+const TIMELINE_SECONDS_MAX: usize = 86_400;
 
 /// Collects the outcomes of a run's calls.
 #[derive(Debug)]
 pub(super) struct Recorder {
     operations: BTreeMap<OperationKind, OperationRecord>,
+    /// When it was made: the origin of the per-second series.
+    started: Instant,
 }
 
 impl Default for Recorder {
@@ -125,6 +199,7 @@ impl Recorder {
     pub(super) fn new() -> Recorder {
         Recorder {
             operations: BTreeMap::new(),
+            started: Instant::now(),
         }
     }
 
@@ -139,28 +214,23 @@ impl Recorder {
         let microseconds = u64::try_from(finish.latency.as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, LATENCY_MICROSECONDS_MAX);
+        let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
         let record = self.operation(kind);
         match finish.result {
             CallResult::Answered(Verdict::Batch(count)) => {
                 *record.messages.get_or_insert(0) += u64::from(count);
-                record.latency.saturating_record(microseconds);
-                record.interval_count += 1;
-                record.interval_latency.saturating_record(microseconds);
+                record.succeeded(second, microseconds, u64::from(count));
             }
             CallResult::Answered(Verdict::Acked { acked, stale }) => {
                 *record.messages.get_or_insert(0) += u64::from(acked);
                 *record.stale.get_or_insert(0) += u64::from(stale);
-                record.latency.saturating_record(microseconds);
-                record.interval_count += 1;
-                record.interval_latency.saturating_record(microseconds);
+                record.succeeded(second, microseconds, u64::from(acked));
             }
             CallResult::Answered(Verdict::Done | Verdict::Message) => {
                 if let Some(messages) = record.messages.as_mut() {
                     *messages += 1;
                 }
-                record.latency.saturating_record(microseconds);
-                record.interval_count += 1;
-                record.interval_latency.saturating_record(microseconds);
+                record.succeeded(second, microseconds, 1);
             }
             CallResult::Answered(Verdict::Empty) => record.empty += 1,
             CallResult::Answered(Verdict::Failed(code)) => {
@@ -259,6 +329,7 @@ impl Recorder {
                         max: record.latency.max() as f64 / 1000.0,
                         mean: record.latency.mean() / 1000.0,
                     }),
+                    timeline: record.timeline_points(),
                 }
             })
             .collect()
@@ -296,6 +367,10 @@ pub(super) struct OperationReport {
     pub stale_receipts: Option<u64>,
     /// `None` when no call succeeded.
     pub latency_ms: Option<LatencySummary>,
+    /// Per second of the measured window, for `--plot` (not in `--json`, which stays a
+    /// summary).
+    #[serde(skip)]
+    pub timeline: Vec<TimelinePoint>,
 }
 
 /// One node as `status` described it before the run.
@@ -711,6 +786,20 @@ pub(super) fn format_bytes(bytes: usize) -> String {
         scaled(KIB, "KiB")
     } else {
         format!("{bytes} B")
+    }
+}
+
+/// Building blocks for other modules' tests.
+#[cfg(test)]
+pub(super) mod tests_support {
+    use super::*;
+
+    /// A PUT or GET answered with success after `microseconds`.
+    pub(in crate::cli::bench) fn done(microseconds: u64) -> Finish {
+        Finish {
+            latency: Duration::from_micros(microseconds),
+            result: CallResult::Answered(Verdict::Done),
+        }
     }
 }
 

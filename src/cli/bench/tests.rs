@@ -272,6 +272,7 @@ fn the_cluster_size_counts_the_leader_once() {
         fsync: "always".to_string(),
         wal_syncs: 0,
         wal_entries: 0,
+        requests: 0,
     };
     let cases: [(Vec<PeerProgress>, usize); 3] = [
         (vec![peer(0), peer(2)], 3),

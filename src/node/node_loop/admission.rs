@@ -41,6 +41,7 @@ impl NodeLoop {
                 applied: self.applied,
                 halted: self.halted,
                 wal: self.wal_counters(),
+                requests: self.requests,
             });
             self.clients.reply(ticket, reply);
             return;
@@ -55,6 +56,7 @@ impl NodeLoop {
             self.clients.reply(ticket, reply);
             return;
         }
+        self.requests += 1;
         if let Operation::Fault {
             drop_to,
             drop_from,

@@ -180,7 +180,13 @@ fn the_loop_keeps_answering_while_a_sync_is_slow_and_acknowledges_only_after_it(
         other => panic!("the put is acknowledged once durable, got {other:?}"),
     }
     match call(socket, Operation::Status) {
-        Reply::Status(status) => assert_eq!(status.wal_entries, 3, "the put is counted"),
+        Reply::Status(status) => {
+            assert_eq!(status.wal_entries, 3, "the put is counted");
+            assert_eq!(
+                status.requests, 2,
+                "the create and the put are counted as requests, the status polls are not"
+            );
+        }
         other => panic!("status, got {other:?}"),
     }
 

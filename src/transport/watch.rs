@@ -378,13 +378,16 @@ impl RefusalLog {
     }
 
     fn on_event(&mut self, event: &MonitorEvent, now: Instant) {
+        let counters = super::counters::for_purpose(self.purpose);
         match event.kind {
             EventKind::Accepted => {
                 self.accepted.insert(event.value, peer_address(event.value));
+                counters.set_connections(self.accepted.len());
             }
             EventKind::HandshakeFailedNoDetail
             | EventKind::HandshakeFailedProtocol
             | EventKind::HandshakeFailedAuth => {
+                counters.refused();
                 if let Some((kind, value, _)) = self.waiting.take() {
                     self.failed(kind, value, None, now);
                 }
@@ -392,6 +395,7 @@ impl RefusalLog {
             }
             EventKind::Disconnected => {
                 let address = self.accepted.remove(&event.value).flatten();
+                counters.set_connections(self.accepted.len());
                 if let Some((kind, value, _)) = self.waiting.take() {
                     self.failed(kind, value, address, now);
                 }

@@ -117,7 +117,7 @@ pub struct Metrics {
     pub message_bytes: Gauge,
     pub sessions: Gauge,
     pub client_connections: Gauge,
-    pub handshakes_refused: Family<PortLabels, Gauge<u64, AtomicU64>>,
+    pub handshakes_refused: Family<PortLabels, Counter>,
     pub uptime: Gauge<f64, AtomicU64>,
     started: Instant,
     pub readiness: Readiness,
@@ -248,7 +248,7 @@ impl Metrics {
         let wal_bytes = Gauge::default();
         registry.register_with_unit(
             "wal",
-            "Bytes of the WAL's segment files",
+            "Bytes of the WAL's segment files (as allocated: a segment is preallocated)",
             Unit::Bytes,
             wal_bytes.clone(),
         );
@@ -318,11 +318,11 @@ impl Metrics {
             "client_connections",
             "Connections open on the client port",
         );
-        let handshakes_refused = Family::<PortLabels, Gauge<u64, AtomicU64>>::default();
+        let handshakes_refused = Family::<PortLabels, Counter>::default();
         registry.register(
             "handshakes_refused",
-            "Handshakes refused on a listening port since start (plain client on a keyed \
-             port, unknown key, garbage); a counter kept by the connection watcher",
+            "Handshakes refused on a listening port (a plain client on a keyed port, an \
+             unknown key, garbage)",
             handshakes_refused.clone(),
         );
         let uptime = Gauge::<f64, AtomicU64>::default();

@@ -40,7 +40,8 @@
 //! and shutdown beside it), [`persist_pipeline`] (which writes go in which numbered batch,
 //! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
 //! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
-//! for their entry or read), `waiters` (blocking GETs parked on the leader), [`recovery`]
+//! for their entry or read), `waiters` (blocking GETs parked on the leader), `metrics` (what
+//! the loop publishes to the metrics endpoint, `crate::metrics`), [`recovery`]
 //! (startup), `startup_checks` (the open files
 //! limit, the warning that a cluster without keys is open), `log_limit` (rate-limited
 //! warnings for what peers can trigger at will) and `reload` (SIGHUP re-reads the client

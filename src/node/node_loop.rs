@@ -43,7 +43,8 @@
 //! the WAL then loses its tail (`recovery`: a WAL behind the snapshot restarts after it).
 //!
 //! Then take a snapshot if one is due, expire late requests (TIMEOUT: outcome unknown), end
-//! or serve blocking GETs (`waiting`), log role changes, ring the client thread. Requests never wait for one another: each is
+//! or serve blocking GETs (`waiting`), log role changes, publish the turn's state to the
+//! metrics endpoint when there is one (`super::metrics`), ring the client thread. Requests never wait for one another: each is
 //! proposed as it arrives.
 //!
 //! The fsync runs on the WAL thread rather than on the loop because, while the disk is

@@ -26,6 +26,11 @@
 //! `FORBIDDEN` here and never reaches the node loop. The rights are checked on what the
 //! parsed body names (type, method, topic) before the rest is validated, so a request to a
 //! forbidden topic is `FORBIDDEN` whatever else is wrong with it.
+//!
+//! With a metrics endpoint (`metrics_port`), this thread counts every request by type and
+//! outcome, with its latency from arrival to reply (`crate::metrics::requests`): it is the
+//! one place every request passes twice, whether the node loop answered it or this thread
+//! did.
 
 use super::monitor::Monitor;
 use super::watch::{self, Watched, Watcher};

@@ -30,7 +30,9 @@
 //!   event and matched to the failure by the `Disconnected` event that follows it on the
 //!   same descriptor. A connection refused before this thread read its `Accepted` event has no
 //!   address left to read ("address unknown"). A key the ZAP handler refuses is logged
-//!   there, with the key ([`super::zap`]); here only at debug level.
+//!   there, with the key ([`super::zap`]); here only at debug level. Each refusal, and the
+//!   number of connections open, is also counted for the metrics endpoint
+//!   ([`super::counters`]).
 //!
 //! What it must not do: block on the node loop's channel without watching the stop flag
 //! (the loop stops the transport while the channel may be full), or log once per event.

@@ -204,6 +204,30 @@ fn counters_move_with_requests_and_every_node_is_healthy_and_ready() {
         });
     assert!(latency_count.unwrap_or(0.0) >= target, "{latency_count:?}");
 
+    // A client connection held open shows (the socket monitor counts it).
+    let mut held = cluster.client(leader);
+    held.call(
+        Wire::MsgPack,
+        &json!({"type": "status", "method": "GET", "v": 2}),
+    );
+    wait_for_metrics(
+        &cluster,
+        leader,
+        REPLY_DEADLINE,
+        "a client connection",
+        |s| {
+            value(s, "rrmq_client_connections", &[]).unwrap_or(0.0) >= 1.0
+                && value(
+                    s,
+                    "rrmq_requests_total",
+                    &[("type", "status"), ("outcome", "ok")],
+                )
+                .unwrap_or(0.0)
+                    >= 1.0
+        },
+    );
+    drop(held);
+
     // The followers apply the same entries and know who leads.
     for follower in (0..3).filter(|index| *index != leader) {
         let applied = value(&after, "rrmq_commit_index", &[]).expect("commit index");

@@ -110,6 +110,18 @@ fn wait_for_status(
     }
 }
 
+/// Observations in the (unlabelled) histogram `name`: its `+Inf` bucket.
+fn histogram_count(scrape: &Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == name)
+        .map_or(0.0, |sample| match &sample.value {
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |bucket| bucket.count),
+            _ => 0.0,
+        })
+}
+
 fn role(scrape: &Scrape, role: &str) -> Option<f64> {
     value(scrape, "rrmq_role", &[("role", role)])
 }
@@ -203,6 +215,10 @@ fn counters_move_with_requests_and_every_node_is_healthy_and_ready() {
             _ => 0.0,
         });
     assert!(latency_count.unwrap_or(0.0) >= target, "{latency_count:?}");
+    // So did the WAL thread's syncs (counted under --fsync never too: the group is still
+    // one sync call).
+    assert!(histogram_count(&after, "rrmq_entries_per_fsync") >= 1.0);
+    assert!(histogram_count(&after, "rrmq_fsync_duration_seconds") >= 1.0);
 
     // A client connection held open shows (the socket monitor counts it).
     let mut held = cluster.client(leader);

@@ -145,6 +145,14 @@ pub struct ClusterConfig {
     /// `None` when the file has none and the client port stays plain. A SIGHUP re-reads it
     /// ([`clients::reload_clients`]) into the node's [`clients::SharedClients`].
     pub clients: Option<ClientList>,
+    /// `"metrics_port"` of each address (same order as `addresses`): where that node serves
+    /// `/metrics`, `/healthz` and `/readyz` over HTTP, on its `ip`; `None` (absent) keeps
+    /// that node's metrics off. Kept beside `addresses` rather than in [`Address`]: it is
+    /// local to the node, so it is not part of the cluster id (turning metrics on does not
+    /// make a node a stranger to its peers) and members added later have none.
+    /// Invariant: as long as `addresses`; no port equal to another port of the file on the
+    /// same host.
+    pub metrics_ports: Vec<Option<u16>>,
 }
 
 /// Client sessions remembered when the config does not say.
@@ -196,6 +204,7 @@ impl ClusterConfig {
             });
         }
         let mut addresses = Vec::with_capacity(list.len());
+        let mut metrics_ports = Vec::with_capacity(list.len());
         for (node, entry) in list.iter().enumerate() {
             let entry = entry.as_object().ok_or_else(|| {
                 invalid(format!(
@@ -219,6 +228,11 @@ impl ClusterConfig {
             let port = parse_port(path, node, "port", entry.get("port"))?;
             let internal_port =
                 parse_port(path, node, "internal_port", entry.get("internal_port"))?;
+            let metrics_port = match entry.get("metrics_port") {
+                None => None,
+                value => Some(parse_port(path, node, "metrics_port", value)?),
+            };
+            metrics_ports.push(metrics_port);
             let public_key = match entry.get("public_key") {
                 None => None,
                 Some(serde_json::Value::String(text)) => {
@@ -252,7 +266,7 @@ impl ClusterConfig {
                 addresses.len()
             )));
         }
-        check_duplicates(path, &addresses)?;
+        check_duplicates(path, &addresses, &metrics_ports)?;
         let cluster_id = cluster_id(&addresses);
         let count = |key: &str, max: usize| -> Result<Option<usize>, ConfigError> {
             let Some(value) = object.get(key) else {
@@ -281,6 +295,7 @@ impl ClusterConfig {
             sessions_max: count("sessions_max", SESSIONS_MAX_LIMIT)?,
             queued_bytes_max: count("queued_bytes_max", usize::MAX)?,
             topics_max: count("topics_max", TOPICS_MAX_LIMIT)?,
+            metrics_ports,
         })
     }
 
@@ -422,11 +437,20 @@ fn canonical_host(host: &str) -> String {
 }
 
 /// Two sockets cannot be bound on one (host, port): a client port equal to another node's
-/// internal port is as fatal as two equal client ports.
-fn check_duplicates(path: &str, addresses: &[Address]) -> Result<(), ConfigError> {
+/// internal port is as fatal as two equal client ports, and so is a metrics port equal to
+/// any other.
+fn check_duplicates(
+    path: &str,
+    addresses: &[Address],
+    metrics_ports: &[Option<u16>],
+) -> Result<(), ConfigError> {
     let mut seen: HashMap<(String, u16), usize> = HashMap::new();
     for (node, address) in addresses.iter().enumerate() {
-        for port in [address.port, address.internal_port] {
+        let metrics_port = metrics_ports.get(node).copied().flatten();
+        for port in [address.port, address.internal_port]
+            .into_iter()
+            .chain(metrics_port)
+        {
             let key = (canonical_host(&address.ip), port);
             if let Some(&first) = seen.get(&key) {
                 let shown = Address {
@@ -948,6 +972,12 @@ impl NodeConfig {
         }
     }
 
+    /// This node's `metrics_port`, if its address has one (a member added later has none).
+    pub fn metrics_port(&self) -> Option<u16> {
+        let node = usize::try_from(self.id.0).ok()?;
+        self.cluster.metrics_ports.get(node).copied().flatten()
+    }
+
     /// This node's own addresses.
     pub fn address(&self) -> &Address {
         self.cluster
@@ -1144,6 +1174,45 @@ mod tests {
         );
         let config = ClusterConfig::parse(THREE_NODES, "c.json").expect("valid config");
         assert_eq!(config.clients, None);
+    }
+
+    #[test]
+    fn metrics_port_is_optional_per_address_and_outside_the_cluster_id() {
+        let plain = r#"{"addresses": [
+            {"ip": "127.0.0.1", "port": 1, "internal_port": 2},
+            {"ip": "127.0.0.1", "port": 3, "internal_port": 4}]}"#;
+        let with_metrics = r#"{"addresses": [
+            {"ip": "127.0.0.1", "port": 1, "internal_port": 2, "metrics_port": 5},
+            {"ip": "127.0.0.1", "port": 3, "internal_port": 4}]}"#;
+        let plain = ClusterConfig::parse(plain, "c").expect("valid config");
+        let with_metrics = ClusterConfig::parse(with_metrics, "c").expect("valid config");
+        assert_eq!(plain.metrics_ports, vec![None, None]);
+        assert_eq!(with_metrics.metrics_ports, vec![Some(5), None]);
+        assert_eq!(plain.cluster_id, with_metrics.cluster_id);
+        let cases = [
+            (
+                r#"{"addresses": [{"ip": "h", "port": 1, "internal_port": 2, "metrics_port": 0}]}"#,
+                "c.json: addresses[0].metrics_port: 0 is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "h", "port": 1, "internal_port": 2, "metrics_port": "x"}]}"#,
+                "c.json: addresses[0].metrics_port: \"x\" is not a valid port (1-65535)",
+            ),
+            (
+                r#"{"addresses": [{"ip": "h", "port": 1, "internal_port": 2, "metrics_port": 2}]}"#,
+                "c.json: duplicate address h:2 (addresses[0] and addresses[0])",
+            ),
+            (
+                r#"{"addresses": [
+                    {"ip": "h", "port": 1, "internal_port": 2, "metrics_port": 9},
+                    {"ip": "h", "port": 3, "internal_port": 4, "metrics_port": 9}]}"#,
+                "c.json: duplicate address h:9 (addresses[0] and addresses[1])",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = ClusterConfig::parse(text, "c.json").expect_err(text);
+            assert_eq!(error.to_string(), expected);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! rule is written down in [`raft`]'s docs); within a module, imports go one way too.
 //!
 //! ```text
-//! raft  ->  storage, queue, protocol  ->  config  ->  transport  ->  client  ->  node, cli  ->  bin/
+//! raft  ->  storage, queue, protocol  ->  config  ->  metrics  ->  transport  ->  client  ->  node, cli  ->  bin/
 //! ```
 //!
 //! - [`raft`]: the consensus core. No sockets, files, clocks, threads or global RNG:
@@ -14,6 +14,8 @@
 //! - [`queue`]: the replicated state machine: topics, FIFO queues, client sessions.
 //! - [`protocol`]: the client wire format (MessagePack or JSON) and its limits.
 //! - [`config`]: `config.json` and command-line flags, validated into one `NodeConfig`.
+//! - [`metrics`]: the metrics registry, readiness and the HTTP endpoint on `metrics_port`
+//!   (`/metrics`, `/healthz`, `/readyz`); the threads below and above update it.
 //! - [`transport`]: the ZeroMQ threads (client ROUTER, peer ROUTER), the DEALER sets, the
 //!   one peer wire format (`transport::wire`), snapshot streaming and socket monitors
 //!   (`transport::monitor`: connection drops and refused handshakes as events;
@@ -38,6 +40,7 @@
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod queue;

@@ -133,6 +133,43 @@ fn a_port_in_use_gives_one_line_and_a_failure_exit() {
 }
 
 #[test]
+fn a_metrics_port_in_use_or_repeated_gives_one_line_and_a_failure_exit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = NodePorts::free(1).expect("free loopback ports");
+    let taken = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind");
+    let metrics_port = taken.local_addr().expect("local address").port();
+    let config = |metrics_port: u16| {
+        format!(
+            r#"{{"addresses": [{{"ip": "127.0.0.1", "port": {}, "internal_port": {},
+                "metrics_port": {metrics_port}}}]}}"#,
+            ports[0].port, ports[0].internal_port
+        )
+    };
+    std::fs::write(dir.path().join("config.json"), config(metrics_port)).expect("write");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("UTF-8 path");
+    assert_refused(
+        dir.path(),
+        &["config.json", "0", "--data-dir", data],
+        &format!(
+            "rrmq-node: cannot bind http://127.0.0.1:{metrics_port} (metrics port): Address \
+             already in use"
+        ),
+    );
+    drop(taken);
+    std::fs::write(dir.path().join("config.json"), config(ports[0].port)).expect("write");
+    assert_refused(
+        dir.path(),
+        &["config.json", "0", "--data-dir", data],
+        &format!(
+            "rrmq-node: config.json: duplicate address 127.0.0.1:{} (addresses[0] and \
+             addresses[0])",
+            ports[0].port
+        ),
+    );
+}
+
+#[test]
 fn a_data_dir_in_use_gives_one_line_and_a_failure_exit() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");

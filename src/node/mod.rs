@@ -40,7 +40,8 @@
 //! and shutdown beside it), [`persist_pipeline`] (which writes go in which numbered batch,
 //! and what waits for which batch: pure, and driven by the simulator too), `wal_thread`,
 //! `snapshots`, `status` (status and stats replies), `event`, `pending` (requests waiting
-//! for their entry or read), `waiters` (blocking GETs parked on the leader), [`recovery`]
+//! for their entry or read), `waiters` (blocking GETs parked on the leader), `metrics` (what
+//! the loop publishes to the metrics endpoint, `crate::metrics`), [`recovery`]
 //! (startup), `startup_checks` (the open files
 //! limit, the warning that a cluster without keys is open), `log_limit` (rate-limited
 //! warnings for what peers can trigger at will) and `reload` (SIGHUP re-reads the client
@@ -55,6 +56,7 @@ mod event;
 mod lease_clock;
 mod log_limit;
 pub mod members;
+mod metrics;
 mod node_loop;
 mod pending;
 pub mod persist_pipeline;
@@ -73,6 +75,8 @@ pub use crate::config::NodeArgs;
 
 use crate::config::clients::SharedClients;
 use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::http::{MetricsBindError, MetricsServer};
+use crate::metrics::Metrics;
 use crate::raft::Core;
 use crate::storage::{FsyncPolicy, StorageError, Wal, WalOptions};
 use crate::transport::client::{ClientCurve, ClientSettings, ClientTransport};
@@ -95,6 +99,8 @@ pub enum NodeError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsBindError),
     #[error("{path}: {source}")]
     Storage { path: String, source: StorageError },
     /// Another node has the data dir open; the error names the dir and the holder.
@@ -167,8 +173,21 @@ pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
     }
     // The peer transport binds the ZAP handler, which must be in place before any CURVE
     // socket binds (ZAP fails open), the client port's included: peers start first.
+    // With `metrics_port`, the endpoint binds next to the other ports, so a port in use is
+    // the startup error line; the loop, the client thread and the WAL thread update it.
+    let metrics = config.metrics_port().map(|_| Arc::new(Metrics::new()));
+    client_settings.metrics = metrics.clone();
     let peers = PeerTransport::start(&context, peer_settings, events.clone())?;
     let clients = ClientTransport::start(&context, client_settings, events.clone())?;
+    let metrics_server = match (config.metrics_port(), &metrics) {
+        (Some(port), Some(metrics)) => Some(MetricsServer::start(
+            &crate::transport::resolve_host(&config.address().ip)?,
+            port,
+            metrics.clone(),
+            metrics::before_scrape(config.data_dir.clone()),
+        )?),
+        _ => None,
+    };
 
     let fsync = FsyncPolicy::from(config.fsync);
     let (mut store, wal_restored) = Wal::open(
@@ -239,8 +258,10 @@ pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
         durable_hard_state: restored_hard_state,
         snapshot,
         previous_snapshot: recovered.previous_snapshot,
+        metrics,
     })?
     .run(&inbox);
+    drop(metrics_server);
 
     drop(inbox); // Lets the timer thread's next send fail, so it exits.
     if timer.join().is_err() {

@@ -43,7 +43,8 @@
 //! the WAL then loses its tail (`recovery`: a WAL behind the snapshot restarts after it).
 //!
 //! Then take a snapshot if one is due, expire late requests (TIMEOUT: outcome unknown), end
-//! or serve blocking GETs (`waiting`), log role changes, ring the client thread. Requests never wait for one another: each is
+//! or serve blocking GETs (`waiting`), log role changes, publish the turn's state to the
+//! metrics endpoint when there is one (`super::metrics`), ring the client thread. Requests never wait for one another: each is
 //! proposed as it arrives.
 //!
 //! The fsync runs on the WAL thread rather than on the loop because, while the disk is
@@ -60,6 +61,7 @@ use super::event::{Event, LoadedSnapshot, SnapshotSaved};
 use super::lease_clock::LeaseClock;
 use super::log_limit::TermRefusalLog;
 use super::members::AddressBook;
+use super::metrics::{LoopView, MetricsPublisher};
 use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
@@ -109,6 +111,8 @@ pub(super) struct NodeParts {
     pub(super) snapshot: SnapshotMeta,
     /// The snapshot file before it, if any.
     pub(super) previous_snapshot: SnapshotMeta,
+    /// Where to publish the loop's state (`metrics_port` set), else `None`.
+    pub(super) metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 pub(super) struct NodeLoop {
@@ -159,6 +163,8 @@ pub(super) struct NodeLoop {
     /// Client requests this node took in since start, `status` and `stats` aside (v2
     /// `status` carries it as `requests`, for `rrmq top`'s requests per second).
     requests: u64,
+    /// Publishes the loop's state to the metrics endpoint once per turn (`metrics`).
+    metrics: Option<MetricsPublisher>,
 }
 
 impl NodeLoop {
@@ -175,6 +181,7 @@ impl NodeLoop {
             durable_hard_state,
             snapshot,
             previous_snapshot,
+            metrics,
         } = parts;
         let observed = (core.role(), core.term(), core.leader());
         let (applied, applied_term) = (snapshot.index(), snapshot.last.term);
@@ -188,6 +195,9 @@ impl NodeLoop {
                 source,
             }
         })?;
+        if let Some(metrics) = &metrics {
+            wal.progress().observe_syncs(metrics.clone());
+        }
         let pipeline = PersistPipeline::new(config.id, durable_hard_state);
         let snapshots = Snapshots::new(
             SnapshotSettings {
@@ -241,6 +251,7 @@ impl NodeLoop {
             member_changes: MemberChanges::default(),
             removed_logged,
             requests: 0,
+            metrics: metrics.map(MetricsPublisher::new),
         })
     }
 
@@ -283,6 +294,7 @@ impl NodeLoop {
             self.tend_waiters(now);
             self.tend_member_changes(now);
             self.log_changes();
+            self.publish_metrics();
             self.term_refusal_log
                 .observe(now, self.core.term_refusals());
             self.clients.flush();
@@ -303,6 +315,9 @@ impl NodeLoop {
             Event::Peer(message) => {
                 if self.halted {
                     return;
+                }
+                if let Some(metrics) = &mut self.metrics {
+                    metrics.observe_peer_message(&message);
                 }
                 match message.body {
                     // Stepped at once if the core will drop it: nothing to decode for it.
@@ -545,6 +560,7 @@ impl NodeLoop {
 
     /// The writer thread is done: on success, tell the core and compact.
     fn on_snapshot_saved(&mut self, saved: SnapshotSaved) {
+        let write_duration = saved.write_duration;
         let Some(compaction) = self.snapshots.on_saved(saved, self.halted) else {
             return;
         };
@@ -556,6 +572,9 @@ impl NodeLoop {
         {
             self.on_wal_thread_gone();
             return;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.snapshot_written(write_duration);
         }
         self.snapshots.compacted(&compaction);
     }
@@ -598,6 +617,19 @@ impl NodeLoop {
     fn wal_counters(&self) -> WalCounters {
         let (syncs, entries) = self.wal.progress().counters();
         WalCounters { syncs, entries }
+    }
+
+    /// Hands the metrics endpoint this turn's state (`metrics`; nothing without one).
+    fn publish_metrics(&mut self) {
+        if let Some(metrics) = &mut self.metrics {
+            metrics.publish(&LoopView {
+                core: &self.core,
+                queue: &self.queue,
+                applied: self.applied,
+                halted: self.halted,
+                shutting_down: self.shutdown.is_some(),
+            });
+        }
     }
 
     fn log_changes(&mut self) {

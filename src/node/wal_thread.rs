@@ -104,6 +104,8 @@ pub(super) struct WalProgress {
     syncs: AtomicU64,
     /// Log entries made durable (`wal_entries` in status).
     entries: AtomicU64,
+    /// Where each sync's duration and entries are observed (`metrics_port` set).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 impl WalProgress {
@@ -126,6 +128,21 @@ impl WalProgress {
             self.syncs.load(Ordering::Relaxed),
             self.entries.load(Ordering::Relaxed),
         )
+    }
+
+    /// From now on each sync's duration and entries go to `metrics`.
+    pub(super) fn observe_syncs(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    /// The thread's side: one sync of `entries` took from `started` to now.
+    fn observe_sync(&self, started: std::time::Instant, entries: u64) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics
+                .fsync_duration
+                .observe(started.elapsed().as_secs_f64());
+            metrics.entries_per_fsync.observe(entries as f64);
+        }
     }
 
     /// The thread's side: publishes a group, and says whether the loop asked to hear of it.
@@ -249,11 +266,13 @@ fn run(
             }
         }
         if must_sync {
+            let sync_started = std::time::Instant::now();
             if let Err(error) = store.sync() {
                 // What the group's messages promise may not be on disk: none leaves.
                 let _ = events.send(Event::Persisted(PersistReport::Failed(error)));
                 return store;
             }
+            outbox.progress.observe_sync(sync_started, entries);
         }
         // Every batch up to this group's last is durable now. The messages leave before
         // the report, so the loop never sends a later one first on its own DEALERs.

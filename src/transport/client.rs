@@ -32,6 +32,10 @@
 //! cluster id without being listed as a client. Such a connection may ask for `stats` and
 //! `status` and nothing else: every other request is `FORBIDDEN`, checked just as first as a
 //! client's rights; one from a node no longer a member gets no reply.
+//! With a metrics endpoint (`metrics_port`), this thread counts every request by type and
+//! outcome, with its latency from arrival to reply (`crate::metrics::requests`): it is the
+//! one place every request passes twice, whether the node loop answered it or this thread
+//! did.
 
 use super::monitor::Monitor;
 use super::watch::{self, Watched, Watcher};
@@ -43,6 +47,8 @@ use super::{
 use crate::config::clients::{Access, SharedClients};
 use crate::config::keys::Key;
 use crate::config::NodeConfig;
+use crate::metrics::requests::{outcome_label, request_type, RequestRecorder, INVALID_TYPE};
+use crate::metrics::Metrics;
 use crate::protocol::{
     detect_encoding, encode_reply, encode_request_error, parse_request, Encoding, ErrorCode,
     ErrorInfo, Intent, Limits, Outcome, Reply, Request, RequestError,
@@ -88,6 +94,9 @@ pub struct ClientSettings {
     pub frame_bytes_max: usize,
     /// CURVE and per-request rights, when the config lists `clients`; plain otherwise.
     pub curve: Option<ClientCurve>,
+    /// Where to count requests by type and outcome, with their latency (`metrics_port`
+    /// set); `None` records nothing.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// A keyed client port: the ROUTER is a CURVE server with the node's own secret key, and
@@ -111,6 +120,7 @@ impl ClientSettings {
             limits: config.limits.clone(),
             frame_bytes_max: config.client_frame_bytes_max(),
             curve: None,
+            metrics: None,
         })
     }
 }
@@ -184,6 +194,7 @@ impl ClientTransport {
             Some(curve) => (Some(curve.clients), Some(curve.members)),
             None => (None, None),
         };
+        let recorder = settings.metrics.map(RequestRecorder::new);
         let thread = std::thread::Builder::new()
             .name("client".into())
             .spawn(move || {
@@ -196,6 +207,7 @@ impl ClientTransport {
                     members,
                     pending: HashMap::new(),
                     next_ticket: 0,
+                    recorder,
                 }
                 .run()
             })
@@ -257,6 +269,9 @@ struct Pending {
     envelope: Frames,
     version: u8,
     encoding: Encoding,
+    /// The request's type label and arrival, for the metrics.
+    kind: &'static str,
+    received_at: Instant,
 }
 
 struct ClientThread<E> {
@@ -271,6 +286,7 @@ struct ClientThread<E> {
     /// Invariant: holds exactly the tickets sent to the node loop and not yet answered.
     pending: HashMap<Ticket, Pending>,
     next_ticket: u64,
+    recorder: Option<RequestRecorder>,
 }
 
 impl<E: From<ClientRequest>> ClientThread<E> {
@@ -340,6 +356,7 @@ impl<E: From<ClientRequest>> ClientThread<E> {
     }
 
     fn handle(&mut self, frames: Frames, user_id: Option<String>) {
+        let received_at = Instant::now();
         // A keyed port: a connection whose key is not (or no longer) listed, nor a current
         // member's, gets nothing.
         let mut peer = None;
@@ -378,6 +395,7 @@ impl<E: From<ClientRequest>> ClientThread<E> {
                     ),
                 ),
             };
+            self.record_refused(error.error.code, received_at);
             self.send(envelope, encode_request_error(&error));
             return;
         };
@@ -385,6 +403,7 @@ impl<E: From<ClientRequest>> ClientThread<E> {
             Ok(parsed) => parsed,
             Err(error) => {
                 log::debug!("bad request: {}", error.error.message);
+                self.record_refused(error.error.code, received_at);
                 self.send(envelope, encode_request_error(&error));
                 return;
             }
@@ -429,6 +448,7 @@ impl<E: From<ClientRequest>> ClientThread<E> {
                         leader: None,
                     };
                     let body = encode_reply(&reply, head.version, parsed.encoding());
+                    self.record_refused(ErrorCode::Forbidden, received_at);
                     self.send(envelope, body);
                     return;
                 }
@@ -447,12 +467,14 @@ impl<E: From<ClientRequest>> ClientThread<E> {
                         envelope,
                         version: request.version,
                         encoding,
+                        kind: request_type(&request.operation),
+                        received_at,
                     },
                 );
                 let forwarded = ClientRequest {
                     ticket,
                     request,
-                    received_at: Instant::now(),
+                    received_at,
                 };
                 // Blocks only while the node loop's channel is full: backpressure, bounded
                 // by ZeroMQ's receive queue behind us.
@@ -462,8 +484,16 @@ impl<E: From<ClientRequest>> ClientThread<E> {
             }
             Err(error) => {
                 log::debug!("bad request: {}", error.error.message);
+                self.record_refused(error.error.code, received_at);
                 self.send(envelope, encode_request_error(&error));
             }
+        }
+    }
+
+    /// A request answered here, before it was understood well enough to have a type.
+    fn record_refused(&mut self, code: ErrorCode, received_at: Instant) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(INVALID_TYPE, code.as_str(), received_at);
         }
     }
 
@@ -475,6 +505,9 @@ impl<E: From<ClientRequest>> ClientThread<E> {
         };
         let body = encode_reply(reply, pending.version, pending.encoding);
         self.send(pending.envelope, body);
+        if let Some(recorder) = &mut self.recorder {
+            recorder.record(pending.kind, outcome_label(reply), pending.received_at);
+        }
     }
 
     fn send(&self, mut frames: Frames, body: Vec<u8>) {

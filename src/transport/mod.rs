@@ -59,6 +59,7 @@
 //! that outlives a request's round trip (the node loop owns all of that).
 
 pub mod client;
+pub mod counters;
 pub mod fault;
 pub mod log_limit;
 pub mod monitor;

@@ -30,7 +30,9 @@
 //!   event and matched to the failure by the `Disconnected` event that follows it on the
 //!   same descriptor. A connection refused before this thread read its `Accepted` event has no
 //!   address left to read ("address unknown"). A key the ZAP handler refuses is logged
-//!   there, with the key ([`super::zap`]); here only at debug level.
+//!   there, with the key ([`super::zap`]); here only at debug level. Each refusal, and the
+//!   number of connections open, is also counted for the metrics endpoint
+//!   ([`super::counters`]).
 //!
 //! What it must not do: block on the node loop's channel without watching the stop flag
 //! (the loop stops the transport while the channel may be full), or log once per event.
@@ -378,13 +380,16 @@ impl RefusalLog {
     }
 
     fn on_event(&mut self, event: &MonitorEvent, now: Instant) {
+        let counters = super::counters::for_purpose(self.purpose);
         match event.kind {
             EventKind::Accepted => {
                 self.accepted.insert(event.value, peer_address(event.value));
+                counters.set_connections(self.accepted.len());
             }
             EventKind::HandshakeFailedNoDetail
             | EventKind::HandshakeFailedProtocol
             | EventKind::HandshakeFailedAuth => {
+                counters.refused();
                 if let Some((kind, value, _)) = self.waiting.take() {
                     self.failed(kind, value, None, now);
                 }
@@ -392,6 +397,7 @@ impl RefusalLog {
             }
             EventKind::Disconnected => {
                 let address = self.accepted.remove(&event.value).flatten();
+                counters.set_connections(self.accepted.len());
                 if let Some((kind, value, _)) = self.waiting.take() {
                     self.failed(kind, value, address, now);
                 }

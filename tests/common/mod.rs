@@ -150,6 +150,30 @@ impl Cluster {
         Cluster::start_all(host, size, flags, settings, false, &[])
     }
 
+    /// As [`Cluster::start_with`], each address with a free `metrics_port` (see
+    /// [`Cluster::metrics_address`]).
+    pub fn start_with_metrics(size: usize, flags: &[&str]) -> Cluster {
+        Cluster::start_all(
+            "127.0.0.1",
+            size,
+            flags,
+            &json!({ METRICS_PORTS: true }),
+            false,
+            &[],
+        )
+    }
+
+    /// `127.0.0.1:PORT`: node `index`'s `metrics_port` (a cluster started with
+    /// [`Cluster::start_with_metrics`]).
+    pub fn metrics_address(&self, index: usize) -> String {
+        let text = std::fs::read_to_string(&self.config_path).expect("read the config");
+        let config: Value = serde_json::from_str(&text).expect("the config is JSON");
+        let port = config["addresses"][index]["metrics_port"]
+            .as_u64()
+            .expect("the cluster was started with metrics ports");
+        format!("127.0.0.1:{port}")
+    }
+
     fn start_all(
         host: &str,
         size: usize,
@@ -573,6 +597,9 @@ fn add_clients(path: &Path, dir: &Path, clients: &[(&str, Value)]) -> Vec<(Strin
 }
 
 /// Adds the keys of `settings` (a JSON object) to the config file at `path`.
+/// A pseudo-setting for [`add_settings`]: give every address a free `metrics_port`.
+const METRICS_PORTS: &str = "test harness: metrics ports";
+
 fn add_settings(path: &Path, settings: &Value) {
     let settings = settings.as_object().expect("settings are a JSON object");
     if settings.is_empty() {
@@ -582,6 +609,28 @@ fn add_settings(path: &Path, settings: &Value) {
     let mut config: Value = serde_json::from_str(&text).expect("the generated config is JSON");
     let object = config.as_object_mut().expect("the config is a JSON object");
     for (key, value) in settings {
+        if key == METRICS_PORTS {
+            let addresses = object["addresses"]
+                .as_array_mut()
+                .expect("the generated config lists addresses");
+            // Free now, and none of the ports the config already names (free too, until
+            // the nodes bind them).
+            let taken: Vec<u64> = addresses
+                .iter()
+                .flat_map(|address| [&address["port"], &address["internal_port"]])
+                .filter_map(Value::as_u64)
+                .collect();
+            let ports: Vec<u16> = rrmq::transport::ports::free_ports(addresses.len() * 4)
+                .expect("free ports")
+                .into_iter()
+                .filter(|port| !taken.contains(&u64::from(*port)))
+                .collect();
+            assert!(ports.len() >= addresses.len(), "not enough free ports");
+            for (address, port) in addresses.iter_mut().zip(ports) {
+                address["metrics_port"] = json!(port);
+            }
+            continue;
+        }
         object.insert(key.clone(), value.clone());
     }
     std::fs::write(path, config.to_string()).expect("write the config");

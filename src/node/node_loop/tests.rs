@@ -453,6 +453,7 @@ fn start_node_of(
         durable_hard_state: HardState::default(),
         snapshot: SnapshotMeta::default(),
         previous_snapshot: SnapshotMeta::default(),
+        metrics: None,
     })
     .expect("the WAL thread starts");
     let node = std::thread::spawn(move || node.run(&inbox));

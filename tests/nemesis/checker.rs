@@ -35,8 +35,11 @@
 //! - `check_leaders`: at most one node says it is leader in any term, over all status
 //!   samples (`leaders_per_term`).
 //! - `check_run`: the cluster took a write within the bound after the last fault healed
-//!   (`recovery`), every node ended with the same applied state (`convergence`), and the
-//!   harness noted no problem such as a node that exited on its own (`problem`).
+//!   (`recovery`), every node ended with the same applied state (`convergence`), every live
+//!   member agreed on the membership at the end (`membership`: the leader's `member GET`
+//!   against the members the harness runs and their status), and the harness noted no
+//!   problem such as a node that exited on its own or a replacement that never finished
+//!   (`problem`).
 //!
 //! What it must not do: trust timing beyond the history's real-time order, or accept a
 //! history it cannot explain.
@@ -96,6 +99,11 @@ pub struct Summary {
     pub leaders_seen: usize,
     pub recovery_ms: Option<u64>,
     pub duration_ms: f64,
+    /// The membership nemesis: nodes replaced (the old one removed and stopped), and the
+    /// `member PUT` and `member DELETE` attempts it took (each retry counts).
+    pub replacements: usize,
+    pub member_puts: usize,
+    pub member_deletes: usize,
 }
 
 impl Summary {
@@ -115,7 +123,8 @@ impl Summary {
              messages dead-lettered\n\
              faults ({}, in force {:.1} s): {}\n\
              status samples: {}, terms up to {}, {} leaderships seen; recovery after the last \
-             heal: {}; history spans {:.1} s",
+             heal: {}; history spans {:.1} s\n\
+             membership: {} replacements ({} member PUT and {} member DELETE attempts)",
             self.operations,
             self.puts_ok,
             self.puts_failed,
@@ -149,6 +158,9 @@ impl Summary {
             self.recovery_ms
                 .map_or("not measured".to_string(), |ms| format!("{ms} ms")),
             self.duration_ms / 1000.0,
+            self.replacements,
+            self.member_puts,
+            self.member_deletes,
         )
     }
 }
@@ -1124,6 +1136,11 @@ fn check_run(records: &[Record], violations: &mut Vec<Violation>) {
                 message: format!("the nodes did not end with the same state: {detail}"),
                 lines: vec![line],
             }),
+            Event::Membership { ok: false, detail } => violations.push(Violation {
+                check: "membership",
+                message: detail.clone(),
+                lines: vec![line],
+            }),
             Event::Note {
                 text,
                 problem: true,
@@ -1260,6 +1277,12 @@ fn summary(records: &[Record], operations: &Operations) -> Summary {
                 }
             }
             Event::Recovery { elapsed_ms, .. } => summary.recovery_ms = Some(*elapsed_ms),
+            Event::Member { action, ok, .. } => match action.as_str() {
+                "stop" if *ok => summary.replacements += 1,
+                "put" => summary.member_puts += 1,
+                "delete" => summary.member_deletes += 1,
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -1646,6 +1669,22 @@ mod tests {
                     })
                 },
                 vec!["convergence"],
+            ),
+            (
+                "members that disagree on the membership at the end",
+                |history| {
+                    history.push(Event::Member {
+                        action: "stop".into(),
+                        node: 1,
+                        ok: true,
+                        detail: "removed and stopped".into(),
+                    });
+                    history.push(Event::Membership {
+                        ok: false,
+                        detail: "member GET lists [0, 2], node 3 answers as a member".into(),
+                    })
+                },
+                vec!["membership"],
             ),
             (
                 "a node that exited on its own",

@@ -358,7 +358,11 @@ impl NodeLoop {
     /// Connects to the members of the acting membership and, while a change is in progress,
     /// to those of the last committed one too: a node being removed must still receive the
     /// entry that removes it (the core replicates to it until that entry commits), so that
-    /// it knows, even after a restart, that it was removed. Called when the acting
+    /// it knows, even after a restart, that it was removed. And to every node of the config
+    /// file that the acting membership has not retired: a node that replays an old part of
+    /// the log (a node just added, catching up from the start) acts on an old membership,
+    /// which may not list the leader it replicates from (added since); without a connection
+    /// to it, its answers are dropped and it never catches up. Called when the acting
     /// membership changes and when a membership entry commits.
     pub(super) fn connect_peers(&mut self) {
         let me = self.config.id;
@@ -367,6 +371,13 @@ impl NodeLoop {
         for (id, endpoint) in committed.peers(me) {
             if !peers.iter().any(|(known, _)| *known == id) {
                 peers.push((id, endpoint));
+            }
+        }
+        let acting = self.core.membership();
+        for (index, address) in self.config.cluster.addresses.iter().enumerate() {
+            let id = NodeId(index as u64);
+            if id != me && !acting.is_retired(id) && !peers.iter().any(|(known, _)| *known == id) {
+                peers.push((id, address.internal_endpoint()));
             }
         }
         self.peers.set_peers(peers);

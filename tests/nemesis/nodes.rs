@@ -141,10 +141,8 @@ impl Nodes {
     /// cluster's membership: that takes a `member PUT`).
     pub fn start_joining(&mut self, flags: &[&str]) -> usize {
         let id = self.ports.len();
-        self.ports.push(NodePorts {
-            port: free_port(),
-            internal_port: free_port(),
-        });
+        let ports = self.fresh_ports();
+        self.ports.push(ports);
         let text = std::fs::read_to_string(&self.cluster.config_path).expect("read the config");
         let mut config: Value = serde_json::from_str(&text).expect("the config is JSON");
         config["addresses"] = Value::Array(
@@ -172,7 +170,26 @@ impl Nodes {
         id
     }
 
-    /// The flags every node of the run gets on top of [`FAST_FLAGS`].
+    /// Two free ports that no id was ever given: the system hands out the ports of stopped
+    /// nodes again, and a config that lists an address twice is refused.
+    fn fresh_ports(&self) -> NodePorts {
+        let used = |port: u16| {
+            self.ports
+                .iter()
+                .any(|ports| ports.port == port || ports.internal_port == port)
+        };
+        loop {
+            let (port, internal_port) = (free_port(), free_port());
+            if port != internal_port && !used(port) && !used(internal_port) {
+                return NodePorts {
+                    port,
+                    internal_port,
+                };
+            }
+        }
+    }
+
+    /// Starts a joined node's process (again), with `flags` on top of [`FAST_FLAGS`].
     fn spawn_joined(&mut self, id: usize, flags: &[&str]) {
         let log_path = self.log_path(id);
         let data_dir = self.cluster.dir.path().join(format!("node-{id}"));

@@ -506,3 +506,55 @@ fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majori
         assert_eq!(get.stdout_text(), format!("{expected}\n"));
     }
 }
+
+/// A node added while a node that was itself added later leads replays the log from the
+/// start, acting on the old memberships in it, which do not list that leader: it must keep
+/// its connection to the leader (from its config) or it never catches up. Found by the
+/// membership nemesis (a replacement stuck "in progress" after earlier replacements had
+/// made a fresh node leader).
+#[test]
+fn a_node_added_under_a_leader_the_old_log_does_not_know_catches_up() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader(Duration::from_secs(30));
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    cluster
+        .rrmq(&["put", "t", "before"])
+        .assert_code(0, "put before");
+    let (four, third) = config_plus_one(&cluster, &cluster.config_path, "config-4.json");
+    let (five, fourth) = config_plus_one(&cluster, &four, "config-5.json");
+    let (six, fifth) = config_plus_one(&cluster, &five, "config-6.json");
+    let _third = spawn_joining(&cluster, &five, third);
+    member_add(&cluster, &four, third);
+    // More than one AppendEntries (1 MiB) of log after the membership {0, 1, 2, 3}, so
+    // that a node replaying it acts on that membership for a while.
+    let config = rrmq::config::ClusterConfig::load(&four).expect("the config");
+    let mut client = rrmq::client::Client::connect(
+        rrmq::client::ClientOptions::from_config(&config).expect("client options"),
+    )
+    .expect("a client");
+    for _ in 0..5 {
+        client
+            .put("t", rrmq::protocol::Payload::Text("x".repeat(300_000)))
+            .expect("a large put");
+    }
+    let _fourth = spawn_joining(&cluster, &five, fourth);
+    member_add(&cluster, &five, fourth);
+    // Node 4 alone is left, and leads: no membership before its add lists it.
+    for old in 0..4 {
+        member_remove(&cluster, &five, old);
+    }
+    let five_text = five.to_str().expect("UTF-8 path");
+    let members = wait_for_members(&cluster, five_text, |members| members.len() == 1);
+    assert_eq!(voters(&members), vec![4]);
+    // A fresh node catches up from the start of the log.
+    let _fifth = spawn_joining(&cluster, &six, fifth);
+    member_add(&cluster, &six, fifth);
+    let six_text = six.to_str().expect("UTF-8 path");
+    let members = wait_for_members(&cluster, six_text, |members| voters(members).len() == 2);
+    assert_eq!(voters(&members), vec![4, 5]);
+    let get = cli(&cluster, &six, "60s", &["get", "t"]);
+    get.assert_code(0, "get");
+    assert_eq!(get.stdout_text(), "before\n");
+}

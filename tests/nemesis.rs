@@ -10,6 +10,10 @@
 //! limit and one with `max_deliveries` and a dead-letter topic, so acknowledged delivery is
 //! under the same faults: no message lost or ACKed twice, never two holders at once.
 //!
+//! One scenario adds the membership nemesis: every third fault replaces a member by a fresh
+//! node at a new address while another fault holds, and the end checks that every member
+//! agrees on the membership (see `nemesis/nemesis.rs`, `nemesis/nodes.rs`).
+//!
 //! One scenario runs keyed (peer keys and a `clients` list; the workload's clients use a
 //! listed key), so the checker also holds with CURVE on both ports.
 //!
@@ -33,6 +37,8 @@ mod harness;
 mod history;
 #[path = "nemesis/nemesis.rs"]
 mod nemesis;
+#[path = "nemesis/nodes.rs"]
+mod nodes;
 #[path = "nemesis/workload.rs"]
 mod workload;
 
@@ -77,6 +83,7 @@ fn config(name: &str, nodes: usize, kinds: &[FaultKind]) -> RunConfig {
         },
         kinds: kinds.to_vec(),
         keyed: false,
+        replace_every: None,
     }
 }
 
@@ -98,6 +105,19 @@ fn three_nodes_keyed_under_mixed_faults() {
 #[test]
 fn five_nodes_under_mixed_faults() {
     harness::run(&config("five_nodes", 5, &FaultKind::ALL));
+}
+
+/// The membership nemesis on top of every other fault: every third fault (the second one
+/// first, so a short run has one too) replaces a random member, sometimes the leader, by a
+/// fresh node at a new address while another fault holds; the workload, the faults and the
+/// final checks follow the members as they change, and at the end every member must agree
+/// on the membership.
+#[test]
+fn three_nodes_membership_under_mixed_faults() {
+    harness::run(&RunConfig {
+        replace_every: Some(3),
+        ..config("three_nodes_membership", 3, &FaultKind::ALL)
+    });
 }
 
 #[test]

@@ -215,7 +215,13 @@ impl NodeLoop {
         // The membership may differ from the config's (restored from the log or a
         // snapshot): connect to the members it names.
         let book = AddressBook::new(core.membership(), &config.cluster);
-        membership::follow_members(&peers, &config, &book, core.committed_membership());
+        membership::follow_members(
+            &peers,
+            &config,
+            &book,
+            core.membership(),
+            core.committed_membership(),
+        );
         let removed_logged = core.is_removed();
         if removed_logged {
             log::warn!(

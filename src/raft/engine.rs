@@ -405,7 +405,9 @@ impl Core {
                 entries,
                 commit,
             } => {
-                self.follow_leader_of_current_term(from);
+                if !self.follow_leader_of_current_term(from) {
+                    return;
+                }
                 if self.catch_up == CatchUp::AwaitingLeader {
                     self.catch_up = CatchUp::UntilCommitted(commit);
                 }
@@ -413,16 +415,18 @@ impl Core {
             }
             MessageBody::AppendEntriesResponse(result) => self.handle_append_response(from, result),
             MessageBody::Heartbeat { commit, read_round } => {
-                self.follow_leader_of_current_term(from);
-                self.handle_heartbeat(from, commit, read_round);
+                if self.follow_leader_of_current_term(from) {
+                    self.handle_heartbeat(from, commit, read_round);
+                }
             }
             MessageBody::HeartbeatResponse { read_round } => {
                 self.handle_heartbeat_response(from, read_round)
             }
             MessageBody::TimeoutNow => self.handle_timeout_now(from),
             MessageBody::InstallSnapshot { snapshot } => {
-                self.follow_leader_of_current_term(from);
-                self.handle_install_snapshot(from, snapshot);
+                if self.follow_leader_of_current_term(from) {
+                    self.handle_install_snapshot(from, snapshot);
+                }
             }
         }
     }
@@ -1391,21 +1395,35 @@ impl Core {
 
     // ---- Follower side of replication ---------------------------------------------------
 
-    /// An AppendEntries or heartbeat of the current term: its sender is the leader.
-    fn follow_leader_of_current_term(&mut self, from: NodeId) {
-        assert_ne!(
-            self.role,
-            Role::Leader,
-            "node {} term {}: two leaders in one term ({} too)",
-            self.id,
-            self.term,
-            from
-        );
+    /// An AppendEntries, heartbeat or InstallSnapshot of the current term: its sender is the
+    /// leader, unless this node knows another leader of this term (or leads it itself).
+    /// Raft elects at most one leader per term, so such a message is forged (an unkeyed peer
+    /// port authenticates nobody) or corrupt: it is dropped, counted in
+    /// [`Core::term_refusals`] as malformed, and false returned.
+    fn follow_leader_of_current_term(&mut self, from: NodeId) -> bool {
+        let known = if self.role == Role::Leader {
+            Some(self.id)
+        } else {
+            self.leader
+        };
+        if known.is_some_and(|leader| leader != from) {
+            self.term_refusals.malformed += 1;
+            self.term_refusals.last_dropped = Some((from, self.term));
+            log::debug!(
+                "node {} term {}: dropping a leader's message from {from}: node {} leads this \
+                 term",
+                self.id,
+                self.term,
+                known.map_or(0, |leader| leader.0)
+            );
+            return false;
+        }
         if self.role != Role::Follower || self.leader != Some(from) {
             let term = self.term;
             self.become_follower(term, Some(from));
         }
         self.election_elapsed_ticks = 0;
+        true
     }
 
     fn handle_append_entries(

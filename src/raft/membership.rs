@@ -95,6 +95,19 @@ impl Membership {
         Ok(())
     }
 
+    /// [`Membership::validate`], and at least one voter unless the membership is empty
+    /// ("not known here"): what every membership the cluster ever writes satisfies, so the
+    /// check for one that arrives from the network or is read back from disk. A membership
+    /// that fails it must never reach the core: its lookups assume sorted, unique ids, and
+    /// a membership without a voter can never elect a leader again.
+    pub fn check_well_formed(&self) -> Result<(), String> {
+        self.validate()?;
+        if !self.members.is_empty() && self.voter_count() == 0 {
+            return Err("members but no voter".to_string());
+        }
+        Ok(())
+    }
+
     /// Whether nothing is known (no members): see the type's docs.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()

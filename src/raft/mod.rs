@@ -314,7 +314,9 @@ pub struct TermRefusals {
     /// above the message's own term, which no honest node sends (a node never holds an entry
     /// of a term it has not reached), or because an append's entries do not follow `prev`
     /// one index after the other with terms that never decrease, or because a "log too
-    /// short" rejection claims a last index at or beyond the index it rejects.
+    /// short" rejection claims a last index at or beyond the index it rejects, or because
+    /// it speaks for the leader of a term whose leader this node knows to be another (or
+    /// itself): Raft elects one leader per term.
     pub malformed: u64,
     /// Election timeouts (or TimeoutNow requests) on which this node did not campaign because
     /// its term is [`Term::MAX_SANE`] or beyond.

@@ -61,7 +61,8 @@ const HARD_STATE_PAYLOAD_BYTES: usize = 26;
 //   member     = { id: u64 | voter: u8 (0 or 1) | info_len: u32 | info: [u8; info_len] }
 //
 //   Members and retired ids are written sorted and read back checked (sorted, unique, no
-//   member retired): a membership that breaks its invariants is a decoding error.
+//   member retired, a voter unless empty): a membership that breaks its invariants is a
+//   decoding error.
 //
 // hard state payload (the `hard_state` file holds exactly one record):
 //
@@ -464,7 +465,7 @@ fn decode_membership(reader: &mut Reader<'_>) -> Result<Membership, String> {
     }
     let membership = Membership { members, retired };
     membership
-        .validate()
+        .check_well_formed()
         .map_err(|reason| format!("bad membership: {reason}"))?;
     Ok(membership)
 }
@@ -566,12 +567,14 @@ mod tests {
                 proptest::collection::btree_set(any::<u64>(), 0..4)
             )
                 .prop_map(|(term, index, members, retired)| {
+                    // Well formed: the first member votes (every membership written does).
                     let members = members
                         .into_iter()
                         .filter(|(id, _)| !retired.contains(id))
-                        .map(|(id, (voter, info))| Member {
+                        .enumerate()
+                        .map(|(position, (id, (voter, info)))| Member {
                             id: NodeId(id),
-                            voter,
+                            voter: voter || position == 0,
                             info: Bytes::from(info),
                         })
                         .collect();
@@ -670,6 +673,124 @@ mod tests {
             };
             prop_assert_eq!(decode_hard_state(&encode_hard_state(&hard_state)), Ok(hard_state));
         }
+    }
+
+    /// Memberships as hostile bytes could describe them: ids in any order, repeated,
+    /// retired while members, every voter flag.
+    fn any_membership() -> impl Strategy<Value = Membership> {
+        (
+            proptest::collection::vec(
+                (
+                    0u64..6,
+                    any::<bool>(),
+                    proptest::collection::vec(any::<u8>(), 0..12),
+                ),
+                0..6,
+            ),
+            proptest::collection::vec(0u64..6, 0..3),
+        )
+            .prop_map(|(members, retired)| Membership {
+                members: members
+                    .into_iter()
+                    .map(|(id, voter, info)| Member {
+                        id: NodeId(id),
+                        voter,
+                        info: Bytes::from(info),
+                    })
+                    .collect(),
+                retired: retired.into_iter().map(NodeId).collect(),
+            })
+    }
+
+    fn membership_encoded(membership: &Membership) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_membership(&mut bytes, membership);
+        bytes
+    }
+
+    proptest! {
+        #[test]
+        fn hostile_membership_bytes_never_panic_nor_decode_ill_formed(
+            bytes in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            if let Ok(membership) = decode_membership_bytes(&bytes) {
+                prop_assert_eq!(membership.check_well_formed(), Ok(()));
+            }
+        }
+
+        #[test]
+        fn a_membership_decodes_iff_well_formed(membership in any_membership()) {
+            let decoded = decode_membership_bytes(&membership_encoded(&membership));
+            match membership.check_well_formed() {
+                Ok(()) => prop_assert_eq!(decoded, Ok(membership)),
+                Err(_) => prop_assert!(decoded.is_err(), "{:?} decoded", membership),
+            }
+        }
+
+        #[test]
+        fn mutated_memberships_never_panic_nor_decode_ill_formed(
+            membership in any_membership(),
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..4),
+            cut in any::<proptest::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let mut bytes = membership_encoded(&membership);
+            for (at, value) in edits {
+                let at = at.index(bytes.len());
+                bytes[at] = value;
+            }
+            if truncate {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            if let Ok(decoded) = decode_membership_bytes(&bytes) {
+                prop_assert_eq!(decoded.check_well_formed(), Ok(()));
+            }
+            // The same bytes inside a batch record's entry.
+            let mut payload = 0u64.to_le_bytes().to_vec();
+            payload.extend_from_slice(&[KIND_BATCH, 1, 0, 0, 0, ITEM_ENTRY]);
+            payload.extend_from_slice(&1u64.to_le_bytes());
+            payload.extend_from_slice(&1u64.to_le_bytes());
+            payload.push(PAYLOAD_MEMBERSHIP);
+            payload.extend_from_slice(&bytes);
+            if let Ok(items) = decode_batch(&payload, 0) {
+                for item in items {
+                    if let Item::Entry(Entry { payload: EntryPayload::Membership(decoded), .. }) = item {
+                        prop_assert_eq!(decoded.check_well_formed(), Ok(()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ill_formed_memberships_are_refused() {
+        let member = |id: u64, voter: bool| Member {
+            id: NodeId(id),
+            voter,
+            info: Bytes::new(),
+        };
+        let cases = [
+            (
+                "duplicate ids",
+                vec![member(1, true), member(1, true)],
+                vec![],
+            ),
+            ("no voter", vec![member(1, false), member(2, false)], vec![]),
+            ("unsorted", vec![member(2, true), member(1, true)], vec![]),
+            ("a retired member", vec![member(1, true)], vec![NodeId(1)]),
+            (
+                "retired ids repeated",
+                vec![member(1, true)],
+                vec![NodeId(2), NodeId(2)],
+            ),
+        ];
+        for (name, members, retired) in cases {
+            let bytes = membership_encoded(&Membership { members, retired });
+            assert!(decode_membership_bytes(&bytes).is_err(), "{name} decoded");
+        }
+        // An empty membership ("not known here") is well formed.
+        let empty = membership_encoded(&Membership::default());
+        assert_eq!(decode_membership_bytes(&empty), Ok(Membership::default()));
     }
 
     #[test]

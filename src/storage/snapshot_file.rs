@@ -847,6 +847,85 @@ mod tests {
         })
     }
 
+    /// A header with a membership of `voters` (ids 0, 1, ...) and a retired id.
+    fn header_with(voters: &[bool]) -> Vec<u8> {
+        let membership = crate::raft::Membership {
+            members: voters
+                .iter()
+                .enumerate()
+                .map(|(id, voter)| crate::raft::Member {
+                    id: crate::raft::NodeId(id as u64),
+                    voter: *voter,
+                    info: bytes::Bytes::from_static(b"info"),
+                })
+                .collect(),
+            retired: vec![crate::raft::NodeId(9)],
+        };
+        encode_header(&SnapshotMeta {
+            membership,
+            ..meta(3, 40)
+        })
+    }
+
+    proptest::proptest! {
+        /// A header is hostile input: a received snapshot's comes from the network, and a
+        /// forger can make its checksum right. Decoding never panics, and a membership it
+        /// yields keeps the invariants (sorted unique ids, no member retired, a voter).
+        #[test]
+        fn hostile_headers_never_panic_nor_yield_an_ill_formed_membership(
+            voters in proptest::collection::vec(proptest::prelude::any::<bool>(), 0..4),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(),
+                 proptest::prelude::any::<u8>()),
+                0..4,
+            ),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            truncate in proptest::prelude::any::<bool>(),
+        ) {
+            let mut header = header_with(&voters);
+            // Edit only the membership part: the fixed part's damage is covered elsewhere.
+            let fixed = SNAPSHOT_HEADER_BYTES as usize;
+            for (at, value) in edits {
+                let at = fixed + at.index(header.len() - fixed);
+                header[at] = value;
+            }
+            if truncate {
+                header.truncate(cut.index(header.len() + 1));
+            }
+            if let Ok((decoded, _)) = decode_header(&header) {
+                proptest::prop_assert_eq!(decoded.membership.check_well_formed(), Ok(()));
+            }
+        }
+
+        #[test]
+        fn random_headers_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let mut header = header_with(&[true]);
+            header.truncate(SNAPSHOT_HEADER_BYTES as usize);
+            header.extend_from_slice(&bytes);
+            if let Ok((decoded, _)) = decode_header(&header) {
+                proptest::prop_assert_eq!(decoded.membership.check_well_formed(), Ok(()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_with_a_forged_membership_and_a_matching_checksum_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        // No voter: every learner.
+        let header = header_with(&[false, false]);
+        let mut file = header.clone();
+        file.extend_from_slice(b"body");
+        let crc = crc32c::crc32c(&file);
+        file.extend_from_slice(&crc.to_le_bytes());
+        let path = snapshot_path(dir.path(), &meta(3, 40));
+        std::fs::write(&path, &file).expect("write the forged file");
+        let error = verify_snapshot(&path).expect_err("a forged membership verified");
+        assert!(error.to_string().contains("no voter"), "{error}");
+        assert!(read_all(&path).is_err());
+    }
+
     #[test]
     fn the_membership_round_trips_and_version_1_files_are_still_read() {
         let dir = tempfile::tempdir().expect("a temp dir");

@@ -20,12 +20,14 @@
 //! One Raft message per frame (an AppendEntries batch is one frame). A frame from another
 //! cluster (different `cluster_id`, i.e. another config file), for another node, or from a
 //! node that is not a peer is refused with a [`PeerDecodeError`]: that is a misconfiguration
-//! or a stray process on a reused port, not an attack this layer defends against.
+//! or a stray process on a reused port, not an attack this layer defends against. A frame
+//! carrying a membership that breaks its invariants (in an append's entry, or announced with
+//! a snapshot) is refused as malformed: the decoder does not check them, the core needs them.
 //!
 //! What it must not do: touch sockets, files or threads. It is pure, so the codec is tested
 //! (and benchmarked, `benches/hot_path.rs`) without a network.
 
-use crate::raft::{Message, MessageBody, NodeId, SnapshotMeta, Term};
+use crate::raft::{EntryPayload, Message, MessageBody, NodeId, SnapshotMeta, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -217,6 +219,11 @@ pub fn decode_peer_frame(frame: &[u8], filter: &PeerFilter) -> Result<PeerFrame,
             TransferFrame::Ack(ack) => (ack.from, ack.to),
         };
         check_envelope(filter, cluster_id, from, to)?;
+        let snapshot = match &decoded {
+            TransferFrame::Chunk(chunk) => &chunk.snapshot,
+            TransferFrame::Ack(ack) => &ack.snapshot,
+        };
+        check_membership(&snapshot.membership)?;
         return Ok(PeerFrame::Transfer(decoded));
     }
     if frame.first() != Some(&FIXARRAY_3) {
@@ -241,7 +248,28 @@ pub fn decode_peer_frame(frame: &[u8], filter: &PeerFilter) -> Result<PeerFrame,
         return Err(PeerDecodeError::WrongVersion(version));
     }
     check_envelope(filter, cluster_id, message.from, message.to)?;
+    match &message.body {
+        MessageBody::AppendEntries { entries, .. } => {
+            for entry in entries {
+                if let EntryPayload::Membership(membership) = &entry.payload {
+                    check_membership(membership)?;
+                }
+            }
+        }
+        MessageBody::InstallSnapshot { snapshot } => check_membership(&snapshot.membership)?,
+        _ => {}
+    }
     Ok(PeerFrame::Raft(message))
+}
+
+/// A membership from the network must keep the invariants every membership the cluster
+/// writes keeps ([`crate::raft::Membership::check_well_formed`]: ids sorted and unique, no
+/// member retired, a voter unless empty); the decoder alone does not check them, and the
+/// core relies on them.
+fn check_membership(membership: &crate::raft::Membership) -> Result<(), PeerDecodeError> {
+    membership
+        .check_well_formed()
+        .map_err(|reason| PeerDecodeError::Malformed(format!("bad membership: {reason}")))
 }
 
 fn check_envelope(
@@ -622,5 +650,216 @@ pub(crate) mod tests {
             "chunk data is binary: {} bytes",
             bytes.len()
         );
+    }
+
+    /// Memberships whose invariants are broken, as a forged frame could carry them.
+    fn ill_formed_memberships() -> Vec<crate::raft::Membership> {
+        use crate::raft::{Member, Membership};
+        let member = |id: u64, voter: bool| Member {
+            id: NodeId(id),
+            voter,
+            info: Bytes::new(),
+        };
+        vec![
+            Membership {
+                members: vec![member(0, true), member(0, true)],
+                retired: Vec::new(),
+            },
+            Membership {
+                members: vec![member(0, false), member(1, false)],
+                retired: Vec::new(),
+            },
+            Membership {
+                members: vec![member(2, true), member(0, true)],
+                retired: Vec::new(),
+            },
+            Membership {
+                members: vec![member(0, true)],
+                retired: vec![NodeId(0)],
+            },
+        ]
+    }
+
+    #[test]
+    fn frames_carrying_an_ill_formed_membership_are_refused() {
+        for membership in ill_formed_memberships() {
+            let snapshot = SnapshotMeta {
+                last: EntryId::new(Term(5), LogIndex(100)),
+                membership: membership.clone(),
+            };
+            let append = message(
+                0,
+                1,
+                MessageBody::AppendEntries {
+                    prev: EntryId::new(Term(6), LogIndex(9)),
+                    entries: vec![Entry {
+                        term: Term(6),
+                        index: LogIndex(10),
+                        payload: EntryPayload::Membership(membership.clone()),
+                    }],
+                    commit: LogIndex(8),
+                },
+            );
+            let install = message(
+                0,
+                1,
+                MessageBody::InstallSnapshot {
+                    snapshot: snapshot.clone(),
+                },
+            );
+            let chunk = TransferFrame::Chunk(SnapshotChunk {
+                from: NodeId(0),
+                to: NodeId(1),
+                term: Term(7),
+                snapshot,
+                transfer_id: 1,
+                offset: 0,
+                data: Bytes::from_static(b"data"),
+                total_bytes: 4,
+                file_crc: 0,
+            });
+            let frames = [
+                encode_peer_message(CLUSTER, &append),
+                encode_peer_message(CLUSTER, &install),
+                encode_transfer_frame(CLUSTER, &chunk),
+            ];
+            for frame in frames {
+                assert!(
+                    matches!(
+                        decode_peer_frame(&frame, &filter(1)),
+                        Err(PeerDecodeError::Malformed(reason)) if reason.contains("membership")
+                    ),
+                    "{membership:?} accepted"
+                );
+            }
+        }
+        // A well-formed one passes.
+        let good = crate::raft::Membership::from_voters([NodeId(0), NodeId(1)]);
+        let append = message(
+            0,
+            1,
+            MessageBody::AppendEntries {
+                prev: EntryId::new(Term(6), LogIndex(9)),
+                entries: vec![Entry {
+                    term: Term(6),
+                    index: LogIndex(10),
+                    payload: EntryPayload::Membership(good),
+                }],
+                commit: LogIndex(8),
+            },
+        );
+        let frame = encode_peer_message(CLUSTER, &append);
+        assert_eq!(decode_peer_message(&frame, &filter(1)), Ok(append));
+    }
+
+    /// Every membership a decoded frame carries is well formed.
+    fn memberships_well_formed(frame: &PeerFrame) -> bool {
+        let snapshot = match frame {
+            PeerFrame::Raft(message) => match &message.body {
+                MessageBody::AppendEntries { entries, .. } => {
+                    return entries.iter().all(|entry| match &entry.payload {
+                        EntryPayload::Membership(membership) => {
+                            membership.check_well_formed().is_ok()
+                        }
+                        _ => true,
+                    })
+                }
+                MessageBody::InstallSnapshot { snapshot } => snapshot,
+                _ => return true,
+            },
+            PeerFrame::Transfer(TransferFrame::Chunk(chunk)) => &chunk.snapshot,
+            PeerFrame::Transfer(TransferFrame::Ack(ack)) => &ack.snapshot,
+        };
+        snapshot.membership.check_well_formed().is_ok()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hostile_frames_never_panic_nor_carry_an_ill_formed_membership(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            if let Ok(frame) = decode_peer_frame(&bytes, &filter(1)) {
+                proptest::prop_assert!(memberships_well_formed(&frame), "{:?}", frame);
+            }
+        }
+
+        #[test]
+        fn mutated_membership_frames_never_panic_nor_carry_an_ill_formed_membership(
+            which in 0usize..4,
+            voters in proptest::collection::vec(proptest::prelude::any::<bool>(), 1..4),
+            edits in proptest::collection::vec(
+                (proptest::prelude::any::<proptest::sample::Index>(),
+                 proptest::prelude::any::<u8>()),
+                1..4,
+            ),
+        ) {
+            use crate::raft::{Member, Membership};
+            let membership = Membership {
+                members: voters
+                    .iter()
+                    .enumerate()
+                    .map(|(id, voter)| Member {
+                        id: NodeId(id as u64),
+                        voter: *voter,
+                        info: Bytes::from_static(b"info"),
+                    })
+                    .collect(),
+                retired: vec![NodeId(7)],
+            };
+            let snapshot = SnapshotMeta {
+                last: EntryId::new(Term(5), LogIndex(100)),
+                membership: membership.clone(),
+            };
+            let mut frame = match which {
+                0 => encode_peer_message(
+                    CLUSTER,
+                    &message(0, 1, MessageBody::AppendEntries {
+                        prev: EntryId::new(Term(6), LogIndex(9)),
+                        entries: vec![Entry {
+                            term: Term(6),
+                            index: LogIndex(10),
+                            payload: EntryPayload::Membership(membership),
+                        }],
+                        commit: LogIndex(8),
+                    }),
+                ),
+                1 => encode_peer_message(
+                    CLUSTER,
+                    &message(0, 1, MessageBody::InstallSnapshot { snapshot }),
+                ),
+                2 => encode_transfer_frame(
+                    CLUSTER,
+                    &TransferFrame::Chunk(SnapshotChunk {
+                        from: NodeId(0),
+                        to: NodeId(1),
+                        term: Term(7),
+                        snapshot,
+                        transfer_id: 1,
+                        offset: 0,
+                        data: Bytes::from_static(b"data"),
+                        total_bytes: 4,
+                        file_crc: 0,
+                    }),
+                ),
+                _ => encode_transfer_frame(
+                    CLUSTER,
+                    &TransferFrame::Ack(SnapshotAck {
+                        from: NodeId(0),
+                        to: NodeId(1),
+                        term: Term(7),
+                        snapshot,
+                        transfer_id: 1,
+                        status: AckStatus::Delivered,
+                    }),
+                ),
+            };
+            for (at, value) in edits {
+                let at = at.index(frame.len());
+                frame[at] = value;
+            }
+            if let Ok(decoded) = decode_peer_frame(&frame, &filter(1)) {
+                proptest::prop_assert!(memberships_well_formed(&decoded), "{:?}", decoded);
+            }
+        }
     }
 }

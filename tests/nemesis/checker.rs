@@ -35,8 +35,11 @@
 //! - `check_leaders`: at most one node says it is leader in any term, over all status
 //!   samples (`leaders_per_term`).
 //! - `check_run`: the cluster took a write within the bound after the last fault healed
-//!   (`recovery`), every node ended with the same applied state (`convergence`), and the
-//!   harness noted no problem such as a node that exited on its own (`problem`).
+//!   (`recovery`), every node ended with the same applied state (`convergence`), every live
+//!   member agreed on the membership at the end (`membership`: the leader's `member GET`
+//!   against the members the harness runs and their status), and the harness noted no
+//!   problem such as a node that exited on its own or a replacement that never finished
+//!   (`problem`).
 //!
 //! What it must not do: trust timing beyond the history's real-time order, or accept a
 //! history it cannot explain.
@@ -96,6 +99,11 @@ pub struct Summary {
     pub leaders_seen: usize,
     pub recovery_ms: Option<u64>,
     pub duration_ms: f64,
+    /// The membership nemesis: nodes replaced (the old one removed and stopped), and the
+    /// `member PUT` and `member DELETE` attempts it took (each retry counts).
+    pub replacements: usize,
+    pub member_puts: usize,
+    pub member_deletes: usize,
 }
 
 impl Summary {
@@ -115,7 +123,8 @@ impl Summary {
              messages dead-lettered\n\
              faults ({}, in force {:.1} s): {}\n\
              status samples: {}, terms up to {}, {} leaderships seen; recovery after the last \
-             heal: {}; history spans {:.1} s",
+             heal: {}; history spans {:.1} s\n\
+             membership: {} replacements ({} member PUT and {} member DELETE attempts)",
             self.operations,
             self.puts_ok,
             self.puts_failed,
@@ -149,6 +158,9 @@ impl Summary {
             self.recovery_ms
                 .map_or("not measured".to_string(), |ms| format!("{ms} ms")),
             self.duration_ms / 1000.0,
+            self.replacements,
+            self.member_puts,
+            self.member_deletes,
         )
     }
 }
@@ -697,9 +709,21 @@ fn check_order(operations: &Operations, violations: &mut Vec<Violation>) {
         let Some(number) = sequence_number(value) else {
             continue;
         };
-        let Some(first) = deliveries.iter().find(|delivery| {
-            delivery.topic == put.topic && delivery.count().is_none_or(|count| count == 1)
-        }) else {
+        // A lease with delivery count 1 is the first delivery, wherever it sits among the
+        // completions: a pop can complete before it when the lease ended before its reply
+        // came (a reply replayed to a retry after a leader change).
+        let own_topic = |delivery: &&Delivery| delivery.topic == put.topic;
+        let Some(first) = deliveries
+            .iter()
+            .filter(own_topic)
+            .find(|delivery| delivery.count() == Some(1))
+            .or_else(|| {
+                deliveries
+                    .iter()
+                    .filter(own_topic)
+                    .find(|delivery| delivery.count().is_none())
+            })
+        else {
             continue;
         };
         let pop = &operations.all[first.op];
@@ -1124,6 +1148,11 @@ fn check_run(records: &[Record], violations: &mut Vec<Violation>) {
                 message: format!("the nodes did not end with the same state: {detail}"),
                 lines: vec![line],
             }),
+            Event::Membership { ok: false, detail } => violations.push(Violation {
+                check: "membership",
+                message: detail.clone(),
+                lines: vec![line],
+            }),
             Event::Note {
                 text,
                 problem: true,
@@ -1260,6 +1289,12 @@ fn summary(records: &[Record], operations: &Operations) -> Summary {
                 }
             }
             Event::Recovery { elapsed_ms, .. } => summary.recovery_ms = Some(*elapsed_ms),
+            Event::Member { action, ok, .. } => match action.as_str() {
+                "stop" if *ok => summary.replacements += 1,
+                "put" => summary.member_puts += 1,
+                "delete" => summary.member_deletes += 1,
+                _ => {}
+            },
             _ => {}
         }
     }
@@ -1648,6 +1683,22 @@ mod tests {
                 vec!["convergence"],
             ),
             (
+                "members that disagree on the membership at the end",
+                |history| {
+                    history.push(Event::Member {
+                        action: "stop".into(),
+                        node: 1,
+                        ok: true,
+                        detail: "removed and stopped".into(),
+                    });
+                    history.push(Event::Membership {
+                        ok: false,
+                        detail: "member GET lists [0, 2], node 3 answers as a member".into(),
+                    })
+                },
+                vec!["membership"],
+            ),
+            (
                 "a node that exited on its own",
                 |history| {
                     history.push(Event::Note {
@@ -1910,6 +1961,56 @@ mod tests {
         history.get("c0", "tl0", Outcome::Ok, Some("p1-2"));
         history.get("c0", "tl0", Outcome::Ok, Some("p1-1"));
         assert_eq!(history.checks_failed(), vec!["order"]);
+    }
+
+    /// A lease with delivery count 1 is the message's first delivery even when its reply
+    /// completes after a pop of the same message: the lease ended before the reply came (a
+    /// reply replayed to a retry after a leader change). Seen in a long membership run.
+    #[test]
+    fn a_first_lease_whose_reply_comes_after_a_pop_is_the_first_delivery() {
+        let mut history = clean_leases();
+        history.put("p1", "tl0", "p1-1", Outcome::Ok);
+        history.put("p1", "tl0", "p1-2", Outcome::Ok);
+        history.next_id += 1;
+        let id = history.next_id;
+        history.push(Event::Invoke {
+            id,
+            process: "l0".into(),
+            op: Op::Lease,
+            topic: "tl0".into(),
+            value: None,
+            lease: Some(LeaseRequest {
+                lease_ms: 300,
+                max: None,
+                wait_ms: None,
+            }),
+            receipts: None,
+            many: false,
+        });
+        history.wait(1000);
+        history.lease("l1", "tl0", 1000, Outcome::Ok, &[("p1-2", "r2", 1)]);
+        history.get("c0", "tl0", Outcome::Ok, Some("p1-1"));
+        history.push(Event::Complete {
+            id,
+            process: "l0".into(),
+            op: Op::Lease,
+            topic: "tl0".into(),
+            outcome: Outcome::Ok,
+            value: None,
+            error: None,
+            delivered: Some(vec![Leased {
+                value: "p1-1".into(),
+                receipt: "r1".into(),
+                deliveries: 1,
+            }]),
+            stale: None,
+        });
+        history.settle("l1", Op::Ack, "tl0", &["r2"], Outcome::Ok, &[]);
+        assert!(
+            !history.checks_failed().contains(&"order"),
+            "{:?}",
+            history.checks_failed()
+        );
     }
 
     /// The holder rule is no stricter than the contract: a second holder right after the

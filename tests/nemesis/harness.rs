@@ -15,7 +15,8 @@ use crate::checker;
 use crate::common::Cluster;
 use crate::history::{self, Event, History, Outcome};
 use crate::nemesis::{check_alive, FaultKind, Nemesis, Timing};
-use crate::workload;
+use crate::nodes::{Directory, Nodes};
+use crate::workload::{self, Following};
 use rrmq::client::{Client, ClientOptions, TopicSettings};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -55,6 +56,10 @@ pub struct RunConfig {
     /// CURVE on both ports (PROTOCOL.md §11): peer keys, and a `clients` list in which the
     /// workload's key may produce and consume `t*`, nothing else.
     pub keyed: bool,
+    /// The membership nemesis: every this many faults (the second fault first) a random
+    /// member is replaced by a fresh node while another fault holds (see
+    /// [`FaultKind::Replace`]). Not with `keyed` (a keyed cluster cannot add a node yet).
+    pub replace_every: Option<usize>,
 }
 
 /// The topics of leased delivery: `tl0` without a delivery limit, `tl1` with
@@ -78,7 +83,11 @@ const WORKLOAD_CLIENT: &str = "workload";
 pub fn run(config: &RunConfig) {
     let started = Instant::now();
     let flags = ["--fsync", "always", "--fault-injection"];
-    let mut cluster = if config.keyed {
+    assert!(
+        !(config.keyed && config.replace_every.is_some()),
+        "a keyed cluster cannot add a node yet"
+    );
+    let cluster = if config.keyed {
         Cluster::start_with_clients(
             config.nodes,
             &flags,
@@ -90,6 +99,9 @@ pub fn run(config: &RunConfig) {
     } else {
         Cluster::start_with(config.nodes, &flags)
     };
+    let mut nodes = Nodes::new(cluster);
+    let directory = nodes.directory.clone();
+    let cluster = &mut nodes.cluster;
     // Kept unless the run passes: whatever fails (a check, or the harness itself), the
     // history and the nodes' logs and data stay for a look.
     cluster.dir.disable_cleanup(true);
@@ -152,17 +164,22 @@ pub fn run(config: &RunConfig) {
     };
     let options_of = |index: usize| if index == 0 { &impatient } else { &options };
     let faults = std::thread::scope(|scope| {
+        let directory: &Directory = &directory;
         for index in 0..config.producers {
             let seed = config.seed.wrapping_add(1 + index as u64);
             let (history, options, topics, stop) =
                 (&history, options_of(index), &put_topics, &stop_workload);
-            scope.spawn(move || workload::produce(history, options, topics, index, seed, stop));
+            scope.spawn(move || {
+                workload::produce(history, directory, options, topics, index, seed, stop)
+            });
         }
         for index in 0..config.consumers {
             let seed = config.seed.wrapping_add(1001 + index as u64);
             let (history, options, topics, stop) =
                 (&history, options_of(index), &pop_topics, &stop_workload);
-            scope.spawn(move || workload::consume(history, options, topics, index, seed, stop));
+            scope.spawn(move || {
+                workload::consume(history, directory, options, topics, index, seed, stop)
+            });
         }
         for index in 0..config.leasing_consumers {
             let seed = config.seed.wrapping_add(2001 + index as u64);
@@ -170,36 +187,51 @@ pub fn run(config: &RunConfig) {
                 (&history, options_of(index), &lease_topics, &stop_workload);
             scope.spawn(move || {
                 let limited = LeasedTopics::LIMITED;
-                workload::lease_consume(history, options, topics, limited, index, seed, stop)
+                workload::lease_consume(
+                    history, directory, options, topics, limited, index, seed, stop,
+                )
             });
         }
-        scope.spawn(|| sample_status(&history, &options, &stop_sampler));
+        scope.spawn(|| sample_status(&history, directory, &options, &stop_sampler));
         // Stops the workers however this closure ends: a panic here must not leave the scope
         // waiting forever for threads that loop until told to stop.
         let _stop = StopOnDrop(&[&stop_workload, &stop_sampler]);
 
-        let faults = Nemesis::new(
-            &mut cluster,
+        let mut nemesis = Nemesis::new(
+            &mut nodes,
             &history,
             config.seed,
             config.timing.clone(),
             config.kinds.clone(),
-        )
-        .run(config.duration);
+        );
+        if let Some(every) = config.replace_every {
+            nemesis = nemesis.with_replacements(every, &flags);
+        }
+        let faults = nemesis.run(config.duration);
+        let replaced = nemesis.replaced;
+        drop(nemesis);
+        // From here on, the current members only.
+        let options = following(&options, directory);
         probe_recovery(&history, &options, &plain[0]);
         std::thread::sleep(QUIET_AFTER_HEAL);
-        faults
+        (faults, replaced)
     });
-    check_alive(&mut cluster, &history);
+    let (faults, replaced) = faults;
+    let options = following(&options, &directory);
+    let admin = following(&admin, &directory);
+    check_alive(&mut nodes, &history, &flags);
     drain(&history, &options, &all_topics);
     converge(&history, &options);
-    check_alive(&mut cluster, &history);
+    check_membership(&history, &admin, &nodes);
+    check_alive(&mut nodes, &history, &flags);
 
     let records = history::read(history.path());
     let (summary, violations) = checker::check(&records);
     println!(
-        "nemesis {}: {faults} faults in {:.1} s (whole run {:.1} s)\n{}",
+        "nemesis {}: {faults} faults ({replaced} replacements; members now {:?}) in {:.1} s \
+         (whole run {:.1} s)\n{}",
         config.name,
+        nodes.members(),
         config.duration.as_secs_f64(),
         started.elapsed().as_secs_f64(),
         summary.render()
@@ -209,14 +241,14 @@ pub fn run(config: &RunConfig) {
             "nemesis {}: seed {}: no violation",
             config.name, config.seed
         );
-        cluster.dir.disable_cleanup(false);
+        nodes.cluster.dir.disable_cleanup(false);
         return;
     }
     let text = std::fs::read_to_string(history.path()).unwrap_or_default();
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     let report = checker::render(&violations, &lines, 4);
-    cluster.kill_all();
-    let kept = cluster.dir.path();
+    nodes.kill_all();
+    let kept = nodes.cluster.dir.path();
     panic!(
         "nemesis {}: seed {}: {} violations (checks: {:?}){report}\n\
          history and node logs kept in {} (history.jsonl, node-*.log, data-*/); rerun with \
@@ -292,16 +324,34 @@ fn create_topic(options: &ClientOptions, history: &History, topic: &str, setting
     });
 }
 
-/// Records every node's status every [`STATUS_INTERVAL`] until `stop`.
-fn sample_status(history: &History, options: &ClientOptions, stop: &AtomicBool) {
-    let mut client = Client::connect(ClientOptions {
+/// `options` with the current members' addresses, unless the membership never changed
+/// (a keyed run's options carry the nodes' keys by address, and stay as they are).
+fn following(options: &ClientOptions, directory: &Directory) -> ClientOptions {
+    let (epoch, nodes) = directory.get();
+    if epoch == 0 {
+        return options.clone();
+    }
+    ClientOptions {
+        nodes,
+        ..options.clone()
+    }
+}
+
+/// Records every member's status every [`STATUS_INTERVAL`] until `stop`.
+fn sample_status(
+    history: &History,
+    directory: &Directory,
+    options: &ClientOptions,
+    stop: &AtomicBool,
+) {
+    let options = ClientOptions {
         attempt_timeout: Duration::from_millis(300),
         ..options.clone()
-    })
-    .expect("valid options");
+    };
+    let mut client = Following::new(directory, &options);
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
-        for (_, status) in client.status_all() {
+        for (_, status) in client.client().status_all() {
             if let Ok(status) = status {
                 history.record(Event::Status {
                     node: status.id,
@@ -446,4 +496,106 @@ fn converge(history: &History, options: &ClientOptions) {
              last applied, digest): {last}"
         ),
     });
+}
+
+/// How long the members may take to agree on the membership after the drain.
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Checks that every live member agrees on the membership: the leader's `member GET` lists
+/// exactly the members the harness keeps running, all voters, at their addresses; each of
+/// them answers `status` with its own id, the leader's term and the leader's id; the
+/// leader replicates to exactly the others. Polled, as a follower that was just restarted
+/// may still be catching up.
+fn check_membership(history: &History, options: &ClientOptions, nodes: &Nodes) {
+    let expected: Vec<u64> = nodes.members().iter().map(|id| *id as u64).collect();
+    let mut client = workload::connect(options);
+    let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
+    let last = loop {
+        let why = match members_agree(&mut client, nodes, &expected) {
+            Ok(detail) => {
+                history.record(Event::Membership { ok: true, detail });
+                return;
+            }
+            Err(why) => why,
+        };
+        if Instant::now() > deadline {
+            break why;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    history.record(Event::Membership {
+        ok: false,
+        detail: format!(
+            "the members did not agree within {MEMBERSHIP_DEADLINE:?} on the membership \
+             {expected:?} (all voters): {last}"
+        ),
+    });
+}
+
+fn members_agree(client: &mut Client, nodes: &Nodes, expected: &[u64]) -> Result<String, String> {
+    let members = client
+        .list_members()
+        .map_err(|error| format!("member GET: {error}"))?;
+    let mut listed: Vec<(u64, bool, u16)> = members
+        .iter()
+        .map(|member| (member.address.id, member.voter, member.address.port))
+        .collect();
+    listed.sort_unstable();
+    let wanted: Vec<(u64, bool, u16)> = expected
+        .iter()
+        .map(|id| (*id, true, nodes.ports(*id as usize).port))
+        .collect();
+    if listed != wanted {
+        return Err(format!(
+            "member GET lists (id, voter, port) {listed:?}, the harness runs {wanted:?}"
+        ));
+    }
+    let mut reports = Vec::new();
+    for id in expected {
+        let status = client
+            .status_of(&nodes.address(*id as usize))
+            .map_err(|error| format!("node {id} does not answer status: {error}"))?;
+        if status.id != *id {
+            return Err(format!("node {id}'s status says it is node {}", status.id));
+        }
+        reports.push(status);
+    }
+    let leaders: Vec<&rrmq::protocol::StatusReport> = reports
+        .iter()
+        .filter(|status| status.role == "Leader")
+        .collect();
+    let [leader] = leaders[..] else {
+        return Err(format!(
+            "{} members say they lead (roles {:?})",
+            leaders.len(),
+            reports
+                .iter()
+                .map(|status| (status.id, status.role.as_str(), status.term))
+                .collect::<Vec<_>>()
+        ));
+    };
+    if let Some(other) = reports
+        .iter()
+        .find(|status| status.term != leader.term || status.leader != Some(leader.id))
+    {
+        return Err(format!(
+            "node {} is in term {} with leader {:?}, node {} leads term {}",
+            other.id, other.term, other.leader, leader.id, leader.term
+        ));
+    }
+    let mut replicated: Vec<u64> = leader.peers.iter().map(|peer| peer.id).collect();
+    replicated.push(leader.id);
+    replicated.sort_unstable();
+    replicated.dedup();
+    if replicated != expected {
+        return Err(format!(
+            "leader {} replicates to {:?} (itself included), not to the members {expected:?}",
+            leader.id, replicated
+        ));
+    }
+    Ok(format!(
+        "members {expected:?}, all voters; node {} leads term {} and replicates to the others, \
+         which follow it",
+        leader.id, leader.term
+    ))
 }

@@ -147,6 +147,19 @@ pub enum Event {
     },
     /// Whether every node applied the same state in the end (same index, same digest).
     Convergence { ok: bool, detail: String },
+    /// One step of the membership nemesis: a fresh node `start`ed with `--join`, an
+    /// attempt at `member PUT` (`put`) of it or `member DELETE` (`delete`) of the node it
+    /// replaces (`ok` when the cluster answered success, else `detail` has the error), and
+    /// the removed node's process `stop`ped for good.
+    Member {
+        action: String,
+        node: u64,
+        ok: bool,
+        detail: String,
+    },
+    /// Whether every live member agreed on the membership at the end (the leader's `member
+    /// GET` against the nodes the harness keeps running and their status).
+    Membership { ok: bool, detail: String },
     /// Anything else worth seeing in context (a node that exited on its own, the drain's
     /// end...); `problem` marks a finding the checker must report.
     Note {
@@ -333,6 +346,16 @@ mod tests {
                 ok: true,
                 elapsed_ms: 12,
                 bound_ms: 100,
+            },
+            Event::Member {
+                action: "put".into(),
+                node: 3,
+                ok: false,
+                detail: "TIMEOUT".into(),
+            },
+            Event::Membership {
+                ok: true,
+                detail: "members [0, 2, 3]".into(),
             },
             Event::Note {
                 text: "x".into(),

@@ -9,7 +9,12 @@
 //! - `isolate_leader`, `split`: a symmetric partition: the leader alone, or a random
 //!   minority against the majority;
 //! - `one_way`: one node (often the leader) either hears nobody or is heard by nobody;
-//! - `bridge`: two halves that cannot see each other, and one node that sees both.
+//! - `bridge`: two halves that cannot see each other, and one node that sees both;
+//! - `replace` (only in runs that ask for it): a member, a third of the time the leader, is
+//!   replaced by a fresh node at a new address while another of the faults above holds:
+//!   `rrmq-node --join`, `member PUT` retried through leader changes (`TIMEOUT` leaves the
+//!   add in progress, `CHANGE_IN_PROGRESS` means wait), `member DELETE` of the old one, and
+//!   its process stopped for good. The faults after it pick from the new members.
 //!
 //! Partitions use the nodes' test-only `fault` control (see `rrmq::transport::fault`):
 //! each node is told which peers to drop messages to and from. Client traffic is never cut,
@@ -20,12 +25,14 @@
 //! cluster's doing. After every fault it checks that no node exited on its own, and
 //! restarts one that did (recording a problem for the checker).
 
-use crate::common::{Cluster, Wire};
+use crate::common::Wire;
 use crate::history::{Event, History, Phase};
+use crate::nodes::Nodes;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rrmq::client::{Client, ClientOptions, NodeAddress};
+use rrmq::client::{Client, ClientError, ClientOptions};
+use rrmq::protocol::MemberAddress;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -43,6 +50,12 @@ pub enum FaultKind {
     Split,
     OneWay,
     Bridge,
+    /// The membership nemesis: a random member (sometimes the leader) is replaced by a fresh
+    /// node at a new address (`--join`, `member PUT`, `member DELETE` of the old one, whose
+    /// process then stops for good) while another fault, drawn from the run's other kinds,
+    /// is in force. Not in [`FaultKind::ALL`]: a run asks for it (see
+    /// [`Nemesis::with_replacements`]).
+    Replace,
 }
 
 impl FaultKind {
@@ -71,6 +84,7 @@ impl FaultKind {
             FaultKind::Split => "split",
             FaultKind::OneWay => "one_way",
             FaultKind::Bridge => "bridge",
+            FaultKind::Replace => "replace",
         }
     }
 }
@@ -91,14 +105,24 @@ struct Active {
     cut: BTreeSet<(usize, usize)>,
 }
 
+/// How often the membership nemesis replaces a node, and how the fresh nodes are started.
+struct Replacements {
+    /// Fault number `1`, `1 + every`, `1 + 2 * every`, ... (counting from 0) is a
+    /// replacement: the first comes early, so that even a short run has one.
+    every: usize,
+    /// The flags every node of the run gets on top of the fast ones.
+    flags: Vec<String>,
+}
+
 pub struct Nemesis<'a> {
-    cluster: &'a mut Cluster,
+    nodes: &'a mut Nodes,
     history: &'a History,
     rng: ChaCha8Rng,
     timing: Timing,
     kinds: Vec<FaultKind>,
-    /// For status queries.
-    client: Client,
+    replacements: Option<Replacements>,
+    /// Replacements done (the old node removed and stopped).
+    pub replaced: usize,
 }
 
 /// How long a node may take to accept a fault control request, or to answer `status` after a
@@ -106,41 +130,69 @@ pub struct Nemesis<'a> {
 /// answers anything, which after a long run takes many seconds in a debug build.
 const RESPONSE_DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a replacement may take once the fault that ran with it has healed: the fresh
+/// node must learn the cluster id, catch up (by snapshot after a long run) and be promoted,
+/// then the old one removed, each step retried through leader changes.
+const REPLACEMENT_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Where a replacement stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// `member PUT` of the fresh node until it is a voter.
+    Add,
+    /// `member DELETE` of the old node until it is no longer a member.
+    Remove,
+    Done,
+    /// Gave up (recorded as a problem).
+    Failed,
+}
+
 impl<'a> Nemesis<'a> {
     pub fn new(
-        cluster: &'a mut Cluster,
+        nodes: &'a mut Nodes,
         history: &'a History,
         seed: u64,
         timing: Timing,
         kinds: Vec<FaultKind>,
     ) -> Nemesis<'a> {
-        let nodes = cluster
-            .ports
-            .iter()
-            .map(|ports| NodeAddress::new("127.0.0.1", ports.port).expect("loopback address"))
-            .collect();
-        // The harness's own key on a keyed cluster (it lists the harness with every right).
-        let options = cluster.library_options_as(
-            "harness",
-            ClientOptions {
-                nodes,
-                attempt_timeout: Duration::from_millis(500),
-                deadline: Duration::from_secs(5),
-                hedge_after: None,
-                curve: None,
-            },
-        );
-        let client = Client::connect(options).expect("valid options");
         assert!(!kinds.is_empty(), "no fault kinds to choose from");
         Nemesis {
-            cluster,
+            nodes,
             history,
             // A stream of its own: the workload's generators take other seeds.
             rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6e65_6d65_7369_7321),
             timing,
             kinds,
-            client,
+            replacements: None,
+            replaced: 0,
         }
+    }
+
+    /// Makes every `every`-th fault a replacement ([`FaultKind::Replace`]), the second one
+    /// first; fresh nodes get `flags`.
+    pub fn with_replacements(mut self, every: usize, flags: &[&str]) -> Nemesis<'a> {
+        assert!(every > 0, "a replacement every 0 faults");
+        self.replacements = Some(Replacements {
+            every,
+            flags: flags.iter().map(|flag| flag.to_string()).collect(),
+        });
+        self
+    }
+
+    /// A client of the current members for status queries (the harness's own key on a
+    /// keyed cluster, which lists the harness with every right).
+    fn client(&self, deadline: Duration) -> Client {
+        let options = self.nodes.cluster.library_options_as(
+            "harness",
+            ClientOptions {
+                nodes: self.nodes.addresses(),
+                attempt_timeout: Duration::from_millis(500),
+                deadline,
+                hedge_after: None,
+                curve: None,
+            },
+        );
+        Client::connect(options).expect("valid options")
     }
 
     /// Injects faults for `duration` (the fault in progress then runs its course), and
@@ -154,8 +206,18 @@ impl<'a> Nemesis<'a> {
             if Instant::now() >= end {
                 break;
             }
-            let kind = *self.kinds.choose(&mut self.rng).expect("not empty");
             let hold = Duration::from_millis(self.rng.gen_range(self.timing.hold_ms.clone()));
+            let replace = self
+                .replacements
+                .as_ref()
+                .is_some_and(|replacements| count % replacements.every == 1);
+            if replace {
+                self.replace(hold);
+                self.check_alive();
+                count += 1;
+                continue;
+            }
+            let kind = *self.kinds.choose(&mut self.rng).expect("not empty");
             let (active, detail) = self.start(kind);
             self.history.record(Event::Nemesis {
                 phase: Phase::Start,
@@ -170,19 +232,23 @@ impl<'a> Nemesis<'a> {
         count
     }
 
-    /// The node that says it leads the highest term, if any answers so.
+    /// The member that says it leads the highest term, if any answers so.
     fn leader(&mut self) -> Option<usize> {
-        let statuses = self.client.status_all();
+        let members = self.nodes.members();
+        let by_port: std::collections::HashMap<u16, usize> = members
+            .iter()
+            .map(|id| (self.nodes.ports(*id).port, *id))
+            .collect();
+        let statuses = self.client(Duration::from_secs(5)).status_all();
         statuses
             .into_iter()
-            .enumerate()
-            .filter(|(index, _)| self.cluster.is_running(*index))
-            .filter_map(|(index, (_, status))| {
+            .filter_map(|(address, status)| {
+                let id = *by_port.get(&address.port)?;
                 let status = status.ok()?;
-                (status.role == "Leader").then_some((status.term, index))
+                (self.nodes.is_running(id) && status.role == "Leader").then_some((status.term, id))
             })
             .max()
-            .map(|(_, index)| index)
+            .map(|(_, id)| id)
     }
 
     /// The leader, or a random running node if none is known right now.
@@ -200,17 +266,22 @@ impl<'a> Nemesis<'a> {
     }
 
     fn random_node(&mut self) -> usize {
-        self.rng.gen_range(0..self.cluster.size())
+        *self
+            .nodes
+            .members()
+            .choose(&mut self.rng)
+            .expect("the cluster has members")
     }
 
     fn shuffled_nodes(&mut self) -> Vec<usize> {
-        let mut nodes: Vec<usize> = (0..self.cluster.size()).collect();
+        let mut nodes = self.nodes.members();
         nodes.shuffle(&mut self.rng);
         nodes
     }
 
     fn start(&mut self, kind: FaultKind) -> (Active, String) {
-        let size = self.cluster.size();
+        let members = self.nodes.members();
+        let size = members.len();
         let mut active = Active::default();
         let detail = match kind {
             FaultKind::KillRandom | FaultKind::KillLeader => {
@@ -228,7 +299,7 @@ impl<'a> Nemesis<'a> {
                 format!("SIGKILL nodes {:?} at once", active.killed)
             }
             FaultKind::KillAll => {
-                active.killed = (0..size).collect();
+                active.killed = members.clone();
                 "SIGKILL every node".to_string()
             }
             FaultKind::PauseRandom | FaultKind::PauseLeader => {
@@ -243,7 +314,11 @@ impl<'a> Nemesis<'a> {
             }
             FaultKind::IsolateLeader => {
                 let (node, who) = self.leader_or_random();
-                let rest: Vec<usize> = (0..size).filter(|other| *other != node).collect();
+                let rest: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|other| *other != node)
+                    .collect();
                 active.cut = cut_between(&[node], &rest);
                 format!("isolate {who} from {rest:?}")
             }
@@ -261,7 +336,7 @@ impl<'a> Nemesis<'a> {
                     (node, format!("node {node}"))
                 };
                 let deaf = self.rng.gen_bool(0.5);
-                for other in (0..size).filter(|other| *other != node) {
+                for other in members.iter().copied().filter(|other| *other != node) {
                     active
                         .cut
                         .insert(if deaf { (other, node) } else { (node, other) });
@@ -279,12 +354,13 @@ impl<'a> Nemesis<'a> {
                 active.cut = cut_between(left, right);
                 format!("halves {left:?} and {right:?} cut apart, node {bridge} bridges them")
             }
+            FaultKind::Replace => unreachable!("a replacement is not started here"),
         };
         for &node in &active.killed {
-            self.cluster.kill(node);
+            self.nodes.kill(node);
         }
         for &node in &active.paused {
-            self.cluster.signal(node, libc::SIGSTOP);
+            self.nodes.signal(node, libc::SIGSTOP);
         }
         if !active.cut.is_empty() {
             self.apply_cut(&active.cut);
@@ -299,11 +375,13 @@ impl<'a> Nemesis<'a> {
             done.push("partition healed".to_string());
         }
         for &node in &active.paused {
-            self.cluster.signal(node, libc::SIGCONT);
+            self.nodes.signal(node, libc::SIGCONT);
             done.push(format!("SIGCONT node {node}"));
         }
+        let flags = self.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         for &node in &active.killed {
-            self.cluster.spawn(node);
+            self.nodes.spawn(node, &flags);
         }
         for &node in &active.killed {
             let restarted = Instant::now();
@@ -318,7 +396,7 @@ impl<'a> Nemesis<'a> {
                     text: format!(
                         "node {node} did not answer status within {RESPONSE_DEADLINE:?} of its \
                          restart; see {}",
-                        self.cluster.log_path(node).display()
+                        self.nodes.log_path(node).display()
                     ),
                     problem: true,
                 });
@@ -331,12 +409,188 @@ impl<'a> Nemesis<'a> {
         });
     }
 
+    fn flags(&self) -> Vec<String> {
+        self.replacements
+            .as_ref()
+            .map(|replacements| replacements.flags.clone())
+            .unwrap_or_default()
+    }
+
+    /// Replaces a random member (a third of the time the leader) by a fresh node while
+    /// another fault holds for `hold`: the fault starts, the fresh node starts with
+    /// `--join`, then `member PUT` of it and `member DELETE` of the old one are retried
+    /// until done (through leader changes, `TIMEOUT` and `CHANGE_IN_PROGRESS`) while the
+    /// fault holds; the fault heals; the steps left are finished; the old node is stopped
+    /// for good.
+    fn replace(&mut self, hold: Duration) {
+        let (old, who) = if self.rng.gen_bool(1.0 / 3.0) {
+            self.leader_or_random()
+        } else {
+            let node = self.random_node();
+            (node, format!("node {node}"))
+        };
+        let others: Vec<FaultKind> = self
+            .kinds
+            .iter()
+            .copied()
+            .filter(|kind| *kind != FaultKind::Replace)
+            .collect();
+        let concurrent = others.choose(&mut self.rng).copied();
+        self.history.record(Event::Nemesis {
+            phase: Phase::Start,
+            kind: FaultKind::Replace.name().to_string(),
+            detail: format!(
+                "replace {who} by a fresh node, {} for {} ms",
+                concurrent.map_or("alone".to_string(), |kind| format!("while {}", kind.name())),
+                hold.as_millis()
+            ),
+        });
+        let started = Instant::now();
+        let active = concurrent.map(|kind| {
+            let (active, detail) = self.start(kind);
+            self.history.record(Event::Nemesis {
+                phase: Phase::Start,
+                kind: kind.name().to_string(),
+                detail: format!(
+                    "{detail} for {} ms (with the replacement)",
+                    hold.as_millis()
+                ),
+            });
+            (kind, active)
+        });
+        let flags = self.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let fresh = self.nodes.start_joining(&flags);
+        self.history.record(Event::Member {
+            action: "start".to_string(),
+            node: fresh as u64,
+            ok: true,
+            detail: format!(
+                "started with --join on client port {} (replacing node {old})",
+                self.nodes.ports(fresh).port
+            ),
+        });
+        let mut step = self.advance(Step::Add, old, fresh, started + hold);
+        std::thread::sleep((started + hold).saturating_duration_since(Instant::now()));
+        if let Some((kind, active)) = active {
+            self.heal(kind, active);
+        }
+        step = self.advance(step, old, fresh, Instant::now() + REPLACEMENT_DEADLINE);
+        let detail = match step {
+            Step::Done => {
+                self.nodes.retire(old);
+                self.replaced += 1;
+                self.history.record(Event::Member {
+                    action: "stop".to_string(),
+                    node: old as u64,
+                    ok: true,
+                    detail: format!(
+                        "removed and stopped; members now {:?}",
+                        self.nodes.members()
+                    ),
+                });
+                format!(
+                    "node {old} replaced by node {fresh} in {} ms",
+                    started.elapsed().as_millis()
+                )
+            }
+            Step::Add | Step::Remove | Step::Failed => {
+                self.history.record(Event::Note {
+                    text: format!(
+                        "the replacement of node {old} by node {fresh} was not done within \
+                         {REPLACEMENT_DEADLINE:?} of the fault healing (stuck at {step:?}); \
+                         see {}",
+                        self.nodes.log_path(fresh).display()
+                    ),
+                    problem: true,
+                });
+                format!("replacement of node {old} by node {fresh} NOT done ({step:?})")
+            }
+        };
+        self.history.record(Event::Nemesis {
+            phase: Phase::Heal,
+            kind: FaultKind::Replace.name().to_string(),
+            detail,
+        });
+    }
+
+    /// Drives a replacement on from `step` until it is done or `until`.
+    fn advance(&mut self, mut step: Step, old: usize, fresh: usize, until: Instant) -> Step {
+        while matches!(step, Step::Add | Step::Remove) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut client = self.client(left.min(Duration::from_secs(10)));
+            let (action, node, result) = match step {
+                Step::Add => {
+                    let ports = self.nodes.ports(fresh);
+                    let member = MemberAddress {
+                        id: fresh as u64,
+                        ip: "127.0.0.1".to_string(),
+                        port: ports.port,
+                        internal_port: ports.internal_port,
+                        public_key: None,
+                    };
+                    ("put", fresh, client.add_member(member))
+                }
+                _ => ("delete", old, client.remove_member(old as u64)),
+            };
+            let (next, wait) = match &result {
+                Ok(()) => (
+                    if step == Step::Add {
+                        Step::Remove
+                    } else {
+                        Step::Done
+                    },
+                    false,
+                ),
+                // A PUT that took effect but whose answer was lost: the retry is refused
+                // as a used id. The leader's member list tells.
+                Err(ClientError::BadRequest { message })
+                    if step == Step::Add && message.contains("already a member") =>
+                {
+                    let voter = client.list_members().ok().is_some_and(|members| {
+                        members
+                            .iter()
+                            .any(|member| member.address.id == fresh as u64 && member.voter)
+                    });
+                    (if voter { Step::Remove } else { Step::Add }, !voter)
+                }
+                Err(ClientError::BadRequest { .. }) => (Step::Failed, false),
+                // TIMEOUT (the add stays in progress), CHANGE_IN_PROGRESS, no leader, a
+                // leader change: wait a little and ask again.
+                Err(_) => (step, true),
+            };
+            self.history.record(Event::Member {
+                action: action.to_string(),
+                node: node as u64,
+                ok: result.is_ok(),
+                detail: match &result {
+                    Ok(()) => "done".to_string(),
+                    Err(error) => error.to_string(),
+                },
+            });
+            if next == Step::Failed {
+                self.history.record(Event::Note {
+                    text: format!("member {} of node {node} refused as a bad request", action),
+                    problem: true,
+                });
+            }
+            step = next;
+            if wait {
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        step
+    }
+
     /// Polls `node` until it answers `status`; false if it does not within the deadline.
     fn wait_answering(&self, node: usize) -> bool {
         let deadline = Instant::now() + RESPONSE_DEADLINE;
         while Instant::now() < deadline {
             if self
-                .cluster
+                .nodes
                 .status(node, Duration::from_millis(500))
                 .is_some()
             {
@@ -346,9 +600,9 @@ impl<'a> Nemesis<'a> {
         false
     }
 
-    /// Tells every node which of its links are cut (an empty set heals them all).
+    /// Tells every member which of its links are cut (an empty set heals them all).
     fn apply_cut(&mut self, cut: &BTreeSet<(usize, usize)>) {
-        for node in 0..self.cluster.size() {
+        for node in self.nodes.members() {
             let drop_to: Vec<usize> = cut
                 .iter()
                 .filter(|(from, _)| *from == node)
@@ -371,7 +625,7 @@ impl<'a> Nemesis<'a> {
         });
         let deadline = Instant::now() + RESPONSE_DEADLINE;
         // Keyed or not: the harness's client (an admin, as `fault` needs on a keyed cluster).
-        let mut client = self.cluster.client(node);
+        let mut client = self.nodes.client(node);
         loop {
             let reply = client.call_with_timeout(Wire::MsgPack, &request, Duration::from_secs(1));
             match reply {
@@ -387,22 +641,24 @@ impl<'a> Nemesis<'a> {
     }
 
     fn check_alive(&mut self) {
-        check_alive(self.cluster, self.history);
+        let flags = self.flags();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        check_alive(self.nodes, self.history, &flags);
     }
 }
 
-/// Records and restarts any node that exited although nobody killed it.
-pub fn check_alive(cluster: &mut Cluster, history: &History) {
-    for index in 0..cluster.size() {
-        if let Some(status) = cluster.nodes.reap(index) {
+/// Records and restarts any member that exited although nobody killed it.
+pub fn check_alive(nodes: &mut Nodes, history: &History, flags: &[&str]) {
+    for id in nodes.members() {
+        if let Some(status) = nodes.reap(id) {
             history.record(Event::Note {
                 text: format!(
-                    "node {index} exited on its own ({status}); see {}",
-                    cluster.log_path(index).display()
+                    "node {id} exited on its own ({status}); see {}",
+                    nodes.log_path(id).display()
                 ),
                 problem: true,
             });
-            cluster.spawn(index);
+            nodes.spawn(id, flags);
         }
     }
 }

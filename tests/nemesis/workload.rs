@@ -20,6 +20,7 @@
 //! the checker more lenient, never blame the cluster wrongly.
 
 use crate::history::{Event, History, LeaseRequest, Leased, Op, Outcome};
+use crate::nodes::Directory;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rrmq::client::{Client, ClientError, ClientOptions, FetchOptions, Fetched, NodeAddress};
@@ -52,6 +53,42 @@ pub fn client_options(ports: &[u16]) -> ClientOptions {
 
 pub fn connect(options: &ClientOptions) -> Client {
     Client::connect(options.clone()).expect("valid client options")
+}
+
+/// A worker's client that follows the membership: when the [`Directory`] changes (a node
+/// added or removed), the next operation goes through a new client of the current
+/// members. Only between operations, so no retry in flight is cut short; the new client's
+/// session is a new one, which the checker does not mind.
+pub struct Following<'a> {
+    directory: &'a Directory,
+    options: ClientOptions,
+    epoch: u64,
+    client: Client,
+}
+
+impl<'a> Following<'a> {
+    /// A client with `options` as given; from the directory's first change on, with its
+    /// addresses.
+    pub fn new(directory: &'a Directory, options: &ClientOptions) -> Following<'a> {
+        Following {
+            directory,
+            options: options.clone(),
+            epoch: directory.epoch(),
+            client: connect(options),
+        }
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        if self.directory.epoch() != self.epoch {
+            let (epoch, nodes) = self.directory.get();
+            self.epoch = epoch;
+            self.client = connect(&ClientOptions {
+                nodes,
+                ..self.options.clone()
+            });
+        }
+        &mut self.client
+    }
 }
 
 /// Whether an error proves the operation did not take effect.
@@ -155,6 +192,7 @@ pub fn get(
 /// Producer `index`: puts `p{index}-{n}` for n = 1, 2, ... until `stop`.
 pub fn produce(
     history: &History,
+    directory: &Directory,
     options: &ClientOptions,
     topics: &[String],
     index: usize,
@@ -163,14 +201,14 @@ pub fn produce(
 ) {
     let process = format!("p{index}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut client = connect(options);
+    let mut client = Following::new(directory, options);
     let mut number = 0u64;
     while !stop.load(Ordering::Relaxed) {
         number += 1;
         let topic = &topics[rng.gen_range(0..topics.len())];
         put(
             history,
-            &mut client,
+            client.client(),
             &process,
             topic,
             &format!("{process}-{number}"),
@@ -181,6 +219,7 @@ pub fn produce(
 /// Consumer `index`: pops from random topics until `stop`.
 pub fn consume(
     history: &History,
+    directory: &Directory,
     options: &ClientOptions,
     topics: &[String],
     index: usize,
@@ -189,10 +228,10 @@ pub fn consume(
 ) {
     let process = format!("c{index}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut client = connect(options);
+    let mut client = Following::new(directory, options);
     while !stop.load(Ordering::Relaxed) {
         let topic = &topics[rng.gen_range(0..topics.len())];
-        if let (Outcome::Ok, None) = get(history, &mut client, &process, topic) {
+        if let (Outcome::Ok, None) = get(history, client.client(), &process, topic) {
             // Empty: let the producers get ahead instead of spinning on the leader.
             std::thread::sleep(Duration::from_millis(rng.gen_range(5..30)));
         }
@@ -319,8 +358,10 @@ const LEASE_MS: [u64; 4] = [300, 1000, 2500, 4000];
 /// Leasing consumer `index`: leases from random topics of `topics` until `stop`, settling
 /// each message as the module docs say. On `limited` (a topic with `max_deliveries`) it
 /// gives up on messages more often, so that some are dead-lettered.
+#[allow(clippy::too_many_arguments)]
 pub fn lease_consume(
     history: &History,
+    directory: &Directory,
     options: &ClientOptions,
     topics: &[String],
     limited: &str,
@@ -330,7 +371,7 @@ pub fn lease_consume(
 ) {
     let process = format!("l{index}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut client = connect(options);
+    let mut client = Following::new(directory, options);
     // Receipts dropped by a "crash" that this consumer will ACK anyway, and when.
     let mut zombies: Vec<(Instant, String, String)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -338,7 +379,7 @@ pub fn lease_consume(
             let (_, topic, receipt) = zombies.swap_remove(position);
             settle(
                 history,
-                &mut client,
+                client.client(),
                 &process,
                 Op::Ack,
                 &topic,
@@ -353,7 +394,7 @@ pub fn lease_consume(
             max: rng.gen_bool(0.5).then(|| rng.gen_range(2..=10)),
             wait_ms: rng.gen_bool(0.3).then(|| rng.gen_range(200..1500)),
         };
-        let (outcome, delivered) = lease(history, &mut client, &process, topic, request);
+        let (outcome, delivered) = lease(history, client.client(), &process, topic, request);
         if delivered.is_empty() {
             if outcome == Outcome::Ok && request.wait_ms.is_none() {
                 std::thread::sleep(Duration::from_millis(rng.gen_range(5..30)));
@@ -379,10 +420,26 @@ pub fn lease_consume(
         for (op, receipts) in [(Op::Nack, nacks), (Op::Ack, acks)] {
             if receipts.is_empty() {
             } else if receipts.len() > 1 && rng.gen_bool(0.6) || rng.gen_bool(0.2) {
-                settle(history, &mut client, &process, op, topic, &receipts, true);
+                settle(
+                    history,
+                    client.client(),
+                    &process,
+                    op,
+                    topic,
+                    &receipts,
+                    true,
+                );
             } else {
                 for receipt in receipts {
-                    settle(history, &mut client, &process, op, topic, &[receipt], false);
+                    settle(
+                        history,
+                        client.client(),
+                        &process,
+                        op,
+                        topic,
+                        &[receipt],
+                        false,
+                    );
                 }
             }
         }

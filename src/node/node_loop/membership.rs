@@ -22,7 +22,7 @@
 //! `config.json` ([`follow_members`]).
 
 use super::NodeLoop;
-use crate::config::NodeConfig;
+use crate::config::{Address, NodeConfig};
 use crate::node::members::{self, AddressBook};
 use crate::protocol::{ErrorCode, MemberAddress, Operation, Outcome};
 use crate::raft::{Member, Membership, NodeId, ProposeError, Role};
@@ -362,19 +362,25 @@ impl NodeLoop {
     /// Connects to the members of the acting membership and, while a change is in progress,
     /// to those of the last committed one too: a node being removed must still receive the
     /// entry that removes it (the core replicates to it until that entry commits), so that
-    /// it knows, even after a restart, that it was removed. Called when the acting
+    /// it knows, even after a restart, that it was removed. And to every node of the config
+    /// file that the acting membership has not retired: a node that replays an old part of
+    /// the log (a node just added, catching up from the start) acts on an old membership,
+    /// which may not list the leader it replicates from (added since); without a connection
+    /// to it, its answers are dropped and it never catches up. Called when the acting
     /// membership changes and when a membership entry commits.
     pub(super) fn connect_peers(&mut self) {
         follow_members(
             &self.peers,
             &self.config,
             &self.book,
+            self.core.membership(),
             self.core.committed_membership(),
         );
     }
 }
 
-/// Points the peer transport at the members of `acting` and of `committed` (see
+/// Points the peer transport at the members of `acting` and of `committed`, and at the
+/// nodes of `config.json` that `acting_members` has not retired (see
 /// [`NodeLoop::connect_peers`]): their connections and, in a keyed cluster, their keys, set
 /// first so that a DEALER to an added peer finds its key. The same union for both: a node
 /// being removed is admitted on the peer port until its removal commits, as long as it is
@@ -383,19 +389,38 @@ pub(super) fn follow_members(
     peers: &PeerTransport,
     config: &NodeConfig,
     acting: &AddressBook,
+    acting_members: &Membership,
     committed: &Membership,
 ) {
     let me = config.id;
     let committed = AddressBook::new(committed, &config.cluster);
+    let unretired: Vec<(NodeId, &Address)> = config
+        .cluster
+        .addresses
+        .iter()
+        .enumerate()
+        .map(|(index, address)| (NodeId(index as u64), address))
+        .filter(|(id, _)| *id != me && !acting_members.is_retired(*id))
+        .collect();
     let mut links = acting.peers(me);
-    for (id, endpoint) in committed.peers(me) {
+    let extra_links = committed.peers(me).into_iter().chain(
+        unretired
+            .iter()
+            .map(|(id, address)| (*id, address.internal_endpoint())),
+    );
+    for (id, endpoint) in extra_links {
         if !links.iter().any(|(known, _)| *known == id) {
             links.push((id, endpoint));
         }
     }
     if let Some(own) = &config.key_pair {
         let mut keys = acting.keys();
-        for (id, key) in committed.keys() {
+        let extra_keys = committed.keys().into_iter().chain(
+            unretired
+                .iter()
+                .filter_map(|(id, address)| Some((*id, address.public_key?))),
+        );
+        for (id, key) in extra_keys {
             if !keys.iter().any(|(known, _)| *known == id) {
                 keys.push((id, key));
             }

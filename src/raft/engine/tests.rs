@@ -739,3 +739,61 @@ fn a_joining_node_follows_but_neither_votes_nor_campaigns() {
         MessageBody::RequestVoteResponse { granted: true, .. }
     )));
 }
+
+#[test]
+fn a_second_leader_of_the_current_term_is_dropped_not_followed() {
+    // Raft elects one leader per term: a leader's message of the current term from anyone
+    // else is forged (an unkeyed peer port authenticates nobody) or corrupt.
+    let mut cluster = Cluster::new(3);
+    let leader = cluster.tick_until_leader();
+    let term = cluster.cores[leader].term();
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let forged_membership = Membership::from_voters([NodeId(other as u64)]);
+    let bodies = [
+        MessageBody::Heartbeat {
+            commit: LogIndex(1),
+            read_round: 0,
+        },
+        MessageBody::AppendEntries {
+            prev: cluster.cores[follower].log.last_id(),
+            entries: vec![Entry {
+                term,
+                index: LogIndex(cluster.cores[follower].log.last_index().0 + 1),
+                payload: EntryPayload::Membership(forged_membership.clone()),
+            }],
+            commit: LogIndex::ZERO,
+        },
+        MessageBody::InstallSnapshot {
+            snapshot: SnapshotMeta {
+                last: EntryId::new(term, LogIndex(1000)),
+                membership: forged_membership.clone(),
+            },
+        },
+    ];
+    for target in [leader, follower] {
+        for body in bodies.clone() {
+            let before = cluster.cores[target].term_refusals().malformed;
+            cluster.cores[target].step(Message {
+                from: NodeId(other as u64),
+                to: NodeId(target as u64),
+                term,
+                body,
+            });
+            assert_eq!(
+                cluster.cores[target].term_refusals().malformed,
+                before + 1,
+                "node {target} counts the forged message"
+            );
+            cluster.cores[target].check_invariants();
+        }
+    }
+    assert_eq!(cluster.cores[leader].role(), Role::Leader);
+    assert_eq!(
+        cluster.cores[follower].leader(),
+        Some(NodeId(leader as u64))
+    );
+    assert_ne!(*cluster.cores[follower].membership(), forged_membership);
+    cluster.settle();
+    assert_eq!(cluster.cores[leader].role(), Role::Leader, "still leads");
+}

@@ -304,6 +304,97 @@ fn a_lease_granted_by_a_killed_leader_ends_on_time_under_the_next() {
     assert_eq!(late["error"]["code"], "STALE_RECEIPT", "{late}");
 }
 
+/// A lease granted by a leader whose lease clock started late (its node had just
+/// restarted) is not ended early by a later leader whose node ran far longer: each leader
+/// starts its clock from the log when it has caught up, not from what it read in an earlier
+/// term or as a follower. The first version of the lease clock let node 2, up 8 s longer
+/// than the restarted nodes 0 and 1 while nothing in the log carried a time, read 8 s
+/// ahead of them and end a 3 s lease of theirs at once (the membership nemesis, seed
+/// 16002, found it).
+#[test]
+fn a_lease_outlives_a_handover_to_a_node_that_has_run_longer() {
+    const LEASE: Duration = Duration::from_secs(3);
+    let mut cluster = Cluster::start_with(3, FAST_FLAGS);
+    cluster.wait_for_leader(common::LEADER_DEADLINE);
+    let within = REPLY_DEADLINE * 3;
+    let mut client = SessionClient::new(&cluster, "setup");
+    client.call_ok(
+        &json!({"type": "topic", "method": "PUT", "topic": "t"}),
+        within,
+    );
+    client.call_ok(
+        &json!({"type": "message", "method": "PUT", "topic": "t", "message": "m"}),
+        within,
+    );
+    // Nothing carries a time while no lease is live: node 2's uptime is all it could run
+    // ahead by. Then nodes 0 and 1 restart (node 2 paused, so one of them leads).
+    std::thread::sleep(LEASE * 2 + Duration::from_secs(2));
+    cluster.signal(2, libc::SIGSTOP);
+    for index in [0, 1] {
+        cluster.kill(index);
+        cluster.spawn(index);
+        let up_by = Instant::now() + common::LEADER_DEADLINE;
+        while cluster.status(index, Duration::from_millis(500)).is_none() {
+            assert!(Instant::now() < up_by, "node {index} did not come up");
+        }
+    }
+    let applied = cluster.leader_applied(common::LEADER_DEADLINE);
+    cluster.signal(2, libc::SIGCONT);
+    let (grantor, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    assert_ne!(
+        grantor, 2,
+        "node 2 was paused while 0 and 1 elected a leader"
+    );
+    cluster.wait_converged(applied, common::LEADER_DEADLINE);
+
+    let mut holder = SessionClient::new(&cluster, "holder");
+    let asked = Instant::now();
+    let leased = holder.call_ok(
+        &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": LEASE.as_millis() as u64}),
+        within,
+    );
+    assert_eq!(
+        (&leased["message"], &leased["deliveries"]),
+        (&json!("m"), &json!(1)),
+        "{leased}"
+    );
+    // Every node has the grant; then the grantor hands over on SIGTERM to its most
+    // up-to-date follower, the one with the highest id of those level: node 2.
+    let granted = cluster.leader_applied(common::LEADER_DEADLINE);
+    cluster.wait_converged(granted, common::LEADER_DEADLINE);
+    cluster.terminate(grantor, common::LEADER_DEADLINE);
+    let (successor, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    assert_eq!(
+        successor, 2,
+        "node {grantor} handed over to node {successor}, not node 2"
+    );
+
+    let mut other = SessionClient::new(&cluster, "other");
+    let deadline = asked + Duration::from_secs(30);
+    let again = loop {
+        let reply = other.call_ok(
+            &json!({"type": "message", "method": "GET", "topic": "t"}),
+            within,
+        );
+        if reply["success"] == true {
+            let after = asked.elapsed();
+            assert!(
+                after >= LEASE,
+                "handed out again {after:?} after the leased GET was sent, before its \
+                 {LEASE:?} lease ended: {reply}"
+            );
+            break reply;
+        }
+        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
+        assert!(
+            Instant::now() < deadline,
+            "the lease never ended under node 2"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(again["message"], "m", "{again}");
+}
+
 /// While a lease is live the leader appends clock entries (a next leader's clock starts
 /// close to its own), and they end nothing; with no lease live it writes nothing.
 #[test]

@@ -78,7 +78,7 @@ use crate::raft::{
     Role, SnapshotMeta, Term,
 };
 use crate::storage::{FsyncPolicy, LogStore, StorageError};
-use crate::transport::client::ClientTransport;
+use crate::transport::client::{ClientRequest, ClientTransport};
 use crate::transport::peer::PeerTransport;
 use crate::transport::watch::PeerConnection;
 use crossbeam_channel::{Receiver, Sender};
@@ -137,6 +137,10 @@ pub(super) struct NodeLoop {
     lease_end_proposed: Option<EntryId>,
     /// The time leases are granted and ended by (`lease_clock`).
     lease_clock: LeaseClock,
+    /// Leased GETs and TOUCHes that came while this leader had not caught up in its term:
+    /// they need its lease clock, which it may not read yet (see
+    /// `admission::release_awaiting_clock`).
+    awaiting_clock: Vec<ClientRequest>,
     /// Blocking GETs parked or in flight (PROTOCOL.md §9; see `waiting`).
     waiters: Waiters,
     /// `applied` when the waiters last looked for messages to serve.
@@ -211,7 +215,6 @@ impl NodeLoop {
             snapshot,
             previous_snapshot,
         );
-        let lease_clock = LeaseClock::new(queue.clock_ms(), Instant::now());
         // The membership may differ from the config's (restored from the log or a
         // snapshot): connect to the members it names.
         let book = AddressBook::new(core.membership(), &config.cluster);
@@ -243,7 +246,8 @@ impl NodeLoop {
             next_read_id: 0,
             detail_reads: std::collections::HashSet::new(),
             lease_end_proposed: None,
-            lease_clock,
+            lease_clock: LeaseClock::default(),
+            awaiting_clock: Vec::new(),
             waiters: Waiters::new(),
             waiters_seen_applied: applied,
             applied,
@@ -296,6 +300,7 @@ impl NodeLoop {
                 self.snapshots.maybe_take(applied, &self.queue);
             }
             let now = Instant::now();
+            self.release_awaiting_clock(now);
             self.expire(now);
             self.tend_waiters(now);
             self.tend_member_changes(now);

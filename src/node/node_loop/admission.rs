@@ -14,7 +14,7 @@ use super::waiting::BlockingGet;
 use super::NodeLoop;
 use crate::node::pending::UncommittedBytes;
 use crate::node::status::{self, NodeView};
-use crate::protocol::{ErrorCode, ErrorInfo, Operation, Outcome, Reply, SessionKey};
+use crate::protocol::{ErrorCode, ErrorInfo, Operation, Outcome, Reply, Request, SessionKey};
 use crate::queue::{Command, LoggedCommand};
 use crate::raft::{NodeId, ProposeError, Role};
 use crate::transport::client::{ClientRequest, Ticket};
@@ -26,15 +26,25 @@ use std::time::Instant;
 /// after the answer, and still within about a second after (PROTOCOL.md §8).
 const LEASE_END_MARGIN_MS: u64 = 500;
 
+/// The most requests a leader holds until it can read its lease clock (a few round trips
+/// after its election): beyond, they are answered `UNAVAILABLE` at once.
+const AWAITING_CLOCK_MAX: usize = 10_000;
+
+/// Whether the command for `operation` carries the lease clock's time (a lease granted or
+/// renewed).
+fn needs_lease_clock(operation: &Operation) -> bool {
+    match operation {
+        Operation::Fetch { options, .. } => options.lease_ms.is_some(),
+        Operation::Touch { .. } => true,
+        _ => false,
+    }
+}
+
 impl NodeLoop {
     pub(super) fn on_client_request(&mut self, client_request: ClientRequest) {
-        let ClientRequest {
-            ticket,
-            request,
-            received_at,
-        } = client_request;
-        let operation = request.operation;
-        if operation == Operation::Status {
+        let ticket = client_request.ticket;
+        let operation = &client_request.request.operation;
+        if *operation == Operation::Status {
             let reply = status::status(&NodeView {
                 config: &self.config,
                 core: &self.core,
@@ -46,7 +56,7 @@ impl NodeLoop {
             self.clients.reply(ticket, reply);
             return;
         }
-        if operation == Operation::Stats {
+        if *operation == Operation::Stats {
             let reply = status::stats(
                 self.config.id,
                 self.config.cluster.cluster_id,
@@ -57,6 +67,17 @@ impl NodeLoop {
             return;
         }
         self.requests += 1;
+        self.admit(client_request);
+    }
+
+    /// Answers or proposes a request other than `status` and `stats`.
+    fn admit(&mut self, client_request: ClientRequest) {
+        let ClientRequest {
+            ticket,
+            request,
+            received_at,
+        } = client_request;
+        let operation = request.operation;
         if let Operation::Fault {
             drop_to,
             drop_from,
@@ -101,6 +122,21 @@ impl NodeLoop {
             self.on_member_request(ticket, operation, deadline);
             return;
         }
+        if needs_lease_clock(&operation)
+            && self.core.role() == Role::Leader
+            && !self.caught_up_in_term()
+        {
+            let request = Request {
+                operation,
+                ..request
+            };
+            self.await_lease_clock(ClientRequest {
+                ticket,
+                request,
+                received_at,
+            });
+            return;
+        }
         let waiter =
             match self.admit_blocking_get(ticket, &operation, &request.session, received_at) {
                 BlockingGet::Held => return,
@@ -129,12 +165,17 @@ impl NodeLoop {
                 }
                 return;
             }
-            // Leases are stamped with the cluster's lease clock (`lease_clock`); `wait_ms`
-            // is handled above (`waiting`).
-            operation => match Command::from_operation(operation, self.lease_clock_ms()) {
-                Ok(command) => command,
-                Err(read) => unreachable!("reads are answered above, not {read:?}"),
-            },
+            // Leases are stamped with the cluster's lease clock (`lease_clock`): a leader
+            // that cannot read it yet holds the requests that need it (above), so the
+            // placeholder only reaches commands that carry no time, or a proposal that a
+            // node not leading refuses. `wait_ms` is handled above (`waiting`).
+            operation => {
+                let now_ms = self.lease_clock_ms().unwrap_or(0);
+                match Command::from_operation(operation, now_ms) {
+                    Ok(command) => command,
+                    Err(read) => unreachable!("reads are answered above, not {read:?}"),
+                }
+            }
         };
         if self.propose_command(ticket, request.session, command, deadline) {
             if let Some(waiter) = waiter {
@@ -281,20 +322,22 @@ impl NodeLoop {
         }
     }
 
-    /// At each tick, on every node: the lease clock takes the log's latest time (so a
-    /// follower that becomes leader goes on from it, `lease_clock`). On the leader, once the
-    /// clock passes the earliest lease deadline by [`LEASE_END_MARGIN_MS`], proposes
+    /// At each tick, on a leader that has caught up in its term (`lease_clock`): once its
+    /// lease clock passes the earliest lease deadline by [`LEASE_END_MARGIN_MS`], proposes
     /// `EndLeases`, which ends every lease due by then (PROTOCOL.md §8); one proposal at a
     /// time: the next waits until this one is applied (or a new term began, in which it may
     /// have been overwritten). While leases are live and nothing else carried the clock
     /// lately, proposes a `Clock` entry.
     pub(super) fn maybe_end_leases(&mut self) {
-        let now_ms = self.lease_clock_ms();
-        if self.halted || self.shutdown.is_some() || self.core.role() != Role::Leader {
+        if self.halted || self.shutdown.is_some() {
             return;
         }
+        let Some(now_ms) = self.lease_clock_ms() else {
+            return;
+        };
         let next_deadline = self.queue.next_lease_deadline();
         if let Some(clock_ms) = self.lease_clock.clock_entry_due(
+            self.core.term(),
             self.queue.clock_ms(),
             next_deadline.is_some(),
             Instant::now(),
@@ -347,9 +390,61 @@ impl NodeLoop {
         }
     }
 
-    /// The lease clock's time now, in ms: what a leased GET or TOUCH proposed now carries.
-    pub(super) fn lease_clock_ms(&mut self) -> u64 {
-        self.lease_clock.read(self.queue.clock_ms(), Instant::now())
+    /// The lease clock's time now, in ms, on a leader that has applied every entry of
+    /// earlier terms: what a leased GET, TOUCH, `EndLeases` or `Clock` entry proposed now
+    /// carries. None on any other node, which must propose nothing that carries a time
+    /// (`lease_clock`: why it never ends a lease early).
+    pub(super) fn lease_clock_ms(&mut self) -> Option<u64> {
+        if self.core.role() != Role::Leader || !self.caught_up_in_term() {
+            return None;
+        }
+        let (term, log_ms) = (self.core.term(), self.queue.clock_ms());
+        Some(self.lease_clock.read(term, log_ms, Instant::now()))
+    }
+
+    /// Holds a request that needs the lease clock until this leader has caught up in its
+    /// term, usually one commit after its election (see
+    /// [`NodeLoop::release_awaiting_clock`]).
+    fn await_lease_clock(&mut self, request: ClientRequest) {
+        if self.awaiting_clock.len() >= AWAITING_CLOCK_MAX {
+            self.fail(
+                request.ticket,
+                ErrorCode::Unavailable,
+                "this leader was just elected and holds too many requests until it has caught \
+                 up; nothing was done, retry shortly",
+            );
+            return;
+        }
+        self.awaiting_clock.push(request);
+    }
+
+    /// Once per round: the requests held for the lease clock go on once this leader has
+    /// caught up, or once it no longer leads (refused then as any request would be); while
+    /// it still catches up, those past their deadline are refused (nothing was proposed).
+    pub(super) fn release_awaiting_clock(&mut self, now: Instant) {
+        if self.awaiting_clock.is_empty() {
+            return;
+        }
+        let leading = !self.halted && self.shutdown.is_none() && self.core.role() == Role::Leader;
+        if leading && !self.caught_up_in_term() {
+            let timeout = self.config.request_timeout;
+            let (late, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_clock)
+                .into_iter()
+                .partition(|request| request.received_at + timeout <= now);
+            self.awaiting_clock = held;
+            for request in late {
+                self.fail(
+                    request.ticket,
+                    ErrorCode::Unavailable,
+                    "this leader was elected moments ago and has not caught up yet; nothing \
+                     was done, retry shortly",
+                );
+            }
+            return;
+        }
+        for request in std::mem::take(&mut self.awaiting_clock) {
+            self.admit(request);
+        }
     }
 
     pub(super) fn fail(&mut self, ticket: Ticket, code: ErrorCode, message: &str) {

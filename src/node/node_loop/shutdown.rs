@@ -67,6 +67,13 @@ impl NodeLoop {
     /// Answers what is left, makes what was acknowledged durable, and stops the transports.
     pub(super) fn finish(mut self, events: &Receiver<Event>) {
         self.answer_waiters_at_exit();
+        for request in std::mem::take(&mut self.awaiting_clock) {
+            self.fail(
+                request.ticket,
+                ErrorCode::ShuttingDown,
+                "the node is shutting down; nothing was done, retry on another node",
+            );
+        }
         for ticket in self.pending.take_all() {
             self.fail(
                 ticket,

@@ -94,7 +94,7 @@ impl NodeLoop {
 
     /// Every entry of earlier terms is applied: the applied state is the one this leader's
     /// proposals build on.
-    fn caught_up_in_term(&self) -> bool {
+    pub(super) fn caught_up_in_term(&self) -> bool {
         self.applied_term == self.core.term()
     }
 
@@ -189,9 +189,11 @@ impl NodeLoop {
             );
             self.end_wait(waiter, ErrorCode::Empty, &why);
         }
-        if !self.caught_up_in_term() {
+        // Caught up in this term: the applied state is this leader's, and its lease clock
+        // can be read.
+        let Some(now_ms) = self.lease_clock_ms() else {
             return;
-        }
+        };
         let applied_moved = self.waiters_seen_applied != self.applied;
         self.waiters_seen_applied = self.applied;
         let term = self.core.term();
@@ -206,13 +208,13 @@ impl NodeLoop {
                     break;
                 };
                 available = available.saturating_sub(waiter.takes());
-                self.serve(waiter, now);
+                self.serve(waiter, now, now_ms);
             }
         }
     }
 
-    /// Proposes a parked waiter's GET, with the lease clock of now.
-    fn serve(&mut self, waiter: Waiter, now: Instant) {
+    /// Proposes a parked waiter's GET, with the lease clock's `now_ms`.
+    fn serve(&mut self, waiter: Waiter, now: Instant, now_ms: u64) {
         let operation = Operation::Fetch {
             topic: waiter.topic.clone(),
             options: FetchOptions {
@@ -220,7 +222,7 @@ impl NodeLoop {
                 ..waiter.options
             },
         };
-        let command = match Command::from_operation(operation, self.lease_clock_ms()) {
+        let command = match Command::from_operation(operation, now_ms) {
             Ok(command) => command,
             Err(read) => unreachable!("a GET is a command, not {read:?}"),
         };

@@ -647,3 +647,85 @@ fn a_lease_ends_by_the_leaders_clock_and_the_message_is_handed_out_again() {
     assert_eq!(failure_code(&call(socket, ack(&second.receipt))), None);
     leader.stop();
 }
+
+/// A leader that has not yet applied every entry of earlier terms may not read its lease
+/// clock (`lease_clock`: an entry it has not applied may carry a later time). A leased GET
+/// that reaches it then waits without being proposed, and is refused UNAVAILABLE (nothing
+/// done) when its time is up, where a plain GET is proposed and times out (outcome
+/// unknown); once the leader's first entry commits, leased GETs go through.
+#[test]
+fn a_leader_holds_leased_gets_until_it_has_caught_up_in_its_term() {
+    use crate::protocol::{FetchOptions, Payload};
+    let gated = Arc::new(AtomicBool::new(true));
+    // Zero capacity: a permit passes only to a sync that is waiting for it.
+    let (permit, permits) = crossbeam_channel::bounded(0);
+    let store = GatedStore {
+        inner: MemStore::new(),
+        gated: gated.clone(),
+        permits,
+    };
+    let (_context, socket, events, node) =
+        start_node(&["--request-timeout-ms", "500"], Box::new(store));
+    let ticker_events = events.clone();
+    let ticker = std::thread::spawn(move || {
+        while ticker_events.send(Event::Tick).is_ok() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    // Let syncs through one at a time until the node leads; its term's first entry then
+    // waits for the next sync.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match call(&socket, Operation::Status) {
+            Reply::Status(status) if status.role == "Leader" => break status,
+            _ => {
+                let _ = permit.try_send(());
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(
+        status.last_applied < status.last_log_index,
+        "the leader's first entry is still unapplied: {status:?}"
+    );
+    let leased_get = Operation::Fetch {
+        topic: "t".into(),
+        options: FetchOptions {
+            lease_ms: Some(60_000),
+            ..FetchOptions::default()
+        },
+    };
+    assert_eq!(
+        failure_code(&call(&socket, leased_get.clone())),
+        Some(ErrorCode::Unavailable),
+        "held, never proposed, refused when its time is up"
+    );
+    let plain_get = Operation::Get { topic: "t".into() };
+    assert_eq!(
+        failure_code(&call(&socket, plain_get)),
+        Some(ErrorCode::Timeout),
+        "proposed, and stuck behind the first entry"
+    );
+    gated.store(false, Ordering::SeqCst);
+    let _ = permit.try_send(());
+    let _ = permit.send_timeout((), Duration::from_millis(500));
+    let create = Operation::CreateTopic { topic: "t".into() };
+    assert_eq!(failure_code(&call(&socket, create)), None);
+    let put = Operation::Put {
+        topic: "t".into(),
+        message: Payload::Text("m".into()),
+    };
+    assert_eq!(failure_code(&call(&socket, put)), None);
+    match call(&socket, leased_get) {
+        Reply::Outcome {
+            outcome: Outcome::Delivered(delivery),
+            ..
+        } => assert_eq!(delivery.deliveries, 1),
+        other => panic!("a leased message once caught up, got {other:?}"),
+    }
+    events.send(Event::Shutdown).expect("loop alive");
+    node.join().expect("the loop ends without panicking");
+    drop(events);
+    ticker.join().expect("ticker");
+}

@@ -58,6 +58,7 @@ mod log_limit;
 pub mod members;
 mod metrics;
 mod node_loop;
+mod peer_finder;
 mod pending;
 pub mod persist_pipeline;
 pub mod recovery;

@@ -581,8 +581,7 @@ fn status_at(port: u16) -> Option<Value> {
 fn leads(config: &std::path::Path, index: usize, others: &[usize]) -> bool {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if status_at(client_port(config, index)).is_some_and(|status| status["role"] == "Leader")
-        {
+        if status_at(client_port(config, index)).is_some_and(|status| status["role"] == "Leader") {
             return true;
         }
         if others.iter().any(|other| {
@@ -590,7 +589,10 @@ fn leads(config: &std::path::Path, index: usize, others: &[usize]) -> bool {
         }) {
             return false;
         }
-        assert!(Instant::now() < deadline, "no leader among {index} and {others:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no leader among {index} and {others:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -633,7 +635,9 @@ fn a_restarted_node_that_never_heard_of_its_leader_catches_up() {
     put.assert_code(0, "put under the fresh leader");
     let leader_status = status_at(client_port(&four, fresh)).expect("the fresh leader answers");
     assert_eq!(leader_status["role"], "Leader", "{leader_status}");
-    let commit = leader_status["commit_index"].as_u64().expect("commit_index");
+    let commit = leader_status["commit_index"]
+        .as_u64()
+        .expect("commit_index");
     cluster.spawn(lagging);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -283,15 +283,12 @@ mod tests {
             member(2, 7100, Some("not z85")),
             member(3, 7200, Some(KEY)),
         ];
-        let merged = merge(&[answer.clone()], true);
+        let merged = merge(std::slice::from_ref(&answer), true);
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].0, NodeId(3));
         assert!(merged[0].1.public_key.is_some());
         // Unkeyed: a member without a key is fine, an unreadable key still is not.
-        let ids: Vec<u64> = merge(&[answer], false)
-            .iter()
-            .map(|(id, _)| id.0)
-            .collect();
+        let ids: Vec<u64> = merge(&[answer], false).iter().map(|(id, _)| id.0).collect();
         assert_eq!(ids, vec![1, 3]);
     }
 

@@ -420,8 +420,8 @@ impl NodeLoop {
             finding.leaderless_since = None;
             return;
         }
-        let wait = self.config.tick * self.config.raft.election_ticks_max
-            * FIND_AFTER_ELECTION_TIMEOUTS;
+        let wait =
+            self.config.tick * self.config.raft.election_ticks_max * FIND_AFTER_ELECTION_TIMEOUTS;
         let since = *finding.leaderless_since.get_or_insert(now);
         let asked_lately = finding
             .asked_at
@@ -435,7 +435,8 @@ impl NodeLoop {
         let ids: Vec<u64> = known.iter().map(|node| node.id.0).collect();
         if first {
             log::info!(
-                "no leader known for {:?}: asking nodes {ids:?} for the members this node has                  no address for",
+                "no leader known for {:?}: asking nodes {ids:?} for the members this node has \
+                 no address for",
                 now.duration_since(since)
             );
         } else {
@@ -497,7 +498,8 @@ impl NodeLoop {
         }
         if !learned.is_empty() {
             log::info!(
-                "the members this node knows name nodes {:?}, which its config and log do                  not: connecting to them",
+                "the members this node knows name nodes {:?}, which its config and log do \
+                 not: connecting to them",
                 learned.keys().map(|id| id.0).collect::<Vec<_>>()
             );
         }

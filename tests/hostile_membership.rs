@@ -402,3 +402,162 @@ fn forged_membership_frames_on_an_unkeyed_peer_port_change_nothing() {
         assert!(reply["term"].as_u64().is_some(), "{reply}");
     }
 }
+
+/// A ROUTER on `port` that answers every request until `stop` with a well-formed `stats` of
+/// cluster `cluster_id`, whose `members` are `members` (as `member GET` lists them).
+fn lying_member(port: u16, cluster_id: u64, members: &Value, stop: &AtomicBool) {
+    let context = zmq::Context::new();
+    let router = context.socket(zmq::ROUTER).expect("ROUTER");
+    router.set_linger(0).expect("linger");
+    router.set_rcvtimeo(100).expect("rcvtimeo");
+    router
+        .bind(&format!("tcp://127.0.0.1:{port}"))
+        .expect("bind the lying member");
+    let stats = json!({"success": true, "id": 1, "last_applied": 0, "digest": 0,
+                       "topic_count": 0, "message_count": 0, "payload_bytes": 0,
+                       "session_count": 0, "cluster_id": cluster_id, "members": members});
+    let body = rmp_serde::to_vec_named(&stats).expect("encode");
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(frames) = router.recv_multipart(0) else {
+            continue;
+        };
+        let envelope_len = frames
+            .iter()
+            .position(|frame| frame.is_empty())
+            .map_or(1, |delimiter| delimiter + 1);
+        let mut reply: Vec<Vec<u8>> = frames[..envelope_len.min(frames.len())].to_vec();
+        reply.push(body.clone());
+        let _ = router.send_multipart(reply, zmq::DONTWAIT);
+    }
+}
+
+/// A node that knows no leader asks the nodes it knows for the members they act on
+/// (`node::peer_finder`). A node of its config that lies there, claiming a voter nobody
+/// added and another address for a real member, gets no further than a connection to the
+/// invented node: the real member's address stands, the invented node never becomes a
+/// member, and the asking node is added and catches up as usual.
+#[test]
+fn a_lying_answer_about_the_members_opens_a_connection_and_changes_no_membership() {
+    let cluster = Cluster::start(1);
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    let real = cluster
+        .stats(0, Duration::from_secs(10))
+        .expect("the real member's stats");
+    let cluster_id = real["cluster_id"].as_u64().expect("a cluster id");
+    // The joining node's config: the real member, the liar, itself. A `--join` node knows
+    // no leader until it is added: it asks.
+    let liar_port = free_port();
+    let address =
+        |port: u16| json!({"ip": "127.0.0.1", "port": port, "internal_port": free_port()});
+    let joining_address = address(free_port());
+    let config = json!({"addresses": [
+        {"ip": "127.0.0.1", "port": cluster.ports[0].port,
+         "internal_port": cluster.ports[0].internal_port},
+        address(liar_port),
+        joining_address,
+    ]});
+    let config_path = cluster.dir.path().join("config-join.json");
+    std::fs::write(&config_path, config.to_string()).expect("write the config");
+    let lies = json!([
+        {"id": 0, "ip": "127.0.0.1", "port": free_port(), "internal_port": free_port(),
+         "voter": true},
+        {"id": 9, "ip": "127.0.0.1", "port": free_port(), "internal_port": free_port(),
+         "voter": true},
+    ]);
+    let log_path = cluster.dir.path().join("node-join.log");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| lying_member(liar_port, cluster_id, &lies, &stop));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let joining = Extra(
+            Command::new(RRMQ_NODE)
+                .arg(&config_path)
+                .arg("2")
+                .arg("--join")
+                .arg("--data-dir")
+                .arg(cluster.dir.path().join("node-join"))
+                .args(FAST_FLAGS)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn rrmq-node --join"),
+        );
+        let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !log_text().contains("name nodes [9]") {
+            assert!(
+                Instant::now() < deadline,
+                "the joining node never took the invented node's address: {}",
+                log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Added through the real member (a config without the liar): it catches up.
+        let cli_config = json!({"addresses": [config["addresses"][0], address(free_port()),
+                                              config["addresses"][2]]});
+        let cli_path = cluster.dir.path().join("config-cli.json");
+        std::fs::write(&cli_path, cli_config.to_string()).expect("write the config");
+        let cli_text = cli_path.to_str().expect("UTF-8 path");
+        let add = common::rrmq(
+            &[
+                "--config",
+                cli_text,
+                "--timeout",
+                "90s",
+                "member",
+                "add",
+                "2",
+            ],
+            b"",
+            cluster.dir.path(),
+        );
+        if add.code != Some(0) {
+            eprintln!("{}", log_text());
+        }
+        add.assert_code(0, "member add");
+        stop.store(true, Ordering::Relaxed);
+        let members = common::rrmq(
+            &["--config", cli_text, "--json", "member", "list"],
+            b"",
+            cluster.dir.path(),
+        );
+        members.assert_code(0, "member list");
+        let ids: Vec<u64> = members.json()["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|member| member["id"].as_u64())
+            .collect();
+        assert_eq!(ids, vec![0, 2], "{}", members.describe());
+        // The joined node's own membership names the real member at its real address.
+        let mut client = common::Client::connect(
+            u16::try_from(joining_address["port"].as_u64().expect("a port")).expect("a port"),
+        );
+        let stats = client
+            .call_with_timeout(
+                Wire::MsgPack,
+                &json!({"type": "stats", "method": "GET"}),
+                Duration::from_secs(10),
+            )
+            .expect("the joined node's stats");
+        let own: Vec<(u64, u64)> = stats["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .filter_map(|member| Some((member["id"].as_u64()?, member["port"].as_u64()?)))
+            .collect();
+        assert_eq!(
+            own,
+            vec![
+                (0, u64::from(cluster.ports[0].port)),
+                (2, joining_address["port"].as_u64().expect("a port"))
+            ],
+            "{stats}"
+        );
+        drop(joining);
+        assert!(!log_text().contains("panicked"), "{}", log_text());
+    });
+}

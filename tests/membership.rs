@@ -558,3 +558,99 @@ fn a_node_added_under_a_leader_the_old_log_does_not_know_catches_up() {
     get.assert_code(0, "get");
     assert_eq!(get.stdout_text(), "before\n");
 }
+
+/// The port in `config` of node `index`.
+fn client_port(config: &std::path::Path, index: usize) -> u16 {
+    let text = std::fs::read_to_string(config).expect("read the config");
+    let config: Value = serde_json::from_str(&text).expect("JSON");
+    let port = config["addresses"][index]["port"].as_u64().expect("a port");
+    u16::try_from(port).expect("a port")
+}
+
+/// The v2 `status` of the node on client port `port`, if it answers within a second.
+fn status_at(port: u16) -> Option<Value> {
+    common::Client::connect(port).call_with_timeout(
+        Wire::MsgPack,
+        &json!({"type": "status", "method": "GET", "v": 2}),
+        Duration::from_secs(1),
+    )
+}
+
+/// Polls node `index` until it leads or another node of `config` does (60 s); true when
+/// `index` leads.
+fn leads(config: &std::path::Path, index: usize, others: &[usize]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if status_at(client_port(config, index)).is_some_and(|status| status["role"] == "Leader") {
+            return true;
+        }
+        if others.iter().any(|other| {
+            status_at(client_port(config, *other)).is_some_and(|status| status["role"] == "Leader")
+        }) {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no leader among {index} and {others:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node killed while a node was added, which then leads, restarts knowing neither from
+/// its config nor from its log: it must learn the leader's address (from a member it knows)
+/// to hear the leader's frames and answer them. Found by the membership nemesis (seed
+/// 16001: the lagging node stayed behind until leadership moved to a node it knew).
+#[test]
+fn a_restarted_node_that_never_heard_of_its_leader_catches_up() {
+    let mut cluster = Cluster::start(3);
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
+    cluster
+        .rrmq(&["topic", "create", "t"])
+        .assert_code(0, "topic create");
+    cluster
+        .rrmq(&["put", "t", "before"])
+        .assert_code(0, "put before");
+    let lagging = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.kill(lagging);
+    let (four, fresh) = config_plus_one(&cluster, &cluster.config_path, "config-4.json");
+    let _fresh = spawn_joining(&cluster, &four, fresh);
+    member_add(&cluster, &four, fresh);
+    // Voters {lagging, other, fresh}: the lagging node's config and log know only `other`
+    // (and the removed leader, killed for good).
+    member_remove(&cluster, &four, leader);
+    cluster.kill(leader);
+    // The fresh node leads: while `other` does, it hands leadership over as it shuts down
+    // (the fresh node is the one caught up), then comes back.
+    let mut handovers = 0;
+    while !leads(&four, fresh, &[other]) {
+        handovers += 1;
+        assert!(handovers <= 5, "node {fresh} never led");
+        cluster.terminate(other, Duration::from_secs(10));
+        cluster.spawn(other);
+    }
+    let four_text = four.to_str().expect("UTF-8 path");
+    let put = rrmq_with(&cluster, four_text, "60s", &["put", "t", "after"]);
+    put.assert_code(0, "put under the fresh leader");
+    let leader_status = status_at(client_port(&four, fresh)).expect("the fresh leader answers");
+    assert_eq!(leader_status["role"], "Leader", "{leader_status}");
+    let commit = leader_status["commit_index"]
+        .as_u64()
+        .expect("commit_index");
+    cluster.spawn(lagging);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = cluster
+            .status(lagging, Duration::from_secs(1))
+            .and_then(|status| status["last_applied"].as_u64());
+        if applied.is_some_and(|applied| applied >= commit) {
+            break;
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("node {lagging} never caught up to {commit} (applied: {applied:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

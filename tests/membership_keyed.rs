@@ -573,3 +573,106 @@ fn a_keyed_join_started_before_its_add_catches_up_by_snapshot_and_votes() {
     let first = cli_ok(&cluster, &four, "60s", &["get", "t"]);
     assert_eq!(first.stdout_text(), "0\n");
 }
+
+/// The client port in `config` of node `index`.
+fn client_port(config: &Path, index: usize) -> u16 {
+    let text = std::fs::read_to_string(config).expect("read the config");
+    let config: Value = serde_json::from_str(&text).expect("JSON");
+    let port = config["addresses"][index]["port"].as_u64().expect("a port");
+    u16::try_from(port).expect("a port")
+}
+
+/// The keyed twin of `membership.rs`'s
+/// `a_restarted_node_that_never_heard_of_its_leader_catches_up`: the restarted node knows
+/// neither the leader's address nor its key; it learns both from a member it knows, over
+/// the client port's CURVE (its own key, admitted for `stats`), and its ZAP handler then
+/// admits the leader.
+#[test]
+fn a_restarted_keyed_node_that_never_heard_of_its_leader_learns_its_key_and_catches_up() {
+    let mut cluster = Cluster::start_with_clients(3, &[], &[("alice", json!({"consume": ["t"]}))]);
+    let (leader, _) = cluster.wait_for_leader(LEADER_DEADLINE);
+    let config = cluster.config_path.clone();
+    cli_ok(&cluster, &config, "30s", &["topic", "create", "t"]);
+    cli_ok(&cluster, &config, "30s", &["put", "t", "before"]);
+    let lagging = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.kill(lagging);
+    let (four, fresh, fresh_pair) = config_plus_keyed(&cluster, &config, "config-4.json");
+    let _fresh = spawn_joining(&cluster, &four, fresh, &node_key_file(&cluster, fresh));
+    cli_ok(
+        &cluster,
+        &four,
+        "120s",
+        &["member", "add", &fresh.to_string()],
+    );
+    cli_ok(
+        &cluster,
+        &four,
+        "60s",
+        &["member", "remove", &leader.to_string()],
+    );
+    cluster.kill(leader);
+    let harness = cluster.client_key("harness").clone();
+    let fresh_port = client_port(&four, fresh);
+    let role = |status: Option<Value>| status.map(|status| status["role"].clone());
+    let fresh_role = || {
+        let mut client =
+            common::Client::connect_with(fresh_port, Some((fresh_pair.public, harness.clone())));
+        role(client.call_with_timeout(
+            Wire::MsgPack,
+            &json!({"type": "status", "method": "GET", "v": 2}),
+            Duration::from_secs(1),
+        ))
+    };
+    // The fresh node leads: while `other` does, it hands leadership over as it shuts down,
+    // and comes back with a config that lists the fresh node. (From the original config,
+    // its ZAP handler would refuse the fresh node's key until its log is read, and a
+    // DEALER of the fresh node refused then may give up on it for good: README.md, "Open".)
+    // The lagging node restarts from the original config.
+    let original = std::fs::read(&config).expect("read the config");
+    std::fs::copy(&four, &config).expect("the grown config for `other`");
+    let mut handovers = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "node {fresh} never led");
+        if fresh_role() == Some(json!("Leader")) {
+            break;
+        }
+        if role(cluster.status(other, Duration::from_secs(1))) == Some(json!("Leader")) {
+            handovers += 1;
+            assert!(handovers <= 5, "node {fresh} never led");
+            cluster.terminate(other, Duration::from_secs(10));
+            cluster.spawn(other);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cli_ok(&cluster, &four, "60s", &["put", "t", "after"]);
+    let mut client =
+        common::Client::connect_with(fresh_port, Some((fresh_pair.public, harness.clone())));
+    let leader_status = client
+        .call_with_timeout(
+            Wire::MsgPack,
+            &json!({"type": "status", "method": "GET", "v": 2}),
+            Duration::from_secs(5),
+        )
+        .expect("the fresh leader answers");
+    let commit = leader_status["commit_index"]
+        .as_u64()
+        .expect("commit_index");
+    std::fs::write(&config, original).expect("restore the config");
+    cluster.spawn(lagging);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let applied = cluster
+            .status(lagging, Duration::from_secs(1))
+            .and_then(|status| status["last_applied"].as_u64());
+        if applied.is_some_and(|applied| applied >= commit) {
+            break;
+        }
+        if Instant::now() > deadline {
+            cluster.dump_logs();
+            panic!("node {lagging} never caught up to {commit} (applied: {applied:?})");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -590,6 +590,7 @@ fn stats_come_from_each_node_and_a_wrong_report_kind_is_an_error() {
         payload_bytes: 3,
         session_count: 4,
         cluster_id: 5,
+        members: Vec::new(),
     };
     let node = {
         let stats = stats.clone();

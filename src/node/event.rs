@@ -3,6 +3,7 @@
 //! The helper threads (WAL, snapshot writer and loader, snapshot sender) report back the
 //! same way.
 
+use super::peer_finder::MembersFound;
 use crate::queue::Queue;
 use crate::raft::{Message, SnapshotMeta};
 use crate::storage::{SnapshotFile, StorageError};
@@ -30,6 +31,8 @@ pub enum Event {
     Persisted(PersistReport),
     /// This node's connection to a peer dropped (its process died) or came back.
     PeerConnection(PeerConnection),
+    /// The peer finder asked the members this node knows for theirs (`peer_finder`).
+    MembersFound(MembersFound),
 }
 
 impl From<PeerConnection> for Event {

@@ -100,6 +100,11 @@ impl AddressBook {
         self.addresses.get(&id)
     }
 
+    /// Every member's id and address, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, &Address)> {
+        self.addresses.iter().map(|(id, address)| (*id, address))
+    }
+
     /// Every member but `me`, with its internal endpoint: the peers to connect to.
     pub fn peers(&self, me: NodeId) -> Vec<(NodeId, String)> {
         self.addresses

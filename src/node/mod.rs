@@ -44,9 +44,10 @@
 //! the loop publishes to the metrics endpoint, `crate::metrics`), [`recovery`]
 //! (startup), `startup_checks` (the open files
 //! limit, the warning that a cluster without keys is open), `log_limit` (rate-limited
-//! warnings for what peers can trigger at will) and `reload` (SIGHUP re-reads the client
+//! warnings for what peers can trigger at will), `reload` (SIGHUP re-reads the client
 //! list on the signal thread, into the list the client transport shares, never through the
-//! loop).
+//! loop) and `peer_finder` (a thread that asks the nodes this node knows for the members it
+//! has no address for, while it knows no leader; it reports back as an [`Event`]).
 //!
 //! What it must not do: touch bytes on the wire (the transport does) or decide anything about
 //! consensus (the core does).
@@ -58,6 +59,7 @@ mod log_limit;
 pub mod members;
 mod metrics;
 mod node_loop;
+mod peer_finder;
 mod pending;
 pub mod persist_pipeline;
 pub mod recovery;

@@ -62,6 +62,7 @@ use super::lease_clock::LeaseClock;
 use super::log_limit::TermRefusalLog;
 use super::members::AddressBook;
 use super::metrics::{LoopView, MetricsPublisher};
+use super::peer_finder::PeerFinder;
 use super::pending::{PendingRequests, UncommittedBytes, WriteEnd};
 use super::persist_pipeline::{PersistPipeline, ReadyWrites};
 use super::snapshots::{SnapshotSettings, Snapshots};
@@ -169,6 +170,10 @@ pub(super) struct NodeLoop {
     requests: u64,
     /// Publishes the loop's state to the metrics endpoint once per turn (`metrics`).
     metrics: Option<MetricsPublisher>,
+    /// Asks the members this node knows for those it has no address for, while no leader
+    /// is known (`peer_finder`; the loop's side is in `membership`).
+    finder: PeerFinder,
+    finding: membership::Finding,
 }
 
 impl NodeLoop {
@@ -202,6 +207,11 @@ impl NodeLoop {
         if let Some(metrics) = &metrics {
             wal.progress().observe_syncs(metrics.clone());
         }
+        let finder =
+            PeerFinder::start(&config, events.clone()).map_err(|source| NodeError::Spawn {
+                name: "peer-finder",
+                source,
+            })?;
         let pipeline = PersistPipeline::new(config.id, durable_hard_state);
         let snapshots = Snapshots::new(
             SnapshotSettings {
@@ -224,6 +234,7 @@ impl NodeLoop {
             &book,
             core.membership(),
             core.committed_membership(),
+            &std::collections::BTreeMap::new(),
         );
         let removed_logged = core.is_removed();
         if removed_logged {
@@ -262,6 +273,8 @@ impl NodeLoop {
             removed_logged,
             requests: 0,
             metrics: metrics.map(MetricsPublisher::new),
+            finder,
+            finding: membership::Finding::default(),
         })
     }
 
@@ -304,6 +317,7 @@ impl NodeLoop {
             self.expire(now);
             self.tend_waiters(now);
             self.tend_member_changes(now);
+            self.maybe_find_peers(now);
             self.log_changes();
             self.publish_metrics();
             self.term_refusal_log
@@ -357,6 +371,7 @@ impl NodeLoop {
             }
             Event::Shutdown => self.on_shutdown(),
             Event::PeerConnection(change) => self.on_peer_connection(change),
+            Event::MembersFound(found) => self.on_members_found(found),
         }
     }
 

@@ -6,7 +6,7 @@
 //! their own about what a halted node may claim; the loop only asks for them.
 
 use crate::config::NodeConfig;
-use crate::protocol::{LeaderInfo, PeerProgress, Reply, StatsReport, StatusReport};
+use crate::protocol::{LeaderInfo, MemberInfo, PeerProgress, Reply, StatsReport, StatusReport};
 use crate::queue::Queue;
 use crate::raft::{Core, LogIndex, NodeId, Role};
 
@@ -76,8 +76,15 @@ pub(super) fn status(view: &NodeView<'_>) -> Reply {
     })
 }
 
-/// The `stats` reply: the state machine at `applied`.
-pub(super) fn stats(id: NodeId, cluster_id: u64, queue: &Queue, applied: LogIndex) -> Reply {
+/// The `stats` reply: the state machine at `applied`, and `members`, the membership the
+/// node acts on (a lagging node learns its leader's address from it: `peer_finder`).
+pub(super) fn stats(
+    id: NodeId,
+    cluster_id: u64,
+    queue: &Queue,
+    applied: LogIndex,
+    members: Vec<MemberInfo>,
+) -> Reply {
     let stats = queue.stats();
     Reply::Stats(StatsReport {
         id: id.0,
@@ -88,6 +95,7 @@ pub(super) fn stats(id: NodeId, cluster_id: u64, queue: &Queue, applied: LogInde
         payload_bytes: stats.payload_bytes as u64,
         session_count: stats.sessions as u64,
         cluster_id,
+        members,
     })
 }
 

@@ -535,6 +535,10 @@ pub struct StatsReport {
     /// The id peers stamp on their messages (`config`'s `cluster_id`), fixed for the
     /// cluster's life: a node started with `--join` learns it here. 0 when absent.
     pub cluster_id: u64,
+    /// The membership this node acts on, listed as `member GET` lists the leader's: on a
+    /// follower it may lag the leader's. A node that lost track of its leader learns the
+    /// leader's address here (`node::peer_finder`). Empty when absent.
+    pub members: Vec<MemberInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

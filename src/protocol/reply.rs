@@ -330,7 +330,7 @@ impl<'a> StatusWire<'a> {
 
 /// `stats` is not a version 1 operation, so its reply has one form.
 #[derive(Serialize)]
-struct StatsWire {
+struct StatsWire<'a> {
     success: bool,
     id: u64,
     last_applied: u64,
@@ -340,10 +340,11 @@ struct StatsWire {
     payload_bytes: u64,
     session_count: u64,
     cluster_id: u64,
+    members: MembersWire<'a>,
 }
 
-impl StatsWire {
-    fn new(stats: &StatsReport) -> StatsWire {
+impl<'a> StatsWire<'a> {
+    fn new(stats: &'a StatsReport) -> StatsWire<'a> {
         StatsWire {
             success: true,
             id: stats.id,
@@ -354,6 +355,7 @@ impl StatsWire {
             payload_bytes: stats.payload_bytes,
             session_count: stats.session_count,
             cluster_id: stats.cluster_id,
+            members: MembersWire(&stats.members),
         }
     }
 }
@@ -640,8 +642,13 @@ fn interpret_messages(value: Value) -> Result<Outcome, String> {
         .map(Outcome::Deliveries)
 }
 
-/// `members`: one map per member.
+/// `members` of a `member GET`: one map per member.
 fn interpret_members(value: Value) -> Result<Outcome, String> {
+    members_of(value).map(Outcome::Members)
+}
+
+/// `members` (of a `member GET` or a `stats`): one map per member.
+fn members_of(value: Value) -> Result<Vec<MemberInfo>, String> {
     let Value::Array(items) = value else {
         return Err(format!("`members` is not an array: it is {}", kind(&value)));
     };
@@ -674,8 +681,7 @@ fn interpret_members(value: Value) -> Result<Outcome, String> {
                 voter,
             })
         })
-        .collect::<Result<_, String>>()
-        .map(Outcome::Members)
+        .collect()
 }
 
 fn interpret_leader(value: Value) -> Result<LeaderInfo, String> {
@@ -785,6 +791,10 @@ fn interpret_stats(mut entries: Entries) -> Result<StatsReport, String> {
         payload_bytes: entries.required_u64("payload_bytes")?,
         session_count: entries.required_u64("session_count")?,
         cluster_id: entries.take_u64("cluster_id")?.unwrap_or(0),
+        members: match entries.take("members") {
+            None | Some(Value::Nil) => Vec::new(),
+            Some(members) => members_of(members)?,
+        },
     })
 }
 

@@ -2305,6 +2305,7 @@ fn arbitrary_reply() -> impl Strategy<Value = Reply> {
         payload_bytes: numbers[4],
         session_count: numbers[5],
         cluster_id: numbers[0] ^ 1,
+        members: Vec::new(),
     });
     prop_oneof![
         (outcome, leader).prop_map(|(outcome, leader)| Reply::Outcome { outcome, leader }),

@@ -62,6 +62,7 @@ impl NodeLoop {
                 self.config.cluster.cluster_id,
                 &self.queue,
                 self.applied,
+                crate::node::members::list(self.core.membership(), &self.book),
             );
             self.clients.reply(ticket, reply);
             return;

@@ -20,14 +20,22 @@
 //! the peer connections follow it, and in a keyed cluster the peer keys too: the keys the
 //! ZAP handler admits and the DEALERs expect come from the members' `info`, not from
 //! `config.json` ([`follow_members`]).
+//!
+//! A node that has known no leader for a while asks the nodes it knows for the members it
+//! has no address for (`node::peer_finder`): a leader added while it was down, which
+//! neither its config nor its log names, is heard only once the node connects to it. What
+//! it learns that way is kept apart ([`Finding`]) and used for connections (and keys) only,
+//! never for the membership, and only for ids that neither the config nor the log give.
 
 use super::NodeLoop;
 use crate::config::{Address, NodeConfig};
 use crate::node::members::{self, AddressBook};
+use crate::node::peer_finder::{KnownNode, MembersFound, FIND_AFTER_ELECTION_TIMEOUTS};
 use crate::protocol::{ErrorCode, MemberAddress, Operation, Outcome};
 use crate::raft::{Member, Membership, NodeId, ProposeError, Role};
 use crate::transport::client::Ticket;
 use crate::transport::peer::PeerTransport;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// What a waiting membership request waits for.
@@ -44,6 +52,18 @@ struct Waiting {
     ticket: Ticket,
     deadline: Instant,
     awaited: Awaited,
+}
+
+/// The loop's side of the peer finder.
+#[derive(Debug, Default)]
+pub(super) struct Finding {
+    /// Since when no leader is known; `None` while one is.
+    leaderless_since: Option<Instant>,
+    /// When the finder was last asked.
+    asked_at: Option<Instant>,
+    /// Members the answers named that neither the config nor the log give an address for:
+    /// connected to (their keys admitted), and nothing more.
+    learned: BTreeMap<NodeId, Address>,
 }
 
 /// The membership requests this leader works on.
@@ -368,20 +388,130 @@ impl NodeLoop {
     /// which may not list the leader it replicates from (added since); without a connection
     /// to it, its answers are dropped and it never catches up. Called when the acting
     /// membership changes and when a membership entry commits.
+    ///
+    /// And to the members the peer finder learned of that the log does not name (yet): see
+    /// [`NodeLoop::on_members_found`].
     pub(super) fn connect_peers(&mut self) {
+        let (book, acting) = (&self.book, self.core.membership());
+        self.finding
+            .learned
+            .retain(|id, _| book.get(*id).is_none() && !acting.is_retired(*id));
         follow_members(
             &self.peers,
             &self.config,
             &self.book,
             self.core.membership(),
             self.core.committed_membership(),
+            &self.finding.learned,
         );
+    }
+
+    /// Every round: once no leader has been known for [`FIND_AFTER_ELECTION_TIMEOUTS`]
+    /// election timeouts, and again as often while that lasts, asks the peer finder for the
+    /// members this node has no address for. Not on a leader, a removed, halted or stopping
+    /// node.
+    pub(super) fn maybe_find_peers(&mut self, now: Instant) {
+        let finding = &mut self.finding;
+        if self.halted
+            || self.shutdown.is_some()
+            || self.core.is_removed()
+            || self.core.leader().is_some()
+        {
+            finding.leaderless_since = None;
+            return;
+        }
+        let wait =
+            self.config.tick * self.config.raft.election_ticks_max * FIND_AFTER_ELECTION_TIMEOUTS;
+        let since = *finding.leaderless_since.get_or_insert(now);
+        let asked_lately = finding
+            .asked_at
+            .is_some_and(|asked| now.duration_since(asked) < wait);
+        if now.duration_since(since) < wait || asked_lately {
+            return;
+        }
+        let first = finding.asked_at.is_none_or(|asked| asked < since);
+        finding.asked_at = Some(now);
+        let known = self.known_nodes();
+        let ids: Vec<u64> = known.iter().map(|node| node.id.0).collect();
+        if first {
+            log::info!(
+                "no leader known for {:?}: asking nodes {ids:?} for the members this node has \
+                 no address for",
+                now.duration_since(since)
+            );
+        } else {
+            log::debug!("still no leader known: asking nodes {ids:?} again");
+        }
+        self.finder.ask(known);
+    }
+
+    /// The nodes to ask: the members of the acting membership, then the config's nodes it
+    /// has not retired; never this node, never one only the finder told of.
+    fn known_nodes(&self) -> Vec<KnownNode> {
+        let me = self.config.id;
+        let acting = self.core.membership();
+        let mut known: Vec<KnownNode> = self
+            .book
+            .iter()
+            .map(|(id, address)| KnownNode {
+                id,
+                address: address.clone(),
+            })
+            .collect();
+        for (index, address) in self.config.cluster.addresses.iter().enumerate() {
+            let id = NodeId(index as u64);
+            if !acting.is_retired(id) && !known.iter().any(|node| node.id == id) {
+                known.push(KnownNode {
+                    id,
+                    address: address.clone(),
+                });
+            }
+        }
+        known.retain(|node| node.id != me);
+        known
+    }
+
+    /// The peer finder's answer: keeps, of the members it names, those this node has no
+    /// address for (neither the config nor the acting or committed membership gives one,
+    /// and the acting membership has not retired them), and connects to them. They stay
+    /// out of the membership: that comes from the log alone, so an answer cannot make a
+    /// node a member or a voter here, only a peer connected to.
+    pub(super) fn on_members_found(&mut self, found: MembersFound) {
+        let MembersFound(Some(members)) = found else {
+            return; // Nobody answered: keep what was learned before.
+        };
+        let me = self.config.id;
+        let acting = self.core.membership();
+        let committed = self.core.committed_membership();
+        let learned: BTreeMap<NodeId, Address> = members
+            .into_iter()
+            .filter(|(id, _)| {
+                *id != me
+                    && self.book.get(*id).is_none()
+                    && !committed.contains(*id)
+                    && !acting.is_retired(*id)
+                    && self.config.cluster.address(*id).is_none()
+            })
+            .collect();
+        if learned == self.finding.learned {
+            return;
+        }
+        if !learned.is_empty() {
+            log::info!(
+                "the members this node knows name nodes {:?}, which its config and log do \
+                 not: connecting to them",
+                learned.keys().map(|id| id.0).collect::<Vec<_>>()
+            );
+        }
+        self.finding.learned = learned;
+        self.connect_peers();
     }
 }
 
-/// Points the peer transport at the members of `acting` and of `committed`, and at the
-/// nodes of `config.json` that `acting_members` has not retired (see
-/// [`NodeLoop::connect_peers`]): their connections and, in a keyed cluster, their keys, set
+/// Points the peer transport at the members of `acting` and of `committed`, at the nodes
+/// of `config.json` that `acting_members` has not retired, and at the `learned` ones it has
+/// not retired either (see [`NodeLoop::connect_peers`]), in that order of precedence for an
+/// id listed twice: their connections and, in a keyed cluster, their keys, set
 /// first so that a DEALER to an added peer finds its key. The same union for both: a node
 /// being removed is admitted on the peer port until its removal commits, as long as it is
 /// connected to. This node's own key is always admitted.
@@ -391,6 +521,7 @@ pub(super) fn follow_members(
     acting: &AddressBook,
     acting_members: &Membership,
     committed: &Membership,
+    learned: &BTreeMap<NodeId, Address>,
 ) {
     let me = config.id;
     let committed = AddressBook::new(committed, &config.cluster);
@@ -400,6 +531,7 @@ pub(super) fn follow_members(
         .iter()
         .enumerate()
         .map(|(index, address)| (NodeId(index as u64), address))
+        .chain(learned.iter().map(|(id, address)| (*id, address)))
         .filter(|(id, _)| *id != me && !acting_members.is_retired(*id))
         .collect();
     let mut links = acting.peers(me);

@@ -306,3 +306,48 @@ fn member_replies_are_exact() {
         &map(&[("success", Value::Boolean(true))]),
     );
 }
+
+#[test]
+fn a_stats_reply_carries_the_members_the_node_acts_on_and_decodes_back() {
+    let stats = StatsReport {
+        id: 1,
+        last_applied: 9,
+        digest: 7,
+        topic_count: 0,
+        message_count: 0,
+        payload_bytes: 0,
+        session_count: 0,
+        cluster_id: 0xfeed,
+        members: vec![MemberInfo {
+            address: address(3, Some(KEY)),
+            voter: true,
+        }],
+    };
+    let reply = Reply::Stats(stats.clone());
+    for encoding in [Encoding::MsgPack, Encoding::Json] {
+        assert_eq!(
+            decode_reply(&encode_reply(&reply, 2, encoding)),
+            Ok(reply.clone()),
+            "stats with members decode back from {encoding}"
+        );
+    }
+    // From a node that predates `members`: none.
+    let mut old = StatsReport {
+        members: Vec::new(),
+        ..stats
+    };
+    let body = map(&[
+        ("success", Value::Boolean(true)),
+        ("id", Value::from(old.id)),
+        ("last_applied", Value::from(old.last_applied)),
+        ("digest", Value::from(old.digest)),
+        ("topic_count", Value::from(0)),
+        ("message_count", Value::from(0)),
+        ("payload_bytes", Value::from(0)),
+        ("session_count", Value::from(0)),
+    ]);
+    old.cluster_id = 0;
+    let mut bytes = Vec::new();
+    rmpv::encode::write_value(&mut bytes, &body).expect("encode");
+    assert_eq!(decode_reply(&bytes), Ok(Reply::Stats(old)));
+}

@@ -99,6 +99,11 @@ const RECONNECT_INTERVAL_MAX_MS: i32 = 1000;
 /// it connects afresh ([`PeerDealers::send`]).
 const NEVER_CONNECTED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// In a keyed cluster, how long the sends of a DEALER that had a connection may find none
+/// (or a full queue) before it connects afresh: three times libzmq's longest reconnect
+/// interval ([`Dealer`]).
+const STUCK_RETRY: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Frames read per wakeup before checking for a stop request.
 const RECEIVE_BATCH_MAX: usize = 256;
 
@@ -271,20 +276,25 @@ pub struct PeerDealers {
     reconnected: RefCell<Option<Vec<NodeId>>>,
 }
 
-/// One DEALER of a set, and whether it ever had a connection.
+/// One DEALER of a set, whether it ever had a connection, and since when its sends fail.
 ///
 /// Why: a CURVE handshake the other end refuses (its ZAP handler does not know this node's
-/// key yet: it has not appended the entry that adds this node) is a protocol error to
+/// key yet: it has not appended the entry that adds this node, or it has just restarted
+/// from a config that predates this node and not read its log yet) is a protocol error to
 /// libzmq, which then gives up on that endpoint for good instead of reconnecting. So in a
-/// keyed cluster a DEALER that never had a connection for [`NEVER_CONNECTED_RETRY`] connects
-/// afresh (disconnect, connect: the same socket, so its monitor stays). One that had a
-/// connection is left alone: libzmq reconnects it after a drop, and a full queue (also
-/// `EAGAIN`) must not cut a live connection.
+/// keyed cluster a DEALER whose sends have found no connection for a while connects afresh
+/// (disconnect, connect: the same socket, so its monitor stays): after
+/// [`NEVER_CONNECTED_RETRY`] if it never had a connection, after [`STUCK_RETRY`] if it had
+/// one. The longer wait for the latter: a drop libzmq reconnects by itself within a second,
+/// and a queue full for that long (also `EAGAIN`) belongs to a peer that reads nothing, whose
+/// queued frames Raft will resend anyway.
 struct Dealer {
     socket: zmq::Socket,
     endpoint: String,
     connected: Cell<bool>,
-    since: Cell<std::time::Instant>,
+    /// When the sends began to fail (set by the first failing send after a success, or by a
+    /// fresh connect); `None` while they succeed.
+    failing_since: Cell<Option<std::time::Instant>>,
 }
 
 impl Dealer {
@@ -293,22 +303,36 @@ impl Dealer {
             socket,
             endpoint: endpoint.to_string(),
             connected: Cell::new(false),
-            since: Cell::new(std::time::Instant::now()),
+            failing_since: Cell::new(Some(std::time::Instant::now())),
         }
     }
 
-    /// After a send found no connection: connects afresh if it never had one for long.
-    /// True when it did.
-    fn retry_if_never_connected(&self, peer: NodeId) -> bool {
+    fn sent(&self) {
+        self.connected.set(true);
+        self.failing_since.set(None);
+    }
+
+    /// After a send found no connection: connects afresh if its sends have failed for long
+    /// (see [`Dealer`]). True when it did.
+    fn retry_if_stuck(&self, peer: NodeId) -> bool {
         let now = std::time::Instant::now();
-        if self.connected.get() || now.duration_since(self.since.get()) < NEVER_CONNECTED_RETRY {
+        let Some(since) = self.failing_since.get() else {
+            self.failing_since.set(Some(now));
+            return false;
+        };
+        let patience = if self.connected.get() {
+            STUCK_RETRY
+        } else {
+            NEVER_CONNECTED_RETRY
+        };
+        if now.duration_since(since) < patience {
             return false;
         }
-        self.since.set(now);
+        self.failing_since.set(Some(now));
         // Gone already when libzmq gave up on it; connect again either way.
         let _ = self.socket.disconnect(&self.endpoint);
         match self.socket.connect(&self.endpoint) {
-            Ok(()) => log::debug!("node {peer}: never connected; connecting afresh"),
+            Ok(()) => log::debug!("node {peer}: no connection for {patience:?}; connecting afresh"),
             Err(error) => log::warn!("node {peer}: reconnect to {}: {error}", self.endpoint),
         }
         true
@@ -466,11 +490,11 @@ impl PeerDealers {
         };
         let frame = encode_peer_message(self.cluster_id, message);
         match dealer.socket.send(frame, zmq::DONTWAIT) {
-            Ok(()) => dealer.connected.set(true),
+            Ok(()) => dealer.sent(),
             // Not connected (ZMQ_IMMEDIATE) or its queue is full: Raft will resend.
             Err(zmq::Error::EAGAIN) => {
                 log::trace!("node {} unreachable; message dropped", message.to);
-                if self.settings.curve.is_some() && dealer.retry_if_never_connected(message.to) {
+                if self.settings.curve.is_some() && dealer.retry_if_stuck(message.to) {
                     if let Some(reconnected) = self.reconnected.borrow_mut().as_mut() {
                         reconnected.push(message.to);
                     }

@@ -1201,14 +1201,7 @@ pub(crate) mod tests {
         let (events_1, inbox_1) = crossbeam_channel::unbounded::<TestEvent>();
         let node_0 = PeerTransport::start(&context_0, keyed(0), events_0).expect("0");
         let node_1 = PeerTransport::start(&context_1, keyed(1), events_1).expect("1");
-        let ping = message(
-            0,
-            1,
-            MessageBody::Heartbeat {
-                commit: LogIndex(1),
-                read_round: 1,
-            },
-        );
+        let ping = heartbeat(0, 1);
         let received = (0..100).find_map(|_| {
             node_0.send(vec![ping.clone()]);
             inbox_1.recv_timeout(Duration::from_millis(100)).ok()
@@ -1244,16 +1237,6 @@ pub(crate) mod tests {
         let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
         let node_0 = PeerTransport::start(&context, only_1, events_0).expect("0");
         let node_2 = PeerTransport::start(&context, settings(2, &ports), events_2).expect("2");
-        let heartbeat = |from, to| {
-            message(
-                from,
-                to,
-                MessageBody::Heartbeat {
-                    commit: LogIndex(1),
-                    read_round: 1,
-                },
-            )
-        };
         node_0.set_peers(settings(0, &ports).peers);
         let to_2 = heartbeat(0, 2);
         assert_eq!(
@@ -1270,99 +1253,113 @@ pub(crate) mod tests {
         node_2.stop();
     }
 
+    /// Keyed nodes 0 and 2 of three, running; node 0 starts knowing nodes 0 and 1 only (its
+    /// key list and its peers), as a member before node 2 was added.
+    struct KeyedNodeAdded {
+        ports: Vec<u16>,
+        all: Vec<(NodeId, Key)>,
+        node_0: PeerTransport,
+        node_2: PeerTransport,
+        inbox_0: crossbeam_channel::Receiver<TestEvent>,
+        inbox_2: crossbeam_channel::Receiver<TestEvent>,
+        _contexts: (zmq::Context, zmq::Context),
+    }
+
+    impl KeyedNodeAdded {
+        fn start() -> KeyedNodeAdded {
+            let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
+            let pairs: Vec<KeyPair> = (0..3)
+                .map(|_| KeyPair::generate().expect("keypair"))
+                .collect();
+            let all: Vec<(NodeId, Key)> = pairs
+                .iter()
+                .enumerate()
+                .map(|(id, pair)| (NodeId(id as u64), pair.public))
+                .collect();
+            let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
+                curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
+                ..settings(me as u64, &ports)
+            };
+            let mut first = keyed(0, all[..2].to_vec());
+            first.peers.retain(|(id, _)| *id == NodeId(1));
+            first.filter.node_count = 2;
+            let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
+            let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
+            let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
+            let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
+            let node_2 =
+                PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
+            KeyedNodeAdded {
+                ports,
+                all,
+                node_0,
+                node_2,
+                inbox_0,
+                inbox_2,
+                _contexts: (context_0, context_2),
+            }
+        }
+
+        /// Node 0 learns that node 2 was added: its key first, then its connection.
+        fn admit_node_2(&self) {
+            self.node_0.set_peer_keys(self.all.clone());
+            self.node_0.set_peers(settings(0, &self.ports).peers);
+        }
+
+        fn stop(self) {
+            self.node_0.stop();
+            self.node_2.stop();
+        }
+    }
+
+    fn heartbeat(from: u64, to: u64) -> Message {
+        message(
+            from,
+            to,
+            MessageBody::Heartbeat {
+                commit: LogIndex(1),
+                read_round: 1,
+            },
+        )
+    }
+
     #[test]
     fn keyed_peers_follow_set_peer_keys_in_and_out() {
-        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
-        let pairs: Vec<KeyPair> = (0..3)
-            .map(|_| KeyPair::generate().expect("keypair"))
-            .collect();
-        let all: Vec<(NodeId, Key)> = pairs
-            .iter()
-            .enumerate()
-            .map(|(id, pair)| (NodeId(id as u64), pair.public))
-            .collect();
-        let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
-            curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
-            ..settings(me as u64, &ports)
-        };
-        // Node 0 starts knowing nodes 0 and 1 only, as a member before node 2 was added.
-        let mut first = keyed(0, all[..2].to_vec());
-        first.peers.retain(|(id, _)| *id == NodeId(1));
-        first.filter.node_count = 2;
-        let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
-        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
-        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
-        let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
-        let node_2 = PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
-        let heartbeat = |from, to| {
-            message(
-                from,
-                to,
-                MessageBody::Heartbeat {
-                    commit: LogIndex(1),
-                    read_round: 1,
-                },
-            )
-        };
-        // Node 2 is added: its key first, then its connection.
-        node_0.set_peer_keys(all.clone());
-        node_0.set_peers(settings(0, &ports).peers);
+        let nodes = KeyedNodeAdded::start();
+        nodes.admit_node_2();
         let to_2 = heartbeat(0, 2);
         assert_eq!(
-            resend_until_received(&node_0, &to_2, &inbox_2),
+            resend_until_received(&nodes.node_0, &to_2, &nodes.inbox_2),
             Some(TestEvent::Message(to_2)),
             "node 0's DEALER expects node 2's key"
         );
         let to_0 = heartbeat(2, 0);
         assert_eq!(
-            resend_until_received(&node_2, &to_0, &inbox_0),
+            resend_until_received(&nodes.node_2, &to_0, &nodes.inbox_0),
             Some(TestEvent::Message(to_0.clone())),
             "node 0 admits node 2's key"
         );
         // Node 2's removal commits: its open connection's frames are dropped from now on.
-        node_0.set_peer_keys(all[..2].to_vec());
-        while inbox_0.recv_timeout(Duration::from_millis(200)).is_ok() {}
+        nodes.node_0.set_peer_keys(nodes.all[..2].to_vec());
+        while nodes
+            .inbox_0
+            .recv_timeout(Duration::from_millis(200))
+            .is_ok()
+        {}
         for _ in 0..20 {
-            node_2.send(vec![to_0.clone()]);
+            nodes.node_2.send(vec![to_0.clone()]);
         }
-        let late = std::iter::from_fn(|| inbox_0.recv_timeout(Duration::from_millis(500)).ok())
-            .find(|event| matches!(event, TestEvent::Message(_)));
+        let late =
+            std::iter::from_fn(|| nodes.inbox_0.recv_timeout(Duration::from_millis(500)).ok())
+                .find(|event| matches!(event, TestEvent::Message(_)));
         assert_eq!(late, None, "a removed member's frames are dropped");
-        node_0.stop();
-        node_2.stop();
+        nodes.stop();
     }
 
     #[test]
     fn a_peer_refused_before_its_key_was_admitted_gets_through_once_it_is() {
-        let ports = crate::transport::ports::free_ports(3).expect("free loopback ports");
-        let pairs: Vec<KeyPair> = (0..3)
-            .map(|_| KeyPair::generate().expect("keypair"))
-            .collect();
-        let all: Vec<(NodeId, Key)> = pairs
-            .iter()
-            .enumerate()
-            .map(|(id, pair)| (NodeId(id as u64), pair.public))
-            .collect();
-        let keyed = |me: usize, keys: Vec<(NodeId, Key)>| PeerSettings {
-            curve: Some(PeerCurve::new(pairs[me].clone(), keys)),
-            ..settings(me as u64, &ports)
-        };
-        let mut first = keyed(0, all[..2].to_vec());
-        first.peers.retain(|(id, _)| *id == NodeId(1));
-        first.filter.node_count = 2;
-        let (context_0, context_2) = (zmq::Context::new(), zmq::Context::new());
-        let (events_0, inbox_0) = crossbeam_channel::unbounded::<TestEvent>();
-        let (events_2, inbox_2) = crossbeam_channel::unbounded::<TestEvent>();
-        let node_0 = PeerTransport::start(&context_0, first, events_0).expect("0");
-        let node_2 = PeerTransport::start(&context_2, keyed(2, all.clone()), events_2).expect("2");
-        let to_0 = message(
-            2,
-            0,
-            MessageBody::Heartbeat {
-                commit: LogIndex(1),
-                read_round: 1,
-            },
-        );
+        let nodes = KeyedNodeAdded::start();
+        let to_0 = heartbeat(2, 0);
         // Refused while node 0 does not know node 2's key: node 2's DEALER reports the
         // connection to node 0 closed (libzmq then gives up on it).
         let closed = TestEvent::Connection(PeerConnection {
@@ -1370,21 +1367,22 @@ pub(crate) mod tests {
             up: false,
         });
         let refused = (0..100).any(|_| {
-            node_2.send(vec![to_0.clone()]);
-            std::iter::from_fn(|| inbox_2.recv_timeout(Duration::from_millis(100)).ok())
+            nodes.node_2.send(vec![to_0.clone()]);
+            std::iter::from_fn(|| nodes.inbox_2.recv_timeout(Duration::from_millis(100)).ok())
                 .any(|event| event == closed)
         });
         assert!(refused, "node 0 refuses node 2's handshake");
-        assert!(inbox_0.try_recv().is_err(), "nothing arrives while refused");
-        node_0.set_peer_keys(all.clone());
-        node_0.set_peers(settings(0, &ports).peers);
+        assert!(
+            nodes.inbox_0.try_recv().is_err(),
+            "nothing arrives while refused"
+        );
+        nodes.admit_node_2();
         assert_eq!(
-            resend_until_received(&node_2, &to_0, &inbox_0),
+            resend_until_received(&nodes.node_2, &to_0, &nodes.inbox_0),
             Some(TestEvent::Message(to_0)),
             "node 2 gets through once node 0 admits its key"
         );
-        node_0.stop();
-        node_2.stop();
+        nodes.stop();
     }
 
     #[test]
@@ -1398,14 +1396,7 @@ pub(crate) mod tests {
 
         // The DEALER drops messages until its connection is up (ZMQ_IMMEDIATE), as Raft
         // expects of a lossy network: resend until one arrives, like a heartbeat would.
-        let ping = message(
-            0,
-            1,
-            MessageBody::Heartbeat {
-                commit: LogIndex(1),
-                read_round: 1,
-            },
-        );
+        let ping = heartbeat(0, 1);
         let received = (0..100).find_map(|_| {
             node_0.send(vec![ping.clone()]);
             inbox_1.recv_timeout(Duration::from_millis(100)).ok()

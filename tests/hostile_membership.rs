@@ -14,8 +14,11 @@
 //!   running, the membership must not change, and the cluster must keep committing.
 
 mod common;
+#[path = "common/members.rs"]
+mod members;
 
 use common::{Cluster, Wire, FAST_FLAGS, RRMQ_NODE};
+use members::Extra;
 use rrmq::raft::{
     Entry, EntryId, EntryPayload, LogIndex, Member, Membership, Message, MessageBody, NodeId,
     SnapshotMeta, Term,
@@ -24,19 +27,9 @@ use rrmq::transport::wire::{
     encode_peer_message, encode_transfer_frame, SnapshotChunk, TransferFrame,
 };
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A node process outside the harness's cluster, killed on drop.
-struct Extra(Child);
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -76,6 +76,16 @@ fn garbage_replies() -> Vec<(&'static str, Vec<Vec<u8>>)> {
 /// A ROUTER on `port` that answers every request with the next of [`garbage_replies`]
 /// until `stop`; counts the requests in `asked`.
 fn fake_member(port: u16, asked: &AtomicUsize, stop: &AtomicBool) {
+    let replies = garbage_replies();
+    answering_member(port, stop, || {
+        let turn = asked.fetch_add(1, Ordering::Relaxed);
+        replies[turn % replies.len()].1.clone()
+    });
+}
+
+/// A ROUTER on `port` that answers every request, until `stop`, with the request's
+/// envelope (identity, and the empty delimiter if any) followed by the frames of `answer`.
+fn answering_member(port: u16, stop: &AtomicBool, mut answer: impl FnMut() -> Vec<Vec<u8>>) {
     let context = zmq::Context::new();
     let router = context.socket(zmq::ROUTER).expect("ROUTER");
     router.set_linger(0).expect("linger");
@@ -83,20 +93,16 @@ fn fake_member(port: u16, asked: &AtomicUsize, stop: &AtomicBool) {
     router
         .bind(&format!("tcp://127.0.0.1:{port}"))
         .expect("bind the fake member");
-    let replies = garbage_replies();
     while !stop.load(Ordering::Relaxed) {
         let Ok(frames) = router.recv_multipart(0) else {
             continue;
         };
-        let turn = asked.fetch_add(1, Ordering::Relaxed);
-        let (_, body) = &replies[turn % replies.len()];
-        // The envelope back (identity, and the empty delimiter if any), then the garbage.
         let envelope_len = frames
             .iter()
             .position(|frame| frame.is_empty())
             .map_or(1, |delimiter| delimiter + 1);
         let mut reply: Vec<Vec<u8>> = frames[..envelope_len.min(frames.len())].to_vec();
-        reply.extend(body.iter().cloned());
+        reply.extend(answer());
         let _ = router.send_multipart(reply, zmq::DONTWAIT);
     }
 }
@@ -399,29 +405,11 @@ fn forged_membership_frames_on_an_unkeyed_peer_port_change_nothing() {
 /// A ROUTER on `port` that answers every request until `stop` with a well-formed `stats` of
 /// cluster `cluster_id`, whose `members` are `members` (as `member GET` lists them).
 fn lying_member(port: u16, cluster_id: u64, members: &Value, stop: &AtomicBool) {
-    let context = zmq::Context::new();
-    let router = context.socket(zmq::ROUTER).expect("ROUTER");
-    router.set_linger(0).expect("linger");
-    router.set_rcvtimeo(100).expect("rcvtimeo");
-    router
-        .bind(&format!("tcp://127.0.0.1:{port}"))
-        .expect("bind the lying member");
     let stats = json!({"success": true, "id": 1, "last_applied": 0, "digest": 0,
                        "topic_count": 0, "message_count": 0, "payload_bytes": 0,
                        "session_count": 0, "cluster_id": cluster_id, "members": members});
     let body = rmp_serde::to_vec_named(&stats).expect("encode");
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(frames) = router.recv_multipart(0) else {
-            continue;
-        };
-        let envelope_len = frames
-            .iter()
-            .position(|frame| frame.is_empty())
-            .map_or(1, |delimiter| delimiter + 1);
-        let mut reply: Vec<Vec<u8>> = frames[..envelope_len.min(frames.len())].to_vec();
-        reply.push(body.clone());
-        let _ = router.send_multipart(reply, zmq::DONTWAIT);
-    }
+    answering_member(port, stop, || vec![body.clone()]);
 }
 
 /// A node that knows no leader asks the nodes it knows for the members they act on

@@ -24,16 +24,22 @@ fn grown_config(cluster: &Cluster) -> (std::path::PathBuf, usize) {
     config_plus_one(cluster, &cluster.config_path, "config-grown.json")
 }
 
-#[test]
-fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
+/// A cluster of three whose topic `t` holds one message, `before`; and its leader.
+fn cluster_of_three_holding_before() -> (Cluster, usize) {
     let cluster = Cluster::start(3);
-    cluster.wait_for_leader(Duration::from_secs(30));
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
     cluster
         .rrmq(&["topic", "create", "t"])
         .assert_code(0, "topic create");
     cluster
         .rrmq(&["put", "t", "before"])
         .assert_code(0, "put before");
+    (cluster, leader)
+}
+
+#[test]
+fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
+    let (cluster, _) = cluster_of_three_holding_before();
 
     let (grown, index) = grown_config(&cluster);
     let _joining = spawn_joining(&cluster, &grown, index, None);
@@ -347,14 +353,7 @@ fn shrink_from_five_to_three_removing_the_leader_keeps_serving() {
 
 #[test]
 fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majority() {
-    let mut cluster = Cluster::start(3);
-    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
-    cluster
-        .rrmq(&["topic", "create", "t"])
-        .assert_code(0, "topic create");
-    cluster
-        .rrmq(&["put", "t", "before"])
-        .assert_code(0, "put before");
+    let (mut cluster, leader) = cluster_of_three_holding_before();
     // A follower dies for good.
     let dead = (leader + 1) % 3;
     cluster.kill(dead);
@@ -402,14 +401,7 @@ fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majori
 /// made a fresh node leader).
 #[test]
 fn a_node_added_under_a_leader_the_old_log_does_not_know_catches_up() {
-    let cluster = Cluster::start(3);
-    cluster.wait_for_leader(Duration::from_secs(30));
-    cluster
-        .rrmq(&["topic", "create", "t"])
-        .assert_code(0, "topic create");
-    cluster
-        .rrmq(&["put", "t", "before"])
-        .assert_code(0, "put before");
+    let (cluster, _) = cluster_of_three_holding_before();
     let (four, third) = config_plus_one(&cluster, &cluster.config_path, "config-4.json");
     let (five, fourth) = config_plus_one(&cluster, &four, "config-5.json");
     let (six, fifth) = config_plus_one(&cluster, &five, "config-6.json");
@@ -481,14 +473,7 @@ fn leads(config: &std::path::Path, index: usize, others: &[usize]) -> bool {
 /// 16001: the lagging node stayed behind until leadership moved to a node it knew).
 #[test]
 fn a_restarted_node_that_never_heard_of_its_leader_catches_up() {
-    let mut cluster = Cluster::start(3);
-    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
-    cluster
-        .rrmq(&["topic", "create", "t"])
-        .assert_code(0, "topic create");
-    cluster
-        .rrmq(&["put", "t", "before"])
-        .assert_code(0, "put before");
+    let (mut cluster, leader) = cluster_of_three_holding_before();
     let lagging = (leader + 1) % 3;
     let other = (leader + 2) % 3;
     cluster.kill(lagging);

@@ -23,6 +23,10 @@ use super::report::{
 };
 use crate::cli::CliError;
 
+/// A chart over time: seconds on x, a value on y.
+type LineChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
 /// A matrix chart: one segment a cell on x, a value on y.
 type BarChart<'a, 'b> =
     ChartContext<'a, SVGBackend<'b>, Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf64>>;
@@ -176,19 +180,13 @@ pub(super) fn run_svg(report: &Report, title: &str) -> Result<String, CliError> 
             .iter()
             .flat_map(|line| line.points.iter().map(|(_, rate)| *rate))
             .fold(1.0f64, f64::max);
-        let mut chart = ChartBuilder::on(&upper)
-            .caption("throughput per second", (FONT, 16))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..elapsed, 0f64..rate_max * 1.1)
-            .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds into the measured window")
-            .y_desc("per second")
-            .draw()
-            .map_err(drawing)?;
+        let mut chart = line_panel(
+            &upper,
+            "throughput per second",
+            elapsed,
+            rate_max,
+            "per second",
+        )?;
         for Line {
             name,
             style,
@@ -220,19 +218,13 @@ pub(super) fn run_svg(report: &Report, title: &str) -> Result<String, CliError> 
             .iter()
             .flat_map(|line| line.points.iter().map(|(_, ms)| *ms))
             .fold(0.1f64, f64::max);
-        let mut chart = ChartBuilder::on(&lower)
-            .caption("latency per second (ms)", (FONT, 16))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..elapsed, 0f64..latency_max * 1.1)
-            .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds into the measured window")
-            .y_desc("ms")
-            .draw()
-            .map_err(drawing)?;
+        let mut chart = line_panel(
+            &lower,
+            "latency per second (ms)",
+            elapsed,
+            latency_max,
+            "ms",
+        )?;
         for Line {
             name,
             style,
@@ -255,6 +247,31 @@ pub(super) fn run_svg(report: &Report, title: &str) -> Result<String, CliError> 
         root.present().map_err(drawing)?;
     }
     Ok(svg)
+}
+
+/// A chart of lines over the measured window: 0 to `elapsed` seconds on x; 0 to 10 %
+/// above `y_max` on y, with its mesh drawn.
+fn line_panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    elapsed: f64,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<LineChart<'a, 'b>, CliError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..elapsed, 0f64..y_max * 1.1)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the measured window")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(drawing)?;
+    Ok(chart)
 }
 
 /// The name of a matrix cell on the x axis: `produce C=64 1 KiB`.

@@ -27,6 +27,7 @@ use rrmq::transport::wire::{
     encode_peer_message, encode_transfer_frame, SnapshotChunk, TransferFrame,
 };
 use serde_json::{json, Value};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -107,6 +108,25 @@ fn answering_member(port: u16, stop: &AtomicBool, mut answer: impl FnMut() -> Ve
     }
 }
 
+/// `rrmq-node CONFIG 2 --join`, data in `DIR/node-join`, its log in `log_path`.
+fn spawn_join(cluster: &Cluster, config: &Path, log_path: &Path) -> Extra {
+    let log = std::fs::File::create(log_path).expect("log file");
+    Extra(
+        Command::new(RRMQ_NODE)
+            .arg(config)
+            .arg("2")
+            .arg("--join")
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("node-join"))
+            .args(FAST_FLAGS)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rrmq-node --join"),
+    )
+}
+
 #[test]
 fn a_joining_node_refuses_garbage_stats_from_a_fake_member_and_takes_the_real_id() {
     let cluster = Cluster::start(1);
@@ -145,21 +165,7 @@ fn a_joining_node_refuses_garbage_stats_from_a_fake_member_and_takes_the_real_id
             assert_eq!(result, 0, "signal {signal}");
         };
         signal(libc::SIGSTOP);
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let mut joining = Extra(
-            Command::new(RRMQ_NODE)
-                .arg(&config_path)
-                .arg("2")
-                .arg("--join")
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(FAST_FLAGS)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn rrmq-node --join"),
-        );
+        let mut joining = spawn_join(&cluster, &config_path, &log_path);
         let kinds = garbage_replies().len();
         let deadline = Instant::now() + Duration::from_secs(90);
         while asked.load(Ordering::Relaxed) < 2 * kinds {
@@ -451,21 +457,7 @@ fn a_lying_answer_about_the_members_opens_a_connection_and_changes_no_membership
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| lying_member(liar_port, cluster_id, &lies, &stop));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let joining = Extra(
-            Command::new(RRMQ_NODE)
-                .arg(&config_path)
-                .arg("2")
-                .arg("--join")
-                .arg("--data-dir")
-                .arg(cluster.dir.path().join("node-join"))
-                .args(FAST_FLAGS)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn rrmq-node --join"),
-        );
+        let joining = spawn_join(&cluster, &config_path, &log_path);
         let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !log_text().contains("name nodes [9]") {

@@ -22,6 +22,8 @@ if [[ $# -lt 3 ]]; then
 fi
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=scripts/lib/cluster.sh
+source "$root/scripts/lib/cluster.sh"
 a_dir=$(cd "$1" && pwd)
 b_dir=$(cd "$2" && pwd)
 shift 2
@@ -53,24 +55,11 @@ run() {
     work=$(mktemp -d /tmp/rrmq-ab-cluster.XXXXXX)
     local probe
     probe=$("$root/scripts/machine-probe.sh" "$work")
-    python3 - "$work/config.json" <<'PY'
-import json, socket, sys
-sockets = [socket.socket() for _ in range(6)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-ports = [s.getsockname()[1] for s in sockets]
-addresses = [{"ip": "127.0.0.1", "port": ports[2 * i], "internal_port": ports[2 * i + 1]}
-             for i in range(3)]
-json.dump({"addresses": addresses}, open(sys.argv[1], "w"))
-PY
+    write_local_config "$work/config.json"
     "$dir/rrmq" --config "$work/config.json" cluster --node-bin "$dir/rrmq-node" \
         --data-root "$work/data" --fsync "$fsync" > "$work/cluster.log" 2>&1 &
     launcher=$!
-    for _ in $(seq 300); do
-        grep -q '^leader:' "$work/cluster.log" && break
-        sleep 0.1
-    done
-    if ! grep -q '^leader:' "$work/cluster.log"; then
+    if ! wait_for_leader "$work/cluster.log"; then
         cat "$work/cluster.log" >&2
         stop_cluster
         return 1

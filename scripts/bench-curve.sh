@@ -14,6 +14,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=scripts/lib/cluster.sh
+source "$root/scripts/lib/cluster.sh"
 cargo build --release --bins --quiet
 rrmq=$root/target/release/rrmq
 node_bin=$root/target/release/rrmq-node
@@ -37,17 +39,6 @@ cleanup() {
     if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$out"; fi
 }
 trap cleanup EXIT
-
-# Ports: three pairs from the launcher's free-port picker would need Rust; ask the kernel.
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-PY
-}
 
 # Writes $dir/config.json (keyed when $2 = curve) and starts the nodes.
 start_cluster() {

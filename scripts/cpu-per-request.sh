@@ -24,6 +24,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=scripts/lib/cluster.sh
+source "$root/scripts/lib/cluster.sh"
 if [[ -z "${BIN_DIR:-}" ]]; then
     cargo build --release --bins --quiet
     bin_dir=$root/target/release
@@ -55,25 +57,12 @@ trap cleanup EXIT
 
 "$root/scripts/machine-probe.sh" "$work" | tee "$out/machine.txt"
 
-python3 - "$work/config.json" <<'PY'
-import json, socket, sys
-sockets = [socket.socket() for _ in range(6)]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-ports = [s.getsockname()[1] for s in sockets]
-addresses = [{"ip": "127.0.0.1", "port": ports[2 * i], "internal_port": ports[2 * i + 1]}
-             for i in range(3)]
-json.dump({"addresses": addresses}, open(sys.argv[1], "w"))
-PY
+write_local_config "$work/config.json"
 
 "$rrmq" --config "$work/config.json" cluster --node-bin "$node_bin" \
     --data-root "$work/data" --fsync "$fsync" > "$work/cluster.log" 2>&1 &
 launcher=$!
-for _ in $(seq 300); do
-    grep -q '^leader:' "$work/cluster.log" && break
-    sleep 0.1
-done
-grep -q '^leader:' "$work/cluster.log" || { cat "$work/cluster.log"; exit 1; }
+wait_for_leader "$work/cluster.log" || { cat "$work/cluster.log"; exit 1; }
 leader_id=$(sed -n 's/^leader: node \([0-9]*\) .*/\1/p' "$work/cluster.log")
 nodes=$(sed -n 's/^node \([0-9]*\): pid \([0-9]*\),.*/\1:\2/p' "$work/cluster.log" | tr '\n' ' ')
 pids=$(sed -n 's/^node [0-9]*: pid \([0-9]*\),.*/\1/p' "$work/cluster.log" | paste -sd, -)

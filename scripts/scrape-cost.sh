@@ -20,6 +20,8 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=scripts/lib/cluster.sh
+source "$root/scripts/lib/cluster.sh"
 if [[ -z "${RRMQ_BIN:-}" ]]; then
     cargo build --release --bins --quiet
 fi
@@ -51,16 +53,6 @@ cleanup() {
     if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$out"; fi
 }
 trap cleanup EXIT
-
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-PY
-}
 
 # Writes $dir/config.json (with metrics ports unless $2 = off) and starts the nodes.
 start_cluster() {

@@ -228,6 +228,41 @@ fn a_lease_survives_a_sigkill_of_the_leader() {
     assert_eq!(empty["error"]["code"], "EMPTY", "{empty}");
 }
 
+/// Sends `request` (a message GET) until the message leased by a GET sent at `asked` for
+/// `lease` is handed out again, every answer before that EMPTY (polled until `deadline`;
+/// `leader` names who should end the lease); it must come `lease` or more after `asked`.
+/// Returns the reply and how many EMPTY answers came first.
+fn leased_message_again(
+    client: &mut SessionClient,
+    request: &Value,
+    within: Duration,
+    (asked, lease): (Instant, Duration),
+    deadline: Instant,
+    leader: &str,
+) -> (Value, usize) {
+    let mut empties = 0;
+    loop {
+        let reply = client.call_ok(request, within);
+        // The reply came after the grant it carries.
+        let after = asked.elapsed();
+        if reply["success"] == true {
+            assert!(
+                after >= lease,
+                "handed out again {after:?} after the leased GET was sent, before its \
+                 {lease:?} lease ended: {reply}"
+            );
+            return (reply, empties);
+        }
+        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
+        empties += 1;
+        assert!(
+            Instant::now() < deadline,
+            "the lease never ended under {leader}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The new leader ends a lease granted by the old one by the cluster's lease clock, which
 /// it continues (no wall clock is read): not before the lease's length has passed since
 /// the grant, and soon after.
@@ -262,31 +297,14 @@ fn a_lease_granted_by_a_killed_leader_ends_on_time_under_the_next() {
 
     let mut other = SessionClient::new(&cluster, "other");
     let deadline = asked + Duration::from_secs(20);
-    let mut empties = 0;
-    let again = loop {
-        let reply = other.call_ok(
-            &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": 60_000}),
-            within,
-        );
-        // The reply came after the grant it carries.
-        let answered = Instant::now();
-        if reply["success"] == true {
-            assert!(
-                answered.duration_since(asked) >= LEASE,
-                "handed out again {:?} after the first GET was sent, before its {LEASE:?} lease \
-                 ended: {reply}",
-                answered.duration_since(asked)
-            );
-            break reply;
-        }
-        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
-        empties += 1;
-        assert!(
-            Instant::now() < deadline,
-            "the lease never ended under the new leader"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (again, empties) = leased_message_again(
+        &mut other,
+        &json!({"type": "message", "method": "GET", "topic": "t", "lease_ms": 60_000}),
+        within,
+        (asked, LEASE),
+        deadline,
+        "the new leader",
+    );
     assert!(
         empties > 0,
         "the new leader was never asked while the lease held"
@@ -371,27 +389,14 @@ fn a_lease_outlives_a_handover_to_a_node_that_has_run_longer() {
 
     let mut other = SessionClient::new(&cluster, "other");
     let deadline = asked + Duration::from_secs(30);
-    let again = loop {
-        let reply = other.call_ok(
-            &json!({"type": "message", "method": "GET", "topic": "t"}),
-            within,
-        );
-        if reply["success"] == true {
-            let after = asked.elapsed();
-            assert!(
-                after >= LEASE,
-                "handed out again {after:?} after the leased GET was sent, before its \
-                 {LEASE:?} lease ended: {reply}"
-            );
-            break reply;
-        }
-        assert_eq!(reply["error"]["code"], "EMPTY", "{reply}");
-        assert!(
-            Instant::now() < deadline,
-            "the lease never ended under node 2"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (again, _) = leased_message_again(
+        &mut other,
+        &json!({"type": "message", "method": "GET", "topic": "t"}),
+        within,
+        (asked, LEASE),
+        deadline,
+        "node 2",
+    );
     assert_eq!(again["message"], "m", "{again}");
 }
 

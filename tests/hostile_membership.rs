@@ -14,8 +14,11 @@
 //!   running, the membership must not change, and the cluster must keep committing.
 
 mod common;
+#[path = "common/members.rs"]
+mod members;
 
 use common::{Cluster, Wire, FAST_FLAGS, RRMQ_NODE};
+use members::Extra;
 use rrmq::raft::{
     Entry, EntryId, EntryPayload, LogIndex, Member, Membership, Message, MessageBody, NodeId,
     SnapshotMeta, Term,
@@ -24,19 +27,10 @@ use rrmq::transport::wire::{
     encode_peer_message, encode_transfer_frame, SnapshotChunk, TransferFrame,
 };
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-
-/// A node process outside the harness's cluster, killed on drop.
-struct Extra(Child);
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -83,6 +77,16 @@ fn garbage_replies() -> Vec<(&'static str, Vec<Vec<u8>>)> {
 /// A ROUTER on `port` that answers every request with the next of [`garbage_replies`]
 /// until `stop`; counts the requests in `asked`.
 fn fake_member(port: u16, asked: &AtomicUsize, stop: &AtomicBool) {
+    let replies = garbage_replies();
+    answering_member(port, stop, || {
+        let turn = asked.fetch_add(1, Ordering::Relaxed);
+        replies[turn % replies.len()].1.clone()
+    });
+}
+
+/// A ROUTER on `port` that answers every request, until `stop`, with the request's
+/// envelope (identity, and the empty delimiter if any) followed by the frames of `answer`.
+fn answering_member(port: u16, stop: &AtomicBool, mut answer: impl FnMut() -> Vec<Vec<u8>>) {
     let context = zmq::Context::new();
     let router = context.socket(zmq::ROUTER).expect("ROUTER");
     router.set_linger(0).expect("linger");
@@ -90,22 +94,37 @@ fn fake_member(port: u16, asked: &AtomicUsize, stop: &AtomicBool) {
     router
         .bind(&format!("tcp://127.0.0.1:{port}"))
         .expect("bind the fake member");
-    let replies = garbage_replies();
     while !stop.load(Ordering::Relaxed) {
         let Ok(frames) = router.recv_multipart(0) else {
             continue;
         };
-        let turn = asked.fetch_add(1, Ordering::Relaxed);
-        let (_, body) = &replies[turn % replies.len()];
-        // The envelope back (identity, and the empty delimiter if any), then the garbage.
         let envelope_len = frames
             .iter()
             .position(|frame| frame.is_empty())
             .map_or(1, |delimiter| delimiter + 1);
         let mut reply: Vec<Vec<u8>> = frames[..envelope_len.min(frames.len())].to_vec();
-        reply.extend(body.iter().cloned());
+        reply.extend(answer());
         let _ = router.send_multipart(reply, zmq::DONTWAIT);
     }
+}
+
+/// `rrmq-node CONFIG 2 --join`, data in `DIR/node-join`, its log in `log_path`.
+fn spawn_join(cluster: &Cluster, config: &Path, log_path: &Path) -> Extra {
+    let log = std::fs::File::create(log_path).expect("log file");
+    Extra(
+        Command::new(RRMQ_NODE)
+            .arg(config)
+            .arg("2")
+            .arg("--join")
+            .arg("--data-dir")
+            .arg(cluster.dir.path().join("node-join"))
+            .args(FAST_FLAGS)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rrmq-node --join"),
+    )
 }
 
 #[test]
@@ -146,21 +165,7 @@ fn a_joining_node_refuses_garbage_stats_from_a_fake_member_and_takes_the_real_id
             assert_eq!(result, 0, "signal {signal}");
         };
         signal(libc::SIGSTOP);
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let mut joining = Extra(
-            Command::new(RRMQ_NODE)
-                .arg(&config_path)
-                .arg("2")
-                .arg("--join")
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(FAST_FLAGS)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn rrmq-node --join"),
-        );
+        let mut joining = spawn_join(&cluster, &config_path, &log_path);
         let kinds = garbage_replies().len();
         let deadline = Instant::now() + Duration::from_secs(90);
         while asked.load(Ordering::Relaxed) < 2 * kinds {
@@ -406,29 +411,11 @@ fn forged_membership_frames_on_an_unkeyed_peer_port_change_nothing() {
 /// A ROUTER on `port` that answers every request until `stop` with a well-formed `stats` of
 /// cluster `cluster_id`, whose `members` are `members` (as `member GET` lists them).
 fn lying_member(port: u16, cluster_id: u64, members: &Value, stop: &AtomicBool) {
-    let context = zmq::Context::new();
-    let router = context.socket(zmq::ROUTER).expect("ROUTER");
-    router.set_linger(0).expect("linger");
-    router.set_rcvtimeo(100).expect("rcvtimeo");
-    router
-        .bind(&format!("tcp://127.0.0.1:{port}"))
-        .expect("bind the lying member");
     let stats = json!({"success": true, "id": 1, "last_applied": 0, "digest": 0,
                        "topic_count": 0, "message_count": 0, "payload_bytes": 0,
                        "session_count": 0, "cluster_id": cluster_id, "members": members});
     let body = rmp_serde::to_vec_named(&stats).expect("encode");
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(frames) = router.recv_multipart(0) else {
-            continue;
-        };
-        let envelope_len = frames
-            .iter()
-            .position(|frame| frame.is_empty())
-            .map_or(1, |delimiter| delimiter + 1);
-        let mut reply: Vec<Vec<u8>> = frames[..envelope_len.min(frames.len())].to_vec();
-        reply.push(body.clone());
-        let _ = router.send_multipart(reply, zmq::DONTWAIT);
-    }
+    answering_member(port, stop, || vec![body.clone()]);
 }
 
 /// A node that knows no leader asks the nodes it knows for the members they act on
@@ -470,21 +457,7 @@ fn a_lying_answer_about_the_members_opens_a_connection_and_changes_no_membership
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(|| lying_member(liar_port, cluster_id, &lies, &stop));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let joining = Extra(
-            Command::new(RRMQ_NODE)
-                .arg(&config_path)
-                .arg("2")
-                .arg("--join")
-                .arg("--data-dir")
-                .arg(cluster.dir.path().join("node-join"))
-                .args(FAST_FLAGS)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn rrmq-node --join"),
-        );
+        let joining = spawn_join(&cluster, &config_path, &log_path);
         let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !log_text().contains("name nodes [9]") {

@@ -6,29 +6,17 @@
 //! node by a fresh one at a new address that then counts in the majority.
 
 mod common;
+#[path = "common/members.rs"]
+mod members;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{rrmq, Cluster, Run, Wire, FAST_FLAGS, RRMQ_NODE};
+use common::{Cluster, Wire};
+use members::{
+    cli, client_port, member_add, member_remove, spawn_joining, voters, wait_for_applied,
+    wait_for_members,
+};
 use serde_json::{json, Value};
-
-/// A node process outside the harness's cluster, killed on drop.
-struct Extra(Child);
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `rrmq --config CONFIG --timeout TIMEOUT ARGS...`, run in the cluster's directory.
-fn rrmq_with(cluster: &Cluster, config: &str, timeout: &str, args: &[&str]) -> Run {
-    let mut all = vec!["--config", config, "--timeout", timeout];
-    all.extend_from_slice(args);
-    rrmq(&all, b"", cluster.dir.path())
-}
 
 /// Writes `DIR/config-grown.json`: the cluster's config with one more address on fresh
 /// ports; returns its path and the new node's index.
@@ -36,83 +24,36 @@ fn grown_config(cluster: &Cluster) -> (std::path::PathBuf, usize) {
     config_plus_one(cluster, &cluster.config_path, "config-grown.json")
 }
 
-fn spawn_joining(cluster: &Cluster, config: &std::path::Path, index: usize) -> Extra {
-    let log = std::fs::File::create(cluster.dir.path().join(format!("node-{index}.log")))
-        .expect("log file");
-    let child = Command::new(RRMQ_NODE)
-        .arg(config)
-        .arg(index.to_string())
-        .arg("--join")
-        .arg("--data-dir")
-        .arg(cluster.dir.path().join(format!("node-{index}")))
-        .args(FAST_FLAGS)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn rrmq-node --join");
-    Extra(child)
-}
-
-/// `rrmq member list --json` through `config`, polled until `check` holds (60 s).
-fn wait_for_members(
-    cluster: &Cluster,
-    config: &str,
-    check: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = rrmq_with(cluster, config, "5s", &["--json", "member", "list"]);
-        if let Some(members) = serde_json::from_str::<Value>(&run.stdout_text())
-            .ok()
-            .and_then(|value| value["members"].as_array().cloned())
-        {
-            if check(&members) {
-                return members;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members never matched: {}",
-            run.describe()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn voters(members: &[Value]) -> Vec<u64> {
-    members
-        .iter()
-        .filter(|member| member["voter"] == true)
-        .filter_map(|member| member["id"].as_u64())
-        .collect()
-}
-
-#[test]
-fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
+/// A cluster of three whose topic `t` holds one message, `before`; and its leader.
+fn cluster_of_three_holding_before() -> (Cluster, usize) {
     let cluster = Cluster::start(3);
-    cluster.wait_for_leader(Duration::from_secs(30));
+    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
     cluster
         .rrmq(&["topic", "create", "t"])
         .assert_code(0, "topic create");
     cluster
         .rrmq(&["put", "t", "before"])
         .assert_code(0, "put before");
+    (cluster, leader)
+}
+
+#[test]
+fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
+    let (cluster, _) = cluster_of_three_holding_before();
 
     let (grown, index) = grown_config(&cluster);
-    let grown_text = grown.to_str().expect("UTF-8 path");
-    let _joining = spawn_joining(&cluster, &grown, index);
+    let _joining = spawn_joining(&cluster, &grown, index, None);
     let index_text = index.to_string();
-    let add = rrmq_with(&cluster, grown_text, "90s", &["member", "add", &index_text]);
+    let add = cli(&cluster, &grown, "90s", &["member", "add", &index_text]);
     if add.code != Some(0) {
         cluster.dump_logs();
     }
     add.assert_code(0, "member add");
-    let members = wait_for_members(&cluster, grown_text, |members| voters(members).len() == 4);
+    let members = wait_for_members(&cluster, &grown, |members| voters(members).len() == 4);
     assert_eq!(voters(&members), vec![0, 1, 2, 3]);
 
     // A second add while nothing is in progress of a used id is refused.
-    let again = rrmq_with(&cluster, grown_text, "10s", &["member", "add", "1"]);
+    let again = cli(&cluster, &grown, "10s", &["member", "add", "1"]);
     assert_ne!(
         again.code,
         Some(0),
@@ -124,14 +65,9 @@ fn a_joining_node_is_added_as_a_voter_catches_up_and_is_removed_again() {
     cluster
         .rrmq(&["put", "t", "after"])
         .assert_code(0, "put after");
-    let remove = rrmq_with(
-        &cluster,
-        grown_text,
-        "60s",
-        &["member", "remove", &index_text],
-    );
+    let remove = cli(&cluster, &grown, "60s", &["member", "remove", &index_text]);
     remove.assert_code(0, "member remove");
-    let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
+    let members = wait_for_members(&cluster, &grown, |members| members.len() == 3);
     assert_eq!(voters(&members), vec![0, 1, 2]);
     let first = cluster.rrmq(&["get", "t"]);
     first.assert_code(0, "get");
@@ -145,9 +81,9 @@ fn removing_the_leader_answers_then_another_node_leads_and_the_removed_one_refus
     cluster
         .rrmq(&["topic", "create", "t"])
         .assert_code(0, "topic create");
-    let config = cluster.config_path.to_str().expect("UTF-8 path");
+    let config = &cluster.config_path;
     let leader_text = leader.to_string();
-    let remove = rrmq_with(&cluster, config, "60s", &["member", "remove", &leader_text]);
+    let remove = cli(&cluster, config, "60s", &["member", "remove", &leader_text]);
     if remove.code != Some(0) {
         cluster.dump_logs();
     }
@@ -181,21 +117,15 @@ fn an_add_whose_learner_never_catches_up_stays_in_progress_until_deleted() {
     cluster.wait_for_leader(Duration::from_secs(30));
     // The new node is never started: its learner cannot catch up.
     let (grown, index) = grown_config(&cluster);
-    let grown_text = grown.to_str().expect("UTF-8 path");
     let index_text = index.to_string();
-    let add = rrmq_with(&cluster, grown_text, "8s", &["member", "add", &index_text]);
+    let add = cli(&cluster, &grown, "8s", &["member", "add", &index_text]);
     add.assert_code(4, "member add of a node that never runs times out");
-    let other = rrmq_with(&cluster, grown_text, "8s", &["member", "remove", "1"]);
+    let other = cli(&cluster, &grown, "8s", &["member", "remove", "1"]);
     other.assert_code(4, "a second change while the add is in progress");
     assert!(other.stderr.contains("in progress"), "{}", other.describe());
-    let cancel = rrmq_with(
-        &cluster,
-        grown_text,
-        "30s",
-        &["member", "remove", &index_text],
-    );
+    let cancel = cli(&cluster, &grown, "30s", &["member", "remove", &index_text]);
     cancel.assert_code(0, "a member DELETE of the learner cancels the add");
-    let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
+    let members = wait_for_members(&cluster, &grown, |members| members.len() == 3);
     assert_eq!(voters(&members), vec![0, 1, 2]);
 }
 
@@ -204,11 +134,9 @@ fn a_cluster_restarted_after_a_change_uses_the_membership_from_its_log() {
     let mut cluster = Cluster::start(3);
     cluster.wait_for_leader(Duration::from_secs(30));
     let (grown, index) = grown_config(&cluster);
-    let grown_text = grown.to_str().expect("UTF-8 path");
     let index_text = index.to_string();
-    let joining = spawn_joining(&cluster, &grown, index);
-    rrmq_with(&cluster, grown_text, "90s", &["member", "add", &index_text])
-        .assert_code(0, "member add");
+    let joining = spawn_joining(&cluster, &grown, index, None);
+    cli(&cluster, &grown, "90s", &["member", "add", &index_text]).assert_code(0, "member add");
     // Everyone down, then up again: nodes 0-2 from the original config.json, which does
     // not list node 3.
     drop(joining);
@@ -216,8 +144,8 @@ fn a_cluster_restarted_after_a_change_uses_the_membership_from_its_log() {
     for node in 0..3 {
         cluster.spawn(node);
     }
-    let _restarted = spawn_joining(&cluster, &grown, index);
-    let members = wait_for_members(&cluster, grown_text, |members| voters(members).len() == 4);
+    let _restarted = spawn_joining(&cluster, &grown, index, None);
+    let members = wait_for_members(&cluster, &grown, |members| voters(members).len() == 4);
     assert_eq!(voters(&members), vec![0, 1, 2, 3]);
     cluster
         .rrmq(&["topic", "create", "after"])
@@ -229,9 +157,9 @@ fn a_removed_node_restarted_does_not_disrupt_the_cluster() {
     let mut cluster = Cluster::start(3);
     let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
     let removed = (leader + 1) % 3;
-    let config = cluster.config_path.to_str().expect("UTF-8 path");
+    let config = &cluster.config_path;
     let removed_text = removed.to_string();
-    rrmq_with(
+    cli(
         &cluster,
         config,
         "60s",
@@ -268,11 +196,6 @@ fn a_removed_node_restarted_does_not_disrupt_the_cluster() {
     );
 }
 
-/// `rrmq --config CONFIG --timeout TIMEOUT ARGS`, run in the cluster's directory.
-fn cli(cluster: &Cluster, config: &std::path::Path, timeout: &str, args: &[&str]) -> Run {
-    rrmq_with(cluster, config.to_str().expect("UTF-8 path"), timeout, args)
-}
-
 /// Writes `DIR/NAME`: the config at `base` with one more address on fresh ports; returns
 /// its path and the new node's index.
 fn config_plus_one(
@@ -296,31 +219,6 @@ fn config_plus_one(
     let path = cluster.dir.path().join(name);
     std::fs::write(&path, config.to_string()).expect("write the grown config");
     (path, index)
-}
-
-/// `rrmq member add INDEX` through `config`; dumps the logs if it fails.
-fn member_add(cluster: &Cluster, config: &std::path::Path, index: usize) {
-    member_change(cluster, config, "90s", "add", index);
-}
-
-/// `rrmq member remove ID` through `config`; dumps the logs if it fails.
-fn member_remove(cluster: &Cluster, config: &std::path::Path, id: usize) {
-    member_change(cluster, config, "60s", "remove", id);
-}
-
-/// `rrmq member VERB ID` through `config`, which must succeed; dumps the logs if not.
-fn member_change(
-    cluster: &Cluster,
-    config: &std::path::Path,
-    timeout: &str,
-    verb: &str,
-    id: usize,
-) {
-    let run = cli(cluster, config, timeout, &["member", verb, &id.to_string()]);
-    if run.code != Some(0) {
-        cluster.dump_logs();
-    }
-    run.assert_code(0, &format!("member {verb} {id}"));
 }
 
 /// Pops every message of `topic` through `config` until it is empty.
@@ -385,13 +283,11 @@ fn grow_from_three_to_five_under_load_loses_and_duplicates_nothing() {
             }
         };
         wait_for_acks(5);
-        let _third = spawn_joining(&cluster, &five, third);
+        let _third = spawn_joining(&cluster, &five, third, None);
         member_add(&cluster, &four, third);
-        let _fourth = spawn_joining(&cluster, &five, fourth);
+        let _fourth = spawn_joining(&cluster, &five, fourth, None);
         member_add(&cluster, &five, fourth);
-        let members = wait_for_members(&cluster, five.to_str().expect("UTF-8 path"), |members| {
-            voters(members).len() == 5
-        });
+        let members = wait_for_members(&cluster, &five, |members| voters(members).len() == 5);
         assert_eq!(voters(&members), vec![0, 1, 2, 3, 4]);
         wait_for_acks(acked.load(std::sync::atomic::Ordering::SeqCst) + 5);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -436,12 +332,11 @@ fn shrink_from_five_to_three_removing_the_leader_keeps_serving() {
         .rrmq(&["put", "t", "before"])
         .assert_code(0, "put before");
     let config = cluster.config_path.clone();
-    let config_text = config.to_str().expect("UTF-8 path");
     member_remove(&cluster, &config, leader);
-    wait_for_members(&cluster, config_text, |members| members.len() == 4);
+    wait_for_members(&cluster, &config, |members| members.len() == 4);
     let other = (leader + 1) % 5;
     member_remove(&cluster, &config, other);
-    let members = wait_for_members(&cluster, config_text, |members| members.len() == 3);
+    let members = wait_for_members(&cluster, &config, |members| members.len() == 3);
     let expected: Vec<u64> = (0..5u64)
         .filter(|id| *id as usize != leader && *id as usize != other)
         .collect();
@@ -458,19 +353,12 @@ fn shrink_from_five_to_three_removing_the_leader_keeps_serving() {
 
 #[test]
 fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majority() {
-    let mut cluster = Cluster::start(3);
-    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
-    cluster
-        .rrmq(&["topic", "create", "t"])
-        .assert_code(0, "topic create");
-    cluster
-        .rrmq(&["put", "t", "before"])
-        .assert_code(0, "put before");
+    let (mut cluster, leader) = cluster_of_three_holding_before();
     // A follower dies for good.
     let dead = (leader + 1) % 3;
     cluster.kill(dead);
     let (grown, index) = config_plus_one(&cluster, &cluster.config_path, "config-replace.json");
-    let _fresh = spawn_joining(&cluster, &grown, index);
+    let _fresh = spawn_joining(&cluster, &grown, index, None);
     let replace = cli(
         &cluster,
         &grown,
@@ -481,8 +369,7 @@ fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majori
         cluster.dump_logs();
     }
     replace.assert_code(0, "member replace");
-    let grown_text = grown.to_str().expect("UTF-8 path");
-    let members = wait_for_members(&cluster, grown_text, |members| members.len() == 3);
+    let members = wait_for_members(&cluster, &grown, |members| members.len() == 3);
     let mut expected: Vec<u64> = (0..3u64).filter(|id| *id as usize != dead).collect();
     expected.push(index as u64);
     assert_eq!(voters(&members), expected);
@@ -514,18 +401,11 @@ fn a_killed_node_replaced_by_a_fresh_one_at_a_new_address_leaves_a_voting_majori
 /// made a fresh node leader).
 #[test]
 fn a_node_added_under_a_leader_the_old_log_does_not_know_catches_up() {
-    let cluster = Cluster::start(3);
-    cluster.wait_for_leader(Duration::from_secs(30));
-    cluster
-        .rrmq(&["topic", "create", "t"])
-        .assert_code(0, "topic create");
-    cluster
-        .rrmq(&["put", "t", "before"])
-        .assert_code(0, "put before");
+    let (cluster, _) = cluster_of_three_holding_before();
     let (four, third) = config_plus_one(&cluster, &cluster.config_path, "config-4.json");
     let (five, fourth) = config_plus_one(&cluster, &four, "config-5.json");
     let (six, fifth) = config_plus_one(&cluster, &five, "config-6.json");
-    let _third = spawn_joining(&cluster, &five, third);
+    let _third = spawn_joining(&cluster, &five, third, None);
     member_add(&cluster, &four, third);
     // More than one AppendEntries (1 MiB) of log after the membership {0, 1, 2, 3}, so
     // that a node replaying it acts on that membership for a while.
@@ -539,32 +419,22 @@ fn a_node_added_under_a_leader_the_old_log_does_not_know_catches_up() {
             .put("t", rrmq::protocol::Payload::Text("x".repeat(300_000)))
             .expect("a large put");
     }
-    let _fourth = spawn_joining(&cluster, &five, fourth);
+    let _fourth = spawn_joining(&cluster, &five, fourth, None);
     member_add(&cluster, &five, fourth);
     // Node 4 alone is left, and leads: no membership before its add lists it.
     for old in 0..4 {
         member_remove(&cluster, &five, old);
     }
-    let five_text = five.to_str().expect("UTF-8 path");
-    let members = wait_for_members(&cluster, five_text, |members| members.len() == 1);
+    let members = wait_for_members(&cluster, &five, |members| members.len() == 1);
     assert_eq!(voters(&members), vec![4]);
     // A fresh node catches up from the start of the log.
-    let _fifth = spawn_joining(&cluster, &six, fifth);
+    let _fifth = spawn_joining(&cluster, &six, fifth, None);
     member_add(&cluster, &six, fifth);
-    let six_text = six.to_str().expect("UTF-8 path");
-    let members = wait_for_members(&cluster, six_text, |members| voters(members).len() == 2);
+    let members = wait_for_members(&cluster, &six, |members| voters(members).len() == 2);
     assert_eq!(voters(&members), vec![4, 5]);
     let get = cli(&cluster, &six, "60s", &["get", "t"]);
     get.assert_code(0, "get");
     assert_eq!(get.stdout_text(), "before\n");
-}
-
-/// The port in `config` of node `index`.
-fn client_port(config: &std::path::Path, index: usize) -> u16 {
-    let text = std::fs::read_to_string(config).expect("read the config");
-    let config: Value = serde_json::from_str(&text).expect("JSON");
-    let port = config["addresses"][index]["port"].as_u64().expect("a port");
-    u16::try_from(port).expect("a port")
 }
 
 /// The v2 `status` of the node on client port `port`, if it answers within a second.
@@ -603,19 +473,12 @@ fn leads(config: &std::path::Path, index: usize, others: &[usize]) -> bool {
 /// 16001: the lagging node stayed behind until leadership moved to a node it knew).
 #[test]
 fn a_restarted_node_that_never_heard_of_its_leader_catches_up() {
-    let mut cluster = Cluster::start(3);
-    let (leader, _) = cluster.wait_for_leader(Duration::from_secs(30));
-    cluster
-        .rrmq(&["topic", "create", "t"])
-        .assert_code(0, "topic create");
-    cluster
-        .rrmq(&["put", "t", "before"])
-        .assert_code(0, "put before");
+    let (mut cluster, leader) = cluster_of_three_holding_before();
     let lagging = (leader + 1) % 3;
     let other = (leader + 2) % 3;
     cluster.kill(lagging);
     let (four, fresh) = config_plus_one(&cluster, &cluster.config_path, "config-4.json");
-    let _fresh = spawn_joining(&cluster, &four, fresh);
+    let _fresh = spawn_joining(&cluster, &four, fresh, None);
     member_add(&cluster, &four, fresh);
     // Voters {lagging, other, fresh}: the lagging node's config and log know only `other`
     // (and the removed leader, killed for good).
@@ -630,8 +493,7 @@ fn a_restarted_node_that_never_heard_of_its_leader_catches_up() {
         cluster.terminate(other, Duration::from_secs(10));
         cluster.spawn(other);
     }
-    let four_text = four.to_str().expect("UTF-8 path");
-    let put = rrmq_with(&cluster, four_text, "60s", &["put", "t", "after"]);
+    let put = cli(&cluster, &four, "60s", &["put", "t", "after"]);
     put.assert_code(0, "put under the fresh leader");
     let leader_status = status_at(client_port(&four, fresh)).expect("the fresh leader answers");
     assert_eq!(leader_status["role"], "Leader", "{leader_status}");
@@ -639,18 +501,5 @@ fn a_restarted_node_that_never_heard_of_its_leader_catches_up() {
         .as_u64()
         .expect("commit_index");
     cluster.spawn(lagging);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let applied = cluster
-            .status(lagging, Duration::from_secs(1))
-            .and_then(|status| status["last_applied"].as_u64());
-        if applied.is_some_and(|applied| applied >= commit) {
-            break;
-        }
-        if Instant::now() > deadline {
-            cluster.dump_logs();
-            panic!("node {lagging} never caught up to {commit} (applied: {applied:?})");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_applied(&cluster, lagging, commit);
 }

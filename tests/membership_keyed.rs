@@ -9,54 +9,22 @@
 //! the frames of a connection it opened before are dropped and logged.
 
 mod common;
+#[path = "common/members.rs"]
+mod members;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{rrmq, Cluster, Run, Wire, FAST_FLAGS, LEADER_DEADLINE, RRMQ_NODE};
+use common::{rrmq, Cluster, Wire, LEADER_DEADLINE};
+use members::{
+    cli, cli_ok, client_port, log_text, spawn_joining, voters, wait_for_applied, wait_for_log_line,
+    wait_for_members, Extra,
+};
 use rrmq::config::keys::{self, KeyPair};
 use rrmq::config::ClusterConfig;
 use rrmq::raft::{LogIndex, Message, MessageBody, NodeId, Term};
 use rrmq::transport::wire::encode_peer_message;
 use serde_json::{json, Value};
-
-/// A node process outside the harness's cluster, killed on drop.
-struct Extra(Child);
-
-impl Drop for Extra {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `rrmq --config CONFIG --timeout TIMEOUT [--key-file HARNESS] ARGS...` in the cluster's
-/// directory; with the harness's admin client key when the cluster lists clients.
-fn cli(cluster: &Cluster, config: &Path, timeout: &str, args: &[&str]) -> Run {
-    let key_file = cluster.client_key_file("harness");
-    let mut all = vec![
-        "--config",
-        config.to_str().expect("UTF-8 path"),
-        "--timeout",
-        timeout,
-    ];
-    if !cluster.client_keys.is_empty() {
-        all.extend(["--key-file", key_file.to_str().expect("UTF-8 path")]);
-    }
-    all.extend_from_slice(args);
-    rrmq(&all, b"", cluster.dir.path())
-}
-
-/// `cli` that must exit 0; dumps the logs first if not.
-fn cli_ok(cluster: &Cluster, config: &Path, timeout: &str, args: &[&str]) -> Run {
-    let run = cli(cluster, config, timeout, args);
-    if run.code != Some(0) {
-        cluster.dump_logs();
-    }
-    run.assert_code(0, &args.join(" "));
-    run
-}
 
 /// Writes `DIR/NAME`: the config at `base` plus one address on fresh ports carrying a fresh
 /// public key, whose key file is `DIR/node-INDEX.key`. Returns the path, the new index and
@@ -80,86 +48,21 @@ fn config_plus_keyed(cluster: &Cluster, base: &Path, name: &str) -> (PathBuf, us
     (path, index, pair)
 }
 
-/// `rrmq-node CONFIG INDEX --join --key-file KEY_FILE`, data in `DIR/node-INDEX`.
-fn spawn_joining(cluster: &Cluster, config: &Path, index: usize, key_file: &Path) -> Extra {
-    let log = std::fs::File::create(cluster.dir.path().join(format!("node-{index}.log")))
-        .expect("log file");
-    let child = Command::new(RRMQ_NODE)
-        .arg(config)
-        .arg(index.to_string())
-        .arg("--join")
-        .arg("--key-file")
-        .arg(key_file)
-        .arg("--data-dir")
-        .arg(cluster.dir.path().join(format!("node-{index}")))
-        .args(FAST_FLAGS)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn rrmq-node --join");
-    Extra(child)
+/// Starts node `index` of `config` with `--join` and its own key file, then adds it with
+/// `rrmq member add` (120 s), which must succeed.
+fn join_and_add(cluster: &Cluster, config: &Path, index: usize) -> Extra {
+    let joining = spawn_joining(cluster, config, index, Some(&node_key_file(cluster, index)));
+    cli_ok(
+        cluster,
+        config,
+        "120s",
+        &["member", "add", &index.to_string()],
+    );
+    joining
 }
 
 fn node_key_file(cluster: &Cluster, index: usize) -> PathBuf {
     cluster.dir.path().join(format!("node-{index}.key"))
-}
-
-/// `rrmq member list --json` through `config`, polled until `check` holds (60 s).
-fn wait_for_members(
-    cluster: &Cluster,
-    config: &Path,
-    check: impl Fn(&[Value]) -> bool,
-) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run = cli(cluster, config, "5s", &["--json", "member", "list"]);
-        if let Some(members) = serde_json::from_str::<Value>(&run.stdout_text())
-            .ok()
-            .and_then(|value| value["members"].as_array().cloned())
-        {
-            if check(&members) {
-                return members;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "members never matched: {}",
-            run.describe()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn voters(members: &[Value]) -> Vec<u64> {
-    members
-        .iter()
-        .filter(|member| member["voter"] == true)
-        .filter_map(|member| member["id"].as_u64())
-        .collect()
-}
-
-/// The text of the log `DIR/node-INDEX.log` (harness nodes and extras alike).
-fn log_text(cluster: &Cluster, index: usize) -> String {
-    std::fs::read_to_string(cluster.dir.path().join(format!("node-{index}.log")))
-        .unwrap_or_default()
-}
-
-/// Polls the logs of `nodes` until one contains every one of `needles` on one line (60 s).
-fn wait_for_log_line(cluster: &Cluster, nodes: &[usize], needles: &[&str]) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let found = nodes.iter().any(|node| {
-            log_text(cluster, *node)
-                .lines()
-                .any(|line| needles.iter().all(|needle| line.contains(needle)))
-        });
-        if found {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    false
 }
 
 fn request(reply_to: &mut common::Client, body: Value) -> Value {
@@ -197,13 +100,7 @@ fn a_keyed_cluster_adds_and_replaces_nodes_with_their_own_keys() {
     // Node 3: its own key, listed in its config only, not as a client. `--join` learns the
     // cluster id from the members once the add has made it a learner.
     let (four, third, third_pair) = config_plus_keyed(&cluster, &config, "config-4.json");
-    let _third = spawn_joining(&cluster, &four, third, &node_key_file(&cluster, third));
-    cli_ok(
-        &cluster,
-        &four,
-        "120s",
-        &["member", "add", &third.to_string()],
-    );
+    let _third = join_and_add(&cluster, &four, third);
     let members = wait_for_members(&cluster, &four, |members| voters(members).len() == 4);
     assert_eq!(voters(&members), vec![0, 1, 2, 3]);
     let listed_key = members
@@ -235,7 +132,12 @@ fn a_keyed_cluster_adds_and_replaces_nodes_with_their_own_keys() {
         .find(|node| Some(*node) != cluster.leader_now().map(|(leader, _)| leader))
         .expect("a follower among the originals");
     let (five, fourth, _) = config_plus_keyed(&cluster, &four, "config-5.json");
-    let _fourth = spawn_joining(&cluster, &five, fourth, &node_key_file(&cluster, fourth));
+    let _fourth = spawn_joining(
+        &cluster,
+        &five,
+        fourth,
+        Some(&node_key_file(&cluster, fourth)),
+    );
     cli_ok(
         &cluster,
         &five,
@@ -292,7 +194,7 @@ fn a_node_whose_key_was_not_added_is_refused_and_the_cluster_serves_on() {
     own["addresses"][third]["public_key"] = json!(stranger_z85);
     let own_path = cluster.dir.path().join("config-stranger.json");
     std::fs::write(&own_path, own.to_string()).expect("write the stranger's config");
-    let _stranger = spawn_joining(&cluster, &own_path, third, &stranger_file);
+    let _stranger = spawn_joining(&cluster, &own_path, third, Some(&stranger_file));
 
     // The add of node 3 (with the config's key) cannot complete: its learner never hears
     // from the leader nor the leader from it. TIMEOUT, the add left in progress.
@@ -461,13 +363,7 @@ fn a_keyed_cluster_without_clients_adds_a_node_whose_join_asks_on_the_plain_clie
     cli_ok(&cluster, &config, "30s", &["topic", "create", "t"]);
     cli_ok(&cluster, &config, "30s", &["put", "t", "before"]);
     let (four, third, _) = config_plus_keyed(&cluster, &config, "config-4.json");
-    let _third = spawn_joining(&cluster, &four, third, &node_key_file(&cluster, third));
-    cli_ok(
-        &cluster,
-        &four,
-        "120s",
-        &["member", "add", &third.to_string()],
-    );
+    let _third = join_and_add(&cluster, &four, third);
     let members = wait_for_members(&cluster, &four, |members| voters(members).len() == 4);
     assert_eq!(voters(&members), vec![0, 1, 2, 3]);
     assert!(
@@ -488,13 +384,7 @@ fn a_keyed_cluster_restarted_after_an_add_takes_the_new_key_from_its_log() {
     let config = cluster.config_path.clone();
     let (four, third, _) = config_plus_keyed(&cluster, &config, "config-4.json");
     let key_file = node_key_file(&cluster, third);
-    let joining = spawn_joining(&cluster, &four, third, &key_file);
-    cli_ok(
-        &cluster,
-        &four,
-        "120s",
-        &["member", "add", &third.to_string()],
-    );
+    let joining = join_and_add(&cluster, &four, third);
     // Everyone down, then up again: nodes 0-2 from the original config.json, which neither
     // lists node 3 nor its key; only their logs do.
     drop(joining);
@@ -502,7 +392,7 @@ fn a_keyed_cluster_restarted_after_an_add_takes_the_new_key_from_its_log() {
     for node in 0..3 {
         cluster.spawn(node);
     }
-    let _restarted = spawn_joining(&cluster, &four, third, &key_file);
+    let _restarted = spawn_joining(&cluster, &four, third, Some(&key_file));
     let members = wait_for_members(&cluster, &four, |members| voters(members).len() == 4);
     assert_eq!(voters(&members), vec![0, 1, 2, 3]);
     // Three of four must vote: with an original down, the majority needs node 3.
@@ -548,7 +438,12 @@ fn a_keyed_join_started_before_its_add_catches_up_by_snapshot_and_votes() {
     // Node 3 starts (and is refused by every member) before the add; without clients it
     // learns the cluster id on the plain client port at once.
     let (four, third, _) = config_plus_keyed(&cluster, &config, "config-4.json");
-    let _third = spawn_joining(&cluster, &four, third, &node_key_file(&cluster, third));
+    let _third = spawn_joining(
+        &cluster,
+        &four,
+        third,
+        Some(&node_key_file(&cluster, third)),
+    );
     assert!(
         wait_for_log_line(&cluster, &[0, 1, 2], &["refused", "peer handshake"]),
         "the members refuse node {third} before it is added"
@@ -574,14 +469,6 @@ fn a_keyed_join_started_before_its_add_catches_up_by_snapshot_and_votes() {
     assert_eq!(first.stdout_text(), "0\n");
 }
 
-/// The client port in `config` of node `index`.
-fn client_port(config: &Path, index: usize) -> u16 {
-    let text = std::fs::read_to_string(config).expect("read the config");
-    let config: Value = serde_json::from_str(&text).expect("JSON");
-    let port = config["addresses"][index]["port"].as_u64().expect("a port");
-    u16::try_from(port).expect("a port")
-}
-
 /// The keyed twin of `membership.rs`'s
 /// `a_restarted_node_that_never_heard_of_its_leader_catches_up`: the restarted node knows
 /// neither the leader's address nor its key; it learns both from a member it knows, over
@@ -598,13 +485,7 @@ fn a_restarted_keyed_node_that_never_heard_of_its_leader_learns_its_key_and_catc
     let other = (leader + 2) % 3;
     cluster.kill(lagging);
     let (four, fresh, fresh_pair) = config_plus_keyed(&cluster, &config, "config-4.json");
-    let _fresh = spawn_joining(&cluster, &four, fresh, &node_key_file(&cluster, fresh));
-    cli_ok(
-        &cluster,
-        &four,
-        "120s",
-        &["member", "add", &fresh.to_string()],
-    );
+    let _fresh = join_and_add(&cluster, &four, fresh);
     cli_ok(
         &cluster,
         &four,
@@ -657,18 +538,5 @@ fn a_restarted_keyed_node_that_never_heard_of_its_leader_learns_its_key_and_catc
         .as_u64()
         .expect("commit_index");
     cluster.spawn(lagging);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let applied = cluster
-            .status(lagging, Duration::from_secs(1))
-            .and_then(|status| status["last_applied"].as_u64());
-        if applied.is_some_and(|applied| applied >= commit) {
-            break;
-        }
-        if Instant::now() > deadline {
-            cluster.dump_logs();
-            panic!("node {lagging} never caught up to {commit} (applied: {applied:?})");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_applied(&cluster, lagging, commit);
 }

@@ -368,7 +368,7 @@ fn member_json(member: &MemberInfo) -> serde_json::Value {
 }
 
 fn members_table(members: &[MemberInfo]) -> String {
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "ID".to_string(),
         "ADDRESS".to_string(),
         "INTERNAL".to_string(),
@@ -376,17 +376,28 @@ fn members_table(members: &[MemberInfo]) -> String {
     ]];
     for member in members {
         let address = &member.address;
-        rows.push([
+        rows.push(vec![
             address.id.to_string(),
             member_address_text(address),
             address.internal_port.to_string(),
             if member.voter { "voter" } else { "learner" }.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..4)
+    table_lines(&rows)
+        .into_iter()
+        .map(|line| line + "\n")
+        .collect()
+}
+
+/// Left-aligned columns two spaces apart, one line a row without its newline; a row may be
+/// shorter than the header.
+pub(super) fn table_lines(rows: &[Vec<String>]) -> Vec<String> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
         .map(|column| {
             rows.iter()
-                .map(|row| row[column].chars().count())
+                .filter_map(|row| row.get(column))
+                .map(|cell| cell.chars().count())
                 .max()
                 .unwrap_or(0)
         })
@@ -398,7 +409,7 @@ fn members_table(members: &[MemberInfo]) -> String {
                 .enumerate()
                 .map(|(column, cell)| format!("{cell:<width$}  ", width = widths[column]))
                 .collect();
-            line.trim_end().to_string() + "\n"
+            line.trim_end().to_string()
         })
         .collect()
 }
@@ -642,24 +653,10 @@ fn details_table(details: &[TopicDetail]) -> String {
             detail.discarded.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|column| {
-            rows.iter()
-                .map(|row| row[column].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut table = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (column, cell) in row.iter().enumerate() {
-            line.push_str(&format!("{cell:<width$}  ", width = widths[column]));
-        }
-        table.push_str(line.trim_end());
-        table.push('\n');
-    }
-    table
+    table_lines(&rows)
+        .into_iter()
+        .map(|line| line + "\n")
+        .collect()
 }
 
 /// Stdin is taken byte for byte: text if it is UTF-8 (so every client can read it), binary

@@ -17,7 +17,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::commands::client_options;
+use super::commands::{client_options, table_lines};
 use super::{parse_duration, CliError, GlobalOptions};
 use crate::client::{Client, ClientError, NodeAddress, ATTEMPT_TIMEOUT_DEFAULT};
 use crate::protocol::{StatusReport, TopicDetail};
@@ -270,7 +270,7 @@ pub(super) fn screen_lines(view: &View, header: &str) -> Vec<String> {
         }
         rows.push(row);
     }
-    lines.extend(table(&rows));
+    lines.extend(table_lines(&rows));
     lines.push(String::new());
     match &view.topics {
         Ok(topics) => {
@@ -286,35 +286,11 @@ pub(super) fn screen_lines(view: &View, header: &str) -> Vec<String> {
                     topic.leased.to_string(),
                 ]
             }));
-            lines.extend(table(&rows));
+            lines.extend(table_lines(&rows));
         }
         Err(reason) => lines.push(format!("topics unknown: {reason}")),
     }
     lines
-}
-
-/// Left-aligned columns two spaces apart; a row may be shorter than the header.
-fn table(rows: &[Vec<String>]) -> Vec<String> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|column| {
-            rows.iter()
-                .filter_map(|row| row.get(column))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    rows.iter()
-        .map(|row| {
-            let line: String = row
-                .iter()
-                .enumerate()
-                .map(|(column, cell)| format!("{cell:<width$}  ", width = widths[column]))
-                .collect();
-            line.trim_end().to_string()
-        })
-        .collect()
 }
 
 /// `2026-12-02T09:40:01.123Z`.

@@ -680,50 +680,68 @@ pub(crate) mod tests {
         ]
     }
 
+    /// A frame that carries `membership`, of kind `which`: 0 an append of it, 1 an
+    /// `InstallSnapshot`, 2 a snapshot chunk, 3 a snapshot ack (the last three in a
+    /// snapshot's meta).
+    fn membership_frame(which: usize, membership: &crate::raft::Membership) -> Vec<u8> {
+        let snapshot = SnapshotMeta {
+            last: EntryId::new(Term(5), LogIndex(100)),
+            membership: membership.clone(),
+        };
+        match which {
+            0 => encode_peer_message(
+                CLUSTER,
+                &message(
+                    0,
+                    1,
+                    MessageBody::AppendEntries {
+                        prev: EntryId::new(Term(6), LogIndex(9)),
+                        entries: vec![Entry {
+                            term: Term(6),
+                            index: LogIndex(10),
+                            payload: EntryPayload::Membership(membership.clone()),
+                        }],
+                        commit: LogIndex(8),
+                    },
+                ),
+            ),
+            1 => encode_peer_message(
+                CLUSTER,
+                &message(0, 1, MessageBody::InstallSnapshot { snapshot }),
+            ),
+            2 => encode_transfer_frame(
+                CLUSTER,
+                &TransferFrame::Chunk(SnapshotChunk {
+                    from: NodeId(0),
+                    to: NodeId(1),
+                    term: Term(7),
+                    snapshot,
+                    transfer_id: 1,
+                    offset: 0,
+                    data: Bytes::from_static(b"data"),
+                    total_bytes: 4,
+                    file_crc: 0,
+                }),
+            ),
+            _ => encode_transfer_frame(
+                CLUSTER,
+                &TransferFrame::Ack(SnapshotAck {
+                    from: NodeId(0),
+                    to: NodeId(1),
+                    term: Term(7),
+                    snapshot,
+                    transfer_id: 1,
+                    status: AckStatus::Delivered,
+                }),
+            ),
+        }
+    }
+
     #[test]
     fn frames_carrying_an_ill_formed_membership_are_refused() {
         for membership in ill_formed_memberships() {
-            let snapshot = SnapshotMeta {
-                last: EntryId::new(Term(5), LogIndex(100)),
-                membership: membership.clone(),
-            };
-            let append = message(
-                0,
-                1,
-                MessageBody::AppendEntries {
-                    prev: EntryId::new(Term(6), LogIndex(9)),
-                    entries: vec![Entry {
-                        term: Term(6),
-                        index: LogIndex(10),
-                        payload: EntryPayload::Membership(membership.clone()),
-                    }],
-                    commit: LogIndex(8),
-                },
-            );
-            let install = message(
-                0,
-                1,
-                MessageBody::InstallSnapshot {
-                    snapshot: snapshot.clone(),
-                },
-            );
-            let chunk = TransferFrame::Chunk(SnapshotChunk {
-                from: NodeId(0),
-                to: NodeId(1),
-                term: Term(7),
-                snapshot,
-                transfer_id: 1,
-                offset: 0,
-                data: Bytes::from_static(b"data"),
-                total_bytes: 4,
-                file_crc: 0,
-            });
-            let frames = [
-                encode_peer_message(CLUSTER, &append),
-                encode_peer_message(CLUSTER, &install),
-                encode_transfer_frame(CLUSTER, &chunk),
-            ];
-            for frame in frames {
+            // An append, an `InstallSnapshot` and a chunk.
+            for frame in (0..3).map(|which| membership_frame(which, &membership)) {
                 assert!(
                     matches!(
                         decode_peer_frame(&frame, &filter(1)),
@@ -806,53 +824,7 @@ pub(crate) mod tests {
                     .collect(),
                 retired: vec![NodeId(7)],
             };
-            let snapshot = SnapshotMeta {
-                last: EntryId::new(Term(5), LogIndex(100)),
-                membership: membership.clone(),
-            };
-            let mut frame = match which {
-                0 => encode_peer_message(
-                    CLUSTER,
-                    &message(0, 1, MessageBody::AppendEntries {
-                        prev: EntryId::new(Term(6), LogIndex(9)),
-                        entries: vec![Entry {
-                            term: Term(6),
-                            index: LogIndex(10),
-                            payload: EntryPayload::Membership(membership),
-                        }],
-                        commit: LogIndex(8),
-                    }),
-                ),
-                1 => encode_peer_message(
-                    CLUSTER,
-                    &message(0, 1, MessageBody::InstallSnapshot { snapshot }),
-                ),
-                2 => encode_transfer_frame(
-                    CLUSTER,
-                    &TransferFrame::Chunk(SnapshotChunk {
-                        from: NodeId(0),
-                        to: NodeId(1),
-                        term: Term(7),
-                        snapshot,
-                        transfer_id: 1,
-                        offset: 0,
-                        data: Bytes::from_static(b"data"),
-                        total_bytes: 4,
-                        file_crc: 0,
-                    }),
-                ),
-                _ => encode_transfer_frame(
-                    CLUSTER,
-                    &TransferFrame::Ack(SnapshotAck {
-                        from: NodeId(0),
-                        to: NodeId(1),
-                        term: Term(7),
-                        snapshot,
-                        transfer_id: 1,
-                        status: AckStatus::Delivered,
-                    }),
-                ),
-            };
+            let mut frame = membership_frame(which, &membership);
             for (at, value) in edits {
                 let at = at.index(frame.len());
                 frame[at] = value;

@@ -13,13 +13,23 @@
 
 use std::path::Path;
 
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::ranged1d::{SegmentValue, SegmentedCoord};
+use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::report::{
     format_bytes, MatrixRow, OperationKind, OperationReport, Report, TimelinePoint,
 };
 use crate::cli::CliError;
+
+/// A chart over time: seconds on x, a value on y.
+type LineChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A matrix chart: one segment a cell on x, a value on y.
+type BarChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf64>>;
 
 const WIDTH: u32 = 1000;
 const HEIGHT: u32 = 720;
@@ -170,19 +180,13 @@ pub(super) fn run_svg(report: &Report, title: &str) -> Result<String, CliError> 
             .iter()
             .flat_map(|line| line.points.iter().map(|(_, rate)| *rate))
             .fold(1.0f64, f64::max);
-        let mut chart = ChartBuilder::on(&upper)
-            .caption("throughput per second", (FONT, 16))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..elapsed, 0f64..rate_max * 1.1)
-            .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds into the measured window")
-            .y_desc("per second")
-            .draw()
-            .map_err(drawing)?;
+        let mut chart = line_panel(
+            &upper,
+            "throughput per second",
+            elapsed,
+            rate_max,
+            "per second",
+        )?;
         for Line {
             name,
             style,
@@ -214,19 +218,13 @@ pub(super) fn run_svg(report: &Report, title: &str) -> Result<String, CliError> 
             .iter()
             .flat_map(|line| line.points.iter().map(|(_, ms)| *ms))
             .fold(0.1f64, f64::max);
-        let mut chart = ChartBuilder::on(&lower)
-            .caption("latency per second (ms)", (FONT, 16))
-            .margin(10)
-            .x_label_area_size(35)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..elapsed, 0f64..latency_max * 1.1)
-            .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .x_desc("seconds into the measured window")
-            .y_desc("ms")
-            .draw()
-            .map_err(drawing)?;
+        let mut chart = line_panel(
+            &lower,
+            "latency per second (ms)",
+            elapsed,
+            latency_max,
+            "ms",
+        )?;
         for Line {
             name,
             style,
@@ -249,6 +247,31 @@ pub(super) fn run_svg(report: &Report, title: &str) -> Result<String, CliError> 
         root.present().map_err(drawing)?;
     }
     Ok(svg)
+}
+
+/// A chart of lines over the measured window: 0 to `elapsed` seconds on x; 0 to 10 %
+/// above `y_max` on y, with its mesh drawn.
+fn line_panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    elapsed: f64,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<LineChart<'a, 'b>, CliError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..elapsed, 0f64..y_max * 1.1)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds into the measured window")
+        .y_desc(y_desc)
+        .draw()
+        .map_err(drawing)?;
+    Ok(chart)
 }
 
 /// The name of a matrix cell on the x axis: `produce C=64 1 KiB`.
@@ -283,6 +306,34 @@ fn bar(index: usize, value: f64, style: ShapeStyle) -> Rectangle<(SegmentValue<u
     bar
 }
 
+/// A chart of one bar a matrix cell: `count` segments on x, named by `label`; 0 to 15 %
+/// above `y_max` on y, with its mesh drawn.
+fn bar_panel<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: &str,
+    count: usize,
+    label: &dyn Fn(&SegmentValue<usize>) -> String,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<BarChart<'a, 'b>, CliError> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, (FONT, 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d((0..count).into_segmented(), 0f64..y_max * 1.15)
+        .map_err(drawing)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(count)
+        .x_label_formatter(label)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(drawing)?;
+    Ok(chart)
+}
+
 /// The matrix: a throughput bar per cell above, p50 in front of p99 per cell below.
 pub(super) fn matrix_svg(rows: &[MatrixRow], title: &str) -> Result<String, CliError> {
     let names: Vec<String> = rows.iter().map(cell_name).collect();
@@ -314,21 +365,14 @@ pub(super) fn matrix_svg(rows: &[MatrixRow], title: &str) -> Result<String, CliE
         let (upper, lower) = root.split_vertically(root.dim_in_pixel().1 / 2);
 
         let rate_max = rates.iter().copied().fold(1.0f64, f64::max);
-        let mut chart = ChartBuilder::on(&upper)
-            .caption("throughput (calls/s)", (FONT, 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d((0..count).into_segmented(), 0f64..rate_max * 1.15)
-            .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(count)
-            .x_label_formatter(&label)
-            .y_desc("calls/s")
-            .draw()
-            .map_err(drawing)?;
+        let mut chart = bar_panel(
+            &upper,
+            "throughput (calls/s)",
+            count,
+            &label,
+            rate_max,
+            "calls/s",
+        )?;
         chart
             .draw_series(
                 rates
@@ -350,21 +394,14 @@ pub(super) fn matrix_svg(rows: &[MatrixRow], title: &str) -> Result<String, CliE
             .map_err(drawing)?;
 
         let latency_max = latencies.iter().map(|(_, p99)| *p99).fold(0.1f64, f64::max);
-        let mut chart = ChartBuilder::on(&lower)
-            .caption("latency (ms): p50 dark, p99 light", (FONT, 16))
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(70)
-            .build_cartesian_2d((0..count).into_segmented(), 0f64..latency_max * 1.15)
-            .map_err(drawing)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(count)
-            .x_label_formatter(&label)
-            .y_desc("ms")
-            .draw()
-            .map_err(drawing)?;
+        let mut chart = bar_panel(
+            &lower,
+            "latency (ms): p50 dark, p99 light",
+            count,
+            &label,
+            latency_max,
+            "ms",
+        )?;
         chart
             .draw_series(
                 latencies

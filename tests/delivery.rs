@@ -377,11 +377,15 @@ fn a_lease_outlives_a_handover_to_a_node_that_has_run_longer() {
         "{leased}"
     );
     // Every node has the grant; then the grantor hands over on SIGTERM to its most
-    // up-to-date follower, the one with the highest id of those level: node 2.
+    // up-to-date follower: node 2, with the third node paused meanwhile (the leader's clock
+    // entries go on, so the paused one falls behind; on a tie the highest id is taken).
     let granted = cluster.leader_applied(common::LEADER_DEADLINE);
     cluster.wait_converged(granted, common::LEADER_DEADLINE);
+    let third = 1 - grantor;
+    cluster.signal(third, libc::SIGSTOP);
     cluster.terminate(grantor, common::LEADER_DEADLINE);
     let (successor, _) = cluster.wait_for_leader(common::LEADER_DEADLINE);
+    cluster.signal(third, libc::SIGCONT);
     assert_eq!(
         successor, 2,
         "node {grantor} handed over to node {successor}, not node 2"

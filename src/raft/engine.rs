@@ -448,7 +448,7 @@ impl Core {
     /// one, never leaving no voter), while a change is in progress (its entry not yet
     /// committed: one at a time), and before this leader committed an entry of its own
     /// term (dissertation §4.1's fix: a change of an earlier leader might still be in
-    /// flight). Promoting a learner that has not caught up is the caller's choice: the
+    /// flight), which is checked first. Promoting a learner that has not caught up is the caller's choice: the
     /// core allows it, but the cluster cannot commit until the new voter catches up (see
     /// `CoreStatus::progress`).
     pub fn propose_membership(&mut self, next: Membership) -> Result<EntryId, ProposeError> {
@@ -456,11 +456,14 @@ impl Core {
         if self.transfer.is_some() {
             return Err(ProposeError::TransferInProgress);
         }
-        if self.change_in_progress() {
-            return Err(ProposeError::ChangeInProgress);
-        }
+        // Not ready first: until this leader commits an entry of its term, its commit index
+        // may lag a change its predecessor committed, and "in progress" would be a false
+        // (and, to a client, final-sounding) answer where "retry shortly" is the true one.
         if !self.committed_in_current_term() {
             return Err(ProposeError::LeaderNotReady);
+        }
+        if self.change_in_progress() {
+            return Err(ProposeError::ChangeInProgress);
         }
         let mut next = next;
         next.normalize();

@@ -65,6 +65,36 @@ impl Cluster {
         panic!("cluster did not settle");
     }
 
+    /// `settle`, with every message `drop` matches lost.
+    fn settle_dropping(&mut self, drop: impl Fn(&Message) -> bool) {
+        for _ in 0..1000 {
+            let mut inbox = Vec::new();
+            for core in self.cores.iter_mut() {
+                while core.has_ready() {
+                    let ready = core.ready();
+                    inbox.extend(ready.messages);
+                    inbox.extend(ready.messages_after_persist);
+                    if let Some(last) = ready.entries.last() {
+                        core.on_persisted(last.id());
+                    }
+                }
+                core.check_invariants();
+            }
+            inbox.retain(|message| {
+                !drop(message)
+                    && !self.down[message.to.0 as usize]
+                    && !self.down[message.from.0 as usize]
+            });
+            if inbox.is_empty() {
+                return;
+            }
+            for message in inbox {
+                self.cores[message.to.0 as usize].step(message);
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
     fn tick_until_leader(&mut self) -> usize {
         for _ in 0..1000 {
             for core in &mut self.cores {
@@ -445,6 +475,55 @@ impl Cluster {
             self.settle();
         }
     }
+}
+
+#[test]
+fn a_new_leader_that_has_not_committed_in_its_term_is_not_ready_rather_than_busy() {
+    let mut cluster = Cluster::with_joining(3, 1);
+    let old = cluster.tick_until_leader();
+    // A change the old leader commits; the followers hold it but hear of the commit only
+    // with the next heartbeat, which never comes.
+    let next = cluster.cores[old]
+        .membership()
+        .with_learner(NodeId(3), Bytes::from_static(b"addr"));
+    cluster.cores[old]
+        .propose_membership(next)
+        .expect("the change is accepted");
+    cluster.settle();
+    assert!(!cluster.cores[old].change_in_progress());
+    let followers: Vec<usize> = (0..3).filter(|&position| position != old).collect();
+    assert!(followers
+        .iter()
+        .all(|&position| cluster.cores[position].change_in_progress()));
+    // The old leader goes; a follower wins, but no ack reaches it, so nothing of its term
+    // commits.
+    cluster.down[old] = true;
+    let mut new = None;
+    for _ in 0..1000 {
+        for &position in &followers {
+            cluster.cores[position].tick();
+        }
+        cluster.settle_dropping(|message| {
+            matches!(message.body, MessageBody::AppendEntriesResponse(_))
+        });
+        new = followers
+            .iter()
+            .copied()
+            .find(|&position| cluster.cores[position].role() == Role::Leader);
+        if new.is_some() {
+            break;
+        }
+    }
+    let new = new.expect("a follower leads");
+    let promote = cluster.cores[new].membership().with_role(NodeId(3), true);
+    assert_eq!(
+        cluster.cores[new].propose_membership(promote),
+        Err(ProposeError::LeaderNotReady),
+        "its commit index lags the committed change: not ready, not in progress"
+    );
+    // Once its acks flow, its no-op commits, and with it the earlier change.
+    cluster.ticks(RaftConfig::default().heartbeat_ticks);
+    assert!(!cluster.cores[new].change_in_progress());
 }
 
 fn add_learner(cluster: &mut Cluster, leader: usize, id: u64) -> EntryId {

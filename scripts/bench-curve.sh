@@ -29,13 +29,8 @@ results=$out/results.jsonl
 : > "$results"
 pids=()
 
-stop_nodes() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-}
 cleanup() {
-    stop_nodes
+    stop_pids
     if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$out"; fi
 }
 trap cleanup EXIT
@@ -107,7 +102,7 @@ for rep in $(seq 1 "$reps"); do
             # shellcheck disable=SC2086
             run_workload "$out/$mode" "$mode" $workload "$rep"
         done
-        stop_nodes
+        stop_pids
     done
 done
 echo "after: load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -51,9 +51,7 @@ scraper=""
 
 stop_all() {
     stop_scraper
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
+    stop_pids
 }
 cleanup() {
     stop_all

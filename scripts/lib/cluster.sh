@@ -38,3 +38,12 @@ wait_for_leader() {
     done
     grep -q '^leader:' "$1"
 }
+
+# stop_pids: SIGTERMs every PID in the caller's `pids` array, waits for each, empties it.
+# Only the processes the script itself started are in there.
+stop_pids() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    pids=()
+}

@@ -1,7 +1,7 @@
 # Sourced by the measurement scripts (ab.sh, cpu-per-request.sh, profile-node.sh,
 # bench-curve.sh, scrape-cost.sh): free loopback ports, a local 3-node config, and the wait
 # for `rrmq cluster` to report its leader. One copy, so every script starts its cluster the
-# same way. Each script still owns stopping what it started (it alone knows its PIDs).
+# same way. Each script keeps the PIDs it started in its own `pids` array; stop_pids stops them.
 
 # free_ports N: N free loopback TCP ports, space-separated, picked by the kernel (the
 # launcher's own picker would need Rust).

@@ -9,8 +9,9 @@
 //!
 //! - *Take*: after applying, once `--snapshot-entries`/`--snapshot-bytes` were applied since
 //!   the last one and the log since it has grown to a share of its size ([`snapshot_due`]:
-//!   a large queue is not rewritten whole for a small change), clone the queue (`Queue::snapshot_view`, O(segments): the only pause the
-//!   loop sees) and hand the copy to a writer thread, one snapshot at a time.
+//!   a large queue is not rewritten whole for a small change), clone the queue
+//!   (`Queue::snapshot_view`, O(segments): the only pause the loop sees) and hand the copy
+//!   to a writer thread, one snapshot at a time.
 //! - *Write*: the writer thread writes the file durably and reports
 //!   [`Event::SnapshotSaved`]; the loop then tells the core (`on_snapshot_saved`, compacting
 //!   the in-memory log up to `--snapshot-log-margin` entries before the snapshot) and

@@ -448,9 +448,9 @@ impl Core {
     /// one, never leaving no voter), while a change is in progress (its entry not yet
     /// committed: one at a time), and before this leader committed an entry of its own
     /// term (dissertation §4.1's fix: a change of an earlier leader might still be in
-    /// flight), which is checked first. Promoting a learner that has not caught up is the caller's choice: the
-    /// core allows it, but the cluster cannot commit until the new voter catches up (see
-    /// `CoreStatus::progress`).
+    /// flight), which is checked first. Promoting a learner that has not caught up is the
+    /// caller's choice: the core allows it, but the cluster cannot commit until the new voter
+    /// catches up (see `CoreStatus::progress`).
     pub fn propose_membership(&mut self, next: Membership) -> Result<EntryId, ProposeError> {
         self.ensure_leader()?;
         if self.transfer.is_some() {

@@ -20,7 +20,9 @@
 //!    reports `on_persisted` once the thread's published progress says so, which it reads
 //!    every round (and is woken for, with [`Event::Persisted`], only while a leader's
 //!    commit waits for its own copy alone: `wal_thread`). A leader counts its own copy
-//!    toward the majority only from that report on;
+//!    toward the majority only from that report on. A follower whose loop has no other
+//!    event waiting, while the WAL thread is idle, writes and syncs the batch itself and
+//!    sends its acks at once (`wal_thread`, "Direct writes");
 //! 4. apply `committed` to the queue and answer the writes waiting there, but only if the
 //!    applied entry is the one they proposed (same term), else a new leader overwrote it;
 //! 5. release reads whose leadership was confirmed once applied reaches their index.
@@ -174,6 +176,9 @@ pub(super) struct NodeLoop {
     /// is known (`peer_finder`; the loop's side is in `membership`).
     finder: PeerFinder,
     finding: membership::Finding,
+    /// No event was waiting when this round's `Ready`s began: a batch may be written on the
+    /// loop itself (`persist`).
+    quiet: bool,
 }
 
 impl NodeLoop {
@@ -275,6 +280,7 @@ impl NodeLoop {
             metrics: metrics.map(MetricsPublisher::new),
             finder,
             finding: membership::Finding::default(),
+            quiet: false,
         })
     }
 
@@ -307,6 +313,7 @@ impl NodeLoop {
                 }
             }
             self.take_durable_progress();
+            self.quiet = events.is_empty();
             self.process_ready();
             if !self.halted {
                 let applied = EntryId::new(self.applied_term, self.applied);
@@ -465,10 +472,21 @@ impl NodeLoop {
     /// and acks that wait for the batch ride on it (the WAL thread sends them right after
     /// the sync), and the `on_persisted` report waits for the thread's progress
     /// ([`NodeLoop::take_durable_progress`]); with nothing in flight, both go at once (see
-    /// `persist_pipeline`).
+    /// `persist_pipeline`). A follower with no event waiting writes the batch itself when
+    /// the WAL thread is idle (`wal_thread`, "Direct writes"), and its acks leave at once.
     fn persist(&mut self, writes: ReadyWrites) {
         let handoff = self.pipeline.persist(writes);
         if let Some(batch) = handoff.batch {
+            if self.quiet && self.core.role() != Role::Leader && self.wal.idle() {
+                match self.wal.write_directly(batch) {
+                    Ok(messages) => {
+                        self.peers.send(messages);
+                        self.take_durable_progress();
+                    }
+                    Err(error) => self.on_storage_failure(error),
+                }
+                return;
+            }
             if !self.wal.send(WalCommand::Batch(batch)) {
                 self.on_wal_thread_gone();
                 return;

@@ -52,7 +52,23 @@
 //! Dekker's protocol (sequentially consistent atomics), so a request the loop makes while
 //! the thread finishes a group is never missed by both. A failure is always reported.
 //!
-//! What it owns: the store, and therefore the order of every store operation. Appends
+//! # Direct writes: a follower's loop with nothing else to do writes the batch itself
+//!
+//! A follower's loop that has no other event waiting ([`WalThread::write_directly`], called
+//! from `NodeLoop::persist`) writes and syncs a batch on its own thread, sends the batch's
+//! acks on its own DEALERs and reads the progress at once: the hand-off to this thread (a
+//! futex wake, often of an idle CPU) sat on the critical path of every write at low load
+//! and took a context switch each way. The reason this thread exists, a loop that keeps
+//! taking events while the disk is busy, does not apply when there are no events to take.
+//! It happens only while this thread has nothing queued or in hand (every command handed
+//! over is finished, its messages sent: `commands_done`), so the store's order is still the
+//! loop's order; the store sits behind a mutex that this thread holds for each group. A
+//! leader never writes directly: its loop takes its followers' acks while its own copy
+//! syncs, and commits on them (measured slower when it blocked, docs/PERFORMANCE.md,
+//! "Direct writes on a follower's loop").
+//!
+//! What it owns: the store (shared only with direct writes, which wait for it to be idle),
+//! and therefore the order of every store operation. Appends
 //! (including a conflicting suffix, which the WAL overwrites by replay), hard states,
 //! snapshot installs and compactions all travel through one FIFO channel and run here in
 //! the order the loop issued them, so no barrier is needed for the rare ones: an install is
@@ -76,7 +92,7 @@ use crate::storage::{LogStore, StorageError};
 use crate::transport::peer::PeerDealers;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// Entry bytes gathered into one sync group, at most (one batch may exceed it alone): keeps
@@ -104,6 +120,9 @@ pub(super) struct WalProgress {
     syncs: AtomicU64,
     /// Log entries made durable (`wal_entries` in status).
     entries: AtomicU64,
+    /// Commands the thread has finished (written, synced, their messages sent): equal to
+    /// the commands the loop handed over when the thread has nothing queued or in hand.
+    commands_done: AtomicU64,
     /// Where each sync's duration and entries are observed (`metrics_port` set).
     metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
@@ -156,10 +175,17 @@ impl WalProgress {
     }
 }
 
+/// The store, held by the thread while it works off a group and by the loop while it writes
+/// a batch directly; `None` once the thread has exited and handed it back.
+type SharedStore = Arc<Mutex<Option<Box<dyn LogStore + Send>>>>;
+
 /// The loop's handle on the WAL thread.
 pub(super) struct WalThread {
     commands: Option<Sender<WalCommand>>,
-    thread: Option<JoinHandle<Box<dyn LogStore + Send>>>,
+    thread: Option<JoinHandle<Option<Box<dyn LogStore + Send>>>>,
+    store: SharedStore,
+    /// Commands handed to the thread so far.
+    commands_sent: u64,
     /// Cleared when the loop stops participating: nothing more leaves for the peers.
     sending: Arc<AtomicBool>,
     progress: Arc<WalProgress>,
@@ -185,12 +211,16 @@ impl WalThread {
             sending: sending.clone(),
             progress: progress.clone(),
         };
+        let store: SharedStore = Arc::new(Mutex::new(Some(store)));
+        let thread_store = store.clone();
         let thread = std::thread::Builder::new()
             .name("wal".into())
-            .spawn(move || run(store, &inbox, &events, &outbox))?;
+            .spawn(move || run(&thread_store, &inbox, &events, &outbox))?;
         Ok(WalThread {
             commands: Some(commands),
             thread: Some(thread),
+            store,
+            commands_sent: 0,
             sending,
             progress,
         })
@@ -209,16 +239,55 @@ impl WalThread {
 
     /// Queues `command`. False if the thread has stopped (after a storage failure it
     /// reported, or a panic).
-    pub(super) fn send(&self, command: WalCommand) -> bool {
-        self.commands
+    pub(super) fn send(&mut self, command: WalCommand) -> bool {
+        let sent = self
+            .commands
             .as_ref()
-            .is_some_and(|commands| commands.send(command).is_ok())
+            .is_some_and(|commands| commands.send(command).is_ok());
+        self.commands_sent += u64::from(sent);
+        sent
+    }
+
+    /// Whether the thread has nothing queued or in hand: every command handed over is
+    /// finished and its messages sent. Stays true until the next [`WalThread::send`].
+    pub(super) fn idle(&self) -> bool {
+        self.commands.is_some()
+            && self.progress.commands_done.load(Ordering::SeqCst) == self.commands_sent
+    }
+
+    /// Writes `batch` (and syncs it if it must) on the calling thread; only while
+    /// [`WalThread::idle`], or it could overtake a batch handed over before it. On success
+    /// the batch is durable and published like one of the thread's groups, and its messages
+    /// are returned for the caller to send.
+    pub(super) fn write_directly(
+        &mut self,
+        mut batch: PersistBatch,
+    ) -> Result<Vec<Message>, StorageError> {
+        debug_assert!(self.idle(), "a direct write while the WAL thread is busy");
+        let mut guard = match self.store.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(store) = guard.as_mut() else {
+            return Err(StorageError::Failed("the WAL thread has stopped".into()));
+        };
+        let messages = std::mem::take(&mut batch.messages_after_sync);
+        let (number, must_sync, entries) = (batch.number, batch.must_sync, batch.entries.len());
+        write(store.as_mut(), WalCommand::Batch(batch))?;
+        if must_sync {
+            let sync_started = std::time::Instant::now();
+            store.sync()?;
+            self.progress.observe_sync(sync_started, entries as u64);
+        }
+        drop(guard);
+        self.progress.publish(number, must_sync, entries as u64);
+        Ok(messages)
     }
 
     /// Lets the thread finish what is queued and returns the store, `None` if it stopped
     /// on a failure or panicked. Call while draining the loop's channel (see `drain`):
     /// the thread may be waiting to report.
-    pub(super) fn stop(&mut self) -> Option<JoinHandle<Box<dyn LogStore + Send>>> {
+    pub(super) fn stop(&mut self) -> Option<JoinHandle<Option<Box<dyn LogStore + Send>>>> {
         self.commands = None;
         self.thread.take()
     }
@@ -235,15 +304,37 @@ struct Outbox {
 /// in order, sync once, send the messages that waited for it, report. Returns the store
 /// when the loop hangs up.
 fn run(
-    mut store: Box<dyn LogStore + Send>,
+    shared: &SharedStore,
     inbox: &Receiver<WalCommand>,
     events: &Sender<Event>,
     outbox: &Outbox,
-) -> Box<dyn LogStore + Send> {
+) -> Option<Box<dyn LogStore + Send>> {
+    work(shared, inbox, events, outbox);
+    match shared.lock() {
+        Ok(mut guard) => guard.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
+/// [`run`]'s loop, until the loop hangs up or a write fails.
+fn work(
+    shared: &SharedStore,
+    inbox: &Receiver<WalCommand>,
+    events: &Sender<Event>,
+    outbox: &Outbox,
+) {
     let mut messages: Vec<Message> = Vec::new();
     // Spin-and-yield only while batches come back to back (`super::wait`).
     let mut wait = AdaptiveWait::default();
     while let Ok(first) = wait.recv(inbox) {
+        let mut guard = match shared.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(store) = guard.as_mut() else {
+            return;
+        };
+        let mut commands = 0u64;
         let mut through_batch = None;
         let mut must_sync = false;
         let mut entries = 0u64;
@@ -257,9 +348,10 @@ fn run(
                 bytes += batch.entries.iter().map(Entry::size_bytes).sum::<usize>();
                 messages.append(&mut batch.messages_after_sync);
             }
+            commands += 1;
             if let Err(error) = write(store.as_mut(), command) {
                 let _ = events.send(Event::Persisted(PersistReport::Failed(error)));
-                return store;
+                return;
             }
             if bytes < GROUP_BYTES_MAX {
                 next = inbox.try_recv().ok();
@@ -270,7 +362,7 @@ fn run(
             if let Err(error) = store.sync() {
                 // What the group's messages promise may not be on disk: none leaves.
                 let _ = events.send(Event::Persisted(PersistReport::Failed(error)));
-                return store;
+                return;
             }
             outbox.progress.observe_sync(sync_started, entries);
         }
@@ -282,8 +374,15 @@ fn run(
             }
         }
         messages.clear();
-        if let Some(through_batch) = through_batch {
-            if outbox.progress.publish(through_batch, must_sync, entries) {
+        drop(guard);
+        let report_wanted = through_batch
+            .is_some_and(|through| outbox.progress.publish(through, must_sync, entries));
+        outbox
+            .progress
+            .commands_done
+            .fetch_add(commands, Ordering::SeqCst);
+        if let Some(through_batch) = through_batch.filter(|_| report_wanted) {
+            {
                 let report = PersistReport::Durable {
                     through_batch,
                     synced: must_sync,
@@ -295,7 +394,6 @@ fn run(
             }
         }
     }
-    store
 }
 
 fn write(store: &mut dyn LogStore, command: WalCommand) -> Result<(), StorageError> {
@@ -479,7 +577,7 @@ mod tests {
         };
         let (events, reports) = crossbeam_channel::unbounded();
         let wal = WalThread::start(Box::new(store), events, dealers).expect("spawn");
-        let harness = Harness {
+        let mut harness = Harness {
             wal,
             reports,
             calls,
@@ -544,7 +642,7 @@ mod tests {
 
     #[test]
     fn batches_queued_during_a_sync_share_the_next_one() {
-        let harness = start(false);
+        let mut harness = start(false);
         assert!(harness.wal.send(batch(1, 1..=1)));
         harness.sync_started.recv_timeout(WAIT).expect("first sync");
         // While sync 1 is in progress, three more batches and a compaction queue up.
@@ -578,7 +676,6 @@ mod tests {
             } => {}
             other => panic!("second group: {other:?}"),
         }
-        let mut harness = harness;
         let thread = harness.wal.stop().expect("a thread");
         thread.join().expect("no panic");
         let calls = harness.calls.lock().expect("not poisoned").clone();
@@ -596,6 +693,88 @@ mod tests {
             ],
             "store calls in the loop's order, one sync per group"
         );
+    }
+
+    fn into_batch(command: WalCommand) -> PersistBatch {
+        match command {
+            WalCommand::Batch(batch) => batch,
+            WalCommand::Compact(_) => panic!("not a batch"),
+        }
+    }
+
+    #[test]
+    fn a_direct_write_waits_until_the_thread_has_nothing_queued_or_in_hand() {
+        let mut harness = start(false);
+        assert!(harness.wal.idle(), "nothing handed over yet");
+        assert!(harness.wal.send(batch(1, 1..=1)));
+        harness.sync_started.recv_timeout(WAIT).expect("first sync");
+        // The thread holds batch 1 in its sync: writing batch 2 here would overtake it.
+        assert!(!harness.wal.idle(), "busy while it syncs");
+        assert!(harness.wal.send(batch(2, 2..=2)));
+        harness.sync_permits.send(()).expect("permit for sync 1");
+        harness
+            .sync_started
+            .recv_timeout(WAIT)
+            .expect("second sync");
+        assert!(!harness.wal.idle(), "busy with batch 2");
+        harness.sync_permits.send(()).expect("permit for sync 2");
+        let deadline = std::time::Instant::now() + WAIT;
+        while !harness.wal.idle() {
+            assert!(std::time::Instant::now() < deadline, "the thread goes idle");
+            std::thread::yield_now();
+        }
+        // The direct write's own sync runs on this thread: its permit goes first.
+        harness.sync_permits.send(()).expect("permit for sync 3");
+        let messages = harness
+            .wal
+            .write_directly(into_batch(batch_with_acks(3, 3..=3, &[3])))
+            .expect("the direct write succeeds");
+        assert_eq!(messages, [ack(3)], "its messages are the caller's to send");
+        assert_eq!(harness.wal.progress().durable_through(), 3);
+        assert_eq!(harness.wal.progress().counters(), (3, 3));
+        assert!(harness.wal.idle(), "a direct write leaves the thread idle");
+        let thread = harness.wal.stop().expect("a thread");
+        assert!(
+            thread.join().expect("no panic").is_some(),
+            "the store comes back"
+        );
+        let calls = harness.calls.lock().expect("not poisoned").clone();
+        assert_eq!(
+            calls,
+            [
+                "hard state term 1",
+                "append 1..=1",
+                "sync",
+                "append 2..=2",
+                "sync",
+                "append 3..=3",
+                "sync",
+            ],
+            "store calls in the loop's order"
+        );
+        assert_eq!(
+            harness.received(300),
+            None,
+            "the thread sent no ack for batch 3"
+        );
+    }
+
+    #[test]
+    fn a_failed_direct_sync_is_returned_and_publishes_nothing() {
+        let mut harness = start(true);
+        harness.sync_permits.send(()).expect("permit");
+        match harness
+            .wal
+            .write_directly(into_batch(batch_with_acks(1, 1..=1, &[1])))
+        {
+            Err(StorageError::Io(_)) => {}
+            other => panic!("expected the failure, got {other:?}"),
+        }
+        assert_eq!(harness.wal.progress().durable_through(), 0);
+        assert_eq!(harness.wal.progress().counters(), (0, 0));
+        assert_eq!(harness.received(300), None, "no ack leaves");
+        let thread = harness.wal.stop().expect("a thread");
+        thread.join().expect("no panic");
     }
 
     #[test]

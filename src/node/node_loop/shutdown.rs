@@ -90,7 +90,7 @@ impl NodeLoop {
             match thread.join() {
                 // Everything acknowledged was synced before its reply; this catches the
                 // lazily persisted commit index.
-                Ok(mut store) if !self.halted => {
+                Ok(Some(mut store)) if !self.halted => {
                     if let Some(hard_state) = self.pipeline.take_unwritten_hard_state() {
                         if let Err(error) = store.set_hard_state(&hard_state) {
                             log::error!("final hard state write failed: {error}");

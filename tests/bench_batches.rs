@@ -179,3 +179,44 @@ fn bench_wakeup_times_every_round_and_loses_no_message() {
         "{report}"
     );
 }
+
+/// `RRMQ_BENCH_CONNECTIONS` chooses the connections when `--connections` is not given (how
+/// scripts/compare.sh runs peerbench's own `rrmq bench` command with one shared connection),
+/// and the flag still wins over it.
+#[test]
+fn the_connections_come_from_the_environment_unless_the_flag_is_given() {
+    let cluster = Cluster::start(3);
+    cluster.wait_for_leader_via_rrmq();
+    let config = cluster.config_path.to_str().expect("a UTF-8 temp path");
+    let run = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "--config",
+            config,
+            "--timeout",
+            "30s",
+            "--json",
+            "bench",
+            "produce",
+            "--count",
+            "40",
+            "-c",
+            "4",
+        ];
+        args.extend_from_slice(extra);
+        let output = std::process::Command::new(common::RRMQ)
+            .args(&args)
+            .env("RRMQ_BENCH_CONNECTIONS", "shared")
+            .output()
+            .expect("run rrmq bench");
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).expect("a JSON report")
+    };
+    let report = run(&[]);
+    assert_eq!(report["parameters"]["connections"], "shared", "{report}");
+    assert_eq!(operation(&report, "put")["completed"], 40, "{report}");
+    let report = run(&["--connections", "per-client"]);
+    assert_eq!(
+        report["parameters"]["connections"], "per-client",
+        "{report}"
+    );
+}

@@ -117,8 +117,11 @@ pub struct LoadArgs {
     #[arg(long, value_name = "PREFIX", default_value = "bench")]
     pub topic_prefix: String,
     /// per-client: one DEALER (TCP connection) per simulated client, like separate client
-    /// processes; shared: one DEALER per node for all of them
-    #[arg(long, value_enum, default_value_t = Connections::PerClient)]
+    /// processes; shared: one DEALER per node for all of them, like the threads of one
+    /// process sharing its client (the environment variable lets a script that runs `rrmq
+    /// bench` for you, such as peerbench's compare.sh, choose)
+    #[arg(long, value_enum, default_value_t = Connections::PerClient,
+          env = "RRMQ_BENCH_CONNECTIONS")]
     pub connections: Connections,
     /// Also report the CPU time and resident memory of this process (e.g. a node); repeat
     /// for several

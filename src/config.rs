@@ -518,6 +518,17 @@ impl FsyncMode {
     }
 }
 
+/// How the kernel schedules the node's threads (Linux; elsewhere the node logs that it
+/// leaves the default).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedPolicy {
+    /// SCHED_BATCH: a woken thread does not preempt the one running, so each wake-up finds
+    /// more work waiting (docs/PERFORMANCE.md, "SCHED_BATCH").
+    Batch,
+    /// SCHED_OTHER, the kernel's default.
+    Normal,
+}
+
 /// The one translation from the operator's setting to the storage layer's policy (storage
 /// sits below config and knows nothing of flags or config files).
 impl From<FsyncMode> for crate::storage::FsyncPolicy {
@@ -583,6 +594,12 @@ pub struct NodeArgs {
     /// `always`: fsync before acknowledging. `never`: survive process crashes only.
     #[arg(long, value_enum, default_value_t = FsyncMode::Always)]
     pub fsync: FsyncMode,
+
+    /// How the kernel schedules the node's threads (Linux): `batch` (SCHED_BATCH) lets a
+    /// woken thread wait for the running one instead of preempting it, so each wake-up
+    /// carries more work; `normal` is the kernel's default. Needs no privilege.
+    #[arg(long, value_enum, default_value_t = SchedPolicy::Batch)]
+    pub sched_policy: SchedPolicy,
 
     /// The Raft clock's resolution: every timeout below is counted in ticks of this length.
     #[arg(long, value_name = "MS", default_value_t = 10)]
@@ -703,6 +720,7 @@ pub struct NodeConfig {
     pub config_path: PathBuf,
     pub data_dir: PathBuf,
     pub fsync: FsyncMode,
+    pub sched_policy: SchedPolicy,
     /// Length of one Raft tick.
     pub tick: Duration,
     /// Timeouts converted to ticks. Invariant: `heartbeat_ticks < election_ticks_min <
@@ -939,6 +957,7 @@ impl NodeConfig {
             config_path: args.config.clone(),
             data_dir,
             fsync: args.fsync,
+            sched_policy: args.sched_policy,
             tick: Duration::from_millis(tick_ms),
             raft,
             request_timeout: Duration::from_millis(args.request_timeout_ms),

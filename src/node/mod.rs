@@ -133,6 +133,15 @@ pub fn run_with_args(args: &NodeArgs) -> Result<(), NodeError> {
 /// Startup errors (a port in use, an unreadable WAL) come back as values before anything is
 /// logged, so the caller can print them as its one line.
 pub fn run(mut config: NodeConfig) -> Result<(), NodeError> {
+    // First: every thread started from here on inherits it.
+    match startup_checks::set_sched_policy(config.sched_policy) {
+        Ok(()) => log::debug!("scheduling policy {:?}", config.sched_policy),
+        Err(error) => log::warn!(
+            "could not set the scheduling policy {:?} (--sched-policy): {error}; the \
+             kernel's default applies",
+            config.sched_policy
+        ),
+    }
     // Before the peer transport, which stamps it on every message.
     // Recorded (written down, logged) once the data dir is locked, below.
     let cluster_id = cluster_id::resolve(&mut config)?;

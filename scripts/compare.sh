@@ -35,16 +35,20 @@ export RRMQ_BIN=$PWD/target/release
 # run_peerbench LABEL SYSTEMS [env...]: one repetition; appends "LABEL RESULTS-FILE" to $index.
 index=$(mktemp)
 trap 'rm -f "$index"' EXIT
+# Prints the machine line (fdatasync probe, load), the run lines and any failure as they come.
 run_peerbench() {
-    local label=$1 systems=$2 out
+    local label=$1 systems=$2 log out
     shift 2
-    out=$(env "$@" SYSTEMS="$systems" "$peerbench/scripts/compare.sh" 1 | tee /dev/stderr)
-    out=$(sed -n 's/^results: //p' <<< "$out")
+    log=$(mktemp)
+    env "$@" SYSTEMS="$systems" "$peerbench/scripts/compare.sh" 1 > "$log" || true
+    grep -E '^(machine|---)|failed|did not start' "$log" || true
+    out=$(sed -n 's/^results: //p' "$log")
+    rm -f "$log"
     [[ -n "$out" ]] && echo "$label $out" >> "$index"
 }
 
 for rep in $(seq 1 "$reps"); do
-    echo "=== repetition $rep of $reps" >&2
+    echo "=== repetition $rep of $reps"
     for mode in $modes; do
         run_peerbench "rrmq-$mode" rrmq RRMQ_BENCH_CONNECTIONS="$mode"
     done

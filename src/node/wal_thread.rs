@@ -620,6 +620,17 @@ mod tests {
     }
 
     impl Harness {
+        /// Stops the thread, checks that it hands the store back, and returns every store
+        /// call made since the harness started.
+        fn stop_and_take_calls(&mut self) -> Vec<String> {
+            let thread = self.wal.stop().expect("a thread");
+            assert!(
+                thread.join().expect("no panic").is_some(),
+                "the store comes back"
+            );
+            self.calls.lock().expect("not poisoned").clone()
+        }
+
         /// The next message node 1 receives within `timeout_ms`.
         fn received(&self, timeout_ms: i64) -> Option<Message> {
             if self.peer.poll(zmq::POLLIN, timeout_ms).expect("poll") == 0 {
@@ -676,11 +687,8 @@ mod tests {
             } => {}
             other => panic!("second group: {other:?}"),
         }
-        let thread = harness.wal.stop().expect("a thread");
-        thread.join().expect("no panic");
-        let calls = harness.calls.lock().expect("not poisoned").clone();
         assert_eq!(
-            calls,
+            harness.stop_and_take_calls(),
             [
                 "hard state term 1",
                 "append 1..=1",
@@ -733,14 +741,8 @@ mod tests {
         assert_eq!(harness.wal.progress().durable_through(), 3);
         assert_eq!(harness.wal.progress().counters(), (3, 3));
         assert!(harness.wal.idle(), "a direct write leaves the thread idle");
-        let thread = harness.wal.stop().expect("a thread");
-        assert!(
-            thread.join().expect("no panic").is_some(),
-            "the store comes back"
-        );
-        let calls = harness.calls.lock().expect("not poisoned").clone();
         assert_eq!(
-            calls,
+            harness.stop_and_take_calls(),
             [
                 "hard state term 1",
                 "append 1..=1",

@@ -160,8 +160,9 @@ pub struct ConsumeArgs {
     /// Concurrent closed-loop consumers
     #[arg(short = 'c', long, value_name = "C", default_value_t = 1)]
     pub clients: usize,
-    /// Messages put before consuming starts (not measured)
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    /// Messages put before consuming starts (not measured); the default is what peerbench
+    /// pre-fills for the peers it compares rrmq with
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
     pub messages: u64,
     /// Producers that put them
     #[arg(long, value_name = "C", default_value_t = 64)]
